@@ -1,0 +1,97 @@
+//! The agent's HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics), `/readyz` (200 once the
+//! programs are attached, else 503), `/healthz`, and `/status` (the JSON document `rampart status`
+//! prints).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::app::AgentState;
+use crate::metrics::Metrics;
+use crate::status::StatusDoc;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves until the listener fails. Each connection runs on its own task.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AgentState>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let state = Arc::clone(&state);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = route(&req, &state, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "admin connection: {e}");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match req.uri().path() {
+        "/metrics" => match metrics.encode() {
+            Ok(body) => with_type(StatusCode::OK, body, OPENMETRICS),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            ),
+        },
+        "/readyz" => {
+            if state.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/status" => match serde_json::to_string_pretty(&StatusDoc::from_state(state)) {
+            Ok(body) => with_type(StatusCode::OK, body, "application/json"),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding status failed\n",
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /readyz, /healthz, /status\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(status, body.to_owned(), "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,75 @@
+//! The composition root of `rampart run`: loads and attaches the datapath, starts the admin
+//! server, reports readiness, and shuts everything down on SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::RunConfig;
+use crate::datapath::{Attachment, Datapath, HookStats};
+use crate::{admin, metrics};
+
+/// What the admin server and the metrics collector read of the running agent.
+pub struct AgentState {
+    pub config: RunConfig,
+    pub started: Instant,
+    pub attachments: Vec<Attachment>,
+    pub hook_stats: HookStats,
+    /// True once every program is attached (and, later, the current policy is in the kernel).
+    pub ready: AtomicBool,
+}
+
+pub fn run(config: RunConfig) -> anyhow::Result<()> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting rampart agent");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: RunConfig) -> anyhow::Result<()> {
+    // Install the handlers first: a SIGTERM during loading must still stop us cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let mut datapath = Datapath::load().context("loading the kernel programs")?;
+    for interface in &config.interfaces {
+        datapath.attach(interface, config.xdp_mode)?;
+        tracing::info!(%interface, "attached XDP and TC programs");
+    }
+    let hook_stats = datapath.take_hook_stats()?;
+    let state = Arc::new(AgentState {
+        attachments: datapath.attachments().to_vec(),
+        config,
+        started: Instant::now(),
+        hook_stats,
+        ready: AtomicBool::new(false),
+    });
+
+    let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));
+    let listener = tokio::net::TcpListener::bind(state.config.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", state.config.metrics_addr))?;
+    let server = tokio::spawn(admin::serve(listener, Arc::clone(&state), metrics));
+
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(addr = %state.config.metrics_addr, "ready: serving /metrics, /readyz, /status");
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        res = server => {
+            res.context("admin server task")?.context("admin server")?;
+        }
+    }
+    state.ready.store(false, Ordering::SeqCst);
+    // Dropping the datapath closes the link file descriptors: the programs are detached.
+    drop(datapath);
+    tracing::info!("programs detached; bye");
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The command line: `rampart run` (the agent) and the tools that talk to a running agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default address of the metrics/admin HTTP server (loopback: exposing it is a choice).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9490";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "Zero-trust segmentation agent: eBPF L3/L4 enforcement and an L7 proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: load the kernel programs, attach them, serve /metrics and /readyz.
+    Run(RunArgs),
+    /// Show what a running agent has loaded and counted.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of policy files (Kubernetes objects, YAML or JSON) the agent watches.
+    #[arg(long, value_name = "DIR", env = "RAMPART_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+
+    /// Interface to attach the XDP and TC programs to; repeat for several.
+    #[arg(long = "interface", value_name = "IFACE", required = true)]
+    pub interfaces: Vec<String>,
+
+    /// Root directory on a bpffs mount under which the agent pins its maps and links.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/rampart")]
+    pub bpffs_root: PathBuf,
+
+    /// Address of the HTTP server for /metrics, /readyz and /status.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Enforce verdicts, or only count what would be dropped.
+    #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
+    pub mode: ModeArg,
+
+    /// XDP attach mode: let the kernel choose, or force native (driver) or generic (skb).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Address of the running agent's metrics/admin server.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Print the agent's status document as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_accepts_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "rampart",
+            "run",
+            "--policy-dir",
+            "/etc/rampart/policies",
+            "--interface",
+            "eth0",
+            "--interface",
+            "veth1",
+            "--bpffs-root",
+            "/sys/fs/bpf/rp",
+            "--metrics-addr",
+            "127.0.0.1:9999",
+        ])
+        .expect("documented flags parse");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.interfaces, ["eth0", "veth1"]);
+        assert_eq!(args.metrics_addr.port(), 9999);
+        assert_eq!(args.mode, ModeArg::Enforce);
+    }
+
+    #[test]
+    fn run_requires_an_interface() {
+        assert!(Cli::try_parse_from(["rampart", "run"]).is_err());
+    }
+}

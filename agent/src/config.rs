@@ -1,0 +1,189 @@
+//! The agent's validated configuration. Built from the command line (and later a config file),
+//! checked once, dumped at start-up, then passed by value to `app::run`. Nothing else reads flags
+//! or the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::{ModeArg, RunArgs, XdpModeArg};
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
+const MAX_IFNAME_LEN: usize = 15;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--interface {name:?}: {reason}")]
+    Interface { name: String, reason: &'static str },
+    #[error("--interface {0:?} is given twice")]
+    DuplicateInterface(String),
+    #[error("--policy-dir {path}: {reason}")]
+    PolicyDir { path: String, reason: String },
+    #[error("--bpffs-root {path}: must be an absolute path")]
+    BpffsRoot { path: String },
+}
+
+/// Whether kernel verdicts drop packets (enforce) or are only counted (audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// The kernel picks native XDP where the driver has it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub interfaces: Vec<String>,
+    pub policy_dir: Option<PathBuf>,
+    pub bpffs_root: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub mode: Mode,
+    pub xdp_mode: XdpAttachMode,
+}
+
+impl RunConfig {
+    pub fn from_args(args: RunArgs) -> Result<RunConfig, ConfigError> {
+        let mut interfaces: Vec<String> = Vec::with_capacity(args.interfaces.len());
+        for name in args.interfaces {
+            validate_interface_name(&name)?;
+            if interfaces.contains(&name) {
+                return Err(ConfigError::DuplicateInterface(name));
+            }
+            interfaces.push(name);
+        }
+        if let Some(dir) = &args.policy_dir {
+            validate_policy_dir(dir)?;
+        }
+        if !args.bpffs_root.is_absolute() {
+            return Err(ConfigError::BpffsRoot {
+                path: args.bpffs_root.display().to_string(),
+            });
+        }
+        Ok(RunConfig {
+            interfaces,
+            policy_dir: args.policy_dir,
+            bpffs_root: args.bpffs_root,
+            metrics_addr: args.metrics_addr,
+            mode: match args.mode {
+                ModeArg::Enforce => Mode::Enforce,
+                ModeArg::Audit => Mode::Audit,
+            },
+            xdp_mode: match args.xdp_mode {
+                XdpModeArg::Auto => XdpAttachMode::Auto,
+                XdpModeArg::Native => XdpAttachMode::Native,
+                XdpModeArg::Generic => XdpAttachMode::Generic,
+            },
+        })
+    }
+}
+
+/// The rules of the kernel's `dev_valid_name`: 1 to 15 bytes, not `.` or `..`, no `/`, `:`,
+/// whitespace or NUL.
+fn validate_interface_name(name: &str) -> Result<(), ConfigError> {
+    let bad = |reason| {
+        Err(ConfigError::Interface {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad("is longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("is not a valid interface name");
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+    {
+        return bad("contains '/', ':', whitespace or NUL");
+    }
+    Ok(())
+}
+
+fn validate_policy_dir(dir: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(ConfigError::PolicyDir {
+            path: dir.display().to_string(),
+            reason: "is not a directory".into(),
+        }),
+        Err(e) => Err(ConfigError::PolicyDir {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn parse(extra: &[&str]) -> Result<RunConfig, ConfigError> {
+        let mut argv = vec!["rampart", "run"];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        RunConfig::from_args(args)
+    }
+
+    #[test]
+    fn accepts_a_plain_configuration() {
+        let cfg = parse(&["--interface", "eth0", "--interface", "rp-a1"]).expect("valid");
+        assert_eq!(cfg.interfaces, ["eth0", "rp-a1"]);
+        assert_eq!(cfg.mode, Mode::Enforce);
+    }
+
+    #[test]
+    fn rejects_bad_interface_names_naming_the_flag() {
+        for bad in ["", "a/b", "a b", "abcdefghijklmnop", "..", "eth0:1"] {
+            let err = parse(&["--interface", bad]).expect_err(bad);
+            assert!(err.to_string().starts_with("--interface"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_a_duplicate_interface() {
+        let err = parse(&["--interface", "eth0", "--interface", "eth0"]).expect_err("dup");
+        assert_eq!(err, ConfigError::DuplicateInterface("eth0".into()));
+    }
+
+    #[test]
+    fn rejects_a_missing_policy_dir() {
+        let err = parse(&[
+            "--interface",
+            "eth0",
+            "--policy-dir",
+            "/nonexistent/rampart-policies",
+        ])
+        .expect_err("missing dir");
+        assert!(
+            err.to_string()
+                .starts_with("--policy-dir /nonexistent/rampart-policies"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_a_relative_bpffs_root() {
+        let err = parse(&["--interface", "eth0", "--bpffs-root", "bpf"]).expect_err("relative");
+        assert!(matches!(err, ConfigError::BpffsRoot { .. }));
+    }
+}
