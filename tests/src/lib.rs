@@ -1,1 +1,33 @@
+//! The network-namespace test harness: nodes and pods as network namespaces joined by veth pairs,
+//! echo servers and TCP/UDP/HTTP probes that run inside a namespace, and the agent as a real
+//! process. Everything created carries a unique name prefix and is removed by a guard's `Drop`,
+//! even when a test panics; [`sweep_stale`] removes what a killed run left behind.
+//!
+//! Used by the kernel tests in `tests/tests/`, by `cargo xtask demo`, and later by the
+//! conformance runners and benchmarks. Privileged: call [`require_root`] first.
 
+pub mod agent;
+pub mod cmd;
+pub mod metrics;
+pub mod netns;
+pub mod probe;
+pub mod server;
+pub mod topology;
+
+pub use agent::{Agent, AgentOptions};
+pub use netns::{Netns, sweep_stale};
+pub use probe::Outcome;
+pub use server::EchoServer;
+pub use topology::{Topology, TopologyBuilder};
+
+/// Panics with a clear message unless the process runs as root. Privileged tests call this
+/// first: they fail loudly rather than skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (network namespaces, veth, eBPF); run it through `cargo xtask test`, \
+         which runs as root in CI"
+    );
+}

@@ -1,0 +1,235 @@
+//! The agent as a real process inside a node namespace: started with `ip netns exec`, awaited on
+//! `/readyz`, stopped with SIGTERM (and killed if it does not stop), its log kept for failures.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+use crate::probe;
+
+/// How long the agent may take to load, attach and answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub interfaces: Vec<String>,
+    pub metrics_addr: SocketAddr,
+    pub policy_dir: Option<PathBuf>,
+    /// More `rampart run` arguments, appended as given.
+    pub extra_args: Vec<String>,
+}
+
+impl AgentOptions {
+    pub fn new(interfaces: Vec<String>) -> AgentOptions {
+        AgentOptions {
+            interfaces,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9490)),
+            policy_dir: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `rampart run`. Dropping it stops the process.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    ns_name: String,
+    ns_path: String,
+    metrics_addr: SocketAddr,
+    log_path: PathBuf,
+}
+
+/// The `rampart` binary under test: `$RAMPART_BIN`, else `rampart` next to the test binary's
+/// `deps/` directory (`target/<profile>/rampart`, built by `cargo xtask test`).
+pub fn rampart_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("RAMPART_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| {
+            if deps.ends_with("deps") {
+                deps.parent()
+            } else {
+                Some(deps)
+            }
+        })
+        .context("test binary has no parent directory")?;
+    let bin = profile_dir.join("rampart");
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: build it first (`cargo build -p rampart-agent`; `cargo xtask test` does) or set RAMPART_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl Agent {
+    /// Starts the agent in `ns` and waits until `/readyz` answers 200. If the agent exits or
+    /// never gets ready, fails with its log.
+    pub fn start(ns: &Netns, opts: &AgentOptions) -> anyhow::Result<Agent> {
+        let agent = Agent::spawn(ns, opts)?;
+        agent.wait_ready()
+    }
+
+    /// Starts the agent without waiting for readiness (for tests of start-up failures).
+    pub fn spawn(ns: &Netns, opts: &AgentOptions) -> anyhow::Result<Agent> {
+        let bin = rampart_bin()?;
+        let log_dir = std::env::temp_dir().join("rampart-test-logs");
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        let log_path = log_dir.join(format!("{}.log", ns.name()));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).arg(&bin).arg("run");
+        for iface in &opts.interfaces {
+            cmd.args(["--interface", iface]);
+        }
+        cmd.args(["--metrics-addr", &opts.metrics_addr.to_string()]);
+        cmd.args(["--bpffs-root", &format!("/sys/fs/bpf/{}", ns.name())]);
+        if let Some(dir) = &opts.policy_dir {
+            cmd.arg("--policy-dir").arg(dir);
+        }
+        cmd.args(&opts.extra_args);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Agent {
+            child: Some(child),
+            ns_name: ns.name().to_owned(),
+            ns_path: ns.path(),
+            metrics_addr: opts.metrics_addr,
+            log_path,
+        })
+    }
+
+    fn wait_ready(mut self) -> anyhow::Result<Agent> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "the agent in {} exited with {status} before it was ready; log:\n{}",
+                    self.ns_name,
+                    self.log()
+                );
+            }
+            if let Ok((200, _)) = self.get("/readyz") {
+                return Ok(self);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent in {} was not ready after {READY_TIMEOUT:?}; log:\n{}",
+                    self.ns_name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET path` on the agent's metrics/admin address.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        probe::http_get(
+            &self.ns_path,
+            self.metrics_addr,
+            path,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match self.get("/metrics")? {
+            (200, body) => Ok(body),
+            (code, body) => bail!("/metrics answered {code}: {body}"),
+        }
+    }
+
+    /// Runs `rampart <args>` in the agent's namespace (for the CLI tools that talk to it).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let bin = rampart_bin()?;
+        let bin = bin.to_str().context("binary path is not UTF-8")?;
+        crate::cmd::in_ns(&self.ns_name, bin, args)
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("agent already stopped"),
+        }
+    }
+
+    /// Waits for the process to exit on its own (for start-up failures).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait; SIGKILL if it does not stop in time. Returns how it exited.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        let status = child.wait()?;
+        bail!("the agent ignored SIGTERM for {STOP_TIMEOUT:?} and was killed ({status})")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(e) = self.terminate()
+        {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Reachability probes, run from inside a namespace: a TCP connect with an echo round trip, a UDP
+//! datagram with its echo, and a plain HTTP GET for the agent's admin endpoints.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::{self, Netns};
+
+/// What a probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The payload came back: the flow works both ways.
+    Reached,
+    /// The peer answered with a reset (TCP) or port unreachable (UDP): the packet got there.
+    Refused,
+    /// Nothing came back in time: dropped somewhere.
+    TimedOut,
+    /// Anything else (an error of the probe itself).
+    Error(String),
+}
+
+impl Outcome {
+    pub fn reached(&self) -> bool {
+        *self == Outcome::Reached
+    }
+}
+
+const PAYLOAD: &[u8] = b"rampart-probe";
+
+/// TCP connect to `dst` from inside `ns`, send a payload and wait for its echo.
+pub fn tcp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
+    ns.run(move || tcp_here(dst, timeout))
+        .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
+}
+
+/// A UDP datagram to `dst` from inside `ns`, waiting for its echo.
+pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
+    ns.run(move || udp_here(dst, timeout))
+        .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
+}
+
+fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
+    let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
+        Ok(s) => s,
+        Err(e) => return io_outcome(&e),
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    if let Err(e) = stream.write_all(PAYLOAD) {
+        return io_outcome(&e);
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) if &buf[..n] == PAYLOAD => Outcome::Reached,
+        Ok(n) => Outcome::Error(format!("unexpected echo of {n} bytes")),
+        Err(e) => io_outcome(&e),
+    }
+}
+
+fn udp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
+    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let _ = socket.set_read_timeout(Some(timeout));
+    // connect() so an ICMP port unreachable surfaces as ECONNREFUSED on recv.
+    if let Err(e) = socket
+        .connect(dst)
+        .and_then(|()| socket.send(PAYLOAD).map(|_| ()))
+    {
+        return io_outcome(&e);
+    }
+    let mut buf = [0u8; 64];
+    match socket.recv(&mut buf) {
+        Ok(n) if &buf[..n] == PAYLOAD => Outcome::Reached,
+        Ok(n) => Outcome::Error(format!("unexpected echo of {n} bytes")),
+        Err(e) => io_outcome(&e),
+    }
+}
+
+fn io_outcome(e: &std::io::Error) -> Outcome {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => {
+            Outcome::Refused
+        }
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Outcome::TimedOut,
+        _ => Outcome::Error(e.to_string()),
+    }
+}
+
+/// `GET path` on `addr` from inside the namespace at `ns_path`; returns the status code and body.
+///
+/// Hand-written HTTP/1.0 (one request, `Connection: close`, read to EOF): the harness only reads
+/// the agent's small admin responses, and this keeps an HTTP client stack out of the harness.
+pub fn http_get(
+    ns_path: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let path = path.to_owned();
+    netns::run_in(ns_path, move || -> anyhow::Result<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw)?;
+        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .context("no status code")?;
+        Ok((status, body.to_owned()))
+    })?
+}
+
+/// Asserts `outcome` is `expected`, naming the flow in the failure.
+pub fn expect(what: &str, outcome: &Outcome, expected: &Outcome) -> anyhow::Result<()> {
+    if outcome != expected {
+        bail!("{what}: expected {expected:?}, got {outcome:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Echo servers inside a namespace: every TCP connection gets back what it sent first, every UDP
+//! datagram is sent back to its sender. Probes use them to prove a flow got through both ways.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::netns::{self, Netns};
+
+const POLL: Duration = Duration::from_millis(10);
+
+/// Servers on some TCP and UDP ports of one namespace; stopped and joined on drop.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Binds `0.0.0.0:<port>` for each port inside `ns`; returns once every socket is bound.
+    pub fn start(ns: &Netns, tcp_ports: &[u16], udp_ports: &[u16]) -> anyhow::Result<EchoServer> {
+        let mut server = EchoServer {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for &port in tcp_ports {
+            server.spawn(ns, port, true)?;
+        }
+        for &port in udp_ports {
+            server.spawn(ns, port, false)?;
+        }
+        Ok(server)
+    }
+
+    fn spawn(&mut self, ns: &Netns, port: u16, tcp: bool) -> anyhow::Result<()> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let stop = Arc::clone(&self.stop);
+        let path = ns.path();
+        let handle = std::thread::spawn(move || {
+            if let Err(e) = netns::enter(&path) {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+                return;
+            }
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            if tcp {
+                serve_tcp(addr, &stop, &ready_tx);
+            } else {
+                serve_udp(addr, &stop, &ready_tx);
+            }
+        });
+        self.threads.push(handle);
+        let proto = if tcp { "tcp" } else { "udp" };
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .with_context(|| format!("echo server {proto}/{port} in {} did not start", ns.name()))?
+            .map_err(|e| anyhow::anyhow!("echo server {proto}/{port} in {}: {e}", ns.name()))
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
+    let listener = match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 2048];
+                if let Ok(n) = stream.read(&mut buf) {
+                    let _ = stream.write_all(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
+    let socket =
+        match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(POLL * 5)).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return;
+            }
+        };
+    let _ = ready.send(Ok(()));
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    }
+}

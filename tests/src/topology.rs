@@ -1,0 +1,265 @@
+//! Node/pod topologies, as the mission's test topology describes them: a node is a network
+//! namespace; each pod is a namespace joined to its node by a veth pair; nodes are joined by an
+//! underlay bridge in a fabric namespace.
+//!
+//! Addressing and routing, per pod (the model of Calico and Cilium's routed mode):
+//! - the pod's `eth0` holds its IP as a /32 and routes everything via the gateway `169.254.1.1`;
+//! - the node's end of the pair (`rpv<N>`) holds `169.254.1.1/32`, so the pod's ARP for its
+//!   gateway is answered by the node, and the node routes the pod's /32 to `rpv<N>`;
+//! - nodes forward (`ip_forward=1`); a node reaches a pod on another node through that node's
+//!   underlay address (`192.168.200.<n>` on `uplink`).
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd;
+use crate::netns::Netns;
+
+/// The pod's gateway, held by every node-side veth.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+#[derive(Debug)]
+pub struct Pod {
+    /// As given to the builder, e.g. `x/a`.
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub ns: Netns,
+    /// The node-side veth of this pod, in the node's namespace (where the agent attaches).
+    pub host_if: String,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    /// Address on the underlay, when the topology has more than one node.
+    pub underlay_ip: Option<Ipv4Addr>,
+}
+
+/// A built topology. Dropping it deletes every namespace (and with them every link).
+#[derive(Debug)]
+pub struct Topology {
+    // Field order is drop order: pods, then nodes, then the fabric.
+    pods: Vec<Pod>,
+    nodes: Vec<Node>,
+    _fabric: Option<Netns>,
+}
+
+#[derive(Debug, Clone)]
+struct PodSpec {
+    node: String,
+    name: String,
+    ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopologyBuilder {
+    prefix: String,
+    nodes: Vec<String>,
+    pods: Vec<PodSpec>,
+}
+
+impl Topology {
+    /// A builder whose namespaces are named with `prefix` (see [`crate::netns`]).
+    pub fn builder(prefix: &str) -> TopologyBuilder {
+        TopologyBuilder {
+            prefix: prefix.to_owned(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The pod called `name`; panics if there is none (a test bug).
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name:?} in this topology"))
+    }
+
+    /// The node called `name`; panics if there is none (a test bug).
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name:?} in this topology"))
+    }
+
+    /// The node-side veth names of the pods on `node`: the interfaces an agent there attaches to.
+    pub fn pod_interfaces(&self, node: &str) -> Vec<String> {
+        self.pods
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.host_if.clone())
+            .collect()
+    }
+}
+
+impl TopologyBuilder {
+    pub fn node(mut self, name: &str) -> Self {
+        self.nodes.push(name.to_owned());
+        self
+    }
+
+    /// A pod `name` (e.g. `x/a`) on `node` with IPv4 address `ip`.
+    pub fn pod(mut self, node: &str, name: &str, ip: Ipv4Addr) -> Self {
+        self.pods.push(PodSpec {
+            node: node.to_owned(),
+            name: name.to_owned(),
+            ip,
+        });
+        self
+    }
+
+    /// Creates every namespace, link, address and route. On error, whatever was created is
+    /// deleted again (the guards built so far are dropped).
+    pub fn build(self) -> anyhow::Result<Topology> {
+        for pod in &self.pods {
+            if !self.nodes.contains(&pod.node) {
+                bail!("pod {} is on unknown node {}", pod.name, pod.node);
+            }
+        }
+        let mut nodes = Vec::new();
+        for (i, name) in self.nodes.iter().enumerate() {
+            let ns = Netns::create(&self.prefix, &format!("n{i}"))?;
+            sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+            nodes.push(Node {
+                name: name.clone(),
+                ns,
+                underlay_ip: None,
+            });
+        }
+        let fabric = if nodes.len() > 1 {
+            Some(build_underlay(&self.prefix, &mut nodes)?)
+        } else {
+            None
+        };
+
+        let mut pods = Vec::new();
+        for (i, spec) in self.pods.iter().enumerate() {
+            let node = nodes
+                .iter()
+                .find(|n| n.name == spec.node)
+                .context("pod's node")?;
+            let pod = build_pod(&self.prefix, i, spec, node)?;
+            pods.push(pod);
+        }
+        // Every node routes the pods of the other nodes through their node's underlay address.
+        for node in &nodes {
+            for pod in pods.iter().filter(|p| p.node != node.name) {
+                let via = nodes
+                    .iter()
+                    .find(|n| n.name == pod.node)
+                    .and_then(|n| n.underlay_ip)
+                    .context("remote node without an underlay address")?;
+                cmd::ip(&[
+                    "-n",
+                    node.ns.name(),
+                    "route",
+                    "add",
+                    &format!("{}/32", pod.ip),
+                    "via",
+                    &via.to_string(),
+                    "dev",
+                    "uplink",
+                ])?;
+            }
+        }
+        Ok(Topology {
+            pods,
+            nodes,
+            _fabric: fabric,
+        })
+    }
+}
+
+fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
+    let fabric = Netns::create(prefix, "fab")?;
+    let f = fabric.name().to_owned();
+    cmd::ip(&["-n", &f, "link", "add", "br0", "type", "bridge"])?;
+    cmd::ip(&["-n", &f, "link", "set", "br0", "up"])?;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let port = format!("n{i}");
+        let addr = Ipv4Addr::new(
+            192,
+            168,
+            200,
+            u8::try_from(i + 1).context("too many nodes")?,
+        );
+        let n = node.ns.name();
+        cmd::ip(&[
+            "link", "add", "uplink", "netns", n, "type", "veth", "peer", "name", &port, "netns", &f,
+        ])?;
+        cmd::ip(&["-n", &f, "link", "set", &port, "master", "br0", "up"])?;
+        cmd::ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "uplink",
+        ])?;
+        cmd::ip(&["-n", n, "link", "set", "uplink", "up"])?;
+        node.underlay_ip = Some(addr);
+    }
+    Ok(fabric)
+}
+
+fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {
+    let label = format!("p{index}");
+    let ns = Netns::create(prefix, &label)?;
+    let host_if = format!("rpv{index}");
+    let (n, p) = (node.ns.name(), ns.name());
+    let gw = POD_GATEWAY.to_string();
+    cmd::ip(&[
+        "link", "add", &host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
+    ])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "addr",
+        "add",
+        &format!("{}/32", spec.ip),
+        "dev",
+        "eth0",
+    ])?;
+    cmd::ip(&["-n", p, "link", "set", "eth0", "up"])?;
+    cmd::ip(&["-n", p, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+    cmd::ip(&[
+        "-n", p, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])?;
+    cmd::ip(&["-n", n, "addr", "add", &format!("{gw}/32"), "dev", &host_if])?;
+    cmd::ip(&["-n", n, "link", "set", &host_if, "up"])?;
+    cmd::ip(&[
+        "-n",
+        n,
+        "route",
+        "add",
+        &format!("{}/32", spec.ip),
+        "dev",
+        &host_if,
+    ])?;
+    Ok(Pod {
+        name: spec.name.clone(),
+        node: node.name.clone(),
+        ip: spec.ip,
+        ns,
+        host_if,
+    })
+}
+
+fn sysctl(ns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {
+    cmd::in_ns(ns.name(), "sysctl", &["-qw", &format!("{key}={value}")])?;
+    Ok(())
+}
