@@ -37,6 +37,10 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    if let Some(dir) = &config.policy_dir {
+        // The policy compiler is the next stage of the roadmap; until then nothing is enforced.
+        tracing::warn!(dir = %dir.display(), "policy files are not read yet: every packet is counted and passed");
+    }
     let mut datapath = Datapath::load().context("loading the kernel programs")?;
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;

@@ -108,8 +108,8 @@ impl StatusDoc {
         let _ = writeln!(out, "\nattachments:");
         let _ = writeln!(
             out,
-            "  {:<16} {:<11} {:<14} {:>6}  {}",
-            "INTERFACE", "HOOK", "PROGRAM", "ID", "METHOD"
+            "  {:<16} {:<11} {:<14} {:>6}  METHOD",
+            "INTERFACE", "HOOK", "PROGRAM", "ID"
         );
         for a in &self.attachments {
             let _ = writeln!(

@@ -20,6 +20,8 @@ pub struct AgentOptions {
     pub interfaces: Vec<String>,
     pub metrics_addr: SocketAddr,
     pub policy_dir: Option<PathBuf>,
+    /// The binary to run; default [`rampart_bin`].
+    pub bin: Option<PathBuf>,
     /// More `rampart run` arguments, appended as given.
     pub extra_args: Vec<String>,
 }
@@ -30,6 +32,7 @@ impl AgentOptions {
             interfaces,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9490)),
             policy_dir: None,
+            bin: None,
             extra_args: Vec::new(),
         }
     }
@@ -39,6 +42,7 @@ impl AgentOptions {
 #[derive(Debug)]
 pub struct Agent {
     child: Option<Child>,
+    bin: PathBuf,
     ns_name: String,
     ns_path: String,
     metrics_addr: SocketAddr,
@@ -82,7 +86,10 @@ impl Agent {
 
     /// Starts the agent without waiting for readiness (for tests of start-up failures).
     pub fn spawn(ns: &Netns, opts: &AgentOptions) -> anyhow::Result<Agent> {
-        let bin = rampart_bin()?;
+        let bin = match &opts.bin {
+            Some(bin) => bin.clone(),
+            None => rampart_bin()?,
+        };
         let log_dir = std::env::temp_dir().join("rampart-test-logs");
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
@@ -112,6 +119,7 @@ impl Agent {
             .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Agent {
             child: Some(child),
+            bin,
             ns_name: ns.name().to_owned(),
             ns_path: ns.path(),
             metrics_addr: opts.metrics_addr,
@@ -163,8 +171,7 @@ impl Agent {
 
     /// Runs `rampart <args>` in the agent's namespace (for the CLI tools that talk to it).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let bin = rampart_bin()?;
-        let bin = bin.to_str().context("binary path is not UTF-8")?;
+        let bin = self.bin.to_str().context("binary path is not UTF-8")?;
         crate::cmd::in_ns(&self.ns_name, bin, args)
     }
 

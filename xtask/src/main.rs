@@ -1,1 +1,45 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's own tasks. Each is a module with one job.
+
+mod build_ebpf;
+mod demo;
+mod process;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Rampart project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, rust-src, bpf-linker). Idempotent.
+    Setup(setup::SetupArgs),
+    /// Build the kernel object to target/ebpf/rampart-ebpf.
+    BuildEbpf,
+    /// Run every check: fmt, clippy (host and eBPF), unit tests, kernel tests. Needs root.
+    Test(test::TestArgs),
+    /// Build, start a small node/pod topology with the agent, show what it sees, clean up.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup(args) => setup::run(&args),
+        Task::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Task::Test(args) => test::run(&args),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `cargo xtask test`: every check the project has, in tiers, stopping at the first failure:
+//! setup → formatting → clippy (host crates, then the kernel crate for its real target) → build
+//! the agent → unit tests and privileged kernel tests (network namespaces, real programs).
+//!
+//! Privileged tests need root; they fail (never skip) without it.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rampart_ebpf_build::EbpfToolchain;
+
+use crate::process::{cargo, exec, workspace_root};
+use crate::setup;
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Skip fmt and clippy (for a quick re-run of the tests while working).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Passed to `cargo test` as a test name filter.
+    pub filter: Option<String>,
+}
+
+pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
+    setup::run(&setup::SetupArgs { check: false })?;
+    sweep()?;
+    if !args.no_lint {
+        exec(cargo().args(["fmt", "--all", "--check"]))?;
+        exec(cargo().args([
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        clippy_kernel_crate()?;
+    }
+    exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
+    let bin = workspace_root().join("target/debug/rampart");
+    let mut test = cargo();
+    test.args(["test", "--locked"]).env("RAMPART_BIN", &bin);
+    if let Some(filter) = &args.filter {
+        test.arg(filter);
+    }
+    let result = exec(&mut test);
+    sweep()?;
+    result
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    run_all(args)?;
+    println!(
+        "xtask test: all checks passed in {:.0}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Clippy on the kernel crate, for `bpfel-unknown-none` (the only target it is built for), with
+/// the toolchain that builds it.
+fn clippy_kernel_crate() -> anyhow::Result<()> {
+    let toolchain = EbpfToolchain::select()?;
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        toolchain.rustup_name(),
+        "cargo",
+        "clippy",
+        "--locked",
+        "-p",
+        "rampart-ebpf",
+    ])
+    .args([
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+    ])
+    .args(["--target-dir", "target/clippy-ebpf", "--", "-D", "warnings"])
+    // Build-std on stable needs RUSTC_BOOTSTRAP; on nightly it is harmless.
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "--cfg=bpf_target_arch=\"x86_64\"",
+    );
+    exec(&mut cmd)
+}
+
+/// Removes network namespaces left by killed runs of the tests or the demo.
+fn sweep() -> anyhow::Result<()> {
+    for prefix in [
+        rampart_tests::netns::TEST_PREFIX,
+        rampart_tests::netns::DEMO_PREFIX,
+    ] {
+        let gone = rampart_tests::sweep_stale(prefix).context("sweeping stale namespaces")?;
+        if !gone.is_empty() {
+            eprintln!("removed stale namespaces: {}", gone.join(" "));
+        }
+    }
+    Ok(())
+}
