@@ -8,6 +8,8 @@
 //!    the linker starts from any environment (the recipe in `../shared/toolchain.md`). A stamp
 //!    records which libLLVM it was built against; a toolchain update triggers a rebuild.
 //!
+//! 4. `cargo-deny` (pinned), for the licence/ban/source checks of `cargo xtask test`.
+//!
 //! Only crates.io, Debian and `rustup component add` are used; no toolchain is ever fetched.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use rampart_ebpf_build::{BPF_LINKER_VERSION, EbpfToolchain};
 
-use crate::process::{exec, output};
+use crate::process::{cargo, exec, output};
 
 /// Debian packages: `gcc`/`libc6-dev` (host linker), `pkg-config`, `iproute2` (`ip`, namespaces),
 /// `procps` (`sysctl`), `bpftool` (inspecting programs and links when a test fails).
@@ -28,6 +30,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "ca-certificates",
 ];
+
+/// The cargo-deny release `cargo xtask test` runs.
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
 
 #[derive(Debug, clap::Args)]
 pub struct SetupArgs {
@@ -48,6 +53,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     let missing_packages = missing_debian_packages();
     let needs_rust_src = !has_rust_src(tc)?;
     let linker = LinkerState::probe(tc)?;
+    let needs_cargo_deny = !has_cargo_deny();
 
     if args.check {
         let mut missing = Vec::new();
@@ -59,6 +65,9 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         }
         if let LinkerState::Missing(why) = &linker {
             missing.push(format!("bpf-linker {BPF_LINKER_VERSION}: {why}"));
+        }
+        if needs_cargo_deny {
+            missing.push(format!("cargo-deny {CARGO_DENY_VERSION}"));
         }
         if missing.is_empty() {
             println!("setup: everything is installed (eBPF toolchain: {tc})");
@@ -81,6 +90,10 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn has_cargo_deny() -> bool {
+    output(cargo().args(["deny", "--version"])).is_some_and(|v| v.contains(CARGO_DENY_VERSION))
 }
 
 fn missing_debian_packages() -> Vec<&'static str> {

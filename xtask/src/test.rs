@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every check the project has, in tiers, stopping at the first failure:
-//! setup → formatting → clippy (host crates, then the kernel crate for its real target) → build
+//! setup → formatting → clippy (host crates, then the kernel crate for its real target) →
+//! cargo-deny (licences, bans, sources) → build
 //! the agent → unit tests and privileged kernel tests (network namespaces, real programs).
 //!
 //! Privileged tests need root; they fail (never skip) without it.
@@ -36,6 +37,7 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
             "warnings",
         ]))?;
         clippy_kernel_crate()?;
+        exec(cargo().args(["deny", "--locked", "check", "licenses", "bans", "sources"]))?;
     }
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");
