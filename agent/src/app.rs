@@ -8,8 +8,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::config::Mode;
 use crate::config::RunConfig;
-use crate::datapath::{Attachment, Datapath, HookStats};
+use crate::datapath::{Attachment, Datapath, PolicyState, Stats};
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
@@ -17,7 +18,7 @@ pub struct AgentState {
     pub config: RunConfig,
     pub started: Instant,
     pub attachments: Vec<Attachment>,
-    pub hook_stats: HookStats,
+    pub stats: Stats,
     /// True once every program is attached (and, later, the current policy is in the kernel).
     pub ready: AtomicBool,
 }
@@ -42,16 +43,24 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         tracing::warn!(dir = %dir.display(), "policy files are not read yet: every packet is counted and passed");
     }
     let mut datapath = Datapath::load().context("loading the kernel programs")?;
+    // The first state: no endpoints yet (every interface unmanaged), the agent-wide mode set.
+    let initial = PolicyState {
+        audit: config.mode == Mode::Audit,
+        ..PolicyState::default()
+    };
+    datapath
+        .apply(&initial)
+        .context("installing the initial datapath state")?;
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;
         tracing::info!(%interface, "attached XDP and TC programs");
     }
-    let hook_stats = datapath.take_hook_stats()?;
+    let stats = datapath.take_stats()?;
     let state = Arc::new(AgentState {
         attachments: datapath.attachments().to_vec(),
         config,
         started: Instant::now(),
-        hook_stats,
+        stats,
         ready: AtomicBool::new(false),
     });
 

@@ -4,16 +4,36 @@
 //!
 //! Attachments live as long as the [`Datapath`] value: dropping it detaches every program (the
 //! links are owned by their file descriptors; nothing is pinned yet).
+//!
+//! Policy state reaches the kernel through [`Datapath::apply`], atomically: endpoints, ipcache
+//! and policy are double-buffered (A/B maps); `apply` rewrites the inactive copy completely and
+//! then flips `CONFIG_V1.active` in one write, so every packet sees one whole state.
 
-use aya::Ebpf;
-use aya::maps::{MapData, PerCpuArray};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
+use aya::programs::{TestRun as _, TestRunOptions};
 use aya::util::KernelVersion;
+use rampart_common::config::{ConfigFlags, DatapathConfig};
 use rampart_common::counters::{Hook, HookCounter};
+use rampart_common::endpoint::EndpointInfo;
+use rampart_common::ipcache::IpcacheEntry;
+use rampart_common::maps;
 use rampart_common::maps::HOOK_STATS;
+use rampart_common::policy::{PolicyEntry, PolicyKey};
+use rampart_common::reason::{Direction, DropReason, drop_slot};
 use serde::Serialize;
 
 use crate::config::XdpAttachMode;
+use crate::policy_map::PolicyMapEntry;
+
+/// How long after a generation flip the old generation may still be read by a program that
+/// started before it; `apply` does not rewrite that generation sooner.
+const GENERATION_GRACE: Duration = Duration::from_millis(20);
 
 /// The kernel object built by `agent/build.rs` (see `xtask/ebpf-build`).
 static KERNEL_OBJECT: &[u8] =
@@ -53,6 +73,33 @@ pub enum DatapathError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("test run of {program}: {source}")]
+    TestRun {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("ipcache prefix {addr}/{prefix_len} is longer than the address")]
+    BadPrefix { addr: IpAddr, prefix_len: u8 },
+}
+
+/// The complete policy state of the node, as the kernel maps hold it.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyState {
+    /// Local endpoints by the ifindex of their node-side interface. Endpoint ids must not be 0.
+    pub endpoints: Vec<(u32, EndpointInfo)>,
+    /// Address prefixes (address, prefix length) and their identities.
+    pub ipcache: Vec<(IpAddr, u8, u32)>,
+    pub policy: Vec<PolicyMapEntry>,
+    /// Agent-wide audit mode.
+    pub audit: bool,
+}
+
+/// A program of the object, for [`Datapath::test_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    Xdp,
+    TcIngress,
+    TcEgress,
 }
 
 /// One program attached to one interface, as shown by `rampart status`.
@@ -71,6 +118,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     tcx: bool,
+    config: DatapathConfig,
+    last_flip: Option<Instant>,
 }
 
 impl Datapath {
@@ -78,7 +127,12 @@ impl Datapath {
     /// attaches nothing.
     pub fn load() -> Result<Datapath, DatapathError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(KERNEL_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        // RAMPART_VERIFIER_LOG=1: the verifier's full log in load errors (debugging the programs).
+        if std::env::var_os("RAMPART_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+        }
+        let mut ebpf = loader.load(KERNEL_OBJECT)?;
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::Program {
@@ -98,7 +152,123 @@ impl Datapath {
             ebpf,
             attachments: Vec::new(),
             tcx,
+            config: DatapathConfig::default(),
+            last_flip: None,
         })
+    }
+
+    /// Installs `state` atomically (see the module docs) and returns the new policy revision.
+    /// On error the live generation is untouched: the last good state stays in force.
+    pub fn apply(&mut self, state: &PolicyState) -> Result<u32, DatapathError> {
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                std::thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+        let next = 1 - (self.config.active & 1);
+        let slot = next as usize;
+        {
+            let name = maps::ENDPOINTS[slot];
+            let mut endpoints: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut endpoints, name)?;
+            for (ifindex, info) in &state.endpoints {
+                endpoints.insert(ifindex, info, 0).map_err(map_err(name))?;
+            }
+        }
+        {
+            let name = maps::IPCACHE4[slot];
+            let mut v4: LpmTrie<&mut MapData, [u8; 4], IpcacheEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_trie(&mut v4, name)?;
+            for &(addr, prefix_len, identity) in &state.ipcache {
+                if let IpAddr::V4(a) = addr {
+                    if prefix_len > 32 {
+                        return Err(DatapathError::BadPrefix { addr, prefix_len });
+                    }
+                    let key = Key::new(u32::from(prefix_len), a.octets());
+                    v4.insert(&key, IpcacheEntry { identity, flags: 0 }, 0)
+                        .map_err(map_err(name))?;
+                }
+            }
+        }
+        {
+            let name = maps::IPCACHE6[slot];
+            let mut v6: LpmTrie<&mut MapData, [u8; 16], IpcacheEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_trie(&mut v6, name)?;
+            for &(addr, prefix_len, identity) in &state.ipcache {
+                if let IpAddr::V6(a) = addr {
+                    if prefix_len > 128 {
+                        return Err(DatapathError::BadPrefix { addr, prefix_len });
+                    }
+                    let key = Key::new(u32::from(prefix_len), a.octets());
+                    v6.insert(&key, IpcacheEntry { identity, flags: 0 }, 0)
+                        .map_err(map_err(name))?;
+                }
+            }
+        }
+        {
+            let name = maps::POLICY[slot];
+            let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_trie(&mut policy, name)?;
+            for e in &state.policy {
+                policy
+                    .insert(&Key::new(e.prefix_len, e.key), e.entry, 0)
+                    .map_err(map_err(name))?;
+            }
+        }
+        let config = DatapathConfig {
+            active: next,
+            revision: self.config.revision.wrapping_add(1),
+            flags: if state.audit { ConfigFlags::AUDIT } else { 0 },
+            _pad: 0,
+        };
+        let mut array: Array<&mut MapData, DatapathConfig> =
+            typed(maps::CONFIG, self.map_mut(maps::CONFIG)?)?;
+        array.set(0, config, 0).map_err(map_err(maps::CONFIG))?;
+        self.config = config;
+        self.last_flip = Some(Instant::now());
+        Ok(config.revision)
+    }
+
+    /// The current policy revision (0 before the first `apply`).
+    pub fn revision(&self) -> u32 {
+        self.config.revision
+    }
+
+    /// Runs a program once on `packet` with `BPF_PROG_TEST_RUN` (not attached anywhere; the
+    /// kernel presents the packet as received on the loopback interface, ifindex 1). Returns the
+    /// program's return code.
+    pub fn test_run(&mut self, kind: ProgramKind, packet: &[u8]) -> Result<u32, DatapathError> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let (program, result) = match kind {
+            ProgramKind::Xdp => (PROG_XDP, xdp_program(&mut self.ebpf)?.test_run(opts)),
+            ProgramKind::TcIngress => (
+                PROG_TC_INGRESS,
+                tc_program(&mut self.ebpf, PROG_TC_INGRESS)?.test_run(opts),
+            ),
+            ProgramKind::TcEgress => (
+                PROG_TC_EGRESS,
+                tc_program(&mut self.ebpf, PROG_TC_EGRESS)?.test_run(opts),
+            ),
+        };
+        result
+            .map(|r| r.return_value)
+            .map_err(|source| DatapathError::TestRun { program, source })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
     }
 
     /// Attaches XDP and both TC programs to `interface`, in the caller's network namespace.
@@ -167,43 +337,149 @@ impl Datapath {
         &self.attachments
     }
 
-    /// Moves the hook counter map out of the object into a reader that can be shared across
+    /// Moves the counter maps out of the object into a reader that can be shared across
     /// threads. Call once.
-    pub fn take_hook_stats(&mut self) -> Result<HookStats, DatapathError> {
+    pub fn take_stats(&mut self) -> Result<Stats, DatapathError> {
+        Ok(Stats {
+            hooks: self.take_counter_array(HOOK_STATS)?,
+            drops: self.take_counter_array(maps::DROP_STATS)?,
+            audits: self.take_counter_array(maps::AUDIT_STATS)?,
+            forwarded: self.take_counter_array(maps::FWD_STATS)?,
+        })
+    }
+
+    fn take_counter_array(&mut self, name: &'static str) -> Result<CounterArray, DatapathError> {
         let map = self
             .ebpf
-            .take_map(HOOK_STATS)
-            .ok_or(DatapathError::MissingMap(HOOK_STATS))?;
-        let array = PerCpuArray::try_from(map).map_err(|source| DatapathError::Map {
-            map: HOOK_STATS,
-            source,
-        })?;
-        Ok(HookStats { array })
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let array = PerCpuArray::try_from(map).map_err(map_err(name))?;
+        Ok(CounterArray { name, array })
     }
 }
 
-/// Reader of `HOOK_STATS_V1`: packets and bytes per hook, summed over CPUs.
-pub struct HookStats {
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn typed<'a, T>(name: &'static str, map: &'a mut Map) -> Result<T, DatapathError>
+where
+    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn clear_hash(
+    map: &mut HashMap<&mut MapData, u32, EndpointInfo>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<u32> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn clear_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut LpmTrie<&mut MapData, K, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<Key<K>> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// One per-CPU counter array.
+struct CounterArray {
+    name: &'static str,
     array: PerCpuArray<MapData, HookCounter>,
 }
 
-impl HookStats {
-    pub fn read(&self) -> Result<[(Hook, HookCounter); Hook::COUNT as usize], DatapathError> {
+impl CounterArray {
+    /// Slot `index` summed over CPUs.
+    fn sum(&self, index: u32) -> Result<HookCounter, DatapathError> {
+        let per_cpu = self.array.get(&index, 0).map_err(map_err(self.name))?;
+        Ok(per_cpu
+            .iter()
+            .fold(HookCounter::default(), |acc, c| acc.add(*c)))
+    }
+}
+
+/// Readers of the kernel counters, summed over CPUs.
+pub struct Stats {
+    hooks: CounterArray,
+    drops: CounterArray,
+    audits: CounterArray,
+    forwarded: CounterArray,
+}
+
+/// A packets/bytes count for one (reason, direction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonCount {
+    pub reason: DropReason,
+    pub direction: Direction,
+    pub counter: HookCounter,
+}
+
+impl Stats {
+    /// Packets and bytes per hook.
+    pub fn hooks(&self) -> Result<[(Hook, HookCounter); Hook::COUNT as usize], DatapathError> {
         let mut out = Hook::ALL.map(|h| (h, HookCounter::default()));
         for (hook, total) in &mut out {
-            let per_cpu = self
-                .array
-                .get(&hook.0, 0)
-                .map_err(|source| DatapathError::Map {
-                    map: HOOK_STATS,
-                    source,
-                })?;
-            *total = per_cpu
-                .iter()
-                .fold(HookCounter::default(), |acc, c| acc.add(*c));
+            *total = self.hooks.sum(hook.0)?;
         }
         Ok(out)
     }
+
+    /// Dropped packets by every defined reason (except `none`) and direction.
+    pub fn drops(&self) -> Result<Vec<ReasonCount>, DatapathError> {
+        reason_counts(&self.drops)
+    }
+
+    /// Would-be drops that audit mode let through, by reason and direction.
+    pub fn audited(&self) -> Result<Vec<ReasonCount>, DatapathError> {
+        reason_counts(&self.audits)
+    }
+
+    /// Packets forwarded by policy (new flows allowed and tracked flows), by direction.
+    pub fn forwarded(&self) -> Result<[(Direction, HookCounter); 2], DatapathError> {
+        Ok([
+            (
+                Direction::INGRESS,
+                self.forwarded.sum(u32::from(Direction::INGRESS.0))?,
+            ),
+            (
+                Direction::EGRESS,
+                self.forwarded.sum(u32::from(Direction::EGRESS.0))?,
+            ),
+        ])
+    }
+}
+
+fn reason_counts(array: &CounterArray) -> Result<Vec<ReasonCount>, DatapathError> {
+    let mut out = Vec::new();
+    for reason in DropReason::ALL
+        .into_iter()
+        .filter(|r| *r != DropReason::NONE)
+    {
+        for direction in Direction::ALL {
+            let counter = array.sum(drop_slot(reason, direction))?;
+            out.push(ReasonCount {
+                reason,
+                direction,
+                counter,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {

@@ -1,15 +1,8 @@
 //! `rampart`: the node agent and its command-line tools. Parses arguments and hands a validated
 //! configuration to the module that does the work; all wiring of the agent is in `app.rs`.
 
-mod admin;
-mod app;
-mod cli;
-mod config;
-mod datapath;
-mod metrics;
-mod status;
-
 use clap::Parser as _;
+use rampart_agent::{app, cli, config, status};
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

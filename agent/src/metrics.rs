@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
@@ -66,7 +67,7 @@ impl Collector for AgentCollector {
             attached.metric_type(),
         )?)?;
 
-        let stats = match self.state.hook_stats.read() {
+        let stats = match self.state.stats.hooks() {
             Ok(stats) => stats,
             Err(e) => {
                 // A scrape must not fail because one map read did; the gap shows in the series.
@@ -78,7 +79,7 @@ impl Collector for AgentCollector {
             "rampart_datapath_packets",
             "Packets seen by each kernel hook, summed over CPUs and interfaces",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
         for (hook, counter) in &stats {
             let labels = [("hook", hook.name())];
@@ -88,11 +89,84 @@ impl Collector for AgentCollector {
             "rampart_datapath_bytes",
             "Bytes seen by each kernel hook, summed over CPUs and interfaces",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
         for (hook, counter) in &stats {
             let labels = [("hook", hook.name())];
             ConstCounter::new(counter.bytes).encode(bytes.encode_family(&labels)?)?;
+        }
+        self.encode_verdicts(&mut encoder)
+    }
+}
+
+impl AgentCollector {
+    /// Drops and audited would-be drops by (reason, direction), forwarded by direction.
+    fn encode_verdicts(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.state.stats;
+        let (drops, audited, forwarded) = match (stats.drops(), stats.audited(), stats.forwarded())
+        {
+            (Ok(d), Ok(a), Ok(f)) => (d, a, f),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::warn!("reading the verdict counters: {e}");
+                return Ok(());
+            }
+        };
+        for (name, help, rows, bytes) in [
+            (
+                "rampart_drops",
+                "Packets dropped by the datapath, by drop reason and direction",
+                &drops,
+                false,
+            ),
+            (
+                "rampart_drop_bytes",
+                "Bytes dropped by the datapath, by drop reason and direction",
+                &drops,
+                true,
+            ),
+            (
+                "rampart_audited",
+                "Packets audit mode let through that enforce mode would drop, by reason and direction",
+                &audited,
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for row in rows.iter() {
+                let labels = [
+                    ("reason", row.reason.name()),
+                    ("direction", row.direction.name()),
+                ];
+                let value = if bytes {
+                    row.counter.bytes
+                } else {
+                    row.counter.packets
+                };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, bytes) in [
+            (
+                "rampart_forwarded",
+                "Packets the datapath's policy forwarded, by direction",
+                false,
+            ),
+            (
+                "rampart_forwarded_bytes",
+                "Bytes the datapath's policy forwarded, by direction",
+                true,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (direction, counter) in &forwarded {
+                let value = if bytes {
+                    counter.bytes
+                } else {
+                    counter.packets
+                };
+                ConstCounter::new(value)
+                    .encode(family.encode_family(&[("direction", direction.name())])?)?;
+            }
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ pub struct HookCounterDoc {
 
 impl StatusDoc {
     pub fn from_state(state: &AgentState) -> StatusDoc {
-        let counters = match state.hook_stats.read() {
+        let counters = match state.stats.hooks() {
             Ok(stats) => stats
                 .iter()
                 .map(|(hook, c)| HookCounterDoc {

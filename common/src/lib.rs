@@ -8,5 +8,12 @@
 //! - `aya::Pod` impls exist only behind the `user` feature.
 #![no_std]
 
+pub mod config;
+pub mod conntrack;
 pub mod counters;
+pub mod endpoint;
+pub mod identity;
+pub mod ipcache;
 pub mod maps;
+pub mod policy;
+pub mod reason;

@@ -1,9 +1,46 @@
-//! Names and sizes of the kernel maps. The eBPF crate declares each map under exactly this name
-//! (the Rust static's identifier is the map name in the object file); the agent looks them up by
-//! the same constant. Names are at most 15 bytes (`BPF_OBJ_NAME_LEN - 1`) and end in a version:
-//! a change of layout gets a new name, so an agent never reads a pinned map of another layout.
+//! Names and sizes of the kernel maps. The eBPF crate declares each map under exactly this name;
+//! the agent looks them up by the same constant. Names are at most 15 bytes
+//! (`BPF_OBJ_NAME_LEN - 1`) and end in a version: a change of layout gets a new name, so an agent
+//! never reads a pinned map of another layout.
+//!
+//! | map | type | entries | key → value |
+//! | --- | --- | --- | --- |
+//! | `HOOK_STATS_V1` | per-CPU array | `Hook::COUNT` | hook → packets/bytes |
+//! | `DROP_STATS_V1` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes dropped |
+//! | `AUDIT_STATS_V1` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes audit let through |
+//! | `FWD_STATS_V1` | per-CPU array | 2 | direction → packets/bytes forwarded by policy |
+//! | `CONFIG_V1` | array | 1 | active generation, policy revision, flags |
+//! | `ENDPOINTS_{A,B}_V1` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint |
+//! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
+//! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
+//! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
 
 /// Per-CPU packet/byte counters, one slot per attach point ([`crate::counters::Hook`]).
 pub const HOOK_STATS: &str = "HOOK_STATS_V1";
+pub const DROP_STATS: &str = "DROP_STATS_V1";
+pub const AUDIT_STATS: &str = "AUDIT_STATS_V1";
+pub const FWD_STATS: &str = "FWD_STATS_V1";
+pub const CONFIG: &str = "CONFIG_V1";
+pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V1", "ENDPOINTS_B_V1"];
+pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
+pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
+pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
+pub const CT: &str = "CT_V1";
 
-const _: () = assert!(HOOK_STATS.len() <= 15);
+/// Local endpoints (pods on this node) per generation.
+pub const MAX_ENDPOINTS: u32 = 4096;
+/// Prefixes per address family and generation.
+pub const MAX_IPCACHE: u32 = 65536;
+/// Policy trie entries per generation (a port range costs up to 30 entries).
+pub const MAX_POLICY: u32 = 262_144;
+/// Tracked flows (all scopes). LRU: when full, the least recently used flow is evicted.
+pub const MAX_CT: u32 = 262_144;
+
+const fn short(name: &str) -> bool {
+    name.len() <= 15
+}
+const _: () =
+    assert!(short(HOOK_STATS) && short(DROP_STATS) && short(AUDIT_STATS) && short(FWD_STATS));
+const _: () = assert!(short(CONFIG) && short(CT));
+const _: () =
+    assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));

@@ -1,19 +1,43 @@
-//! The per-CPU hook counters (`HOOK_STATS_V1`, layout in `rampart_common::counters`).
+//! The per-CPU counters: packets/bytes per hook, per (drop reason, direction) dropped or
+//! audited, and forwarded per direction.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rampart_common::counters::{Hook, HookCounter};
+use rampart_common::reason::{Direction, DropReason, drop_slot};
+
+use crate::maps::{AUDIT_STATS, DROP_STATS, FWD_STATS};
 
 #[map(name = "HOOK_STATS_V1")]
 static HOOK_STATS_V1: PerCpuArray<HookCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
-/// Adds one packet of `bytes` bytes to `hook`'s slot on this CPU. A missing slot (an index past
-/// the array) cannot happen for the `Hook` consts; if it did, the packet is not counted and the
-/// caller's verdict stands (counting never changes a verdict).
+/// Adds one packet of `bytes` bytes to `hook`'s slot on this CPU. A missing slot cannot happen
+/// for valid indices; if it did, the packet is not counted and the verdict stands (counting never
+/// changes a verdict).
 #[inline(always)]
 pub fn count(hook: Hook, bytes: u64) {
-    if let Some(slot) = HOOK_STATS_V1.get_ptr_mut(hook.0) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for the program's run
-        // and written by no other CPU.
+    add(&HOOK_STATS_V1, hook.0, bytes);
+}
+
+#[inline(always)]
+pub fn dropped(reason: DropReason, dir: Direction, bytes: u64) {
+    add(&DROP_STATS, drop_slot(reason, dir), bytes);
+}
+
+#[inline(always)]
+pub fn audited(reason: DropReason, dir: Direction, bytes: u64) {
+    add(&AUDIT_STATS, drop_slot(reason, dir), bytes);
+}
+
+#[inline(always)]
+pub fn forwarded(dir: Direction, bytes: u64) {
+    add(&FWD_STATS, u32::from(dir.0 & 1), bytes);
+}
+
+#[inline(always)]
+fn add(map: &PerCpuArray<HookCounter>, index: u32, bytes: u64) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run and written by
+        // no other CPU.
         unsafe {
             (*slot).packets = (*slot).packets.wrapping_add(1);
             (*slot).bytes = (*slot).bytes.wrapping_add(bytes);

@@ -1,43 +1,79 @@
 //! Rampart's kernel programs.
 //!
 //! Kernel programs are thin: parse, look up, decide, count. Nothing logs on the fast path. Every
-//! early return says whether it fails open or closed and counts why.
+//! early return says whether it fails open or closed and counts why (see `enforce.rs`).
 //!
 //! Programs (the function name is the program name; at most 15 characters so the kernel does not
-//! truncate it):
-//! - `rp_xdp`: XDP, the earliest point a packet can be seen on an interface's receive path.
-//! - `rp_tc_ingress` / `rp_tc_egress`: TC (tcx on kernels >= 6.6) on the same interface.
-//!
-//! At this stage every program counts packets and bytes into `HOOK_STATS_V1` and passes them.
+//! truncate it), all on the node-side end of a pod's veth:
+//! - `rp_xdp`: XDP, the earliest point: what the pod sends (the pod's egress).
+//! - `rp_tc_ingress`: TC ingress, the same packets as skbs (the pod's egress; with XDP attached,
+//!   flows XDP admitted are already tracked here).
+//! - `rp_tc_egress`: TC egress: what the node delivers to the pod (the pod's ingress).
 #![no_std]
 #![no_main]
 
 mod counters;
+mod enforce;
+mod maps;
+mod packet;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use rampart_common::counters::Hook;
+use rampart_common::reason::Direction;
+
+use crate::enforce::Action;
+use crate::packet::Bounds;
+
+/// Bytes of headers the TC programs make linear before parsing (Ethernet + IPv6 + extension
+/// headers + L4 + a quoted header in ICMP errors).
+const TC_PULL_LEN: u32 = 192;
 
 #[xdp]
 pub fn rp_xdp(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end().saturating_sub(ctx.data());
-    counters::count(Hook::XDP, len as u64);
-    xdp_action::XDP_PASS
+    let b = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    counters::count(Hook::XDP, b.len() as u64);
+    // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match enforce::decide(&b, ifindex, Direction::EGRESS) {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+    }
 }
 
 #[classifier]
 pub fn rp_tc_ingress(ctx: TcContext) -> i32 {
-    counters::count(Hook::TC_INGRESS, u64::from(ctx.len()));
-    TC_ACT_OK
+    tc(ctx, Hook::TC_INGRESS, Direction::EGRESS)
 }
 
 #[classifier]
 pub fn rp_tc_egress(ctx: TcContext) -> i32 {
-    counters::count(Hook::TC_EGRESS, u64::from(ctx.len()));
-    TC_ACT_OK
+    tc(ctx, Hook::TC_EGRESS, Direction::INGRESS)
+}
+
+#[inline(always)]
+fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
+    let len = ctx.len();
+    counters::count(hook, u64::from(len));
+    // Headers in paged data are pulled into the linear area; if that fails the parser sees a
+    // shorter packet and drops it as truncated (fail closed).
+    let _ = ctx.pull_data(core::cmp::min(len, TC_PULL_LEN));
+    let b = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match enforce::decide(&b, ifindex, dir) {
+        Action::Pass => TC_ACT_OK,
+        Action::Drop => TC_ACT_SHOT,
+    }
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,11 @@
+//! The Rampart agent as a library: the binary (`main.rs`) is a thin entry on top of it, and the
+//! privileged tests drive the loader (`datapath`) and the policy-map builder in-process.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod metrics;
+pub mod policy_map;
+pub mod status;

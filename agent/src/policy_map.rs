@@ -1,0 +1,353 @@
+//! Turns policy rules into the entries of the kernel's policy trie (`rampart_common::policy`).
+//! Pure: rules in, entries out; no I/O. The policy compiler produces [`PolicyRule`]s; the loader
+//! writes the resulting [`PolicyMapEntry`]s.
+//!
+//! What it guarantees about its output, per (endpoint, remote identity, direction):
+//! - one entry per (key, prefix): where rules overlap exactly, a deny beats a redirect beats an
+//!   allow, an enforced deny beats an audited one, and the lower cookie wins a tie;
+//! - no allow or redirect entry lies inside a deny prefix: the longest-prefix match the kernel
+//!   does can then never pick a specific allow over a broader deny (deny wins over allow).
+//!
+//! Deny versus allow across the specific remote identity and `ANY` is resolved by the kernel,
+//! which looks up both.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use rampart_common::identity::Identity;
+use rampart_common::policy::{
+    PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict,
+};
+use rampart_common::reason::Direction;
+
+/// One rule: this endpoint, in this direction, with this remote identity (or any), on this
+/// protocol (or any) and destination ports (or all), gets this verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub endpoint_id: u32,
+    /// `Identity::ANY` for every remote.
+    pub remote: Identity,
+    pub direction: Direction,
+    /// `None`: every protocol (and every port).
+    pub proto: Option<u8>,
+    /// `None`: every port of `proto`.
+    pub ports: Option<RangeInclusive<u16>>,
+    pub verdict: Verdict,
+    pub cookie: u32,
+    /// A deny that is only counted, not enforced.
+    pub audit: bool,
+    /// The proxy port of a `REDIRECT`.
+    pub proxy_port: u16,
+}
+
+impl PolicyRule {
+    /// An allow rule with no ports, protocol or audit: adjust fields from here.
+    pub fn allow(endpoint_id: u32, remote: Identity, direction: Direction) -> PolicyRule {
+        PolicyRule {
+            endpoint_id,
+            remote,
+            direction,
+            proto: None,
+            ports: None,
+            verdict: Verdict::ALLOW,
+            cookie: 0,
+            audit: false,
+            proxy_port: 0,
+        }
+    }
+}
+
+/// One entry of the policy trie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyMapEntry {
+    pub key: PolicyKey,
+    pub prefix_len: u32,
+    pub entry: PolicyEntry,
+}
+
+/// The trie's "space" a rule lives in, and the 24 bits (proto, port) it matches a prefix of.
+type Space = (u32, u32, u8);
+
+/// Builds the trie entries for `rules` (see the module docs for what the output guarantees).
+pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
+    // (space) → (bits, prefix) → entry, merged by precedence.
+    let mut spaces: BTreeMap<Space, BTreeMap<(u32, u32), PolicyEntry>> = BTreeMap::new();
+    for rule in rules {
+        let space = (rule.endpoint_id, rule.remote.0, rule.direction.0);
+        let entry = PolicyEntry {
+            verdict: rule.verdict.0,
+            flags: if rule.audit {
+                PolicyEntryFlags::AUDIT
+            } else {
+                0
+            },
+            proxy_port: if rule.verdict == Verdict::REDIRECT {
+                rule.proxy_port
+            } else {
+                0
+            },
+            cookie: rule.cookie,
+        };
+        let slot = spaces.entry(space).or_default();
+        for (bits, prefix) in rule_prefixes(rule) {
+            slot.entry((bits, prefix))
+                .and_modify(|have| {
+                    if outranks(&entry, have) {
+                        *have = entry;
+                    }
+                })
+                .or_insert(entry);
+        }
+    }
+    let mut out = Vec::new();
+    for ((endpoint_id, remote, direction), entries) in spaces {
+        let denies: Vec<(u32, u32)> = entries
+            .iter()
+            .filter(|(_, e)| e.verdict == Verdict::DENY.0)
+            .map(|(k, _)| *k)
+            .collect();
+        for ((bits, prefix), entry) in entries {
+            let shadowed = entry.verdict != Verdict::DENY.0
+                && denies
+                    .iter()
+                    .any(|&(dbits, dprefix)| dprefix < prefix && covers(dbits, dprefix, bits));
+            if shadowed {
+                continue;
+            }
+            let proto = (bits >> 16) as u8;
+            let port = (bits & 0xffff) as u16;
+            out.push(PolicyMapEntry {
+                key: PolicyKey::new(endpoint_id, remote, direction, proto, port),
+                prefix_len: PREFIX_ANY_PROTO + prefix,
+                entry,
+            });
+        }
+    }
+    out
+}
+
+/// Whether `new` should replace `have` for the same key and prefix.
+fn outranks(new: &PolicyEntry, have: &PolicyEntry) -> bool {
+    let rank = |e: &PolicyEntry| match Verdict(e.verdict) {
+        Verdict::DENY if e.flags & PolicyEntryFlags::AUDIT == 0 => 4,
+        Verdict::DENY => 3,
+        Verdict::REDIRECT => 2,
+        Verdict::ALLOW => 1,
+        _ => 0,
+    };
+    (rank(new), std::cmp::Reverse(new.cookie)) > (rank(have), std::cmp::Reverse(have.cookie))
+}
+
+/// Whether the prefix `(dbits, dprefix)` of the 24-bit (proto, port) space contains `bits`.
+fn covers(dbits: u32, dprefix: u32, bits: u32) -> bool {
+    if dprefix == 0 {
+        return true;
+    }
+    let shift = 24 - dprefix;
+    (dbits >> shift) == (bits >> shift)
+}
+
+/// The (bits, prefix length within the 24-bit proto+port space) entries of one rule.
+fn rule_prefixes(rule: &PolicyRule) -> Vec<(u32, u32)> {
+    let Some(proto) = rule.proto else {
+        return vec![(0, 0)];
+    };
+    let base = u32::from(proto) << 16;
+    let Some(ports) = &rule.ports else {
+        return vec![(base, PREFIX_ANY_PORT - PREFIX_ANY_PROTO)];
+    };
+    port_range_prefixes(*ports.start(), *ports.end())
+        .into_iter()
+        .map(|(port, len)| {
+            (
+                base | u32::from(port),
+                PREFIX_ANY_PORT - PREFIX_ANY_PROTO + len,
+            )
+        })
+        .collect()
+}
+
+/// The smallest set of (port, prefix length) blocks covering `lo..=hi` exactly (at most 30).
+/// An empty range (`lo > hi`) covers nothing.
+pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // The largest aligned block starting at `lo` that stays within `hi`.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros().min(16)
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros()));
+        lo += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered_ports(prefixes: &[(u16, u32)]) -> Vec<u32> {
+        let mut ports: Vec<u32> = prefixes
+            .iter()
+            .flat_map(|&(p, len)| {
+                let size = 1u32 << (16 - len);
+                u32::from(p)..u32::from(p) + size
+            })
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    #[test]
+    fn port_ranges_are_covered_exactly() {
+        for (lo, hi) in [
+            (0, 65535),
+            (80, 80),
+            (53, 80),
+            (53, 84),
+            (1, 65535),
+            (1024, 2047),
+            (65535, 65535),
+            (0, 0),
+        ] {
+            let prefixes = port_range_prefixes(lo, hi);
+            assert_eq!(
+                covered_ports(&prefixes),
+                (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>(),
+                "{lo}-{hi}"
+            );
+            assert!(
+                prefixes.len() <= 30,
+                "{lo}-{hi}: {} prefixes",
+                prefixes.len()
+            );
+        }
+        assert_eq!(port_range_prefixes(0, 65535), vec![(0, 0)]);
+        assert!(port_range_prefixes(90, 80).is_empty());
+    }
+
+    fn tcp(rule: PolicyRule, lo: u16, hi: u16) -> PolicyRule {
+        PolicyRule {
+            proto: Some(6),
+            ports: Some(lo..=hi),
+            ..rule
+        }
+    }
+
+    #[test]
+    fn a_broader_deny_removes_the_allows_it_covers() {
+        let allow80 = tcp(
+            PolicyRule {
+                cookie: 1,
+                ..PolicyRule::allow(7, Identity(300), Direction::INGRESS)
+            },
+            80,
+            80,
+        );
+        let deny_tcp = PolicyRule {
+            proto: Some(6),
+            verdict: Verdict::DENY,
+            cookie: 2,
+            ..PolicyRule::allow(7, Identity(300), Direction::INGRESS)
+        };
+        let allow_udp = PolicyRule {
+            proto: Some(17),
+            cookie: 3,
+            ..PolicyRule::allow(7, Identity(300), Direction::INGRESS)
+        };
+        let out = build(&[allow80, deny_tcp, allow_udp]);
+        let verdicts: Vec<(u8, u32, u8)> = out
+            .iter()
+            .map(|e| (e.key.proto, e.prefix_len, e.entry.verdict))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                (6, PREFIX_ANY_PORT, Verdict::DENY.0),
+                (17, PREFIX_ANY_PORT, Verdict::ALLOW.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_narrower_deny_stays_beside_a_broader_allow() {
+        let base = PolicyRule::allow(7, Identity::ANY, Direction::EGRESS);
+        let allow_all = PolicyRule {
+            cookie: 1,
+            ..base.clone()
+        };
+        let deny53 = PolicyRule {
+            verdict: Verdict::DENY,
+            cookie: 2,
+            ..tcp(base, 53, 53)
+        };
+        let out = build(&[allow_all, deny53]);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .any(|e| e.prefix_len == PREFIX_ANY_PROTO && e.entry.verdict == Verdict::ALLOW.0)
+        );
+        assert!(
+            out.iter()
+                .any(|e| e.prefix_len == 96 && e.entry.verdict == Verdict::DENY.0)
+        );
+    }
+
+    #[test]
+    fn exact_overlaps_merge_by_precedence() {
+        let base = tcp(
+            PolicyRule::allow(7, Identity(300), Direction::INGRESS),
+            443,
+            443,
+        );
+        let a = PolicyRule {
+            cookie: 9,
+            ..base.clone()
+        };
+        let b = PolicyRule {
+            cookie: 4,
+            ..base.clone()
+        };
+        let audit_deny = PolicyRule {
+            verdict: Verdict::DENY,
+            audit: true,
+            cookie: 5,
+            ..base.clone()
+        };
+        let out = build(&[a.clone(), b.clone()]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].entry.cookie, 4, "lower cookie wins a tie");
+        let out = build(&[a, audit_deny, b]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].entry.verdict, out[0].entry.flags),
+            (Verdict::DENY.0, PolicyEntryFlags::AUDIT)
+        );
+    }
+
+    #[test]
+    fn spaces_do_not_shadow_each_other() {
+        let deny_any = PolicyRule {
+            verdict: Verdict::DENY,
+            ..PolicyRule::allow(7, Identity::ANY, Direction::INGRESS)
+        };
+        let allow_one = tcp(
+            PolicyRule::allow(7, Identity(300), Direction::INGRESS),
+            80,
+            80,
+        );
+        let allow_egress = PolicyRule::allow(7, Identity(300), Direction::EGRESS);
+        let out = build(&[deny_any, allow_one, allow_egress]);
+        assert_eq!(
+            out.len(),
+            3,
+            "the kernel resolves deny-over-allow across remote identities"
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! `ENDPOINTS_A_V1` / `ENDPOINTS_B_V1`: hash of interface index → [`EndpointInfo`], one entry per
+//! local pod, keyed by the ifindex of the pod's node-side veth (where the programs run). An
+//! interface with no entry is not a pod: its packets are counted and passed.
+
+/// The local endpoint behind one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Policy keys are scoped by this id (per endpoint: named ports resolve per pod).
+    pub endpoint_id: u32,
+    /// The endpoint's own identity: packets it sends must come from an address the ipcache maps
+    /// to this identity.
+    pub identity: u32,
+    /// `EndpointFlags` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+
+/// Bits of [`EndpointInfo::flags`].
+pub struct EndpointFlags;
+
+impl EndpointFlags {
+    /// Ingress is isolated: flows into the endpoint need an allow rule.
+    pub const ENFORCE_INGRESS: u32 = 1 << 0;
+    /// Egress is isolated: flows out of the endpoint need an allow rule.
+    pub const ENFORCE_EGRESS: u32 = 1 << 1;
+    /// Would-be drops of this endpoint are counted and passed.
+    pub const AUDIT: u32 = 1 << 2;
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), four u32, no padding (asserted); any bit pattern is valid.
+unsafe impl aya::Pod for EndpointInfo {}

@@ -1,0 +1,321 @@
+//! The decision every hook makes: which endpoint the interface belongs to, conntrack, and, for a
+//! new flow, the policy lookup. Returns whether to pass or drop; counts every outcome.
+//!
+//! Order, for a packet on a pod's interface (`dir` is the pod's direction):
+//! 1. not a pod interface (no endpoint entry): pass, uncounted by policy (fail open: the agent
+//!    attaches only to interfaces it manages, and installs endpoints before attaching);
+//! 2. unparseable or inconsistent: drop with the parser's reason (fail closed, never audited);
+//! 3. ARP / neighbour discovery / MLD: pass;
+//! 4. egress with a source address that is not the pod's: drop `source_spoofed`;
+//! 5. established (own tuple, own scope) or reply (reversed tuple, opposite scope) or an ICMP
+//!    error about a tracked flow: pass; if policy changed since the flow was admitted, the flow's
+//!    policy is evaluated again first, and a flow no longer allowed is dropped and forgotten;
+//! 6. new flow: policy decides; allowed flows are tracked; a flow that cannot be tracked is dropped
+//!    (`ct_full`); denied flows are dropped, or counted and passed in audit mode.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::PerCpuArray;
+use rampart_common::config::ConfigFlags;
+use rampart_common::conntrack::{CtEntry, CtFlags, CtKey, ct_lifetime_ns};
+use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
+use rampart_common::identity::Identity;
+use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
+use rampart_common::reason::{Direction, DropReason};
+
+use crate::counters;
+use crate::maps::{self, CONFIG, CT};
+use crate::packet::{self, Bounds, Flow, Parsed, Tuple};
+
+/// Working memory of one decision: the parsed flow and the conntrack keys are too large for the
+/// 512-byte BPF stack once everything is inlined, so each CPU gets one slot here.
+#[repr(C)]
+pub struct Scratch {
+    flow: Flow,
+    key: CtKey,
+    alt: CtKey,
+}
+
+#[map(name = "SCRATCH_V1")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+}
+
+struct Decision {
+    verdict: Verdict,
+    cookie: u32,
+    reason: DropReason,
+    audit: bool,
+}
+
+#[inline(always)]
+pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
+    let bytes = b.len() as u64;
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        // The one-entry array always has index 0; if it did not, nothing can be decided.
+        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, bytes);
+        return Action::Drop;
+    };
+    let generation = cfg.active & 1;
+    let ep = maps::endpoint(generation, ifindex);
+    if ep.endpoint_id == 0 {
+        return Action::Pass;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, bytes);
+        return Action::Drop;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU for one hook type,
+    // and XDP and TC runs of one CPU do not interleave.
+    let s = unsafe { &mut *scratch };
+    match packet::parse(b, &mut s.flow) {
+        Ok(Parsed::Ip) => {}
+        Ok(Parsed::Control) => return Action::Pass,
+        Err(reason) => {
+            counters::dropped(reason, dir, bytes);
+            return Action::Drop;
+        }
+    };
+    let flow = &s.flow;
+    let audit_all = cfg.flags & ConfigFlags::AUDIT != 0 || ep.flags & EndpointFlags::AUDIT != 0;
+
+    if dir == Direction::EGRESS {
+        let own = maps::identity_of(generation, &flow.tuple.saddr, flow.v4 != 0);
+        if own == 0 || own != ep.identity {
+            counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
+            return Action::Drop;
+        }
+    }
+    let remote_addr = if dir == Direction::INGRESS {
+        &flow.tuple.saddr
+    } else {
+        &flow.tuple.daddr
+    };
+    let remote = match maps::identity_of(generation, remote_addr, flow.v4 != 0) {
+        0 => Identity::WORLD.0,
+        id => id,
+    };
+
+    set_ct_key(&mut s.key, &flow.tuple, dir);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ctx = Ctx {
+        ep: &ep,
+        dir,
+        remote,
+        generation,
+        revision: cfg.revision,
+        now,
+        bytes,
+        audit_all,
+    };
+    if let Some(action) = track_one(&s.key, false, flow, &ctx) {
+        return action;
+    }
+    s.alt = s.key.reply_key();
+    if let Some(action) = track_one(&s.alt, true, flow, &ctx) {
+        return action;
+    }
+    if flow.has_related != 0 {
+        // An ICMP error about a flow this endpoint sent, or about a reply it sent.
+        set_ct_key(&mut s.alt, &flow.related, dir.opposite());
+        if CT.get_ptr_mut(&s.alt).is_some() {
+            counters::forwarded(dir, bytes);
+            return Action::Pass;
+        }
+        let sent_reply = s.alt.reply_key();
+        s.alt = CtKey {
+            scope: dir.0,
+            ..sent_reply
+        };
+        if CT.get_ptr_mut(&s.alt).is_some() {
+            counters::forwarded(dir, bytes);
+            return Action::Pass;
+        }
+    }
+
+    let d = evaluate(
+        generation,
+        &ep,
+        dir,
+        remote,
+        flow.tuple.proto,
+        flow.policy_port,
+    );
+    let verdict = if d.verdict == Verdict::DENY {
+        if !(audit_all || d.audit) {
+            counters::dropped(d.reason, dir, bytes);
+            return Action::Drop;
+        }
+        counters::audited(d.reason, dir, bytes);
+        Verdict::AUDIT
+    } else {
+        d.verdict
+    };
+    let entry = CtEntry {
+        last_seen_ns: now,
+        revision: cfg.revision,
+        cookie: d.cookie,
+        flags: if flow.closing() { CtFlags::CLOSING } else { 0 },
+        verdict: verdict.0,
+        _pad: 0,
+        policy_port: flow.policy_port,
+        _pad2: [0; 2],
+    };
+    if CT.insert(&s.key, &entry, 0).is_err() {
+        counters::dropped(DropReason::CT_FULL, dir, bytes);
+        return Action::Drop;
+    }
+    if verdict != Verdict::AUDIT {
+        counters::forwarded(dir, bytes);
+    }
+    Action::Pass
+}
+
+#[inline(always)]
+fn set_ct_key(k: &mut CtKey, t: &Tuple, scope: Direction) {
+    k.saddr = t.saddr;
+    k.daddr = t.daddr;
+    k.sport = t.sport;
+    k.dport = t.dport;
+    k.proto = t.proto;
+    k.scope = scope.0;
+    k._pad = [0; 2];
+}
+
+/// What a conntrack check needs besides the key.
+struct Ctx<'a> {
+    ep: &'a EndpointInfo,
+    dir: Direction,
+    remote: u32,
+    generation: u32,
+    revision: u32,
+    now: u64,
+    bytes: u64,
+    audit_all: bool,
+}
+
+/// Conntrack for one key: `Some(action)` if `k` is a live flow (the packet's own direction, or
+/// with `reply` the flow it answers), `None` otherwise.
+#[inline(always)]
+fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Action> {
+    let entry = CT.get_ptr_mut(k)?;
+    // SAFETY: a pointer to an LRU hash value, valid for this program run; concurrent updates from
+    // other CPUs only race on timestamps and flag bits, which is harmless.
+    let e = unsafe { &mut *entry };
+    if c.now.wrapping_sub(e.last_seen_ns) > ct_lifetime_ns(k.proto, e.flags) {
+        let _ = CT.remove(k);
+        return None;
+    }
+    if e.revision != c.revision {
+        // Policy changed since this flow was admitted: judge it again, in the scope it was
+        // admitted in (the same endpoint; the remote side is the same peer either way).
+        let d = evaluate(
+            c.generation,
+            c.ep,
+            Direction(k.scope),
+            c.remote,
+            k.proto,
+            e.policy_port,
+        );
+        if d.verdict == Verdict::DENY && !(c.audit_all || d.audit) {
+            let _ = CT.remove(k);
+            counters::dropped(d.reason, c.dir, c.bytes);
+            return Some(Action::Drop);
+        }
+        e.revision = c.revision;
+        e.cookie = d.cookie;
+        e.verdict = if d.verdict == Verdict::DENY {
+            Verdict::AUDIT.0
+        } else {
+            d.verdict.0
+        };
+    }
+    e.last_seen_ns = c.now;
+    if reply {
+        e.flags |= CtFlags::SEEN_REPLY;
+    }
+    if flow.closing() {
+        e.flags |= CtFlags::CLOSING;
+    }
+    counters::forwarded(c.dir, c.bytes);
+    Some(Action::Pass)
+}
+
+/// The policy lookup for a flow of `ep` in direction `dir` with `remote`: see
+/// `rampart_common::policy` for the precedence rules.
+#[inline(always)]
+fn deny_rule(e: &PolicyEntry) -> Decision {
+    Decision {
+        verdict: Verdict::DENY,
+        cookie: e.cookie,
+        reason: DropReason::POLICY_DENY_RULE,
+        audit: e.flags & PolicyEntryFlags::AUDIT != 0,
+    }
+}
+
+#[inline(always)]
+fn evaluate(
+    generation: u32,
+    ep: &EndpointInfo,
+    dir: Direction,
+    remote: u32,
+    proto: u8,
+    port: u16,
+) -> Decision {
+    let specific = maps::policy_lookup(
+        generation,
+        &PolicyKey::new(ep.endpoint_id, remote, dir.0, proto, port),
+    );
+    let any = maps::policy_lookup(
+        generation,
+        &PolicyKey::new(ep.endpoint_id, Identity::ANY.0, dir.0, proto, port),
+    );
+    // A deny from either lookup wins; then an allow/redirect, the specific identity's first.
+    if specific.verdict == Verdict::DENY.0 {
+        return deny_rule(&specific);
+    }
+    if any.verdict == Verdict::DENY.0 {
+        return deny_rule(&any);
+    }
+    if specific.verdict == Verdict::ALLOW.0 || specific.verdict == Verdict::REDIRECT.0 {
+        return Decision {
+            verdict: Verdict(specific.verdict),
+            cookie: specific.cookie,
+            reason: DropReason::NONE,
+            audit: false,
+        };
+    }
+    if any.verdict == Verdict::ALLOW.0 || any.verdict == Verdict::REDIRECT.0 {
+        return Decision {
+            verdict: Verdict(any.verdict),
+            cookie: any.cookie,
+            reason: DropReason::NONE,
+            audit: false,
+        };
+    }
+    let isolated = if dir == Direction::INGRESS {
+        ep.flags & EndpointFlags::ENFORCE_INGRESS != 0
+    } else {
+        ep.flags & EndpointFlags::ENFORCE_EGRESS != 0
+    };
+    if isolated {
+        Decision {
+            verdict: Verdict::DENY,
+            cookie: 0,
+            reason: DropReason::POLICY_DENIED,
+            audit: false,
+        }
+    } else {
+        Decision {
+            verdict: Verdict::ALLOW,
+            cookie: 0,
+            reason: DropReason::NONE,
+            audit: false,
+        }
+    }
+}

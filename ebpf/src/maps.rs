@@ -1,0 +1,127 @@
+//! Every map of the datapath (layouts and rules: `rampart_common`). Generation-indexed maps come
+//! in an A and a B copy; `CONFIG_V1.active` says which one is live.
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use rampart_common::config::DatapathConfig;
+use rampart_common::conntrack::{CtEntry, CtKey};
+use rampart_common::counters::HookCounter;
+use rampart_common::endpoint::EndpointInfo;
+use rampart_common::ipcache::IpcacheEntry;
+use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_IPCACHE, MAX_POLICY};
+use rampart_common::policy::{PolicyEntry, PolicyKey};
+use rampart_common::reason::DropReason;
+
+/// LPM tries must be created without preallocation.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+#[map(name = "DROP_STATS_V1")]
+pub static DROP_STATS: PerCpuArray<HookCounter> =
+    PerCpuArray::with_max_entries(DropReason::SLOTS * 2, 0);
+#[map(name = "AUDIT_STATS_V1")]
+pub static AUDIT_STATS: PerCpuArray<HookCounter> =
+    PerCpuArray::with_max_entries(DropReason::SLOTS * 2, 0);
+#[map(name = "FWD_STATS_V1")]
+pub static FWD_STATS: PerCpuArray<HookCounter> = PerCpuArray::with_max_entries(2, 0);
+
+#[map(name = "CONFIG_V1")]
+pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "ENDPOINTS_A_V1")]
+pub static ENDPOINTS_A: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[map(name = "ENDPOINTS_B_V1")]
+pub static ENDPOINTS_B: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "IPCACHE4_A_V1")]
+pub static IPCACHE4_A: LpmTrie<[u8; 4], IpcacheEntry> =
+    LpmTrie::with_max_entries(MAX_IPCACHE, NO_PREALLOC);
+#[map(name = "IPCACHE4_B_V1")]
+pub static IPCACHE4_B: LpmTrie<[u8; 4], IpcacheEntry> =
+    LpmTrie::with_max_entries(MAX_IPCACHE, NO_PREALLOC);
+#[map(name = "IPCACHE6_A_V1")]
+pub static IPCACHE6_A: LpmTrie<[u8; 16], IpcacheEntry> =
+    LpmTrie::with_max_entries(MAX_IPCACHE, NO_PREALLOC);
+#[map(name = "IPCACHE6_B_V1")]
+pub static IPCACHE6_B: LpmTrie<[u8; 16], IpcacheEntry> =
+    LpmTrie::with_max_entries(MAX_IPCACHE, NO_PREALLOC);
+
+#[map(name = "POLICY_A_V1")]
+pub static POLICY_A: LpmTrie<PolicyKey, PolicyEntry> =
+    LpmTrie::with_max_entries(MAX_POLICY, NO_PREALLOC);
+#[map(name = "POLICY_B_V1")]
+pub static POLICY_B: LpmTrie<PolicyKey, PolicyEntry> =
+    LpmTrie::with_max_entries(MAX_POLICY, NO_PREALLOC);
+
+#[map(name = "CT_V1")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
+
+// The lookups below return plain values with a sentinel for "no entry" instead of `Option`:
+// LLVM may spill the undefined payload of a `None`, and the verifier rejects reading it.
+
+/// The endpoint behind `ifindex`; `endpoint_id == 0` if the interface is not a pod's (the agent
+/// never assigns endpoint id 0).
+#[inline(always)]
+pub fn endpoint(generation: u32, ifindex: u32) -> EndpointInfo {
+    // SAFETY: the value is copied out at once; hash map values stay valid for the program run.
+    let hit = unsafe {
+        if generation == 0 {
+            ENDPOINTS_A.get(&ifindex)
+        } else {
+            ENDPOINTS_B.get(&ifindex)
+        }
+    };
+    match hit {
+        Some(e) => *e,
+        None => EndpointInfo {
+            endpoint_id: 0,
+            identity: 0,
+            flags: 0,
+            _pad: 0,
+        },
+    }
+}
+
+/// The identity of an address: the longest matching ipcache prefix, 0 (`Identity::ANY`, never
+/// assigned to an address) on a miss.
+#[inline(always)]
+pub fn identity_of(generation: u32, addr: &[u8; 16], v4: bool) -> u32 {
+    let hit = if v4 {
+        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        if generation == 0 {
+            IPCACHE4_A.get(&key)
+        } else {
+            IPCACHE4_B.get(&key)
+        }
+    } else {
+        let key = Key::new(128, *addr);
+        if generation == 0 {
+            IPCACHE6_A.get(&key)
+        } else {
+            IPCACHE6_B.get(&key)
+        }
+    };
+    match hit {
+        Some(e) => e.identity,
+        None => 0,
+    }
+}
+
+/// The longest policy match for `key`; `verdict == 0` (`Verdict::NONE`) if nothing matches.
+#[inline(always)]
+pub fn policy_lookup(generation: u32, key: &PolicyKey) -> PolicyEntry {
+    let key = Key::new(rampart_common::policy::PREFIX_FULL, *key);
+    match if generation == 0 {
+        POLICY_A.get(&key)
+    } else {
+        POLICY_B.get(&key)
+    } {
+        Some(e) => *e,
+        None => PolicyEntry {
+            verdict: 0,
+            flags: 0,
+            proxy_port: 0,
+            cookie: 0,
+        },
+    }
+}

@@ -1,0 +1,308 @@
+//! Packet parsing: Ethernet → IPv4 (IHL-aware) or IPv6 (extension headers walked) → the L4 ports
+//! the policy needs. Every read is bounds-checked against the end of the packet; a packet that
+//! ends inside a needed header, or whose fields are inconsistent, is an `Err(reason)` and the
+//! caller drops it (fails closed). Nothing here reads past `end`.
+
+use rampart_common::reason::DropReason;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// How many IPv6 extension headers are walked before giving up (`unsupported_ipv6_ext`).
+const MAX_IPV6_EXT: usize = 4;
+
+/// The packet's bytes: `[start, end)` (from `ctx.data()` / `ctx.data_end()`).
+pub struct Bounds {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Bounds {
+    /// Reads a `T` at `off` bytes from the start, or `None` if it does not fit.
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let size = core::mem::size_of::<T>();
+        if self.start + off + size > self.end {
+            return None;
+        }
+        // SAFETY: [start+off, start+off+size) lies inside the packet (checked just above); the
+        // read is unaligned-safe.
+        Some(unsafe { core::ptr::read_unaligned((self.start + off) as *const T) })
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// A flow's 5-tuple as the policy and conntrack see it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    /// IPv4 as `::ffff:a.b.c.d`.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// The parsed packet. Lives in the per-CPU scratch map (`enforce.rs`), not on the 512-byte stack.
+#[repr(C)]
+pub struct Flow {
+    pub tuple: Tuple,
+    /// For an ICMP error (`has_related`): the tuple of the packet it reports on, as it was sent.
+    pub related: Tuple,
+    /// The port used in the policy key: the destination port, or the ICMP type.
+    pub policy_port: u16,
+    pub v4: u8,
+    pub tcp_flags: u8,
+    pub has_related: u8,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn closing(&self) -> bool {
+        self.tuple.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+}
+
+pub enum Parsed {
+    /// ARP, IPv6 neighbour discovery and MLD: link plumbing that passes without policy.
+    Control,
+    /// An IP packet, described in the `Flow` given to [`parse`].
+    Ip,
+}
+
+/// Parses the packet into `flow`.
+#[inline(always)]
+pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
+    let ethertype = u16::from_be(b.load::<u16>(12).ok_or(DropReason::TRUNCATED_HEADER)?);
+    flow.has_related = 0;
+    flow.tcp_flags = 0;
+    flow.policy_port = 0;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(b, flow),
+        ETH_P_IPV6 => parse_ipv6(b, flow),
+        ETH_P_ARP => Ok(Parsed::Control),
+        _ => Err(DropReason::UNSUPPORTED_L3),
+    }
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+fn parse_ipv4(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
+    let hdr = b
+        .load::<[u8; 20]>(ETH_HLEN)
+        .ok_or(DropReason::TRUNCATED_HEADER)?;
+    if hdr[0] >> 4 != 4 {
+        return Err(DropReason::INVALID_PACKET);
+    }
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(DropReason::INVALID_PACKET);
+    }
+    let total_len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    if total_len < ihl {
+        return Err(DropReason::INVALID_PACKET);
+    }
+    if ETH_HLEN + total_len > b.len() {
+        return Err(DropReason::TRUNCATED_HEADER);
+    }
+    // MF set or a fragment offset: part of a fragmented datagram.
+    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
+        return Err(DropReason::UNSUPPORTED_FRAGMENT);
+    }
+    flow.tuple.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    flow.tuple.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    flow.v4 = 1;
+    parse_l4(b, ETH_HLEN + ihl, hdr[9], flow)
+}
+
+#[inline(always)]
+fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
+    // version/class/flow (4), payload length (2), next header (1), hop limit (1), addresses.
+    let head = b
+        .load::<[u8; 8]>(ETH_HLEN)
+        .ok_or(DropReason::TRUNCATED_HEADER)?;
+    flow.tuple.daddr = b
+        .load::<[u8; 16]>(ETH_HLEN + 24)
+        .ok_or(DropReason::TRUNCATED_HEADER)?;
+    flow.tuple.saddr = b
+        .load::<[u8; 16]>(ETH_HLEN + 8)
+        .ok_or(DropReason::TRUNCATED_HEADER)?;
+    if head[0] >> 4 != 6 {
+        return Err(DropReason::INVALID_PACKET);
+    }
+    let payload_len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+    if ETH_HLEN + 40 + payload_len > b.len() {
+        return Err(DropReason::TRUNCATED_HEADER);
+    }
+    flow.v4 = 0;
+    let mut next = head[6];
+    let mut off = ETH_HLEN + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, excluding the first.
+            0 | 43 | 60 => {
+                let ext = b.load::<[u8; 2]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+                next = ext[0];
+                off += (usize::from(ext[1]) + 1) * 8;
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let ext = b.load::<[u8; 2]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+                next = ext[0];
+                off += (usize::from(ext[1]) + 2) * 4;
+            }
+            44 => return Err(DropReason::UNSUPPORTED_FRAGMENT),
+            _ => return parse_l4(b, off, next, flow),
+        }
+    }
+    match next {
+        0 | 43 | 60 | 51 | 44 => Err(DropReason::UNSUPPORTED_IPV6_EXT),
+        _ => parse_l4(b, off, next, flow),
+    }
+}
+
+#[inline(always)]
+fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed, DropReason> {
+    flow.tuple.proto = proto;
+    flow.tuple.sport = 0;
+    flow.tuple.dport = 0;
+    match proto {
+        IPPROTO_TCP => {
+            let tcp = b
+                .load::<[u8; 20]>(off)
+                .ok_or(DropReason::TRUNCATED_HEADER)?;
+            if tcp[12] >> 4 < 5 {
+                return Err(DropReason::INVALID_PACKET);
+            }
+            flow.tuple.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            flow.tuple.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            flow.tcp_flags = tcp[13];
+            flow.policy_port = flow.tuple.dport;
+        }
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
+            let ports = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+            flow.tuple.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            flow.tuple.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            flow.policy_port = flow.tuple.dport;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+            let (kind, id) = (icmp[0], u16::from_be_bytes([icmp[4], icmp[5]]));
+            flow.policy_port = u16::from(kind);
+            match icmp_class(proto, kind) {
+                IcmpClass::EchoRequest => flow.tuple.sport = id,
+                IcmpClass::EchoReply => flow.tuple.dport = id,
+                IcmpClass::Error => {
+                    if inner_tuple(b, off + 8, flow.v4 != 0, &mut flow.related) {
+                        flow.has_related = 1;
+                    }
+                }
+                IcmpClass::Control => return Ok(Parsed::Control),
+                IcmpClass::Other => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(Parsed::Ip)
+}
+
+enum IcmpClass {
+    EchoRequest,
+    EchoReply,
+    Error,
+    Control,
+    Other,
+}
+
+#[inline(always)]
+fn icmp_class(proto: u8, kind: u8) -> IcmpClass {
+    if proto == IPPROTO_ICMP {
+        match kind {
+            8 => IcmpClass::EchoRequest,
+            0 => IcmpClass::EchoReply,
+            3 | 4 | 5 | 11 | 12 => IcmpClass::Error,
+            _ => IcmpClass::Other,
+        }
+    } else {
+        match kind {
+            128 => IcmpClass::EchoRequest,
+            129 => IcmpClass::EchoReply,
+            1..=4 => IcmpClass::Error,
+            // MLD (130-132, 143) and neighbour discovery (133-137).
+            130..=137 | 143 => IcmpClass::Control,
+            _ => IcmpClass::Other,
+        }
+    }
+}
+
+/// Fills `t` with the tuple of the packet an ICMP error quotes, starting at `off` (the quoted IP
+/// header). `false` when the quote is too short to name the flow; the error is then judged as a
+/// flow of its own.
+#[inline(always)]
+fn inner_tuple(b: &Bounds, off: usize, v4: bool, t: &mut Tuple) -> bool {
+    let l4 = if v4 {
+        let Some(hdr) = b.load::<[u8; 20]>(off) else {
+            return false;
+        };
+        let ihl = usize::from(hdr[0] & 0x0f) * 4;
+        if hdr[0] >> 4 != 4 || ihl < 20 {
+            return false;
+        }
+        t.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
+        t.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
+        t.proto = hdr[9];
+        off + ihl
+    } else {
+        let Some(next) = b.load::<u8>(off + 6) else {
+            return false;
+        };
+        let (Some(s), Some(d)) = (b.load::<[u8; 16]>(off + 8), b.load::<[u8; 16]>(off + 24)) else {
+            return false;
+        };
+        t.saddr = s;
+        t.daddr = d;
+        t.proto = next;
+        off + 40
+    };
+    let Some(l4hdr) = b.load::<[u8; 8]>(l4) else {
+        return false;
+    };
+    t.sport = 0;
+    t.dport = 0;
+    match t.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
+            t.sport = u16::from_be_bytes([l4hdr[0], l4hdr[1]]);
+            t.dport = u16::from_be_bytes([l4hdr[2], l4hdr[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp_class(t.proto, l4hdr[0]) {
+            IcmpClass::EchoRequest => t.sport = u16::from_be_bytes([l4hdr[4], l4hdr[5]]),
+            IcmpClass::EchoReply => t.dport = u16::from_be_bytes([l4hdr[4], l4hdr[5]]),
+            _ => return false,
+        },
+        _ => {}
+    }
+    true
+}
