@@ -11,6 +11,10 @@
 //! - `rp_tc_egress`: TC egress: what the node delivers to the pod (the pod's ingress).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference so they are not copied onto the 512-byte BPF stack"
+)]
 
 mod counters;
 mod enforce;

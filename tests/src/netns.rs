@@ -49,6 +49,17 @@ impl Netns {
         run_in(&self.path(), f)
     }
 
+    /// The index of interface `name` in this namespace.
+    pub fn ifindex(&self, name: &str) -> anyhow::Result<u32> {
+        let cname = std::ffi::CString::new(name).context("interface name with NUL")?;
+        // SAFETY: if_nametoindex reads a valid NUL-terminated string.
+        let index = self.run(move || unsafe { libc::if_nametoindex(cname.as_ptr()) })?;
+        if index == 0 {
+            anyhow::bail!("no interface {name} in {}", self.name);
+        }
+        Ok(index)
+    }
+
     pub fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
     }

@@ -2,7 +2,7 @@
 //! datagram with its echo, and a plain HTTP GET for the agent's admin endpoints.
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -42,6 +42,20 @@ pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
         .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
 }
 
+/// One ICMP echo (`ping -c 1`) to `dst` from inside `ns`.
+pub fn ping(ns: &Netns, dst: IpAddr, timeout: Duration) -> Outcome {
+    let wait = timeout.as_secs().max(1).to_string();
+    match crate::cmd::in_ns(
+        ns.name(),
+        "ping",
+        &["-n", "-q", "-c", "1", "-W", &wait, &dst.to_string()],
+    ) {
+        Ok(_) => Outcome::Reached,
+        Err(e) if e.to_string().contains("exit status: 1") => Outcome::TimedOut,
+        Err(e) => Outcome::Error(format!("{e:#}")),
+    }
+}
+
 fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
     let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
         Ok(s) => s,
@@ -60,7 +74,12 @@ fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
 }
 
 fn udp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
-    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
+    let local: IpAddr = if dst.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = match UdpSocket::bind((local, 0)) {
         Ok(s) => s,
         Err(e) => return Outcome::Error(e.to_string()),
     };

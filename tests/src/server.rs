@@ -2,7 +2,7 @@
 //! datagram is sent back to its sender. Probes use them to prove a flow got through both ways.
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -23,7 +23,8 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Binds `0.0.0.0:<port>` for each port inside `ns`; returns once every socket is bound.
+    /// Binds `[::]:<port>` (dual-stack: IPv4 and IPv6) for each port inside `ns`; returns once
+    /// every socket is bound.
     pub fn start(ns: &Netns, tcp_ports: &[u16], udp_ports: &[u16]) -> anyhow::Result<EchoServer> {
         let mut server = EchoServer {
             stop: Arc::new(AtomicBool::new(false)),
@@ -47,7 +48,7 @@ impl EchoServer {
                 let _ = ready_tx.send(Err(format!("{e:#}")));
                 return;
             }
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
             if tcp {
                 serve_tcp(addr, &stop, &ready_tx);
             } else {

@@ -8,8 +8,13 @@
 //!   gateway is answered by the node, and the node routes the pod's /32 to `rpv<N>`;
 //! - nodes forward (`ip_forward=1`); a node reaches a pod on another node through that node's
 //!   underlay address (`192.168.200.<n>` on `uplink`).
+//!
+//! Every pod is dual-stack: its IPv6 address is derived from its IPv4 one (`fd00::a.b.c.d`, see
+//! [`ipv6_of`]), the gateway is `fe80::1` on the node-side veth, and the underlay has
+//! `fd00:ffff::<n>`. Duplicate address detection is off in every namespace, so addresses are
+//! usable at once.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, bail};
 
@@ -18,6 +23,23 @@ use crate::netns::Netns;
 
 /// The pod's gateway, held by every node-side veth.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway (link-local), held by every node-side veth.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// A pod's IPv6 address: `fd00::` followed by its IPv4 address's 32 bits.
+pub fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    let o = v4.octets();
+    Ipv6Addr::new(
+        0xfd00,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    )
+}
 
 #[derive(Debug)]
 pub struct Pod {
@@ -25,6 +47,7 @@ pub struct Pod {
     pub name: String,
     pub node: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub ns: Netns,
     /// The node-side veth of this pod, in the node's namespace (where the agent attaches).
     pub host_if: String,
@@ -36,6 +59,7 @@ pub struct Node {
     pub ns: Netns,
     /// Address on the underlay, when the topology has more than one node.
     pub underlay_ip: Option<Ipv4Addr>,
+    pub underlay_ip6: Option<Ipv6Addr>,
 }
 
 /// A built topology. Dropping it deletes every namespace (and with them every link).
@@ -132,11 +156,14 @@ impl TopologyBuilder {
         let mut nodes = Vec::new();
         for (i, name) in self.nodes.iter().enumerate() {
             let ns = Netns::create(&self.prefix, &format!("n{i}"))?;
+            no_dad(&ns)?;
             sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+            sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
             nodes.push(Node {
                 name: name.clone(),
                 ns,
                 underlay_ip: None,
+                underlay_ip6: None,
             });
         }
         let fabric = if nodes.len() > 1 {
@@ -157,19 +184,35 @@ impl TopologyBuilder {
         // Every node routes the pods of the other nodes through their node's underlay address.
         for node in &nodes {
             for pod in pods.iter().filter(|p| p.node != node.name) {
-                let via = nodes
+                let remote = nodes
                     .iter()
                     .find(|n| n.name == pod.node)
-                    .and_then(|n| n.underlay_ip)
-                    .context("remote node without an underlay address")?;
+                    .context("pod's node")?;
+                let (Some(via), Some(via6)) = (remote.underlay_ip, remote.underlay_ip6) else {
+                    bail!("remote node without an underlay address");
+                };
+                let n = node.ns.name();
+                let (dst, dst6) = (format!("{}/32", pod.ip), format!("{}/128", pod.ip6));
                 cmd::ip(&[
                     "-n",
-                    node.ns.name(),
+                    n,
                     "route",
                     "add",
-                    &format!("{}/32", pod.ip),
+                    &dst,
                     "via",
                     &via.to_string(),
+                    "dev",
+                    "uplink",
+                ])?;
+                cmd::ip(&[
+                    "-n",
+                    n,
+                    "-6",
+                    "route",
+                    "add",
+                    &dst6,
+                    "via",
+                    &via6.to_string(),
                     "dev",
                     "uplink",
                 ])?;
@@ -190,12 +233,9 @@ fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
     cmd::ip(&["-n", &f, "link", "set", "br0", "up"])?;
     for (i, node) in nodes.iter_mut().enumerate() {
         let port = format!("n{i}");
-        let addr = Ipv4Addr::new(
-            192,
-            168,
-            200,
-            u8::try_from(i + 1).context("too many nodes")?,
-        );
+        let index = u8::try_from(i + 1).context("too many nodes")?;
+        let addr = Ipv4Addr::new(192, 168, 200, index);
+        let addr6 = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, u16::from(index));
         let n = node.ns.name();
         cmd::ip(&[
             "link", "add", "uplink", "netns", n, "type", "veth", "peer", "name", &port, "netns", &f,
@@ -210,8 +250,20 @@ fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
             "dev",
             "uplink",
         ])?;
+        cmd::ip(&[
+            "-n",
+            n,
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "uplink",
+            "nodad",
+        ])?;
         cmd::ip(&["-n", n, "link", "set", "uplink", "up"])?;
         node.underlay_ip = Some(addr);
+        node.underlay_ip6 = Some(addr6);
     }
     Ok(fabric)
 }
@@ -219,6 +271,9 @@ fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
 fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {
     let label = format!("p{index}");
     let ns = Netns::create(prefix, &label)?;
+    no_dad(&ns)?;
+    let ip6 = ipv6_of(spec.ip);
+    let gw6 = POD_GATEWAY6.to_string();
     let host_if = format!("rpv{index}");
     let (n, p) = (node.ns.name(), ns.name());
     let gw = POD_GATEWAY.to_string();
@@ -250,13 +305,55 @@ fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow:
         "dev",
         &host_if,
     ])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    cmd::ip(&[
+        "-n", p, "-6", "route", "add", "default", "via", &gw6, "dev", "eth0",
+    ])?;
+    cmd::ip(&[
+        "-n",
+        n,
+        "-6",
+        "addr",
+        "add",
+        &format!("{gw6}/64"),
+        "dev",
+        &host_if,
+        "nodad",
+    ])?;
+    cmd::ip(&[
+        "-n",
+        n,
+        "-6",
+        "route",
+        "add",
+        &format!("{ip6}/128"),
+        "dev",
+        &host_if,
+    ])?;
     Ok(Pod {
         name: spec.name.clone(),
         node: node.name.clone(),
         ip: spec.ip,
+        ip6,
         ns,
         host_if,
     })
+}
+
+/// Duplicate address detection off for interfaces created from now on in `ns`.
+fn no_dad(ns: &Netns) -> anyhow::Result<()> {
+    sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")?;
+    sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
 }
 
 fn sysctl(ns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {

@@ -34,15 +34,46 @@ const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 fn rules() -> Vec<PolicyRule> {
     let egress = |remote: u32| PolicyRule::allow(EP, Identity(remote), Direction::EGRESS);
-    let tcp = |r: PolicyRule, lo: u16, hi: u16| PolicyRule { proto: Some(TCP), ports: Some(lo..=hi), ..r };
+    let tcp = |r: PolicyRule, lo: u16, hi: u16| PolicyRule {
+        proto: Some(TCP),
+        ports: Some(lo..=hi),
+        ..r
+    };
     vec![
-        PolicyRule { cookie: 10, ..tcp(egress(ID_B), 80, 80) },
-        PolicyRule { cookie: 11, proto: Some(UDP), ports: Some(53..=53), ..egress(0) },
-        PolicyRule { cookie: 12, ..tcp(egress(ID_B), 1000, 2000) },
-        PolicyRule { cookie: 13, verdict: Verdict::DENY, ..tcp(egress(ID_B), 1500, 1500) },
-        PolicyRule { cookie: 14, ..egress(ID_C) },
-        PolicyRule { cookie: 15, verdict: Verdict::DENY, ..tcp(egress(0), 22, 22) },
-        PolicyRule { cookie: 30, verdict: Verdict::DENY, audit: true, ..tcp(egress(ID_B), 9000, 9000) },
+        PolicyRule {
+            cookie: 10,
+            ..tcp(egress(ID_B), 80, 80)
+        },
+        PolicyRule {
+            cookie: 11,
+            proto: Some(UDP),
+            ports: Some(53..=53),
+            ..egress(0)
+        },
+        PolicyRule {
+            cookie: 12,
+            ..tcp(egress(ID_B), 1000, 2000)
+        },
+        PolicyRule {
+            cookie: 13,
+            verdict: Verdict::DENY,
+            ..tcp(egress(ID_B), 1500, 1500)
+        },
+        PolicyRule {
+            cookie: 14,
+            ..egress(ID_C)
+        },
+        PolicyRule {
+            cookie: 15,
+            verdict: Verdict::DENY,
+            ..tcp(egress(0), 22, 22)
+        },
+        PolicyRule {
+            cookie: 30,
+            verdict: Verdict::DENY,
+            audit: true,
+            ..tcp(egress(ID_B), 9000, 9000)
+        },
         PolicyRule {
             cookie: 20,
             proto: Some(TCP),
@@ -91,12 +122,16 @@ impl Fixture {
 
     fn drops(&self, reason: DropReason, dir: Direction) -> u64 {
         let rows = self.stats.drops().expect("drops");
-        rows.iter().find(|r| r.reason == reason && r.direction == dir).map_or(0, |r| r.counter.packets)
+        rows.iter()
+            .find(|r| r.reason == reason && r.direction == dir)
+            .map_or(0, |r| r.counter.packets)
     }
 
     fn audited(&self, reason: DropReason, dir: Direction) -> u64 {
         let rows = self.stats.audited().expect("audited");
-        rows.iter().find(|r| r.reason == reason && r.direction == dir).map_or(0, |r| r.counter.packets)
+        rows.iter()
+            .find(|r| r.reason == reason && r.direction == dir)
+            .map_or(0, |r| r.counter.packets)
     }
 
     fn run(&mut self, kind: ProgramKind, pkt: &[u8]) -> u32 {
@@ -105,14 +140,38 @@ impl Fixture {
 
     /// Runs `pkt` through `kind` and checks the verdict and, for a drop, that exactly the
     /// counter of `reason` moved.
-    fn expect(&mut self, what: &str, kind: ProgramKind, pkt: &[u8], pass: bool, reason: DropReason) {
-        let dir = if kind == ProgramKind::TcEgress { Direction::INGRESS } else { Direction::EGRESS };
+    fn expect(
+        &mut self,
+        what: &str,
+        kind: ProgramKind,
+        pkt: &[u8],
+        pass: bool,
+        reason: DropReason,
+    ) {
+        let dir = if kind == ProgramKind::TcEgress {
+            Direction::INGRESS
+        } else {
+            Direction::EGRESS
+        };
         let before = self.drops(reason, dir);
         let ret = self.run(kind, pkt);
-        let (pass_code, drop_code) = if kind == ProgramKind::Xdp { (XDP_PASS, XDP_DROP) } else { (TC_OK, TC_SHOT) };
-        assert_eq!(ret, if pass { pass_code } else { drop_code }, "{what}: verdict (return code {ret})");
+        let (pass_code, drop_code) = if kind == ProgramKind::Xdp {
+            (XDP_PASS, XDP_DROP)
+        } else {
+            (TC_OK, TC_SHOT)
+        };
+        assert_eq!(
+            ret,
+            if pass { pass_code } else { drop_code },
+            "{what}: verdict (return code {ret})"
+        );
         if !pass {
-            assert_eq!(self.drops(reason, dir), before + 1, "{what}: drop counted as {}", reason.name());
+            assert_eq!(
+                self.drops(reason, dir),
+                before + 1,
+                "{what}: drop counted as {}",
+                reason.name()
+            );
         }
     }
 }
@@ -126,20 +185,104 @@ fn policy_verdicts_for_new_flows() {
     let mut f = Fixture::new();
     use ProgramKind::*;
     let none = DropReason::NONE;
-    f.expect("A->B tcp/80 allowed", Xdp, &v4(A, B, TCP, &tcp(40000, 80, SYN)), true, none);
-    f.expect("A->B tcp/81 no rule", Xdp, &v4(A, B, TCP, &tcp(40001, 81, SYN)), false, DropReason::POLICY_DENIED);
-    f.expect("A->B tcp/1234 in range", Xdp, &v4(A, B, TCP, &tcp(40002, 1234, SYN)), true, none);
-    f.expect("A->B tcp/1500 denied inside range", Xdp, &v4(A, B, TCP, &tcp(40003, 1500, SYN)), false, DropReason::POLICY_DENY_RULE);
-    f.expect("A->B tcp/2001 past range", Xdp, &v4(A, B, TCP, &tcp(40004, 2001, SYN)), false, DropReason::POLICY_DENIED);
-    f.expect("A->C tcp/443 any port", Xdp, &v4(A, C, TCP, &tcp(40005, 443, SYN)), true, none);
-    f.expect("A->C tcp/22 deny beats allow", Xdp, &v4(A, C, TCP, &tcp(40006, 22, SYN)), false, DropReason::POLICY_DENY_RULE);
-    f.expect("A->B udp/53 any identity", Xdp, &v4(A, B, UDP, &udp(5000, 53, b"q")), true, none);
-    f.expect("A->B udp/54", Xdp, &v4(A, B, UDP, &udp(5000, 54, b"q")), false, DropReason::POLICY_DENIED);
-    f.expect("A->B sctp/80 is not tcp", TcIngress, &v4(A, B, SCTP, &udp(5000, 80, b"sctp-ish")), false, DropReason::POLICY_DENIED);
-    f.expect("A->world tcp/80", Xdp, &v4(A, Ipv4Addr::new(192, 0, 2, 1), TCP, &tcp(40007, 80, SYN)), false, DropReason::POLICY_DENIED);
-    f.expect("B->A tcp/8080 ingress allowed", TcEgress, &v4(B, A, TCP, &tcp(41000, 8080, SYN)), true, none);
-    f.expect("C->A tcp/8080 ingress denied", TcEgress, &v4(C, A, TCP, &tcp(41001, 8080, SYN)), false, DropReason::POLICY_DENIED);
-    f.expect("spoofed source", Xdp, &v4(STRANGER, B, TCP, &tcp(40008, 80, SYN)), false, DropReason::SOURCE_SPOOFED);
+    f.expect(
+        "A->B tcp/80 allowed",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40000, 80, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "A->B tcp/81 no rule",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40001, 81, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "A->B tcp/1234 in range",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40002, 1234, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "A->B tcp/1500 denied inside range",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40003, 1500, SYN)),
+        false,
+        DropReason::POLICY_DENY_RULE,
+    );
+    f.expect(
+        "A->B tcp/2001 past range",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40004, 2001, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "A->C tcp/443 any port",
+        Xdp,
+        &v4(A, C, TCP, &tcp(40005, 443, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "A->C tcp/22 deny beats allow",
+        Xdp,
+        &v4(A, C, TCP, &tcp(40006, 22, SYN)),
+        false,
+        DropReason::POLICY_DENY_RULE,
+    );
+    f.expect(
+        "A->B udp/53 any identity",
+        Xdp,
+        &v4(A, B, UDP, &udp(5000, 53, b"q")),
+        true,
+        none,
+    );
+    f.expect(
+        "A->B udp/54",
+        Xdp,
+        &v4(A, B, UDP, &udp(5000, 54, b"q")),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "A->B sctp/80 is not tcp",
+        TcIngress,
+        &v4(A, B, SCTP, &udp(5000, 80, b"sctp-ish")),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "A->world tcp/80",
+        Xdp,
+        &v4(A, Ipv4Addr::new(192, 0, 2, 1), TCP, &tcp(40007, 80, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "B->A tcp/8080 ingress allowed",
+        TcEgress,
+        &v4(B, A, TCP, &tcp(41000, 8080, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "C->A tcp/8080 ingress denied",
+        TcEgress,
+        &v4(C, A, TCP, &tcp(41001, 8080, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "spoofed source",
+        Xdp,
+        &v4(STRANGER, B, TCP, &tcp(40008, 80, SYN)),
+        false,
+        DropReason::SOURCE_SPOOFED,
+    );
 }
 
 #[test]
@@ -147,23 +290,101 @@ fn tracked_flows_and_replies_pass() {
     let mut f = Fixture::new();
     use ProgramKind::*;
     let none = DropReason::NONE;
-    f.expect("A->B tcp/80 SYN", Xdp, &v4(A, B, TCP, &tcp(40100, 80, SYN)), true, none);
-    f.expect("B->A SYN-ACK (reply)", TcEgress, &v4(B, A, TCP, &tcp(80, 40100, SYN | ACK)), true, none);
-    f.expect("A->B ACK (established) via TC", TcIngress, &v4(A, B, TCP, &tcp(40100, 80, ACK)), true, none);
+    f.expect(
+        "A->B tcp/80 SYN",
+        Xdp,
+        &v4(A, B, TCP, &tcp(40100, 80, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "B->A SYN-ACK (reply)",
+        TcEgress,
+        &v4(B, A, TCP, &tcp(80, 40100, SYN | ACK)),
+        true,
+        none,
+    );
+    f.expect(
+        "A->B ACK (established) via TC",
+        TcIngress,
+        &v4(A, B, TCP, &tcp(40100, 80, ACK)),
+        true,
+        none,
+    );
     // The same ports from B, not a reply of anything: B's new flow into A is judged by A's
     // ingress policy.
-    f.expect("B->A from 80 to an untracked port", TcEgress, &v4(B, A, TCP, &tcp(80, 40199, SYN)), false, DropReason::POLICY_DENIED);
-    f.expect("A->C echo request", Xdp, &v4(A, C, ICMP, &icmp(8, 0, 77, b"ping")), true, none);
-    f.expect("C->A echo reply", TcEgress, &v4(C, A, ICMP, &icmp(0, 0, 77, b"ping")), true, none);
-    f.expect("C->A echo reply, other id", TcEgress, &v4(C, A, ICMP, &icmp(0, 0, 78, b"ping")), false, DropReason::POLICY_DENIED);
-    f.expect("B->A echo request (ingress, no rule)", TcEgress, &v4(B, A, ICMP, &icmp(8, 0, 5, b"")), false, DropReason::POLICY_DENIED);
+    f.expect(
+        "B->A from 80 to an untracked port",
+        TcEgress,
+        &v4(B, A, TCP, &tcp(80, 40199, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "A->C echo request",
+        Xdp,
+        &v4(A, C, ICMP, &icmp(8, 0, 77, b"ping")),
+        true,
+        none,
+    );
+    f.expect(
+        "C->A echo reply",
+        TcEgress,
+        &v4(C, A, ICMP, &icmp(0, 0, 77, b"ping")),
+        true,
+        none,
+    );
+    f.expect(
+        "C->A echo reply, other id",
+        TcEgress,
+        &v4(C, A, ICMP, &icmp(0, 0, 78, b"ping")),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "B->A echo request (ingress, no rule)",
+        TcEgress,
+        &v4(B, A, ICMP, &icmp(8, 0, 5, b"")),
+        false,
+        DropReason::POLICY_DENIED,
+    );
     // An ICMP error from C about A's tracked TCP flow to C is part of that flow.
-    f.expect("A->C tcp/443", Xdp, &v4(A, C, TCP, &tcp(40101, 443, SYN)), true, none);
+    f.expect(
+        "A->C tcp/443",
+        Xdp,
+        &v4(A, C, TCP, &tcp(40101, 443, SYN)),
+        true,
+        none,
+    );
     let quoted = ipv4(A, C, TCP, &tcp(40101, 443, SYN));
-    f.expect("C->A unreachable about it", TcEgress, &v4(C, A, ICMP, &icmp(3, 3, 0, &quoted)), true, none);
+    f.expect(
+        "C->A unreachable about it",
+        TcEgress,
+        &v4(C, A, ICMP, &icmp(3, 3, 0, &quoted)),
+        true,
+        none,
+    );
     let unrelated = ipv4(A, C, TCP, &tcp(40102, 444, SYN));
-    f.expect("C->A unreachable about nothing", TcEgress, &v4(C, A, ICMP, &icmp(3, 3, 0, &unrelated)), false, DropReason::POLICY_DENIED);
-    f.expect("ARP passes", Xdp, &eth(ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]), true, none);
+    f.expect(
+        "C->A unreachable about nothing",
+        TcEgress,
+        &v4(C, A, ICMP, &icmp(3, 3, 0, &unrelated)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "ARP passes",
+        Xdp,
+        &eth(
+            ETH_P_ARP,
+            &[
+                0, 1, 8, 0, 6, 4, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0,
+                2,
+            ],
+        ),
+        true,
+        none,
+    );
 }
 
 #[test]
@@ -172,14 +393,23 @@ fn audit_entries_count_and_pass() {
     let before = f.audited(DropReason::POLICY_DENY_RULE, Direction::EGRESS);
     let ret = f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40200, 9000, SYN)));
     assert_eq!(ret, XDP_PASS, "an audited deny passes");
-    assert_eq!(f.audited(DropReason::POLICY_DENY_RULE, Direction::EGRESS), before + 1);
+    assert_eq!(
+        f.audited(DropReason::POLICY_DENY_RULE, Direction::EGRESS),
+        before + 1
+    );
     // Agent-wide audit: a flow with no rule passes and is counted as audited policy_denied.
     let mut audit_state = state(&rules());
     audit_state.audit = true;
     f.dp.apply(&audit_state).expect("apply audit");
     let before = f.audited(DropReason::POLICY_DENIED, Direction::EGRESS);
-    assert_eq!(f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40201, 81, SYN))), XDP_PASS);
-    assert_eq!(f.audited(DropReason::POLICY_DENIED, Direction::EGRESS), before + 1);
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40201, 81, SYN))),
+        XDP_PASS
+    );
+    assert_eq!(
+        f.audited(DropReason::POLICY_DENIED, Direction::EGRESS),
+        before + 1
+    );
     // Malformed packets are not policy: audit mode still drops them.
     let mut bad = v4(A, B, TCP, &tcp(40202, 80, SYN));
     bad[14] = 0x44;
@@ -192,28 +422,76 @@ fn ipv6_with_extension_headers() {
     use ProgramKind::*;
     let none = DropReason::NONE;
     let v6 = |next: u8, payload: &[u8]| eth(ETH_P_IPV6, &ipv6(A6, B6, next, payload));
-    f.expect("A6->B6 tcp/80", Xdp, &v6(TCP, &tcp(40300, 80, SYN)), true, none);
-    f.expect("A6->B6 tcp/81", Xdp, &v6(TCP, &tcp(40301, 81, SYN)), false, DropReason::POLICY_DENIED);
+    f.expect(
+        "A6->B6 tcp/80",
+        Xdp,
+        &v6(TCP, &tcp(40300, 80, SYN)),
+        true,
+        none,
+    );
+    f.expect(
+        "A6->B6 tcp/81",
+        Xdp,
+        &v6(TCP, &tcp(40301, 81, SYN)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
     let mut chained = ipv6_ext(60); // hop-by-hop -> destination options -> tcp
     chained.extend(ipv6_ext(TCP));
     chained.extend(tcp(40302, 80, SYN));
-    f.expect("hop-by-hop + dest opts, tcp/80", TcIngress, &v6(0, &chained), true, none);
+    f.expect(
+        "hop-by-hop + dest opts, tcp/80",
+        TcIngress,
+        &v6(0, &chained),
+        true,
+        none,
+    );
     let mut chained81 = ipv6_ext(60);
     chained81.extend(ipv6_ext(TCP));
     chained81.extend(tcp(40303, 81, SYN));
-    f.expect("hop-by-hop + dest opts, tcp/81", Xdp, &v6(0, &chained81), false, DropReason::POLICY_DENIED);
+    f.expect(
+        "hop-by-hop + dest opts, tcp/81",
+        Xdp,
+        &v6(0, &chained81),
+        false,
+        DropReason::POLICY_DENIED,
+    );
     let mut frag = vec![TCP, 0, 0, 1, 0, 0, 0, 7];
     frag.extend(tcp(40304, 80, SYN));
-    f.expect("fragment header", Xdp, &v6(44, &frag), false, DropReason::UNSUPPORTED_FRAGMENT);
+    f.expect(
+        "fragment header",
+        Xdp,
+        &v6(44, &frag),
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
+    );
     let mut deep = Vec::new();
     for _ in 0..4 {
         deep.extend(ipv6_ext(60));
     }
     deep.extend(ipv6_ext(TCP));
     deep.extend(tcp(40305, 80, SYN));
-    f.expect("five extension headers", Xdp, &v6(60, &deep), false, DropReason::UNSUPPORTED_IPV6_EXT);
-    f.expect("neighbour solicitation passes", Xdp, &v6(ICMPV6, &icmp(135, 0, 0, &[0; 16])), true, none);
-    f.expect("B6->A6 echo request (ingress)", TcEgress, &eth(ETH_P_IPV6, &ipv6(B6, A6, ICMPV6, &icmp(128, 0, 9, b""))), false, DropReason::POLICY_DENIED);
+    f.expect(
+        "five extension headers",
+        Xdp,
+        &v6(60, &deep),
+        false,
+        DropReason::UNSUPPORTED_IPV6_EXT,
+    );
+    f.expect(
+        "neighbour solicitation passes",
+        Xdp,
+        &v6(ICMPV6, &icmp(135, 0, 0, &[0; 16])),
+        true,
+        none,
+    );
+    f.expect(
+        "B6->A6 echo request (ingress)",
+        TcEgress,
+        &eth(ETH_P_IPV6, &ipv6(B6, A6, ICMPV6, &icmp(128, 0, 9, b""))),
+        false,
+        DropReason::POLICY_DENIED,
+    );
 }
 
 #[test]
@@ -221,34 +499,114 @@ fn malformed_packets_fail_closed() {
     let mut f = Fixture::new();
     use ProgramKind::*;
     let good = v4(A, B, TCP, &tcp(40400, 80, SYN));
-    f.expect("ethernet only", Xdp, &eth(ETH_P_IP, &[]), false, DropReason::TRUNCATED_HEADER);
+    f.expect(
+        "ethernet only",
+        Xdp,
+        &eth(ETH_P_IP, &[]),
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
     let mut ihl4 = good.clone();
     ihl4[14] = 0x44;
     f.expect("IHL 4", Xdp, &ihl4, false, DropReason::INVALID_PACKET);
     let mut ihl15 = good.clone();
     ihl15[14] = 0x4f;
-    f.expect("IHL 15, total length 40", Xdp, &ihl15, false, DropReason::INVALID_PACKET);
+    f.expect(
+        "IHL 15, total length 40",
+        Xdp,
+        &ihl15,
+        false,
+        DropReason::INVALID_PACKET,
+    );
     ihl15[16..18].copy_from_slice(&60u16.to_be_bytes());
-    f.expect("IHL 15, packet ends inside the options", Xdp, &ihl15[..14 + 40], false, DropReason::TRUNCATED_HEADER);
-    let mut ihl6 = eth(ETH_P_IP, &ipv4(A, B, TCP, &[&[1, 1, 1, 1][..], &tcp(40401, 80, SYN)].concat()));
+    f.expect(
+        "IHL 15, packet ends inside the options",
+        Xdp,
+        &ihl15[..14 + 40],
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
+    let mut ihl6 = eth(
+        ETH_P_IP,
+        &ipv4(
+            A,
+            B,
+            TCP,
+            &[&[1, 1, 1, 1][..], &tcp(40401, 80, SYN)].concat(),
+        ),
+    );
     ihl6[14] = 0x46; // 4 bytes of options before TCP
-    f.expect("IP options (IHL 6) parsed", Xdp, &ihl6, true, DropReason::NONE);
+    f.expect(
+        "IP options (IHL 6) parsed",
+        Xdp,
+        &ihl6,
+        true,
+        DropReason::NONE,
+    );
     let mut version6 = good.clone();
     version6[14] = 0x65;
-    f.expect("version 6 in an IPv4 frame", Xdp, &version6, false, DropReason::INVALID_PACKET);
-    f.expect("truncated TCP", Xdp, &good[..14 + 20 + 10], false, DropReason::TRUNCATED_HEADER);
-    f.expect("truncated UDP", Xdp, &eth(ETH_P_IP, &ipv4(A, B, UDP, &[0x13, 0x88])), false, DropReason::TRUNCATED_HEADER);
+    f.expect(
+        "version 6 in an IPv4 frame",
+        Xdp,
+        &version6,
+        false,
+        DropReason::INVALID_PACKET,
+    );
+    f.expect(
+        "truncated TCP",
+        Xdp,
+        &good[..14 + 20 + 10],
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
+    f.expect(
+        "truncated UDP",
+        Xdp,
+        &eth(ETH_P_IP, &ipv4(A, B, UDP, &[0x13, 0x88])),
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
     let mut short_total = good.clone();
     short_total[16..18].copy_from_slice(&200u16.to_be_bytes());
-    f.expect("total length past the end", Xdp, &short_total, false, DropReason::TRUNCATED_HEADER);
+    f.expect(
+        "total length past the end",
+        Xdp,
+        &short_total,
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
     let mut more_frags = good.clone();
     more_frags[20] = 0x20;
-    f.expect("first fragment (MF)", Xdp, &more_frags, false, DropReason::UNSUPPORTED_FRAGMENT);
+    f.expect(
+        "first fragment (MF)",
+        Xdp,
+        &more_frags,
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
+    );
     let mut later_frag = good.clone();
     later_frag[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
-    f.expect("non-first fragment", TcIngress, &later_frag, false, DropReason::UNSUPPORTED_FRAGMENT);
-    f.expect("LLDP", Xdp, &eth(0x88cc, &[0; 46]), false, DropReason::UNSUPPORTED_L3);
-    f.expect("truncated IPv6", Xdp, &eth(ETH_P_IPV6, &ipv6(A6, B6, TCP, &tcp(1, 80, SYN))[..30]), false, DropReason::TRUNCATED_HEADER);
+    f.expect(
+        "non-first fragment",
+        TcIngress,
+        &later_frag,
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
+    );
+    f.expect(
+        "LLDP",
+        Xdp,
+        &eth(0x88cc, &[0; 46]),
+        false,
+        DropReason::UNSUPPORTED_L3,
+    );
+    f.expect(
+        "truncated IPv6",
+        Xdp,
+        &eth(ETH_P_IPV6, &ipv6(A6, B6, TCP, &tcp(1, 80, SYN))[..30]),
+        false,
+        DropReason::TRUNCATED_HEADER,
+    );
 }
 
 #[test]
@@ -261,12 +619,24 @@ fn removing_an_allow_stops_established_flows() {
     assert_eq!(f.run(ProgramKind::TcEgress, &reply), TC_OK);
     // Same policy again (a new revision): the flow is re-evaluated and still allowed.
     f.dp.apply(&state(&rules())).expect("re-apply");
-    assert_eq!(f.run(ProgramKind::Xdp, &ack), XDP_PASS, "still allowed after an unrelated update");
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &ack),
+        XDP_PASS,
+        "still allowed after an unrelated update"
+    );
     // Without the tcp/80 rule, the established flow's next packet, either way, is dropped.
     let without: Vec<PolicyRule> = rules().into_iter().filter(|r| r.cookie != 10).collect();
     f.dp.apply(&state(&without)).expect("apply without tcp/80");
-    assert_eq!(f.run(ProgramKind::TcEgress, &reply), TC_SHOT, "reply of a flow whose allow was removed");
-    assert_eq!(f.run(ProgramKind::Xdp, &ack), XDP_DROP, "next packet of a flow whose allow was removed");
+    assert_eq!(
+        f.run(ProgramKind::TcEgress, &reply),
+        TC_SHOT,
+        "reply of a flow whose allow was removed"
+    );
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &ack),
+        XDP_DROP,
+        "next packet of a flow whose allow was removed"
+    );
 }
 
 #[test]
@@ -276,5 +646,8 @@ fn interfaces_without_an_endpoint_are_not_policed() {
     dp.apply(&PolicyState::default()).expect("apply empty");
     let pkt = v4(STRANGER, B, TCP, &tcp(1, 81, SYN));
     assert_eq!(dp.test_run(ProgramKind::Xdp, &pkt).expect("run"), XDP_PASS);
-    assert_eq!(dp.test_run(ProgramKind::TcEgress, &pkt).expect("run"), TC_OK);
+    assert_eq!(
+        dp.test_run(ProgramKind::TcEgress, &pkt).expect("run"),
+        TC_OK
+    );
 }

@@ -21,11 +21,12 @@ use rampart_ebpf_build::{BPF_LINKER_VERSION, EbpfToolchain};
 use crate::process::{cargo, exec, output};
 
 /// Debian packages: `gcc`/`libc6-dev` (host linker), `pkg-config`, `iproute2` (`ip`, namespaces),
-/// `procps` (`sysctl`), `bpftool` (inspecting programs and links when a test fails).
+/// `procps` (`sysctl`), `iputils-ping` (ICMP probes), `bpftool` (inspecting programs and links when a test fails).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
     "iproute2",
+    "iputils-ping",
     "procps",
     "bpftool",
     "ca-certificates",
