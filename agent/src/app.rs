@@ -1,8 +1,8 @@
 //! The composition root of `rampart run`: loads and attaches the datapath, starts the admin
 //! server, reports readiness, and shuts everything down on SIGTERM or SIGINT.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
 use crate::config::RunConfig;
-use crate::datapath::{Attachment, Datapath, PolicyState, Stats};
+use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
@@ -19,6 +19,10 @@ pub struct AgentState {
     pub started: Instant,
     pub attachments: Vec<Attachment>,
     pub stats: Stats,
+    /// The kernel's flow events; drained by a task so the ring never fills.
+    pub events: Mutex<EventReader>,
+    /// Events read from the ring so far.
+    pub events_read: AtomicU64,
     /// True once every program is attached (and, later, the current policy is in the kernel).
     pub ready: AtomicBool,
 }
@@ -56,11 +60,14 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         tracing::info!(%interface, "attached XDP and TC programs");
     }
     let stats = datapath.take_stats()?;
+    let events = Mutex::new(datapath.take_events()?);
     let state = Arc::new(AgentState {
         attachments: datapath.attachments().to_vec(),
         config,
         started: Instant::now(),
         stats,
+        events,
+        events_read: AtomicU64::new(0),
         ready: AtomicBool::new(false),
     });
 
@@ -69,6 +76,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --metrics-addr {}", state.config.metrics_addr))?;
     let server = tokio::spawn(admin::serve(listener, Arc::clone(&state), metrics));
+    tokio::spawn(drain_events(Arc::clone(&state)));
 
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(addr = %state.config.metrics_addr, "ready: serving /metrics, /readyz, /status");
@@ -85,4 +93,29 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     drop(datapath);
     tracing::info!("programs detached; bye");
     Ok(())
+}
+
+/// Reads the kernel's flow events every 100 ms. Until the flow log exists they are counted and
+/// logged at debug level; what matters here is that the ring is emptied.
+async fn drain_events(state: Arc<AgentState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let events = match state.events.lock() {
+            Ok(mut reader) => reader.drain(16 * 1024),
+            Err(_) => return,
+        };
+        for e in &events {
+            tracing::debug!(
+                verdict = e.verdict,
+                reason = e.reason,
+                cookie = e.cookie,
+                dport = e.dport,
+                "flow event"
+            );
+        }
+        state
+            .events_read
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
 }

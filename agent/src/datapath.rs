@@ -14,13 +14,14 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
 use aya::programs::{TestRun as _, TestRunOptions};
 use aya::util::KernelVersion;
 use rampart_common::config::{ConfigFlags, DatapathConfig};
 use rampart_common::counters::{Hook, HookCounter};
 use rampart_common::endpoint::EndpointInfo;
+use rampart_common::event::{FlowEvent, LOST_RATE_LIMITED, LOST_RING_FULL};
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::maps::HOOK_STATS;
@@ -348,6 +349,22 @@ impl Datapath {
         })
     }
 
+    /// Moves the event ring buffer and the lost-event counters out of the object into a
+    /// reader. Call once.
+    pub fn take_events(&mut self) -> Result<EventReader, DatapathError> {
+        let ring = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(DatapathError::MissingMap(maps::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(map_err(maps::EVENTS))?;
+        let lost = self
+            .ebpf
+            .take_map(maps::EVENTS_LOST)
+            .ok_or(DatapathError::MissingMap(maps::EVENTS_LOST))?;
+        let lost = PerCpuArray::try_from(lost).map_err(map_err(maps::EVENTS_LOST))?;
+        Ok(EventReader { ring, lost })
+    }
+
     fn take_counter_array(&mut self, name: &'static str) -> Result<CounterArray, DatapathError> {
         let map = self
             .ebpf
@@ -395,6 +412,50 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(
         map.remove(&k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// Reader of the kernel's flow events (`EVENTS_V1`) and of the count of events it could not
+/// write (`EVENTS_LOST_V1`).
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+/// Events the kernel could not write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventsLost {
+    pub rate_limited: u64,
+    pub ring_full: u64,
+}
+
+impl EventReader {
+    /// Takes up to `max` events waiting in the ring, oldest first. Never blocks.
+    pub fn drain(&mut self, max: usize) -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.ring.next() else { break };
+            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                // SAFETY: the record holds at least one FlowEvent written by the kernel programs;
+                // FlowEvent is plain old data, read unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+            }
+        }
+        out
+    }
+
+    pub fn lost(&self) -> Result<EventsLost, DatapathError> {
+        let sum = |slot: u32| -> Result<u64, DatapathError> {
+            let per_cpu = self
+                .lost
+                .get(&slot, 0)
+                .map_err(map_err(maps::EVENTS_LOST))?;
+            Ok(per_cpu.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+        };
+        Ok(EventsLost {
+            rate_limited: sum(LOST_RATE_LIMITED)?,
+            ring_full: sum(LOST_RING_FULL)?,
+        })
+    }
 }
 
 /// One per-CPU counter array.

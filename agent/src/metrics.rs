@@ -95,11 +95,48 @@ impl Collector for AgentCollector {
             let labels = [("hook", hook.name())];
             ConstCounter::new(counter.bytes).encode(bytes.encode_family(&labels)?)?;
         }
-        self.encode_verdicts(&mut encoder)
+        self.encode_verdicts(&mut encoder)?;
+        self.encode_events(&mut encoder)
     }
 }
 
 impl AgentCollector {
+    /// Flow events read from the kernel, and those it could not write.
+    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read = ConstCounter::new(
+            self.state
+                .events_read
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        read.encode(encoder.encode_descriptor(
+            "rampart_events",
+            "Flow events (drops and new-flow verdicts) read from the kernel",
+            None,
+            read.metric_type(),
+        )?)?;
+        let lost = match self.state.events.lock().map(|r| r.lost()) {
+            Ok(Ok(lost)) => lost,
+            Ok(Err(e)) => {
+                tracing::warn!("reading the lost-event counters: {e}");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        let mut family = encoder.encode_descriptor(
+            "rampart_events_lost",
+            "Flow events the kernel did not write, by cause (rate_limited, ring_full)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cause, value) in [
+            ("rate_limited", lost.rate_limited),
+            ("ring_full", lost.ring_full),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
+        }
+        Ok(())
+    }
+
     /// Drops and audited would-be drops by (reason, direction), forwarded by direction.
     fn encode_verdicts(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.state.stats;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
+pub mod event;
 pub mod identity;
 pub mod ipcache;
 pub mod maps;

@@ -14,6 +14,9 @@
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
+//! | `EVENTS_V1` | ring buffer | 256 KiB | drop and new-flow verdict events |
+//! | `EVENTS_LOST_V1` | per-CPU array | 2 | events not written: rate limited, ring full |
+//! | `EVENT_RATE_V1` | per-CPU array | 1 | the event rate limit's window |
 
 /// Per-CPU packet/byte counters, one slot per attach point ([`crate::counters::Hook`]).
 pub const HOOK_STATS: &str = "HOOK_STATS_V1";
@@ -26,6 +29,8 @@ pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
 pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
 pub const CT: &str = "CT_V1";
+pub const EVENTS: &str = "EVENTS_V1";
+pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Local endpoints (pods on this node) per generation.
 pub const MAX_ENDPOINTS: u32 = 4096;

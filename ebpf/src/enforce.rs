@@ -19,11 +19,13 @@ use aya_ebpf::maps::PerCpuArray;
 use rampart_common::config::ConfigFlags;
 use rampart_common::conntrack::{CtEntry, CtFlags, CtKey, ct_lifetime_ns};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
+use rampart_common::event::FlowEvent;
 use rampart_common::identity::Identity;
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
 use crate::counters;
+use crate::events;
 use crate::maps::{self, CONFIG, CT};
 use crate::packet::{self, Bounds, Flow, Parsed, Tuple};
 
@@ -34,6 +36,7 @@ pub struct Scratch {
     flow: Flow,
     key: CtKey,
     alt: CtKey,
+    event: FlowEvent,
 }
 
 #[map(name = "SCRATCH_V1")]
@@ -77,34 +80,38 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         Ok(Parsed::Control) => return Action::Pass,
         Err(reason) => {
             counters::dropped(reason, dir, bytes);
+            // Nothing of the flow is known: the event names the endpoint and the reason only.
+            s.event = FlowEvent {
+                // SAFETY: bpf_ktime_get_ns has no preconditions.
+                time_ns: unsafe { bpf_ktime_get_ns() },
+                direction: dir.0,
+                verdict: Verdict::DENY.0,
+                reason: reason.0,
+                ifindex,
+                endpoint_id: ep.endpoint_id,
+                len: bytes as u32,
+                ..FlowEvent::default()
+            };
+            events::emit(&s.event, s.event.time_ns);
             return Action::Drop;
         }
     };
-    let flow = &s.flow;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let audit_all = cfg.flags & ConfigFlags::AUDIT != 0 || ep.flags & EndpointFlags::AUDIT != 0;
 
-    if dir == Direction::EGRESS {
-        let own = maps::identity_of(generation, &flow.tuple.saddr, flow.v4 != 0);
-        if own == 0 || own != ep.identity {
-            counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
-            return Action::Drop;
-        }
-    }
     let remote_addr = if dir == Direction::INGRESS {
-        &flow.tuple.saddr
+        &s.flow.tuple.saddr
     } else {
-        &flow.tuple.daddr
+        &s.flow.tuple.daddr
     };
-    let remote = match maps::identity_of(generation, remote_addr, flow.v4 != 0) {
+    let remote = match maps::identity_of(generation, remote_addr, s.flow.v4 != 0) {
         0 => Identity::WORLD.0,
         id => id,
     };
-
-    set_ct_key(&mut s.key, &flow.tuple, dir);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let ctx = Ctx {
         ep: &ep,
+        ifindex,
         dir,
         remote,
         generation,
@@ -113,12 +120,29 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         bytes,
         audit_all,
     };
-    if let Some(action) = track_one(&s.key, false, flow, &ctx) {
-        return action;
+    if dir == Direction::EGRESS {
+        let own = maps::identity_of(generation, &s.flow.tuple.saddr, s.flow.v4 != 0);
+        if own == 0 || own != ep.identity {
+            counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
+            record(s, &ctx, Verdict::DENY, DropReason::SOURCE_SPOOFED, 0);
+            return Action::Drop;
+        }
+    }
+    let key_tuple = s.flow.tuple;
+    set_ct_key(&mut s.key, &key_tuple, dir);
+    let flow = &s.flow;
+    if let Some(t) = track_one(&s.key, false, flow, &ctx) {
+        if t.action == Action::Drop {
+            record(s, &ctx, Verdict::DENY, t.reason, t.cookie);
+        }
+        return t.action;
     }
     s.alt = s.key.reply_key();
-    if let Some(action) = track_one(&s.alt, true, flow, &ctx) {
-        return action;
+    if let Some(t) = track_one(&s.alt, true, flow, &ctx) {
+        if t.action == Action::Drop {
+            record(s, &ctx, Verdict::DENY, t.reason, t.cookie);
+        }
+        return t.action;
     }
     if flow.has_related != 0 {
         // An ICMP error about a flow this endpoint sent, or about a reply it sent.
@@ -149,6 +173,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     let verdict = if d.verdict == Verdict::DENY {
         if !(audit_all || d.audit) {
             counters::dropped(d.reason, dir, bytes);
+            record(s, &ctx, Verdict::DENY, d.reason, d.cookie);
             return Action::Drop;
         }
         counters::audited(d.reason, dir, bytes);
@@ -168,12 +193,53 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     };
     if CT.insert(&s.key, &entry, 0).is_err() {
         counters::dropped(DropReason::CT_FULL, dir, bytes);
+        record(s, &ctx, Verdict::DENY, DropReason::CT_FULL, d.cookie);
         return Action::Drop;
     }
     if verdict != Verdict::AUDIT {
         counters::forwarded(dir, bytes);
     }
+    record(
+        s,
+        &ctx,
+        verdict,
+        if verdict == Verdict::AUDIT {
+            d.reason
+        } else {
+            DropReason::NONE
+        },
+        d.cookie,
+    );
     Action::Pass
+}
+
+/// Fills the scratch event from the parsed flow and emits it.
+#[inline(always)]
+fn record(s: &mut Scratch, c: &Ctx, verdict: Verdict, reason: DropReason, cookie: u32) {
+    let (src_identity, dst_identity) = if c.dir == Direction::EGRESS {
+        (c.ep.identity, c.remote)
+    } else {
+        (c.remote, c.ep.identity)
+    };
+    let t = &s.flow.tuple;
+    s.event = FlowEvent {
+        time_ns: c.now,
+        saddr: t.saddr,
+        daddr: t.daddr,
+        sport: t.sport,
+        dport: t.dport,
+        proto: t.proto,
+        direction: c.dir.0,
+        verdict: verdict.0,
+        reason: reason.0,
+        src_identity,
+        dst_identity,
+        cookie,
+        ifindex: c.ifindex,
+        endpoint_id: c.ep.endpoint_id,
+        len: c.bytes as u32,
+    };
+    events::emit(&s.event, c.now);
 }
 
 #[inline(always)]
@@ -187,9 +253,18 @@ fn set_ct_key(k: &mut CtKey, t: &Tuple, scope: Direction) {
     k._pad = [0; 2];
 }
 
+/// The outcome of a conntrack hit: the action, and for a drop (policy removed since the flow was
+/// admitted) the reason and rule.
+struct Tracked {
+    action: Action,
+    reason: DropReason,
+    cookie: u32,
+}
+
 /// What a conntrack check needs besides the key.
 struct Ctx<'a> {
     ep: &'a EndpointInfo,
+    ifindex: u32,
     dir: Direction,
     remote: u32,
     generation: u32,
@@ -202,7 +277,7 @@ struct Ctx<'a> {
 /// Conntrack for one key: `Some(action)` if `k` is a live flow (the packet's own direction, or
 /// with `reply` the flow it answers), `None` otherwise.
 #[inline(always)]
-fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Action> {
+fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     let entry = CT.get_ptr_mut(k)?;
     // SAFETY: a pointer to an LRU hash value, valid for this program run; concurrent updates from
     // other CPUs only race on timestamps and flag bits, which is harmless.
@@ -225,7 +300,11 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Action> {
         if d.verdict == Verdict::DENY && !(c.audit_all || d.audit) {
             let _ = CT.remove(k);
             counters::dropped(d.reason, c.dir, c.bytes);
-            return Some(Action::Drop);
+            return Some(Tracked {
+                action: Action::Drop,
+                reason: d.reason,
+                cookie: d.cookie,
+            });
         }
         e.revision = c.revision;
         e.cookie = d.cookie;
@@ -243,7 +322,11 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Action> {
         e.flags |= CtFlags::CLOSING;
     }
     counters::forwarded(c.dir, c.bytes);
-    Some(Action::Pass)
+    Some(Tracked {
+        action: Action::Pass,
+        reason: DropReason::NONE,
+        cookie: e.cookie,
+    })
 }
 
 /// The policy lookup for a flow of `ep` in direction `dir` with `remote`: see

@@ -18,6 +18,7 @@
 
 mod counters;
 mod enforce;
+mod events;
 mod maps;
 mod packet;
 

@@ -3,11 +3,12 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use rampart_common::config::DatapathConfig;
 use rampart_common::conntrack::{CtEntry, CtKey};
 use rampart_common::counters::HookCounter;
 use rampart_common::endpoint::EndpointInfo;
+use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_IPCACHE, MAX_POLICY};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
@@ -61,6 +62,13 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT,
 
 /// The endpoint behind `ifindex`; `endpoint_id == 0` if the interface is not a pod's (the agent
 /// never assigns endpoint id 0).
+#[map(name = "EVENTS_V1")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map(name = "EVENTS_LOST_V1")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+#[map(name = "EVENT_RATE_V1")]
+pub static EVENT_RATE: PerCpuArray<EventRate> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 pub fn endpoint(generation: u32, ifindex: u32) -> EndpointInfo {
     // SAFETY: the value is copied out at once; hash map values stay valid for the program run.

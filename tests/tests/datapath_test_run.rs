@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rampart_agent::datapath::{Datapath, PolicyState, ProgramKind, Stats};
+use rampart_agent::datapath::{Datapath, EventReader, PolicyState, ProgramKind, Stats};
 use rampart_agent::policy_map::{PolicyRule, build};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
@@ -109,6 +109,7 @@ fn state(rules: &[PolicyRule]) -> PolicyState {
 struct Fixture {
     dp: Datapath,
     stats: Stats,
+    events: EventReader,
 }
 
 impl Fixture {
@@ -117,7 +118,8 @@ impl Fixture {
         let mut dp = Datapath::load().expect("load the programs (verifier)");
         dp.apply(&state(&rules())).expect("apply");
         let stats = dp.take_stats().expect("stats");
-        Fixture { dp, stats }
+        let events = dp.take_events().expect("events");
+        Fixture { dp, stats, events }
     }
 
     fn drops(&self, reason: DropReason, dir: Direction) -> u64 {
@@ -649,5 +651,87 @@ fn interfaces_without_an_endpoint_are_not_policed() {
     assert_eq!(
         dp.test_run(ProgramKind::TcEgress, &pkt).expect("run"),
         TC_OK
+    );
+}
+
+#[test]
+fn drops_and_new_flows_are_reported_as_events() {
+    let mut f = Fixture::new();
+    assert!(f.events.drain(1000).is_empty(), "no events before traffic");
+    let allowed = v4(A, B, TCP, &tcp(40600, 80, SYN));
+    assert_eq!(f.run(ProgramKind::Xdp, &allowed), XDP_PASS);
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40600, 80, ACK))),
+        XDP_PASS
+    );
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40601, 1500, SYN))),
+        XDP_DROP
+    );
+    assert_eq!(f.run(ProgramKind::Xdp, &eth(0x88cc, &[0; 46])), XDP_DROP);
+    let events = f.events.drain(1000);
+    assert_eq!(
+        events.len(),
+        3,
+        "one event per new flow and per drop, none for the tracked ACK: {events:?}"
+    );
+    let (allow, deny, bad) = (&events[0], &events[1], &events[2]);
+    assert_eq!(
+        (allow.verdict, allow.reason, allow.cookie),
+        (Verdict::ALLOW.0, 0, 10)
+    );
+    assert_eq!(
+        (
+            allow.src_identity,
+            allow.dst_identity,
+            allow.sport,
+            allow.dport,
+            allow.proto
+        ),
+        (ID_A, ID_B, 40600, 80, TCP)
+    );
+    assert_eq!(&allow.saddr[12..], &A.octets());
+    assert_eq!(
+        (deny.verdict, deny.reason, deny.cookie, deny.dport),
+        (Verdict::DENY.0, DropReason::POLICY_DENY_RULE.0, 13, 1500)
+    );
+    assert_eq!(deny.direction, Direction::EGRESS.0);
+    assert_eq!(
+        (bad.verdict, bad.reason, bad.endpoint_id),
+        (Verdict::DENY.0, DropReason::UNSUPPORTED_L3.0, EP)
+    );
+    assert_eq!(f.events.lost().expect("lost"), Default::default());
+}
+
+#[test]
+fn events_over_the_rate_are_counted_as_lost_not_written() {
+    let mut f = Fixture::new();
+    let limit = rampart_common::event::MAX_EVENTS_PER_SEC_PER_CPU;
+    // Test runs execute on the calling CPU; pin this thread so every run shares one budget.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let denied = v4(A, B, TCP, &tcp(40700, 81, SYN));
+    let runs = limit + 50;
+    for _ in 0..runs {
+        assert_eq!(f.run(ProgramKind::Xdp, &denied), XDP_DROP);
+    }
+    let written = f.events.drain(usize::MAX).len() as u64;
+    let lost = f.events.lost().expect("lost");
+    assert_eq!(
+        written + lost.rate_limited + lost.ring_full,
+        runs,
+        "every event written or counted lost"
+    );
+    assert!(
+        written <= limit * 2,
+        "at most the per-second budget (one window change allowed): {written}"
+    );
+    assert!(
+        lost.rate_limited >= 1,
+        "events over the budget are counted: {lost:?}"
     );
 }
