@@ -25,6 +25,7 @@ pub struct TestArgs {
 
 pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     setup::run(&setup::SetupArgs { check: false })?;
+    xtask_builds_without_the_ebpf_toolchain()?;
     sweep()?;
     if !args.no_lint {
         exec(cargo().args(["fmt", "--all", "--check"]))?;
@@ -90,6 +91,31 @@ fn clippy_kernel_crate() -> anyhow::Result<()> {
         "--cfg=bpf_target_arch=\"x86_64\"",
     );
     exec(&mut cmd)
+}
+
+/// xtask installs the eBPF toolchain, so building it must not build the kernel object: no crate
+/// that embeds it (the agent) may be among xtask's dependencies.
+fn xtask_builds_without_the_ebpf_toolchain() -> anyhow::Result<()> {
+    let tree = crate::process::output(cargo().args([
+        "tree",
+        "--locked",
+        "-p",
+        "xtask",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+    ]))
+    .context("`cargo tree -p xtask` failed")?;
+    if let Some(line) = tree
+        .lines()
+        .find(|l| l.starts_with("rampart-agent ") || l.starts_with("rampart-ebpf "))
+    {
+        anyhow::bail!(
+            "xtask depends on `{line}`, which needs the eBPF toolchain that xtask installs"
+        );
+    }
+    Ok(())
 }
 
 /// Removes network namespaces left by killed runs of the tests or the demo.
