@@ -14,12 +14,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
 use aya::programs::{TestRun as _, TestRunOptions};
 use aya::util::KernelVersion;
 use rampart_common::config::{ConfigFlags, DatapathConfig};
-use rampart_common::counters::{Hook, HookCounter};
+use rampart_common::counters::{Hook, HookCounter, RULE_STATS_OVERFLOW, RuleCounter};
 use rampart_common::endpoint::EndpointInfo;
 use rampart_common::event::{FlowEvent, LOST_RATE_LIMITED, LOST_RING_FULL};
 use rampart_common::ipcache::IpcacheEntry;
@@ -79,6 +79,8 @@ pub enum DatapathError {
         program: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error("counting possible CPUs: {0}")]
+    Cpus(String),
     #[error("ipcache prefix {addr}/{prefix_len} is longer than the address")]
     BadPrefix { addr: IpAddr, prefix_len: u8 },
 }
@@ -147,6 +149,21 @@ impl Datapath {
                     program: name,
                     source,
                 })?;
+        }
+        // The rule counters' overflow slot must exist before any program runs (see RuleCounter).
+        {
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
+            let zeros = PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
+                .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+            let map = ebpf
+                .map_mut(maps::RULE_STATS)
+                .ok_or(DatapathError::MissingMap(maps::RULE_STATS))?;
+            let mut rules: PerCpuHashMap<&mut MapData, u32, RuleCounter> =
+                typed(maps::RULE_STATS, map)?;
+            rules
+                .insert(RULE_STATS_OVERFLOW, zeros, 0)
+                .map_err(map_err(maps::RULE_STATS))?;
         }
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         Ok(Datapath {
@@ -346,6 +363,13 @@ impl Datapath {
             drops: self.take_counter_array(maps::DROP_STATS)?,
             audits: self.take_counter_array(maps::AUDIT_STATS)?,
             forwarded: self.take_counter_array(maps::FWD_STATS)?,
+            rules: {
+                let map = self
+                    .ebpf
+                    .take_map(maps::RULE_STATS)
+                    .ok_or(DatapathError::MissingMap(maps::RULE_STATS))?;
+                PerCpuHashMap::try_from(map).map_err(map_err(maps::RULE_STATS))?
+            },
         })
     }
 
@@ -480,6 +504,7 @@ pub struct Stats {
     drops: CounterArray,
     audits: CounterArray,
     forwarded: CounterArray,
+    rules: PerCpuHashMap<MapData, u32, RuleCounter>,
 }
 
 /// A packets/bytes count for one (reason, direction).
@@ -522,6 +547,25 @@ impl Stats {
                 self.forwarded.sum(u32::from(Direction::EGRESS.0))?,
             ),
         ])
+    }
+}
+
+impl Stats {
+    /// Decisions per rule cookie, summed over CPUs, ordered by cookie. Cookie 0: no rule (the
+    /// isolation default); `RULE_STATS_OVERFLOW`: cookies that found the map full.
+    pub fn rules(&self) -> Result<Vec<(u32, RuleCounter)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.rules.iter() {
+            let (cookie, per_cpu) = item.map_err(map_err(maps::RULE_STATS))?;
+            out.push((
+                cookie,
+                per_cpu
+                    .iter()
+                    .fold(RuleCounter::default(), |a, c| a.add(*c)),
+            ));
+        }
+        out.sort_by_key(|(cookie, _)| *cookie);
+        Ok(out)
     }
 }
 

@@ -96,11 +96,42 @@ impl Collector for AgentCollector {
             ConstCounter::new(counter.bytes).encode(bytes.encode_family(&labels)?)?;
         }
         self.encode_verdicts(&mut encoder)?;
+        self.encode_rules(&mut encoder)?;
         self.encode_events(&mut encoder)
     }
 }
 
 impl AgentCollector {
+    /// Decisions per rule cookie (bounded by `MAX_RULE_STATS` plus the overflow series).
+    fn encode_rules(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rules = match self.state.stats.rules() {
+            Ok(rules) => rules,
+            Err(e) => {
+                tracing::warn!("reading the rule counters: {e}");
+                return Ok(());
+            }
+        };
+        let mut family = encoder.encode_descriptor(
+            "rampart_rule_decisions",
+            "Flow decisions per policy rule cookie (0: no rule matched; 4294967295: overflow) and verdict",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cookie, c) in rules {
+            let cookie = cookie.to_string();
+            for (verdict, value) in [
+                ("allow", c.allow),
+                ("deny", c.deny),
+                ("audit", c.audit),
+                ("redirect", c.redirect),
+            ] {
+                let labels = [("cookie", cookie.as_str()), ("verdict", verdict)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flow events read from the kernel, and those it could not write.
     fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let read = ConstCounter::new(

@@ -93,3 +93,37 @@ mod tests {
         );
     }
 }
+
+/// Decisions taken by one rule, per CPU, in `RULE_STATS_V1` (a per-CPU hash keyed by the rule
+/// cookie, at most `maps::MAX_RULE_STATS` cookies). Counted once per decision (a new flow, or an
+/// established flow re-judged after a policy change), not per packet. Cookie 0 counts the
+/// decisions no rule made (the endpoint's isolation default). When the map is full, decisions of
+/// further cookies are counted under [`RULE_STATS_OVERFLOW`], which the agent inserts at load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub allow: u64,
+    pub deny: u64,
+    pub audit: u64,
+    pub redirect: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RuleCounter>() == 32);
+
+/// The `RULE_STATS_V1` key that collects the cookies that found the map full.
+pub const RULE_STATS_OVERFLOW: u32 = u32::MAX;
+
+impl RuleCounter {
+    pub const fn add(self, o: RuleCounter) -> RuleCounter {
+        RuleCounter {
+            allow: self.allow.wrapping_add(o.allow),
+            deny: self.deny.wrapping_add(o.deny),
+            audit: self.audit.wrapping_add(o.audit),
+            redirect: self.redirect.wrapping_add(o.redirect),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), four u64, no padding (asserted).
+unsafe impl aya::Pod for RuleCounter {}

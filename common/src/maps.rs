@@ -14,6 +14,7 @@
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
+//! | `RULE_STATS_V1` | per-CPU hash | [`MAX_RULE_STATS`] | rule cookie → decisions by verdict |
 //! | `EVENTS_V1` | ring buffer | 256 KiB | drop and new-flow verdict events |
 //! | `EVENTS_LOST_V1` | per-CPU array | 2 | events not written: rate limited, ring full |
 //! | `EVENT_RATE_V1` | per-CPU array | 1 | the event rate limit's window |
@@ -30,6 +31,7 @@ pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
 pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
+pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Local endpoints (pods on this node) per generation.
@@ -38,6 +40,8 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 65536;
 /// Policy trie entries per generation (a port range costs up to 30 entries).
 pub const MAX_POLICY: u32 = 262_144;
+/// Rule cookies with their own decision counters (the cardinality cap of per-rule metrics).
+pub const MAX_RULE_STATS: u32 = 16_384;
 /// Tracked flows (all scopes). LRU: when full, the least recently used flow is evicted.
 pub const MAX_CT: u32 = 262_144;
 
@@ -46,6 +50,7 @@ const fn short(name: &str) -> bool {
 }
 const _: () =
     assert!(short(HOOK_STATS) && short(DROP_STATS) && short(AUDIT_STATS) && short(FWD_STATS));
-const _: () = assert!(short(CONFIG) && short(CT));
+const _: () =
+    assert!(short(CONFIG) && short(CT) && short(EVENTS) && short(EVENTS_LOST) && short(RULE_STATS));
 const _: () =
     assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));

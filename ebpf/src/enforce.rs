@@ -173,6 +173,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     let verdict = if d.verdict == Verdict::DENY {
         if !(audit_all || d.audit) {
             counters::dropped(d.reason, dir, bytes);
+            counters::decided(d.cookie, Verdict::DENY);
             record(s, &ctx, Verdict::DENY, d.reason, d.cookie);
             return Action::Drop;
         }
@@ -181,6 +182,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     } else {
         d.verdict
     };
+    counters::decided(d.cookie, verdict);
     let entry = CtEntry {
         last_seen_ns: now,
         revision: cfg.revision,
@@ -300,12 +302,21 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
         if d.verdict == Verdict::DENY && !(c.audit_all || d.audit) {
             let _ = CT.remove(k);
             counters::dropped(d.reason, c.dir, c.bytes);
+            counters::decided(d.cookie, Verdict::DENY);
             return Some(Tracked {
                 action: Action::Drop,
                 reason: d.reason,
                 cookie: d.cookie,
             });
         }
+        counters::decided(
+            d.cookie,
+            if d.verdict == Verdict::DENY {
+                Verdict::AUDIT
+            } else {
+                d.verdict
+            },
+        );
         e.revision = c.revision;
         e.cookie = d.cookie;
         e.verdict = if d.verdict == Verdict::DENY {

@@ -701,6 +701,27 @@ fn drops_and_new_flows_are_reported_as_events() {
         (Verdict::DENY.0, DropReason::UNSUPPORTED_L3.0, EP)
     );
     assert_eq!(f.events.lost().expect("lost"), Default::default());
+    // The same decisions, per rule.
+    let rules = f.stats.rules().expect("rules");
+    let of = |cookie: u32| {
+        rules
+            .iter()
+            .find(|(c, _)| *c == cookie)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (of(10).allow, of(10).deny),
+        (1, 0),
+        "rule 10 allowed one new flow (the ACK is tracked)"
+    );
+    assert_eq!((of(13).allow, of(13).deny), (0, 1), "rule 13 denied one");
+    assert!(
+        rules
+            .iter()
+            .any(|(c, _)| *c == rampart_common::counters::RULE_STATS_OVERFLOW),
+        "overflow slot present"
+    );
 }
 
 #[test]
