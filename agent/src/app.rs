@@ -46,18 +46,33 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         // The policy compiler is the next stage of the roadmap; until then nothing is enforced.
         tracing::warn!(dir = %dir.display(), "policy files are not read yet: every packet is counted and passed");
     }
-    let mut datapath = Datapath::load().context("loading the kernel programs")?;
-    // The first state: no endpoints yet (every interface unmanaged), the agent-wide mode set.
-    let initial = PolicyState {
-        audit: config.mode == Mode::Audit,
-        ..PolicyState::default()
-    };
-    datapath
-        .apply(&initial)
-        .context("installing the initial datapath state")?;
+    // Every interface must exist before anything is attached: a bad flag leaves nothing behind.
+    for interface in &config.interfaces {
+        if !interface_exists(interface) {
+            anyhow::bail!("--interface {interface}: no such interface in this network namespace");
+        }
+    }
+    let mut datapath =
+        Datapath::load_pinned(&config.bpffs_root).context("loading the kernel programs")?;
+    if datapath.revision() == 0 {
+        // Fresh maps: no endpoints yet (every interface unmanaged), the agent-wide mode set.
+        let initial = PolicyState {
+            audit: config.mode == Mode::Audit,
+            ..PolicyState::default()
+        };
+        datapath
+            .apply(&initial)
+            .context("installing the initial datapath state")?;
+    } else {
+        // A previous agent's state is pinned and enforcing; keep it until policy replaces it.
+        tracing::info!(
+            revision = datapath.revision(),
+            "kept the pinned datapath state"
+        );
+    }
     for interface in &config.interfaces {
         datapath.attach(interface, config.xdp_mode)?;
-        tracing::info!(%interface, "attached XDP and TC programs");
+        tracing::info!(%interface, "attached XDP and TC programs (pinned under --bpffs-root)");
     }
     let stats = datapath.take_stats()?;
     let events = Mutex::new(datapath.take_events()?);
@@ -89,9 +104,10 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         }
     }
     state.ready.store(false, Ordering::SeqCst);
-    // Dropping the datapath closes the link file descriptors: the programs are detached.
+    // The pinned links keep the programs attached and enforcing the last state after we exit:
+    // a restart has no gap. `rampart cleanup` detaches them.
     drop(datapath);
-    tracing::info!("programs detached; bye");
+    tracing::info!("stopped; programs stay attached (pinned); `rampart cleanup` removes them");
     Ok(())
 }
 
@@ -118,4 +134,12 @@ async fn drain_events(state: Arc<AgentState>) {
             .events_read
             .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
+}
+
+fn interface_exists(name: &str) -> bool {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }
 }

@@ -25,6 +25,16 @@ pub enum Command {
     Run(RunArgs),
     /// Show what a running agent has loaded and counted.
     Status(StatusArgs),
+    /// Detach every program and remove every pinned map under --bpffs-root (the agent leaves
+    /// them in place when it stops, so that a restart has no enforcement gap).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The pin root the agent ran with.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/rampart")]
+    pub bpffs_root: PathBuf,
 }
 
 #[derive(Debug, Args)]

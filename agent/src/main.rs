@@ -12,6 +12,9 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(app::run),
         cli::Command::Status(args) => status::run(&args),
+        cli::Command::Cleanup(args) => rampart_agent::datapath::remove_pins(&args.bpffs_root)
+            .map(|n| println!("removed {n} pins under {}", args.bpffs_root.display()))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

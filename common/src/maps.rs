@@ -32,7 +32,33 @@ pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
 pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
+pub const EVENT_RATE: &str = "EVENT_RATE_V1";
+/// Per-CPU working memory of the programs (pinned with the rest; its content is never read).
+pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
+
+/// Every map of the object, in the order the agent pins them.
+pub const ALL: [&str; 19] = [
+    HOOK_STATS,
+    DROP_STATS,
+    AUDIT_STATS,
+    FWD_STATS,
+    CONFIG,
+    ENDPOINTS[0],
+    ENDPOINTS[1],
+    IPCACHE4[0],
+    IPCACHE4[1],
+    IPCACHE6[0],
+    IPCACHE6[1],
+    POLICY[0],
+    POLICY[1],
+    CT,
+    EVENTS,
+    EVENTS_LOST,
+    EVENT_RATE,
+    RULE_STATS,
+    SCRATCH,
+];
 
 /// Local endpoints (pods on this node) per generation.
 pub const MAX_ENDPOINTS: u32 = 4096;

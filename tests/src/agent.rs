@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub policy_dir: Option<PathBuf>,
     /// The binary to run; default [`rampart_bin`].
     pub bin: Option<PathBuf>,
+    /// `--bpffs-root`; default a directory named after the namespace under [`test_bpffs`].
+    pub bpffs_root: Option<PathBuf>,
     /// More `rampart run` arguments, appended as given.
     pub extra_args: Vec<String>,
 }
@@ -33,6 +35,7 @@ impl AgentOptions {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9490)),
             policy_dir: None,
             bin: None,
+            bpffs_root: None,
             extra_args: Vec::new(),
         }
     }
@@ -43,6 +46,9 @@ impl AgentOptions {
 pub struct Agent {
     child: Option<Child>,
     bin: PathBuf,
+    bpffs_root: PathBuf,
+    /// Whether dropping the guard removes the pins (and so detaches the programs).
+    remove_pins: bool,
     ns_name: String,
     ns_path: String,
     metrics_addr: SocketAddr,
@@ -102,7 +108,11 @@ impl Agent {
             cmd.args(["--interface", iface]);
         }
         cmd.args(["--metrics-addr", &opts.metrics_addr.to_string()]);
-        cmd.args(["--bpffs-root", &format!("/sys/fs/bpf/{}", ns.name())]);
+        let bpffs_root = match &opts.bpffs_root {
+            Some(root) => root.clone(),
+            None => test_bpffs()?.join(ns.name()),
+        };
+        cmd.arg("--bpffs-root").arg(&bpffs_root);
         if let Some(dir) = &opts.policy_dir {
             cmd.arg("--policy-dir").arg(dir);
         }
@@ -120,6 +130,8 @@ impl Agent {
         Ok(Agent {
             child: Some(child),
             bin,
+            bpffs_root,
+            remove_pins: true,
             ns_name: ns.name().to_owned(),
             ns_path: ns.path(),
             metrics_addr: opts.metrics_addr,
@@ -205,9 +217,27 @@ impl Agent {
         }
     }
 
-    /// SIGTERM, then wait; SIGKILL if it does not stop in time. Returns how it exited.
+    /// SIGTERM, then wait; SIGKILL if it does not stop in time. Returns how it exited. The
+    /// guard then removes the agent's pins (`rampart cleanup`), which detaches its programs.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.terminate()
+    }
+
+    /// Like [`Agent::stop`], but leaves the pinned maps and links in place (programs stay
+    /// attached), for a next agent on the same `--bpffs-root`. Returns the exit status and root.
+    pub fn stop_keeping_pins(mut self) -> anyhow::Result<(ExitStatus, PathBuf)> {
+        self.remove_pins = false;
+        let status = self.terminate()?;
+        Ok((status, self.bpffs_root.clone()))
+    }
+
+    /// `rampart cleanup --bpffs-root <root>` in the agent's namespace.
+    pub fn cleanup_pins(&self) -> anyhow::Result<String> {
+        let root = self
+            .bpffs_root
+            .to_str()
+            .context("bpffs root is not UTF-8")?;
+        self.cli(&["cleanup", "--bpffs-root", root])
     }
 
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
@@ -238,5 +268,38 @@ impl Drop for Agent {
         {
             eprintln!("cleanup: {e:#}");
         }
+        if self.remove_pins
+            && self.bpffs_root.exists()
+            && let Err(e) = self.cleanup_pins()
+        {
+            eprintln!("cleanup: {e:#}");
+            let _ = std::fs::remove_dir_all(&self.bpffs_root);
+        }
     }
+}
+
+/// Where tests and the demo pin: a bpf filesystem at `/run/rampart-tests/bpffs`, mounted on
+/// first use. Not under `/sys/fs/bpf`: `ip netns exec` remounts `/sys`, which would hide it from
+/// the agent.
+pub const TEST_BPFFS: &str = "/run/rampart-tests/bpffs";
+
+/// [`TEST_BPFFS`], mounted if it is not a bpffs yet.
+pub fn test_bpffs() -> anyhow::Result<PathBuf> {
+    static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("bpffs mount lock poisoned"))?;
+    let root = PathBuf::from(TEST_BPFFS);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {TEST_BPFFS}"))?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, fstype) = (f.next(), f.next(), f.next());
+        at == Some(TEST_BPFFS) && fstype == Some("bpf")
+    });
+    if !mounted {
+        crate::cmd::run("mount", &["-t", "bpf", "bpf", TEST_BPFFS])?;
+    }
+    Ok(root)
 }

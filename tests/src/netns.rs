@@ -98,27 +98,42 @@ pub fn enter(path: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes namespaces named `<prefix>-<pid>-...` whose process is gone: leftovers of a run that
-/// was killed before its guards ran. Returns the names deleted.
+/// Deletes namespaces named `<prefix>-<pid>-...` whose process is gone, and their agents' pin
+/// directories under the test bpffs: leftovers of a run that was killed before its guards ran.
+/// Returns what was deleted.
 pub fn sweep_stale(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let list = cmd::ip(&["netns", "list"])?;
     let mut deleted = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(crate::agent::TEST_BPFFS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if owner_is_gone(prefix, &name) {
+                std::fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing stale pins {name}"))?;
+                deleted.push(format!("pins:{name}"));
+            }
+        }
+    }
+    let list = cmd::ip(&["netns", "list"])?;
     for line in list.lines() {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        if !alive {
+        if owner_is_gone(prefix, name) {
             cmd::ip(&["netns", "del", name])?;
             deleted.push(name.to_owned());
         }
     }
     Ok(deleted)
+}
+
+/// Whether `name` is `<prefix>-<pid>-...` and process `pid` no longer exists.
+fn owner_is_gone(prefix: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    unsafe { libc::kill(pid, 0) != 0 }
 }

@@ -756,3 +756,63 @@ fn events_over_the_rate_are_counted_as_lost_not_written() {
         "events over the budget are counted: {lost:?}"
     );
 }
+
+#[test]
+fn pinned_state_survives_a_reload() {
+    require_root();
+    let root = rampart_tests::agent::test_bpffs()
+        .expect("test bpffs")
+        .join(format!(
+            "{}-{}-pinned-reload",
+            rampart_tests::netns::TEST_PREFIX,
+            std::process::id()
+        ));
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = rampart_agent::datapath::remove_pins(&self.0);
+        }
+    }
+    let _pins = Pins(root.clone());
+
+    let mut first = Datapath::load_pinned(&root).expect("load pinned");
+    let revision = first.apply(&state(&rules())).expect("apply");
+    assert_eq!(
+        first
+            .test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40800, 80, SYN)))
+            .expect("run"),
+        XDP_PASS
+    );
+    drop(first);
+
+    // A new instance on the same pins: same revision, same policy, same tracked flows, without
+    // applying anything.
+    let mut second = Datapath::load_pinned(&root).expect("reload pinned");
+    assert_eq!(
+        second.revision(),
+        revision,
+        "the policy revision is read back from CONFIG_V1"
+    );
+    assert_eq!(
+        second
+            .test_run(ProgramKind::TcEgress, &v4(B, A, TCP, &tcp(80, 40800, ACK)))
+            .expect("run"),
+        TC_OK,
+        "reply of a flow tracked before the reload"
+    );
+    assert_eq!(
+        second
+            .test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40801, 81, SYN)))
+            .expect("run"),
+        XDP_DROP,
+        "policy still in force"
+    );
+    // The next apply writes the other generation, as if no reload had happened.
+    assert_eq!(second.apply(&state(&rules())).expect("apply"), revision + 1);
+    assert_eq!(
+        second
+            .test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40802, 80, SYN)))
+            .expect("run"),
+        XDP_PASS
+    );
+}

@@ -33,7 +33,7 @@ fn two_pod_topology() -> Topology {
 }
 
 #[test]
-fn attached_programs_count_real_traffic_and_detach_on_sigterm() {
+fn programs_count_real_traffic_and_survive_an_agent_restart() {
     require_root();
     let topo = two_pod_topology();
     let (a, b) = (topo.pod("a"), topo.pod("b"));
@@ -89,20 +89,65 @@ fn attached_programs_count_real_traffic_and_detach_on_sigterm() {
         );
     }
 
-    let exit = agent.stop().expect("stop");
+    // SIGTERM: the agent exits cleanly and its pinned programs stay attached and counting.
+    let (exit, root) = agent.stop_keeping_pins().expect("stop");
     assert!(
         exit.success(),
         "the agent should exit 0 on SIGTERM, got {exit}"
     );
+    let xdp_ids = |what: &str| -> Vec<String> {
+        topo.pod_interfaces("n1")
+            .iter()
+            .map(|iface| {
+                let link =
+                    rampart_tests::cmd::ip(&["-n", node.ns.name(), "-d", "link", "show", iface])
+                        .expect("ip link");
+                let id = link
+                    .split("prog/xdp id ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next());
+                id.unwrap_or_else(|| panic!("{what}: no XDP program on {iface}:\n{link}"))
+                    .to_owned()
+            })
+            .collect()
+    };
+    let old_ids = xdp_ids("after SIGTERM");
+    for _ in 0..3 {
+        assert!(probe::tcp(&a.ns, SocketAddr::from((b.ip, 8080)), timeout).reached());
+    }
+
+    // A new agent on the same --bpffs-root adopts the pinned maps and links: the counters go on
+    // from where they were (plus what the programs counted while no agent ran), and its own
+    // programs replaced the old ones inside the same links.
+    let mut opts = AgentOptions::new(topo.pod_interfaces("n1"));
+    opts.bpffs_root = Some(root);
+    let agent = Agent::start(&node.ns, &opts).expect("restarted agent");
+    let resumed = counters(&agent);
+    for (i, hook) in HOOKS.iter().enumerate() {
+        assert!(
+            resumed[i].0 >= after[i].0 + 3.0 * 4.0,
+            "{hook}: {} packets after the restart, {} before it: pinned counters must carry on",
+            resumed[i].0,
+            after[i].0
+        );
+    }
+    let new_ids = xdp_ids("after the restart");
+    assert_ne!(
+        old_ids, new_ids,
+        "the new agent's XDP program replaced the old one"
+    );
+
+    // `rampart cleanup` (the guard runs it) removes the pins: the programs are detached.
+    let exit = agent.stop().expect("stop");
+    assert!(exit.success(), "second agent exit: {exit}");
     for iface in topo.pod_interfaces("n1") {
         let link = rampart_tests::cmd::ip(&["-n", node.ns.name(), "-d", "link", "show", &iface])
             .expect("ip link");
         assert!(
             !link.contains("prog/xdp"),
-            "XDP still attached to {iface} after stop:\n{link}"
+            "XDP still attached to {iface} after cleanup:\n{link}"
         );
     }
-    // With the programs gone, traffic still flows (nothing was left behind that drops).
     assert!(probe::tcp(&a.ns, SocketAddr::from((b.ip, 8080)), timeout).reached());
 }
 
@@ -142,8 +187,9 @@ fn unknown_interface_fails_start_with_a_clear_error() {
         "start with a missing interface must fail; log:\n{log}"
     );
     assert!(
-        log.contains("rp-nosuch"),
-        "the error should name the interface; log:\n{log}"
+        log.contains("--interface rp-nosuch: no such interface"),
+        "the error should name the flag and the interface; log:
+{log}"
     );
     // Nothing is left attached to the interface that did exist.
     let link = rampart_tests::cmd::ip(&["-n", node.ns.name(), "-d", "link", "show", "rpv0"])

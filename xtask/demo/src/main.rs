@@ -152,7 +152,10 @@ fn run() -> anyhow::Result<()> {
         println!("  {line}");
     }
     let exit = agent.stop()?;
-    println!("\nAgent stopped on SIGTERM ({exit}); its programs are detached.");
+    println!(
+        "\nAgent stopped on SIGTERM ({exit}). Its programs stay attached and enforcing (pinned on"
+    );
+    println!("bpffs, so a restart has no gap) until `rampart cleanup`, which the demo ran.");
 
     println!("\n-- 2. Zero trust: default deny, two allowed paths --\n");
     println!(

@@ -2,19 +2,26 @@
 //! attaches its programs to interfaces, and hands out typed readers of the kernel maps. Everything
 //! else in the agent talks to the types exported here.
 //!
-//! Attachments live as long as the [`Datapath`] value: dropping it detaches every program (the
-//! links are owned by their file descriptors; nothing is pinned yet).
+//! Without a pin root ([`Datapath::load`]), attachments live as long as the [`Datapath`] value:
+//! dropping it detaches every program. With one ([`Datapath::load_pinned`], what `rampart run`
+//! uses), maps and links are pinned on bpffs and outlive the agent (see `pins.rs`).
 //!
 //! Policy state reaches the kernel through [`Datapath::apply`], atomically: endpoints, ipcache
 //! and policy are double-buffered (A/B maps); `apply` rewrites the inactive copy completely and
 //! then flips `CONFIG_V1.active` in one write, so every packet sees one whole state.
 
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+mod pins;
+
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::xdp::XdpLink;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
 use aya::programs::{TestRun as _, TestRunOptions};
 use aya::util::KernelVersion;
@@ -31,6 +38,10 @@ use serde::Serialize;
 
 use crate::config::XdpAttachMode;
 use crate::policy_map::PolicyMapEntry;
+pub use pins::{PinError, PinRoot, remove_all as remove_pins};
+
+/// `BPF_NOEXIST` for map updates: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 /// How long after a generation flip the old generation may still be read by a program that
 /// started before it; `apply` does not rewrite that generation sooner.
@@ -79,6 +90,14 @@ pub enum DatapathError {
         program: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("pinning the link of {interface} at {path}: {reason}")]
+    PinLink {
+        interface: String,
+        path: String,
+        reason: String,
+    },
     #[error("counting possible CPUs: {0}")]
     Cpus(String),
     #[error("ipcache prefix {addr}/{prefix_len} is longer than the address")]
@@ -123,14 +142,31 @@ pub struct Datapath {
     tcx: bool,
     config: DatapathConfig,
     last_flip: Option<Instant>,
+    pins: Option<PinRoot>,
 }
 
 impl Datapath {
     /// Loads the embedded object and every program in it into the kernel (verifier included);
     /// attaches nothing.
     pub fn load() -> Result<Datapath, DatapathError> {
+        Self::load_with(None)
+    }
+
+    /// Like [`Datapath::load`], with every map pinned under `root/maps` (pins already there are
+    /// reused: conntrack, policy and counters survive a restart) and attachments pinned under
+    /// `root/links` by [`Datapath::attach`].
+    pub fn load_pinned(root: &Path) -> Result<Datapath, DatapathError> {
+        Self::load_with(Some(PinRoot::prepare(root)?))
+    }
+
+    fn load_with(pins: Option<PinRoot>) -> Result<Datapath, DatapathError> {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            for name in maps::ALL {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
         // RAMPART_VERIFIER_LOG=1: the verifier's full log in load errors (debugging the programs).
         if std::env::var_os("RAMPART_VERIFIER_LOG").is_some() {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -161,17 +197,30 @@ impl Datapath {
                 .ok_or(DatapathError::MissingMap(maps::RULE_STATS))?;
             let mut rules: PerCpuHashMap<&mut MapData, u32, RuleCounter> =
                 typed(maps::RULE_STATS, map)?;
-            rules
-                .insert(RULE_STATS_OVERFLOW, zeros, 0)
-                .map_err(map_err(maps::RULE_STATS))?;
+            // BPF_NOEXIST: a pinned map from a previous agent keeps its counts.
+            match rules.insert(RULE_STATS_OVERFLOW, zeros, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_err(maps::RULE_STATS)(e)),
+            }
         }
+        // A pinned CONFIG_V1 says which generation is live and the revision reached.
+        let config = {
+            let map = ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(DatapathError::MissingMap(maps::CONFIG))?;
+            let array: Array<&mut MapData, DatapathConfig> = typed(maps::CONFIG, map)?;
+            array.get(&0, 0).map_err(map_err(maps::CONFIG))?
+        };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         Ok(Datapath {
             ebpf,
             attachments: Vec::new(),
             tcx,
-            config: DatapathConfig::default(),
+            config,
             last_flip: None,
+            pins,
         })
     }
 
@@ -290,6 +339,10 @@ impl Datapath {
     }
 
     /// Attaches XDP and both TC programs to `interface`, in the caller's network namespace.
+    ///
+    /// With a pin root, each attachment is pinned under `links/<interface>/<hook>`; if a pin is
+    /// already there (a previous agent's), this program replaces the old one inside that link in
+    /// one `bpf_link_update`, so the interface is never without a program.
     pub fn attach(
         &mut self,
         interface: &str,
@@ -300,13 +353,37 @@ impl Datapath {
             XdpAttachMode::Native => (XdpMode::Driver, "xdp-native"),
             XdpAttachMode::Generic => (XdpMode::Skb, "xdp-generic"),
         };
+        let attach_err = |program, source| DatapathError::Attach {
+            program,
+            interface: interface.to_owned(),
+            source,
+        };
+        let xdp_pin = self
+            .pins
+            .as_ref()
+            .map(|p| p.link(interface, Hook::XDP.name()));
         let xdp = xdp_program(&mut self.ebpf)?;
-        xdp.attach(interface, mode)
-            .map_err(|source| DatapathError::Attach {
-                program: PROG_XDP,
-                interface: interface.to_owned(),
-                source,
-            })?;
+        let adopted = xdp_pin
+            .as_deref()
+            .and_then(take_pinned_link)
+            .and_then(|fd| XdpLink::try_from(fd).ok());
+        let id = match adopted.map(|link| xdp.attach_to_link(link)) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => {
+                tracing::warn!(%interface, "replacing the pinned XDP program failed ({e}); attaching anew");
+                xdp.attach(interface, mode)
+                    .map_err(|source| attach_err(PROG_XDP, source))?
+            }
+            None => xdp
+                .attach(interface, mode)
+                .map_err(|source| attach_err(PROG_XDP, source))?,
+        };
+        if let Some(path) = &xdp_pin {
+            let link = xdp
+                .take_link(id)
+                .map_err(|source| attach_err(PROG_XDP, source))?;
+            pin_link(FdLink::try_from(link).ok(), path, interface)?;
+        }
         let program_id = program_id_of(xdp.info(), PROG_XDP)?;
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
@@ -332,13 +409,29 @@ impl Datapath {
             (PROG_TC_INGRESS, Hook::TC_INGRESS, TcAttachType::Ingress),
             (PROG_TC_EGRESS, Hook::TC_EGRESS, TcAttachType::Egress),
         ] {
+            let pin = self.pins.as_ref().map(|p| p.link(interface, hook.name()));
             let prog = tc_program(&mut self.ebpf, name)?;
-            prog.attach(interface, attach_type)
-                .map_err(|source| DatapathError::Attach {
-                    program: name,
-                    interface: interface.to_owned(),
-                    source,
-                })?;
+            let adopted = pin
+                .as_deref()
+                .and_then(take_pinned_link)
+                .and_then(|fd| SchedClassifierLink::try_from(fd).ok());
+            let id = match adopted.map(|link| prog.attach_to_link(link)) {
+                Some(Ok(id)) => id,
+                Some(Err(e)) => {
+                    tracing::warn!(%interface, hook = hook.name(), "replacing the pinned TC program failed ({e}); attaching anew");
+                    prog.attach(interface, attach_type)
+                        .map_err(|source| attach_err(name, source))?
+                }
+                None => prog
+                    .attach(interface, attach_type)
+                    .map_err(|source| attach_err(name, source))?,
+            };
+            if let Some(path) = &pin {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| attach_err(name, source))?;
+                pin_link(FdLink::try_from(link).ok(), path, interface)?;
+            }
             let program_id = program_id_of(prog.info(), name)?;
             self.attachments.push(Attachment {
                 interface: interface.to_owned(),
@@ -397,6 +490,44 @@ impl Datapath {
         let array = PerCpuArray::try_from(map).map_err(map_err(name))?;
         Ok(CounterArray { name, array })
     }
+}
+
+/// Takes over the link pinned at `path` (removing the pin; the link lives while we hold it).
+fn take_pinned_link(path: &Path) -> Option<FdLink> {
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(path).map(PinnedLink::unpin) {
+        Ok(Ok(link)) => Some(link),
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), "unpinning a previous link: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "opening a previous link: {e}; removing it");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Pins `link` at `path`. Legacy (netlink) attachments cannot be pinned: they are kept by this
+/// process only, and said so.
+fn pin_link(link: Option<FdLink>, path: &Path, interface: &str) -> Result<(), DatapathError> {
+    let fail = |reason: String| DatapathError::PinLink {
+        interface: interface.to_owned(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let Some(link) = link else {
+        tracing::warn!(%interface, "a netlink attachment cannot be pinned: it ends with this agent");
+        return Ok(());
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    // The pin holds the link: dropping the returned handle keeps the program attached.
+    link.pin(path).map(drop).map_err(|e| fail(e.to_string()))
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
