@@ -100,20 +100,12 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     let now = unsafe { bpf_ktime_get_ns() };
     let audit_all = cfg.flags & ConfigFlags::AUDIT != 0 || ep.flags & EndpointFlags::AUDIT != 0;
 
-    let remote_addr = if dir == Direction::INGRESS {
-        &s.flow.tuple.saddr
-    } else {
-        &s.flow.tuple.daddr
-    };
-    let remote = match maps::identity_of(generation, remote_addr, s.flow.v4 != 0) {
-        0 => Identity::WORLD.0,
-        id => id,
-    };
+    // The remote identity is looked up only when a decision needs it (a new flow, a flow to
+    // re-judge, an event): packets of tracked flows skip that LPM lookup.
     let ctx = Ctx {
         ep: &ep,
         ifindex,
         dir,
-        remote,
         generation,
         revision: cfg.revision,
         now,
@@ -124,7 +116,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         let own = maps::identity_of(generation, &s.flow.tuple.saddr, s.flow.v4 != 0);
         if own == 0 || own != ep.identity {
             counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
-            record(s, &ctx, Verdict::DENY, DropReason::SOURCE_SPOOFED, 0);
+            record(s, &ctx, None, Verdict::DENY, DropReason::SOURCE_SPOOFED, 0);
             return Action::Drop;
         }
     }
@@ -133,14 +125,14 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     let flow = &s.flow;
     if let Some(t) = track_one(&s.key, false, flow, &ctx) {
         if t.action == Action::Drop {
-            record(s, &ctx, Verdict::DENY, t.reason, t.cookie);
+            record(s, &ctx, None, Verdict::DENY, t.reason, t.cookie);
         }
         return t.action;
     }
     s.alt = s.key.reply_key();
     if let Some(t) = track_one(&s.alt, true, flow, &ctx) {
         if t.action == Action::Drop {
-            record(s, &ctx, Verdict::DENY, t.reason, t.cookie);
+            record(s, &ctx, None, Verdict::DENY, t.reason, t.cookie);
         }
         return t.action;
     }
@@ -162,6 +154,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         }
     }
 
+    let remote = remote_identity(&ctx, flow);
     let d = evaluate(
         generation,
         &ep,
@@ -174,7 +167,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         if !(audit_all || d.audit) {
             counters::dropped(d.reason, dir, bytes);
             counters::decided(d.cookie, Verdict::DENY);
-            record(s, &ctx, Verdict::DENY, d.reason, d.cookie);
+            record(s, &ctx, Some(remote), Verdict::DENY, d.reason, d.cookie);
             return Action::Drop;
         }
         counters::audited(d.reason, dir, bytes);
@@ -195,7 +188,14 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     };
     if CT.insert(&s.key, &entry, 0).is_err() {
         counters::dropped(DropReason::CT_FULL, dir, bytes);
-        record(s, &ctx, Verdict::DENY, DropReason::CT_FULL, d.cookie);
+        record(
+            s,
+            &ctx,
+            Some(remote),
+            Verdict::DENY,
+            DropReason::CT_FULL,
+            d.cookie,
+        );
         return Action::Drop;
     }
     if verdict != Verdict::AUDIT {
@@ -204,6 +204,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     record(
         s,
         &ctx,
+        Some(remote),
         verdict,
         if verdict == Verdict::AUDIT {
             d.reason
@@ -215,13 +216,39 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     Action::Pass
 }
 
+/// The identity of the other side of the packet (its source on ingress, its destination on
+/// egress); addresses the ipcache does not know are `world`.
+#[inline(always)]
+fn remote_identity(c: &Ctx, flow: &Flow) -> u32 {
+    let addr = if c.dir == Direction::INGRESS {
+        &flow.tuple.saddr
+    } else {
+        &flow.tuple.daddr
+    };
+    match maps::identity_of(c.generation, addr, flow.v4 != 0) {
+        0 => Identity::WORLD.0,
+        id => id,
+    }
+}
+
 /// Fills the scratch event from the parsed flow and emits it.
 #[inline(always)]
-fn record(s: &mut Scratch, c: &Ctx, verdict: Verdict, reason: DropReason, cookie: u32) {
+fn record(
+    s: &mut Scratch,
+    c: &Ctx,
+    remote: Option<u32>,
+    verdict: Verdict,
+    reason: DropReason,
+    cookie: u32,
+) {
+    let remote = match remote {
+        Some(id) => id,
+        None => remote_identity(c, &s.flow),
+    };
     let (src_identity, dst_identity) = if c.dir == Direction::EGRESS {
-        (c.ep.identity, c.remote)
+        (c.ep.identity, remote)
     } else {
-        (c.remote, c.ep.identity)
+        (remote, c.ep.identity)
     };
     let t = &s.flow.tuple;
     s.event = FlowEvent {
@@ -268,7 +295,6 @@ struct Ctx<'a> {
     ep: &'a EndpointInfo,
     ifindex: u32,
     dir: Direction,
-    remote: u32,
     generation: u32,
     revision: u32,
     now: u64,
@@ -295,7 +321,7 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
             c.generation,
             c.ep,
             Direction(k.scope),
-            c.remote,
+            remote_identity(c, flow),
             k.proto,
             e.policy_port,
         );

@@ -52,6 +52,13 @@ pub fn rp_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Benchmark baseline: passes every packet and does nothing else. The agent never attaches it;
+/// `cargo xtask bench` measures Rampart's programs against it.
+#[xdp]
+pub fn rp_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
 pub fn rp_tc_ingress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::TC_INGRESS, Direction::EGRESS)

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's own tasks. Each is a module with one job.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod process;
@@ -25,6 +26,8 @@ enum Task {
     Test(test::TestArgs),
     /// Build, start a small node/pod topology with the agent, show what it sees, clean up.
     Demo,
+    /// Run benchmark suites (ratios to baselines run side by side). Needs root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

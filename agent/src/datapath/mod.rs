@@ -55,6 +55,7 @@ static KERNEL_OBJECT: &[u8] =
 const PROG_XDP: &str = "rp_xdp";
 const PROG_TC_INGRESS: &str = "rp_tc_ingress";
 const PROG_TC_EGRESS: &str = "rp_tc_egress";
+const PROG_XDP_PASS: &str = "rp_xdp_pass";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -122,6 +123,8 @@ pub enum ProgramKind {
     Xdp,
     TcIngress,
     TcEgress,
+    /// The benchmark baseline `rp_xdp_pass` (passes everything; loaded on first use).
+    XdpPassBaseline,
 }
 
 /// One program attached to one interface, as shown by `rampart status`.
@@ -310,10 +313,22 @@ impl Datapath {
     /// kernel presents the packet as received on the loopback interface, ifindex 1). Returns the
     /// program's return code.
     pub fn test_run(&mut self, kind: ProgramKind, packet: &[u8]) -> Result<u32, DatapathError> {
+        self.test_run_repeat(kind, packet, 1).map(|(ret, _)| ret)
+    }
+
+    /// Runs a program `repeat` times on `packet` in the kernel; returns the last return code and
+    /// the kernel's mean time per run.
+    pub fn test_run_repeat(
+        &mut self,
+        kind: ProgramKind,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), DatapathError> {
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            repeat,
             ..TestRunOptions::default()
         };
         let (program, result) = match kind {
@@ -326,9 +341,27 @@ impl Datapath {
                 PROG_TC_EGRESS,
                 tc_program(&mut self.ebpf, PROG_TC_EGRESS)?.test_run(opts),
             ),
+            ProgramKind::XdpPassBaseline => {
+                let prog: &mut Xdp = self
+                    .ebpf
+                    .program_mut(PROG_XDP_PASS)
+                    .ok_or(DatapathError::MissingProgram(PROG_XDP_PASS))?
+                    .try_into()
+                    .map_err(|source| DatapathError::Program {
+                        program: PROG_XDP_PASS,
+                        source,
+                    })?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(|source| DatapathError::Program {
+                        program: PROG_XDP_PASS,
+                        source,
+                    })?;
+                }
+                (PROG_XDP_PASS, prog.test_run(opts))
+            }
         };
         result
-            .map(|r| r.return_value)
+            .map(|r| (r.return_value, r.duration))
             .map_err(|source| DatapathError::TestRun { program, source })
     }
 

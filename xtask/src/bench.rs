@@ -1,0 +1,29 @@
+//! `cargo xtask bench [SUITE...] [--quick]`: sets up, builds the benchmark binary
+//! (`xtask/bench`, which embeds the kernel object and so cannot be part of xtask) in release
+//! mode, and runs it as root. Results: a markdown table per suite and `target/bench/<suite>.json`.
+
+use crate::process::{cargo, exec, workspace_root};
+use crate::setup;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Fewer and shorter runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Suites to run (all when none is given).
+    pub suites: Vec<String>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    setup::run(&setup::SetupArgs { check: false })?;
+    rampart_tests::require_root();
+    exec(cargo().args(["build", "--locked", "--release", "-p", "rampart-bench"]))?;
+    let root = workspace_root();
+    let mut cmd = std::process::Command::new(root.join("target/release/rampart-bench"));
+    cmd.arg("--out").arg(root.join("target/bench"));
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(&args.suites);
+    exec(&mut cmd)
+}
