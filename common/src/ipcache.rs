@@ -7,7 +7,10 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IpcacheEntry {
     pub identity: u32,
-    pub flags: u32,
+    /// For the address of a pod on this node: the ifindex of its node-side interface (its key in
+    /// `ENDPOINTS`), so traffic arriving on the uplink can be judged by that pod's ingress policy
+    /// at XDP. 0 for every other address.
+    pub endpoint_ifindex: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<IpcacheEntry>() == 8);

@@ -2,8 +2,9 @@
 //! new flow, the policy lookup. Returns whether to pass or drop; counts every outcome.
 //!
 //! Order, for a packet on a pod's interface (`dir` is the pod's direction):
-//! 1. not a pod interface (no endpoint entry): pass, uncounted by policy (fail open: the agent
-//!    attaches only to interfaces it manages, and installs endpoints before attaching);
+//! 1. not a pod interface (no endpoint entry): an uplink. A packet arriving there whose
+//!    destination is a pod of this node (the ipcache names the pod's interface) is judged below
+//!    as that pod's ingress, before it is routed; everything else passes untouched;
 //! 2. unparseable or inconsistent: drop with the parser's reason (fail closed, never audited);
 //! 3. ARP / neighbour discovery / MLD: pass;
 //! 4. egress with a source address that is not the pod's: drop `source_spoofed`;
@@ -64,8 +65,13 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         return Action::Drop;
     };
     let generation = cfg.active & 1;
-    let ep = maps::endpoint(generation, ifindex);
-    if ep.endpoint_id == 0 {
+    let mut ep = maps::endpoint(generation, ifindex);
+    let mut dir = dir;
+    // Not a pod's interface: an uplink. Only what arrives on it is looked at, and only traffic to
+    // a pod of this node is judged (by that pod's ingress policy, as early as possible); the
+    // node's own traffic passes untouched.
+    let uplink = ep.endpoint_id == 0;
+    if uplink && dir != Direction::EGRESS {
         return Action::Pass;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -78,6 +84,9 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     match packet::parse(b, &mut s.flow) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Control) => return Action::Pass,
+        // Malformed traffic on an uplink is not a pod's business here; if it is routed to a pod,
+        // the pod's own interface drops it.
+        Err(_) if uplink => return Action::Pass,
         Err(reason) => {
             counters::dropped(reason, dir, bytes);
             // Nothing of the flow is known: the event names the endpoint and the reason only.
@@ -96,6 +105,17 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
             return Action::Drop;
         }
     };
+    if uplink {
+        let dst = maps::ipcache(generation, &s.flow.tuple.daddr, s.flow.v4 != 0);
+        if dst.endpoint_ifindex == 0 {
+            return Action::Pass;
+        }
+        ep = maps::endpoint(generation, dst.endpoint_ifindex);
+        if ep.endpoint_id == 0 {
+            return Action::Pass;
+        }
+        dir = Direction::INGRESS;
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let audit_all = cfg.flags & ConfigFlags::AUDIT != 0 || ep.flags & EndpointFlags::AUDIT != 0;

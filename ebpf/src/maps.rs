@@ -94,6 +94,12 @@ pub fn endpoint(generation: u32, ifindex: u32) -> EndpointInfo {
 /// assigned to an address) on a miss.
 #[inline(always)]
 pub fn identity_of(generation: u32, addr: &[u8; 16], v4: bool) -> u32 {
+    ipcache(generation, addr, v4).identity
+}
+
+/// The ipcache entry of an address; all zero on a miss.
+#[inline(always)]
+pub fn ipcache(generation: u32, addr: &[u8; 16], v4: bool) -> IpcacheEntry {
     let hit = if v4 {
         let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
         if generation == 0 {
@@ -110,8 +116,11 @@ pub fn identity_of(generation: u32, addr: &[u8; 16], v4: bool) -> u32 {
         }
     };
     match hit {
-        Some(e) => e.identity,
-        None => 0,
+        Some(e) => *e,
+        None => IpcacheEntry {
+            identity: 0,
+            endpoint_ifindex: 0,
+        },
     }
 }
 

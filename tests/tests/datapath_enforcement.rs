@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rampart_agent::config::XdpAttachMode;
-use rampart_agent::datapath::{Datapath, PolicyState, Stats};
+use rampart_agent::datapath::{Datapath, IpcacheRecord, PolicyState, Stats};
 use rampart_agent::policy_map::{PolicyRule, build};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
@@ -97,8 +97,12 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
                 _pad: 0,
             },
         ));
-        state.ipcache.push((pod.ip.into(), 32, ID[i]));
-        state.ipcache.push((pod.ip6.into(), 128, ID[i]));
+        state
+            .ipcache
+            .push(IpcacheRecord::local(pod.ip.into(), ID[i], ifindex));
+        state
+            .ipcache
+            .push(IpcacheRecord::local(pod.ip6.into(), ID[i], ifindex));
     }
     state.policy = build(&rules());
 
@@ -200,5 +204,99 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
         forwarded.iter().all(|(_, c)| c.packets > 0),
         "forwarded counted both ways: {forwarded:?}"
     );
+    drop(dp);
+}
+
+/// Traffic from another node to a pod of this node is judged at the node's uplink, by XDP,
+/// before it is routed: a denied flow never reaches the pod's interface.
+#[test]
+fn the_uplink_drops_denied_traffic_to_local_pods_at_xdp() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("n1")
+        .node("n2")
+        .pod("n1", "a", "10.244.1.10".parse().expect("ip"))
+        .pod("n2", "b", "10.244.2.10".parse().expect("ip"))
+        .build()
+        .expect("topology");
+    let (a, b) = (topo.pod("a"), topo.pod("b"));
+    let n2 = topo.node("n2");
+    let _server = EchoServer::start(&b.ns, &[80, 81], &[]).expect("servers on b");
+
+    let b_if = n2.ns.ifindex(&b.host_if).expect("ifindex of b's veth");
+    let uplink = n2.ns.ifindex("uplink").expect("ifindex of the uplink");
+    let state = PolicyState {
+        endpoints: vec![(
+            b_if,
+            EndpointInfo {
+                endpoint_id: 1,
+                identity: ID[1],
+                flags: EndpointFlags::ENFORCE_INGRESS,
+                _pad: 0,
+            },
+        )],
+        ipcache: vec![
+            IpcacheRecord::local(b.ip.into(), ID[1], b_if),
+            IpcacheRecord::local(b.ip6.into(), ID[1], b_if),
+            IpcacheRecord::remote(a.ip.into(), 32, ID[0]),
+            IpcacheRecord::remote(a.ip6.into(), 128, ID[0]),
+        ],
+        policy: build(&[PolicyRule {
+            proto: Some(TCP),
+            ports: Some(80..=80),
+            cookie: 7,
+            ..PolicyRule::allow(1, Identity(ID[0]), Direction::INGRESS)
+        }]),
+        audit: false,
+    };
+    let mut dp = Datapath::load().expect("load");
+    dp.apply(&state).expect("apply");
+    let mut events = dp.take_events().expect("events");
+    let interfaces = vec![b.host_if.clone(), "uplink".to_owned()];
+    let dp = n2
+        .ns
+        .run(move || -> anyhow::Result<Datapath> {
+            let mut dp = dp;
+            for iface in &interfaces {
+                dp.attach(iface, XdpAttachMode::Auto)?;
+            }
+            Ok(dp)
+        })
+        .expect("thread")
+        .expect("attach");
+
+    for (family, b_ip) in [("v4", IpAddr::from(b.ip)), ("v6", b.ip6.into())] {
+        assert_eq!(
+            probe::tcp(&a.ns, SocketAddr::new(b_ip, 80), TIMEOUT),
+            Outcome::Reached,
+            "{family} a->b tcp/80 across nodes"
+        );
+        assert_eq!(
+            probe::tcp(&a.ns, SocketAddr::new(b_ip, 81), TIMEOUT),
+            Outcome::TimedOut,
+            "{family} a->b tcp/81 across nodes"
+        );
+    }
+    let seen = events.drain(1000);
+    let denied: Vec<_> = seen.iter().filter(|e| e.dport == 81).collect();
+    let allowed: Vec<_> = seen.iter().filter(|e| e.dport == 80).collect();
+    assert!(
+        !denied.is_empty() && !allowed.is_empty(),
+        "events for both flows: {seen:?}"
+    );
+    for e in denied.iter().chain(&allowed) {
+        assert_eq!(
+            e.ifindex, uplink,
+            "decided at the uplink, before routing: {e:?}"
+        );
+        assert_eq!(e.direction, Direction::INGRESS.0);
+        assert_eq!((e.src_identity, e.dst_identity), (ID[0], ID[1]));
+    }
+    assert!(
+        denied
+            .iter()
+            .all(|e| e.reason == DropReason::POLICY_DENIED.0)
+    );
+    assert!(allowed.iter().all(|e| e.cookie == 7));
     drop(dp);
 }

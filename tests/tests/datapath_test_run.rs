@@ -5,7 +5,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rampart_agent::datapath::{Datapath, EventReader, PolicyState, ProgramKind, Stats};
+use rampart_agent::datapath::{
+    Datapath, EventReader, IpcacheRecord, PolicyState, ProgramKind, Stats,
+};
 use rampart_agent::policy_map::{PolicyRule, build};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
@@ -95,11 +97,11 @@ fn state(rules: &[PolicyRule]) -> PolicyState {
             },
         )],
         ipcache: vec![
-            (A.into(), 32, ID_A),
-            (B.into(), 32, ID_B),
-            (C.into(), 32, ID_C),
-            (A6.into(), 128, ID_A),
-            (B6.into(), 128, ID_B),
+            IpcacheRecord::remote(A.into(), 32, ID_A),
+            IpcacheRecord::remote(B.into(), 32, ID_B),
+            IpcacheRecord::remote(C.into(), 32, ID_C),
+            IpcacheRecord::remote(A6.into(), 128, ID_A),
+            IpcacheRecord::remote(B6.into(), 128, ID_B),
         ],
         policy: build(rules),
         audit: false,

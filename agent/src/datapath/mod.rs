@@ -110,11 +110,44 @@ pub enum DatapathError {
 pub struct PolicyState {
     /// Local endpoints by the ifindex of their node-side interface. Endpoint ids must not be 0.
     pub endpoints: Vec<(u32, EndpointInfo)>,
-    /// Address prefixes (address, prefix length) and their identities.
-    pub ipcache: Vec<(IpAddr, u8, u32)>,
+    /// Address prefixes and their identities.
+    pub ipcache: Vec<IpcacheRecord>,
     pub policy: Vec<PolicyMapEntry>,
     /// Agent-wide audit mode.
     pub audit: bool,
+}
+
+/// One ipcache prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpcacheRecord {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    pub identity: u32,
+    /// For a pod on this node: the ifindex of its interface (its `endpoints` key); else 0.
+    pub endpoint_ifindex: u32,
+}
+
+impl IpcacheRecord {
+    /// A prefix of a remote identity (another node's pod, a CIDR, a reserved identity).
+    pub fn remote(addr: IpAddr, prefix_len: u8, identity: u32) -> IpcacheRecord {
+        IpcacheRecord {
+            addr,
+            prefix_len,
+            identity,
+            endpoint_ifindex: 0,
+        }
+    }
+
+    /// The address of a pod on this node, behind interface `ifindex`.
+    pub fn local(addr: IpAddr, identity: u32, ifindex: u32) -> IpcacheRecord {
+        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+        IpcacheRecord {
+            addr,
+            prefix_len,
+            identity,
+            endpoint_ifindex: ifindex,
+        }
+    }
 }
 
 /// A program of the object, for [`Datapath::test_run`].
@@ -252,14 +285,27 @@ impl Datapath {
             let mut v4: LpmTrie<&mut MapData, [u8; 4], IpcacheEntry> =
                 typed(name, self.map_mut(name)?)?;
             clear_trie(&mut v4, name)?;
-            for &(addr, prefix_len, identity) in &state.ipcache {
+            for &IpcacheRecord {
+                addr,
+                prefix_len,
+                identity,
+                endpoint_ifindex,
+            } in &state.ipcache
+            {
                 if let IpAddr::V4(a) = addr {
                     if prefix_len > 32 {
                         return Err(DatapathError::BadPrefix { addr, prefix_len });
                     }
                     let key = Key::new(u32::from(prefix_len), a.octets());
-                    v4.insert(&key, IpcacheEntry { identity, flags: 0 }, 0)
-                        .map_err(map_err(name))?;
+                    v4.insert(
+                        &key,
+                        IpcacheEntry {
+                            identity,
+                            endpoint_ifindex,
+                        },
+                        0,
+                    )
+                    .map_err(map_err(name))?;
                 }
             }
         }
@@ -268,14 +314,27 @@ impl Datapath {
             let mut v6: LpmTrie<&mut MapData, [u8; 16], IpcacheEntry> =
                 typed(name, self.map_mut(name)?)?;
             clear_trie(&mut v6, name)?;
-            for &(addr, prefix_len, identity) in &state.ipcache {
+            for &IpcacheRecord {
+                addr,
+                prefix_len,
+                identity,
+                endpoint_ifindex,
+            } in &state.ipcache
+            {
                 if let IpAddr::V6(a) = addr {
                     if prefix_len > 128 {
                         return Err(DatapathError::BadPrefix { addr, prefix_len });
                     }
                     let key = Key::new(u32::from(prefix_len), a.octets());
-                    v6.insert(&key, IpcacheEntry { identity, flags: 0 }, 0)
-                        .map_err(map_err(name))?;
+                    v6.insert(
+                        &key,
+                        IpcacheEntry {
+                            identity,
+                            endpoint_ifindex,
+                        },
+                        0,
+                    )
+                    .map_err(map_err(name))?;
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 use std::net::Ipv4Addr;
 
-use rampart_agent::datapath::{Datapath, PolicyState, ProgramKind};
+use rampart_agent::datapath::{Datapath, IpcacheRecord, PolicyState, ProgramKind};
 use rampart_agent::policy_map::{PolicyRule, build};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
@@ -146,7 +146,10 @@ fn state(filler: u64) -> PolicyState {
                 _pad: 0,
             },
         )],
-        ipcache: vec![(A.into(), 32, ID_A), (B.into(), 32, ID_B)],
+        ipcache: vec![
+            IpcacheRecord::local(A.into(), ID_A, 1),
+            IpcacheRecord::remote(B.into(), 32, ID_B),
+        ],
         policy: build(&rules),
         audit: false,
     }

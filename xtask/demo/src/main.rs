@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rampart_agent::config::XdpAttachMode;
-use rampart_agent::datapath::{Datapath, PolicyState};
+use rampart_agent::datapath::{Datapath, IpcacheRecord, PolicyState};
 use rampart_agent::policy_map::{PolicyRule, build};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
@@ -179,8 +179,12 @@ fn run() -> anyhow::Result<()> {
                 _pad: 0,
             },
         ));
-        state.ipcache.push((p.ip.into(), 32, id));
-        state.ipcache.push((p.ip6.into(), 128, id));
+        state
+            .ipcache
+            .push(IpcacheRecord::local(p.ip.into(), id, ifindex));
+        state
+            .ipcache
+            .push(IpcacheRecord::local(p.ip6.into(), id, ifindex));
     }
     let allow = |cookie, from: u32, to: u32, port: u16| {
         let tcp = |r: PolicyRule| PolicyRule {
