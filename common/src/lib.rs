@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
 pub mod event;
+pub mod frag;
 pub mod identity;
 pub mod ipcache;
 pub mod maps;

@@ -14,6 +14,7 @@
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
+//! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
 //! | `RULE_STATS_V1` | per-CPU hash | [`MAX_RULE_STATS`] | rule cookie → decisions by verdict |
 //! | `EVENTS_V1` | ring buffer | 256 KiB | drop and new-flow verdict events |
 //! | `EVENTS_LOST_V1` | per-CPU array | 2 | events not written: rate limited, ring full |
@@ -33,12 +34,13 @@ pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const EVENT_RATE: &str = "EVENT_RATE_V1";
+pub const FRAGS: &str = "FRAGS_V1";
 /// Per-CPU working memory of the programs (pinned with the rest; its content is never read).
 pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Every map of the object, in the order the agent pins them.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     HOOK_STATS,
     DROP_STATS,
     AUDIT_STATS,
@@ -58,6 +60,7 @@ pub const ALL: [&str; 19] = [
     EVENT_RATE,
     RULE_STATS,
     SCRATCH,
+    FRAGS,
 ];
 
 /// Local endpoints (pods on this node) per generation.
@@ -68,6 +71,8 @@ pub const MAX_IPCACHE: u32 = 65536;
 pub const MAX_POLICY: u32 = 262_144;
 /// Rule cookies with their own decision counters (the cardinality cap of per-rule metrics).
 pub const MAX_RULE_STATS: u32 = 16_384;
+/// Fragmented datagrams in flight whose first fragment passed.
+pub const MAX_FRAGS: u32 = 16_384;
 /// Tracked flows (all scopes). LRU: when full, the least recently used flow is evicted.
 pub const MAX_CT: u32 = 262_144;
 

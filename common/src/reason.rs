@@ -18,7 +18,8 @@ impl DropReason {
     pub const INVALID_PACKET: DropReason = DropReason(3);
     /// The packet ends inside a header the decision needs.
     pub const TRUNCATED_HEADER: DropReason = DropReason(4);
-    /// An IP fragment: fragments are not reassembled or tracked; every fragment is dropped.
+    /// A later IP fragment whose first fragment was not seen, was dropped, or is too old (see
+    /// `frag.rs`): it cannot be tied to a flow.
     pub const UNSUPPORTED_FRAGMENT: DropReason = DropReason(5);
     /// A new flow was allowed but its conntrack entry could not be created.
     pub const CT_FULL: DropReason = DropReason(6);

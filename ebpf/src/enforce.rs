@@ -21,14 +21,15 @@ use rampart_common::config::ConfigFlags;
 use rampart_common::conntrack::{CtEntry, CtFlags, CtKey, ct_lifetime_ns};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
+use rampart_common::frag::{FRAG_LIFETIME_NS, FragEntry, FragKey};
 use rampart_common::identity::Identity;
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
 use crate::counters;
 use crate::events;
-use crate::maps::{self, CONFIG, CT};
-use crate::packet::{self, Bounds, Flow, Parsed, Tuple};
+use crate::maps::{self, CONFIG, CT, FRAGS};
+use crate::packet::{self, Bounds, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, Parsed, Tuple};
 
 /// Working memory of one decision: the parsed flow and the conntrack keys are too large for the
 /// 512-byte BPF stack once everything is inlined, so each CPU gets one slot here.
@@ -38,6 +39,7 @@ pub struct Scratch {
     key: CtKey,
     alt: CtKey,
     event: FlowEvent,
+    frag_key: FragKey,
 }
 
 #[map(name = "SCRATCH_V1")]
@@ -58,6 +60,23 @@ struct Decision {
 
 #[inline(always)]
 pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
+        return Action::Drop;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU for one hook type,
+    // and XDP and TC runs of one CPU do not interleave.
+    let s = unsafe { &mut *scratch };
+    s.flow.frag = FRAG_NONE;
+    let action = decide_with(b, ifindex, dir, s);
+    if action == Action::Pass && s.flow.frag == FRAG_FIRST {
+        remember_first_fragment(s);
+    }
+    action
+}
+
+#[inline(always)]
+fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Action {
     let bytes = b.len() as u64;
     let Some(cfg) = CONFIG.get(0).copied() else {
         // The one-entry array always has index 0; if it did not, nothing can be decided.
@@ -74,13 +93,6 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     if uplink && dir != Direction::EGRESS {
         return Action::Pass;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, bytes);
-        return Action::Drop;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU for one hook type,
-    // and XDP and TC runs of one CPU do not interleave.
-    let s = unsafe { &mut *scratch };
     match packet::parse(b, &mut s.flow) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Control) => return Action::Pass,
@@ -105,6 +117,15 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
             return Action::Drop;
         }
     };
+    if s.flow.frag == FRAG_LATER && !later_fragment_ports(s) {
+        // No first fragment admitted for this datagram: it cannot be tied to a flow. On an
+        // uplink it is left to the pod's interface, which sees the same datagram.
+        if uplink {
+            return Action::Pass;
+        }
+        counters::dropped(DropReason::UNSUPPORTED_FRAGMENT, dir, bytes);
+        return Action::Drop;
+    }
     if uplink {
         let dst = maps::ipcache(generation, &s.flow.tuple.daddr, s.flow.v4 != 0);
         if dst.endpoint_ifindex == 0 {
@@ -234,6 +255,54 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
         d.cookie,
     );
     Action::Pass
+}
+
+#[inline(always)]
+fn set_frag_key(s: &mut Scratch) {
+    let f = &s.flow;
+    s.frag_key = FragKey {
+        saddr: f.tuple.saddr,
+        daddr: f.tuple.daddr,
+        id: f.frag_id,
+        proto: f.tuple.proto,
+        _pad: [0; 3],
+    };
+}
+
+/// Records the ports of a first fragment that passed, for the datagram's later fragments.
+#[inline(always)]
+fn remember_first_fragment(s: &mut Scratch) {
+    set_frag_key(s);
+    let entry = FragEntry {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        first_seen_ns: unsafe { bpf_ktime_get_ns() },
+        sport: s.flow.tuple.sport,
+        dport: s.flow.tuple.dport,
+        policy_port: s.flow.policy_port,
+        _pad: 0,
+    };
+    // If the LRU cannot take it, the later fragments are dropped as unsupported_fragment.
+    let _ = FRAGS.insert(&s.frag_key, &entry, 0);
+}
+
+/// Gives a later fragment the ports of its datagram's first fragment; false if there is none.
+#[inline(always)]
+fn later_fragment_ports(s: &mut Scratch) -> bool {
+    set_frag_key(s);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(entry) = FRAGS.get_ptr_mut(&s.frag_key) else {
+        return false;
+    };
+    // SAFETY: a pointer to an LRU hash value, valid for this program run.
+    let e = unsafe { &*entry };
+    if now.wrapping_sub(e.first_seen_ns) > FRAG_LIFETIME_NS {
+        return false;
+    }
+    s.flow.tuple.sport = e.sport;
+    s.flow.tuple.dport = e.dport;
+    s.flow.policy_port = e.policy_port;
+    true
 }
 
 /// The identity of the other side of the packet (its source on ingress, its destination on

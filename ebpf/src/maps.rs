@@ -9,8 +9,9 @@ use rampart_common::conntrack::{CtEntry, CtKey};
 use rampart_common::counters::HookCounter;
 use rampart_common::endpoint::EndpointInfo;
 use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
+use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::ipcache::IpcacheEntry;
-use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_IPCACHE, MAX_POLICY};
+use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_POLICY};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use rampart_common::reason::DropReason;
 
@@ -62,6 +63,9 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT,
 
 /// The endpoint behind `ifindex`; `endpoint_id == 0` if the interface is not a pod's (the agent
 /// never assigns endpoint id 0).
+#[map(name = "FRAGS_V1")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+
 #[map(name = "EVENTS_V1")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map(name = "EVENTS_LOST_V1")]

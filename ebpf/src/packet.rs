@@ -71,7 +71,19 @@ pub struct Flow {
     pub v4: u8,
     pub tcp_flags: u8,
     pub has_related: u8,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    pub _pad: [u8; 3],
+    /// The IP identification of a fragment.
+    pub frag_id: u32,
 }
+
+/// Not a fragment (or an atomic IPv6 fragment: offset 0, no more fragments).
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment: it carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header; its ports come from `FRAGS_V1`.
+pub const FRAG_LATER: u8 = 2;
 
 impl Flow {
     #[inline(always)]
@@ -94,6 +106,8 @@ pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     flow.has_related = 0;
     flow.tcp_flags = 0;
     flow.policy_port = 0;
+    flow.frag = FRAG_NONE;
+    flow.frag_id = 0;
     match ethertype {
         ETH_P_IP => parse_ipv4(b, flow),
         ETH_P_IPV6 => parse_ipv6(b, flow),
@@ -128,13 +142,19 @@ fn parse_ipv4(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     if ETH_HLEN + total_len > b.len() {
         return Err(DropReason::TRUNCATED_HEADER);
     }
-    // MF set or a fragment offset: part of a fragmented datagram.
-    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
-        return Err(DropReason::UNSUPPORTED_FRAGMENT);
-    }
     flow.tuple.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
     flow.tuple.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
     flow.v4 = 1;
+    // MF set or a fragment offset: part of a fragmented datagram.
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    if frag & 0x3fff != 0 {
+        flow.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+        if frag & 0x1fff != 0 {
+            flow.frag = FRAG_LATER;
+            return Ok(later_fragment(flow, hdr[9]));
+        }
+        flow.frag = FRAG_FIRST;
+    }
     parse_l4(b, ETH_HLEN + ihl, hdr[9], flow)
 }
 
@@ -174,7 +194,21 @@ fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
                 next = ext[0];
                 off += (usize::from(ext[1]) + 2) * 4;
             }
-            44 => return Err(DropReason::UNSUPPORTED_FRAGMENT),
+            // Fragment header: next header, reserved, offset (13 bits) + M, identification.
+            44 => {
+                let ext = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+                next = ext[0];
+                off += 8;
+                let offset_m = u16::from_be_bytes([ext[2], ext[3]]);
+                if offset_m & 0xfff9 != 0 {
+                    flow.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                    if offset_m >> 3 != 0 {
+                        flow.frag = FRAG_LATER;
+                        return Ok(later_fragment(flow, next));
+                    }
+                    flow.frag = FRAG_FIRST;
+                }
+            }
             _ => return parse_l4(b, off, next, flow),
         }
     }
@@ -227,6 +261,15 @@ fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed
         _ => {}
     }
     Ok(Parsed::Ip)
+}
+
+/// A later fragment: the protocol is known, the ports are not (they come from `FRAGS_V1`).
+#[inline(always)]
+fn later_fragment(flow: &mut Flow, proto: u8) -> Parsed {
+    flow.tuple.proto = proto;
+    flow.tuple.sport = 0;
+    flow.tuple.dport = 0;
+    Parsed::Ip
 }
 
 enum IcmpClass {

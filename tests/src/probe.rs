@@ -38,7 +38,13 @@ pub fn tcp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
 
 /// A UDP datagram to `dst` from inside `ns`, waiting for its echo.
 pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
-    ns.run(move || udp_here(dst, timeout))
+    udp_sized(ns, dst, PAYLOAD.len(), timeout)
+}
+
+/// Like [`udp`] with a datagram of `size` bytes: above the path MTU it travels as IP fragments,
+/// both ways.
+pub fn udp_sized(ns: &Netns, dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
+    ns.run(move || udp_here(dst, size, timeout))
         .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
 }
 
@@ -73,7 +79,7 @@ fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
     }
 }
 
-fn udp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
+fn udp_here(dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
     let local: IpAddr = if dst.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -85,15 +91,16 @@ fn udp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
     };
     let _ = socket.set_read_timeout(Some(timeout));
     // connect() so an ICMP port unreachable surfaces as ECONNREFUSED on recv.
+    let payload: Vec<u8> = PAYLOAD.iter().copied().cycle().take(size).collect();
     if let Err(e) = socket
         .connect(dst)
-        .and_then(|()| socket.send(PAYLOAD).map(|_| ()))
+        .and_then(|()| socket.send(&payload).map(|_| ()))
     {
         return io_outcome(&e);
     }
-    let mut buf = [0u8; 64];
+    let mut buf = vec![0u8; size + 64];
     match socket.recv(&mut buf) {
-        Ok(n) if &buf[..n] == PAYLOAD => Outcome::Reached,
+        Ok(n) if buf[..n] == payload[..] => Outcome::Reached,
         Ok(n) => Outcome::Error(format!("unexpected echo of {n} bytes")),
         Err(e) => io_outcome(&e),
     }

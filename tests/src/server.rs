@@ -108,7 +108,8 @@ fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<()
             }
         };
     let _ = ready.send(Ok(()));
-    let mut buf = [0u8; 2048];
+    // Room for the largest datagram, so fragmented probes come back whole.
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
         if let Ok((n, from)) = socket.recv_from(&mut buf) {
             let _ = socket.send_to(&buf[..n], from);

@@ -157,6 +157,17 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
             probe::udp(&a.ns, SocketAddr::new(b_ip, 54), TIMEOUT),
             dropped.clone(),
         );
+        // 4000 bytes over MTU 1500: IP fragments both ways, each following its first fragment.
+        check(
+            format!("{family} a->b udp/53, fragmented"),
+            probe::udp_sized(&a.ns, SocketAddr::new(b_ip, 53), 4000, TIMEOUT),
+            reached.clone(),
+        );
+        check(
+            format!("{family} a->b udp/54, fragmented"),
+            probe::udp_sized(&a.ns, SocketAddr::new(b_ip, 54), 4000, TIMEOUT),
+            dropped.clone(),
+        );
         check(
             format!("{family} a->b ping"),
             probe::ping(&a.ns, b_ip, TIMEOUT),

@@ -460,12 +460,13 @@ fn ipv6_with_extension_headers() {
         false,
         DropReason::POLICY_DENIED,
     );
-    let mut frag = vec![TCP, 0, 0, 1, 0, 0, 0, 7];
-    frag.extend(tcp(40304, 80, SYN));
+    // A later fragment (offset 8 octets) of a datagram whose first fragment was never seen.
+    let mut orphan = vec![TCP, 0, 0, 8, 0, 0, 0, 7];
+    orphan.extend([0u8; 16]);
     f.expect(
-        "fragment header",
+        "orphan later fragment",
         Xdp,
-        &v6(44, &frag),
+        &v6(44, &orphan),
         false,
         DropReason::UNSUPPORTED_FRAGMENT,
     );
@@ -579,19 +580,10 @@ fn malformed_packets_fail_closed() {
         false,
         DropReason::TRUNCATED_HEADER,
     );
-    let mut more_frags = good.clone();
-    more_frags[20] = 0x20;
-    f.expect(
-        "first fragment (MF)",
-        Xdp,
-        &more_frags,
-        false,
-        DropReason::UNSUPPORTED_FRAGMENT,
-    );
     let mut later_frag = good.clone();
     later_frag[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
     f.expect(
-        "non-first fragment",
+        "later fragment with no first",
         TcIngress,
         &later_frag,
         false,
@@ -816,5 +808,80 @@ fn pinned_state_survives_a_reload() {
             .test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40802, 80, SYN)))
             .expect("run"),
         XDP_PASS
+    );
+}
+
+/// Two IPv4 fragments of one datagram (identification `id`): the first carries `l4` with MF set,
+/// the last 16 bytes of payload at offset 3 (24 bytes), without an L4 header.
+fn v4_fragments(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, l4: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut first = v4(src, dst, proto, l4);
+    first[18..20].copy_from_slice(&id.to_be_bytes());
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    let mut later = v4(src, dst, proto, &[0xab; 16]);
+    later[18..20].copy_from_slice(&id.to_be_bytes());
+    later[20..22].copy_from_slice(&0x0003u16.to_be_bytes()); // offset 3 (24 bytes), last
+    (first, later)
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut f = Fixture::new();
+    use ProgramKind::*;
+    let none = DropReason::NONE;
+    let (first, later) = v4_fragments(A, B, UDP, 0x1234, &udp(5000, 53, &[0x55; 24]));
+    f.expect("first fragment of an allowed flow", Xdp, &first, true, none);
+    f.expect("its later fragment (XDP)", Xdp, &later, true, none);
+    f.expect("its later fragment (TC)", TcIngress, &later, true, none);
+    let (first, later) = v4_fragments(A, B, UDP, 0x1235, &udp(5000, 54, &[0x55; 24]));
+    f.expect(
+        "first fragment of a denied flow",
+        Xdp,
+        &first,
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    f.expect(
+        "its later fragment",
+        Xdp,
+        &later,
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
+    );
+    let (_, other) = v4_fragments(A, B, UDP, 0x9999, &udp(5000, 53, &[0x55; 24]));
+    f.expect(
+        "a later fragment of another datagram",
+        Xdp,
+        &other,
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
+    );
+    // IPv6: fragment header with M set and offset 0, then a later one (offset 3, M clear).
+    let v6frag = |offset_m: u16, id: u32, rest: &[u8]| {
+        let mut h = vec![UDP, 0];
+        h.extend(offset_m.to_be_bytes());
+        h.extend(id.to_be_bytes());
+        h.extend(rest);
+        eth(ETH_P_IPV6, &ipv6(A6, B6, 44, &h))
+    };
+    f.expect(
+        "IPv6 first fragment",
+        Xdp,
+        &v6frag(0x0001, 77, &udp(5001, 53, &[1; 24])),
+        true,
+        none,
+    );
+    f.expect(
+        "IPv6 later fragment",
+        Xdp,
+        &v6frag(3 << 3, 77, &[2; 16]),
+        true,
+        none,
+    );
+    f.expect(
+        "IPv6 later fragment, other id",
+        Xdp,
+        &v6frag(3 << 3, 78, &[2; 16]),
+        false,
+        DropReason::UNSUPPORTED_FRAGMENT,
     );
 }
