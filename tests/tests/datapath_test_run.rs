@@ -885,3 +885,30 @@ fn later_fragments_follow_their_first_fragment() {
         DropReason::UNSUPPORTED_FRAGMENT,
     );
 }
+
+#[test]
+fn apply_rejects_a_bad_state_and_keeps_the_last_good_one() {
+    let mut f = Fixture::new();
+    let revision = f.dp.revision();
+    let mut zero_id = state(&rules());
+    zero_id.endpoints[0].1.endpoint_id = 0;
+    assert!(
+        f.dp.apply(&zero_id).is_err(),
+        "endpoint id 0 would be unpoliced"
+    );
+    let mut long_prefix = state(&rules());
+    long_prefix
+        .ipcache
+        .push(IpcacheRecord::remote(B.into(), 33, ID_B));
+    assert!(f.dp.apply(&long_prefix).is_err(), "a /33 IPv4 prefix");
+    assert_eq!(f.dp.revision(), revision, "nothing was applied");
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40900, 81, SYN))),
+        XDP_DROP,
+        "the last good policy is in force"
+    );
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40901, 80, SYN))),
+        XDP_PASS
+    );
+}

@@ -101,6 +101,8 @@ pub enum DatapathError {
     },
     #[error("counting possible CPUs: {0}")]
     Cpus(String),
+    #[error("endpoint on ifindex {ifindex} has id 0, which the datapath reads as no endpoint")]
+    EndpointIdZero { ifindex: u32 },
     #[error("ipcache prefix {addr}/{prefix_len} is longer than the address")]
     BadPrefix { addr: IpAddr, prefix_len: u8 },
 }
@@ -269,6 +271,7 @@ impl Datapath {
                 std::thread::sleep(GENERATION_GRACE - since);
             }
         }
+        validate(state)?;
         let next = 1 - (self.config.active & 1);
         let slot = next as usize;
         {
@@ -280,64 +283,16 @@ impl Datapath {
                 endpoints.insert(ifindex, info, 0).map_err(map_err(name))?;
             }
         }
-        {
-            let name = maps::IPCACHE4[slot];
-            let mut v4: LpmTrie<&mut MapData, [u8; 4], IpcacheEntry> =
-                typed(name, self.map_mut(name)?)?;
-            clear_trie(&mut v4, name)?;
-            for &IpcacheRecord {
-                addr,
-                prefix_len,
-                identity,
-                endpoint_ifindex,
-            } in &state.ipcache
-            {
-                if let IpAddr::V4(a) = addr {
-                    if prefix_len > 32 {
-                        return Err(DatapathError::BadPrefix { addr, prefix_len });
-                    }
-                    let key = Key::new(u32::from(prefix_len), a.octets());
-                    v4.insert(
-                        &key,
-                        IpcacheEntry {
-                            identity,
-                            endpoint_ifindex,
-                        },
-                        0,
-                    )
-                    .map_err(map_err(name))?;
-                }
-            }
-        }
-        {
-            let name = maps::IPCACHE6[slot];
-            let mut v6: LpmTrie<&mut MapData, [u8; 16], IpcacheEntry> =
-                typed(name, self.map_mut(name)?)?;
-            clear_trie(&mut v6, name)?;
-            for &IpcacheRecord {
-                addr,
-                prefix_len,
-                identity,
-                endpoint_ifindex,
-            } in &state.ipcache
-            {
-                if let IpAddr::V6(a) = addr {
-                    if prefix_len > 128 {
-                        return Err(DatapathError::BadPrefix { addr, prefix_len });
-                    }
-                    let key = Key::new(u32::from(prefix_len), a.octets());
-                    v6.insert(
-                        &key,
-                        IpcacheEntry {
-                            identity,
-                            endpoint_ifindex,
-                        },
-                        0,
-                    )
-                    .map_err(map_err(name))?;
-                }
-            }
-        }
+        let v4 = state.ipcache.iter().filter_map(|r| match r.addr {
+            IpAddr::V4(a) => Some((a.octets(), r)),
+            IpAddr::V6(_) => None,
+        });
+        self.fill_ipcache(maps::IPCACHE4[slot], v4)?;
+        let v6 = state.ipcache.iter().filter_map(|r| match r.addr {
+            IpAddr::V6(a) => Some((a.octets(), r)),
+            IpAddr::V4(_) => None,
+        });
+        self.fill_ipcache(maps::IPCACHE6[slot], v6)?;
         {
             let name = maps::POLICY[slot];
             let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
@@ -422,6 +377,25 @@ impl Datapath {
         result
             .map(|r| (r.return_value, r.duration))
             .map_err(|source| DatapathError::TestRun { program, source })
+    }
+
+    /// Replaces the content of one ipcache trie (of the inactive generation).
+    fn fill_ipcache<'s, K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        records: impl Iterator<Item = (K, &'s IpcacheRecord)>,
+    ) -> Result<(), DatapathError> {
+        let mut trie: LpmTrie<&mut MapData, K, IpcacheEntry> = typed(name, self.map_mut(name)?)?;
+        clear_trie(&mut trie, name)?;
+        for (addr, r) in records {
+            let entry = IpcacheEntry {
+                identity: r.identity,
+                endpoint_ifindex: r.endpoint_ifindex,
+            };
+            trie.insert(&Key::new(u32::from(r.prefix_len), addr), entry, 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
@@ -582,6 +556,24 @@ impl Datapath {
         let array = PerCpuArray::try_from(map).map_err(map_err(name))?;
         Ok(CounterArray { name, array })
     }
+}
+
+/// Checks a state before any of it is written: the kernel reads endpoint id 0 as "no endpoint"
+/// (an endpoint with it would go unpoliced), and a prefix cannot be longer than its address.
+fn validate(state: &PolicyState) -> Result<(), DatapathError> {
+    if let Some((ifindex, _)) = state.endpoints.iter().find(|(_, e)| e.endpoint_id == 0) {
+        return Err(DatapathError::EndpointIdZero { ifindex: *ifindex });
+    }
+    for r in &state.ipcache {
+        let max = if r.addr.is_ipv4() { 32 } else { 128 };
+        if r.prefix_len > max {
+            return Err(DatapathError::BadPrefix {
+                addr: r.addr,
+                prefix_len: r.prefix_len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Takes over the link pinned at `path` (removing the pin; the link lives while we hold it).
