@@ -39,9 +39,11 @@ const TC_PULL_LEN: u32 = 192;
 
 #[xdp]
 pub fn rp_xdp(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
     let b = Bounds {
-        start: ctx.data(),
-        end: ctx.data_end(),
+        start,
+        end,
+        wire_len: end.saturating_sub(start),
     };
     counters::count(Hook::XDP, b.len() as u64);
     // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
@@ -76,9 +78,12 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     // Headers in paged data are pulled into the linear area; if that fails the parser sees a
     // shorter packet and drops it as truncated (fail closed).
     let _ = ctx.pull_data(core::cmp::min(len, TC_PULL_LEN));
+    // Length checks use the whole skb (`len`), not just its linear part: large (GSO/GRO) skbs
+    // keep most of their payload in pages.
     let b = Bounds {
         start: ctx.data(),
         end: ctx.data_end(),
+        wire_len: len as usize,
     };
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };

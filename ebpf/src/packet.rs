@@ -23,10 +23,14 @@ const TCP_RST: u8 = 0x04;
 /// How many IPv6 extension headers are walked before giving up (`unsupported_ipv6_ext`).
 const MAX_IPV6_EXT: usize = 4;
 
-/// The packet's bytes: `[start, end)` (from `ctx.data()` / `ctx.data_end()`).
+/// The packet: its directly readable bytes `[start, end)` (`ctx.data()` / `ctx.data_end()`)
+/// and its whole length on the wire. For XDP they agree; for TC, `end` covers only the linear
+/// part of the skb (at least the pulled headers) while `wire_len` is `skb->len`: header reads
+/// are bounded by `end`, length fields are checked against `wire_len`.
 pub struct Bounds {
     pub start: usize,
     pub end: usize,
+    pub wire_len: usize,
 }
 
 impl Bounds {
@@ -42,9 +46,10 @@ impl Bounds {
         Some(unsafe { core::ptr::read_unaligned((self.start + off) as *const T) })
     }
 
+    /// The packet's length on the wire (see the type's docs).
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end.saturating_sub(self.start)
+        self.wire_len
     }
 }
 

@@ -36,6 +36,45 @@ pub fn tcp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
         .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
 }
 
+/// Sends `size` bytes over one TCP connection to an echo server from inside `ns` and checks that
+/// all of them come back: bulk data, large segments (GSO/GRO), many packets each way.
+pub fn tcp_bulk(ns: &Netns, dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
+    ns.run(move || tcp_bulk_here(dst, size, timeout))
+        .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
+}
+
+fn tcp_bulk_here(dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
+    let stream = match TcpStream::connect_timeout(&dst, timeout) {
+        Ok(s) => s,
+        Err(e) => return io_outcome(&e),
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let sent = data.clone();
+    let sender = std::thread::spawn(move || {
+        let result = writer.write_all(&sent);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+        result
+    });
+    let mut back = Vec::with_capacity(size);
+    let mut reader = stream;
+    let read = reader.read_to_end(&mut back);
+    let wrote = sender
+        .join()
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ()));
+    match (read, wrote) {
+        (Ok(_), Ok(())) if back == data => Outcome::Reached,
+        (Ok(n), Ok(())) => Outcome::Error(format!("{n} of {size} bytes came back intact")),
+        (Err(e), _) => io_outcome(&e),
+        (_, Err(())) => Outcome::Error("sending failed".into()),
+    }
+}
+
 /// A UDP datagram to `dst` from inside `ns`, waiting for its echo.
 pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
     udp_sized(ns, dst, PAYLOAD.len(), timeout)

@@ -84,16 +84,28 @@ fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<()
     let _ = ready.send(Ok(()));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 2048];
-                if let Ok(n) = stream.read(&mut buf) {
-                    let _ = stream.write_all(&buf[..n]);
-                }
+            Ok((stream, _)) => {
+                // Each connection on its own thread: echo everything until the peer closes.
+                std::thread::spawn(move || echo_stream(stream));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn echo_stream(mut stream: std::net::TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -77,6 +77,7 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
     let _servers = [
         EchoServer::start(&pods[1].ns, &[80, 81], &[53, 54]).expect("servers on b"),
         EchoServer::start(&pods[0].ns, &[8080], &[]).expect("server on a"),
+        EchoServer::start(&pods[2].ns, &[7000], &[]).expect("server on c"),
     ];
 
     let mut state = PolicyState::default();
@@ -157,6 +158,17 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
             probe::udp(&a.ns, SocketAddr::new(b_ip, 54), TIMEOUT),
             dropped.clone(),
         );
+        // Bulk TCP: large (GSO/GRO) segments both ways through XDP and TC.
+        check(
+            format!("{family} a->b tcp/80, 8 MiB"),
+            probe::tcp_bulk(
+                &a.ns,
+                SocketAddr::new(b_ip, 80),
+                8 << 20,
+                Duration::from_secs(10),
+            ),
+            reached.clone(),
+        );
         // 4000 bytes over MTU 1500: IP fragments both ways, each following its first fragment.
         check(
             format!("{family} a->b udp/53, fragmented"),
@@ -194,6 +206,18 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
             dropped,
         );
     }
+    // The node's own bulk TCP to c (not isolated) reaches c's TC egress as large GSO skbs whose
+    // payload is mostly in pages: length checks must use the skb's length, not its linear part.
+    check(
+        "node->c tcp/7000, 8 MiB".into(),
+        probe::tcp_bulk(
+            &node.ns,
+            SocketAddr::new(c.ip.into(), 7000),
+            8 << 20,
+            Duration::from_secs(10),
+        ),
+        Outcome::Reached,
+    );
     assert!(
         failures.is_empty(),
         "{} probes wrong:\n{}",
