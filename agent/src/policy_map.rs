@@ -101,16 +101,20 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
     }
     let mut out = Vec::new();
     for ((endpoint_id, remote, direction), entries) in spaces {
-        let denies: Vec<(u32, u32)> = entries
+        // Entries a broader deny covers are not written: every allow/redirect, and audited denies
+        // under an enforced one (the enforced deny must win the longest match).
+        let denies: Vec<(u32, u32, bool)> = entries
             .iter()
             .filter(|(_, e)| e.verdict == Verdict::DENY.0)
-            .map(|(k, _)| *k)
+            .map(|(k, e)| (k.0, k.1, e.flags & PolicyEntryFlags::AUDIT == 0))
             .collect();
         for ((bits, prefix), entry) in entries {
-            let shadowed = entry.verdict != Verdict::DENY.0
-                && denies
-                    .iter()
-                    .any(|&(dbits, dprefix)| dprefix < prefix && covers(dbits, dprefix, bits));
+            let audited_deny =
+                entry.verdict == Verdict::DENY.0 && entry.flags & PolicyEntryFlags::AUDIT != 0;
+            let shadowed = (entry.verdict != Verdict::DENY.0 || audited_deny)
+                && denies.iter().any(|&(dbits, dprefix, enforced)| {
+                    dprefix < prefix && covers(dbits, dprefix, bits) && (enforced || !audited_deny)
+                });
             if shadowed {
                 continue;
             }
@@ -147,9 +151,24 @@ fn covers(dbits: u32, dprefix: u32, bits: u32) -> bool {
     (dbits >> shift) == (bits >> shift)
 }
 
-/// The (bits, prefix length within the 24-bit proto+port space) entries of one rule.
+/// Protocols with ports, for a rule that names ports but no protocol.
+const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+/// The (bits, prefix length within the 24-bit proto+port space) entries of one rule. A rule with
+/// ports but no protocol means those ports of TCP, UDP and SCTP (never "every protocol").
 fn rule_prefixes(rule: &PolicyRule) -> Vec<(u32, u32)> {
     let Some(proto) = rule.proto else {
+        if rule.ports.is_some() {
+            return PORT_PROTOCOLS
+                .iter()
+                .flat_map(|&p| {
+                    rule_prefixes(&PolicyRule {
+                        proto: Some(p),
+                        ..rule.clone()
+                    })
+                })
+                .collect();
+        }
         return vec![(0, 0)];
     };
     let base = u32::from(proto) << 16;
@@ -328,6 +347,44 @@ mod tests {
         assert_eq!(
             (out[0].entry.verdict, out[0].entry.flags),
             (Verdict::DENY.0, PolicyEntryFlags::AUDIT)
+        );
+    }
+
+    #[test]
+    fn an_enforced_deny_hides_the_audited_denies_it_covers() {
+        let base = PolicyRule::allow(7, Identity(300), Direction::INGRESS);
+        let enforced = PolicyRule {
+            proto: Some(6),
+            verdict: Verdict::DENY,
+            cookie: 1,
+            ..base.clone()
+        };
+        let audited = PolicyRule {
+            verdict: Verdict::DENY,
+            audit: true,
+            cookie: 2,
+            ..tcp(base, 80, 80)
+        };
+        let out = build(&[enforced, audited]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].entry.flags, out[0].prefix_len),
+            (0, PREFIX_ANY_PORT)
+        );
+    }
+
+    #[test]
+    fn ports_without_a_protocol_mean_tcp_udp_and_sctp() {
+        let rule = PolicyRule {
+            ports: Some(80..=80),
+            ..PolicyRule::allow(7, Identity(300), Direction::INGRESS)
+        };
+        let out = build(&[rule]);
+        let protos: Vec<u8> = out.iter().map(|e| e.key.proto).collect();
+        assert_eq!(protos, vec![6, 17, 132]);
+        assert!(
+            out.iter().all(|e| e.prefix_len == 96),
+            "one port each, never any protocol: {out:?}"
         );
     }
 

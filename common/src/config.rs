@@ -7,7 +7,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathConfig {
-    /// 0: the `_A_` maps are live; 1: the `_B_` maps.
+    /// `revision & 1`, for readers of the map (0: the `_A_` maps are live; 1: the `_B_` maps).
     pub active: u32,
     /// Increases with every applied policy; conntrack entries remember it.
     pub revision: u32,

@@ -17,7 +17,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
-use rampart_common::config::ConfigFlags;
+use rampart_common::config::{ConfigFlags, DatapathConfig};
 use rampart_common::conntrack::{CtEntry, CtFlags, CtKey, ct_lifetime_ns};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
@@ -35,6 +35,8 @@ use crate::packet::{self, Bounds, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, Parse
 /// 512-byte BPF stack once everything is inlined, so each CPU gets one slot here.
 #[repr(C)]
 pub struct Scratch {
+    /// Whether the current packet reached a decision about a pod (conntrack or policy).
+    judged: bool,
     flow: Flow,
     key: CtKey,
     alt: CtKey,
@@ -83,9 +85,10 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
         counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, bytes);
         return Action::Drop;
     };
-    let generation = cfg.active & 1;
-    let mut ep = maps::endpoint(generation, ifindex);
-    let mut dir = dir;
+    // The live generation is the revision's parity: one field, so a packet can never pair one
+    // generation with another revision.
+    let generation = cfg.revision & 1;
+    let ep = maps::endpoint(generation, ifindex);
     // Not a pod's interface: an uplink. Only what arrives on it is looked at, and only traffic to
     // a pod of this node is judged (by that pod's ingress policy, as early as possible); the
     // node's own traffic passes untouched.
@@ -93,6 +96,30 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
     if uplink && dir != Direction::EGRESS {
         return Action::Pass;
     }
+    let action = judge(b, ifindex, dir, s, &cfg, generation, ep, uplink);
+    if action == Action::Pass && !s.judged {
+        // Passed without a decision about a pod (node traffic on an uplink, link plumbing): no
+        // fragment record for it.
+        s.flow.frag = FRAG_NONE;
+    }
+    action
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn judge(
+    b: &Bounds,
+    ifindex: u32,
+    dir: Direction,
+    s: &mut Scratch,
+    cfg: &DatapathConfig,
+    generation: u32,
+    mut ep: EndpointInfo,
+    uplink: bool,
+) -> Action {
+    let bytes = b.len() as u64;
+    let mut dir = dir;
+    s.judged = false;
     match packet::parse(b, &mut s.flow) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Control) => return Action::Pass,
@@ -137,6 +164,7 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
         }
         dir = Direction::INGRESS;
     }
+    s.judged = true;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let audit_all = cfg.flags & ConfigFlags::AUDIT != 0 || ep.flags & EndpointFlags::AUDIT != 0;
@@ -154,8 +182,10 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
         audit_all,
     };
     if dir == Direction::EGRESS {
-        let own = maps::identity_of(generation, &s.flow.tuple.saddr, s.flow.v4 != 0);
-        if own == 0 || own != ep.identity {
+        // The source must be this pod's own address: its identity, behind this interface (another
+        // pod with the same labels has the same identity but not the same interface).
+        let own = maps::ipcache(generation, &s.flow.tuple.saddr, s.flow.v4 != 0);
+        if own.identity == 0 || own.identity != ep.identity || own.endpoint_ifindex != ifindex {
             counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
             record(s, &ctx, None, Verdict::DENY, DropReason::SOURCE_SPOOFED, 0);
             return Action::Drop;
@@ -177,7 +207,12 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
         }
         return t.action;
     }
-    if flow.has_related != 0 {
+    // An ICMP error counts as part of a tracked flow only when it travels to that flow's
+    // endpoint: to the quoted packet's sender, and (leaving a pod) from its destination.
+    let related_ok = flow.has_related != 0
+        && flow.tuple.daddr == flow.related.saddr
+        && (dir != Direction::EGRESS || flow.tuple.saddr == flow.related.daddr);
+    if related_ok {
         // An ICMP error about a flow this endpoint sent, or about a reply it sent.
         set_ct_key(&mut s.alt, &flow.related, dir.opposite());
         if CT.get_ptr_mut(&s.alt).is_some() {
@@ -264,7 +299,7 @@ fn set_frag_key(s: &mut Scratch) {
         saddr: f.tuple.saddr,
         daddr: f.tuple.daddr,
         id: f.frag_id,
-        proto: f.tuple.proto,
+        proto: f.frag_proto,
         _pad: [0; 3],
     };
 }
@@ -484,7 +519,16 @@ fn evaluate(
         generation,
         &PolicyKey::new(ep.endpoint_id, Identity::ANY.0, dir.0, proto, port),
     );
-    // A deny from either lookup wins; then an allow/redirect, the specific identity's first.
+    // A deny from either lookup wins, an enforced one before an audited one; then an
+    // allow/redirect, the specific identity's first.
+    let enforced =
+        |e: &PolicyEntry| e.verdict == Verdict::DENY.0 && e.flags & PolicyEntryFlags::AUDIT == 0;
+    if enforced(&specific) {
+        return deny_rule(&specific);
+    }
+    if enforced(&any) {
+        return deny_rule(&any);
+    }
     if specific.verdict == Verdict::DENY.0 {
         return deny_rule(&specific);
     }

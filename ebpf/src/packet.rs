@@ -78,7 +78,12 @@ pub struct Flow {
     pub has_related: u8,
     /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
     pub frag: u8,
-    pub _pad: [u8; 3],
+    /// The protocol a fragment is keyed by: the IPv4 protocol, or the IPv6 fragment header's
+    /// next header (the same value in the first and the later fragments).
+    pub frag_proto: u8,
+    /// IPv6 hop limit (neighbour discovery must carry 255, MLD 1).
+    pub hop_limit: u8,
+    pub _pad: u8,
     /// The IP identification of a fragment.
     pub frag_id: u32,
 }
@@ -113,6 +118,8 @@ pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     flow.policy_port = 0;
     flow.frag = FRAG_NONE;
     flow.frag_id = 0;
+    flow.frag_proto = 0;
+    flow.hop_limit = 0;
     match ethertype {
         ETH_P_IP => parse_ipv4(b, flow),
         ETH_P_IPV6 => parse_ipv6(b, flow),
@@ -154,6 +161,7 @@ fn parse_ipv4(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
     if frag & 0x3fff != 0 {
         flow.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+        flow.frag_proto = hdr[9];
         if frag & 0x1fff != 0 {
             flow.frag = FRAG_LATER;
             return Ok(later_fragment(flow, hdr[9]));
@@ -183,6 +191,7 @@ fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
         return Err(DropReason::TRUNCATED_HEADER);
     }
     flow.v4 = 0;
+    flow.hop_limit = head[7];
     let mut next = head[6];
     let mut off = ETH_HLEN + 40;
     for _ in 0..MAX_IPV6_EXT {
@@ -207,6 +216,7 @@ fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
                 let offset_m = u16::from_be_bytes([ext[2], ext[3]]);
                 if offset_m & 0xfff9 != 0 {
                     flow.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                    flow.frag_proto = next;
                     if offset_m >> 3 != 0 {
                         flow.frag = FRAG_LATER;
                         return Ok(later_fragment(flow, next));
@@ -254,13 +264,23 @@ fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed
             match icmp_class(proto, kind) {
                 IcmpClass::EchoRequest => flow.tuple.sport = id,
                 IcmpClass::EchoReply => flow.tuple.dport = id,
+                // Link plumbing only as the RFCs send it: neighbour discovery with hop limit 255
+                // (never forwarded), MLD with hop limit 1 to a multicast group. Anything else of
+                // these types is judged by policy like any ICMPv6.
+                IcmpClass::NeighbourDiscovery if flow.hop_limit == 255 => {
+                    return Ok(Parsed::Control);
+                }
+                IcmpClass::Mld if flow.hop_limit == 1 && flow.tuple.daddr[0] == 0xff => {
+                    return Ok(Parsed::Control);
+                }
                 IcmpClass::Error => {
                     if inner_tuple(b, off + 8, flow.v4 != 0, &mut flow.related) {
                         flow.has_related = 1;
                     }
+                    flow.tuple.dport = u16::from_be_bytes([kind, icmp[1]]);
                 }
-                IcmpClass::Control => return Ok(Parsed::Control),
-                IcmpClass::Other => {}
+                // Conntrack tells non-echo types apart: one admitted type does not open the others.
+                _ => flow.tuple.dport = u16::from_be_bytes([kind, icmp[1]]),
             }
         }
         _ => {}
@@ -281,7 +301,8 @@ enum IcmpClass {
     EchoRequest,
     EchoReply,
     Error,
-    Control,
+    NeighbourDiscovery,
+    Mld,
     Other,
 }
 
@@ -299,8 +320,8 @@ fn icmp_class(proto: u8, kind: u8) -> IcmpClass {
             128 => IcmpClass::EchoRequest,
             129 => IcmpClass::EchoReply,
             1..=4 => IcmpClass::Error,
-            // MLD (130-132, 143) and neighbour discovery (133-137).
-            130..=137 | 143 => IcmpClass::Control,
+            130..=132 | 143 => IcmpClass::Mld,
+            133..=137 => IcmpClass::NeighbourDiscovery,
             _ => IcmpClass::Other,
         }
     }

@@ -38,13 +38,18 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     p
 }
 
-/// An IPv6 header whose first next-header is `next`, followed by `payload` (extension headers
-/// and L4, already chained by the caller).
+/// An IPv6 header (hop limit 64) whose first next-header is `next`, followed by `payload`
+/// (extension headers and L4, already chained by the caller).
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_hop(src, dst, next, 64, payload)
+}
+
+/// Like [`ipv6`] with the given hop limit.
+pub fn ipv6_hop(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
     let mut p = vec![0x60, 0, 0, 0];
     p.extend_from_slice(&len.to_be_bytes());
-    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&[next, hop_limit]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
     p.extend_from_slice(payload);

@@ -31,6 +31,7 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+const TWIN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
@@ -77,6 +78,17 @@ fn rules() -> Vec<PolicyRule> {
             ..tcp(egress(ID_B), 9000, 9000)
         },
         PolicyRule {
+            cookie: 31,
+            verdict: Verdict::DENY,
+            audit: true,
+            ..tcp(egress(ID_B), 7000, 7000)
+        },
+        PolicyRule {
+            cookie: 32,
+            verdict: Verdict::DENY,
+            ..tcp(egress(0), 7000, 7000)
+        },
+        PolicyRule {
             cookie: 20,
             proto: Some(TCP),
             ports: Some(8080..=8080),
@@ -97,10 +109,12 @@ fn state(rules: &[PolicyRule]) -> PolicyState {
             },
         )],
         ipcache: vec![
-            IpcacheRecord::remote(A.into(), 32, ID_A),
+            IpcacheRecord::local(A.into(), ID_A, LOOPBACK_IFINDEX),
+            // Another pod with A's labels (same identity) behind another interface.
+            IpcacheRecord::local(TWIN.into(), ID_A, 99),
             IpcacheRecord::remote(B.into(), 32, ID_B),
             IpcacheRecord::remote(C.into(), 32, ID_C),
-            IpcacheRecord::remote(A6.into(), 128, ID_A),
+            IpcacheRecord::local(A6.into(), ID_A, LOOPBACK_IFINDEX),
             IpcacheRecord::remote(B6.into(), 128, ID_B),
         ],
         policy: build(rules),
@@ -484,9 +498,12 @@ fn ipv6_with_extension_headers() {
         DropReason::UNSUPPORTED_IPV6_EXT,
     );
     f.expect(
-        "neighbour solicitation passes",
+        "neighbour solicitation (hop limit 255) passes",
         Xdp,
-        &v6(ICMPV6, &icmp(135, 0, 0, &[0; 16])),
+        &eth(
+            ETH_P_IPV6,
+            &ipv6_hop(A6, B6, ICMPV6, 255, &icmp(135, 0, 0, &[0; 16])),
+        ),
         true,
         none,
     );
@@ -910,5 +927,93 @@ fn apply_rejects_a_bad_state_and_keeps_the_last_good_one() {
     assert_eq!(
         f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40901, 80, SYN))),
         XDP_PASS
+    );
+}
+
+#[test]
+fn review_findings_stay_fixed() {
+    let mut f = Fixture::new();
+    use ProgramKind::*;
+    let none = DropReason::NONE;
+    // A pod sending from the address of another pod with the same identity is spoofing.
+    f.expect(
+        "same identity, other pod's address",
+        Xdp,
+        &v4(TWIN, B, TCP, &tcp(41100, 80, SYN)),
+        false,
+        DropReason::SOURCE_SPOOFED,
+    );
+    // An enforced deny (any identity) beats an audited deny (this identity) for the same port.
+    f.expect(
+        "enforced deny beats audited deny",
+        Xdp,
+        &v4(A, B, TCP, &tcp(41101, 7000, SYN)),
+        false,
+        DropReason::POLICY_DENY_RULE,
+    );
+    // An ICMP error quoting a tracked flow, but sent elsewhere, is not part of that flow.
+    f.expect(
+        "A->C tcp/443 (tracked)",
+        Xdp,
+        &v4(A, C, TCP, &tcp(41102, 443, SYN)),
+        true,
+        none,
+    );
+    let quoted = ipv4(A, C, TCP, &tcp(41102, 443, SYN));
+    f.expect(
+        "error quoting it, sent by A to B",
+        Xdp,
+        &v4(A, B, ICMP, &icmp(3, 3, 0, &quoted)),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    // One admitted ICMP type does not open the others.
+    f.expect(
+        "A->C timestamp request (allowed)",
+        Xdp,
+        &v4(A, C, ICMP, &icmp(13, 0, 5, &[0; 12])),
+        true,
+        none,
+    );
+    f.expect(
+        "C->A timestamp request (no ingress rule)",
+        TcEgress,
+        &v4(C, A, ICMP, &icmp(13, 0, 5, &[0; 12])),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+    // Neighbour discovery that a router could have forwarded (hop limit < 255) is not plumbing.
+    f.expect(
+        "neighbour solicitation with hop limit 64",
+        Xdp,
+        &eth(
+            ETH_P_IPV6,
+            &ipv6_hop(A6, B6, ICMPV6, 64, &icmp(135, 0, 0, &[0; 16])),
+        ),
+        false,
+        DropReason::POLICY_DENIED,
+    );
+}
+
+#[test]
+fn audit_mode_switch_rejudges_tracked_flows() {
+    let mut f = Fixture::new();
+    let mut audit = state(&rules());
+    audit.audit = true;
+    f.dp.apply(&audit).expect("apply in audit mode");
+    let syn = v4(A, B, TCP, &tcp(41200, 81, SYN));
+    let ack = v4(A, B, TCP, &tcp(41200, 81, ACK));
+    assert_eq!(f.run(ProgramKind::Xdp, &syn), XDP_PASS, "audited");
+    // Switching to enforce keeps the state; the audited flow is judged again and stops.
+    f.dp.set_audit(false).expect("enforce");
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &ack),
+        XDP_DROP,
+        "an audited flow stops once enforcing"
+    );
+    assert_eq!(
+        f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(41201, 80, SYN))),
+        XDP_PASS,
+        "policy kept"
     );
 }

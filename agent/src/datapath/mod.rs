@@ -178,6 +178,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     tcx: bool,
+    /// XDP attaches as a bpf_link (kernel >= 5.9), which can be pinned.
+    xdp_links: bool,
     config: DatapathConfig,
     last_flip: Option<Instant>,
     pins: Option<PinRoot>,
@@ -251,11 +253,13 @@ impl Datapath {
             let array: Array<&mut MapData, DatapathConfig> = typed(maps::CONFIG, map)?;
             array.get(&0, 0).map_err(map_err(maps::CONFIG))?
         };
+        let xdp_links = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 9, 0));
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         Ok(Datapath {
             ebpf,
             attachments: Vec::new(),
             tcx,
+            xdp_links,
             config,
             last_flip: None,
             pins,
@@ -272,7 +276,10 @@ impl Datapath {
             }
         }
         validate(state)?;
-        let next = 1 - (self.config.active & 1);
+        // The kernel reads the live generation as the revision's parity (one field: no torn
+        // read can pair a generation with another revision); `active` mirrors it for readers.
+        let revision = self.config.revision.wrapping_add(1);
+        let next = revision & 1;
         let slot = next as usize;
         {
             let name = maps::ENDPOINTS[slot];
@@ -306,7 +313,7 @@ impl Datapath {
         }
         let config = DatapathConfig {
             active: next,
-            revision: self.config.revision.wrapping_add(1),
+            revision,
             flags: if state.audit { ConfigFlags::AUDIT } else { 0 },
             _pad: 0,
         };
@@ -316,6 +323,81 @@ impl Datapath {
         self.config = config;
         self.last_flip = Some(Instant::now());
         Ok(config.revision)
+    }
+
+    /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new
+    /// revision (tracked flows are judged again under the new mode at their next packet).
+    pub fn set_audit(&mut self, audit: bool) -> Result<u32, DatapathError> {
+        let flags = if audit {
+            self.config.flags | ConfigFlags::AUDIT
+        } else {
+            self.config.flags & !ConfigFlags::AUDIT
+        };
+        // Both generations must hold the live state before the parity flips: copy it over.
+        let live = (self.config.revision & 1) as usize;
+        let other = 1 - live;
+        self.copy_generation(live, other)?;
+        let revision = self.config.revision.wrapping_add(1);
+        let config = DatapathConfig {
+            active: revision & 1,
+            revision,
+            flags,
+            _pad: 0,
+        };
+        let mut array: Array<&mut MapData, DatapathConfig> =
+            typed(maps::CONFIG, self.map_mut(maps::CONFIG)?)?;
+        array.set(0, config, 0).map_err(map_err(maps::CONFIG))?;
+        self.config = config;
+        self.last_flip = Some(Instant::now());
+        Ok(revision)
+    }
+
+    /// Makes generation `to` a copy of generation `from` (every generation-indexed map).
+    fn copy_generation(&mut self, from: usize, to: usize) -> Result<(), DatapathError> {
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                std::thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+        let endpoints: Vec<(u32, EndpointInfo)> = {
+            let map: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(maps::ENDPOINTS[from], self.map_mut(maps::ENDPOINTS[from])?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(maps::ENDPOINTS[from]))?
+        };
+        {
+            let name = maps::ENDPOINTS[to];
+            let mut map: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut map, name)?;
+            for (k, v) in endpoints {
+                map.insert(k, v, 0).map_err(map_err(name))?;
+            }
+        }
+        self.copy_trie::<[u8; 4], IpcacheEntry>(maps::IPCACHE4[from], maps::IPCACHE4[to])?;
+        self.copy_trie::<[u8; 16], IpcacheEntry>(maps::IPCACHE6[from], maps::IPCACHE6[to])?;
+        self.copy_trie::<PolicyKey, PolicyEntry>(maps::POLICY[from], maps::POLICY[to])
+    }
+
+    fn copy_trie<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        from: &'static str,
+        to: &'static str,
+    ) -> Result<(), DatapathError> {
+        let entries: Vec<(Key<K>, V)> = {
+            let map: LpmTrie<&mut MapData, K, V> = typed(from, self.map_mut(from)?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(from))?
+        };
+        let mut map: LpmTrie<&mut MapData, K, V> = typed(to, self.map_mut(to)?)?;
+        clear_trie(&mut map, to)?;
+        for (k, v) in entries {
+            map.insert(&k, v, 0).map_err(map_err(to))?;
+        }
+        Ok(())
     }
 
     /// The current policy revision (0 before the first `apply`).
@@ -444,7 +526,9 @@ impl Datapath {
                 .attach(interface, mode)
                 .map_err(|source| attach_err(PROG_XDP, source))?,
         };
-        if let Some(path) = &xdp_pin {
+        // Only link-based attachments can be pinned; a netlink one (XDP before kernel 5.9, TC
+        // before 6.6) stays owned by its program, so it is detached with this agent, not leaked.
+        if let Some(path) = xdp_pin.as_ref().filter(|_| self.xdp_links) {
             let link = xdp
                 .take_link(id)
                 .map_err(|source| attach_err(PROG_XDP, source))?;
@@ -492,7 +576,7 @@ impl Datapath {
                     .attach(interface, attach_type)
                     .map_err(|source| attach_err(name, source))?,
             };
-            if let Some(path) = &pin {
+            if let Some(path) = pin.as_ref().filter(|_| self.tcx) {
                 let link = prog
                     .take_link(id)
                     .map_err(|source| attach_err(name, source))?;
