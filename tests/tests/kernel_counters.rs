@@ -23,6 +23,23 @@ fn counters(agent: &Agent) -> [(f64, f64); 3] {
     })
 }
 
+/// Removes a pin root on drop unless disarmed.
+struct PinsGuard(Option<std::path::PathBuf>);
+
+impl PinsGuard {
+    fn disarm(mut self) -> Option<std::path::PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        if let Some(root) = &self.0 {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
 fn two_pod_topology() -> Topology {
     Topology::builder(TEST_PREFIX)
         .node("n1")
@@ -91,6 +108,8 @@ fn programs_count_real_traffic_and_survive_an_agent_restart() {
 
     // SIGTERM: the agent exits cleanly and its pinned programs stay attached and counting.
     let (exit, root) = agent.stop_keeping_pins().expect("stop");
+    // Until the next agent owns them, the pins are this guard's: a failure below removes them.
+    let pins_guard = PinsGuard(Some(root.clone()));
     assert!(
         exit.success(),
         "the agent should exit 0 on SIGTERM, got {exit}"
@@ -122,6 +141,7 @@ fn programs_count_real_traffic_and_survive_an_agent_restart() {
     let mut opts = AgentOptions::new(topo.pod_interfaces("n1"));
     opts.bpffs_root = Some(root);
     let agent = Agent::start(&node.ns, &opts).expect("restarted agent");
+    drop(pins_guard.disarm());
     let resumed = counters(&agent);
     for (i, hook) in HOOKS.iter().enumerate() {
         assert!(

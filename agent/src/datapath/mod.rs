@@ -8,7 +8,8 @@
 //!
 //! Policy state reaches the kernel through [`Datapath::apply`], atomically: endpoints, ipcache
 //! and policy are double-buffered (A/B maps); `apply` rewrites the inactive copy completely and
-//! then flips `CONFIG_V1.active` in one write, so every packet sees one whole state.
+//! then writes the next revision (whose parity names the live generation) in one write, so every
+//! packet sees one whole state.
 
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 mod pins;
