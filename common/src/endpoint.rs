@@ -1,6 +1,6 @@
-//! `ENDPOINTS_A_V1` / `ENDPOINTS_B_V1`: hash of interface index → [`EndpointInfo`], one entry per
+//! `ENDPOINTS_A_V2` / `ENDPOINTS_B_V2`: hash of interface index → [`EndpointInfo`], one entry per
 //! local pod, keyed by the ifindex of the pod's node-side veth (where the programs run). An
-//! interface with no entry is not a pod: its packets are counted and passed.
+//! interface with no entry is not a pod (an uplink, see `enforce.rs`).
 
 /// The local endpoint behind one interface.
 #[repr(C)]
@@ -13,10 +13,14 @@ pub struct EndpointInfo {
     pub identity: u32,
     /// `EndpointFlags` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The pod's IPv4 address (network order), all zero if it has none. Packets the pod sends
+    /// must come from this address or `ipv6` (anti-spoofing, checked on every packet).
+    pub ipv4: [u8; 4],
+    /// The pod's IPv6 address, all zero if it has none.
+    pub ipv6: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
 
 /// Bits of [`EndpointInfo::flags`].
 pub struct EndpointFlags;

@@ -10,7 +10,7 @@
 //! | `AUDIT_STATS_V1` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes audit let through |
 //! | `FWD_STATS_V1` | per-CPU array | 2 | direction → packets/bytes forwarded by policy |
 //! | `CONFIG_V1` | array | 1 | active generation, policy revision, flags |
-//! | `ENDPOINTS_{A,B}_V1` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint |
+//! | `ENDPOINTS_{A,B}_V2` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint (id, identity, flags, own addresses) |
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
@@ -26,7 +26,7 @@ pub const DROP_STATS: &str = "DROP_STATS_V1";
 pub const AUDIT_STATS: &str = "AUDIT_STATS_V1";
 pub const FWD_STATS: &str = "FWD_STATS_V1";
 pub const CONFIG: &str = "CONFIG_V1";
-pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V1", "ENDPOINTS_B_V1"];
+pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V2", "ENDPOINTS_B_V2"];
 pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
 pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];

@@ -182,10 +182,10 @@ fn judge(
         audit_all,
     };
     if dir == Direction::EGRESS {
-        // The source must be this pod's own address: its identity, behind this interface (another
-        // pod with the same labels has the same identity but not the same interface).
-        let own = maps::ipcache(generation, &s.flow.tuple.saddr, s.flow.v4 != 0);
-        if own.identity == 0 || own.identity != ep.identity || own.endpoint_ifindex != ifindex {
+        // The source must be this pod's own address, as its endpoint entry records it (not just an
+        // address of its identity: another pod with the same labels has the same identity). An
+        // address the endpoint does not have (all zero) never matches.
+        if !own_address(&ep, &s.flow) {
             counters::dropped(DropReason::SOURCE_SPOOFED, dir, bytes);
             record(s, &ctx, None, Verdict::DENY, DropReason::SOURCE_SPOOFED, 0);
             return Action::Drop;
@@ -290,6 +290,16 @@ fn judge(
         d.cookie,
     );
     Action::Pass
+}
+
+#[inline(always)]
+fn own_address(ep: &EndpointInfo, flow: &Flow) -> bool {
+    let a = &flow.tuple.saddr;
+    if flow.v4 != 0 {
+        ep.ipv4 != [0; 4] && a[12..16] == ep.ipv4
+    } else {
+        ep.ipv6 != [0; 16] && *a == ep.ipv6
+    }
 }
 
 #[inline(always)]

@@ -30,9 +30,9 @@ pub static FWD_STATS: PerCpuArray<HookCounter> = PerCpuArray::with_max_entries(2
 #[map(name = "CONFIG_V1")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "ENDPOINTS_A_V1")]
+#[map(name = "ENDPOINTS_A_V2")]
 pub static ENDPOINTS_A: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
-#[map(name = "ENDPOINTS_B_V1")]
+#[map(name = "ENDPOINTS_B_V2")]
 pub static ENDPOINTS_B: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 #[map(name = "IPCACHE4_A_V1")]
@@ -89,7 +89,8 @@ pub fn endpoint(generation: u32, ifindex: u32) -> EndpointInfo {
             endpoint_id: 0,
             identity: 0,
             flags: 0,
-            _pad: 0,
+            ipv4: [0; 4],
+            ipv6: [0; 16],
         },
     }
 }

@@ -95,7 +95,8 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
                 endpoint_id,
                 identity: ID[i],
                 flags,
-                _pad: 0,
+                ipv4: pod.ip.octets(),
+                ipv6: pod.ip6.octets(),
             },
         ));
         state
@@ -267,7 +268,8 @@ fn the_uplink_drops_denied_traffic_to_local_pods_at_xdp() {
                 endpoint_id: 1,
                 identity: ID[1],
                 flags: EndpointFlags::ENFORCE_INGRESS,
-                _pad: 0,
+                ipv4: b.ip.octets(),
+                ipv6: b.ip6.octets(),
             },
         )],
         ipcache: vec![

@@ -105,7 +105,8 @@ fn state(rules: &[PolicyRule]) -> PolicyState {
                 endpoint_id: EP,
                 identity: ID_A,
                 flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
-                _pad: 0,
+                ipv4: A.octets(),
+                ipv6: A6.octets(),
             },
         )],
         ipcache: vec![

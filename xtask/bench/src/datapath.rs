@@ -143,7 +143,8 @@ fn state(filler: u64) -> PolicyState {
                 endpoint_id: EP,
                 identity: ID_A,
                 flags: EndpointFlags::ENFORCE_EGRESS | EndpointFlags::ENFORCE_INGRESS,
-                _pad: 0,
+                ipv4: A.octets(),
+                ipv6: [0; 16],
             },
         )],
         ipcache: vec![

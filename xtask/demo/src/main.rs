@@ -176,7 +176,8 @@ fn run() -> anyhow::Result<()> {
                 endpoint_id: id,
                 identity: id,
                 flags,
-                _pad: 0,
+                ipv4: p.ip.octets(),
+                ipv6: p.ip6.octets(),
             },
         ));
         state
