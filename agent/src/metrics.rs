@@ -13,6 +13,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::app::AgentState;
+use crate::datapath::ReasonCount;
+use rampart_common::counters::HookCounter;
 
 pub struct Metrics {
     registry: Registry,
@@ -58,7 +60,6 @@ impl Collector for AgentCollector {
             None,
             uptime.metric_type(),
         )?)?;
-
         let attached = ConstGauge::new(self.state.attachments.len() as i64);
         attached.encode(encoder.encode_descriptor(
             "rampart_programs_attached",
@@ -66,176 +67,179 @@ impl Collector for AgentCollector {
             None,
             attached.metric_type(),
         )?)?;
-
-        let stats = match self.state.stats.hooks() {
-            Ok(stats) => stats,
-            Err(e) => {
-                // A scrape must not fail because one map read did; the gap shows in the series.
-                tracing::warn!("reading the hook counters: {e}");
-                return Ok(());
-            }
-        };
-        let mut packets = encoder.encode_descriptor(
-            "rampart_datapath_packets",
-            "Packets seen by each kernel hook, summed over CPUs and interfaces",
-            None,
-            MetricType::Counter,
-        )?;
-        for (hook, counter) in &stats {
-            let labels = [("hook", hook.name())];
-            ConstCounter::new(counter.packets).encode(packets.encode_family(&labels)?)?;
-        }
-        let mut bytes = encoder.encode_descriptor(
-            "rampart_datapath_bytes",
-            "Bytes seen by each kernel hook, summed over CPUs and interfaces",
-            None,
-            MetricType::Counter,
-        )?;
-        for (hook, counter) in &stats {
-            let labels = [("hook", hook.name())];
-            ConstCounter::new(counter.bytes).encode(bytes.encode_family(&labels)?)?;
-        }
+        // Each group reads its own maps; a failed read leaves out that group only (a scrape must
+        // not fail because one map read did: the gap shows in the series).
+        self.encode_hooks(&mut encoder)?;
         self.encode_verdicts(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
         self.encode_events(&mut encoder)
     }
 }
 
-impl AgentCollector {
-    /// Decisions per rule cookie (bounded by `MAX_RULE_STATS` plus the overflow series).
-    fn encode_rules(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rules = match self.state.stats.rules() {
-            Ok(rules) => rules,
-            Err(e) => {
-                tracing::warn!("reading the rule counters: {e}");
-                return Ok(());
-            }
-        };
-        let mut family = encoder.encode_descriptor(
-            "rampart_rule_decisions",
-            "Flow decisions per policy rule cookie (0: no rule matched; 4294967295: overflow) and verdict",
-            None,
-            MetricType::Counter,
-        )?;
-        for (cookie, c) in rules {
-            let cookie = cookie.to_string();
-            for (verdict, value) in [
-                ("allow", c.allow),
-                ("deny", c.deny),
-                ("audit", c.audit),
-                ("redirect", c.redirect),
-            ] {
-                let labels = [("cookie", cookie.as_str()), ("verdict", verdict)];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+/// A labelled counter family: one sample per (labels, value) row. (An unlabelled counter is
+/// encoded directly: an empty label set would print as `name{}`.)
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
     }
+    Ok(())
+}
 
-    /// Flow events read from the kernel, and those it could not write.
-    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let read = ConstCounter::new(
-            self.state
-                .events_read
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        read.encode(encoder.encode_descriptor(
-            "rampart_events",
-            "Flow events (drops and new-flow verdicts) read from the kernel",
-            None,
-            read.metric_type(),
-        )?)?;
-        let lost = match self.state.events.lock().map(|r| r.lost()) {
-            Ok(Ok(lost)) => lost,
-            Ok(Err(e)) => {
-                tracing::warn!("reading the lost-event counters: {e}");
-                return Ok(());
-            }
-            Err(_) => return Ok(()),
+/// The value of a map read, or `None` after logging what failed.
+fn read<T>(what: &str, result: Result<T, crate::datapath::DatapathError>) -> Option<T> {
+    result
+        .map_err(|e| tracing::warn!("reading the {what}: {e}"))
+        .ok()
+}
+
+impl AgentCollector {
+    /// Packets and bytes per hook.
+    fn encode_hooks(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(hooks) = read("hook counters", self.state.stats.hooks()) else {
+            return Ok(());
         };
-        let mut family = encoder.encode_descriptor(
-            "rampart_events_lost",
-            "Flow events the kernel did not write, by cause (rate_limited, ring_full)",
-            None,
-            MetricType::Counter,
+        let rows = |pick: fn(&HookCounter) -> u64| {
+            hooks
+                .iter()
+                .map(move |(hook, c)| (vec![("hook", hook.name().to_owned())], pick(c)))
+        };
+        counter_family(
+            encoder,
+            "rampart_datapath_packets",
+            "Packets seen by each kernel hook, summed over CPUs and interfaces",
+            rows(|c| c.packets),
         )?;
-        for (cause, value) in [
-            ("rate_limited", lost.rate_limited),
-            ("ring_full", lost.ring_full),
-        ] {
-            ConstCounter::new(value).encode(family.encode_family(&[("cause", cause)])?)?;
-        }
-        Ok(())
+        counter_family(
+            encoder,
+            "rampart_datapath_bytes",
+            "Bytes seen by each kernel hook, summed over CPUs and interfaces",
+            rows(|c| c.bytes),
+        )
     }
 
     /// Drops and audited would-be drops by (reason, direction), forwarded by direction.
     fn encode_verdicts(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.state.stats;
-        let (drops, audited, forwarded) = match (stats.drops(), stats.audited(), stats.forwarded())
-        {
-            (Ok(d), Ok(a), Ok(f)) => (d, a, f),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                tracing::warn!("reading the verdict counters: {e}");
-                return Ok(());
-            }
+        let by_reason = |rows: &[ReasonCount], pick: fn(&HookCounter) -> u64| {
+            rows.iter()
+                .map(move |r| {
+                    let labels = vec![
+                        ("reason", r.reason.name().to_owned()),
+                        ("direction", r.direction.name().to_owned()),
+                    ];
+                    (labels, pick(&r.counter))
+                })
+                .collect::<Vec<_>>()
         };
-        for (name, help, rows, bytes) in [
-            (
+        if let Some(drops) = read("drop counters", stats.drops()) {
+            counter_family(
+                encoder,
                 "rampart_drops",
                 "Packets dropped by the datapath, by drop reason and direction",
-                &drops,
-                false,
-            ),
-            (
+                by_reason(&drops, |c| c.packets),
+            )?;
+            counter_family(
+                encoder,
                 "rampart_drop_bytes",
                 "Bytes dropped by the datapath, by drop reason and direction",
-                &drops,
-                true,
-            ),
-            (
+                by_reason(&drops, |c| c.bytes),
+            )?;
+        }
+        if let Some(audited) = read("audit counters", stats.audited()) {
+            counter_family(
+                encoder,
                 "rampart_audited",
                 "Packets audit mode let through that enforce mode would drop, by reason and direction",
-                &audited,
-                false,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for row in rows.iter() {
-                let labels = [
-                    ("reason", row.reason.name()),
-                    ("direction", row.direction.name()),
-                ];
-                let value = if bytes {
-                    row.counter.bytes
-                } else {
-                    row.counter.packets
-                };
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
+                by_reason(&audited, |c| c.packets),
+            )?;
         }
-        for (name, help, bytes) in [
-            (
+        if let Some(forwarded) = read("forwarding counters", stats.forwarded()) {
+            let by_direction = |pick: fn(&HookCounter) -> u64| {
+                forwarded
+                    .iter()
+                    .map(move |(d, c)| (vec![("direction", d.name().to_owned())], pick(c)))
+            };
+            counter_family(
+                encoder,
                 "rampart_forwarded",
                 "Packets the datapath's policy forwarded, by direction",
-                false,
-            ),
-            (
+                by_direction(|c| c.packets),
+            )?;
+            counter_family(
+                encoder,
                 "rampart_forwarded_bytes",
                 "Bytes the datapath's policy forwarded, by direction",
-                true,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (direction, counter) in &forwarded {
-                let value = if bytes {
-                    counter.bytes
-                } else {
-                    counter.packets
-                };
-                ConstCounter::new(value)
-                    .encode(family.encode_family(&[("direction", direction.name())])?)?;
-            }
+                by_direction(|c| c.bytes),
+            )?;
         }
         Ok(())
+    }
+
+    /// Decisions per rule cookie (bounded by `MAX_RULE_STATS` plus the overflow series).
+    fn encode_rules(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(rules) = read("rule counters", self.state.stats.rules()) else {
+            return Ok(());
+        };
+        let rows = rules.iter().flat_map(|(cookie, c)| {
+            [
+                ("allow", c.allow),
+                ("deny", c.deny),
+                ("audit", c.audit),
+                ("redirect", c.redirect),
+            ]
+            .map(|(verdict, value)| {
+                (
+                    vec![
+                        ("cookie", cookie.to_string()),
+                        ("verdict", verdict.to_owned()),
+                    ],
+                    value,
+                )
+            })
+        });
+        counter_family(
+            encoder,
+            "rampart_rule_decisions",
+            "Flow decisions per policy rule cookie (0: no rule matched; 4294967295: overflow) and verdict",
+            rows,
+        )
+    }
+
+    /// Flow events read from the kernel, and those it could not write.
+    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read_count = ConstCounter::new(
+            self.state
+                .events_read
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        read_count.encode(encoder.encode_descriptor(
+            "rampart_events",
+            "Flow events (drops and new-flow verdicts) read from the kernel",
+            None,
+            read_count.metric_type(),
+        )?)?;
+        let lost = match self.state.events.lock() {
+            Ok(reader) => read("lost-event counters", reader.lost()),
+            Err(_) => None,
+        };
+        let Some(lost) = lost else { return Ok(()) };
+        counter_family(
+            encoder,
+            "rampart_events_lost",
+            "Flow events the kernel did not write, by cause (rate_limited, ring_full)",
+            [
+                (
+                    vec![("cause", "rate_limited".to_owned())],
+                    lost.rate_limited,
+                ),
+                (vec![("cause", "ring_full".to_owned())], lost.ring_full),
+            ],
+        )
     }
 }

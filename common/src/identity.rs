@@ -25,8 +25,4 @@ impl Identity {
     pub const FIRST_WORKLOAD: Identity = Identity(256);
     /// First identity for CIDR (ipBlock) prefixes.
     pub const FIRST_CIDR: Identity = Identity(0x0100_0000);
-
-    pub const fn is_reserved(self) -> bool {
-        self.0 < Self::FIRST_WORKLOAD.0
-    }
 }

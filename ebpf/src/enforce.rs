@@ -69,20 +69,11 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU for one hook type,
     // and XDP and TC runs of one CPU do not interleave.
     let s = unsafe { &mut *scratch };
+    s.judged = false;
     s.flow.frag = FRAG_NONE;
-    let action = decide_with(b, ifindex, dir, s);
-    if action == Action::Pass && s.flow.frag == FRAG_FIRST {
-        remember_first_fragment(s);
-    }
-    action
-}
-
-#[inline(always)]
-fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Action {
-    let bytes = b.len() as u64;
     let Some(cfg) = CONFIG.get(0).copied() else {
         // The one-entry array always has index 0; if it did not, nothing can be decided.
-        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, bytes);
+        counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
         return Action::Drop;
     };
     // The live generation is the revision's parity: one field, so a packet can never pair one
@@ -97,14 +88,15 @@ fn decide_with(b: &Bounds, ifindex: u32, dir: Direction, s: &mut Scratch) -> Act
         return Action::Pass;
     }
     let action = judge(b, ifindex, dir, s, &cfg, generation, ep, uplink);
-    if action == Action::Pass && !s.judged {
-        // Passed without a decision about a pod (node traffic on an uplink, link plumbing): no
-        // fragment record for it.
-        s.flow.frag = FRAG_NONE;
+    // A first fragment that a decision about a pod let through: its datagram's later fragments
+    // follow it. (Node traffic on an uplink and link plumbing pass without a decision.)
+    if action == Action::Pass && s.judged && s.flow.frag == FRAG_FIRST {
+        remember_first_fragment(s);
     }
     action
 }
 
+/// Everything after the endpoint is known: parse, conntrack, policy (see the module docs).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn judge(
@@ -119,7 +111,6 @@ fn judge(
 ) -> Action {
     let bytes = b.len() as u64;
     let mut dir = dir;
-    s.judged = false;
     match packet::parse(b, &mut s.flow) {
         Ok(Parsed::Ip) => {}
         Ok(Parsed::Control) => return Action::Pass,
@@ -191,8 +182,7 @@ fn judge(
             return Action::Drop;
         }
     }
-    let key_tuple = s.flow.tuple;
-    set_ct_key(&mut s.key, &key_tuple, dir);
+    set_ct_key(&mut s.key, &s.flow.tuple, dir);
     let flow = &s.flow;
     if let Some(t) = track_one(&s.key, false, flow, &ctx) {
         if t.action == Action::Drop {
@@ -545,21 +535,15 @@ fn evaluate(
     if any.verdict == Verdict::DENY.0 {
         return deny_rule(&any);
     }
-    if specific.verdict == Verdict::ALLOW.0 || specific.verdict == Verdict::REDIRECT.0 {
-        return Decision {
-            verdict: Verdict(specific.verdict),
-            cookie: specific.cookie,
-            reason: DropReason::NONE,
-            audit: false,
-        };
-    }
-    if any.verdict == Verdict::ALLOW.0 || any.verdict == Verdict::REDIRECT.0 {
-        return Decision {
-            verdict: Verdict(any.verdict),
-            cookie: any.cookie,
-            reason: DropReason::NONE,
-            audit: false,
-        };
+    for e in [&specific, &any] {
+        if e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0 {
+            return Decision {
+                verdict: Verdict(e.verdict),
+                cookie: e.cookie,
+                reason: DropReason::NONE,
+                audit: false,
+            };
+        }
     }
     let isolated = if dir == Direction::INGRESS {
         ep.flags & EndpointFlags::ENFORCE_INGRESS != 0

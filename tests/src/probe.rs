@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::netns::{self, Netns};
 
@@ -183,12 +183,4 @@ pub fn http_get(
             .context("no status code")?;
         Ok((status, body.to_owned()))
     })?
-}
-
-/// Asserts `outcome` is `expected`, naming the flow in the failure.
-pub fn expect(what: &str, outcome: &Outcome, expected: &Outcome) -> anyhow::Result<()> {
-    if outcome != expected {
-        bail!("{what}: expected {expected:?}, got {outcome:?}");
-    }
-    Ok(())
 }

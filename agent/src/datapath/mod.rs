@@ -270,18 +270,9 @@ impl Datapath {
     /// Installs `state` atomically (see the module docs) and returns the new policy revision.
     /// On error the live generation is untouched: the last good state stays in force.
     pub fn apply(&mut self, state: &PolicyState) -> Result<u32, DatapathError> {
-        if let Some(flipped) = self.last_flip {
-            let since = flipped.elapsed();
-            if since < GENERATION_GRACE {
-                std::thread::sleep(GENERATION_GRACE - since);
-            }
-        }
         validate(state)?;
-        // The kernel reads the live generation as the revision's parity (one field: no torn
-        // read can pair a generation with another revision); `active` mirrors it for readers.
-        let revision = self.config.revision.wrapping_add(1);
-        let next = revision & 1;
-        let slot = next as usize;
+        self.wait_for_grace();
+        let slot = self.next_slot();
         {
             let name = maps::ENDPOINTS[slot];
             let mut endpoints: HashMap<&mut MapData, u32, EndpointInfo> =
@@ -312,18 +303,7 @@ impl Datapath {
                     .map_err(map_err(name))?;
             }
         }
-        let config = DatapathConfig {
-            active: next,
-            revision,
-            flags: if state.audit { ConfigFlags::AUDIT } else { 0 },
-            _pad: 0,
-        };
-        let mut array: Array<&mut MapData, DatapathConfig> =
-            typed(maps::CONFIG, self.map_mut(maps::CONFIG)?)?;
-        array.set(0, config, 0).map_err(map_err(maps::CONFIG))?;
-        self.config = config;
-        self.last_flip = Some(Instant::now());
-        Ok(config.revision)
+        self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
     }
 
     /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new
@@ -336,8 +316,19 @@ impl Datapath {
         };
         // Both generations must hold the live state before the parity flips: copy it over.
         let live = (self.config.revision & 1) as usize;
-        let other = 1 - live;
-        self.copy_generation(live, other)?;
+        self.copy_generation(live, self.next_slot())?;
+        self.publish_next_revision(flags)
+    }
+
+    /// The generation the next revision makes live (its parity): the one to write now.
+    fn next_slot(&self) -> usize {
+        (self.config.revision.wrapping_add(1) & 1) as usize
+    }
+
+    /// Writes the next revision to `CONFIG_V1`: the kernel reads the live generation as the
+    /// revision's parity (one field, so no read pairs a generation with another revision);
+    /// `active` mirrors it for readers of the map.
+    fn publish_next_revision(&mut self, flags: u32) -> Result<u32, DatapathError> {
         let revision = self.config.revision.wrapping_add(1);
         let config = DatapathConfig {
             active: revision & 1,
@@ -353,14 +344,20 @@ impl Datapath {
         Ok(revision)
     }
 
-    /// Makes generation `to` a copy of generation `from` (every generation-indexed map).
-    fn copy_generation(&mut self, from: usize, to: usize) -> Result<(), DatapathError> {
+    /// Waits until the generation that was live before the last flip can no longer be read by a
+    /// program that started before it (see `GENERATION_GRACE`).
+    fn wait_for_grace(&self) {
         if let Some(flipped) = self.last_flip {
             let since = flipped.elapsed();
             if since < GENERATION_GRACE {
                 std::thread::sleep(GENERATION_GRACE - since);
             }
         }
+    }
+
+    /// Makes generation `to` a copy of generation `from` (every generation-indexed map).
+    fn copy_generation(&mut self, from: usize, to: usize) -> Result<(), DatapathError> {
+        self.wait_for_grace();
         let endpoints: Vec<(u32, EndpointInfo)> = {
             let map: HashMap<&mut MapData, u32, EndpointInfo> =
                 typed(maps::ENDPOINTS[from], self.map_mut(maps::ENDPOINTS[from])?)?;
@@ -502,39 +499,23 @@ impl Datapath {
             XdpAttachMode::Native => (XdpMode::Driver, "xdp-native"),
             XdpAttachMode::Generic => (XdpMode::Skb, "xdp-generic"),
         };
-        let attach_err = |program, source| DatapathError::Attach {
-            program,
-            interface: interface.to_owned(),
-            source,
-        };
-        let xdp_pin = self
+        // Only link-based attachments can be pinned (XDP from kernel 5.9, TC with tcx from 6.6);
+        // a netlink one stays owned by its program and is detached with this agent, not leaked.
+        let pin = self
             .pins
             .as_ref()
+            .filter(|_| self.xdp_links)
             .map(|p| p.link(interface, Hook::XDP.name()));
         let xdp = xdp_program(&mut self.ebpf)?;
-        let adopted = xdp_pin
-            .as_deref()
-            .and_then(take_pinned_link)
-            .and_then(|fd| XdpLink::try_from(fd).ok());
-        let id = match adopted.map(|link| xdp.attach_to_link(link)) {
-            Some(Ok(id)) => id,
-            Some(Err(e)) => {
-                tracing::warn!(%interface, "replacing the pinned XDP program failed ({e}); attaching anew");
-                xdp.attach(interface, mode)
-                    .map_err(|source| attach_err(PROG_XDP, source))?
-            }
-            None => xdp
-                .attach(interface, mode)
-                .map_err(|source| attach_err(PROG_XDP, source))?,
-        };
-        // Only link-based attachments can be pinned; a netlink one (XDP before kernel 5.9, TC
-        // before 6.6) stays owned by its program, so it is detached with this agent, not leaked.
-        if let Some(path) = xdp_pin.as_ref().filter(|_| self.xdp_links) {
-            let link = xdp
-                .take_link(id)
-                .map_err(|source| attach_err(PROG_XDP, source))?;
-            pin_link(FdLink::try_from(link).ok(), path, interface)?;
-        }
+        attach_pinned(
+            xdp,
+            interface,
+            PROG_XDP,
+            pin.as_deref(),
+            |p, link: XdpLink| p.attach_to_link(link),
+            |p| p.attach(interface, mode),
+            |p, id| p.take_link(id),
+        )?;
         let program_id = program_id_of(xdp.info(), PROG_XDP)?;
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
@@ -560,29 +541,21 @@ impl Datapath {
             (PROG_TC_INGRESS, Hook::TC_INGRESS, TcAttachType::Ingress),
             (PROG_TC_EGRESS, Hook::TC_EGRESS, TcAttachType::Egress),
         ] {
-            let pin = self.pins.as_ref().map(|p| p.link(interface, hook.name()));
+            let pin = self
+                .pins
+                .as_ref()
+                .filter(|_| self.tcx)
+                .map(|p| p.link(interface, hook.name()));
             let prog = tc_program(&mut self.ebpf, name)?;
-            let adopted = pin
-                .as_deref()
-                .and_then(take_pinned_link)
-                .and_then(|fd| SchedClassifierLink::try_from(fd).ok());
-            let id = match adopted.map(|link| prog.attach_to_link(link)) {
-                Some(Ok(id)) => id,
-                Some(Err(e)) => {
-                    tracing::warn!(%interface, hook = hook.name(), "replacing the pinned TC program failed ({e}); attaching anew");
-                    prog.attach(interface, attach_type)
-                        .map_err(|source| attach_err(name, source))?
-                }
-                None => prog
-                    .attach(interface, attach_type)
-                    .map_err(|source| attach_err(name, source))?,
-            };
-            if let Some(path) = pin.as_ref().filter(|_| self.tcx) {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| attach_err(name, source))?;
-                pin_link(FdLink::try_from(link).ok(), path, interface)?;
-            }
+            attach_pinned(
+                prog,
+                interface,
+                name,
+                pin.as_deref(),
+                |p, link: SchedClassifierLink| p.attach_to_link(link),
+                |p| p.attach(interface, attach_type),
+                |p, id| p.take_link(id),
+            )?;
             let program_id = program_id_of(prog.info(), name)?;
             self.attachments.push(Attachment {
                 interface: interface.to_owned(),
@@ -657,6 +630,46 @@ fn validate(state: &PolicyState) -> Result<(), DatapathError> {
                 prefix_len: r.prefix_len,
             });
         }
+    }
+    Ok(())
+}
+
+/// Attaches `prog` to `interface` and, with a `pin` path, pins the attachment there. If a previous
+/// agent pinned a link at `pin`, this program replaces the old one inside it (`update`: one
+/// `bpf_link_update`, no gap); without one, or if that fails, it attaches anew (`attach`).
+#[allow(clippy::too_many_arguments)]
+fn attach_pinned<P, L, Id>(
+    prog: &mut P,
+    interface: &str,
+    program: &'static str,
+    pin: Option<&Path>,
+    update: impl FnOnce(&mut P, L) -> Result<Id, aya::programs::ProgramError>,
+    attach: impl FnOnce(&mut P) -> Result<Id, aya::programs::ProgramError>,
+    take: impl FnOnce(&mut P, Id) -> Result<L, aya::programs::ProgramError>,
+) -> Result<(), DatapathError>
+where
+    L: TryFrom<FdLink>,
+    FdLink: TryFrom<L>,
+{
+    let err = |source| DatapathError::Attach {
+        program,
+        interface: interface.to_owned(),
+        source,
+    };
+    let adopted = pin
+        .and_then(take_pinned_link)
+        .and_then(|fd| L::try_from(fd).ok());
+    let id = match adopted.map(|link| update(prog, link)) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            tracing::warn!(%interface, program, "replacing the pinned program failed ({e}); attaching anew");
+            attach(prog).map_err(err)?
+        }
+        None => attach(prog).map_err(err)?,
+    };
+    if let Some(path) = pin {
+        let link = take(prog, id).map_err(err)?;
+        pin_link(FdLink::try_from(link).ok(), path, interface)?;
     }
     Ok(())
 }

@@ -65,10 +65,6 @@ impl PinRoot {
     pub fn link(&self, interface: &str, hook: &str) -> PathBuf {
         self.root.join("links").join(interface).join(hook)
     }
-
-    pub fn link_dir(&self, interface: &str) -> PathBuf {
-        self.root.join("links").join(interface)
-    }
 }
 
 #[allow(
