@@ -31,9 +31,18 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = route(&req, &state, &metrics);
-                async move { Ok::<_, Infallible>(response) }
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = Arc::clone(&state);
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let response = if req.method() == Method::POST && req.uri().path() == PUSH_PATH
+                    {
+                        push(req, &state).await
+                    } else {
+                        route(&req, &state, &metrics)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -77,6 +86,96 @@ fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Resp
             "not found: try /metrics, /readyz, /healthz, /status\n",
         ),
     }
+}
+
+/// Where `rampart policy push` sends objects.
+pub const PUSH_PATH: &str = "/v1/policy";
+/// Largest push accepted.
+const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
+
+/// The body of a push: files by name and text.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PushRequest {
+    pub files: Vec<PushFile>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PushFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// The answer to a push: the generation now in force, or every error.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PushResponse {
+    pub generation: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_PUSH_BYTES);
+    let body = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &errors(format!("reading the body: {e}")),
+            );
+        }
+    };
+    let request: PushRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json(StatusCode::BAD_REQUEST, &errors(format!("body: {e}"))),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let files = request
+        .files
+        .into_iter()
+        .map(|f| (f.name, f.content))
+        .collect();
+    if state
+        .commands
+        .send(crate::controller::Command::Push { files, reply })
+        .is_err()
+    {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &errors("the agent is stopping".into()),
+        );
+    }
+    match answer.await {
+        Ok(Ok(generation)) => json(
+            StatusCode::OK,
+            &PushResponse {
+                generation: Some(generation),
+                errors: Vec::new(),
+            },
+        ),
+        Ok(Err(list)) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &PushResponse {
+                generation: None,
+                errors: list,
+            },
+        ),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &errors("the agent is stopping".into()),
+        ),
+    }
+}
+
+fn errors(message: String) -> PushResponse {
+    PushResponse {
+        generation: None,
+        errors: vec![message],
+    }
+}
+
+fn json(status: StatusCode, body: &PushResponse) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
+    with_type(status, text, "application/json")
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

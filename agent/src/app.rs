@@ -2,6 +2,7 @@
 //! server, reports readiness, and shuts everything down on SIGTERM or SIGINT.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,21 +11,28 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
 use crate::config::RunConfig;
+use crate::controller::{Command, Controller, PolicyStatus};
 use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
+use crate::policy::compile::Compiled;
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
 pub struct AgentState {
     pub config: RunConfig,
     pub started: Instant,
-    pub attachments: Vec<Attachment>,
+    pub attachments: Mutex<Vec<Attachment>>,
     pub stats: Stats,
     /// The kernel's flow events; drained by a task so the ring never fills.
     pub events: Mutex<EventReader>,
     /// Events read from the ring so far.
     pub events_read: AtomicU64,
-    /// True once every program is attached (and, later, the current policy is in the kernel).
+    /// True once the programs are attached and the first policy set is in the kernel.
     pub ready: AtomicBool,
+    pub policy: Mutex<PolicyStatus>,
+    /// The policy set in force, compiled (identities, rules, endpoints).
+    pub compiled: Mutex<Option<Arc<Compiled>>>,
+    /// Where changes to policy are sent (the controller thread owns the datapath).
+    pub commands: Sender<Command>,
 }
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -42,10 +50,6 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    if let Some(dir) = &config.policy_dir {
-        // The policy compiler is the next stage of the roadmap; until then nothing is enforced.
-        tracing::warn!(dir = %dir.display(), "policy files are not read yet: every packet is counted and passed");
-    }
     // Every interface must exist before anything is attached: a bad flag leaves nothing behind.
     for interface in &config.interfaces {
         if !interface_exists(interface) {
@@ -76,14 +80,18 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     }
     let stats = datapath.take_stats()?;
     let events = Mutex::new(datapath.take_events()?);
+    let (commands, receiver) = std::sync::mpsc::channel();
     let state = Arc::new(AgentState {
-        attachments: datapath.attachments().to_vec(),
+        attachments: Mutex::new(datapath.attachments().to_vec()),
         config,
         started: Instant::now(),
         stats,
         events,
         events_read: AtomicU64::new(0),
         ready: AtomicBool::new(false),
+        policy: Mutex::new(PolicyStatus::default()),
+        compiled: Mutex::new(None),
+        commands: commands.clone(),
     });
 
     let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));
@@ -93,22 +101,59 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(admin::serve(listener, Arc::clone(&state), metrics));
     tokio::spawn(drain_events(Arc::clone(&state)));
 
-    state.ready.store(true, Ordering::SeqCst);
-    tracing::info!(addr = %state.config.metrics_addr, "ready: serving /metrics, /readyz, /status");
-
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        res = server => {
-            res.context("admin server task")?.context("admin server")?;
+    // The first policy set, then the watcher and the controller thread. A first set with errors
+    // leaves the agent running and unready until a good one arrives.
+    let mut controller = Controller::new(datapath, state.config.clone(), Arc::clone(&state));
+    let _watcher = match &state.config.policy_dir {
+        Some(dir) => Some(watch(dir, commands.clone())?),
+        None => None,
+    };
+    match controller.start() {
+        Ok(generation) => {
+            tracing::info!(generation, addr = %state.config.metrics_addr, "ready: serving /metrics, /readyz, /status");
         }
+        Err(_) => tracing::error!("the first policy set was rejected: not ready until it is fixed"),
     }
+    let controller_thread = std::thread::Builder::new()
+        .name("rampart-policy".into())
+        .spawn(move || controller.run(receiver))
+        .context("starting the policy thread")?;
+
+    let result = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        res = server => res.context("admin server task").and_then(|r| r.context("admin server")),
+    };
     state.ready.store(false, Ordering::SeqCst);
+    let _ = commands.send(Command::Shutdown);
+    if controller_thread.join().is_err() {
+        tracing::error!("the policy thread panicked");
+    }
     // The pinned links keep the programs attached and enforcing the last state after we exit:
     // a restart has no gap. `rampart cleanup` detaches them.
-    drop(datapath);
     tracing::info!("stopped; programs stay attached (pinned); `rampart cleanup` removes them");
-    Ok(())
+    result
+}
+
+/// Watches the policy directory; every change becomes a `FilesChanged` command.
+fn watch(
+    dir: &std::path::Path,
+    commands: Sender<Command>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(_) => {
+                let _ = commands.send(Command::FilesChanged);
+            }
+            Err(e) => tracing::warn!("watching the policy directory: {e}"),
+        })
+        .context("starting the policy directory watcher")?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching --policy-dir {}", dir.display()))?;
+    Ok(watcher)
 }
 
 /// Reads the kernel's flow events every 100 ms. Until the flow log exists they are counted and

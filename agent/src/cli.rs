@@ -28,6 +28,42 @@ pub enum Command {
     /// Detach every program and remove every pinned map under --bpffs-root (the agent leaves
     /// them in place when it stops, so that a restart has no enforcement gap).
     Cleanup(CleanupArgs),
+    /// Validate policy files offline, or push them to a running agent.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Read, validate and compile policy files (or directories of them) without an agent. Exits
+    /// 0, or prints every error as `file:line:col: message` and exits 1.
+    Check(PolicyCheckArgs),
+    /// Send objects to a running agent; exits 0 once they are in force. Rejected as a whole on
+    /// any error (the agent's policy stays as it was). Pushed objects replace the agent's objects
+    /// of the same kind, namespace and name.
+    Push(PolicyPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// Policy files (YAML or JSON), or directories of them.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyPushArgs {
+    /// Policy files (YAML or JSON).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Address of the running agent's admin server.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -43,9 +79,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", env = "RAMPART_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
 
-    /// Interface to attach the XDP and TC programs to; repeat for several.
-    #[arg(long = "interface", value_name = "IFACE", required = true)]
+    /// Interface to attach the XDP and TC programs to (an uplink, or a pod interface the routes
+    /// do not show); repeat for several. Pod interfaces are found from the node's routes.
+    #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
+
+    /// SPIFFE trust domain of workload identities (`spiffe://DOMAIN/ns/NS/sa/SA`).
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 
     /// Root directory on a bpffs mount under which the agent pins its maps and links.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/rampart")]
@@ -124,7 +165,8 @@ mod tests {
     }
 
     #[test]
-    fn run_requires_an_interface() {
-        assert!(Cli::try_parse_from(["rampart", "run"]).is_err());
+    fn policy_check_needs_a_file() {
+        assert!(Cli::try_parse_from(["rampart", "policy", "check"]).is_err());
+        assert!(Cli::try_parse_from(["rampart", "policy", "check", "a.yaml"]).is_ok());
     }
 }

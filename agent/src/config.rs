@@ -22,6 +22,8 @@ pub enum ConfigError {
     PolicyDir { path: String, reason: String },
     #[error("--bpffs-root {path}: must be an absolute path")]
     BpffsRoot { path: String },
+    #[error("--trust-domain {0:?}: must be a lowercase DNS name (letters, digits, '-', '.')")]
+    TrustDomain(String),
 }
 
 /// Whether kernel verdicts drop packets (enforce) or are only counted (audit).
@@ -50,6 +52,8 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     pub mode: Mode,
     pub xdp_mode: XdpAttachMode,
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
 }
 
 impl RunConfig {
@@ -64,6 +68,9 @@ impl RunConfig {
         }
         if let Some(dir) = &args.policy_dir {
             validate_policy_dir(dir)?;
+        }
+        if !crate::policy::selector::is_dns_subdomain(&args.trust_domain) {
+            return Err(ConfigError::TrustDomain(args.trust_domain));
         }
         if !args.bpffs_root.is_absolute() {
             return Err(ConfigError::BpffsRoot {
@@ -84,6 +91,7 @@ impl RunConfig {
                 XdpModeArg::Native => XdpAttachMode::Native,
                 XdpModeArg::Generic => XdpAttachMode::Generic,
             },
+            trust_domain: args.trust_domain,
         })
     }
 }

@@ -2,12 +2,18 @@
 //! configuration to the module that does the work; all wiring of the agent is in `app.rs`.
 
 use clap::Parser as _;
-use rampart_agent::{app, cli, config, status};
+use rampart_agent::{app, cli, config, policy_cli, status};
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_tracing();
     let result = match cli.command {
+        cli::Command::Policy(cli::PolicyCommand::Check(args)) => {
+            return exit(policy_cli::check(&args));
+        }
+        cli::Command::Policy(cli::PolicyCommand::Push(args)) => {
+            return exit(policy_cli::push(&args));
+        }
         cli::Command::Run(args) => config::RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(app::run),
@@ -21,6 +27,19 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("rampart: error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status of a command that reports its own findings: 0 if it succeeded, 1 if it found
+/// problems, 2 if it could not run.
+fn exit(result: anyhow::Result<bool>) -> std::process::ExitCode {
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("rampart: error: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -60,7 +60,7 @@ impl Collector for AgentCollector {
             None,
             uptime.metric_type(),
         )?)?;
-        let attached = ConstGauge::new(self.state.attachments.len() as i64);
+        let attached = ConstGauge::new(self.state.attachments.lock().map_or(0, |a| a.len() as i64));
         attached.encode(encoder.encode_descriptor(
             "rampart_programs_attached",
             "Kernel programs attached to interfaces by this agent",
@@ -69,6 +69,7 @@ impl Collector for AgentCollector {
         )?)?;
         // Each group reads its own maps; a failed read leaves out that group only (a scrape must
         // not fail because one map read did: the gap shows in the series).
+        self.encode_policy(&mut encoder)?;
         self.encode_hooks(&mut encoder)?;
         self.encode_verdicts(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
@@ -209,6 +210,52 @@ impl AgentCollector {
             "Flow decisions per policy rule cookie (0: no rule matched; 4294967295: overflow) and verdict",
             rows,
         )
+    }
+
+    /// The policy set in force: generation, errors, identities, endpoints, rules.
+    fn encode_policy(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = match self.state.policy.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return Ok(()),
+        };
+        let gauges = [
+            (
+                "rampart_policy_generation",
+                "Policy sets installed in the kernel since the agent started (increases on each)",
+                status.generation as i64,
+            ),
+            (
+                "rampart_identities",
+                "Workload identities of the policy set in force",
+                status.identities as i64,
+            ),
+            (
+                "rampart_endpoints",
+                "Local pods the datapath enforces for",
+                status.endpoints as i64,
+            ),
+            (
+                "rampart_policy_rules",
+                "Compiled policy rules of the set in force (before they become map entries)",
+                status.rules as i64,
+            ),
+            (
+                "rampart_policy_map_entries",
+                "Entries of the kernel's policy trie for the set in force",
+                status.map_entries as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let errors = ConstCounter::new(status.errors_total);
+        errors.encode(encoder.encode_descriptor(
+            "rampart_policy_errors",
+            "Policy sets rejected (syntax or validation errors, or a failed install); the last good set stays in force",
+            None,
+            errors.metric_type(),
+        )?)
     }
 
     /// Flow events read from the kernel, and those it could not write.

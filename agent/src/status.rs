@@ -25,6 +25,9 @@ pub struct StatusDoc {
     pub bpffs_root: String,
     pub attachments: Vec<AttachmentDoc>,
     pub counters: Vec<HookCounterDoc>,
+    /// The policy set in force (absent from agents older than the policy compiler).
+    #[serde(default)]
+    pub policy: Option<crate::controller::PolicyStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +78,9 @@ impl StatusDoc {
             bpffs_root: state.config.bpffs_root.display().to_string(),
             attachments: state
                 .attachments
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default()
                 .iter()
                 .map(|a| AttachmentDoc {
                     interface: a.interface.clone(),
@@ -85,6 +91,7 @@ impl StatusDoc {
                 })
                 .collect(),
             counters,
+            policy: state.policy.lock().ok().map(|p| p.clone()),
         }
     }
 
@@ -105,6 +112,19 @@ impl StatusDoc {
             self.policy_dir.as_deref().unwrap_or("(none)")
         );
         let _ = writeln!(out, "bpffs root: {}", self.bpffs_root);
+        if let Some(p) = &self.policy {
+            let _ = writeln!(
+                out,
+                "policy: generation {}  identities {}  endpoints {}  rules {}  map entries {}  errors {}",
+                p.generation, p.identities, p.endpoints, p.rules, p.map_entries, p.errors_total
+            );
+            for s in &p.sources {
+                let _ = writeln!(out, "  source {}  sha256 {}", s.file, s.sha256);
+            }
+            if let Some(e) = &p.last_error {
+                let _ = writeln!(out, "  last error: {e}");
+            }
+        }
         let _ = writeln!(out, "\nattachments:");
         let _ = writeln!(
             out,

@@ -32,6 +32,11 @@ impl EndpointFlags {
     pub const ENFORCE_EGRESS: u32 = 1 << 1;
     /// Would-be drops of this endpoint are counted and passed.
     pub const AUDIT: u32 = 1 << 2;
+    /// Ingress isolation is audited: a flow no rule allows is counted and passed, not dropped
+    /// (the isolation comes only from audit-mode policies).
+    pub const AUDIT_INGRESS: u32 = 1 << 3;
+    /// Egress isolation is audited (as [`Self::AUDIT_INGRESS`]).
+    pub const AUDIT_EGRESS: u32 = 1 << 4;
 }
 
 #[cfg(feature = "user")]

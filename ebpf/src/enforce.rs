@@ -545,17 +545,23 @@ fn evaluate(
             };
         }
     }
-    let isolated = if dir == Direction::INGRESS {
-        ep.flags & EndpointFlags::ENFORCE_INGRESS != 0
+    let (isolated, audited) = if dir == Direction::INGRESS {
+        (
+            ep.flags & EndpointFlags::ENFORCE_INGRESS != 0,
+            ep.flags & EndpointFlags::AUDIT_INGRESS != 0,
+        )
     } else {
-        ep.flags & EndpointFlags::ENFORCE_EGRESS != 0
+        (
+            ep.flags & EndpointFlags::ENFORCE_EGRESS != 0,
+            ep.flags & EndpointFlags::AUDIT_EGRESS != 0,
+        )
     };
     if isolated {
         Decision {
             verdict: Verdict::DENY,
             cookie: 0,
             reason: DropReason::POLICY_DENIED,
-            audit: false,
+            audit: audited,
         }
     } else {
         Decision {

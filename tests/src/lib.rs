@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cmd;
 pub mod metrics;
 pub mod netns;
+pub mod netpol_cases;
 pub mod packet;
 pub mod probe;
 pub mod server;

@@ -1,0 +1,308 @@
+//! Keeps the kernel in step with policy: reads the policy directory (and pushed objects),
+//! validates, compiles, and installs the result atomically; attaches the programs to the
+//! interfaces of local pods as they appear. One thread owns the datapath; everything that wants a
+//! change sends it a [`Command`].
+//!
+//! A set with any error changes nothing: the last good state stays in force, the errors are
+//! logged with file and line, counted, and kept as `last_error`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::app::AgentState;
+use crate::config::{Mode, RunConfig};
+use crate::datapath::Datapath;
+use crate::policy::diag::Diagnostic;
+use crate::policy::identity::Allocator;
+use crate::policy::source::{self, Read};
+use crate::policy::{self, compile};
+use crate::routes::{self, RouteTarget};
+
+/// How often the node's routes are read again (a new pod's interface is found within this).
+const RESCAN: Duration = Duration::from_secs(1);
+/// Events closer together than this are one change (an editor writes a file in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub enum Command {
+    /// Something in the policy directory changed.
+    FilesChanged,
+    /// Objects pushed by `rampart policy push`: (name, text) per file. Answered once in force,
+    /// or with every error.
+    Push {
+        files: Vec<(String, String)>,
+        reply: tokio::sync::oneshot::Sender<Result<u64, Vec<String>>>,
+    },
+    Shutdown,
+}
+
+/// What the agent reports about policy (in `/status` and metrics).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct PolicyStatus {
+    /// Increases by one each time a new policy set is in the kernel.
+    pub generation: u64,
+    /// The files of the set in force and their SHA-256.
+    pub sources: Vec<SourceDoc>,
+    pub errors_total: u64,
+    pub last_error: Option<String>,
+    pub identities: usize,
+    pub endpoints: usize,
+    pub rules: usize,
+    pub map_entries: usize,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SourceDoc {
+    pub file: String,
+    pub sha256: String,
+}
+
+pub struct Controller {
+    datapath: Datapath,
+    config: RunConfig,
+    state: Arc<AgentState>,
+    alloc: Allocator,
+    /// Pushed files, by name; they override directory objects of the same kind and name.
+    pushed: BTreeMap<String, String>,
+    /// The host routes the state in force was compiled with.
+    routes: BTreeMap<IpAddr, RouteTarget>,
+    attached: HashSet<String>,
+}
+
+impl Controller {
+    pub fn new(datapath: Datapath, config: RunConfig, state: Arc<AgentState>) -> Controller {
+        let attached = config.interfaces.iter().cloned().collect();
+        Controller {
+            datapath,
+            config,
+            state,
+            alloc: Allocator::new(),
+            pushed: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            attached,
+        }
+    }
+
+    /// Installs the first policy set. On error the agent does not become ready (and the
+    /// previous, pinned state, if any, stays in force).
+    pub fn start(&mut self) -> Result<u64, Vec<String>> {
+        self.reload(None)
+    }
+
+    /// Serves commands until `Shutdown` or until every sender is gone.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            match commands.recv_timeout(RESCAN) {
+                Ok(Command::FilesChanged) => {
+                    // Let the writer finish, then take every queued change at once.
+                    std::thread::sleep(DEBOUNCE);
+                    let mut pending = Vec::new();
+                    while let Ok(c) = commands.try_recv() {
+                        if !matches!(c, Command::FilesChanged) {
+                            pending.push(c);
+                        }
+                    }
+                    let _ = self.reload(None);
+                    for c in pending {
+                        if !self.handle(c) {
+                            return;
+                        }
+                    }
+                }
+                Ok(c) => {
+                    if !self.handle(c) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.rescan(),
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Handles a command other than `FilesChanged`; false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::FilesChanged => {
+                let _ = self.reload(None);
+                true
+            }
+            Command::Push { files, reply } => {
+                let result = self.reload(Some(&files));
+                let _ = reply.send(result);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    /// Recompiles when the node's routes to pods changed (a pod's interface came or went).
+    fn rescan(&mut self) {
+        match routes::host_routes() {
+            Ok(routes) if routes != self.routes => {
+                tracing::info!("routes to local pods changed: recompiling");
+                let _ = self.reload(None);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the node's routes: {e}"),
+        }
+    }
+
+    /// Reads, validates, compiles and installs the whole set (with `push` added to the pushed
+    /// files if it is accepted). Returns the new generation, or every error.
+    fn reload(&mut self, push: Option<&[(String, String)]>) -> Result<u64, Vec<String>> {
+        let mut pushed = self.pushed.clone();
+        for (name, text) in push.unwrap_or_default() {
+            pushed.insert(name.clone(), text.clone());
+        }
+        let (read, sources) = read_all(self.config.policy_dir.as_deref(), &pushed);
+        let checked = match policy::check(read) {
+            Ok(c) => c,
+            Err(diags) => return Err(self.reject(&diags)),
+        };
+        for w in &checked.warnings {
+            tracing::warn!("{w}");
+        }
+        let routes = match routes::host_routes() {
+            Ok(r) => r,
+            Err(e) => return Err(self.reject_message(format!("reading the node's routes: {e}"))),
+        };
+        let local: BTreeMap<IpAddr, u32> = routes.iter().map(|(a, t)| (*a, t.ifindex)).collect();
+        let node = compile::Node {
+            local: &local,
+            trust_domain: &self.config.trust_domain,
+            audit: self.config.mode == Mode::Audit,
+        };
+        let compiled = compile::compile(&checked.model, node, &mut self.alloc);
+        for w in &compiled.warnings {
+            tracing::warn!("{w}");
+        }
+        if let Err(e) = self.datapath.apply(&compiled.state) {
+            self.alloc.abandon();
+            return Err(self.reject_message(format!("installing the compiled policy: {e}")));
+        }
+        self.alloc.finish();
+        self.pushed = pushed;
+        // Programs on the interfaces of local pods that have none yet.
+        let wanted: BTreeSet<&str> = compiled
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                routes
+                    .values()
+                    .find(|t| t.ifindex == e.ifindex)
+                    .map(|t| t.interface.as_str())
+            })
+            .collect();
+        for interface in wanted {
+            if self.attached.contains(interface) {
+                continue;
+            }
+            match self.datapath.attach(interface, self.config.xdp_mode) {
+                Ok(()) => {
+                    tracing::info!(%interface, "attached to a local pod's interface");
+                    self.attached.insert(interface.to_owned());
+                }
+                Err(e) => tracing::error!(%interface, "attaching: {e:#}"),
+            }
+        }
+        self.routes = routes;
+        let generation = {
+            let mut status = lock(&self.state.policy);
+            status.generation += 1;
+            status.sources = sources;
+            status.identities = compiled.identities.len();
+            status.endpoints = compiled.endpoints.len();
+            status.rules = compiled.rule_count;
+            status.map_entries = compiled.state.policy.len();
+            status.generation
+        };
+        *lock(&self.state.attachments) = self.datapath.attachments().to_vec();
+        *lock(&self.state.compiled) = Some(Arc::new(compiled));
+        self.state.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            generation,
+            endpoints = lock(&self.state.policy).endpoints,
+            rules = lock(&self.state.policy).rules,
+            "policy in force"
+        );
+        Ok(generation)
+    }
+
+    fn reject(&self, diags: &[Diagnostic]) -> Vec<String> {
+        let lines: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        for line in &lines {
+            tracing::error!("policy rejected: {line}");
+        }
+        self.count_error(lines.first().cloned());
+        lines
+    }
+
+    fn reject_message(&self, message: String) -> Vec<String> {
+        tracing::error!("policy rejected: {message}");
+        self.count_error(Some(message.clone()));
+        vec![message]
+    }
+
+    fn count_error(&self, first: Option<String>) {
+        let mut status = lock(&self.state.policy);
+        status.errors_total += 1;
+        status.last_error = first;
+    }
+
+    /// Stops; the datapath (and its pinned state) stays as it is.
+    pub fn into_datapath(self) -> Datapath {
+        self.datapath
+    }
+}
+
+/// Reads the directory and the pushed files; pushed objects replace directory objects of the
+/// same kind, namespace and name.
+pub fn read_all(dir: Option<&Path>, pushed: &BTreeMap<String, String>) -> (Read, Vec<SourceDoc>) {
+    let mut read = match dir {
+        Some(dir) => source::read_dir(dir),
+        None => Read::default(),
+    };
+    let mut sources: Vec<SourceDoc> = read
+        .files
+        .iter()
+        .map(|(file, sha256)| SourceDoc {
+            file: file.display().to_string(),
+            sha256: sha256.clone(),
+        })
+        .collect();
+    let mut overlay = Read::default();
+    for (name, text) in pushed {
+        let file = PathBuf::from(format!("push:{name}"));
+        let r = source::parse_str(&file, text);
+        sources.push(SourceDoc {
+            file: file.display().to_string(),
+            sha256: source::sha256_hex(text.as_bytes()),
+        });
+        overlay.objects.extend(r.objects);
+        overlay.diagnostics.extend(r.diagnostics);
+    }
+    let replaced: HashSet<_> = overlay
+        .objects
+        .iter()
+        .map(source::SourceObject::key)
+        .collect();
+    read.objects.retain(|o| !replaced.contains(&o.key()));
+    read.objects.extend(overlay.objects);
+    read.diagnostics.extend(overlay.diagnostics);
+    (read, sources)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

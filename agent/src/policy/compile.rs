@@ -1,0 +1,501 @@
+//! The compiler: the validated model in, the kernel's state out (endpoints, ipcache, policy
+//! trie entries), plus the tables that explain it (identities, rule cookies). Pure: no I/O.
+//!
+//! How Kubernetes semantics map onto the datapath:
+//! - a local pod is an endpoint (keyed by its interface); a policy that selects it and isolates a
+//!   direction sets `ENFORCE_<dir>` (with `AUDIT_<dir>` when only audit-mode policies isolate it);
+//! - each allow rule becomes entries (endpoint, remote identity, direction, protocol, ports);
+//!   "every peer" is the `ANY` identity; named ports resolve on the destination pod (the endpoint
+//!   itself for ingress, each remote pod for egress);
+//! - an ipBlock matches the CIDR identities of the prefixes inside it and, because pod addresses
+//!   resolve to pod identities first, the identities of the pod addresses inside it (see
+//!   `identity.rs` for why that is exact);
+//! - deny rules of cluster policies become deny entries, which win over every allow (the policy
+//!   trie builder and the kernel's lookup order guarantee it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use ipnet::IpNet;
+use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
+use rampart_common::identity::Identity;
+use rampart_common::policy::Verdict;
+use rampart_common::reason::Direction;
+use serde::Serialize;
+
+use super::identity::{Allocator, Discriminator, IdentityKey};
+use super::model::{
+    CidrBlock, EntityKind, Model, PeerModel, PodModel, PolicyModel, PortMatch, RuleModel,
+};
+use super::objects::{PolicyMode, RuleAction};
+use crate::datapath::{IpcacheRecord, PolicyState};
+use crate::policy_map::{self, PolicyRule};
+
+/// What the compiler needs besides the model.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    /// Addresses routed to a local pod interface → that interface's index.
+    pub local: &'a BTreeMap<IpAddr, u32>,
+    pub trust_domain: &'a str,
+    /// Agent-wide audit mode (`--mode audit`).
+    pub audit: bool,
+}
+
+/// One workload identity and who has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityInfo {
+    pub id: u32,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub spiffe_id: String,
+    /// `namespace/name` of the pods with this identity.
+    pub pods: Vec<String>,
+}
+
+/// The rule a cookie names (cookie n is `rules[n - 1]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleRef {
+    pub policy: String,
+    pub direction: &'static str,
+    pub index: usize,
+    pub action: &'static str,
+    pub mode: PolicyMode,
+}
+
+/// A local pod the datapath enforces for.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointSummary {
+    pub pod: String,
+    pub ifindex: u32,
+    pub identity: u32,
+    pub isolated_ingress: bool,
+    pub isolated_egress: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub state: PolicyState,
+    pub identities: Vec<IdentityInfo>,
+    pub cidr_identities: Vec<(IpNet, u32)>,
+    pub rules: Vec<RuleRef>,
+    pub endpoints: Vec<EndpointSummary>,
+    /// Policy rules before they became trie entries.
+    pub rule_count: usize,
+    /// Non-fatal findings (two pods with one address, ...).
+    pub warnings: Vec<String>,
+}
+
+/// A remote end a rule can name: an identity, and the pod behind it if it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Target {
+    identity: u32,
+    pod: Option<usize>,
+}
+
+/// Compiles `model` for this node. Identities come from (and are remembered in) `alloc`; the
+/// caller calls `alloc.finish()` once the result is in force, or `alloc.abandon()`.
+pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled {
+    let mut out = Compiled::default();
+    let empty = BTreeMap::new();
+    let ns_labels = |pod: &PodModel| model.namespaces.get(&pod.namespace).unwrap_or(&empty);
+
+    // 1. Identities of pod addresses.
+    let blocks: BTreeSet<&CidrBlock> = model
+        .policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| r.peers.iter().flatten())
+        .filter_map(|peer| match peer {
+            PeerModel::Cidr(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let named_egress = model.policies.iter().flat_map(|p| &p.rules).any(|r| {
+        r.direction == Direction::EGRESS
+            && r.ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.port, PortMatch::Named(_)))
+    });
+    let keys: Vec<IdentityKey> = model
+        .pods
+        .iter()
+        .map(|pod| IdentityKey {
+            namespace: pod.namespace.clone(),
+            namespace_labels: ns_labels(pod).clone(),
+            labels: pod.labels.clone(),
+            service_account: pod.service_account.clone(),
+        })
+        .collect();
+    let discriminator = |pod: &PodModel, addr: &IpAddr| Discriminator {
+        blocks: blocks
+            .iter()
+            .filter(|b| b.contains(addr))
+            .map(|b| (*b).clone())
+            .collect(),
+        ports: named_egress.then(|| pod.ports.clone()),
+    };
+    let mut variants: BTreeMap<&IdentityKey, BTreeSet<Discriminator>> = BTreeMap::new();
+    for (pod, key) in model.pods.iter().zip(&keys) {
+        for addr in &pod.ips {
+            variants
+                .entry(key)
+                .or_default()
+                .insert(discriminator(pod, addr));
+        }
+    }
+    // Per pod: its addresses and their identities.
+    let mut pod_ids: Vec<Vec<(IpAddr, u32)>> = Vec::with_capacity(model.pods.len());
+    let mut owner: HashMap<IpAddr, usize> = HashMap::new();
+    let mut infos: BTreeMap<u32, IdentityInfo> = BTreeMap::new();
+    for (index, (pod, key)) in model.pods.iter().zip(&keys).enumerate() {
+        let split = variants.get(key).is_some_and(|v| v.len() > 1);
+        let mut ids = Vec::new();
+        for addr in &pod.ips {
+            if let Some(&other) = owner.get(addr) {
+                let o = &model.pods[other];
+                out.warnings.push(format!(
+                    "pods {}/{} and {}/{} both have address {addr}; the first keeps it",
+                    o.namespace, o.name, pod.namespace, pod.name
+                ));
+                continue;
+            }
+            owner.insert(*addr, index);
+            let disc = if split {
+                discriminator(pod, addr)
+            } else {
+                Discriminator::default()
+            };
+            let id = alloc.workload(key, &disc);
+            ids.push((*addr, id));
+            let info = infos.entry(id).or_insert_with(|| IdentityInfo {
+                id,
+                namespace: key.namespace.clone(),
+                labels: key.labels.clone(),
+                service_account: key.service_account.clone(),
+                spiffe_id: key.spiffe_id(node.trust_domain),
+                pods: Vec::new(),
+            });
+            let name = format!("{}/{}", pod.namespace, pod.name);
+            if !info.pods.contains(&name) {
+                info.pods.push(name);
+            }
+        }
+        pod_ids.push(ids);
+    }
+    out.identities = infos.into_values().collect();
+
+    // 2. CIDR identities: every prefix a block names (its net and its exceptions).
+    let prefixes: BTreeSet<IpNet> = blocks
+        .iter()
+        .flat_map(|b| std::iter::once(b.net).chain(b.except.iter().copied()))
+        .collect();
+    for net in &prefixes {
+        let id = alloc.cidr(*net);
+        out.cidr_identities.push((*net, id));
+        out.state
+            .ipcache
+            .push(IpcacheRecord::remote(net.addr(), net.prefix_len(), id));
+    }
+
+    // 3. Local pods (endpoints) and the ipcache entries of every pod address.
+    let mut local_pods: Vec<(usize, u32)> = Vec::new();
+    for (index, ids) in pod_ids.iter().enumerate() {
+        let ifindex = ids
+            .iter()
+            .find_map(|(addr, _)| node.local.get(addr).copied());
+        for &(addr, id) in ids {
+            out.state.ipcache.push(match ifindex {
+                Some(ifindex) => IpcacheRecord::local(addr, id, ifindex),
+                None => IpcacheRecord::remote(addr, if addr.is_ipv4() { 32 } else { 128 }, id),
+            });
+        }
+        if let Some(ifindex) = ifindex
+            && ifindex != 0
+        {
+            local_pods.push((index, ifindex));
+        }
+    }
+
+    // 4. Rules.
+    let mut compiler = RuleCompiler {
+        model,
+        pod_ids: &pod_ids,
+        cidr_ids: &out.cidr_identities,
+        targets: HashMap::new(),
+        rules: Vec::new(),
+    };
+    for (p, policy) in model.policies.iter().enumerate() {
+        let first_cookie = out.rules.len() as u32 + 1;
+        let cookies: Vec<u32> = (0..policy.rules.len() as u32)
+            .map(|i| first_cookie + i)
+            .collect();
+        for rule in &policy.rules {
+            out.rules.push(RuleRef {
+                policy: policy.display_name(),
+                direction: if rule.direction == Direction::INGRESS {
+                    "ingress"
+                } else {
+                    "egress"
+                },
+                index: rule.index,
+                action: match rule.action {
+                    RuleAction::Allow => "allow",
+                    RuleAction::Deny => "deny",
+                },
+                mode: policy.mode,
+            });
+        }
+        let _ = p;
+        for &(pod_index, ifindex) in &local_pods {
+            let pod = &model.pods[pod_index];
+            if !policy.applies_to.matches(pod, ns_labels(pod)) {
+                continue;
+            }
+            for (rule, cookie) in policy.rules.iter().zip(&cookies) {
+                compiler.rule(policy, rule, *cookie, pod_index, ifindex);
+            }
+        }
+    }
+    let rules = compiler.rules;
+
+    // 5. Endpoints, with isolation from the policies that select them.
+    for &(pod_index, ifindex) in &local_pods {
+        let pod = &model.pods[pod_index];
+        let (mut enf_in, mut aud_in, mut enf_eg, mut aud_eg) = (false, false, false, false);
+        for policy in &model.policies {
+            if !policy.applies_to.matches(pod, ns_labels(pod)) {
+                continue;
+            }
+            let audit = policy.mode == PolicyMode::Audit;
+            if policy.isolate_ingress {
+                *(if audit { &mut aud_in } else { &mut enf_in }) = true;
+            }
+            if policy.isolate_egress {
+                *(if audit { &mut aud_eg } else { &mut enf_eg }) = true;
+            }
+        }
+        let mut flags = 0;
+        if enf_in || aud_in {
+            flags |= EndpointFlags::ENFORCE_INGRESS;
+        }
+        if aud_in && !enf_in {
+            flags |= EndpointFlags::AUDIT_INGRESS;
+        }
+        if enf_eg || aud_eg {
+            flags |= EndpointFlags::ENFORCE_EGRESS;
+        }
+        if aud_eg && !enf_eg {
+            flags |= EndpointFlags::AUDIT_EGRESS;
+        }
+        let ids = &pod_ids[pod_index];
+        let identity = ids.first().map_or(Identity::WORLD.0, |(_, id)| *id);
+        let mut info = EndpointInfo {
+            endpoint_id: ifindex,
+            identity,
+            flags,
+            ..EndpointInfo::default()
+        };
+        if let Some(IpAddr::V4(v4)) = pod.ips.iter().find(|a| a.is_ipv4()) {
+            info.ipv4 = v4.octets();
+        }
+        if let Some(IpAddr::V6(v6)) = pod.ips.iter().find(|a| a.is_ipv6()) {
+            info.ipv6 = v6.octets();
+        }
+        out.state.endpoints.push((ifindex, info));
+        out.endpoints.push(EndpointSummary {
+            pod: format!("{}/{}", pod.namespace, pod.name),
+            ifindex,
+            identity,
+            isolated_ingress: flags & EndpointFlags::ENFORCE_INGRESS != 0,
+            isolated_egress: flags & EndpointFlags::ENFORCE_EGRESS != 0,
+        });
+    }
+    out.rule_count = rules.len();
+    out.state.policy = policy_map::build(&rules);
+    out.state.audit = node.audit;
+    out
+}
+
+struct RuleCompiler<'m> {
+    model: &'m Model,
+    pod_ids: &'m [Vec<(IpAddr, u32)>],
+    cidr_ids: &'m [(IpNet, u32)],
+    /// Resolved peers, by peer.
+    targets: HashMap<&'m PeerModel, Vec<Target>>,
+    rules: Vec<PolicyRule>,
+}
+
+impl<'m> RuleCompiler<'m> {
+    fn rule(
+        &mut self,
+        policy: &'m PolicyModel,
+        rule: &'m RuleModel,
+        cookie: u32,
+        pod_index: usize,
+        endpoint_id: u32,
+    ) {
+        let targets: Vec<Target> = match &rule.peers {
+            None => vec![Target {
+                identity: Identity::ANY.0,
+                pod: None,
+            }],
+            Some(peers) => {
+                let mut all = BTreeSet::new();
+                for peer in peers {
+                    all.extend(self.resolve(peer).iter().copied());
+                }
+                all.into_iter().collect()
+            }
+        };
+        let verdict = match rule.action {
+            RuleAction::Allow => Verdict::ALLOW,
+            RuleAction::Deny => Verdict::DENY,
+        };
+        let audit = verdict == Verdict::DENY && policy.mode == PolicyMode::Audit;
+        let mut emit = |remote: u32, proto: Option<u8>, ports: Option<RangeInclusive<u16>>| {
+            self.rules.push(PolicyRule {
+                endpoint_id,
+                remote: Identity(remote),
+                direction: rule.direction,
+                proto,
+                ports,
+                verdict,
+                cookie,
+                audit,
+                proxy_port: 0,
+            });
+        };
+        let Some(ports) = &rule.ports else {
+            for t in &targets {
+                emit(t.identity, None, None);
+            }
+            return;
+        };
+        let ingress = rule.direction == Direction::INGRESS;
+        for port in ports {
+            let proto = Some(port.proto);
+            match &port.port {
+                PortMatch::All => targets.iter().for_each(|t| emit(t.identity, proto, None)),
+                PortMatch::Range(a, b) => targets
+                    .iter()
+                    .for_each(|t| emit(t.identity, proto, Some(*a..=*b))),
+                PortMatch::Named(name) => {
+                    let number = |pod: usize| {
+                        self.model.pods[pod]
+                            .ports
+                            .iter()
+                            .find(|p| p.name == *name && p.proto == port.proto)
+                            .map(|p| p.port)
+                    };
+                    if ingress {
+                        // The destination is the endpoint itself.
+                        if let Some(n) = number(pod_index) {
+                            targets
+                                .iter()
+                                .for_each(|t| emit(t.identity, proto, Some(n..=n)));
+                        }
+                        continue;
+                    }
+                    // Egress: the name resolves on each destination pod; only pods have names.
+                    let mut resolved = Vec::new();
+                    for t in &targets {
+                        if t.identity == Identity::ANY.0 {
+                            for (pod, ids) in self.pod_ids.iter().enumerate() {
+                                if let Some(n) = number(pod) {
+                                    resolved.extend(ids.iter().map(|(_, id)| (*id, n)));
+                                }
+                            }
+                        } else if let Some(pod) = t.pod
+                            && let Some(n) = number(pod)
+                        {
+                            resolved.push((t.identity, n));
+                        }
+                    }
+                    for (id, n) in resolved {
+                        emit(id, proto, Some(n..=n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The remote identities (and pods) a peer names.
+    fn resolve(&mut self, peer: &'m PeerModel) -> &[Target] {
+        if !self.targets.contains_key(peer) {
+            let targets = self.compute(peer);
+            self.targets.insert(peer, targets);
+        }
+        self.targets.get(peer).map_or(&[], Vec::as_slice)
+    }
+
+    fn compute(&self, peer: &PeerModel) -> Vec<Target> {
+        let empty = BTreeMap::new();
+        let pod_targets = |filter: &dyn Fn(usize, &IpAddr) -> bool| {
+            let mut out = Vec::new();
+            for (pod, ids) in self.pod_ids.iter().enumerate() {
+                for (addr, id) in ids {
+                    if filter(pod, addr) {
+                        out.push(Target {
+                            identity: *id,
+                            pod: Some(pod),
+                        });
+                    }
+                }
+            }
+            out
+        };
+        let mut targets = match peer {
+            PeerModel::Workloads(m) => pod_targets(&|pod, _| {
+                let p = &self.model.pods[pod];
+                m.matches(p, self.model.namespaces.get(&p.namespace).unwrap_or(&empty))
+            }),
+            PeerModel::Cidr(block) => {
+                let mut t = pod_targets(&|_, addr| block.contains(addr));
+                // A prefix's identity matches when the prefix lies inside the block and inside
+                // none of its exceptions (longest-prefix resolution makes that exact).
+                for (net, id) in self.cidr_ids {
+                    if block.net.contains(net) && !block.except.iter().any(|e| e.contains(net)) {
+                        t.push(Target {
+                            identity: *id,
+                            pod: None,
+                        });
+                    }
+                }
+                t
+            }
+            PeerModel::Entities(entities) => {
+                let mut t = Vec::new();
+                let reserved = |id: Identity| Target {
+                    identity: id.0,
+                    pod: None,
+                };
+                for e in entities {
+                    match e {
+                        EntityKind::All => t.push(reserved(Identity::ANY)),
+                        EntityKind::Host => t.push(reserved(Identity::HOST)),
+                        EntityKind::RemoteNode => t.push(reserved(Identity::REMOTE_NODE)),
+                        EntityKind::World => {
+                            t.push(reserved(Identity::WORLD));
+                            t.extend(self.cidr_ids.iter().map(|(_, id)| Target {
+                                identity: *id,
+                                pod: None,
+                            }));
+                        }
+                        EntityKind::Cluster => {
+                            t.push(reserved(Identity::HOST));
+                            t.push(reserved(Identity::REMOTE_NODE));
+                            t.extend(pod_targets(&|_, _| true));
+                        }
+                    }
+                }
+                t
+            }
+        };
+        targets.sort();
+        targets.dedup();
+        targets
+    }
+}

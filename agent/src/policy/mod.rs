@@ -1,0 +1,46 @@
+//! Policy: Kubernetes objects in, kernel state out.
+//!
+//! | stage | module | what |
+//! | --- | --- | --- |
+//! | read | `source` | files → objects with positions (YAML multi-document or JSON) |
+//! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
+//! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
+//! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
+//! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
+//! | explain | `verdict` | what the kernel decides for a flow, from the compiled state |
+//!
+//! A set with any error is rejected whole; the caller keeps the last good state in force.
+
+pub mod compile;
+pub mod diag;
+pub mod identity;
+pub mod model;
+pub mod objects;
+pub mod selector;
+pub mod source;
+pub mod verdict;
+
+use diag::Diagnostic;
+
+/// A validated policy set, with the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub model: model::Model,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validates what was read. Errors reject the set: all of them are returned, sorted by file and
+/// position.
+pub fn check(read: source::Read) -> Result<Checked, Vec<Diagnostic>> {
+    let mut diagnostics = read.diagnostics;
+    let model = model::build(&read.objects, &mut diagnostics);
+    diagnostics.sort();
+    if diag::has_errors(&diagnostics) {
+        Err(diagnostics)
+    } else {
+        Ok(Checked {
+            model,
+            warnings: diagnostics,
+        })
+    }
+}

@@ -1,0 +1,907 @@
+//! Validation: objects as read (`objects.rs`) become the policy model the compiler works on.
+//! Every check the issue and the Kubernetes API server make is here, each failure a diagnostic
+//! at the offending value. A set with any error is rejected as a whole by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+
+use super::diag::{Diagnostic, Origin};
+use super::objects::{
+    self, ClusterPeer, Entity, IntOrString, LabelSelector, NpPeer, PolicyMode, PolicyType,
+    PortEntry, RuleAction,
+};
+use super::selector::{self, Labels, Selector};
+use super::source::{Object, SourceObject};
+use rampart_common::reason::Direction;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Annotation that puts a NetworkPolicy in audit mode (`audit` or `enforce`).
+pub const MODE_ANNOTATION: &str = "policy.rampart.dev/mode";
+
+/// The validated world: namespaces, pods, policies.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<PodModel>,
+    pub policies: Vec<PolicyModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodModel {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub service_account: String,
+    pub node_name: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub proto: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    ClusterPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyModel {
+    pub kind: PolicyKind,
+    /// The namespace of a NetworkPolicy; none for a cluster policy.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub mode: PolicyMode,
+    pub applies_to: WorkloadMatch,
+    /// Whether the selected pods are isolated for ingress / egress.
+    pub isolate_ingress: bool,
+    pub isolate_egress: bool,
+    pub rules: Vec<RuleModel>,
+    pub origin: Origin,
+}
+
+impl PolicyModel {
+    /// `NetworkPolicy x/name` or `ClusterPolicy name`.
+    pub fn display_name(&self) -> String {
+        match (&self.kind, &self.namespace) {
+            (PolicyKind::NetworkPolicy, Some(ns)) => format!("NetworkPolicy {ns}/{}", self.name),
+            (kind, _) => format!("{kind:?} {}", self.name),
+        }
+    }
+}
+
+/// Which workloads: namespaces, pod labels, service accounts, all ANDed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadMatch {
+    pub namespaces: NamespaceMatch,
+    pub pods: Selector,
+    /// `None`: any service account.
+    pub service_accounts: Option<Vec<ServiceAccountRef>>,
+}
+
+impl WorkloadMatch {
+    pub fn everything() -> WorkloadMatch {
+        WorkloadMatch {
+            namespaces: NamespaceMatch::Selector(Selector::everything()),
+            pods: Selector::everything(),
+            service_accounts: None,
+        }
+    }
+
+    pub fn matches(&self, pod: &PodModel, namespace_labels: &Labels) -> bool {
+        let ns_ok = match &self.namespaces {
+            NamespaceMatch::Named(ns) => *ns == pod.namespace,
+            NamespaceMatch::Selector(sel) => sel.matches(namespace_labels),
+        };
+        ns_ok
+            && self.pods.matches(&pod.labels)
+            && self.service_accounts.as_ref().is_none_or(|sas| {
+                sas.iter().any(|sa| {
+                    sa.name == pod.service_account
+                        && sa.namespace.as_ref().is_none_or(|ns| *ns == pod.namespace)
+                })
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NamespaceMatch {
+    Named(String),
+    Selector(Selector),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceAccountRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleModel {
+    pub direction: Direction,
+    pub action: RuleAction,
+    /// Index of the rule in its direction's list (for attribution).
+    pub index: usize,
+    /// `None`: every peer.
+    pub peers: Option<Vec<PeerModel>>,
+    /// `None`: every protocol and port.
+    pub ports: Option<Vec<PortModel>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerModel {
+    Workloads(WorkloadMatch),
+    Cidr(CidrBlock),
+    Entities(Vec<EntityKind>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    All,
+}
+
+/// An ipBlock: `net` minus `except`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrBlock {
+    pub net: IpNet,
+    pub except: Vec<IpNet>,
+}
+
+impl CidrBlock {
+    pub fn contains(&self, addr: &IpAddr) -> bool {
+        self.net.contains(addr) && !self.except.iter().any(|e| e.contains(addr))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortModel {
+    pub proto: u8,
+    pub port: PortMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortMatch {
+    All,
+    Range(u16, u16),
+    Named(String),
+}
+
+/// Validates `objects` into a model; every problem is added to `diags`.
+pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
+    let mut model = Model::default();
+    let mut seen: HashMap<(&'static str, String, String), Origin> = HashMap::new();
+    for so in objects {
+        let mut v = Validator { so, diags };
+        let Some((namespace, name)) = v.identity() else {
+            continue;
+        };
+        let key = (
+            so.object.kind(),
+            namespace.clone().unwrap_or_default(),
+            name.clone(),
+        );
+        let here = so
+            .object
+            .metadata()
+            .name
+            .as_ref()
+            .map(|n| so.at(n))
+            .unwrap_or_else(|| so.whole());
+        if let Some(first) = seen.get(&key) {
+            let shown = match &namespace {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
+            };
+            v.diags.push(Diagnostic::error(
+                here,
+                format!(
+                    "duplicate {} {shown} (first defined at {first})",
+                    so.object.kind()
+                ),
+            ));
+            continue;
+        }
+        seen.insert(key, here);
+        match &so.object {
+            Object::Namespace(_) => {
+                let labels = v.labels().unwrap_or_default();
+                let mut labels = labels;
+                labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
+                model.namespaces.insert(name, labels);
+            }
+            Object::Pod(pod) => {
+                if let Some(p) = v.pod(pod, namespace.unwrap_or_default(), name) {
+                    model.pods.push(p);
+                }
+            }
+            Object::NetworkPolicy(np) => {
+                if let Some(p) = v.network_policy(np, namespace.unwrap_or_default(), name) {
+                    model.policies.push(p);
+                }
+            }
+            Object::ClusterPolicy(cp) => {
+                if let Some(p) = v.cluster_policy(cp, name) {
+                    model.policies.push(p);
+                }
+            }
+        }
+    }
+    // Pods in namespaces no object describes still have the namespace's own-name label.
+    for pod in &model.pods {
+        model
+            .namespaces
+            .entry(pod.namespace.clone())
+            .or_insert_with(|| {
+                Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), pod.namespace.clone())])
+            });
+    }
+    model
+}
+
+struct Validator<'a> {
+    so: &'a SourceObject,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        let origin = self.so.at(spanned);
+        self.diags.push(Diagnostic::error(origin, message));
+    }
+
+    fn error_whole(&mut self, message: impl Into<String>) {
+        let origin = self.so.whole();
+        self.diags.push(Diagnostic::error(origin, message));
+    }
+
+    /// `(namespace, name)` of the object, checked; `None` after reporting an error.
+    fn identity(&mut self) -> Option<(Option<String>, String)> {
+        let kind = self.so.object.kind();
+        let meta = self.so.object.metadata();
+        let Some(name) = &meta.name else {
+            self.error_whole(format!("{kind}: metadata.name is required"));
+            return None;
+        };
+        let name_ok = match self.so.object {
+            Object::Namespace(_) => selector::is_dns_label(&name.value),
+            _ => selector::is_dns_subdomain(&name.value),
+        };
+        if !name_ok {
+            self.error(
+                name,
+                format!(
+                    "metadata.name {:?}: must be a lowercase RFC 1123 name",
+                    name.value
+                ),
+            );
+            return None;
+        }
+        let namespaced = matches!(self.so.object, Object::Pod(_) | Object::NetworkPolicy(_));
+        let namespace = match (&meta.namespace, namespaced) {
+            (Some(ns), true) => {
+                if !selector::is_dns_label(&ns.value) {
+                    self.error(
+                        ns,
+                        format!(
+                            "metadata.namespace {:?}: must be an RFC 1123 label",
+                            ns.value
+                        ),
+                    );
+                    return None;
+                }
+                Some(ns.value.clone())
+            }
+            (None, true) => Some("default".to_owned()),
+            (Some(ns), false) => {
+                self.error(
+                    ns,
+                    format!("{kind} is cluster-scoped: metadata.namespace is not allowed"),
+                );
+                return None;
+            }
+            (None, false) => None,
+        };
+        Some((namespace, name.value.clone()))
+    }
+
+    fn labels(&mut self) -> Option<Labels> {
+        let meta = self.so.object.metadata();
+        let Some(labels) = &meta.labels else {
+            return Some(Labels::new());
+        };
+        for (k, v) in &labels.value {
+            if let Err(e) = selector::validate_key(k).and_then(|()| selector::validate_value(v)) {
+                self.error(labels, format!("metadata.labels: {e}"));
+                return None;
+            }
+        }
+        Some(labels.value.clone())
+    }
+
+    fn pod(&mut self, pod: &objects::Pod, namespace: String, name: String) -> Option<PodModel> {
+        let labels = self.labels()?;
+        let mut ok = true;
+        let mut ips = Vec::new();
+        let raw_ips: Vec<&Spanned<String>> = if pod.status.pod_ips.is_empty() {
+            pod.status.pod_ip.iter().collect()
+        } else {
+            pod.status.pod_ips.iter().map(|p| &p.ip).collect()
+        };
+        for ip in raw_ips {
+            match ip.value.parse::<IpAddr>() {
+                Ok(addr) if !ips.contains(&addr) => ips.push(addr),
+                Ok(_) => {}
+                Err(_) => {
+                    self.error(
+                        ip,
+                        format!("status.podIP {:?}: not an IP address", ip.value),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let mut ports = Vec::new();
+        for c in pod.spec.containers.iter().chain(&pod.spec.init_containers) {
+            for p in &c.ports {
+                let port = match u16::try_from(p.container_port.value) {
+                    Ok(port) if port != 0 => port,
+                    _ => {
+                        self.error(
+                            &p.container_port,
+                            format!("containerPort {}: must be 1-65535", p.container_port.value),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                };
+                let proto = match &p.protocol {
+                    None => PROTO_TCP,
+                    Some(s) => match protocol(&s.value) {
+                        Some(proto) => proto,
+                        None => {
+                            self.error(
+                                s,
+                                format!("protocol {:?}: must be TCP, UDP or SCTP", s.value),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                    },
+                };
+                if let Some(n) = &p.name {
+                    if let Err(e) = validate_port_name(&n.value) {
+                        self.error(n, e);
+                        ok = false;
+                        continue;
+                    }
+                    ports.push(NamedPort {
+                        name: n.value.clone(),
+                        port,
+                        proto,
+                    });
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        if pod.spec.host_network {
+            // A host-network pod has the node's addresses and identity: nothing to model.
+            return None;
+        }
+        ports.sort();
+        ports.dedup();
+        Some(PodModel {
+            namespace,
+            name,
+            labels,
+            service_account: pod
+                .spec
+                .service_account_name
+                .clone()
+                .or_else(|| pod.spec.service_account.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            node_name: pod.spec.node_name.clone(),
+            ips,
+            ports,
+        })
+    }
+
+    fn selector(&mut self, raw: &Spanned<LabelSelector>, what: &str) -> Option<Selector> {
+        match selector::compile(&raw.value) {
+            Ok(s) => Some(s),
+            Err((index, message)) => {
+                let origin = match index
+                    .and_then(|i| raw.value.match_expressions.as_ref().and_then(|e| e.get(i)))
+                {
+                    Some(expr) => self.so.at(expr),
+                    None => self.so.at(raw),
+                };
+                self.diags
+                    .push(Diagnostic::error(origin, format!("{what}: {message}")));
+                None
+            }
+        }
+    }
+
+    fn mode_annotation(&mut self) -> Option<PolicyMode> {
+        let meta = self.so.object.metadata();
+        match meta.annotations.get(MODE_ANNOTATION).map(String::as_str) {
+            None | Some("enforce") => Some(PolicyMode::Enforce),
+            Some("audit") => Some(PolicyMode::Audit),
+            Some(other) => {
+                self.error_whole(format!(
+                    "annotation {MODE_ANNOTATION}: {other:?} is not enforce or audit"
+                ));
+                None
+            }
+        }
+    }
+
+    fn network_policy(
+        &mut self,
+        np: &objects::NetworkPolicy,
+        namespace: String,
+        name: String,
+    ) -> Option<PolicyModel> {
+        let mode = self.mode_annotation()?;
+        let spec = &np.spec.value;
+        let Some(pod_selector) = &spec.pod_selector else {
+            self.error(
+                &np.spec,
+                "spec.podSelector is required (use {} for every pod)",
+            );
+            return None;
+        };
+        let pods = self.selector(pod_selector, "spec.podSelector")?;
+        let mut ok = true;
+        // policyTypes defaulting: Ingress always, Egress when there is an egress section.
+        let (mut ingress, mut egress) = (false, false);
+        match &spec.policy_types {
+            None => {
+                ingress = true;
+                egress = spec.egress.is_some();
+            }
+            Some(types) => {
+                for t in types {
+                    match t.value.as_str() {
+                        "Ingress" => ingress = true,
+                        "Egress" => egress = true,
+                        other => {
+                            self.error(
+                                t,
+                                format!("policyTypes: {other:?} is not Ingress or Egress"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        if ingress {
+            for (index, rule) in spec.ingress.iter().flatten().enumerate() {
+                let peers = self.np_peers(rule.from.as_deref(), &namespace, &mut ok);
+                let ports = self.ports(rule.ports.as_deref(), &mut ok);
+                rules.push(RuleModel {
+                    direction: Direction::INGRESS,
+                    action: RuleAction::Allow,
+                    index,
+                    peers,
+                    ports,
+                });
+            }
+        }
+        if egress {
+            for (index, rule) in spec.egress.iter().flatten().enumerate() {
+                let peers = self.np_peers(rule.to.as_deref(), &namespace, &mut ok);
+                let ports = self.ports(rule.ports.as_deref(), &mut ok);
+                rules.push(RuleModel {
+                    direction: Direction::EGRESS,
+                    action: RuleAction::Allow,
+                    index,
+                    peers,
+                    ports,
+                });
+            }
+        }
+        ok.then(|| PolicyModel {
+            kind: PolicyKind::NetworkPolicy,
+            namespace: Some(namespace.clone()),
+            name,
+            mode,
+            applies_to: WorkloadMatch {
+                namespaces: NamespaceMatch::Named(namespace),
+                pods,
+                service_accounts: None,
+            },
+            isolate_ingress: ingress,
+            isolate_egress: egress,
+            rules,
+            origin: self.so.whole(),
+        })
+    }
+
+    /// Peers of a NetworkPolicy rule; `None` (absent or empty list) is every peer.
+    fn np_peers(
+        &mut self,
+        raw: Option<&[Spanned<NpPeer>]>,
+        namespace: &str,
+        ok: &mut bool,
+    ) -> Option<Vec<PeerModel>> {
+        let raw = raw.filter(|r| !r.is_empty())?;
+        let mut peers = Vec::new();
+        for peer in raw {
+            let p = &peer.value;
+            let selectors = p.pod_selector.is_some() || p.namespace_selector.is_some();
+            match (&p.ip_block, selectors) {
+                (Some(_), true) => {
+                    self.error(
+                        peer,
+                        "a peer with ipBlock may not also have podSelector or namespaceSelector",
+                    );
+                    *ok = false;
+                }
+                (Some(block), false) => match self.ip_block(block) {
+                    Some(b) => peers.push(PeerModel::Cidr(b)),
+                    None => *ok = false,
+                },
+                (None, false) => {
+                    self.error(
+                        peer,
+                        "a peer needs one of podSelector, namespaceSelector or ipBlock",
+                    );
+                    *ok = false;
+                }
+                (None, true) => {
+                    let pods = match &p.pod_selector {
+                        Some(s) => self.selector(s, "podSelector"),
+                        None => Some(Selector::everything()),
+                    };
+                    let namespaces = match &p.namespace_selector {
+                        Some(s) => self
+                            .selector(s, "namespaceSelector")
+                            .map(NamespaceMatch::Selector),
+                        None => Some(NamespaceMatch::Named(namespace.to_owned())),
+                    };
+                    match (pods, namespaces) {
+                        (Some(pods), Some(namespaces)) => {
+                            peers.push(PeerModel::Workloads(WorkloadMatch {
+                                namespaces,
+                                pods,
+                                service_accounts: None,
+                            }))
+                        }
+                        _ => *ok = false,
+                    }
+                }
+            }
+        }
+        Some(peers)
+    }
+
+    fn ip_block(&mut self, block: &objects::IpBlock) -> Option<CidrBlock> {
+        let net = self.cidr(&block.cidr, "ipBlock.cidr")?;
+        let mut except = Vec::new();
+        for e in block.except.iter().flatten() {
+            let ex = self.cidr(e, "ipBlock.except")?;
+            if !(net.contains(&ex) && ex.prefix_len() > net.prefix_len()) {
+                self.error(
+                    e,
+                    format!(
+                        "ipBlock.except {}: must be a strict subset of cidr {net}",
+                        e.value
+                    ),
+                );
+                return None;
+            }
+            except.push(ex);
+        }
+        except.sort();
+        except.dedup();
+        Some(CidrBlock { net, except })
+    }
+
+    fn cidr(&mut self, raw: &Spanned<String>, what: &str) -> Option<IpNet> {
+        match raw.value.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                self.error(
+                    raw,
+                    format!("{what} {:?}: not a CIDR (address/prefix-length)", raw.value),
+                );
+                None
+            }
+        }
+    }
+
+    /// Ports of a rule; `None` (absent or empty list) is every protocol and port.
+    fn ports(
+        &mut self,
+        raw: Option<&[Spanned<PortEntry>]>,
+        ok: &mut bool,
+    ) -> Option<Vec<PortModel>> {
+        let raw = raw.filter(|r| !r.is_empty())?;
+        let mut ports = Vec::new();
+        for entry in raw {
+            match self.port(entry) {
+                Some(p) => ports.push(p),
+                None => *ok = false,
+            }
+        }
+        Some(ports)
+    }
+
+    fn port(&mut self, entry: &Spanned<PortEntry>) -> Option<PortModel> {
+        let e = &entry.value;
+        let proto = match &e.protocol {
+            None => PROTO_TCP,
+            Some(p) => match protocol(&p.value) {
+                Some(proto) => proto,
+                None => {
+                    self.error(
+                        p,
+                        format!("protocol {:?}: must be TCP, UDP or SCTP", p.value),
+                    );
+                    return None;
+                }
+            },
+        };
+        let port = match &e.port {
+            None => {
+                if let Some(end) = &e.end_port {
+                    self.error(end, "endPort needs a numeric port");
+                    return None;
+                }
+                PortMatch::All
+            }
+            Some(p) => match &p.value {
+                IntOrString::Int(n) => {
+                    let Some(start) = u16::try_from(*n).ok().filter(|v| *v != 0) else {
+                        self.error(p, format!("port {n}: must be 1-65535"));
+                        return None;
+                    };
+                    match &e.end_port {
+                        None => PortMatch::Range(start, start),
+                        Some(end) => {
+                            let Some(stop) = u16::try_from(end.value).ok().filter(|v| *v != 0)
+                            else {
+                                self.error(end, format!("endPort {}: must be 1-65535", end.value));
+                                return None;
+                            };
+                            if stop < start {
+                                self.error(
+                                    end,
+                                    format!("endPort {stop} is less than port {start}"),
+                                );
+                                return None;
+                            }
+                            PortMatch::Range(start, stop)
+                        }
+                    }
+                }
+                IntOrString::String(name) => {
+                    if let Err(e) = validate_port_name(name) {
+                        self.error(p, e);
+                        return None;
+                    }
+                    if let Some(end) = &e.end_port {
+                        self.error(end, "endPort may not be used with a named port");
+                        return None;
+                    }
+                    PortMatch::Named(name.clone())
+                }
+            },
+        };
+        Some(PortModel { proto, port })
+    }
+
+    fn cluster_policy(&mut self, cp: &objects::ClusterPolicy, name: String) -> Option<PolicyModel> {
+        let spec = &cp.spec;
+        let mut ok = true;
+        let applies_to = match &spec.applies_to {
+            None => Some(WorkloadMatch::everything()),
+            Some(sel) => self.workloads(
+                sel.namespace_selector.as_ref(),
+                sel.pod_selector.as_ref(),
+                sel.service_accounts.as_deref(),
+                "appliesTo",
+            ),
+        };
+        let types = spec.default_deny.clone().unwrap_or_default();
+        let mut rules = Vec::new();
+        for (index, rule) in spec.ingress.iter().flatten().enumerate() {
+            let peers = self.cluster_peers(rule.from.as_deref(), &mut ok);
+            let ports = self.ports(rule.ports.as_deref(), &mut ok);
+            rules.push(RuleModel {
+                direction: Direction::INGRESS,
+                action: rule.action,
+                index,
+                peers,
+                ports,
+            });
+        }
+        for (index, rule) in spec.egress.iter().flatten().enumerate() {
+            let peers = self.cluster_peers(rule.to.as_deref(), &mut ok);
+            let ports = self.ports(rule.ports.as_deref(), &mut ok);
+            rules.push(RuleModel {
+                direction: Direction::EGRESS,
+                action: rule.action,
+                index,
+                peers,
+                ports,
+            });
+        }
+        let applies_to = applies_to?;
+        ok.then(|| PolicyModel {
+            kind: PolicyKind::ClusterPolicy,
+            namespace: None,
+            name,
+            mode: spec.mode,
+            applies_to,
+            isolate_ingress: types.contains(&PolicyType::Ingress),
+            isolate_egress: types.contains(&PolicyType::Egress),
+            rules,
+            origin: self.so.whole(),
+        })
+    }
+
+    fn workloads(
+        &mut self,
+        namespaces: Option<&Spanned<LabelSelector>>,
+        pods: Option<&Spanned<LabelSelector>>,
+        service_accounts: Option<&[Spanned<String>]>,
+        what: &str,
+    ) -> Option<WorkloadMatch> {
+        let namespaces = match namespaces {
+            Some(s) => {
+                NamespaceMatch::Selector(self.selector(s, &format!("{what}.namespaceSelector"))?)
+            }
+            None => NamespaceMatch::Selector(Selector::everything()),
+        };
+        let pods = match pods {
+            Some(s) => self.selector(s, &format!("{what}.podSelector"))?,
+            None => Selector::everything(),
+        };
+        let service_accounts = match service_accounts {
+            None => None,
+            Some(list) => {
+                let mut refs = Vec::new();
+                for sa in list {
+                    let (ns, name) = match sa.value.split_once('/') {
+                        Some((ns, name)) => (Some(ns), name),
+                        None => (None, sa.value.as_str()),
+                    };
+                    let valid =
+                        ns.is_none_or(selector::is_dns_label) && selector::is_dns_subdomain(name);
+                    if !valid {
+                        self.error(
+                            sa,
+                            format!(
+                                "{what}.serviceAccounts: {:?} is not `name` or `namespace/name`",
+                                sa.value
+                            ),
+                        );
+                        return None;
+                    }
+                    refs.push(ServiceAccountRef {
+                        namespace: ns.map(str::to_owned),
+                        name: name.to_owned(),
+                    });
+                }
+                refs.sort();
+                Some(refs)
+            }
+        };
+        Some(WorkloadMatch {
+            namespaces,
+            pods,
+            service_accounts,
+        })
+    }
+
+    fn cluster_peers(
+        &mut self,
+        raw: Option<&[Spanned<ClusterPeer>]>,
+        ok: &mut bool,
+    ) -> Option<Vec<PeerModel>> {
+        let raw = raw.filter(|r| !r.is_empty())?;
+        let mut peers = Vec::new();
+        for peer in raw {
+            let p = &peer.value;
+            let workloads = p.namespace_selector.is_some()
+                || p.pod_selector.is_some()
+                || p.service_accounts.is_some();
+            let kinds = usize::from(workloads)
+                + usize::from(p.ip_block.is_some())
+                + usize::from(p.entities.is_some());
+            if kinds != 1 {
+                self.error(
+                    peer,
+                    "a peer needs exactly one of: workload selectors (namespaceSelector, podSelector, serviceAccounts), ipBlock, entities",
+                );
+                *ok = false;
+                continue;
+            }
+            let model = if let Some(block) = &p.ip_block {
+                self.ip_block(block).map(PeerModel::Cidr)
+            } else if let Some(entities) = &p.entities {
+                Some(PeerModel::Entities(
+                    entities
+                        .iter()
+                        .map(|e| match e {
+                            Entity::World => EntityKind::World,
+                            Entity::Cluster => EntityKind::Cluster,
+                            Entity::Host => EntityKind::Host,
+                            Entity::RemoteNode => EntityKind::RemoteNode,
+                            Entity::All => EntityKind::All,
+                        })
+                        .collect(),
+                ))
+            } else {
+                self.workloads(
+                    p.namespace_selector.as_ref(),
+                    p.pod_selector.as_ref(),
+                    p.service_accounts.as_deref(),
+                    "peer",
+                )
+                .map(PeerModel::Workloads)
+            };
+            match model {
+                Some(m) => peers.push(m),
+                None => *ok = false,
+            }
+        }
+        Some(peers)
+    }
+}
+
+/// `TCP`, `UDP` or `SCTP` (as Kubernetes spells them) to an IP protocol number.
+pub fn protocol(name: &str) -> Option<u8> {
+    match name {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        "SCTP" => Some(PROTO_SCTP),
+        _ => None,
+    }
+}
+
+/// A port name (IANA service name): 1-15 lowercase letters, digits and `-`, at least one letter,
+/// no `-` at either end or twice in a row.
+pub fn validate_port_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--");
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "port name {name:?}: must be 1-15 lowercase letters, digits and '-', with a letter, no '-' at an end or twice in a row"
+        ))
+    }
+}

@@ -1,0 +1,422 @@
+//! Reads policy files: YAML (multi-document) or JSON, each document one Kubernetes object.
+//! Every problem becomes a [`Diagnostic`] with the file, line and column; nothing here panics on
+//! input.
+//!
+//! A stream is split into documents at `---` / `...` lines before parsing, because the type of a
+//! document (its `kind`) must be known before it can be read with positions kept (serde-saphyr's
+//! `Spanned`); each document is then read twice, once for `apiVersion`/`kind` and once as its
+//! kind, and its positions are shifted back to the file's lines.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::{Location, Spanned};
+
+use super::diag::{Diagnostic, Origin, Pos};
+use super::objects::{self, TypeMeta};
+
+/// Largest policy file read (bigger files are an error, not an allocation).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One object read from a file.
+#[derive(Debug)]
+pub enum Object {
+    Namespace(objects::Namespace),
+    Pod(Box<objects::Pod>),
+    NetworkPolicy(objects::NetworkPolicy),
+    ClusterPolicy(objects::ClusterPolicy),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace(_) => "Namespace",
+            Object::Pod(_) => "Pod",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::ClusterPolicy(_) => "ClusterPolicy",
+        }
+    }
+
+    pub fn metadata(&self) -> &objects::ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::ClusterPolicy(o) => &o.metadata,
+        }
+    }
+}
+
+/// An object and where it was read.
+#[derive(Debug)]
+pub struct SourceObject {
+    pub object: Object,
+    pub file: PathBuf,
+    /// Lines of the file before the object's document (positions inside are relative to it).
+    pub line_offset: u64,
+    /// Where the document starts.
+    pub start: Pos,
+}
+
+impl SourceObject {
+    /// The file position of a location inside this object.
+    pub fn origin(&self, loc: &Location) -> Origin {
+        Origin::new(&self.file, self.pos(loc))
+    }
+
+    pub fn pos(&self, loc: &Location) -> Pos {
+        if loc.line() == 0 {
+            return self.start;
+        }
+        Pos {
+            line: loc.line() + self.line_offset,
+            col: loc.column(),
+        }
+    }
+
+    /// The position of a spanned value inside this object.
+    pub fn at<T>(&self, spanned: &Spanned<T>) -> Origin {
+        self.origin(&spanned.referenced)
+    }
+
+    /// (kind, namespace, name): what makes two objects the same object.
+    pub fn key(&self) -> (&'static str, Option<String>, Option<String>) {
+        let meta = self.object.metadata();
+        (
+            self.object.kind(),
+            meta.namespace.as_ref().map(|n| n.value.clone()),
+            meta.name.as_ref().map(|n| n.value.clone()),
+        )
+    }
+
+    /// The document as a whole.
+    pub fn whole(&self) -> Origin {
+        Origin::new(&self.file, self.start)
+    }
+}
+
+/// Objects read and what was wrong.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub objects: Vec<SourceObject>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The files read and the SHA-256 (hex) of their contents.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+impl Read {
+    fn merge(&mut self, other: Read) {
+        self.objects.extend(other.objects);
+        self.diagnostics.extend(other.diagnostics);
+        self.files.extend(other.files);
+    }
+}
+
+/// Whether a file name is a policy file of a directory (`*.yaml`, `*.yml`, `*.json`; hidden
+/// files, such as an editor's or a writer's temporary file, are not).
+pub fn is_policy_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') {
+        return false;
+    }
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// The policy files of `dir`, sorted by name (not recursive).
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Diagnostic::error(
+            Origin::new(dir, Pos::default()),
+            format!("cannot read: {e}"),
+        )
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            Diagnostic::error(
+                Origin::new(dir, Pos::default()),
+                format!("cannot read: {e}"),
+            )
+        })?;
+        let path = entry.path();
+        if is_policy_file(&path) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every policy file of `dir`.
+pub fn read_dir(dir: &Path) -> Read {
+    match policy_files(dir) {
+        Ok(files) => read_files(&files),
+        Err(d) => Read {
+            objects: Vec::new(),
+            diagnostics: vec![d],
+            files: Vec::new(),
+        },
+    }
+}
+
+/// Reads the given files.
+pub fn read_files(files: &[PathBuf]) -> Read {
+    let mut read = Read::default();
+    for file in files {
+        read.merge(read_file(file));
+    }
+    read
+}
+
+/// Reads one file.
+pub fn read_file(file: &Path) -> Read {
+    let whole = Origin::new(file, Pos::default());
+    let text = match std::fs::metadata(file) {
+        Ok(meta) if meta.len() > MAX_FILE_BYTES => Err(format!(
+            "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+            meta.len()
+        )),
+        Ok(_) => std::fs::read(file).map_err(|e| format!("cannot read: {e}")),
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
+    .and_then(|bytes| String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}")));
+    match text {
+        Ok(text) => {
+            let mut read = parse_str(file, &text);
+            read.files
+                .push((file.to_owned(), sha256_hex(text.as_bytes())));
+            read
+        }
+        Err(message) => Read {
+            objects: Vec::new(),
+            diagnostics: vec![Diagnostic::error(whole, message)],
+            files: Vec::new(),
+        },
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Parses the text of a file (YAML stream or JSON document) named `file` in diagnostics.
+pub fn parse_str(file: &Path, text: &str) -> Read {
+    let mut read = Read::default();
+    for doc in split_documents(text) {
+        match parse_document(file, &doc) {
+            Ok(Some(object)) => read.objects.push(object),
+            Ok(None) => {}
+            Err(d) => read.diagnostics.push(d),
+        }
+    }
+    read
+}
+
+/// One document of a stream: its text, and the number of lines before it.
+#[derive(Debug)]
+struct Document {
+    text: String,
+    line_offset: u64,
+}
+
+/// Splits a YAML stream at its document markers (`---` and `...` at the start of a line). A
+/// marker's line is blanked, not removed, so columns and line counts stay as in the file; content
+/// after `---` on the same line stays in the document.
+fn split_documents(text: &str) -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut offset = 0u64;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker = |m: &str| {
+            line.strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+        };
+        if is_marker("---") || is_marker("...") {
+            docs.push(Document {
+                text: std::mem::take(&mut current),
+                line_offset: offset,
+            });
+            offset = index as u64;
+            if is_marker("---") {
+                // Keep what follows the marker (`--- {a: 1}`), at its column.
+                current.push_str("   ");
+                current.push_str(&line[3..]);
+            } else {
+                current.push('\n');
+            }
+            continue;
+        }
+        current.push_str(line);
+    }
+    docs.push(Document {
+        text: current,
+        line_offset: offset,
+    });
+    docs.retain(|d| has_content(&d.text));
+    docs
+}
+
+/// Whether a document holds anything but blanks and comments.
+fn has_content(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && !t.starts_with('%')
+    })
+}
+
+fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, Diagnostic> {
+    let first_line = doc
+        .text
+        .lines()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .unwrap_or(0) as u64;
+    let start = Pos {
+        line: doc.line_offset + first_line + 1,
+        col: 1,
+    };
+    let start_origin = Origin::new(file, start);
+    let meta: TypeMeta = parse(file, doc, &doc.text)?;
+    let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
+        return Err(Diagnostic::error(
+            start_origin,
+            "document has no apiVersion or no kind",
+        ));
+    };
+    let object = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => Object::Namespace(parse(file, doc, &doc.text)?),
+        ("v1", "Pod") => Object::Pod(Box::new(parse(file, doc, &doc.text)?)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            Object::NetworkPolicy(parse(file, doc, &doc.text)?)
+        }
+        ("rampart.dev/v1alpha1", "ClusterPolicy") => {
+            Object::ClusterPolicy(parse(file, doc, &doc.text)?)
+        }
+        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy") => {
+            return Err(Diagnostic::error(
+                start_origin,
+                format!("{kind}: unsupported apiVersion {api_version:?}"),
+            ));
+        }
+        _ => {
+            return Err(Diagnostic::warning(
+                start_origin,
+                format!("unknown kind {kind} (apiVersion {api_version}): ignored"),
+            ));
+        }
+    };
+    Ok(Some(SourceObject {
+        object,
+        file: file.to_owned(),
+        line_offset: doc.line_offset,
+        start,
+    }))
+}
+
+fn parse<T: DeserializeOwned>(file: &Path, doc: &Document, text: &str) -> Result<T, Diagnostic> {
+    // YAML 1.2 core booleans: `y`, `no`, `on` are strings (a namespace called `y` stays one).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
+        let e = e.without_snippet();
+        let pos = match e.location() {
+            Some(loc) if loc.line() > 0 => Pos {
+                line: loc.line() + doc.line_offset,
+                col: loc.column(),
+            },
+            _ => Pos {
+                line: doc.line_offset + 1,
+                col: 1,
+            },
+        };
+        Diagnostic::error(Origin::new(file, pos), error_message(e))
+    })
+}
+
+/// The message of a parser error, without the position it appends (reported separately).
+fn error_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    text.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Read {
+        parse_str(Path::new("p.yaml"), text)
+    }
+
+    #[test]
+    fn splits_documents_and_keeps_lines() {
+        let read = parse(
+            "# header\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: b\n  bogus: 1\n",
+        );
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+        assert_eq!(read.objects[0].start.line, 2);
+        assert_eq!(read.diagnostics.len(), 1);
+        let d = &read.diagnostics[0];
+        assert_eq!(d.origin.pos.line, 12, "{d}");
+        assert_eq!(d.origin.pos.col, 3, "{d}");
+        assert!(d.message.contains("bogus"), "{d}");
+    }
+
+    #[test]
+    fn unknown_kinds_are_warnings() {
+        let read = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n");
+        assert!(read.objects.is_empty());
+        assert_eq!(read.diagnostics.len(), 1);
+        assert!(!read.diagnostics[0].is_error());
+        assert_eq!(
+            read.diagnostics[0].to_string(),
+            "p.yaml:1:1: warning: unknown kind Deployment (apiVersion apps/v1): ignored"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let read = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: [\n");
+        assert_eq!(read.diagnostics.len(), 1);
+        assert!(read.diagnostics[0].is_error());
+        assert!(
+            read.diagnostics[0].origin.pos.line >= 3,
+            "{}",
+            read.diagnostics[0]
+        );
+    }
+
+    #[test]
+    fn json_documents_read() {
+        let read = parse(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "j"}}"#);
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+    }
+
+    #[test]
+    fn content_after_the_marker_stays() {
+        let read = parse("--- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n");
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+    }
+
+    #[test]
+    fn policy_file_names() {
+        assert!(is_policy_file(Path::new("/d/a.yaml")));
+        assert!(is_policy_file(Path::new("/d/a.json")));
+        assert!(!is_policy_file(Path::new("/d/.a.yaml")));
+        assert!(!is_policy_file(Path::new("/d/a.yaml.tmp")));
+    }
+}

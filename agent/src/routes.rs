@@ -1,0 +1,114 @@
+//! Finds the node-side interface of each local pod from the node's routes: a pod on this node is
+//! reached through a host route (`/32` or `/128`, no gateway) on its veth, as Calico and Cilium's
+//! routed mode set them up.
+//!
+//! Read from `/proc/net/route` and `/proc/net/ipv6_route` (the kernel's stable text view of the
+//! main table, in the agent's network namespace) rather than netlink: a one-shot read of a few
+//! lines does not justify an async netlink stack.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An interface a host route points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub ifindex: u32,
+    pub interface: String,
+}
+
+/// Host routes of the main table: address → the interface it is routed to.
+pub fn host_routes() -> std::io::Result<BTreeMap<IpAddr, RouteTarget>> {
+    let mut out = BTreeMap::new();
+    let v4 = std::fs::read_to_string("/proc/net/route")?;
+    for (addr, iface) in parse_ipv4(&v4) {
+        insert(&mut out, IpAddr::V4(addr), iface);
+    }
+    // IPv6 may be disabled: no file, no IPv6 routes.
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for (addr, iface) in parse_ipv6(&v6) {
+            insert(&mut out, IpAddr::V6(addr), iface);
+        }
+    }
+    Ok(out)
+}
+
+fn insert(out: &mut BTreeMap<IpAddr, RouteTarget>, addr: IpAddr, interface: String) {
+    let Ok(cname) = std::ffi::CString::new(interface.as_str()) else {
+        return;
+    };
+    // SAFETY: if_nametoindex reads a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex != 0 {
+        out.entry(addr)
+            .or_insert(RouteTarget { ifindex, interface });
+    }
+}
+
+const RTF_UP: u32 = 0x1;
+const RTF_GATEWAY: u32 = 0x2;
+
+/// `/proc/net/route`: `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`, addresses
+/// as the hex of the in-memory (network order) word printed as a host-order integer.
+fn parse_ipv4(text: &str) -> Vec<(Ipv4Addr, String)> {
+    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_le_bytes);
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (iface, dest, flags, mask) =
+                (*f.first()?, word(f.get(1)?)?, f.get(3)?, word(f.get(7)?)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let host = mask == [0xff; 4] && flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0;
+            (host && iface != "lo").then(|| (Ipv4Addr::from(dest), iface.to_owned()))
+        })
+        .collect()
+}
+
+/// `/proc/net/ipv6_route`: `dest plen src splen nexthop metric refcnt use flags iface`.
+fn parse_ipv6(text: &str) -> Vec<(Ipv6Addr, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dest = u128::from_str_radix(f.first()?, 16).ok()?;
+            let plen = u8::from_str_radix(f.get(1)?, 16).ok()?;
+            let next_hop = u128::from_str_radix(f.get(4)?, 16).ok()?;
+            let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
+            let iface = *f.get(9)?;
+            let host =
+                plen == 128 && next_hop == 0 && flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0;
+            (host && iface != "lo").then(|| (Ipv6Addr::from(dest), iface.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_host_routes() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            rpv1\t0A01F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+            uplink\t00C8A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            uplink\t0002F40A\t02C8A8C0\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            uplink\t0B02F40A\t02C8A8C0\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_ipv4(text),
+            vec![(Ipv4Addr::new(10, 244, 1, 10), "rpv1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn ipv6_host_routes() {
+        let text = "fd00000000000000000000000af4010a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     rpv1\n\
+            fd00000000000000000000000af4010a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo\n\
+            fd00ffff000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001   uplink\n";
+        assert_eq!(
+            parse_ipv6(text),
+            vec![(
+                "fd00::af4:10a".parse::<Ipv6Addr>().expect("addr"),
+                "rpv1".to_owned()
+            )]
+        );
+    }
+}
