@@ -213,6 +213,7 @@ impl Controller {
             }
         }
         self.routes = routes;
+        let (endpoints, rules) = (compiled.endpoints.len(), compiled.rule_count);
         let generation = {
             let mut status = lock(&self.state.policy);
             status.generation += 1;
@@ -226,12 +227,7 @@ impl Controller {
         *lock(&self.state.attachments) = self.datapath.attachments().to_vec();
         *lock(&self.state.compiled) = Some(Arc::new(compiled));
         self.state.ready.store(true, Ordering::SeqCst);
-        tracing::info!(
-            generation,
-            endpoints = lock(&self.state.policy).endpoints,
-            rules = lock(&self.state.policy).rules,
-            "policy in force"
-        );
+        tracing::info!(generation, endpoints, rules, "policy in force");
         Ok(generation)
     }
 

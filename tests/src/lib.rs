@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod metrics;
 pub mod netns;
 pub mod netpol_cases;
+pub mod netpol_runner;
 pub mod packet;
 pub mod probe;
 pub mod server;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_ebpf;
+mod conformance;
 mod demo;
 mod process;
 mod setup;
@@ -26,6 +27,8 @@ enum Task {
     Test(test::TestArgs),
     /// Build, start a small node/pod topology with the agent, show what it sees, clean up.
     Demo,
+    /// Run a conformance suite against the real agent; ends with `N passed, M failed`. Needs root.
+    Conformance(conformance::ConformanceArgs),
     /// Run benchmark suites (ratios to baselines run side by side). Needs root.
     Bench(bench::BenchArgs),
 }
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Conformance(args) => conformance::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

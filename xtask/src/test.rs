@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every check the project has, in tiers, stopping at the first failure:
 //! setup → formatting → clippy (host crates, then the kernel crate for its real target) →
 //! cargo-deny (licences, bans, sources) → build
-//! the agent → unit tests and privileged kernel tests (network namespaces, real programs).
+//! the agent → unit tests and privileged kernel tests (network namespaces, real programs) →
+//! the NetworkPolicy conformance suite against the real agent.
 //!
 //! Privileged tests need root; they fail (never skip) without it.
 
@@ -49,7 +50,13 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     }
     let result = exec(&mut test);
     sweep()?;
-    result
+    result?;
+    if args.filter.is_none() {
+        // The public NetworkPolicy conformance cases, against the real agent.
+        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, bin)?;
+        sweep()?;
+    }
+    Ok(())
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
@@ -119,7 +126,7 @@ fn xtask_builds_without_the_ebpf_toolchain() -> anyhow::Result<()> {
 }
 
 /// Removes network namespaces left by killed runs of the tests or the demo.
-fn sweep() -> anyhow::Result<()> {
+pub fn sweep() -> anyhow::Result<()> {
     for prefix in [
         rampart_tests::netns::TEST_PREFIX,
         rampart_tests::netns::DEMO_PREFIX,

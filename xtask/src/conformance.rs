@@ -1,0 +1,71 @@
+//! `cargo xtask conformance <suite> [--cases FILE]`: runs a conformance suite against the real
+//! agent and prints each case's result, ending with `N passed, M failed` (probes).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+
+use crate::process::{cargo, exec, workspace_root};
+use crate::setup;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Suite {
+    /// Kubernetes NetworkPolicy reachability (`netpol-reachability/v1`).
+    Netpol,
+}
+
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// A cases file in the suite's format (default: the public cases kept in the repository).
+    #[arg(long, value_name = "FILE")]
+    pub cases: Option<PathBuf>,
+}
+
+pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
+    setup::run(&setup::SetupArgs { check: false })?;
+    rampart_tests::require_root();
+    exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
+    let bin = workspace_root().join("target/debug/rampart");
+    run_built(args.suite, args.cases.clone(), bin)
+}
+
+/// Runs the suite with an agent binary already built (`cargo xtask test` builds it once).
+pub fn run_built(suite: Suite, cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+    match suite {
+        Suite::Netpol => netpol(cases, bin),
+    }
+}
+
+fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+    let path =
+        cases.unwrap_or_else(|| workspace_root().join(rampart_tests::netpol_cases::DEFAULT_CASES));
+    let file = rampart_tests::netpol_cases::load(&path)?;
+    // SAFETY: set before any thread of ours reads the environment (the runner starts later).
+    unsafe { std::env::set_var("RAMPART_BIN", &bin) };
+    crate::test::sweep()?;
+    let work_dir = std::env::temp_dir().join("rampart-conformance");
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    println!(
+        "netpol conformance: {} cases from {}",
+        file.cases.len(),
+        path.display()
+    );
+    let score = rampart_tests::netpol_runner::run(
+        &file.cases,
+        rampart_tests::netns::TEST_PREFIX,
+        &work_dir,
+    )?;
+    println!("{} passed, {} failed", score.passed, score.failed);
+    if score.failed > 0 {
+        bail!(
+            "{} of {} cases failed",
+            score.cases_failed,
+            file.cases.len()
+        );
+    }
+    Ok(())
+}
