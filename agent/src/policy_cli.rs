@@ -63,7 +63,7 @@ pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
                 println!("warning: {w}");
             }
             println!(
-                "ok: {} file(s), {objects} object(s), {} namespace(s), {} pod(s), {} policie(s), {} identities, {} rules",
+                "ok: {} file(s), {objects} object(s), {} namespace(s), {} pod(s), {} policies, {} identities, {} rules",
                 files.len(),
                 checked.model.namespaces.len(),
                 checked.model.pods.len(),

@@ -92,8 +92,17 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
         for (bits, prefix) in rule_prefixes(rule) {
             slot.entry((bits, prefix))
                 .and_modify(|have| {
+                    let allow = |e: &PolicyEntry| {
+                        e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0
+                    };
+                    let had_allow = allow(have) || have.flags & PolicyEntryFlags::ALLOW_UNDER != 0;
                     if outranks(&entry, have) {
                         *have = entry;
+                    }
+                    let audited_deny = have.verdict == Verdict::DENY.0
+                        && have.flags & PolicyEntryFlags::AUDIT != 0;
+                    if audited_deny && (had_allow || allow(&entry)) {
+                        have.flags |= PolicyEntryFlags::ALLOW_UNDER;
                     }
                 })
                 .or_insert(entry);
@@ -108,9 +117,21 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
             .filter(|(_, e)| e.verdict == Verdict::DENY.0)
             .map(|(k, e)| (k.0, k.1, e.flags & PolicyEntryFlags::AUDIT == 0))
             .collect();
-        for ((bits, prefix), entry) in entries {
+        let allows: Vec<(u32, u32)> = entries
+            .iter()
+            .filter(|(_, e)| e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0)
+            .map(|(k, _)| *k)
+            .collect();
+        for ((bits, prefix), mut entry) in entries {
             let audited_deny =
                 entry.verdict == Verdict::DENY.0 && entry.flags & PolicyEntryFlags::AUDIT != 0;
+            if audited_deny
+                && allows
+                    .iter()
+                    .any(|&(abits, aprefix)| aprefix <= prefix && covers(abits, aprefix, bits))
+            {
+                entry.flags |= PolicyEntryFlags::ALLOW_UNDER;
+            }
             let shadowed = (entry.verdict != Verdict::DENY.0 || audited_deny)
                 && denies.iter().any(|&(dbits, dprefix, enforced)| {
                     dprefix < prefix && covers(dbits, dprefix, bits) && (enforced || !audited_deny)
@@ -346,7 +367,11 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].entry.verdict, out[0].entry.flags),
-            (Verdict::DENY.0, PolicyEntryFlags::AUDIT)
+            (
+                Verdict::DENY.0,
+                PolicyEntryFlags::AUDIT | PolicyEntryFlags::ALLOW_UNDER
+            ),
+            "an audited deny over an allow remembers the allow"
         );
     }
 

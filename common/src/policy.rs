@@ -110,6 +110,10 @@ pub struct PolicyEntryFlags;
 impl PolicyEntryFlags {
     /// A `DENY` from this entry is counted and audited, not enforced.
     pub const AUDIT: u8 = 1 << 0;
+    /// On an audited `DENY`: an allow of the same space covers this key too (the trie keeps one
+    /// entry per prefix, so the allow is not seen beside it). Without it, an audited deny does
+    /// not let through what isolation drops.
+    pub const ALLOW_UNDER: u8 = 1 << 1;
 }
 
 #[cfg(feature = "user")]

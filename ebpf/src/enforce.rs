@@ -519,8 +519,9 @@ fn evaluate(
         generation,
         &PolicyKey::new(ep.endpoint_id, Identity::ANY.0, dir.0, proto, port),
     );
-    // A deny from either lookup wins, an enforced one before an audited one; then an
-    // allow/redirect, the specific identity's first.
+    // An enforced deny from either lookup wins; then an allow/redirect (the specific identity's
+    // first), which an audited deny turns into an audit record; with no allow, isolation
+    // decides, and an audited deny is recorded only where the flow would pass anyway.
     let enforced =
         |e: &PolicyEntry| e.verdict == Verdict::DENY.0 && e.flags & PolicyEntryFlags::AUDIT == 0;
     if enforced(&specific) {
@@ -529,21 +530,31 @@ fn evaluate(
     if enforced(&any) {
         return deny_rule(&any);
     }
-    if specific.verdict == Verdict::DENY.0 {
-        return deny_rule(&specific);
-    }
-    if any.verdict == Verdict::DENY.0 {
-        return deny_rule(&any);
-    }
+    let audit_deny = if specific.verdict == Verdict::DENY.0 {
+        Some(specific)
+    } else if any.verdict == Verdict::DENY.0 {
+        Some(any)
+    } else {
+        None
+    };
+    let mut allow: Option<PolicyEntry> = None;
     for e in [&specific, &any] {
-        if e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0 {
-            return Decision {
-                verdict: Verdict(e.verdict),
-                cookie: e.cookie,
-                reason: DropReason::NONE,
-                audit: false,
-            };
+        if allow.is_none() && (e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0) {
+            allow = Some(*e);
         }
+    }
+    if let Some(d) = &audit_deny
+        && (allow.is_some() || d.flags & PolicyEntryFlags::ALLOW_UNDER != 0)
+    {
+        return deny_rule(d);
+    }
+    if let Some(e) = allow {
+        return Decision {
+            verdict: Verdict(e.verdict),
+            cookie: e.cookie,
+            reason: DropReason::NONE,
+            audit: false,
+        };
     }
     let (isolated, audited) = if dir == Direction::INGRESS {
         (
@@ -556,13 +567,16 @@ fn evaluate(
             ep.flags & EndpointFlags::AUDIT_EGRESS != 0,
         )
     };
-    if isolated {
+    if isolated && !(audited && audit_deny.is_some()) {
         Decision {
             verdict: Verdict::DENY,
             cookie: 0,
             reason: DropReason::POLICY_DENIED,
             audit: audited,
         }
+    } else if let Some(d) = &audit_deny {
+        // Would pass (not isolated, or isolation only audited): the audited deny is recorded.
+        deny_rule(d)
     } else {
         Decision {
             verdict: Verdict::ALLOW,

@@ -409,9 +409,28 @@ fn tracked_flows_and_replies_pass() {
 #[test]
 fn audit_entries_count_and_pass() {
     let mut f = Fixture::new();
+    // An audited deny never opens what isolation drops: A's egress is isolated and nothing
+    // allows tcp/9000, so the flow is dropped as policy_denied.
+    let before = f.drops(DropReason::POLICY_DENIED, Direction::EGRESS);
+    let ret = f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40199, 9000, SYN)));
+    assert_eq!(ret, XDP_DROP, "an audited deny does not override isolation");
+    assert_eq!(
+        f.drops(DropReason::POLICY_DENIED, Direction::EGRESS),
+        before + 1
+    );
+    // With an allow beneath it, the audited deny passes the flow and records it as audited.
+    let mut allowed = rules();
+    allowed.push(PolicyRule {
+        cookie: 31,
+        proto: Some(TCP),
+        ports: Some(8000..=9999),
+        ..PolicyRule::allow(EP, Identity(ID_B), Direction::EGRESS)
+    });
+    f.dp.apply(&state(&allowed))
+        .expect("apply allow under the audited deny");
     let before = f.audited(DropReason::POLICY_DENY_RULE, Direction::EGRESS);
     let ret = f.run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40200, 9000, SYN)));
-    assert_eq!(ret, XDP_PASS, "an audited deny passes");
+    assert_eq!(ret, XDP_PASS, "an audited deny over an allow passes");
     assert_eq!(
         f.audited(DropReason::POLICY_DENY_RULE, Direction::EGRESS),
         before + 1

@@ -960,24 +960,36 @@ mod tests {
         let e = one_error(&np(
             "  podSelector: {}\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.168.0.0/16]\n",
         ));
-        assert!(e.starts_with("12:18: ") && e.contains("strict subset"), "{e}");
+        assert!(
+            e.starts_with("12:18: ") && e.contains("strict subset"),
+            "{e}"
+        );
     }
 
     #[test]
     fn port_bounds() {
-        let e = one_error(&np("  podSelector: {}\n  ingress:\n  - ports:\n    - port: 0\n"));
+        let e = one_error(&np(
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: 0\n",
+        ));
         assert!(e.starts_with("10:13: ") && e.contains("1-65535"), "{e}");
-        let e = one_error(&np("  podSelector: {}\n  ingress:\n  - ports:\n    - port: 65536\n"));
+        let e = one_error(&np(
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: 65536\n",
+        ));
         assert!(e.contains("1-65535"), "{e}");
         let e = one_error(&np(
             "  podSelector: {}\n  ingress:\n  - ports:\n    - port: 90\n      endPort: 80\n",
         ));
-        assert!(e.starts_with("11:16: ") && e.contains("less than port 90"), "{e}");
+        assert!(
+            e.starts_with("11:16: ") && e.contains("less than port 90"),
+            "{e}"
+        );
         let e = one_error(&np(
             "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: http, endPort: 80}\n",
         ));
         assert!(e.contains("named port"), "{e}");
-        let e = one_error(&np("  podSelector: {}\n  ingress:\n  - ports:\n    - port: \"80\"\n"));
+        let e = one_error(&np(
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: \"80\"\n",
+        ));
         assert!(e.contains("port name"), "{e}");
         let e = one_error(&np(
             "  podSelector: {}\n  ingress:\n  - ports:\n    - {protocol: ICMP, port: 1}\n",
@@ -990,7 +1002,10 @@ mod tests {
         let e = one_error(&np(
             "  podSelector:\n    matchExpressions:\n    - {key: app, operator: In}\n",
         ));
-        assert!(e.starts_with("9:7: ") && e.contains("non-empty values"), "{e}");
+        assert!(
+            e.starts_with("9:7: ") && e.contains("non-empty values"),
+            "{e}"
+        );
         let e = one_error(&np("  podSelector:\n    matchLabels: {\"a b\": c}\n"));
         assert!(e.contains("label key"), "{e}");
     }
@@ -1007,10 +1022,16 @@ mod tests {
 
     #[test]
     fn duplicate_names() {
-        let text = format!("{}---\n{}", np("  podSelector: {}\n"), np("  podSelector: {}\n"));
+        let text = format!(
+            "{}---\n{}",
+            np("  podSelector: {}\n"),
+            np("  podSelector: {}\n")
+        );
         let e = one_error(&text);
         assert!(
-            e.starts_with("12:9: ") && e.contains("duplicate NetworkPolicy x/p") && e.contains("t.yaml:4:9"),
+            e.starts_with("12:9: ")
+                && e.contains("duplicate NetworkPolicy x/p")
+                && e.contains("t.yaml:4:9"),
             "{e}"
         );
     }
@@ -1022,7 +1043,10 @@ mod tests {
         let bad = text.replace("mode: audit", "mode: sometimes");
         let e = one_error(&bad);
         assert!(e.starts_with("5:9: "), "{e}");
-        let bad = text.replace("metadata: {name: base}", "metadata: {name: base, namespace: x}");
+        let bad = text.replace(
+            "metadata: {name: base}",
+            "metadata: {name: base, namespace: x}",
+        );
         assert!(one_error(&bad).contains("cluster-scoped"));
     }
 }

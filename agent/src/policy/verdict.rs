@@ -149,15 +149,18 @@ fn evaluate(
             return decision(Verdict::DENY, DropReason::POLICY_DENY_RULE, e.cookie, false);
         }
     }
-    for e in [&specific, &any] {
-        if is_deny(e) {
-            return decision(Verdict::DENY, DropReason::POLICY_DENY_RULE, e.cookie, true);
-        }
+    let audit_deny = [&specific, &any].into_iter().find(|e| is_deny(e)).copied();
+    let allow = [&specific, &any]
+        .into_iter()
+        .find(|e| e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0)
+        .copied();
+    if let Some(d) = &audit_deny
+        && (allow.is_some() || d.flags & PolicyEntryFlags::ALLOW_UNDER != 0)
+    {
+        return decision(Verdict::DENY, DropReason::POLICY_DENY_RULE, d.cookie, true);
     }
-    for e in [&specific, &any] {
-        if e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0 {
-            return decision(Verdict(e.verdict), DropReason::NONE, e.cookie, false);
-        }
+    if let Some(e) = allow {
+        return decision(Verdict(e.verdict), DropReason::NONE, e.cookie, false);
     }
     let (isolated, audit) = if dir == Direction::INGRESS {
         (
@@ -170,8 +173,10 @@ fn evaluate(
             ep.flags & EndpointFlags::AUDIT_EGRESS != 0,
         )
     };
-    if isolated {
+    if isolated && !(audit && audit_deny.is_some()) {
         decision(Verdict::DENY, DropReason::POLICY_DENIED, 0, audit)
+    } else if let Some(d) = &audit_deny {
+        decision(Verdict::DENY, DropReason::POLICY_DENY_RULE, d.cookie, true)
     } else {
         decision(Verdict::ALLOW, DropReason::NONE, 0, false)
     }
