@@ -86,6 +86,17 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} ({why})");
         install_bpf_linker(tc)?;
     }
+    if needs_cargo_deny {
+        eprintln!("setup: installing cargo-deny {CARGO_DENY_VERSION}");
+        exec(cargo().args([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ]))
+        .context("installing cargo-deny from crates.io")?;
+    }
     println!(
         "setup: ready in {:.1}s (eBPF toolchain: {tc}, bpf-linker {BPF_LINKER_VERSION})",
         start.elapsed().as_secs_f64()
