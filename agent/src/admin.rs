@@ -1,6 +1,6 @@
 //! The agent's HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics), `/readyz` (200 once the
-//! programs are attached, else 503), `/healthz`, and `/status` (the JSON document `rampart status`
-//! prints).
+//! programs are attached and the first policy set is in force, else 503), `/healthz`, `/status`
+//! (the JSON document `rampart status` prints), and `POST /v1/policy` (`rampart policy push`).
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -13,7 +13,6 @@ use crate::config::Mode;
 use crate::config::RunConfig;
 use crate::controller::{Command, Controller, PolicyStatus};
 use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
-use crate::policy::compile::Compiled;
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
@@ -29,8 +28,6 @@ pub struct AgentState {
     /// True once the programs are attached and the first policy set is in the kernel.
     pub ready: AtomicBool,
     pub policy: Mutex<PolicyStatus>,
-    /// The policy set in force, compiled (identities, rules, endpoints).
-    pub compiled: Mutex<Option<Arc<Compiled>>>,
     /// Where changes to policy are sent (the controller thread owns the datapath).
     pub commands: Sender<Command>,
 }
@@ -90,7 +87,6 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         events_read: AtomicU64::new(0),
         ready: AtomicBool::new(false),
         policy: Mutex::new(PolicyStatus::default()),
-        compiled: Mutex::new(None),
         commands: commands.clone(),
     });
 

@@ -92,53 +92,38 @@ impl Controller {
     /// Installs the first policy set. On error the agent does not become ready (and the
     /// previous, pinned state, if any, stays in force).
     pub fn start(&mut self) -> Result<u64, Vec<String>> {
-        self.reload(None)
+        self.reload(None, None)
     }
 
     /// Serves commands until `Shutdown` or until every sender is gone.
     pub fn run(mut self, commands: Receiver<Command>) {
         loop {
-            match commands.recv_timeout(RESCAN) {
-                Ok(Command::FilesChanged) => {
-                    // Let the writer finish, then take every queued change at once.
-                    std::thread::sleep(DEBOUNCE);
-                    let mut pending = Vec::new();
-                    while let Ok(c) = commands.try_recv() {
-                        if !matches!(c, Command::FilesChanged) {
-                            pending.push(c);
-                        }
-                    }
-                    let _ = self.reload(None);
-                    for c in pending {
-                        if !self.handle(c) {
-                            return;
-                        }
-                    }
+            let first = match commands.recv_timeout(RESCAN) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.rescan();
+                    continue;
                 }
-                Ok(c) => {
-                    if !self.handle(c) {
-                        return;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => self.rescan(),
                 Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            if matches!(batch[0], Command::FilesChanged) {
+                // Let the writer finish, then take every queued change at once.
+                std::thread::sleep(DEBOUNCE);
+                batch.extend(commands.try_iter());
             }
-        }
-    }
-
-    /// Handles a command other than `FilesChanged`; false on shutdown.
-    fn handle(&mut self, command: Command) -> bool {
-        match command {
-            Command::FilesChanged => {
-                let _ = self.reload(None);
-                true
+            if batch.iter().any(|c| matches!(c, Command::FilesChanged)) {
+                let _ = self.reload(None, None);
             }
-            Command::Push { files, reply } => {
-                let result = self.reload(Some(&files));
-                let _ = reply.send(result);
-                true
+            for command in batch {
+                match command {
+                    Command::FilesChanged => {}
+                    Command::Push { files, reply } => {
+                        let _ = reply.send(self.reload(Some(&files), None));
+                    }
+                    Command::Shutdown => return,
+                }
             }
-            Command::Shutdown => false,
         }
     }
 
@@ -147,7 +132,7 @@ impl Controller {
         match routes::host_routes() {
             Ok(routes) if routes != self.routes => {
                 tracing::info!("routes to local pods changed: recompiling");
-                let _ = self.reload(None);
+                let _ = self.reload(None, Some(routes));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the node's routes: {e}"),
@@ -155,8 +140,13 @@ impl Controller {
     }
 
     /// Reads, validates, compiles and installs the whole set (with `push` added to the pushed
-    /// files if it is accepted). Returns the new generation, or every error.
-    fn reload(&mut self, push: Option<&[(String, String)]>) -> Result<u64, Vec<String>> {
+    /// files if it is accepted), for `routes` (read now if not given). Returns the new
+    /// generation, or every error.
+    fn reload(
+        &mut self,
+        push: Option<&[(String, String)]>,
+        routes: Option<BTreeMap<IpAddr, RouteTarget>>,
+    ) -> Result<u64, Vec<String>> {
         let mut pushed = self.pushed.clone();
         for (name, text) in push.unwrap_or_default() {
             pushed.insert(name.clone(), text.clone());
@@ -169,7 +159,7 @@ impl Controller {
         for w in &checked.warnings {
             tracing::warn!("{w}");
         }
-        let routes = match routes::host_routes() {
+        let routes = match routes.map_or_else(routes::host_routes, Ok) {
             Ok(r) => r,
             Err(e) => return Err(self.reject_message(format!("reading the node's routes: {e}"))),
         };
@@ -225,7 +215,6 @@ impl Controller {
             status.generation
         };
         *lock(&self.state.attachments) = self.datapath.attachments().to_vec();
-        *lock(&self.state.compiled) = Some(Arc::new(compiled));
         self.state.ready.store(true, Ordering::SeqCst);
         tracing::info!(generation, endpoints, rules, "policy in force");
         Ok(generation)
@@ -255,16 +244,11 @@ impl Controller {
         status.errors_total += 1;
         status.last_error = first;
     }
-
-    /// Stops; the datapath (and its pinned state) stays as it is.
-    pub fn into_datapath(self) -> Datapath {
-        self.datapath
-    }
 }
 
 /// Reads the directory and the pushed files; pushed objects replace directory objects of the
 /// same kind, namespace and name.
-pub fn read_all(dir: Option<&Path>, pushed: &BTreeMap<String, String>) -> (Read, Vec<SourceDoc>) {
+fn read_all(dir: Option<&Path>, pushed: &BTreeMap<String, String>) -> (Read, Vec<SourceDoc>) {
     let mut read = match dir {
         Some(dir) => source::read_dir(dir),
         None => Read::default(),

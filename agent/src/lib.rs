@@ -2,6 +2,7 @@
 //! privileged tests drive the loader (`datapath`) and the policy-map builder in-process.
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -2,17 +2,13 @@
 //! objects to a running agent and wait until they are in force).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Full};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use anyhow::Context as _;
+use hyper::Method;
 
 use crate::admin::{PUSH_PATH, PushFile, PushRequest, PushResponse};
+use crate::admin_client;
 use crate::cli::{PolicyCheckArgs, PolicyPushArgs};
 use crate::policy::identity::Allocator;
 use crate::policy::{self, compile, source};
@@ -93,7 +89,8 @@ pub fn push(args: &PolicyPushArgs) -> anyhow::Result<bool> {
         .build()
         .context("starting the tokio runtime")?;
     let (status, answer) = runtime.block_on(async {
-        tokio::time::timeout(PUSH_TIMEOUT, post(args.metrics_addr, body))
+        let push = admin_client::request(args.metrics_addr, Method::POST, PUSH_PATH, Some(body));
+        tokio::time::timeout(PUSH_TIMEOUT, push)
             .await
             .context("the agent did not answer the push in time")?
     })?;
@@ -116,36 +113,8 @@ pub fn push(args: &PolicyPushArgs) -> anyhow::Result<bool> {
 }
 
 fn display_name(path: &std::path::Path) -> String {
-    path.file_name()
-        .map(|n| PathBuf::from(n).display().to_string())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-async fn post(addr: SocketAddr, body: Vec<u8>) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| {
-            format!("connecting to the agent at {addr} (is `rampart run` running there?)")
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake with the agent")?;
-    tokio::spawn(conn);
-    let req = Request::post(PUSH_PATH)
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .context("building the push request")?;
-    let response = sender.send_request(req).await.context("sending the push")?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the agent's answer")?
-        .to_bytes();
-    if status.is_server_error() && bytes.is_empty() {
-        bail!("the agent answered {status}");
-    }
-    Ok((status, bytes))
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -5,10 +5,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Empty};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 use crate::app::AgentState;
@@ -168,32 +164,8 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn fetch(addr: std::net::SocketAddr) -> anyhow::Result<String> {
-    let connect = tokio::net::TcpStream::connect(addr);
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
-        .await
-        .with_context(|| format!("connecting to the agent at {addr}: timed out"))?
-        .with_context(|| {
-            format!("connecting to the agent at {addr} (is `rampart run` running there?)")
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake with the agent")?;
-    tokio::spawn(conn);
-    let req = Request::get("/status")
-        .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .context("building the status request")?;
-    let response = sender
-        .send_request(req)
-        .await
-        .context("requesting /status")?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading /status")?
-        .to_bytes();
+    let (status, body) =
+        crate::admin_client::request(addr, hyper::Method::GET, "/status", None).await?;
     if !status.is_success() {
         bail!("the agent answered /status with {status}");
     }

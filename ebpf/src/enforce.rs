@@ -502,6 +502,22 @@ fn deny_rule(e: &PolicyEntry) -> Decision {
     }
 }
 
+/// The specific identity's entry if it is `wanted`, else ANY's if it is.
+#[inline(always)]
+fn first_of(
+    specific: &PolicyEntry,
+    any: &PolicyEntry,
+    wanted: impl Fn(&PolicyEntry) -> bool,
+) -> Option<PolicyEntry> {
+    if wanted(specific) {
+        Some(*specific)
+    } else if wanted(any) {
+        Some(*any)
+    } else {
+        None
+    }
+}
+
 #[inline(always)]
 fn evaluate(
     generation: u32,
@@ -530,19 +546,10 @@ fn evaluate(
     if enforced(&any) {
         return deny_rule(&any);
     }
-    let audit_deny = if specific.verdict == Verdict::DENY.0 {
-        Some(specific)
-    } else if any.verdict == Verdict::DENY.0 {
-        Some(any)
-    } else {
-        None
-    };
-    let mut allow: Option<PolicyEntry> = None;
-    for e in [&specific, &any] {
-        if allow.is_none() && (e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0) {
-            allow = Some(*e);
-        }
-    }
+    let audit_deny = first_of(&specific, &any, |e| e.verdict == Verdict::DENY.0);
+    let allow = first_of(&specific, &any, |e| {
+        e.verdict == Verdict::ALLOW.0 || e.verdict == Verdict::REDIRECT.0
+    });
     if let Some(d) = &audit_deny
         && (allow.is_some() || d.flags & PolicyEntryFlags::ALLOW_UNDER != 0)
     {

@@ -39,8 +39,8 @@ struct World {
 }
 
 /// Runs `cases` in order (a case whose pods differ from the previous one gets a new world) and
-/// prints each case's result. `prefix` names the namespaces.
-pub fn run(cases: &[Case], prefix: &str, work_dir: &Path) -> anyhow::Result<Score> {
+/// prints each case's result. `prefix` names the namespaces; `bin` is the agent binary.
+pub fn run(cases: &[Case], prefix: &str, work_dir: &Path, bin: &Path) -> anyhow::Result<Score> {
     let mut score = Score::default();
     let mut world: Option<World> = None;
     for case in cases {
@@ -48,7 +48,7 @@ pub fn run(cases: &[Case], prefix: &str, work_dir: &Path) -> anyhow::Result<Scor
             case.pods.iter().map(|p| (p.key(), p.ip)).collect();
         if world.as_ref().is_none_or(|w| w.pods != pods) {
             drop(world.take());
-            world = Some(World::start(case, prefix, work_dir)?);
+            world = Some(World::start(case, prefix, work_dir, bin)?);
         }
         let w = world.as_ref().context("world")?;
         w.apply(case)?;
@@ -74,7 +74,7 @@ pub fn run(cases: &[Case], prefix: &str, work_dir: &Path) -> anyhow::Result<Scor
 }
 
 impl World {
-    fn start(case: &Case, prefix: &str, work_dir: &Path) -> anyhow::Result<World> {
+    fn start(case: &Case, prefix: &str, work_dir: &Path, bin: &Path) -> anyhow::Result<World> {
         let mut builder = Topology::builder(prefix).node(NODE);
         for pod in &case.pods {
             builder = builder.pod(NODE, &pod.key(), pod.ip);
@@ -100,6 +100,7 @@ impl World {
         std::fs::create_dir_all(&policy_dir)?;
         let mut opts = AgentOptions::new(Vec::new());
         opts.policy_dir = Some(policy_dir.clone());
+        opts.bin = Some(bin.to_owned());
         let agent = Agent::start(&topology.node(NODE).ns, &opts)?;
         Ok(World {
             pods: case.pods.iter().map(|p| (p.key(), p.ip)).collect(),

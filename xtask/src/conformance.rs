@@ -43,8 +43,6 @@ fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
     let path =
         cases.unwrap_or_else(|| workspace_root().join(rampart_tests::netpol_cases::DEFAULT_CASES));
     let file = rampart_tests::netpol_cases::load(&path)?;
-    // SAFETY: set before any thread of ours reads the environment (the runner starts later).
-    unsafe { std::env::set_var("RAMPART_BIN", &bin) };
     crate::test::sweep()?;
     let work_dir = std::env::temp_dir().join("rampart-conformance");
     std::fs::create_dir_all(&work_dir)
@@ -58,6 +56,7 @@ fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
         &file.cases,
         rampart_tests::netns::TEST_PREFIX,
         &work_dir,
+        &bin,
     )?;
     println!("{} passed, {} failed", score.passed, score.failed);
     if score.failed > 0 {

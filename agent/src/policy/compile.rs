@@ -137,14 +137,15 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
             .collect(),
         ports: named_egress.then(|| pod.ports.clone()),
     };
-    let mut variants: BTreeMap<&IdentityKey, BTreeSet<Discriminator>> = BTreeMap::new();
-    for (pod, key) in model.pods.iter().zip(&keys) {
-        for addr in &pod.ips {
-            variants
-                .entry(key)
-                .or_default()
-                .insert(discriminator(pod, addr));
-        }
+    // Per pod, per address: what tells it apart; per identity set: how many variants it has.
+    let discs: Vec<Vec<Discriminator>> = model
+        .pods
+        .iter()
+        .map(|pod| pod.ips.iter().map(|a| discriminator(pod, a)).collect())
+        .collect();
+    let mut variants: BTreeMap<&IdentityKey, BTreeSet<&Discriminator>> = BTreeMap::new();
+    for (key, pod_discs) in keys.iter().zip(&discs) {
+        variants.entry(key).or_default().extend(pod_discs);
     }
     // Per pod: its addresses and their identities.
     let mut pod_ids: Vec<Vec<(IpAddr, u32)>> = Vec::with_capacity(model.pods.len());
@@ -153,7 +154,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     for (index, (pod, key)) in model.pods.iter().zip(&keys).enumerate() {
         let split = variants.get(key).is_some_and(|v| v.len() > 1);
         let mut ids = Vec::new();
-        for addr in &pod.ips {
+        for (addr, disc) in pod.ips.iter().zip(&discs[index]) {
             if let Some(&other) = owner.get(addr) {
                 let o = &model.pods[other];
                 out.warnings.push(format!(
@@ -163,12 +164,11 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                 continue;
             }
             owner.insert(*addr, index);
-            let disc = if split {
-                discriminator(pod, addr)
+            let id = if split {
+                alloc.workload(key, disc)
             } else {
-                Discriminator::default()
+                alloc.workload(key, &Discriminator::default())
             };
-            let id = alloc.workload(key, &disc);
             ids.push((*addr, id));
             let info = infos.entry(id).or_insert_with(|| IdentityInfo {
                 id,
@@ -219,7 +219,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
         }
     }
 
-    // 4. Rules.
+    // 4. Rule cookies, and the resolver that turns peers into remote identities.
     let mut compiler = RuleCompiler {
         model,
         pod_ids: &pod_ids,
@@ -227,69 +227,32 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
         targets: HashMap::new(),
         rules: Vec::new(),
     };
-    for (p, policy) in model.policies.iter().enumerate() {
-        let first_cookie = out.rules.len() as u32 + 1;
-        let cookies: Vec<u32> = (0..policy.rules.len() as u32)
-            .map(|i| first_cookie + i)
-            .collect();
-        for rule in &policy.rules {
-            out.rules.push(RuleRef {
-                policy: policy.display_name(),
-                direction: if rule.direction == Direction::INGRESS {
-                    "ingress"
-                } else {
-                    "egress"
-                },
-                index: rule.index,
-                action: match rule.action {
-                    RuleAction::Allow => "allow",
-                    RuleAction::Deny => "deny",
-                },
-                mode: policy.mode,
-            });
-        }
-        let _ = p;
-        for &(pod_index, ifindex) in &local_pods {
-            let pod = &model.pods[pod_index];
-            if !policy.applies_to.matches(pod, ns_labels(pod)) {
-                continue;
-            }
-            for (rule, cookie) in policy.rules.iter().zip(&cookies) {
-                compiler.rule(policy, rule, *cookie, pod_index, ifindex);
-            }
-        }
+    // Cookie n names `out.rules[n - 1]`; each policy's rules are numbered in a row.
+    let mut first_cookie = Vec::with_capacity(model.policies.len());
+    for policy in &model.policies {
+        first_cookie.push(out.rules.len() as u32 + 1);
+        out.rules
+            .extend(policy.rules.iter().map(|rule| RuleRef::new(policy, rule)));
     }
-    let rules = compiler.rules;
 
-    // 5. Endpoints, with isolation from the policies that select them.
+    // 5. Per local pod: the rules of the policies that select it, and its isolation.
     for &(pod_index, ifindex) in &local_pods {
         let pod = &model.pods[pod_index];
-        let (mut enf_in, mut aud_in, mut enf_eg, mut aud_eg) = (false, false, false, false);
-        for policy in &model.policies {
+        let mut ingress = Isolation::default();
+        let mut egress = Isolation::default();
+        for (policy, first) in model.policies.iter().zip(&first_cookie) {
             if !policy.applies_to.matches(pod, ns_labels(pod)) {
                 continue;
             }
             let audit = policy.mode == PolicyMode::Audit;
-            if policy.isolate_ingress {
-                *(if audit { &mut aud_in } else { &mut enf_in }) = true;
+            ingress.add(policy.isolate_ingress, audit);
+            egress.add(policy.isolate_egress, audit);
+            for (i, rule) in policy.rules.iter().enumerate() {
+                compiler.rule(policy, rule, first + i as u32, pod_index, ifindex);
             }
-            if policy.isolate_egress {
-                *(if audit { &mut aud_eg } else { &mut enf_eg }) = true;
-            }
         }
-        let mut flags = 0;
-        if enf_in || aud_in {
-            flags |= EndpointFlags::ENFORCE_INGRESS;
-        }
-        if aud_in && !enf_in {
-            flags |= EndpointFlags::AUDIT_INGRESS;
-        }
-        if enf_eg || aud_eg {
-            flags |= EndpointFlags::ENFORCE_EGRESS;
-        }
-        if aud_eg && !enf_eg {
-            flags |= EndpointFlags::AUDIT_EGRESS;
-        }
+        let flags = ingress.flags(EndpointFlags::ENFORCE_INGRESS, EndpointFlags::AUDIT_INGRESS)
+            | egress.flags(EndpointFlags::ENFORCE_EGRESS, EndpointFlags::AUDIT_EGRESS);
         let ids = &pod_ids[pod_index];
         let identity = ids.first().map_or(Identity::WORLD.0, |(_, id)| *id);
         let mut info = EndpointInfo {
@@ -313,10 +276,61 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
             isolated_egress: flags & EndpointFlags::ENFORCE_EGRESS != 0,
         });
     }
+    let rules = compiler.rules;
     out.rule_count = rules.len();
     out.state.policy = policy_map::build(&rules);
     out.state.audit = node.audit;
     out
+}
+
+impl RuleRef {
+    fn new(policy: &PolicyModel, rule: &RuleModel) -> RuleRef {
+        RuleRef {
+            policy: policy.display_name(),
+            direction: if rule.direction == Direction::INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            },
+            index: rule.index,
+            action: match rule.action {
+                RuleAction::Allow => "allow",
+                RuleAction::Deny => "deny",
+            },
+            mode: policy.mode,
+        }
+    }
+}
+
+/// Whether the policies selecting a pod isolate it in one direction, and how.
+#[derive(Debug, Default, Clone, Copy)]
+struct Isolation {
+    enforced: bool,
+    audited: bool,
+}
+
+impl Isolation {
+    fn add(&mut self, isolates: bool, audit: bool) {
+        if isolates {
+            if audit {
+                self.audited = true;
+            } else {
+                self.enforced = true;
+            }
+        }
+    }
+
+    /// `enforce` when isolated at all; `audit` too when only audit-mode policies isolate.
+    fn flags(self, enforce: u32, audit: u32) -> u32 {
+        let mut flags = 0;
+        if self.enforced || self.audited {
+            flags |= enforce;
+        }
+        if self.audited && !self.enforced {
+            flags |= audit;
+        }
+        flags
+    }
 }
 
 struct RuleCompiler<'m> {

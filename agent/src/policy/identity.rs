@@ -45,16 +45,22 @@ pub struct Discriminator {
 const LAST_WORKLOAD: u32 = Identity::FIRST_CIDR.0 - 1;
 
 /// Hands out identities and remembers them across compilations.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Allocator {
-    workloads: BTreeMap<(IdentityKey, Discriminator), u32>,
-    cidrs: BTreeMap<IpNet, u32>,
-    next_workload: u32,
-    next_cidr: u32,
-    used_workloads: BTreeMap<(IdentityKey, Discriminator), u32>,
-    used_cidrs: BTreeMap<IpNet, u32>,
+    workloads: Table<(IdentityKey, Discriminator)>,
+    cidrs: Table<IpNet>,
     /// Numbers held by either table (remembered or used now).
     taken: HashSet<u32>,
+}
+
+impl Default for Allocator {
+    fn default() -> Allocator {
+        Allocator {
+            workloads: Table::new(Identity::FIRST_WORKLOAD.0, LAST_WORKLOAD),
+            cidrs: Table::new(Identity::FIRST_CIDR.0, u32::MAX),
+            taken: HashSet::new(),
+        }
+    }
 }
 
 impl Allocator {
@@ -64,65 +70,76 @@ impl Allocator {
 
     /// The identity of a workload set (and discriminator).
     pub fn workload(&mut self, key: &IdentityKey, disc: &Discriminator) -> u32 {
-        let k = (key.clone(), disc.clone());
-        if let Some(&id) = self.used_workloads.get(&k) {
-            return id;
-        }
-        let id = match self.workloads.get(&k) {
-            Some(&id) => id,
-            None => {
-                let id = next_free(
-                    &mut self.next_workload,
-                    Identity::FIRST_WORKLOAD.0,
-                    LAST_WORKLOAD,
-                    &mut self.taken,
-                );
-                self.workloads.insert(k.clone(), id);
-                id
-            }
-        };
-        self.used_workloads.insert(k, id);
-        id
+        self.workloads
+            .assign((key.clone(), disc.clone()), &mut self.taken)
     }
 
     /// The identity of a CIDR prefix.
     pub fn cidr(&mut self, net: IpNet) -> u32 {
-        if let Some(&id) = self.used_cidrs.get(&net) {
-            return id;
-        }
-        let id = match self.cidrs.get(&net) {
-            Some(&id) => id,
-            None => {
-                let id = next_free(
-                    &mut self.next_cidr,
-                    Identity::FIRST_CIDR.0,
-                    u32::MAX,
-                    &mut self.taken,
-                );
-                self.cidrs.insert(net, id);
-                id
-            }
-        };
-        self.used_cidrs.insert(net, id);
-        id
+        self.cidrs.assign(net, &mut self.taken)
     }
 
     /// Ends a compilation: identities it did not use are released (their sets no longer exist).
     pub fn finish(&mut self) {
-        self.workloads = std::mem::take(&mut self.used_workloads);
-        self.cidrs = std::mem::take(&mut self.used_cidrs);
+        self.workloads.finish();
+        self.cidrs.finish();
         self.taken = self
             .workloads
+            .remembered
             .values()
-            .chain(self.cidrs.values())
+            .chain(self.cidrs.remembered.values())
             .copied()
             .collect();
     }
 
     /// Forgets what the current compilation used (it was rejected); the previous state stays.
     pub fn abandon(&mut self) {
-        self.used_workloads.clear();
-        self.used_cidrs.clear();
+        self.workloads.used.clear();
+        self.cidrs.used.clear();
+    }
+}
+
+/// The numbers of one kind of identity: those remembered from the compilation in force, and
+/// those the current compilation uses.
+#[derive(Debug, Clone)]
+struct Table<K> {
+    remembered: BTreeMap<K, u32>,
+    used: BTreeMap<K, u32>,
+    next: u32,
+    first: u32,
+    last: u32,
+}
+
+impl<K: Ord + Clone> Table<K> {
+    fn new(first: u32, last: u32) -> Table<K> {
+        Table {
+            remembered: BTreeMap::new(),
+            used: BTreeMap::new(),
+            next: first,
+            first,
+            last,
+        }
+    }
+
+    /// The number of `key`: the one it had, or a free one.
+    fn assign(&mut self, key: K, taken: &mut HashSet<u32>) -> u32 {
+        if let Some(&id) = self.used.get(&key) {
+            return id;
+        }
+        let id = match self.remembered.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = next_free(&mut self.next, self.first, self.last, taken);
+                self.remembered.insert(key.clone(), id);
+                id
+            }
+        };
+        self.used.insert(key, id);
+        id
+    }
+
+    fn finish(&mut self) {
+        self.remembered = std::mem::take(&mut self.used);
     }
 }
 

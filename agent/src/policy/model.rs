@@ -222,8 +222,7 @@ pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
         seen.insert(key, here);
         match &so.object {
             Object::Namespace(_) => {
-                let labels = v.labels().unwrap_or_default();
-                let mut labels = labels;
+                let mut labels = v.labels().unwrap_or_default();
                 labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
                 model.namespaces.insert(name, labels);
             }
@@ -361,30 +360,12 @@ impl Validator<'_> {
         let mut ports = Vec::new();
         for c in pod.spec.containers.iter().chain(&pod.spec.init_containers) {
             for p in &c.ports {
-                let port = match u16::try_from(p.container_port.value) {
-                    Ok(port) if port != 0 => port,
-                    _ => {
-                        self.error(
-                            &p.container_port,
-                            format!("containerPort {}: must be 1-65535", p.container_port.value),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                };
-                let proto = match &p.protocol {
-                    None => PROTO_TCP,
-                    Some(s) => match protocol(&s.value) {
-                        Some(proto) => proto,
-                        None => {
-                            self.error(
-                                s,
-                                format!("protocol {:?}: must be TCP, UDP or SCTP", s.value),
-                            );
-                            ok = false;
-                            continue;
-                        }
-                    },
+                let port =
+                    self.port_number(&p.container_port, "containerPort", p.container_port.value);
+                let proto = self.protocol(p.protocol.as_ref());
+                let (Some(port), Some(proto)) = (port, proto) else {
+                    ok = false;
+                    continue;
                 };
                 if let Some(n) = &p.name {
                     if let Err(e) = validate_port_name(&n.value) {
@@ -653,19 +634,7 @@ impl Validator<'_> {
 
     fn port(&mut self, entry: &Spanned<PortEntry>) -> Option<PortModel> {
         let e = &entry.value;
-        let proto = match &e.protocol {
-            None => PROTO_TCP,
-            Some(p) => match protocol(&p.value) {
-                Some(proto) => proto,
-                None => {
-                    self.error(
-                        p,
-                        format!("protocol {:?}: must be TCP, UDP or SCTP", p.value),
-                    );
-                    return None;
-                }
-            },
-        };
+        let proto = self.protocol(e.protocol.as_ref())?;
         let port = match &e.port {
             None => {
                 if let Some(end) = &e.end_port {
@@ -676,18 +645,11 @@ impl Validator<'_> {
             }
             Some(p) => match &p.value {
                 IntOrString::Int(n) => {
-                    let Some(start) = u16::try_from(*n).ok().filter(|v| *v != 0) else {
-                        self.error(p, format!("port {n}: must be 1-65535"));
-                        return None;
-                    };
+                    let start = self.port_number(p, "port", *n)?;
                     match &e.end_port {
                         None => PortMatch::Range(start, start),
                         Some(end) => {
-                            let Some(stop) = u16::try_from(end.value).ok().filter(|v| *v != 0)
-                            else {
-                                self.error(end, format!("endPort {}: must be 1-65535", end.value));
-                                return None;
-                            };
+                            let stop = self.port_number(end, "endPort", end.value)?;
                             if stop < start {
                                 self.error(
                                     end,
@@ -713,6 +675,30 @@ impl Validator<'_> {
             },
         };
         Some(PortModel { proto, port })
+    }
+
+    /// A rule's or container port's protocol; absent means TCP.
+    fn protocol(&mut self, raw: Option<&Spanned<String>>) -> Option<u8> {
+        let Some(raw) = raw else {
+            return Some(PROTO_TCP);
+        };
+        let proto = protocol(&raw.value);
+        if proto.is_none() {
+            self.error(
+                raw,
+                format!("protocol {:?}: must be TCP, UDP or SCTP", raw.value),
+            );
+        }
+        proto
+    }
+
+    /// A port number (`what` names the field): 1-65535.
+    fn port_number<T>(&mut self, at: &Spanned<T>, what: &str, value: i64) -> Option<u16> {
+        let port = u16::try_from(value).ok().filter(|v| *v != 0);
+        if port.is_none() {
+            self.error(at, format!("{what} {value}: must be 1-65535"));
+        }
+        port
     }
 
     fn cluster_policy(&mut self, cp: &objects::ClusterPolicy, name: String) -> Option<PolicyModel> {

@@ -121,25 +121,27 @@ pub fn validate_value(value: &str) -> Result<(), String> {
     }
 }
 
-fn is_label_name(s: &str) -> bool {
+/// 1-63 bytes that `allowed` accepts, alphanumeric at both ends.
+fn is_name(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|&c| allowed(c))
+}
+
+fn is_label_name(s: &str) -> bool {
+    is_name(s, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
+    })
 }
 
 /// RFC 1123 label: lowercase alphanumerics and `-`, at most 63, alphanumeric at both ends.
 pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    is_name(s, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+    })
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.

@@ -288,7 +288,7 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         col: 1,
     };
     let start_origin = Origin::new(file, start);
-    let meta: TypeMeta = parse(file, doc, &doc.text)?;
+    let meta: TypeMeta = parse(file, doc)?;
     let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
         return Err(Diagnostic::error(
             start_origin,
@@ -296,14 +296,10 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         ));
     };
     let object = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(parse(file, doc, &doc.text)?),
-        ("v1", "Pod") => Object::Pod(Box::new(parse(file, doc, &doc.text)?)),
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
-            Object::NetworkPolicy(parse(file, doc, &doc.text)?)
-        }
-        ("rampart.dev/v1alpha1", "ClusterPolicy") => {
-            Object::ClusterPolicy(parse(file, doc, &doc.text)?)
-        }
+        ("v1", "Namespace") => Object::Namespace(parse(file, doc)?),
+        ("v1", "Pod") => Object::Pod(Box::new(parse(file, doc)?)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(parse(file, doc)?),
+        ("rampart.dev/v1alpha1", "ClusterPolicy") => Object::ClusterPolicy(parse(file, doc)?),
         (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy") => {
             return Err(Diagnostic::error(
                 start_origin,
@@ -325,10 +321,10 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
     }))
 }
 
-fn parse<T: DeserializeOwned>(file: &Path, doc: &Document, text: &str) -> Result<T, Diagnostic> {
+fn parse<T: DeserializeOwned>(file: &Path, doc: &Document) -> Result<T, Diagnostic> {
     // YAML 1.2 core booleans: `y`, `no`, `on` are strings (a namespace called `y` stays one).
     let options = serde_saphyr::options! { strict_booleans: true };
-    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
+    serde_saphyr::from_str_with_options::<T>(&doc.text, options).map_err(|e| {
         let e = e.without_snippet();
         let pos = match e.location() {
             Some(loc) if loc.line() > 0 => Pos {
