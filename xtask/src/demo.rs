@@ -16,6 +16,11 @@ pub fn run() -> anyhow::Result<()> {
         "-p",
         "rampart-demo",
     ]))?;
-    let target = workspace_root().join("target/release");
-    exec(std::process::Command::new(target.join("rampart-demo")).arg(target.join("rampart")))
+    let root = workspace_root();
+    let target = root.join("target/release");
+    exec(
+        std::process::Command::new(target.join("rampart-demo"))
+            .arg(target.join("rampart"))
+            .arg(root.join("policies")),
+    )
 }

@@ -30,6 +30,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "bpftool",
     "ca-certificates",
+    // The baselines `cargo xtask bench` measures Rampart against.
+    "iptables",
+    "nftables",
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -4,8 +4,10 @@
 //!
 //! A stream is split into documents at `---` / `...` lines before parsing, because the type of a
 //! document (its `kind`) must be known before it can be read with positions kept (serde-saphyr's
-//! `Spanned`); each document is then read twice, once for `apiVersion`/`kind` and once as its
-//! kind, and its positions are shifted back to the file's lines.
+//! `Spanned`); each document's `apiVersion`/`kind` come from a scan of its root keys (or, where
+//! the scan cannot tell, a first parse), then it is read as its kind and its positions are
+//! shifted back to the file's lines. Documents are parsed on all cores: they are independent,
+//! and the YAML parser is most of the time a large set takes.
 
 use std::path::{Path, PathBuf};
 
@@ -211,15 +213,96 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Parses the text of a file (YAML stream or JSON document) named `file` in diagnostics.
 pub fn parse_str(file: &Path, text: &str) -> Read {
+    let docs = split_documents(text);
+    let results = parse_documents(file, &docs);
     let mut read = Read::default();
-    for doc in split_documents(text) {
-        match parse_document(file, &doc) {
+    for result in results {
+        match result {
             Ok(Some(object)) => read.objects.push(object),
             Ok(None) => {}
             Err(d) => read.diagnostics.push(d),
         }
     }
     read
+}
+
+/// Below this many bytes a file is parsed on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+type Parsed = Result<Option<SourceObject>, Diagnostic>;
+
+/// Parses `docs` in order, spread over the available cores when there is enough text.
+fn parse_documents(file: &Path, docs: &[Document]) -> Vec<Parsed> {
+    let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || docs.len() < 2 || bytes < PARALLEL_MIN_BYTES {
+        return docs.iter().map(|d| parse_document(file, d)).collect();
+    }
+    let chunk = docs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = docs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|d| parse_document(file, d))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    // parse_document does not panic on input; should a parser bug make it, the
+                    // set is rejected rather than the agent brought down.
+                    vec![Err(Diagnostic::error(
+                        Origin::new(file, Pos { line: 1, col: 1 }),
+                        "internal error while parsing this file",
+                    ))]
+                })
+            })
+            .collect()
+    })
+}
+
+/// `apiVersion` and `kind` read from a document's root keys without parsing it, where that is
+/// certain: in a block mapping at the root, every line that starts at column 0 and is not a
+/// comment is a root key (values, block scalars and continuation lines are indented), so two
+/// such lines `apiVersion: <plain>` and `kind: <plain>`, each once, are the object's type. Any
+/// other shape (flow mapping, JSON, quoted values, complex keys, repeats) returns `None` and the
+/// document is parsed for its type instead. (A document whose root is not a mapping, where a
+/// column-0 line could sit inside a scalar, is an error whichever way its type is read.)
+fn scan_type_meta(text: &str) -> Option<TypeMeta> {
+    let plain = |v: &str| {
+        let v = match v.find(" #") {
+            Some(i) => &v[..i],
+            None => v,
+        }
+        .trim();
+        let ok = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'));
+        ok.then(|| v.to_owned())
+    };
+    let (mut api_version, mut kind) = (None, None);
+    for line in text.lines() {
+        let (slot, value) = if let Some(value) = line.strip_prefix("apiVersion:") {
+            (&mut api_version, value)
+        } else if let Some(value) = line.strip_prefix("kind:") {
+            (&mut kind, value)
+        } else {
+            continue;
+        };
+        if slot.is_some() || !value.starts_with([' ', '\t']) {
+            return None;
+        }
+        *slot = Some(plain(value)?);
+    }
+    Some(TypeMeta {
+        api_version: Some(api_version?),
+        kind: Some(kind?),
+    })
 }
 
 /// One document of a stream: its text, and the number of lines before it.
@@ -288,7 +371,10 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         col: 1,
     };
     let start_origin = Origin::new(file, start);
-    let meta: TypeMeta = parse(file, doc)?;
+    let meta: TypeMeta = match scan_type_meta(&doc.text) {
+        Some(meta) => meta,
+        None => parse(file, doc)?,
+    };
     let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
         return Err(Diagnostic::error(
             start_origin,
@@ -414,5 +500,60 @@ mod tests {
         assert!(is_policy_file(Path::new("/d/a.json")));
         assert!(!is_policy_file(Path::new("/d/.a.yaml")));
         assert!(!is_policy_file(Path::new("/d/a.yaml.tmp")));
+    }
+
+    #[test]
+    fn root_keys_give_the_type_only_when_certain() {
+        let meta = |t: &str| scan_type_meta(t).map(|m| (m.api_version, m.kind));
+        let some = |a: &str, k: &str| Some((Some(a.to_owned()), Some(k.to_owned())));
+        assert_eq!(
+            meta("apiVersion: networking.k8s.io/v1 # c\nkind: NetworkPolicy\n"),
+            some("networking.k8s.io/v1", "NetworkPolicy")
+        );
+        // Indented lines are values, never the root's keys.
+        assert_eq!(
+            meta("kind: Pod\nmetadata:\n  kind: Namespace\napiVersion: v1\n"),
+            some("v1", "Pod")
+        );
+        for unsure in [
+            "{apiVersion: v1, kind: Pod}",
+            "{\"apiVersion\": \"v1\", \"kind\": \"Pod\"}",
+            "apiVersion: v1\nkind: \"Pod\"\n",
+            "apiVersion: v1\nkind: Pod\nkind: Namespace\n",
+            "apiVersion: v1\nkind:Pod\n",
+            "apiVersion: v1\n",
+        ] {
+            assert_eq!(meta(unsure), None, "{unsure}");
+        }
+        // What the scan leaves to the parser still reads.
+        let read = parse("{apiVersion: v1, kind: Namespace, metadata: {name: a}}\n");
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+        let read = parse("apiVersion: v1\nkind: \"Namespace\"\nmetadata: {name: a}\n");
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+    }
+
+    #[test]
+    fn large_files_parse_in_parallel_in_order_with_positions() {
+        let mut text = String::new();
+        let n = 4000;
+        for i in 0..n {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{i}\n  labels: {{a: b, c: d, e: f, g: h, i: j}}\n"
+            ));
+        }
+        text.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: last\n  oops: 1\n");
+        assert!(text.len() > PARALLEL_MIN_BYTES);
+        let read = parse(&text);
+        assert_eq!(read.objects.len(), n);
+        let names: Vec<_> = read
+            .objects
+            .iter()
+            .map(|o| o.object.metadata().name.as_ref().map(|n| n.value.clone()))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(name.as_deref(), Some(format!("ns-{i}").as_str()));
+        }
+        assert_eq!(read.diagnostics.len(), 1);
+        assert_eq!(read.diagnostics[0].origin.pos.line, 6 * n as u64 + 6);
     }
 }

@@ -4,6 +4,7 @@
 //! shared and noisy, so ratios are what compare.
 
 mod datapath;
+mod policy;
 mod record;
 
 use std::path::PathBuf;
@@ -19,11 +20,11 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath.
+    /// Suites to run (all when none is given): datapath, policy.
     suites: Vec<String>,
 }
 
-const SUITES: &[&str] = &["datapath"];
+const SUITES: &[&str] = &["datapath", "policy"];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -51,6 +52,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     for suite in suites {
         let records = match suite {
             "datapath" => datapath::run(args.quick)?,
+            "policy" => policy::run(args.quick)?,
             _ => unreachable!("checked above"),
         };
         record::print_table(suite, &records);
