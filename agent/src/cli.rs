@@ -31,6 +31,35 @@ pub enum Command {
     /// Validate policy files offline, or push them to a running agent.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage the trust domain's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the trust domain's root: `ca.crt` and `ca.key` (mode 0600) in --dir. Every node's
+    /// agent is given the directory and issues its workloads' certificates from it.
+    Init(CaInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Directory to write `ca.crt` and `ca.key` to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// SPIFFE trust domain the root signs for.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// How long the root is valid, in days.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub validity_days: u32,
+
+    /// Replace an existing root (every certificate it issued stops being trusted).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +191,29 @@ mod tests {
         assert_eq!(args.interfaces, ["eth0", "veth1"]);
         assert_eq!(args.metrics_addr.port(), 9999);
         assert_eq!(args.mode, ModeArg::Enforce);
+    }
+
+    #[test]
+    fn ca_init_needs_a_dir_and_bounds_validity() {
+        assert!(Cli::try_parse_from(["rampart", "ca", "init"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "rampart",
+                "ca",
+                "init",
+                "--dir",
+                "/x",
+                "--validity-days",
+                "0"
+            ])
+            .is_err()
+        );
+        let cli = Cli::try_parse_from(["rampart", "ca", "init", "--dir", "/x"]).expect("parse");
+        let Command::Ca(CaCommand::Init(args)) = cli.command else {
+            panic!("not ca init");
+        };
+        assert_eq!(args.trust_domain, "cluster.local");
+        assert_eq!(args.validity_days, 3650);
     }
 
     #[test]

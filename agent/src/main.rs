@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Run(args) => config::RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(app::run),
+        cli::Command::Ca(cli::CaCommand::Init(args)) => ca_init(&args),
         cli::Command::Status(args) => status::run(&args),
         cli::Command::Cleanup(args) => rampart_agent::datapath::remove_pins(&args.bpffs_root)
             .map(|n| println!("removed {n} pins under {}", args.bpffs_root.display()))
@@ -29,6 +30,26 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `rampart ca init`: a new root for the trust domain, written to `--dir`.
+fn ca_init(args: &cli::CaInitArgs) -> anyhow::Result<()> {
+    let validity = std::time::Duration::from_secs(u64::from(args.validity_days) * 86_400);
+    let ca = rampart_agent::mesh::ca::Ca::generate(
+        &args.trust_domain,
+        validity,
+        std::time::SystemTime::now(),
+    )?;
+    ca.write(&args.dir, args.force)?;
+    println!(
+        "created the root of trust domain {} in {} ({}, {}; valid {} days)",
+        ca.trust_domain(),
+        args.dir.display(),
+        rampart_agent::mesh::ca::CA_CERT_FILE,
+        rampart_agent::mesh::ca::CA_KEY_FILE,
+        args.validity_days
+    );
+    Ok(())
 }
 
 /// Exit status of a command that reports its own findings: 0 if it succeeded, 1 if it found

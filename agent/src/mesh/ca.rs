@@ -1,0 +1,316 @@
+//! The trust domain's certificate authority: `rampart ca init` creates its root (a self-signed
+//! ECDSA P-256 certificate and key, written as `ca.crt` and `ca.key` in a directory), and the
+//! agent loads it to issue short-lived X.509-SVIDs to the workloads of its node.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use super::spiffe::SpiffeId;
+
+pub const CA_CERT_FILE: &str = "ca.crt";
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// Certificates are valid from this long before they are issued (clocks between nodes drift).
+const BACKDATE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum CaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: already exists (pass --force to replace the trust domain's root)")]
+    Exists { path: PathBuf },
+    #[error("{path}: not a PEM certificate or key usable as the CA: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("trust domain {0:?} is not valid: {1}")]
+    TrustDomain(String, super::spiffe::SpiffeError),
+    #[error("validity {0:?} is out of range")]
+    Validity(Duration),
+}
+
+/// A CA that can issue: its certificate (DER and PEM) and the key that signs.
+pub struct Ca {
+    trust_domain: String,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One issued X.509-SVID with its private key.
+#[derive(Debug, Clone)]
+pub struct WorkloadCert {
+    pub spiffe_id: SpiffeId,
+    /// The leaf first, then the CA.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key, PKCS#8 DER.
+    key_der: Vec<u8>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl WorkloadCert {
+    /// When to replace it: half-way through its life.
+    pub fn renew_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life / 2
+    }
+
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+fn offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| CaError::Validity(Duration::ZERO))?
+        .as_secs();
+    OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+        .map_err(|_| CaError::Validity(Duration::from_secs(secs)))
+}
+
+impl Ca {
+    /// A new self-signed root for `trust_domain`, valid for `validity` from `now`.
+    pub fn generate(
+        trust_domain: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Ca, CaError> {
+        let td_id = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+            .map_err(|e| CaError::TrustDomain(trust_domain.to_owned(), e))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Rampart");
+        dn.push(
+            DnType::CommonName,
+            format!("Rampart root CA {trust_domain}"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names = vec![SanType::URI(
+            td_id.as_str().try_into().map_err(CaError::Generate)?,
+        )];
+        params.not_before = offset(now.checked_sub(BACKDATE).unwrap_or(now))?;
+        params.not_after = offset(
+            now.checked_add(validity)
+                .ok_or(CaError::Validity(validity))?,
+        )?;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        let cert_der = cert.der().clone();
+        Ok(Ca {
+            trust_domain: trust_domain.to_owned(),
+            cert_der,
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Writes `ca.crt` and `ca.key` (mode 0600) into `dir`; refuses to replace them unless
+    /// `force`.
+    pub fn write(&self, dir: &Path, force: bool) -> Result<(), CaError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        for path in [&cert_path, &key_path] {
+            if path.exists() && !force {
+                return Err(CaError::Exists { path: path.clone() });
+            }
+        }
+        write_private(&key_path, self.issuer.key().serialize_pem().as_bytes())
+            .map_err(io(&key_path))?;
+        std::fs::write(&cert_path, &self.cert_pem).map_err(io(&cert_path))?;
+        Ok(())
+    }
+
+    /// Loads `ca.crt` and `ca.key` from `dir`. The trust domain is the root's URI SAN.
+    pub fn load(dir: &Path) -> Result<Ca, CaError> {
+        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| CaError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(&cert_path)?;
+        let key_pem = read(&key_path)?;
+        let invalid = |path: &Path, reason: String| CaError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let cert_der = {
+            use rustls_pki_types::pem::PemObject as _;
+            CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| invalid(&cert_path, e.to_string()))?
+        };
+        let td = SpiffeId::from_certificate(&cert_der)
+            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        if !td.path().is_empty() {
+            return Err(invalid(
+                &cert_path,
+                format!("its URI SAN {td} is not a trust domain's ID"),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        Ok(Ca {
+            trust_domain: td.trust_domain().to_owned(),
+            cert_der,
+            cert_pem,
+            issuer,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues an X.509-SVID for `id`, valid for `ttl` from `now`: ECDSA P-256, the SPIFFE ID as
+    /// its only URI SAN, usable for TLS client and server authentication, not a CA.
+    pub fn issue(
+        &self,
+        id: &SpiffeId,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<WorkloadCert, CaError> {
+        let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
+        let not_after = now.checked_add(ttl).ok_or(CaError::Validity(ttl))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Rampart");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = vec![SanType::URI(
+            id.as_str().try_into().map_err(CaError::Generate)?,
+        )];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = offset(not_before)?;
+        params.not_after = offset(not_after)?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(WorkloadCert {
+            spiffe_id: id.clone(),
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            key_der: key.serialize_der(),
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn init_writes_a_root_that_loads_and_issues_svids() {
+        let dir = std::env::temp_dir().join(format!("rampart-ca-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let now = SystemTime::now();
+        let ca = Ca::generate("example.org", 365 * DAY, now).expect("generate");
+        ca.write(&dir, false).expect("write");
+        assert!(matches!(ca.write(&dir, false), Err(CaError::Exists { .. })));
+        let mode = std::fs::metadata(dir.join(CA_KEY_FILE))
+            .expect("key")
+            .permissions();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(mode.mode() & 0o777, 0o600);
+
+        let loaded = Ca::load(&dir).expect("load");
+        assert_eq!(loaded.trust_domain(), "example.org");
+        let id = SpiffeId::workload("example.org", "shop", "backend").expect("id");
+        let svid = loaded
+            .issue(&id, Duration::from_secs(3600), now)
+            .expect("issue");
+        assert_eq!(svid.chain.len(), 2);
+        assert_eq!(SpiffeId::from_certificate(&svid.chain[0]), Ok(id));
+        let life = svid
+            .not_after
+            .duration_since(svid.not_before)
+            .expect("life");
+        assert_eq!(life, Duration::from_secs(3600) + BACKDATE);
+        assert_eq!(svid.renew_at(), svid.not_before + life / 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_names_the_file_that_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("rampart-ca-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(CA_CERT_FILE), "not pem").expect("write");
+        std::fs::write(dir.join(CA_KEY_FILE), "not pem").expect("write");
+        let err = Ca::load(&dir).expect_err("garbage").to_string();
+        assert!(err.contains("ca.key"), "{err}");
+        let good = Ca::generate("example.org", DAY, SystemTime::now()).expect("generate");
+        std::fs::write(dir.join(CA_KEY_FILE), good.issuer.key().serialize_pem()).expect("key");
+        let err = Ca::load(&dir).expect_err("garbage").to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+        assert!(Ca::load(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,348 @@
+//! The node-to-node tunnel, shaped like Istio ambient's HBONE: one mutually authenticated TLS 1.3
+//! connection to the destination node's agent, HTTP/2 on it, and one `CONNECT <dst ip:port>`
+//! stream per tunnelled flow with the flow's original source in a `Forwarded: for=` header.
+//!
+//! The inbound side ([`serve`]) refuses plaintext, clients without a certificate, certificates
+//! from another CA or expired ones, and peers whose SPIFFE ID the [`Authorize`] policy does not
+//! allow for that destination; every refusal is counted by [`DenyReason`]. The outbound side is
+//! [`connect`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{CertificateError, ClientConfig, ServerConfig};
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::spiffe::SpiffeId;
+
+/// The port agents listen on for tunnels (ztunnel's HBONE port).
+pub const TUNNEL_PORT: u16 = 15008;
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake.
+const TLS_HANDSHAKE: u8 = 0x16;
+const SOURCE_HEADER: &str = "forwarded";
+
+/// Why the inbound side refused a connection or a stream; the label of
+/// `rampart_proxy_denied_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Not TLS at all.
+    Plaintext,
+    /// TLS, but no client certificate.
+    NoClientCertificate,
+    /// The certificate does not chain to the trust domain's root.
+    UnknownCa,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// Another certificate problem (bad signature, wrong usage, ...).
+    BadCertificate,
+    /// Not TLS 1.3.
+    ProtocolVersion,
+    /// Another handshake failure (or the client gave up).
+    HandshakeFailed,
+    /// The certificate has no valid SPIFFE ID, or one of another trust domain.
+    NotSpiffe,
+    /// Policy does not allow this peer to reach this destination.
+    PrincipalNotAllowed,
+    /// Not a well-formed CONNECT.
+    BadRequest,
+    /// The destination did not accept the connection.
+    UpstreamUnreachable,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 11] = [
+        DenyReason::Plaintext,
+        DenyReason::NoClientCertificate,
+        DenyReason::UnknownCa,
+        DenyReason::Expired,
+        DenyReason::BadCertificate,
+        DenyReason::ProtocolVersion,
+        DenyReason::HandshakeFailed,
+        DenyReason::NotSpiffe,
+        DenyReason::PrincipalNotAllowed,
+        DenyReason::BadRequest,
+        DenyReason::UpstreamUnreachable,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DenyReason::Plaintext => "plaintext",
+            DenyReason::NoClientCertificate => "no_client_certificate",
+            DenyReason::UnknownCa => "unknown_ca",
+            DenyReason::Expired => "certificate_expired",
+            DenyReason::BadCertificate => "bad_certificate",
+            DenyReason::ProtocolVersion => "protocol_version",
+            DenyReason::HandshakeFailed => "handshake_failed",
+            DenyReason::NotSpiffe => "not_spiffe",
+            DenyReason::PrincipalNotAllowed => "principal_not_allowed",
+            DenyReason::BadRequest => "bad_request",
+            DenyReason::UpstreamUnreachable => "upstream_unreachable",
+        }
+    }
+
+    /// The reason a failed server handshake stands for.
+    fn of_handshake(e: &std::io::Error) -> DenyReason {
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+            return DenyReason::HandshakeFailed;
+        };
+        match tls {
+            rustls::Error::NoCertificatesPresented => DenyReason::NoClientCertificate,
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    DenyReason::UnknownCa
+                }
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => DenyReason::Expired,
+                _ => DenyReason::BadCertificate,
+            },
+            rustls::Error::PeerIncompatible(_) => DenyReason::ProtocolVersion,
+            _ => DenyReason::HandshakeFailed,
+        }
+    }
+}
+
+/// Counters of the inbound side.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    denied: [AtomicU64; DenyReason::ALL.len()],
+    accepted_streams: AtomicU64,
+}
+
+impl TunnelStats {
+    fn deny(&self, reason: DenyReason) {
+        tracing::debug!(reason = reason.name(), "tunnel: refused");
+        self.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn denied(&self, reason: DenyReason) -> u64 {
+        self.denied[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn accepted_streams(&self) -> u64 {
+        self.accepted_streams.load(Ordering::Relaxed)
+    }
+}
+
+/// One tunnelled flow as the inbound side sees it.
+#[derive(Debug, Clone)]
+pub struct FlowRequest {
+    pub peer: SpiffeId,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// The policy question the inbound side asks for each stream.
+pub trait Authorize: Send + Sync {
+    fn allows(&self, flow: &FlowRequest) -> bool;
+}
+
+/// The inbound side: its TLS configuration (swapped whole when the roots change; connections
+/// keep the one they started with), the policy and the counters.
+pub struct Inbound {
+    pub config: RwLock<Arc<ServerConfig>>,
+    pub trust_domain: String,
+    pub authorize: Arc<dyn Authorize>,
+    pub stats: Arc<TunnelStats>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts tunnel connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(handle_connection(stream, Arc::clone(&inbound)));
+    }
+}
+
+async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
+    let stats = &inbound.stats;
+    // A TLS client speaks first with a handshake record; anything else is plaintext.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => return stats.deny(DenyReason::Plaintext),
+        _ => return stats.deny(DenyReason::HandshakeFailed),
+    }
+    let config = match inbound.config.read() {
+        Ok(c) => Arc::clone(&c),
+        Err(_) => return,
+    };
+    let accepted =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return stats.deny(DenyReason::of_handshake(&e)),
+        Err(_) => return stats.deny(DenyReason::HandshakeFailed),
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| SpiffeId::from_certificate(c));
+    let peer = match peer {
+        Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
+        _ => return stats.deny(DenyReason::NotSpiffe),
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let inbound = Arc::clone(&inbound);
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, inbound).await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "tunnel: connection ended");
+    }
+}
+
+fn status(code: StatusCode) -> Response<Empty<Bytes>> {
+    let mut resp = Response::new(Empty::new());
+    *resp.status_mut() = code;
+    resp
+}
+
+/// The original source from `Forwarded: for="<ip:port>"` (RFC 7239; IPv6 as `"[addr]:port"`).
+fn forwarded_for(req: &Request<Incoming>) -> Option<SocketAddr> {
+    let value = req.headers().get(SOURCE_HEADER)?.to_str().ok()?;
+    value.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("for")
+            .then(|| v.trim_matches('"').parse().ok())
+            .flatten()
+    })
+}
+
+async fn handle_stream(
+    req: Request<Incoming>,
+    peer: SpiffeId,
+    inbound: Arc<Inbound>,
+) -> Response<Empty<Bytes>> {
+    let stats = &inbound.stats;
+    let destination = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+    let (Some(destination), Some(source), true) = (
+        destination,
+        forwarded_for(&req),
+        req.method() == Method::CONNECT,
+    ) else {
+        stats.deny(DenyReason::BadRequest);
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let flow = FlowRequest {
+        peer,
+        source,
+        destination,
+    };
+    if !inbound.authorize.allows(&flow) {
+        stats.deny(DenyReason::PrincipalNotAllowed);
+        tracing::info!(peer = %flow.peer, %source, %destination, "tunnel: peer not allowed");
+        return status(StatusCode::FORBIDDEN);
+    }
+    let upstream = match TcpStream::connect(destination).await {
+        Ok(s) => s,
+        Err(e) => {
+            stats.deny(DenyReason::UpstreamUnreachable);
+            tracing::info!(%destination, error = %e, "tunnel: destination unreachable");
+            return status(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    stats.accepted_streams.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut upgraded = TokioIo::new(upgraded);
+                let mut upstream = upstream;
+                let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
+        }
+    });
+    status(StatusCode::OK)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to the tunnel at {0}: {1}")]
+    Tcp(SocketAddr, std::io::Error),
+    #[error("TLS with the tunnel at {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("HTTP/2 with the tunnel: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the tunnel refused the flow: {0}")]
+    Refused(StatusCode),
+}
+
+/// A tunnelled flow's stream, as the outbound side holds it.
+pub type FlowStream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Opens a tunnel to `tunnel` (presenting the certificate in `config`) and one CONNECT stream to
+/// `destination` on behalf of `source`.
+pub async fn connect(
+    tunnel: SocketAddr,
+    config: Arc<ClientConfig>,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Result<FlowStream, ConnectError> {
+    let tcp = TcpStream::connect(tunnel)
+        .await
+        .map_err(|e| ConnectError::Tcp(tunnel, e))?;
+    let _ = tcp.set_nodelay(true);
+    // The server is checked by SPIFFE ID (see `tls::client_config`); the name only fills SNI.
+    let name = ServerName::IpAddress(tunnel.ip().into());
+    let tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ConnectError::Tls(tunnel, e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "tunnel: client connection ended");
+        }
+    });
+    let for_value = format!("for=\"{source}\"");
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(destination.to_string())
+        .header(SOURCE_HEADER, for_value)
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| ConnectError::Refused(StatusCode::BAD_REQUEST))?;
+    let resp = sender.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(ConnectError::Refused(resp.status()));
+    }
+    Ok(TokioIo::new(hyper::upgrade::on(resp).await?))
+}
+
+#[cfg(test)]
+mod tests;

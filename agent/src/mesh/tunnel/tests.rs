@@ -1,0 +1,228 @@
+//! The tunnel on loopback with real TLS: what gets through, what is refused and counted, and a
+//! flow that outlives a certificate and root rotation.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+use crate::mesh::ca::{Ca, WorkloadCert};
+use crate::mesh::tls::{
+    RotatingCert, TrustBundle, build_client_config, client_config, server_config,
+};
+
+const TD: &str = "example.org";
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("id")
+}
+
+fn frontend() -> SpiffeId {
+    id("/ns/shop/sa/frontend")
+}
+
+fn node() -> SpiffeId {
+    id("/rampart/node/node-2")
+}
+
+/// Allows only the frontend.
+struct FrontendOnly;
+
+impl Authorize for FrontendOnly {
+    fn allows(&self, flow: &FlowRequest) -> bool {
+        flow.peer == frontend()
+    }
+}
+
+struct World {
+    ca: Ca,
+    bundle: TrustBundle,
+    tunnel: SocketAddr,
+    upstream: SocketAddr,
+    inbound: Arc<Inbound>,
+    server_cert: Arc<RotatingCert>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn start() -> World {
+        let ca = Ca::generate(TD, 24 * HOUR, SystemTime::now()).expect("ca");
+        let bundle = TrustBundle::new(TD, &[ca.cert_der().clone()]).expect("bundle");
+        let server_cert = Arc::new(
+            RotatingCert::new(&ca.issue(&node(), HOUR, SystemTime::now()).expect("issue"))
+                .expect("cert"),
+        );
+        let inbound = Arc::new(Inbound {
+            config: RwLock::new(server_config(&bundle, Arc::clone(&server_cert)).expect("config")),
+            trust_domain: TD.to_owned(),
+            authorize: Arc::new(FrontendOnly),
+            stats: Arc::new(TunnelStats::default()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let tunnel = listener.local_addr().expect("addr");
+        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = echo.local_addr().expect("addr");
+        let tasks = vec![
+            tokio::spawn(serve(listener, Arc::clone(&inbound))),
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = echo.accept().await {
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            }),
+        ];
+        World {
+            ca,
+            bundle,
+            tunnel,
+            upstream,
+            inbound,
+            server_cert,
+            _tasks: tasks,
+        }
+    }
+
+    fn cert(&self, who: &SpiffeId) -> WorkloadCert {
+        self.ca.issue(who, HOUR, SystemTime::now()).expect("issue")
+    }
+
+    async fn open(&self, config: Arc<ClientConfig>) -> Result<FlowStream, ConnectError> {
+        let source: SocketAddr = "10.244.1.10:40000".parse().expect("addr");
+        connect(self.tunnel, config, source, self.upstream).await
+    }
+
+    async fn wait_denied(&self, reason: DenyReason) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.inbound.stats.denied(reason) == 0 {
+            assert!(Instant::now() < deadline, "{} never counted", reason.name());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn echo(stream: &mut FlowStream, payload: &[u8]) {
+    stream.write_all(payload).await.expect("write");
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(back, payload);
+}
+
+#[tokio::test]
+async fn an_allowed_peer_reaches_the_destination_through_the_tunnel() {
+    let w = World::start().await;
+    let config = client_config(&w.bundle, &w.cert(&frontend()), node()).expect("config");
+    let mut flow = w.open(config).await.expect("tunnel");
+    echo(&mut flow, b"hello through mTLS").await;
+    assert_eq!(w.inbound.stats.accepted_streams(), 1);
+    for reason in DenyReason::ALL {
+        assert_eq!(w.inbound.stats.denied(reason), 0, "{}", reason.name());
+    }
+}
+
+#[tokio::test]
+async fn a_peer_policy_does_not_allow_is_refused() {
+    let w = World::start().await;
+    let db = id("/ns/shop/sa/db");
+    let config = client_config(&w.bundle, &w.cert(&db), node()).expect("config");
+    match w.open(config).await {
+        Err(ConnectError::Refused(code)) => assert_eq!(code, StatusCode::FORBIDDEN),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(w.inbound.stats.denied(DenyReason::PrincipalNotAllowed), 1);
+}
+
+#[tokio::test]
+async fn bad_certificates_and_plaintext_are_refused_and_counted() {
+    let w = World::start().await;
+
+    // A certificate of another CA (same trust domain name, other key).
+    let rogue = Ca::generate(TD, HOUR, SystemTime::now()).expect("ca");
+    let cert = rogue
+        .issue(&frontend(), HOUR, SystemTime::now())
+        .expect("issue");
+    let config = client_config(&w.bundle, &cert, node()).expect("config");
+    assert!(w.open(config).await.is_err());
+    w.wait_denied(DenyReason::UnknownCa).await;
+
+    // An expired certificate.
+    let past = SystemTime::now() - 48 * HOUR;
+    let expired = w.ca.issue(&frontend(), HOUR, past).expect("issue");
+    let config = client_config(&w.bundle, &expired, node()).expect("config");
+    assert!(w.open(config).await.is_err());
+    w.wait_denied(DenyReason::Expired).await;
+
+    // No client certificate.
+    let config =
+        build_client_config(&w.bundle, None, node(), &[&rustls::version::TLS13]).expect("config");
+    assert!(w.open(config).await.is_err());
+    w.wait_denied(DenyReason::NoClientCertificate).await;
+
+    // TLS 1.2.
+    let cert = w.cert(&frontend());
+    let config = build_client_config(&w.bundle, Some(&cert), node(), &[&rustls::version::TLS12])
+        .expect("config");
+    assert!(w.open(config).await.is_err());
+    w.wait_denied(DenyReason::ProtocolVersion).await;
+
+    // Plaintext to the tunnel port.
+    let mut plain = TcpStream::connect(w.tunnel).await.expect("connect");
+    plain
+        .write_all(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "plaintext gets no answer");
+    w.wait_denied(DenyReason::Plaintext).await;
+    assert_eq!(w.inbound.stats.accepted_streams(), 0);
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_with_another_identity() {
+    let w = World::start().await;
+    let config =
+        client_config(&w.bundle, &w.cert(&frontend()), id("/rampart/node/node-3")).expect("config");
+    match w.open(config).await {
+        Err(ConnectError::Tls(..)) => {}
+        other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(w.inbound.stats.accepted_streams(), 0);
+}
+
+#[tokio::test]
+async fn a_flow_outlives_certificate_and_root_rotation() {
+    let w = World::start().await;
+    let config = client_config(&w.bundle, &w.cert(&frontend()), node()).expect("config");
+    let mut flow = w.open(config).await.expect("tunnel");
+    echo(&mut flow, b"before").await;
+
+    // A new root is rolled out: the bundle holds both; the server gets a certificate of the new
+    // root and a configuration trusting both. The established flow keeps working.
+    let next = Ca::generate(TD, 24 * HOUR, SystemTime::now()).expect("ca");
+    let both =
+        TrustBundle::new(TD, &[w.ca.cert_der().clone(), next.cert_der().clone()]).expect("bundle");
+    w.server_cert
+        .replace(&next.issue(&node(), HOUR, SystemTime::now()).expect("issue"))
+        .expect("replace");
+    *w.inbound.config.write().expect("lock") =
+        server_config(&both, Arc::clone(&w.server_cert)).expect("config");
+    echo(&mut flow, b"after rotation").await;
+
+    // New flows use the new certificates.
+    let cert = next
+        .issue(&frontend(), HOUR, SystemTime::now())
+        .expect("issue");
+    let config = client_config(&both, &cert, node()).expect("config");
+    let mut fresh = w.open(config).await.expect("tunnel after rotation");
+    echo(&mut fresh, b"new").await;
+    echo(&mut flow, b"still alive").await;
+}
