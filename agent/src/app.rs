@@ -13,6 +13,7 @@ use crate::config::Mode;
 use crate::config::RunConfig;
 use crate::controller::{Command, Controller, PolicyStatus};
 use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
+use crate::mesh::runtime::MeshRuntime;
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
@@ -30,6 +31,8 @@ pub struct AgentState {
     pub policy: Mutex<PolicyStatus>,
     /// Where changes to policy are sent (the controller thread owns the datapath).
     pub commands: Sender<Command>,
+    /// The mTLS proxy (with `--ca-dir`).
+    pub mesh: Option<Arc<MeshRuntime>>,
 }
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -53,6 +56,15 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
             anyhow::bail!("--interface {interface}: no such interface in this network namespace");
         }
     }
+    // The mesh's CA and certificates load before anything is attached: a bad --ca-dir leaves
+    // nothing behind.
+    let mesh = match &config.mesh {
+        Some(settings) => Some(
+            MeshRuntime::new(settings.clone(), &config.trust_domain)
+                .context("starting the mTLS proxy")?,
+        ),
+        None => None,
+    };
     let mut datapath =
         Datapath::load_pinned(&config.bpffs_root).context("loading the kernel programs")?;
     if datapath.revision() == 0 {
@@ -88,7 +100,11 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         policy: Mutex::new(PolicyStatus::default()),
         commands: commands.clone(),
+        mesh,
     });
+    if let Some(mesh) = &state.mesh {
+        mesh.start().await?;
+    }
 
     let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));
     let listener = tokio::net::TcpListener::bind(state.config.metrics_addr)

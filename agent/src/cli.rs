@@ -132,6 +132,28 @@ pub struct RunArgs {
     /// XDP attach mode: let the kernel choose, or force native (driver) or generic (skb).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+
+    /// The trust domain's CA (`ca.crt`, `ca.key`, from `rampart ca init`). Given, the agent runs
+    /// the mTLS proxy: flows MeshPolicies select are tunnelled between nodes.
+    #[arg(long, value_name = "DIR", env = "RAMPART_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// This node's name, as pods' `spec.nodeName` gives it (default: the host name).
+    #[arg(long, value_name = "NAME", env = "RAMPART_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Lifetime of the workload and node certificates the agent issues, in seconds (renewed at
+    /// half-life).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=31_536_000))]
+    pub cert_ttl: u64,
+
+    /// Port of the proxy's transparent listener (redirected flows; never reached directly).
+    #[arg(long, value_name = "PORT", default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub proxy_port: u16,
+
+    /// Port agents take tunnels on (HTTP/2 CONNECT over mutual TLS 1.3).
+    #[arg(long, value_name = "PORT", default_value_t = 15008, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tunnel_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -24,6 +24,12 @@ pub enum ConfigError {
     BpffsRoot { path: String },
     #[error("--trust-domain {0:?}: must be a lowercase DNS name (letters, digits, '-', '.')")]
     TrustDomain(String),
+    #[error("--node-name {0:?}: must be a lowercase DNS name")]
+    NodeName(String),
+    #[error("--ca-dir {path}: {reason}")]
+    CaDir { path: String, reason: String },
+    #[error("--proxy-port and --tunnel-port must differ")]
+    SamePorts,
 }
 
 /// Whether kernel verdicts drop packets (enforce) or are only counted (audit).
@@ -54,6 +60,8 @@ pub struct RunConfig {
     pub xdp_mode: XdpAttachMode,
     /// SPIFFE trust domain of workload identities.
     pub trust_domain: String,
+    /// The mTLS proxy's settings, when `--ca-dir` is given.
+    pub mesh: Option<crate::mesh::runtime::MeshSettings>,
 }
 
 impl RunConfig {
@@ -77,7 +85,38 @@ impl RunConfig {
                 path: args.bpffs_root.display().to_string(),
             });
         }
+        let mesh = match args.ca_dir {
+            None => None,
+            Some(ca_dir) => {
+                if !ca_dir.is_dir() {
+                    return Err(ConfigError::CaDir {
+                        path: ca_dir.display().to_string(),
+                        reason: "not a directory".into(),
+                    });
+                }
+                let node_name = match args.node_name {
+                    Some(n) => n,
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_default(),
+                };
+                if !crate::policy::selector::is_dns_subdomain(&node_name) {
+                    return Err(ConfigError::NodeName(node_name));
+                }
+                if args.proxy_port == args.tunnel_port {
+                    return Err(ConfigError::SamePorts);
+                }
+                Some(crate::mesh::runtime::MeshSettings {
+                    ca_dir,
+                    node_name,
+                    cert_ttl: std::time::Duration::from_secs(args.cert_ttl),
+                    proxy_port: args.proxy_port,
+                    tunnel_port: args.tunnel_port,
+                })
+            }
+        };
         Ok(RunConfig {
+            mesh,
             interfaces,
             policy_dir: args.policy_dir,
             bpffs_root: args.bpffs_root,

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::app::AgentState;
 use crate::config::{Mode, RunConfig};
 use crate::datapath::Datapath;
+use crate::mesh::table::MeshTable;
 use crate::policy::diag::Diagnostic;
 use crate::policy::identity::Allocator;
 use crate::policy::source::{self, Read};
@@ -169,12 +170,24 @@ impl Controller {
             trust_domain: &self.config.trust_domain,
             audit: self.config.mode == Mode::Audit,
         };
-        let compiled = compile::compile(&checked.model, node, &mut self.alloc);
+        let mut compiled = compile::compile(&checked.model, node, &mut self.alloc);
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
+        // The proxy learns the new routes before the kernel redirects by them.
+        let previous_table = self.state.mesh.as_ref().map(|mesh| {
+            compiled.state.proxy_port = mesh.settings.proxy_port;
+            let previous = mesh.table.read().map(|t| Arc::clone(&t)).ok();
+            mesh.set_table(MeshTable::from_compiled(&compiled));
+            previous
+        });
         if let Err(e) = self.datapath.apply(&compiled.state) {
             self.alloc.abandon();
+            if let (Some(mesh), Some(Some(previous))) = (&self.state.mesh, previous_table)
+                && let Ok(mut t) = mesh.table.write()
+            {
+                *t = previous;
+            }
             return Err(self.reject_message(format!("installing the compiled policy: {e}")));
         }
         self.alloc.finish();

@@ -73,6 +73,7 @@ impl Collector for AgentCollector {
         self.encode_hooks(&mut encoder)?;
         self.encode_verdicts(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
+        self.encode_mesh(&mut encoder)?;
         self.encode_events(&mut encoder)
     }
 }
@@ -100,6 +101,51 @@ fn read<T>(what: &str, result: Result<T, crate::datapath::DatapathError>) -> Opt
 }
 
 impl AgentCollector {
+    /// The mTLS proxy's counters (only when it runs).
+    fn encode_mesh(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::mesh::runtime::OutboundError;
+        use crate::mesh::tunnel::DenyReason;
+        let Some(mesh) = &self.state.mesh else {
+            return Ok(());
+        };
+        let stats = &mesh.inbound_stats;
+        counter_family(
+            encoder,
+            "rampart_proxy_denied",
+            "Connections and streams the proxy's tunnel port refused, by reason",
+            DenyReason::ALL
+                .iter()
+                .map(|r| (vec![("reason", r.name().to_owned())], stats.denied(*r))),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_proxy_outbound_errors",
+            "Redirected flows the proxy could not tunnel, by reason",
+            OutboundError::ALL.iter().map(|e| {
+                (
+                    vec![("reason", e.name().to_owned())],
+                    mesh.outbound_errors(*e),
+                )
+            }),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_proxy_flows",
+            "Flows carried through the mTLS tunnel, by side (outbound: from a local pod; inbound: to one)",
+            [
+                (
+                    vec![("direction", "outbound".to_owned())],
+                    mesh.outbound_flows
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                (
+                    vec![("direction", "inbound".to_owned())],
+                    stats.accepted_streams(),
+                ),
+            ],
+        )
+    }
+
     /// Packets and bytes per hook.
     fn encode_hooks(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(hooks) = read("hook counters", self.state.stats.hooks()) else {

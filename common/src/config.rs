@@ -13,7 +13,10 @@ pub struct DatapathConfig {
     pub revision: u32,
     /// [`ConfigFlags`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Port of the local proxy's transparent listener (0: no proxy; flows that need it are not
+    /// redirected, and drop at their destination).
+    pub proxy_port: u16,
+    pub _pad: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);

@@ -80,6 +80,9 @@ impl CtFlags {
     pub const SEEN_REPLY: u16 = 1 << 0;
     /// TCP FIN or RST seen: the flow is closing.
     pub const CLOSING: u16 = 1 << 1;
+    /// The local proxy opened this flow to a pod (mTLS-terminated on this node): its forward
+    /// packets must carry the proxy's mark, and its replies are marked back to the proxy.
+    pub const PROXIED: u16 = 1 << 2;
 }
 
 /// Lifetimes, in nanoseconds.

@@ -17,5 +17,6 @@ pub mod frag;
 pub mod identity;
 pub mod ipcache;
 pub mod maps;
+pub mod mesh;
 pub mod policy;
 pub mod reason;

@@ -13,6 +13,7 @@
 //! | `ENDPOINTS_{A,B}_V2` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint (id, identity, flags, own addresses) |
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
+//! | `MESH_{A,B}_V1` | hash | [`MAX_MESH`] | (identity, proto, port) → must cross the mTLS proxy |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
 //! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
 //! | `RULE_STATS_V1` | per-CPU hash | [`MAX_RULE_STATS`] | rule cookie → decisions by verdict |
@@ -30,6 +31,7 @@ pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V2", "ENDPOINTS_B_V2"];
 pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
 pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
+pub const MESH: [&str; 2] = ["MESH_A_V1", "MESH_B_V1"];
 pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
@@ -40,7 +42,7 @@ pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Every map of the object, in the order the agent pins them.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 22] = [
     HOOK_STATS,
     DROP_STATS,
     AUDIT_STATS,
@@ -54,6 +56,8 @@ pub const ALL: [&str; 20] = [
     IPCACHE6[1],
     POLICY[0],
     POLICY[1],
+    MESH[0],
+    MESH[1],
     CT,
     EVENTS,
     EVENTS_LOST,
@@ -69,6 +73,8 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 65536;
 /// Policy trie entries per generation (a port range costs up to 30 entries).
 pub const MAX_POLICY: u32 = 262_144;
+/// (identity, proto, port) destinations that require mTLS, per generation.
+pub const MAX_MESH: u32 = 16_384;
 /// Rule cookies with their own decision counters (the cardinality cap of per-rule metrics).
 pub const MAX_RULE_STATS: u32 = 16_384;
 /// Fragmented datagrams in flight whose first fragment passed.
@@ -85,3 +91,4 @@ const _: () =
     assert!(short(CONFIG) && short(CT) && short(EVENTS) && short(EVENTS_LOST) && short(RULE_STATS));
 const _: () =
     assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));
+const _: () = assert!(short(MESH[0]) && short(MESH[1]));

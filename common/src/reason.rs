@@ -31,12 +31,17 @@ impl DropReason {
     pub const UNSUPPORTED_L3: DropReason = DropReason(9);
     /// More IPv6 extension headers than the program walks, or a header it cannot skip.
     pub const UNSUPPORTED_IPV6_EXT: DropReason = DropReason(10);
+    /// Policy requires mTLS for this destination port, and the packet did not come through the
+    /// local proxy (plaintext that bypasses the tunnel).
+    pub const MTLS_REQUIRED: DropReason = DropReason(11);
+    /// The flow must go to the local proxy, and its listener is not there.
+    pub const PROXY_UNAVAILABLE: DropReason = DropReason(12);
 
     /// Reasons are counted in slots `0..SLOTS`; codes at or above it share the last slot.
     pub const SLOTS: u32 = 16;
 
     /// Every defined reason, in code order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NONE,
         DropReason::POLICY_DENIED,
         DropReason::POLICY_DENY_RULE,
@@ -48,6 +53,8 @@ impl DropReason {
         DropReason::SOURCE_SPOOFED,
         DropReason::UNSUPPORTED_L3,
         DropReason::UNSUPPORTED_IPV6_EXT,
+        DropReason::MTLS_REQUIRED,
+        DropReason::PROXY_UNAVAILABLE,
     ];
 
     /// The snake_case name used in metric labels and flow logs.
@@ -64,6 +71,8 @@ impl DropReason {
             8 => "source_spoofed",
             9 => "unsupported_l3",
             10 => "unsupported_ipv6_ext",
+            11 => "mtls_required",
+            12 => "proxy_unavailable",
             _ => "unknown",
         }
     }

@@ -13,6 +13,12 @@
 //!    policy is evaluated again first, and a flow no longer allowed is dropped and forgotten;
 //! 6. new flow: policy decides; allowed flows are tracked; a flow that cannot be tracked is dropped
 //!    (`ct_full`); denied flows are dropped, or counted and passed in audit mode.
+//!
+//! Flows to a destination that requires mTLS (`MESH_{A,B}_V1`, see `rampart_common::mesh`): on
+//! the pod's egress, an allowed one is redirected to the local proxy (tracked with verdict
+//! `redirect`; every packet of it is [`Action::Redirect`]); on the pod's ingress, only the local
+//! proxy's packets (marked) are admitted, anything else drops `mtls_required`, and the replies of
+//! a proxied flow go back to the proxy ([`Action::ToProxy`]).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
@@ -23,6 +29,7 @@ use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
 use rampart_common::frag::{FRAG_LIFETIME_NS, FragEntry, FragKey};
 use rampart_common::identity::Identity;
+use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MeshFlags};
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
@@ -47,10 +54,25 @@ pub struct Scratch {
 #[map(name = "SCRATCH_V1")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// The flow the last decision on this CPU parsed (for the TC program's redirect step, which runs
+/// right after the decision, on the same CPU).
+#[inline(always)]
+pub fn current_flow() -> Option<&'static Flow> {
+    // SAFETY: this CPU's slot; see `decide`.
+    SCRATCH.get_ptr(0).map(|p| unsafe { &(*p).flow })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Pass,
     Drop,
+    /// To the local proxy: TC marks it for local delivery; `Redirect { open: true }` is a
+    /// connection's first packet, which TC also hands to the proxy's listener.
+    Redirect {
+        open: bool,
+    },
+    /// A reply of a flow the local proxy opened: marked for local delivery to the proxy's socket.
+    ToProxy,
 }
 
 struct Decision {
@@ -60,8 +82,9 @@ struct Decision {
     audit: bool,
 }
 
+/// `mark` is the packet's `skb->mark` (0 at XDP, which has none).
 #[inline(always)]
-pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
+pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32) -> Action {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
         return Action::Drop;
@@ -87,10 +110,10 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction) -> Action {
     if uplink && dir != Direction::EGRESS {
         return Action::Pass;
     }
-    let action = judge(b, ifindex, dir, s, &cfg, generation, ep, uplink);
+    let action = judge(b, ifindex, dir, mark, s, &cfg, generation, ep, uplink);
     // A first fragment that a decision about a pod let through: its datagram's later fragments
     // follow it. (Node traffic on an uplink and link plumbing pass without a decision.)
-    if action == Action::Pass && s.judged && s.flow.frag == FRAG_FIRST {
+    if action != Action::Drop && s.judged && s.flow.frag == FRAG_FIRST {
         remember_first_fragment(s);
     }
     action
@@ -103,6 +126,7 @@ fn judge(
     b: &Bounds,
     ifindex: u32,
     dir: Direction,
+    mark: u32,
     s: &mut Scratch,
     cfg: &DatapathConfig,
     generation: u32,
@@ -171,6 +195,8 @@ fn judge(
         now,
         bytes,
         audit_all,
+        from_proxy: mark & MARK_MASK == MARK_FROM_PROXY,
+        proxy_port: cfg.proxy_port,
     };
     if dir == Direction::EGRESS {
         // The source must be this pod's own address, as its endpoint entry records it (not just an
@@ -229,7 +255,7 @@ fn judge(
         flow.tuple.proto,
         flow.policy_port,
     );
-    let verdict = if d.verdict == Verdict::DENY {
+    let mut verdict = if d.verdict == Verdict::DENY {
         if !(audit_all || d.audit) {
             counters::dropped(d.reason, dir, bytes);
             counters::decided(d.cookie, Verdict::DENY);
@@ -241,12 +267,52 @@ fn judge(
     } else {
         d.verdict
     };
+    let mut ct_flags = if flow.closing() { CtFlags::CLOSING } else { 0 };
+    let opening = flow.opening();
+    // mTLS: where policy requires it, the flow leaves through the local proxy, or arrives from
+    // it (never from elsewhere: plaintext that bypasses the tunnel drops here).
+    let mesh_identity = if dir == Direction::EGRESS {
+        remote
+    } else {
+        ep.identity
+    };
+    let mesh = maps::mesh_flags(
+        generation,
+        mesh_identity,
+        flow.tuple.proto,
+        flow.policy_port,
+    );
+    if mesh & MeshFlags::REQUIRE_MTLS != 0 {
+        if dir == Direction::EGRESS {
+            // Without a proxy the flow goes out as it is, and its destination drops it.
+            if ctx.proxy_port != 0 && verdict != Verdict::AUDIT {
+                verdict = Verdict::REDIRECT;
+            }
+        } else if ctx.from_proxy {
+            ct_flags |= CtFlags::PROXIED;
+        } else if audit_all {
+            counters::audited(DropReason::MTLS_REQUIRED, dir, bytes);
+            verdict = Verdict::AUDIT;
+        } else {
+            counters::dropped(DropReason::MTLS_REQUIRED, dir, bytes);
+            counters::decided(d.cookie, Verdict::DENY);
+            record(
+                s,
+                &ctx,
+                Some(remote),
+                Verdict::DENY,
+                DropReason::MTLS_REQUIRED,
+                d.cookie,
+            );
+            return Action::Drop;
+        }
+    }
     counters::decided(d.cookie, verdict);
     let entry = CtEntry {
         last_seen_ns: now,
         revision: cfg.revision,
         cookie: d.cookie,
-        flags: if flow.closing() { CtFlags::CLOSING } else { 0 },
+        flags: ct_flags,
         verdict: verdict.0,
         _pad: 0,
         policy_port: flow.policy_port,
@@ -279,7 +345,11 @@ fn judge(
         },
         d.cookie,
     );
-    Action::Pass
+    if verdict == Verdict::REDIRECT {
+        Action::Redirect { open: opening }
+    } else {
+        Action::Pass
+    }
 }
 
 #[inline(always)]
@@ -424,6 +494,10 @@ struct Ctx<'a> {
     now: u64,
     bytes: u64,
     audit_all: bool,
+    /// The packet carries the local proxy's mark.
+    from_proxy: bool,
+    /// `DatapathConfig::proxy_port` (0: no proxy).
+    proxy_port: u16,
 }
 
 /// Conntrack for one key: `Some(action)` if `k` is a live flow (the packet's own direction, or
@@ -441,6 +515,23 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     if e.revision != c.revision {
         // Policy changed since this flow was admitted: judge it again, in the scope it was
         // admitted in (the same endpoint; the remote side is the same peer either way).
+        // A plaintext flow to a port that now requires mTLS ends here.
+        let scope = Direction(k.scope);
+        if scope == Direction::INGRESS
+            && e.flags & CtFlags::PROXIED == 0
+            && !c.audit_all
+            && maps::mesh_flags(c.generation, c.ep.identity, k.proto, e.policy_port)
+                & MeshFlags::REQUIRE_MTLS
+                != 0
+        {
+            let _ = CT.remove(k);
+            counters::dropped(DropReason::MTLS_REQUIRED, c.dir, c.bytes);
+            return Some(Tracked {
+                action: Action::Drop,
+                reason: DropReason::MTLS_REQUIRED,
+                cookie: e.cookie,
+            });
+        }
         let d = evaluate(
             c.generation,
             c.ep,
@@ -469,11 +560,23 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
         );
         e.revision = c.revision;
         e.cookie = d.cookie;
-        e.verdict = if d.verdict == Verdict::DENY {
-            Verdict::AUDIT.0
-        } else {
-            d.verdict.0
-        };
+        // A redirected flow stays redirected: its packets cannot leave the proxy mid-stream.
+        if e.verdict != Verdict::REDIRECT.0 {
+            e.verdict = if d.verdict == Verdict::DENY {
+                Verdict::AUDIT.0
+            } else {
+                d.verdict.0
+            };
+        }
+    }
+    // A flow the local proxy opened to the pod: only the proxy may send its forward packets.
+    if !reply && e.flags & CtFlags::PROXIED != 0 && !c.from_proxy {
+        counters::dropped(DropReason::MTLS_REQUIRED, c.dir, c.bytes);
+        return Some(Tracked {
+            action: Action::Drop,
+            reason: DropReason::MTLS_REQUIRED,
+            cookie: e.cookie,
+        });
     }
     e.last_seen_ns = c.now;
     if reply {
@@ -483,8 +586,17 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
         e.flags |= CtFlags::CLOSING;
     }
     counters::forwarded(c.dir, c.bytes);
+    let action = if reply && e.flags & CtFlags::PROXIED != 0 {
+        Action::ToProxy
+    } else if !reply && e.verdict == Verdict::REDIRECT.0 {
+        Action::Redirect {
+            open: flow.opening(),
+        }
+    } else {
+        Action::Pass
+    };
     Some(Tracked {
-        action: Action::Pass,
+        action,
         reason: DropReason::NONE,
         cookie: e.cookie,
     })

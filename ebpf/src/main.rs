@@ -21,6 +21,7 @@ mod enforce;
 mod events;
 mod maps;
 mod packet;
+mod proxy;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -28,7 +29,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rampart_common::counters::Hook;
-use rampart_common::reason::Direction;
+use rampart_common::mesh::{MARK_MASK, MARK_TO_PROXY};
+use rampart_common::reason::{Direction, DropReason};
 
 use crate::enforce::Action;
 use crate::packet::Bounds;
@@ -48,9 +50,10 @@ pub fn rp_xdp(ctx: XdpContext) -> u32 {
     counters::count(Hook::XDP, b.len() as u64);
     // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match enforce::decide(&b, ifindex, Direction::EGRESS) {
-        Action::Pass => xdp_action::XDP_PASS,
+    // XDP cannot mark packets: a flow for the proxy passes here and TC ingress redirects it.
+    match enforce::decide(&b, ifindex, Direction::EGRESS, 0) {
         Action::Drop => xdp_action::XDP_DROP,
+        Action::Pass | Action::Redirect { .. } | Action::ToProxy => xdp_action::XDP_PASS,
     }
 }
 
@@ -86,10 +89,22 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         wire_len: len as usize,
     };
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match enforce::decide(&b, ifindex, dir) {
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    match enforce::decide(&b, ifindex, dir, mark) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
+        Action::ToProxy => {
+            ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
+            TC_ACT_OK
+        }
+        Action::Redirect { open } => {
+            ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
+            if open && !proxy::assign_listener(&ctx) {
+                counters::dropped(DropReason::PROXY_UNAVAILABLE, dir, u64::from(len));
+                return TC_ACT_SHOT;
+            }
+            TC_ACT_OK
+        }
     }
 }
 

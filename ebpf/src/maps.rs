@@ -11,7 +11,8 @@ use rampart_common::endpoint::EndpointInfo;
 use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
 use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::ipcache::IpcacheEntry;
-use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_POLICY};
+use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY};
+use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use rampart_common::reason::DropReason;
 
@@ -54,6 +55,11 @@ pub static POLICY_A: LpmTrie<PolicyKey, PolicyEntry> =
 #[map(name = "POLICY_B_V1")]
 pub static POLICY_B: LpmTrie<PolicyKey, PolicyEntry> =
     LpmTrie::with_max_entries(MAX_POLICY, NO_PREALLOC);
+
+#[map(name = "MESH_A_V1")]
+pub static MESH_A: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
+#[map(name = "MESH_B_V1")]
+pub static MESH_B: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
 
 #[map(name = "CT_V1")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
@@ -146,4 +152,24 @@ pub fn policy_lookup(generation: u32, key: &PolicyKey) -> PolicyEntry {
             cookie: 0,
         },
     }
+}
+
+/// Whether (identity, proto, port) must cross the mTLS proxy: its `MeshFlags` (0: no).
+#[inline(always)]
+pub fn mesh_flags(generation: u32, identity: u32, proto: u8, port: u16) -> u32 {
+    let key = MeshKey {
+        identity,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; hash map values stay valid for the program run.
+    let hit = unsafe {
+        if generation == 0 {
+            MESH_A.get(&key)
+        } else {
+            MESH_B.get(&key)
+        }
+    };
+    hit.map_or(0, |e| e.flags)
 }

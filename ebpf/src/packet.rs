@@ -19,6 +19,8 @@ const IPPROTO_UDPLITE: u8 = 136;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// How many IPv6 extension headers are walked before giving up (`unsupported_ipv6_ext`).
 const MAX_IPV6_EXT: usize = 4;
@@ -99,6 +101,12 @@ impl Flow {
     #[inline(always)]
     pub fn closing(&self) -> bool {
         self.tuple.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    /// A TCP connection's first packet (SYN without ACK).
+    #[inline(always)]
+    pub fn opening(&self) -> bool {
+        self.tuple.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 }
 

@@ -99,6 +99,11 @@ impl Topology {
         &self.pods
     }
 
+    /// The namespace of the underlay bridge (`br0`), when there is more than one node.
+    pub fn fabric(&self) -> Option<&Netns> {
+        self._fabric.as_ref()
+    }
+
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }

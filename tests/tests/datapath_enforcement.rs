@@ -285,6 +285,7 @@ fn the_uplink_drops_denied_traffic_to_local_pods_at_xdp() {
             ..PolicyRule::allow(1, Identity(ID[0]), Direction::INGRESS)
         }]),
         audit: false,
+        ..PolicyState::default()
     };
     let mut dp = Datapath::load().expect("load");
     dp.apply(&state).expect("apply");

@@ -120,6 +120,7 @@ fn state(rules: &[PolicyRule]) -> PolicyState {
         ],
         policy: build(rules),
         audit: false,
+        ..PolicyState::default()
     }
 }
 

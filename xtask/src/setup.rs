@@ -33,6 +33,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // The baselines `cargo xtask bench` measures Rampart against.
     "iptables",
     "nftables",
+    // The mTLS test captures the underlay to show that only TLS crosses it.
+    "tcpdump",
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -33,6 +33,7 @@ use rampart_common::event::{FlowEvent, LOST_RATE_LIMITED, LOST_RING_FULL};
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::maps::HOOK_STATS;
+use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use rampart_common::reason::{Direction, DropReason, drop_slot};
 use serde::Serialize;
@@ -116,6 +117,10 @@ pub struct PolicyState {
     /// Address prefixes and their identities.
     pub ipcache: Vec<IpcacheRecord>,
     pub policy: Vec<PolicyMapEntry>,
+    /// Destinations that require mTLS (see `rampart_common::mesh`).
+    pub mesh: Vec<(MeshKey, MeshEntry)>,
+    /// Port of the local proxy's transparent listener; 0: no proxy.
+    pub proxy_port: u16,
     /// Agent-wide audit mode.
     pub audit: bool,
 }
@@ -303,6 +308,16 @@ impl Datapath {
                     .map_err(map_err(name))?;
             }
         }
+        {
+            let name = maps::MESH[slot];
+            let mut mesh: HashMap<&mut MapData, MeshKey, MeshEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut mesh, name)?;
+            for (k, v) in &state.mesh {
+                mesh.insert(k, v, 0).map_err(map_err(name))?;
+            }
+        }
+        self.config.proxy_port = state.proxy_port;
         self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
     }
 
@@ -334,6 +349,7 @@ impl Datapath {
             active: revision & 1,
             revision,
             flags,
+            proxy_port: self.config.proxy_port,
             _pad: 0,
         };
         let mut array: Array<&mut MapData, DatapathConfig> =
@@ -376,7 +392,21 @@ impl Datapath {
         }
         self.copy_trie::<[u8; 4], IpcacheEntry>(maps::IPCACHE4[from], maps::IPCACHE4[to])?;
         self.copy_trie::<[u8; 16], IpcacheEntry>(maps::IPCACHE6[from], maps::IPCACHE6[to])?;
-        self.copy_trie::<PolicyKey, PolicyEntry>(maps::POLICY[from], maps::POLICY[to])
+        self.copy_trie::<PolicyKey, PolicyEntry>(maps::POLICY[from], maps::POLICY[to])?;
+        let mesh: Vec<(MeshKey, MeshEntry)> = {
+            let map: HashMap<&mut MapData, MeshKey, MeshEntry> =
+                typed(maps::MESH[from], self.map_mut(maps::MESH[from])?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(maps::MESH[from]))?
+        };
+        let name = maps::MESH[to];
+        let mut map: HashMap<&mut MapData, MeshKey, MeshEntry> = typed(name, self.map_mut(name)?)?;
+        clear_hash(&mut map, name)?;
+        for (k, v) in mesh {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     fn copy_trie<K: aya::Pod, V: aya::Pod>(
@@ -723,11 +753,11 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-fn clear_hash(
-    map: &mut HashMap<&mut MapData, u32, EndpointInfo>,
+fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
     name: &'static str,
 ) -> Result<(), DatapathError> {
-    let keys: Vec<u32> = map
+    let keys: Vec<K> = map
         .keys()
         .collect::<Result<_, _>>()
         .map_err(map_err(name))?;

@@ -66,16 +66,18 @@ pub struct WorkloadCert {
     key_der: Vec<u8>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When it was issued (`not_before` is set a little earlier, for clock skew).
+    pub issued_at: SystemTime,
 }
 
 impl WorkloadCert {
-    /// When to replace it: half-way through its life.
+    /// When to replace it: half-way through the lifetime it was issued for.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.issued_at)
             .unwrap_or_default();
-        self.not_before + life / 2
+        self.issued_at + life / 2
     }
 
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
@@ -243,6 +245,7 @@ impl Ca {
             key_der: key.serialize_der(),
             not_before,
             not_after,
+            issued_at: now,
         })
     }
 }
@@ -293,7 +296,7 @@ mod tests {
             .duration_since(svid.not_before)
             .expect("life");
         assert_eq!(life, Duration::from_secs(3600) + BACKDATE);
-        assert_eq!(svid.renew_at(), svid.not_before + life / 2);
+        assert_eq!(svid.renew_at(), now + Duration::from_secs(1800));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

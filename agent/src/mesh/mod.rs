@@ -3,6 +3,8 @@
 //! ([`tunnel`]) that carries flows policy requires to be mutually authenticated.
 
 pub mod ca;
+pub mod runtime;
 pub mod spiffe;
+pub mod table;
 pub mod tls;
 pub mod tunnel;

@@ -53,6 +53,10 @@ pub enum DenyReason {
     NotSpiffe,
     /// Policy does not allow this peer to reach this destination.
     PrincipalNotAllowed,
+    /// The peer's SPIFFE ID is not the identity of the source address it claims.
+    SourceMismatch,
+    /// The destination is not a local workload that takes mTLS on this port.
+    NoRoute,
     /// Not a well-formed CONNECT.
     BadRequest,
     /// The destination did not accept the connection.
@@ -60,7 +64,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 11] = [
+    pub const ALL: [DenyReason; 13] = [
         DenyReason::Plaintext,
         DenyReason::NoClientCertificate,
         DenyReason::UnknownCa,
@@ -70,6 +74,8 @@ impl DenyReason {
         DenyReason::HandshakeFailed,
         DenyReason::NotSpiffe,
         DenyReason::PrincipalNotAllowed,
+        DenyReason::SourceMismatch,
+        DenyReason::NoRoute,
         DenyReason::BadRequest,
         DenyReason::UpstreamUnreachable,
     ];
@@ -85,6 +91,8 @@ impl DenyReason {
             DenyReason::HandshakeFailed => "handshake_failed",
             DenyReason::NotSpiffe => "not_spiffe",
             DenyReason::PrincipalNotAllowed => "principal_not_allowed",
+            DenyReason::SourceMismatch => "source_identity_mismatch",
+            DenyReason::NoRoute => "no_mtls_route",
             DenyReason::BadRequest => "bad_request",
             DenyReason::UpstreamUnreachable => "upstream_unreachable",
         }
@@ -143,9 +151,19 @@ pub struct FlowRequest {
     pub destination: SocketAddr,
 }
 
-/// The policy question the inbound side asks for each stream.
+/// The policy question the inbound side asks for each stream: `Err` names why not.
 pub trait Authorize: Send + Sync {
-    fn allows(&self, flow: &FlowRequest) -> bool;
+    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason>;
+}
+
+/// How the inbound side opens the connection to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// From this host's own address (tests on loopback).
+    Plain,
+    /// From the flow's original source address (a transparent socket), carrying `mark`, so the
+    /// destination's policy sees the real source and the kernel knows the proxy sent it.
+    Transparent { mark: u32 },
 }
 
 /// The inbound side: its TLS configuration (swapped whole when the roots change; connections
@@ -155,6 +173,7 @@ pub struct Inbound {
     pub trust_domain: String,
     pub authorize: Arc<dyn Authorize>,
     pub stats: Arc<TunnelStats>,
+    pub upstream: Upstream,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -263,12 +282,16 @@ async fn handle_stream(
         source,
         destination,
     };
-    if !inbound.authorize.allows(&flow) {
-        stats.deny(DenyReason::PrincipalNotAllowed);
-        tracing::info!(peer = %flow.peer, %source, %destination, "tunnel: peer not allowed");
+    if let Err(reason) = inbound.authorize.check(&flow) {
+        stats.deny(reason);
+        tracing::info!(peer = %flow.peer, %source, %destination, reason = reason.name(), "tunnel: flow refused");
         return status(StatusCode::FORBIDDEN);
     }
-    let upstream = match TcpStream::connect(destination).await {
+    let connected = match inbound.upstream {
+        Upstream::Plain => TcpStream::connect(destination).await,
+        Upstream::Transparent { mark } => transparent_connect(source.ip(), destination, mark).await,
+    };
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             stats.deny(DenyReason::UpstreamUnreachable);
@@ -288,6 +311,32 @@ async fn handle_stream(
         }
     });
     status(StatusCode::OK)
+}
+
+/// Connects to `destination` from `source` (any port), which need not be an address of this host
+/// (`IP_TRANSPARENT`), with `SO_MARK` `mark`.
+async fn transparent_connect(
+    source: std::net::IpAddr,
+    destination: SocketAddr,
+    mark: u32,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(destination),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if destination.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        socket.set_ip_transparent_v6(true)?;
+    }
+    socket.set_mark(mark)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(destination).await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,10 @@
 //!   resolve to pod identities first, the identities of the pod addresses inside it (see
 //!   `identity.rs` for why that is exact);
 //! - deny rules of cluster policies become deny entries, which win over every allow (the policy
-//!   trie builder and the kernel's lookup order guarantee it).
+//!   trie builder and the kernel's lookup order guarantee it);
+//! - a MeshPolicy marks (destination identity, TCP port) as mTLS-only in the kernel's mesh map and
+//!   gives the proxy its routes (who may connect); NetworkPolicy and cluster policies still decide
+//!   the flow at both ends, on its original addresses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -26,11 +29,13 @@ use serde::Serialize;
 
 use super::identity::{Allocator, Discriminator, IdentityKey};
 use super::model::{
-    CidrBlock, EntityKind, Model, PeerModel, PodModel, PolicyModel, PortMatch, RuleModel,
+    CidrBlock, EntityKind, MeshPolicyModel, Model, PROTO_TCP, PeerModel, PodModel, PolicyModel,
+    PortMatch, PrincipalsModel, RuleModel,
 };
 use super::objects::{PolicyMode, RuleAction};
 use crate::datapath::{IpcacheRecord, PolicyState};
 use crate::policy_map::{self, PolicyRule};
+use rampart_common::mesh::{MeshEntry, MeshFlags, MeshKey};
 
 /// What the compiler needs besides the model.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +79,31 @@ pub struct EndpointSummary {
     pub isolated_egress: bool,
 }
 
+/// A destination (identity, TCP port) that takes only mTLS, and who may connect.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshRoute {
+    pub identity: u32,
+    pub port: u16,
+    /// The MeshPolicies that ask for it.
+    pub policies: Vec<String>,
+    /// Allowed principals, any of; `None`: any workload of the trust domain.
+    pub principals: Option<Vec<PrincipalsModel>>,
+}
+
+/// A pod address, as the proxy needs it: who is there, and where that pod's node takes tunnels.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadAddr {
+    pub addr: IpAddr,
+    pub identity: u32,
+    pub spiffe_id: String,
+    pub pod: String,
+    /// `spec.nodeName`.
+    pub node: Option<String>,
+    pub host_ip: Option<IpAddr>,
+    /// Behind an interface of this node.
+    pub local: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Compiled {
     pub state: PolicyState,
@@ -81,6 +111,10 @@ pub struct Compiled {
     pub cidr_identities: Vec<(IpNet, u32)>,
     pub rules: Vec<RuleRef>,
     pub endpoints: Vec<EndpointSummary>,
+    /// mTLS-only destinations, by (identity, port).
+    pub mesh: Vec<MeshRoute>,
+    /// Every pod address.
+    pub workloads: Vec<WorkloadAddr>,
     /// Policy rules before they became trie entries.
     pub rule_count: usize,
     /// Non-fatal findings (two pods with one address, ...).
@@ -280,7 +314,109 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     out.rule_count = rules.len();
     out.state.policy = policy_map::build(&rules);
     out.state.audit = node.audit;
+
+    // 6. mTLS: the destinations MeshPolicies select, and every pod address for the proxy.
+    out.mesh = mesh_routes(model, &pod_ids, &ns_labels);
+    out.state.mesh = out
+        .mesh
+        .iter()
+        .map(|r| {
+            (
+                MeshKey {
+                    identity: r.identity,
+                    port: r.port,
+                    proto: PROTO_TCP,
+                    _pad: 0,
+                },
+                MeshEntry {
+                    flags: MeshFlags::REQUIRE_MTLS,
+                    cookie: 0,
+                },
+            )
+        })
+        .collect();
+    let spiffe: HashMap<u32, &str> = out
+        .identities
+        .iter()
+        .map(|i| (i.id, i.spiffe_id.as_str()))
+        .collect();
+    for (pod, ids) in model.pods.iter().zip(&pod_ids) {
+        for &(addr, identity) in ids {
+            out.workloads.push(WorkloadAddr {
+                addr,
+                identity,
+                spiffe_id: spiffe
+                    .get(&identity)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_owned(),
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                node: pod.node_name.clone(),
+                host_ip: pod.host_ip,
+                local: node.local.contains_key(&addr),
+            });
+        }
+    }
     out
+}
+
+/// (identity, port) → the MeshPolicies that select it and their principals.
+fn mesh_routes<'m>(
+    model: &'m Model,
+    pod_ids: &[Vec<(IpAddr, u32)>],
+    ns_labels: &impl Fn(&PodModel) -> &'m BTreeMap<String, String>,
+) -> Vec<MeshRoute> {
+    let mut routes: BTreeMap<(u32, u16), MeshRoute> = BTreeMap::new();
+    for policy in &model.mesh_policies {
+        for (pod, ids) in model.pods.iter().zip(pod_ids) {
+            if !policy.applies_to.matches(pod, ns_labels(pod)) {
+                continue;
+            }
+            for port in mesh_ports(policy, pod) {
+                for &(_, identity) in ids {
+                    let route = routes.entry((identity, port)).or_insert_with(|| MeshRoute {
+                        identity,
+                        port,
+                        policies: Vec::new(),
+                        principals: Some(Vec::new()),
+                    });
+                    let name = format!("MeshPolicy {}", policy.name);
+                    if !route.policies.contains(&name) {
+                        route.policies.push(name);
+                        // Any policy that allows every principal opens the route to all of them.
+                        route.principals = match (route.principals.take(), &policy.principals) {
+                            (Some(mut list), Some(p)) => {
+                                list.push(p.clone());
+                                Some(list)
+                            }
+                            _ => None,
+                        };
+                    }
+                }
+            }
+        }
+    }
+    routes.into_values().collect()
+}
+
+/// The TCP ports of `policy` on `pod` (names resolved on the pod; a name it lacks adds none).
+fn mesh_ports(policy: &MeshPolicyModel, pod: &PodModel) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for p in &policy.ports {
+        match &p.port {
+            PortMatch::Range(start, end) => ports.extend(*start..=*end),
+            PortMatch::Named(name) => ports.extend(
+                pod.ports
+                    .iter()
+                    .filter(|np| np.name == *name && np.proto == PROTO_TCP)
+                    .map(|np| np.port),
+            ),
+            PortMatch::All => {}
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 impl RuleRef {

@@ -25,6 +25,8 @@ pub const PROTO_SCTP: u8 = 132;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Annotation that puts a NetworkPolicy in audit mode (`audit` or `enforce`).
 pub const MODE_ANNOTATION: &str = "policy.rampart.dev/mode";
+/// Most ports one MeshPolicy port range may name (each is a kernel map entry per identity).
+const MAX_MESH_RANGE: u16 = 1024;
 
 /// The validated world: namespaces, pods, policies.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +35,28 @@ pub struct Model {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodModel>,
     pub policies: Vec<PolicyModel>,
+    pub mesh_policies: Vec<MeshPolicyModel>,
+}
+
+/// A MeshPolicy: these destinations' ports take only mTLS from these principals.
+#[derive(Debug, Clone)]
+pub struct MeshPolicyModel {
+    pub name: String,
+    pub applies_to: WorkloadMatch,
+    /// TCP ports (numbers, ranges or names resolved per destination pod).
+    pub ports: Vec<PortModel>,
+    /// `None`: any workload of the trust domain.
+    pub principals: Option<PrincipalsModel>,
+    pub origin: Origin,
+}
+
+/// Allowed source principals: any of the lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrincipalsModel {
+    pub spiffe_ids: Vec<String>,
+    /// `(namespace, service account)`.
+    pub service_accounts: Vec<(String, String)>,
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +67,8 @@ pub struct PodModel {
     pub service_account: String,
     pub node_name: Option<String>,
     pub ips: Vec<IpAddr>,
+    /// `status.hostIP`: the pod's node, where that node's agent takes tunnels.
+    pub host_ip: Option<IpAddr>,
     pub ports: Vec<NamedPort>,
 }
 
@@ -241,6 +267,11 @@ pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
                     model.policies.push(p);
                 }
             }
+            Object::MeshPolicy(mp) => {
+                if let Some(p) = v.mesh_policy(mp, name) {
+                    model.mesh_policies.push(p);
+                }
+            }
         }
     }
     // Pods in namespaces no object describes still have the namespace's own-name label.
@@ -381,6 +412,20 @@ impl Validator<'_> {
                 }
             }
         }
+        let host_ip = match &pod.status.host_ip {
+            None => None,
+            Some(raw) => match raw.value.parse::<IpAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.error(
+                        raw,
+                        format!("status.hostIP {:?}: not an IP address", raw.value),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
         if !ok {
             return None;
         }
@@ -403,6 +448,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "default".to_owned()),
             node_name: pod.spec.node_name.clone(),
             ips,
+            host_ip,
             ports,
         })
     }
@@ -749,6 +795,115 @@ impl Validator<'_> {
             rules,
             origin: self.so.whole(),
         })
+    }
+
+    fn mesh_policy(&mut self, mp: &objects::MeshPolicy, name: String) -> Option<MeshPolicyModel> {
+        let spec = &mp.spec.value;
+        let mut ok = true;
+        let applies_to = match &spec.applies_to {
+            None => Some(WorkloadMatch::everything()),
+            Some(sel) => self.workloads(
+                sel.namespace_selector.as_ref(),
+                sel.pod_selector.as_ref(),
+                sel.service_accounts.as_deref(),
+                "appliesTo",
+            ),
+        };
+        if let Some(mode) = &spec.mtls
+            && mode.value != "Required"
+        {
+            self.error(
+                mode,
+                format!("mtls {:?}: the only mode is Required", mode.value),
+            );
+            ok = false;
+        }
+        let ports = self
+            .ports(spec.ports.as_deref(), &mut ok)
+            .unwrap_or_default();
+        if ports.is_empty() && ok {
+            self.error(&mp.spec, "ports: at least one TCP port is required");
+            ok = false;
+        }
+        for (p, raw) in ports.iter().zip(spec.ports.iter().flatten()) {
+            if p.proto != PROTO_TCP {
+                self.error(raw, "mTLS applies to TCP ports only");
+                ok = false;
+            }
+            match p.port {
+                PortMatch::All => {
+                    self.error(raw, "port is required (mTLS is asked for per port)");
+                    ok = false;
+                }
+                PortMatch::Range(start, end) if end - start >= MAX_MESH_RANGE => {
+                    self.error(
+                        raw,
+                        format!("a range of more than {MAX_MESH_RANGE} ports is not supported"),
+                    );
+                    ok = false;
+                }
+                _ => {}
+            }
+        }
+        let principals = spec
+            .allowed_principals
+            .as_ref()
+            .map(|p| self.principals(p, &mut ok));
+        let applies_to = applies_to?;
+        ok.then(|| MeshPolicyModel {
+            name,
+            applies_to,
+            ports,
+            principals,
+            origin: self.so.whole(),
+        })
+    }
+
+    fn principals(&mut self, raw: &objects::AllowedPrincipals, ok: &mut bool) -> PrincipalsModel {
+        let mut out = PrincipalsModel::default();
+        for id in raw.spiffe_ids.iter().flatten() {
+            match crate::mesh::spiffe::SpiffeId::parse(&id.value) {
+                Ok(_) => out.spiffe_ids.push(id.value.clone()),
+                Err(e) => {
+                    self.error(id, format!("allowedPrincipals.spiffeIds: {e}"));
+                    *ok = false;
+                }
+            }
+        }
+        for sa in raw.service_accounts.iter().flatten() {
+            match sa.value.split_once('/') {
+                Some((ns, name))
+                    if selector::is_dns_label(ns) && selector::is_dns_subdomain(name) =>
+                {
+                    out.service_accounts.push((ns.to_owned(), name.to_owned()));
+                }
+                _ => {
+                    self.error(
+                        sa,
+                        format!(
+                            "allowedPrincipals.serviceAccounts: {:?} is not `namespace/name`",
+                            sa.value
+                        ),
+                    );
+                    *ok = false;
+                }
+            }
+        }
+        for ns in raw.namespaces.iter().flatten() {
+            if selector::is_dns_label(&ns.value) {
+                out.namespaces.push(ns.value.clone());
+            } else {
+                self.error(
+                    ns,
+                    format!(
+                        "allowedPrincipals.namespaces: {:?} is not a namespace name",
+                        ns.value
+                    ),
+                );
+                *ok = false;
+            }
+        }
+        out
     }
 
     fn workloads(

@@ -253,8 +253,9 @@ pub struct PodStatus {
     _message: IgnoredAny,
     #[serde(default, rename = "reason")]
     _reason: IgnoredAny,
-    #[serde(default, rename = "hostIP")]
-    _host_ip: IgnoredAny,
+    /// The address of the pod's node (where that node's agent listens for tunnels).
+    #[serde(rename = "hostIP")]
+    pub host_ip: Option<Spanned<String>>,
     #[serde(default, rename = "hostIPs")]
     _host_ips: IgnoredAny,
     #[serde(default, rename = "startTime")]
@@ -463,4 +464,44 @@ pub enum Entity {
     RemoteNode,
     /// Everything.
     All,
+}
+
+// ---------------------------------------------------------------------------------------------
+// rampart.dev/v1alpha1 MeshPolicy
+
+/// Requires mutual TLS for selected destination workloads and ports, and names the source
+/// principals that may connect (cluster-scoped).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshPolicy {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    pub spec: Spanned<MeshPolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshPolicySpec {
+    /// The destination workloads; absent: every pod.
+    pub applies_to: Option<WorkloadSelector>,
+    /// TCP ports of the destinations that require mTLS (required, at least one).
+    pub ports: Option<Vec<Spanned<PortEntry>>>,
+    /// `Required` (the only mode so far).
+    pub mtls: Option<Spanned<String>>,
+    /// Who may connect (any of the lists); absent: any workload of the trust domain.
+    pub allowed_principals: Option<AllowedPrincipals>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowedPrincipals {
+    /// Exact SPIFFE IDs.
+    pub spiffe_ids: Option<Vec<Spanned<String>>>,
+    /// `namespace/serviceaccount`.
+    pub service_accounts: Option<Vec<Spanned<String>>>,
+    /// Every workload of these namespaces.
+    pub namespaces: Option<Vec<Spanned<String>>>,
 }

@@ -27,6 +27,7 @@ pub enum Object {
     Pod(Box<objects::Pod>),
     NetworkPolicy(objects::NetworkPolicy),
     ClusterPolicy(objects::ClusterPolicy),
+    MeshPolicy(objects::MeshPolicy),
 }
 
 impl Object {
@@ -36,6 +37,7 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::ClusterPolicy(_) => "ClusterPolicy",
+            Object::MeshPolicy(_) => "MeshPolicy",
         }
     }
 
@@ -45,6 +47,7 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::ClusterPolicy(o) => &o.metadata,
+            Object::MeshPolicy(o) => &o.metadata,
         }
     }
 }
@@ -386,7 +389,8 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         ("v1", "Pod") => Object::Pod(Box::new(parse(file, doc)?)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(parse(file, doc)?),
         ("rampart.dev/v1alpha1", "ClusterPolicy") => Object::ClusterPolicy(parse(file, doc)?),
-        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy") => {
+        ("rampart.dev/v1alpha1", "MeshPolicy") => Object::MeshPolicy(parse(file, doc)?),
+        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy") => {
             return Err(Diagnostic::error(
                 start_origin,
                 format!("{kind}: unsupported apiVersion {api_version:?}"),

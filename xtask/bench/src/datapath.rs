@@ -153,5 +153,6 @@ fn state(filler: u64) -> PolicyState {
         ],
         policy: build(&rules),
         audit: false,
+        ..PolicyState::default()
     }
 }

@@ -30,8 +30,12 @@ fn node() -> SpiffeId {
 struct FrontendOnly;
 
 impl Authorize for FrontendOnly {
-    fn allows(&self, flow: &FlowRequest) -> bool {
-        flow.peer == frontend()
+    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+        if flow.peer == frontend() {
+            Ok(())
+        } else {
+            Err(DenyReason::PrincipalNotAllowed)
+        }
     }
 }
 
@@ -58,6 +62,7 @@ impl World {
             trust_domain: TD.to_owned(),
             authorize: Arc::new(FrontendOnly),
             stats: Arc::new(TunnelStats::default()),
+            upstream: Upstream::Plain,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tunnel = listener.local_addr().expect("addr");

@@ -1,0 +1,418 @@
+//! The mesh side of `rampart run --ca-dir`: the node's policy routing for marked packets, the
+//! outbound transparent listener that receives redirected flows, the inbound tunnel listener,
+//! and the certificates (the node's, and one per local workload identity, issued on first use
+//! and renewed at half-life; the root reloaded when its files change).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
+use super::spiffe::SpiffeId;
+use super::table::{MeshTable, TableAuthorizer};
+use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
+use super::tunnel::{self, Inbound, TunnelStats, Upstream};
+
+/// Routing table that delivers marked packets locally (`local default dev lo`).
+const ROUTE_TABLE: &str = "21072";
+/// Priority of the `fwmark` rule (before the main table's 32766).
+const RULE_PRIORITY: &str = "90";
+/// How often the CA files are checked for a rotated root.
+const CA_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeshSettings {
+    pub ca_dir: PathBuf,
+    pub node_name: String,
+    pub cert_ttl: Duration,
+    pub proxy_port: u16,
+    pub tunnel_port: u16,
+}
+
+/// Why an outbound (redirected) flow could not be tunnelled; the label of
+/// `rampart_proxy_outbound_errors_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundError {
+    /// The source address is not a local workload.
+    UnknownSource,
+    /// The destination is not a known workload with a node address.
+    UnknownDestination,
+    Certificate,
+    /// The destination node refused or could not be reached.
+    Tunnel,
+}
+
+impl OutboundError {
+    pub const ALL: [OutboundError; 4] = [
+        OutboundError::UnknownSource,
+        OutboundError::UnknownDestination,
+        OutboundError::Certificate,
+        OutboundError::Tunnel,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutboundError::UnknownSource => "unknown_source",
+            OutboundError::UnknownDestination => "unknown_destination",
+            OutboundError::Certificate => "certificate",
+            OutboundError::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// Certificates of the node and its workloads, issued from the trust domain's CA.
+struct Certs {
+    ca: Ca,
+    /// Roots trusted: the current CA, and the previous one while a rotation rolls out.
+    bundle: TrustBundle,
+    /// The root file's content, to notice a rotation.
+    ca_pem: String,
+    workloads: std::collections::HashMap<SpiffeId, WorkloadCert>,
+    node: WorkloadCert,
+}
+
+pub struct MeshRuntime {
+    pub settings: MeshSettings,
+    pub table: Arc<RwLock<Arc<MeshTable>>>,
+    pub inbound_stats: Arc<TunnelStats>,
+    outbound_errors: [AtomicU64; OutboundError::ALL.len()],
+    pub outbound_flows: AtomicU64,
+    certs: Mutex<Certs>,
+    node_cert: Arc<RotatingCert>,
+    inbound: Arc<Inbound>,
+    node_id: SpiffeId,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for MeshRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRuntime")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SPIFFE ID a node's agent presents on its tunnel port.
+pub fn node_spiffe_id(
+    trust_domain: &str,
+    node: &str,
+) -> Result<SpiffeId, super::spiffe::SpiffeError> {
+    SpiffeId::parse(&format!("spiffe://{trust_domain}/rampart/node/{node}"))
+}
+
+impl MeshRuntime {
+    /// Loads the CA and issues the node's certificate. `trust_domain` must be the CA's.
+    pub fn new(settings: MeshSettings, trust_domain: &str) -> anyhow::Result<Arc<MeshRuntime>> {
+        let ca = Ca::load(&settings.ca_dir)?;
+        anyhow::ensure!(
+            ca.trust_domain() == trust_domain,
+            "--ca-dir {}: the root is for trust domain {:?}, the agent's --trust-domain is {trust_domain:?}",
+            settings.ca_dir.display(),
+            ca.trust_domain()
+        );
+        let node_id = node_spiffe_id(trust_domain, &settings.node_name)
+            .with_context(|| format!("--node-name {:?}", settings.node_name))?;
+        let node = ca.issue(&node_id, settings.cert_ttl, SystemTime::now())?;
+        let bundle = TrustBundle::new(trust_domain, &[ca.cert_der().clone()])?;
+        let node_cert = Arc::new(RotatingCert::new(&node)?);
+        let table = Arc::new(RwLock::new(Arc::new(MeshTable::default())));
+        let inbound_stats = Arc::new(TunnelStats::default());
+        let inbound = Arc::new(Inbound {
+            config: RwLock::new(server_config(&bundle, Arc::clone(&node_cert))?),
+            trust_domain: trust_domain.to_owned(),
+            authorize: Arc::new(TableAuthorizer {
+                table: Arc::clone(&table),
+            }),
+            stats: Arc::clone(&inbound_stats),
+            upstream: Upstream::Transparent {
+                mark: MARK_FROM_PROXY,
+            },
+        });
+        Ok(Arc::new(MeshRuntime {
+            certs: Mutex::new(Certs {
+                ca_pem: ca.cert_pem().to_owned(),
+                ca,
+                bundle,
+                workloads: std::collections::HashMap::new(),
+                node,
+            }),
+            settings,
+            table,
+            inbound_stats,
+            outbound_errors: Default::default(),
+            outbound_flows: AtomicU64::new(0),
+            node_cert,
+            inbound,
+            node_id,
+            trust_domain: trust_domain.to_owned(),
+        }))
+    }
+
+    pub fn set_table(&self, table: MeshTable) {
+        if let Ok(mut t) = self.table.write() {
+            *t = Arc::new(table);
+        }
+    }
+
+    pub fn outbound_errors(&self, e: OutboundError) -> u64 {
+        self.outbound_errors[e as usize].load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, e: OutboundError) {
+        self.outbound_errors[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Installs the policy routing, binds both listeners and spawns their tasks and the
+    /// certificate upkeep.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        install_routing().context("installing the policy routing for the proxy's mark")?;
+        let tunnel_listener = TcpListener::bind(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            self.settings.tunnel_port,
+        ))
+        .await
+        .or(TcpListener::bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            self.settings.tunnel_port,
+        ))
+        .await)
+        .with_context(|| format!("binding the tunnel port {}", self.settings.tunnel_port))?;
+        tokio::spawn(tunnel::serve(tunnel_listener, Arc::clone(&self.inbound)));
+        for addr in [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            let listener = transparent_listener(SocketAddr::new(addr, self.settings.proxy_port))
+                .with_context(|| {
+                    format!(
+                        "binding the proxy's transparent listener on port {}",
+                        self.settings.proxy_port
+                    )
+                })?;
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            let me = Arc::clone(&me);
+                            tokio::spawn(async move { me.outbound(stream, peer).await });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "proxy: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CA_POLL).await;
+                if let Err(e) = me.upkeep() {
+                    tracing::warn!("certificates: {e:#}");
+                }
+            }
+        });
+        tracing::info!(
+            proxy_port = self.settings.proxy_port,
+            tunnel_port = self.settings.tunnel_port,
+            node = %self.node_id,
+            "mTLS proxy listening"
+        );
+        Ok(())
+    }
+
+    /// Renews the node certificate at half-life and picks up a rotated root: the new root is
+    /// trusted beside the old one, new certificates come from it, and established connections
+    /// keep theirs.
+    fn upkeep(&self) -> anyhow::Result<()> {
+        let mut certs = self
+            .certs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
+        let pem_path = self.settings.ca_dir.join(CA_CERT_FILE);
+        let pem = std::fs::read_to_string(&pem_path).unwrap_or_default();
+        let now = SystemTime::now();
+        let mut renew = now >= certs.node.renew_at();
+        if !pem.is_empty() && pem != certs.ca_pem {
+            let ca = Ca::load(&self.settings.ca_dir)?;
+            anyhow::ensure!(
+                ca.trust_domain() == self.trust_domain,
+                "the rotated root is for another trust domain"
+            );
+            let bundle = TrustBundle::new(
+                &self.trust_domain,
+                &[ca.cert_der().clone(), certs.ca.cert_der().clone()],
+            )?;
+            let config = server_config(&bundle, Arc::clone(&self.node_cert))?;
+            if let Ok(mut c) = self.inbound.config.write() {
+                *c = config;
+            }
+            certs.ca = ca;
+            certs.ca_pem = pem;
+            certs.bundle = bundle;
+            certs.workloads.clear();
+            renew = true;
+            tracing::info!("certificates: rotated root loaded (the previous root stays trusted)");
+        }
+        if renew {
+            certs.node = certs.ca.issue(&self.node_id, self.settings.cert_ttl, now)?;
+            self.node_cert.replace(&certs.node)?;
+            tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
+        }
+        Ok(())
+    }
+
+    /// A workload's certificate, issued on first use and renewed at half-life.
+    fn workload_cert(&self, id: &SpiffeId) -> anyhow::Result<(WorkloadCert, TrustBundle)> {
+        let mut certs = self
+            .certs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
+        let now = SystemTime::now();
+        let fresh = certs
+            .workloads
+            .get(id)
+            .filter(|c| now < c.renew_at())
+            .cloned();
+        let cert = match fresh {
+            Some(c) => c,
+            None => {
+                let c = certs.ca.issue(id, self.settings.cert_ttl, now)?;
+                tracing::debug!(workload = %id, "certificates: issued");
+                certs.workloads.insert(id.clone(), c.clone());
+                c
+            }
+        };
+        Ok((cert, certs.bundle.clone()))
+    }
+
+    /// A redirected flow: the accepted socket's local address is the original destination.
+    async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let original = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let (src_id, tunnel_addr, server_id) = {
+            let table = match self.table.read() {
+                Ok(t) => Arc::clone(&t),
+                Err(_) => return,
+            };
+            let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
+                tracing::info!(%peer, %original, "proxy: source is not a local workload");
+                return self.fail(OutboundError::UnknownSource);
+            };
+            let dst = table.workload(original.ip());
+            let Some((host, node)) = dst.and_then(|d| Some((d.host_ip?, d.node.clone()?))) else {
+                tracing::info!(%peer, %original, "proxy: destination has no node address");
+                return self.fail(OutboundError::UnknownDestination);
+            };
+            let (Ok(src_id), Ok(server_id)) = (
+                SpiffeId::parse(&src.spiffe_id),
+                node_spiffe_id(&self.trust_domain, &node),
+            ) else {
+                return self.fail(OutboundError::Certificate);
+            };
+            (
+                src_id,
+                SocketAddr::new(host, self.settings.tunnel_port),
+                server_id,
+            )
+        };
+        let config = match self
+            .workload_cert(&src_id)
+            .and_then(|(cert, bundle)| Ok(client_config(&bundle, &cert, server_id)?))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(workload = %src_id, "proxy: no certificate: {e:#}");
+                return self.fail(OutboundError::Certificate);
+            }
+        };
+        let mut flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(%peer, %original, tunnel = %tunnel_addr, "proxy: {e}");
+                return self.fail(OutboundError::Tunnel);
+            }
+        };
+        self.outbound_flows.fetch_add(1, Ordering::Relaxed);
+        let mut stream = stream;
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut flow).await;
+    }
+}
+
+/// A listener that accepts connections for any address (`IP_TRANSPARENT`): the kernel hands it
+/// the redirected SYNs (`bpf_sk_assign`), and its accepted sockets keep the original addresses.
+fn transparent_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_ip_transparent_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Packets the kernel marks for the proxy are delivered locally whatever their destination:
+/// `ip rule fwmark MARK_TO_PROXY/MARK_MASK lookup T` and `local default dev lo table T`, for both
+/// families. This is policy routing, not packet filtering: no iptables or nftables. The rules
+/// are replaced, not duplicated, when the agent restarts. (iproute2 is part of every node; the
+/// netlink crates' route-rule APIs change between releases, and this runs once at start-up.)
+fn install_routing() -> anyhow::Result<()> {
+    let mark = format!("{MARK_TO_PROXY:#x}/{MARK_MASK:#x}");
+    for family in ["-4", "-6"] {
+        // Remove what an earlier run left, so that exactly one rule remains.
+        while run_ip(&[family, "rule", "del", "pref", RULE_PRIORITY]).is_ok() {}
+        run_ip(&[
+            family,
+            "rule",
+            "add",
+            "pref",
+            RULE_PRIORITY,
+            "fwmark",
+            &mark,
+            "lookup",
+            ROUTE_TABLE,
+        ])?;
+        run_ip(&[
+            family,
+            "route",
+            "replace",
+            "local",
+            "default",
+            "dev",
+            "lo",
+            "table",
+            ROUTE_TABLE,
+        ])?;
+    }
+    Ok(())
+}
+
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}

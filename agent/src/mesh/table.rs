@@ -1,0 +1,212 @@
+//! What the proxy knows of the policy set in force: every pod address (identity, SPIFFE ID, node)
+//! and the mTLS routes (destination identity and port → allowed principals). Rebuilt by the
+//! controller with each policy set; read by every proxied connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::spiffe::SpiffeId;
+use super::tunnel::{Authorize, DenyReason, FlowRequest};
+use crate::policy::compile::{Compiled, MeshRoute, WorkloadAddr};
+use crate::policy::model::PrincipalsModel;
+
+#[derive(Debug, Default)]
+pub struct MeshTable {
+    workloads: HashMap<IpAddr, WorkloadAddr>,
+    routes: HashMap<(u32, u16), MeshRoute>,
+}
+
+impl MeshTable {
+    pub fn from_compiled(compiled: &Compiled) -> MeshTable {
+        MeshTable {
+            workloads: compiled
+                .workloads
+                .iter()
+                .map(|w| (w.addr, w.clone()))
+                .collect(),
+            routes: compiled
+                .mesh
+                .iter()
+                .map(|r| ((r.identity, r.port), r.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn workload(&self, addr: IpAddr) -> Option<&WorkloadAddr> {
+        self.workloads.get(&canonical(addr))
+    }
+
+    pub fn route(&self, identity: u32, port: u16) -> Option<&MeshRoute> {
+        self.routes.get(&(identity, port))
+    }
+
+    pub fn routes(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// The inbound decision for one tunnelled flow: the destination is a local workload whose
+    /// port takes mTLS, the peer is the workload at the source address it claims, and a policy
+    /// of the route allows that principal.
+    pub fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+        let dst = self
+            .workload(flow.destination.ip())
+            .filter(|w| w.local)
+            .ok_or(DenyReason::NoRoute)?;
+        let route = self
+            .route(dst.identity, flow.destination.port())
+            .ok_or(DenyReason::NoRoute)?;
+        let src = self
+            .workload(flow.source.ip())
+            .ok_or(DenyReason::SourceMismatch)?;
+        if src.spiffe_id != flow.peer.as_str() {
+            return Err(DenyReason::SourceMismatch);
+        }
+        if principal_allowed(route, &flow.peer) {
+            Ok(())
+        } else {
+            Err(DenyReason::PrincipalNotAllowed)
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack socket's view of an IPv4 peer) as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether `peer` is one of `route`'s allowed principals (`None`: anyone of the trust domain,
+/// which the TLS handshake already checked).
+pub fn principal_allowed(route: &MeshRoute, peer: &SpiffeId) -> bool {
+    let Some(lists) = &route.principals else {
+        return true;
+    };
+    let sa = peer.namespace_and_service_account();
+    lists.iter().any(|p: &PrincipalsModel| {
+        p.spiffe_ids.iter().any(|id| id == peer.as_str())
+            || sa.is_some_and(|(ns, name)| {
+                p.namespaces.iter().any(|n| n == ns)
+                    || p.service_accounts
+                        .iter()
+                        .any(|(sns, sname)| sns == ns && sname == name)
+            })
+    })
+}
+
+/// The inbound side's [`Authorize`]: the table in force when the stream arrives.
+pub struct TableAuthorizer {
+    pub table: std::sync::Arc<std::sync::RwLock<std::sync::Arc<MeshTable>>>,
+}
+
+impl Authorize for TableAuthorizer {
+    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+        match self.table.read() {
+            Ok(table) => table.check(flow),
+            Err(_) => Err(DenyReason::NoRoute),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(principals: Option<Vec<PrincipalsModel>>) -> MeshRoute {
+        MeshRoute {
+            identity: 300,
+            port: 5432,
+            policies: vec!["MeshPolicy db".into()],
+            principals,
+        }
+    }
+
+    fn workload(addr: &str, identity: u32, id: &str, local: bool) -> WorkloadAddr {
+        WorkloadAddr {
+            addr: addr.parse().expect("addr"),
+            identity,
+            spiffe_id: id.into(),
+            pod: "ns/pod".into(),
+            node: Some("node-1".into()),
+            host_ip: None,
+            local,
+        }
+    }
+
+    #[test]
+    fn principals_match_by_id_service_account_or_namespace() {
+        let backend = SpiffeId::parse("spiffe://td/ns/shop/sa/backend").expect("id");
+        let other = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
+        assert!(principal_allowed(&route(None), &other));
+        let by_sa = PrincipalsModel {
+            service_accounts: vec![("shop".into(), "backend".into())],
+            ..Default::default()
+        };
+        assert!(principal_allowed(
+            &route(Some(vec![by_sa.clone()])),
+            &backend
+        ));
+        assert!(!principal_allowed(&route(Some(vec![by_sa])), &other));
+        let by_ns = PrincipalsModel {
+            namespaces: vec!["web".into()],
+            ..Default::default()
+        };
+        let by_id = PrincipalsModel {
+            spiffe_ids: vec![backend.to_string()],
+            ..Default::default()
+        };
+        let both = route(Some(vec![by_ns, by_id]));
+        assert!(principal_allowed(&both, &backend) && principal_allowed(&both, &other));
+        assert!(!principal_allowed(&route(Some(Vec::new())), &backend));
+    }
+
+    #[test]
+    fn inbound_checks_destination_source_and_principal() {
+        let mut table = MeshTable::default();
+        for w in [
+            workload("10.0.2.5", 300, "spiffe://td/ns/shop/sa/db", true),
+            workload("10.0.1.5", 301, "spiffe://td/ns/shop/sa/backend", false),
+            workload("10.0.1.6", 302, "spiffe://td/ns/shop/sa/frontend", false),
+        ] {
+            table.workloads.insert(w.addr, w);
+        }
+        let by_sa = PrincipalsModel {
+            service_accounts: vec![("shop".into(), "backend".into())],
+            ..Default::default()
+        };
+        table.routes.insert((300, 5432), route(Some(vec![by_sa])));
+        let flow = |peer: &str, src: &str, dst: &str| FlowRequest {
+            peer: SpiffeId::parse(peer).expect("id"),
+            source: src.parse().expect("src"),
+            destination: dst.parse().expect("dst"),
+        };
+        let backend = "spiffe://td/ns/shop/sa/backend";
+        let frontend = "spiffe://td/ns/shop/sa/frontend";
+        assert_eq!(
+            table.check(&flow(backend, "10.0.1.5:40000", "10.0.2.5:5432")),
+            Ok(())
+        );
+        assert_eq!(
+            table.check(&flow(backend, "[::ffff:10.0.1.5]:40000", "10.0.2.5:5432")),
+            Ok(())
+        );
+        assert_eq!(
+            table.check(&flow(frontend, "10.0.1.6:40000", "10.0.2.5:5432")),
+            Err(DenyReason::PrincipalNotAllowed)
+        );
+        // A frontend certificate claiming the backend's address.
+        assert_eq!(
+            table.check(&flow(frontend, "10.0.1.5:40000", "10.0.2.5:5432")),
+            Err(DenyReason::SourceMismatch)
+        );
+        assert_eq!(
+            table.check(&flow(backend, "10.0.1.5:40000", "10.0.2.5:8080")),
+            Err(DenyReason::NoRoute)
+        );
+        assert_eq!(
+            table.check(&flow(backend, "10.0.1.5:40000", "10.0.1.6:5432")),
+            Err(DenyReason::NoRoute)
+        );
+    }
+}

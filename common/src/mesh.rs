@@ -1,0 +1,50 @@
+//! Flows that must cross the in-agent mTLS proxy, and the packet marks that tie the kernel
+//! programs to it.
+//!
+//! `MESH_{A,B}_V1` (double-buffered like the policy) maps (destination identity, protocol, port)
+//! to [`MeshEntry`]. On a pod's egress, a new allowed flow to such a destination is redirected to
+//! the local proxy (TC ingress marks it [`MARK_TO_PROXY`], which the node's policy routing
+//! delivers locally, and hands its SYN to the proxy's listener). On a pod's ingress, such a flow
+//! is admitted only if the local proxy sent it (its socket marks it [`MARK_FROM_PROXY`]); replies
+//! of such flows are marked back to the proxy.
+
+/// Destination identity, protocol and port that require mTLS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MeshKey {
+    pub identity: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<MeshKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshEntry {
+    pub flags: u32,
+    /// Rule cookie of the policy that asked for it (for events and counters).
+    pub cookie: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<MeshEntry>() == 8);
+
+pub struct MeshFlags;
+
+impl MeshFlags {
+    /// Only the local proxy may deliver this flow to the pod (plaintext from anywhere else drops).
+    pub const REQUIRE_MTLS: u32 = 1 << 0;
+}
+
+/// The bits of `skb->mark` Rampart owns.
+pub const MARK_MASK: u32 = 0x0f00_0000;
+/// Set by the kernel on packets it sends to the local proxy (policy routing delivers them locally).
+pub const MARK_TO_PROXY: u32 = 0x0100_0000;
+/// Set by the proxy (`SO_MARK`) on its connections to local pods.
+pub const MARK_FROM_PROXY: u32 = 0x0200_0000;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MeshKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MeshEntry {}

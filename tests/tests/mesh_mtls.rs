@@ -1,0 +1,326 @@
+//! mTLS between nodes, on a real kernel: two nodes (namespaces on an underlay bridge), one agent
+//! each with the trust domain's CA, and a MeshPolicy that requires mTLS for pod b's port 5432 and
+//! allows only service account shop/a.
+//!
+//! - a (node 1) reaches b (node 2) on 5432 as a plain TCP connection: the kernel redirects it to
+//!   the local proxy, which tunnels it (HTTP/2 CONNECT over mutual TLS 1.3) to node 2's agent;
+//!   a capture of the underlay has no trace of the payload, while a plaintext control flow to
+//!   port 8080 shows there;
+//! - c (node 1, another service account) is refused by node 2's proxy (counted);
+//! - plaintext sent to b:5432 from node 1's host (not through the proxy) is dropped by node 2's
+//!   kernel as `mtls_required`; plaintext to the tunnel port is refused and counted;
+//! - a connection stays up across certificate renewals (10 s certificates).
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rampart_tests::metrics::sample;
+use rampart_tests::netns::{Netns, TEST_PREFIX};
+use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, require_root};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const SECRET: &[u8] = b"RAMPART-MTLS-SECRET-7f3a9c";
+const CONTROL: &[u8] = b"RAMPART-PLAINTEXT-CONTROL-51be";
+
+fn ip(n: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n, d)
+}
+
+fn workloads() -> String {
+    let pod = |name: &str, node: u8, d: u8| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
+            ip(node, d)
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-requires-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 5432}}]\n  allowedPrincipals:\n    serviceAccounts: [shop/a]\n",
+        pod("a", 1, 10),
+        pod("c", 1, 11),
+        pod("b", 2, 10)
+    )
+}
+
+/// Connects from inside `ns` and sends `payload` `rounds` times, `pause` apart; true if every
+/// round came back whole.
+fn exchange(
+    ns: &Netns,
+    dst: SocketAddr,
+    payload: &'static [u8],
+    rounds: u32,
+    pause: Duration,
+) -> bool {
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(TIMEOUT));
+        for round in 0..rounds {
+            if round > 0 {
+                std::thread::sleep(pause);
+            }
+            let mut back = vec![0u8; payload.len()];
+            if s.write_all(payload).is_err() || s.read_exact(&mut back).is_err() || back != payload
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .unwrap_or(false)
+}
+
+fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
+    agent
+        .metrics()
+        .ok()
+        .and_then(|m| sample(&m, name, labels))
+        .unwrap_or(0.0)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tcpdump` on every port of the underlay bridge, killed on drop.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(fabric: &Netns, file: &Path) -> Capture {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                fabric.name(),
+                "tcpdump",
+                "-Z",
+                "root",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(file.with_extension("err")).expect("stderr file"))
+            .spawn()
+            .expect("tcpdump (cargo xtask setup installs it)");
+        // tcpdump needs a moment before it captures.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Capture {
+            child,
+            file: file.to_owned(),
+        }
+    }
+
+    /// Stops the capture and returns the raw pcap bytes and tcpdump's reading of them.
+    fn finish(mut self) -> (Vec<u8>, String) {
+        std::thread::sleep(Duration::from_millis(300));
+        // SIGTERM: tcpdump writes out what it holds and exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let raw = std::fs::read(&self.file).expect("capture file");
+        let text = Command::new("tcpdump")
+            .args(["-nn", "-r"])
+            .arg(&self.file)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        (raw, text)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1, 10))
+        .pod("node-1", "shop/c", ip(1, 11))
+        .pod("node-2", "shop/b", ip(2, 10))
+        .build()
+        .expect("topology");
+    let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432, 8080], &[]).expect("echo");
+
+    let work = std::env::temp_dir().join(format!("rampart-mesh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
+    std::fs::create_dir_all(&policy_dir).expect("dirs");
+    std::fs::write(policy_dir.join("world.yaml"), workloads()).expect("policy");
+    let bin = rampart_tests::agent::rampart_bin().expect("rampart binary");
+    let out = Command::new(&bin)
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .output()
+        .expect("rampart ca init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let start = |node: &str| {
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.policy_dir = Some(policy_dir.clone());
+        opts.extra_args = vec![
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+            "--node-name".into(),
+            node.into(),
+            "--cert-ttl".into(),
+            "10".into(),
+        ];
+        Agent::start(&topo.node(node).ns, &opts).expect("agent")
+    };
+    let node1 = start("node-1");
+    let node2 = start("node-2");
+    let b = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
+    let fabric = topo.fabric().expect("two nodes have an underlay");
+    let capture = Capture::start(fabric, &work.join("underlay.pcap"));
+
+    // a -> b:5432 works as a plain connection for the application, through the tunnel.
+    assert!(
+        exchange(&topo.pod("shop/a").ns, b(5432), SECRET, 3, Duration::ZERO),
+        "a reaches b:5432 through mTLS; node-1 log:\n{}\nnode-2 log:\n{}",
+        node1.log(),
+        node2.log()
+    );
+    assert!(
+        metric(
+            &node1,
+            "rampart_proxy_flows_total",
+            "direction=\"outbound\""
+        ) >= 1.0
+    );
+    assert!(metric(&node2, "rampart_proxy_flows_total", "direction=\"inbound\"") >= 1.0);
+    // A port without a MeshPolicy stays plaintext (and shows the capture sees payloads).
+    assert!(exchange(
+        &topo.pod("shop/a").ns,
+        b(8080),
+        CONTROL,
+        1,
+        Duration::ZERO
+    ));
+    let (raw, text) = capture.finish();
+    assert!(
+        contains(&raw, CONTROL),
+        "the capture must see plaintext payloads on the underlay ({} bytes):\n{text}\n{}",
+        raw.len(),
+        std::fs::read_to_string(work.join("underlay.err")).unwrap_or_default()
+    );
+    assert!(
+        !contains(&raw, SECRET),
+        "the mTLS flow's payload crossed the underlay in plaintext"
+    );
+    assert!(
+        text.contains("192.168.200.2.15008"),
+        "the flow crossed as a tunnel to node-2's port 15008:\n{text}"
+    );
+
+    // c is not an allowed principal: node-2's proxy refuses it.
+    assert!(!exchange(
+        &topo.pod("shop/c").ns,
+        b(5432),
+        SECRET,
+        1,
+        Duration::ZERO
+    ));
+    wait_for("node-2 to count principal_not_allowed", || {
+        metric(
+            &node2,
+            "rampart_proxy_denied_total",
+            "reason=\"principal_not_allowed\"",
+        ) >= 1.0
+    });
+
+    // Plaintext from node-1's host (not a pod, not the proxy) is dropped by node-2's kernel.
+    let plain = topo
+        .node("node-1")
+        .ns
+        .run(move || TcpStream::connect_timeout(&b(5432), Duration::from_secs(1)).is_ok())
+        .expect("netns");
+    assert!(!plain, "plaintext to an mTLS port must not connect");
+    assert!(
+        metric(
+            &node2,
+            "rampart_drops_total",
+            "reason=\"mtls_required\",direction=\"ingress\""
+        ) >= 1.0,
+        "{}",
+        node2.metrics().unwrap_or_default()
+    );
+
+    // Plaintext to the tunnel port is refused and counted.
+    let tunnel = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 200, 2)), 15008);
+    let _ = topo.node("node-1").ns.run(move || {
+        if let Ok(mut s) = TcpStream::connect_timeout(&tunnel, TIMEOUT) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+            let _ = s.set_read_timeout(Some(TIMEOUT));
+            let _ = s.read(&mut [0u8; 64]);
+        }
+    });
+    wait_for("node-2 to count plaintext", || {
+        metric(&node2, "rampart_proxy_denied_total", "reason=\"plaintext\"") >= 1.0
+    });
+
+    // A long-lived connection outlives its certificates' renewal (10 s, renewed at 5 s).
+    assert!(
+        exchange(
+            &topo.pod("shop/a").ns,
+            b(5432),
+            SECRET,
+            13,
+            Duration::from_secs(1)
+        ),
+        "the connection survives certificate renewal"
+    );
+    assert!(
+        node2.log().contains("node certificate renewed"),
+        "node-2 renewed its certificate during the connection:\n{}",
+        node2.log()
+    );
+    // And new connections work with the renewed certificates.
+    assert!(exchange(
+        &topo.pod("shop/a").ns,
+        b(5432),
+        SECRET,
+        1,
+        Duration::ZERO
+    ));
+
+    drop(node1);
+    drop(node2);
+    let _ = std::fs::remove_dir_all(&work);
+}
