@@ -59,13 +59,14 @@ pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
                 println!("warning: {w}");
             }
             println!(
-                "ok: {} file(s), {objects} object(s), {} namespace(s), {} pod(s), {} policies, {} identities, {} rules",
+                "ok: {} file(s), {objects} object(s), {} namespace(s), {} pod(s), {} policies, {} identities, {} rules, {} mTLS destination port(s)",
                 files.len(),
                 checked.model.namespaces.len(),
                 checked.model.pods.len(),
-                checked.model.policies.len(),
+                checked.model.policies.len() + checked.model.mesh_policies.len(),
                 compiled.identities.len(),
                 compiled.rules.len(),
+                compiled.mesh.len(),
             );
             Ok(true)
         }

@@ -83,15 +83,33 @@ fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<()
     };
     let _ = ready.send(Ok(()));
     while !stop.load(Ordering::SeqCst) {
+        // Wait for a connection (or the next look at `stop`) without delaying the accept: a
+        // sleep-and-retry loop would add up to its period to every connection's setup time.
+        if !readable(&listener, POLL * 5) {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 // Each connection on its own thread: echo everything until the peer closes.
                 std::thread::spawn(move || echo_stream(stream));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(_) => std::thread::sleep(POLL),
         }
     }
+}
+
+/// Whether `listener` has a connection to accept within `timeout`.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 fn echo_stream(mut stream: std::net::TcpStream) {

@@ -17,7 +17,16 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run(&setup::SetupArgs { check: false })?;
     rampart_tests::require_root();
-    exec(cargo().args(["build", "--locked", "--release", "-p", "rampart-bench"]))?;
+    // The proxy suite runs the agent binary (target/release/rampart) beside the bench binary.
+    exec(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "rampart-bench",
+        "-p",
+        "rampart-agent",
+    ]))?;
     let root = workspace_root();
     let mut cmd = std::process::Command::new(root.join("target/release/rampart-bench"));
     cmd.arg("--out").arg(root.join("target/bench"));

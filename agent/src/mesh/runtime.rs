@@ -300,6 +300,7 @@ impl MeshRuntime {
             Ok(a) => a,
             Err(_) => return,
         };
+        let _ = stream.set_nodelay(true);
         let (src_id, tunnel_addr, server_id) = {
             let table = match self.table.read() {
                 Ok(t) => Arc::clone(&t),

@@ -201,6 +201,8 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
 
 async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
     let stats = &inbound.stats;
+    // Request/response traffic: no Nagle delay on the tunnel.
+    let _ = stream.set_nodelay(true);
     // A TLS client speaks first with a handshake record; anything else is plaintext.
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {

@@ -770,4 +770,88 @@ mod tests {
             golden.display()
         );
     }
+
+    #[test]
+    fn mesh_policies_mark_destinations_and_resolve_named_ports() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec: {serviceAccountName: db, nodeName: n2, containers: [{name: c, image: c, ports: [{name: pg, containerPort: 5432}]}]}
+status: {podIP: 10.0.2.5, hostIP: 192.168.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec: {serviceAccountName: api, nodeName: n1, containers: [{name: c, image: c}]}
+status: {podIP: 10.0.1.5, hostIP: 192.168.0.1}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: db-mtls}
+spec:
+  appliesTo: {podSelector: {matchLabels: {app: db}}}
+  ports: [{port: pg}, {port: 9000, endPort: 9001}]
+  allowedPrincipals: {serviceAccounts: [shop/api]}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: db-metrics-open}
+spec:
+  appliesTo: {podSelector: {matchLabels: {app: db}}}
+  ports: [{port: 9001}]
+";
+        let checked = policy::check(source::parse_str(Path::new("m.yaml"), text)).expect("valid");
+        let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
+        let node = Node {
+            local: &local,
+            trust_domain: "cluster.local",
+            audit: false,
+        };
+        let compiled = compile(&checked.model, node, &mut Allocator::new());
+        let db = compiled
+            .identities
+            .iter()
+            .find(|i| i.pods == ["shop/db"])
+            .expect("db identity")
+            .id;
+        let ports: Vec<u16> = compiled.mesh.iter().map(|r| r.port).collect();
+        assert_eq!(ports, [5432, 9000, 9001]);
+        assert!(compiled.mesh.iter().all(|r| r.identity == db));
+        assert_eq!(compiled.state.mesh.len(), 3);
+        assert!(compiled.state.mesh.iter().all(|(k, v)| k.identity == db
+            && k.proto == PROTO_TCP
+            && v.flags == MeshFlags::REQUIRE_MTLS));
+        // 9001 is opened to every principal by the second policy; 5432 only to shop/api.
+        let route = |port| {
+            compiled
+                .mesh
+                .iter()
+                .find(|r| r.port == port)
+                .expect("route")
+        };
+        assert!(route(9001).principals.is_none());
+        assert_eq!(route(9001).policies.len(), 2);
+        let p = route(5432).principals.as_ref().expect("restricted");
+        assert_eq!(
+            p[0].service_accounts,
+            [("shop".to_owned(), "api".to_owned())]
+        );
+        // Every pod address, with its node's address and whether it is local.
+        let api = compiled
+            .workloads
+            .iter()
+            .find(|w| w.pod == "shop/api")
+            .expect("api");
+        assert!(api.local);
+        assert_eq!(api.spiffe_id, "spiffe://cluster.local/ns/shop/sa/api");
+        let dbw = compiled
+            .workloads
+            .iter()
+            .find(|w| w.pod == "shop/db")
+            .expect("db");
+        assert!(!dbw.local);
+        assert_eq!(dbw.host_ip, Some("192.168.0.2".parse().expect("ip")));
+        assert_eq!(dbw.node.as_deref(), Some("n2"));
+    }
 }

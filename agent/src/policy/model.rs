@@ -1190,4 +1190,51 @@ mod tests {
         );
         assert!(one_error(&bad).contains("cluster-scoped"));
     }
+
+    fn mesh(spec: &str) -> String {
+        format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata:\n  name: m\nspec:\n{spec}"
+        )
+    }
+
+    #[test]
+    fn mesh_policies_need_tcp_ports_and_valid_principals() {
+        assert_eq!(
+            errors(&mesh(
+                "  appliesTo: {podSelector: {matchLabels: {app: db}}}\n  ports: [{port: 5432}, {port: pg}]\n  mtls: Required\n  allowedPrincipals:\n    spiffeIds: [spiffe://cluster.local/ns/a/sa/b]\n    serviceAccounts: [shop/backend]\n    namespaces: [shop]\n"
+            )),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            one_error(&mesh("  appliesTo: {}\n")),
+            "6:3: ports: at least one TCP port is required"
+        );
+        assert_eq!(
+            one_error(&mesh("  ports: [{protocol: UDP, port: 53}]\n")),
+            "6:11: mTLS applies to TCP ports only"
+        );
+        assert_eq!(
+            one_error(&mesh("  ports: [{port: 1, endPort: 5000}]\n")),
+            "6:11: a range of more than 1024 ports is not supported"
+        );
+        assert_eq!(
+            one_error(&mesh("  ports: [{port: 80}]\n  mtls: Permissive\n")),
+            "7:9: mtls \"Permissive\": the only mode is Required"
+        );
+        let e = one_error(&mesh(
+            "  ports: [{port: 80}]\n  allowedPrincipals:\n    spiffeIds: [https://x/y]\n",
+        ));
+        assert!(e.starts_with("8:17: allowedPrincipals.spiffeIds:"), "{e}");
+        assert_eq!(
+            one_error(&mesh(
+                "  ports: [{port: 80}]\n  allowedPrincipals:\n    serviceAccounts: [backend]\n"
+            )),
+            "8:23: allowedPrincipals.serviceAccounts: \"backend\" is not `namespace/name`"
+        );
+        assert!(one_error(&mesh("  ports: [{port: 80}]\n  bogus: 1\n")).contains("bogus"));
+        let e = one_error(
+            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: m, namespace: x}\nspec: {ports: [{port: 80}]}\n",
+        );
+        assert!(e.contains("cluster-scoped"), "{e}");
+    }
 }

@@ -5,6 +5,7 @@
 
 mod datapath;
 mod policy;
+mod proxy;
 mod record;
 
 use std::path::PathBuf;
@@ -20,11 +21,11 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath, policy.
+    /// Suites to run (all when none is given): datapath, policy, proxy.
     suites: Vec<String>,
 }
 
-const SUITES: &[&str] = &["datapath", "policy"];
+const SUITES: &[&str] = &["datapath", "policy", "proxy"];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -53,6 +54,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let records = match suite {
             "datapath" => datapath::run(args.quick)?,
             "policy" => policy::run(args.quick)?,
+            "proxy" => proxy::run(args.quick)?,
             _ => unreachable!("checked above"),
         };
         record::print_table(suite, &records);
