@@ -303,3 +303,20 @@ pub fn test_bpffs() -> anyhow::Result<PathBuf> {
     }
     Ok(root)
 }
+
+/// `rampart ca init --dir DIR`: a new trust-domain root (`cluster.local`) for agents run with
+/// `--ca-dir DIR`.
+pub fn ca_init(dir: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new(rampart_bin()?)
+        .args(["ca", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .context("running rampart ca init")?;
+    if !out.status.success() {
+        bail!(
+            "rampart ca init failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

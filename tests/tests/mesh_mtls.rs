@@ -179,17 +179,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
     std::fs::create_dir_all(&policy_dir).expect("dirs");
     std::fs::write(policy_dir.join("world.yaml"), workloads()).expect("policy");
-    let bin = rampart_tests::agent::rampart_bin().expect("rampart binary");
-    let out = Command::new(&bin)
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .output()
-        .expect("rampart ca init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
 
     let start = |node: &str| {
         let mut opts = AgentOptions::new(Vec::new());

@@ -95,25 +95,23 @@ pub fn synthetic_set(rules: usize) -> (String, usize) {
     (y, count)
 }
 
+/// The (client address, port) pairs the `rules` rules allow, in the synthetic set's order.
+fn allowed_pairs(rules: usize) -> impl Iterator<Item = (Ipv4Addr, u16)> {
+    let (clients, per_client) = shape(rules);
+    (0..clients)
+        .flat_map(move |i| (0..per_client).map(move |j| (client_ip(i), client_port(j))))
+        .take(rules)
+}
+
 /// The same rules for `iptables-restore`: one ACCEPT per (client address, port) in one chain.
 fn iptables_rules(rules: usize) -> String {
-    let (clients, per_client) = shape(rules);
     let mut s = String::with_capacity(rules * 80);
     s.push_str("*filter\n:RAMPART-BENCH - [0:0]\n");
-    let mut count = 0;
-    'outer: for i in 0..clients {
-        for j in 0..per_client {
-            if count == rules {
-                break 'outer;
-            }
-            let _ = writeln!(
-                s,
-                "-A RAMPART-BENCH -s {}/32 -d {SERVER}/32 -p tcp -m tcp --dport {} -j ACCEPT",
-                client_ip(i),
-                client_port(j)
-            );
-            count += 1;
-        }
+    for (client, port) in allowed_pairs(rules) {
+        let _ = writeln!(
+            s,
+            "-A RAMPART-BENCH -s {client}/32 -d {SERVER}/32 -p tcp -m tcp --dport {port} -j ACCEPT"
+        );
     }
     s.push_str("-A RAMPART-BENCH -d 10.246.0.1/32 -j DROP\nCOMMIT\n");
     s
@@ -121,18 +119,10 @@ fn iptables_rules(rules: usize) -> String {
 
 /// The same rules for `nft -f`: one concatenated set (address . port), one lookup.
 fn nft_rules(rules: usize) -> String {
-    let (clients, per_client) = shape(rules);
     let mut s = String::with_capacity(rules * 24);
     s.push_str("table inet rampart_bench {\n  set allowed {\n    type ipv4_addr . inet_service\n    elements = {\n");
-    let mut count = 0;
-    'outer: for i in 0..clients {
-        for j in 0..per_client {
-            if count == rules {
-                break 'outer;
-            }
-            let _ = writeln!(s, "      {} . {},", client_ip(i), client_port(j));
-            count += 1;
-        }
+    for (client, port) in allowed_pairs(rules) {
+        let _ = writeln!(s, "      {client} . {port},");
     }
     s.push_str(
         "    }\n  }\n  chain input {\n    type filter hook input priority 0; policy accept;\n",

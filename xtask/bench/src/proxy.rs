@@ -10,10 +10,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Netns, Topology};
 
 use crate::record::{Record, summarize};
@@ -154,13 +152,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
     std::fs::create_dir_all(&policy_dir)?;
     std::fs::write(policy_dir.join("bench.yaml"), policy())?;
-    let bin = rampart_tests::agent::rampart_bin()?;
-    let out = Command::new(&bin)
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .output()
-        .context("rampart ca init")?;
-    anyhow::ensure!(out.status.success(), "rampart ca init failed");
+    rampart_tests::agent::ca_init(&ca_dir)?;
     let start = |node: &str| {
         let mut opts = AgentOptions::new(Vec::new());
         opts.policy_dir = Some(policy_dir.clone());
