@@ -276,12 +276,18 @@ fn judge(
     } else {
         ep.identity
     };
-    let mesh = maps::mesh_flags(
-        generation,
-        mesh_identity,
-        flow.tuple.proto,
-        flow.policy_port,
-    );
+    // On egress the answer matters only when there is a proxy to redirect to; on ingress it
+    // always does (plaintext that bypasses the tunnel drops whether or not this node proxies).
+    let mesh = if dir == Direction::EGRESS && ctx.proxy_port == 0 {
+        0
+    } else {
+        maps::mesh_flags(
+            generation,
+            mesh_identity,
+            flow.tuple.proto,
+            flow.policy_port,
+        )
+    };
     if mesh & MeshFlags::REQUIRE_MTLS != 0 {
         if dir == Direction::EGRESS {
             // Without a proxy the flow goes out as it is, and its destination drops it.
