@@ -1,12 +1,14 @@
 //! The agent's HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics), `/readyz` (200 once the
 //! programs are attached and the first policy set is in force, else 503), `/healthz`, `/status`
-//! (the JSON document `rampart status` prints), and `POST /v1/policy` (`rampart policy push`).
+//! (the JSON document `rampart status` prints), `GET /v1/flows` (`rampart flows`), and
+//! `POST /v1/policy` (`rampart policy push`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
@@ -35,11 +37,13 @@ pub async fn serve(
                 let state = Arc::clone(&state);
                 let metrics = Arc::clone(&metrics);
                 async move {
-                    let response = if req.method() == Method::POST && req.uri().path() == PUSH_PATH
-                    {
-                        push(req, &state).await
+                    let path = req.uri().path();
+                    let response = if req.method() == Method::POST && path == PUSH_PATH {
+                        push(req, &state).await.map(BodyExt::boxed)
+                    } else if req.method() == Method::GET && path == FLOWS_PATH {
+                        flows(&req, &state)
                     } else {
-                        route(&req, &state, &metrics)
+                        route(&req, &state, &metrics).map(BodyExt::boxed)
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -83,9 +87,80 @@ fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Resp
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /readyz, /healthz, /status\n",
+            "not found: try /metrics, /readyz, /healthz, /status, /v1/flows\n",
         ),
     }
+}
+
+/// Where `rampart flows` reads the flow log: `?follow=true` keeps the stream open,
+/// `?verdict=deny` filters. The body is JSON lines, one record each.
+pub const FLOWS_PATH: &str = "/v1/flows";
+
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// The flow log as a stream: the recent records, then (with `follow`) every new one. A slow
+/// client loses records (counted), never holds up the hub.
+fn flows(req: &Request<Incoming>, state: &AgentState) -> Response<AdminBody> {
+    let mut follow = false;
+    let mut verdict: Option<String> = None;
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("", _) => {}
+            ("follow", v) => follow = matches!(v, "" | "1" | "true"),
+            ("verdict", v @ ("allow" | "deny" | "audit" | "redirect")) => {
+                verdict = Some(v.to_owned());
+            }
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "query: follow=true|false, verdict=allow|deny|audit|redirect\n",
+                )
+                .map(BodyExt::boxed);
+            }
+        }
+    }
+    let (recent, mut live) = state.flows.subscribe();
+    let hub = Arc::clone(&state.flows);
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
+    let line = move |r: &crate::flows::FlowRecord| -> Option<Bytes> {
+        if verdict.as_deref().is_some_and(|v| !r.has_verdict(v)) {
+            return None;
+        }
+        let mut bytes = serde_json::to_vec(r).ok()?;
+        bytes.push(b'\n');
+        Some(Bytes::from(bytes))
+    };
+    tokio::spawn(async move {
+        for record in &recent {
+            if let Some(bytes) = line(record)
+                && tx.send_data(bytes).await.is_err()
+            {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(record) => {
+                    if let Some(bytes) = line(&record)
+                        && tx.send_data(bytes).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => hub.count_lost(n),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut response = Response::new(body.boxed());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
 }
 
 /// Where `rampart policy push` sends objects.
@@ -113,7 +188,6 @@ pub struct PushResponse {
 }
 
 async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt as _;
     let limited = http_body_util::Limited::new(req.into_body(), MAX_PUSH_BYTES);
     let body = match limited.collect().await {
         Ok(b) => b.to_bytes(),

@@ -1,13 +1,13 @@
 //! The client side of the admin server (`admin.rs`), for the commands that talk to a running
-//! agent: `rampart status` and `rampart policy push`.
+//! agent: `rampart status`, `rampart flows` and `rampart policy push`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 /// How long connecting to the agent may take.
@@ -21,6 +21,24 @@ pub async fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
+    let response = send(addr, method, path, body).await?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading the answer to {path}"))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// Sends one request and returns the response with its body still to read (for streams).
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<Response<Incoming>> {
     let connect = tokio::net::TcpStream::connect(addr);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
@@ -42,16 +60,8 @@ pub async fn request(
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .with_context(|| format!("building the request for {path}"))?;
-    let response = sender
+    sender
         .send_request(req)
         .await
-        .with_context(|| format!("requesting {path}"))?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .with_context(|| format!("reading the answer to {path}"))?
-        .to_bytes();
-    Ok((status, bytes))
+        .with_context(|| format!("requesting {path}"))
 }

@@ -13,7 +13,11 @@ use crate::config::Mode;
 use crate::config::RunConfig;
 use crate::controller::{Command, Controller, PolicyStatus};
 use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
+use crate::flows::FlowHub;
+use crate::flows::file_log::FlowLogWriter;
 use crate::mesh::runtime::MeshRuntime;
+use crate::mesh::tunnel::ProxyEventSink;
+use crate::policy::compile::Compiled;
 use crate::{admin, metrics};
 
 /// What the admin server and the metrics collector read of the running agent.
@@ -33,6 +37,10 @@ pub struct AgentState {
     pub commands: Sender<Command>,
     /// The mTLS proxy (with `--ca-dir`).
     pub mesh: Option<Arc<MeshRuntime>>,
+    /// The flow log's records and readers.
+    pub flows: Arc<FlowHub>,
+    /// The policy set in force, compiled (for `policy explain` against the running agent).
+    pub compiled: std::sync::RwLock<Option<Arc<Compiled>>>,
 }
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -58,10 +66,22 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     }
     // The mesh's CA and certificates load before anything is attached: a bad --ca-dir leaves
     // nothing behind.
+    let flows = Arc::new(FlowHub::new(&config.node_name));
     let mesh = match &config.mesh {
+        Some(settings) => {
+            let hub = Arc::clone(&flows);
+            let sink: ProxyEventSink = Arc::new(move |e| hub.publish_proxy(e));
+            Some(
+                MeshRuntime::new(settings.clone(), &config.trust_domain, Some(sink))
+                    .context("starting the mTLS proxy")?,
+            )
+        }
+        None => None,
+    };
+    let flow_log = match &config.flow_log {
         Some(settings) => Some(
-            MeshRuntime::new(settings.clone(), &config.trust_domain)
-                .context("starting the mTLS proxy")?,
+            FlowLogWriter::open(settings.clone())
+                .with_context(|| format!("--flow-log {}", settings.path.display()))?,
         ),
         None => None,
     };
@@ -101,7 +121,12 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         policy: Mutex::new(PolicyStatus::default()),
         commands: commands.clone(),
         mesh,
+        flows,
+        compiled: std::sync::RwLock::new(None),
     });
+    if let Some(writer) = flow_log {
+        writer.start(&state.flows).context("starting the flow log writer")?;
+    }
     if let Some(mesh) = &state.mesh {
         mesh.start().await?;
     }
@@ -168,8 +193,8 @@ fn watch(
     Ok(watcher)
 }
 
-/// Reads the kernel's flow events every 100 ms. Until the flow log exists they are counted and
-/// logged at debug level; what matters here is that the ring is emptied.
+/// Reads the kernel's flow events every 100 ms into the flow hub (which never waits for its
+/// readers), so the ring is always emptied.
 async fn drain_events(state: Arc<AgentState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
@@ -178,15 +203,7 @@ async fn drain_events(state: Arc<AgentState>) {
             Ok(mut reader) => reader.drain(16 * 1024),
             Err(_) => return,
         };
-        for e in &events {
-            tracing::debug!(
-                verdict = e.verdict,
-                reason = e.reason,
-                cookie = e.cookie,
-                dport = e.dport,
-                "flow event"
-            );
-        }
+        state.flows.publish_kernel(&events);
         state
             .events_read
             .fetch_add(events.len() as u64, Ordering::Relaxed);

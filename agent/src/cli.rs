@@ -25,6 +25,9 @@ pub enum Command {
     Run(RunArgs),
     /// Show what a running agent has loaded and counted.
     Status(StatusArgs),
+    /// Stream a running agent's flow log: kernel verdicts and proxy refusals, with the
+    /// workloads and the policy rule that decided.
+    Flows(FlowsArgs),
     /// Detach every program and remove every pinned map under --bpffs-root (the agent leaves
     /// them in place when it stops, so that a restart has no enforcement gap).
     Cleanup(CleanupArgs),
@@ -154,6 +157,56 @@ pub struct RunArgs {
     /// Port agents take tunnels on (HTTP/2 CONNECT over mutual TLS 1.3).
     #[arg(long, value_name = "PORT", default_value_t = 15008, value_parser = clap::value_parser!(u16).range(1..))]
     pub tunnel_port: u16,
+
+    /// Also write every flow record to this file, as JSON lines (rotated by size).
+    #[arg(long, value_name = "FILE", env = "RAMPART_FLOW_LOG")]
+    pub flow_log: Option<PathBuf>,
+
+    /// Size in bytes at which the flow log is rotated.
+    #[arg(long, value_name = "BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub flow_log_max_bytes: u64,
+
+    /// Rotated flow log files kept (FILE.1 .. FILE.N).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub flow_log_max_files: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerdictArg {
+    Allow,
+    Deny,
+    Audit,
+    Redirect,
+}
+
+impl VerdictArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerdictArg::Allow => "allow",
+            VerdictArg::Deny => "deny",
+            VerdictArg::Audit => "audit",
+            VerdictArg::Redirect => "redirect",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Address of the running agent's metrics/admin server.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Keep streaming new records after the recent ones (until interrupted).
+    #[arg(long, short)]
+    pub follow: bool,
+
+    /// Only records with this verdict.
+    #[arg(long, value_enum)]
+    pub verdict: Option<VerdictArg>,
+
+    /// Print JSON lines (the documented record format) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

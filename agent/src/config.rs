@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{ModeArg, RunArgs, XdpModeArg};
+use crate::flows::file_log::FlowLogSettings;
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
 const MAX_IFNAME_LEN: usize = 15;
@@ -62,6 +63,11 @@ pub struct RunConfig {
     pub trust_domain: String,
     /// The mTLS proxy's settings, when `--ca-dir` is given.
     pub mesh: Option<crate::mesh::runtime::MeshSettings>,
+    /// This node's name (`--node-name`, default the host name): in flow records, and the
+    /// proxy's node identity.
+    pub node_name: String,
+    /// `--flow-log`.
+    pub flow_log: Option<FlowLogSettings>,
 }
 
 impl RunConfig {
@@ -85,6 +91,15 @@ impl RunConfig {
                 path: args.bpffs_root.display().to_string(),
             });
         }
+        let node_name = match args.node_name {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_ascii_lowercase())
+                .unwrap_or_default(),
+        };
+        if !crate::policy::selector::is_dns_subdomain(&node_name) {
+            return Err(ConfigError::NodeName(node_name));
+        }
         let mesh = match args.ca_dir {
             None => None,
             Some(ca_dir) => {
@@ -94,21 +109,12 @@ impl RunConfig {
                         reason: "not a directory".into(),
                     });
                 }
-                let node_name = match args.node_name {
-                    Some(n) => n,
-                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_owned())
-                        .unwrap_or_default(),
-                };
-                if !crate::policy::selector::is_dns_subdomain(&node_name) {
-                    return Err(ConfigError::NodeName(node_name));
-                }
                 if args.proxy_port == args.tunnel_port {
                     return Err(ConfigError::SamePorts);
                 }
                 Some(crate::mesh::runtime::MeshSettings {
                     ca_dir,
-                    node_name,
+                    node_name: node_name.clone(),
                     cert_ttl: std::time::Duration::from_secs(args.cert_ttl),
                     proxy_port: args.proxy_port,
                     tunnel_port: args.tunnel_port,
@@ -117,6 +123,12 @@ impl RunConfig {
         };
         Ok(RunConfig {
             mesh,
+            node_name,
+            flow_log: args.flow_log.map(|path| FlowLogSettings {
+                path,
+                max_bytes: args.flow_log_max_bytes,
+                max_files: args.flow_log_max_files,
+            }),
             interfaces,
             policy_dir: args.policy_dir,
             bpffs_root: args.bpffs_root,

@@ -228,6 +228,13 @@ impl Controller {
             status.generation
         };
         *lock(&self.state.attachments) = self.datapath.attachments().to_vec();
+        // Flow records and `policy explain` use the names of the set now in force.
+        self.state
+            .flows
+            .set_names(crate::flows::FlowNames::from_compiled(&compiled));
+        if let Ok(mut c) = self.state.compiled.write() {
+            *c = Some(Arc::new(compiled));
+        }
         self.state.ready.store(true, Ordering::SeqCst);
         tracing::info!(generation, endpoints, rules, "policy in force");
         Ok(generation)

@@ -17,7 +17,7 @@ use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::spiffe::SpiffeId;
 use super::table::{MeshTable, TableAuthorizer};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
-use super::tunnel::{self, Inbound, TunnelStats, Upstream};
+use super::tunnel::{self, Inbound, ProxyEvent, ProxyEventSink, ProxySide, TunnelStats, Upstream};
 
 /// Routing table that delivers marked packets locally (`local default dev lo`).
 const ROUTE_TABLE: &str = "21072";
@@ -88,6 +88,7 @@ pub struct MeshRuntime {
     inbound: Arc<Inbound>,
     node_id: SpiffeId,
     trust_domain: String,
+    events: Option<ProxyEventSink>,
 }
 
 impl std::fmt::Debug for MeshRuntime {
@@ -108,7 +109,12 @@ pub fn node_spiffe_id(
 
 impl MeshRuntime {
     /// Loads the CA and issues the node's certificate. `trust_domain` must be the CA's.
-    pub fn new(settings: MeshSettings, trust_domain: &str) -> anyhow::Result<Arc<MeshRuntime>> {
+    /// Refusals on either side go to `events` (the flow log).
+    pub fn new(
+        settings: MeshSettings,
+        trust_domain: &str,
+        events: Option<ProxyEventSink>,
+    ) -> anyhow::Result<Arc<MeshRuntime>> {
         let ca = Ca::load(&settings.ca_dir)?;
         anyhow::ensure!(
             ca.trust_domain() == trust_domain,
@@ -133,6 +139,7 @@ impl MeshRuntime {
             upstream: Upstream::Transparent {
                 mark: MARK_FROM_PROXY,
             },
+            events: events.clone(),
         });
         Ok(Arc::new(MeshRuntime {
             certs: Mutex::new(Certs {
@@ -151,6 +158,7 @@ impl MeshRuntime {
             inbound,
             node_id,
             trust_domain: trust_domain.to_owned(),
+            events,
         }))
     }
 
@@ -164,8 +172,18 @@ impl MeshRuntime {
         self.outbound_errors[e as usize].load(Ordering::Relaxed)
     }
 
-    fn fail(&self, e: OutboundError) {
+    /// Counts an outbound failure of the flow `source` → `destination` and reports it.
+    fn fail(&self, e: OutboundError, source: SocketAddr, destination: SocketAddr) {
         self.outbound_errors[e as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(sink) = &self.events {
+            sink(&ProxyEvent {
+                side: ProxySide::Outbound,
+                reason: e.name(),
+                peer: None,
+                source: Some(source),
+                destination: Some(destination),
+            });
+        }
     }
 
     /// Installs the policy routing, binds both listeners and spawns their tasks and the
@@ -308,18 +326,18 @@ impl MeshRuntime {
             };
             let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
                 tracing::info!(%peer, %original, "proxy: source is not a local workload");
-                return self.fail(OutboundError::UnknownSource);
+                return self.fail(OutboundError::UnknownSource, peer, original);
             };
             let dst = table.workload(original.ip());
             let Some((host, node)) = dst.and_then(|d| Some((d.host_ip?, d.node.clone()?))) else {
                 tracing::info!(%peer, %original, "proxy: destination has no node address");
-                return self.fail(OutboundError::UnknownDestination);
+                return self.fail(OutboundError::UnknownDestination, peer, original);
             };
             let (Ok(src_id), Ok(server_id)) = (
                 SpiffeId::parse(&src.spiffe_id),
                 node_spiffe_id(&self.trust_domain, &node),
             ) else {
-                return self.fail(OutboundError::Certificate);
+                return self.fail(OutboundError::Certificate, peer, original);
             };
             (
                 src_id,
@@ -334,14 +352,14 @@ impl MeshRuntime {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(workload = %src_id, "proxy: no certificate: {e:#}");
-                return self.fail(OutboundError::Certificate);
+                return self.fail(OutboundError::Certificate, peer, original);
             }
         };
         let mut flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::info!(%peer, %original, tunnel = %tunnel_addr, "proxy: {e}");
-                return self.fail(OutboundError::Tunnel);
+                return self.fail(OutboundError::Tunnel, peer, original);
             }
         };
         self.outbound_flows.fetch_add(1, Ordering::Relaxed);

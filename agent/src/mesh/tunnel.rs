@@ -121,6 +121,30 @@ impl DenyReason {
     }
 }
 
+/// Which side of the proxy refused a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySide {
+    /// The tunnel port (the destination's node).
+    Inbound,
+    /// A redirected flow (the source's node).
+    Outbound,
+}
+
+/// A refusal of the proxy, for the flow log: what is known of the flow when it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyEvent {
+    pub side: ProxySide,
+    /// The reason's metric label (`DenyReason::name`, `OutboundError::name`).
+    pub reason: &'static str,
+    /// The peer's SPIFFE ID, once the handshake showed it.
+    pub peer: Option<String>,
+    pub source: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
+}
+
+/// Where refusals go (the agent's flow hub). Called on the refusing task; must not block.
+pub type ProxyEventSink = Arc<dyn Fn(&ProxyEvent) + Send + Sync>;
+
 /// Counters of the inbound side.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
@@ -174,6 +198,30 @@ pub struct Inbound {
     pub authorize: Arc<dyn Authorize>,
     pub stats: Arc<TunnelStats>,
     pub upstream: Upstream,
+    /// Refusals as flow events.
+    pub events: Option<ProxyEventSink>,
+}
+
+impl Inbound {
+    /// Counts a refusal and reports it to the flow log.
+    fn refuse(
+        &self,
+        reason: DenyReason,
+        peer: Option<&SpiffeId>,
+        source: Option<SocketAddr>,
+        destination: Option<SocketAddr>,
+    ) {
+        self.stats.deny(reason);
+        if let Some(sink) = &self.events {
+            sink(&ProxyEvent {
+                side: ProxySide::Inbound,
+                reason: reason.name(),
+                peer: peer.map(|p| p.as_str().to_owned()),
+                source,
+                destination,
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Inbound {
@@ -200,15 +248,17 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
 }
 
 async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
-    let stats = &inbound.stats;
+    // Before a stream names the flow, a refusal knows only the connection's addresses.
+    let (remote, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+    let refuse = |reason| inbound.refuse(reason, None, remote, local);
     // Request/response traffic: no Nagle delay on the tunnel.
     let _ = stream.set_nodelay(true);
     // A TLS client speaks first with a handshake record; anything else is plaintext.
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
-        Ok(Ok(1)) => return stats.deny(DenyReason::Plaintext),
-        _ => return stats.deny(DenyReason::HandshakeFailed),
+        Ok(Ok(1)) => return refuse(DenyReason::Plaintext),
+        _ => return refuse(DenyReason::HandshakeFailed),
     }
     let config = match inbound.config.read() {
         Ok(c) => Arc::clone(&c),
@@ -218,8 +268,8 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return stats.deny(DenyReason::of_handshake(&e)),
-        Err(_) => return stats.deny(DenyReason::HandshakeFailed),
+        Ok(Err(e)) => return refuse(DenyReason::of_handshake(&e)),
+        Err(_) => return refuse(DenyReason::HandshakeFailed),
     };
     let peer = tls
         .get_ref()
@@ -229,7 +279,7 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         .map(|c| SpiffeId::from_certificate(c));
     let peer = match peer {
         Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
-        _ => return stats.deny(DenyReason::NotSpiffe),
+        _ => return refuse(DenyReason::NotSpiffe),
     };
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
@@ -266,7 +316,6 @@ async fn handle_stream(
     peer: SpiffeId,
     inbound: Arc<Inbound>,
 ) -> Response<Empty<Bytes>> {
-    let stats = &inbound.stats;
     let destination = req
         .uri()
         .authority()
@@ -276,7 +325,7 @@ async fn handle_stream(
         forwarded_for(&req),
         req.method() == Method::CONNECT,
     ) else {
-        stats.deny(DenyReason::BadRequest);
+        inbound.refuse(DenyReason::BadRequest, Some(&peer), None, None);
         return status(StatusCode::BAD_REQUEST);
     };
     let flow = FlowRequest {
@@ -285,7 +334,7 @@ async fn handle_stream(
         destination,
     };
     if let Err(reason) = inbound.authorize.check(&flow) {
-        stats.deny(reason);
+        inbound.refuse(reason, Some(&flow.peer), Some(source), Some(destination));
         tracing::info!(peer = %flow.peer, %source, %destination, reason = reason.name(), "tunnel: flow refused");
         return status(StatusCode::FORBIDDEN);
     }
@@ -296,12 +345,20 @@ async fn handle_stream(
     let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
-            stats.deny(DenyReason::UpstreamUnreachable);
+            inbound.refuse(
+                DenyReason::UpstreamUnreachable,
+                Some(&flow.peer),
+                Some(source),
+                Some(destination),
+            );
             tracing::info!(%destination, error = %e, "tunnel: destination unreachable");
             return status(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    stats.accepted_streams.fetch_add(1, Ordering::Relaxed);
+    inbound
+        .stats
+        .accepted_streams
+        .fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {

@@ -46,6 +46,7 @@ struct World {
     upstream: SocketAddr,
     inbound: Arc<Inbound>,
     server_cert: Arc<RotatingCert>,
+    events: Arc<std::sync::Mutex<Vec<ProxyEvent>>>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -57,12 +58,18 @@ impl World {
             RotatingCert::new(&ca.issue(&node(), HOUR, SystemTime::now()).expect("issue"))
                 .expect("cert"),
         );
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_events = Arc::clone(&events);
+        let sink: ProxyEventSink = Arc::new(move |e: &ProxyEvent| {
+            sink_events.lock().expect("events").push(e.clone());
+        });
         let inbound = Arc::new(Inbound {
             config: RwLock::new(server_config(&bundle, Arc::clone(&server_cert)).expect("config")),
             trust_domain: TD.to_owned(),
             authorize: Arc::new(FrontendOnly),
             stats: Arc::new(TunnelStats::default()),
             upstream: Upstream::Plain,
+            events: Some(sink),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tunnel = listener.local_addr().expect("addr");
@@ -86,6 +93,7 @@ impl World {
             upstream,
             inbound,
             server_cert,
+            events,
             _tasks: tasks,
         }
     }
@@ -140,6 +148,14 @@ async fn a_peer_policy_does_not_allow_is_refused() {
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
     assert_eq!(w.inbound.stats.denied(DenyReason::PrincipalNotAllowed), 1);
+    // The refusal is a flow event naming the flow and the peer.
+    let events = w.events.lock().expect("events").clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].side, ProxySide::Inbound);
+    assert_eq!(events[0].reason, "principal_not_allowed");
+    assert_eq!(events[0].peer.as_deref(), Some(db.as_str()));
+    assert_eq!(events[0].destination, Some(w.upstream));
+    assert_eq!(events[0].source, Some("10.244.1.10:40000".parse().expect("addr")));
 }
 
 #[tokio::test]

@@ -1,0 +1,194 @@
+//! One flow log record. The JSON field names and values are an interface (documented in the
+//! README's flow log section): add fields, never rename or remove them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Who saw the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Observer {
+    /// A kernel program (XDP or TC) on a pod's or the node's interface.
+    Kernel,
+    /// The agent's mTLS proxy (tunnel inbound side, or a redirected flow outbound).
+    Proxy,
+}
+
+/// One end of a flow: the address and port, the identity there, and what that identity is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPeer {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    /// Numeric security identity (0 when unknown).
+    pub identity: u32,
+    /// `namespace/name` of the pod with this address, if one has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// For addresses outside the cluster's pods: the policy CIDR the address belongs to, or a
+    /// reserved name (`world`, `host`, `remote-node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+/// The policy rule that decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// `Kind namespace/name` (e.g. `NetworkPolicy prod/allow-web`) or `ClusterPolicy name`.
+    pub name: String,
+    /// The rule's direction as written in the policy (`ingress` or `egress`).
+    pub direction: String,
+    /// Index of the rule in its list (0-based).
+    pub rule: usize,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// `enforce` or `audit`.
+    pub mode: String,
+}
+
+/// What decided when no rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// A policy rule (see `policy`).
+    Rule,
+    /// The endpoint is isolated in this direction and no rule allowed the flow.
+    DefaultDeny,
+    /// No policy isolates the endpoint in this direction.
+    DefaultAllow,
+    /// A MeshPolicy (mTLS-only port) or the proxy's checks of it.
+    MeshPolicy,
+    /// Not a policy decision: a malformed packet, a full table, ...
+    Datapath,
+}
+
+/// The proxy's part of a proxy record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyInfo {
+    /// `inbound` (the tunnel port) or `outbound` (a redirected flow).
+    pub side: String,
+    /// The filter that refused (`mtls` today; the L7 filters add theirs).
+    pub filter: String,
+    /// The peer's SPIFFE ID, once the handshake showed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_spiffe_id: Option<String>,
+}
+
+/// One flow log record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    pub node: String,
+    pub observer: Observer,
+    /// `ingress` or `egress`, seen from the local endpoint (the proxy: `ingress` inbound, `egress`
+    /// outbound).
+    pub direction: String,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    pub protocol: String,
+    pub src: FlowPeer,
+    pub dst: FlowPeer,
+    /// `allow`, `deny`, `audit` (a deny audit mode let through) or `redirect` (to the proxy).
+    pub verdict: String,
+    /// The drop reason's name (`policy_denied`, ..., or the proxy's refusal reason); absent for
+    /// allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    pub decided_by: DecidedBy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
+    /// MeshPolicies that make the destination port mTLS-only (proxy records and `mtls_required`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_policies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_index: Option<u32>,
+    /// Length of the packet (kernel records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyInfo>,
+}
+
+impl FlowRecord {
+    /// Whether the record matches a `--verdict` filter.
+    pub fn has_verdict(&self, verdict: &str) -> bool {
+        self.verdict == verdict
+    }
+}
+
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+impl fmt::Display for FlowPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port)?,
+            Some(ip) => write!(f, "{ip}:{}", self.port)?,
+            None => f.write_str("?")?,
+        }
+        if let Some(pod) = &self.pod {
+            write!(f, " ({pod})")
+        } else if let Some(cidr) = &self.cidr {
+            write!(f, " ({cidr})")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The one-line text form `rampart flows` prints without `--json`.
+impl fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {:<7} {:<6} {} {} -> {} {}",
+            self.time,
+            self.node,
+            self.direction,
+            self.verdict.to_uppercase(),
+            self.protocol,
+            self.src,
+            self.dst,
+            match self.observer {
+                Observer::Kernel => "",
+                Observer::Proxy => "[proxy]",
+            }
+        )?;
+        if let Some(reason) = &self.drop_reason {
+            write!(f, " reason={reason}")?;
+        }
+        match (&self.policy, self.decided_by) {
+            (Some(p), _) => write!(
+                f,
+                " by {} {}[{}] {} ({})",
+                p.name, p.direction, p.rule, p.action, p.mode
+            ),
+            (None, DecidedBy::MeshPolicy) if !self.mesh_policies.is_empty() => {
+                write!(f, " by MeshPolicy {}", self.mesh_policies.join(","))
+            }
+            (None, by) => write!(
+                f,
+                " by {}",
+                serde_json::to_value(by)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
