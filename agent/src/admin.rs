@@ -21,6 +21,15 @@ use crate::metrics::Metrics;
 use crate::status::StatusDoc;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
 
 /// Serves until the listener fails. Each connection runs on its own task.
 pub async fn serve(
@@ -63,8 +72,16 @@ fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Resp
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match req.uri().path() {
-        "/metrics" => match metrics.encode() {
+        // OpenMetrics for scrapers that ask for it (Prometheus does), else the 0.0.4 text format.
+        "/metrics" if wants_openmetrics(req) => match metrics.encode() {
             Ok(body) => with_type(StatusCode::OK, body, OPENMETRICS),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            ),
+        },
+        "/metrics" => match metrics.encode_prometheus_text() {
+            Ok(body) => with_type(StatusCode::OK, body, PROMETHEUS_TEXT),
             Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",

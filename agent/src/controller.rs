@@ -56,6 +56,13 @@ pub struct PolicyStatus {
     pub endpoints: usize,
     pub rules: usize,
     pub map_entries: usize,
+    /// Entries of the IPv4 and IPv6 ipcache tries and of the mTLS map for the set in force.
+    #[serde(default)]
+    pub ipcache4_entries: usize,
+    #[serde(default)]
+    pub ipcache6_entries: usize,
+    #[serde(default)]
+    pub mesh_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -225,6 +232,10 @@ impl Controller {
             status.endpoints = compiled.endpoints.len();
             status.rules = compiled.rule_count;
             status.map_entries = compiled.state.policy.len();
+            let v4 = compiled.state.ipcache.iter().filter(|r| r.addr.is_ipv4()).count();
+            status.ipcache4_entries = v4;
+            status.ipcache6_entries = compiled.state.ipcache.len() - v4;
+            status.mesh_entries = compiled.state.mesh.len();
             status.generation
         };
         *lock(&self.state.attachments) = self.datapath.attachments().to_vec();

@@ -27,6 +27,8 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
 use aya::programs::{TestRun as _, TestRunOptions};
 use aya::util::KernelVersion;
 use rampart_common::config::{ConfigFlags, DatapathConfig};
+use rampart_common::conntrack::{CtEntry, CtKey};
+use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::counters::{Hook, HookCounter, RULE_STATS_OVERFLOW, RuleCounter};
 use rampart_common::endpoint::EndpointInfo;
 use rampart_common::event::{FlowEvent, LOST_RATE_LIMITED, LOST_RING_FULL};
@@ -617,6 +619,20 @@ impl Datapath {
                     .ok_or(DatapathError::MissingMap(maps::RULE_STATS))?;
                 PerCpuHashMap::try_from(map).map_err(map_err(maps::RULE_STATS))?
             },
+            ct: {
+                let map = self
+                    .ebpf
+                    .take_map(maps::CT)
+                    .ok_or(DatapathError::MissingMap(maps::CT))?;
+                HashMap::try_from(map).map_err(map_err(maps::CT))?
+            },
+            frags: {
+                let map = self
+                    .ebpf
+                    .take_map(maps::FRAGS)
+                    .ok_or(DatapathError::MissingMap(maps::FRAGS))?;
+                HashMap::try_from(map).map_err(map_err(maps::FRAGS))?
+            },
         })
     }
 
@@ -848,6 +864,16 @@ pub struct Stats {
     audits: CounterArray,
     forwarded: CounterArray,
     rules: PerCpuHashMap<MapData, u32, RuleCounter>,
+    ct: HashMap<MapData, CtKey, CtEntry>,
+    frags: HashMap<MapData, FragKey, FragEntry>,
+}
+
+/// Entries of the maps the kernel fills itself (counted by walking their keys).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelTableEntries {
+    pub conntrack: usize,
+    pub fragments: usize,
+    pub rule_stats: usize,
 }
 
 /// A packets/bytes count for one (reason, direction).
@@ -894,6 +920,34 @@ impl Stats {
 }
 
 impl Stats {
+    /// How full the conntrack, fragment and rule-counter maps are. Walks every key: a full
+    /// conntrack table (262144 entries) takes on the order of 100 ms.
+    pub fn kernel_table_entries(&self) -> Result<KernelTableEntries, DatapathError> {
+        let count = |keys: &mut dyn Iterator<Item = Result<(), aya::maps::MapError>>,
+                     name: &'static str|
+         -> Result<usize, DatapathError> {
+            let mut n = 0;
+            for key in keys {
+                match key {
+                    Ok(()) => n += 1,
+                    // An LRU entry evicted while we walk: the walk restarts from the first key in
+                    // the kernel; what we counted is still a fair reading.
+                    Err(aya::maps::MapError::KeyNotFound) => break,
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+            Ok(n)
+        };
+        Ok(KernelTableEntries {
+            conntrack: count(&mut self.ct.keys().map(|k| k.map(|_| ())), maps::CT)?,
+            fragments: count(&mut self.frags.keys().map(|k| k.map(|_| ())), maps::FRAGS)?,
+            rule_stats: count(
+                &mut self.rules.keys().map(|k| k.map(|_| ())),
+                maps::RULE_STATS,
+            )?,
+        })
+    }
+
     /// Decisions per rule cookie, summed over CPUs, ordered by cookie. Cookie 0: no rule (the
     /// isolation default); `RULE_STATS_OVERFLOW`: cookies that found the map full.
     pub fn rules(&self) -> Result<Vec<(u32, RuleCounter)>, DatapathError> {

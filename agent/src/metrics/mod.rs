@@ -2,6 +2,8 @@
 //! per-CPU maps at scrape time by a collector, so a scrape always sees the kernel's current sums
 //! and the datapath never waits on user space.
 
+pub mod prometheus_text;
+
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -38,6 +40,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+
+    /// The same metrics in the Prometheus text format 0.0.4.
+    pub fn encode_prometheus_text(&self) -> Result<String, std::fmt::Error> {
+        Ok(prometheus_text::from_openmetrics(&self.encode()?))
+    }
 }
 
 /// Reads the agent's state and the kernel counters on each scrape.
@@ -73,7 +80,9 @@ impl Collector for AgentCollector {
         self.encode_hooks(&mut encoder)?;
         self.encode_verdicts(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
+        self.encode_maps(&mut encoder)?;
         self.encode_mesh(&mut encoder)?;
+        self.encode_flows(&mut encoder)?;
         self.encode_events(&mut encoder)
     }
 }
@@ -228,12 +237,34 @@ impl AgentCollector {
         Ok(())
     }
 
-    /// Decisions per rule cookie (bounded by `MAX_RULE_STATS` plus the overflow series).
+    /// Decisions per policy (the kernel counts per rule cookie; cookies are summed by the policy
+    /// that owns them). Cardinality: one series per policy of the set in force and verdict, plus
+    /// `policy=""` (no rule decided: the isolation default, or no policy selects the pod) and
+    /// `policy="(overflow)"` (rules beyond the kernel's `MAX_RULE_STATS` = 16384 counted cookies).
+    /// Counters of policies that left the set are dropped with them.
     fn encode_rules(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use rampart_common::counters::{RULE_STATS_OVERFLOW, RuleCounter};
         let Some(rules) = read("rule counters", self.state.stats.rules()) else {
             return Ok(());
         };
-        let rows = rules.iter().flat_map(|(cookie, c)| {
+        let compiled = self.state.compiled.read().ok().and_then(|c| c.clone());
+        let mut by_policy: std::collections::BTreeMap<String, RuleCounter> = Default::default();
+        for (cookie, counter) in rules {
+            let policy = match cookie {
+                0 => String::new(),
+                RULE_STATS_OVERFLOW => "(overflow)".to_owned(),
+                n => match compiled
+                    .as_ref()
+                    .and_then(|c| c.rules.get(n as usize - 1))
+                {
+                    Some(rule) => rule.policy.clone(),
+                    None => continue,
+                },
+            };
+            let sum = by_policy.entry(policy).or_default();
+            *sum = sum.add(counter);
+        }
+        let rows = by_policy.into_iter().flat_map(|(policy, c)| {
             [
                 ("allow", c.allow),
                 ("deny", c.deny),
@@ -242,20 +273,80 @@ impl AgentCollector {
             ]
             .map(|(verdict, value)| {
                 (
-                    vec![
-                        ("cookie", cookie.to_string()),
-                        ("verdict", verdict.to_owned()),
-                    ],
+                    vec![("policy", policy.clone()), ("verdict", verdict.to_owned())],
                     value,
                 )
             })
         });
         counter_family(
             encoder,
-            "rampart_rule_decisions",
-            "Flow decisions per policy rule cookie (0: no rule matched; 4294967295: overflow) and verdict",
+            "rampart_policy_verdicts",
+            "New-flow decisions by the policy whose rule decided (empty: no rule, the isolation default) and verdict",
             rows,
         )
+    }
+
+    /// Entries, capacity and fill ratio of each kernel map, and the conntrack table's size.
+    fn encode_maps(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use rampart_common::maps::{
+            MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY, MAX_RULE_STATS,
+        };
+        let status = match self.state.policy.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return Ok(()),
+        };
+        let mut rows = vec![
+            ("endpoints", status.endpoints, MAX_ENDPOINTS),
+            ("ipcache4", status.ipcache4_entries, MAX_IPCACHE),
+            ("ipcache6", status.ipcache6_entries, MAX_IPCACHE),
+            ("policy", status.map_entries, MAX_POLICY),
+            ("mesh", status.mesh_entries, MAX_MESH),
+        ];
+        let kernel = read(
+            "conntrack, fragment and rule-counter maps",
+            self.state.stats.kernel_table_entries(),
+        );
+        if let Some(k) = kernel {
+            rows.push(("conntrack", k.conntrack, MAX_CT));
+            rows.push(("fragments", k.fragments, MAX_FRAGS));
+            rows.push(("rule_stats", k.rule_stats, MAX_RULE_STATS));
+            let ct = ConstGauge::new(k.conntrack as i64);
+            ct.encode(encoder.encode_descriptor(
+                "rampart_conntrack_entries",
+                "Flows in the kernel's connection tracking table",
+                None,
+                ct.metric_type(),
+            )?)?;
+        }
+        let mut entries = encoder.encode_descriptor(
+            "rampart_map_entries",
+            "Entries in each kernel map (the active generation of the double-buffered ones)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, n, _) in &rows {
+            ConstGauge::new(*n as i64).encode(entries.encode_family(&[("map", *map)])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "rampart_map_capacity",
+            "Maximum entries of each kernel map",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, _, max) in &rows {
+            ConstGauge::new(i64::from(*max)).encode(capacity.encode_family(&[("map", *map)])?)?;
+        }
+        let mut ratio = encoder.encode_descriptor(
+            "rampart_map_fill_ratio",
+            "Entries over capacity of each kernel map (0 to 1); LRU maps evict their oldest entries at 1",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, n, max) in &rows {
+            ConstGauge::new(*n as f64 / f64::from(*max))
+                .encode(ratio.encode_family(&[("map", *map)])?)?;
+        }
+        Ok(())
     }
 
     /// The policy set in force: generation, errors, identities, endpoints, rules.
@@ -301,6 +392,34 @@ impl AgentCollector {
             "Policy sets rejected (syntax or validation errors, or a failed install); the last good set stays in force",
             None,
             errors.metric_type(),
+        )?)
+    }
+
+    /// Flow log records published, and those readers lost.
+    fn encode_flows(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::flows::record::Observer;
+        let hub = &self.state.flows;
+        counter_family(
+            encoder,
+            "rampart_flow_records",
+            "Flow log records published, by observer (kernel verdicts, proxy refusals)",
+            [
+                (
+                    vec![("observer", "kernel".to_owned())],
+                    hub.records(Observer::Kernel),
+                ),
+                (
+                    vec![("observer", "proxy".to_owned())],
+                    hub.records(Observer::Proxy),
+                ),
+            ],
+        )?;
+        let lost = ConstCounter::new(hub.lost());
+        lost.encode(encoder.encode_descriptor(
+            "rampart_flow_records_lost",
+            "Flow log records a reader (a rampart flows stream, the --flow-log file) fell too far behind to get",
+            None,
+            lost.metric_type(),
         )?)
     }
 
