@@ -1,7 +1,7 @@
 //! The agent's HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics), `/readyz` (200 once the
 //! programs are attached and the first policy set is in force, else 503), `/healthz`, `/status`
-//! (the JSON document `rampart status` prints), `GET /v1/flows` (`rampart flows`), and
-//! `POST /v1/policy` (`rampart policy push`).
+//! (the JSON document `rampart status` prints), `GET /v1/flows` (`rampart flows`),
+//! `POST /v1/explain` (`rampart policy explain`) and `POST /v1/policy` (`rampart policy push`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,6 +49,8 @@ pub async fn serve(
                     let path = req.uri().path();
                     let response = if req.method() == Method::POST && path == PUSH_PATH {
                         push(req, &state).await.map(BodyExt::boxed)
+                    } else if req.method() == Method::POST && path == EXPLAIN_PATH {
+                        explain(req, &state).await.map(BodyExt::boxed)
                     } else if req.method() == Method::GET && path == FLOWS_PATH {
                         flows(&req, &state)
                     } else {
@@ -179,6 +181,36 @@ fn flows(req: &Request<Incoming>, state: &AgentState) -> Response<AdminBody> {
     );
     response
 }
+
+/// Where `rampart policy explain` asks about a flow (an `ExplainQuery` as JSON).
+pub const EXPLAIN_PATH: &str = "/v1/explain";
+
+/// Explains a flow against the policy set in force.
+async fn explain(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let query: crate::policy::explain::ExplainQuery = match limited.collect().await {
+        Ok(b) => match serde_json::from_slice(&b.to_bytes()) {
+            Ok(q) => q,
+            Err(e) => return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN),
+        },
+        Err(e) => {
+            return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN);
+        }
+    };
+    let Some(compiled) = state.compiled.read().ok().and_then(|c| c.clone()) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no policy set is in force yet\n");
+    };
+    match crate::policy::explain::explain(&compiled, &query) {
+        Ok(e) => with_type(
+            StatusCode::OK,
+            serde_json::to_string(&e).unwrap_or_default(),
+            "application/json",
+        ),
+        Err(e) => with_type(StatusCode::BAD_REQUEST, format!("{e}\n"), PLAIN),
+    }
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Where `rampart policy push` sends objects.
 pub const PUSH_PATH: &str = "/v1/policy";

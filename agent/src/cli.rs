@@ -74,6 +74,61 @@ pub enum PolicyCommand {
     /// any error (the agent's policy stays as it was). Pushed objects replace the agent's objects
     /// of the same kind, namespace and name.
     Push(PolicyPushArgs),
+    /// Explain a flow: the verdict at the source's egress and the destination's ingress, the
+    /// policy rule that decides each and its mode, and whether the port takes only mTLS. Asks the
+    /// running agent, or with FILEs compiles them offline (every pod as if on this node).
+    Explain(PolicyExplainArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl ProtocolArg {
+    pub fn number(self) -> u8 {
+        match self {
+            ProtocolArg::Tcp => 6,
+            ProtocolArg::Udp => 17,
+            ProtocolArg::Sctp => 132,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyExplainArgs {
+    /// Source: a pod (`namespace/name`), an IP address or a CIDR.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub from: String,
+
+    /// Destination: a pod (`namespace/name`), an IP address or a CIDR.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: String,
+
+    /// Destination port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub protocol: ProtocolArg,
+
+    /// Policy files or directories to compile offline instead of asking the running agent.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Address of the running agent's metrics/admin server (without FILEs).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// SPIFFE trust domain of workload identities (offline).
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Print the explanation as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

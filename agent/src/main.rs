@@ -14,6 +14,9 @@ fn main() -> std::process::ExitCode {
         cli::Command::Policy(cli::PolicyCommand::Push(args)) => {
             return exit(policy_cli::push(&args));
         }
+        cli::Command::Policy(cli::PolicyCommand::Explain(args)) => {
+            return exit(policy_cli::explain(&args).map(|()| true));
+        }
         cli::Command::Run(args) => config::RunConfig::from_args(args)
             .map_err(anyhow::Error::from)
             .and_then(app::run),

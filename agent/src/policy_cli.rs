@@ -1,26 +1,29 @@
-//! `rampart policy check` (offline validation and compile) and `rampart policy push` (send
-//! objects to a running agent and wait until they are in force).
+//! `rampart policy check` (offline validation and compile), `rampart policy push` (send
+//! objects to a running agent and wait until they are in force) and `rampart policy explain`
+//! (one flow's verdict and the rules behind it, from the running agent or offline).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::Method;
 
-use crate::admin::{PUSH_PATH, PushFile, PushRequest, PushResponse};
+use crate::admin::{EXPLAIN_PATH, PUSH_PATH, PushFile, PushRequest, PushResponse};
 use crate::admin_client;
-use crate::cli::{PolicyCheckArgs, PolicyPushArgs};
+use crate::cli::{PolicyCheckArgs, PolicyExplainArgs, PolicyPushArgs};
+use crate::policy::explain::{ExplainQuery, Explanation};
 use crate::policy::identity::Allocator;
 use crate::policy::{self, compile, source};
 
 /// How long a push may take to be compiled and installed.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Outcome of `check`: printed lines and whether the set is valid.
-pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
+/// Reads files and the policy files of directories; returns the files read and what they hold.
+fn read_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, source::Read) {
     let mut files = Vec::new();
     let mut read = source::Read::default();
-    for path in &args.files {
+    for path in paths {
         if path.is_dir() {
             match source::policy_files(path) {
                 Ok(list) => files.extend(list),
@@ -33,6 +36,77 @@ pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
     let files_read = source::read_files(&files);
     read.objects.extend(files_read.objects);
     read.diagnostics.extend(files_read.diagnostics);
+    (files, read)
+}
+
+/// `policy explain`: prints the explanation of one flow.
+pub fn explain(args: &PolicyExplainArgs) -> anyhow::Result<()> {
+    let query = ExplainQuery {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        protocol: args.protocol.number(),
+        port: args.port,
+    };
+    let explanation = if args.files.is_empty() {
+        explain_remote(args.metrics_addr, &query)?
+    } else {
+        explain_offline(&args.files, &args.trust_domain, &query)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", policy::explain::render(&explanation));
+    }
+    Ok(())
+}
+
+/// Compiles the files as a node where every pod is local (both ends of a flow enforced here).
+fn explain_offline(
+    paths: &[PathBuf],
+    trust_domain: &str,
+    query: &ExplainQuery,
+) -> anyhow::Result<Explanation> {
+    let (_, read) = read_paths(paths);
+    let checked = policy::check(read).map_err(|diags| {
+        let lines: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        anyhow::anyhow!("the policy set has errors:\n{}", lines.join("\n"))
+    })?;
+    let compiled = policy::explain::compile_all_local(&checked.model, trust_domain);
+    Ok(policy::explain::explain(&compiled, query)?)
+}
+
+fn explain_remote(
+    addr: std::net::SocketAddr,
+    query: &ExplainQuery,
+) -> anyhow::Result<Explanation> {
+    let body = serde_json::to_vec(query).context("encoding the query")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (status, answer) = runtime.block_on(admin_client::request(
+        addr,
+        Method::POST,
+        EXPLAIN_PATH,
+        Some(body),
+    ))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "the agent answered {status}: {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
+    }
+    serde_json::from_slice(&answer)
+        .with_context(|| format!("the agent answered {EXPLAIN_PATH} with a body this client cannot read"))
+}
+
+/// Outcome of `check`: printed lines and whether the set is valid.
+pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
+    let (files, read) = read_paths(&args.files);
     let objects = read.objects.len();
     match policy::check(read) {
         Err(diags) => {

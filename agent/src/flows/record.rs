@@ -136,10 +136,11 @@ pub fn protocol_name(proto: u8) -> String {
 
 impl fmt::Display for FlowPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port)?,
-            Some(ip) => write!(f, "{ip}:{}", self.port)?,
-            None => f.write_str("?")?,
+        match (self.ip, self.port) {
+            (Some(ip), 0) => write!(f, "{ip}")?,
+            (Some(IpAddr::V6(ip)), port) => write!(f, "[{ip}]:{port}")?,
+            (Some(ip), port) => write!(f, "{ip}:{port}")?,
+            (None, _) => f.write_str("?")?,
         }
         if let Some(pod) = &self.pod {
             write!(f, " ({pod})")
