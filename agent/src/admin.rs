@@ -198,7 +198,10 @@ async fn explain(req: Request<Incoming>, state: &AgentState) -> Response<Full<By
         }
     };
     let Some(compiled) = state.compiled.read().ok().and_then(|c| c.clone()) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no policy set is in force yet\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no policy set is in force yet\n",
+        );
     };
     match crate::policy::explain::explain(&compiled, &query) {
         Ok(e) => with_type(

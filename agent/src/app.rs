@@ -125,7 +125,9 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         compiled: std::sync::RwLock::new(None),
     });
     if let Some(writer) = flow_log {
-        writer.start(&state.flows).context("starting the flow log writer")?;
+        writer
+            .start(&state.flows)
+            .context("starting the flow log writer")?;
     }
     if let Some(mesh) = &state.mesh {
         mesh.start().await?;

@@ -232,7 +232,12 @@ impl Controller {
             status.endpoints = compiled.endpoints.len();
             status.rules = compiled.rule_count;
             status.map_entries = compiled.state.policy.len();
-            let v4 = compiled.state.ipcache.iter().filter(|r| r.addr.is_ipv4()).count();
+            let v4 = compiled
+                .state
+                .ipcache
+                .iter()
+                .filter(|r| r.addr.is_ipv4())
+                .count();
             status.ipcache4_entries = v4;
             status.ipcache6_entries = compiled.state.ipcache.len() - v4;
             status.mesh_entries = compiled.state.mesh.len();

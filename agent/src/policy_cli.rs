@@ -79,10 +79,7 @@ fn explain_offline(
     Ok(policy::explain::explain(&compiled, query)?)
 }
 
-fn explain_remote(
-    addr: std::net::SocketAddr,
-    query: &ExplainQuery,
-) -> anyhow::Result<Explanation> {
+fn explain_remote(addr: std::net::SocketAddr, query: &ExplainQuery) -> anyhow::Result<Explanation> {
     let body = serde_json::to_vec(query).context("encoding the query")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,8 +97,9 @@ fn explain_remote(
             String::from_utf8_lossy(&answer).trim()
         );
     }
-    serde_json::from_slice(&answer)
-        .with_context(|| format!("the agent answered {EXPLAIN_PATH} with a body this client cannot read"))
+    serde_json::from_slice(&answer).with_context(|| {
+        format!("the agent answered {EXPLAIN_PATH} with a body this client cannot read")
+    })
 }
 
 /// Outcome of `check`: printed lines and whether the set is valid.

@@ -173,6 +173,22 @@ impl Agent {
         )
     }
 
+    /// GET `path` with more request headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+        probe::http_get_with(
+            &self.ns_path,
+            self.metrics_addr,
+            path,
+            headers,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// The binary the agent runs (for CLI commands run by the test itself).
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> anyhow::Result<String> {
         match self.get("/metrics")? {

@@ -165,13 +165,28 @@ pub fn http_get(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    http_get_with(ns_path, addr, path, &[], timeout)
+}
+
+/// [`http_get`] with more request headers (`("Accept", "...")`).
+pub fn http_get_with(
+    ns_path: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let path = path.to_owned();
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     netns::run_in(ns_path, move || -> anyhow::Result<(u16, String)> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         write!(
             stream,
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
         )?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw)?;

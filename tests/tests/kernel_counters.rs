@@ -186,11 +186,28 @@ fn readyz_and_metrics_are_served_while_running() {
         Some(6.0),
         "{text}"
     );
+    // Without an Accept header: the Prometheus text format 0.0.4.
     assert!(
-        text.contains("# TYPE rampart_datapath_packets counter"),
+        text.contains("# TYPE rampart_datapath_packets_total counter"),
         "{text}"
     );
-    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+    // OpenMetrics when the scraper asks for it, as Prometheus does.
+    let (code, om) = agent
+        .get_with(
+            "/metrics",
+            &[(
+                "Accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )],
+        )
+        .expect("openmetrics");
+    assert_eq!(code, 200);
+    assert!(
+        om.contains("# TYPE rampart_datapath_packets counter"),
+        "{om}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
 }
 
 #[test]

@@ -125,7 +125,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rampart-flowlog-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("rampart-flowlog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         dir
@@ -150,7 +151,11 @@ mod tests {
         assert_eq!(size(&path), Some(40));
         assert_eq!(size(&dir.join("flows.jsonl.1")), Some(80));
         assert_eq!(size(&dir.join("flows.jsonl.2")), Some(80));
-        assert_eq!(size(&dir.join("flows.jsonl.3")), None, "only max_files kept");
+        assert_eq!(
+            size(&dir.join("flows.jsonl.3")),
+            None,
+            "only max_files kept"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

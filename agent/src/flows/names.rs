@@ -95,7 +95,9 @@ impl FlowNames {
 
     /// The rule cookie `cookie` names (cookie n is rule n - 1), if any.
     pub fn policy(&self, cookie: u32) -> Option<PolicyRef> {
-        let rule = self.rules.get(usize::try_from(cookie).ok()?.checked_sub(1)?)?;
+        let rule = self
+            .rules
+            .get(usize::try_from(cookie).ok()?.checked_sub(1)?)?;
         Some(PolicyRef {
             name: rule.policy.clone(),
             direction: rule.direction.to_owned(),
@@ -110,7 +112,10 @@ impl FlowNames {
 
     /// The MeshPolicies that make (destination identity, port) mTLS-only.
     pub fn mesh_policies(&self, identity: u32, port: u16) -> Vec<String> {
-        self.mesh.get(&(identity, port)).cloned().unwrap_or_default()
+        self.mesh
+            .get(&(identity, port))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -152,11 +157,17 @@ mod tests {
         assert_eq!(web.namespace.as_deref(), Some("prod"));
         assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
         // An address alone finds the pod and its identity (proxy records).
-        assert_eq!(n.peer(Some("10.0.0.5".parse().expect("ip")), 80, 0).identity, 300);
+        assert_eq!(
+            n.peer(Some("10.0.0.5".parse().expect("ip")), 80, 0)
+                .identity,
+            300
+        );
         let ext = n.peer(Some("192.0.2.7".parse().expect("ip")), 443, 0x0100_0001);
         assert_eq!(ext.cidr.as_deref(), Some("192.0.2.0/24"));
         assert_eq!(
-            n.peer(Some("8.8.8.8".parse().expect("ip")), 53, 2).cidr.as_deref(),
+            n.peer(Some("8.8.8.8".parse().expect("ip")), 53, 2)
+                .cidr
+                .as_deref(),
             Some("world")
         );
     }

@@ -15,8 +15,8 @@ use super::compile::{Compiled, Node, compile};
 use super::identity::Allocator;
 use super::model::Model;
 use super::verdict::{self, EndDecision};
-use crate::flows::record::{DecidedBy, FlowPeer, PolicyRef, protocol_name};
 use crate::flows::FlowNames;
+use crate::flows::record::{DecidedBy, FlowPeer, PolicyRef, protocol_name};
 use crate::mesh::spiffe::SpiffeId;
 use crate::mesh::table::principal_allowed;
 
@@ -33,7 +33,9 @@ pub struct ExplainQuery {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExplainError {
-    #[error("{field} {value:?}: not a pod (namespace/name) of the policy set, an IP address or a CIDR")]
+    #[error(
+        "{field} {value:?}: not a pod (namespace/name) of the policy set, an IP address or a CIDR"
+    )]
     Endpoint { field: &'static str, value: String },
     #[error("from {from} to {to}: one is IPv4 and the other IPv6")]
     MixedFamilies { from: IpAddr, to: IpAddr },
@@ -111,9 +113,15 @@ pub fn explain(compiled: &Compiled, query: &ExplainQuery) -> Result<Explanation,
     let end = |d: Option<EndDecision>| d.map(|d| end_explanation(&names, &d));
     let (egress, ingress) = (end(decision.egress), end(decision.ingress));
     let ends = [&egress, &ingress];
-    let verdict = if ends.iter().any(|e| e.as_ref().is_some_and(|e| e.verdict == "deny" && !e.audit)) {
+    let verdict = if ends
+        .iter()
+        .any(|e| e.as_ref().is_some_and(|e| e.verdict == "deny" && !e.audit))
+    {
         "deny"
-    } else if ends.iter().any(|e| e.as_ref().is_some_and(|e| e.verdict == "deny")) {
+    } else if ends
+        .iter()
+        .any(|e| e.as_ref().is_some_and(|e| e.verdict == "deny"))
+    {
         "audit"
     } else {
         "allow"
@@ -200,10 +208,13 @@ fn resolve(compiled: &Compiled, field: &'static str, value: &str) -> Result<IpAd
         .collect();
     // A dual-stack pod is explained on its IPv4 address.
     addrs.sort_by_key(|a| !a.is_ipv4());
-    addrs.first().copied().ok_or_else(|| ExplainError::Endpoint {
-        field,
-        value: value.to_owned(),
-    })
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| ExplainError::Endpoint {
+            field,
+            value: value.to_owned(),
+        })
 }
 
 /// The text `rampart policy explain` prints.
@@ -233,7 +244,11 @@ pub fn render(e: &Explanation) -> String {
             }
             (None, _) => "default allow (no policy isolates the pod in this direction)".into(),
         };
-        let audit = if end.audit { " [audit: not enforced]" } else { "" };
+        let audit = if end.audit {
+            " [audit: not enforced]"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  {what}: {}{audit} by {by}", end.verdict);
     }
     if let Some(m) = &e.mtls {
@@ -295,7 +310,10 @@ mod tests {
 
         let e = ask(&c, "shop/db", "shop/frontend", 8080);
         assert_eq!(e.verdict, "deny");
-        assert_eq!(e.egress.expect("db is local").decided_by, DecidedBy::DefaultDeny);
+        assert_eq!(
+            e.egress.expect("db is local").decided_by,
+            DecidedBy::DefaultDeny
+        );
     }
 
     #[test]

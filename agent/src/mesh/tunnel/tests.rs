@@ -155,7 +155,10 @@ async fn a_peer_policy_does_not_allow_is_refused() {
     assert_eq!(events[0].reason, "principal_not_allowed");
     assert_eq!(events[0].peer.as_deref(), Some(db.as_str()));
     assert_eq!(events[0].destination, Some(w.upstream));
-    assert_eq!(events[0].source, Some("10.244.1.10:40000".parse().expect("addr")));
+    assert_eq!(
+        events[0].source,
+        Some("10.244.1.10:40000".parse().expect("addr"))
+    );
 }
 
 #[tokio::test]
