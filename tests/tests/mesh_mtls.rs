@@ -254,6 +254,31 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
             "reason=\"principal_not_allowed\"",
         ) >= 1.0
     });
+    // The refusal is in node-2's flow log, like a kernel drop, naming both pods and the peer.
+    let flows = node2
+        .cli(&["flows", "--json", "--verdict", "deny"])
+        .expect("rampart flows");
+    let refusal = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["observer"] == "proxy" && r["drop_reason"] == "principal_not_allowed")
+        .unwrap_or_else(|| panic!("no proxy refusal in the flow log:\n{flows}"));
+    assert_eq!(refusal["src"]["pod"], "shop/c", "{refusal}");
+    assert_eq!(refusal["dst"]["pod"], "shop/b", "{refusal}");
+    assert_eq!(refusal["dst"]["port"], 5432, "{refusal}");
+    assert_eq!(refusal["decided_by"], "mesh_policy", "{refusal}");
+    assert!(
+        refusal["proxy"]["peer_spiffe_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/ns/shop/sa/c")),
+        "{refusal}"
+    );
+    assert!(
+        !refusal["mesh_policies"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{refusal}"
+    );
 
     // Plaintext from node-1's host (not a pod, not the proxy) is dropped by node-2's kernel.
     let plain = topo
