@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AgentState;
 use crate::cli::StatusArgs;
+use crate::flows::record::Observer;
 
 /// The status document. Field names are part of the `--json` interface: add, never rename.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,6 +25,86 @@ pub struct StatusDoc {
     /// The policy set in force (absent from agents older than the policy compiler).
     #[serde(default)]
     pub policy: Option<crate::controller::PolicyStatus>,
+    #[serde(default)]
+    pub node: String,
+    /// Entries and capacity of each kernel map.
+    #[serde(default)]
+    pub maps: Vec<MapDoc>,
+    /// The local pods enforced for.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointDoc>,
+    /// The mTLS proxy, when it runs.
+    #[serde(default)]
+    pub mesh: Option<MeshDoc>,
+    #[serde(default)]
+    pub flow_log: FlowLogDoc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapDoc {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+    pub fill_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointDoc {
+    pub pod: String,
+    pub ifindex: u32,
+    pub identity: u32,
+    pub isolated_ingress: bool,
+    pub isolated_egress: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeshDoc {
+    pub node_name: String,
+    pub proxy_port: u16,
+    pub tunnel_port: u16,
+    pub ca_dir: String,
+    pub mtls_routes: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlowLogDoc {
+    pub kernel_records: u64,
+    pub proxy_records: u64,
+    pub lost: u64,
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// Entries and capacity of each kernel map: the double-buffered ones from the set in force, the
+/// ones the kernel fills by walking them (see `Stats::kernel_table_entries`).
+pub fn map_fill(state: &AgentState) -> Vec<MapDoc> {
+    use rampart_common::maps::{
+        MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY, MAX_RULE_STATS,
+    };
+    let status = state.policy.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut rows = vec![
+        ("endpoints", status.endpoints, MAX_ENDPOINTS),
+        ("ipcache4", status.ipcache4_entries, MAX_IPCACHE),
+        ("ipcache6", status.ipcache6_entries, MAX_IPCACHE),
+        ("policy", status.map_entries, MAX_POLICY),
+        ("mesh", status.mesh_entries, MAX_MESH),
+    ];
+    match state.stats.kernel_table_entries() {
+        Ok(k) => {
+            rows.push(("conntrack", k.conntrack, MAX_CT));
+            rows.push(("fragments", k.fragments, MAX_FRAGS));
+            rows.push(("rule_stats", k.rule_stats, MAX_RULE_STATS));
+        }
+        Err(e) => tracing::warn!("reading the conntrack, fragment and rule-counter maps: {e}"),
+    }
+    rows.into_iter()
+        .map(|(map, entries, capacity)| MapDoc {
+            map: map.to_owned(),
+            entries,
+            capacity,
+            fill_ratio: entries as f64 / f64::from(capacity),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +169,43 @@ impl StatusDoc {
                 .collect(),
             counters,
             policy: state.policy.lock().ok().map(|p| p.clone()),
+            node: state.config.node_name.clone(),
+            maps: map_fill(state),
+            endpoints: state
+                .compiled
+                .read()
+                .ok()
+                .and_then(|c| c.clone())
+                .map(|c| {
+                    c.endpoints
+                        .iter()
+                        .map(|e| EndpointDoc {
+                            pod: e.pod.clone(),
+                            ifindex: e.ifindex,
+                            identity: e.identity,
+                            isolated_ingress: e.isolated_ingress,
+                            isolated_egress: e.isolated_egress,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            mesh: state.mesh.as_ref().map(|m| MeshDoc {
+                node_name: m.settings.node_name.clone(),
+                proxy_port: m.settings.proxy_port,
+                tunnel_port: m.settings.tunnel_port,
+                ca_dir: m.settings.ca_dir.display().to_string(),
+                mtls_routes: m.table.read().map(|t| t.routes()).unwrap_or(0),
+            }),
+            flow_log: FlowLogDoc {
+                kernel_records: state.flows.records(Observer::Kernel),
+                proxy_records: state.flows.records(Observer::Proxy),
+                lost: state.flows.lost(),
+                file: state
+                    .config
+                    .flow_log
+                    .as_ref()
+                    .map(|f| f.path.display().to_string()),
+            },
         }
     }
 
@@ -107,7 +225,26 @@ impl StatusDoc {
             "policy dir: {}",
             self.policy_dir.as_deref().unwrap_or("(none)")
         );
-        let _ = writeln!(out, "bpffs root: {}", self.bpffs_root);
+        let _ = writeln!(out, "node: {}  bpffs root: {}", self.node, self.bpffs_root);
+        if let Some(m) = &self.mesh {
+            let _ = writeln!(
+                out,
+                "mTLS proxy: listener :{}  tunnel :{}  CA {}  mTLS routes {}",
+                m.proxy_port, m.tunnel_port, m.ca_dir, m.mtls_routes
+            );
+        }
+        let _ = writeln!(
+            out,
+            "flow log: {} kernel + {} proxy records, {} lost by readers{}",
+            self.flow_log.kernel_records,
+            self.flow_log.proxy_records,
+            self.flow_log.lost,
+            self.flow_log
+                .file
+                .as_deref()
+                .map(|f| format!("  file {f}"))
+                .unwrap_or_default()
+        );
         if let Some(p) = &self.policy {
             let _ = writeln!(
                 out,
@@ -133,6 +270,45 @@ impl StatusDoc {
                 "  {:<16} {:<11} {:<14} {:>6}  {}",
                 a.interface, a.hook, a.program, a.program_id, a.method
             );
+        }
+        if !self.endpoints.is_empty() {
+            let _ = writeln!(out, "\nendpoints:");
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>7} {:>9}  ISOLATED",
+                "POD", "IFINDEX", "IDENTITY"
+            );
+            for e in &self.endpoints {
+                let isolated = match (e.isolated_ingress, e.isolated_egress) {
+                    (true, true) => "ingress+egress",
+                    (true, false) => "ingress",
+                    (false, true) => "egress",
+                    (false, false) => "-",
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<32} {:>7} {:>9}  {isolated}",
+                    e.pod, e.ifindex, e.identity
+                );
+            }
+        }
+        if !self.maps.is_empty() {
+            let _ = writeln!(out, "\nmaps:");
+            let _ = writeln!(
+                out,
+                "  {:<11} {:>9} {:>9} {:>6}",
+                "MAP", "ENTRIES", "CAPACITY", "FILL"
+            );
+            for m in &self.maps {
+                let _ = writeln!(
+                    out,
+                    "  {:<11} {:>9} {:>9} {:>5.1}%",
+                    m.map,
+                    m.entries,
+                    m.capacity,
+                    m.fill_ratio * 100.0
+                );
+            }
         }
         let _ = writeln!(out, "\ncounters (all interfaces, all CPUs):");
         let _ = writeln!(out, "  {:<11} {:>12} {:>14}", "HOOK", "PACKETS", "BYTES");

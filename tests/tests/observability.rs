@@ -356,6 +356,44 @@ fn flows_explain_and_metrics_name_what_decided() {
         "{metrics}"
     );
 
+    // `rampart status`: attachments, endpoints, map fill, the proxy, the flow log, the policy.
+    let status: Value =
+        serde_json::from_str(&agent.cli(&["status", "--json"]).expect("status")).expect("json");
+    assert_eq!(status["node"], "node-1");
+    assert_eq!(status["mode"], "enforce");
+    let maps = status["maps"].as_array().expect("maps");
+    assert!(
+        maps.iter()
+            .any(|m| m["map"] == "conntrack" && m["entries"].as_u64() > Some(0)),
+        "{status}"
+    );
+    assert!(
+        status["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .any(|e| e["pod"] == "shop/db" && e["isolated_ingress"] == true),
+        "{status}"
+    );
+    assert_eq!(status["mesh"]["tunnel_port"], 15008, "{status}");
+    assert_eq!(status["flow_log"]["file"], flow_log.display().to_string());
+    assert!(
+        status["policy"]["sources"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 5)
+    );
+    let text = agent.cli(&["status"]).expect("status");
+    for want in [
+        "maps:",
+        "conntrack",
+        "endpoints:",
+        "shop/db",
+        "mTLS proxy:",
+        "flow log:",
+    ] {
+        assert!(text.contains(want), "status lacks {want:?}:\n{text}");
+    }
+
     // Every metric the dashboard queries is one the agent serves.
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(

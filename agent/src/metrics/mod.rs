@@ -285,29 +285,9 @@ impl AgentCollector {
 
     /// Entries, capacity and fill ratio of each kernel map, and the conntrack table's size.
     fn encode_maps(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use rampart_common::maps::{
-            MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY, MAX_RULE_STATS,
-        };
-        let status = match self.state.policy.lock() {
-            Ok(s) => s.clone(),
-            Err(_) => return Ok(()),
-        };
-        let mut rows = vec![
-            ("endpoints", status.endpoints, MAX_ENDPOINTS),
-            ("ipcache4", status.ipcache4_entries, MAX_IPCACHE),
-            ("ipcache6", status.ipcache6_entries, MAX_IPCACHE),
-            ("policy", status.map_entries, MAX_POLICY),
-            ("mesh", status.mesh_entries, MAX_MESH),
-        ];
-        let kernel = read(
-            "conntrack, fragment and rule-counter maps",
-            self.state.stats.kernel_table_entries(),
-        );
-        if let Some(k) = kernel {
-            rows.push(("conntrack", k.conntrack, MAX_CT));
-            rows.push(("fragments", k.fragments, MAX_FRAGS));
-            rows.push(("rule_stats", k.rule_stats, MAX_RULE_STATS));
-            let ct = ConstGauge::new(k.conntrack as i64);
+        let rows = crate::status::map_fill(&self.state);
+        if let Some(ct) = rows.iter().find(|m| m.map == "conntrack") {
+            let ct = ConstGauge::new(ct.entries as i64);
             ct.encode(encoder.encode_descriptor(
                 "rampart_conntrack_entries",
                 "Flows in the kernel's connection tracking table",
@@ -321,8 +301,9 @@ impl AgentCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (map, n, _) in &rows {
-            ConstGauge::new(*n as i64).encode(entries.encode_family(&[("map", *map)])?)?;
+        for m in &rows {
+            ConstGauge::new(m.entries as i64)
+                .encode(entries.encode_family(&[("map", m.map.as_str())])?)?;
         }
         let mut capacity = encoder.encode_descriptor(
             "rampart_map_capacity",
@@ -330,8 +311,9 @@ impl AgentCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (map, _, max) in &rows {
-            ConstGauge::new(i64::from(*max)).encode(capacity.encode_family(&[("map", *map)])?)?;
+        for m in &rows {
+            ConstGauge::new(i64::from(m.capacity))
+                .encode(capacity.encode_family(&[("map", m.map.as_str())])?)?;
         }
         let mut ratio = encoder.encode_descriptor(
             "rampart_map_fill_ratio",
@@ -339,9 +321,9 @@ impl AgentCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (map, n, max) in &rows {
-            ConstGauge::new(*n as f64 / f64::from(*max))
-                .encode(ratio.encode_family(&[("map", *map)])?)?;
+        for m in &rows {
+            ConstGauge::new(m.fill_ratio)
+                .encode(ratio.encode_family(&[("map", m.map.as_str())])?)?;
         }
         Ok(())
     }
