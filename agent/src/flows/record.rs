@@ -157,7 +157,7 @@ impl fmt::Display for FlowRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} {:<7} {:<6} {} {} -> {} {}",
+            "{} {} {:<7} {:<6} {} {} -> {}{}",
             self.time,
             self.node,
             self.direction,
@@ -167,7 +167,7 @@ impl fmt::Display for FlowRecord {
             self.dst,
             match self.observer {
                 Observer::Kernel => "",
-                Observer::Proxy => "[proxy]",
+                Observer::Proxy => " [proxy]",
             }
         )?;
         if let Some(reason) = &self.drop_reason {

@@ -206,6 +206,28 @@ fn run() -> anyhow::Result<()> {
     wait_generation(&agent, before)?;
     println!();
     show_flows();
+    println!("\nWhy is frontend -> db dropped? `rampart policy explain` asks the agent:\n");
+    for line in agent
+        .cli(&[
+            "policy",
+            "explain",
+            "--from",
+            "shop/frontend",
+            "--to",
+            "shop/db",
+            "--port",
+            "5432",
+        ])?
+        .lines()
+    {
+        println!("  {line}");
+    }
+    println!("\nThe flow log names the same rule (`rampart flows --verdict deny`, last 4):\n");
+    let denies = agent.cli(&["flows", "--verdict", "deny"])?;
+    let lines: Vec<&str> = denies.lines().collect();
+    for line in &lines[lines.len().saturating_sub(4)..] {
+        println!("  {line}");
+    }
 
     println!("\n-- 4. Bad input changes nothing --\n");
     let before = generation(&agent);
