@@ -104,7 +104,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         );
     }
     for interface in &config.interfaces {
-        datapath.attach(interface, config.xdp_mode)?;
+        datapath.attach(interface, Some(config.xdp_mode))?;
         tracing::info!(%interface, "attached XDP and TC programs (pinned under --bpffs-root)");
     }
     let stats = datapath.take_stats()?;

@@ -214,7 +214,8 @@ impl Controller {
             if self.attached.contains(interface) {
                 continue;
             }
-            match self.datapath.attach(interface, self.config.xdp_mode) {
+            // Pods' veths take TC only (see `Datapath::attach`); XDP goes on --interface uplinks.
+            match self.datapath.attach(interface, None) {
                 Ok(()) => {
                     tracing::info!(%interface, "attached to a local pod's interface");
                     self.attached.insert(interface.to_owned());

@@ -25,6 +25,7 @@ mod proxy;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -39,13 +40,17 @@ use crate::packet::Bounds;
 /// headers + L4 + a quoted header in ICMP errors).
 const TC_PULL_LEN: u32 = 192;
 
-#[xdp]
+/// Multi-buffer aware (`xdp.frags`), so uplinks with jumbo frames or hardware GRO can carry it:
+/// the headers are read from the first buffer, length checks use the whole packet.
+#[xdp(frags)]
 pub fn rp_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
+    // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
+    let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let b = Bounds {
         start,
         end,
-        wire_len: end.saturating_sub(start),
+        wire_len: core::cmp::max(whole, end.saturating_sub(start)),
     };
     counters::count(Hook::XDP, b.len() as u64);
     // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.

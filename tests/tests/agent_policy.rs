@@ -93,6 +93,31 @@ fn policy_files_enforce_reject_bad_input_and_push() {
     );
     let m = agent.metrics().expect("metrics");
     assert_eq!(sample(&m, "rampart_endpoints", ""), Some(4.0), "{m}");
+    // Pods' veths take TC only: XDP on a veth would turn off TSO on the pod's end (a regression
+    // once cut pod-to-pod TCP throughput about 5x).
+    let node_ns = topo.node("node-1").ns.name().to_owned();
+    for iface in topo.pod_interfaces("node-1") {
+        let link = rampart_tests::cmd::ip(&["-n", &node_ns, "-d", "link", "show", &iface])
+            .expect("ip link");
+        assert!(!link.contains("prog/xdp"), "XDP on a pod's veth:\n{link}");
+    }
+    let status = agent.cli(&["status"]).expect("status");
+    for iface in topo.pod_interfaces("node-1") {
+        for hook in ["tc_ingress", "tc_egress"] {
+            assert!(
+                status
+                    .lines()
+                    .any(|l| l.contains(&iface) && l.contains(hook)),
+                "{hook} on {iface}:\n{status}"
+            );
+        }
+    }
+    let pod_ns = topo.pod("shop/db").ns.name().to_owned();
+    let features = rampart_tests::cmd::in_ns(&pod_ns, "ethtool", &["-k", "eth0"]).expect("ethtool");
+    assert!(
+        features.contains("tcp-segmentation-offload: on"),
+        "the pod keeps TSO:\n{features}"
+    );
 
     // A file with an error: nothing changes, the error is counted and logged with its position.
     std::fs::write(

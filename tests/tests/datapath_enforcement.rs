@@ -119,7 +119,7 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
         .run(move || -> anyhow::Result<Datapath> {
             let mut dp = dp;
             for iface in &interfaces {
-                dp.attach(iface, XdpAttachMode::Auto)?;
+                dp.attach(iface, Some(XdpAttachMode::Auto))?;
             }
             Ok(dp)
         })
@@ -296,7 +296,7 @@ fn the_uplink_drops_denied_traffic_to_local_pods_at_xdp() {
         .run(move || -> anyhow::Result<Datapath> {
             let mut dp = dp;
             for iface in &interfaces {
-                dp.attach(iface, XdpAttachMode::Auto)?;
+                dp.attach(iface, Some(XdpAttachMode::Auto))?;
             }
             Ok(dp)
         })

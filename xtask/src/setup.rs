@@ -35,6 +35,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     // The mTLS test captures the underlay to show that only TLS crosses it.
     "tcpdump",
+    // A test checks that pods keep TSO with the agent attached.
+    "ethtool",
     // promtool checks the metrics, and a real Prometheus server scrapes an agent in a test.
     "prometheus",
 ];

@@ -103,6 +103,11 @@ pub enum DatapathError {
         path: String,
         reason: String,
     },
+    #[error("removing the stale XDP link pin {path}: {source}")]
+    Unpin {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("counting possible CPUs: {0}")]
     Cpus(String),
     #[error("endpoint on ifindex {ifindex} has id 0, which the datapath reads as no endpoint")]
@@ -516,12 +521,43 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))
     }
 
-    /// Attaches XDP and both TC programs to `interface`, in the caller's network namespace.
+    /// Attaches both TC programs to `interface`, and XDP too with `xdp_mode`, in the caller's
+    /// network namespace.
     ///
     /// With a pin root, each attachment is pinned under `links/<interface>/<hook>`; if a pin is
     /// already there (a previous agent's), this program replaces the old one inside that link in
-    /// one `bpf_link_update`, so the interface is never without a program.
+    /// one `bpf_link_update`, so the interface is never without a program. Without `xdp_mode`, a
+    /// previous agent's pinned XDP link on the interface is removed (detached).
+    ///
+    /// Pods' veths take TC only: XDP on a veth makes the kernel turn off TSO on the pod's end
+    /// (`veth_fix_features`), which cut pod-to-pod TCP throughput about 5x here, and it saves
+    /// nothing there (the veth has already built the skb; TC ingress makes the same decision).
+    /// XDP belongs on uplinks, where it drops before the skb exists.
     pub fn attach(
+        &mut self,
+        interface: &str,
+        xdp_mode: Option<XdpAttachMode>,
+    ) -> Result<(), DatapathError> {
+        match xdp_mode {
+            Some(mode) => self.attach_xdp(interface, mode)?,
+            None => {
+                if let Some(pin) = self
+                    .pins
+                    .as_ref()
+                    .map(|p| p.link(interface, Hook::XDP.name()))
+                    && pin.exists()
+                {
+                    std::fs::remove_file(&pin).map_err(|source| DatapathError::Unpin {
+                        path: pin.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        self.attach_tc(interface)
+    }
+
+    fn attach_xdp(
         &mut self,
         interface: &str,
         xdp_mode: XdpAttachMode,
@@ -556,7 +592,10 @@ impl Datapath {
             program_id,
             method,
         });
+        Ok(())
+    }
 
+    fn attach_tc(&mut self, interface: &str) -> Result<(), DatapathError> {
         if !self.tcx {
             // Before tcx (kernel 6.6) TC programs hang off the clsact qdisc; it may exist already.
             match tc::qdisc_add_clsact(interface) {
