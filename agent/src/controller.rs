@@ -155,6 +155,23 @@ impl Controller {
         push: Option<&[(String, String)]>,
         routes: Option<BTreeMap<IpAddr, RouteTarget>>,
     ) -> Result<u64, Vec<String>> {
+        let result = self.reload_set(push, routes);
+        // A large set is parsed on every core and its intermediate forms freed; glibc keeps the
+        // freed pages in per-thread arenas, so without this the agent's resident memory grew
+        // with each reload of a 100k-rule set (165 → 430 MiB over six reloads).
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory back to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        result
+    }
+
+    fn reload_set(
+        &mut self,
+        push: Option<&[(String, String)]>,
+        routes: Option<BTreeMap<IpAddr, RouteTarget>>,
+    ) -> Result<u64, Vec<String>> {
         let mut pushed = self.pushed.clone();
         for (name, text) in push.unwrap_or_default() {
             pushed.insert(name.clone(), text.clone());

@@ -69,6 +69,12 @@ pub fn rp_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark baseline: drops every packet and does nothing else (never attached by the agent).
+#[xdp]
+pub fn rp_xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[classifier]
 pub fn rp_tc_ingress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::TC_INGRESS, Direction::EGRESS)

@@ -184,6 +184,11 @@ impl Agent {
         )
     }
 
+    /// The agent's process id while it runs (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The binary the agent runs (for CLI commands run by the test itself).
     pub fn bin(&self) -> &std::path::Path {
         &self.bin

@@ -60,6 +60,7 @@ const PROG_XDP: &str = "rp_xdp";
 const PROG_TC_INGRESS: &str = "rp_tc_ingress";
 const PROG_TC_EGRESS: &str = "rp_tc_egress";
 const PROG_XDP_PASS: &str = "rp_xdp_pass";
+const PROG_XDP_DROP: &str = "rp_xdp_drop";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -173,6 +174,8 @@ pub enum ProgramKind {
     TcEgress,
     /// The benchmark baseline `rp_xdp_pass` (passes everything; loaded on first use).
     XdpPassBaseline,
+    /// The benchmark baseline `rp_xdp_drop` (drops everything; loaded on first use).
+    XdpDropBaseline,
 }
 
 /// One program attached to one interface, as shown by `rampart status`.
@@ -472,24 +475,14 @@ impl Datapath {
                 PROG_TC_EGRESS,
                 tc_program(&mut self.ebpf, PROG_TC_EGRESS)?.test_run(opts),
             ),
-            ProgramKind::XdpPassBaseline => {
-                let prog: &mut Xdp = self
-                    .ebpf
-                    .program_mut(PROG_XDP_PASS)
-                    .ok_or(DatapathError::MissingProgram(PROG_XDP_PASS))?
-                    .try_into()
-                    .map_err(|source| DatapathError::Program {
-                        program: PROG_XDP_PASS,
-                        source,
-                    })?;
-                if prog.fd().is_err() {
-                    prog.load().map_err(|source| DatapathError::Program {
-                        program: PROG_XDP_PASS,
-                        source,
-                    })?;
-                }
-                (PROG_XDP_PASS, prog.test_run(opts))
-            }
+            ProgramKind::XdpPassBaseline => (
+                PROG_XDP_PASS,
+                baseline_program(&mut self.ebpf, PROG_XDP_PASS)?.test_run(opts),
+            ),
+            ProgramKind::XdpDropBaseline => (
+                PROG_XDP_DROP,
+                baseline_program(&mut self.ebpf, PROG_XDP_DROP)?.test_run(opts),
+            ),
         };
         result
             .map(|r| (r.return_value, r.duration))
@@ -1021,6 +1014,28 @@ fn reason_counts(array: &CounterArray) -> Result<Vec<ReasonCount>, DatapathError
         }
     }
     Ok(out)
+}
+
+/// A benchmark baseline XDP program, loaded on first use (the agent never loads or attaches it).
+fn baseline_program<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut Xdp, DatapathError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program {
+            program: name,
+            source,
+        })?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| DatapathError::Program {
+            program: name,
+            source,
+        })?;
+    }
+    Ok(prog)
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {

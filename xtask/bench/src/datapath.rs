@@ -1,158 +1,219 @@
-//! Suite `datapath`: the kernel's cost per packet, measured with `BPF_PROG_TEST_RUN` and
-//! `repeat` (the kernel times the loop), for Rampart's XDP program with 0, 1k, 10k and 100k
-//! policy entries that do not match the measured flow plus the one that does, against a bare
-//! XDP program that only passes (`rp_xdp_pass`), all in one process.
+//! Suite `datapath`: what enforcement costs real pod-to-pod TCP traffic, side by side with the
+//! tools Rampart replaces. One node namespace, two pods on veth pairs: `bench/a` (client) and
+//! `bench/server` (an echo server on port 8080); a policy allows a → server:8080.
 //!
-//! Metrics: `ns_per_packet_established` (a packet of a tracked, allowed flow: the common case)
-//! and `ns_per_packet_new_denied` (a new flow with no allow: parse, identities, conntrack misses,
-//! both policy lookups, drop counters, the event path).
+//! Systems, each with the filler rules of the `policy` suite's synthetic set (remote clients and
+//! ports that never match the measured flow) plus the one rule that does, at 0, 1k, 10k, 100k:
+//! - `none`: no filtering (the baseline every ratio is to);
+//! - `rampart`: the agent on the node, policy from a directory (TC on the pods' veths);
+//! - `iptables`: the node's FORWARD chain: conntrack ESTABLISHED first, then one ACCEPT per rule
+//!   with the measured one last, then DROP to the server (a linear chain, as kube-proxy-era
+//!   engines build);
+//! - `nftables`: a forward chain with conntrack first, then one set lookup (address . port).
+//!
+//! Metrics (see `traffic`): round-trip rate and latency on one connection, connection setup (a
+//! new flow: the policy lookup happens here, and a linear chain shows its length), and bulk echo
+//! throughput. After the per-system records come `rampart-vs-iptables` and `rampart-vs-nftables`
+//! rows: Rampart's median over theirs at the same size (unit `ratio`).
 
-use std::net::Ipv4Addr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use rampart_agent::datapath::{Datapath, IpcacheRecord, PolicyState, ProgramKind};
-use rampart_agent::policy_map::{PolicyRule, build};
-use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
-use rampart_common::identity::Identity;
-use rampart_common::reason::Direction;
-use rampart_tests::packet::{ETH_P_IP, SYN, TCP, eth, ipv4, tcp};
+use rampart_tests::{Agent, AgentOptions, EchoServer, Netns, Topology};
 
+use crate::policy::{allowed_pairs, synthetic_set_at};
 use crate::record::{Record, summarize};
+use crate::traffic::{Load, METRICS, Sample, measure, record};
 
-const EP: u32 = 1;
-const ID_A: u32 = 300;
-const ID_B: u32 = 301;
-const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const XDP_PASS: u32 = 2;
-const XDP_DROP: u32 = 1;
+const BENCH_PREFIX: &str = "rpd";
+pub const PORT: u16 = 8080;
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+
+/// The synthetic set at `SERVER` plus the measured client and the rule that lets it in.
+pub fn policy_set(fillers: usize) -> String {
+    let (mut y, _) = synthetic_set_at(fillers, SERVER);
+    let _ = write!(
+        y,
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: bench, labels: {{app: measured}}}}\nspec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {CLIENT}}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: measured, namespace: bench}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: measured}}}}}}]\n    ports: [{{port: {PORT}}}]\n"
+    );
+    y
+}
+
+fn iptables_rules(fillers: usize) -> String {
+    let mut s = String::with_capacity(fillers * 80 + 512);
+    s.push_str("*filter\n:FORWARD ACCEPT [0:0]\n");
+    s.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    for (client, port) in allowed_pairs(fillers) {
+        let _ = writeln!(
+            s,
+            "-A FORWARD -s {client}/32 -d {SERVER}/32 -p tcp -m tcp --dport {port} -j ACCEPT"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "-A FORWARD -s {CLIENT}/32 -d {SERVER}/32 -p tcp -m tcp --dport {PORT} -j ACCEPT\n-A FORWARD -d {SERVER}/32 -j DROP\nCOMMIT"
+    );
+    s
+}
+
+fn nft_rules(fillers: usize) -> String {
+    let mut s = String::with_capacity(fillers * 24 + 512);
+    s.push_str("table inet rampart_bench {\n  set allowed {\n    type ipv4_addr . inet_service\n    elements = {\n");
+    for (client, port) in allowed_pairs(fillers) {
+        let _ = writeln!(s, "      {client} . {port},");
+    }
+    let _ = writeln!(s, "      {CLIENT} . {PORT},");
+    let _ = write!(
+        s,
+        "    }}\n  }}\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    ct state established,related accept\n    ip daddr {SERVER} ip saddr . tcp dport @allowed accept\n    ip daddr {SERVER} drop\n  }}\n}}\n"
+    );
+    s
+}
+
+/// Runs `program args` with `input` on stdin inside `ns`.
+fn feed(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), program])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Measures `runs` times, checking first that the measured flow gets through.
+fn sample(node_a: &Netns, load: &Load, runs: usize) -> anyhow::Result<Vec<Sample>> {
+    let dst = SocketAddr::new(IpAddr::V4(SERVER), PORT);
+    (0..runs).map(|_| measure(node_a, dst, load)).collect()
+}
 
 pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
-    let (runs, repeat) = if quick { (3, 200_000) } else { (7, 1_000_000) };
-    let sizes: &[u64] = &[0, 1_000, 10_000, 100_000];
-    let mut dp = Datapath::load()?;
-    let established = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, SYN)));
-    let denied = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40001, 81, SYN)));
+    let (runs, load) = (Load::runs(quick), Load::new(quick));
+    let sizes: &[usize] = &[0, 1_000, 10_000, 100_000];
+    rampart_tests::sweep_stale(BENCH_PREFIX)?;
+    let topo = Topology::builder(BENCH_PREFIX)
+        .node("node-1")
+        .pod("node-1", "bench/a", CLIENT)
+        .pod("node-1", "bench/server", SERVER)
+        .build()?;
+    let _echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    let a = &topo.pod("bench/a").ns;
+    let node = &topo.node("node-1").ns;
+    let work = std::env::temp_dir().join(format!("rampart-bench-datapath-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
 
-    let mut baseline = Vec::new();
-    let mut rampart: Vec<(u64, Vec<f64>, Vec<f64>)> = Vec::new();
-    for &size in sizes {
-        dp.apply(&state(size))?;
-        // Admit the measured flow once: its later packets take the conntrack path.
-        anyhow::ensure!(
-            dp.test_run(ProgramKind::Xdp, &established)? == XDP_PASS,
-            "the measured flow must be allowed"
-        );
-        let (mut est, mut new) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            // Side by side: the baseline runs right before each measurement of Rampart.
-            baseline.push(ns(
-                &mut dp,
-                ProgramKind::XdpPassBaseline,
-                &established,
-                repeat,
-                XDP_PASS,
-            )?);
-            est.push(ns(
-                &mut dp,
-                ProgramKind::Xdp,
-                &established,
-                repeat,
-                XDP_PASS,
-            )?);
-            new.push(ns(&mut dp, ProgramKind::Xdp, &denied, repeat, XDP_DROP)?);
-        }
-        rampart.push((size, est, new));
+    // (system, fillers) → samples; `none` first, measured before and after the others.
+    let mut rows: Vec<(String, usize, Vec<Sample>)> = Vec::new();
+    let mut none = sample(a, &load, runs)?;
+    for &fillers in sizes {
+        let dir = work.join(format!("policy-{fillers}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bench.yaml"), policy_set(fillers))?;
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.policy_dir = Some(dir.clone());
+        let agent = Agent::start(node, &opts)?;
+        rows.push(("rampart".into(), fillers, sample(a, &load, runs)?));
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        feed(node, "iptables-restore", &["-w"], &iptables_rules(fillers))?;
+        rows.push(("iptables".into(), fillers, sample(a, &load, runs)?));
+        feed(
+            node,
+            "iptables-restore",
+            &["-w"],
+            "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
+        )?;
+
+        feed(node, "nft", &["-f", "-"], &nft_rules(fillers))?;
+        rows.push(("nftables".into(), fillers, sample(a, &load, runs)?));
+        feed(
+            node,
+            "nft",
+            &["delete", "table", "inet", "rampart_bench"],
+            "",
+        )?;
     }
+    none.extend(sample(a, &load, runs)?);
+    let _ = std::fs::remove_dir_all(&work);
 
-    let (base, bmin, bmax) = summarize(&mut baseline);
-    let record =
-        |system: &str, rules: u64, metric: &str, (value, min, max): (f64, f64, f64), n| Record {
-            suite: "datapath".into(),
-            system: system.into(),
-            rules,
-            metric: metric.into(),
-            value,
-            unit: "ns".into(),
-            ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
-            runs: n,
-            min,
-            max,
-        };
-    let mut out = vec![record(
-        "xdp-pass",
-        0,
-        "ns_per_packet",
-        (base, bmin, bmax),
-        baseline.len(),
-    )];
-    for (size, mut est, mut new) in rampart {
+    let mut out = Vec::new();
+    for (metric, unit, pick) in METRICS {
+        let base = summarize(&mut none.iter().map(pick).collect::<Vec<_>>()).0;
         out.push(record(
-            "rampart",
-            size + 1,
-            "ns_per_packet_established",
-            summarize(&mut est),
-            runs,
+            "datapath", "none", 0, metric, unit, &none, pick, base,
         ));
-        out.push(record(
-            "rampart",
-            size + 1,
-            "ns_per_packet_new_denied",
-            summarize(&mut new),
-            runs,
-        ));
+        for (system, fillers, list) in &rows {
+            out.push(record(
+                "datapath",
+                system,
+                *fillers as u64 + 1,
+                metric,
+                unit,
+                list,
+                pick,
+                base,
+            ));
+        }
+        for &fillers in sizes {
+            let median = |system: &str| {
+                rows.iter()
+                    .find(|(s, f, _)| s == system && *f == fillers)
+                    .map(|(_, _, l)| summarize(&mut l.iter().map(pick).collect::<Vec<_>>()).0)
+            };
+            let Some(ours) = median("rampart") else {
+                continue;
+            };
+            for peer in ["iptables", "nftables"] {
+                if let Some(theirs) = median(peer).filter(|v| *v > 0.0) {
+                    out.push(Record {
+                        suite: "datapath".into(),
+                        system: format!("rampart-vs-{peer}"),
+                        rules: fillers as u64 + 1,
+                        metric: metric.into(),
+                        value: ours / theirs,
+                        unit: "ratio".into(),
+                        ratio_to_baseline: ours / theirs,
+                        runs,
+                        min: ours / theirs,
+                        max: ours / theirs,
+                    });
+                }
+            }
+        }
     }
     Ok(out)
 }
 
-/// Mean nanoseconds per run over `repeat` kernel-timed runs, checking the verdict.
-fn ns(
-    dp: &mut Datapath,
-    kind: ProgramKind,
-    pkt: &[u8],
-    repeat: u32,
-    expect: u32,
-) -> anyhow::Result<f64> {
-    let (ret, per_run) = dp.test_run_repeat(kind, pkt, repeat)?;
-    anyhow::ensure!(ret == expect, "{kind:?} returned {ret}, expected {expect}");
-    Ok(per_run.as_secs_f64() * 1e9)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The endpoint under test on loopback (where test runs arrive), `filler` policy entries for
-/// other remote identities, and the one rule that allows the measured flow.
-fn state(filler: u64) -> PolicyState {
-    let mut rules = Vec::with_capacity(usize::try_from(filler).unwrap_or(0) + 1);
-    for i in 0..filler {
-        let remote = Identity(10_000 + u32::try_from(i).unwrap_or(u32::MAX - 10_000));
-        rules.push(PolicyRule {
-            proto: Some(TCP),
-            ports: Some(80..=80),
-            cookie: 2,
-            ..PolicyRule::allow(EP, remote, Direction::EGRESS)
-        });
-    }
-    rules.push(PolicyRule {
-        proto: Some(TCP),
-        ports: Some(80..=80),
-        cookie: 1,
-        ..PolicyRule::allow(EP, Identity(ID_B), Direction::EGRESS)
-    });
-    PolicyState {
-        endpoints: vec![(
-            1,
-            EndpointInfo {
-                endpoint_id: EP,
-                identity: ID_A,
-                flags: EndpointFlags::ENFORCE_EGRESS | EndpointFlags::ENFORCE_INGRESS,
-                ipv4: A.octets(),
-                ipv6: [0; 16],
-            },
-        )],
-        ipcache: vec![
-            IpcacheRecord::local(A.into(), ID_A, 1),
-            IpcacheRecord::remote(B.into(), 32, ID_B),
-        ],
-        policy: build(&rules),
-        audit: false,
-        ..PolicyState::default()
+    #[test]
+    fn baselines_hold_the_fillers_and_the_measured_rule_last() {
+        let ipt = iptables_rules(150);
+        assert_eq!(ipt.matches("-j ACCEPT").count(), 152, "ct + 150 + measured");
+        let accepts: Vec<&str> = ipt.lines().filter(|l| l.ends_with("ACCEPT")).collect();
+        assert!(
+            accepts
+                .last()
+                .is_some_and(|l| l.contains(&CLIENT.to_string()))
+        );
+        assert_eq!(nft_rules(150).matches(",\n").count(), 151);
+        assert!(policy_set(0).contains("name: measured"));
     }
 }

@@ -3,10 +3,13 @@
 //! repeated runs reported beside a baseline measured in the same invocation: the machine is
 //! shared and noisy, so ratios are what compare.
 
+mod agent;
 mod datapath;
 mod policy;
 mod proxy;
 mod record;
+mod traffic;
+mod xdp_drop;
 
 use std::path::PathBuf;
 
@@ -21,11 +24,11 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath, policy, proxy.
+    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, proxy.
     suites: Vec<String>,
 }
 
-const SUITES: &[&str] = &["datapath", "policy", "proxy"];
+const SUITES: &[&str] = &["datapath", "xdp-drop", "policy", "agent", "proxy"];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -53,6 +56,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     for suite in suites {
         let records = match suite {
             "datapath" => datapath::run(args.quick)?,
+            "xdp-drop" => xdp_drop::run(args.quick)?,
+            "agent" => agent::run(args.quick)?,
             "policy" => policy::run(args.quick)?,
             "proxy" => proxy::run(args.quick)?,
             _ => unreachable!("checked above"),

@@ -62,12 +62,18 @@ fn client_port(j: usize) -> u16 {
 
 /// The policy set as one multi-document YAML text, and its rule count.
 pub fn synthetic_set(rules: usize) -> (String, usize) {
-    let (clients, per_client) = shape(rules);
+    synthetic_set_at(rules, SERVER)
+}
+
+/// [`synthetic_set`] with the server pod (`bench/server`, `app: server`, on `node-1`) at
+/// `server`; no client pods or policies when `rules` is 0.
+pub fn synthetic_set_at(rules: usize, server: Ipv4Addr) -> (String, usize) {
+    let (clients, per_client) = if rules == 0 { (0, 0) } else { shape(rules) };
     let mut y = String::with_capacity(rules * 96);
     y.push_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n");
     let _ = write!(
         y,
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: bench, labels: {{app: server}}}}\nspec: {{nodeName: node-1, containers: [{{name: s, image: s}}]}}\nstatus: {{podIP: {SERVER}}}\n"
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: bench, labels: {{app: server}}}}\nspec: {{nodeName: node-1, containers: [{{name: s, image: s}}]}}\nstatus: {{podIP: {server}}}\n"
     );
     let mut count = 0;
     for i in 0..clients {
@@ -96,7 +102,7 @@ pub fn synthetic_set(rules: usize) -> (String, usize) {
 }
 
 /// The (client address, port) pairs the `rules` rules allow, in the synthetic set's order.
-fn allowed_pairs(rules: usize) -> impl Iterator<Item = (Ipv4Addr, u16)> {
+pub fn allowed_pairs(rules: usize) -> impl Iterator<Item = (Ipv4Addr, u16)> {
     let (clients, per_client) = shape(rules);
     (0..clients)
         .flat_map(move |i| (0..per_client).map(move |j| (client_ip(i), client_port(j))))

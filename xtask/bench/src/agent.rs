@@ -1,0 +1,134 @@
+//! Suite `agent`: the agent itself with 0, 10k and 100k policy rules (the `datapath` suite's
+//! set: fillers plus the rule the measured flow needs) — its resident memory once idle, and how
+//! long a policy file change takes to be enforced, seen by real probes: a deny rule dropped into
+//! the policy directory until a pod's new connections fail, and its removal until they pass
+//! again. Ratios are to the agent with no filler rules.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rampart_tests::{Agent, AgentOptions, EchoServer, Netns, Topology, probe};
+
+use crate::datapath::{CLIENT, PORT, SERVER, policy_set};
+use crate::record::{Record, summarize};
+
+const BENCH_PREFIX: &str = "rpa";
+/// Longest a flip may take before the suite gives up.
+const FLIP_LIMIT: Duration = Duration::from_secs(30);
+
+const DENY: &str = "apiVersion: rampart.dev/v1alpha1
+kind: ClusterPolicy
+metadata: {name: bench-deny}
+spec:
+  appliesTo: {podSelector: {matchLabels: {app: server}}}
+  ingress:
+  - action: Deny
+    from: [{podSelector: {matchLabels: {app: measured}}}]
+";
+
+/// `VmRSS` of `pid` in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// Milliseconds from `change` until new connections from `ns` to the server are `reached`:
+/// the start of the first probe that shows it (a failing probe waits out its timeout, which is
+/// not part of the policy's delay). Probes every few milliseconds, each bounded in time.
+fn flip(
+    ns: &Netns,
+    reached: bool,
+    change: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let dst = SocketAddr::new(IpAddr::V4(SERVER), PORT);
+    let start = Instant::now();
+    change()?;
+    while start.elapsed() < FLIP_LIMIT {
+        let probe_start = start.elapsed();
+        if probe::tcp(ns, dst, Duration::from_millis(25)).reached() == reached {
+            return Ok(probe_start.as_secs_f64() * 1e3);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    anyhow::bail!("the probe did not flip within {FLIP_LIMIT:?}")
+}
+
+/// Writes `text` to `dir/name` atomically (the watcher sees one complete file).
+fn put(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
+    let runs = if quick { 3 } else { 5 };
+    let sizes: &[usize] = &[0, 10_000, 100_000];
+    rampart_tests::sweep_stale(BENCH_PREFIX)?;
+    let topo = Topology::builder(BENCH_PREFIX)
+        .node("node-1")
+        .pod("node-1", "bench/a", CLIENT)
+        .pod("node-1", "bench/server", SERVER)
+        .build()?;
+    let _echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    let a = &topo.pod("bench/a").ns;
+    let work = std::env::temp_dir().join(format!("rampart-bench-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+
+    let mut rows: Vec<(usize, &str, &str, Vec<f64>)> = Vec::new();
+    for &fillers in sizes {
+        let dir = work.join(format!("policy-{fillers}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bench.yaml"), policy_set(fillers))?;
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.policy_dir = Some(dir.clone());
+        let agent = Agent::start(&topo.node("node-1").ns, &opts)?;
+        let pid = agent
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("the agent is not running"))?;
+        let (mut rss, mut deny, mut allow) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            std::thread::sleep(Duration::from_millis(500));
+            rss.push(rss_mib(pid)?);
+            deny.push(flip(a, false, || put(&dir, "zz-deny.yaml", DENY))?);
+            allow.push(flip(a, true, || {
+                Ok(std::fs::remove_file(dir.join("zz-deny.yaml"))?)
+            })?);
+        }
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push((fillers, "rss_idle", "MiB", rss));
+        rows.push((fillers, "change_to_deny_ms", "ms", deny));
+        rows.push((fillers, "change_to_allow_ms", "ms", allow));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+
+    let mut out = Vec::new();
+    for metric in ["rss_idle", "change_to_deny_ms", "change_to_allow_ms"] {
+        let mut base = None;
+        for (fillers, m, unit, values) in rows.iter_mut().filter(|r| r.1 == metric) {
+            let (value, min, max) = summarize(values);
+            let base = *base.get_or_insert(value);
+            out.push(Record {
+                suite: "agent".into(),
+                system: "rampart".into(),
+                rules: *fillers as u64 + 1,
+                metric: (*m).into(),
+                value,
+                unit: (*unit).into(),
+                ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
+                runs: values.len(),
+                min,
+                max,
+            });
+        }
+    }
+    Ok(out)
+}
