@@ -33,6 +33,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // The baselines `cargo xtask bench` measures Rampart against.
     "iptables",
     "nftables",
+    // The peer proxy of the `proxy` suite (TLS 1.3 with client certificates both ways).
+    "haproxy",
     // The mTLS test captures the underlay to show that only TLS crosses it.
     "tcpdump",
     // A test checks that pods keep TSO with the agent attached.

@@ -364,7 +364,13 @@ impl MeshRuntime {
         };
         self.outbound_flows.fetch_add(1, Ordering::Relaxed);
         let mut stream = stream;
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut flow).await;
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut stream,
+            &mut flow,
+            tunnel::RELAY_BUFFER,
+            tunnel::RELAY_BUFFER,
+        )
+        .await;
     }
 }
 

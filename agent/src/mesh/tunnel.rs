@@ -25,6 +25,15 @@ use super::spiffe::SpiffeId;
 
 /// The port agents listen on for tunnels (ztunnel's HBONE port).
 pub const TUNNEL_PORT: u16 = 15008;
+/// HTTP/2 flow control of the tunnel: HTTP/2's default 64 KiB windows and 16 KiB frames
+/// throttle a bulk flow to a fraction of the link (one stream carries one TCP flow here, and
+/// the TCP flow has its own flow control end to end).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+const MAX_FRAME: u32 = 256 << 10;
+/// Buffer of each direction of a relayed flow.
+pub const RELAY_BUFFER: usize = 64 << 10;
+
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake.
@@ -287,6 +296,9 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, inbound).await) }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .serve_connection(TokioIo::new(tls), service)
         .await;
     if let Err(e) = served {
@@ -364,7 +376,13 @@ async fn handle_stream(
             Ok(upgraded) => {
                 let mut upgraded = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut upstream).await;
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut upgraded,
+                    &mut upstream,
+                    RELAY_BUFFER,
+                    RELAY_BUFFER,
+                )
+                .await;
             }
             Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
         }
@@ -431,8 +449,12 @@ pub async fn connect(
         .connect(name, tcp)
         .await
         .map_err(|e| ConnectError::Tls(tunnel, e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .handshake(TokioIo::new(tls))
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "tunnel: client connection ended");

@@ -5,6 +5,7 @@
 
 mod agent;
 mod datapath;
+mod haproxy;
 mod policy;
 mod proxy;
 mod record;

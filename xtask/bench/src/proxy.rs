@@ -1,19 +1,22 @@
 //! Suite `proxy`: what Rampart's mTLS hop costs a pod-to-pod TCP flow between two nodes, against
-//! the same flow without Rampart, in one run and one topology (two node namespaces on an
-//! underlay bridge, pod a on node 1, pod b on node 2 running an echo server).
+//! the same flow without Rampart and against a peer proxy doing the same hop, in one run and one
+//! topology (two node namespaces on an underlay bridge, pod a on node 1, pod b on node 2 running
+//! an echo server).
 //!
-//! Systems: `none` (no agent: the baseline), then `rampart-l4` (agents running, the port
-//! governed by kernel policy only) and `rampart-mtls` (a MeshPolicy on the port: redirect, TLS
-//! 1.3 tunnel between the agents, transparent delivery). Metrics: request/response latency of
-//! 64-byte messages on one connection (p50, p99), connection setup (connect + first
-//! request/response, p50), and echo throughput of a bulk transfer.
+//! Systems: `none` (no agent: the baseline of every latency and throughput ratio), then
+//! `rampart-l4` (agents running, the port governed by kernel policy only), `rampart-mtls` (a
+//! MeshPolicy on the port: redirect, TLS 1.3 tunnel between the agents, transparent delivery)
+//! and `haproxy-mtls` (Debian's HAProxy on both nodes, TLS 1.3 with client certificates from the
+//! same CA; see `haproxy`). Metrics: those of `traffic`, and `cpu_s_per_10k_rr`, the CPU seconds
+//! both nodes' proxies spend on 10,000 round trips (ratio to HAProxy). `rampart-mtls-vs-haproxy`
+//! rows give Rampart's median over HAProxy's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology};
 
-use crate::record::Record;
-use crate::traffic::{Load, Sample, measure, records};
+use crate::record::{Record, summarize};
+use crate::traffic::{Load, METRICS, Sample, cpu_seconds, measure, records, round_trips};
 
 const BENCH_PREFIX: &str = "rpx";
 const MESH_PORT: u16 = 5432;
@@ -81,10 +84,104 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         l4.push(measure(a, dst(L4_PORT), &load)?);
         mtls.push(measure(a, dst(MESH_PORT), &load)?);
     }
+    let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
+    let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
     samples.push(("rampart-l4".into(), l4));
     samples.push(("rampart-mtls".into(), mtls));
     drop(agents);
+
+    let peers = crate::haproxy::start_pair(
+        &work,
+        &ca_dir,
+        &topo.node("node-1").ns,
+        &topo.node("node-2").ns,
+        Ipv4Addr::new(192, 168, 200, 2),
+        dst(L4_PORT),
+    )?;
+    let mut haproxy = Vec::new();
+    for _ in 0..runs {
+        haproxy.push(measure(a, crate::haproxy::FRONT, &load)?);
+    }
+    let pids: Vec<u32> = peers.iter().map(|p| p.pid()).collect();
+    let haproxy_cpu = cpu_per_10k(&pids, runs, || {
+        round_trips(a, crate::haproxy::FRONT, CPU_ROUNDS)
+    })?;
+    samples.push(("haproxy-mtls".into(), haproxy));
+    drop(peers);
     let _ = std::fs::remove_dir_all(&work);
 
-    Ok(records("proxy", &samples, 0))
+    let mut out = records("proxy", &samples, 0);
+    let median = |name: &str, pick: fn(&Sample) -> f64| {
+        samples
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, l)| summarize(&mut l.iter().map(pick).collect::<Vec<_>>()).0)
+    };
+    for (metric, _, pick) in METRICS {
+        if let (Some(ours), Some(theirs)) =
+            (median("rampart-mtls", pick), median("haproxy-mtls", pick))
+            && theirs > 0.0
+        {
+            out.push(ratio_record(
+                "rampart-mtls-vs-haproxy",
+                metric,
+                ours / theirs,
+                runs,
+            ));
+        }
+    }
+    let mut cpu = |system: &str, values: &mut Vec<f64>, base: f64| {
+        let (value, min, max) = summarize(values);
+        out.push(Record {
+            suite: "proxy".into(),
+            system: system.into(),
+            rules: 0,
+            metric: "cpu_s_per_10k_rr".into(),
+            value,
+            unit: "s".into(),
+            ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
+            runs: values.len(),
+            min,
+            max,
+        });
+    };
+    let (mut rampart_cpu, mut haproxy_cpu) = (rampart_cpu, haproxy_cpu);
+    let base = summarize(&mut haproxy_cpu.clone()).0;
+    cpu("haproxy-mtls", &mut haproxy_cpu, base);
+    cpu("rampart-mtls", &mut rampart_cpu, base);
+    Ok(out)
+}
+
+/// Round trips per CPU measurement.
+const CPU_ROUNDS: usize = 5_000;
+
+/// CPU seconds `pids` spend per 10,000 round trips of `load`, `runs` times.
+fn cpu_per_10k(
+    pids: &[u32],
+    runs: usize,
+    load: impl Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let before = cpu_seconds(pids)?;
+        load()?;
+        let used = cpu_seconds(pids)? - before;
+        out.push(used * 10_000.0 / CPU_ROUNDS as f64);
+    }
+    Ok(out)
+}
+
+fn ratio_record(system: &str, metric: &str, ratio: f64, runs: usize) -> Record {
+    Record {
+        suite: "proxy".into(),
+        system: system.into(),
+        rules: 0,
+        metric: metric.into(),
+        value: ratio,
+        unit: "ratio".into(),
+        ratio_to_baseline: ratio,
+        runs,
+        min: ratio,
+        max: ratio,
+    }
 }

@@ -139,6 +139,46 @@ pub fn measure(ns: &Netns, dst: SocketAddr, load: &Load) -> anyhow::Result<Sampl
     })?
 }
 
+/// `n` round trips of small messages on one new connection from inside `ns` (for CPU
+/// accounting: nothing else runs meanwhile).
+pub fn round_trips(ns: &Netns, dst: SocketAddr, n: usize) -> anyhow::Result<()> {
+    ns.run(move || -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(5);
+        let mut s = TcpStream::connect_timeout(&dst, timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        let msg = [0x5au8; MESSAGE];
+        let mut back = [0u8; MESSAGE];
+        for _ in 0..n {
+            s.write_all(&msg)?;
+            s.read_exact(&mut back)?;
+        }
+        Ok(())
+    })?
+}
+
+/// CPU seconds (user + system) `pids` have used so far. `/proc` counts in `USER_HZ`, which is
+/// 100 on Linux whatever the kernel's tick.
+pub fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no command field"))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // After the command: state is field 3, utime 14, stime 15.
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no CPU times"))?;
+        }
+    }
+    Ok(ticks as f64 / 100.0)
+}
+
 /// Records of every metric for every (system, samples) row; the first row is the baseline.
 /// `rules` is the same for every row.
 pub fn records(suite: &str, samples: &[(String, Vec<Sample>)], rules: u64) -> Vec<Record> {
