@@ -14,11 +14,19 @@ use rampart_agent::mesh::ca::{Ca, WorkloadCert};
 use rampart_agent::mesh::runtime::node_spiffe_id;
 use rampart_tests::Netns;
 
-/// Where node 1's HAProxy takes the pod's connections: the node's address on every pod link.
-pub const FRONT: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1)), 16001);
-/// Node 2's TLS port.
-const TLS_PORT: u16 = 16008;
+/// Where node 1's HAProxy takes the pod's connections for route `i`: the node's address on
+/// every pod link.
+pub fn front(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1)),
+        16001 + i as u16,
+    )
+}
+
+/// Node 2's TLS port for route `i`.
+fn tls_port(i: usize) -> u16 {
+    17001 + i as u16
+}
 
 /// A running HAProxy; killed on drop.
 pub struct Haproxy {
@@ -81,14 +89,15 @@ fn wait_listening(ns: &Netns, addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-/// Starts both HAProxies: node 1 (`FRONT`) → TLS → node 2 at `node2_addr` → `destination`.
+/// Starts both HAProxies: for each destination `i`, node 1 (`front(i)`) → TLS → node 2 at
+/// `node2_addr` → `destinations[i]`.
 pub fn start_pair(
     work: &Path,
     ca_dir: &Path,
     node1: &Netns,
     node2: &Netns,
     node2_addr: Ipv4Addr,
-    destination: SocketAddr,
+    destinations: &[SocketAddr],
 ) -> anyhow::Result<[Haproxy; 2]> {
     let ca = Ca::load(ca_dir)?;
     let now = SystemTime::now();
@@ -103,17 +112,23 @@ pub fn start_pair(
     }
     let common = "global\n  maxconn 1000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
     let d = dir.display();
-    let client = format!(
-        "{common}frontend pods\n  bind {FRONT}\n  default_backend tunnel\nbackend tunnel\n  server node2 {node2_addr}:{TLS_PORT} ssl crt {d}/node-1.pem ca-file {d}/ca.crt verify required\n"
-    );
-    let server = format!(
-        "{common}frontend tunnel\n  bind {node2_addr}:{TLS_PORT} ssl crt {d}/node-2.pem ca-file {d}/ca.crt verify required\n  default_backend pod\nbackend pod\n  server b {destination}\n"
-    );
+    let (mut client, mut server) = (common.to_owned(), common.to_owned());
+    for (i, destination) in destinations.iter().enumerate() {
+        let (front, tls) = (front(i), tls_port(i));
+        client.push_str(&format!(
+            "frontend pods{i}\n  bind {front}\n  default_backend tunnel{i}\nbackend tunnel{i}\n  server node2 {node2_addr}:{tls} ssl crt {d}/node-1.pem ca-file {d}/ca.crt verify required\n"
+        ));
+        server.push_str(&format!(
+            "frontend tunnel{i}\n  bind {node2_addr}:{tls} ssl crt {d}/node-2.pem ca-file {d}/ca.crt verify required\n  default_backend pod{i}\nbackend pod{i}\n  server b {destination}\n"
+        ));
+    }
     std::fs::write(dir.join("node-1.cfg"), client)?;
     std::fs::write(dir.join("node-2.cfg"), server)?;
     let second = start(node2, &dir.join("node-2.cfg"))?;
     let first = start(node1, &dir.join("node-1.cfg"))?;
-    wait_listening(node2, SocketAddr::new(node2_addr.into(), TLS_PORT))?;
-    wait_listening(node1, FRONT)?;
+    for i in 0..destinations.len() {
+        wait_listening(node2, SocketAddr::new(node2_addr.into(), tls_port(i)))?;
+        wait_listening(node1, front(i))?;
+    }
     Ok([first, second])
 }

@@ -6,6 +6,7 @@
 mod agent;
 mod datapath;
 mod haproxy;
+mod http;
 mod policy;
 mod proxy;
 mod record;

@@ -7,20 +7,30 @@
 //! `rampart-l4` (agents running, the port governed by kernel policy only), `rampart-mtls` (a
 //! MeshPolicy on the port: redirect, TLS 1.3 tunnel between the agents, transparent delivery)
 //! and `haproxy-mtls` (Debian's HAProxy on both nodes, TLS 1.3 with client certificates from the
-//! same CA; see `haproxy`). Metrics: those of `traffic`, and `cpu_s_per_10k_rr`, the CPU seconds
-//! both nodes' proxies spend on 10,000 round trips (ratio to HAProxy). `rampart-mtls-vs-haproxy`
-//! rows give Rampart's median over HAProxy's.
+//! same CA; see `haproxy`). Metrics: those of `traffic` (raw TCP), those of `http` (HTTP/1.1
+//! GETs on 8 keep-alive connections to a hyper server in pod b; not for `rampart-l4`), and
+//! `cpu_s_per_10k_rr`, the CPU seconds both nodes' proxies spend on 10,000 round trips (ratio to
+//! HAProxy). `rampart-mtls-vs-haproxy` rows give Rampart's median over HAProxy's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology};
 
+use crate::http::HttpSample;
 use crate::record::{Record, summarize};
-use crate::traffic::{Load, METRICS, Sample, cpu_seconds, measure, records, round_trips};
+use crate::traffic::{Load, METRICS, Metric, Sample, cpu_seconds, measure, records, round_trips};
 
 const BENCH_PREFIX: &str = "rpx";
 const MESH_PORT: u16 = 5432;
 const L4_PORT: u16 = 8080;
+/// The HTTP server's port; under the MeshPolicy like `MESH_PORT`.
+const HTTP_PORT: u16 = 8081;
+const HTTP_CONCURRENCY: usize = 8;
+
+/// GETs per connection per HTTP measurement.
+fn http_requests(quick: bool) -> usize {
+    if quick { 1_000 } else { 5_000 }
+}
 
 fn ip(node: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node, d)
@@ -34,7 +44,7 @@ fn policy() -> String {
         )
     };
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n",
         pod("a", 1),
         pod("b", 2)
     )
@@ -51,14 +61,19 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .build()?;
     let _echo = EchoServer::start(&topo.pod("bench/b").ns, &[MESH_PORT, L4_PORT], &[])?;
     let a = &topo.pod("bench/a").ns;
+    let _http = crate::http::serve(&topo.pod("bench/b").ns, HTTP_PORT)?;
     let dst = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
+    let http = |to: SocketAddr| crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick));
 
     let mut samples: Vec<(String, Vec<Sample>)> = Vec::new();
-    let mut none = Vec::new();
+    let mut http_samples: Vec<(String, Vec<HttpSample>)> = Vec::new();
+    let (mut none, mut none_http) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         none.push(measure(a, dst(MESH_PORT), &load)?);
+        none_http.push(http(dst(HTTP_PORT))?);
     }
     samples.push(("none".into(), none));
+    http_samples.push(("none".into(), none_http));
 
     let work = std::env::temp_dir().join(format!("rampart-bench-proxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -78,16 +93,18 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         Agent::start(&topo.node(node).ns, &opts)
     };
     let agents = [start("node-1")?, start("node-2")?];
-    let (mut l4, mut mtls) = (Vec::new(), Vec::new());
+    let (mut l4, mut mtls, mut mtls_http) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         // Side by side: the two Rampart variants alternate within each run.
         l4.push(measure(a, dst(L4_PORT), &load)?);
         mtls.push(measure(a, dst(MESH_PORT), &load)?);
+        mtls_http.push(http(dst(HTTP_PORT))?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
     samples.push(("rampart-l4".into(), l4));
     samples.push(("rampart-mtls".into(), mtls));
+    http_samples.push(("rampart-mtls".into(), mtls_http));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -96,40 +113,25 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         &topo.node("node-1").ns,
         &topo.node("node-2").ns,
         Ipv4Addr::new(192, 168, 200, 2),
-        dst(L4_PORT),
+        &[dst(L4_PORT), dst(HTTP_PORT)],
     )?;
-    let mut haproxy = Vec::new();
+    let (tcp_front, http_front) = (crate::haproxy::front(0), crate::haproxy::front(1));
+    let (mut haproxy, mut haproxy_http) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        haproxy.push(measure(a, crate::haproxy::FRONT, &load)?);
+        haproxy.push(measure(a, tcp_front, &load)?);
+        haproxy_http.push(http(http_front)?);
     }
     let pids: Vec<u32> = peers.iter().map(|p| p.pid()).collect();
-    let haproxy_cpu = cpu_per_10k(&pids, runs, || {
-        round_trips(a, crate::haproxy::FRONT, CPU_ROUNDS)
-    })?;
+    let haproxy_cpu = cpu_per_10k(&pids, runs, || round_trips(a, tcp_front, CPU_ROUNDS))?;
     samples.push(("haproxy-mtls".into(), haproxy));
+    http_samples.push(("haproxy-mtls".into(), haproxy_http));
     drop(peers);
     let _ = std::fs::remove_dir_all(&work);
 
-    let mut out = records("proxy", &samples, 0);
-    let median = |name: &str, pick: fn(&Sample) -> f64| {
-        samples
-            .iter()
-            .find(|(s, _)| s == name)
-            .map(|(_, l)| summarize(&mut l.iter().map(pick).collect::<Vec<_>>()).0)
-    };
-    for (metric, _, pick) in METRICS {
-        if let (Some(ours), Some(theirs)) =
-            (median("rampart-mtls", pick), median("haproxy-mtls", pick))
-            && theirs > 0.0
-        {
-            out.push(ratio_record(
-                "rampart-mtls-vs-haproxy",
-                metric,
-                ours / theirs,
-                runs,
-            ));
-        }
-    }
+    let mut out = records("proxy", &samples, 0, &METRICS);
+    out.extend(records("proxy", &http_samples, 0, &crate::http::METRICS));
+    out.extend(versus_haproxy(&samples, &METRICS, runs));
+    out.extend(versus_haproxy(&http_samples, &crate::http::METRICS, runs));
     let mut cpu = |system: &str, values: &mut Vec<f64>, base: f64| {
         let (value, min, max) = summarize(values);
         out.push(Record {
@@ -150,6 +152,28 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     cpu("haproxy-mtls", &mut haproxy_cpu, base);
     cpu("rampart-mtls", &mut rampart_cpu, base);
     Ok(out)
+}
+
+/// `rampart-mtls-vs-haproxy` rows: Rampart's median over HAProxy's, for each metric.
+fn versus_haproxy<S>(
+    samples: &[(String, Vec<S>)],
+    metrics: &[Metric<S>],
+    runs: usize,
+) -> Vec<Record> {
+    let median = |name: &str, pick: fn(&S) -> f64| {
+        samples
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, l)| summarize(&mut l.iter().map(pick).collect::<Vec<_>>()).0)
+    };
+    metrics
+        .iter()
+        .filter_map(|&(metric, _, pick)| {
+            let (ours, theirs) = (median("rampart-mtls", pick)?, median("haproxy-mtls", pick)?);
+            (theirs > 0.0)
+                .then(|| ratio_record("rampart-mtls-vs-haproxy", metric, ours / theirs, runs))
+        })
+        .collect()
 }
 
 /// Round trips per CPU measurement.

@@ -55,8 +55,8 @@ pub struct Sample {
     pub throughput_mbps: f64,
 }
 
-/// A reported metric: name, unit, and how to read it from a sample.
-type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
+/// A metric: its name, its unit, and how to read it from a sample of type `S`.
+pub type Metric<S = Sample> = (&'static str, &'static str, fn(&S) -> f64);
 
 pub const METRICS: [Metric; 5] = [
     ("rr_rate", "req/s", |s| s.rr_rate),
@@ -181,12 +181,17 @@ pub fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
 
 /// Records of every metric for every (system, samples) row; the first row is the baseline.
 /// `rules` is the same for every row.
-pub fn records(suite: &str, samples: &[(String, Vec<Sample>)], rules: u64) -> Vec<Record> {
+pub fn records<S>(
+    suite: &str,
+    samples: &[(String, Vec<S>)],
+    rules: u64,
+    metrics: &[Metric<S>],
+) -> Vec<Record> {
     let mut out = Vec::new();
     let Some(base_row) = samples.first() else {
         return out;
     };
-    for (metric, unit, pick) in METRICS {
+    for &(metric, unit, pick) in metrics {
         let base = summarize(&mut base_row.1.iter().map(pick).collect::<Vec<_>>()).0;
         for (system, list) in samples {
             out.push(record(suite, system, rules, metric, unit, list, pick, base));
@@ -197,14 +202,14 @@ pub fn records(suite: &str, samples: &[(String, Vec<Sample>)], rules: u64) -> Ve
 
 /// One record: the median of `pick` over `list`, as a ratio to `base`.
 #[allow(clippy::too_many_arguments)]
-pub fn record(
+pub fn record<S>(
     suite: &str,
     system: &str,
     rules: u64,
     metric: &str,
     unit: &str,
-    list: &[Sample],
-    pick: fn(&Sample) -> f64,
+    list: &[S],
+    pick: fn(&S) -> f64,
     base: f64,
 ) -> Record {
     let (value, min, max) = summarize(&mut list.iter().map(pick).collect::<Vec<_>>());
