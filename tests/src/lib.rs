@@ -8,12 +8,14 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod jwt_cases;
 pub mod metrics;
 pub mod netns;
 pub mod netpol_cases;
 pub mod netpol_runner;
 pub mod packet;
 pub mod probe;
+pub mod ratelimit_cases;
 pub mod server;
 pub mod topology;
 

@@ -11,8 +11,15 @@ use crate::setup;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Suite {
-    /// Kubernetes NetworkPolicy reachability (`netpol-reachability/v1`).
+    /// Kubernetes NetworkPolicy reachability (`netpol-reachability/v1`), against the real agent
+    /// in network namespaces (root).
     Netpol,
+    /// JWT / JWS verification (`jwt_cases.jsonl`, keys in `jwt_keys.json` beside it), through the
+    /// agent's verifier.
+    Jwt,
+    /// Token-bucket scenarios (`ratelimit_scenarios.jsonl`) through the agent's limiter on a fake
+    /// clock.
+    Ratelimit,
 }
 
 #[derive(Debug, Args)]
@@ -25,6 +32,13 @@ pub struct ConformanceArgs {
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
+    match args.suite {
+        Suite::Netpol => {}
+        // Library-level suites: no agent process, no root, no eBPF toolchain.
+        Suite::Jwt | Suite::Ratelimit => {
+            return run_built(args.suite, args.cases.clone(), PathBuf::new());
+        }
+    }
     setup::run(&setup::SetupArgs { check: false })?;
     rampart_tests::require_root();
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
@@ -36,7 +50,32 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
 pub fn run_built(suite: Suite, cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
     match suite {
         Suite::Netpol => netpol(cases, bin),
+        Suite::Jwt => library_suite(
+            cases,
+            rampart_tests::jwt_cases::DEFAULT_CASES,
+            rampart_tests::jwt_cases::run,
+        ),
+        Suite::Ratelimit => library_suite(
+            cases,
+            rampart_tests::ratelimit_cases::DEFAULT_CASES,
+            rampart_tests::ratelimit_cases::run,
+        ),
     }
+}
+
+/// Runs a suite whose runner returns (passed, failed), and fails if any case failed.
+fn library_suite(
+    cases: Option<PathBuf>,
+    default: &str,
+    runner: impl FnOnce(&std::path::Path) -> anyhow::Result<(usize, usize)>,
+) -> anyhow::Result<()> {
+    let path = cases.unwrap_or_else(|| workspace_root().join(default));
+    let (passed, failed) = runner(&path)?;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} of {} cases failed", passed + failed);
+    }
+    Ok(())
 }
 
 fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! setup → formatting → clippy (host crates, then the kernel crate for its real target) →
 //! cargo-deny (licences, bans, sources) → build
 //! the agent → unit tests and privileged kernel tests (network namespaces, real programs) →
-//! the NetworkPolicy conformance suite against the real agent.
+//! the conformance suites (NetworkPolicy against the real agent; JWT and rate limiting
+//! through the proxy's verifier and limiter).
 //!
 //! Privileged tests need root; they fail (never skip) without it.
 
@@ -52,9 +53,16 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     sweep()?;
     result?;
     if args.filter.is_none() {
-        // The public NetworkPolicy conformance cases, against the real agent.
-        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, bin)?;
+        // The public conformance cases: NetworkPolicy against the real agent, then the proxy's
+        // JWT verifier and rate limiter.
+        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, bin.clone())?;
         sweep()?;
+        for suite in [
+            crate::conformance::Suite::Jwt,
+            crate::conformance::Suite::Ratelimit,
+        ] {
+            crate::conformance::run_built(suite, None, bin.clone())?;
+        }
     }
     Ok(())
 }
