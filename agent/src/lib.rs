@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod datapath;
 pub mod flows;
+pub mod l7;
 pub mod mesh;
 pub mod metrics;
 pub mod policy;

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod http_server;
 pub mod jwt_cases;
 pub mod metrics;
 pub mod netns;

@@ -176,17 +176,48 @@ pub fn http_get_with(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let path = path.to_owned();
+    http_request(ns_path, addr, "GET", path, headers, timeout).map(|r| (r.status, r.body))
+}
+
+/// A response as [`http_request`] reads it.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.0 request (`Connection: close`, read to EOF) from inside the namespace.
+pub fn http_request(
+    ns_path: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    let (method, path) = (method.to_owned(), path.to_owned());
     let headers: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    netns::run_in(ns_path, move || -> anyhow::Result<(u16, String)> {
+    netns::run_in(ns_path, move || -> anyhow::Result<HttpReply> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         write!(
             stream,
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
         )?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw)?;
@@ -196,6 +227,10 @@ pub fn http_get_with(
             .nth(1)
             .and_then(|s| s.parse::<u16>().ok())
             .context("no status code")?;
-        Ok((status, body.to_owned()))
+        Ok(HttpReply {
+            status,
+            head: head.replace("\r\n", "\n"),
+            body: body.to_owned(),
+        })
     })?
 }

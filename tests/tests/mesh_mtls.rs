@@ -251,7 +251,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         metric(
             &node2,
             "rampart_proxy_denied_total",
-            "reason=\"principal_not_allowed\"",
+            "filter=\"mtls\",reason=\"principal_not_allowed\"",
         ) >= 1.0
     });
     // The refusal is in node-2's flow log, like a kernel drop, naming both pods and the peer.
@@ -307,7 +307,11 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         }
     });
     wait_for("node-2 to count plaintext", || {
-        metric(&node2, "rampart_proxy_denied_total", "reason=\"plaintext\"") >= 1.0
+        metric(
+            &node2,
+            "rampart_proxy_denied_total",
+            "filter=\"mtls\",reason=\"plaintext\"",
+        ) >= 1.0
     });
 
     // A long-lived connection outlives its certificates' renewal (10 s, renewed at 5 s).

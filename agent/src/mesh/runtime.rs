@@ -140,6 +140,7 @@ impl MeshRuntime {
                 mark: MARK_FROM_PROXY,
             },
             events: events.clone(),
+            l7: Arc::new(crate::l7::L7Stats::default()),
         });
         Ok(Arc::new(MeshRuntime {
             certs: Mutex::new(Certs {
@@ -166,6 +167,11 @@ impl MeshRuntime {
         if let Ok(mut t) = self.table.write() {
             *t = Arc::new(table);
         }
+    }
+
+    /// Counters of the L7 filters on the inbound side.
+    pub fn l7_stats(&self) -> &crate::l7::L7Stats {
+        &self.inbound.l7
     }
 
     pub fn outbound_errors(&self, e: OutboundError) -> u64 {

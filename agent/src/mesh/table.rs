@@ -14,6 +14,8 @@ use crate::policy::model::PrincipalsModel;
 pub struct MeshTable {
     workloads: HashMap<IpAddr, WorkloadAddr>,
     routes: HashMap<(u32, u16), MeshRoute>,
+    /// Routes with L7 rules, and their live state.
+    http: HashMap<(u32, u16), std::sync::Arc<crate::l7::HttpRoute>>,
 }
 
 impl MeshTable {
@@ -29,7 +31,26 @@ impl MeshTable {
                 .iter()
                 .map(|r| ((r.identity, r.port), r.clone()))
                 .collect(),
+            http: compiled
+                .mesh
+                .iter()
+                .filter_map(|r| {
+                    let model = r.http.as_ref()?;
+                    let policy = r.http_policy.clone().unwrap_or_default();
+                    let route = crate::l7::HttpRoute::new(policy, std::sync::Arc::clone(model));
+                    Some(((r.identity, r.port), std::sync::Arc::new(route)))
+                })
+                .collect(),
         }
+    }
+
+    /// The L7 rules of a local destination's port.
+    pub fn http_route(
+        &self,
+        destination: std::net::SocketAddr,
+    ) -> Option<std::sync::Arc<crate::l7::HttpRoute>> {
+        let dst = self.workload(destination.ip()).filter(|w| w.local)?;
+        self.http.get(&(dst.identity, destination.port())).cloned()
     }
 
     pub fn workload(&self, addr: IpAddr) -> Option<&WorkloadAddr> {
@@ -107,6 +128,10 @@ impl Authorize for TableAuthorizer {
             Err(_) => Err(DenyReason::NoRoute),
         }
     }
+
+    fn http_route(&self, flow: &FlowRequest) -> Option<std::sync::Arc<crate::l7::HttpRoute>> {
+        self.table.read().ok()?.http_route(flow.destination)
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +144,8 @@ mod tests {
             port: 5432,
             policies: vec!["MeshPolicy db".into()],
             principals,
+            http_policy: None,
+            http: None,
         }
     }
 

@@ -187,6 +187,11 @@ pub struct FlowRequest {
 /// The policy question the inbound side asks for each stream: `Err` names why not.
 pub trait Authorize: Send + Sync {
     fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason>;
+
+    /// The L7 rules for an authorized flow's requests, if its destination port has any.
+    fn http_route(&self, _flow: &FlowRequest) -> Option<Arc<crate::l7::HttpRoute>> {
+        None
+    }
 }
 
 /// How the inbound side opens the connection to the destination.
@@ -209,6 +214,8 @@ pub struct Inbound {
     pub upstream: Upstream,
     /// Refusals as flow events.
     pub events: Option<ProxyEventSink>,
+    /// Counters of the L7 filters.
+    pub l7: Arc<crate::l7::L7Stats>,
 }
 
 impl Inbound {
@@ -371,8 +378,22 @@ async fn handle_stream(
         .stats
         .accepted_streams
         .fetch_add(1, Ordering::Relaxed);
+    let http = inbound.authorize.http_route(&flow).map(|route| {
+        let peer = crate::l7::chain::Peer {
+            spiffe_id: Some(flow.peer.clone()),
+            source,
+            destination,
+        };
+        (route, peer, Arc::clone(&inbound.l7))
+    });
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
+            Ok(upgraded) if http.is_some() => {
+                if let Some((route, peer, stats)) = http {
+                    crate::l7::serve::relay(TokioIo::new(upgraded), upstream, route, peer, stats)
+                        .await;
+                }
+            }
             Ok(upgraded) => {
                 let mut upgraded = TokioIo::new(upgraded);
                 let mut upstream = upstream;

@@ -118,13 +118,45 @@ impl AgentCollector {
             return Ok(());
         };
         let stats = &mesh.inbound_stats;
+        // One family for every refusal of the proxy's chain: the tunnel's own (`filter="mtls"`:
+        // handshake, peer identity, principal) and the L7 filters' (`authn`, `authz`,
+        // `ratelimit`); reasons are closed sets, so the label set is bounded.
+        let tunnel = DenyReason::ALL.iter().map(|r| {
+            (
+                vec![
+                    ("filter", "mtls".to_owned()),
+                    ("reason", r.name().to_owned()),
+                ],
+                stats.denied(*r),
+            )
+        });
+        let l7 = mesh
+            .l7_stats()
+            .denials()
+            .into_iter()
+            .map(|((filter, reason), n)| {
+                (
+                    vec![("filter", filter.to_owned()), ("reason", reason.to_owned())],
+                    n,
+                )
+            });
         counter_family(
             encoder,
             "rampart_proxy_denied",
-            "Connections and streams the proxy's tunnel port refused, by reason",
-            DenyReason::ALL
-                .iter()
-                .map(|r| (vec![("reason", r.name().to_owned())], stats.denied(*r))),
+            "Connections, streams and requests the proxy refused, by filter and reason",
+            tunnel.chain(l7),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_proxy_requests_forwarded",
+            "HTTP requests that passed the L7 filters and went to the destination",
+            [(Vec::new(), mesh.l7_stats().forwarded_total())],
+        )?;
+        counter_family(
+            encoder,
+            "rampart_proxy_ratelimit_shadow",
+            "Requests over a rate limit in shadow mode (counted, passed)",
+            [(Vec::new(), mesh.l7_stats().shadow_limited_total())],
         )?;
         counter_family(
             encoder,

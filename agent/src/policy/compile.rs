@@ -88,6 +88,11 @@ pub struct MeshRoute {
     pub policies: Vec<String>,
     /// Allowed principals, any of; `None`: any workload of the trust domain.
     pub principals: Option<Vec<PrincipalsModel>>,
+    /// The MeshPolicy whose `http` section the proxy applies to requests (the first by name if
+    /// several have one; the others are reported as warnings).
+    pub http_policy: Option<String>,
+    #[serde(skip)]
+    pub http: Option<std::sync::Arc<crate::policy::http::HttpPolicyModel>>,
 }
 
 /// A pod address, as the proxy needs it: who is there, and where that pod's node takes tunnels.
@@ -316,7 +321,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     out.state.audit = node.audit;
 
     // 6. mTLS: the destinations MeshPolicies select, and every pod address for the proxy.
-    out.mesh = mesh_routes(model, &pod_ids, &ns_labels);
+    out.mesh = mesh_routes(model, &pod_ids, &ns_labels, &mut out.warnings);
     out.state.mesh = out
         .mesh
         .iter()
@@ -365,9 +370,12 @@ fn mesh_routes<'m>(
     model: &'m Model,
     pod_ids: &[Vec<(IpAddr, u32)>],
     ns_labels: &impl Fn(&PodModel) -> &'m BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
 ) -> Vec<MeshRoute> {
     let mut routes: BTreeMap<(u32, u16), MeshRoute> = BTreeMap::new();
-    for policy in &model.mesh_policies {
+    let mut policies: Vec<&MeshPolicyModel> = model.mesh_policies.iter().collect();
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    for policy in policies {
         for (pod, ids) in model.pods.iter().zip(pod_ids) {
             if !policy.applies_to.matches(pod, ns_labels(pod)) {
                 continue;
@@ -379,9 +387,23 @@ fn mesh_routes<'m>(
                         port,
                         policies: Vec::new(),
                         principals: Some(Vec::new()),
+                        http_policy: None,
+                        http: None,
                     });
                     let name = format!("MeshPolicy {}", policy.name);
                     if !route.policies.contains(&name) {
+                        if let Some(http) = &policy.http {
+                            match &route.http_policy {
+                                None => {
+                                    route.http_policy = Some(policy.name.clone());
+                                    route.http = Some(std::sync::Arc::clone(http));
+                                }
+                                Some(first) => warnings.push(format!(
+                                    "MeshPolicy {} and {first} both set http rules for identity {identity} port {port}; {first} applies",
+                                    policy.name
+                                )),
+                            }
+                        }
                         route.policies.push(name);
                         // Any policy that allows every principal opens the route to all of them.
                         route.principals = match (route.principals.take(), &policy.principals) {

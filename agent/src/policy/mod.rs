@@ -5,6 +5,7 @@
 //! | read | `source` | files → objects with positions (YAML multi-document or JSON) |
 //! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
 //! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
+//! | L7 | `http` | a MeshPolicy's `http` section: JWT providers, authorization rules, rate limits |
 //! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
@@ -15,6 +16,7 @@
 pub mod compile;
 pub mod diag;
 pub mod explain;
+pub mod http;
 pub mod identity;
 pub mod model;
 pub mod objects;

@@ -47,6 +47,8 @@ pub struct MeshPolicyModel {
     pub ports: Vec<PortModel>,
     /// `None`: any workload of the trust domain.
     pub principals: Option<PrincipalsModel>,
+    /// The proxy's L7 rules for requests on these ports.
+    pub http: Option<std::sync::Arc<super::http::HttpPolicyModel>>,
     pub origin: Origin,
 }
 
@@ -849,12 +851,23 @@ impl Validator<'_> {
             .allowed_principals
             .as_ref()
             .map(|p| self.principals(p, &mut ok));
+        let http = match &spec.http {
+            None => None,
+            Some(raw) => match super::http::validate(self.so, raw, self.diags) {
+                Some(model) => Some(std::sync::Arc::new(model)),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
         let applies_to = applies_to?;
         ok.then(|| MeshPolicyModel {
             name,
             applies_to,
             ports,
             principals,
+            http,
             origin: self.so.whole(),
         })
     }

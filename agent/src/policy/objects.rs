@@ -493,6 +493,8 @@ pub struct MeshPolicySpec {
     pub mtls: Option<Spanned<String>>,
     /// Who may connect (any of the lists); absent: any workload of the trust domain.
     pub allowed_principals: Option<AllowedPrincipals>,
+    /// L7 rules for requests on these ports (see `policy::http`).
+    pub http: Option<Box<Spanned<super::http::HttpSpec>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,6 +68,7 @@ impl World {
             trust_domain: TD.to_owned(),
             authorize: Arc::new(FrontendOnly),
             stats: Arc::new(TunnelStats::default()),
+            l7: Arc::new(crate::l7::L7Stats::default()),
             upstream: Upstream::Plain,
             events: Some(sink),
         });

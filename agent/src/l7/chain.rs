@@ -1,0 +1,501 @@
+//! The request filters, in their fixed order: `authn` → `authz` → `ratelimit`. Each reads the
+//! request head and what the filters before it established, and either passes or returns a
+//! [`Denial`]: the status the client gets, the filter's name and a reason (metric labels), and
+//! the response headers that go with it (`www-authenticate`, `retry-after`, ...). Credentials
+//! never appear in a denial.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, StatusCode};
+use rampart_l7::jwt::{self, Claims};
+use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
+
+use super::route::{BucketState, HttpRoute};
+use crate::mesh::spiffe::SpiffeId;
+use crate::policy::http::{
+    AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel, JwtProviderModel, PathMatch,
+    RateKey, RuleAction, TokenSource,
+};
+
+/// Who is asking, as the tunnel established it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub spiffe_id: Option<SpiffeId>,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// An authenticated end user.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub provider: String,
+    pub claims: Claims,
+}
+
+/// A refusal: what the client gets and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub filter: &'static str,
+    pub reason: &'static str,
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What the chain decided for a request that passes: the principal, and the header changes to
+/// make before forwarding / on the response.
+#[derive(Debug, Default)]
+pub struct Passed {
+    pub principal: Option<Principal>,
+    /// Credentials to strip from the forwarded request (`forwardToken: false`).
+    pub strip: Vec<TokenSource>,
+    /// Headers set on the forwarded request (`claimsToHeaders`).
+    pub set_upstream: Vec<(HeaderName, HeaderValue)>,
+    /// Headers added to the response (`x-ratelimit-*`).
+    pub set_response: Vec<(HeaderName, HeaderValue)>,
+    /// The bucket that decided, and tokens left in it.
+    pub rate_limit: Option<(String, u32)>,
+}
+
+/// Runs every filter of `route` on a request head.
+pub fn run(
+    route: &HttpRoute,
+    parts: &Parts,
+    peer: &Peer,
+    stats: &super::L7Stats,
+) -> Result<Passed, Denial> {
+    let mut passed = Passed::default();
+    if let Some(authn) = &route.model.authentication {
+        authenticate(authn, parts, now_s(), &mut passed)?;
+    }
+    authorize(&route.model.rules, parts, peer, passed.principal.as_ref())?;
+    rate_limit(route, parts, peer, &mut passed, stats)?;
+    Ok(passed)
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------------------------
+// authn
+
+const AUTHN: &str = "authn";
+
+/// Any provider whose token verifies authenticates the request. No token anywhere: 401
+/// `missing_credentials` (or anonymous with `allowMissing`). A token that fails: 401 with the
+/// verifier's reason, never a pass, even with `allowMissing`.
+fn authenticate(
+    authn: &AuthenticationModel,
+    parts: &Parts,
+    now: u64,
+    passed: &mut Passed,
+) -> Result<(), Denial> {
+    let mut first_rejection = None;
+    for provider in &authn.providers {
+        for source in &provider.sources {
+            let token = match extract(source, parts) {
+                Extracted::None => continue,
+                Extracted::Ambiguous => {
+                    return Err(unauthorized("ambiguous_credentials", true));
+                }
+                Extracted::Token(token) => token,
+            };
+            match jwt::verify_jwt(&provider.config, &provider.keys, &token, now) {
+                Ok(verified) => {
+                    accept(provider, verified.claims, passed);
+                    return Ok(());
+                }
+                Err(rejection) => {
+                    tracing::debug!(provider = %provider.name, %rejection, "authn: token refused");
+                    first_rejection.get_or_insert(rejection.reason);
+                }
+            }
+        }
+    }
+    match first_rejection {
+        Some(reason) => Err(unauthorized(reason.as_str(), true)),
+        None if authn.allow_missing => Ok(()),
+        None => Err(unauthorized("missing_credentials", false)),
+    }
+}
+
+fn accept(provider: &JwtProviderModel, claims: Claims, passed: &mut Passed) {
+    for (claim, header) in &provider.claims_to_headers {
+        if let Some(value) = claims
+            .text(claim)
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            passed.set_upstream.push((header.clone(), value));
+        }
+    }
+    if !provider.forward_token {
+        passed.strip.extend(provider.sources.iter().cloned());
+    }
+    passed.principal = Some(Principal {
+        provider: provider.name.clone(),
+        claims,
+    });
+}
+
+fn unauthorized(reason: &'static str, token_was_sent: bool) -> Denial {
+    // RFC 6750 §3: no error code when no credentials were sent.
+    let challenge = if token_was_sent {
+        r#"Bearer realm="rampart", error="invalid_token""#
+    } else {
+        r#"Bearer realm="rampart""#
+    };
+    Denial {
+        filter: AUTHN,
+        reason,
+        status: StatusCode::UNAUTHORIZED,
+        headers: vec![(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        )],
+    }
+}
+
+enum Extracted {
+    None,
+    /// The source holds more than one candidate: refused rather than guessing.
+    Ambiguous,
+    Token(String),
+}
+
+fn extract(source: &TokenSource, parts: &Parts) -> Extracted {
+    match source {
+        TokenSource::Header { name, prefix } => {
+            let mut values = parts.headers.get_all(name).iter();
+            let (Some(value), None) = (values.next(), values.next()) else {
+                return if parts.headers.contains_key(name) {
+                    Extracted::Ambiguous
+                } else {
+                    Extracted::None
+                };
+            };
+            let Ok(value) = value.to_str() else {
+                return Extracted::Ambiguous;
+            };
+            match strip_prefix_ignore_case(value, prefix) {
+                Some(token) => Extracted::Token(token.trim().to_owned()),
+                None => Extracted::None,
+            }
+        }
+        TokenSource::Query(name) => {
+            let mut found = query_values(parts.uri.query().unwrap_or(""), name);
+            match (found.next(), found.next()) {
+                (None, _) => Extracted::None,
+                (Some(token), None) => Extracted::Token(token.to_owned()),
+                _ => Extracted::Ambiguous,
+            }
+        }
+        TokenSource::Cookie(name) => {
+            let mut found = cookies(&parts.headers).filter(|(k, _)| k == name);
+            match (found.next(), found.next()) {
+                (None, _) => Extracted::None,
+                (Some((_, token)), None) => Extracted::Token(token.to_owned()),
+                _ => Extracted::Ambiguous,
+            }
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &value[prefix.len()..])
+}
+
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+}
+
+/// The request with `sources` removed: the credential does not travel past the proxy.
+pub fn strip_credentials(parts: &mut Parts, sources: &[TokenSource]) {
+    for source in sources {
+        match source {
+            TokenSource::Header { name, .. } => {
+                parts.headers.remove(name);
+            }
+            TokenSource::Cookie(name) => {
+                let kept: Vec<String> = cookies(&parts.headers)
+                    .filter(|(k, _)| k != name)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                parts.headers.remove(header::COOKIE);
+                if let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+                    && !kept.is_empty()
+                {
+                    parts.headers.insert(header::COOKIE, value);
+                }
+            }
+            TokenSource::Query(name) => {
+                let Some(query) = parts.uri.query() else {
+                    continue;
+                };
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+                    .collect();
+                let path = parts.uri.path();
+                let rebuilt = if kept.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                };
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = rebuilt.parse().ok();
+                if let Ok(new_uri) = hyper::Uri::from_parts(uri) {
+                    parts.uri = new_uri;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// authz
+
+const AUTHZ: &str = "authz";
+
+/// Explicit deny wins; otherwise an allow must match, unless there are no rules at all.
+fn authorize(
+    rules: &[HttpRuleModel],
+    parts: &Parts,
+    peer: &Peer,
+    principal: Option<&Principal>,
+) -> Result<(), Denial> {
+    let matching = |action| {
+        rules
+            .iter()
+            .filter(move |r| r.action == action)
+            .any(|r| rule_matches(r, parts, peer, principal))
+    };
+    if matching(RuleAction::Deny) {
+        return Err(forbidden("deny_rule"));
+    }
+    if rules.is_empty() || matching(RuleAction::Allow) {
+        Ok(())
+    } else {
+        Err(forbidden("no_rule_matched"))
+    }
+}
+
+fn forbidden(reason: &'static str) -> Denial {
+    Denial {
+        filter: AUTHZ,
+        reason,
+        status: StatusCode::FORBIDDEN,
+        headers: Vec::new(),
+    }
+}
+
+fn rule_matches(
+    rule: &HttpRuleModel,
+    parts: &Parts,
+    peer: &Peer,
+    principal: Option<&Principal>,
+) -> bool {
+    let any_or_empty = |empty: bool, any: bool| empty || any;
+    any_or_empty(
+        rule.methods.is_empty(),
+        rule.methods.contains(&parts.method),
+    ) && any_or_empty(rule.hosts.is_empty(), {
+        let host = request_host(parts);
+        rule.hosts.iter().any(|h| host_matches(h, &host))
+    }) && any_or_empty(
+        rule.paths.is_empty(),
+        rule.paths.iter().any(|p| path_matches(p, parts.uri.path())),
+    ) && rule.headers.iter().all(|h| {
+        let value = parts.headers.get(&h.name).and_then(|v| v.to_str().ok());
+        match &h.value {
+            HeaderValueMatch::Exact(x) => value == Some(x.as_str()),
+            HeaderValueMatch::Prefix(x) => value.is_some_and(|v| v.starts_with(x.as_str())),
+            HeaderValueMatch::Present(present) => parts.headers.contains_key(&h.name) == *present,
+        }
+    }) && any_or_empty(
+        rule.principals.is_empty(),
+        peer.spiffe_id
+            .as_ref()
+            .is_some_and(|id| rule.principals.iter().any(|p| p == id.as_str())),
+    ) && rule.claims.iter().all(|c| {
+        principal.is_some_and(|p| match c {
+            ClaimMatch::Equals(name, value) => p.claims.text(name).as_deref() == Some(value),
+            ClaimMatch::Contains(name, value) => p.claims.contains(name, value),
+        })
+    }) && rule
+        .authenticated
+        .is_none_or(|wanted| principal.is_some() == wanted)
+}
+
+/// The request's host, lower-case, without a port.
+fn request_host(parts: &Parts) -> String {
+    let raw = parts
+        .uri
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                        host.to_owned()
+                    }
+                    _ => h.to_owned(),
+                })
+        })
+        .unwrap_or_default();
+    raw.to_ascii_lowercase()
+}
+
+/// Exact, or `*.example.com` for any subdomain.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => pattern == host,
+    }
+}
+
+fn path_matches(pattern: &PathMatch, path: &str) -> bool {
+    match pattern {
+        PathMatch::Exact(p) => path == p,
+        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatch::Regex(re) => re.is_match(path),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ratelimit
+
+const RATELIMIT: &str = "ratelimit";
+
+fn rate_limit(
+    route: &HttpRoute,
+    parts: &Parts,
+    peer: &Peer,
+    passed: &mut Passed,
+    stats: &super::L7Stats,
+) -> Result<(), Denial> {
+    let mut held = Vec::new();
+    for (limit, state) in route.model.rate_limits.iter().zip(&route.buckets) {
+        let bucket = match state {
+            BucketState::Single(bucket) => std::sync::Arc::clone(bucket),
+            BucketState::Keyed(keyed) => match key_value(&limit.key, parts, peer, passed) {
+                Some(value) => keyed.bucket(&value),
+                // A request without the key's value is not counted by that limit.
+                None => continue,
+            },
+        };
+        held.push((limit.name.as_str(), bucket));
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<(&str, &TokenBucket)> = held.iter().map(|(n, b)| (*n, b.as_ref())).collect();
+    match take_all(&refs, 1) {
+        Decision::Allowed {
+            bucket,
+            remaining,
+            limit,
+        } => {
+            passed
+                .set_response
+                .extend(ratelimit_headers(limit, remaining, None));
+            passed.rate_limit = Some((bucket, remaining));
+            Ok(())
+        }
+        Decision::Denied {
+            bucket,
+            retry_after,
+            limit,
+        } => {
+            if route.model.rate_limit_shadow {
+                stats.shadow_limited();
+                tracing::debug!(%bucket, "ratelimit: over the limit (shadow mode, passed)");
+                passed.rate_limit = Some((bucket, 0));
+                return Ok(());
+            }
+            let mut headers = ratelimit_headers(limit, 0, Some(retry_after));
+            headers.push((
+                HeaderName::from_static("x-envoy-ratelimited"),
+                HeaderValue::from_static("true"),
+            ));
+            Err(Denial {
+                filter: RATELIMIT,
+                reason: "over_limit",
+                status: StatusCode::TOO_MANY_REQUESTS,
+                headers,
+            })
+        }
+    }
+}
+
+fn key_value(key: &RateKey, parts: &Parts, peer: &Peer, passed: &Passed) -> Option<String> {
+    match key {
+        RateKey::Route => Some(String::new()),
+        RateKey::SourcePrincipal => peer.spiffe_id.as_ref().map(|id| id.as_str().to_owned()),
+        RateKey::JwtSubject => passed
+            .principal
+            .as_ref()
+            .and_then(|p| p.claims.subject().map(str::to_owned)),
+        RateKey::Claim(name) => passed.principal.as_ref().and_then(|p| p.claims.text(name)),
+        RateKey::Header(name) => parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+/// `x-ratelimit-limit`, `x-ratelimit-remaining`, and when denied `x-ratelimit-reset` and
+/// `retry-after` (whole seconds, rounded up).
+fn ratelimit_headers(
+    limit: u32,
+    remaining: u32,
+    retry_after: Option<Duration>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(limit),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        ),
+    ];
+    if let Some(wait) = retry_after {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = seconds.max(1);
+        headers.push((
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(seconds),
+        ));
+        headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests;

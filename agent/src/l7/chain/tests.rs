@@ -1,0 +1,258 @@
+//! The filter chain on request heads, with policies written as users write them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hyper::Request;
+
+use super::*;
+use crate::l7::{HttpRoute, L7Stats};
+
+const SECRET: [u8; 32] = [7; 32];
+
+fn route(http: &str) -> HttpRoute {
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{}"}}]}}"#,
+        URL_SAFE_NO_PAD.encode(SECRET)
+    );
+    let text = format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 8080}}]\n  http:\n{}",
+        http.replace("JWKS", &jwks.replace('"', "\\\""))
+    );
+    let checked =
+        crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), &text))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+    let model = checked.model.mesh_policies[0]
+        .http
+        .clone()
+        .unwrap_or_else(|| panic!("no http"));
+    HttpRoute::new("api".into(), model)
+}
+
+const AUTHN: &str = r#"    authentication:
+      providers:
+      - name: idp
+        jwt:
+          issuer: https://idp
+          audiences: [api]
+          algorithms: [HS256]
+          jwks: {inline: "JWKS"}
+          tokenFrom: [{header: authorization, prefix: "Bearer "}, {cookie: token}, {query: access_token}]
+          claimsToHeaders: [{claim: sub, header: x-user}]
+"#;
+
+fn token(sub: &str, groups: &[&str], exp_offset: i64) -> String {
+    let now = now_s() as i64;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"k1"}"#);
+    let claims = serde_json::json!({"iss": "https://idp", "aud": "api", "sub": sub,
+        "groups": groups, "exp": now + exp_offset});
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(&SECRET),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .unwrap_or_default();
+    format!("{input}.{signature}")
+}
+
+fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(()).unwrap_or_default().into_parts().0
+}
+
+fn peer() -> Peer {
+    Peer {
+        spiffe_id: SpiffeId::parse("spiffe://td/ns/web/sa/frontend").ok(),
+        source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
+        destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
+fn outcome(route: &HttpRoute, parts: &Parts) -> Result<Passed, (u16, &'static str, &'static str)> {
+    run(route, parts, &peer(), &L7Stats::default())
+        .map_err(|d| (d.status.as_u16(), d.filter, d.reason))
+}
+
+#[test]
+fn authentication_needs_a_valid_token_from_any_source() {
+    let route = route(AUTHN);
+    let bearer = format!("Bearer {}", token("alice", &[], 60));
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[])).err(),
+        Some((401, "authn", "missing_credentials"))
+    );
+    let passed = outcome(&route, &parts("GET", "/", &[("authorization", &bearer)]))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        passed
+            .principal
+            .map(|p| p.claims.subject().map(str::to_owned)),
+        Some(Some("alice".into()))
+    );
+    assert_eq!(passed.set_upstream.len(), 1);
+    let cookie = format!("a=b; token={}", token("bob", &[], 60));
+    assert!(outcome(&route, &parts("GET", "/", &[("cookie", &cookie)])).is_ok());
+    let query = format!("/x?access_token={}&q=1", token("bob", &[], 60));
+    assert!(outcome(&route, &parts("GET", &query, &[])).is_ok());
+    let expired = format!("Bearer {}", token("alice", &[], -60));
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[("authorization", &expired)])).err(),
+        Some((401, "authn", "expired"))
+    );
+    assert_eq!(
+        outcome(
+            &route,
+            &parts("GET", "/", &[("authorization", "Bearer x.y.z")])
+        )
+        .err(),
+        Some((401, "authn", "malformed"))
+    );
+    let twice = parts(
+        "GET",
+        "/",
+        &[("authorization", &bearer), ("authorization", &bearer)],
+    );
+    assert_eq!(
+        outcome(&route, &twice).err(),
+        Some((401, "authn", "ambiguous_credentials"))
+    );
+}
+
+#[test]
+fn explicit_deny_wins_and_rules_default_deny() {
+    let rules = r#"    rules:
+    - action: Deny
+      paths: [{prefix: /admin}]
+    - action: Allow
+      methods: [GET]
+      paths: [{glob: "/orders/*"}]
+      claims: [{name: groups, contains: readers}]
+    - action: Allow
+      methods: [POST]
+      principals: [spiffe://td/ns/web/sa/frontend]
+      headers: [{name: x-tenant, exact: acme}]
+"#;
+    let route = route(&format!("{AUTHN}{rules}"));
+    let reader = format!("Bearer {}", token("alice", &["readers"], 60));
+    let other = format!("Bearer {}", token("bob", &["writers"], 60));
+    let auth = |t: &str| ("authorization", t.to_owned());
+    let get = |path: &str, t: &str| {
+        let (k, v) = auth(t);
+        outcome(&route, &parts("GET", path, &[(k, &v)])).map(|_| ())
+    };
+    assert_eq!(get("/orders/1", &reader), Ok(()));
+    assert_eq!(
+        get("/orders/1", &other),
+        Err((403, "authz", "no_rule_matched"))
+    );
+    assert_eq!(
+        get("/orders/1/items", &reader),
+        Err((403, "authz", "no_rule_matched"))
+    );
+    assert_eq!(get("/admin/x", &reader), Err((403, "authz", "deny_rule")));
+    let post = |tenant: &str| {
+        outcome(
+            &route,
+            &parts(
+                "POST",
+                "/anything",
+                &[("authorization", &other), ("x-tenant", tenant)],
+            ),
+        )
+        .map(|_| ())
+    };
+    assert_eq!(post("acme"), Ok(()));
+    assert_eq!(post("evil"), Err((403, "authz", "no_rule_matched")));
+}
+
+#[test]
+fn rate_limits_per_subject_answer_429_with_headers() {
+    let limits = r#"    rateLimits:
+      buckets:
+      - {name: per-user, key: jwtSubject, maxTokens: 2, tokensPerFill: 1, fillInterval: 1m}
+"#;
+    let route = Arc::new(route(&format!("{AUTHN}{limits}")));
+    let alice = format!("Bearer {}", token("alice", &[], 60));
+    let bob = format!("Bearer {}", token("bob", &[], 60));
+    let call = |t: &str| {
+        run(
+            &route,
+            &parts("GET", "/", &[("authorization", t)]),
+            &peer(),
+            &L7Stats::default(),
+        )
+    };
+    assert!(call(&alice).is_ok());
+    assert!(call(&alice).is_ok());
+    let denial = call(&alice)
+        .err()
+        .unwrap_or_else(|| panic!("third request passed"));
+    assert_eq!(
+        (denial.status.as_u16(), denial.filter, denial.reason),
+        (429, "ratelimit", "over_limit")
+    );
+    let header = |name: &str| {
+        denial
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_str().unwrap_or("").to_owned())
+    };
+    assert_eq!(header("x-ratelimit-limit").as_deref(), Some("2"));
+    assert_eq!(header("x-ratelimit-remaining").as_deref(), Some("0"));
+    let retry: u64 = header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((59..=60).contains(&retry), "retry-after {retry}");
+    assert!(call(&bob).is_ok(), "another subject has its own bucket");
+}
+
+#[test]
+fn shadow_mode_counts_but_passes() {
+    let limits = r#"    rateLimits:
+      shadow: true
+      buckets:
+      - {name: all, maxTokens: 1, tokensPerFill: 1, fillInterval: 1m}
+"#;
+    let route = route(limits);
+    let stats = L7Stats::default();
+    for _ in 0..3 {
+        assert!(run(&route, &parts("GET", "/", &[]), &peer(), &stats).is_ok());
+    }
+    assert_eq!(stats.shadow_limited_total(), 2);
+}
+
+#[test]
+fn credentials_are_stripped() {
+    let mut p = parts(
+        "GET",
+        "/x?access_token=abc&q=1",
+        &[
+            ("authorization", "Bearer abc"),
+            ("cookie", "a=1; token=abc"),
+        ],
+    );
+    strip_credentials(
+        &mut p,
+        &[
+            TokenSource::Header {
+                name: header::AUTHORIZATION,
+                prefix: "Bearer ".into(),
+            },
+            TokenSource::Cookie("token".into()),
+            TokenSource::Query("access_token".into()),
+        ],
+    );
+    assert!(p.headers.get(header::AUTHORIZATION).is_none());
+    assert_eq!(
+        p.headers.get(header::COOKIE).and_then(|v| v.to_str().ok()),
+        Some("a=1")
+    );
+    assert_eq!(p.uri.to_string(), "/x?q=1");
+}

@@ -1,0 +1,21 @@
+//! The proxy's L7 side: requests on a destination port whose MeshPolicy has an `http` section
+//! are parsed (hyper, HTTP/1.1) on the inbound side of the tunnel and pass a fixed chain of named
+//! filters before they reach the pod: mTLS peer (the tunnel's handshake and principal check,
+//! done per connection) → `authn` (JWT) → `authz` (rules) → `ratelimit` (token buckets) →
+//! upstream. A denial is a value ([`chain::Denial`]) whose filter and reason label
+//! `rampart_proxy_denied_total{filter,reason}` and the flow record.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `route` | one destination's L7 policy with its live state (rate-limit buckets) |
+//! | `chain` | the filters and the request context they read |
+//! | `serve` | HTTP/1.1 on a tunnelled stream, forwarding what passes to the upstream connection |
+//! | `stats` | counters by filter and reason |
+
+pub mod chain;
+pub mod route;
+pub mod serve;
+pub mod stats;
+
+pub use route::HttpRoute;
+pub use stats::L7Stats;

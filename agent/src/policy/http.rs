@@ -1,0 +1,737 @@
+//! The `http` section of a MeshPolicy: the L7 rules the proxy applies to requests on the
+//! selected destination ports (authentication by JWT, authorization rules, rate limits). The raw
+//! serde shapes and their validation into [`HttpPolicyModel`], with errors at `file:line:col`.
+//!
+//! ```yaml
+//! http:
+//!   authentication:
+//!     allowMissing: false          # no credentials at all: 401 (true: anonymous, rules decide)
+//!     providers:
+//!     - name: corp-idp
+//!       jwt:
+//!         issuer: https://idp.example.test
+//!         audiences: [api://orders]
+//!         algorithms: [RS256, ES256]
+//!         clockSkewSeconds: 30
+//!         requiredClaims: [exp, sub]
+//!         tokenFrom: [{header: authorization, prefix: "Bearer "}, {query: access_token}, {cookie: token}]
+//!         jwks: {inline: '{"keys": [...]}'}
+//!         claimsToHeaders: [{claim: sub, header: x-user}]
+//!         forwardToken: false
+//!   rules:                         # explicit Deny wins; once rules exist, no match is a 403
+//!   - action: Allow
+//!     methods: [GET]
+//!     paths: [{prefix: /orders}]
+//!     claims: [{name: groups, contains: readers}]
+//!   rateLimits:
+//!     shadow: false
+//!     buckets:
+//!     - {name: per-user, key: jwtSubject, maxTokens: 10, tokensPerFill: 10, fillInterval: 1s}
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use hyper::header::HeaderName;
+use rampart_l7::jwt::{self, ClaimRules, KeySet, VerifierConfig};
+use rampart_l7::ratelimit::BucketSpec;
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::diag::Diagnostic;
+use super::source::SourceObject;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSpec {
+    pub authentication: Option<Spanned<AuthenticationSpec>>,
+    pub rules: Option<Vec<Spanned<HttpRuleSpec>>>,
+    pub rate_limits: Option<Spanned<RateLimitsSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthenticationSpec {
+    #[serde(default)]
+    pub allow_missing: bool,
+    pub providers: Vec<Spanned<ProviderSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProviderSpec {
+    pub name: Spanned<String>,
+    pub jwt: Option<Spanned<JwtSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtSpec {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Spanned<Vec<String>>,
+    pub clock_skew_seconds: Option<u64>,
+    pub required_claims: Option<Vec<String>>,
+    pub max_token_bytes: Option<Spanned<usize>>,
+    pub token_from: Option<Vec<Spanned<TokenSourceSpec>>>,
+    pub jwks: Spanned<JwksSpec>,
+    pub claims_to_headers: Option<Vec<Spanned<ClaimHeaderSpec>>>,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenSourceSpec {
+    pub header: Option<Spanned<String>>,
+    pub prefix: Option<String>,
+    pub query: Option<String>,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwksSpec {
+    /// A JWKS document as JSON text.
+    pub inline: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimHeaderSpec {
+    pub claim: String,
+    pub header: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRuleSpec {
+    pub action: Spanned<String>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub hosts: Option<Vec<String>>,
+    pub paths: Option<Vec<Spanned<PathSpec>>>,
+    pub headers: Option<Vec<Spanned<HeaderMatchSpec>>>,
+    pub principals: Option<Vec<String>>,
+    pub claims: Option<Vec<Spanned<ClaimMatchSpec>>>,
+    pub authenticated: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathSpec {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub glob: Option<String>,
+    pub regex: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatchSpec {
+    pub name: Spanned<String>,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimMatchSpec {
+    pub name: String,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    #[serde(default)]
+    pub shadow: bool,
+    pub buckets: Vec<Spanned<RateBucketSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateBucketSpec {
+    pub name: Spanned<String>,
+    /// `route` (default), `sourcePrincipal`, `jwtSubject`, `header:<name>`, `claim:<name>`.
+    pub key: Option<Spanned<String>>,
+    pub max_tokens: u32,
+    pub tokens_per_fill: Option<u32>,
+    pub fill_interval: Spanned<String>,
+    /// Distinct key values kept (LRU); default 10,000.
+    pub max_keys: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated model
+
+#[derive(Debug, Clone)]
+pub struct HttpPolicyModel {
+    pub authentication: Option<AuthenticationModel>,
+    /// Empty: every request that passes authentication is allowed.
+    pub rules: Vec<HttpRuleModel>,
+    pub rate_limits: Vec<RateBucketModel>,
+    pub rate_limit_shadow: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthenticationModel {
+    pub allow_missing: bool,
+    pub providers: Vec<JwtProviderModel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtProviderModel {
+    pub name: String,
+    pub config: VerifierConfig,
+    pub keys: Arc<KeySet>,
+    pub sources: Vec<TokenSource>,
+    pub claims_to_headers: Vec<(String, HeaderName)>,
+    pub forward_token: bool,
+}
+
+/// Where a provider looks for its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Header { name: HeaderName, prefix: String },
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+/// One authorization rule: every field given must match (fields are ANDed, values within a
+/// field ORed).
+#[derive(Debug, Clone)]
+pub struct HttpRuleModel {
+    pub action: RuleAction,
+    pub index: usize,
+    pub methods: Vec<Method>,
+    pub hosts: Vec<String>,
+    pub paths: Vec<PathMatch>,
+    pub headers: Vec<HeaderMatch>,
+    pub principals: Vec<String>,
+    pub claims: Vec<ClaimMatch>,
+    pub authenticated: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Globs are compiled to anchored regexes: `*` within a segment, `**` across segments.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: HeaderValueMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValueMatch {
+    Exact(String),
+    Prefix(String),
+    Present(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimMatch {
+    Equals(String, String),
+    Contains(String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RateBucketModel {
+    pub name: String,
+    pub key: RateKey,
+    pub spec: BucketSpec,
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    Route,
+    SourcePrincipal,
+    JwtSubject,
+    Header(HeaderName),
+    Claim(String),
+}
+
+/// Validates an `http` section; errors go to `diags`, and `None` means there were some.
+pub fn validate(
+    so: &SourceObject,
+    spec: &Spanned<HttpSpec>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HttpPolicyModel> {
+    let mut v = HttpValidator {
+        so,
+        diags,
+        ok: true,
+    };
+    let spec_value = &spec.value;
+    let authentication = spec_value
+        .authentication
+        .as_ref()
+        .map(|a| v.authentication(a));
+    let rules = spec_value
+        .rules
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(index, rule)| v.rule(index, rule))
+        .collect();
+    let (rate_limits, rate_limit_shadow) = match &spec_value.rate_limits {
+        None => (Vec::new(), false),
+        Some(limits) => (
+            limits
+                .value
+                .buckets
+                .iter()
+                .filter_map(|b| v.bucket(b))
+                .collect(),
+            limits.value.shadow,
+        ),
+    };
+    if spec_value.authentication.is_none()
+        && spec_value.rules.is_none()
+        && spec_value.rate_limits.is_none()
+    {
+        v.error(
+            spec,
+            "http: name at least one of authentication, rules, rateLimits",
+        );
+    }
+    let ok = v.ok;
+    ok.then(|| HttpPolicyModel {
+        authentication: authentication.flatten(),
+        rules,
+        rate_limits,
+        rate_limit_shadow,
+    })
+}
+
+struct HttpValidator<'a> {
+    so: &'a SourceObject,
+    diags: &'a mut Vec<Diagnostic>,
+    ok: bool,
+}
+
+impl HttpValidator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::error(self.so.at(at), message));
+        self.ok = false;
+    }
+
+    fn authentication(
+        &mut self,
+        spec: &Spanned<AuthenticationSpec>,
+    ) -> Option<AuthenticationModel> {
+        if spec.value.providers.is_empty() {
+            self.error(
+                spec,
+                "authentication.providers: at least one provider is required",
+            );
+        }
+        let mut providers = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for provider in &spec.value.providers {
+            if !names.insert(provider.value.name.value.clone()) {
+                self.error(&provider.value.name, "provider names must be unique");
+            }
+            match &provider.value.jwt {
+                Some(jwt) => providers.extend(self.jwt(&provider.value.name.value, jwt)),
+                None => self.error(provider, "a provider needs `jwt`"),
+            }
+        }
+        Some(AuthenticationModel {
+            allow_missing: spec.value.allow_missing,
+            providers,
+        })
+    }
+
+    fn jwt(&mut self, name: &str, spec: &Spanned<JwtSpec>) -> Option<JwtProviderModel> {
+        let raw = &spec.value;
+        let rules = ClaimRules {
+            issuer: raw.issuer.clone(),
+            audiences: raw.audiences.clone().unwrap_or_default(),
+            leeway_s: raw.clock_skew_seconds.unwrap_or(0),
+            required: raw
+                .required_claims
+                .clone()
+                .unwrap_or_else(|| vec!["exp".into()]),
+        };
+        let max_bytes = raw
+            .max_token_bytes
+            .as_ref()
+            .map_or(jwt::DEFAULT_MAX_TOKEN_BYTES, |m| m.value);
+        let config = match VerifierConfig::new(&raw.algorithms.value, rules, max_bytes) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                self.error(&raw.algorithms, format!("jwt: {e}"));
+                None
+            }
+        };
+        let keys = match &raw.jwks.value.inline {
+            Some(inline) => match KeySet::from_jwks(inline.value.as_bytes()) {
+                Ok(set) if set.is_empty() => {
+                    self.error(
+                        inline,
+                        format!("jwks.inline: no usable key ({:?})", set.skipped()),
+                    );
+                    None
+                }
+                Ok(set) => Some(Arc::new(set)),
+                Err(e) => {
+                    self.error(inline, format!("jwks.inline: {e}"));
+                    None
+                }
+            },
+            None => {
+                self.error(&raw.jwks, "jwks: `inline` is required");
+                None
+            }
+        };
+        let mut sources = Vec::new();
+        for source in raw.token_from.iter().flatten() {
+            sources.extend(self.token_source(source));
+        }
+        if sources.is_empty() {
+            sources.push(TokenSource::Header {
+                name: hyper::header::AUTHORIZATION,
+                prefix: "Bearer ".into(),
+            });
+        }
+        let mut claims_to_headers = Vec::new();
+        for pair in raw.claims_to_headers.iter().flatten() {
+            match HeaderName::from_bytes(pair.value.header.value.as_bytes()) {
+                Ok(header) => claims_to_headers.push((pair.value.claim.clone(), header)),
+                Err(_) => self.error(&pair.value.header, "not a valid header name"),
+            }
+        }
+        Some(JwtProviderModel {
+            name: name.to_owned(),
+            config: config?,
+            keys: keys?,
+            sources,
+            claims_to_headers,
+            forward_token: raw.forward_token,
+        })
+    }
+
+    fn token_source(&mut self, spec: &Spanned<TokenSourceSpec>) -> Option<TokenSource> {
+        let raw = &spec.value;
+        match (&raw.header, &raw.query, &raw.cookie) {
+            (Some(header), None, None) => match HeaderName::from_bytes(header.value.as_bytes()) {
+                Ok(name) => Some(TokenSource::Header {
+                    name,
+                    prefix: raw.prefix.clone().unwrap_or_default(),
+                }),
+                Err(_) => {
+                    self.error(header, "not a valid header name");
+                    None
+                }
+            },
+            (None, Some(query), None) if raw.prefix.is_none() => {
+                Some(TokenSource::Query(query.clone()))
+            }
+            (None, None, Some(cookie)) if raw.prefix.is_none() => {
+                Some(TokenSource::Cookie(cookie.clone()))
+            }
+            _ => {
+                self.error(
+                    spec,
+                    "tokenFrom: exactly one of header (with optional prefix), query, cookie",
+                );
+                None
+            }
+        }
+    }
+
+    fn rule(&mut self, index: usize, spec: &Spanned<HttpRuleSpec>) -> Option<HttpRuleModel> {
+        let raw = &spec.value;
+        let action = match raw.action.value.as_str() {
+            "Allow" => RuleAction::Allow,
+            "Deny" => RuleAction::Deny,
+            other => {
+                self.error(&raw.action, format!("action {other:?}: Allow or Deny"));
+                return None;
+            }
+        };
+        let mut methods = Vec::new();
+        for method in raw.methods.iter().flatten() {
+            match Method::from_bytes(method.value.as_bytes()) {
+                Ok(m) if method.value.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(m),
+                _ => self.error(
+                    method,
+                    format!("method {:?}: an upper-case HTTP method", method.value),
+                ),
+            }
+        }
+        let mut paths = Vec::new();
+        for path in raw.paths.iter().flatten() {
+            paths.extend(self.path(path));
+        }
+        let mut headers = Vec::new();
+        for header in raw.headers.iter().flatten() {
+            let h = &header.value;
+            let Ok(name) = HeaderName::from_bytes(h.name.value.as_bytes()) else {
+                self.error(&h.name, "not a valid header name");
+                continue;
+            };
+            let value = match (&h.exact, &h.prefix, h.present) {
+                (Some(exact), None, None) => HeaderValueMatch::Exact(exact.clone()),
+                (None, Some(prefix), None) => HeaderValueMatch::Prefix(prefix.clone()),
+                (None, None, Some(present)) => HeaderValueMatch::Present(present),
+                _ => {
+                    self.error(header, "headers: exactly one of exact, prefix, present");
+                    continue;
+                }
+            };
+            headers.push(HeaderMatch { name, value });
+        }
+        let mut claims = Vec::new();
+        for claim in raw.claims.iter().flatten() {
+            let c = &claim.value;
+            match (&c.equals, &c.contains) {
+                (Some(v), None) => claims.push(ClaimMatch::Equals(c.name.clone(), v.clone())),
+                (None, Some(v)) => claims.push(ClaimMatch::Contains(c.name.clone(), v.clone())),
+                _ => self.error(claim, "claims: exactly one of equals, contains"),
+            }
+        }
+        for principal in raw.principals.iter().flatten() {
+            if let Err(e) = crate::mesh::spiffe::SpiffeId::parse(principal) {
+                self.error(spec, format!("principals: {principal:?}: {e}"));
+            }
+        }
+        Some(HttpRuleModel {
+            action,
+            index,
+            methods,
+            hosts: raw
+                .hosts
+                .iter()
+                .flatten()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            paths,
+            headers,
+            principals: raw.principals.clone().unwrap_or_default(),
+            claims,
+            authenticated: raw.authenticated,
+        })
+    }
+
+    fn path(&mut self, spec: &Spanned<PathSpec>) -> Option<PathMatch> {
+        let raw = &spec.value;
+        match (&raw.exact, &raw.prefix, &raw.glob, &raw.regex) {
+            (Some(exact), None, None, None) => Some(PathMatch::Exact(exact.clone())),
+            (None, Some(prefix), None, None) => Some(PathMatch::Prefix(prefix.clone())),
+            (None, None, Some(glob), None) => match Regex::new(&glob_to_regex(glob)) {
+                Ok(re) => Some(PathMatch::Regex(re)),
+                Err(e) => {
+                    self.error(spec, format!("glob {glob:?}: {e}"));
+                    None
+                }
+            },
+            (None, None, None, Some(regex)) => {
+                match Regex::new(&format!("^(?:{})$", regex.value)) {
+                    Ok(re) => Some(PathMatch::Regex(re)),
+                    Err(e) => {
+                        self.error(regex, format!("regex: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(spec, "paths: exactly one of exact, prefix, glob, regex");
+                None
+            }
+        }
+    }
+
+    fn bucket(&mut self, spec: &Spanned<RateBucketSpec>) -> Option<RateBucketModel> {
+        let raw = &spec.value;
+        let key = match raw.key.as_ref().map(|k| k.value.as_str()) {
+            None | Some("route") => RateKey::Route,
+            Some("sourcePrincipal") => RateKey::SourcePrincipal,
+            Some("jwtSubject") => RateKey::JwtSubject,
+            Some(other) => match other.split_once(':') {
+                Some(("header", name)) => match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(name) => RateKey::Header(name),
+                    Err(_) => {
+                        self.error(spec, format!("key {other:?}: not a valid header name"));
+                        return None;
+                    }
+                },
+                Some(("claim", name)) if !name.is_empty() => RateKey::Claim(name.to_owned()),
+                _ => {
+                    self.error(
+                        spec,
+                        format!("key {other:?}: route, sourcePrincipal, jwtSubject, header:<name> or claim:<name>"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let interval = match parse_duration(&raw.fill_interval.value) {
+            Some(d) => d,
+            None => {
+                self.error(
+                    &raw.fill_interval,
+                    "fillInterval: a duration such as 500ms, 1s, 1m",
+                );
+                return None;
+            }
+        };
+        let spec_ok = BucketSpec::new(raw.max_tokens, raw.tokens_per_fill.unwrap_or(1), interval);
+        match spec_ok {
+            Ok(bucket) => Some(RateBucketModel {
+                name: raw.name.value.clone(),
+                key,
+                spec: bucket,
+                max_keys: raw.max_keys.unwrap_or(10_000).max(1),
+            }),
+            Err(e) => {
+                self.error(spec, format!("rate limit {}: {e}", raw.name.value));
+                None
+            }
+        }
+    }
+}
+
+/// `500ms`, `1s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+/// An anchored regex for a path glob: `**` any characters, `*` any within one segment, `?` one
+/// character of a segment; everything else literal.
+fn glob_to_regex(glob: &str) -> String {
+    let mut out = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                out.push_str(".*");
+            }
+            '*' => out.push_str("[^/]*"),
+            '?' => out.push_str("[^/]"),
+            other => out.push_str(&regex::escape(&other.to_string())),
+        }
+    }
+    out.push('$');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(http: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: m}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n{http}"
+        );
+        match crate::policy::check(crate::policy::source::parse_str(
+            std::path::Path::new("t.yaml"),
+            &text,
+        )) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| format!("{}:{}: {}", d.origin.pos.line, d.origin.pos.col, d.message))
+                .collect(),
+        }
+    }
+
+    const JWKS: &str =
+        r#"'{"keys":[{"kty":"oct","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}'"#;
+
+    #[test]
+    fn bad_http_sections_are_errors_at_their_position() {
+        let jwt = |extra: &str| {
+            format!(
+                "    authentication:\n      providers:\n      - name: p\n        jwt: {{algorithms: [HS256], jwks: {{inline: {JWKS}}}{extra}}}\n"
+            )
+        };
+        assert_eq!(errors(&jwt("")), Vec::<String>::new());
+        let cases = [
+            ("    authentication:\n      providers:\n      - name: p\n        jwt: {algorithms: [none], jwks: {inline: JWKS}}\n".replace("JWKS", JWKS), "none"),
+            (jwt(", tokenFrom: [{header: a, query: b}]"), "exactly one of header"),
+            (jwt(", bogus: 1"), "bogus"),
+            ("    rules:\n    - {action: Maybe}\n".into(), "Allow or Deny"),
+            ("    rules:\n    - {action: Allow, paths: [{regex: '('}]}\n".into(), "regex"),
+            ("    rules:\n    - {action: Allow, methods: [get]}\n".into(), "upper-case"),
+            ("    rateLimits:\n      buckets:\n      - {name: b, maxTokens: 1, fillInterval: 10ms}\n".into(), "50 ms"),
+            ("    rateLimits:\n      buckets:\n      - {name: b, maxTokens: 1, fillInterval: soon}\n".into(), "fillInterval"),
+            ("    rateLimits:\n      buckets:\n      - {name: b, key: 'cookie:x', maxTokens: 1, fillInterval: 1s}\n".into(), "key"),
+            ("    {}\n".into(), "at least one of"),
+        ];
+        for (http, expected) in cases {
+            let found = errors(&http);
+            assert!(
+                found.len() == 1 && found[0].contains(expected),
+                "{http}\nexpected one error mentioning {expected:?}, got {found:?}"
+            );
+        }
+    }
+
+    /// The example in `policies/mesh/`, with the workloads it selects, is a valid set whose
+    /// backend route carries the http rules.
+    #[test]
+    fn the_example_l7_policy_checks() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = std::env::temp_dir().join(format!("rampart-l7-example-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        for file in ["workloads.yaml", "mesh/backend-api-l7.yaml"] {
+            let to = dir.join(file.replace('/', "-"));
+            std::fs::copy(root.join(file), &to).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
+        let http = checked.model.mesh_policies[0]
+            .http
+            .clone()
+            .unwrap_or_else(|| panic!("no http"));
+        assert_eq!(http.rules.len(), 3);
+        assert_eq!(http.rate_limits.len(), 2);
+        let authn = http
+            .authentication
+            .as_ref()
+            .unwrap_or_else(|| panic!("no authn"));
+        assert_eq!(authn.providers[0].keys.len(), 1);
+    }
+
+    #[test]
+    fn durations_and_globs() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("s"), None);
+        let re = Regex::new(&glob_to_regex("/api/*/items/**")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(re.is_match("/api/v1/items/a/b"));
+        assert!(!re.is_match("/api/v1/x/items/a"));
+        assert!(!re.is_match("/api/v1/items"));
+    }
+}
