@@ -8,6 +8,7 @@
 //!   (a client-sent `x-user` is replaced) and never sees the token;
 //! - a path a Deny rule names, or a subject without the group: 403, not at the pod;
 //! - past the subject's bucket: 429 with `retry-after`; another subject still passes;
+//! - API keys from a Secret: the pod gets the client's name, not the key; a per-client limit;
 //! - each refusal is counted by filter and reason.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -71,6 +72,28 @@ spec:
     rateLimits:
       buckets:
       - {{name: per-user, key: jwtSubject, maxTokens: 3, tokensPerFill: 3, fillInterval: 1m}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: partner-keys, namespace: shop}}
+stringData: {{acme: key-acme-7c1d, globex: key-globex-91fe}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: partners-api}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ports: [{{port: 8081}}]
+  http:
+    authentication:
+      providers:
+      - name: partners
+        apiKeys:
+          secretRef: {{namespace: shop, name: partner-keys}}
+          clientHeader: x-client
+    rateLimits:
+      buckets:
+      - {{name: per-client, key: apiKeyClient, maxTokens: 1, tokensPerFill: 1, fillInterval: 1m}}
 "#,
         pod("a", 1, 10),
         pod("b", 2, 10)
@@ -113,6 +136,7 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
         .build()
         .expect("topology");
     let origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
+    let partners_origin = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
 
     let work = std::env::temp_dir().join(format!("rampart-mesh-http-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -201,6 +225,22 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     assert_eq!(get("/orders/1", &[("authorization", &carol)]).status, 200);
     assert_eq!(origin.requests(), 4);
 
+    // API keys from a Secret: the pod learns the client's name, never the key; one request per
+    // client per minute.
+    let partners = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8081);
+    let call = |headers: &[(&str, &str)]| {
+        http_request(&a, partners, "GET", "/", headers, TIMEOUT).expect("GET partners")
+    };
+    assert_eq!(call(&[]).status, 401);
+    assert_eq!(call(&[("x-api-key", "key-wrong")]).status, 401);
+    let reply = call(&[("x-api-key", "key-acme-7c1d")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("x-client: acme"), "{}", reply.body);
+    assert!(!reply.body.contains("key-acme"), "{}", reply.body);
+    assert_eq!(call(&[("x-api-key", "key-acme-7c1d")]).status, 429);
+    assert_eq!(call(&[("x-api-key", "key-globex-91fe")]).status, 200);
+    assert_eq!(partners_origin.requests(), 2);
+
     // Every refusal counted by filter and reason.
     for (labels, at_least) in [
         (r#"filter="authn",reason="missing_credentials""#, 1.0),
@@ -208,7 +248,8 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
         (r#"filter="authn",reason="signature""#, 1.0),
         (r#"filter="authz",reason="deny_rule""#, 1.0),
         (r#"filter="authz",reason="no_rule_matched""#, 1.0),
-        (r#"filter="ratelimit",reason="over_limit""#, 1.0),
+        (r#"filter="ratelimit",reason="over_limit""#, 2.0),
+        (r#"filter="authn",reason="invalid_api_key""#, 1.0),
     ] {
         assert!(
             metric(&node2, labels) >= at_least,

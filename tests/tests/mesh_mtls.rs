@@ -111,9 +111,14 @@ impl Capture {
                 "-U",
                 "-s",
                 "0",
+                // A larger buffer and TCP only: under load the default buffer dropped packets
+                // ("packets dropped by kernel"), and with them the control flow's payload.
+                "-B",
+                "16384",
                 "-w",
             ])
             .arg(file)
+            .arg("tcp")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(file.with_extension("err")).expect("stderr file"))
             .spawn()

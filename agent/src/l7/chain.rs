@@ -16,8 +16,8 @@ use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 use super::route::{BucketState, HttpRoute};
 use crate::mesh::spiffe::SpiffeId;
 use crate::policy::http::{
-    AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel, JwtProviderModel, PathMatch,
-    RateKey, RuleAction, TokenSource,
+    ApiKeyProviderModel, AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel,
+    JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
 
 /// Who is asking, as the tunnel established it.
@@ -49,6 +49,8 @@ pub struct Denial {
 #[derive(Debug, Default)]
 pub struct Passed {
     pub principal: Option<Principal>,
+    /// The API-key client, when an API key authenticated the request.
+    pub api_key_client: Option<String>,
     /// Credentials to strip from the forwarded request (`forwardToken: false`).
     pub strip: Vec<TokenSource>,
     /// Headers set on the forwarded request (`claimsToHeaders`).
@@ -70,7 +72,7 @@ pub fn run(
     if let Some(authn) = &route.model.authentication {
         authenticate(authn, parts, now_s(), &mut passed)?;
     }
-    authorize(&route.model.rules, parts, peer, passed.principal.as_ref())?;
+    authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
     Ok(passed)
 }
@@ -86,45 +88,112 @@ fn now_s() -> u64 {
 
 const AUTHN: &str = "authn";
 
-/// Any provider whose token verifies authenticates the request. No token anywhere: 401
-/// `missing_credentials` (or anonymous with `allowMissing`). A token that fails: 401 with the
-/// verifier's reason, never a pass, even with `allowMissing`.
+/// `AnyOf` (default): the first provider whose credential verifies authenticates the request.
+/// `AllOf`: every provider must. No credential anywhere: 401 `missing_credentials` (or anonymous
+/// with `allowMissing`). A credential that fails: 401 with the verifier's reason, never a pass,
+/// even with `allowMissing`.
 fn authenticate(
     authn: &AuthenticationModel,
     parts: &Parts,
     now: u64,
     passed: &mut Passed,
 ) -> Result<(), Denial> {
-    let mut first_rejection = None;
+    let mut first_failure: Option<&'static str> = None;
+    let mut any_sent = false;
+    let mut authenticated = 0;
     for provider in &authn.providers {
-        for source in &provider.sources {
-            let token = match extract(source, parts) {
-                Extracted::None => continue,
-                Extracted::Ambiguous => {
-                    return Err(unauthorized("ambiguous_credentials", true));
-                }
-                Extracted::Token(token) => token,
-            };
-            match jwt::verify_jwt(&provider.config, &provider.keys, &token, now) {
-                Ok(verified) => {
-                    accept(provider, verified.claims, passed);
+        match try_provider(provider, parts, now, passed) {
+            Attempt::Authenticated => {
+                authenticated += 1;
+                if !authn.require_all {
                     return Ok(());
                 }
-                Err(rejection) => {
-                    tracing::debug!(provider = %provider.name, %rejection, "authn: token refused");
-                    first_rejection.get_or_insert(rejection.reason);
+            }
+            Attempt::Failed(reason) => {
+                any_sent = true;
+                first_failure.get_or_insert(reason);
+                if authn.require_all {
+                    break;
+                }
+            }
+            Attempt::Ambiguous => return Err(unauthorized("ambiguous_credentials", true)),
+            Attempt::Absent => {
+                if authn.require_all && !authn.allow_missing {
+                    first_failure.get_or_insert("missing_credentials");
                 }
             }
         }
     }
-    match first_rejection {
-        Some(reason) => Err(unauthorized(reason.as_str(), true)),
-        None if authn.allow_missing => Ok(()),
+    if authn.require_all && authenticated == authn.providers.len() {
+        return Ok(());
+    }
+    match first_failure {
+        Some(reason) => Err(unauthorized(reason, any_sent)),
+        None if authn.allow_missing && authenticated == 0 => {
+            *passed = Passed::default();
+            Ok(())
+        }
+        None if authn.require_all && authenticated > 0 => Ok(()),
         None => Err(unauthorized("missing_credentials", false)),
     }
 }
 
-fn accept(provider: &JwtProviderModel, claims: Claims, passed: &mut Passed) {
+enum Attempt {
+    Authenticated,
+    Failed(&'static str),
+    Ambiguous,
+    Absent,
+}
+
+fn try_provider(provider: &ProviderModel, parts: &Parts, now: u64, passed: &mut Passed) -> Attempt {
+    let sources = match provider {
+        ProviderModel::Jwt(p) => &p.sources,
+        ProviderModel::ApiKeys(p) => &p.sources,
+    };
+    let mut failure = None;
+    for source in sources {
+        let credential = match extract(source, parts) {
+            Extracted::None => continue,
+            Extracted::Ambiguous => return Attempt::Ambiguous,
+            Extracted::Token(token) => token,
+        };
+        match provider {
+            ProviderModel::Jwt(p) => match jwt::verify_jwt(&p.config, &p.keys, &credential, now) {
+                Ok(verified) => {
+                    accept_jwt(p, verified.claims, passed);
+                    return Attempt::Authenticated;
+                }
+                Err(rejection) => {
+                    tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
+                    failure.get_or_insert(rejection.reason.as_str());
+                }
+            },
+            ProviderModel::ApiKeys(p) => match p.keys.client(&credential) {
+                Some(client) => {
+                    accept_api_key(p, client, passed);
+                    return Attempt::Authenticated;
+                }
+                None => {
+                    tracing::debug!(provider = %p.name, "authn: unknown API key");
+                    failure.get_or_insert("invalid_api_key");
+                }
+            },
+        }
+    }
+    failure.map_or(Attempt::Absent, Attempt::Failed)
+}
+
+fn accept_api_key(provider: &ApiKeyProviderModel, client: &str, passed: &mut Passed) {
+    if let (Some(header), Ok(value)) = (&provider.client_header, HeaderValue::from_str(client)) {
+        passed.set_upstream.push((header.clone(), value));
+    }
+    if !provider.forward_key {
+        passed.strip.extend(provider.sources.iter().cloned());
+    }
+    passed.api_key_client = Some(client.to_owned());
+}
+
+fn accept_jwt(provider: &JwtProviderModel, claims: Claims, passed: &mut Passed) {
     for (claim, header) in &provider.claims_to_headers {
         if let Some(value) = claims
             .text(claim)
@@ -280,13 +349,14 @@ fn authorize(
     rules: &[HttpRuleModel],
     parts: &Parts,
     peer: &Peer,
-    principal: Option<&Principal>,
+    passed: &Passed,
 ) -> Result<(), Denial> {
+    let (principal, client) = (passed.principal.as_ref(), passed.api_key_client.as_deref());
     let matching = |action| {
         rules
             .iter()
             .filter(move |r| r.action == action)
-            .any(|r| rule_matches(r, parts, peer, principal))
+            .any(|r| rule_matches(r, parts, peer, principal, client))
     };
     if matching(RuleAction::Deny) {
         return Err(forbidden("deny_rule"));
@@ -312,6 +382,7 @@ fn rule_matches(
     parts: &Parts,
     peer: &Peer,
     principal: Option<&Principal>,
+    api_key_client: Option<&str>,
 ) -> bool {
     let any_or_empty = |empty: bool, any: bool| empty || any;
     any_or_empty(
@@ -340,9 +411,12 @@ fn rule_matches(
             ClaimMatch::Equals(name, value) => p.claims.text(name).as_deref() == Some(value),
             ClaimMatch::Contains(name, value) => p.claims.contains(name, value),
         })
-    }) && rule
+    }) && any_or_empty(
+        rule.api_key_clients.is_empty(),
+        api_key_client.is_some_and(|c| rule.api_key_clients.iter().any(|r| r == c)),
+    ) && rule
         .authenticated
-        .is_none_or(|wanted| principal.is_some() == wanted)
+        .is_none_or(|wanted| (principal.is_some() || api_key_client.is_some()) == wanted)
 }
 
 /// The request's host, lower-case, without a port.
@@ -460,6 +534,7 @@ fn key_value(key: &RateKey, parts: &Parts, peer: &Peer, passed: &Passed) -> Opti
             .as_ref()
             .and_then(|p| p.claims.subject().map(str::to_owned)),
         RateKey::Claim(name) => passed.principal.as_ref().and_then(|p| p.claims.text(name)),
+        RateKey::ApiKeyClient => passed.api_key_client.clone(),
         RateKey::Header(name) => parts
             .headers
             .get(name)

@@ -89,7 +89,7 @@ async fn handle(
     // Headers the proxy sets from claims are never taken from the client.
     if let Some(authn) = &route.model.authentication {
         for provider in &authn.providers {
-            for (_, header) in &provider.claims_to_headers {
+            for header in provider.upstream_headers() {
                 parts.headers.remove(header);
             }
         }

@@ -54,6 +54,8 @@ pub struct HttpSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthenticationSpec {
+    /// `AnyOf` (default: one provider's credential suffices) or `AllOf` (every provider's).
+    pub require: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_missing: bool,
     pub providers: Vec<Spanned<ProviderSpec>>,
@@ -64,6 +66,27 @@ pub struct AuthenticationSpec {
 pub struct ProviderSpec {
     pub name: Spanned<String>,
     pub jwt: Option<Spanned<JwtSpec>>,
+    pub api_keys: Option<Spanned<ApiKeysSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiKeysSpec {
+    /// A `v1 Secret` in the policy set: each entry's name is a client, its value that client's key.
+    pub secret_ref: Spanned<SecretRefSpec>,
+    /// Default: the `x-api-key` header.
+    pub key_from: Option<Vec<Spanned<TokenSourceSpec>>>,
+    /// Request header that carries the client's name to the pod.
+    pub client_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub forward_key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretRefSpec {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +138,7 @@ pub struct HttpRuleSpec {
     pub headers: Option<Vec<Spanned<HeaderMatchSpec>>>,
     pub principals: Option<Vec<String>>,
     pub claims: Option<Vec<Spanned<ClaimMatchSpec>>>,
+    pub api_key_clients: Option<Vec<String>>,
     pub authenticated: Option<bool>,
 }
 
@@ -156,7 +180,8 @@ pub struct RateLimitsSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateBucketSpec {
     pub name: Spanned<String>,
-    /// `route` (default), `sourcePrincipal`, `jwtSubject`, `header:<name>`, `claim:<name>`.
+    /// `route` (default), `sourcePrincipal`, `jwtSubject`, `apiKeyClient`, `header:<name>`,
+    /// `claim:<name>`.
     pub key: Option<Spanned<String>>,
     pub max_tokens: u32,
     pub tokens_per_fill: Option<u32>,
@@ -179,8 +204,180 @@ pub struct HttpPolicyModel {
 
 #[derive(Debug, Clone)]
 pub struct AuthenticationModel {
+    /// Every provider must authenticate the request (`AllOf`), not just one.
+    pub require_all: bool,
     pub allow_missing: bool,
-    pub providers: Vec<JwtProviderModel>,
+    pub providers: Vec<ProviderModel>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderModel {
+    Jwt(JwtProviderModel),
+    ApiKeys(ApiKeyProviderModel),
+}
+
+impl ProviderModel {
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderModel::Jwt(p) => &p.name,
+            ProviderModel::ApiKeys(p) => &p.name,
+        }
+    }
+
+    /// Headers the proxy sets on the forwarded request from this provider's result (the
+    /// client's own values of them are always dropped).
+    pub fn upstream_headers(&self) -> Vec<&HeaderName> {
+        match self {
+            ProviderModel::Jwt(p) => p.claims_to_headers.iter().map(|(_, h)| h).collect(),
+            ProviderModel::ApiKeys(p) => p.client_header.iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyProviderModel {
+    pub name: String,
+    /// `(namespace, name)` of the Secret.
+    pub secret: (String, String),
+    pub sources: Vec<TokenSource>,
+    pub client_header: Option<HeaderName>,
+    pub forward_key: bool,
+    /// Filled from the Secret once every object is read.
+    pub keys: Arc<ApiKeyTable>,
+    pub origin: super::diag::Origin,
+}
+
+/// API keys by their SHA-256: a lookup never compares key bytes directly, and neither the
+/// keys nor their hashes are ever printed.
+#[derive(Clone, Default)]
+pub struct ApiKeyTable {
+    clients: std::collections::HashMap<[u8; 32], String>,
+}
+
+impl std::fmt::Debug for ApiKeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeyTable({} keys)", self.clients.len())
+    }
+}
+
+impl ApiKeyTable {
+    pub fn client(&self, key: &str) -> Option<&str> {
+        use sha2::Digest as _;
+        let hash: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+        self.clients.get(&hash).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// A Secret's entries (name → bytes), never printed.
+#[derive(Clone)]
+pub struct SecretModel {
+    pub entries: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretModel")
+            .field("entries", &self.entries.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Validates a Secret: `data` values must be base64; `stringData` wins over `data` for a name
+/// in both (as the API server merges them).
+pub fn secret(
+    so: &SourceObject,
+    raw: &super::objects::Secret,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SecretModel> {
+    use base64::Engine as _;
+    let mut entries = std::collections::BTreeMap::new();
+    let mut ok = true;
+    for (name, value) in &raw.data {
+        match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+            Ok(bytes) => {
+                entries.insert(name.clone(), bytes);
+            }
+            Err(_) => {
+                // The value itself is never echoed.
+                diags.push(Diagnostic::error(
+                    so.whole(),
+                    format!("Secret data.{name}: not base64"),
+                ));
+                ok = false;
+            }
+        }
+    }
+    for (name, value) in &raw.string_data {
+        entries.insert(name.clone(), value.as_bytes().to_vec());
+    }
+    ok.then_some(SecretModel { entries })
+}
+
+/// Fills every API-key provider's table from the Secret it names; a missing or empty Secret,
+/// or a key that is not text, is an error at the provider.
+pub fn resolve_secrets(
+    policies: &mut [super::model::MeshPolicyModel],
+    secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    use sha2::Digest as _;
+    for policy in policies {
+        let Some(http) = &mut policy.http else {
+            continue;
+        };
+        let http = Arc::make_mut(http);
+        let Some(authn) = &mut http.authentication else {
+            continue;
+        };
+        for provider in &mut authn.providers {
+            let ProviderModel::ApiKeys(p) = provider else {
+                continue;
+            };
+            let (ns, name) = &p.secret;
+            let Some(secret) = secrets.get(&p.secret) else {
+                diags.push(Diagnostic::error(
+                    p.origin.clone(),
+                    format!("apiKeys.secretRef: no Secret {ns}/{name} in the policy set"),
+                ));
+                continue;
+            };
+            let mut table = ApiKeyTable::default();
+            for (client, key) in &secret.entries {
+                match std::str::from_utf8(key) {
+                    Ok(key) if !key.trim().is_empty() => {
+                        let hash: [u8; 32] = sha2::Sha256::digest(key.trim().as_bytes()).into();
+                        if let Some(other) = table.clients.insert(hash, client.clone()) {
+                            diags.push(Diagnostic::error(
+                                p.origin.clone(),
+                                format!("Secret {ns}/{name}: clients {other} and {client} have the same key"),
+                            ));
+                        }
+                    }
+                    _ => diags.push(Diagnostic::error(
+                        p.origin.clone(),
+                        format!(
+                            "Secret {ns}/{name}: the key of client {client} is empty or not text"
+                        ),
+                    )),
+                }
+            }
+            if table.is_empty() {
+                diags.push(Diagnostic::error(
+                    p.origin.clone(),
+                    format!("Secret {ns}/{name}: no API keys"),
+                ));
+            }
+            p.keys = Arc::new(table);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +416,7 @@ pub struct HttpRuleModel {
     pub headers: Vec<HeaderMatch>,
     pub principals: Vec<String>,
     pub claims: Vec<ClaimMatch>,
+    pub api_key_clients: Vec<String>,
     pub authenticated: Option<bool>,
 }
 
@@ -262,6 +460,7 @@ pub enum RateKey {
     Route,
     SourcePrincipal,
     JwtSubject,
+    ApiKeyClient,
     Header(HeaderName),
     Claim(String),
 }
@@ -341,20 +540,82 @@ impl HttpValidator<'_> {
                 "authentication.providers: at least one provider is required",
             );
         }
+        let require_all = match spec.value.require.as_ref().map(|r| r.value.as_str()) {
+            None | Some("AnyOf") => false,
+            Some("AllOf") => true,
+            Some(other) => {
+                let at = spec
+                    .value
+                    .require
+                    .as_ref()
+                    .map_or_else(|| self.so.at(spec), |r| self.so.at(r));
+                self.diags.push(Diagnostic::error(
+                    at,
+                    format!("require {other:?}: AnyOf or AllOf"),
+                ));
+                self.ok = false;
+                false
+            }
+        };
         let mut providers = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for provider in &spec.value.providers {
-            if !names.insert(provider.value.name.value.clone()) {
+            let name = &provider.value.name.value;
+            if !names.insert(name.clone()) {
                 self.error(&provider.value.name, "provider names must be unique");
             }
-            match &provider.value.jwt {
-                Some(jwt) => providers.extend(self.jwt(&provider.value.name.value, jwt)),
-                None => self.error(provider, "a provider needs `jwt`"),
+            match (&provider.value.jwt, &provider.value.api_keys) {
+                (Some(jwt), None) => providers.extend(self.jwt(name, jwt).map(ProviderModel::Jwt)),
+                (None, Some(keys)) => {
+                    providers.extend(self.api_keys(name, keys).map(ProviderModel::ApiKeys))
+                }
+                _ => self.error(provider, "a provider is exactly one of `jwt`, `apiKeys`"),
             }
         }
         Some(AuthenticationModel {
+            require_all,
             allow_missing: spec.value.allow_missing,
             providers,
+        })
+    }
+
+    fn api_keys(&mut self, name: &str, spec: &Spanned<ApiKeysSpec>) -> Option<ApiKeyProviderModel> {
+        let raw = &spec.value;
+        let secret_ref = &raw.secret_ref.value;
+        if !super::selector::is_dns_label(&secret_ref.namespace)
+            || !super::selector::is_dns_subdomain(&secret_ref.name)
+        {
+            self.error(&raw.secret_ref, "secretRef: namespace and name of a Secret");
+            return None;
+        }
+        let mut sources = Vec::new();
+        for source in raw.key_from.iter().flatten() {
+            sources.extend(self.token_source(source));
+        }
+        if sources.is_empty() {
+            sources.push(TokenSource::Header {
+                name: HeaderName::from_static("x-api-key"),
+                prefix: String::new(),
+            });
+        }
+        let client_header = match &raw.client_header {
+            None => None,
+            Some(h) => match HeaderName::from_bytes(h.value.as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.error(h, "not a valid header name");
+                    return None;
+                }
+            },
+        };
+        Some(ApiKeyProviderModel {
+            name: name.to_owned(),
+            secret: (secret_ref.namespace.clone(), secret_ref.name.clone()),
+            sources,
+            client_header,
+            forward_key: raw.forward_key,
+            keys: Arc::new(ApiKeyTable::default()),
+            origin: self.so.at(&raw.secret_ref),
         })
     }
 
@@ -526,6 +787,7 @@ impl HttpValidator<'_> {
             headers,
             principals: raw.principals.clone().unwrap_or_default(),
             claims,
+            api_key_clients: raw.api_key_clients.clone().unwrap_or_default(),
             authenticated: raw.authenticated,
         })
     }
@@ -564,6 +826,7 @@ impl HttpValidator<'_> {
             None | Some("route") => RateKey::Route,
             Some("sourcePrincipal") => RateKey::SourcePrincipal,
             Some("jwtSubject") => RateKey::JwtSubject,
+            Some("apiKeyClient") => RateKey::ApiKeyClient,
             Some(other) => match other.split_once(':') {
                 Some(("header", name)) => match HeaderName::from_bytes(name.as_bytes()) {
                     Ok(name) => RateKey::Header(name),
@@ -576,7 +839,7 @@ impl HttpValidator<'_> {
                 _ => {
                     self.error(
                         spec,
-                        format!("key {other:?}: route, sourcePrincipal, jwtSubject, header:<name> or claim:<name>"),
+                        format!("key {other:?}: route, sourcePrincipal, jwtSubject, apiKeyClient, header:<name> or claim:<name>"),
                     );
                     return None;
                 }
@@ -686,6 +949,8 @@ mod tests {
             ("    rateLimits:\n      buckets:\n      - {name: b, maxTokens: 1, fillInterval: soon}\n".into(), "fillInterval"),
             ("    rateLimits:\n      buckets:\n      - {name: b, key: 'cookie:x', maxTokens: 1, fillInterval: 1s}\n".into(), "key"),
             ("    {}\n".into(), "at least one of"),
+            ("    authentication:\n      providers:\n      - {name: k, apiKeys: {secretRef: {namespace: x, name: gone}}}\n".into(), "no Secret x/gone"),
+            ("    authentication:\n      require: OneOf\n      providers:\n      - {name: k, apiKeys: {secretRef: {namespace: x, name: gone}}}\n".into(), "AnyOf or AllOf"),
         ];
         for (http, expected) in cases {
             let found = errors(&http);
@@ -720,7 +985,10 @@ mod tests {
             .authentication
             .as_ref()
             .unwrap_or_else(|| panic!("no authn"));
-        assert_eq!(authn.providers[0].keys.len(), 1);
+        match &authn.providers[0] {
+            ProviderModel::Jwt(jwt) => assert_eq!(jwt.keys.len(), 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

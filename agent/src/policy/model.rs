@@ -36,6 +36,8 @@ pub struct Model {
     pub pods: Vec<PodModel>,
     pub policies: Vec<PolicyModel>,
     pub mesh_policies: Vec<MeshPolicyModel>,
+    /// `(namespace, name)` → the Secret's entries (API keys for the proxy).
+    pub secrets: BTreeMap<(String, String), super::http::SecretModel>,
 }
 
 /// A MeshPolicy: these destinations' ports take only mTLS from these principals.
@@ -274,8 +276,15 @@ pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
                     model.mesh_policies.push(p);
                 }
             }
+            Object::Secret(secret) => {
+                let namespace = namespace.unwrap_or_default();
+                if let Some(s) = super::http::secret(so, secret, v.diags) {
+                    model.secrets.insert((namespace, name), s);
+                }
+            }
         }
     }
+    super::http::resolve_secrets(&mut model.mesh_policies, &model.secrets, diags);
     // Pods in namespaces no object describes still have the namespace's own-name label.
     for pod in &model.pods {
         model
@@ -326,7 +335,10 @@ impl Validator<'_> {
             );
             return None;
         }
-        let namespaced = matches!(self.so.object, Object::Pod(_) | Object::NetworkPolicy(_));
+        let namespaced = matches!(
+            self.so.object,
+            Object::Pod(_) | Object::NetworkPolicy(_) | Object::Secret(_)
+        );
         let namespace = match (&meta.namespace, namespaced) {
             (Some(ns), true) => {
                 if !selector::is_dns_label(&ns.value) {

@@ -71,6 +71,39 @@ pub struct Namespace {
 }
 
 // ---------------------------------------------------------------------------------------------
+// v1 Secret (API keys for the proxy's authentication)
+
+/// A Secret: `data` values are base64, `stringData` values text. Its values never appear in
+/// `Debug` output or diagnostics.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+    #[serde(default, rename = "type")]
+    _type: IgnoredAny,
+    #[serde(default, rename = "immutable")]
+    _immutable: IgnoredAny,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("string_data", &self.string_data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // v1 Pod
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,7 @@ pub enum Object {
     NetworkPolicy(objects::NetworkPolicy),
     ClusterPolicy(objects::ClusterPolicy),
     MeshPolicy(objects::MeshPolicy),
+    Secret(objects::Secret),
 }
 
 impl Object {
@@ -38,6 +39,7 @@ impl Object {
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::ClusterPolicy(_) => "ClusterPolicy",
             Object::MeshPolicy(_) => "MeshPolicy",
+            Object::Secret(_) => "Secret",
         }
     }
 
@@ -48,6 +50,7 @@ impl Object {
             Object::NetworkPolicy(o) => &o.metadata,
             Object::ClusterPolicy(o) => &o.metadata,
             Object::MeshPolicy(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
         }
     }
 }
@@ -390,7 +393,8 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(parse(file, doc)?),
         ("rampart.dev/v1alpha1", "ClusterPolicy") => Object::ClusterPolicy(parse(file, doc)?),
         ("rampart.dev/v1alpha1", "MeshPolicy") => Object::MeshPolicy(parse(file, doc)?),
-        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy") => {
+        ("v1", "Secret") => Object::Secret(parse(file, doc)?),
+        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy" | "Secret") => {
             return Err(Diagnostic::error(
                 start_origin,
                 format!("{kind}: unsupported apiVersion {api_version:?}"),

@@ -18,7 +18,7 @@ fn route(http: &str) -> HttpRoute {
         URL_SAFE_NO_PAD.encode(SECRET)
     );
     let text = format!(
-        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 8080}}]\n  http:\n{}",
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 8080}}]\n  http:\n{}---\n{SECRET_DOC}",
         http.replace("JWKS", &jwks.replace('"', "\\\""))
     );
     let checked =
@@ -30,6 +30,14 @@ fn route(http: &str) -> HttpRoute {
         .unwrap_or_else(|| panic!("no http"));
     HttpRoute::new("api".into(), model)
 }
+
+const SECRET_DOC: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: partner-keys, namespace: shop}\nstringData: {acme: key-acme-123, globex: key-globex-456}\n";
+
+const API_KEYS: &str = r#"      - name: partners
+        apiKeys:
+          secretRef: {namespace: shop, name: partner-keys}
+          clientHeader: x-client
+"#;
 
 const AUTHN: &str = r#"    authentication:
       providers:
@@ -255,4 +263,54 @@ fn credentials_are_stripped() {
         Some("a=1")
     );
     assert_eq!(p.uri.to_string(), "/x?q=1");
+}
+
+#[test]
+fn api_keys_from_a_secret_name_the_client() {
+    let http = format!(
+        "    authentication:\n      providers:\n{API_KEYS}    rules:\n    - {{action: Allow, apiKeyClients: [acme]}}\n"
+    );
+    let route = route(&http);
+    let passed = outcome(&route, &parts("GET", "/", &[("x-api-key", "key-acme-123")]))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(passed.api_key_client.as_deref(), Some("acme"));
+    assert_eq!(passed.set_upstream[0].0, "x-client");
+    assert_eq!(passed.strip.len(), 1, "the key is stripped before the pod");
+    assert_eq!(
+        outcome(
+            &route,
+            &parts("GET", "/", &[("x-api-key", "key-globex-456")])
+        )
+        .err(),
+        Some((403, "authz", "no_rule_matched"))
+    );
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[("x-api-key", "nope")])).err(),
+        Some((401, "authn", "invalid_api_key"))
+    );
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[])).err(),
+        Some((401, "authn", "missing_credentials"))
+    );
+}
+
+#[test]
+fn all_of_needs_every_provider() {
+    let all_of = AUTHN.replacen(
+        "    authentication:\n",
+        "    authentication:\n      require: AllOf\n",
+        1,
+    );
+    let route = route(&format!("{all_of}{API_KEYS}"));
+    let bearer = format!("Bearer {}", token("alice", &[], 60));
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[("authorization", &bearer)])).err(),
+        Some((401, "authn", "missing_credentials"))
+    );
+    let both = [
+        ("authorization", bearer.as_str()),
+        ("x-api-key", "key-acme-123"),
+    ];
+    let passed = outcome(&route, &parts("GET", "/", &both)).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(passed.principal.is_some() && passed.api_key_client.is_some());
 }
