@@ -241,6 +241,45 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     assert_eq!(call(&[("x-api-key", "key-globex-91fe")]).status, 200);
     assert_eq!(partners_origin.requests(), 2);
 
+    // The access log: one flow record per request, in `rampart flows`, naming the deciding
+    // filter, the principal and the bucket, and never a credential.
+    let flows = node2.cli(&["flows", "--json"]).expect("rampart flows");
+    let records: Vec<serde_json::Value> = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["http"].is_object())
+        .collect();
+    assert!(records.len() >= 14, "{flows}");
+    let missing = records
+        .iter()
+        .find(|r| r["http"]["denied_by"] == "authn:missing_credentials")
+        .unwrap_or_else(|| panic!("no missing-credentials record:\n{flows}"));
+    assert_eq!(missing["verdict"], "deny", "{missing}");
+    assert_eq!(missing["http"]["status"], 401, "{missing}");
+    assert_eq!(missing["src"]["pod"], "shop/a", "{missing}");
+    assert_eq!(missing["dst"]["pod"], "shop/b", "{missing}");
+    assert_eq!(missing["http"]["policy"], "orders-api", "{missing}");
+    let allowed = records
+        .iter()
+        .find(|r| r["verdict"] == "allow" && r["http"]["principal"] == "alice")
+        .unwrap_or_else(|| panic!("no allowed record of alice:\n{flows}"));
+    assert_eq!(allowed["http"]["status"], 200, "{allowed}");
+    assert_eq!(allowed["http"]["authn_method"], "jwt", "{allowed}");
+    assert_eq!(
+        allowed["http"]["rate_limit_bucket"], "per-user",
+        "{allowed}"
+    );
+    assert_eq!(allowed["http"]["path"], "/orders/1", "{allowed}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["http"]["api_key_client"] == "acme"),
+        "{flows}"
+    );
+    for secret in [&alice[7..], "key-acme-7c1d", "key-wrong"] {
+        assert!(!flows.contains(secret), "a credential reached the flow log");
+    }
+
     // Every refusal counted by filter and reason.
     for (labels, at_least) in [
         (r#"filter="authn",reason="missing_credentials""#, 1.0),

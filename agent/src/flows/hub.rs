@@ -91,7 +91,7 @@ impl FlowHub {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
-    /// Publishes one refusal of the mTLS proxy.
+    /// Publishes one decision of the proxy: a refusal, or an HTTP request the L7 filters judged.
     pub fn publish_proxy(&self, event: &ProxyEvent) {
         let names = self.names();
         let record = proxy_record(&names, &self.node, event, now_unix_ns());
@@ -182,6 +182,7 @@ fn kernel_record(names: &FlowNames, node: &str, e: &FlowEvent, unix_ns: i128) ->
         interface_index: Some(e.ifindex),
         bytes: Some(e.len),
         proxy: None,
+        http: None,
     }
 }
 
@@ -206,8 +207,8 @@ fn proxy_record(names: &FlowNames, node: &str, e: &ProxyEvent, unix_ns: i128) ->
         protocol: "tcp".into(),
         src,
         dst,
-        verdict: "deny".into(),
-        drop_reason: Some(e.reason.to_owned()),
+        verdict: if e.reason.is_empty() { "allow" } else { "deny" }.into(),
+        drop_reason: (!e.reason.is_empty()).then(|| e.reason.to_owned()),
         decided_by: DecidedBy::MeshPolicy,
         policy: None,
         mesh_policies,
@@ -218,9 +219,10 @@ fn proxy_record(names: &FlowNames, node: &str, e: &ProxyEvent, unix_ns: i128) ->
                 ProxySide::Inbound => "inbound".into(),
                 ProxySide::Outbound => "outbound".into(),
             },
-            filter: "mtls".into(),
+            filter: e.filter.into(),
             peer_spiffe_id: e.peer.clone(),
         }),
+        http: e.http.as_deref().cloned(),
     }
 }
 
@@ -312,6 +314,8 @@ mod tests {
         assert_eq!(recent.len(), 1);
         hub.publish_proxy(&ProxyEvent {
             side: ProxySide::Inbound,
+            filter: "mtls",
+            http: None,
             reason: "principal_not_allowed",
             peer: Some("spiffe://cluster.local/ns/a/sa/b".into()),
             source: Some("10.0.1.2:4000".parse().expect("addr")),

@@ -82,6 +82,39 @@ pub struct ProxyInfo {
     pub peer_spiffe_id: Option<String>,
 }
 
+/// One HTTP request the proxy's L7 filters judged (the access log): what was asked, who asked,
+/// what the filters decided. Never holds a credential: the path is logged without its query,
+/// and no header value is logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAccess {
+    pub method: String,
+    pub host: String,
+    /// The request path, without the query string.
+    pub path: String,
+    /// The status sent back (the pod's, or the proxy's refusal).
+    pub status: u16,
+    /// From the request head to the response head, in microseconds.
+    pub duration_us: u64,
+    /// The MeshPolicy whose `http` rules applied.
+    pub policy: String,
+    /// `jwt` or `api_key`, when a credential authenticated the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authn_method: Option<String>,
+    /// The JWT's `sub` (or the provider, when the token has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_client: Option<String>,
+    /// The rate-limit bucket that decided, and tokens left in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_remaining: Option<u32>,
+    /// For a refused request: the filter and its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+}
+
 /// One flow log record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
@@ -115,6 +148,9 @@ pub struct FlowRecord {
     pub bytes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyInfo>,
+    /// For the proxy's HTTP requests: the access-log part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAccess>,
 }
 
 impl FlowRecord {
@@ -170,6 +206,16 @@ impl fmt::Display for FlowRecord {
                 Observer::Proxy => " [proxy]",
             }
         )?;
+        if let Some(http) = &self.http {
+            write!(
+                f,
+                " {} {}{} {} {}us",
+                http.method, http.host, http.path, http.status, http.duration_us
+            )?;
+            if let Some(principal) = http.principal.as_ref().or(http.api_key_client.as_ref()) {
+                write!(f, " principal={principal}")?;
+            }
+        }
         if let Some(reason) = &self.drop_reason {
             write!(f, " reason={reason}")?;
         }

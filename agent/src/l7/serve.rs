@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
@@ -13,8 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::chain::{self, Denial, Peer};
+use super::chain::{self, Denial, Passed, Peer};
 use super::{HttpRoute, L7Stats};
+use crate::flows::record::HttpAccess;
+use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
 
 type Body = Either<Incoming, Full<Bytes>>;
 type Upstream = hyper::client::conn::http1::SendRequest<Incoming>;
@@ -26,6 +29,7 @@ pub async fn relay<D>(
     route: Arc<HttpRoute>,
     peer: Peer,
     stats: Arc<L7Stats>,
+    events: Option<ProxyEventSink>,
 ) where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -44,13 +48,22 @@ pub async fn relay<D>(
     });
     let sender = Arc::new(Mutex::new(sender));
     let service = hyper::service::service_fn(move |req| {
-        let (route, peer, stats, sender) = (
+        let (route, peer, stats, sender, events) = (
             Arc::clone(&route),
             peer.clone(),
             Arc::clone(&stats),
             Arc::clone(&sender),
+            events.clone(),
         );
-        async move { Ok::<_, Infallible>(handle(req, &route, &peer, &stats, &sender).await) }
+        async move {
+            let started = Instant::now();
+            let head = RequestHead::of(&req);
+            let (response, outcome) = handle(req, &route, &peer, &stats, &sender).await;
+            if let Some(sink) = events {
+                log_access(&sink, &route, &peer, head, &response, &outcome, started);
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -61,13 +74,108 @@ pub async fn relay<D>(
     }
 }
 
+/// What the chain decided, for the access log.
+enum Outcome {
+    Passed(Passed),
+    Denied(Denial),
+}
+
+/// The parts of a request the access log keeps: never the query, never a header value but the
+/// host.
+struct RequestHead {
+    method: String,
+    host: String,
+    path: String,
+}
+
+impl RequestHead {
+    fn of(req: &Request<Incoming>) -> RequestHead {
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                req.headers()
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        RequestHead {
+            method: req.method().to_string(),
+            host,
+            path: req.uri().path().to_owned(),
+        }
+    }
+}
+
+fn log_access(
+    sink: &ProxyEventSink,
+    route: &HttpRoute,
+    peer: &Peer,
+    head: RequestHead,
+    response: &Response<Body>,
+    outcome: &Outcome,
+    started: Instant,
+) {
+    let mut access = HttpAccess {
+        method: head.method,
+        host: head.host,
+        path: head.path,
+        status: response.status().as_u16(),
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        policy: route.policy.clone(),
+        authn_method: None,
+        principal: None,
+        api_key_client: None,
+        rate_limit_bucket: None,
+        rate_limit_remaining: None,
+        denied_by: None,
+    };
+    let (filter, reason) = match outcome {
+        Outcome::Passed(passed) => {
+            if let Some(principal) = &passed.principal {
+                access.authn_method = Some("jwt".into());
+                access.principal = Some(
+                    principal
+                        .claims
+                        .subject()
+                        .map_or_else(|| principal.provider.clone(), str::to_owned),
+                );
+            }
+            if let Some(client) = &passed.api_key_client {
+                access.authn_method.get_or_insert_with(|| "api_key".into());
+                access.api_key_client = Some(client.clone());
+            }
+            if let Some((bucket, remaining)) = &passed.rate_limit {
+                access.rate_limit_bucket = Some(bucket.clone());
+                access.rate_limit_remaining = Some(*remaining);
+            }
+            ("", "")
+        }
+        Outcome::Denied(denial) => {
+            access.denied_by = Some(format!("{}:{}", denial.filter, denial.reason));
+            (denial.filter, denial.reason)
+        }
+    };
+    sink(&ProxyEvent {
+        side: ProxySide::Inbound,
+        filter,
+        reason,
+        http: Some(Box::new(access)),
+        peer: peer.spiffe_id.as_ref().map(|id| id.as_str().to_owned()),
+        source: Some(peer.source),
+        destination: Some(peer.destination),
+    });
+}
+
 async fn handle(
     req: Request<Incoming>,
     route: &HttpRoute,
     peer: &Peer,
     stats: &L7Stats,
     upstream: &Mutex<Upstream>,
-) -> Response<Body> {
+) -> (Response<Body>, Outcome) {
     let (mut parts, body) = req.into_parts();
     let passed = match chain::run(route, &parts, peer, stats) {
         Ok(passed) => passed,
@@ -83,7 +191,7 @@ async fn handle(
                 path = parts.uri.path(),
                 "l7: request denied"
             );
-            return local_response(&denial);
+            return (local_response(&denial), Outcome::Denied(denial));
         }
     };
     // Headers the proxy sets from claims are never taken from the client.
@@ -95,19 +203,22 @@ async fn handle(
         }
     }
     chain::strip_credentials(&mut parts, &passed.strip);
-    for (name, value) in passed.set_upstream {
-        parts.headers.insert(name, value);
+    for (name, value) in &passed.set_upstream {
+        parts.headers.insert(name.clone(), value.clone());
     }
     let mut sender = upstream.lock().await;
     if sender.ready().await.is_err() {
-        return status_response(StatusCode::BAD_GATEWAY);
+        return (
+            status_response(StatusCode::BAD_GATEWAY),
+            Outcome::Passed(passed),
+        );
     }
-    match sender.send_request(Request::from_parts(parts, body)).await {
+    let response = match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(response) => {
             stats.forwarded();
             let mut response = response.map(Either::Left);
-            for (name, value) in passed.set_response {
-                response.headers_mut().insert(name, value);
+            for (name, value) in &passed.set_response {
+                response.headers_mut().insert(name.clone(), value.clone());
             }
             response
         }
@@ -115,7 +226,8 @@ async fn handle(
             tracing::debug!(error = %e, "l7: upstream request failed");
             status_response(StatusCode::BAD_GATEWAY)
         }
-    }
+    };
+    (response, Outcome::Passed(passed))
 }
 
 fn local_response(denial: &Denial) -> Response<Body> {

@@ -184,6 +184,8 @@ impl MeshRuntime {
         if let Some(sink) = &self.events {
             sink(&ProxyEvent {
                 side: ProxySide::Outbound,
+                filter: "mtls",
+                http: None,
                 reason: e.name(),
                 peer: None,
                 source: Some(source),

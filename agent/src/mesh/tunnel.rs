@@ -143,8 +143,14 @@ pub enum ProxySide {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyEvent {
     pub side: ProxySide,
-    /// The reason's metric label (`DenyReason::name`, `OutboundError::name`).
+    /// The filter that decided (`mtls` for the tunnel's own checks; `authn`, `authz`,
+    /// `ratelimit`; empty for an HTTP request every filter passed).
+    pub filter: &'static str,
+    /// The reason's metric label (`DenyReason::name`, `OutboundError::name`, an L7 reason);
+    /// empty when the request passed.
     pub reason: &'static str,
+    /// An HTTP request the L7 filters judged (passed or refused).
+    pub http: Option<Box<crate::flows::record::HttpAccess>>,
     /// The peer's SPIFFE ID, once the handshake showed it.
     pub peer: Option<String>,
     pub source: Option<SocketAddr>,
@@ -231,6 +237,8 @@ impl Inbound {
         if let Some(sink) = &self.events {
             sink(&ProxyEvent {
                 side: ProxySide::Inbound,
+                filter: "mtls",
+                http: None,
                 reason: reason.name(),
                 peer: peer.map(|p| p.as_str().to_owned()),
                 source,
@@ -384,14 +392,14 @@ async fn handle_stream(
             source,
             destination,
         };
-        (route, peer, Arc::clone(&inbound.l7))
+        (route, peer, Arc::clone(&inbound.l7), inbound.events.clone())
     });
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) if http.is_some() => {
-                if let Some((route, peer, stats)) = http {
-                    crate::l7::serve::relay(TokioIo::new(upgraded), upstream, route, peer, stats)
-                        .await;
+                if let Some((route, peer, stats, events)) = http {
+                    let downstream = TokioIo::new(upgraded);
+                    crate::l7::serve::relay(downstream, upstream, route, peer, stats, events).await;
                 }
             }
             Ok(upgraded) => {
