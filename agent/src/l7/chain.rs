@@ -70,7 +70,7 @@ pub fn run(
 ) -> Result<Passed, Denial> {
     let mut passed = Passed::default();
     if let Some(authn) = &route.model.authentication {
-        authenticate(authn, parts, now_s(), &mut passed)?;
+        authenticate(authn, &route.token_caches, parts, now_s(), &mut passed)?;
     }
     authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
@@ -94,6 +94,7 @@ const AUTHN: &str = "authn";
 /// even with `allowMissing`.
 fn authenticate(
     authn: &AuthenticationModel,
+    caches: &[jwt::TokenCache],
     parts: &Parts,
     now: u64,
     passed: &mut Passed,
@@ -101,8 +102,8 @@ fn authenticate(
     let mut first_failure: Option<&'static str> = None;
     let mut any_sent = false;
     let mut authenticated = 0;
-    for provider in &authn.providers {
-        match try_provider(provider, parts, now, passed) {
+    for (index, provider) in authn.providers.iter().enumerate() {
+        match try_provider(provider, caches.get(index), parts, now, passed) {
             Attempt::Authenticated => {
                 authenticated += 1;
                 if !authn.require_all {
@@ -145,7 +146,13 @@ enum Attempt {
     Absent,
 }
 
-fn try_provider(provider: &ProviderModel, parts: &Parts, now: u64, passed: &mut Passed) -> Attempt {
+fn try_provider(
+    provider: &ProviderModel,
+    cache: Option<&jwt::TokenCache>,
+    parts: &Parts,
+    now: u64,
+    passed: &mut Passed,
+) -> Attempt {
     let sources = match provider {
         ProviderModel::Jwt(p) => &p.sources,
         ProviderModel::ApiKeys(p) => &p.sources,
@@ -158,7 +165,10 @@ fn try_provider(provider: &ProviderModel, parts: &Parts, now: u64, passed: &mut 
             Extracted::Token(token) => token,
         };
         match provider {
-            ProviderModel::Jwt(p) => match jwt::verify_jwt(&p.config, &p.keys, &credential, now) {
+            ProviderModel::Jwt(p) => match cache.map_or_else(
+                || jwt::verify_jwt(&p.config, &p.keys, &credential, now),
+                |cache| cache.verify(&p.config, &p.keys, &credential, now),
+            ) {
                 Ok(verified) => {
                     accept_jwt(p, verified.claims, passed);
                     return Attempt::Authenticated;

@@ -5,6 +5,7 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use rampart_l7::jwt::{DEFAULT_CACHED_TOKENS, TokenCache};
 use rampart_l7::ratelimit::{KeyedBuckets, TokenBucket};
 
 use crate::policy::http::{HttpPolicyModel, RateKey};
@@ -25,6 +26,9 @@ pub struct HttpRoute {
     pub model: Arc<HttpPolicyModel>,
     /// In the order of `model.rate_limits`.
     pub buckets: Vec<BucketState>,
+    /// Verified tokens, one cache per authentication provider (in the order of
+    /// `model.authentication.providers`; unused by API-key providers).
+    pub token_caches: Vec<TokenCache>,
 }
 
 impl HttpRoute {
@@ -40,10 +44,18 @@ impl HttpRoute {
                 )),
             })
             .collect();
+        let providers = model
+            .authentication
+            .as_ref()
+            .map_or(0, |authn| authn.providers.len());
+        let token_caches = (0..providers)
+            .map(|_| TokenCache::new(DEFAULT_CACHED_TOKENS))
+            .collect();
         HttpRoute {
             policy,
             model,
             buckets,
+            token_caches,
         }
     }
 }

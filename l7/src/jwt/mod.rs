@@ -8,12 +8,14 @@
 //! payloads for bare JWS).
 
 mod alg;
+mod cache;
 mod claims;
 mod compact;
 mod keys;
 mod reject;
 
 pub use alg::JwsAlg;
+pub use cache::{DEFAULT_CACHED_TOKENS, TokenCache};
 pub use claims::{ClaimRules, Claims};
 pub use compact::parse_object;
 pub use keys::{Curve, KeyError, KeyKind, KeySet, TrustedKey};

@@ -106,18 +106,28 @@ pub const METRICS: [Metric<HttpSample>; 3] = [
     ("http_latency_p99_c8", "us", |s| s.p99_us),
 ];
 
-/// `concurrency` keep-alive connections from inside `ns`, `requests` each, back to back.
+/// `concurrency` keep-alive connections from inside `ns`, `requests` each, back to back; every
+/// request carries `header` (a `name: value` line) if given.
 pub fn measure(
     ns: &Netns,
     dst: SocketAddr,
     concurrency: usize,
     requests: usize,
+    header: Option<String>,
 ) -> anyhow::Result<HttpSample> {
+    let request = match header {
+        Some(h) => format!("GET / HTTP/1.1\r\nhost: bench\r\n{h}\r\n\r\n"),
+        None => "GET / HTTP/1.1\r\nhost: bench\r\n\r\n".to_owned(),
+    };
+    let request: std::sync::Arc<[u8]> = request.into_bytes().into();
     ns.run(move || -> anyhow::Result<HttpSample> {
         let start = Instant::now();
         // Threads created here inherit this thread's network namespace.
         let workers: Vec<_> = (0..concurrency)
-            .map(|_| std::thread::spawn(move || client(dst, requests)))
+            .map(|_| {
+                let request = std::sync::Arc::clone(&request);
+                std::thread::spawn(move || client(dst, &request, requests))
+            })
             .collect();
         let mut latencies = Vec::with_capacity(concurrency * requests);
         for w in workers {
@@ -138,7 +148,7 @@ pub fn measure(
 }
 
 /// One keep-alive connection: `requests` GETs, each latency in microseconds.
-fn client(dst: SocketAddr, requests: usize) -> anyhow::Result<Vec<f64>> {
+fn client(dst: SocketAddr, request: &[u8], requests: usize) -> anyhow::Result<Vec<f64>> {
     let timeout = Duration::from_secs(5);
     let stream = TcpStream::connect_timeout(&dst, timeout)?;
     stream.set_nodelay(true)?;
@@ -150,7 +160,7 @@ fn client(dst: SocketAddr, requests: usize) -> anyhow::Result<Vec<f64>> {
     let mut body = vec![0u8; BODY.len()];
     for _ in 0..requests {
         let t = Instant::now();
-        writer.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")?;
+        writer.write_all(request)?;
         let mut length = None;
         loop {
             line.clear();
@@ -167,7 +177,7 @@ fn client(dst: SocketAddr, requests: usize) -> anyhow::Result<Vec<f64>> {
         }
         anyhow::ensure!(
             length == Some(BODY.len()),
-            "unexpected response length {length:?}"
+            "unexpected response length {length:?} (the status line was not 200?)"
         );
         reader.read_exact(&mut body)?;
         out.push(t.elapsed().as_secs_f64() * 1e6);

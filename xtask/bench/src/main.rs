@@ -7,6 +7,7 @@ mod agent;
 mod datapath;
 mod haproxy;
 mod http;
+mod l7_creds;
 mod policy;
 mod proxy;
 mod record;

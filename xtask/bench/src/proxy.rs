@@ -25,6 +25,10 @@ const MESH_PORT: u16 = 5432;
 const L4_PORT: u16 = 8080;
 /// The HTTP server's port; under the MeshPolicy like `MESH_PORT`.
 const HTTP_PORT: u16 = 8081;
+/// The same server behind L7 rules: a JWT (RS256), an API key, a rate limit (never reached).
+const JWT_PORT: u16 = 8082;
+const API_KEY_PORT: u16 = 8083;
+const RATE_LIMIT_PORT: u16 = 8084;
 const HTTP_CONCURRENCY: usize = 8;
 
 /// GETs per connection per HTTP measurement.
@@ -36,7 +40,7 @@ fn ip(node: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node, d)
 }
 
-fn policy() -> String {
+fn policy(jwks: &str) -> String {
     let pod = |name: &str, node: u8| {
         format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: bench, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
@@ -44,10 +48,44 @@ fn policy() -> String {
         )
     };
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n{}",
         pod("a", 1),
-        pod("b", 2)
+        pod("b", 2),
+        l7_policies(jwks)
     )
+}
+
+/// One MeshPolicy per L7 port, each with only the filter it measures.
+fn l7_policies(jwks: &str) -> String {
+    let mesh = |name: &str, port: u16, http: &str| {
+        format!(
+            "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n  http:\n{http}"
+        )
+    };
+    let (issuer, audience, key) = (
+        crate::l7_creds::ISSUER,
+        crate::l7_creds::AUDIENCE,
+        crate::l7_creds::API_KEY,
+    );
+    [
+        mesh(
+            "b-jwt",
+            JWT_PORT,
+            &format!("    authentication:\n      providers:\n      - name: idp\n        jwt: {{issuer: '{issuer}', audiences: ['{audience}'], algorithms: [RS256], jwks: {{inline: '{jwks}'}}}}\n"),
+        ),
+        mesh(
+            "b-api-key",
+            API_KEY_PORT,
+            "    authentication:\n      providers:\n      - name: keys\n        apiKeys: {secretRef: {namespace: bench, name: keys}}\n",
+        ),
+        format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: keys, namespace: bench}}\nstringData: {{client: {key}}}\n"),
+        mesh(
+            "b-rate-limit",
+            RATE_LIMIT_PORT,
+            "    rateLimits:\n      buckets:\n      - {name: all, maxTokens: 4000000000, tokensPerFill: 1000000, fillInterval: 50ms}\n",
+        ),
+    ]
+    .concat()
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
@@ -61,9 +99,16 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .build()?;
     let _echo = EchoServer::start(&topo.pod("bench/b").ns, &[MESH_PORT, L4_PORT], &[])?;
     let a = &topo.pod("bench/a").ns;
-    let _http = crate::http::serve(&topo.pod("bench/b").ns, HTTP_PORT)?;
+    let _http = [HTTP_PORT, JWT_PORT, API_KEY_PORT, RATE_LIMIT_PORT]
+        .into_iter()
+        .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let dst = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
-    let http = |to: SocketAddr| crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick));
+    let http_with = |to: SocketAddr, header: Option<String>| {
+        crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick), header)
+    };
+    let http = |to: SocketAddr| http_with(to, None);
+    let (jwks, token) = crate::l7_creds::jwt()?;
 
     let mut samples: Vec<(String, Vec<Sample>)> = Vec::new();
     let mut http_samples: Vec<(String, Vec<HttpSample>)> = Vec::new();
@@ -79,7 +124,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let _ = std::fs::remove_dir_all(&work);
     let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
     std::fs::create_dir_all(&policy_dir)?;
-    std::fs::write(policy_dir.join("bench.yaml"), policy())?;
+    std::fs::write(policy_dir.join("bench.yaml"), policy(&jwks))?;
     rampart_tests::agent::ca_init(&ca_dir)?;
     let start = |node: &str| {
         let mut opts = AgentOptions::new(Vec::new());
@@ -94,17 +139,31 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     };
     let agents = [start("node-1")?, start("node-2")?];
     let (mut l4, mut mtls, mut mtls_http) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut jwt, mut api_key, mut rate_limit) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        // Side by side: the two Rampart variants alternate within each run.
+        // Side by side: the Rampart variants alternate within each run.
         l4.push(measure(a, dst(L4_PORT), &load)?);
         mtls.push(measure(a, dst(MESH_PORT), &load)?);
         mtls_http.push(http(dst(HTTP_PORT))?);
+        jwt.push(http_with(
+            dst(JWT_PORT),
+            Some(format!("authorization: Bearer {token}")),
+        )?);
+        let key = crate::l7_creds::API_KEY;
+        api_key.push(http_with(
+            dst(API_KEY_PORT),
+            Some(format!("x-api-key: {key}")),
+        )?);
+        rate_limit.push(http(dst(RATE_LIMIT_PORT))?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
     samples.push(("rampart-l4".into(), l4));
     samples.push(("rampart-mtls".into(), mtls));
     http_samples.push(("rampart-mtls".into(), mtls_http));
+    http_samples.push(("rampart-mtls-jwt".into(), jwt));
+    http_samples.push(("rampart-mtls-api-key".into(), api_key));
+    http_samples.push(("rampart-mtls-rate-limit".into(), rate_limit));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -132,6 +191,19 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     out.extend(records("proxy", &http_samples, 0, &crate::http::METRICS));
     out.extend(versus_haproxy(&samples, &METRICS, runs));
     out.extend(versus_haproxy(&http_samples, &crate::http::METRICS, runs));
+    for l7 in [
+        "rampart-mtls-jwt",
+        "rampart-mtls-api-key",
+        "rampart-mtls-rate-limit",
+    ] {
+        out.extend(versus(
+            &http_samples,
+            &crate::http::METRICS,
+            runs,
+            l7,
+            "rampart-mtls",
+        ));
+    }
     let mut cpu = |system: &str, values: &mut Vec<f64>, base: f64| {
         let (value, min, max) = summarize(values);
         out.push(Record {
@@ -160,18 +232,32 @@ fn versus_haproxy<S>(
     metrics: &[Metric<S>],
     runs: usize,
 ) -> Vec<Record> {
+    versus(samples, metrics, runs, "rampart-mtls", "haproxy-mtls")
+}
+
+/// `<ours>-vs-<theirs>` rows: the median of `ours` over that of `theirs`, for each metric.
+fn versus<S>(
+    samples: &[(String, Vec<S>)],
+    metrics: &[Metric<S>],
+    runs: usize,
+    ours: &str,
+    theirs: &str,
+) -> Vec<Record> {
     let median = |name: &str, pick: fn(&S) -> f64| {
         samples
             .iter()
             .find(|(s, _)| s == name)
             .map(|(_, l)| summarize(&mut l.iter().map(pick).collect::<Vec<_>>()).0)
     };
+    let system = match (ours, theirs) {
+        ("rampart-mtls", "haproxy-mtls") => "rampart-mtls-vs-haproxy".to_owned(),
+        _ => format!("{ours}-vs-{theirs}"),
+    };
     metrics
         .iter()
         .filter_map(|&(metric, _, pick)| {
-            let (ours, theirs) = (median("rampart-mtls", pick)?, median("haproxy-mtls", pick)?);
-            (theirs > 0.0)
-                .then(|| ratio_record("rampart-mtls-vs-haproxy", metric, ours / theirs, runs))
+            let (a, b) = (median(ours, pick)?, median(theirs, pick)?);
+            (b > 0.0).then(|| ratio_record(&system, metric, a / b, runs))
         })
         .collect()
 }
