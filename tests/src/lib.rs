@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod http_server;
+pub mod idp;
 pub mod jwt_cases;
 pub mod metrics;
 pub mod netns;

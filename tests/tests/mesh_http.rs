@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rampart_tests::http_server::HttpServer;
+use rampart_tests::idp::IdpServer;
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::{HttpReply, http_request};
@@ -296,5 +297,153 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
             node2.metrics().unwrap_or_default()
         );
     }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A JWKS document of symmetric keys `(kid, secret)`. (The stand-in IdP publishes secrets only
+/// because this test signs its own tokens; real IdPs publish public keys, handled the same way.)
+fn jwks_of(keys: &[(&str, [u8; 32])]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|(kid, secret)| {
+            format!(
+                r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{}"}}"#,
+                URL_SAFE_NO_PAD.encode(secret)
+            )
+        })
+        .collect();
+    format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+}
+
+fn token_with_kid(kid: &str, issuer: &str, secret: &[u8]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
+    let claims = serde_json::json!({"iss": issuer, "sub": "svc", "exp": now + 600});
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("Bearer {input}.{signature}")
+}
+
+/// Keys from an IdP found by OIDC discovery: fetched by the agent, a rotated-in `kid` picked up
+/// on first sight, and the last good set kept while the IdP is down.
+#[test]
+fn jwks_by_oidc_discovery_follow_rotation_and_outlive_the_idp() {
+    require_root();
+    let idp_ip = ip(2, 20);
+    let issuer = format!("http://{idp_ip}");
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1, 10))
+        .pod("node-2", "shop/b", ip(2, 10))
+        .pod("node-2", "auth/idp", idp_ip)
+        .build()
+        .expect("topology");
+    let (k1, k2, k3) = ([0x11u8; 32], [0x22u8; 32], [0x33u8; 32]);
+    let idp = IdpServer::start(
+        &topo.pod("auth/idp").ns,
+        80,
+        &issuer,
+        &jwks_of(&[("k1", k1)]),
+    )
+    .expect("idp");
+    let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
+    let pod = |name: &str, node: u8, d: u8| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
+            ip(node, d)
+        )
+    };
+    let policy = format!(
+        "{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 8080}}]\n  http:\n    authentication:\n      providers:\n      - name: idp\n        jwt: {{issuer: '{issuer}', algorithms: [HS256], jwks: {{discovery: true}}}}\n",
+        pod("a", 1, 10),
+        pod("b", 2, 10)
+    );
+    let work = std::env::temp_dir().join(format!("rampart-mesh-jwks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
+    std::fs::create_dir_all(&policy_dir).expect("dirs");
+    std::fs::write(policy_dir.join("world.yaml"), policy).expect("policy");
+    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
+    let start = |node: &str| {
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.policy_dir = Some(policy_dir.clone());
+        opts.extra_args = vec![
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+            "--node-name".into(),
+            node.into(),
+        ];
+        Agent::start(&topo.node(node).ns, &opts).expect("agent")
+    };
+    let _node1 = start("node-1");
+    let node2 = start("node-2");
+    let a = topo.pod("shop/a").ns.path();
+    let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8080);
+    let status = |bearer: &str| -> u16 {
+        http_request(&a, b, "GET", "/", &[("authorization", bearer)], TIMEOUT)
+            .map(|r| r.status)
+            .unwrap_or_else(|e| panic!("GET: {e:#}\nnode-2 log:\n{}", node2.log()))
+    };
+    let fetches = |result: &str| {
+        node2
+            .metrics()
+            .ok()
+            .and_then(|m| {
+                sample(
+                    &m,
+                    "rampart_jwks_fetches_total",
+                    &format!(r#"source="discovery:{issuer}",result="{result}""#),
+                )
+            })
+            .unwrap_or(0.0)
+    };
+
+    // The first fetch happens in the background once the policy is in force.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetches("ok") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JWKS fetch:\n{}",
+            node2.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&token_with_kid("k1", &issuer, &k1)), 200);
+    assert_eq!(
+        status(&token_with_kid("k1", &issuer, &k2)),
+        401,
+        "wrong key"
+    );
+
+    // Rotation: k2 appears; its first token triggers a re-fetch and passes.
+    idp.set_jwks(&jwks_of(&[("k1", k1), ("k2", k2)]));
+    assert_eq!(
+        status(&token_with_kid("k2", &issuer, &k2)),
+        200,
+        "{}",
+        node2.log()
+    );
+
+    // The IdP goes down; keys already fetched keep working. Once the unknown-kid interval has
+    // passed, a token with an unknown kid makes the agent try again, which fails and is counted.
+    idp.set_up(false);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(status(&token_with_kid("k3", &issuer, &k3)), 401);
+    assert!(
+        fetches("error") >= 1.0,
+        "{}",
+        node2.metrics().unwrap_or_default()
+    );
+    assert_eq!(status(&token_with_kid("k2", &issuer, &k2)), 200);
+    assert_eq!(status(&token_with_kid("k1", &issuer, &k1)), 200);
+    assert!(idp.requests() >= 4, "discovery and JWKS, twice");
     let _ = std::fs::remove_dir_all(&work);
 }

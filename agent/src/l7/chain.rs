@@ -70,7 +70,7 @@ pub fn run(
 ) -> Result<Passed, Denial> {
     let mut passed = Passed::default();
     if let Some(authn) = &route.model.authentication {
-        authenticate(authn, &route.token_caches, parts, now_s(), &mut passed)?;
+        authenticate(authn, route, parts, now_s(), &mut passed)?;
     }
     authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
@@ -94,7 +94,7 @@ const AUTHN: &str = "authn";
 /// even with `allowMissing`.
 fn authenticate(
     authn: &AuthenticationModel,
-    caches: &[jwt::TokenCache],
+    route: &HttpRoute,
     parts: &Parts,
     now: u64,
     passed: &mut Passed,
@@ -103,7 +103,9 @@ fn authenticate(
     let mut any_sent = false;
     let mut authenticated = 0;
     for (index, provider) in authn.providers.iter().enumerate() {
-        match try_provider(provider, caches.get(index), parts, now, passed) {
+        let keys = route.key_sources.get(index).and_then(Option::as_ref);
+        let cache = route.token_caches.get(index);
+        match try_provider(provider, keys, cache, parts, now, passed) {
             Attempt::Authenticated => {
                 authenticated += 1;
                 if !authn.require_all {
@@ -148,6 +150,7 @@ enum Attempt {
 
 fn try_provider(
     provider: &ProviderModel,
+    keys: Option<&super::route::KeySource>,
     cache: Option<&jwt::TokenCache>,
     parts: &Parts,
     now: u64,
@@ -165,19 +168,26 @@ fn try_provider(
             Extracted::Token(token) => token,
         };
         match provider {
-            ProviderModel::Jwt(p) => match cache.map_or_else(
-                || jwt::verify_jwt(&p.config, &p.keys, &credential, now),
-                |cache| cache.verify(&p.config, &p.keys, &credential, now),
-            ) {
-                Ok(verified) => {
-                    accept_jwt(p, verified.claims, passed);
-                    return Attempt::Authenticated;
+            ProviderModel::Jwt(p) => {
+                let Some(keys) = keys.and_then(super::route::KeySource::current) else {
+                    failure.get_or_insert("jwks_unavailable");
+                    continue;
+                };
+                let verified = match cache {
+                    Some(cache) => cache.verify(&p.config, &keys, &credential, now),
+                    None => jwt::verify_jwt(&p.config, &keys, &credential, now),
+                };
+                match verified {
+                    Ok(verified) => {
+                        accept_jwt(p, verified.claims, passed);
+                        return Attempt::Authenticated;
+                    }
+                    Err(rejection) => {
+                        tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
+                        failure.get_or_insert(rejection.reason.as_str());
+                    }
                 }
-                Err(rejection) => {
-                    tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
-                    failure.get_or_insert(rejection.reason.as_str());
-                }
-            },
+            }
             ProviderModel::ApiKeys(p) => match p.keys.client(&credential) {
                 Some(client) => {
                     accept_api_key(p, client, passed);

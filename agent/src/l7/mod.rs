@@ -11,8 +11,12 @@
 //! | `chain` | the filters and the request context they read |
 //! | `serve` | HTTP/1.1 on a tunnelled stream, forwarding what passes to the upstream connection |
 //! | `stats` | counters by filter and reason |
+//! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
+//! | `fetch` | the bounded HTTP(S) GET those use |
 
 pub mod chain;
+pub mod fetch;
+pub mod jwks;
 pub mod route;
 pub mod serve;
 pub mod stats;

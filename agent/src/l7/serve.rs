@@ -177,7 +177,23 @@ async fn handle(
     upstream: &Mutex<Upstream>,
 ) -> (Response<Body>, Outcome) {
     let (mut parts, body) = req.into_parts();
-    let passed = match chain::run(route, &parts, peer, stats) {
+    let mut decision = chain::run(route, &parts, peer, stats);
+    // A token whose `kid` no key has may have been signed with a key the IdP just published:
+    // re-fetch the remote sets (rate-limited per source) and judge the request once more.
+    if let Err(denial) = &decision
+        && denial.reason == "key_selection"
+    {
+        let mut refreshed = false;
+        for remote in route.remote_sources() {
+            refreshed |= remote
+                .refresh_for_unknown_kid(super::jwks::KID_REFRESH_WAIT)
+                .await;
+        }
+        if refreshed {
+            decision = chain::run(route, &parts, peer, stats);
+        }
+    }
+    let passed = match decision {
         Ok(passed) => passed,
         Err(denial) => {
             stats.deny(denial.filter, denial.reason);

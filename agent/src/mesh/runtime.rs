@@ -81,6 +81,8 @@ pub struct MeshRuntime {
     pub settings: MeshSettings,
     pub table: Arc<RwLock<Arc<MeshTable>>>,
     pub inbound_stats: Arc<TunnelStats>,
+    /// JWKS sources of the L7 rules, refreshed on this runtime.
+    pub jwks: Arc<crate::l7::jwks::JwksRegistry>,
     outbound_errors: [AtomicU64; OutboundError::ALL.len()],
     pub outbound_flows: AtomicU64,
     certs: Mutex<Certs>,
@@ -153,6 +155,7 @@ impl MeshRuntime {
             settings,
             table,
             inbound_stats,
+            jwks: Arc::new(crate::l7::jwks::JwksRegistry::default()),
             outbound_errors: Default::default(),
             outbound_flows: AtomicU64::new(0),
             node_cert,
@@ -197,6 +200,7 @@ impl MeshRuntime {
     /// Installs the policy routing, binds both listeners and spawns their tasks and the
     /// certificate upkeep.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.jwks.start(tokio::runtime::Handle::current());
         install_routing().context("installing the policy routing for the proxy's mark")?;
         let tunnel_listener = TcpListener::bind(SocketAddr::new(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),

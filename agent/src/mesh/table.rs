@@ -19,8 +19,10 @@ pub struct MeshTable {
 }
 
 impl MeshTable {
-    pub fn from_compiled(compiled: &Compiled) -> MeshTable {
-        MeshTable {
+    /// The table of `compiled`; JWKS sources its L7 rules name come from `jwks` (started there
+    /// if new; those no rule names any more are stopped).
+    pub fn from_compiled(compiled: &Compiled, jwks: &crate::l7::jwks::JwksRegistry) -> MeshTable {
+        let table = MeshTable {
             workloads: compiled
                 .workloads
                 .iter()
@@ -37,11 +39,20 @@ impl MeshTable {
                 .filter_map(|r| {
                     let model = r.http.as_ref()?;
                     let policy = r.http_policy.clone().unwrap_or_default();
-                    let route = crate::l7::HttpRoute::new(policy, std::sync::Arc::clone(model));
+                    let route =
+                        crate::l7::HttpRoute::new(policy, std::sync::Arc::clone(model), jwks);
                     Some(((r.identity, r.port), std::sync::Arc::new(route)))
                 })
                 .collect(),
-        }
+        };
+        let in_use = table
+            .http
+            .values()
+            .flat_map(|route| route.remote_sources())
+            .map(|remote| remote.location.clone())
+            .collect();
+        jwks.retain(&in_use);
+        table
     }
 
     /// The L7 rules of a local destination's port.

@@ -152,6 +152,50 @@ impl AgentCollector {
             "HTTP requests that passed the L7 filters and went to the destination",
             [(Vec::new(), mesh.l7_stats().forwarded_total())],
         )?;
+        let sources = mesh.jwks.sources();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        counter_family(
+            encoder,
+            "rampart_jwks_fetches",
+            "JWKS fetches (file, URL or OIDC discovery) by source and result",
+            sources.iter().flat_map(|s| {
+                let source = s.location.to_string();
+                [
+                    (
+                        vec![("source", source.clone()), ("result", "ok".to_owned())],
+                        s.stats.fetched.load(relaxed),
+                    ),
+                    (
+                        vec![("source", source), ("result", "error".to_owned())],
+                        s.stats.failed.load(relaxed),
+                    ),
+                ]
+            }),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_jwks_stale_served",
+            "Verifications that used a JWKS past its refresh time because refreshes failed (kept up to 24 h)",
+            sources.iter().map(|s| {
+                (
+                    vec![("source", s.location.to_string())],
+                    s.stats.stale_served.load(relaxed),
+                )
+            }),
+        )?;
+        let mut age = encoder.encode_descriptor(
+            "rampart_jwks_age_seconds",
+            "Seconds since each JWKS source was last fetched successfully (absent: never)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &sources {
+            if let Some(seconds) = s.age() {
+                let source = s.location.to_string();
+                ConstGauge::new(seconds.as_secs_f64())
+                    .encode(age.encode_family(&[("source", source.as_str())])?)?;
+            }
+        }
         counter_family(
             encoder,
             "rampart_proxy_ratelimit_shadow",

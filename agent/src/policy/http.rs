@@ -119,6 +119,12 @@ pub struct TokenSourceSpec {
 pub struct JwksSpec {
     /// A JWKS document as JSON text.
     pub inline: Option<Spanned<String>>,
+    /// An absolute path to a JWKS document, re-read like a fetched one.
+    pub file: Option<Spanned<String>>,
+    /// An `http://` or `https://` URL of a JWKS document.
+    pub url: Option<Spanned<String>>,
+    /// `true`: the `jwks_uri` of the issuer's OIDC discovery document.
+    pub discovery: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,10 +390,18 @@ pub fn resolve_secrets(
 pub struct JwtProviderModel {
     pub name: String,
     pub config: VerifierConfig,
-    pub keys: Arc<KeySet>,
+    pub jwks: JwksModel,
     pub sources: Vec<TokenSource>,
     pub claims_to_headers: Vec<(String, HeaderName)>,
     pub forward_token: bool,
+}
+
+/// Where a JWT provider's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksModel {
+    Inline(Arc<KeySet>),
+    /// Fetched and refreshed by the agent (`l7::jwks`).
+    Remote(crate::l7::jwks::JwksLocation),
 }
 
 /// Where a provider looks for its token.
@@ -641,26 +655,7 @@ impl HttpValidator<'_> {
                 None
             }
         };
-        let keys = match &raw.jwks.value.inline {
-            Some(inline) => match KeySet::from_jwks(inline.value.as_bytes()) {
-                Ok(set) if set.is_empty() => {
-                    self.error(
-                        inline,
-                        format!("jwks.inline: no usable key ({:?})", set.skipped()),
-                    );
-                    None
-                }
-                Ok(set) => Some(Arc::new(set)),
-                Err(e) => {
-                    self.error(inline, format!("jwks.inline: {e}"));
-                    None
-                }
-            },
-            None => {
-                self.error(&raw.jwks, "jwks: `inline` is required");
-                None
-            }
-        };
+        let jwks = self.jwks(&raw.jwks, raw.issuer.as_deref());
         let mut sources = Vec::new();
         for source in raw.token_from.iter().flatten() {
             sources.extend(self.token_source(source));
@@ -681,11 +676,65 @@ impl HttpValidator<'_> {
         Some(JwtProviderModel {
             name: name.to_owned(),
             config: config?,
-            keys: keys?,
+            jwks: jwks?,
             sources,
             claims_to_headers,
             forward_token: raw.forward_token,
         })
+    }
+
+    fn jwks(&mut self, spec: &Spanned<JwksSpec>, issuer: Option<&str>) -> Option<JwksModel> {
+        use crate::l7::jwks::JwksLocation;
+        let raw = &spec.value;
+        let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        match (&raw.inline, &raw.file, &raw.url, &raw.discovery) {
+            (Some(inline), None, None, None) => match KeySet::from_jwks(inline.value.as_bytes()) {
+                Ok(set) if set.is_empty() => {
+                    self.error(
+                        inline,
+                        format!("jwks.inline: no usable key ({:?})", set.skipped()),
+                    );
+                    None
+                }
+                Ok(set) => Some(JwksModel::Inline(Arc::new(set))),
+                Err(e) => {
+                    self.error(inline, format!("jwks.inline: {e}"));
+                    None
+                }
+            },
+            (None, Some(file), None, None) if file.value.starts_with('/') => Some(
+                JwksModel::Remote(JwksLocation::File(file.value.clone().into())),
+            ),
+            (None, Some(file), None, None) => {
+                self.error(file, "jwks.file: an absolute path");
+                None
+            }
+            (None, None, Some(url), None) if is_http(&url.value) => {
+                Some(JwksModel::Remote(JwksLocation::Url(url.value.clone())))
+            }
+            (None, None, Some(url), None) => {
+                self.error(url, "jwks.url: an http:// or https:// URL");
+                None
+            }
+            (None, None, None, Some(discovery)) if discovery.value => match issuer {
+                Some(issuer) if is_http(issuer) => {
+                    Some(JwksModel::Remote(JwksLocation::Discovery {
+                        issuer: issuer.to_owned(),
+                    }))
+                }
+                _ => {
+                    self.error(discovery, "jwks.discovery needs an http(s) `issuer`");
+                    None
+                }
+            },
+            _ => {
+                self.error(
+                    spec,
+                    "jwks: exactly one of inline, file, url, discovery: true",
+                );
+                None
+            }
+        }
     }
 
     fn token_source(&mut self, spec: &Spanned<TokenSourceSpec>) -> Option<TokenSource> {
@@ -986,7 +1035,10 @@ mod tests {
             .as_ref()
             .unwrap_or_else(|| panic!("no authn"));
         match &authn.providers[0] {
-            ProviderModel::Jwt(jwt) => assert_eq!(jwt.keys.len(), 1),
+            ProviderModel::Jwt(JwtProviderModel {
+                jwks: JwksModel::Inline(keys),
+                ..
+            }) => assert_eq!(keys.len(), 1),
             other => panic!("{other:?}"),
         }
     }

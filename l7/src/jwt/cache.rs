@@ -17,7 +17,8 @@ use super::{KeySet, Rejection, VerifiedJwt, VerifierConfig, verify_jwt};
 pub const DEFAULT_CACHED_TOKENS: usize = 1_000;
 
 pub struct TokenCache {
-    entries: Mutex<LruCache<[u8; 32], VerifiedJwt>>,
+    /// Token digest → (the key set that verified it, what verification produced).
+    entries: Mutex<LruCache<[u8; 32], (u64, VerifiedJwt)>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -42,7 +43,7 @@ impl TokenCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], VerifiedJwt>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], (u64, VerifiedJwt)>> {
         // A poisoned lock means a panic elsewhere mid-update; the map itself is intact.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -61,12 +62,15 @@ impl TokenCache {
         }
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let cached = self.lock().get(&digest).cloned();
-        if let Some(verified) = cached {
+        // Only under the same key set: a key rotated out must stop verifying at once.
+        if let Some((set, verified)) = cached
+            && set == keys.id()
+        {
             config.claims.check(&verified.claims.0, now)?;
             return Ok(verified);
         }
         let verified = verify_jwt(config, keys, token, now)?;
-        self.lock().put(digest, verified.clone());
+        self.lock().put(digest, (keys.id(), verified.clone()));
         Ok(verified)
     }
 }

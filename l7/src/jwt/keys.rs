@@ -287,10 +287,23 @@ fn okp(jwk: &Map<String, Value>) -> Result<(KeyKind, Material), KeyError> {
 }
 
 /// The keys one authentication provider trusts, plus what was left out of its source and why.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeySet {
     keys: Vec<TrustedKey>,
     skipped: Vec<String>,
+    /// Unique per set made in this process: what a token verified under this set is tied to.
+    id: u64,
+}
+
+impl Default for KeySet {
+    fn default() -> KeySet {
+        KeySet::new(Vec::new())
+    }
+}
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl KeySet {
@@ -298,7 +311,13 @@ impl KeySet {
         KeySet {
             keys,
             skipped: Vec::new(),
+            id: next_id(),
         }
+    }
+
+    /// This set's identity (two sets with the same keys still differ).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// A JWKS document. Keys the verifier cannot use (another `use`, an unknown `kty`, a weak

@@ -28,7 +28,11 @@ fn route(http: &str) -> HttpRoute {
         .http
         .clone()
         .unwrap_or_else(|| panic!("no http"));
-    HttpRoute::new("api".into(), model)
+    HttpRoute::new(
+        "api".into(),
+        model,
+        &crate::l7::jwks::JwksRegistry::default(),
+    )
 }
 
 const SECRET_DOC: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: partner-keys, namespace: shop}\nstringData: {acme: key-acme-123, globex: key-globex-456}\n";

@@ -1,0 +1,318 @@
+//! JWKS that live outside the policy set: a file, a URL, or the `jwks_uri` of an OIDC issuer's
+//! discovery document (`<issuer>/.well-known/openid-configuration`). One [`RemoteJwks`] per
+//! location, shared by every route and policy generation that names it, each kept fresh by a
+//! task of its own:
+//!
+//! - refreshed when the document's `cache-control: max-age` runs out (clamped to 30 s .. 24 h;
+//!   5 min without one), and after a failure with backoff (1 s doubling to 60 s);
+//! - re-fetched early when a token names a `kid` the set lacks, at most once per 10 s
+//!   ([`UNKNOWN_KID_INTERVAL`]), the request waiting up to 2 s for it;
+//! - while the source is unreachable the last good set stays in force for [`MAX_STALE`] (24 h),
+//!   counted; after that it is dropped and tokens are refused (`jwks_unavailable`): fail closed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rampart_l7::jwt::KeySet;
+use tokio::sync::{Notify, watch};
+
+use super::fetch;
+
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+pub const MIN_REFRESH: Duration = Duration::from_secs(30);
+pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the last good set is used while every refresh fails.
+pub const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// How long a request waits for a re-fetch its unknown `kid` asked for.
+pub const KID_REFRESH_WAIT: Duration = Duration::from_secs(2);
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JwksLocation {
+    File(PathBuf),
+    Url(String),
+    /// The issuer's discovery document names the JWKS URL.
+    Discovery {
+        issuer: String,
+    },
+}
+
+impl std::fmt::Display for JwksLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksLocation::File(path) => write!(f, "file:{}", path.display()),
+            JwksLocation::Url(url) => f.write_str(url),
+            JwksLocation::Discovery { issuer } => write!(f, "discovery:{issuer}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("reading {0}: {1}")]
+    File(String, std::io::Error),
+    #[error("fetching {0}: {1}")]
+    Fetch(String, fetch::FetchError),
+    #[error("{0}: not a JWKS: {1}")]
+    Document(String, rampart_l7::jwt::KeyError),
+    #[error("{0}: no usable key")]
+    Empty(String),
+    #[error("discovery document of {0}: {1}")]
+    Discovery(String, String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: Option<Arc<KeySet>>,
+    last_success: Option<Instant>,
+}
+
+/// Counters of one source.
+#[derive(Debug, Default)]
+pub struct JwksStats {
+    pub fetched: AtomicU64,
+    pub failed: AtomicU64,
+    /// Verifications that used a set older than its refresh time because refreshes failed.
+    pub stale_served: AtomicU64,
+}
+
+/// One JWKS source and its current set.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    pub location: JwksLocation,
+    state: RwLock<State>,
+    wake: Notify,
+    /// Bumped after every fetch attempt (success or not); requests wait on it.
+    attempts: watch::Sender<u64>,
+    last_kid_refresh: Mutex<Option<Instant>>,
+    /// When the current set should have been refreshed.
+    due: Mutex<Option<Instant>>,
+    pub stats: JwksStats,
+}
+
+impl RemoteJwks {
+    fn new(location: JwksLocation) -> RemoteJwks {
+        RemoteJwks {
+            location,
+            state: RwLock::new(State::default()),
+            wake: Notify::new(),
+            attempts: watch::channel(0).0,
+            last_kid_refresh: Mutex::new(None),
+            due: Mutex::new(None),
+            stats: JwksStats::default(),
+        }
+    }
+
+    /// The set in force: `None` before the first fetch, or once it is older than [`MAX_STALE`]
+    /// without a successful refresh.
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let fresh_enough = state
+            .last_success
+            .is_some_and(|at| at.elapsed() <= MAX_STALE);
+        if !fresh_enough {
+            return None;
+        }
+        let overdue = self
+            .due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|due| Instant::now() > due + MAX_RETRY);
+        if overdue {
+            self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        }
+        state.keys.clone()
+    }
+
+    /// Seconds since the last successful fetch.
+    pub fn age(&self) -> Option<Duration> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.last_success.map(|at| at.elapsed())
+    }
+
+    /// Asks for a re-fetch because a token named a `kid` this set lacks, unless one was asked for
+    /// less than [`UNKNOWN_KID_INTERVAL`] ago; waits up to `wait` for the attempt. True if an
+    /// attempt finished (the caller then tries the token again).
+    pub async fn refresh_for_unknown_kid(&self, wait: Duration) -> bool {
+        {
+            let mut last = self
+                .last_kid_refresh
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut attempts = self.attempts.subscribe();
+        attempts.mark_unchanged();
+        self.wake.notify_one();
+        matches!(
+            tokio::time::timeout(wait, attempts.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let next = match self.fetch().await {
+                Ok((keys, max_age)) => {
+                    retry = FIRST_RETRY;
+                    self.stats.fetched.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(source = %self.location, keys = keys.len(), "jwks: fetched");
+                    let refresh = max_age
+                        .unwrap_or(DEFAULT_REFRESH)
+                        .clamp(MIN_REFRESH, MAX_REFRESH);
+                    {
+                        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+                        state.keys = Some(Arc::new(keys));
+                        state.last_success = Some(Instant::now());
+                    }
+                    *self.due.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Instant::now() + refresh);
+                    refresh
+                }
+                Err(error) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(source = %self.location, %error, "jwks: fetch failed; the last good set stays in force");
+                    let wait = retry;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    wait
+                }
+            };
+            self.attempts.send_modify(|n| *n += 1);
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), JwksError> {
+        let (document, max_age) = match &self.location {
+            JwksLocation::File(path) => {
+                let text = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| JwksError::File(path.display().to_string(), e))?;
+                (text, None)
+            }
+            JwksLocation::Url(url) => {
+                let fetched = fetch::get(url)
+                    .await
+                    .map_err(|e| JwksError::Fetch(url.clone(), e))?;
+                (fetched.body.to_vec(), fetched.max_age)
+            }
+            JwksLocation::Discovery { issuer } => {
+                let jwks_uri = discover(issuer).await?;
+                let fetched = fetch::get(&jwks_uri)
+                    .await
+                    .map_err(|e| JwksError::Fetch(jwks_uri.clone(), e))?;
+                (fetched.body.to_vec(), fetched.max_age)
+            }
+        };
+        let name = self.location.to_string();
+        let keys =
+            KeySet::from_jwks(&document).map_err(|e| JwksError::Document(name.clone(), e))?;
+        if keys.is_empty() {
+            return Err(JwksError::Empty(name));
+        }
+        Ok((keys, max_age))
+    }
+}
+
+/// The `jwks_uri` of `issuer`'s discovery document, which must name the same issuer (OpenID
+/// Connect Discovery §4.3).
+async fn discover(issuer: &str) -> Result<String, JwksError> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let fetched = fetch::get(&url)
+        .await
+        .map_err(|e| JwksError::Fetch(url.clone(), e))?;
+    let document: serde_json::Value = serde_json::from_slice(&fetched.body)
+        .map_err(|e| JwksError::Discovery(issuer.into(), format!("not JSON: {e}")))?;
+    if document.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
+        return Err(JwksError::Discovery(
+            issuer.into(),
+            "its `issuer` is not the configured issuer".into(),
+        ));
+    }
+    document
+        .get("jwks_uri")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| JwksError::Discovery(issuer.into(), "no `jwks_uri`".into()))
+}
+
+/// A source and its refresh task (none before the registry starts).
+type Running = (Arc<RemoteJwks>, Option<tokio::task::AbortHandle>);
+
+/// Every JWKS source in use, each with its refresh task on the proxy's runtime.
+#[derive(Debug, Default)]
+pub struct JwksRegistry {
+    runtime: OnceLock<tokio::runtime::Handle>,
+    sources: Mutex<HashMap<JwksLocation, Running>>,
+}
+
+impl JwksRegistry {
+    /// Tasks start on `runtime` from now on (sources asked for before start begin then).
+    pub fn start(&self, runtime: tokio::runtime::Handle) {
+        if self.runtime.set(runtime).is_err() {
+            return;
+        }
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        for (remote, task) in sources.values_mut() {
+            if task.is_none() {
+                *task = self.spawn(remote);
+            }
+        }
+    }
+
+    fn spawn(&self, remote: &Arc<RemoteJwks>) -> Option<tokio::task::AbortHandle> {
+        let runtime = self.runtime.get()?;
+        Some(runtime.spawn(Arc::clone(remote).run()).abort_handle())
+    }
+
+    /// The source at `location`, started if new.
+    pub fn get(&self, location: &JwksLocation) -> Arc<RemoteJwks> {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((remote, _)) = sources.get(location) {
+            return Arc::clone(remote);
+        }
+        let remote = Arc::new(RemoteJwks::new(location.clone()));
+        let task = self.spawn(&remote);
+        sources.insert(location.clone(), (Arc::clone(&remote), task));
+        remote
+    }
+
+    /// Stops the sources no policy names any more.
+    pub fn retain(&self, in_use: &std::collections::HashSet<JwksLocation>) {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        sources.retain(|location, (_, task)| {
+            let keep = in_use.contains(location);
+            if !keep && let Some(task) = task {
+                task.abort();
+            }
+            keep
+        });
+    }
+
+    /// Every source, for metrics.
+    pub fn sources(&self) -> Vec<Arc<RemoteJwks>> {
+        let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<_> = sources.values().map(|(r, _)| Arc::clone(r)).collect();
+        list.sort_by(|a, b| a.location.cmp(&b.location));
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests;

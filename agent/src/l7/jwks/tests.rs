@@ -1,0 +1,171 @@
+//! JWKS sources against a small IdP stand-in on loopback (hyper, in-process).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::*;
+
+struct Idp {
+    jwks: Mutex<String>,
+    up: Mutex<bool>,
+    hits: AtomicU64,
+    issuer: Mutex<String>,
+}
+
+fn jwks(kid: &str) -> String {
+    format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"{kid}","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}]}}"#
+    )
+}
+
+async fn idp() -> (Arc<Idp>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let state = Arc::new(Idp {
+        jwks: Mutex::new(jwks("k1")),
+        up: Mutex::new(true),
+        hits: AtomicU64::new(0),
+        issuer: Mutex::new(format!("http://{addr}")),
+    });
+    let served = Arc::clone(&state);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = Arc::clone(&served);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let state = Arc::clone(&state);
+                        async move {
+                            state.hits.fetch_add(1, Ordering::SeqCst);
+                            let up = *state.up.lock().unwrap_or_else(PoisonError::into_inner);
+                            let issuer = state
+                                .issuer
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .clone();
+                            let body = match req.uri().path() {
+                                "/.well-known/openid-configuration" => {
+                                    format!(r#"{{"issuer":"{issuer}","jwks_uri":"{issuer}/keys"}}"#)
+                                }
+                                _ => state
+                                    .jwks
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .clone(),
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            if !up {
+                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            response.headers_mut().insert(
+                                hyper::header::CACHE_CONTROL,
+                                hyper::header::HeaderValue::from_static("max-age=3600"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (state, addr)
+}
+
+async fn until_keys(remote: &RemoteJwks) -> Arc<KeySet> {
+    for _ in 0..200 {
+        if let Some(keys) = remote.keys() {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no keys from {}", remote.location);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_is_fetched_rotated_on_unknown_kid_and_kept_when_down() {
+    let (idp, addr) = idp().await;
+    let registry = JwksRegistry::default();
+    let location = JwksLocation::Url(format!("http://{addr}/keys"));
+    let remote = registry.get(&location);
+    assert!(
+        remote.keys().is_none(),
+        "nothing before the registry starts"
+    );
+    registry.start(tokio::runtime::Handle::current());
+    assert!(until_keys(&remote).await.has_kid("k1"));
+
+    // The IdP rotates: a token's unknown kid triggers one re-fetch, not two within 10 s.
+    *idp.jwks.lock().unwrap_or_else(PoisonError::into_inner) = jwks("k2");
+    assert!(remote.refresh_for_unknown_kid(Duration::from_secs(2)).await);
+    assert!(until_keys(&remote).await.has_kid("k2"));
+    let hits = idp.hits.load(Ordering::SeqCst);
+    assert!(
+        !remote
+            .refresh_for_unknown_kid(Duration::from_millis(100))
+            .await
+    );
+    assert_eq!(idp.hits.load(Ordering::SeqCst), hits, "rate limited");
+
+    // The IdP goes down: the last good set stays, the failure is counted.
+    *idp.up.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    *remote
+        .last_kid_refresh
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
+    assert!(remote.refresh_for_unknown_kid(Duration::from_secs(2)).await);
+    assert!(remote.stats.failed.load(Ordering::Relaxed) >= 1);
+    assert!(until_keys(&remote).await.has_kid("k2"));
+
+    // A source no policy names any more is stopped and forgotten.
+    registry.retain(&std::collections::HashSet::new());
+    assert!(registry.sources().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_names_the_jwks_and_must_name_the_issuer() {
+    let (idp, addr) = idp().await;
+    let registry = JwksRegistry::default();
+    registry.start(tokio::runtime::Handle::current());
+    let issuer = format!("http://{addr}");
+    let remote = registry.get(&JwksLocation::Discovery {
+        issuer: issuer.clone(),
+    });
+    assert!(until_keys(&remote).await.has_kid("k1"));
+
+    *idp.issuer.lock().unwrap_or_else(PoisonError::into_inner) = "https://evil.example".into();
+    let other = JwksRegistry::default();
+    other.start(tokio::runtime::Handle::current());
+    let refused = other.get(&JwksLocation::Discovery {
+        issuer: format!("{issuer}/"),
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        refused.keys().is_none(),
+        "a discovery document of another issuer is refused"
+    );
+    assert!(refused.stats.failed.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_leaves_no_keys() {
+    let registry = JwksRegistry::default();
+    registry.start(tokio::runtime::Handle::current());
+    // A port nothing listens on (bound, then closed).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let remote = registry.get(&JwksLocation::Url(format!("http://{addr}/keys")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(remote.keys().is_none());
+    assert!(remote.stats.failed.load(Ordering::Relaxed) >= 1);
+}
