@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod http_server;
 pub mod idp;
 pub mod jwt_cases;
+pub mod l7_e2e;
 pub mod metrics;
 pub mod netns;
 pub mod netpol_cases;

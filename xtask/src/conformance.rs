@@ -32,12 +32,11 @@ pub struct ConformanceArgs {
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
-    match args.suite {
-        Suite::Netpol => {}
-        // Library-level suites: no agent process, no root, no eBPF toolchain.
-        Suite::Jwt | Suite::Ratelimit => {
-            return run_built(args.suite, args.cases.clone(), PathBuf::new());
-        }
+    if !matches!(args.suite, Suite::Netpol) && !is_root() {
+        // Every case through the verifier or limiter needs neither root nor the agent; the
+        // end-to-end sample through the proxy does.
+        println!("not root: the end-to-end sample through the proxy is not run");
+        return library_only(args.suite, args.cases.clone());
     }
     setup::run(&setup::SetupArgs { check: false })?;
     rampart_tests::require_root();
@@ -46,31 +45,77 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
     run_built(args.suite, args.cases.clone(), bin)
 }
 
-/// Runs the suite with an agent binary already built (`cargo xtask test` builds it once).
+/// Runs the suite with an agent binary already built (`cargo xtask test` builds it once). The
+/// JWT and rate-limit suites run their end-to-end sample through the proxy first, then every
+/// case through the verifier or limiter, so that the output ends with the cases' count.
 pub fn run_built(suite: Suite, cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
     match suite {
         Suite::Netpol => netpol(cases, bin),
-        Suite::Jwt => library_suite(
-            cases,
-            rampart_tests::jwt_cases::DEFAULT_CASES,
-            rampart_tests::jwt_cases::run,
-        ),
-        Suite::Ratelimit => library_suite(
-            cases,
-            rampart_tests::ratelimit_cases::DEFAULT_CASES,
-            rampart_tests::ratelimit_cases::run,
-        ),
+        Suite::Jwt => {
+            let path = cases_path(cases, rampart_tests::jwt_cases::DEFAULT_CASES);
+            let (loaded, keys) = rampart_tests::jwt_cases::load(&path)?;
+            crate::test::sweep()?;
+            let sample = rampart_tests::l7_e2e::jwt_sample(
+                &loaded,
+                &keys,
+                &bin,
+                rampart_tests::netns::TEST_PREFIX,
+            );
+            crate::test::sweep()?;
+            let library = library_suite(&path, rampart_tests::jwt_cases::run);
+            let (passed, failed) = sample?;
+            library?;
+            rampart_tests::l7_e2e::ensure_passed("jwt", passed, failed)
+        }
+        Suite::Ratelimit => {
+            let path = cases_path(cases, rampart_tests::ratelimit_cases::DEFAULT_CASES);
+            let scenarios = rampart_tests::ratelimit_cases::load(&path)?;
+            crate::test::sweep()?;
+            let sample = rampart_tests::l7_e2e::ratelimit_sample(
+                &scenarios,
+                &bin,
+                rampart_tests::netns::TEST_PREFIX,
+            );
+            crate::test::sweep()?;
+            let library = library_suite(&path, rampart_tests::ratelimit_cases::run);
+            let (passed, failed) = sample?;
+            library?;
+            rampart_tests::l7_e2e::ensure_passed("ratelimit", passed, failed)
+        }
     }
 }
 
-/// Runs a suite whose runner returns (passed, failed), and fails if any case failed.
+fn cases_path(cases: Option<PathBuf>, default: &str) -> PathBuf {
+    cases.unwrap_or_else(|| workspace_root().join(default))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The library-level part of a suite alone.
+fn library_only(suite: Suite, cases: Option<PathBuf>) -> anyhow::Result<()> {
+    match suite {
+        Suite::Jwt => library_suite(
+            &cases_path(cases, rampart_tests::jwt_cases::DEFAULT_CASES),
+            rampart_tests::jwt_cases::run,
+        ),
+        Suite::Ratelimit => library_suite(
+            &cases_path(cases, rampart_tests::ratelimit_cases::DEFAULT_CASES),
+            rampart_tests::ratelimit_cases::run,
+        ),
+        Suite::Netpol => bail!("the netpol suite runs only against the real agent"),
+    }
+}
+
+/// Runs every case of a library-level suite (verifier or limiter): prints `N passed, M failed`
+/// and fails if any case failed.
 fn library_suite(
-    cases: Option<PathBuf>,
-    default: &str,
+    path: &std::path::Path,
     runner: impl FnOnce(&std::path::Path) -> anyhow::Result<(usize, usize)>,
 ) -> anyhow::Result<()> {
-    let path = cases.unwrap_or_else(|| workspace_root().join(default));
-    let (passed, failed) = runner(&path)?;
+    let (passed, failed) = runner(path)?;
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} of {} cases failed", passed + failed);
