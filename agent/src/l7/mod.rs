@@ -9,7 +9,8 @@
 //! | --- | --- |
 //! | `route` | one destination's L7 policy with its live state (rate-limit buckets) |
 //! | `chain` | the filters and the request context they read |
-//! | `serve` | HTTP/1.1 on a tunnelled stream, forwarding what passes to the upstream connection |
+//! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
+//! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
 //! | `stats` | counters by filter and reason |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
@@ -17,6 +18,7 @@
 pub mod chain;
 pub mod fetch;
 pub mod jwks;
+mod prefixed;
 pub mod route;
 pub mod serve;
 pub mod stats;

@@ -1,6 +1,8 @@
-//! HTTP/1.1 on a tunnelled stream: each request runs the filter chain; a denied one is answered
-//! here and never reaches the pod; one that passes goes to the pod over the flow's own upstream
-//! connection (keep-alive on both sides; bodies streamed, not buffered).
+//! HTTP on a tunnelled stream: HTTP/1.1, or HTTP/2 with prior knowledge (h2c, told apart by the
+//! connection preface), each request through the filter chain; a denied one is answered here and
+//! never reaches the pod; one that passes goes to the pod over the flow's own upstream
+//! connection, in the protocol the client spoke (keep-alive; HTTP/2 streams multiplexed;
+//! bodies streamed, not buffered).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,44 +11,75 @@ use std::time::Instant;
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::sync::Mutex;
 
 use super::chain::{self, Denial, Passed, Peer};
+use super::prefixed::Prefixed;
 use super::{HttpRoute, L7Stats};
 use crate::flows::record::HttpAccess;
 use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
 
 type Body = Either<Incoming, Full<Bytes>>;
-type Upstream = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The connection to the pod, in the client's protocol.
+enum Upstream {
+    /// One request at a time.
+    H1(Mutex<hyper::client::conn::http1::SendRequest<Incoming>>),
+    /// Streams multiplexed; the handle is cloned per request.
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Upstream::H1(sender) => {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Upstream::H2(sender) => {
+                let mut sender = sender.clone();
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+}
 
 /// Serves requests from `downstream` until either side closes.
-pub async fn relay<D>(
-    downstream: D,
-    upstream: TcpStream,
+pub async fn relay<D, U>(
+    mut downstream: D,
+    upstream: U,
     route: Arc<HttpRoute>,
     peer: Peer,
     stats: Arc<L7Stats>,
     events: Option<ProxyEventSink>,
 ) where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "l7: upstream handshake failed");
-                return;
-            }
-        };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "l7: upstream connection ended");
+    // Enough of the stream to tell the preface from a request line: one read, unless the bytes
+    // keep matching the preface.
+    let mut head = Vec::with_capacity(H2_PREFACE.len());
+    while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+        let mut buf = [0u8; 24];
+        let wanted = H2_PREFACE.len() - head.len();
+        match downstream.read(&mut buf[..wanted]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
         }
-    });
-    let sender = Arc::new(Mutex::new(sender));
+    }
+    let http2 = head == H2_PREFACE;
+    let downstream = TokioIo::new(Prefixed::new(head, downstream));
+    let Some(sender) = connect_upstream(upstream, http2).await else {
+        return;
+    };
+    let sender = Arc::new(sender);
     let service = hyper::service::service_fn(move |req| {
         let (route, peer, stats, sender, events) = (
             Arc::clone(&route),
@@ -65,13 +98,53 @@ pub async fn relay<D>(
             Ok::<_, Infallible>(response)
         }
     });
-    let served = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(downstream), service)
-        .await;
+    let served = if http2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(downstream, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(downstream, service)
+            .await
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, "l7: downstream connection ended");
     }
+}
+
+/// The client side of the connection to the pod, driven by a task of its own.
+async fn connect_upstream<U>(upstream: U, http2: bool) -> Option<Upstream>
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(upstream);
+    let result = if http2 {
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map(|(sender, connection)| {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "l7: upstream connection ended");
+                    }
+                });
+                Upstream::H2(sender)
+            })
+    } else {
+        hyper::client::conn::http1::handshake(io)
+            .await
+            .map(|(sender, connection)| {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "l7: upstream connection ended");
+                    }
+                });
+                Upstream::H1(Mutex::new(sender))
+            })
+    };
+    result
+        .map_err(|e| tracing::debug!(error = %e, http2, "l7: upstream handshake failed"))
+        .ok()
 }
 
 /// What the chain decided, for the access log.
@@ -174,7 +247,7 @@ async fn handle(
     route: &HttpRoute,
     peer: &Peer,
     stats: &L7Stats,
-    upstream: &Mutex<Upstream>,
+    upstream: &Upstream,
 ) -> (Response<Body>, Outcome) {
     let (mut parts, body) = req.into_parts();
     let mut decision = chain::run(route, &parts, peer, stats);
@@ -222,14 +295,7 @@ async fn handle(
     for (name, value) in &passed.set_upstream {
         parts.headers.insert(name.clone(), value.clone());
     }
-    let mut sender = upstream.lock().await;
-    if sender.ready().await.is_err() {
-        return (
-            status_response(StatusCode::BAD_GATEWAY),
-            Outcome::Passed(passed),
-        );
-    }
-    let response = match sender.send_request(Request::from_parts(parts, body)).await {
+    let response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             stats.forwarded();
             let mut response = response.map(Either::Left);
@@ -268,3 +334,6 @@ fn status_response(status: StatusCode) -> Response<Body> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests;
