@@ -23,6 +23,10 @@ use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
 
 type Body = Either<Incoming, Full<Bytes>>;
 
+/// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
+/// token with room for the rest).
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -100,11 +104,13 @@ pub async fn relay<D, U>(
     });
     let served = if http2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
             .serve_connection(downstream, service)
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .max_header_size(MAX_REQUEST_HEAD_BYTES)
             .serve_connection(downstream, service)
             .await
     };

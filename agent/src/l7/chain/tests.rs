@@ -318,3 +318,14 @@ fn all_of_needs_every_provider() {
     let passed = outcome(&route, &parts("GET", "/", &both)).unwrap_or_else(|e| panic!("{e:?}"));
     assert!(passed.principal.is_some() && passed.api_key_client.is_some());
 }
+
+#[test]
+fn a_remote_jwks_not_fetched_yet_refuses_tokens() {
+    let http = "    authentication:\n      providers:\n      - name: idp\n        jwt: {issuer: 'https://idp', algorithms: [HS256], jwks: {url: 'http://127.0.0.1:9/keys'}}\n";
+    let route = route(http);
+    let bearer = format!("Bearer {}", token("alice", &[], 60));
+    assert_eq!(
+        outcome(&route, &parts("GET", "/", &[("authorization", &bearer)])).err(),
+        Some((401, "authn", "jwks_unavailable"))
+    );
+}

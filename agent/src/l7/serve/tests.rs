@@ -118,3 +118,59 @@ async fn http2_with_prior_knowledge_is_served_and_forwarded_as_http2() {
     assert_eq!(replies[0], (200, "origin HTTP/2.0 /ok".into()));
     assert_eq!(replies[1].0, 403);
 }
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_and_never_reaches_the_origin() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client, proxy_down) = tokio::io::duplex(1 << 20);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(origin(origin_io, false));
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        route(),
+        peer(),
+        Arc::new(L7Stats::default()),
+        None,
+    ));
+    let huge = "x".repeat(MAX_REQUEST_HEAD_BYTES + 1);
+    let request = format!("GET /ok HTTP/1.1\r\nhost: b\r\nx-big: {huge}\r\n\r\n");
+    client
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0u8; 64];
+    let n = client
+        .read(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn garbage_instead_of_http_gets_400() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client, proxy_down) = tokio::io::duplex(1 << 16);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(origin(origin_io, false));
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        route(),
+        peer(),
+        Arc::new(L7Stats::default()),
+        None,
+    ));
+    client
+        .write_all(b"\x00\x01 not http at all\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0u8; 64];
+    let n = client
+        .read(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
