@@ -13,7 +13,8 @@
 //! | `ENDPOINTS_{A,B}_V2` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint (id, identity, flags, own addresses) |
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
-//! | `MESH_{A,B}_V1` | hash | [`MAX_MESH`] | (identity, proto, port) → must cross the mTLS proxy |
+//! | `MESH_{A,B}_V2` | hash | [`MAX_MESH`] | (identity, proto, port) → must cross the mTLS proxy; flood brake rate |
+//! | `BRAKE_V1` | LRU hash | [`MAX_BRAKE`] | (source identity, destination identity, proto, port) → the flood brake's GCRA state |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
 //! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
 //! | `RULE_STATS_V1` | per-CPU hash | [`MAX_RULE_STATS`] | rule cookie → decisions by verdict |
@@ -31,7 +32,8 @@ pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V2", "ENDPOINTS_B_V2"];
 pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
 pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
-pub const MESH: [&str; 2] = ["MESH_A_V1", "MESH_B_V1"];
+pub const MESH: [&str; 2] = ["MESH_A_V2", "MESH_B_V2"];
+pub const BRAKE: &str = "BRAKE_V1";
 pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
@@ -42,7 +44,7 @@ pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Every map of the object, in the order the agent pins them.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
     HOOK_STATS,
     DROP_STATS,
     AUDIT_STATS,
@@ -65,6 +67,7 @@ pub const ALL: [&str; 22] = [
     RULE_STATS,
     SCRATCH,
     FRAGS,
+    BRAKE,
 ];
 
 /// Local endpoints (pods on this node) per generation.
@@ -79,6 +82,9 @@ pub const MAX_MESH: u32 = 16_384;
 pub const MAX_RULE_STATS: u32 = 16_384;
 /// Fragmented datagrams in flight whose first fragment passed.
 pub const MAX_FRAGS: u32 = 16_384;
+/// (source identity, destination identity, port) pairs the flood brake remembers. LRU: a pair
+/// evicted starts again with a full bucket.
+pub const MAX_BRAKE: u32 = 65_536;
 /// Tracked flows (all scopes). LRU: when full, the least recently used flow is evicted.
 pub const MAX_CT: u32 = 262_144;
 
@@ -91,4 +97,4 @@ const _: () =
     assert!(short(CONFIG) && short(CT) && short(EVENTS) && short(EVENTS_LOST) && short(RULE_STATS));
 const _: () =
     assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));
-const _: () = assert!(short(MESH[0]) && short(MESH[1]));
+const _: () = assert!(short(MESH[0]) && short(MESH[1]) && short(BRAKE));

@@ -1,7 +1,7 @@
 //! Flows that must cross the in-agent mTLS proxy, and the packet marks that tie the kernel
 //! programs to it.
 //!
-//! `MESH_{A,B}_V1` (double-buffered like the policy) maps (destination identity, protocol, port)
+//! `MESH_{A,B}_V2` (double-buffered like the policy) maps (destination identity, protocol, port)
 //! to [`MeshEntry`]. On a pod's egress, a new allowed flow to such a destination is redirected to
 //! the local proxy (TC ingress marks it [`MARK_TO_PROXY`], which the node's policy routing
 //! delivers locally, and hands its SYN to the proxy's listener). On a pod's ingress, such a flow
@@ -26,9 +26,29 @@ pub struct MeshEntry {
     pub flags: u32,
     /// Rule cookie of the policy that asked for it (for events and counters).
     pub cookie: u32,
+    /// Flood brake: nanoseconds per new connection a source identity may open to this
+    /// destination (GCRA emission interval); 0: no brake.
+    pub brake_period_ns: u64,
+    /// Flood brake: the burst tolerance, `(burst - 1) * brake_period_ns`.
+    pub brake_tau_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<MeshEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<MeshEntry>() == 24);
+
+/// The flood brake's key: who opens connections to what. Its value is the GCRA theoretical
+/// arrival time (`u64` nanoseconds of `bpf_ktime_get_ns`): a new connection at `now` is admitted
+/// if `max(tat, now) - now <= tau`, and then `tat = max(tat, now) + period`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BrakeKey {
+    pub source_identity: u32,
+    pub destination_identity: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<BrakeKey>() == 12);
 
 pub struct MeshFlags;
 
@@ -48,3 +68,5 @@ pub const MARK_FROM_PROXY: u32 = 0x0200_0000;
 unsafe impl aya::Pod for MeshKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for MeshEntry {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BrakeKey {}

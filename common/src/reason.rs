@@ -36,12 +36,15 @@ impl DropReason {
     pub const MTLS_REQUIRED: DropReason = DropReason(11);
     /// The flow must go to the local proxy, and its listener is not there.
     pub const PROXY_UNAVAILABLE: DropReason = DropReason(12);
+    /// A source identity opened new connections to a destination port faster than its
+    /// MeshPolicy's flood brake allows.
+    pub const FLOOD_BRAKE: DropReason = DropReason(13);
 
     /// Reasons are counted in slots `0..SLOTS`; codes at or above it share the last slot.
     pub const SLOTS: u32 = 16;
 
     /// Every defined reason, in code order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::NONE,
         DropReason::POLICY_DENIED,
         DropReason::POLICY_DENY_RULE,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::UNSUPPORTED_IPV6_EXT,
         DropReason::MTLS_REQUIRED,
         DropReason::PROXY_UNAVAILABLE,
+        DropReason::FLOOD_BRAKE,
     ];
 
     /// The snake_case name used in metric labels and flow logs.
@@ -73,6 +77,7 @@ impl DropReason {
             10 => "unsupported_ipv6_ext",
             11 => "mtls_required",
             12 => "proxy_unavailable",
+            13 => "flood_brake",
             _ => "unknown",
         }
     }

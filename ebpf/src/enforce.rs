@@ -14,7 +14,7 @@
 //! 6. new flow: policy decides; allowed flows are tracked; a flow that cannot be tracked is dropped
 //!    (`ct_full`); denied flows are dropped, or counted and passed in audit mode.
 //!
-//! Flows to a destination that requires mTLS (`MESH_{A,B}_V1`, see `rampart_common::mesh`): on
+//! Flows to a destination that requires mTLS (`MESH_{A,B}_V2`, see `rampart_common::mesh`): on
 //! the pod's egress, an allowed one is redirected to the local proxy (tracked with verdict
 //! `redirect`; every packet of it is [`Action::Redirect`]); on the pod's ingress, only the local
 //! proxy's packets (marked) are admitted, anything else drops `mtls_required`, and the replies of
@@ -29,7 +29,7 @@ use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
 use rampart_common::frag::{FRAG_LIFETIME_NS, FragEntry, FragKey};
 use rampart_common::identity::Identity;
-use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MeshFlags};
+use rampart_common::mesh::{BrakeKey, MARK_FROM_PROXY, MARK_MASK, MeshFlags};
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
@@ -276,17 +276,52 @@ fn judge(
     } else {
         ep.identity
     };
+    let entry = maps::mesh_entry(
+        generation,
+        mesh_identity,
+        flow.tuple.proto,
+        flow.policy_port,
+    );
+    // The flood brake: new connections per (source identity, destination identity, port), on
+    // the first hook that sees the flow (the source pod's egress, the uplink or the destination
+    // pod's ingress), before the proxy or the pod. Fails closed like a policy deny.
+    if entry.brake_period_ns != 0 {
+        let (source, destination) = if dir == Direction::EGRESS {
+            (ep.identity, remote)
+        } else {
+            (remote, ep.identity)
+        };
+        let key = BrakeKey {
+            source_identity: source,
+            destination_identity: destination,
+            port: flow.policy_port,
+            proto: flow.tuple.proto,
+            _pad: 0,
+        };
+        if !maps::brake_admits(&key, now, entry.brake_period_ns, entry.brake_tau_ns) {
+            if audit_all {
+                counters::audited(DropReason::FLOOD_BRAKE, dir, bytes);
+            } else {
+                counters::dropped(DropReason::FLOOD_BRAKE, dir, bytes);
+                counters::decided(d.cookie, Verdict::DENY);
+                record(
+                    s,
+                    &ctx,
+                    Some(remote),
+                    Verdict::DENY,
+                    DropReason::FLOOD_BRAKE,
+                    d.cookie,
+                );
+                return Action::Drop;
+            }
+        }
+    }
     // On egress the answer matters only when there is a proxy to redirect to; on ingress it
     // always does (plaintext that bypasses the tunnel drops whether or not this node proxies).
     let mesh = if dir == Direction::EGRESS && ctx.proxy_port == 0 {
         0
     } else {
-        maps::mesh_flags(
-            generation,
-            mesh_identity,
-            flow.tuple.proto,
-            flow.policy_port,
-        )
+        entry.flags
     };
     if mesh & MeshFlags::REQUIRE_MTLS != 0 {
         if dir == Direction::EGRESS {

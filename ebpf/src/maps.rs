@@ -11,8 +11,10 @@ use rampart_common::endpoint::EndpointInfo;
 use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
 use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::ipcache::IpcacheEntry;
-use rampart_common::maps::{MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY};
-use rampart_common::mesh::{MeshEntry, MeshKey};
+use rampart_common::maps::{
+    MAX_BRAKE, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY,
+};
+use rampart_common::mesh::{BrakeKey, MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use rampart_common::reason::DropReason;
 
@@ -56,10 +58,14 @@ pub static POLICY_A: LpmTrie<PolicyKey, PolicyEntry> =
 pub static POLICY_B: LpmTrie<PolicyKey, PolicyEntry> =
     LpmTrie::with_max_entries(MAX_POLICY, NO_PREALLOC);
 
-#[map(name = "MESH_A_V1")]
+#[map(name = "MESH_A_V2")]
 pub static MESH_A: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
-#[map(name = "MESH_B_V1")]
+#[map(name = "MESH_B_V2")]
 pub static MESH_B: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
+
+/// The flood brake's state: GCRA theoretical arrival time per (source, destination, port).
+#[map(name = "BRAKE_V1")]
+pub static BRAKE: LruHashMap<BrakeKey, u64> = LruHashMap::with_max_entries(MAX_BRAKE, 0);
 
 #[map(name = "CT_V1")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
@@ -154,9 +160,9 @@ pub fn policy_lookup(generation: u32, key: &PolicyKey) -> PolicyEntry {
     }
 }
 
-/// Whether (identity, proto, port) must cross the mTLS proxy: its `MeshFlags` (0: no).
+/// The mesh entry of (identity, proto, port): mTLS flags and flood brake; all zero if none.
 #[inline(always)]
-pub fn mesh_flags(generation: u32, identity: u32, proto: u8, port: u16) -> u32 {
+pub fn mesh_entry(generation: u32, identity: u32, proto: u8, port: u16) -> MeshEntry {
     let key = MeshKey {
         identity,
         port,
@@ -171,5 +177,37 @@ pub fn mesh_flags(generation: u32, identity: u32, proto: u8, port: u16) -> u32 {
             MESH_B.get(&key)
         }
     };
-    hit.map_or(0, |e| e.flags)
+    hit.copied().unwrap_or_default()
+}
+
+/// Whether (identity, proto, port) must cross the mTLS proxy: its `MeshFlags` (0: no).
+#[inline(always)]
+pub fn mesh_flags(generation: u32, identity: u32, proto: u8, port: u16) -> u32 {
+    mesh_entry(generation, identity, proto, port).flags
+}
+
+/// The flood brake's decision for one new connection at `now` (GCRA: at most one connection per
+/// `period` on average, `tau / period + 1` at once). Admitting updates the state; refusing leaves
+/// it (a refused attempt costs nothing, as in a token bucket). Two CPUs racing on one key may
+/// both pass: the brake is approximate by a connection, never unbounded. A full map (the LRU
+/// could not insert) admits: the brake fails open, policy has already allowed the flow.
+#[inline(always)]
+pub fn brake_admits(key: &BrakeKey, now: u64, period: u64, tau: u64) -> bool {
+    match BRAKE.get_ptr_mut(key) {
+        Some(tat) => {
+            // SAFETY: a pointer from the map lookup, valid for this program run.
+            let current = unsafe { *tat };
+            let start = if current > now { current } else { now };
+            if start - now > tau {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe { *tat = start + period };
+            true
+        }
+        None => {
+            let _ = BRAKE.insert(key, &(now + period), 0);
+            true
+        }
+    }
 }

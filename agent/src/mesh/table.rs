@@ -157,6 +157,7 @@ mod tests {
             principals,
             http_policy: None,
             http: None,
+            brake: None,
         }
     }
 

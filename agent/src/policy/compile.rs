@@ -93,6 +93,8 @@ pub struct MeshRoute {
     pub http_policy: Option<String>,
     #[serde(skip)]
     pub http: Option<std::sync::Arc<crate::policy::http::HttpPolicyModel>>,
+    /// The kernel's flood brake on new connections to it (the strictest of the policies).
+    pub brake: Option<crate::policy::model::BrakeModel>,
 }
 
 /// A pod address, as the proxy needs it: who is there, and where that pod's node takes tunnels.
@@ -336,6 +338,8 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                 MeshEntry {
                     flags: MeshFlags::REQUIRE_MTLS,
                     cookie: 0,
+                    brake_period_ns: r.brake.map_or(0, |b| b.period_ns),
+                    brake_tau_ns: r.brake.map_or(0, |b| b.tau_ns),
                 },
             )
         })
@@ -389,9 +393,19 @@ fn mesh_routes<'m>(
                         principals: Some(Vec::new()),
                         http_policy: None,
                         http: None,
+                        brake: None,
                     });
                     let name = format!("MeshPolicy {}", policy.name);
                     if !route.policies.contains(&name) {
+                        if let Some(brake) = policy.brake {
+                            let stricter = route.brake.is_none_or(|b| {
+                                (brake.period_ns, std::cmp::Reverse(brake.tau_ns))
+                                    > (b.period_ns, std::cmp::Reverse(b.tau_ns))
+                            });
+                            if stricter {
+                                route.brake = Some(brake);
+                            }
+                        }
                         if let Some(http) = &policy.http {
                             match &route.http_policy {
                                 None => {

@@ -51,7 +51,17 @@ pub struct MeshPolicyModel {
     pub principals: Option<PrincipalsModel>,
     /// The proxy's L7 rules for requests on these ports.
     pub http: Option<std::sync::Arc<super::http::HttpPolicyModel>>,
+    /// The kernel's brake on new connections per source identity.
+    pub brake: Option<BrakeModel>,
     pub origin: Origin,
+}
+
+/// A flood brake as the kernel runs it (GCRA): one connection per `period_ns` on average,
+/// `tau_ns / period_ns + 1` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BrakeModel {
+    pub period_ns: u64,
+    pub tau_ns: u64,
 }
 
 /// Allowed source principals: any of the lists.
@@ -873,6 +883,10 @@ impl Validator<'_> {
                 }
             },
         };
+        let brake = spec
+            .flood_brake
+            .as_ref()
+            .and_then(|raw| self.flood_brake(raw, &mut ok));
         let applies_to = applies_to?;
         ok.then(|| MeshPolicyModel {
             name,
@@ -880,7 +894,49 @@ impl Validator<'_> {
             ports,
             principals,
             http,
+            brake,
             origin: self.so.whole(),
+        })
+    }
+
+    fn flood_brake(
+        &mut self,
+        raw: &Spanned<objects::FloodBrakeSpec>,
+        ok: &mut bool,
+    ) -> Option<BrakeModel> {
+        let spec = &raw.value;
+        let max = spec.max_connections.value;
+        let per_fill = spec.connections_per_fill.as_ref().map_or(1, |p| p.value);
+        let interval = super::http::parse_duration(&spec.fill_interval.value);
+        let problem = match interval {
+            None => Some((
+                "floodBrake.fillInterval: a duration such as 100ms, 1s, 1m".to_owned(),
+                self.so.at(&spec.fill_interval),
+            )),
+            Some(d) if d.as_millis() < 1 => Some((
+                "floodBrake.fillInterval: at least 1ms".to_owned(),
+                self.so.at(&spec.fill_interval),
+            )),
+            _ if max == 0 => Some((
+                "floodBrake.maxConnections: at least 1".to_owned(),
+                self.so.at(&spec.max_connections),
+            )),
+            _ if per_fill == 0 => Some((
+                "floodBrake.connectionsPerFill: at least 1".to_owned(),
+                self.so.at(raw),
+            )),
+            _ => None,
+        };
+        if let Some((message, origin)) = problem {
+            self.diags.push(Diagnostic::error(origin, message));
+            *ok = false;
+            return None;
+        }
+        let interval_ns = u64::try_from(interval?.as_nanos()).unwrap_or(u64::MAX);
+        let period_ns = (interval_ns / u64::from(per_fill)).max(1);
+        Some(BrakeModel {
+            period_ns,
+            tau_ns: period_ns.saturating_mul(u64::from(max - 1)),
         })
     }
 
@@ -1261,5 +1317,36 @@ mod tests {
             "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: m, namespace: x}\nspec: {ports: [{port: 80}]}\n",
         );
         assert!(e.contains("cluster-scoped"), "{e}");
+    }
+
+    #[test]
+    fn flood_brakes_validate_into_a_gcra_rate() {
+        let brake = |spec: &str| format!("  ports: [{{port: 80}}]\n  floodBrake: {spec}\n");
+        for (spec, expected) in [
+            ("{maxConnections: 0, fillInterval: 1s}", "maxConnections"),
+            ("{maxConnections: 5, fillInterval: soon}", "fillInterval"),
+            (
+                "{maxConnections: 5, connectionsPerFill: 0, fillInterval: 1s}",
+                "connectionsPerFill",
+            ),
+            ("{maxConnections: 5, fillInterval: 1s, burst: 2}", "burst"),
+        ] {
+            let e = one_error(&mesh(&brake(spec)));
+            assert!(e.contains(expected), "{spec}: {e}");
+        }
+        let checked = policy::check(source::parse_str(
+            Path::new("t.yaml"),
+            &mesh(&brake(
+                "{maxConnections: 10, connectionsPerFill: 5, fillInterval: 1s}",
+            )),
+        ))
+        .unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(
+            checked.model.mesh_policies[0].brake,
+            Some(super::BrakeModel {
+                period_ns: 200_000_000,
+                tau_ns: 1_800_000_000
+            })
+        );
     }
 }

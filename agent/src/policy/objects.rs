@@ -528,6 +528,20 @@ pub struct MeshPolicySpec {
     pub allowed_principals: Option<AllowedPrincipals>,
     /// L7 rules for requests on these ports (see `policy::http`).
     pub http: Option<Box<Spanned<super::http::HttpSpec>>>,
+    /// New connections per source identity, braked in the kernel.
+    pub flood_brake: Option<Spanned<FloodBrakeSpec>>,
+}
+
+/// A token bucket on new connections per (source identity, destination identity, port).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FloodBrakeSpec {
+    /// Connections a source may open at once (the bucket's size).
+    pub max_connections: Spanned<u32>,
+    /// Connections added back per `fillInterval` (default 1).
+    pub connections_per_fill: Option<Spanned<u32>>,
+    /// `100ms`, `1s`, `1m`, ...
+    pub fill_interval: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

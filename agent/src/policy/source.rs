@@ -27,7 +27,7 @@ pub enum Object {
     Pod(Box<objects::Pod>),
     NetworkPolicy(objects::NetworkPolicy),
     ClusterPolicy(objects::ClusterPolicy),
-    MeshPolicy(objects::MeshPolicy),
+    MeshPolicy(Box<objects::MeshPolicy>),
     Secret(objects::Secret),
 }
 
@@ -392,7 +392,7 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         ("v1", "Pod") => Object::Pod(Box::new(parse(file, doc)?)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(parse(file, doc)?),
         ("rampart.dev/v1alpha1", "ClusterPolicy") => Object::ClusterPolicy(parse(file, doc)?),
-        ("rampart.dev/v1alpha1", "MeshPolicy") => Object::MeshPolicy(parse(file, doc)?),
+        ("rampart.dev/v1alpha1", "MeshPolicy") => Object::MeshPolicy(Box::new(parse(file, doc)?)),
         ("v1", "Secret") => Object::Secret(parse(file, doc)?),
         (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy" | "Secret") => {
             return Err(Diagnostic::error(

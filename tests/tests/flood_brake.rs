@@ -1,0 +1,112 @@
+//! The kernel's flood brake, on a real kernel: a MeshPolicy lets each source identity open at
+//! most 3 connections to pod b's port at once (then one a minute). Pod c (node 1) tries 12 in a
+//! row: the first 3 connect, the rest are dropped by node 1's kernel at c's egress, before the
+//! proxy, and counted as `flood_brake`; pod a, another identity, still connects.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use rampart_tests::metrics::sample;
+use rampart_tests::netns::{Netns, TEST_PREFIX};
+use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, require_root};
+
+fn ip(n: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n, d)
+}
+
+fn policy() -> String {
+    let pod = |name: &str, node: u8, d: u8| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
+            ip(node, d)
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-brake}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 5432}}]\n  floodBrake: {{maxConnections: 3, connectionsPerFill: 1, fillInterval: 1m}}\n",
+        pod("a", 1, 10),
+        pod("c", 1, 11),
+        pod("b", 2, 10)
+    )
+}
+
+/// One connection from `ns` that echoes a byte back within the timeout.
+fn connects(ns: &Netns, dst: SocketAddr) -> bool {
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_millis(400)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut back = [0u8; 1];
+        s.write_all(b"x").is_ok() && s.read_exact(&mut back).is_ok()
+    })
+    .unwrap_or(false)
+}
+
+#[test]
+fn a_connection_flood_from_one_identity_is_braked_while_another_connects() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1, 10))
+        .pod("node-1", "shop/c", ip(1, 11))
+        .pod("node-2", "shop/b", ip(2, 10))
+        .build()
+        .expect("topology");
+    let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
+    let work = std::env::temp_dir().join(format!("rampart-brake-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
+    std::fs::create_dir_all(&policy_dir).expect("dirs");
+    std::fs::write(policy_dir.join("world.yaml"), policy()).expect("policy");
+    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
+    let start = |node: &str| {
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.policy_dir = Some(policy_dir.clone());
+        opts.extra_args = vec![
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+            "--node-name".into(),
+            node.into(),
+        ];
+        Agent::start(&topo.node(node).ns, &opts).expect("agent")
+    };
+    let node1 = start("node-1");
+    let _node2 = start("node-2");
+    let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 5432);
+
+    let c = &topo.pod("shop/c").ns;
+    let outcomes: Vec<bool> = (0..12).map(|_| connects(c, b)).collect();
+    let made = outcomes.iter().filter(|ok| **ok).count();
+    assert!(
+        outcomes[..3].iter().all(|ok| *ok),
+        "the burst of 3 passes: {outcomes:?}\n{}",
+        node1.log()
+    );
+    assert!(
+        made <= 4,
+        "at most the burst (and a refill) passes: {outcomes:?}"
+    );
+    let drops = node1
+        .metrics()
+        .ok()
+        .and_then(|m| {
+            sample(
+                &m,
+                "rampart_drops_total",
+                r#"reason="flood_brake",direction="egress""#,
+            )
+        })
+        .unwrap_or(0.0);
+    assert!(
+        drops >= 8.0,
+        "braked SYNs are counted: {drops}\n{}",
+        node1.metrics().unwrap_or_default()
+    );
+
+    // Another identity has its own bucket.
+    let a = &topo.pod("shop/a").ns;
+    assert!((0..3).all(|_| connects(a, b)), "a still connects");
+    let _ = std::fs::remove_dir_all(&work);
+}
