@@ -105,6 +105,19 @@ fn a_connection_flood_from_one_identity_is_braked_while_another_connects() {
         node1.metrics().unwrap_or_default()
     );
 
+    // The drops are in node-1's flow log, decided by the MeshPolicy.
+    let flows = node1
+        .cli(&["flows", "--json", "--verdict", "deny"])
+        .expect("rampart flows");
+    let braked = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["drop_reason"] == "flood_brake")
+        .unwrap_or_else(|| panic!("no flood_brake record:\n{flows}"));
+    assert_eq!(braked["src"]["pod"], "shop/c", "{braked}");
+    assert_eq!(braked["decided_by"], "mesh_policy", "{braked}");
+    assert_eq!(braked["mesh_policies"][0], "MeshPolicy b-brake", "{braked}");
+
     // Another identity has its own bucket.
     let a = &topo.pod("shop/a").ns;
     assert!((0..3).all(|_| connects(a, b)), "a still connects");

@@ -149,10 +149,18 @@ fn kernel_record(names: &FlowNames, node: &str, e: &FlowEvent, unix_ns: i128) ->
     };
     let verdict = Verdict(e.verdict);
     let reason = DropReason(e.reason);
-    let policy = names.policy(e.cookie);
+    // A braked connection carries the cookie of the rule that allowed it; the brake decided.
+    let policy = if reason == DropReason::FLOOD_BRAKE {
+        None
+    } else {
+        names.policy(e.cookie)
+    };
     let decided_by = if policy.is_some() {
         DecidedBy::Rule
-    } else if reason == DropReason::MTLS_REQUIRED || reason == DropReason::PROXY_UNAVAILABLE {
+    } else if reason == DropReason::MTLS_REQUIRED
+        || reason == DropReason::PROXY_UNAVAILABLE
+        || reason == DropReason::FLOOD_BRAKE
+    {
         DecidedBy::MeshPolicy
     } else if reason == DropReason::POLICY_DENIED || verdict == Verdict::AUDIT {
         DecidedBy::DefaultDeny
