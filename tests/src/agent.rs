@@ -328,7 +328,12 @@ pub fn test_bpffs() -> anyhow::Result<PathBuf> {
 /// `rampart ca init --dir DIR`: a new trust-domain root (`cluster.local`) for agents run with
 /// `--ca-dir DIR`.
 pub fn ca_init(dir: &std::path::Path) -> anyhow::Result<()> {
-    let out = Command::new(rampart_bin()?)
+    ca_init_with(&rampart_bin()?, dir)
+}
+
+/// [`ca_init`] with the agent binary `bin`.
+pub fn ca_init_with(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new(bin)
         .args(["ca", "init", "--dir"])
         .arg(dir)
         .output()

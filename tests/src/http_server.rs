@@ -6,65 +6,33 @@
 //! an HTTP stack, and what it must do is small.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::listener::Listener;
+use crate::netns::Netns;
 
-use crate::netns::{self, Netns};
-
-/// The origin; stopped and joined on drop.
+/// The origin; stopped on drop.
 #[derive(Debug)]
 pub struct HttpServer {
-    stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl HttpServer {
     /// Binds `[::]:port` inside `ns`; returns once it listens.
     pub fn start(ns: &Netns, port: u16) -> anyhow::Result<HttpServer> {
-        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (stop2, requests2, path) = (Arc::clone(&stop), Arc::clone(&requests), ns.path());
-        let thread = std::thread::spawn(move || {
-            if let Err(e) = netns::enter(&path) {
-                let _ = ready_tx.send(Err(format!("{e:#}")));
-                return;
-            }
-            let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            let listener =
-                match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-            let _ = ready_tx.send(Ok(()));
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let requests = Arc::clone(&requests2);
-                        std::thread::spawn(move || serve(stream, &requests));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .with_context(|| format!("http server on {port} in {} did not start", ns.name()))?
-            .map_err(|e| anyhow::anyhow!("http server on {port} in {}: {e}", ns.name()))?;
+        let counted = Arc::clone(&requests);
+        let listener = Listener::start(ns, port, "http server", move |stream| {
+            let requests = Arc::clone(&counted);
+            std::thread::spawn(move || serve(stream, &requests));
+        })?;
         Ok(HttpServer {
-            stop,
             requests,
-            thread: Some(thread),
+            _listener: listener,
         })
     }
 
@@ -74,18 +42,8 @@ impl HttpServer {
     }
 }
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Answers requests on one connection until the client closes it (or 10 s of silence).
 fn serve(stream: TcpStream, requests: &AtomicU64) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(mut writer) = stream.try_clone() else {
         return;

@@ -5,15 +5,13 @@
 //! Hand-written HTTP/1.1 like [`crate::http_server`]: one request per connection.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use crate::netns::{self, Netns};
+use crate::listener::Listener;
+use crate::netns::Netns;
 
 #[derive(Debug)]
 struct State {
@@ -22,13 +20,12 @@ struct State {
     up: bool,
 }
 
-/// The IdP; stopped and joined on drop.
+/// The IdP; stopped on drop.
 #[derive(Debug)]
 pub struct IdpServer {
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl IdpServer {
@@ -39,49 +36,16 @@ impl IdpServer {
             jwks: jwks.to_owned(),
             up: true,
         }));
-        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (state2, stop2, requests2, path) = (
-            Arc::clone(&state),
-            Arc::clone(&stop),
-            Arc::clone(&requests),
-            ns.path(),
-        );
-        let thread = std::thread::spawn(move || {
-            if let Err(e) = netns::enter(&path) {
-                let _ = ready_tx.send(Err(format!("{e:#}")));
-                return;
-            }
-            let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            let listener =
-                match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-            let _ = ready_tx.send(Ok(()));
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        requests2.fetch_add(1, Ordering::SeqCst);
-                        answer(stream, &state2);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .with_context(|| format!("IdP on {port} in {} did not start", ns.name()))?
-            .map_err(|e| anyhow::anyhow!("IdP on {port} in {}: {e}", ns.name()))?;
+        let (served, counted) = (Arc::clone(&state), Arc::clone(&requests));
+        let listener = Listener::start(ns, port, "IdP", move |stream| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            answer(stream, &served);
+        })?;
         Ok(IdpServer {
             state,
-            stop,
             requests,
-            thread: Some(thread),
+            _listener: listener,
         })
     }
 
@@ -103,17 +67,7 @@ impl IdpServer {
     }
 }
 
-impl Drop for IdpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn answer(stream: TcpStream, state: &Mutex<State>) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let Ok(mut writer) = stream.try_clone() else {
         return;

@@ -14,18 +14,19 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 
+use crate::Topology;
 use crate::http_server::HttpServer;
 use crate::jwt_cases::Case;
+use crate::mesh::{MeshAgents, pod_object};
 use crate::probe::http_request;
 use crate::ratelimit_cases::Scenario;
-use crate::{Agent, AgentOptions, Topology};
 
 /// Cases of the JWT sample at most.
 pub const JWT_SAMPLE: usize = 32;
@@ -43,11 +44,10 @@ fn ip(node: u8, d: u8) -> Ipv4Addr {
 /// Two nodes, pod a on node 1, pod b on node 2 serving HTTP on `ports`, agents with `policies`.
 struct World {
     // Dropped in this order: the agents clean up inside the namespaces the topology removes.
-    _agents: Vec<Agent>,
+    _agents: MeshAgents,
     _origins: Vec<HttpServer>,
     _topo: Topology,
     a: String,
-    work: PathBuf,
 }
 
 impl World {
@@ -62,37 +62,19 @@ impl World {
             .iter()
             .map(|port| HttpServer::start(&topo.pod("conf/b").ns, *port))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let work = std::env::temp_dir().join(format!("rampart-l7-e2e-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-        std::fs::create_dir_all(&policy_dir)?;
-        std::fs::write(policy_dir.join("world.yaml"), world(policies))?;
-        let out = Command::new(bin)
-            .args(["ca", "init", "--dir"])
-            .arg(&ca_dir)
-            .output()
-            .context("rampart ca init")?;
-        anyhow::ensure!(out.status.success(), "rampart ca init failed");
-        let mut agents = Vec::new();
-        for node in ["node-1", "node-2"] {
-            let mut opts = AgentOptions::new(Vec::new());
-            opts.bin = Some(bin.to_owned());
-            opts.policy_dir = Some(policy_dir.clone());
-            opts.extra_args = vec![
-                "--ca-dir".into(),
-                ca_dir.display().to_string(),
-                "--node-name".into(),
-                node.into(),
-            ];
-            agents.push(Agent::start(&topo.node(node).ns, &opts)?);
-        }
+        let agents = MeshAgents::start(
+            &topo,
+            &["node-1", "node-2"],
+            &world(policies),
+            Some(bin),
+            &[],
+        )?;
         let a = topo.pod("conf/a").ns.path();
         Ok(World {
             _agents: agents,
             _origins: origins,
             _topo: topo,
             a,
-            work,
         })
     }
 
@@ -102,23 +84,11 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
 fn world(policies: &str) -> String {
-    let pod = |name: &str, node: u8| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: conf, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
-            ip(node, 10)
-        )
-    };
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: conf}}\n{}{}{policies}",
-        pod("a", 1),
-        pod("b", 2)
+        pod_object("conf", "a", 1, ip(1, 10)),
+        pod_object("conf", "b", 2, ip(2, 10))
     )
 }
 

@@ -12,6 +12,8 @@ pub mod http_server;
 pub mod idp;
 pub mod jwt_cases;
 pub mod l7_e2e;
+pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod netpol_cases;

@@ -7,21 +7,17 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::{Netns, TEST_PREFIX};
-use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, require_root};
+use rampart_tests::{EchoServer, Topology, require_root};
 
 fn ip(n: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n, d)
 }
 
 fn policy() -> String {
-    let pod = |name: &str, node: u8, d: u8| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
-            ip(node, d)
-        )
-    };
+    let pod = |name: &str, node: u8, d: u8| pod_object("shop", name, node, ip(node, d));
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-brake}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 5432}}]\n  floodBrake: {{maxConnections: 3, connectionsPerFill: 1, fillInterval: 1m}}\n",
         pod("a", 1, 10),
@@ -55,25 +51,9 @@ fn a_connection_flood_from_one_identity_is_braked_while_another_connects() {
         .build()
         .expect("topology");
     let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
-    let work = std::env::temp_dir().join(format!("rampart-brake-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-    std::fs::create_dir_all(&policy_dir).expect("dirs");
-    std::fs::write(policy_dir.join("world.yaml"), policy()).expect("policy");
-    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
-    let start = |node: &str| {
-        let mut opts = AgentOptions::new(Vec::new());
-        opts.policy_dir = Some(policy_dir.clone());
-        opts.extra_args = vec![
-            "--ca-dir".into(),
-            ca_dir.display().to_string(),
-            "--node-name".into(),
-            node.into(),
-        ];
-        Agent::start(&topo.node(node).ns, &opts).expect("agent")
-    };
-    let node1 = start("node-1");
-    let _node2 = start("node-2");
+    let mesh =
+        MeshAgents::start(&topo, &["node-1", "node-2"], &policy(), None, &[]).expect("agents");
+    let node1 = mesh.node("node-1");
     let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 5432);
 
     let c = &topo.pod("shop/c").ns;
@@ -121,5 +101,4 @@ fn a_connection_flood_from_one_identity_is_braked_while_another_connects() {
     // Another identity has its own bucket.
     let a = &topo.pod("shop/a").ns;
     assert!((0..3).all(|_| connects(a, b)), "a still connects");
-    let _ = std::fs::remove_dir_all(&work);
 }

@@ -18,10 +18,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::idp::IdpServer;
+use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::{HttpReply, http_request};
-use rampart_tests::{Agent, AgentOptions, Topology, require_root};
+use rampart_tests::{Agent, Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const SECRET: [u8; 32] = [0x5a; 32];
@@ -32,12 +33,7 @@ fn ip(n: u8, d: u8) -> Ipv4Addr {
 }
 
 fn policy() -> String {
-    let pod = |name: &str, node: u8, d: u8| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
-            ip(node, d)
-        )
-    };
+    let pod = |name: &str, node: u8, d: u8| pod_object("shop", name, node, ip(node, d));
     let jwks = format!(
         r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{}"}}]}}"#,
         URL_SAFE_NO_PAD.encode(SECRET)
@@ -139,25 +135,9 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     let origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
     let partners_origin = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
 
-    let work = std::env::temp_dir().join(format!("rampart-mesh-http-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-    std::fs::create_dir_all(&policy_dir).expect("dirs");
-    std::fs::write(policy_dir.join("world.yaml"), policy()).expect("policy");
-    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
-    let start = |node: &str| {
-        let mut opts = AgentOptions::new(Vec::new());
-        opts.policy_dir = Some(policy_dir.clone());
-        opts.extra_args = vec![
-            "--ca-dir".into(),
-            ca_dir.display().to_string(),
-            "--node-name".into(),
-            node.into(),
-        ];
-        Agent::start(&topo.node(node).ns, &opts).expect("agent")
-    };
-    let _node1 = start("node-1");
-    let node2 = start("node-2");
+    let mesh =
+        MeshAgents::start(&topo, &["node-1", "node-2"], &policy(), None, &[]).expect("agents");
+    let node2 = mesh.node("node-2");
     let a = topo.pod("shop/a").ns.path();
     let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8080);
     let get = |path: &str, headers: &[(&str, &str)]| -> HttpReply {
@@ -292,12 +272,11 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
         (r#"filter="authn",reason="invalid_api_key""#, 1.0),
     ] {
         assert!(
-            metric(&node2, labels) >= at_least,
+            metric(node2, labels) >= at_least,
             "{labels}: {}",
             node2.metrics().unwrap_or_default()
         );
     }
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// A JWKS document of symmetric keys `(kid, secret)`. (The stand-in IdP publishes secrets only
@@ -355,36 +334,14 @@ fn jwks_by_oidc_discovery_follow_rotation_and_outlive_the_idp() {
     )
     .expect("idp");
     let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
-    let pod = |name: &str, node: u8, d: u8| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
-            ip(node, d)
-        )
-    };
+    let pod = |name: &str, node: u8, d: u8| pod_object("shop", name, node, ip(node, d));
     let policy = format!(
         "{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 8080}}]\n  http:\n    authentication:\n      providers:\n      - name: idp\n        jwt: {{issuer: '{issuer}', algorithms: [HS256], jwks: {{discovery: true}}}}\n",
         pod("a", 1, 10),
         pod("b", 2, 10)
     );
-    let work = std::env::temp_dir().join(format!("rampart-mesh-jwks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-    std::fs::create_dir_all(&policy_dir).expect("dirs");
-    std::fs::write(policy_dir.join("world.yaml"), policy).expect("policy");
-    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
-    let start = |node: &str| {
-        let mut opts = AgentOptions::new(Vec::new());
-        opts.policy_dir = Some(policy_dir.clone());
-        opts.extra_args = vec![
-            "--ca-dir".into(),
-            ca_dir.display().to_string(),
-            "--node-name".into(),
-            node.into(),
-        ];
-        Agent::start(&topo.node(node).ns, &opts).expect("agent")
-    };
-    let _node1 = start("node-1");
-    let node2 = start("node-2");
+    let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &policy, None, &[]).expect("agents");
+    let node2 = mesh.node("node-2");
     let a = topo.pod("shop/a").ns.path();
     let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8080);
     let status = |bearer: &str| -> u16 {
@@ -445,5 +402,4 @@ fn jwks_by_oidc_discovery_follow_rotation_and_outlive_the_idp() {
     assert_eq!(status(&token_with_kid("k2", &issuer, &k2)), 200);
     assert_eq!(status(&token_with_kid("k1", &issuer, &k1)), 200);
     assert!(idp.requests() >= 4, "discovery and JWKS, twice");
-    let _ = std::fs::remove_dir_all(&work);
 }

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::{Netns, TEST_PREFIX};
-use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, require_root};
+use rampart_tests::{Agent, EchoServer, Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const SECRET: &[u8] = b"RAMPART-MTLS-SECRET-7f3a9c";
@@ -30,12 +31,7 @@ fn ip(n: u8, d: u8) -> Ipv4Addr {
 }
 
 fn workloads() -> String {
-    let pod = |name: &str, node: u8, d: u8| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
-            ip(node, d)
-        )
-    };
+    let pod = |name: &str, node: u8, d: u8| pod_object("shop", name, node, ip(node, d));
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-requires-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 5432}}]\n  allowedPrincipals:\n    serviceAccounts: [shop/a]\n",
         pod("a", 1, 10),
@@ -179,30 +175,19 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         .expect("topology");
     let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432, 8080], &[]).expect("echo");
 
-    let work = std::env::temp_dir().join(format!("rampart-mesh-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-    std::fs::create_dir_all(&policy_dir).expect("dirs");
-    std::fs::write(policy_dir.join("world.yaml"), workloads()).expect("policy");
-    rampart_tests::agent::ca_init(&ca_dir).expect("rampart ca init");
-
-    let start = |node: &str| {
-        let mut opts = AgentOptions::new(Vec::new());
-        opts.policy_dir = Some(policy_dir.clone());
-        opts.extra_args = vec![
-            "--ca-dir".into(),
-            ca_dir.display().to_string(),
-            "--node-name".into(),
-            node.into(),
-            "--cert-ttl".into(),
-            "10".into(),
-        ];
-        Agent::start(&topo.node(node).ns, &opts).expect("agent")
-    };
-    let node1 = start("node-1");
-    let node2 = start("node-2");
+    let mesh = MeshAgents::start(
+        &topo,
+        &["node-1", "node-2"],
+        &workloads(),
+        None,
+        &["--cert-ttl", "10"],
+    )
+    .expect("agents");
+    let node1 = mesh.node("node-1");
+    let node2 = mesh.node("node-2");
     let b = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
     let fabric = topo.fabric().expect("two nodes have an underlay");
+    let work = mesh.work_dir();
     let capture = Capture::start(fabric, &work.join("underlay.pcap"));
 
     // a -> b:5432 works as a plain connection for the application, through the tunnel.
@@ -212,14 +197,8 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         node1.log(),
         node2.log()
     );
-    assert!(
-        metric(
-            &node1,
-            "rampart_proxy_flows_total",
-            "direction=\"outbound\""
-        ) >= 1.0
-    );
-    assert!(metric(&node2, "rampart_proxy_flows_total", "direction=\"inbound\"") >= 1.0);
+    assert!(metric(node1, "rampart_proxy_flows_total", "direction=\"outbound\"") >= 1.0);
+    assert!(metric(node2, "rampart_proxy_flows_total", "direction=\"inbound\"") >= 1.0);
     // A port without a MeshPolicy stays plaintext (and shows the capture sees payloads).
     assert!(exchange(
         &topo.pod("shop/a").ns,
@@ -254,7 +233,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     ));
     wait_for("node-2 to count principal_not_allowed", || {
         metric(
-            &node2,
+            node2,
             "rampart_proxy_denied_total",
             "filter=\"mtls\",reason=\"principal_not_allowed\"",
         ) >= 1.0
@@ -294,7 +273,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     assert!(!plain, "plaintext to an mTLS port must not connect");
     assert!(
         metric(
-            &node2,
+            node2,
             "rampart_drops_total",
             "reason=\"mtls_required\",direction=\"ingress\""
         ) >= 1.0,
@@ -313,7 +292,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     });
     wait_for("node-2 to count plaintext", || {
         metric(
-            &node2,
+            node2,
             "rampart_proxy_denied_total",
             "filter=\"mtls\",reason=\"plaintext\"",
         ) >= 1.0
@@ -344,7 +323,5 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         Duration::ZERO
     ));
 
-    drop(node1);
-    drop(node2);
-    let _ = std::fs::remove_dir_all(&work);
+    drop(mesh);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, StatusCode};
-use rampart_l7::jwt::{self, Claims};
+use rampart_l7::jwt::Claims;
 use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 
 use super::route::{BucketState, HttpRoute};
@@ -101,13 +101,10 @@ fn authenticate(
 ) -> Result<(), Denial> {
     let mut first_failure: Option<&'static str> = None;
     let mut any_sent = false;
-    let mut authenticated = 0;
     for (index, provider) in authn.providers.iter().enumerate() {
-        let keys = route.key_sources.get(index).and_then(Option::as_ref);
-        let cache = route.token_caches.get(index);
-        match try_provider(provider, keys, cache, parts, now, passed) {
+        let jwt = route.jwt.get(index).and_then(Option::as_ref);
+        match try_provider(provider, jwt, parts, now, passed) {
             Attempt::Authenticated => {
-                authenticated += 1;
                 if !authn.require_all {
                     return Ok(());
                 }
@@ -127,16 +124,11 @@ fn authenticate(
             }
         }
     }
-    if authn.require_all && authenticated == authn.providers.len() {
-        return Ok(());
-    }
+    // No failure: with `AllOf`, every provider authenticated or was absent under
+    // `allowMissing`; with `AnyOf`, none authenticated (it would have returned) and none was sent.
     match first_failure {
         Some(reason) => Err(unauthorized(reason, any_sent)),
-        None if authn.allow_missing && authenticated == 0 => {
-            *passed = Passed::default();
-            Ok(())
-        }
-        None if authn.require_all && authenticated > 0 => Ok(()),
+        None if authn.require_all || authn.allow_missing => Ok(()),
         None => Err(unauthorized("missing_credentials", false)),
     }
 }
@@ -150,8 +142,7 @@ enum Attempt {
 
 fn try_provider(
     provider: &ProviderModel,
-    keys: Option<&super::route::KeySource>,
-    cache: Option<&jwt::TokenCache>,
+    jwt_state: Option<&super::route::JwtState>,
     parts: &Parts,
     now: u64,
     passed: &mut Passed,
@@ -169,14 +160,13 @@ fn try_provider(
         };
         match provider {
             ProviderModel::Jwt(p) => {
-                let Some(keys) = keys.and_then(super::route::KeySource::current) else {
+                let Some((state, keys)) =
+                    jwt_state.and_then(|state| Some((state, state.keys.current()?)))
+                else {
                     failure.get_or_insert("jwks_unavailable");
                     continue;
                 };
-                let verified = match cache {
-                    Some(cache) => cache.verify(&p.config, &keys, &credential, now),
-                    None => jwt::verify_jwt(&p.config, &keys, &credential, now),
-                };
+                let verified = state.cache.verify(&p.config, &keys, &credential, now);
                 match verified {
                     Ok(verified) => {
                         accept_jwt(p, verified.claims, passed);

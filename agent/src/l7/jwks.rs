@@ -71,6 +71,8 @@ pub enum JwksError {
 struct State {
     keys: Option<Arc<KeySet>>,
     last_success: Option<Instant>,
+    /// When the current set should have been refreshed.
+    due: Option<Instant>,
 }
 
 /// Counters of one source.
@@ -91,8 +93,6 @@ pub struct RemoteJwks {
     /// Bumped after every fetch attempt (success or not); requests wait on it.
     attempts: watch::Sender<u64>,
     last_kid_refresh: Mutex<Option<Instant>>,
-    /// When the current set should have been refreshed.
-    due: Mutex<Option<Instant>>,
     pub stats: JwksStats,
 }
 
@@ -104,7 +104,6 @@ impl RemoteJwks {
             wake: Notify::new(),
             attempts: watch::channel(0).0,
             last_kid_refresh: Mutex::new(None),
-            due: Mutex::new(None),
             stats: JwksStats::default(),
         }
     }
@@ -119,10 +118,8 @@ impl RemoteJwks {
         if !fresh_enough {
             return None;
         }
-        let overdue = self
+        let overdue = state
             .due
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .is_some_and(|due| Instant::now() > due + MAX_RETRY);
         if overdue {
             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
@@ -174,9 +171,8 @@ impl RemoteJwks {
                         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
                         state.keys = Some(Arc::new(keys));
                         state.last_success = Some(Instant::now());
+                        state.due = Some(Instant::now() + refresh);
                     }
-                    *self.due.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Instant::now() + refresh);
                     refresh
                 }
                 Err(error) => {

@@ -1,14 +1,14 @@
 //! One destination's L7 policy as the proxy runs it: the validated model plus the state that
-//! lives with it (rate-limit buckets). Built with each mesh table, so buckets start full when
-//! the policy set changes.
+//! lives with it (rate-limit buckets, JWT keys and verified tokens), and what every request
+//! needs from it computed once. Built with each mesh table, so buckets start full when the
+//! policy set changes.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use rampart_l7::jwt::{DEFAULT_CACHED_TOKENS, TokenCache};
+use hyper::header::HeaderName;
+use rampart_l7::jwt::{DEFAULT_CACHED_TOKENS, KeySet, TokenCache};
 use rampart_l7::ratelimit::{KeyedBuckets, TokenBucket};
-
-use rampart_l7::jwt::KeySet;
 
 use super::jwks::{JwksRegistry, RemoteJwks};
 use crate::policy::http::{HttpPolicyModel, JwksModel, ProviderModel, RateKey};
@@ -29,11 +29,19 @@ pub struct HttpRoute {
     pub model: Arc<HttpPolicyModel>,
     /// In the order of `model.rate_limits`.
     pub buckets: Vec<BucketState>,
-    /// Verified tokens, one cache per authentication provider (in the order of
-    /// `model.authentication.providers`; unused by API-key providers).
-    pub token_caches: Vec<TokenCache>,
-    /// Each JWT provider's keys, in the same order (`None` for API-key providers).
-    pub key_sources: Vec<Option<KeySource>>,
+    /// Per authentication provider, in the order of `model.authentication.providers`: a JWT
+    /// provider's keys and verified tokens (`None` for API-key providers).
+    pub jwt: Vec<Option<JwtState>>,
+    /// Headers the proxy sets on forwarded requests from authentication results; a client's
+    /// own values of them are always dropped.
+    pub upstream_headers: Vec<HeaderName>,
+}
+
+/// A JWT provider's live state.
+#[derive(Debug)]
+pub struct JwtState {
+    pub keys: KeySource,
+    pub cache: TokenCache,
 }
 
 /// A JWT provider's keys: fixed by the policy, or a source the agent keeps fresh.
@@ -68,37 +76,42 @@ impl HttpRoute {
             .collect();
         let providers = model
             .authentication
-            .as_ref()
-            .map_or(0, |authn| authn.providers.len());
-        let token_caches = (0..providers)
-            .map(|_| TokenCache::new(DEFAULT_CACHED_TOKENS))
-            .collect();
-        let key_sources = model
-            .authentication
             .iter()
-            .flat_map(|authn| &authn.providers)
+            .flat_map(|authn| &authn.providers);
+        let jwt = providers
+            .clone()
             .map(|provider| match provider {
-                ProviderModel::Jwt(jwt) => Some(match &jwt.jwks {
-                    JwksModel::Inline(keys) => KeySource::Static(Arc::clone(keys)),
-                    JwksModel::Remote(location) => KeySource::Remote(registry.get(location)),
+                ProviderModel::Jwt(jwt) => Some(JwtState {
+                    keys: match &jwt.jwks {
+                        JwksModel::Inline(keys) => KeySource::Static(Arc::clone(keys)),
+                        JwksModel::Remote(location) => KeySource::Remote(registry.get(location)),
+                    },
+                    cache: TokenCache::new(DEFAULT_CACHED_TOKENS),
                 }),
                 ProviderModel::ApiKeys(_) => None,
             })
+            .collect();
+        let upstream_headers = providers
+            .flat_map(|provider| provider.upstream_headers())
+            .cloned()
             .collect();
         HttpRoute {
             policy,
             model,
             buckets,
-            token_caches,
-            key_sources,
+            jwt,
+            upstream_headers,
         }
     }
 
     /// The remote JWKS sources of this route.
     pub fn remote_sources(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
-        self.key_sources.iter().filter_map(|source| match source {
-            Some(KeySource::Remote(remote)) => Some(remote),
-            _ => None,
-        })
+        self.jwt
+            .iter()
+            .flatten()
+            .filter_map(|state| match &state.keys {
+                KeySource::Remote(remote) => Some(remote),
+                KeySource::Static(_) => None,
+            })
     }
 }

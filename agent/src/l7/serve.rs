@@ -94,9 +94,10 @@ pub async fn relay<D, U>(
         );
         async move {
             let started = Instant::now();
-            let head = RequestHead::of(&req);
+            // The access log's view of the request, taken only when there is a log to write.
+            let head = events.as_ref().map(|_| RequestHead::of(&req));
             let (response, outcome) = handle(req, &route, &peer, &stats, &sender).await;
-            if let Some(sink) = events {
+            if let (Some(sink), Some(head)) = (events, head) {
                 log_access(&sink, &route, &peer, head, &response, &outcome, started);
             }
             Ok::<_, Infallible>(response)
@@ -289,13 +290,9 @@ async fn handle(
             return (local_response(&denial), Outcome::Denied(denial));
         }
     };
-    // Headers the proxy sets from claims are never taken from the client.
-    if let Some(authn) = &route.model.authentication {
-        for provider in &authn.providers {
-            for header in provider.upstream_headers() {
-                parts.headers.remove(header);
-            }
-        }
+    // Headers the proxy sets from authentication are never taken from the client.
+    for header in &route.upstream_headers {
+        parts.headers.remove(header);
     }
     chain::strip_credentials(&mut parts, &passed.strip);
     for (name, value) in &passed.set_upstream {

@@ -55,15 +55,6 @@ impl MeshTable {
         table
     }
 
-    /// The L7 rules of a local destination's port.
-    pub fn http_route(
-        &self,
-        destination: std::net::SocketAddr,
-    ) -> Option<std::sync::Arc<crate::l7::HttpRoute>> {
-        let dst = self.workload(destination.ip()).filter(|w| w.local)?;
-        self.http.get(&(dst.identity, destination.port())).cloned()
-    }
-
     pub fn workload(&self, addr: IpAddr) -> Option<&WorkloadAddr> {
         self.workloads.get(&canonical(addr))
     }
@@ -80,6 +71,14 @@ impl MeshTable {
     /// port takes mTLS, the peer is the workload at the source address it claims, and a policy
     /// of the route allows that principal.
     pub fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+        self.authorize(flow).map(|_| ())
+    }
+
+    /// [`MeshTable::check`], and the L7 rules of the destination's port if it has any.
+    pub fn authorize(
+        &self,
+        flow: &FlowRequest,
+    ) -> Result<Option<std::sync::Arc<crate::l7::HttpRoute>>, DenyReason> {
         let dst = self
             .workload(flow.destination.ip())
             .filter(|w| w.local)
@@ -93,11 +92,13 @@ impl MeshTable {
         if src.spiffe_id != flow.peer.as_str() {
             return Err(DenyReason::SourceMismatch);
         }
-        if principal_allowed(route, &flow.peer) {
-            Ok(())
-        } else {
-            Err(DenyReason::PrincipalNotAllowed)
+        if !principal_allowed(route, &flow.peer) {
+            return Err(DenyReason::PrincipalNotAllowed);
         }
+        Ok(self
+            .http
+            .get(&(dst.identity, flow.destination.port()))
+            .cloned())
     }
 }
 
@@ -133,15 +134,14 @@ pub struct TableAuthorizer {
 }
 
 impl Authorize for TableAuthorizer {
-    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+    fn check(
+        &self,
+        flow: &FlowRequest,
+    ) -> Result<Option<std::sync::Arc<crate::l7::HttpRoute>>, DenyReason> {
         match self.table.read() {
-            Ok(table) => table.check(flow),
+            Ok(table) => table.authorize(flow),
             Err(_) => Err(DenyReason::NoRoute),
         }
-    }
-
-    fn http_route(&self, flow: &FlowRequest) -> Option<std::sync::Arc<crate::l7::HttpRoute>> {
-        self.table.read().ok()?.http_route(flow.destination)
     }
 }
 

@@ -190,14 +190,11 @@ pub struct FlowRequest {
     pub destination: SocketAddr,
 }
 
-/// The policy question the inbound side asks for each stream: `Err` names why not.
+/// The policy question the inbound side asks for each stream: `Err` names why not; `Ok` carries
+/// the L7 rules for the flow's requests if its destination port has any (answered from the same
+/// policy generation as the decision).
 pub trait Authorize: Send + Sync {
-    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason>;
-
-    /// The L7 rules for an authorized flow's requests, if its destination port has any.
-    fn http_route(&self, _flow: &FlowRequest) -> Option<Arc<crate::l7::HttpRoute>> {
-        None
-    }
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason>;
 }
 
 /// How the inbound side opens the connection to the destination.
@@ -360,11 +357,14 @@ async fn handle_stream(
         source,
         destination,
     };
-    if let Err(reason) = inbound.authorize.check(&flow) {
-        inbound.refuse(reason, Some(&flow.peer), Some(source), Some(destination));
-        tracing::info!(peer = %flow.peer, %source, %destination, reason = reason.name(), "tunnel: flow refused");
-        return status(StatusCode::FORBIDDEN);
-    }
+    let http_route = match inbound.authorize.check(&flow) {
+        Ok(route) => route,
+        Err(reason) => {
+            inbound.refuse(reason, Some(&flow.peer), Some(source), Some(destination));
+            tracing::info!(peer = %flow.peer, %source, %destination, reason = reason.name(), "tunnel: flow refused");
+            return status(StatusCode::FORBIDDEN);
+        }
+    };
     let connected = match inbound.upstream {
         Upstream::Plain => TcpStream::connect(destination).await,
         Upstream::Transparent { mark } => transparent_connect(source.ip(), destination, mark).await,
@@ -386,7 +386,7 @@ async fn handle_stream(
         .stats
         .accepted_streams
         .fetch_add(1, Ordering::Relaxed);
-    let http = inbound.authorize.http_route(&flow).map(|route| {
+    let http = http_route.map(|route| {
         let peer = crate::l7::chain::Peer {
             spiffe_id: Some(flow.peer.clone()),
             source,

@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
+pub use super::objects::RuleAction;
 use super::source::SourceObject;
 
 #[derive(Debug, Deserialize)]
@@ -412,18 +413,11 @@ pub enum TokenSource {
     Cookie(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleAction {
-    Allow,
-    Deny,
-}
-
 /// One authorization rule: every field given must match (fields are ANDed, values within a
 /// field ORed).
 #[derive(Debug, Clone)]
 pub struct HttpRuleModel {
     pub action: RuleAction,
-    pub index: usize,
     pub methods: Vec<Method>,
     pub hosts: Vec<String>,
     pub paths: Vec<PathMatch>,
@@ -499,8 +493,7 @@ pub fn validate(
         .rules
         .iter()
         .flatten()
-        .enumerate()
-        .filter_map(|(index, rule)| v.rule(index, rule))
+        .filter_map(|rule| v.rule(rule))
         .collect();
     let (rate_limits, rate_limit_shadow) = match &spec_value.rate_limits {
         None => (Vec::new(), false),
@@ -766,7 +759,7 @@ impl HttpValidator<'_> {
         }
     }
 
-    fn rule(&mut self, index: usize, spec: &Spanned<HttpRuleSpec>) -> Option<HttpRuleModel> {
+    fn rule(&mut self, spec: &Spanned<HttpRuleSpec>) -> Option<HttpRuleModel> {
         let raw = &spec.value;
         let action = match raw.action.value.as_str() {
             "Allow" => RuleAction::Allow,
@@ -824,7 +817,6 @@ impl HttpValidator<'_> {
         }
         Some(HttpRuleModel {
             action,
-            index,
             methods,
             hosts: raw
                 .hosts

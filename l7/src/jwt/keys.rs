@@ -137,17 +137,12 @@ impl TrustedKey {
                 Some(JwsAlg::from_name(name).ok_or_else(|| KeyError::Alg(name.to_string()))?)
             }
         };
-        let secret_len = match jwk.get("k") {
-            Some(_) if jwk.get("kty").and_then(Value::as_str) == Some("oct") => {
-                bytes(jwk, "k")?.len()
-            }
-            _ => 0,
-        };
-        let (kind, material) = match string(jwk, "kty")? {
-            "RSA" => rsa(jwk)?,
-            "EC" => ec(jwk)?,
+        let public = |(kind, material)| (kind, material, 0);
+        let (kind, material, secret_len) = match string(jwk, "kty")? {
+            "RSA" => public(rsa(jwk)?),
+            "EC" => public(ec(jwk)?),
             "oct" => oct(jwk)?,
-            "OKP" => okp(jwk)?,
+            "OKP" => public(okp(jwk)?),
             other => return Err(KeyError::KeyType(other.to_string())),
         };
         if let Some(alg) = alg
@@ -258,7 +253,8 @@ fn ec(jwk: &Map<String, Value>) -> Result<(KeyKind, Material), KeyError> {
     Ok((KeyKind::Ec(curve), material))
 }
 
-fn oct(jwk: &Map<String, Value>) -> Result<(KeyKind, Material), KeyError> {
+/// A symmetric key, with its length (HMAC keys shorter than the hash never verify).
+fn oct(jwk: &Map<String, Value>) -> Result<(KeyKind, Material, usize), KeyError> {
     let secret = bytes(jwk, "k")?;
     if secret.is_empty() {
         return Err(KeyError::EmptySecret);
@@ -266,6 +262,7 @@ fn oct(jwk: &Map<String, Value>) -> Result<(KeyKind, Material), KeyError> {
     Ok((
         KeyKind::Oct,
         Material::Library(DecodingKey::from_secret(&secret)),
+        secret.len(),
     ))
 }
 
@@ -359,7 +356,7 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// Does any key carry this `kid`? (An unknown `kid` makes the JWKS cache re-fetch.)
+    /// Does any key carry this `kid`?
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|key| key.kid() == Some(kid))
     }

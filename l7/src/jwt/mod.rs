@@ -121,13 +121,6 @@ pub fn verify_jws(
     verify_signature(config, keys, token).map(|(_, payload)| payload)
 }
 
-/// The header's `kid`, read without verifying anything: the JWKS cache uses it to decide on a
-/// re-fetch. `None` if the token is unparseable or names no `kid`.
-pub fn unverified_kid(token: &str, max_token_bytes: usize) -> Option<String> {
-    let jws = compact::parse(token, max_token_bytes).ok()?;
-    jws.header.get("kid")?.as_str().map(str::to_string)
-}
-
 fn verify_signature(
     config: &VerifierConfig,
     keys: &KeySet,

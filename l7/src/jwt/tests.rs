@@ -199,10 +199,3 @@ fn config_refuses_none_and_empty_lists() {
     assert!(VerifierConfig::new(&[] as &[&str], rules.clone(), 10).is_err());
     assert!(VerifierConfig::new(&["RS256"], rules, 0).is_err());
 }
-
-#[test]
-fn unverified_kid_reads_the_header_only() {
-    let token = hs256(&json!({"alg": "HS256", "kid": "k9"}), &claims(), &SECRET);
-    assert_eq!(unverified_kid(&token, 8192).as_deref(), Some("k9"));
-    assert_eq!(unverified_kid("garbage", 8192), None);
-}

@@ -129,16 +129,10 @@ impl<C: Clock + Clone> TokenBucket<C> {
             Ok(Ok(snapshot)) => Take::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
-            Ok(Err(not_until)) => {
-                let now = self.clock.now();
-                let wait = not_until.wait_time_from(now);
-                // The earliest time for one token; a larger cost waits proportionally longer.
-                let per_token = self.spec.fill_interval / self.spec.tokens_per_fill;
-                let extra = per_token.saturating_mul(cost.get() - 1);
-                Take::Denied {
-                    retry_after: wait.saturating_add(extra),
-                }
-            }
+            // governor's answer for `check_n` already counts all `cost` tokens.
+            Ok(Err(not_until)) => Take::Denied {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            },
             // More than the bucket can ever hold.
             Err(_) => Take::Denied {
                 retry_after: self.spec.fill_interval,

@@ -49,14 +49,35 @@ async fn origin(io: DuplexStream, http2: bool) {
     };
 }
 
-/// Two requests on one client connection; (status, body) of each.
-async fn exchange(http2: bool, paths: [&str; 2]) -> Vec<(u16, String)> {
-    let (client_io, proxy_down) = tokio::io::duplex(1 << 16);
+/// The client's end of a stream through `relay` to an origin speaking `http2` or HTTP/1.1.
+fn proxied(http2: bool) -> DuplexStream {
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
     let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
     tokio::spawn(origin(origin_io, http2));
     let stats = Arc::new(L7Stats::default());
     tokio::spawn(relay(proxy_down, proxy_up, route(), peer(), stats, None));
-    let io = TokioIo::new(client_io);
+    client_io
+}
+
+/// What the proxy answers first to `bytes` sent as they are on an HTTP/1.1 connection.
+async fn raw_answer(bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut client = proxied(false);
+    client
+        .write_all(bytes)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = vec![0u8; 64];
+    let n = client
+        .read(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// Two requests on one client connection; (status, body) of each.
+async fn exchange(http2: bool, paths: [&str; 2]) -> Vec<(u16, String)> {
+    let io = TokioIo::new(proxied(http2));
     let mut out = Vec::new();
     if http2 {
         let (mut sender, connection) =
@@ -120,57 +141,15 @@ async fn http2_with_prior_knowledge_is_served_and_forwarded_as_http2() {
 }
 
 #[tokio::test]
-async fn an_oversized_request_head_gets_431_and_never_reaches_the_origin() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let (mut client, proxy_down) = tokio::io::duplex(1 << 20);
-    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(origin(origin_io, false));
-    tokio::spawn(relay(
-        proxy_down,
-        proxy_up,
-        route(),
-        peer(),
-        Arc::new(L7Stats::default()),
-        None,
-    ));
+async fn an_oversized_request_head_gets_431() {
     let huge = "x".repeat(MAX_REQUEST_HEAD_BYTES + 1);
     let request = format!("GET /ok HTTP/1.1\r\nhost: b\r\nx-big: {huge}\r\n\r\n");
-    client
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut answer = vec![0u8; 64];
-    let n = client
-        .read(&mut answer)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    let answer = raw_answer(request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
 #[tokio::test]
 async fn garbage_instead_of_http_gets_400() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let (mut client, proxy_down) = tokio::io::duplex(1 << 16);
-    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(origin(origin_io, false));
-    tokio::spawn(relay(
-        proxy_down,
-        proxy_up,
-        route(),
-        peer(),
-        Arc::new(L7Stats::default()),
-        None,
-    ));
-    client
-        .write_all(b"\x00\x01 not http at all\r\n\r\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut answer = vec![0u8; 64];
-    let n = client
-        .read(&mut answer)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    let answer = raw_answer(b"\x00\x01 not http at all\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }

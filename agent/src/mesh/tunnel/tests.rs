@@ -30,9 +30,9 @@ fn node() -> SpiffeId {
 struct FrontendOnly;
 
 impl Authorize for FrontendOnly {
-    fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason> {
         if flow.peer == frontend() {
-            Ok(())
+            Ok(None)
         } else {
             Err(DenyReason::PrincipalNotAllowed)
         }

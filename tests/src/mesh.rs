@@ -1,0 +1,103 @@
+//! Nodes running agents with the trust domain's CA, for the mTLS and L7 tests, the conformance
+//! samples and the proxy benchmark: the pod objects their policies describe, and the agents
+//! started on a topology's nodes with a fresh CA and one policy file.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::{Agent, AgentOptions, Topology};
+
+/// A `v1 Pod` object for a pod of a node named `node-<node>`: labels `app: <name>`, service
+/// account `<name>`, `spec.nodeName` and `status.hostIP` as the topology's underlay gives them
+/// (`192.168.200.<node>`), as a YAML document starting with `---`.
+pub fn pod_object(namespace: &str, name: &str, node: u8, ip: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {ip}, hostIP: 192.168.200.{node}}}\n"
+    )
+}
+
+/// One agent per node, all with the same CA (`rampart ca init`) and policy; the work directory
+/// is removed on drop, after the agents stop.
+#[derive(Debug)]
+pub struct MeshAgents {
+    agents: Vec<(String, Agent)>,
+    work: PathBuf,
+}
+
+impl MeshAgents {
+    /// Starts an agent on each of `nodes` of `topo` with `policy` as its only policy file, run
+    /// as `--ca-dir <ca> --node-name <node>` plus `extra_args`, from `bin` (default: the
+    /// harness's agent binary).
+    pub fn start(
+        topo: &Topology,
+        nodes: &[&str],
+        policy: &str,
+        bin: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<MeshAgents> {
+        let work =
+            std::env::temp_dir().join(format!("rampart-mesh-{}-{}", std::process::id(), unique()));
+        let _ = std::fs::remove_dir_all(&work);
+        let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
+        std::fs::create_dir_all(&policy_dir)
+            .with_context(|| format!("creating {}", policy_dir.display()))?;
+        std::fs::write(policy_dir.join("world.yaml"), policy).context("writing the policy")?;
+        let bin = match bin {
+            Some(bin) => bin.to_owned(),
+            None => crate::agent::rampart_bin()?,
+        };
+        crate::agent::ca_init_with(&bin, &ca_dir)?;
+        let mut mesh = MeshAgents {
+            agents: Vec::new(),
+            work,
+        };
+        for node in nodes {
+            let mut opts = AgentOptions::new(Vec::new());
+            opts.bin = Some(bin.clone());
+            opts.policy_dir = Some(policy_dir.clone());
+            opts.extra_args = vec![
+                "--ca-dir".into(),
+                ca_dir.display().to_string(),
+                "--node-name".into(),
+                (*node).into(),
+            ];
+            opts.extra_args
+                .extend(extra_args.iter().map(|a| (*a).to_owned()));
+            let agent = Agent::start(&topo.node(node).ns, &opts)?;
+            mesh.agents.push(((*node).to_owned(), agent));
+        }
+        Ok(mesh)
+    }
+
+    /// The agent of `node`.
+    pub fn node(&self, node: &str) -> &Agent {
+        match self.agents.iter().find(|(name, _)| name == node) {
+            Some((_, agent)) => agent,
+            None => panic!("no agent on {node}"),
+        }
+    }
+
+    /// A directory for the test's own files, removed with the agents.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.iter().map(|(_, agent)| agent)
+    }
+}
+
+impl Drop for MeshAgents {
+    fn drop(&mut self) {
+        self.agents.clear();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Distinguishes several worlds of one process.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
