@@ -6,7 +6,9 @@
 //! the local proxy (TC ingress marks it [`MARK_TO_PROXY`], which the node's policy routing
 //! delivers locally, and hands its SYN to the proxy's listener). On a pod's ingress, such a flow
 //! is admitted only if the local proxy sent it (its socket marks it [`MARK_FROM_PROXY`]); replies
-//! of such flows are marked back to the proxy.
+//! of such flows are marked back to the proxy. With [`MeshFlags::INGRESS`], a flow from outside
+//! the cluster arriving on an uplink is redirected to the local proxy the same way (TC ingress of
+//! the uplink), instead of being dropped as plaintext.
 
 /// Destination identity, protocol and port that require mTLS.
 #[repr(C)]
@@ -55,6 +57,10 @@ pub struct MeshFlags;
 impl MeshFlags {
     /// Only the local proxy may deliver this flow to the pod (plaintext from anywhere else drops).
     pub const REQUIRE_MTLS: u32 = 1 << 0;
+    /// Ingress: a new flow from outside the cluster (`world` or an ipBlock's identity) arriving
+    /// on an uplink is redirected to the local proxy, which runs the port's L7 chain (and
+    /// terminates TLS if the policy says so) before it connects to the pod.
+    pub const INGRESS: u32 = 1 << 1;
 }
 
 /// The bits of `skb->mark` Rampart owns.

@@ -18,7 +18,9 @@
 //! the pod's egress, an allowed one is redirected to the local proxy (tracked with verdict
 //! `redirect`; every packet of it is [`Action::Redirect`]); on the pod's ingress, only the local
 //! proxy's packets (marked) are admitted, anything else drops `mtls_required`, and the replies of
-//! a proxied flow go back to the proxy ([`Action::ToProxy`]).
+//! a proxied flow go back to the proxy ([`Action::ToProxy`]). Where the port also takes ingress
+//! (`MeshFlags::INGRESS`), a new flow from outside the cluster arriving on an uplink is
+//! redirected to the local proxy like a pod's egress flow, instead of dropping.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
@@ -197,6 +199,7 @@ fn judge(
         audit_all,
         from_proxy: mark & MARK_MASK == MARK_FROM_PROXY,
         proxy_port: cfg.proxy_port,
+        uplink,
     };
     if dir == Direction::EGRESS {
         // The source must be this pod's own address, as its endpoint entry records it (not just an
@@ -331,6 +334,16 @@ fn judge(
             }
         } else if ctx.from_proxy {
             ct_flags |= CtFlags::PROXIED;
+        } else if mesh & MeshFlags::INGRESS != 0
+            && ctx.uplink
+            && ctx.proxy_port != 0
+            && verdict != Verdict::AUDIT
+            && outside_cluster(remote)
+        {
+            // Ingress: from outside the cluster, through the local proxy's L7 chain (the
+            // uplink's TC ingress hands the SYN to the proxy's listener). As on egress, a flow
+            // only audit lets through is not redirected (it is judged as plaintext below).
+            verdict = Verdict::REDIRECT;
         } else if audit_all {
             counters::audited(DropReason::MTLS_REQUIRED, dir, bytes);
             verdict = Verdict::AUDIT;
@@ -391,6 +404,12 @@ fn judge(
     } else {
         Action::Pass
     }
+}
+
+/// `world` or an ipBlock's identity: an address no pod of the cluster has.
+#[inline(always)]
+fn outside_cluster(identity: u32) -> bool {
+    identity == Identity::WORLD.0 || identity >= Identity::FIRST_CIDR.0
 }
 
 #[inline(always)]
@@ -539,6 +558,8 @@ struct Ctx<'a> {
     from_proxy: bool,
     /// `DatapathConfig::proxy_port` (0: no proxy).
     proxy_port: u16,
+    /// The packet arrived on an uplink (judged as the destination pod's ingress).
+    uplink: bool,
 }
 
 /// Conntrack for one key: `Some(action)` if `k` is a live flow (the packet's own direction, or

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 origin inside a namespace for the L7 proxy tests: every request gets `200`
-//! and a body that reports what arrived (the request line, then each header as `name: value`),
-//! and is counted, so a test can tell what reached the pod and what the proxy stopped.
+//! and a body that reports what arrived (the request line, each header as `name: value`, then
+//! `peer: <the connection's source address>`), and is counted, so a test can tell what reached
+//! the pod, from where, and what the proxy stopped.
 //!
 //! Hand-written (keep-alive, `Content-Length` only, no request bodies): the harness stays free of
 //! an HTTP stack, and what it must do is small.
@@ -45,6 +46,9 @@ impl HttpServer {
 /// Answers requests on one connection until the client closes it (or 10 s of silence).
 fn serve(stream: TcpStream, requests: &AtomicU64) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.ip().to_canonical().to_string());
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -68,7 +72,7 @@ fn serve(stream: TcpStream, requests: &AtomicU64) {
             .iter()
             .any(|h| h.eq_ignore_ascii_case("connection: close"))
             || head.first().is_some_and(|l| l.ends_with("HTTP/1.0"));
-        let body = head.join("\n") + "\n";
+        let body = head.join("\n") + "\npeer: " + &peer + "\n";
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
             body.len(),

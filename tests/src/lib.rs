@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod http_server;
+pub mod https;
 pub mod idp;
 pub mod jwt_cases;
 pub mod l7_e2e;

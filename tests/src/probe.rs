@@ -215,22 +215,29 @@ pub fn http_request(
     netns::run_in(ns_path, move || -> anyhow::Result<HttpReply> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
-        )?;
+        stream.write_all(request_text(&method, &path, &addr.to_string(), &headers).as_bytes())?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .context("no status code")?;
-        Ok(HttpReply {
-            status,
-            head: head.replace("\r\n", "\n"),
-            body: body.to_owned(),
-        })
+        parse_reply(&raw)
     })?
+}
+
+/// An HTTP/1.0 request with `Connection: close`; `headers` are `name: value\r\n` lines.
+pub(crate) fn request_text(method: &str, path: &str, host: &str, headers: &str) -> String {
+    format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")
+}
+
+/// A whole response as read to EOF.
+pub(crate) fn parse_reply(raw: &str) -> anyhow::Result<HttpReply> {
+    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .context("no status code")?;
+    Ok(HttpReply {
+        status,
+        head: head.replace("\r\n", "\n"),
+        body: body.to_owned(),
+    })
 }

@@ -13,6 +13,10 @@
 //! [`ipv6_of`]), the gateway is `fe80::1` on the node-side veth, and the underlay has
 //! `fd00:ffff::<n>`. Duplicate address detection is off in every namespace, so addresses are
 //! usable at once.
+//!
+//! With [`TopologyBuilder::outside`], a client outside the cluster joins the underlay
+//! ([`OUTSIDE_IP`], [`OUTSIDE_IP6`]) and reaches each pod through its node's underlay address, as
+//! a load balancer in front of the nodes would; no agent knows its address (`world`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -25,6 +29,9 @@ use crate::netns::Netns;
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pod's IPv6 gateway (link-local), held by every node-side veth.
 pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The address of the client outside the cluster, on the underlay.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 100);
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 0x100);
 
 /// A pod's IPv6 address: `fd00::` followed by its IPv4 address's 32 bits.
 pub fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
@@ -65,9 +72,10 @@ pub struct Node {
 /// A built topology. Dropping it deletes every namespace (and with them every link).
 #[derive(Debug)]
 pub struct Topology {
-    // Field order is drop order: pods, then nodes, then the fabric.
+    // Field order is drop order: pods, then nodes and the outside client, then the fabric.
     pods: Vec<Pod>,
     nodes: Vec<Node>,
+    outside: Option<Netns>,
     _fabric: Option<Netns>,
 }
 
@@ -83,6 +91,7 @@ pub struct TopologyBuilder {
     prefix: String,
     nodes: Vec<String>,
     pods: Vec<PodSpec>,
+    outside: bool,
 }
 
 impl Topology {
@@ -92,6 +101,7 @@ impl Topology {
             prefix: prefix.to_owned(),
             nodes: Vec::new(),
             pods: Vec::new(),
+            outside: false,
         }
     }
 
@@ -106,6 +116,15 @@ impl Topology {
 
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The client outside the cluster (see [`TopologyBuilder::outside`]); panics if there is
+    /// none (a test bug).
+    pub fn outside(&self) -> &Netns {
+        match &self.outside {
+            Some(ns) => ns,
+            None => panic!("this topology has no outside client"),
+        }
     }
 
     /// The pod called `name`; panics if there is none (a test bug).
@@ -137,6 +156,12 @@ impl Topology {
 impl TopologyBuilder {
     pub fn node(mut self, name: &str) -> Self {
         self.nodes.push(name.to_owned());
+        self
+    }
+
+    /// A client outside the cluster on the underlay (needs two nodes or more).
+    pub fn outside(mut self) -> Self {
+        self.outside = true;
         self
     }
 
@@ -176,6 +201,11 @@ impl TopologyBuilder {
         } else {
             None
         };
+        let outside = match (&fabric, self.outside) {
+            (Some(fabric), true) => Some(build_outside(&self.prefix, fabric)?),
+            (None, true) => bail!("an outside client needs an underlay (two nodes or more)"),
+            (_, false) => None,
+        };
 
         let mut pods = Vec::new();
         for (i, spec) in self.pods.iter().enumerate() {
@@ -186,9 +216,14 @@ impl TopologyBuilder {
             let pod = build_pod(&self.prefix, i, spec, node)?;
             pods.push(pod);
         }
-        // Every node routes the pods of the other nodes through their node's underlay address.
-        for node in &nodes {
-            for pod in pods.iter().filter(|p| p.node != node.name) {
+        // Every node routes the pods of the other nodes through their node's underlay address;
+        // the outside client routes every pod that way.
+        let routers = nodes
+            .iter()
+            .map(|n| (n.ns.name(), Some(n.name.as_str())))
+            .chain(outside.iter().map(|ns| (ns.name(), None)));
+        for (n, own) in routers {
+            for pod in pods.iter().filter(|p| Some(p.node.as_str()) != own) {
                 let remote = nodes
                     .iter()
                     .find(|n| n.name == pod.node)
@@ -196,7 +231,6 @@ impl TopologyBuilder {
                 let (Some(via), Some(via6)) = (remote.underlay_ip, remote.underlay_ip6) else {
                     bail!("remote node without an underlay address");
                 };
-                let n = node.ns.name();
                 let (dst, dst6) = (format!("{}/32", pod.ip), format!("{}/128", pod.ip6));
                 cmd::ip(&[
                     "-n",
@@ -226,6 +260,7 @@ impl TopologyBuilder {
         Ok(Topology {
             pods,
             nodes,
+            outside,
             _fabric: fabric,
         })
     }
@@ -271,6 +306,40 @@ fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
         node.underlay_ip6 = Some(addr6);
     }
     Ok(fabric)
+}
+
+/// The outside client's namespace, its `uplink` on the fabric's bridge (routes are added by
+/// the caller).
+fn build_outside(prefix: &str, fabric: &Netns) -> anyhow::Result<Netns> {
+    let ns = Netns::create(prefix, "out")?;
+    no_dad(&ns)?;
+    let (n, f) = (ns.name(), fabric.name());
+    cmd::ip(&[
+        "link", "add", "uplink", "netns", n, "type", "veth", "peer", "name", "out", "netns", f,
+    ])?;
+    cmd::ip(&["-n", f, "link", "set", "out", "master", "br0", "up"])?;
+    cmd::ip(&[
+        "-n",
+        n,
+        "addr",
+        "add",
+        &format!("{OUTSIDE_IP}/24"),
+        "dev",
+        "uplink",
+    ])?;
+    cmd::ip(&[
+        "-n",
+        n,
+        "-6",
+        "addr",
+        "add",
+        &format!("{OUTSIDE_IP6}/64"),
+        "dev",
+        "uplink",
+        "nodad",
+    ])?;
+    cmd::ip(&["-n", n, "link", "set", "uplink", "up"])?;
+    Ok(ns)
 }
 
 fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {

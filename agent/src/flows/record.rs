@@ -113,6 +113,9 @@ pub struct HttpAccess {
     /// For a refused request: the filter and its reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denied_by: Option<String>,
+    /// The SNI of an ingress client whose TLS the proxy terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 /// One flow log record.

@@ -20,12 +20,15 @@ use crate::policy::http::{
     JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
 
-/// Who is asking, as the tunnel established it.
+/// Who is asking, as the tunnel (or ingress) established it.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The mTLS peer; `None` for a client outside the cluster.
     pub spiffe_id: Option<SpiffeId>,
     pub source: SocketAddr,
     pub destination: SocketAddr,
+    /// The SNI of an ingress client whose TLS the proxy terminated.
+    pub server_name: Option<String>,
 }
 
 /// An authenticated end user.

@@ -211,6 +211,7 @@ fn log_access(
         rate_limit_bucket: None,
         rate_limit_remaining: None,
         denied_by: None,
+        tls_server_name: peer.server_name.clone(),
     };
     let (filter, reason) = match outcome {
         Outcome::Passed(passed) => {

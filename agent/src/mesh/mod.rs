@@ -1,9 +1,13 @@
 //! Workload identity between nodes: the trust domain's CA ([`ca`]), SPIFFE IDs ([`spiffe`]), the
 //! TLS 1.3 configurations that check them ([`tls`]) and the HBONE-shaped node-to-node tunnel
-//! ([`tunnel`]) that carries flows policy requires to be mutually authenticated.
+//! ([`tunnel`]) that carries flows policy requires to be mutually authenticated; traffic from
+//! outside the cluster through the same L7 chain ([`ingress`]), with TLS terminated by SNI
+//! ([`sni`]).
 
 pub mod ca;
+pub mod ingress;
 pub mod runtime;
+pub mod sni;
 pub mod spiffe;
 pub mod table;
 pub mod tls;

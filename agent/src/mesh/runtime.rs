@@ -14,6 +14,7 @@ use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
+use super::ingress::IngressContext;
 use super::spiffe::SpiffeId;
 use super::table::{MeshTable, TableAuthorizer};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
@@ -88,6 +89,8 @@ pub struct MeshRuntime {
     certs: Mutex<Certs>,
     node_cert: Arc<RotatingCert>,
     inbound: Arc<Inbound>,
+    /// Flows from outside the cluster.
+    pub ingress: IngressContext,
     node_id: SpiffeId,
     trust_domain: String,
     events: Option<ProxyEventSink>,
@@ -144,6 +147,12 @@ impl MeshRuntime {
             events: events.clone(),
             l7: Arc::new(crate::l7::L7Stats::default()),
         });
+        let ingress = IngressContext {
+            l7: Arc::clone(&inbound.l7),
+            events: events.clone(),
+            mark: MARK_FROM_PROXY,
+            flows: AtomicU64::new(0),
+        };
         Ok(Arc::new(MeshRuntime {
             certs: Mutex::new(Certs {
                 ca_pem: ca.cert_pem().to_owned(),
@@ -160,6 +169,7 @@ impl MeshRuntime {
             outbound_flows: AtomicU64::new(0),
             node_cert,
             inbound,
+            ingress,
             node_id,
             trust_domain: trust_domain.to_owned(),
             events,
@@ -324,7 +334,9 @@ impl MeshRuntime {
         Ok((cert, certs.bundle.clone()))
     }
 
-    /// A redirected flow: the accepted socket's local address is the original destination.
+    /// A redirected flow: the accepted socket's local address is the original destination. A
+    /// local pod's flow goes into the tunnel; one from outside the cluster to a local pod's
+    /// ingress port is served here.
     async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let original = match stream.local_addr() {
             Ok(a) => a,
@@ -336,6 +348,12 @@ impl MeshRuntime {
                 Ok(t) => Arc::clone(&t),
                 Err(_) => return,
             };
+            if table.workload(peer.ip()).is_none()
+                && let Some(route) = table.ingress(original)
+            {
+                drop(table);
+                return super::ingress::serve(stream, peer, original, route, &self.ingress).await;
+            }
             let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
                 tracing::info!(%peer, %original, "proxy: source is not a local workload");
                 return self.fail(OutboundError::UnknownSource, peer, original);

@@ -16,13 +16,15 @@ pub struct MeshTable {
     routes: HashMap<(u32, u16), MeshRoute>,
     /// Routes with L7 rules, and their live state.
     http: HashMap<(u32, u16), std::sync::Arc<crate::l7::HttpRoute>>,
+    /// Routes that take traffic from outside the cluster.
+    ingress: HashMap<(u32, u16), std::sync::Arc<super::ingress::IngressRoute>>,
 }
 
 impl MeshTable {
     /// The table of `compiled`; JWKS sources its L7 rules name come from `jwks` (started there
     /// if new; those no rule names any more are stopped).
     pub fn from_compiled(compiled: &Compiled, jwks: &crate::l7::jwks::JwksRegistry) -> MeshTable {
-        let table = MeshTable {
+        let mut table = MeshTable {
             workloads: compiled
                 .workloads
                 .iter()
@@ -44,7 +46,35 @@ impl MeshTable {
                     Some(((r.identity, r.port), std::sync::Arc::new(route)))
                 })
                 .collect(),
+            ingress: HashMap::new(),
         };
+        for r in &compiled.mesh {
+            let Some(model) = &r.ingress else {
+                continue;
+            };
+            let http = table.http.get(&(r.identity, r.port)).cloned();
+            let tls = match &model.tls {
+                None => None,
+                Some(certificates) => {
+                    match super::sni::server_config(certificates, http.is_some()) {
+                        Ok(config) => Some(config),
+                        Err(e) => {
+                            // A checked policy set has its certificates; fail closed anyway.
+                            tracing::warn!(policy = ?r.ingress_policy, "ingress: no TLS configuration: {e}");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let route = super::ingress::IngressRoute {
+                policy: r.ingress_policy.clone().unwrap_or_default(),
+                tls,
+                http,
+            };
+            table
+                .ingress
+                .insert((r.identity, r.port), std::sync::Arc::new(route));
+        }
         let in_use = table
             .http
             .values()
@@ -65,6 +95,18 @@ impl MeshTable {
 
     pub fn routes(&self) -> usize {
         self.routes.len()
+    }
+
+    /// The ingress of `destination` if it is a local workload's port that takes traffic from
+    /// outside the cluster.
+    pub fn ingress(
+        &self,
+        destination: std::net::SocketAddr,
+    ) -> Option<std::sync::Arc<super::ingress::IngressRoute>> {
+        let dst = self.workload(destination.ip()).filter(|w| w.local)?;
+        self.ingress
+            .get(&(dst.identity, destination.port()))
+            .cloned()
     }
 
     /// The inbound decision for one tunnelled flow: the destination is a local workload whose
@@ -158,6 +200,8 @@ mod tests {
             http_policy: None,
             http: None,
             brake: None,
+            ingress_policy: None,
+            ingress: None,
         }
     }
 

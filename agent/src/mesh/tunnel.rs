@@ -367,7 +367,7 @@ async fn handle_stream(
     };
     let connected = match inbound.upstream {
         Upstream::Plain => TcpStream::connect(destination).await,
-        Upstream::Transparent { mark } => transparent_connect(source.ip(), destination, mark).await,
+        Upstream::Transparent { mark } => transparent_connect(source, destination, mark).await,
     };
     let upstream = match connected {
         Ok(s) => s,
@@ -391,6 +391,7 @@ async fn handle_stream(
             spiffe_id: Some(flow.peer.clone()),
             source,
             destination,
+            server_name: None,
         };
         (route, peer, Arc::clone(&inbound.l7), inbound.events.clone())
     });
@@ -419,27 +420,45 @@ async fn handle_stream(
     status(StatusCode::OK)
 }
 
-/// Connects to `destination` from `source` (any port), which need not be an address of this host
-/// (`IP_TRANSPARENT`), with `SO_MARK` `mark`.
-async fn transparent_connect(
-    source: std::net::IpAddr,
+/// Connects to `destination` from `source`'s address, which need not be an address of this host
+/// (`IP_TRANSPARENT`), with `SO_MARK` `mark`, from a port other than `source`'s own: the
+/// client's flow and the proxy's flow to the pod must be different flows to the kernel's
+/// conntrack (an ingress client's flow is tracked on this node too, as redirected).
+pub(crate) async fn transparent_connect(
+    source: SocketAddr,
     destination: SocketAddr,
     mark: u32,
 ) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(destination),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    if destination.is_ipv4() {
-        socket.set_ip_transparent_v4(true)?;
-    } else {
-        socket.set_ip_transparent_v6(true)?;
+    let bound = || -> std::io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(destination),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        if destination.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            socket.set_ip_transparent_v6(true)?;
+        }
+        socket.set_mark(mark)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&SocketAddr::new(source.ip(), 0).into())?;
+        Ok(socket)
+    };
+    let mut socket = bound()?;
+    // The kernel picks the port at bind; a second pick cannot be the same port (the first is
+    // still held), so one retry suffices.
+    let port = |s: &Socket| {
+        s.local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+    };
+    if port(&socket) == Some(source.port()) {
+        let other = bound()?;
+        socket = other;
     }
-    socket.set_mark(mark)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.connect(destination).await

@@ -119,8 +119,9 @@ impl AgentCollector {
         };
         let stats = &mesh.inbound_stats;
         // One family for every refusal of the proxy's chain: the tunnel's own (`filter="mtls"`:
-        // handshake, peer identity, principal) and the L7 filters' (`authn`, `authz`,
-        // `ratelimit`); reasons are closed sets, so the label set is bounded.
+        // handshake, peer identity, principal), ingress's (`filter="ingress"`: TLS, the pod)
+        // and the L7 filters' (`authn`, `authz`, `ratelimit`); reasons are closed sets, so the
+        // label set is bounded.
         let tunnel = DenyReason::ALL.iter().map(|r| {
             (
                 vec![
@@ -216,7 +217,7 @@ impl AgentCollector {
         counter_family(
             encoder,
             "rampart_proxy_flows",
-            "Flows carried through the mTLS tunnel, by side (outbound: from a local pod; inbound: to one)",
+            "Flows through the proxy, by side (outbound: from a local pod into the tunnel; inbound: from the tunnel to a local pod; ingress: from outside the cluster to a local pod)",
             [
                 (
                     vec![("direction", "outbound".to_owned())],
@@ -226,6 +227,12 @@ impl AgentCollector {
                 (
                     vec![("direction", "inbound".to_owned())],
                     stats.accepted_streams(),
+                ),
+                (
+                    vec![("direction", "ingress".to_owned())],
+                    mesh.ingress
+                        .flows
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 ),
             ],
         )

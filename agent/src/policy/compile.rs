@@ -95,6 +95,11 @@ pub struct MeshRoute {
     pub http: Option<std::sync::Arc<crate::policy::http::HttpPolicyModel>>,
     /// The kernel's flood brake on new connections to it (the strictest of the policies).
     pub brake: Option<crate::policy::model::BrakeModel>,
+    /// The MeshPolicy whose `ingress` section applies to traffic from outside the cluster (the
+    /// first by name if several have one; the others are reported as warnings).
+    pub ingress_policy: Option<String>,
+    #[serde(skip)]
+    pub ingress: Option<std::sync::Arc<crate::policy::ingress::IngressModel>>,
 }
 
 /// A pod address, as the proxy needs it: who is there, and where that pod's node takes tunnels.
@@ -336,7 +341,11 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                     _pad: 0,
                 },
                 MeshEntry {
-                    flags: MeshFlags::REQUIRE_MTLS,
+                    flags: if r.ingress.is_some() {
+                        MeshFlags::REQUIRE_MTLS | MeshFlags::INGRESS
+                    } else {
+                        MeshFlags::REQUIRE_MTLS
+                    },
                     cookie: 0,
                     brake_period_ns: r.brake.map_or(0, |b| b.period_ns),
                     brake_tau_ns: r.brake.map_or(0, |b| b.tau_ns),
@@ -394,6 +403,8 @@ fn mesh_routes<'m>(
                         http_policy: None,
                         http: None,
                         brake: None,
+                        ingress_policy: None,
+                        ingress: None,
                     });
                     let name = format!("MeshPolicy {}", policy.name);
                     if !route.policies.contains(&name) {
@@ -414,6 +425,18 @@ fn mesh_routes<'m>(
                                 }
                                 Some(first) => warnings.push(format!(
                                     "MeshPolicy {} and {first} both set http rules for identity {identity} port {port}; {first} applies",
+                                    policy.name
+                                )),
+                            }
+                        }
+                        if let Some(ingress) = &policy.ingress {
+                            match &route.ingress_policy {
+                                None => {
+                                    route.ingress_policy = Some(policy.name.clone());
+                                    route.ingress = Some(std::sync::Arc::clone(ingress));
+                                }
+                                Some(first) => warnings.push(format!(
+                                    "MeshPolicy {} and {first} both set ingress for identity {identity} port {port}; {first} applies",
                                     policy.name
                                 )),
                             }

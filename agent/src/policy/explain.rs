@@ -65,6 +65,10 @@ pub struct MtlsExplanation {
     pub source_allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_spiffe_id: Option<String>,
+    /// The MeshPolicy whose `ingress` section takes the flow through the proxy, for a source
+    /// outside the cluster (arriving on an uplink) when the port has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +150,12 @@ pub fn explain(compiled: &Compiled, query: &ExplainQuery) -> Result<Explanation,
                 .as_deref()
                 .and_then(|s| SpiffeId::parse(s).ok())
                 .is_some_and(|id| principal_allowed(route, &id));
+            let ingress_policy = route.ingress_policy.clone().filter(|_| spiffe.is_none());
             MtlsExplanation {
                 policies: route.policies.clone(),
                 source_allowed,
                 source_spiffe_id: spiffe,
+                ingress_policy,
             }
         });
     Ok(Explanation {
@@ -251,7 +257,12 @@ pub fn render(e: &Explanation) -> String {
         };
         let _ = writeln!(out, "  {what}: {}{audit} by {by}", end.verdict);
     }
-    if let Some(m) = &e.mtls {
+    if let Some(policy) = e.mtls.as_ref().and_then(|m| m.ingress_policy.as_ref()) {
+        let _ = writeln!(
+            out,
+            "  from outside the cluster: through the proxy's ingress (MeshPolicy {policy}) when it arrives on an uplink; plaintext anywhere else is dropped"
+        );
+    } else if let Some(m) = &e.mtls {
         let _ = writeln!(
             out,
             "  mTLS only (MeshPolicy {}): plaintext is dropped; source {} {}",

@@ -6,6 +6,7 @@
 //! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
 //! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
 //! | L7 | `http` | a MeshPolicy's `http` section: JWT providers, authorization rules, rate limits |
+//! | ingress | `ingress` | a MeshPolicy's `ingress` section: traffic from outside the cluster, TLS certificates from Secrets |
 //! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
@@ -18,6 +19,7 @@ pub mod diag;
 pub mod explain;
 pub mod http;
 pub mod identity;
+pub mod ingress;
 pub mod model;
 pub mod objects;
 pub mod selector;

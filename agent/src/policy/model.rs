@@ -53,6 +53,8 @@ pub struct MeshPolicyModel {
     pub http: Option<std::sync::Arc<super::http::HttpPolicyModel>>,
     /// The kernel's brake on new connections per source identity.
     pub brake: Option<BrakeModel>,
+    /// Traffic from outside the cluster through the proxy's chain.
+    pub ingress: Option<std::sync::Arc<super::ingress::IngressModel>>,
     pub origin: Origin,
 }
 
@@ -295,6 +297,7 @@ pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
         }
     }
     super::http::resolve_secrets(&mut model.mesh_policies, &model.secrets, diags);
+    super::ingress::resolve_secrets(&mut model.mesh_policies, &model.secrets, diags);
     // Pods in namespaces no object describes still have the namespace's own-name label.
     for pod in &model.pods {
         model
@@ -887,6 +890,16 @@ impl Validator<'_> {
             .flood_brake
             .as_ref()
             .and_then(|raw| self.flood_brake(raw, &mut ok));
+        let ingress = match &spec.ingress {
+            None => None,
+            Some(raw) => match super::ingress::validate(self.so, raw, self.diags) {
+                Some(model) => Some(std::sync::Arc::new(model)),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
         let applies_to = applies_to?;
         ok.then(|| MeshPolicyModel {
             name,
@@ -895,6 +908,7 @@ impl Validator<'_> {
             principals,
             http,
             brake,
+            ingress,
             origin: self.so.whole(),
         })
     }

@@ -530,6 +530,8 @@ pub struct MeshPolicySpec {
     pub http: Option<Box<Spanned<super::http::HttpSpec>>>,
     /// New connections per source identity, braked in the kernel.
     pub flood_brake: Option<Spanned<FloodBrakeSpec>>,
+    /// Traffic from outside the cluster through the proxy (see `policy::ingress`).
+    pub ingress: Option<Spanned<super::ingress::IngressSpec>>,
 }
 
 /// A token bucket on new connections per (source identity, destination identity, port).

@@ -83,6 +83,7 @@ fn peer() -> Peer {
         spiffe_id: SpiffeId::parse("spiffe://td/ns/web/sa/frontend").ok(),
         source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
         destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+        server_name: None,
     }
 }
 

@@ -1,0 +1,176 @@
+//! Ingress: a flow from outside the cluster that the kernel redirected at the uplink to the
+//! proxy's transparent listener (the port's MeshPolicy has an `ingress` section). The proxy
+//! terminates TLS if the policy has certificates (chosen by SNI, see [`super::sni`]), runs the
+//! port's `http` chain on every request exactly as for a tunnelled flow (a world client has no
+//! SPIFFE ID, so rules that name principals never match it), and connects to the pod from the
+//! client's own address with the proxy's mark, so the pod's policy and logs see the real client.
+//!
+//! Refusals are counted in `rampart_proxy_denied_total{filter="ingress",reason}` and reported as
+//! flow records.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::tunnel::{self, ProxyEvent, ProxyEventSink, ProxySide};
+use crate::l7::chain::Peer;
+use crate::l7::{HttpRoute, L7Stats};
+
+/// How long a client has to send its first byte and finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The filter label of ingress refusals.
+pub const FILTER: &str = "ingress";
+
+/// One destination port's ingress, as the proxy runs it (built with each mesh table).
+#[derive(Debug)]
+pub struct IngressRoute {
+    /// The MeshPolicy whose `ingress` section this is.
+    pub policy: String,
+    /// `None`: plaintext.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// The port's L7 rules; `None`: bytes are relayed as they are.
+    pub http: Option<Arc<HttpRoute>>,
+}
+
+/// Why an ingress flow was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressRefusal {
+    /// The port takes TLS and the client spoke something else.
+    Plaintext,
+    /// The TLS handshake failed or timed out.
+    HandshakeFailed,
+    /// The pod did not accept the connection.
+    UpstreamUnreachable,
+}
+
+impl IngressRefusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            IngressRefusal::Plaintext => "plaintext",
+            IngressRefusal::HandshakeFailed => "tls_handshake_failed",
+            IngressRefusal::UpstreamUnreachable => "upstream_unreachable",
+        }
+    }
+}
+
+/// What ingress flows share: counters, the flow log, the mark of connections to pods.
+pub struct IngressContext {
+    pub l7: Arc<L7Stats>,
+    pub events: Option<ProxyEventSink>,
+    /// `SO_MARK` of the connection to the pod.
+    pub mark: u32,
+    /// Flows that reached their pod.
+    pub flows: AtomicU64,
+}
+
+impl IngressContext {
+    fn refuse(&self, reason: IngressRefusal, source: SocketAddr, destination: SocketAddr) {
+        self.l7.deny(FILTER, reason.name());
+        tracing::info!(%source, %destination, reason = reason.name(), "ingress: refused");
+        if let Some(sink) = &self.events {
+            sink(&ProxyEvent {
+                side: ProxySide::Inbound,
+                filter: FILTER,
+                http: None,
+                reason: reason.name(),
+                peer: None,
+                source: Some(source),
+                destination: Some(destination),
+            });
+        }
+    }
+}
+
+/// Serves one ingress flow from `source` to the pod at `destination` until either side closes.
+pub async fn serve(
+    stream: TcpStream,
+    source: SocketAddr,
+    destination: SocketAddr,
+    route: Arc<IngressRoute>,
+    ctx: &IngressContext,
+) {
+    let Some(tls) = &route.tls else {
+        return relay(stream, None, source, destination, &route, ctx).await;
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            return ctx.refuse(IngressRefusal::Plaintext, source, destination);
+        }
+        // Closed or silent before a byte: nothing was asked.
+        _ => return,
+    }
+    let accepted = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(Arc::clone(tls)).accept(stream),
+    )
+    .await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%source, error = %e, "ingress: TLS handshake failed");
+            return ctx.refuse(IngressRefusal::HandshakeFailed, source, destination);
+        }
+        Err(_) => return ctx.refuse(IngressRefusal::HandshakeFailed, source, destination),
+    };
+    let server_name = stream.get_ref().1.server_name().map(str::to_owned);
+    relay(stream, server_name, source, destination, &route, ctx).await
+}
+
+/// Connects to the pod and relays: through the L7 chain if the port has rules, else as bytes.
+async fn relay<D>(
+    mut downstream: D,
+    server_name: Option<String>,
+    source: SocketAddr,
+    destination: SocketAddr,
+    route: &IngressRoute,
+    ctx: &IngressContext,
+) where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let upstream = match tunnel::transparent_connect(source, destination, ctx.mark).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::debug!(%destination, error = %e, "ingress: pod unreachable");
+            return ctx.refuse(IngressRefusal::UpstreamUnreachable, source, destination);
+        }
+    };
+    ctx.flows.fetch_add(1, Ordering::Relaxed);
+    match &route.http {
+        Some(http) => {
+            let peer = Peer {
+                spiffe_id: None,
+                source,
+                destination,
+                server_name,
+            };
+            crate::l7::serve::relay(
+                downstream,
+                upstream,
+                Arc::clone(http),
+                peer,
+                Arc::clone(&ctx.l7),
+                ctx.events.clone(),
+            )
+            .await;
+        }
+        None => {
+            let mut upstream = upstream;
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut downstream,
+                &mut upstream,
+                tunnel::RELAY_BUFFER,
+                tunnel::RELAY_BUFFER,
+            )
+            .await;
+        }
+    }
+}
