@@ -202,7 +202,11 @@ impl Controller {
         let previous_table = self.state.mesh.as_ref().map(|mesh| {
             compiled.state.proxy_port = mesh.settings.proxy_port;
             let previous = mesh.table.read().map(|t| Arc::clone(&t)).ok();
-            mesh.set_table(MeshTable::from_compiled(&compiled, &mesh.jwks));
+            mesh.set_table(MeshTable::from_compiled(
+                &compiled,
+                &mesh.jwks,
+                previous.as_deref(),
+            ));
             previous
         });
         if let Err(e) = self.datapath.apply(&compiled.state) {

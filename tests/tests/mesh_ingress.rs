@@ -272,6 +272,11 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
     assert_eq!(ingress["verdict"], "allow", "{ingress}");
     assert_eq!(ingress["src"]["ip"], OUTSIDE_IP.to_string(), "{ingress}");
     assert!(ingress["src"]["pod"].is_null(), "{ingress}");
+    assert_eq!(ingress["src"]["cidr"], "world", "{ingress}");
+    assert_eq!(
+        ingress["dst"]["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/b",
+        "{ingress}"
+    );
     assert_eq!(ingress["dst"]["pod"], "shop/b", "{ingress}");
     assert_eq!(ingress["http"]["api_key_client"], "acme", "{ingress}");
     assert_eq!(ingress["http"]["policy"], "api-gateway", "{ingress}");

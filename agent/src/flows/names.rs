@@ -16,6 +16,7 @@ struct IdentityName {
     namespace: String,
     labels: BTreeMap<String, String>,
     service_account: String,
+    spiffe_id: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -24,6 +25,8 @@ pub struct FlowNames {
     /// Pod address → (`namespace/name`, identity).
     pods: HashMap<IpAddr, (String, u32)>,
     cidrs: HashMap<u32, String>,
+    /// The same prefixes, to find an address's identity when only the address is known.
+    prefixes: Vec<(ipnet::IpNet, u32)>,
     rules: Vec<RuleRef>,
     mesh: HashMap<(u32, u16), Vec<String>>,
 }
@@ -41,6 +44,7 @@ impl FlowNames {
                             namespace: i.namespace.clone(),
                             labels: i.labels.clone(),
                             service_account: i.service_account.clone(),
+                            spiffe_id: i.spiffe_id.clone(),
                         },
                     )
                 })
@@ -55,6 +59,7 @@ impl FlowNames {
                 .iter()
                 .map(|(net, id)| (*id, net.to_string()))
                 .collect(),
+            prefixes: compiled.cidr_identities.clone(),
             rules: compiled.rules.clone(),
             mesh: compiled
                 .mesh
@@ -67,9 +72,16 @@ impl FlowNames {
     /// One end of a flow. `identity` is the kernel's; 0 means "look it up by address".
     pub fn peer(&self, ip: Option<IpAddr>, port: u16, identity: u32) -> FlowPeer {
         let pod = ip.and_then(|ip| self.pods.get(&ip));
-        let identity = match (identity, pod) {
-            (0, Some((_, id))) => *id,
-            (id, _) => id,
+        let identity = match (identity, pod, ip) {
+            (0, Some((_, id)), _) => *id,
+            // Not a pod: the longest ipBlock prefix holding it, else `world` (as the ipcache).
+            (0, None, Some(ip)) => self
+                .prefixes
+                .iter()
+                .filter(|(net, _)| net.contains(&ip))
+                .max_by_key(|(net, _)| net.prefix_len())
+                .map_or(Identity::WORLD.0, |(_, id)| *id),
+            (id, _, _) => id,
         };
         let mut peer = FlowPeer {
             ip,
@@ -82,6 +94,7 @@ impl FlowNames {
             peer.namespace = Some(name.namespace.clone());
             peer.labels = name.labels.clone();
             peer.service_account = Some(name.service_account.clone());
+            peer.spiffe_id = Some(name.spiffe_id.clone()).filter(|id| !id.is_empty());
         } else if peer.pod.is_none() {
             peer.cidr = match Identity(identity) {
                 Identity::HOST => Some("host".into()),
@@ -169,6 +182,15 @@ mod tests {
                 .cidr
                 .as_deref(),
             Some("world")
+        );
+        // An address alone outside the pods: its ipBlock's prefix, else world.
+        let by_addr = |ip: &str| n.peer(Some(ip.parse().expect("ip")), 443, 0);
+        assert_eq!(by_addr("192.0.2.9").cidr.as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(by_addr("198.51.100.1").cidr.as_deref(), Some("world"));
+        assert_eq!(by_addr("198.51.100.1").identity, 2);
+        assert_eq!(
+            web.spiffe_id.as_deref(),
+            Some("spiffe://cluster.local/ns/prod/sa/web")
         );
     }
 

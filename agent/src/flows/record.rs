@@ -33,6 +33,9 @@ pub struct FlowPeer {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// The workload's SPIFFE ID (what the mesh's certificates name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
     /// For addresses outside the cluster's pods: the policy CIDR the address belongs to, or a
     /// reserved name (`world`, `host`, `remote-node`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

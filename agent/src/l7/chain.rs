@@ -486,7 +486,7 @@ fn rate_limit(
 ) -> Result<(), Denial> {
     let mut held = Vec::new();
     for (limit, state) in route.model.rate_limits.iter().zip(&route.buckets) {
-        let bucket = match state {
+        let bucket = match &**state {
             BucketState::Single(bucket) => std::sync::Arc::clone(bucket),
             BucketState::Keyed(keyed) => match key_value(&limit.key, parts, peer, passed) {
                 Some(value) => keyed.bucket(&value),

@@ -1,7 +1,8 @@
 //! One destination's L7 policy as the proxy runs it: the validated model plus the state that
 //! lives with it (rate-limit buckets, JWT keys and verified tokens), and what every request
-//! needs from it computed once. Built with each mesh table, so buckets start full when the
-//! policy set changes.
+//! needs from it computed once. Built with each mesh table; a rate limit that the new policy set
+//! states exactly as before (same MeshPolicy, bucket name, key and rate) keeps its buckets, so
+//! pods coming and going do not refill everyone's tokens.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub struct HttpRoute {
     pub policy: String,
     pub model: Arc<HttpPolicyModel>,
     /// In the order of `model.rate_limits`.
-    pub buckets: Vec<BucketState>,
+    pub buckets: Vec<Arc<BucketState>>,
     /// Per authentication provider, in the order of `model.authentication.providers`: a JWT
     /// provider's keys and verified tokens (`None` for API-key providers).
     pub jwt: Vec<Option<JwtState>>,
@@ -62,16 +63,34 @@ impl KeySource {
 }
 
 impl HttpRoute {
-    pub fn new(policy: String, model: Arc<HttpPolicyModel>, registry: &JwksRegistry) -> HttpRoute {
+    /// The route of `model`; rate limits unchanged from `previous` (the same destination's
+    /// route in the table being replaced) keep their buckets.
+    pub fn new(
+        policy: String,
+        model: Arc<HttpPolicyModel>,
+        registry: &JwksRegistry,
+        previous: Option<&HttpRoute>,
+    ) -> HttpRoute {
+        let kept = |limit: &crate::policy::http::RateBucketModel| {
+            let previous = previous.filter(|p| p.policy == policy)?;
+            let i = previous.model.rate_limits.iter().position(|l| l == limit)?;
+            previous.buckets.get(i).cloned()
+        };
         let buckets = model
             .rate_limits
             .iter()
-            .map(|limit| match limit.key {
-                RateKey::Route => BucketState::Single(Arc::new(TokenBucket::new(limit.spec))),
-                _ => BucketState::Keyed(KeyedBuckets::new(
-                    limit.spec,
-                    NonZeroUsize::new(limit.max_keys).unwrap_or(NonZeroUsize::MIN),
-                )),
+            .map(|limit| {
+                kept(limit).unwrap_or_else(|| {
+                    Arc::new(match limit.key {
+                        RateKey::Route => {
+                            BucketState::Single(Arc::new(TokenBucket::new(limit.spec)))
+                        }
+                        _ => BucketState::Keyed(KeyedBuckets::new(
+                            limit.spec,
+                            NonZeroUsize::new(limit.max_keys).unwrap_or(NonZeroUsize::MIN),
+                        )),
+                    })
+                })
             })
             .collect();
         let providers = model

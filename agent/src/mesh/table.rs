@@ -22,8 +22,13 @@ pub struct MeshTable {
 
 impl MeshTable {
     /// The table of `compiled`; JWKS sources its L7 rules name come from `jwks` (started there
-    /// if new; those no rule names any more are stopped).
-    pub fn from_compiled(compiled: &Compiled, jwks: &crate::l7::jwks::JwksRegistry) -> MeshTable {
+    /// if new; those no rule names any more are stopped); rate limits unchanged from
+    /// `previous` keep their buckets.
+    pub fn from_compiled(
+        compiled: &Compiled,
+        jwks: &crate::l7::jwks::JwksRegistry,
+        previous: Option<&MeshTable>,
+    ) -> MeshTable {
         let mut table = MeshTable {
             workloads: compiled
                 .workloads
@@ -41,8 +46,13 @@ impl MeshTable {
                 .filter_map(|r| {
                     let model = r.http.as_ref()?;
                     let policy = r.http_policy.clone().unwrap_or_default();
-                    let route =
-                        crate::l7::HttpRoute::new(policy, std::sync::Arc::clone(model), jwks);
+                    let before = previous.and_then(|t| t.http.get(&(r.identity, r.port)));
+                    let route = crate::l7::HttpRoute::new(
+                        policy,
+                        std::sync::Arc::clone(model),
+                        jwks,
+                        before.map(|b| &**b),
+                    );
                     Some(((r.identity, r.port), std::sync::Arc::new(route)))
                 })
                 .collect(),

@@ -455,7 +455,7 @@ pub enum ClaimMatch {
     Contains(String, String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateBucketModel {
     pub name: String,
     pub key: RateKey,

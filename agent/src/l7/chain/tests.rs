@@ -32,6 +32,7 @@ fn route(http: &str) -> HttpRoute {
         "api".into(),
         model,
         &crate::l7::jwks::JwksRegistry::default(),
+        None,
     )
 }
 
@@ -224,6 +225,36 @@ fn rate_limits_per_subject_answer_429_with_headers() {
         .unwrap_or(0);
     assert!((59..=60).contains(&retry), "retry-after {retry}");
     assert!(call(&bob).is_ok(), "another subject has its own bucket");
+}
+
+#[test]
+fn unchanged_rate_limits_keep_their_buckets_across_policy_sets() {
+    let limit = |max: u32| {
+        format!(
+            "    rateLimits:\n      buckets:\n      - {{name: all, maxTokens: {max}, tokensPerFill: 1, fillInterval: 1m}}\n"
+        )
+    };
+    let passes = |route: &HttpRoute| {
+        run(route, &parts("GET", "/", &[]), &peer(), &L7Stats::default()).is_ok()
+    };
+    let first = route(&limit(1));
+    assert!(passes(&first));
+    assert!(!passes(&first));
+    // The same limit in the next policy set (another object changed): still empty.
+    let rebuilt = |text: &str, previous: &HttpRoute| {
+        let fresh = route(text);
+        HttpRoute::new(
+            fresh.policy.clone(),
+            Arc::clone(&fresh.model),
+            &crate::l7::jwks::JwksRegistry::default(),
+            Some(previous),
+        )
+    };
+    let second = rebuilt(&limit(1), &first);
+    assert!(!passes(&second), "an unchanged limit refilled on a policy change");
+    // A changed limit starts full.
+    let third = rebuilt(&limit(2), &second);
+    assert!(passes(&third));
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn route() -> Arc<HttpRoute> {
         "api".into(),
         model,
         &JwksRegistry::default(),
+        None,
     ))
 }
 
