@@ -542,6 +542,7 @@ fn key_value(key: &RateKey, parts: &Parts, peer: &Peer, passed: &Passed) -> Opti
     match key {
         RateKey::Route => Some(String::new()),
         RateKey::SourcePrincipal => peer.spiffe_id.as_ref().map(|id| id.as_str().to_owned()),
+        RateKey::SourceAddress => Some(peer.source.ip().to_canonical().to_string()),
         RateKey::JwtSubject => passed
             .principal
             .as_ref()

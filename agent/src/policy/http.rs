@@ -187,8 +187,8 @@ pub struct RateLimitsSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateBucketSpec {
     pub name: Spanned<String>,
-    /// `route` (default), `sourcePrincipal`, `jwtSubject`, `apiKeyClient`, `header:<name>`,
-    /// `claim:<name>`.
+    /// `route` (default), `sourcePrincipal`, `sourceAddress`, `jwtSubject`, `apiKeyClient`,
+    /// `header:<name>`, `claim:<name>`.
     pub key: Option<Spanned<String>>,
     pub max_tokens: u32,
     pub tokens_per_fill: Option<u32>,
@@ -467,6 +467,9 @@ pub struct RateBucketModel {
 pub enum RateKey {
     Route,
     SourcePrincipal,
+    /// The client's IP address (the connection's source: a pod, or a client outside the cluster
+    /// for ingress).
+    SourceAddress,
     JwtSubject,
     ApiKeyClient,
     Header(HeaderName),
@@ -866,6 +869,7 @@ impl HttpValidator<'_> {
         let key = match raw.key.as_ref().map(|k| k.value.as_str()) {
             None | Some("route") => RateKey::Route,
             Some("sourcePrincipal") => RateKey::SourcePrincipal,
+            Some("sourceAddress") => RateKey::SourceAddress,
             Some("jwtSubject") => RateKey::JwtSubject,
             Some("apiKeyClient") => RateKey::ApiKeyClient,
             Some(other) => match other.split_once(':') {
@@ -880,7 +884,7 @@ impl HttpValidator<'_> {
                 _ => {
                     self.error(
                         spec,
-                        format!("key {other:?}: route, sourcePrincipal, jwtSubject, apiKeyClient, header:<name> or claim:<name>"),
+                        format!("key {other:?}: route, sourcePrincipal, sourceAddress, jwtSubject, apiKeyClient, header:<name> or claim:<name>"),
                     );
                     return None;
                 }

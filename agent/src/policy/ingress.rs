@@ -351,6 +351,29 @@ mod tests {
         }
     }
 
+    /// The example in `policies/mesh/`, with the workloads it selects, is a valid set whose
+    /// frontend port takes ingress with the example certificate.
+    #[test]
+    fn the_example_ingress_policy_checks() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let text = ["workloads.yaml", "mesh/frontend-ingress.yaml"]
+            .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+            .join("---\n");
+        let checked = check(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let compiled = crate::policy::explain::compile_all_local(&checked.model, "cluster.local");
+        let route = compiled
+            .mesh
+            .iter()
+            .find(|r| r.ingress_policy.as_deref() == Some("frontend-ingress"))
+            .unwrap_or_else(|| panic!("no ingress route"));
+        assert_eq!(route.port, 8080);
+        let certs = route.ingress.as_ref().and_then(|i| i.tls.as_ref());
+        assert_eq!(
+            certs.map(|c| c[0].names.clone()),
+            Some(vec!["shop.example.com".into(), "*.shop.example.com".into()])
+        );
+    }
+
     #[test]
     fn a_tls_secret_loads_with_its_dns_names() {
         let (cert, key) = certificate(&["API.shop.test", "*.shop.test"]);

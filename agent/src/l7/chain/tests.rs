@@ -251,10 +251,34 @@ fn unchanged_rate_limits_keep_their_buckets_across_policy_sets() {
         )
     };
     let second = rebuilt(&limit(1), &first);
-    assert!(!passes(&second), "an unchanged limit refilled on a policy change");
+    assert!(
+        !passes(&second),
+        "an unchanged limit refilled on a policy change"
+    );
     // A changed limit starts full.
     let third = rebuilt(&limit(2), &second);
     assert!(passes(&third));
+}
+
+#[test]
+fn a_source_address_key_gives_each_client_address_its_bucket() {
+    let route = route(
+        "    rateLimits:\n      buckets:\n      - {name: per-address, key: sourceAddress, maxTokens: 1, tokensPerFill: 1, fillInterval: 1m}\n",
+    );
+    let from = |source: &str| {
+        let peer = Peer {
+            source: source.parse().unwrap_or_else(|e| panic!("{e}")),
+            ..peer()
+        };
+        run(&route, &parts("GET", "/", &[]), &peer, &L7Stats::default()).is_ok()
+    };
+    assert!(from("203.0.113.7:1000"));
+    assert!(!from("203.0.113.7:2000"), "the same address, another port");
+    assert!(
+        !from("[::ffff:203.0.113.7]:3000"),
+        "the same address, mapped"
+    );
+    assert!(from("203.0.113.8:1000"));
 }
 
 #[test]
