@@ -41,6 +41,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     // promtool checks the metrics, and a real Prometheus server scrapes an agent in a test.
     "prometheus",
+    // The WAF: libmodsecurity v3 (the agent links it) and Debian's Core Rule Set (3.3, the
+    // default rule directory).
+    "libmodsecurity-dev",
+    "modsecurity-crs",
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

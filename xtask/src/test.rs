@@ -108,8 +108,9 @@ fn clippy_kernel_crate() -> anyhow::Result<()> {
     exec(&mut cmd)
 }
 
-/// xtask installs the eBPF toolchain, so building it must not build the kernel object: no crate
-/// that embeds it (the agent) may be among xtask's dependencies.
+/// xtask installs the eBPF toolchain and libmodsecurity, so building it must not build the
+/// kernel object or link the WAF: no crate that does (the agent, the WAF engine) may be among
+/// xtask's dependencies.
 fn xtask_builds_without_the_ebpf_toolchain() -> anyhow::Result<()> {
     let tree = crate::process::output(cargo().args([
         "tree",
@@ -122,12 +123,13 @@ fn xtask_builds_without_the_ebpf_toolchain() -> anyhow::Result<()> {
         "none",
     ]))
     .context("`cargo tree -p xtask` failed")?;
-    if let Some(line) = tree
-        .lines()
-        .find(|l| l.starts_with("rampart-agent ") || l.starts_with("rampart-ebpf "))
-    {
+    if let Some(line) = tree.lines().find(|l| {
+        ["rampart-agent ", "rampart-ebpf ", "rampart-waf "]
+            .iter()
+            .any(|c| l.starts_with(c))
+    }) {
         anyhow::bail!(
-            "xtask depends on `{line}`, which needs the eBPF toolchain that xtask installs"
+            "xtask depends on `{line}`, which needs the eBPF toolchain or libmodsecurity that xtask installs"
         );
     }
     Ok(())

@@ -1,0 +1,349 @@
+//! One libmodsecurity instance with one loaded rule set, and the evaluation of a request through
+//! it. Loading CRS 4 takes about a second and ~40 MB, so the proxy loads one engine per distinct
+//! configuration and shares it; an evaluation takes about a millisecond of CPU and blocks, so
+//! callers run it off the async executor's threads.
+
+use std::ffi::{CStr, CString};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use libc::{c_char, c_void};
+
+use crate::config::{CrsLayout, ExtraRules, Profile};
+use crate::matches::RuleMatch;
+use crate::{WafError, sys};
+
+/// What the engine is told of one request.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub method: &'a str,
+    /// The request target as received (path and query, not normalised).
+    pub uri: &'a str,
+    /// `1.0`, `1.1` or `2.0` (the engine wants the number, not `HTTP/1.1`).
+    pub http_version: &'a str,
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// The body, or its first `body_limit` bytes.
+    pub body: &'a [u8],
+}
+
+/// The engine's verdict on one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The rules asked to interrupt the request (CRS: the anomaly score reached the threshold).
+    pub disruptive: bool,
+    /// The status the rules asked for (403 from CRS).
+    pub status: u16,
+    /// Every rule that matched, in order.
+    pub matched: Vec<RuleMatch>,
+    /// The inbound anomaly score, when a blocking-evaluation rule reported it.
+    pub anomaly_score: Option<u32>,
+}
+
+impl Evaluation {
+    /// The matched rule ids, without the blocking-evaluation rules (949xxx, 959xxx, 980xxx).
+    pub fn rule_ids(&self) -> Vec<u32> {
+        self.matched
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !matches!(id / 1000, 949 | 959 | 980))
+            .collect()
+    }
+
+    /// The rule group of the first matched detection rule (`other` when none).
+    pub fn group(&self) -> &'static str {
+        self.rule_ids()
+            .first()
+            .map_or("other", |id| crate::matches::rule_group(*id))
+    }
+}
+
+/// Held while rules load or are freed: the library's rule parser (bison/flex) keeps global
+/// state, and two loads at once corrupt the heap (seen here as `malloc_consolidate(): invalid
+/// chunk size`).
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A loaded engine. Dropping it frees the rules and the library instance (under [`LOADING`]).
+pub struct Engine {
+    raw: Option<Raw>,
+}
+
+/// The library's instance and rule set; freed on drop by whoever holds [`LOADING`].
+struct Raw {
+    msc: NonNull<sys::ModSecurity>,
+    rules: NonNull<sys::RulesSet>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        // SAFETY: both were created by `Engine::load` and are freed once, here.
+        unsafe {
+            sys::msc_rules_cleanup(self.rules.as_ptr());
+            sys::msc_cleanup(self.msc.as_ptr());
+        }
+    }
+}
+
+// SAFETY: after loading, the rule set is only read: libmodsecurity's connectors (nginx workers,
+// Envoy's filter) share one `RulesSet` and one `ModSecurity` across threads and give each
+// request its own `Transaction`, which is what `evaluate` does; the transaction never leaves the
+// calling thread.
+unsafe impl Send for Engine {}
+// SAFETY: as above; `&Engine` only creates transactions.
+unsafe impl Sync for Engine {}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _one_at_a_time = LOADING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(self.raw.take());
+    }
+}
+
+/// Collects one transaction's log lines (the callback's `data`).
+#[derive(Default)]
+struct Collected {
+    matched: Vec<RuleMatch>,
+}
+
+extern "C" fn on_log(data: *mut c_void, message: *const c_void) {
+    if data.is_null() || message.is_null() {
+        return;
+    }
+    // SAFETY: `data` is the `Collected` that `evaluate` passed to `msc_new_transaction`, alive
+    // and used by this thread only while the transaction runs; `message` is a NUL-terminated
+    // line (the text log property `msc_set_log_cb` sets up). Parsing never panics.
+    let (collected, line) = unsafe {
+        (
+            &mut *data.cast::<Collected>(),
+            CStr::from_ptr(message.cast::<c_char>()),
+        )
+    };
+    tracing::trace!(line = %line.to_string_lossy(), "waf: match");
+    if let Some(m) = RuleMatch::parse(&line.to_string_lossy()) {
+        collected.matched.push(m);
+    }
+}
+
+impl Engine {
+    /// Loads the CRS at `crs` with `profile`. Errors name the file the library refused.
+    pub fn load(crs: &CrsLayout, profile: &Profile) -> Result<Engine, WafError> {
+        let _one_at_a_time = LOADING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: no preconditions; a null result is handled.
+        let msc = NonNull::new(unsafe { sys::msc_init() }).ok_or(WafError::Init)?;
+        // SAFETY: as above.
+        let Some(rules) = NonNull::new(unsafe { sys::msc_create_rules_set() }) else {
+            // SAFETY: created above, freed once.
+            unsafe { sys::msc_cleanup(msc.as_ptr()) };
+            return Err(WafError::Init);
+        };
+        // Freed without taking the lock again if loading fails below.
+        let raw = Raw { msc, rules };
+        let connector = c"rampart";
+        // SAFETY: a live instance; the strings are NUL-terminated and copied by the library; the
+        // callback is a plain function.
+        unsafe {
+            sys::msc_set_connector_info(msc.as_ptr(), connector.as_ptr());
+            sys::msc_set_log_cb(msc.as_ptr(), on_log);
+        }
+        raw.add_text("the engine's settings", &profile.base_rules())?;
+        raw.add_file(&crs.setup)?;
+        raw.add_text("the profile's variables", &profile.variables())?;
+        for file in &crs.rules {
+            raw.add_file(file)?;
+        }
+        let exclusions = profile.exclusions();
+        if !exclusions.is_empty() {
+            raw.add_text("the rule exclusions", &exclusions)?;
+        }
+        for extra in &profile.extra {
+            match extra {
+                ExtraRules::Inline(text) => raw.add_text("the extra rules", text)?,
+                ExtraRules::File(path) => raw.add_file(path)?,
+            }
+        }
+        Ok(Engine { raw: Some(raw) })
+    }
+
+    fn raw(&self) -> Result<&Raw, WafError> {
+        self.raw.as_ref().ok_or(WafError::Init)
+    }
+}
+
+impl Raw {
+    fn add_text(&self, what: &str, text: &str) -> Result<(), WafError> {
+        let c = CString::new(text).map_err(|_| WafError::Rules {
+            origin: what.to_owned(),
+            problem: "contains a NUL byte".into(),
+        })?;
+        let mut error: *const c_char = std::ptr::null();
+        // SAFETY: a live rule set, a NUL-terminated string, an out-pointer the library sets.
+        let rc = unsafe { sys::msc_rules_add(self.rules.as_ptr(), c.as_ptr(), &mut error) };
+        check(rc, error, what)
+    }
+
+    fn add_file(&self, path: &Path) -> Result<(), WafError> {
+        let what = path.display().to_string();
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| WafError::Rules {
+            origin: what.clone(),
+            problem: "a path with a NUL byte".into(),
+        })?;
+        let mut error: *const c_char = std::ptr::null();
+        // SAFETY: as in `add_text`.
+        let rc = unsafe { sys::msc_rules_add_file(self.rules.as_ptr(), c.as_ptr(), &mut error) };
+        check(rc, error, &what)
+    }
+}
+
+impl Engine {
+    /// Runs the request phases (connection, URI, headers, body; the body phase runs even without
+    /// a body, where CRS decides) and returns what matched. Stops at the first interruption.
+    pub fn evaluate(&self, request: &Request<'_>) -> Result<Evaluation, WafError> {
+        let text = |what: &str, s: &str| {
+            CString::new(s).map_err(|_| WafError::Input(format!("{what} contains a NUL byte")))
+        };
+        let client = text("client", &request.client.ip().to_canonical().to_string())?;
+        let server = text("server", &request.server.ip().to_canonical().to_string())?;
+        let uri = text("the request target", request.uri)?;
+        let method = text("the method", request.method)?;
+        let version = text("the HTTP version", request.http_version)?;
+        let raw = self.raw()?;
+        let mut collected = Box::new(Collected::default());
+        // SAFETY: live instance and rules; `collected` outlives the transaction (dropped after
+        // `Transaction::drop` below) and is only touched by the callback on this thread.
+        let raw = unsafe {
+            sys::msc_new_transaction(
+                raw.msc.as_ptr(),
+                raw.rules.as_ptr(),
+                std::ptr::from_mut::<Collected>(&mut collected).cast::<c_void>(),
+            )
+        };
+        let tx = Transaction(NonNull::new(raw).ok_or(WafError::Init)?);
+        let mut interrupted = None;
+        let phases: [&dyn Fn(*mut sys::Transaction); 4] = [
+            // SAFETY (all four): a live transaction; strings NUL-terminated and alive for the
+            // call; header and body slices valid for their lengths.
+            &|t| unsafe {
+                sys::msc_process_connection(
+                    t,
+                    client.as_ptr(),
+                    i32::from(request.client.port()),
+                    server.as_ptr(),
+                    i32::from(request.server.port()),
+                );
+            },
+            &|t| unsafe {
+                sys::msc_process_uri(t, uri.as_ptr(), method.as_ptr(), version.as_ptr());
+            },
+            &|t| unsafe {
+                for (name, value) in request.headers {
+                    sys::msc_add_n_request_header(
+                        t,
+                        name.as_ptr(),
+                        name.len(),
+                        value.as_ptr(),
+                        value.len(),
+                    );
+                }
+                sys::msc_process_request_headers(t);
+            },
+            &|t| unsafe {
+                if !request.body.is_empty() {
+                    sys::msc_append_request_body(t, request.body.as_ptr(), request.body.len());
+                }
+                sys::msc_process_request_body(t);
+            },
+        ];
+        for phase in phases {
+            phase(tx.0.as_ptr());
+            if let Some((status, by)) = tx.intervention() {
+                interrupted = Some(status);
+                collected.matched.extend(by);
+                break;
+            }
+        }
+        // SAFETY: a live transaction.
+        unsafe { sys::msc_process_logging(tx.0.as_ptr()) };
+        drop(tx);
+        let matched = std::mem::take(&mut collected.matched);
+        let anomaly_score = matched.iter().rev().find_map(RuleMatch::total_score);
+        Ok(Evaluation {
+            disruptive: interrupted.is_some(),
+            status: interrupted.unwrap_or(200),
+            matched,
+            anomaly_score,
+        })
+    }
+}
+
+/// A transaction, cleaned up on drop.
+struct Transaction(NonNull<sys::Transaction>);
+
+impl Transaction {
+    /// The status of a disruptive intervention the rules asked for, and the match line of the
+    /// rule that asked (the library reports it here, not through the log callback).
+    fn intervention(&self) -> Option<(u16, Option<RuleMatch>)> {
+        let mut it = sys::Intervention {
+            status: 200,
+            pause: 0,
+            url: std::ptr::null_mut(),
+            log: std::ptr::null_mut(),
+            disruptive: 0,
+        };
+        // SAFETY: a live transaction and an initialised intervention; the strings it may set
+        // are malloc'd by the library and freed here with `free`.
+        let (asked, line) = unsafe {
+            let asked = sys::msc_intervention(self.0.as_ptr(), &mut it);
+            let line =
+                (!it.log.is_null()).then(|| CStr::from_ptr(it.log).to_string_lossy().into_owned());
+            libc::free(it.url.cast());
+            libc::free(it.log.cast());
+            (asked, line)
+        };
+        (asked != 0 && it.disruptive != 0).then(|| {
+            (
+                u16::try_from(it.status).unwrap_or(403),
+                line.as_deref().and_then(RuleMatch::parse),
+            )
+        })
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        // SAFETY: created by `msc_new_transaction`, freed once, here.
+        unsafe { sys::msc_transaction_cleanup(self.0.as_ptr()) };
+    }
+}
+
+/// A rules call's result: `rc < 0` is an error whose text the library `strdup`'d.
+fn check(rc: libc::c_int, error: *const c_char, source: &str) -> Result<(), WafError> {
+    if rc >= 0 {
+        return Ok(());
+    }
+    let problem = if error.is_null() {
+        "rejected".to_owned()
+    } else {
+        // SAFETY: a NUL-terminated string the library allocated with malloc; read, then freed.
+        unsafe {
+            let text = CStr::from_ptr(error).to_string_lossy().trim().to_owned();
+            libc::free(error.cast_mut().cast());
+            text
+        }
+    };
+    Err(WafError::Rules {
+        origin: source.to_owned(),
+        problem,
+    })
+}
