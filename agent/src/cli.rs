@@ -213,6 +213,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PORT", default_value_t = 15008, value_parser = clap::value_parser!(u16).range(1..))]
     pub tunnel_port: u16,
 
+    /// The OWASP Core Rule Set the proxy's WAF loads for MeshPolicies with `http.waf`: a
+    /// directory with `rules/*.conf` and `crs-setup.conf` (or `.example`); CRS 3.3 and 4 layouts.
+    #[arg(long, value_name = "DIR", env = "RAMPART_CRS_DIR", default_value = rampart_waf::DEBIAN_CRS_DIR)]
+    pub crs_dir: PathBuf,
+
     /// Also write every flow record to this file, as JSON lines (rotated by size).
     #[arg(long, value_name = "FILE", env = "RAMPART_FLOW_LOG")]
     pub flow_log: Option<PathBuf>,

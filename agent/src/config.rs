@@ -118,6 +118,7 @@ impl RunConfig {
                     cert_ttl: std::time::Duration::from_secs(args.cert_ttl),
                     proxy_port: args.proxy_port,
                     tunnel_port: args.tunnel_port,
+                    crs_dir: args.crs_dir.clone(),
                 })
             }
         };

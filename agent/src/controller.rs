@@ -198,6 +198,14 @@ impl Controller {
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
+        // The WAF's rules load before anything changes: a set whose rules do not load is
+        // rejected like any bad policy.
+        if let Some(mesh) = &self.state.mesh
+            && let Err(e) = mesh.wafs.prepare(&compiled)
+        {
+            self.alloc.abandon();
+            return Err(self.reject_message(e));
+        }
         // The proxy learns the new routes before the kernel redirects by them.
         let previous_table = self.state.mesh.as_ref().map(|mesh| {
             compiled.state.proxy_port = mesh.settings.proxy_port;
@@ -206,6 +214,7 @@ impl Controller {
                 &compiled,
                 &mesh.jwks,
                 previous.as_deref(),
+                Some(&mesh.wafs),
             ));
             previous
         });

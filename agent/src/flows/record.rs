@@ -119,6 +119,14 @@ pub struct HttpAccess {
     /// The SNI of an ingress client whose TLS the proxy terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
+    /// The WAF's matched rule ids (without the blocking-evaluation rules), when it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waf_rule_ids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf_anomaly_score: Option<u32>,
+    /// How much of the body the WAF judged: `inspected`, `prefix_inspected`, `not_inspected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf_body: Option<String>,
 }
 
 /// One flow log record.

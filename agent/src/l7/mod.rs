@@ -12,6 +12,7 @@
 //! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
 //! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
 //! | `stats` | counters by filter and reason |
+//! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
@@ -22,6 +23,7 @@ mod prefixed;
 pub mod route;
 pub mod serve;
 pub mod stats;
+pub mod waf;
 
 pub use route::HttpRoute;
 pub use stats::L7Stats;

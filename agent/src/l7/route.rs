@@ -36,6 +36,8 @@ pub struct HttpRoute {
     /// Headers the proxy sets on forwarded requests from authentication results; a client's
     /// own values of them are always dropped.
     pub upstream_headers: Vec<HeaderName>,
+    /// The WAF, when the rules have one.
+    pub waf: Option<super::waf::RouteWaf>,
 }
 
 /// A JWT provider's live state.
@@ -70,6 +72,7 @@ impl HttpRoute {
         model: Arc<HttpPolicyModel>,
         registry: &JwksRegistry,
         previous: Option<&HttpRoute>,
+        wafs: Option<&super::waf::WafEngines>,
     ) -> HttpRoute {
         let kept = |limit: &crate::policy::http::RateBucketModel| {
             let previous = previous.filter(|p| p.policy == policy)?;
@@ -114,12 +117,17 @@ impl HttpRoute {
             .flat_map(|provider| provider.upstream_headers())
             .cloned()
             .collect();
+        let waf = model.waf.as_ref().map(|waf| super::waf::RouteWaf {
+            model: waf.clone(),
+            engine: wafs.and_then(|w| w.engine(&waf.profile)),
+        });
         HttpRoute {
             policy,
             model,
             buckets,
             jwt,
             upstream_headers,
+            waf,
         }
     }
 

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use super::chain::{self, Denial, Passed, Peer};
 use super::prefixed::Prefixed;
+use super::waf::{UpstreamBody, WafReport};
 use super::{HttpRoute, L7Stats};
 use crate::flows::record::HttpAccess;
 use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
@@ -33,13 +34,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The connection to the pod, in the client's protocol.
 enum Upstream {
     /// One request at a time.
-    H1(Mutex<hyper::client::conn::http1::SendRequest<Incoming>>),
+    H1(Mutex<hyper::client::conn::http1::SendRequest<UpstreamBody>>),
     /// Streams multiplexed; the handle is cloned per request.
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
 }
 
 impl Upstream {
-    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, hyper::Error> {
+    async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Upstream::H1(sender) => {
                 let mut sender = sender.lock().await;
@@ -96,9 +100,14 @@ pub async fn relay<D, U>(
             let started = Instant::now();
             // The access log's view of the request, taken only when there is a log to write.
             let head = events.as_ref().map(|_| RequestHead::of(&req));
-            let (response, outcome) = handle(req, &route, &peer, &stats, &sender).await;
+            let (response, outcome, waf) = handle(req, &route, &peer, &stats, &sender).await;
             if let (Some(sink), Some(head)) = (events, head) {
-                log_access(&sink, &route, &peer, head, &response, &outcome, started);
+                let seen = Seen {
+                    head,
+                    outcome: &outcome,
+                    waf: waf.as_ref(),
+                };
+                log_access(&sink, &route, &peer, seen, &response, started);
             }
             Ok::<_, Infallible>(response)
         }
@@ -189,15 +198,22 @@ impl RequestHead {
     }
 }
 
+/// What the proxy saw of a request and decided, for the access log.
+struct Seen<'a> {
+    head: RequestHead,
+    outcome: &'a Outcome,
+    waf: Option<&'a WafReport>,
+}
+
 fn log_access(
     sink: &ProxyEventSink,
     route: &HttpRoute,
     peer: &Peer,
-    head: RequestHead,
+    seen: Seen<'_>,
     response: &Response<Body>,
-    outcome: &Outcome,
     started: Instant,
 ) {
+    let Seen { head, outcome, waf } = seen;
     let mut access = HttpAccess {
         method: head.method,
         host: head.host,
@@ -212,6 +228,9 @@ fn log_access(
         rate_limit_remaining: None,
         denied_by: None,
         tls_server_name: peer.server_name.clone(),
+        waf_rule_ids: waf.map(|w| w.rule_ids.clone()).unwrap_or_default(),
+        waf_anomaly_score: waf.and_then(|w| w.anomaly_score),
+        waf_body: waf.and_then(|w| w.body).map(str::to_owned),
     };
     let (filter, reason) = match outcome {
         Outcome::Passed(passed) => {
@@ -256,7 +275,7 @@ async fn handle(
     peer: &Peer,
     stats: &L7Stats,
     upstream: &Upstream,
-) -> (Response<Body>, Outcome) {
+) -> (Response<Body>, Outcome, Option<WafReport>) {
     let (mut parts, body) = req.into_parts();
     let mut decision = chain::run(route, &parts, peer, stats);
     // A token whose `kid` no key has may have been signed with a key the IdP just published:
@@ -288,7 +307,37 @@ async fn handle(
                 path = parts.uri.path(),
                 "l7: request denied"
             );
-            return (local_response(&denial), Outcome::Denied(denial));
+            return (local_response(&denial), Outcome::Denied(denial), None);
+        }
+    };
+    // The WAF, last: it judges the request as the client sent it (before credentials are
+    // stripped), and decides which body goes on.
+    let (body, waf) = match &route.waf {
+        None => (body.boxed(), None),
+        Some(waf) => {
+            let (judged, report) = super::waf::inspect(waf, &parts, body, peer).await;
+            stats.waf_evaluated(&route.policy, &report, waf.model.block);
+            match judged {
+                Ok(body) => (body, Some(report)),
+                Err(denial) => {
+                    stats.deny(denial.filter, denial.reason);
+                    tracing::info!(
+                        policy = %route.policy,
+                        reason = denial.reason,
+                        rules = ?report.rule_ids,
+                        score = ?report.anomaly_score,
+                        source = %peer.source,
+                        method = %parts.method,
+                        path = parts.uri.path(),
+                        "waf: request denied"
+                    );
+                    return (
+                        local_response(&denial),
+                        Outcome::Denied(denial),
+                        Some(report),
+                    );
+                }
+            }
         }
     };
     // Headers the proxy sets from authentication are never taken from the client.
@@ -313,7 +362,7 @@ async fn handle(
             status_response(StatusCode::BAD_GATEWAY)
         }
     };
-    (response, Outcome::Passed(passed))
+    (response, Outcome::Passed(passed), waf)
 }
 
 fn local_response(denial: &Denial) -> Response<Body> {

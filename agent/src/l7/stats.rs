@@ -8,6 +8,11 @@ use std::sync::{Mutex, PoisonError};
 #[derive(Debug, Default)]
 pub struct L7Stats {
     denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// WAF evaluations, and matches that block (or would, in Detect mode) by (policy, rule group,
+    /// blocked).
+    waf_evaluated: AtomicU64,
+    waf_matched: Mutex<BTreeMap<(String, &'static str, bool), u64>>,
+    waf_errors: AtomicU64,
     /// Requests a shadow-mode rate limit would have denied.
     shadow_limited: AtomicU64,
     forwarded: AtomicU64,
@@ -17,6 +22,41 @@ impl L7Stats {
     pub fn deny(&self, filter: &'static str, reason: &'static str) {
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
         *denied.entry((filter, reason)).or_default() += 1;
+    }
+
+    /// Counts one WAF evaluation of `policy`'s route (`block`: the route's mode).
+    pub fn waf_evaluated(&self, policy: &str, report: &super::waf::WafReport, block: bool) {
+        self.waf_evaluated.fetch_add(1, Ordering::Relaxed);
+        if report.engine_error {
+            self.waf_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if report.matched_block {
+            let mut matched = self
+                .waf_matched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *matched
+                .entry((policy.to_owned(), report.group, block))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn waf_evaluated_total(&self) -> u64 {
+        self.waf_evaluated.load(Ordering::Relaxed)
+    }
+
+    pub fn waf_errors_total(&self) -> u64 {
+        self.waf_errors.load(Ordering::Relaxed)
+    }
+
+    /// ((policy, rule group, blocked), count): requests the rules would block, and whether the
+    /// route blocked them (Block mode) or only detected them.
+    pub fn waf_matches(&self) -> Vec<((String, &'static str, bool), u64)> {
+        let matched = self
+            .waf_matched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        matched.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     pub fn forwarded(&self) {

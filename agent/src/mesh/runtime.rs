@@ -34,6 +34,8 @@ pub struct MeshSettings {
     pub cert_ttl: Duration,
     pub proxy_port: u16,
     pub tunnel_port: u16,
+    /// The Core Rule Set of the WAF.
+    pub crs_dir: PathBuf,
 }
 
 /// Why an outbound (redirected) flow could not be tunnelled; the label of
@@ -84,6 +86,8 @@ pub struct MeshRuntime {
     pub inbound_stats: Arc<TunnelStats>,
     /// JWKS sources of the L7 rules, refreshed on this runtime.
     pub jwks: Arc<crate::l7::jwks::JwksRegistry>,
+    /// WAF engines, one per profile the L7 rules use.
+    pub wafs: crate::l7::waf::WafEngines,
     outbound_errors: [AtomicU64; OutboundError::ALL.len()],
     pub outbound_flows: AtomicU64,
     certs: Mutex<Certs>,
@@ -154,6 +158,7 @@ impl MeshRuntime {
             flows: AtomicU64::new(0),
         };
         Ok(Arc::new(MeshRuntime {
+            wafs: crate::l7::waf::WafEngines::new(settings.crs_dir.clone()),
             certs: Mutex::new(Certs {
                 ca_pem: ca.cert_pem().to_owned(),
                 ca,

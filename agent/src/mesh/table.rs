@@ -28,6 +28,7 @@ impl MeshTable {
         compiled: &Compiled,
         jwks: &crate::l7::jwks::JwksRegistry,
         previous: Option<&MeshTable>,
+        wafs: Option<&crate::l7::waf::WafEngines>,
     ) -> MeshTable {
         let mut table = MeshTable {
             workloads: compiled
@@ -52,6 +53,7 @@ impl MeshTable {
                         std::sync::Arc::clone(model),
                         jwks,
                         before.map(|b| &**b),
+                        wafs,
                     );
                     Some(((r.identity, r.port), std::sync::Arc::new(route)))
                 })

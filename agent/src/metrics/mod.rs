@@ -197,6 +197,49 @@ impl AgentCollector {
                     .encode(age.encode_family(&[("source", source.as_str())])?)?;
             }
         }
+        let l7 = mesh.l7_stats();
+        let waf = l7.waf_matches();
+        for (name, help, blocked) in [
+            (
+                "rampart_waf_blocked",
+                "Requests the WAF blocked, by MeshPolicy and CRS rule group",
+                true,
+            ),
+            (
+                "rampart_waf_detected",
+                "Requests the WAF's rules would block, let through by Detect mode, by MeshPolicy and CRS rule group",
+                false,
+            ),
+        ] {
+            counter_family(
+                encoder,
+                name,
+                help,
+                waf.iter()
+                    .filter(|((_, _, b), _)| *b == blocked)
+                    .map(|((policy, group, _), n)| {
+                        (
+                            vec![
+                                ("policy", policy.clone()),
+                                ("rule_group", (*group).to_owned()),
+                            ],
+                            *n,
+                        )
+                    }),
+            )?;
+        }
+        counter_family(
+            encoder,
+            "rampart_waf_evaluated",
+            "Requests the WAF evaluated",
+            [(Vec::new(), l7.waf_evaluated_total())],
+        )?;
+        counter_family(
+            encoder,
+            "rampart_waf_engine_errors",
+            "Requests the WAF engine failed on (refused with 503, or let through with onEngineError: Allow)",
+            [(Vec::new(), l7.waf_errors_total())],
+        )?;
         counter_family(
             encoder,
             "rampart_proxy_ratelimit_shadow",

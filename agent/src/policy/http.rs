@@ -50,6 +50,8 @@ pub struct HttpSpec {
     pub authentication: Option<Spanned<AuthenticationSpec>>,
     pub rules: Option<Vec<Spanned<HttpRuleSpec>>>,
     pub rate_limits: Option<Spanned<RateLimitsSpec>>,
+    /// The OWASP Core Rule Set (see `policy::waf`).
+    pub waf: Option<Spanned<super::waf::WafSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +209,7 @@ pub struct HttpPolicyModel {
     pub rules: Vec<HttpRuleModel>,
     pub rate_limits: Vec<RateBucketModel>,
     pub rate_limit_shadow: bool,
+    pub waf: Option<super::waf::WafModel>,
 }
 
 #[derive(Debug, Clone)]
@@ -510,13 +513,25 @@ pub fn validate(
             limits.value.shadow,
         ),
     };
+    let waf =
+        spec_value
+            .waf
+            .as_ref()
+            .and_then(|raw| match super::waf::validate(v.so, raw, v.diags) {
+                Some(model) => Some(model),
+                None => {
+                    v.ok = false;
+                    None
+                }
+            });
     if spec_value.authentication.is_none()
         && spec_value.rules.is_none()
         && spec_value.rate_limits.is_none()
+        && spec_value.waf.is_none()
     {
         v.error(
             spec,
-            "http: name at least one of authentication, rules, rateLimits",
+            "http: name at least one of authentication, rules, rateLimits, waf",
         );
     }
     let ok = v.ok;
@@ -525,6 +540,7 @@ pub fn validate(
         rules,
         rate_limits,
         rate_limit_shadow,
+        waf,
     })
 }
 

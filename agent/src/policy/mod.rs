@@ -6,6 +6,7 @@
 //! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
 //! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
 //! | L7 | `http` | a MeshPolicy's `http` section: JWT providers, authorization rules, rate limits |
+//! | WAF | `waf` | a MeshPolicy's `http.waf`: the Core Rule Set's profile, body inspection, modes |
 //! | ingress | `ingress` | a MeshPolicy's `ingress` section: traffic from outside the cluster, TLS certificates from Secrets |
 //! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
@@ -25,6 +26,7 @@ pub mod objects;
 pub mod selector;
 pub mod source;
 pub mod verdict;
+pub mod waf;
 
 use diag::Diagnostic;
 

@@ -33,6 +33,7 @@ fn route(http: &str) -> HttpRoute {
         model,
         &crate::l7::jwks::JwksRegistry::default(),
         None,
+        None,
     )
 }
 
@@ -248,6 +249,7 @@ fn unchanged_rate_limits_keep_their_buckets_across_policy_sets() {
             Arc::clone(&fresh.model),
             &crate::l7::jwks::JwksRegistry::default(),
             Some(previous),
+            None,
         )
     };
     let second = rebuilt(&limit(1), &first);

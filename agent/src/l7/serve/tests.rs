@@ -22,6 +22,7 @@ fn route() -> Arc<HttpRoute> {
         model,
         &JwksRegistry::default(),
         None,
+        None,
     ))
 }
 
@@ -154,4 +155,123 @@ async fn an_oversized_request_head_gets_431() {
 async fn garbage_instead_of_http_gets_400() {
     let answer = raw_answer(b"\x00\x01 not http at all\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// `../shared/crs-4.28.0` beside the project (or `RAMPART_CRS_DIR`).
+fn shared_crs() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("RAMPART_CRS_DIR") {
+        return dir.into();
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/crs-4.28.0");
+    [beside, "/work/shared/crs-4.28.0".into()]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("no CRS 4.28.0 beside the project; set RAMPART_CRS_DIR"))
+}
+
+/// A route whose `http` section is only `waf` (as YAML flow text), its engine loaded.
+fn waf_route(waf: &str) -> Arc<HttpRoute> {
+    let text = format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    waf: {waf}\n"
+    );
+    let checked =
+        crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), &text))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+    let model = checked.model.mesh_policies[0]
+        .http
+        .clone()
+        .unwrap_or_else(|| panic!("no http"));
+    let mut route = HttpRoute::new("api".into(), model, &JwksRegistry::default(), None, None);
+    if let Some(waf) = &mut route.waf {
+        let layout =
+            rampart_waf::CrsLayout::discover(&shared_crs()).unwrap_or_else(|e| panic!("{e}"));
+        let engine = rampart_waf::Engine::load(&layout, &waf.model.profile)
+            .unwrap_or_else(|e| panic!("{e}"));
+        waf.engine = Some(Arc::new(engine));
+    }
+    Arc::new(route)
+}
+
+/// An origin that answers with the request body it received, and counts requests.
+async fn echo_origin(io: DuplexStream, seen: Arc<std::sync::atomic::AtomicU64>) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, Infallible>(Response::new(Full::new(body)))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// One HTTP/1.1 request with `body` through a WAF route; (status, body, requests at the origin).
+async fn through_waf(route: Arc<HttpRoute>, path: &str, body: &'static [u8]) -> (u16, String, u64) {
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(echo_origin(origin_io, Arc::clone(&seen)));
+    let stats = Arc::new(L7Stats::default());
+    tokio::spawn(relay(proxy_down, proxy_up, route, peer(), stats, None));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let req = Request::post(path)
+        .header("host", "b")
+        .header("user-agent", "Mozilla/5.0")
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, text) = read(response).await;
+    (status, text, seen.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn the_waf_blocks_attacks_before_the_pod_and_forwards_bodies_it_judged() {
+    let route = waf_route("{}");
+    let (status, _, at_origin) = through_waf(Arc::clone(&route), "/post", b"var=1234 OR 1=1").await;
+    assert_eq!((status, at_origin), (403, 0), "a SQL injection in the body");
+    let (status, _, at_origin) =
+        through_waf(Arc::clone(&route), "/q?id=1%27%20OR%20%271%27=%271", b"").await;
+    assert_eq!((status, at_origin), (403, 0), "in the query, no body");
+    let (status, body, at_origin) = through_waf(route, "/post", b"name=alice&city=Paris").await;
+    assert_eq!(
+        (status, body.as_str(), at_origin),
+        (200, "name=alice&city=Paris", 1)
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_or_judged_by_their_prefix() {
+    static BIG: [u8; 300] = [b'a'; 300];
+    let reject = waf_route("{requestBody: {limit: 100}}");
+    let (status, _, at_origin) = through_waf(reject, "/post", &BIG).await;
+    assert_eq!((status, at_origin), (413, 0));
+    let prefix = waf_route("{requestBody: {limit: 100, overLimit: InspectPrefix}}");
+    let (status, body, at_origin) = through_waf(prefix, "/post", &BIG).await;
+    assert_eq!(
+        (status, body.len(), at_origin),
+        (200, 300, 1),
+        "the whole body reaches the pod"
+    );
+}
+
+#[tokio::test]
+async fn detect_mode_lets_attacks_through() {
+    let route = waf_route("{mode: Detect}");
+    let (status, _, at_origin) = through_waf(route, "/post", b"var=1234 OR 1=1").await;
+    assert_eq!((status, at_origin), (200, 1));
 }

@@ -1,0 +1,353 @@
+//! The `waf` filter, last before the upstream: the route's request (head, and its body up to
+//! the profile's limit) evaluated by the Core Rule Set engine on a blocking thread, so the async
+//! executor never waits on the engine. Engines are loaded by the controller before a policy set
+//! is installed, one per distinct profile ([`WafEngines`]); a set whose rules do not load is
+//! rejected and the last good set stays in force.
+//!
+//! What reaches the pod: with body inspection, the body the engine judged (buffered, at most
+//! the limit) and, with `overLimit: InspectPrefix`, the rest streamed after it; without, the
+//! body streamed as it comes. The access log says which (`waf_body`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::http::request::Parts;
+use hyper::{StatusCode, Version};
+use rampart_waf::{CrsLayout, Engine, Evaluation, Profile};
+
+use super::chain::{Denial, Peer};
+use crate::policy::compile::Compiled;
+use crate::policy::waf::{OverLimit, WafModel};
+
+/// The body forwarded to the pod.
+pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+/// The filter's name (metric label, access log).
+pub const FILTER: &str = "waf";
+
+/// Engines by profile, over the CRS directory the agent was given (`--crs-dir`).
+#[derive(Debug)]
+pub struct WafEngines {
+    crs_dir: PathBuf,
+    engines: Mutex<HashMap<Profile, Arc<Engine>>>,
+}
+
+impl WafEngines {
+    pub fn new(crs_dir: PathBuf) -> WafEngines {
+        WafEngines {
+            crs_dir,
+            engines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Loads an engine for every WAF profile `compiled` uses that has none yet (blocking: about
+    /// a second per CRS 4 profile) and forgets those no route uses any more. `Err` names the
+    /// policy whose rules did not load; nothing changes then.
+    pub fn prepare(&self, compiled: &Compiled) -> Result<(), String> {
+        let wanted: Vec<(&str, &WafModel)> = compiled
+            .mesh
+            .iter()
+            .filter_map(|r| {
+                let waf = r.http.as_ref()?.waf.as_ref()?;
+                Some((r.http_policy.as_deref().unwrap_or_default(), waf))
+            })
+            .collect();
+        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = HashMap::new();
+        for (policy, waf) in wanted {
+            if next.contains_key(&waf.profile) {
+                continue;
+            }
+            let engine = match engines.get(&waf.profile) {
+                Some(engine) => Arc::clone(engine),
+                None => {
+                    let started = std::time::Instant::now();
+                    let layout = CrsLayout::discover(&self.crs_dir)
+                        .map_err(|e| format!("MeshPolicy {policy}: waf: {e} (--crs-dir)"))?;
+                    let engine = Engine::load(&layout, &waf.profile)
+                        .map_err(|e| format!("MeshPolicy {policy}: waf: {e}"))?;
+                    tracing::info!(
+                        policy,
+                        crs = %layout.dir.display(),
+                        paranoia_level = waf.profile.paranoia_level,
+                        ms = started.elapsed().as_millis() as u64,
+                        "waf: rules loaded"
+                    );
+                    Arc::new(engine)
+                }
+            };
+            next.insert(waf.profile.clone(), engine);
+        }
+        // Engines no route uses are freed when the last request using them ends.
+        *engines = next;
+        Ok(())
+    }
+
+    /// The engine of `profile`, if `prepare` loaded it.
+    pub fn engine(&self, profile: &Profile) -> Option<Arc<Engine>> {
+        let engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        engines.get(profile).cloned()
+    }
+}
+
+/// A route's WAF: its model and its engine (`None` only if loading was skipped, which fails
+/// every request closed).
+#[derive(Debug)]
+pub struct RouteWaf {
+    pub model: WafModel,
+    pub engine: Option<Arc<Engine>>,
+}
+
+/// How much of the body the engine saw (the access log's `waf_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySeen {
+    /// All of it (or there was none).
+    Whole,
+    /// The first `limit` bytes; the rest went to the pod uninspected.
+    Prefix,
+    /// None: body inspection is off.
+    NotInspected,
+}
+
+impl BodySeen {
+    pub fn name(self) -> &'static str {
+        match self {
+            BodySeen::Whole => "inspected",
+            BodySeen::Prefix => "prefix_inspected",
+            BodySeen::NotInspected => "not_inspected",
+        }
+    }
+}
+
+/// What the filter found, for the access log and the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WafReport {
+    pub rule_ids: Vec<u32>,
+    pub anomaly_score: Option<u32>,
+    /// The rule group of the first matched detection rule.
+    pub group: &'static str,
+    /// The rules would block (in Detect mode the request passed anyway).
+    pub matched_block: bool,
+    pub body: Option<&'static str>,
+    pub engine_error: bool,
+}
+
+/// The request as the engine takes it, owned so it can move to a blocking thread.
+struct OwnedRequest {
+    peer: Peer,
+    method: String,
+    uri: String,
+    version: &'static str,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Bytes,
+}
+
+impl OwnedRequest {
+    fn evaluate(&self, engine: &Engine) -> Result<Evaluation, rampart_waf::WafError> {
+        let headers: Vec<(&[u8], &[u8])> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        engine.evaluate(&rampart_waf::Request {
+            client: self.peer.source,
+            server: self.peer.destination,
+            method: &self.method,
+            uri: &self.uri,
+            http_version: self.version,
+            headers: &headers,
+            body: &self.body,
+        })
+    }
+}
+
+/// Runs the filter: `Ok` with the body to forward, or the denial. Either way the report.
+pub async fn inspect(
+    waf: &RouteWaf,
+    parts: &Parts,
+    body: Incoming,
+    peer: &Peer,
+) -> (Result<UpstreamBody, Denial>, WafReport) {
+    let model = &waf.model;
+    let mut report = WafReport {
+        group: "other",
+        ..WafReport::default()
+    };
+    let (seen, judged, forward) = if model.inspect_body {
+        match read_up_to(body, model.profile.body_limit).await {
+            Err(_) => {
+                report.body = Some(BodySeen::NotInspected.name());
+                return (
+                    Err(denial("body_unreadable", StatusCode::BAD_REQUEST)),
+                    report,
+                );
+            }
+            Ok(Read::Whole(bytes)) => (BodySeen::Whole, bytes.clone(), full(bytes)),
+            Ok(Read::Over(prefix, rest)) => match model.over_limit {
+                OverLimit::Reject => {
+                    report.body = Some(BodySeen::NotInspected.name());
+                    return (
+                        Err(denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)),
+                        report,
+                    );
+                }
+                OverLimit::InspectPrefix => {
+                    let limit = model.profile.body_limit.min(prefix.len());
+                    (
+                        BodySeen::Prefix,
+                        prefix.slice(..limit),
+                        PrefixedBody {
+                            prefix: Some(prefix),
+                            rest,
+                        }
+                        .boxed(),
+                    )
+                }
+            },
+        }
+    } else {
+        (BodySeen::NotInspected, Bytes::new(), body.boxed())
+    };
+    report.body = Some(seen.name());
+    let Some(engine) = waf.engine.clone() else {
+        report.engine_error = true;
+        return engine_failed(model, report, forward);
+    };
+    let request = OwnedRequest {
+        peer: peer.clone(),
+        method: parts.method.as_str().to_owned(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
+        version: match parts.version {
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2.0",
+            _ => "1.1",
+        },
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
+        body: judged,
+    };
+    let evaluated = tokio::task::spawn_blocking(move || request.evaluate(&engine)).await;
+    let evaluation = match evaluated {
+        Ok(Ok(evaluation)) => evaluation,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "waf: the engine could not judge a request");
+            report.engine_error = true;
+            return engine_failed(model, report, forward);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "waf: evaluation task failed");
+            report.engine_error = true;
+            return engine_failed(model, report, forward);
+        }
+    };
+    report.rule_ids = evaluation.rule_ids();
+    report.anomaly_score = evaluation.anomaly_score;
+    report.group = evaluation.group();
+    report.matched_block = evaluation.disruptive;
+    if evaluation.disruptive && model.block {
+        let status = StatusCode::from_u16(evaluation.status)
+            .ok()
+            .filter(|s| s.is_client_error())
+            .unwrap_or(StatusCode::FORBIDDEN);
+        return (Err(denial(report.group, status)), report);
+    }
+    (Ok(forward), report)
+}
+
+fn engine_failed(
+    model: &WafModel,
+    report: WafReport,
+    forward: UpstreamBody,
+) -> (Result<UpstreamBody, Denial>, WafReport) {
+    if model.block_on_error {
+        (
+            Err(denial("engine_error", StatusCode::SERVICE_UNAVAILABLE)),
+            report,
+        )
+    } else {
+        (Ok(forward), report)
+    }
+}
+
+fn denial(reason: &'static str, status: StatusCode) -> Denial {
+    Denial {
+        filter: FILTER,
+        reason,
+        status,
+        headers: Vec::new(),
+    }
+}
+
+fn full(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+enum Read {
+    /// The whole body, at most `limit` bytes.
+    Whole(Bytes),
+    /// More than `limit` bytes: those read so far (over `limit` by less than a frame), and the
+    /// rest of the stream.
+    Over(Bytes, Incoming),
+}
+
+/// Reads `body` until it ends or passes `limit` bytes. Trailers are dropped.
+async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Read, hyper::Error> {
+    let mut buffer = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                return Ok(Read::Over(Bytes::from(buffer), body));
+            }
+        }
+    }
+    Ok(Read::Whole(Bytes::from(buffer)))
+}
+
+/// The bytes already read, then the rest of the stream. (http-body-util has no body that
+/// chains a buffer and a stream.)
+struct PrefixedBody {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        // Upper first: `set_lower` refuses a lower bound above the upper one.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(extra));
+        }
+        hint.set_lower(rest.lower().saturating_add(extra));
+        hint
+    }
+}

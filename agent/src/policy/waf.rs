@@ -1,0 +1,277 @@
+//! The `waf` part of a MeshPolicy's `http` section: the OWASP Core Rule Set on the selected
+//! ports' requests, after authentication, authorization and rate limits. Defaults are CRS's
+//! own recommended ones, set explicitly (paranoia level 1, inbound threshold 5).
+//!
+//! ```yaml
+//! http:
+//!   waf:
+//!     mode: Block                   # Block: 403 and nothing reaches the pod; Detect: count and log only
+//!     paranoiaLevel: 1              # 1..4
+//!     inboundAnomalyThreshold: 5    # CRS: one critical match (5 points) blocks
+//!     excludeRules: [920350]        # rule ids
+//!     excludeTags: [attack-protocol]
+//!     extraRules: [{inline: 'SecRule ...'}, {file: /etc/rampart/waf/local.conf}]
+//!     requestBody:
+//!       inspect: true
+//!       limit: 131072               # bytes given to the engine
+//!       overLimit: Reject           # Reject: 413; InspectPrefix: the first `limit` bytes are judged, the rest streamed
+//!     onEngineError: Block          # Block (fail closed, 503) or Allow
+//! ```
+//!
+//! Loading the rules is the agent's (one engine per distinct profile, see `l7::waf`): a set
+//! whose rules do not load is rejected and the last good one stays in force.
+
+use std::path::PathBuf;
+
+use rampart_waf::{ExtraRules, Profile};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::diag::Diagnostic;
+use super::source::SourceObject;
+
+/// Largest request-body limit (the proxy holds that much per request in memory).
+pub const MAX_BODY_LIMIT: usize = 16 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WafSpec {
+    pub mode: Option<Spanned<String>>,
+    pub paranoia_level: Option<Spanned<u8>>,
+    pub inbound_anomaly_threshold: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub exclude_rules: Vec<Spanned<u32>>,
+    #[serde(default)]
+    pub exclude_tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub extra_rules: Vec<Spanned<ExtraRulesSpec>>,
+    pub request_body: Option<Spanned<RequestBodySpec>>,
+    pub on_engine_error: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtraRulesSpec {
+    pub inline: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestBodySpec {
+    pub inspect: Option<bool>,
+    pub limit: Option<Spanned<usize>>,
+    pub over_limit: Option<Spanned<String>>,
+}
+
+/// What to do with a body over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OverLimit {
+    /// 413, nothing reaches the pod.
+    Reject,
+    /// The engine judges the first `limit` bytes; the rest is streamed to the pod uninspected
+    /// (the access log says so).
+    InspectPrefix,
+}
+
+/// The WAF of a route, as the proxy runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WafModel {
+    /// Block (403) or only detect.
+    pub block: bool,
+    /// The engine's settings beside the CRS (one engine per distinct profile).
+    pub profile: Profile,
+    /// Whether request bodies are given to the engine (else only the head is).
+    pub inspect_body: bool,
+    pub over_limit: OverLimit,
+    /// Fail closed (503) when the engine fails on a request.
+    pub block_on_error: bool,
+}
+
+/// Validates a `waf` section; errors go to `diags`.
+pub fn validate(
+    so: &SourceObject,
+    raw: &Spanned<WafSpec>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<WafModel> {
+    let spec = &raw.value;
+    let before = diags.len();
+    let mut error = |origin, message: String| diags.push(Diagnostic::error(origin, message));
+    let choice = |field: &Option<Spanned<String>>, yes: &str, no: &str, default: bool| match field {
+        None => Ok(default),
+        Some(v) if v.value == yes => Ok(true),
+        Some(v) if v.value == no => Ok(false),
+        Some(v) => Err((so.at(v), format!("{:?}: {yes} or {no}", v.value))),
+    };
+    let block = choice(&spec.mode, "Block", "Detect", true)
+        .map_err(|(o, m)| error(o, format!("mode {m}")))
+        .unwrap_or(true);
+    let block_on_error = choice(&spec.on_engine_error, "Block", "Allow", true)
+        .map_err(|(o, m)| error(o, format!("onEngineError {m}")))
+        .unwrap_or(true);
+    let mut profile = Profile::default();
+    if let Some(pl) = &spec.paranoia_level {
+        if (1..=4).contains(&pl.value) {
+            profile.paranoia_level = pl.value;
+        } else {
+            error(so.at(pl), "paranoiaLevel: 1 to 4".into());
+        }
+    }
+    if let Some(t) = &spec.inbound_anomaly_threshold {
+        if t.value >= 1 {
+            profile.inbound_threshold = t.value;
+        } else {
+            error(so.at(t), "inboundAnomalyThreshold: at least 1".into());
+        }
+    }
+    for id in &spec.exclude_rules {
+        if id.value == 0 {
+            error(so.at(id), "excludeRules: rule ids are positive".into());
+        } else {
+            profile.exclude_ids.push(id.value);
+        }
+    }
+    for tag in &spec.exclude_tags {
+        let ok = !tag.value.is_empty()
+            && tag
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_.:".contains(c));
+        if ok {
+            profile.exclude_tags.push(tag.value.clone());
+        } else {
+            error(
+                so.at(tag),
+                format!(
+                    "excludeTags: {:?} is not a rule tag (letters, digits, / - _ . :)",
+                    tag.value
+                ),
+            );
+        }
+    }
+    for extra in &spec.extra_rules {
+        match (&extra.value.inline, &extra.value.file) {
+            (Some(text), None) => profile.extra.push(ExtraRules::Inline(text.clone())),
+            (None, Some(file)) if file.starts_with('/') => {
+                profile.extra.push(ExtraRules::File(PathBuf::from(file)));
+            }
+            (None, Some(_)) => error(so.at(extra), "extraRules.file: an absolute path".into()),
+            _ => error(
+                so.at(extra),
+                "extraRules: exactly one of inline, file".into(),
+            ),
+        }
+    }
+    let mut inspect_body = true;
+    let mut over_limit = OverLimit::Reject;
+    if let Some(body) = &spec.request_body {
+        inspect_body = body.value.inspect.unwrap_or(true);
+        if let Some(limit) = &body.value.limit {
+            if (1..=MAX_BODY_LIMIT).contains(&limit.value) {
+                profile.body_limit = limit.value;
+            } else {
+                error(
+                    so.at(limit),
+                    format!("requestBody.limit: 1 to {MAX_BODY_LIMIT} bytes"),
+                );
+            }
+        }
+        if let Some(o) = &body.value.over_limit {
+            match o.value.as_str() {
+                "Reject" => {}
+                "InspectPrefix" => over_limit = OverLimit::InspectPrefix,
+                other => error(
+                    so.at(o),
+                    format!("requestBody.overLimit {other:?}: Reject or InspectPrefix"),
+                ),
+            }
+        }
+    }
+    (diags.len() == before).then_some(WafModel {
+        block,
+        profile,
+        inspect_body,
+        over_limit,
+        block_on_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(waf: &str) -> Result<Option<WafModel>, Vec<String>> {
+        let text = format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    waf: {waf}\n"
+        );
+        crate::policy::check(crate::policy::source::parse_str(
+            std::path::Path::new("t.yaml"),
+            &text,
+        ))
+        .map(|c| {
+            c.model.mesh_policies[0]
+                .http
+                .as_ref()
+                .and_then(|h| h.waf.clone())
+        })
+        .map_err(|d| {
+            d.iter()
+                .filter(|d| d.is_error())
+                .map(|d| format!("{}:{}: {}", d.origin.pos.line, d.origin.pos.col, d.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn defaults_are_crs_recommended_ones() {
+        let waf = check("{}").expect("valid").expect("waf");
+        assert!(waf.block && waf.block_on_error && waf.inspect_body);
+        assert_eq!(waf.over_limit, OverLimit::Reject);
+        assert_eq!(waf.profile, Profile::default());
+        assert_eq!(
+            (waf.profile.paranoia_level, waf.profile.inbound_threshold),
+            (1, 5)
+        );
+        let tuned = check("{mode: Detect, paranoiaLevel: 2, inboundAnomalyThreshold: 10, excludeRules: [920350], excludeTags: [attack-protocol], extraRules: [{file: /etc/rampart/local.conf}], requestBody: {inspect: false}, onEngineError: Allow}")
+            .expect("valid")
+            .expect("waf");
+        assert!(!tuned.block && !tuned.block_on_error && !tuned.inspect_body);
+        assert_eq!(tuned.profile.exclude_ids, [920350]);
+        assert_eq!(
+            tuned.profile.extra,
+            [ExtraRules::File("/etc/rampart/local.conf".into())]
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_errors_at_their_place() {
+        for (waf, expected) in [
+            ("{mode: Block2}", "7:17: mode \"Block2\": Block or Detect"),
+            ("{paranoiaLevel: 5}", "7:26: paranoiaLevel: 1 to 4"),
+            (
+                "{inboundAnomalyThreshold: 0}",
+                "inboundAnomalyThreshold: at least 1",
+            ),
+            ("{excludeRules: [0]}", "rule ids are positive"),
+            ("{excludeTags: ['a b']}", "is not a rule tag"),
+            (
+                "{extraRules: [{inline: x, file: /y}]}",
+                "exactly one of inline, file",
+            ),
+            ("{extraRules: [{file: rel.conf}]}", "an absolute path"),
+            ("{requestBody: {limit: 0}}", "requestBody.limit: 1 to"),
+            (
+                "{requestBody: {overLimit: Drop}}",
+                "Reject or InspectPrefix",
+            ),
+            ("{onEngineError: Maybe}", "onEngineError \"Maybe\""),
+            ("{responseBody: true}", "unknown field"),
+        ] {
+            let errors = check(waf).expect_err(waf);
+            assert!(
+                errors.len() == 1 && errors[0].contains(expected),
+                "{waf}: {errors:?} should say {expected:?}"
+            );
+        }
+    }
+}
