@@ -22,8 +22,11 @@ pub mod netpol_runner;
 pub mod packet;
 pub mod probe;
 pub mod ratelimit_cases;
+pub mod raw_origin;
 pub mod server;
 pub mod topology;
+pub mod waf_cases;
+pub mod waf_e2e;
 
 pub use agent::{Agent, AgentOptions};
 pub use netns::{Netns, sweep_stale};

@@ -20,19 +20,26 @@ pub enum Suite {
     /// Token-bucket scenarios (`ratelimit_scenarios.jsonl`) through the agent's limiter on a fake
     /// clock.
     Ratelimit,
+    /// HTTP requests (`waf_requests.jsonl`), as raw bytes through the real proxy with the WAF at
+    /// its defaults over the Core Rule Set (root).
+    Waf,
 }
 
 #[derive(Debug, Args)]
 pub struct ConformanceArgs {
     #[arg(value_enum)]
     pub suite: Suite,
-    /// A cases file in the suite's format (default: the public cases kept in the repository).
+    /// A cases file in the suite's format (default: the public cases).
     #[arg(long, value_name = "FILE")]
     pub cases: Option<PathBuf>,
+    /// `waf` only: the Core Rule Set directory the agents load (default: CRS 4.28.0 in
+    /// `../shared`; Debian's is /usr/share/modsecurity-crs).
+    #[arg(long, value_name = "DIR")]
+    pub crs: Option<PathBuf>,
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
-    if !matches!(args.suite, Suite::Netpol) && !is_root() {
+    if !matches!(args.suite, Suite::Netpol | Suite::Waf) && !is_root() {
         // Every case through the verifier or limiter needs neither root nor the agent; the
         // end-to-end sample through the proxy does.
         println!("not root: the end-to-end sample through the proxy is not run");
@@ -42,15 +49,21 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
     rampart_tests::require_root();
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");
-    run_built(args.suite, args.cases.clone(), bin)
+    run_built(args.suite, args.cases.clone(), args.crs.clone(), bin)
 }
 
 /// Runs the suite with an agent binary already built (`cargo xtask test` builds it once). The
 /// JWT and rate-limit suites run their end-to-end sample through the proxy first, then every
 /// case through the verifier or limiter, so that the output ends with the cases' count.
-pub fn run_built(suite: Suite, cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+pub fn run_built(
+    suite: Suite,
+    cases: Option<PathBuf>,
+    crs: Option<PathBuf>,
+    bin: PathBuf,
+) -> anyhow::Result<()> {
     match suite {
         Suite::Netpol => netpol(cases, bin),
+        Suite::Waf => waf(cases, crs, bin),
         Suite::Jwt => {
             let path = cases_path(cases, rampart_tests::jwt_cases::DEFAULT_CASES);
             let (loaded, keys) = rampart_tests::jwt_cases::load(&path)?;
@@ -85,6 +98,35 @@ pub fn run_built(suite: Suite, cases: Option<PathBuf>, bin: PathBuf) -> anyhow::
     }
 }
 
+fn waf(cases: Option<PathBuf>, crs: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+    use rampart_tests::waf_cases;
+    let shared = || waf_cases::shared_dir(&workspace_root());
+    let path = match cases {
+        Some(path) => path,
+        None => shared()?.join(waf_cases::DEFAULT_CASES),
+    };
+    let crs = match crs {
+        Some(crs) => crs,
+        None => shared()?.join(waf_cases::DEFAULT_CRS),
+    };
+    let cases = waf_cases::load(&path)?;
+    println!(
+        "waf conformance: {} cases from {}, Core Rule Set {}, paranoia level 1, threshold 5",
+        cases.len(),
+        path.display(),
+        crs.display()
+    );
+    crate::test::sweep()?;
+    let result = rampart_tests::waf_e2e::run(&cases, &crs, &bin, rampart_tests::netns::TEST_PREFIX);
+    crate::test::sweep()?;
+    let (passed, failed) = result?;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} of {} cases failed", passed + failed);
+    }
+    Ok(())
+}
+
 fn cases_path(cases: Option<PathBuf>, default: &str) -> PathBuf {
     cases.unwrap_or_else(|| workspace_root().join(default))
 }
@@ -105,7 +147,7 @@ fn library_only(suite: Suite, cases: Option<PathBuf>) -> anyhow::Result<()> {
             &cases_path(cases, rampart_tests::ratelimit_cases::DEFAULT_CASES),
             rampart_tests::ratelimit_cases::run,
         ),
-        Suite::Netpol => bail!("the netpol suite runs only against the real agent"),
+        Suite::Netpol | Suite::Waf => bail!("this suite runs only against the real agent (root)"),
     }
 }
 

@@ -55,13 +55,14 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     if args.filter.is_none() {
         // The public conformance cases: NetworkPolicy against the real agent, then the proxy's
         // JWT verifier and rate limiter.
-        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, bin.clone())?;
+        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, None, bin.clone())?;
         sweep()?;
         for suite in [
             crate::conformance::Suite::Jwt,
             crate::conformance::Suite::Ratelimit,
+            crate::conformance::Suite::Waf,
         ] {
-            crate::conformance::run_built(suite, None, bin.clone())?;
+            crate::conformance::run_built(suite, None, None, bin.clone())?;
         }
     }
     Ok(())
