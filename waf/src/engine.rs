@@ -52,11 +52,14 @@ impl Evaluation {
             .collect()
     }
 
-    /// The rule group of the first matched detection rule (`other` when none).
+    /// The rule group of the most severe matched detection rule, the first of equals (`other`
+    /// when none): a critical SQL injection names the request, not a warning about its Host.
     pub fn group(&self) -> &'static str {
-        self.rule_ids()
-            .first()
-            .map_or("other", |id| crate::matches::rule_group(*id))
+        self.matched
+            .iter()
+            .filter(|m| !matches!(m.id / 1000, 949 | 959 | 980))
+            .min_by_key(|m| m.severity.unwrap_or(u8::MAX))
+            .map_or("other", RuleMatch::group)
     }
 }
 

@@ -81,6 +81,23 @@ fn crs_blocks_attacks_and_passes_benign_requests() {
         "{sqli:?}"
     );
     assert_eq!(sqli.group(), "sqli");
+    // A numeric Host (a warning, 920350) does not name the request; the injection does.
+    let numeric_host: &[(&[u8], &[u8])] = &[
+        (b"Host", b"10.0.0.2:8080"),
+        (b"User-Agent", b"Mozilla/5.0"),
+        (b"Accept", b"text/html"),
+    ];
+    let both = eval(
+        &engine,
+        &request(
+            "GET",
+            "/orders?id=1%27%20OR%20%271%27=%271",
+            numeric_host,
+            b"",
+        ),
+    );
+    assert!(both.rule_ids().contains(&920350), "{both:?}");
+    assert_eq!(both.group(), "sqli");
 
     // In a form body.
     let mut headers = BROWSER.to_vec();
@@ -152,6 +169,16 @@ fn bad_rules_are_errors_naming_their_source() {
         }
         other => panic!("{other:?}"),
     }
+    // An unknown action is refused. (libmodsecurity 3.0.9 accepts an unknown operator or a
+    // regex that does not compile without a word; such a rule never matches.)
+    let unknown_action = Profile {
+        extra: vec![ExtraRules::Inline(
+            "SecRule ARGS \"@rx x\" \"id:20001,phase:2,nosuchaction\"".into(),
+        )],
+        ..Profile::default()
+    };
+    let err = Engine::load(&layout, &unknown_action).expect_err("unknown action");
+    assert!(err.to_string().contains("nosuchaction"), "{err}");
     let missing = Profile {
         extra: vec![ExtraRules::File("/nonexistent/rules.conf".into())],
         ..Profile::default()

@@ -87,8 +87,19 @@ impl Collector for AgentCollector {
     }
 }
 
-/// A labelled counter family: one sample per (labels, value) row. (An unlabelled counter is
-/// encoded directly: an empty label set would print as `name{}`.)
+/// An unlabelled counter (through `counter_family` an empty label set would print as
+/// `name{}`).
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(family)
+}
+
+/// A labelled counter family: one sample per (labels, value) row.
 fn counter_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -147,11 +158,11 @@ impl AgentCollector {
             "Connections, streams and requests the proxy refused, by filter and reason",
             tunnel.chain(l7),
         )?;
-        counter_family(
+        counter(
             encoder,
             "rampart_proxy_requests_forwarded",
             "HTTP requests that passed the L7 filters and went to the destination",
-            [(Vec::new(), mesh.l7_stats().forwarded_total())],
+            mesh.l7_stats().forwarded_total(),
         )?;
         let sources = mesh.jwks.sources();
         let relaxed = std::sync::atomic::Ordering::Relaxed;
@@ -228,23 +239,23 @@ impl AgentCollector {
                     }),
             )?;
         }
-        counter_family(
+        counter(
             encoder,
             "rampart_waf_evaluated",
             "Requests the WAF evaluated",
-            [(Vec::new(), l7.waf_evaluated_total())],
+            l7.waf_evaluated_total(),
         )?;
-        counter_family(
+        counter(
             encoder,
             "rampart_waf_engine_errors",
             "Requests the WAF engine failed on (refused with 503, or let through with onEngineError: Allow)",
-            [(Vec::new(), l7.waf_errors_total())],
+            l7.waf_errors_total(),
         )?;
-        counter_family(
+        counter(
             encoder,
             "rampart_proxy_ratelimit_shadow",
             "Requests over a rate limit in shadow mode (counted, passed)",
-            [(Vec::new(), mesh.l7_stats().shadow_limited_total())],
+            mesh.l7_stats().shadow_limited_total(),
         )?;
         counter_family(
             encoder,

@@ -1,0 +1,183 @@
+//! The WAF in the proxy, on a real kernel: two nodes, pod a calling pod b's port 8080 through the
+//! mTLS tunnel, where a MeshPolicy's `http.waf` runs the OWASP Core Rule Set (4.28.0 from
+//! `../shared`) at its defaults, and port 8081 in Detect mode.
+//!
+//! - a SQL injection gets 403 and never reaches the pod; a benign request with a body passes;
+//! - the access log names the matched rules and the anomaly score; the counters by policy and
+//!   rule group; Detect mode lets the same attack through and counts it as detected;
+//! - a policy whose extra rules do not load is rejected as a whole and the last good set stays
+//!   in force (the attack is still blocked).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rampart_tests::http_server::HttpServer;
+use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::metrics::sample;
+use rampart_tests::netns::TEST_PREFIX;
+use rampart_tests::probe::http_request;
+use rampart_tests::{Agent, Topology, require_root};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n, 10)
+}
+
+fn mesh_policy(name: &str, port: u16, waf: &str) -> String {
+    format!(
+        "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n    waf: {waf}\n"
+    )
+}
+
+fn policy() -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}{}",
+        pod_object("shop", "a", 1, ip(1)),
+        pod_object("shop", "b", 2, ip(2)),
+        mesh_policy("orders-waf", 8080, "{}"),
+        mesh_policy("reports-waf", 8081, "{mode: Detect}"),
+    )
+}
+
+fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
+    agent
+        .metrics()
+        .ok()
+        .and_then(|m| sample(&m, name, labels))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
+    require_root();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crs = rampart_tests::waf_cases::shared_dir(&workspace)
+        .expect("shared/")
+        .join(rampart_tests::waf_cases::DEFAULT_CRS);
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1))
+        .pod("node-2", "shop/b", ip(2))
+        .build()
+        .expect("topology");
+    let orders = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin 8080");
+    let reports = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
+    let crs_arg = crs.display().to_string();
+    let mesh = MeshAgents::start(
+        &topo,
+        &["node-1", "node-2"],
+        &policy(),
+        None,
+        &["--crs-dir", &crs_arg],
+    )
+    .expect("agents");
+    let node2 = mesh.node("node-2");
+    let a = topo.pod("shop/a").ns.path();
+    let get = |port: u16, path: &str| {
+        http_request(
+            &a,
+            SocketAddr::new(IpAddr::V4(ip(2)), port),
+            "GET",
+            path,
+            &[("user-agent", "Mozilla/5.0"), ("accept", "text/html")],
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nnode-2 log:\n{}", node2.log()))
+    };
+
+    let reply = get(8080, "/orders?id=42");
+    assert_eq!(reply.status, 200, "{reply:?}\nnode-2 log:\n{}", node2.log());
+    let reply = get(8080, ATTACK);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_eq!(orders.requests(), 1, "the attack reached the pod");
+    assert_eq!(
+        metric(
+            node2,
+            "rampart_waf_blocked_total",
+            "policy=\"orders-waf\",rule_group=\"sqli\""
+        ),
+        1.0,
+        "{}",
+        node2.metrics().unwrap_or_default()
+    );
+    assert_eq!(metric(node2, "rampart_waf_evaluated_total", ""), 2.0);
+    assert_eq!(
+        metric(
+            node2,
+            "rampart_proxy_denied_total",
+            "filter=\"waf\",reason=\"sqli\""
+        ),
+        1.0
+    );
+
+    // Detect mode: the same attack passes, and is counted as detected.
+    assert_eq!(get(8081, ATTACK).status, 200);
+    assert_eq!(reports.requests(), 1);
+    assert_eq!(
+        metric(
+            node2,
+            "rampart_waf_detected_total",
+            "policy=\"reports-waf\",rule_group=\"sqli\""
+        ),
+        1.0
+    );
+
+    // The access log names the rules and the score.
+    let flows = node2.cli(&["flows", "--json"]).expect("rampart flows");
+    let blocked = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["http"]["denied_by"] == "waf:sqli")
+        .unwrap_or_else(|| panic!("no record of the blocked request:\n{flows}"));
+    assert_eq!(blocked["http"]["status"], 403, "{blocked}");
+    assert_eq!(blocked["http"]["policy"], "orders-waf", "{blocked}");
+    assert_eq!(blocked["http"]["waf_body"], "inspected", "{blocked}");
+    let rules = blocked["http"]["waf_rule_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rules
+            .iter()
+            .any(|id| id.as_u64().is_some_and(|id| id / 1000 == 942)),
+        "{blocked}"
+    );
+    assert!(
+        blocked["http"]["waf_anomaly_score"]
+            .as_u64()
+            .is_some_and(|s| s >= 5),
+        "{blocked}"
+    );
+
+    // Rules that do not load: the whole set is refused, the last good one stays.
+    let errors = metric(node2, "rampart_policy_errors_total", "");
+    std::fs::write(
+        mesh.work_dir().join("policy/bad-waf.yaml"),
+        mesh_policy(
+            "broken-waf",
+            8082,
+            "{extraRules: [{inline: 'SecRule ARGS \"@rx x\" \"id:20001,phase:2,nosuchaction\"'}]}",
+        ),
+    )
+    .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(node2, "rampart_policy_errors_total", "") <= errors {
+        assert!(
+            Instant::now() < deadline,
+            "the bad rules were not refused\n{}",
+            node2.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(node2.log().contains("broken-waf"), "{}", node2.log());
+    assert_eq!(
+        get(8080, ATTACK).status,
+        403,
+        "the last good set is in force"
+    );
+    assert_eq!(orders.requests(), 1);
+}
