@@ -367,6 +367,8 @@ mod tests {
             .find(|r| r.ingress_policy.as_deref() == Some("frontend-ingress"))
             .unwrap_or_else(|| panic!("no ingress route"));
         assert_eq!(route.port, 8080);
+        let waf = route.http.as_ref().and_then(|h| h.waf.as_ref());
+        assert!(waf.is_some_and(|w| w.block && w.profile.paranoia_level == 1));
         let certs = route.ingress.as_ref().and_then(|i| i.tls.as_ref());
         assert_eq!(
             certs.map(|c| c[0].names.clone()),
