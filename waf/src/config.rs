@@ -161,13 +161,9 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn shared_crs() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/crs-4.28.0")
-    }
-
     #[test]
     fn crs_4_layout_is_found_with_its_example_setup() {
-        let layout = CrsLayout::discover(&shared_crs()).expect("CRS 4.28");
+        let layout = CrsLayout::discover(&crate::tests::shared_crs()).expect("CRS 4.28");
         assert!(layout.setup.ends_with("crs-setup.conf.example"));
         let names: Vec<_> = layout
             .rules
