@@ -106,19 +106,50 @@ pub const METRICS: [Metric<HttpSample>; 3] = [
     ("http_latency_p99_c8", "us", |s| s.p99_us),
 ];
 
-/// `concurrency` keep-alive connections from inside `ns`, `requests` each, back to back; every
-/// request carries `header` (a `name: value` line) if given.
+/// The request every client sends, and the status it must get back.
+#[derive(Debug, Clone)]
+pub struct Get {
+    pub path: &'static str,
+    /// A `name: value` line.
+    pub header: Option<String>,
+    pub expect: u16,
+}
+
+impl Get {
+    /// `GET /`, answered 200 by the server.
+    pub fn root() -> Get {
+        Get {
+            path: "/",
+            header: None,
+            expect: 200,
+        }
+    }
+
+    pub fn with_header(header: String) -> Get {
+        Get {
+            header: Some(header),
+            ..Get::root()
+        }
+    }
+}
+
+/// `concurrency` keep-alive connections from inside `ns`, `requests` each, back to back, each
+/// request `get`; a response with another status than `get.expect` fails the measurement.
 pub fn measure(
     ns: &Netns,
     dst: SocketAddr,
     concurrency: usize,
     requests: usize,
-    header: Option<String>,
+    get: &Get,
 ) -> anyhow::Result<HttpSample> {
-    let request = match header {
-        Some(h) => format!("GET / HTTP/1.1\r\nhost: bench\r\n{h}\r\n\r\n"),
-        None => "GET / HTTP/1.1\r\nhost: bench\r\n\r\n".to_owned(),
-    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nhost: bench\r\nuser-agent: rampart-bench\r\naccept: */*\r\n{}\r\n",
+        get.path,
+        get.header
+            .as_ref()
+            .map_or(String::new(), |h| format!("{h}\r\n"))
+    );
+    let expect = get.expect;
     let request: std::sync::Arc<[u8]> = request.into_bytes().into();
     ns.run(move || -> anyhow::Result<HttpSample> {
         let start = Instant::now();
@@ -126,7 +157,7 @@ pub fn measure(
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 let request = std::sync::Arc::clone(&request);
-                std::thread::spawn(move || client(dst, &request, requests))
+                std::thread::spawn(move || client(dst, &request, requests, expect))
             })
             .collect();
         let mut latencies = Vec::with_capacity(concurrency * requests);
@@ -148,7 +179,12 @@ pub fn measure(
 }
 
 /// One keep-alive connection: `requests` GETs, each latency in microseconds.
-fn client(dst: SocketAddr, request: &[u8], requests: usize) -> anyhow::Result<Vec<f64>> {
+fn client(
+    dst: SocketAddr,
+    request: &[u8],
+    requests: usize,
+    expect: u16,
+) -> anyhow::Result<Vec<f64>> {
     let timeout = Duration::from_secs(5);
     let stream = TcpStream::connect_timeout(&dst, timeout)?;
     stream.set_nodelay(true)?;
@@ -161,6 +197,14 @@ fn client(dst: SocketAddr, request: &[u8], requests: usize) -> anyhow::Result<Ve
     for _ in 0..requests {
         let t = Instant::now();
         writer.write_all(request)?;
+        line.clear();
+        anyhow::ensure!(reader.read_line(&mut line)? > 0, "connection closed");
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        anyhow::ensure!(
+            status == Some(expect),
+            "expected {expect}, got {:?}",
+            line.trim_end()
+        );
         let mut length = None;
         loop {
             line.clear();
@@ -175,10 +219,8 @@ fn client(dst: SocketAddr, request: &[u8], requests: usize) -> anyhow::Result<Ve
                 length = v.trim().parse::<usize>().ok();
             }
         }
-        anyhow::ensure!(
-            length == Some(BODY.len()),
-            "unexpected response length {length:?} (the status line was not 200?)"
-        );
+        let length = length.ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
+        body.resize(length, 0);
         reader.read_exact(&mut body)?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }

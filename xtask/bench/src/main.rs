@@ -12,6 +12,7 @@ mod policy;
 mod proxy;
 mod record;
 mod traffic;
+mod waf_floor;
 mod xdp_drop;
 
 use std::path::PathBuf;

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology};
 
-use crate::http::HttpSample;
+use crate::http::{Get, HttpSample};
 use crate::record::{Record, summarize};
 use crate::traffic::{Load, METRICS, Metric, Sample, cpu_seconds, measure, records, round_trips};
 
@@ -29,7 +29,12 @@ const HTTP_PORT: u16 = 8081;
 const JWT_PORT: u16 = 8082;
 const API_KEY_PORT: u16 = 8083;
 const RATE_LIMIT_PORT: u16 = 8084;
+/// The same server behind the WAF (the Core Rule Set at its defaults).
+const WAF_PORT: u16 = 8085;
 const HTTP_CONCURRENCY: usize = 8;
+/// A benign request with a query the rules read, and a SQL injection they block (403).
+pub const WAF_BENIGN: &str = "/orders?id=42&sort=asc";
+pub const WAF_ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
 
 /// GETs per connection per HTTP measurement.
 fn http_requests(quick: bool) -> usize {
@@ -84,6 +89,7 @@ fn l7_policies(jwks: &str) -> String {
             RATE_LIMIT_PORT,
             "    rateLimits:\n      buckets:\n      - {name: all, maxTokens: 4000000000, tokensPerFill: 1000000, fillInterval: 50ms}\n",
         ),
+        mesh("b-waf", WAF_PORT, "    waf: {}\n"),
     ]
     .concat()
 }
@@ -99,15 +105,15 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .build()?;
     let _echo = EchoServer::start(&topo.pod("bench/b").ns, &[MESH_PORT, L4_PORT], &[])?;
     let a = &topo.pod("bench/a").ns;
-    let _http = [HTTP_PORT, JWT_PORT, API_KEY_PORT, RATE_LIMIT_PORT]
+    let _http = [HTTP_PORT, JWT_PORT, API_KEY_PORT, RATE_LIMIT_PORT, WAF_PORT]
         .into_iter()
         .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dst = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
-    let http_with = |to: SocketAddr, header: Option<String>| {
-        crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick), header)
+    let http_with = |to: SocketAddr, get: &Get| {
+        crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick), get)
     };
-    let http = |to: SocketAddr| http_with(to, None);
+    let http = |to: SocketAddr| http_with(to, &Get::root());
     let (jwks, token) = crate::l7_creds::jwt()?;
 
     let mut samples: Vec<(String, Vec<Sample>)> = Vec::new();
@@ -126,6 +132,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     std::fs::create_dir_all(&policy_dir)?;
     std::fs::write(policy_dir.join("bench.yaml"), policy(&jwks))?;
     rampart_tests::agent::ca_init(&ca_dir)?;
+    let crs = crate::waf_floor::crs_dir()?;
     let start = |node: &str| {
         let mut opts = AgentOptions::new(Vec::new());
         opts.policy_dir = Some(policy_dir.clone());
@@ -134,27 +141,56 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
             ca_dir.display().to_string(),
             "--node-name".into(),
             node.into(),
+            "--crs-dir".into(),
+            crs.display().to_string(),
         ];
         Agent::start(&topo.node(node).ns, &opts)
     };
     let agents = [start("node-1")?, start("node-2")?];
     let (mut l4, mut mtls, mut mtls_http) = (Vec::new(), Vec::new(), Vec::new());
     let (mut jwt, mut api_key, mut rate_limit) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut waf, mut waf_attack) = (Vec::new(), Vec::new());
+    let node2_pid: Vec<u32> = agents[1].pid().into_iter().collect();
+    // Agent CPU per request on the destination node, WAF off vs on.
+    let (mut cpu_plain, mut cpu_waf, mut cpu_waf_attack) = (Vec::new(), Vec::new(), Vec::new());
+    let per_request = (HTTP_CONCURRENCY * http_requests(quick)) as f64;
+    let with_cpu = |cpu: &mut Vec<f64>, f: &dyn Fn() -> anyhow::Result<HttpSample>| {
+        let before = cpu_seconds(&node2_pid)?;
+        let sample = f()?;
+        cpu.push((cpu_seconds(&node2_pid)? - before) * 1e6 / per_request);
+        anyhow::Ok(sample)
+    };
     for _ in 0..runs {
         // Side by side: the Rampart variants alternate within each run.
         l4.push(measure(a, dst(L4_PORT), &load)?);
         mtls.push(measure(a, dst(MESH_PORT), &load)?);
-        mtls_http.push(http(dst(HTTP_PORT))?);
+        mtls_http.push(with_cpu(&mut cpu_plain, &|| http(dst(HTTP_PORT)))?);
         jwt.push(http_with(
             dst(JWT_PORT),
-            Some(format!("authorization: Bearer {token}")),
+            &Get::with_header(format!("authorization: Bearer {token}")),
         )?);
         let key = crate::l7_creds::API_KEY;
         api_key.push(http_with(
             dst(API_KEY_PORT),
-            Some(format!("x-api-key: {key}")),
+            &Get::with_header(format!("x-api-key: {key}")),
         )?);
         rate_limit.push(http(dst(RATE_LIMIT_PORT))?);
+        let benign = Get {
+            path: WAF_BENIGN,
+            header: None,
+            expect: 200,
+        };
+        waf.push(with_cpu(&mut cpu_waf, &|| {
+            http_with(dst(WAF_PORT), &benign)
+        })?);
+        let attack = Get {
+            path: WAF_ATTACK,
+            header: None,
+            expect: 403,
+        };
+        waf_attack.push(with_cpu(&mut cpu_waf_attack, &|| {
+            http_with(dst(WAF_PORT), &attack)
+        })?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
@@ -164,6 +200,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     http_samples.push(("rampart-mtls-jwt".into(), jwt));
     http_samples.push(("rampart-mtls-api-key".into(), api_key));
     http_samples.push(("rampart-mtls-rate-limit".into(), rate_limit));
+    http_samples.push(("rampart-mtls-waf".into(), waf));
+    http_samples.push(("rampart-mtls-waf-attack".into(), waf_attack));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -195,6 +233,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         "rampart-mtls-jwt",
         "rampart-mtls-api-key",
         "rampart-mtls-rate-limit",
+        "rampart-mtls-waf",
+        "rampart-mtls-waf-attack",
     ] {
         out.extend(versus(
             &http_samples,
@@ -223,6 +263,29 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let base = summarize(&mut haproxy_cpu.clone()).0;
     cpu("haproxy-mtls", &mut haproxy_cpu, base);
     cpu("rampart-mtls", &mut rampart_cpu, base);
+    // The destination agent's CPU per HTTP request, WAF off (the baseline) vs on.
+    let base = summarize(&mut cpu_plain.clone()).0;
+    for (system, values) in [
+        ("rampart-mtls", &mut cpu_plain),
+        ("rampart-mtls-waf", &mut cpu_waf),
+        ("rampart-mtls-waf-attack", &mut cpu_waf_attack),
+    ] {
+        let (value, min, max) = summarize(values);
+        out.push(Record {
+            suite: "proxy".into(),
+            system: system.into(),
+            rules: 0,
+            metric: "agent_cpu_us_per_request".into(),
+            value,
+            unit: "us".into(),
+            ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
+            runs: values.len(),
+            min,
+            max,
+        });
+    }
+    // The engine alone, in this process: the floor under the WAF's cost in the proxy.
+    out.extend(crate::waf_floor::records(&crs, quick)?);
     Ok(out)
 }
 
