@@ -10,7 +10,11 @@
 //! same CA; see `haproxy`). Metrics: those of `traffic` (raw TCP), those of `http` (HTTP/1.1
 //! GETs on 8 keep-alive connections to a hyper server in pod b; not for `rampart-l4`), and
 //! `cpu_s_per_10k_rr`, the CPU seconds both nodes' proxies spend on 10,000 round trips (ratio to
-//! HAProxy). `rampart-mtls-vs-haproxy` rows give Rampart's median over HAProxy's.
+//! HAProxy). `rampart-mtls-vs-haproxy` rows give Rampart's median over HAProxy's. The L7 rows put
+//! the HTTP server behind one filter each (JWT, API key, rate limit, the WAF on a benign and on
+//! a blocked request), as ratios to the tunnel without L7 rules; `agent_cpu_us_per_request` is
+//! the destination agent's CPU per HTTP request with the WAF off and on, and `waf-engine-*` the
+//! engine's own time per request in this process (the floor under the WAF rows).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
