@@ -1,0 +1,275 @@
+//! Detectors of sensitive data and what to do with a match. Built-in detectors are regular
+//! expressions with bounded lengths, each confirmed by a validator where the data has one
+//! (Luhn and brand ranges for cards, mod-97 for IBANs, reserved ranges for SSNs); a custom
+//! detector is a policy's regular expression whose named group `value` is what gets masked.
+
+use regex::bytes::Regex;
+
+use super::validate;
+
+/// The longest match any detector may have, in bytes: the stream masker keeps this much of the
+/// body back between chunks so that a match split across them is seen whole.
+pub const MAX_MATCH: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    CardNumber,
+    UsSsn,
+    Iban,
+    Email,
+    /// `Authorization`-style bearer tokens and JWTs in a body.
+    BearerToken,
+    /// A policy's pattern; its named group `value` is masked (or the whole match without one).
+    Custom(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Replace every letter and digit but the last `keep_last` with `with` (separators kept).
+    Mask { keep_last: usize, with: u8 },
+    /// Replace the whole match with `[REDACTED]`.
+    Redact,
+    /// Refuse the whole message.
+    Block,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DlpError {
+    #[error("pattern {0:?}: {1}")]
+    Pattern(String, String),
+}
+
+/// One configured detector.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    /// The metric label (`card_number`, `us_ssn`, ..., or the custom detector's name).
+    pub name: String,
+    pub kind: Kind,
+    pub action: Action,
+    regex: Regex,
+    /// The capture group masked (`value` of a custom pattern; the token of a bearer header).
+    group: Option<usize>,
+}
+
+impl Detector {
+    pub fn new(name: &str, kind: Kind, action: Action) -> Result<Detector, DlpError> {
+        let pattern = match &kind {
+            Kind::CardNumber => {
+                r"\b(?:\d{4}[ -]?\d{6}[ -]?\d{4,5}|\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7})\b"
+            }
+            Kind::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
+            Kind::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+            Kind::Email => {
+                r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
+            }
+            Kind::BearerToken => {
+                r"(?i:bearer)\s+(?P<value>[A-Za-z0-9\-._~+/]{8,512}=*)|\b(?P<jwt>eyJ[A-Za-z0-9_-]{4,400}\.[A-Za-z0-9_-]{4,600}\.[A-Za-z0-9_-]{4,600})"
+            }
+            Kind::Custom(pattern) => pattern.as_str(),
+        };
+        let regex = regex::bytes::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| DlpError::Pattern(pattern.to_owned(), e.to_string()))?;
+        let group = regex.capture_names().position(|n| n == Some("value"));
+        Ok(Detector {
+            name: name.to_owned(),
+            kind,
+            action,
+            regex,
+            group,
+        })
+    }
+
+    /// Whether a candidate is the real thing.
+    fn confirms(&self, text: &[u8]) -> bool {
+        match self.kind {
+            Kind::CardNumber => validate::card_number(text),
+            Kind::UsSsn => validate::us_ssn(text),
+            Kind::Iban => validate::iban(text),
+            _ => true,
+        }
+    }
+
+    /// The ranges of `text` this detector matches (confirmed), as (start, end) of what to change.
+    fn ranges(&self, text: &[u8], out: &mut Vec<(usize, usize)>) {
+        for caps in self.regex.captures_iter(text) {
+            let Some(whole) = caps.get(0) else { continue };
+            let target = self
+                .group
+                .and_then(|g| caps.get(g))
+                .or_else(|| caps.name("jwt"))
+                .unwrap_or(whole);
+            let mut candidate = &text[target.start()..target.end()];
+            // A greedy match may have taken a following group too (an IBAN and the word after
+            // it): try it shorter, at each space, before giving up.
+            loop {
+                if self.confirms(candidate) {
+                    out.push((target.start(), target.start() + candidate.len()));
+                    break;
+                }
+                match candidate.iter().rposition(|b| *b == b' ' || *b == b'-') {
+                    Some(cut) if matches!(self.kind, Kind::Iban | Kind::CardNumber) => {
+                        candidate = &candidate[..cut];
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// A match to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub detector: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The detectors of a policy, in order (an earlier one wins where two overlap).
+#[derive(Debug, Clone, Default)]
+pub struct DlpSet {
+    pub detectors: Vec<Detector>,
+}
+
+impl DlpSet {
+    /// Every confirmed match in `text`, not overlapping, by position.
+    pub fn find(&self, text: &[u8]) -> Vec<Found> {
+        let mut found: Vec<Found> = Vec::new();
+        let mut ranges = Vec::new();
+        for (i, d) in self.detectors.iter().enumerate() {
+            ranges.clear();
+            d.ranges(text, &mut ranges);
+            for &(start, end) in &ranges {
+                if !found.iter().any(|f| start < f.end && f.start < end) {
+                    found.push(Found {
+                        detector: i,
+                        start,
+                        end,
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|f| f.start);
+        found
+    }
+
+    /// `text` with `found` masked or redacted (Block matches are left as they are: the caller
+    /// refuses the message).
+    pub fn apply(&self, text: &[u8], found: &[Found]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut at = 0;
+        for f in found {
+            out.extend_from_slice(&text[at..f.start]);
+            let matched = &text[f.start..f.end];
+            match self.detectors[f.detector].action {
+                Action::Mask { keep_last, with } => {
+                    let total = matched.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+                    let mut seen = 0;
+                    for &b in matched {
+                        if b.is_ascii_alphanumeric() {
+                            seen += 1;
+                            out.push(if seen + keep_last > total { b } else { with });
+                        } else {
+                            out.push(b);
+                        }
+                    }
+                }
+                Action::Redact => out.extend_from_slice(b"[REDACTED]"),
+                Action::Block => out.extend_from_slice(matched),
+            }
+            at = f.end;
+        }
+        out.extend_from_slice(&text[at..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(keep_last: usize) -> Action {
+        Action::Mask {
+            keep_last,
+            with: b'*',
+        }
+    }
+
+    fn set(detectors: Vec<(&str, Kind, Action)>) -> DlpSet {
+        DlpSet {
+            detectors: detectors
+                .into_iter()
+                .map(|(n, k, a)| Detector::new(n, k, a).unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+        }
+    }
+
+    fn run(set: &DlpSet, text: &str) -> String {
+        let found = set.find(text.as_bytes());
+        String::from_utf8_lossy(&set.apply(text.as_bytes(), &found)).into_owned()
+    }
+
+    #[test]
+    fn cards_are_masked_to_their_last_four_and_order_ids_are_not() {
+        let s = set(vec![("card_number", Kind::CardNumber, mask(4))]);
+        assert_eq!(
+            run(
+                &s,
+                r#"{"card":"4111 1111 1111 1111","order":"1234567812345678"}"#
+            ),
+            r#"{"card":"**** **** **** 1111","order":"1234567812345678"}"#
+        );
+        assert_eq!(run(&s, "amex 378282246310005."), "amex ***********0005.");
+        assert_eq!(
+            run(&s, "id 1234 4111111111111111 x"),
+            "id 1234 ************1111 x"
+        );
+        assert_eq!(
+            run(&s, "not luhn 4111111111111112"),
+            "not luhn 4111111111111112"
+        );
+    }
+
+    #[test]
+    fn ssn_iban_email_tokens_and_custom_patterns() {
+        let s = set(vec![
+            ("us_ssn", Kind::UsSsn, Action::Redact),
+            ("iban", Kind::Iban, mask(4)),
+            ("email", Kind::Email, mask(0)),
+            ("bearer_token", Kind::BearerToken, Action::Redact),
+            (
+                "employee_id",
+                Kind::Custom(r"EMP-(?P<value>\d{6})".into()),
+                mask(2),
+            ),
+        ]);
+        assert_eq!(
+            run(&s, "ssn 123-45-6789; bad 000-12-3456"),
+            "ssn [REDACTED]; bad 000-12-3456"
+        );
+        assert_eq!(
+            run(&s, "pay GB82 WEST 1234 5698 7654 32 EUR"),
+            "pay **** **** **** **** **54 32 EUR"
+        );
+        assert_eq!(
+            run(&s, "mail alice@example.com!"),
+            "mail *****@*******.***!"
+        );
+        assert_eq!(
+            run(&s, "Authorization: Bearer abcdefgh12345678 ok"),
+            "Authorization: Bearer [REDACTED] ok"
+        );
+        assert_eq!(
+            run(&s, "t=eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl;"),
+            "t=[REDACTED];"
+        );
+        assert_eq!(run(&s, "EMP-123456"), "EMP-****56");
+    }
+
+    #[test]
+    fn bad_patterns_are_errors() {
+        assert!(Detector::new("x", Kind::Custom("(".into()), Action::Redact).is_err());
+    }
+}

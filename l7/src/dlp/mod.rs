@@ -1,0 +1,16 @@
+//! Data loss prevention: finding payment card numbers, US SSNs, IBANs, e-mail addresses, bearer
+//! tokens and a policy's own patterns in bodies, and masking, redacting or blocking them, also
+//! while a body streams through in chunks.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `validate` | Luhn and card brand ranges, IBAN mod-97, SSN reserved ranges |
+//! | `detect` | the detectors, their matches and the actions on them |
+//! | `stream` | masking a streamed body with matches across chunk boundaries |
+
+pub mod detect;
+pub mod stream;
+pub mod validate;
+
+pub use detect::{Action, Detector, DlpError, DlpSet, Found, Kind, MAX_MATCH};
+pub use stream::{Released, StreamMasker};
