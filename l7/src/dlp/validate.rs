@@ -31,7 +31,7 @@ pub fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 /// The brand whose number ranges and lengths `digits` fits (Visa, Mastercard, Amex, Discover,
