@@ -12,11 +12,13 @@
 //! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
 //! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
 //! | `stats` | counters by filter and reason |
+//! | `dlp` | sensitive data in responses masked, redacted or blocked as they stream (gzip/deflate decoded) |
 //! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
 pub mod chain;
+pub mod dlp;
 pub mod fetch;
 pub mod jwks;
 mod prefixed;

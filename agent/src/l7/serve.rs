@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{BodyExt as _, Either, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,7 +22,7 @@ use super::{HttpRoute, L7Stats};
 use crate::flows::record::HttpAccess;
 use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = http_body_util::combinators::BoxBody<Bytes, super::dlp::BoxError>;
 
 /// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
 /// token with room for the rest).
@@ -214,10 +214,18 @@ fn log_access(
     started: Instant,
 ) {
     let Seen { head, outcome, waf } = seen;
+    // The route's DLP detectors apply to what the access log keeps of the request too.
+    let path = match &route.model.dlp {
+        Some(dlp) => {
+            let found = dlp.set.find(head.path.as_bytes());
+            String::from_utf8_lossy(&dlp.set.apply(head.path.as_bytes(), &found)).into_owned()
+        }
+        None => head.path,
+    };
     let mut access = HttpAccess {
         method: head.method,
         host: head.host,
-        path: head.path,
+        path,
         status: response.status().as_u16(),
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         policy: route.policy.clone(),
@@ -273,7 +281,7 @@ async fn handle(
     req: Request<Incoming>,
     route: &HttpRoute,
     peer: &Peer,
-    stats: &L7Stats,
+    stats: &Arc<L7Stats>,
     upstream: &Upstream,
 ) -> (Response<Body>, Outcome, Option<WafReport>) {
     let (mut parts, body) = req.into_parts();
@@ -348,10 +356,39 @@ async fn handle(
     for (name, value) in &passed.set_upstream {
         parts.headers.insert(name.clone(), value.clone());
     }
+    let no_body = parts.method == hyper::Method::HEAD;
     let response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             stats.forwarded();
-            let mut response = response.map(Either::Left);
+            let (mut head, body) = response.into_parts();
+            let has_body = !(no_body
+                || head.status == StatusCode::NO_CONTENT
+                || head.status == StatusCode::NOT_MODIFIED);
+            let body = match &route.model.dlp {
+                Some(dlp) if has_body => {
+                    match super::dlp::filter(dlp, &mut head, body, stats).await {
+                        Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
+                        Ok(super::dlp::Filtered::Whole(bytes)) => full_body(bytes),
+                        Err(refusal) => {
+                            let denial = Denial {
+                                filter: super::dlp::FILTER,
+                                reason: refusal.reason(),
+                                status: StatusCode::BAD_GATEWAY,
+                                headers: Vec::new(),
+                            };
+                            stats.deny(denial.filter, denial.reason);
+                            tracing::info!(
+                                policy = %route.policy,
+                                reason = denial.reason,
+                                "dlp: response refused"
+                            );
+                            return (local_response(&denial), Outcome::Denied(denial), waf);
+                        }
+                    }
+                }
+                _ => body.map_err(Into::into).boxed(),
+            };
+            let mut response = Response::from_parts(head, body);
             for (name, value) in &passed.set_response {
                 response.headers_mut().insert(name.clone(), value.clone());
             }
@@ -363,6 +400,10 @@ async fn handle(
         }
     };
     (response, Outcome::Passed(passed), waf)
+}
+
+fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn local_response(denial: &Denial) -> Response<Body> {
@@ -379,7 +420,7 @@ fn status_response(status: StatusCode) -> Response<Body> {
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    let mut response = Response::new(full_body(Bytes::from(text)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -13,6 +13,8 @@ pub struct L7Stats {
     waf_evaluated: AtomicU64,
     waf_matched: Mutex<BTreeMap<(String, &'static str, bool), u64>>,
     waf_errors: AtomicU64,
+    /// DLP matches by (detector, action).
+    dlp_matched: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Requests a shadow-mode rate limit would have denied.
     shadow_limited: AtomicU64,
     forwarded: AtomicU64,
@@ -54,6 +56,23 @@ impl L7Stats {
     pub fn waf_matches(&self) -> Vec<((String, &'static str, bool), u64)> {
         let matched = self
             .waf_matched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        matched.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    pub fn dlp_matched(&self, detector: &str, action: &'static str) {
+        let mut matched = self
+            .dlp_matched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *matched.entry((detector.to_owned(), action)).or_default() += 1;
+    }
+
+    /// ((detector, action), count) of every DLP match.
+    pub fn dlp_matches(&self) -> Vec<((String, &'static str), u64)> {
+        let matched = self
+            .dlp_matched
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         matched.iter().map(|(k, v)| (k.clone(), *v)).collect()

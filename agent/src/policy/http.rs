@@ -52,6 +52,8 @@ pub struct HttpSpec {
     pub rate_limits: Option<Spanned<RateLimitsSpec>>,
     /// The OWASP Core Rule Set (see `policy::waf`).
     pub waf: Option<Spanned<super::waf::WafSpec>>,
+    /// Sensitive data in responses (see `policy::dlp`).
+    pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +212,7 @@ pub struct HttpPolicyModel {
     pub rate_limits: Vec<RateBucketModel>,
     pub rate_limit_shadow: bool,
     pub waf: Option<super::waf::WafModel>,
+    pub dlp: Option<super::dlp::DlpModel>,
 }
 
 #[derive(Debug, Clone)]
@@ -524,14 +527,26 @@ pub fn validate(
                     None
                 }
             });
+    let dlp =
+        spec_value
+            .dlp
+            .as_ref()
+            .and_then(|raw| match super::dlp::validate(v.so, raw, v.diags) {
+                Some(model) => Some(model),
+                None => {
+                    v.ok = false;
+                    None
+                }
+            });
     if spec_value.authentication.is_none()
         && spec_value.rules.is_none()
         && spec_value.rate_limits.is_none()
         && spec_value.waf.is_none()
+        && spec_value.dlp.is_none()
     {
         v.error(
             spec,
-            "http: name at least one of authentication, rules, rateLimits, waf",
+            "http: name at least one of authentication, rules, rateLimits, waf, dlp",
         );
     }
     let ok = v.ok;
@@ -541,6 +556,7 @@ pub fn validate(
         rate_limits,
         rate_limit_shadow,
         waf,
+        dlp,
     })
 }
 

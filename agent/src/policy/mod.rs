@@ -6,6 +6,7 @@
 //! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
 //! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
 //! | L7 | `http` | a MeshPolicy's `http` section: JWT providers, authorization rules, rate limits |
+//! | DLP | `dlp` | a MeshPolicy's `http.dlp`: detectors and actions on responses |
 //! | WAF | `waf` | a MeshPolicy's `http.waf`: the Core Rule Set's profile, body inspection, modes |
 //! | ingress | `ingress` | a MeshPolicy's `ingress` section: traffic from outside the cluster, TLS certificates from Secrets |
 //! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
@@ -17,6 +18,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod dlp;
 pub mod explain;
 pub mod http;
 pub mod identity;

@@ -3,6 +3,8 @@
 //! a card number split across two chunks is still seen whole; a match that starts in the part
 //! about to be released holds that part back from its start.
 
+use std::borrow::Borrow;
+
 use super::detect::{Action, DlpSet, Found, MAX_MATCH};
 
 /// What one step released.
@@ -15,17 +17,18 @@ pub struct Released {
     pub blocked: bool,
 }
 
-/// The masking state of one body.
+/// The masking state of one body, over a detector set it borrows or shares (`&DlpSet`,
+/// `Arc<DlpSet>`).
 #[derive(Debug)]
-pub struct StreamMasker<'a> {
-    set: &'a DlpSet,
+pub struct StreamMasker<S: Borrow<DlpSet>> {
+    set: S,
     held: Vec<u8>,
     /// Count only, change nothing.
     shadow: bool,
 }
 
-impl<'a> StreamMasker<'a> {
-    pub fn new(set: &'a DlpSet, shadow: bool) -> StreamMasker<'a> {
+impl<S: Borrow<DlpSet>> StreamMasker<S> {
+    pub fn new(set: S, shadow: bool) -> StreamMasker<S> {
         StreamMasker {
             set,
             held: Vec::new(),
@@ -33,10 +36,15 @@ impl<'a> StreamMasker<'a> {
         }
     }
 
+    /// The detector set.
+    pub fn set(&self) -> &S {
+        &self.set
+    }
+
     /// Takes the next chunk; releases what can no longer be part of a match that continues.
     pub fn push(&mut self, chunk: &[u8]) -> Released {
         self.held.extend_from_slice(chunk);
-        let found = self.set.find(&self.held);
+        let found = self.set.borrow().find(&self.held);
         let mut safe = self.held.len().saturating_sub(MAX_MATCH);
         if let Some(straddling) = found.iter().find(|f| f.start < safe && f.end > safe) {
             safe = straddling.start;
@@ -50,19 +58,20 @@ impl<'a> StreamMasker<'a> {
     /// The body ended: releases everything held.
     pub fn finish(&mut self) -> Released {
         let held = std::mem::take(&mut self.held);
-        let found = self.set.find(&held);
+        let found = self.set.borrow().find(&held);
         self.release(&held, &found)
     }
 
     fn release(&self, text: &[u8], found: &[Found]) -> Released {
+        let set = self.set.borrow();
         let blocked = found
             .iter()
-            .any(|f| self.set.detectors[f.detector].action == Action::Block);
+            .any(|f| set.detectors[f.detector].action == Action::Block);
         Released {
             bytes: if self.shadow || found.is_empty() {
                 text.to_vec()
             } else {
-                self.set.apply(text, found)
+                set.apply(text, found)
             },
             matches: found.iter().map(|f| f.detector).collect(),
             blocked,

@@ -275,3 +275,251 @@ async fn detect_mode_lets_attacks_through() {
     let (status, _, at_origin) = through_waf(route, "/post", b"var=1234 OR 1=1").await;
     assert_eq!((status, at_origin), (200, 1));
 }
+
+/// A route whose `http` section is only `dlp` (as YAML flow text).
+fn dlp_route(dlp: &str) -> Arc<HttpRoute> {
+    let text = format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    dlp: {dlp}\n"
+    );
+    let checked =
+        crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), &text))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+    let model = checked.model.mesh_policies[0]
+        .http
+        .clone()
+        .unwrap_or_else(|| panic!("no http"));
+    Arc::new(HttpRoute::new(
+        "api".into(),
+        model,
+        &JwksRegistry::default(),
+        None,
+        None,
+    ))
+}
+
+/// An origin answering every request with `chunks` as separate body frames, and `headers`.
+async fn chunked_origin(
+    io: DuplexStream,
+    chunks: Vec<Vec<u8>>,
+    headers: Vec<(&'static str, &'static str)>,
+) {
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let (chunks, headers) = (chunks.clone(), headers.clone());
+        async move {
+            let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+            tokio::spawn(async move {
+                for chunk in chunks {
+                    if sender.send_data(Bytes::from(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut response = Response::new(body);
+            for (k, v) in headers {
+                response
+                    .headers_mut()
+                    .insert(k, hyper::header::HeaderValue::from_static(v));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// One GET through `route` to an origin sending `chunks`; (status, headers, body) and stats.
+async fn through_dlp(
+    route: Arc<HttpRoute>,
+    method: &str,
+    chunks: Vec<Vec<u8>>,
+    headers: Vec<(&'static str, &'static str)>,
+) -> (u16, hyper::HeaderMap, Vec<u8>, Arc<L7Stats>) {
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
+    tokio::spawn(chunked_origin(origin_io, chunks, headers));
+    let stats = Arc::new(L7Stats::default());
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        route,
+        peer(),
+        Arc::clone(&stats),
+        None,
+    ));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let req = Request::builder()
+        .method(method)
+        .uri("/statement")
+        .header("host", "b")
+        .body(Empty::<Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    (parts.status.as_u16(), parts.headers, body, stats)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
+const CARDS: &str = "{detectors: [{type: cardNumber, action: Mask, keepLast: 4}, {type: usSsn, action: Redact}], responseHeaders: [x-account]}";
+
+#[tokio::test]
+async fn card_numbers_split_across_chunks_are_masked_and_order_ids_are_not() {
+    let chunks = vec![
+        br#"{"card": "4111 1111 "#.to_vec(),
+        br#"1111 1111", "order": "1234567812345678", "ssn": "123-4"#.to_vec(),
+        br#"5-6789"}"#.to_vec(),
+    ];
+    let length: &'static str = Box::leak(
+        chunks
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            .to_string()
+            .into_boxed_str(),
+    );
+    let (status, headers, body, stats) = through_dlp(
+        dlp_route(CARDS),
+        "GET",
+        chunks,
+        vec![
+            ("content-length", length),
+            ("x-account", "5555555555554444"),
+        ],
+    )
+    .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        r#"{"card": "**** **** **** 1111", "order": "1234567812345678", "ssn": "[REDACTED]"}"#
+    );
+    assert_eq!(
+        headers.get("x-account").map(|v| v.as_bytes()),
+        Some(&b"************4444"[..])
+    );
+    assert!(
+        headers.get("content-length").is_none(),
+        "re-chunked: the length changed"
+    );
+    let mut matches = stats.dlp_matches();
+    matches.sort();
+    assert_eq!(
+        matches,
+        [
+            (("card_number".to_owned(), "mask"), 2),
+            (("us_ssn".to_owned(), "redact"), 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_decoded_masked_and_other_encodings_refused() {
+    let zipped = gzip(b"pay with 4111111111111111 today");
+    let (first, rest) = zipped.split_at(zipped.len() / 2);
+    let (status, headers, body, _) = through_dlp(
+        dlp_route(CARDS),
+        "GET",
+        vec![first.to_vec(), rest.to_vec()],
+        vec![("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    assert_eq!(body, b"pay with ************1111 today");
+    let (status, _, _, stats) = through_dlp(
+        dlp_route(CARDS),
+        "GET",
+        vec![b"compressed".to_vec()],
+        vec![("content-encoding", "br")],
+    )
+    .await;
+    assert_eq!(status, 502, "never passed unscanned");
+    assert_eq!(stats.denials(), [(("dlp", "unsupported_encoding"), 1)]);
+}
+
+#[tokio::test]
+async fn a_blocking_detector_refuses_the_response_and_shadow_mode_changes_nothing() {
+    let block = dlp_route("{detectors: [{type: cardNumber, action: Block}]}");
+    let (status, _, body, _) = through_dlp(
+        block,
+        "GET",
+        vec![b"card 4111111111111111".to_vec()],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert!(!String::from_utf8_lossy(&body).contains("4111"));
+    let shadow = dlp_route("{shadow: true, detectors: [{type: cardNumber, action: Mask}]}");
+    let (status, _, body, stats) = through_dlp(
+        shadow,
+        "GET",
+        vec![b"card 4111111111111111".to_vec()],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"card 4111111111111111"[..])
+    );
+    assert_eq!(
+        stats.dlp_matches(),
+        [(("card_number".to_owned(), "shadow"), 1)]
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_masks_what_the_route_masks() {
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
+    tokio::spawn(chunked_origin(origin_io, vec![b"ok".to_vec()], vec![]));
+    let logged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink_log = Arc::clone(&logged);
+    let sink: crate::mesh::tunnel::ProxyEventSink = Arc::new(move |e: &ProxyEvent| {
+        if let Some(http) = &e.http
+            && let Ok(mut l) = sink_log.lock()
+        {
+            l.push(http.path.clone());
+        }
+    });
+    let stats = Arc::new(L7Stats::default());
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        dlp_route(CARDS),
+        peer(),
+        stats,
+        Some(sink),
+    ));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let req = Request::get("/cards/4111111111111111/statement")
+        .header("host", "b")
+        .body(Empty::<Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = read(response).await;
+    let paths = logged.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(paths, ["/cards/************1111/statement"]);
+}

@@ -1,0 +1,312 @@
+//! The `dlp` filter on responses: the pod's response headers the policy names and its body are
+//! scanned for sensitive data and masked or redacted as they stream to the client (a match
+//! split across chunks is still seen, see `rampart_l7::dlp::stream`); the body is then sent
+//! re-chunked (its length may change). gzip and deflate bodies are decompressed first and sent
+//! without encoding; any other encoding is refused (`502`), never passed through unscanned. A
+//! policy with a `Block` detector holds the whole response (up to [`BLOCK_MODE_LIMIT`]) and
+//! answers `502` instead if it matches.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use rampart_l7::dlp::{Action, DlpSet, Released, StreamMasker};
+
+use super::L7Stats;
+use crate::policy::dlp::DlpModel;
+
+/// The filter's name (metric label, access log).
+pub const FILTER: &str = "dlp";
+/// The most a `Block`-mode response may hold.
+pub const BLOCK_MODE_LIMIT: usize = 4 << 20;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a response was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `Block` detector matched.
+    Blocked,
+    /// An encoding the filter cannot read (or `compressed: Refuse`).
+    Encoding,
+    /// A `Block`-mode response over the limit.
+    TooLarge,
+    /// The body could not be read or decoded.
+    Unreadable,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Blocked => "blocked",
+            Refusal::Encoding => "unsupported_encoding",
+            Refusal::TooLarge => "too_large",
+            Refusal::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The action label of a match (`shadow` when nothing was changed).
+fn action_label(action: Action, shadow: bool) -> &'static str {
+    match (shadow, action) {
+        (true, _) => "shadow",
+        (_, Action::Mask { .. }) => "mask",
+        (_, Action::Redact) => "redact",
+        (_, Action::Block) => "block",
+    }
+}
+
+fn count(stats: &L7Stats, set: &DlpSet, shadow: bool, matches: &[usize]) {
+    for &i in matches {
+        if let Some(d) = set.detectors.get(i) {
+            stats.dlp_matched(&d.name, action_label(d.action, shadow));
+        }
+    }
+}
+
+/// A body decoder for `content-encoding`.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let out = match self {
+            Decoder::Gzip(d) => {
+                d.write_all(data)?;
+                std::mem::take(d.get_mut())
+            }
+            Decoder::Deflate(d) => {
+                d.write_all(data)?;
+                std::mem::take(d.get_mut())
+            }
+        };
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Deflate(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+/// The decoder the response's `content-encoding` needs (`None`: identity), or a refusal.
+fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Refusal> {
+    let Some(encoding) = headers.get(CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    let encoding = encoding
+        .to_str()
+        .map_err(|_| Refusal::Encoding)?
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "" | "identity" => Ok(None),
+        "gzip" | "x-gzip" if model.decompress => Ok(Some(Decoder::Gzip(
+            flate2::write::GzDecoder::new(Vec::new()),
+        ))),
+        "deflate" if model.decompress => Ok(Some(Decoder::Deflate(
+            flate2::write::ZlibDecoder::new(Vec::new()),
+        ))),
+        _ => Err(Refusal::Encoding),
+    }
+}
+
+/// Masks the headers the policy names; `Err` if a `Block` detector matched one.
+fn headers(model: &DlpModel, map: &mut HeaderMap, stats: &L7Stats) -> Result<(), Refusal> {
+    for name in &model.headers {
+        let values: Vec<HeaderValue> = map.get_all(name).iter().cloned().collect();
+        if values.is_empty() {
+            continue;
+        }
+        map.remove(name);
+        for value in values {
+            let found = model.set.find(value.as_bytes());
+            count(
+                stats,
+                &model.set,
+                model.shadow,
+                &found.iter().map(|f| f.detector).collect::<Vec<_>>(),
+            );
+            if found
+                .iter()
+                .any(|f| model.set.detectors[f.detector].action == Action::Block)
+                && !model.shadow
+            {
+                return Err(Refusal::Blocked);
+            }
+            let masked = if model.shadow || found.is_empty() {
+                value
+            } else {
+                HeaderValue::from_bytes(&model.set.apply(value.as_bytes(), &found))
+                    .unwrap_or(HeaderValue::from_static("[REDACTED]"))
+            };
+            map.append(name.clone(), masked);
+        }
+    }
+    Ok(())
+}
+
+/// What the filter makes of a response: its new head, and the body to send.
+pub enum Filtered {
+    Streamed(Box<DlpBody>),
+    Whole(Bytes),
+}
+
+/// Applies the filter to a response head and body: the headers it names masked, the body
+/// wrapped (or, with a `Block` detector, read whole and judged).
+pub async fn filter(
+    model: &DlpModel,
+    head: &mut hyper::http::response::Parts,
+    body: Incoming,
+    stats: &Arc<L7Stats>,
+) -> Result<Filtered, Refusal> {
+    headers(model, &mut head.headers, stats)?;
+    let decoder = decoder(&head.headers, model)?;
+    if decoder.is_some() {
+        head.headers.remove(CONTENT_ENCODING);
+    }
+    if !model.shadow || decoder.is_some() {
+        // The length may change: the body goes re-chunked (or with the length of the whole).
+        head.headers.remove(CONTENT_LENGTH);
+    }
+    let mut streamed = DlpBody {
+        inner: body,
+        decoder,
+        masker: StreamMasker::new(Arc::clone(&model.set), model.shadow),
+        shadow: model.shadow,
+        stats: Arc::clone(stats),
+        done: false,
+    };
+    if !model.blocks || model.shadow {
+        return Ok(Filtered::Streamed(Box::new(streamed)));
+    }
+    let mut whole = Vec::new();
+    while let Some(frame) = streamed.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.downcast_ref::<TooLarge>().is_some() {
+                Refusal::TooLarge
+            } else if e.downcast_ref::<Blocked>().is_some() {
+                Refusal::Blocked
+            } else {
+                Refusal::Unreadable
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            whole.extend_from_slice(&data);
+            if whole.len() > BLOCK_MODE_LIMIT {
+                return Err(Refusal::TooLarge);
+            }
+        }
+    }
+    Ok(Filtered::Whole(Bytes::from(whole)))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a DLP detector that blocks matched the response")]
+struct Blocked;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the response is over the DLP block-mode limit")]
+struct TooLarge;
+
+/// A response body masked as it streams.
+pub struct DlpBody {
+    inner: Incoming,
+    decoder: Option<Decoder>,
+    masker: StreamMasker<Arc<DlpSet>>,
+    shadow: bool,
+    stats: Arc<L7Stats>,
+    done: bool,
+}
+
+impl DlpBody {
+    fn released(&self, released: Released) -> Result<Option<Bytes>, BoxError> {
+        count(
+            &self.stats,
+            self.masker.set(),
+            self.shadow,
+            &released.matches,
+        );
+        if released.blocked && !self.shadow {
+            return Err(Box::new(Blocked));
+        }
+        Ok((!released.bytes.is_empty()).then(|| Bytes::from(released.bytes)))
+    }
+}
+
+impl Body for DlpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are dropped: they would have to follow the held-back bytes.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let plain = match &mut self.decoder {
+                        Some(d) => match d.write(&data) {
+                            Ok(plain) => plain,
+                            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                        },
+                        None => data.to_vec(),
+                    };
+                    let released = self.masker.push(&plain);
+                    match self.released(released) {
+                        Ok(Some(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        Ok(None) => continue,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let mut tail = Vec::new();
+                    if let Some(d) = &mut self.decoder {
+                        match d.finish() {
+                            Ok(plain) => tail = plain,
+                            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                        }
+                    }
+                    let mut released = self.masker.push(&tail);
+                    let end = self.masker.finish();
+                    released.bytes.extend(end.bytes);
+                    released.matches.extend(end.matches);
+                    released.blocked |= end.blocked;
+                    return match self.released(released) {
+                        Ok(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
