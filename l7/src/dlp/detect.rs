@@ -46,24 +46,33 @@ pub struct Detector {
     pub name: String,
     pub kind: Kind,
     pub action: Action,
-    regex: Regex,
+    /// `None` for card numbers, found by [`card_ranges`].
+    regex: Option<Regex>,
     /// The capture group masked (`value` of a custom pattern; the token of a bearer header).
     group: Option<usize>,
 }
 
 impl Detector {
     pub fn new(name: &str, kind: Kind, action: Action) -> Result<Detector, DlpError> {
+        // Built-in patterns are ASCII-only (`(?-u)`): `\d` and `\b` without Unicode tables
+        // keep the regex engine on its DFAs.
         let pattern = match &kind {
             Kind::CardNumber => {
-                r"\b(?:\d{4}[ -]?\d{6}[ -]?\d{4,5}|\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7})\b"
+                return Ok(Detector {
+                    name: name.to_owned(),
+                    kind,
+                    action,
+                    regex: None,
+                    group: None,
+                });
             }
-            Kind::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
-            Kind::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+            Kind::UsSsn => r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
+            Kind::Iban => r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
             Kind::Email => {
-                r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
+                r"(?-u)\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
             }
             Kind::BearerToken => {
-                r"(?i:bearer)\s+(?P<value>[A-Za-z0-9\-._~+/]{8,512}=*)|\b(?P<jwt>eyJ[A-Za-z0-9_-]{4,400}\.[A-Za-z0-9_-]{4,600}\.[A-Za-z0-9_-]{4,600})"
+                r"(?-u)(?i:bearer)\s+(?P<value>[A-Za-z0-9\-._~+/]{8,512}=*)|\b(?P<jwt>eyJ[A-Za-z0-9_-]{4,400}\.[A-Za-z0-9_-]{4,600}\.[A-Za-z0-9_-]{4,600})"
             }
             Kind::Custom(pattern) => pattern.as_str(),
         };
@@ -76,7 +85,7 @@ impl Detector {
             name: name.to_owned(),
             kind,
             action,
-            regex,
+            regex: Some(regex),
             group,
         })
     }
@@ -93,13 +102,24 @@ impl Detector {
 
     /// The ranges of `text` this detector matches (confirmed), as (start, end) of what to change.
     fn ranges(&self, text: &[u8], out: &mut Vec<(usize, usize)>) {
-        for caps in self.regex.captures_iter(text) {
-            let Some(whole) = caps.get(0) else { continue };
-            let target = self
-                .group
-                .and_then(|g| caps.get(g))
-                .or_else(|| caps.name("jwt"))
-                .unwrap_or(whole);
+        let Some(regex) = &self.regex else {
+            return card_ranges(text, out);
+        };
+        // Matches are found on the fast path; capture groups are resolved only for patterns
+        // that have them, and only where something matched.
+        let captures = self.group.is_some() || self.kind == Kind::BearerToken;
+        for whole in regex.find_iter(text) {
+            let target = if captures {
+                let Some(caps) = regex.captures_at(text, whole.start()) else {
+                    continue;
+                };
+                self.group
+                    .and_then(|g| caps.get(g))
+                    .or_else(|| caps.name("jwt"))
+                    .unwrap_or(whole)
+            } else {
+                whole
+            };
             let mut candidate = &text[target.start()..target.end()];
             // A greedy match may have taken a following group too (an IBAN and the word after
             // it): try it shorter, at each space, before giving up.
@@ -116,6 +136,73 @@ impl Detector {
                 }
             }
         }
+    }
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The longest card number a run of digits may hold, separators included (19 digits, one
+/// separator between any two).
+const CARD_SPAN: usize = 37;
+
+/// Card numbers in `text`: runs of digits with single spaces or dashes between them, on word
+/// boundaries, of which the leftmost-longest piece that starts and ends at the run's edges or
+/// at a separator and is a card (brand range, length, Luhn) is taken.
+///
+/// Hand-written rather than a regular expression: on digit-dense JSON (every 16-digit id a
+/// candidate to confirm) the masker took about twice as long with the regex (measured here: ~400
+/// against ~200 us per 64 KiB); this is one pass over the bytes.
+fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
+    let n = text.len();
+    let mut i = 0;
+    let mut cuts = Vec::new();
+    while i < n {
+        if !text[i].is_ascii_digit() || (i > 0 && is_word(text[i - 1])) {
+            i += 1;
+            continue;
+        }
+        // The run: digits, single separators between digits.
+        let (start, mut j, mut end) = (i, i, i);
+        cuts.clear();
+        cuts.push(start);
+        while j < n {
+            if text[j].is_ascii_digit() {
+                j += 1;
+                end = j;
+            } else if matches!(text[j], b' ' | b'-') && j + 1 < n && text[j + 1].is_ascii_digit() {
+                cuts.push(j);
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        cuts.push(end);
+        let mut next = end.max(i + 1);
+        if end == n || !is_word(text[end]) {
+            // Pieces start at the run's start or after a separator and end at a separator or the
+            // run's end.
+            let starts = cuts[..cuts.len() - 1]
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| if k == 0 { c } else { c + 1 });
+            'search: for s in starts {
+                for &e in cuts[1..].iter().rev() {
+                    if e <= s || e - s > CARD_SPAN {
+                        continue;
+                    }
+                    let piece = &text[s..e];
+                    let digits = piece.iter().filter(|b| b.is_ascii_digit()).count();
+                    if (13..=19).contains(&digits) && validate::card_number(piece) {
+                        out.push((s, e));
+                        next = e;
+                        break 'search;
+                    }
+                }
+            }
+        }
+        i = next;
     }
 }
 

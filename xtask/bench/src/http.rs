@@ -32,8 +32,13 @@ impl Drop for HttpServer {
     }
 }
 
-/// Serves HTTP/1.1 on `port` (all addresses) inside `ns`.
+/// Serves HTTP/1.1 on `port` (all addresses) inside `ns`, every response a 64-byte body.
 pub fn serve(ns: &Netns, port: u16) -> anyhow::Result<HttpServer> {
+    serve_body(ns, port, BODY)
+}
+
+/// Serves HTTP/1.1 on `port` inside `ns`, every response `body`.
+pub fn serve_body(ns: &Netns, port: u16, body: &'static [u8]) -> anyhow::Result<HttpServer> {
     let path = ns.path();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -67,7 +72,7 @@ pub fn serve(ns: &Netns, port: u16) -> anyhow::Result<HttpServer> {
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(|_req| async {
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(BODY),
+                                Bytes::from_static(body),
                             )))
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -193,7 +198,7 @@ fn client(
     let mut reader = BufReader::new(stream);
     let mut out = Vec::with_capacity(requests);
     let mut line = String::new();
-    let mut body = vec![0u8; BODY.len()];
+    let mut body = Vec::new();
     for _ in 0..requests {
         let t = Instant::now();
         writer.write_all(request)?;
@@ -205,7 +210,7 @@ fn client(
             "expected {expect}, got {:?}",
             line.trim_end()
         );
-        let mut length = None;
+        let (mut length, mut chunked) = (None, false);
         loop {
             line.clear();
             anyhow::ensure!(reader.read_line(&mut line)? > 0, "connection closed");
@@ -213,15 +218,32 @@ fn client(
             if header.is_empty() {
                 break;
             }
-            if let Some((k, v)) = header.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse::<usize>().ok();
+            if let Some((k, v)) = header.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let length = length.ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
+        if chunked {
+            // A re-chunked body (the DLP filter changes lengths): size lines, data, CRLF.
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim(), 16)?;
+                body.resize(size + 2, 0);
+                reader.read_exact(&mut body)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let length =
+                length.ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        }
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(out)

@@ -35,10 +35,36 @@ const API_KEY_PORT: u16 = 8083;
 const RATE_LIMIT_PORT: u16 = 8084;
 /// The same server behind the WAF (the Core Rule Set at its defaults).
 const WAF_PORT: u16 = 8085;
+/// A server answering 64 KiB (JSON with card numbers and order ids), in the tunnel without L7
+/// rules, and behind the DLP filter masking the cards.
+const BIG_PORT: u16 = 8086;
+const DLP_PORT: u16 = 8087;
 const HTTP_CONCURRENCY: usize = 8;
 /// A benign request with a query the rules read, and a SQL injection they block (403).
 pub const WAF_BENIGN: &str = "/orders?id=42&sort=asc";
 pub const WAF_ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
+
+/// 64 KiB of JSON order records, every eighth with a card number (Luhn-valid), the rest with
+/// 16-digit order ids that are not cards: what the DLP rows mask.
+fn big_body() -> &'static [u8] {
+    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| {
+        let mut body = b"[".to_vec();
+        let mut i = 0usize;
+        while body.len() < 64 * 1024 - 80 {
+            let id = if i.is_multiple_of(8) {
+                "4111 1111 1111 1111"
+            } else {
+                "1234567812345678"
+            };
+            body.extend_from_slice(format!("{{\"n\":{i},\"ref\":\"{id}\"}},").as_bytes());
+            i += 1;
+        }
+        body.resize(64 * 1024 - 1, b' ');
+        body.push(b']');
+        body
+    })
+}
 
 /// GETs per connection per HTTP measurement.
 fn http_requests(quick: bool) -> usize {
@@ -57,7 +83,7 @@ fn policy(jwks: &str) -> String {
         )
     };
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n{}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}, {{port: {BIG_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n{}",
         pod("a", 1),
         pod("b", 2),
         l7_policies(jwks)
@@ -94,6 +120,11 @@ fn l7_policies(jwks: &str) -> String {
             "    rateLimits:\n      buckets:\n      - {name: all, maxTokens: 4000000000, tokensPerFill: 1000000, fillInterval: 50ms}\n",
         ),
         mesh("b-waf", WAF_PORT, "    waf: {}\n"),
+        mesh(
+            "b-dlp",
+            DLP_PORT,
+            "    dlp:\n      detectors: [{type: cardNumber, action: Mask, keepLast: 4}]\n",
+        ),
     ]
     .concat()
 }
@@ -112,6 +143,10 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let _http = [HTTP_PORT, JWT_PORT, API_KEY_PORT, RATE_LIMIT_PORT, WAF_PORT]
         .into_iter()
         .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
+        .chain(
+            [BIG_PORT, DLP_PORT]
+                .map(|port| crate::http::serve_body(&topo.pod("bench/b").ns, port, big_body())),
+        )
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dst = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
     let http_with = |to: SocketAddr, get: &Get| {
@@ -154,6 +189,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let (mut l4, mut mtls, mut mtls_http) = (Vec::new(), Vec::new(), Vec::new());
     let (mut jwt, mut api_key, mut rate_limit) = (Vec::new(), Vec::new(), Vec::new());
     let (mut waf, mut waf_attack) = (Vec::new(), Vec::new());
+    let (mut big, mut dlp) = (Vec::new(), Vec::new());
     let node2_pid: Vec<u32> = agents[1].pid().into_iter().collect();
     // Agent CPU per request on the destination node, WAF off vs on.
     let (mut cpu_plain, mut cpu_waf, mut cpu_waf_attack) = (Vec::new(), Vec::new(), Vec::new());
@@ -195,6 +231,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         waf_attack.push(with_cpu(&mut cpu_waf_attack, &|| {
             http_with(dst(WAF_PORT), &attack)
         })?);
+        big.push(http(dst(BIG_PORT))?);
+        dlp.push(http(dst(DLP_PORT))?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
@@ -206,6 +244,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     http_samples.push(("rampart-mtls-rate-limit".into(), rate_limit));
     http_samples.push(("rampart-mtls-waf".into(), waf));
     http_samples.push(("rampart-mtls-waf-attack".into(), waf_attack));
+    http_samples.push(("rampart-mtls-64k".into(), big));
+    http_samples.push(("rampart-mtls-64k-dlp".into(), dlp));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -248,6 +288,13 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
             "rampart-mtls",
         ));
     }
+    out.extend(versus(
+        &http_samples,
+        &crate::http::METRICS,
+        runs,
+        "rampart-mtls-64k-dlp",
+        "rampart-mtls-64k",
+    ));
     let mut cpu = |system: &str, values: &mut Vec<f64>, base: f64| {
         let (value, min, max) = summarize(values);
         out.push(Record {
