@@ -6,7 +6,9 @@
 //! - the access log names the matched rules and the anomaly score; the counters by policy and
 //!   rule group; Detect mode lets the same attack through and counts it as detected;
 //! - a policy whose extra rules do not load is rejected as a whole and the last good set stays
-//!   in force (the attack is still blocked).
+//!   in force (the attack is still blocked);
+//! - DLP on port 8082: a card number in the pod's response is masked on its way back (an order id
+//!   that fails Luhn is not), counted, and masked in the access log's path too.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -180,4 +182,75 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
         "the last good set is in force"
     );
     assert_eq!(orders.requests(), 1);
+}
+
+#[test]
+fn card_numbers_in_responses_are_masked_on_the_way_back() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1))
+        .pod("node-2", "shop/b", ip(2))
+        .build()
+        .expect("topology");
+    // The origin's body reports the request's headers: a card number sent in a header comes
+    // back in the response body.
+    let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8082).expect("origin 8082");
+    let policy = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: statements-dlp}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 8082}}]\n  http:\n    dlp:\n      detectors: [{{type: cardNumber, action: Mask, keepLast: 4}}]\n",
+        pod_object("shop", "a", 1, ip(1)),
+        pod_object("shop", "b", 2, ip(2)),
+    );
+    let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &policy, None, &[]).expect("agents");
+    let node2 = mesh.node("node-2");
+    let a = topo.pod("shop/a").ns.path();
+    let reply = http_request(
+        &a,
+        SocketAddr::new(IpAddr::V4(ip(2)), 8082),
+        "GET",
+        "/cards/4111111111111111/statement",
+        &[
+            ("x-card", "4111 1111 1111 1111"),
+            ("x-order", "1234567812345678"),
+        ],
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("GET: {e:#}\nnode-2 log:\n{}", node2.log()));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains("x-card: **** **** **** 1111"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("x-order: 1234567812345678"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("4111 1111"), "{}", reply.body);
+    assert_eq!(
+        metric(
+            node2,
+            "rampart_dlp_matches_total",
+            "detector=\"card_number\",action=\"mask\""
+        ),
+        2.0,
+        "the header's card and the path's, echoed in the body\n{}",
+        node2.metrics().unwrap_or_default()
+    );
+    let flows = node2.cli(&["flows", "--json"]).expect("rampart flows");
+    let record = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["http"]["policy"] == "statements-dlp")
+        .unwrap_or_else(|| panic!("no access-log record:\n{flows}"));
+    assert_eq!(
+        record["http"]["path"], "/cards/************1111/statement",
+        "{record}"
+    );
+    assert!(
+        !flows.contains("4111111111111111"),
+        "a card number in the flow log"
+    );
 }
