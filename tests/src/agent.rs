@@ -203,6 +203,15 @@ impl Agent {
     }
 
     /// Runs `rampart <args>` in the agent's namespace (for the CLI tools that talk to it).
+    /// The sample `name{labels}` of the agent's metrics (labels as the agent writes them); 0
+    /// when there is none or the metrics cannot be read.
+    pub fn sample(&self, name: &str, labels: &str) -> f64 {
+        self.metrics()
+            .ok()
+            .and_then(|m| crate::metrics::sample(&m, name, labels))
+            .unwrap_or(0.0)
+    }
+
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let bin = self.bin.to_str().context("binary path is not UTF-8")?;
         crate::cmd::in_ns(&self.ns_name, bin, args)

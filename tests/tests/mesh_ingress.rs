@@ -19,11 +19,10 @@ use std::time::Duration;
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::https::https_request;
 use rampart_tests::mesh::{MeshAgents, pod_object};
-use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::http_request;
 use rampart_tests::topology::OUTSIDE_IP;
-use rampart_tests::{Agent, Topology, require_root};
+use rampart_tests::{Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const API_KEY: &str = "key-acme-7c1d";
@@ -104,14 +103,6 @@ spec:
         tls_secret("api-tls", api),
         tls_secret("wildcard-tls", wildcard),
     )
-}
-
-fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
-    agent
-        .metrics()
-        .ok()
-        .and_then(|m| sample(&m, name, labels))
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -209,8 +200,7 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
     );
     assert_eq!(origin.requests(), 4);
     assert_eq!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_proxy_denied_total",
             "filter=\"ingress\",reason=\"plaintext\""
         ),
@@ -220,8 +210,7 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
     );
     // A failed handshake (the client does not trust the certificate) is counted too.
     assert!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_proxy_denied_total",
             "filter=\"ingress\",reason=\"tls_handshake_failed\""
         ) >= 1.0
@@ -238,8 +227,7 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
     );
     assert_eq!(internal.requests(), 0);
     assert!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_drops_total",
             "reason=\"mtls_required\",direction=\"ingress\""
         ) >= 1.0
@@ -257,7 +245,7 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
         401
     );
     assert_eq!(
-        metric(node2, "rampart_proxy_flows_total", "direction=\"ingress\""),
+        node2.sample("rampart_proxy_flows_total", "direction=\"ingress\""),
         7.0,
         "ingress connections that passed TLS and reached the pod (every HTTPS request but the untrusted one)"
     );

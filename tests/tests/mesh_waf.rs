@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::mesh::{MeshAgents, pod_object};
-use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::http_request;
-use rampart_tests::{Agent, Topology, require_root};
+use rampart_tests::{Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
@@ -42,14 +41,6 @@ fn policy() -> String {
         mesh_policy("orders-waf", 8080, "{}"),
         mesh_policy("reports-waf", 8081, "{mode: Detect}"),
     )
-}
-
-fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
-    agent
-        .metrics()
-        .ok()
-        .and_then(|m| sample(&m, name, labels))
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -97,8 +88,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(orders.requests(), 1, "the attack reached the pod");
     assert_eq!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_waf_blocked_total",
             "policy=\"orders-waf\",rule_group=\"sqli\""
         ),
@@ -106,10 +96,9 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
         "{}",
         node2.metrics().unwrap_or_default()
     );
-    assert_eq!(metric(node2, "rampart_waf_evaluated_total", ""), 2.0);
+    assert_eq!(node2.sample("rampart_waf_evaluated_total", ""), 2.0);
     assert_eq!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_proxy_denied_total",
             "filter=\"waf\",reason=\"sqli\""
         ),
@@ -120,8 +109,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     assert_eq!(get(8081, ATTACK).status, 200);
     assert_eq!(reports.requests(), 1);
     assert_eq!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_waf_detected_total",
             "policy=\"reports-waf\",rule_group=\"sqli\""
         ),
@@ -156,7 +144,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     );
 
     // Rules that do not load: the whole set is refused, the last good one stays.
-    let errors = metric(node2, "rampart_policy_errors_total", "");
+    let errors = node2.sample("rampart_policy_errors_total", "");
     std::fs::write(
         mesh.work_dir().join("policy/bad-waf.yaml"),
         mesh_policy(
@@ -167,7 +155,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     )
     .expect("write");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(node2, "rampart_policy_errors_total", "") <= errors {
+    while node2.sample("rampart_policy_errors_total", "") <= errors {
         assert!(
             Instant::now() < deadline,
             "the bad rules were not refused\n{}",
@@ -230,8 +218,7 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
     );
     assert!(!reply.body.contains("4111 1111"), "{}", reply.body);
     assert_eq!(
-        metric(
-            node2,
+        node2.sample(
             "rampart_dlp_matches_total",
             "detector=\"card_number\",action=\"mask\""
         ),

@@ -174,25 +174,8 @@ mod tests {
     use super::*;
 
     fn check(dlp: &str) -> Result<Option<DlpModel>, Vec<String>> {
-        let text = format!(
-            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    dlp: {dlp}\n"
-        );
-        crate::policy::check(crate::policy::source::parse_str(
-            std::path::Path::new("t.yaml"),
-            &text,
-        ))
-        .map(|c| {
-            c.model.mesh_policies[0]
-                .http
-                .as_ref()
-                .and_then(|h| h.dlp.clone())
-        })
-        .map_err(|d| {
-            d.iter()
-                .filter(|d| d.is_error())
-                .map(|d| d.message.clone())
-                .collect()
-        })
+        crate::policy::http::section_for_tests(&format!("    dlp: {dlp}\n"))
+            .map(|http| http.dlp.clone())
     }
 
     #[test]

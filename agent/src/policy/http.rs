@@ -560,6 +560,30 @@ pub fn validate(
     })
 }
 
+/// Test support: the `http` model of a MeshPolicy on port 80 whose `http` section is `section`
+/// (YAML lines indented under `http:`), or every error as `line:col: message`.
+#[cfg(test)]
+pub(crate) fn section_for_tests(section: &str) -> Result<Arc<HttpPolicyModel>, Vec<String>> {
+    let text = format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n{section}"
+    );
+    let checked = crate::policy::check(crate::policy::source::parse_str(
+        std::path::Path::new("t.yaml"),
+        &text,
+    ))
+    .map_err(|diags| {
+        diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{}:{}: {}", d.origin.pos.line, d.origin.pos.col, d.message))
+            .collect::<Vec<_>>()
+    })?;
+    checked.model.mesh_policies[0]
+        .http
+        .clone()
+        .ok_or_else(|| vec!["no http section".to_owned()])
+}
+
 struct HttpValidator<'a> {
     so: &'a SourceObject,
     diags: &'a mut Vec<Diagnostic>,

@@ -201,25 +201,8 @@ mod tests {
     use super::*;
 
     fn check(waf: &str) -> Result<Option<WafModel>, Vec<String>> {
-        let text = format!(
-            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    waf: {waf}\n"
-        );
-        crate::policy::check(crate::policy::source::parse_str(
-            std::path::Path::new("t.yaml"),
-            &text,
-        ))
-        .map(|c| {
-            c.model.mesh_policies[0]
-                .http
-                .as_ref()
-                .and_then(|h| h.waf.clone())
-        })
-        .map_err(|d| {
-            d.iter()
-                .filter(|d| d.is_error())
-                .map(|d| format!("{}:{}: {}", d.origin.pos.line, d.origin.pos.col, d.message))
-                .collect()
-        })
+        crate::policy::http::section_for_tests(&format!("    waf: {waf}\n"))
+            .map(|http| http.waf.clone())
     }
 
     #[test]

@@ -9,20 +9,15 @@ use tokio::io::DuplexStream;
 use super::*;
 use crate::l7::jwks::JwksRegistry;
 
+/// The route of an `http` section (YAML lines indented under `http:`), no WAF engine loaded.
+fn route_of(section: &str) -> HttpRoute {
+    let model = crate::policy::http::section_for_tests(section).unwrap_or_else(|e| panic!("{e:?}"));
+    HttpRoute::new("api".into(), model, &JwksRegistry::default(), None, None)
+}
+
 fn route() -> Arc<HttpRoute> {
-    let text = "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: api}\nspec:\n  ports: [{port: 80}]\n  http:\n    rules:\n    - {action: Allow, paths: [{exact: /ok}]}\n";
-    let checked = crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), text))
-        .unwrap_or_else(|d| panic!("{d:?}"));
-    let model = checked.model.mesh_policies[0]
-        .http
-        .clone()
-        .unwrap_or_else(|| panic!("no http"));
-    Arc::new(HttpRoute::new(
-        "api".into(),
-        model,
-        &JwksRegistry::default(),
-        None,
-        None,
+    Arc::new(route_of(
+        "    rules:\n    - {action: Allow, paths: [{exact: /ok}]}\n",
     ))
 }
 
@@ -171,17 +166,7 @@ fn shared_crs() -> std::path::PathBuf {
 
 /// A route whose `http` section is only `waf` (as YAML flow text), its engine loaded.
 fn waf_route(waf: &str) -> Arc<HttpRoute> {
-    let text = format!(
-        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    waf: {waf}\n"
-    );
-    let checked =
-        crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), &text))
-            .unwrap_or_else(|d| panic!("{d:?}"));
-    let model = checked.model.mesh_policies[0]
-        .http
-        .clone()
-        .unwrap_or_else(|| panic!("no http"));
-    let mut route = HttpRoute::new("api".into(), model, &JwksRegistry::default(), None, None);
+    let mut route = route_of(&format!("    waf: {waf}\n"));
     if let Some(waf) = &mut route.waf {
         let layout =
             rampart_waf::CrsLayout::discover(&shared_crs()).unwrap_or_else(|e| panic!("{e}"));
@@ -278,23 +263,7 @@ async fn detect_mode_lets_attacks_through() {
 
 /// A route whose `http` section is only `dlp` (as YAML flow text).
 fn dlp_route(dlp: &str) -> Arc<HttpRoute> {
-    let text = format!(
-        "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: api}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n    dlp: {dlp}\n"
-    );
-    let checked =
-        crate::policy::check(crate::policy::source::parse_str(Path::new("t.yaml"), &text))
-            .unwrap_or_else(|d| panic!("{d:?}"));
-    let model = checked.model.mesh_policies[0]
-        .http
-        .clone()
-        .unwrap_or_else(|| panic!("no http"));
-    Arc::new(HttpRoute::new(
-        "api".into(),
-        model,
-        &JwksRegistry::default(),
-        None,
-        None,
-    ))
+    Arc::new(route_of(&format!("    dlp: {dlp}\n")))
 }
 
 /// An origin answering every request with `chunks` as separate body frames, and `headers`.
