@@ -27,20 +27,31 @@ fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n, 10)
 }
 
-fn mesh_policy(name: &str, port: u16, waf: &str) -> String {
+/// A MeshPolicy on pod b's `port` whose `http` section is `http` (one line, e.g. `waf: {}`).
+fn mesh_policy(name: &str, port: u16, http: &str) -> String {
     format!(
-        "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n    waf: {waf}\n"
+        "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n    {http}\n"
     )
 }
 
-fn policy() -> String {
+/// The namespace, pods a and b, and `policies`.
+fn world(policies: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{}{}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{policies}",
         pod_object("shop", "a", 1, ip(1)),
         pod_object("shop", "b", 2, ip(2)),
-        mesh_policy("orders-waf", 8080, "{}"),
-        mesh_policy("reports-waf", 8081, "{mode: Detect}"),
     )
+}
+
+/// Pod a on node 1, pod b on node 2.
+fn two_nodes() -> Topology {
+    Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1))
+        .pod("node-2", "shop/b", ip(2))
+        .build()
+        .expect("topology")
 }
 
 #[test]
@@ -50,20 +61,20 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     let crs = rampart_tests::waf_cases::shared_dir(&workspace)
         .expect("shared/")
         .join(rampart_tests::waf_cases::DEFAULT_CRS);
-    let topo = Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1))
-        .pod("node-2", "shop/b", ip(2))
-        .build()
-        .expect("topology");
+    let topo = two_nodes();
     let orders = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin 8080");
     let reports = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
     let crs_arg = crs.display().to_string();
     let mesh = MeshAgents::start(
         &topo,
         &["node-1", "node-2"],
-        &policy(),
+        &world(
+            &[
+                mesh_policy("orders-waf", 8080, "waf: {}"),
+                mesh_policy("reports-waf", 8081, "waf: {mode: Detect}"),
+            ]
+            .concat(),
+        ),
         None,
         &["--crs-dir", &crs_arg],
     )
@@ -150,7 +161,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
         mesh_policy(
             "broken-waf",
             8082,
-            "{extraRules: [{inline: 'SecRule ARGS \"@rx x\" \"id:20001,phase:2,nosuchaction\"'}]}",
+            "waf: {extraRules: [{inline: 'SecRule ARGS \"@rx x\" \"id:20001,phase:2,nosuchaction\"'}]}",
         ),
     )
     .expect("write");
@@ -175,21 +186,15 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
 #[test]
 fn card_numbers_in_responses_are_masked_on_the_way_back() {
     require_root();
-    let topo = Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1))
-        .pod("node-2", "shop/b", ip(2))
-        .build()
-        .expect("topology");
+    let topo = two_nodes();
     // The origin's body reports the request's headers: a card number sent in a header comes
     // back in the response body.
     let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8082).expect("origin 8082");
-    let policy = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: statements-dlp}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 8082}}]\n  http:\n    dlp:\n      detectors: [{{type: cardNumber, action: Mask, keepLast: 4}}]\n",
-        pod_object("shop", "a", 1, ip(1)),
-        pod_object("shop", "b", 2, ip(2)),
-    );
+    let policy = world(&mesh_policy(
+        "statements-dlp",
+        8082,
+        "dlp: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+    ));
     let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &policy, None, &[]).expect("agents");
     let node2 = mesh.node("node-2");
     let a = topo.pod("shop/a").ns.path();

@@ -222,12 +222,10 @@ fn requests_the_engine_cannot_take_are_errors() {
 }
 
 #[test]
-fn debians_crs_3_loads_when_installed() {
+fn debians_crs_3_loads() {
+    // `cargo xtask setup` installs Debian's modsecurity-crs: a machine without it is a setup
+    // failure, not a pass.
     let dir = std::path::Path::new(crate::DEBIAN_CRS_DIR);
-    if !dir.join("rules").is_dir() {
-        // `cargo xtask setup` installs it; without it there is nothing to check.
-        return;
-    }
     let layout = CrsLayout::discover(dir).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::load(&layout, &Profile::default()).unwrap_or_else(|e| panic!("{e}"));
     let sqli = eval(

@@ -268,14 +268,14 @@ impl Body for DlpBody {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let plain = match &mut self.decoder {
+                    let this = &mut *self;
+                    let released = match &mut this.decoder {
                         Some(d) => match d.write(&data) {
-                            Ok(plain) => plain,
+                            Ok(plain) => this.masker.push(&plain),
                             Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                         },
-                        None => data.to_vec(),
+                        None => this.masker.push(&data),
                     };
-                    let released = self.masker.push(&plain);
                     match self.released(released) {
                         Ok(Some(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
                         Ok(None) => continue,

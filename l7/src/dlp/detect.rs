@@ -90,10 +90,9 @@ impl Detector {
         })
     }
 
-    /// Whether a candidate is the real thing.
+    /// Whether a candidate is the real thing (card numbers are confirmed by `card_ranges`).
     fn confirms(&self, text: &[u8]) -> bool {
         match self.kind {
-            Kind::CardNumber => validate::card_number(text),
             Kind::UsSsn => validate::us_ssn(text),
             Kind::Iban => validate::iban(text),
             _ => true,
@@ -121,15 +120,15 @@ impl Detector {
                 whole
             };
             let mut candidate = &text[target.start()..target.end()];
-            // A greedy match may have taken a following group too (an IBAN and the word after
-            // it): try it shorter, at each space, before giving up.
+            // A greedy IBAN match may have taken the word after it too: try it shorter, at each
+            // space, before giving up.
             loop {
                 if self.confirms(candidate) {
                     out.push((target.start(), target.start() + candidate.len()));
                     break;
                 }
-                match candidate.iter().rposition(|b| *b == b' ' || *b == b'-') {
-                    Some(cut) if matches!(self.kind, Kind::Iban | Kind::CardNumber) => {
+                match candidate.iter().rposition(|b| *b == b' ') {
+                    Some(cut) if self.kind == Kind::Iban => {
                         candidate = &candidate[..cut];
                     }
                     _ => break,

@@ -197,18 +197,43 @@ async fn echo_origin(io: DuplexStream, seen: Arc<std::sync::atomic::AtomicU64>) 
         .await;
 }
 
-/// One HTTP/1.1 request with `body` through a WAF route; (status, body, requests at the origin).
-async fn through_waf(route: Arc<HttpRoute>, path: &str, body: &'static [u8]) -> (u16, String, u64) {
+/// An HTTP/1.1 client connection through `relay` over `route`, to the origin `origin` serves
+/// on its end; the proxy's counters.
+async fn client_through<B, F>(
+    route: Arc<HttpRoute>,
+    events: Option<crate::mesh::tunnel::ProxyEventSink>,
+    origin: impl FnOnce(DuplexStream) -> F,
+) -> (hyper::client::conn::http1::SendRequest<B>, Arc<L7Stats>)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
     let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
-    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tokio::spawn(echo_origin(origin_io, Arc::clone(&seen)));
+    tokio::spawn(origin(origin_io));
     let stats = Arc::new(L7Stats::default());
-    tokio::spawn(relay(proxy_down, proxy_up, route, peer(), stats, None));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        route,
+        peer(),
+        Arc::clone(&stats),
+        events,
+    ));
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(connection);
+    (sender, stats)
+}
+
+/// One HTTP/1.1 request with `body` through a WAF route; (status, body, requests at the origin).
+async fn through_waf(route: Arc<HttpRoute>, path: &str, body: &'static [u8]) -> (u16, String, u64) {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&seen);
+    let (mut sender, _) = client_through(route, None, |io| echo_origin(io, counted)).await;
     let req = Request::post(path)
         .header("host", "b")
         .header("user-agent", "Mozilla/5.0")
@@ -304,22 +329,8 @@ async fn through_dlp(
     chunks: Vec<Vec<u8>>,
     headers: Vec<(&'static str, &'static str)>,
 ) -> (u16, hyper::HeaderMap, Vec<u8>, Arc<L7Stats>) {
-    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
-    let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
-    tokio::spawn(chunked_origin(origin_io, chunks, headers));
-    let stats = Arc::new(L7Stats::default());
-    tokio::spawn(relay(
-        proxy_down,
-        proxy_up,
-        route,
-        peer(),
-        Arc::clone(&stats),
-        None,
-    ));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(connection);
+    let (mut sender, stats) =
+        client_through(route, None, |io| chunked_origin(io, chunks, headers)).await;
     let req = Request::builder()
         .method(method)
         .uri("/statement")
@@ -455,9 +466,6 @@ async fn a_blocking_detector_refuses_the_response_and_shadow_mode_changes_nothin
 
 #[tokio::test]
 async fn the_access_log_masks_what_the_route_masks() {
-    let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
-    let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
-    tokio::spawn(chunked_origin(origin_io, vec![b"ok".to_vec()], vec![]));
     let logged = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink_log = Arc::clone(&logged);
     let sink: crate::mesh::tunnel::ProxyEventSink = Arc::new(move |e: &ProxyEvent| {
@@ -467,19 +475,10 @@ async fn the_access_log_masks_what_the_route_masks() {
             l.push(http.path.clone());
         }
     });
-    let stats = Arc::new(L7Stats::default());
-    tokio::spawn(relay(
-        proxy_down,
-        proxy_up,
-        dlp_route(CARDS),
-        peer(),
-        stats,
-        Some(sink),
-    ));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(connection);
+    let (mut sender, _) = client_through(dlp_route(CARDS), Some(sink), |io| {
+        chunked_origin(io, vec![b"ok".to_vec()], vec![])
+    })
+    .await;
     let req = Request::get("/cards/4111111111111111/statement")
         .header("host", "b")
         .body(Empty::<Bytes>::new())
