@@ -222,6 +222,33 @@ pub fn http_request(
     })?
 }
 
+/// One HTTP/1.0 POST of `body` (with its `Content-Length`), read to EOF, from inside the
+/// namespace.
+pub fn http_post(
+    ns_path: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    let mut headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    headers.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    let mut request = request_text("POST", path, &addr.to_string(), &headers).into_bytes();
+    request.extend_from_slice(body);
+    netns::run_in(ns_path, move || -> anyhow::Result<HttpReply> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(&request)?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw)?;
+        parse_reply(&raw)
+    })?
+}
+
 /// An HTTP/1.0 request with `Connection: close`; `headers` are `name: value\r\n` lines.
 pub(crate) fn request_text(method: &str, path: &str, host: &str, headers: &str) -> String {
     format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")

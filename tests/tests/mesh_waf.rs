@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::netns::TEST_PREFIX;
-use rampart_tests::probe::http_request;
+use rampart_tests::probe::{http_post, http_request};
 use rampart_tests::{Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,10 +190,19 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
     // The origin's body reports the request's headers: a card number sent in a header comes
     // back in the response body.
     let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8082).expect("origin 8082");
-    let policy = world(&mesh_policy(
-        "statements-dlp",
-        8082,
-        "dlp: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+    let payments = HttpServer::start(&topo.pod("shop/b").ns, 8083).expect("origin 8083");
+    let policy = world(&format!(
+        "{}{}",
+        mesh_policy(
+            "statements-dlp",
+            8082,
+            "dlp: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+        ),
+        mesh_policy(
+            "no-cards-out",
+            8083,
+            "dlp: {requests: {detectors: [{type: cardNumber, action: Block}]}}",
+        )
     ));
     let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &policy, None, &[]).expect("agents");
     let node2 = mesh.node("node-2");
@@ -225,7 +234,7 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
     assert_eq!(
         node2.sample(
             "rampart_dlp_matches_total",
-            "detector=\"card_number\",action=\"mask\""
+            "direction=\"response\",detector=\"card_number\",action=\"mask\""
         ),
         2.0,
         "the header's card and the path's, echoed in the body\n{}",
@@ -244,5 +253,48 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
     assert!(
         !flows.contains("4111111111111111"),
         "a card number in the flow log"
+    );
+
+    // Requests: a card number leaving pod a in a body is refused before pod b sees it; a
+    // number that fails the Luhn check goes through.
+    let to_payments = SocketAddr::new(IpAddr::V4(ip(2)), 8083);
+    let json = [("content-type", "application/json")];
+    let refused = http_post(
+        &a,
+        to_payments,
+        "/charge",
+        &json,
+        br#"{"card": "5555 5555 5555 4444", "amount": 3}"#,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("POST: {e:#}\nnode-2 log:\n{}", node2.log()));
+    assert_eq!(
+        (refused.status, payments.requests()),
+        (403, 0),
+        "{refused:?}"
+    );
+    let passed = http_post(
+        &a,
+        to_payments,
+        "/charge",
+        &json,
+        br#"{"order": "5555555555554445", "amount": 3}"#,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("POST: {e:#}\nnode-2 log:\n{}", node2.log()));
+    assert_eq!((passed.status, payments.requests()), (200, 1), "{passed:?}");
+    assert_eq!(
+        node2.sample(
+            "rampart_dlp_matches_total",
+            "direction=\"request\",detector=\"card_number\",action=\"block\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        node2.sample(
+            "rampart_proxy_denied_total",
+            "filter=\"dlp\",reason=\"blocked\""
+        ),
+        1.0
     );
 }

@@ -1,7 +1,7 @@
 //! The `dlp` filter on responses: the pod's response headers the policy names and its body are
 //! scanned for sensitive data and masked or redacted as they stream to the client (a match
 //! split across chunks is still seen, see `rampart_l7::dlp::stream`); the body is then sent
-//! re-chunked (its length may change). gzip and deflate bodies are decompressed first and sent
+//! re-chunked (its length may change). gzip, deflate and brotli bodies are decompressed first and sent
 //! without encoding; any other encoding is refused (`502`), never passed through unscanned. A
 //! policy with a `Block` detector holds the whole response (up to [`BLOCK_MODE_LIMIT`]) and
 //! answers `502` instead if it matches.
@@ -60,18 +60,33 @@ fn action_label(action: Action, shadow: bool) -> &'static str {
     }
 }
 
-fn count(stats: &L7Stats, set: &DlpSet, shadow: bool, matches: &[usize]) {
+/// The metric's `direction` label.
+pub const DIRECTION: &str = "response";
+
+/// Counts `matches` (indices into `set`) of one `direction`.
+pub(super) fn count(
+    stats: &L7Stats,
+    direction: &'static str,
+    set: &DlpSet,
+    shadow: bool,
+    matches: &[usize],
+) {
     for &i in matches {
         if let Some(d) = set.detectors.get(i) {
-            stats.dlp_matched(&d.name, action_label(d.action, shadow));
+            stats.dlp_matched(direction, &d.name, action_label(d.action, shadow));
         }
     }
 }
 
-/// A body decoder for `content-encoding`.
-enum Decoder {
+/// Size of the brotli decoder's output buffer.
+const BROTLI_BUFFER: usize = 16 * 1024;
+
+/// A body decoder for `content-encoding`: compressed bytes are written in, decoded bytes taken
+/// out as they come.
+pub(super) enum Decoder {
     Gzip(flate2::write::GzDecoder<Vec<u8>>),
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
 }
 
 impl Decoder {
@@ -85,10 +100,15 @@ impl Decoder {
                 d.write_all(data)?;
                 std::mem::take(d.get_mut())
             }
+            Decoder::Brotli(d) => {
+                d.write_all(data)?;
+                std::mem::take(d.get_mut())
+            }
         };
         Ok(out)
     }
 
+    /// The last decoded bytes; an error if the stream ended early.
     fn finish(&mut self) -> std::io::Result<Vec<u8>> {
         match self {
             Decoder::Gzip(d) => {
@@ -99,12 +119,33 @@ impl Decoder {
                 d.try_finish()?;
                 Ok(std::mem::take(d.get_mut()))
             }
+            Decoder::Brotli(d) => {
+                d.close()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
         }
+    }
+
+    /// Decodes a whole body, refusing one that decodes to more than `limit` bytes.
+    pub(super) fn decode_whole(mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
+        let mut out = Vec::new();
+        // Fed in pieces so a small body that decodes to a huge one is stopped early.
+        for piece in data.chunks(4096) {
+            out.extend(self.write(piece).map_err(|_| Refusal::Unreadable)?);
+            if out.len() > limit {
+                return Err(Refusal::TooLarge);
+            }
+        }
+        out.extend(self.finish().map_err(|_| Refusal::Unreadable)?);
+        if out.len() > limit {
+            return Err(Refusal::TooLarge);
+        }
+        Ok(out)
     }
 }
 
-/// The decoder the response's `content-encoding` needs (`None`: identity), or a refusal.
-fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Refusal> {
+/// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal.
+pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Refusal> {
     let Some(encoding) = headers.get(CONTENT_ENCODING) else {
         return Ok(None);
     };
@@ -121,6 +162,9 @@ fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Ref
         "deflate" if model.decompress => Ok(Some(Decoder::Deflate(
             flate2::write::ZlibDecoder::new(Vec::new()),
         ))),
+        "br" if model.decompress => Ok(Some(Decoder::Brotli(Box::new(
+            brotli_decompressor::DecompressorWriter::new(Vec::new(), BROTLI_BUFFER),
+        )))),
         _ => Err(Refusal::Encoding),
     }
 }
@@ -137,6 +181,7 @@ fn headers(model: &DlpModel, map: &mut HeaderMap, stats: &L7Stats) -> Result<(),
             let found = model.set.find(value.as_bytes());
             count(
                 stats,
+                DIRECTION,
                 &model.set,
                 model.shadow,
                 &found.iter().map(|f| f.detector).collect::<Vec<_>>(),
@@ -237,6 +282,7 @@ impl DlpBody {
     fn released(&self, released: Released) -> Result<Option<Bytes>, BoxError> {
         count(
             &self.stats,
+            DIRECTION,
             self.masker.set(),
             self.shadow,
             &released.matches,

@@ -1,8 +1,8 @@
 //! The proxy's L7 side: requests on a destination port whose MeshPolicy has an `http` section
 //! are parsed (hyper, HTTP/1.1) on the inbound side of the tunnel and pass a fixed chain of named
 //! filters before they reach the pod: mTLS peer (the tunnel's handshake and principal check,
-//! done per connection) → `authn` (JWT) → `authz` (rules) → `ratelimit` (token buckets) →
-//! upstream. A denial is a value ([`chain::Denial`]) whose filter and reason label
+//! done per connection) → `authn` (JWT, API keys) → `authz` (rules) → `ratelimit` (token
+//! buckets) → `waf` (Core Rule Set) → `dlp` on the request → upstream → `dlp` on the response. A denial is a value ([`chain::Denial`]) whose filter and reason label
 //! `rampart_proxy_denied_total{filter,reason}` and the flow record.
 //!
 //! | module | what |
@@ -12,13 +12,15 @@
 //! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
 //! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
 //! | `stats` | counters by filter and reason |
-//! | `dlp` | sensitive data in responses masked, redacted or blocked as they stream (gzip/deflate decoded) |
+//! | `dlp` | sensitive data in responses masked, redacted or blocked as they stream (gzip/deflate/br decoded) |
+//! | `dlp_request` | sensitive data in requests (path and query, named headers, the body held whole) blocked before the pod, or masked |
 //! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
 pub mod chain;
 pub mod dlp;
+pub mod dlp_request;
 pub mod fetch;
 pub mod jwks;
 mod prefixed;

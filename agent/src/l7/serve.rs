@@ -214,11 +214,18 @@ fn log_access(
     started: Instant,
 ) {
     let Seen { head, outcome, waf } = seen;
-    // The route's DLP detectors apply to what the access log keeps of the request too.
+    // The route's DLP detectors (of both directions) apply to what the access log keeps of
+    // the request too.
     let path = match &route.model.dlp {
         Some(dlp) => {
-            let found = dlp.set.find(head.path.as_bytes());
-            String::from_utf8_lossy(&dlp.set.apply(head.path.as_bytes(), &found)).into_owned()
+            let mut path = head.path.into_bytes();
+            for set in std::iter::once(&dlp.set).chain(dlp.requests.as_ref().map(|r| &r.set)) {
+                let found = set.find(&path);
+                if !found.is_empty() {
+                    path = set.apply(&path, &found);
+                }
+            }
+            String::from_utf8_lossy(&path).into_owned()
         }
         None => head.path,
     };
@@ -348,6 +355,31 @@ async fn handle(
             }
         }
     };
+    // Request DLP, on what the client sent (before credentials are stripped).
+    let request_dlp = route
+        .model
+        .dlp
+        .as_ref()
+        .and_then(|dlp| Some((dlp, dlp.requests.as_ref()?)));
+    let body = match request_dlp {
+        Some((dlp, requests)) => {
+            match super::dlp_request::inspect(dlp, requests, &mut parts, body, stats).await {
+                Ok(body) => body,
+                Err(denial) => {
+                    stats.deny(denial.filter, denial.reason);
+                    tracing::info!(
+                        policy = %route.policy,
+                        reason = denial.reason,
+                        source = %peer.source,
+                        method = %parts.method,
+                        "dlp: request refused"
+                    );
+                    return (local_response(&denial), Outcome::Denied(denial), waf);
+                }
+            }
+        }
+        None => body,
+    };
     // Headers the proxy sets from authentication are never taken from the client.
     for header in &route.upstream_headers {
         parts.headers.remove(header);
@@ -365,7 +397,7 @@ async fn handle(
                 || head.status == StatusCode::NO_CONTENT
                 || head.status == StatusCode::NOT_MODIFIED);
             let body = match &route.model.dlp {
-                Some(dlp) if has_body => {
+                Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
                     match super::dlp::filter(dlp, &mut head, body, stats).await {
                         Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
                         Ok(super::dlp::Filtered::Whole(bytes)) => full_body(bytes),

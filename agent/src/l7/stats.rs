@@ -13,8 +13,8 @@ pub struct L7Stats {
     waf_evaluated: AtomicU64,
     waf_matched: Mutex<BTreeMap<(String, &'static str, bool), u64>>,
     waf_errors: AtomicU64,
-    /// DLP matches by (detector, action).
-    dlp_matched: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// DLP matches by (direction, detector, action).
+    dlp_matched: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
     /// Requests a shadow-mode rate limit would have denied.
     shadow_limited: AtomicU64,
     forwarded: AtomicU64,
@@ -61,16 +61,18 @@ impl L7Stats {
         matched.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
-    pub fn dlp_matched(&self, detector: &str, action: &'static str) {
+    pub fn dlp_matched(&self, direction: &'static str, detector: &str, action: &'static str) {
         let mut matched = self
             .dlp_matched
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *matched.entry((detector.to_owned(), action)).or_default() += 1;
+        *matched
+            .entry((direction, detector.to_owned(), action))
+            .or_default() += 1;
     }
 
-    /// ((detector, action), count) of every DLP match.
-    pub fn dlp_matches(&self) -> Vec<((String, &'static str), u64)> {
+    /// ((direction, detector, action), count) of every DLP match.
+    pub fn dlp_matches(&self) -> Vec<((&'static str, String, &'static str), u64)> {
         let matched = self
             .dlp_matched
             .lock()

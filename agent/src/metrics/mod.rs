@@ -242,13 +242,19 @@ impl AgentCollector {
         counter_family(
             encoder,
             "rampart_dlp_matches",
-            "Sensitive data the DLP filter found in responses, by detector and action (mask, redact, block, shadow)",
-            l7.dlp_matches().into_iter().map(|((detector, action), n)| {
-                (
-                    vec![("detector", detector), ("action", action.to_owned())],
-                    n,
-                )
-            }),
+            "Sensitive data the DLP filter found in requests and responses, by direction, detector and action (mask, redact, block, shadow)",
+            l7.dlp_matches()
+                .into_iter()
+                .map(|((direction, detector, action), n)| {
+                    (
+                        vec![
+                            ("direction", direction.to_owned()),
+                            ("detector", detector),
+                            ("action", action.to_owned()),
+                        ],
+                        n,
+                    )
+                }),
         )?;
         counter(
             encoder,

@@ -14,8 +14,15 @@
 //!     - {type: bearerToken, action: Redact}                # bearer tokens and JWTs
 //!     - {type: custom, name: employee-id, pattern: 'EMP-(?P<value>\d{6})', action: Block}
 //!     responseHeaders: [x-account]  # headers whose values are scanned too
-//!     compressed: Decompress        # gzip/deflate bodies decompressed, masked and sent identity; others refused (502)
+//!     compressed: Decompress        # gzip/deflate/br bodies decompressed, masked and sent identity; others refused
+//!     requests:                     # what a client sends (east-west: what leaves the calling workload)
+//!       detectors: [{type: cardNumber, action: Block}]    # Block: 403, nothing reaches the pod
+//!       headers: [x-note]           # request headers scanned (the path and query always are)
+//!       bodyLimit: 1048576          # the most held to scan; a longer body is refused (413), never passed unscanned
 //! ```
+//!
+//! Responses stream through the masker; a request is held whole (up to `bodyLimit`) so a
+//! `Block` detector stops it before the pod sees a byte of it.
 
 use std::sync::Arc;
 
@@ -32,11 +39,29 @@ use super::source::SourceObject;
 pub struct DlpSpec {
     #[serde(default)]
     pub shadow: bool,
+    /// Detectors on responses.
+    #[serde(default)]
     pub detectors: Vec<Spanned<DetectorSpec>>,
     #[serde(default)]
     pub response_headers: Vec<Spanned<String>>,
     pub compressed: Option<Spanned<String>>,
+    pub requests: Option<Spanned<RequestsSpec>>,
 }
+
+/// Detectors on requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestsSpec {
+    pub detectors: Vec<Spanned<DetectorSpec>>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    pub body_limit: Option<Spanned<usize>>,
+}
+
+/// Default of `requests.bodyLimit`.
+pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 1 << 20;
+/// Largest `requests.bodyLimit` (the proxy holds that much per request in memory).
+pub const MAX_REQUEST_BODY_LIMIT: usize = 16 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -55,6 +80,7 @@ pub struct DetectorSpec {
 /// A route's DLP, as the proxy runs it.
 #[derive(Debug, Clone)]
 pub struct DlpModel {
+    /// Detectors on responses (empty: responses pass untouched).
     pub set: Arc<DlpSet>,
     pub shadow: bool,
     pub headers: Vec<HeaderName>,
@@ -62,6 +88,16 @@ pub struct DlpModel {
     pub decompress: bool,
     /// A detector blocks: responses are held whole (up to a limit) before they are sent.
     pub blocks: bool,
+    pub requests: Option<RequestDlp>,
+}
+
+/// Detectors on requests.
+#[derive(Debug, Clone)]
+pub struct RequestDlp {
+    pub set: Arc<DlpSet>,
+    /// Request headers whose values are scanned.
+    pub headers: Vec<HeaderName>,
+    pub body_limit: usize,
 }
 
 /// Validates a `dlp` section; errors go to `diags`.
@@ -72,12 +108,93 @@ pub fn validate(
 ) -> Option<DlpModel> {
     let spec = &raw.value;
     let before = diags.len();
-    let mut error = |origin, message: String| diags.push(Diagnostic::error(origin, message));
-    if spec.detectors.is_empty() {
-        error(so.at(raw), "dlp.detectors: at least one".into());
+    if spec.detectors.is_empty() && spec.requests.is_none() {
+        diags.push(Diagnostic::error(
+            so.at(raw),
+            "dlp.detectors: at least one (or requests.detectors)",
+        ));
     }
+    let detectors = compile_detectors(so, &spec.detectors, diags);
+    let headers = header_names(so, &spec.response_headers, diags);
+    let requests = spec.requests.as_ref().map(|r| {
+        if r.value.detectors.is_empty() {
+            diags.push(Diagnostic::error(
+                so.at(r),
+                "dlp.requests.detectors: at least one",
+            ));
+        }
+        let body_limit = match &r.value.body_limit {
+            None => DEFAULT_REQUEST_BODY_LIMIT,
+            Some(l) if (1..=MAX_REQUEST_BODY_LIMIT).contains(&l.value) => l.value,
+            Some(l) => {
+                diags.push(Diagnostic::error(
+                    so.at(l),
+                    format!("bodyLimit: 1..={MAX_REQUEST_BODY_LIMIT} bytes"),
+                ));
+                DEFAULT_REQUEST_BODY_LIMIT
+            }
+        };
+        RequestDlp {
+            set: Arc::new(DlpSet {
+                detectors: compile_detectors(so, &r.value.detectors, diags),
+            }),
+            headers: header_names(so, &r.value.headers, diags),
+            body_limit,
+        }
+    });
+    let mut error = |origin, message: String| diags.push(Diagnostic::error(origin, message));
+    let decompress = match spec.compressed.as_ref().map(|c| c.value.as_str()) {
+        None | Some("Decompress") => true,
+        Some("Refuse") => false,
+        Some(other) => {
+            if let Some(c) = &spec.compressed {
+                error(
+                    so.at(c),
+                    format!("compressed {other:?}: Decompress or Refuse"),
+                );
+            }
+            true
+        }
+    };
+    let blocks = detectors.iter().any(|d| d.action == Action::Block);
+    (diags.len() == before).then(|| DlpModel {
+        set: Arc::new(DlpSet { detectors }),
+        shadow: spec.shadow,
+        headers,
+        decompress,
+        blocks,
+        requests,
+    })
+}
+
+/// The header names of `list`; errors go to `diags`.
+fn header_names(
+    so: &SourceObject,
+    list: &[Spanned<String>],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<HeaderName> {
+    let mut headers = Vec::new();
+    for h in list {
+        match HeaderName::from_bytes(h.value.as_bytes()) {
+            Ok(name) => headers.push(name),
+            Err(_) => diags.push(Diagnostic::error(
+                so.at(h),
+                format!("{:?} is not a header name", h.value),
+            )),
+        }
+    }
+    headers
+}
+
+/// The detectors of `list`; errors go to `diags`.
+fn compile_detectors(
+    so: &SourceObject,
+    list: &[Spanned<DetectorSpec>],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Detector> {
+    let mut error = |origin, message: String| diags.push(Diagnostic::error(origin, message));
     let mut detectors = Vec::new();
-    for d in &spec.detectors {
+    for d in list {
         let s = &d.value;
         let keep_last = s.keep_last.unwrap_or(0);
         let with = match &s.mask_with {
@@ -139,34 +256,7 @@ pub fn validate(
             Err(e) => error(so.at(d), e.to_string()),
         }
     }
-    let mut headers = Vec::new();
-    for h in &spec.response_headers {
-        match HeaderName::from_bytes(h.value.as_bytes()) {
-            Ok(name) => headers.push(name),
-            Err(_) => error(so.at(h), format!("{:?} is not a header name", h.value)),
-        }
-    }
-    let decompress = match spec.compressed.as_ref().map(|c| c.value.as_str()) {
-        None | Some("Decompress") => true,
-        Some("Refuse") => false,
-        Some(other) => {
-            if let Some(c) = &spec.compressed {
-                error(
-                    so.at(c),
-                    format!("compressed {other:?}: Decompress or Refuse"),
-                );
-            }
-            true
-        }
-    };
-    let blocks = detectors.iter().any(|d| d.action == Action::Block);
-    (diags.len() == before).then(|| DlpModel {
-        set: Arc::new(DlpSet { detectors }),
-        shadow: spec.shadow,
-        headers,
-        decompress,
-        blocks,
-    })
+    detectors
 }
 
 #[cfg(test)]
@@ -186,6 +276,25 @@ mod tests {
         assert_eq!(dlp.set.detectors.len(), 2);
         assert!(dlp.blocks && dlp.decompress && !dlp.shadow);
         assert_eq!(dlp.headers[0].as_str(), "x-account");
+    }
+
+    #[test]
+    fn request_detectors_stand_alone() {
+        let dlp = check("{requests: {detectors: [{type: cardNumber, action: Block}], headers: [x-note], bodyLimit: 4096}}")
+            .expect("valid")
+            .expect("dlp");
+        assert!(dlp.set.detectors.is_empty(), "no response detectors");
+        let requests = dlp.requests.expect("requests");
+        assert_eq!(requests.set.detectors.len(), 1);
+        assert_eq!(requests.body_limit, 4096);
+        assert_eq!(requests.headers[0].as_str(), "x-note");
+        let defaulted = check("{detectors: [{type: email, action: Mask}], requests: {detectors: [{type: usSsn, action: Redact}]}}")
+            .expect("valid")
+            .expect("dlp");
+        assert_eq!(
+            defaulted.requests.map(|r| r.body_limit),
+            Some(DEFAULT_REQUEST_BODY_LIMIT)
+        );
     }
 
     #[test]
@@ -218,6 +327,22 @@ mod tests {
             ),
             (
                 "{detectors: [{type: email, action: Mask}], responseHeaders: ['a b']}",
+                "not a header name",
+            ),
+            (
+                "{requests: {detectors: []}}",
+                "requests.detectors: at least one",
+            ),
+            (
+                "{requests: {detectors: [{type: cardNumber, action: Block}], bodyLimit: 0}}",
+                "bodyLimit",
+            ),
+            (
+                "{requests: {detectors: [{type: iban, action: Stop}]}}",
+                "action \"Stop\"",
+            ),
+            (
+                "{requests: {detectors: [{type: iban, action: Block}], headers: ['x y']}}",
                 "not a header name",
             ),
         ] {

@@ -403,8 +403,8 @@ async fn card_numbers_split_across_chunks_are_masked_and_order_ids_are_not() {
     assert_eq!(
         matches,
         [
-            (("card_number".to_owned(), "mask"), 2),
-            (("us_ssn".to_owned(), "redact"), 1)
+            (("response", "card_number".to_owned(), "mask"), 2),
+            (("response", "us_ssn".to_owned(), "redact"), 1)
         ]
     );
 }
@@ -427,11 +427,195 @@ async fn gzip_bodies_are_decoded_masked_and_other_encodings_refused() {
         dlp_route(CARDS),
         "GET",
         vec![b"compressed".to_vec()],
-        vec![("content-encoding", "br")],
+        vec![("content-encoding", "zstd")],
     )
     .await;
     assert_eq!(status, 502, "never passed unscanned");
     assert_eq!(stats.denials(), [(("dlp", "unsupported_encoding"), 1)]);
+}
+
+#[tokio::test]
+async fn brotli_bodies_are_decoded_and_masked_and_refused_when_the_policy_says_so() {
+    let mut compressed = Vec::new();
+    {
+        use std::io::Write as _;
+        let mut encoder = brotli::CompressorWriter::new(&mut compressed, 4096, 5, 22);
+        let _ = encoder.write_all(b"pay with 4111111111111111 today");
+    }
+    let (first, rest) = compressed.split_at(compressed.len() / 2);
+    let (status, headers, body, _) = through_dlp(
+        dlp_route(CARDS),
+        "GET",
+        vec![first.to_vec(), rest.to_vec()],
+        vec![("content-encoding", "br")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    assert_eq!(body, b"pay with ************1111 today");
+    // A truncated stream is an error, never a short body passed as whole.
+    let (status, _, body, _) = through_dlp(
+        dlp_route(CARDS),
+        "GET",
+        vec![first.to_vec()],
+        vec![("content-encoding", "br")],
+    )
+    .await;
+    assert!(
+        status != 200 || body != b"pay with ************1111 today",
+        "a cut stream does not pass as the whole body"
+    );
+    let refuse = dlp_route("{detectors: [{type: cardNumber, action: Mask}], compressed: Refuse}");
+    let (status, _, _, _) = through_dlp(
+        refuse,
+        "GET",
+        vec![compressed.clone()],
+        vec![("content-encoding", "br")],
+    )
+    .await;
+    assert_eq!(status, 502);
+}
+
+/// One request with `body` and `headers` through `route` to an echoing origin; (status, the
+/// body the client got back, requests at the origin, the proxy's counters).
+async fn request_through(
+    route: Arc<HttpRoute>,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Vec<u8>, u64, Arc<L7Stats>) {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&seen);
+    let (mut sender, stats) = client_through(route, None, |io| echo_origin(io, counted)).await;
+    let mut req = Request::post(uri).header("host", "b");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    (
+        parts.status.as_u16(),
+        body,
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        stats,
+    )
+}
+
+const BLOCK_CARDS_OUT: &str = "{requests: {detectors: [{type: cardNumber, action: Block}], headers: [x-note], bodyLimit: 1024}}";
+
+#[tokio::test]
+async fn requests_carrying_card_numbers_are_refused_before_the_pod() {
+    let json = br#"{"order": "1234567812345678", "card": "5555-5555-5555-4444"}"#.to_vec();
+    let (status, _, at_origin, stats) = request_through(
+        dlp_route(BLOCK_CARDS_OUT),
+        "/orders",
+        &[("content-type", "application/json")],
+        json,
+    )
+    .await;
+    assert_eq!((status, at_origin), (403, 0), "a card in a JSON body");
+    assert_eq!(stats.denials(), [(("dlp", "blocked"), 1)]);
+    assert_eq!(
+        stats.dlp_matches(),
+        [(("request", "card_number".to_owned(), "block"), 1)]
+    );
+    for (uri, headers, body, what) in [
+        (
+            "/pay",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            b"card=4111+1111+1111+1111&amount=3".to_vec(),
+            "form-encoded, with '+' for spaces",
+        ),
+        (
+            "/pay?card=4111111111111111",
+            vec![],
+            Vec::new(),
+            "in the query",
+        ),
+        (
+            "/pay?card=4111%201111%201111%201111",
+            vec![],
+            Vec::new(),
+            "percent-encoded in the query",
+        ),
+        (
+            "/pay",
+            vec![("x-note", "card 4111 1111 1111 1111")],
+            Vec::new(),
+            "in a named header",
+        ),
+        (
+            "/pay",
+            vec![("content-encoding", "gzip")],
+            gzip(b"card 4111111111111111"),
+            "in a gzip body",
+        ),
+    ] {
+        let (status, _, at_origin, _) =
+            request_through(dlp_route(BLOCK_CARDS_OUT), uri, &headers, body).await;
+        assert_eq!((status, at_origin), (403, 0), "{what}");
+    }
+    // Numbers that fail the Luhn check pass unchanged, and so does a header no one named.
+    let order = br#"{"order": "4111111111111112"}"#.to_vec();
+    let (status, echoed, at_origin, _) = request_through(
+        dlp_route(BLOCK_CARDS_OUT),
+        "/orders?id=1234567812345678",
+        &[("x-other", "4111111111111111")],
+        order.clone(),
+    )
+    .await;
+    assert_eq!((status, echoed, at_origin), (200, order, 1));
+}
+
+#[tokio::test]
+async fn request_bodies_are_masked_over_the_limit_refused_and_shadowed() {
+    let mask = dlp_route(
+        "{requests: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}], bodyLimit: 64}}",
+    );
+    let (status, echoed, _, _) = request_through(
+        Arc::clone(&mask),
+        "/notes",
+        &[("content-encoding", "gzip")],
+        gzip(b"card 4111111111111111 ok"),
+    )
+    .await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&echoed).as_ref()),
+        (200, "card ************1111 ok"),
+        "decoded, masked, sent with its own length"
+    );
+    let (status, _, at_origin, stats) =
+        request_through(Arc::clone(&mask), "/notes", &[], vec![b'a'; 65]).await;
+    assert_eq!((status, at_origin), (413, 0), "never passed unscanned");
+    assert_eq!(stats.denials(), [(("dlp", "too_large"), 1)]);
+    let (status, _, at_origin, _) = request_through(
+        mask,
+        "/notes",
+        &[("content-encoding", "gzip")],
+        gzip(&[b'0'; 4096]),
+    )
+    .await;
+    assert_eq!((status, at_origin), (413, 0), "the decoded length counts");
+    let shadow =
+        dlp_route("{shadow: true, requests: {detectors: [{type: cardNumber, action: Block}]}}");
+    let (status, echoed, _, stats) =
+        request_through(shadow, "/notes", &[], b"4111111111111111".to_vec()).await;
+    assert_eq!((status, echoed.as_slice()), (200, &b"4111111111111111"[..]));
+    assert_eq!(
+        stats.dlp_matches(),
+        [(("request", "card_number".to_owned(), "shadow"), 1)]
+    );
 }
 
 #[tokio::test]
@@ -460,7 +644,7 @@ async fn a_blocking_detector_refuses_the_response_and_shadow_mode_changes_nothin
     );
     assert_eq!(
         stats.dlp_matches(),
-        [(("card_number".to_owned(), "shadow"), 1)]
+        [(("response", "card_number".to_owned(), "shadow"), 1)]
     );
 }
 

@@ -1,0 +1,249 @@
+//! The `dlp` filter on requests (`http.dlp.requests`): what a client sends to the pod — the
+//! path and query, the headers the policy names, and the body — scanned before the pod sees
+//! any of it. In the mesh every call between workloads passes the destination's proxy, so this
+//! is where data leaving a workload is stopped: a `Block` detector answers `403`; `Mask` and
+//! `Redact` rewrite what is forwarded.
+//!
+//! The body is held whole, at most `bodyLimit` bytes (decoded, for gzip/deflate/br bodies):
+//! a longer one is refused with `413`, never passed on unscanned. URL-encoded text (the query,
+//! form bodies) is scanned as sent and decoded; what only decoding reveals cannot be masked
+//! in place, so it blocks whatever the detector's action.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
+};
+use hyper::http::request::Parts;
+use hyper::{StatusCode, Uri};
+use rampart_l7::dlp::{Action, DlpSet};
+
+use super::L7Stats;
+use super::chain::Denial;
+use super::dlp::{FILTER, Refusal};
+use super::waf::UpstreamBody;
+use crate::policy::dlp::{DlpModel, RequestDlp};
+
+/// The metric's `direction` label.
+pub const DIRECTION: &str = "request";
+
+/// What scanning one piece of a request found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Judged {
+    /// The detectors that matched, once per match.
+    matches: Vec<usize>,
+    blocked: bool,
+    /// The text with its matches masked or redacted (`None`: nothing to change).
+    rewritten: Option<Vec<u8>>,
+}
+
+/// Scans `raw`; with `url_encoded`, its percent-decoded form (`+` as a space) too.
+fn judge(set: &DlpSet, raw: &[u8], url_encoded: bool) -> Judged {
+    let found = set.find(raw);
+    let mut judged = Judged {
+        matches: found.iter().map(|f| f.detector).collect(),
+        blocked: found
+            .iter()
+            .any(|f| set.detectors[f.detector].action == Action::Block),
+        rewritten: (!found.is_empty()).then(|| set.apply(raw, &found)),
+    };
+    if url_encoded {
+        let plus_as_space: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
+        if decoded != raw {
+            let revealed = set.find(&decoded);
+            if revealed.len() > found.len() {
+                // Encoded so the scan of the text as sent missed it: the match cannot be
+                // masked where it stands.
+                judged.matches = revealed.iter().map(|f| f.detector).collect();
+                judged.blocked = true;
+            }
+        }
+    }
+    judged
+}
+
+/// Runs the filter on a request that passed the other filters: `Ok` with the body to forward
+/// (and `parts` rewritten where a match was masked), or the refusal.
+pub async fn inspect(
+    model: &DlpModel,
+    requests: &RequestDlp,
+    parts: &mut Parts,
+    body: UpstreamBody,
+    stats: &Arc<L7Stats>,
+) -> Result<UpstreamBody, Denial> {
+    let shadow = model.shadow;
+    let set = &requests.set;
+    let mut blocked = false;
+    let tally = |judged: &Judged| {
+        super::dlp::count(stats, DIRECTION, set, shadow, &judged.matches);
+        judged.blocked
+    };
+    // The headers the policy names.
+    for name in &requests.headers {
+        let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
+        if values.is_empty() {
+            continue;
+        }
+        parts.headers.remove(name);
+        for value in values {
+            let judged = judge(set, value.as_bytes(), false);
+            blocked |= tally(&judged);
+            let value = match judged.rewritten {
+                Some(text) if !shadow => {
+                    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("[REDACTED]"))
+                }
+                _ => value,
+            };
+            parts.headers.append(name.clone(), value);
+        }
+    }
+    // The path and query.
+    if let Some(pq) = parts.uri.path_and_query() {
+        let judged = judge(set, pq.as_str().as_bytes(), true);
+        blocked |= tally(&judged);
+        if let Some(text) = judged.rewritten.filter(|_| !shadow) {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(
+                hyper::http::uri::PathAndQuery::try_from(text)
+                    .map_err(|_| refusal(Refusal::Blocked))?,
+            );
+            parts.uri = Uri::from_parts(uri).map_err(|_| refusal(Refusal::Blocked))?;
+        }
+    }
+    if blocked && !shadow {
+        return Err(refusal(Refusal::Blocked));
+    }
+    // The body, held whole.
+    let sent = match Limited::new(body, requests.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(refusal(Refusal::TooLarge));
+        }
+        Err(_) => return Err(refusal(Refusal::Unreadable)),
+    };
+    if sent.is_empty() {
+        return Ok(full(sent));
+    }
+    let decoder = super::dlp::decoder(&parts.headers, model).map_err(refusal)?;
+    let plain = match decoder {
+        None => None,
+        Some(decoder) => Some(
+            decoder
+                .decode_whole(&sent, requests.body_limit)
+                .map_err(refusal)?,
+        ),
+    };
+    let form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let judged = judge(set, plain.as_deref().unwrap_or(&sent), form);
+    blocked |= tally(&judged);
+    if shadow {
+        return Ok(full(sent));
+    }
+    if blocked {
+        return Err(refusal(Refusal::Blocked));
+    }
+    let Some(rewritten) = judged.rewritten else {
+        return Ok(full(sent));
+    };
+    // The rewritten body goes decoded, with its own length.
+    parts.headers.remove(CONTENT_ENCODING);
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+    Ok(full(Bytes::from(rewritten)))
+}
+
+fn refusal(refusal: Refusal) -> Denial {
+    Denial {
+        filter: FILTER,
+        reason: refusal.reason(),
+        status: match refusal {
+            Refusal::Blocked => StatusCode::FORBIDDEN,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Encoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Unreadable => StatusCode::BAD_REQUEST,
+        },
+        headers: Vec::new(),
+    }
+}
+
+fn full(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_l7::dlp::{Detector, Kind};
+
+    use super::*;
+
+    fn set(action: Action) -> DlpSet {
+        DlpSet {
+            detectors: vec![
+                Detector::new("card_number", Kind::CardNumber, action)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_card_is_found_as_sent_and_masked_in_place() {
+        let mask = set(Action::Mask {
+            keep_last: 4,
+            with: b'*',
+        });
+        let judged = judge(&mask, b"card=4111111111111111&x=1", true);
+        assert_eq!(judged.matches, [0]);
+        assert!(!judged.blocked);
+        assert_eq!(
+            judged.rewritten.as_deref(),
+            Some(&b"card=************1111&x=1"[..])
+        );
+    }
+
+    #[test]
+    fn a_card_only_decoding_reveals_blocks_whatever_the_action() {
+        let mask = set(Action::Mask {
+            keep_last: 4,
+            with: b'*',
+        });
+        for encoded in [
+            &b"card=4111+1111+1111+1111"[..],
+            b"card=4111%201111%201111%201111",
+            b"card=%34111111111111111",
+        ] {
+            let judged = judge(&mask, encoded, true);
+            assert!(judged.blocked, "{}", String::from_utf8_lossy(encoded));
+            assert_eq!(judged.matches, [0]);
+        }
+        // Not URL-encoded text is taken as it is.
+        assert_eq!(
+            judge(&mask, b"card=4111+1111+1111+1111", false),
+            Judged::default()
+        );
+    }
+
+    #[test]
+    fn numbers_failing_luhn_pass_untouched() {
+        let block = set(Action::Block);
+        assert_eq!(
+            judge(&block, b"order=4111111111111112&id=1234567812345678", true),
+            Judged::default()
+        );
+    }
+}
