@@ -86,6 +86,11 @@ pub struct Profile {
     pub inbound_threshold: u32,
     /// Bytes of a request body the engine may be given.
     pub body_limit: usize,
+    /// Bytes of a response body the engine may be given; `None`: responses are not inspected
+    /// (the response rules, `RESPONSE-95x`, then never match).
+    pub response_body_limit: Option<usize>,
+    /// `tx.outbound_anomaly_score_threshold` (CRS default 4: one error-level leak blocks).
+    pub outbound_threshold: u32,
     pub exclude_ids: Vec<u32>,
     pub exclude_tags: Vec<String>,
     pub extra: Vec<ExtraRules>,
@@ -99,6 +104,8 @@ impl Default for Profile {
             paranoia_level: 1,
             inbound_threshold: 5,
             body_limit: 128 * 1024,
+            response_body_limit: None,
+            outbound_threshold: 4,
             exclude_ids: Vec::new(),
             exclude_tags: Vec::new(),
             extra: Vec::new(),
@@ -109,16 +116,26 @@ impl Default for Profile {
 impl Profile {
     /// SecLang for the engine's own settings, loaded before `crs-setup.conf`: the rule engine
     /// on (the proxy decides between blocking and detection from the result), request bodies
-    /// read up to the limit, XML and JSON bodies parsed, no audit log, no response bodies.
+    /// read up to the limit, XML and JSON bodies parsed, no audit log; response bodies (text,
+    /// HTML, XML, JSON) read up to their limit when the profile inspects them.
     pub fn base_rules(&self) -> String {
         let limit = self.body_limit;
+        let responses = match self.response_body_limit {
+            Some(limit) => format!(
+                "SecResponseBodyAccess On\n\
+                 SecResponseBodyLimit {limit}\n\
+                 SecResponseBodyLimitAction ProcessPartial\n\
+                 SecResponseBodyMimeType text/plain text/html text/xml application/json application/xml\n"
+            ),
+            None => "SecResponseBodyAccess Off\n".to_owned(),
+        };
         format!(
             "SecRuleEngine On\n\
              SecRequestBodyAccess On\n\
              SecRequestBodyLimit {limit}\n\
              SecRequestBodyNoFilesLimit {limit}\n\
              SecRequestBodyLimitAction ProcessPartial\n\
-             SecResponseBodyAccess Off\n\
+             {responses}\
              SecAuditEngine Off\n\
              SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application(?:/soap\\+|/)|text/)xml\" \"id:{XML_PROCESSOR_RULE_ID},phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML\"\n\
              SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/json\" \"id:{JSON_PROCESSOR_RULE_ID},phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON\"\n"
@@ -129,11 +146,13 @@ impl Profile {
     /// `crs-setup.conf` and before the rules.
     pub fn variables(&self) -> String {
         let (pl, threshold) = (self.paranoia_level, self.inbound_threshold);
+        let outbound = self.outbound_threshold;
         format!(
             "SecAction \"id:{PROFILE_RULE_ID},phase:1,pass,nolog,t:none,\
              setvar:tx.blocking_paranoia_level={pl},setvar:tx.detection_paranoia_level={pl},\
              setvar:tx.paranoia_level={pl},setvar:tx.executing_paranoia_level={pl},\
-             setvar:tx.inbound_anomaly_score_threshold={threshold}\"\n"
+             setvar:tx.inbound_anomaly_score_threshold={threshold},\
+             setvar:tx.outbound_anomaly_score_threshold={outbound}\"\n"
         )
     }
 

@@ -7,6 +7,7 @@ use std::ffi::{CStr, CString};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use libc::{c_char, c_void};
 
@@ -213,6 +214,27 @@ impl Engine {
     /// Runs the request phases (connection, URI, headers, body; the body phase runs even without
     /// a body, where CRS decides) and returns what matched. Stops at the first interruption.
     pub fn evaluate(&self, request: &Request<'_>) -> Result<Evaluation, WafError> {
+        let (mut live, interrupted) = self.request_phases(request)?;
+        Ok(live.finish(interrupted))
+    }
+
+    /// Like [`Engine::evaluate`], and when the request was not interrupted, the transaction kept
+    /// open for its response ([`Exchange::respond`]): the response rules see the request's
+    /// variables, as CRS expects.
+    pub fn exchange(
+        self: &Arc<Self>,
+        request: &Request<'_>,
+    ) -> Result<(Evaluation, Option<Exchange>), WafError> {
+        let (mut live, interrupted) = self.request_phases(request)?;
+        let evaluation = live.take(interrupted);
+        let open = interrupted.is_none().then(|| Exchange {
+            live,
+            _engine: Arc::clone(self),
+        });
+        Ok((evaluation, open))
+    }
+
+    fn request_phases(&self, request: &Request<'_>) -> Result<(Live, Option<u16>), WafError> {
         let text = |what: &str, s: &str| {
             CString::new(s).map_err(|_| WafError::Input(format!("{what} contains a NUL byte")))
         };
@@ -223,8 +245,9 @@ impl Engine {
         let version = text("the HTTP version", request.http_version)?;
         let raw = self.raw()?;
         let mut collected = Box::new(Collected::default());
-        // SAFETY: live instance and rules; `collected` outlives the transaction (dropped after
-        // `Transaction::drop` below) and is only touched by the callback on this thread.
+        // SAFETY: live instance and rules; `collected` is boxed (its address stays put) and
+        // freed after the transaction (`Live`'s field order), and is only touched by the
+        // callback on the thread that drives the transaction.
         let raw = unsafe {
             sys::msc_new_transaction(
                 raw.msc.as_ptr(),
@@ -232,8 +255,10 @@ impl Engine {
                 std::ptr::from_mut::<Collected>(&mut collected).cast::<c_void>(),
             )
         };
-        let tx = Transaction(NonNull::new(raw).ok_or(WafError::Init)?);
-        let mut interrupted = None;
+        let mut live = Live {
+            tx: Transaction(NonNull::new(raw).ok_or(WafError::Init)?),
+            collected,
+        };
         let phases: [&dyn Fn(*mut sys::Transaction); 4] = [
             // SAFETY (all four): a live transaction; strings NUL-terminated and alive for the
             // call; header and body slices valid for their lengths.
@@ -268,25 +293,115 @@ impl Engine {
                 sys::msc_process_request_body(t);
             },
         ];
+        let interrupted = live.run(&phases);
+        Ok((live, interrupted))
+    }
+}
+
+/// What the engine is told of one response.
+#[derive(Debug, Clone)]
+pub struct Response<'a> {
+    pub status: u16,
+    /// `1.0`, `1.1` or `2.0`.
+    pub http_version: &'a str,
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// The body, or its first `response_body_limit` bytes.
+    pub body: &'a [u8],
+}
+
+/// A request the engine let through, its transaction open for the response. Owns what it
+/// needs: it may move to another thread between the request and the response (never used by
+/// two at once). Dropping it ends the transaction.
+pub struct Exchange {
+    live: Live,
+    /// The rules outlive the transaction (fields drop in order: `live` first).
+    _engine: Arc<Engine>,
+}
+
+// SAFETY: the transaction and its log buffer are owned by this value alone and used by one
+// thread at a time (`respond` takes `self`); libmodsecurity transactions have no thread
+// affinity (connectors hand them between worker threads).
+unsafe impl Send for Exchange {}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange").finish_non_exhaustive()
+    }
+}
+
+impl Exchange {
+    /// Runs the response phases (headers, body) and returns what matched in them. Stops at the
+    /// first interruption (CRS: the outbound anomaly score reached its threshold).
+    pub fn respond(mut self, response: &Response<'_>) -> Result<Evaluation, WafError> {
+        let protocol = CString::new(format!("HTTP/{}", response.http_version))
+            .map_err(|_| WafError::Input("the HTTP version contains a NUL byte".into()))?;
+        let status = i32::from(response.status);
+        let phases: [&dyn Fn(*mut sys::Transaction); 2] = [
+            // SAFETY (both): a live transaction; the protocol string is NUL-terminated and
+            // alive for the call; header and body slices valid for their lengths.
+            &|t| unsafe {
+                for (name, value) in response.headers {
+                    sys::msc_add_n_response_header(
+                        t,
+                        name.as_ptr(),
+                        name.len(),
+                        value.as_ptr(),
+                        value.len(),
+                    );
+                }
+                sys::msc_process_response_headers(t, status, protocol.as_ptr());
+            },
+            &|t| unsafe {
+                if !response.body.is_empty() {
+                    sys::msc_append_response_body(t, response.body.as_ptr(), response.body.len());
+                }
+                sys::msc_process_response_body(t);
+            },
+        ];
+        let interrupted = self.live.run(&phases);
+        Ok(self.live.finish(interrupted))
+    }
+}
+
+/// A transaction and the buffer its log callback writes to. Fields drop in order: the
+/// transaction (whose logging phase still writes matches) before the buffer.
+struct Live {
+    tx: Transaction,
+    collected: Box<Collected>,
+}
+
+impl Live {
+    /// Runs `phases` until one ends in a disruptive intervention; its status.
+    fn run(&mut self, phases: &[&dyn Fn(*mut sys::Transaction)]) -> Option<u16> {
         for phase in phases {
-            phase(tx.0.as_ptr());
-            if let Some((status, by)) = tx.intervention() {
-                interrupted = Some(status);
-                collected.matched.extend(by);
-                break;
+            phase(self.tx.0.as_ptr());
+            if let Some((status, by)) = self.tx.intervention() {
+                self.collected.matched.extend(by);
+                return Some(status);
             }
         }
-        // SAFETY: a live transaction.
-        unsafe { sys::msc_process_logging(tx.0.as_ptr()) };
-        drop(tx);
-        let matched = std::mem::take(&mut collected.matched);
+        None
+    }
+
+    /// The matches collected so far as an evaluation (and the buffer emptied).
+    fn take(&mut self, interrupted: Option<u16>) -> Evaluation {
+        let matched = std::mem::take(&mut self.collected.matched);
         let anomaly_score = matched.iter().rev().find_map(RuleMatch::total_score);
-        Ok(Evaluation {
+        Evaluation {
             disruptive: interrupted.is_some(),
             status: interrupted.unwrap_or(200),
             matched,
             anomaly_score,
-        })
+        }
+    }
+
+    /// Ends the transaction (its logging phase included) and returns what matched.
+    fn finish(mut self, interrupted: Option<u16>) -> Evaluation {
+        // SAFETY: a live transaction.
+        unsafe { sys::msc_process_logging(self.tx.0.as_ptr()) };
+        let evaluation = self.take(interrupted);
+        drop(self);
+        evaluation
     }
 }
 

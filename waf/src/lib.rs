@@ -13,7 +13,7 @@ pub mod matches;
 mod sys;
 
 pub use config::{CrsLayout, DEBIAN_CRS_DIR, ExtraRules, Profile};
-pub use engine::{Engine, Evaluation, Request};
+pub use engine::{Engine, Evaluation, Exchange, Request, Response};
 pub use matches::RuleMatch;
 
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,8 @@ impl RuleMatch {
         })
     }
 
-    /// The inbound anomaly score a blocking-evaluation rule reports
-    /// (`Inbound Anomaly Score Exceeded (Total Score: 10)`).
+    /// The anomaly score a blocking-evaluation rule reports (`Inbound Anomaly Score Exceeded
+    /// (Total Score: 10)`; `Outbound ...` in the response phases).
     pub fn total_score(&self) -> Option<u32> {
         let (_, rest) = self.msg.split_once("Total Score: ")?;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -61,7 +61,13 @@ pub fn rule_group(id: u32) -> &'static str {
         943 => "session-fixation",
         944 => "java",
         949 => "blocking-evaluation",
-        950..=956 => "data-leakage",
+        950 => "data-leakage",
+        951 => "data-leakage-sql",
+        952 => "data-leakage-java",
+        953 => "data-leakage-php",
+        954 => "data-leakage-iis",
+        955 => "web-shell",
+        956 => "data-leakage-ruby",
         959 => "blocking-evaluation",
         _ => "other",
     }

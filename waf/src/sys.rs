@@ -88,6 +88,24 @@ unsafe extern "C" {
         size: size_t,
     ) -> c_int;
     pub fn msc_process_request_body(transaction: *mut Transaction) -> c_int;
+    pub fn msc_add_n_response_header(
+        transaction: *mut Transaction,
+        key: *const c_uchar,
+        len_key: size_t,
+        value: *const c_uchar,
+        len_value: size_t,
+    ) -> c_int;
+    pub fn msc_process_response_headers(
+        transaction: *mut Transaction,
+        code: c_int,
+        protocol: *const c_char,
+    ) -> c_int;
+    pub fn msc_append_response_body(
+        transaction: *mut Transaction,
+        body: *const c_uchar,
+        size: size_t,
+    ) -> c_int;
+    pub fn msc_process_response_body(transaction: *mut Transaction) -> c_int;
     pub fn msc_intervention(transaction: *mut Transaction, it: *mut Intervention) -> c_int;
     pub fn msc_process_logging(transaction: *mut Transaction) -> c_int;
     pub fn msc_transaction_cleanup(transaction: *mut Transaction);

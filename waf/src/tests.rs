@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::{CrsLayout, Engine, Evaluation, ExtraRules, Profile, Request, WafError};
+use crate::{CrsLayout, Engine, Evaluation, ExtraRules, Profile, Request, Response, WafError};
 
 /// `../shared/crs-4.28.0` beside the project (or `RAMPART_CRS_DIR`).
 pub fn shared_crs() -> PathBuf {
@@ -281,4 +281,51 @@ fn the_public_cases_through_the_engine() {
         wrong.len(),
         wrong.join("\n")
     );
+}
+
+const SQL_ERROR: &[u8] = b"<html><body>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '1'' at line 1</body></html>";
+
+fn respond(engine: &std::sync::Arc<Engine>, body: &[u8]) -> Option<Evaluation> {
+    let (on_request, open) = engine
+        .exchange(&request("GET", "/orders?id=42", BROWSER, b""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!on_request.disruptive, "{on_request:?}");
+    let headers: &[(&[u8], &[u8])] = &[(b"Content-Type", b"text/html; charset=utf-8")];
+    open.map(|exchange| {
+        exchange
+            .respond(&Response {
+                status: 200,
+                http_version: "1.1",
+                headers,
+                body,
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+#[test]
+fn response_rules_block_a_leaked_sql_error_when_responses_are_inspected() {
+    let inspecting = std::sync::Arc::new(engine(&Profile {
+        response_body_limit: Some(512 * 1024),
+        ..Profile::default()
+    }));
+    let leaked = respond(&inspecting, SQL_ERROR).expect("the request passed, the exchange is open");
+    assert!(leaked.disruptive, "{leaked:?}");
+    assert_eq!(leaked.status, 403);
+    assert!(leaked.rule_ids().contains(&951230), "{leaked:?}");
+    assert_eq!(leaked.group(), "data-leakage-sql");
+    assert!(leaked.anomaly_score.is_some_and(|s| s >= 4), "{leaked:?}");
+    let benign = respond(&inspecting, b"<html><body>order 42 shipped</body></html>").expect("open");
+    assert!(!benign.disruptive && benign.rule_ids().is_empty(), "{benign:?}");
+
+    // Without response inspection the response rules never see a body.
+    let blind = std::sync::Arc::new(engine(&Profile::default()));
+    let passed = respond(&blind, SQL_ERROR).expect("open");
+    assert!(!passed.disruptive, "{passed:?}");
+
+    // A blocked request leaves no exchange open.
+    let (blocked, open) = inspecting
+        .exchange(&request("GET", "/orders?id=1%27%20OR%20%271%27=%271", BROWSER, b""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(blocked.disruptive && open.is_none());
 }
