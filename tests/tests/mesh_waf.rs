@@ -64,6 +64,8 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     let topo = two_nodes();
     let orders = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin 8080");
     let reports = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
+    // Echoes the request's headers in its body: a header carries the "leak" back.
+    let ledger = HttpServer::start(&topo.pod("shop/b").ns, 8083).expect("origin 8083");
     let crs_arg = crs.display().to_string();
     let mesh = MeshAgents::start(
         &topo,
@@ -72,6 +74,7 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
             &[
                 mesh_policy("orders-waf", 8080, "waf: {}"),
                 mesh_policy("reports-waf", 8081, "waf: {mode: Detect}"),
+                mesh_policy("ledger-waf", 8083, "waf: {responseBody: {inspect: true}}"),
             ]
             .concat(),
         ),
@@ -125,6 +128,57 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
             "policy=\"reports-waf\",rule_group=\"sqli\""
         ),
         1.0
+    );
+
+    // Response rules: a SQL error in the pod's response never reaches the client.
+    let leak = http_request(
+        &a,
+        SocketAddr::new(IpAddr::V4(ip(2)), 8083),
+        "GET",
+        "/ledger/7",
+        &[
+            ("user-agent", "Mozilla/5.0"),
+            ("accept", "text/html"),
+            (
+                "x-debug",
+                "You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version",
+            ),
+        ],
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("GET /ledger/7: {e:#}\nnode-2 log:\n{}", node2.log()));
+    assert_eq!(leak.status, 403, "{leak:?}");
+    assert!(!leak.body.contains("SQL syntax"), "{leak:?}");
+    assert_eq!(ledger.requests(), 1, "the request itself passed");
+    assert_eq!(
+        node2.sample(
+            "rampart_waf_blocked_total",
+            "policy=\"ledger-waf\",rule_group=\"data-leakage-sql\""
+        ),
+        1.0,
+        "{}",
+        node2.metrics().unwrap_or_default()
+    );
+    let flows = node2.cli(&["flows", "--json"]).expect("rampart flows");
+    let leaked = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["http"]["denied_by"] == "waf:data-leakage-sql")
+        .unwrap_or_else(|| panic!("no record of the blocked response:\n{flows}"));
+    assert_eq!(leaked["http"]["waf_response_body"], "inspected", "{leaked}");
+    assert!(
+        leaked["http"]["waf_outbound_anomaly_score"]
+            .as_u64()
+            .is_some_and(|s| s >= 4),
+        "{leaked}"
+    );
+    assert!(
+        leaked["http"]["waf_rule_ids"]
+            .as_array()
+            .is_some_and(|ids| ids
+                .iter()
+                .any(|id| id.as_u64().is_some_and(|id| id / 1000 == 951))),
+        "{leaked}"
     );
 
     // The access log names the rules and the score.

@@ -214,7 +214,7 @@ impl Engine {
     /// Runs the request phases (connection, URI, headers, body; the body phase runs even without
     /// a body, where CRS decides) and returns what matched. Stops at the first interruption.
     pub fn evaluate(&self, request: &Request<'_>) -> Result<Evaluation, WafError> {
-        let (mut live, interrupted) = self.request_phases(request)?;
+        let (live, interrupted) = self.request_phases(request)?;
         Ok(live.finish(interrupted))
     }
 

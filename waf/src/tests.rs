@@ -316,7 +316,10 @@ fn response_rules_block_a_leaked_sql_error_when_responses_are_inspected() {
     assert_eq!(leaked.group(), "data-leakage-sql");
     assert!(leaked.anomaly_score.is_some_and(|s| s >= 4), "{leaked:?}");
     let benign = respond(&inspecting, b"<html><body>order 42 shipped</body></html>").expect("open");
-    assert!(!benign.disruptive && benign.rule_ids().is_empty(), "{benign:?}");
+    assert!(
+        !benign.disruptive && benign.rule_ids().is_empty(),
+        "{benign:?}"
+    );
 
     // Without response inspection the response rules never see a body.
     let blind = std::sync::Arc::new(engine(&Profile::default()));
@@ -325,7 +328,12 @@ fn response_rules_block_a_leaked_sql_error_when_responses_are_inspected() {
 
     // A blocked request leaves no exchange open.
     let (blocked, open) = inspecting
-        .exchange(&request("GET", "/orders?id=1%27%20OR%20%271%27=%271", BROWSER, b""))
+        .exchange(&request(
+            "GET",
+            "/orders?id=1%27%20OR%20%271%27=%271",
+            BROWSER,
+            b"",
+        ))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(blocked.disruptive && open.is_none());
 }

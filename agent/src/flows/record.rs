@@ -127,6 +127,12 @@ pub struct HttpAccess {
     /// How much of the body the WAF judged: `inspected`, `prefix_inspected`, `not_inspected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waf_body: Option<String>,
+    /// How much of the response the WAF judged, when the route inspects responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf_response_body: Option<String>,
+    /// The outbound anomaly score of the response rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf_outbound_anomaly_score: Option<u32>,
 }
 
 /// One flow log record.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body_util::BodyExt as _;
-use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::body::{Body, Bytes, Frame};
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use rampart_l7::dlp::{Action, DlpSet, Released, StreamMasker};
 
@@ -216,7 +216,7 @@ pub enum Filtered {
 pub async fn filter(
     model: &DlpModel,
     head: &mut hyper::http::response::Parts,
-    body: Incoming,
+    body: super::waf::UpstreamBody,
     stats: &Arc<L7Stats>,
 ) -> Result<Filtered, Refusal> {
     headers(model, &mut head.headers, stats)?;
@@ -270,7 +270,7 @@ struct TooLarge;
 
 /// A response body masked as it streams.
 pub struct DlpBody {
-    inner: Incoming,
+    inner: super::waf::UpstreamBody,
     decoder: Option<Decoder>,
     masker: StreamMasker<Arc<DlpSet>>,
     shadow: bool,

@@ -246,6 +246,8 @@ fn log_access(
         waf_rule_ids: waf.map(|w| w.rule_ids.clone()).unwrap_or_default(),
         waf_anomaly_score: waf.and_then(|w| w.anomaly_score),
         waf_body: waf.and_then(|w| w.body).map(str::to_owned),
+        waf_response_body: waf.and_then(|w| w.response_body).map(str::to_owned),
+        waf_outbound_anomaly_score: waf.and_then(|w| w.outbound_score),
     };
     let (filter, reason) = match outcome {
         Outcome::Passed(passed) => {
@@ -327,13 +329,17 @@ async fn handle(
     };
     // The WAF, last: it judges the request as the client sent it (before credentials are
     // stripped), and decides which body goes on.
-    let (body, waf) = match &route.waf {
-        None => (body.boxed(), None),
+    let (body, mut waf, exchange) = match &route.waf {
+        None => (body.boxed(), None, None),
         Some(waf) => {
-            let (judged, report) = super::waf::inspect(waf, &parts, body, peer).await;
+            let super::waf::Inspected {
+                judged,
+                report,
+                exchange,
+            } = super::waf::inspect(waf, &parts, body, peer).await;
             stats.waf_evaluated(&route.policy, &report, waf.model.block);
             match judged {
-                Ok(body) => (body, Some(report)),
+                Ok(body) => (body, Some(report), exchange),
                 Err(denial) => {
                     stats.deny(denial.filter, denial.reason);
                     tracing::info!(
@@ -396,6 +402,31 @@ async fn handle(
             let has_body = !(no_body
                 || head.status == StatusCode::NO_CONTENT
                 || head.status == StatusCode::NOT_MODIFIED);
+            let mut body = body.boxed();
+            // The response rules, on what the pod sent (before DLP changes it).
+            if let (Some(exchange), Some(route_waf), Some(report)) =
+                (exchange, &route.waf, waf.as_mut())
+            {
+                let (judged, verdict) = super::waf::inspect_response(
+                    route_waf, exchange, &head, body, has_body, report,
+                )
+                .await;
+                stats.waf_response(&route.policy, &verdict, route_waf.model.block);
+                match judged {
+                    Ok(judged) => body = judged,
+                    Err(denial) => {
+                        stats.deny(denial.filter, denial.reason);
+                        tracing::info!(
+                            policy = %route.policy,
+                            reason = denial.reason,
+                            rules = ?report.rule_ids,
+                            score = ?report.outbound_score,
+                            "waf: response denied"
+                        );
+                        return (local_response(&denial), Outcome::Denied(denial), waf);
+                    }
+                }
+            }
             let body = match &route.model.dlp {
                 Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
                     match super::dlp::filter(dlp, &mut head, body, stats).await {

@@ -43,6 +43,22 @@ impl L7Stats {
         }
     }
 
+    /// Counts what the response rules of `policy`'s route found (`block`: the route's mode).
+    pub fn waf_response(&self, policy: &str, verdict: &super::waf::ResponseVerdict, block: bool) {
+        if verdict.engine_error {
+            self.waf_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(group) = verdict.matched_block {
+            let mut matched = self
+                .waf_matched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *matched
+                .entry((policy.to_owned(), group, block))
+                .or_default() += 1;
+        }
+    }
+
     pub fn waf_evaluated_total(&self) -> u64 {
         self.waf_evaluated.load(Ordering::Relaxed)
     }

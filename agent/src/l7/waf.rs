@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
-use rampart_waf::{CrsLayout, Engine, Evaluation, Profile};
+use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
 use super::chain::{Denial, Peer};
 use crate::policy::compile::Compiled;
@@ -126,6 +126,7 @@ impl BodySeen {
 /// What the filter found, for the access log and the counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WafReport {
+    /// Rules matched by the request, then by its response.
     pub rule_ids: Vec<u32>,
     pub anomaly_score: Option<u32>,
     /// The rule group of the first matched detection rule.
@@ -133,6 +134,18 @@ pub struct WafReport {
     /// The rules would block (in Detect mode the request passed anyway).
     pub matched_block: bool,
     pub body: Option<&'static str>,
+    pub engine_error: bool,
+    /// How much of the response the engine saw, when responses are inspected.
+    pub response_body: Option<&'static str>,
+    /// The outbound anomaly score the response rules reported.
+    pub outbound_score: Option<u32>,
+}
+
+/// What the response rules found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseVerdict {
+    /// The rule group of the leak, when the rules would block the response.
+    pub matched_block: Option<&'static str>,
     pub engine_error: bool,
 }
 
@@ -147,13 +160,14 @@ struct OwnedRequest {
 }
 
 impl OwnedRequest {
-    fn evaluate(&self, engine: &Engine) -> Result<Evaluation, rampart_waf::WafError> {
-        let headers: Vec<(&[u8], &[u8])> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        engine.evaluate(&rampart_waf::Request {
+    /// The engine's verdict, and with `keep_open` the transaction left open for the response.
+    fn evaluate(
+        &self,
+        engine: &Arc<Engine>,
+        keep_open: bool,
+    ) -> Result<(Evaluation, Option<Exchange>), rampart_waf::WafError> {
+        let headers = header_pairs(&self.headers);
+        let request = rampart_waf::Request {
             client: self.peer.source,
             server: self.peer.destination,
             method: &self.method,
@@ -161,17 +175,61 @@ impl OwnedRequest {
             http_version: self.version,
             headers: &headers,
             body: &self.body,
-        })
+        };
+        if keep_open {
+            engine.exchange(&request)
+        } else {
+            engine.evaluate(&request).map(|e| (e, None))
+        }
     }
 }
 
-/// Runs the filter: `Ok` with the body to forward, or the denial. Either way the report.
-pub async fn inspect(
+fn header_pairs(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect()
+}
+
+fn owned_headers(headers: &hyper::HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn version_number(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2.0",
+        _ => "1.1",
+    }
+}
+
+/// The request's verdict: `Ok` with the body to forward, or the denial; the report; and, when
+/// the route inspects responses and the request passed, the engine's transaction kept open.
+pub struct Inspected {
+    pub judged: Result<UpstreamBody, Denial>,
+    pub report: WafReport,
+    pub exchange: Option<Exchange>,
+}
+
+/// Runs the filter on a request.
+pub async fn inspect(waf: &RouteWaf, parts: &Parts, body: Incoming, peer: &Peer) -> Inspected {
+    let (judged, report, exchange) = inspect_request(waf, parts, body, peer).await;
+    Inspected {
+        judged,
+        report,
+        exchange,
+    }
+}
+
+async fn inspect_request(
     waf: &RouteWaf,
     parts: &Parts,
     body: Incoming,
     peer: &Peer,
-) -> (Result<UpstreamBody, Denial>, WafReport) {
+) -> (Result<UpstreamBody, Denial>, WafReport, Option<Exchange>) {
     let model = &waf.model;
     let mut report = WafReport {
         group: "other",
@@ -184,6 +242,7 @@ pub async fn inspect(
                 return (
                     Err(denial("body_unreadable", StatusCode::BAD_REQUEST)),
                     report,
+                    None,
                 );
             }
             Ok(Read::Whole(bytes)) => (BodySeen::Whole, bytes.clone(), full(bytes)),
@@ -193,6 +252,7 @@ pub async fn inspect(
                     return (
                         Err(denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)),
                         report,
+                        None,
                     );
                 }
                 OverLimit::InspectPrefix => {
@@ -215,7 +275,8 @@ pub async fn inspect(
     report.body = Some(seen.name());
     let Some(engine) = waf.engine.clone() else {
         report.engine_error = true;
-        return engine_failed(model, report, forward);
+        let (judged, report) = engine_failed(model, report, forward);
+        return (judged, report, None);
     };
     let request = OwnedRequest {
         peer: peer.clone(),
@@ -224,30 +285,25 @@ pub async fn inspect(
             .uri
             .path_and_query()
             .map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
-        version: match parts.version {
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2.0",
-            _ => "1.1",
-        },
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect(),
+        version: version_number(parts.version),
+        headers: owned_headers(&parts.headers),
         body: judged,
     };
-    let evaluated = tokio::task::spawn_blocking(move || request.evaluate(&engine)).await;
-    let evaluation = match evaluated {
-        Ok(Ok(evaluation)) => evaluation,
+    let keep_open = model.profile.response_body_limit.is_some();
+    let evaluated = tokio::task::spawn_blocking(move || request.evaluate(&engine, keep_open)).await;
+    let (evaluation, exchange) = match evaluated {
+        Ok(Ok(evaluated)) => evaluated,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "waf: the engine could not judge a request");
             report.engine_error = true;
-            return engine_failed(model, report, forward);
+            let (judged, report) = engine_failed(model, report, forward);
+            return (judged, report, None);
         }
         Err(e) => {
             tracing::warn!(error = %e, "waf: evaluation task failed");
             report.engine_error = true;
-            return engine_failed(model, report, forward);
+            let (judged, report) = engine_failed(model, report, forward);
+            return (judged, report, None);
         }
     };
     report.rule_ids = evaluation.rule_ids();
@@ -259,9 +315,110 @@ pub async fn inspect(
             .ok()
             .filter(|s| s.is_client_error())
             .unwrap_or(StatusCode::FORBIDDEN);
-        return (Err(denial(report.group, status)), report);
+        return (Err(denial(report.group, status)), report, None);
     }
-    (Ok(forward), report)
+    if keep_open && exchange.is_none() {
+        // Detect mode let an interrupted request through: its transaction is over, the
+        // response goes uninspected (the access log says so).
+        report.response_body = Some(BodySeen::NotInspected.name());
+    }
+    (Ok(forward), report, exchange)
+}
+
+/// Runs the response rules on the pod's response (`has_body`: one may follow its head): `Ok`
+/// with the body to send (what the engine judged, then, past the limit with `InspectPrefix`,
+/// the rest streamed), or the denial. `report` gains the response's rules and score.
+pub async fn inspect_response(
+    waf: &RouteWaf,
+    exchange: Exchange,
+    head: &hyper::http::response::Parts,
+    body: UpstreamBody,
+    has_body: bool,
+    report: &mut WafReport,
+) -> (Result<UpstreamBody, Denial>, ResponseVerdict) {
+    let model = &waf.model;
+    let mut verdict = ResponseVerdict {
+        matched_block: None,
+        engine_error: false,
+    };
+    let limit = model.profile.response_body_limit.unwrap_or_default();
+    let (seen, judged, forward) = if has_body {
+        match read_up_to(body, limit).await {
+            Err(_) => {
+                report.response_body = Some(BodySeen::NotInspected.name());
+                return (
+                    Err(denial("response_unreadable", StatusCode::BAD_GATEWAY)),
+                    verdict,
+                );
+            }
+            Ok(Read::Whole(bytes)) => (BodySeen::Whole, bytes.clone(), full(bytes)),
+            Ok(Read::Over(prefix, rest)) => match model.response_over_limit {
+                OverLimit::Reject => {
+                    report.response_body = Some(BodySeen::NotInspected.name());
+                    return (
+                        Err(denial("response_too_large", StatusCode::BAD_GATEWAY)),
+                        verdict,
+                    );
+                }
+                OverLimit::InspectPrefix => (
+                    BodySeen::Prefix,
+                    prefix.slice(..limit.min(prefix.len())),
+                    PrefixedBody {
+                        prefix: Some(prefix),
+                        rest,
+                    }
+                    .boxed(),
+                ),
+            },
+        }
+    } else {
+        (BodySeen::Whole, Bytes::new(), body)
+    };
+    report.response_body = Some(seen.name());
+    let status = head.status.as_u16();
+    let version = version_number(head.version);
+    let headers = owned_headers(&head.headers);
+    let evaluated = tokio::task::spawn_blocking(move || {
+        exchange.respond(&rampart_waf::Response {
+            status,
+            http_version: version,
+            headers: &header_pairs(&headers),
+            body: &judged,
+        })
+    })
+    .await;
+    let problem = match evaluated {
+        Ok(Ok(evaluation)) => Ok(evaluation),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let evaluation = match problem {
+        Ok(evaluation) => evaluation,
+        Err(problem) => {
+            tracing::info!(%problem, "waf: the engine could not judge a response");
+            verdict.engine_error = true;
+            if model.block_on_error {
+                return (
+                    Err(denial("engine_error", StatusCode::SERVICE_UNAVAILABLE)),
+                    verdict,
+                );
+            }
+            return (Ok(forward), verdict);
+        }
+    };
+    report.rule_ids.extend(evaluation.rule_ids());
+    report.outbound_score = evaluation.anomaly_score;
+    if evaluation.disruptive {
+        verdict.matched_block = Some(evaluation.group());
+        if model.block {
+            let status = StatusCode::from_u16(evaluation.status)
+                .ok()
+                .filter(|s| s.is_client_error())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            return (Err(denial(evaluation.group(), status)), verdict);
+        }
+    }
+    (Ok(forward), verdict)
 }
 
 fn engine_failed(
@@ -292,16 +449,19 @@ fn full(bytes: Bytes) -> UpstreamBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-enum Read {
+enum Read<B> {
     /// The whole body, at most `limit` bytes.
     Whole(Bytes),
     /// More than `limit` bytes: those read so far (over `limit` by less than a frame), and the
     /// rest of the stream.
-    Over(Bytes, Incoming),
+    Over(Bytes, B),
 }
 
 /// Reads `body` until it ends or passes `limit` bytes. Trailers are dropped.
-async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Read, hyper::Error> {
+async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, hyper::Error>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     let mut buffer = Vec::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
@@ -316,12 +476,15 @@ async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Read, hyper::Err
 
 /// The bytes already read, then the rest of the stream. (http-body-util has no body that
 /// chains a buffer and a stream.)
-struct PrefixedBody {
+struct PrefixedBody<B> {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: B,
 }
 
-impl Body for PrefixedBody {
+impl<B> Body for PrefixedBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -16,7 +16,15 @@
 //!       limit: 131072               # bytes given to the engine
 //!       overLimit: Reject           # Reject: 413; InspectPrefix: the first `limit` bytes are judged, the rest streamed
 //!     onEngineError: Block          # Block (fail closed, 503) or Allow
+//!     responseBody:                 # CRS's RESPONSE-95x rules (data leakage, web shells); off by default
+//!       inspect: true
+//!       limit: 524288               # bytes of a response held and given to the engine
+//!       overLimit: InspectPrefix    # InspectPrefix: the first `limit` bytes judged, the rest streamed; Reject: 502
+//!     outboundAnomalyThreshold: 4   # CRS: one error-level leak blocks
 //! ```
+//!
+//! Response inspection is off unless asked for: it holds each response (up to its limit) until
+//! the engine has judged it, where an uninspected response streams.
 //!
 //! Loading the rules is the agent's (one engine per distinct profile, see `l7::waf`): a set
 //! whose rules do not load is rejected and the last good one stays in force.
@@ -47,7 +55,20 @@ pub struct WafSpec {
     pub extra_rules: Vec<Spanned<ExtraRulesSpec>>,
     pub request_body: Option<Spanned<RequestBodySpec>>,
     pub on_engine_error: Option<Spanned<String>>,
+    pub response_body: Option<Spanned<ResponseBodySpec>>,
+    pub outbound_anomaly_threshold: Option<Spanned<u32>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResponseBodySpec {
+    pub inspect: Option<bool>,
+    pub limit: Option<Spanned<usize>>,
+    pub over_limit: Option<Spanned<String>>,
+}
+
+/// ModSecurity's recommended `SecResponseBodyLimit`.
+pub const DEFAULT_RESPONSE_BODY_LIMIT: usize = 512 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -84,8 +105,11 @@ pub struct WafModel {
     /// Whether request bodies are given to the engine (else only the head is).
     pub inspect_body: bool,
     pub over_limit: OverLimit,
-    /// Fail closed (503) when the engine fails on a request.
+    /// Fail closed (503) when the engine fails on a request or its response.
     pub block_on_error: bool,
+    /// What happens to a response over `profile.response_body_limit` (when responses are
+    /// inspected).
+    pub response_over_limit: OverLimit,
 }
 
 /// Validates a `waf` section; errors go to `diags`.
@@ -187,12 +211,47 @@ pub fn validate(
             }
         }
     }
+    if let Some(t) = &spec.outbound_anomaly_threshold {
+        if t.value >= 1 {
+            profile.outbound_threshold = t.value;
+        } else {
+            error(so.at(t), "outboundAnomalyThreshold: at least 1".into());
+        }
+    }
+    let mut response_over_limit = OverLimit::InspectPrefix;
+    if let Some(body) = &spec.response_body
+        && body.value.inspect.unwrap_or(true)
+    {
+        let mut limit = DEFAULT_RESPONSE_BODY_LIMIT;
+        if let Some(l) = &body.value.limit {
+            if (1..=MAX_BODY_LIMIT).contains(&l.value) {
+                limit = l.value;
+            } else {
+                error(
+                    so.at(l),
+                    format!("responseBody.limit: 1 to {MAX_BODY_LIMIT} bytes"),
+                );
+            }
+        }
+        profile.response_body_limit = Some(limit);
+        if let Some(o) = &body.value.over_limit {
+            match o.value.as_str() {
+                "InspectPrefix" => {}
+                "Reject" => response_over_limit = OverLimit::Reject,
+                other => error(
+                    so.at(o),
+                    format!("responseBody.overLimit {other:?}: InspectPrefix or Reject"),
+                ),
+            }
+        }
+    }
     (diags.len() == before).then_some(WafModel {
         block,
         profile,
         inspect_body,
         over_limit,
         block_on_error,
+        response_over_limit,
     })
 }
 
@@ -227,6 +286,31 @@ mod tests {
     }
 
     #[test]
+    fn responses_are_inspected_only_when_asked() {
+        let off = check("{}").expect("valid").expect("waf");
+        assert_eq!(off.profile.response_body_limit, None);
+        assert_eq!(off.profile.outbound_threshold, 4);
+        let on = check("{responseBody: {inspect: true}, outboundAnomalyThreshold: 8}")
+            .expect("valid")
+            .expect("waf");
+        assert_eq!(
+            on.profile.response_body_limit,
+            Some(DEFAULT_RESPONSE_BODY_LIMIT)
+        );
+        assert_eq!(on.profile.outbound_threshold, 8);
+        assert_eq!(on.response_over_limit, OverLimit::InspectPrefix);
+        let strict = check("{responseBody: {limit: 1024, overLimit: Reject}}")
+            .expect("valid")
+            .expect("waf");
+        assert_eq!(strict.profile.response_body_limit, Some(1024));
+        assert_eq!(strict.response_over_limit, OverLimit::Reject);
+        let no = check("{responseBody: {inspect: false, limit: 1024}}")
+            .expect("valid")
+            .expect("waf");
+        assert_eq!(no.profile.response_body_limit, None);
+    }
+
+    #[test]
     fn bad_settings_are_errors_at_their_place() {
         for (waf, expected) in [
             ("{mode: Block2}", "7:17: mode \"Block2\": Block or Detect"),
@@ -248,7 +332,16 @@ mod tests {
                 "Reject or InspectPrefix",
             ),
             ("{onEngineError: Maybe}", "onEngineError \"Maybe\""),
-            ("{responseBody: true}", "unknown field"),
+            ("{responseBody: {limit: 0}}", "responseBody.limit: 1 to"),
+            (
+                "{responseBody: {overLimit: Drop}}",
+                "responseBody.overLimit \"Drop\": InspectPrefix or Reject",
+            ),
+            (
+                "{outboundAnomalyThreshold: 0}",
+                "outboundAnomalyThreshold: at least 1",
+            ),
+            ("{responseRules: true}", "unknown field"),
         ] {
             let errors = check(waf).expect_err(waf);
             assert!(

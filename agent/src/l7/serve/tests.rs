@@ -286,6 +286,66 @@ async fn detect_mode_lets_attacks_through() {
     assert_eq!((status, at_origin), (200, 1));
 }
 
+const SQL_ERROR: &[u8] = b"<html><body>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '1'' at line 1</body></html>";
+
+#[tokio::test]
+async fn response_rules_stop_a_leak_when_the_route_inspects_responses() {
+    let html = vec![("content-type", "text/html")];
+    let inspecting = waf_route("{responseBody: {inspect: true}}");
+    let (status, _, body, stats) = through_dlp(
+        Arc::clone(&inspecting),
+        "GET",
+        vec![SQL_ERROR[..40].to_vec(), SQL_ERROR[40..].to_vec()],
+        html.clone(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(!String::from_utf8_lossy(&body).contains("SQL syntax"));
+    assert_eq!(stats.denials(), [(("waf", "data-leakage-sql"), 1)]);
+    assert_eq!(
+        stats.waf_matches(),
+        [(("api".to_owned(), "data-leakage-sql", true), 1)]
+    );
+    let (status, _, body, _) = through_dlp(
+        Arc::clone(&inspecting),
+        "GET",
+        vec![b"<html>order 42 shipped</html>".to_vec()],
+        html.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"<html>order 42 shipped</html>"[..])
+    );
+    // Without response inspection, and in Detect mode, the leak goes through.
+    for route in [
+        waf_route("{}"),
+        waf_route("{mode: Detect, responseBody: {inspect: true}}"),
+    ] {
+        let (status, _, body, _) =
+            through_dlp(route, "GET", vec![SQL_ERROR.to_vec()], html.clone()).await;
+        assert_eq!((status, body.as_slice()), (200, SQL_ERROR));
+    }
+    // Past the limit: the prefix is judged and the rest streamed, or the response refused.
+    let mut long = SQL_ERROR.to_vec();
+    long.extend(std::iter::repeat_n(b'x', 4096));
+    let prefix = waf_route("{responseBody: {limit: 1024}}");
+    let (status, _, _, _) = through_dlp(prefix, "GET", vec![long.clone()], html.clone()).await;
+    assert_eq!(status, 403, "the leak is in the judged prefix");
+    let mut late = vec![b'x'; 4096];
+    late.extend_from_slice(SQL_ERROR);
+    let prefix = waf_route("{responseBody: {limit: 1024}}");
+    let (status, _, body, _) = through_dlp(prefix, "GET", vec![late.clone()], html.clone()).await;
+    assert_eq!(
+        (status, body.len()),
+        (200, late.len()),
+        "past the judged prefix"
+    );
+    let reject = waf_route("{responseBody: {limit: 1024, overLimit: Reject}}");
+    let (status, _, _, _) = through_dlp(reject, "GET", vec![late], html).await;
+    assert_eq!(status, 502);
+}
+
 /// A route whose `http` section is only `dlp` (as YAML flow text).
 fn dlp_route(dlp: &str) -> Arc<HttpRoute> {
     Arc::new(route_of(&format!("    dlp: {dlp}\n")))
