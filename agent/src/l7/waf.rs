@@ -7,6 +7,10 @@
 //! What reaches the pod: with body inspection, the body the engine judged (buffered, at most
 //! the limit) and, with `overLimit: InspectPrefix`, the rest streamed after it; without, the
 //! body streamed as it comes. The access log says which (`waf_body`).
+//!
+//! With response inspection, the request's engine transaction stays open ([`Exchange`]) and
+//! the pod's response is judged in it (head, and its body up to the response limit, held
+//! until then): a leak is answered `403` instead (`waf_response_body`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
