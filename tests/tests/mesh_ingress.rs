@@ -10,7 +10,9 @@
 //! - plaintext to that port from outside is refused by the proxy and counted;
 //! - port 9090 requires mTLS without ingress: the outside client's SYN drops `mtls_required`;
 //! - pod a (node 1) still reaches port 8443 through the mTLS tunnel, with the same chain;
-//! - the access log names the SNI and the `world` source.
+//! - the access log names the SNI and the `world` source;
+//! - port 8080 takes TLS from outside through the Core Rule Set and request DLP: an attack and a
+//!   card number are refused before the pod.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -93,6 +95,20 @@ spec:
 ---
 apiVersion: rampart.dev/v1alpha1
 kind: MeshPolicy
+metadata: {{name: storefront}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ports: [{{port: 8080}}]
+  ingress:
+    tls:
+      certificates:
+      - secretRef: {{namespace: shop, name: api-tls}}
+  http:
+    waf: {{}}
+    dlp: {{requests: {{detectors: [{{type: cardNumber, action: Block}}]}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
 metadata: {{name: internal-only}}
 spec:
   appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
@@ -118,6 +134,13 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
         .expect("topology");
     let origin = HttpServer::start(&topo.pod("shop/b").ns, 8443).expect("origin 8443");
     let internal = HttpServer::start(&topo.pod("shop/b").ns, 9090).expect("origin 9090");
+    let storefront = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin 8080");
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crs = rampart_tests::waf_cases::shared_dir(&workspace)
+        .expect("shared/")
+        .join(rampart_tests::waf_cases::DEFAULT_CRS)
+        .display()
+        .to_string();
     let api = certificate(&["api.shop.test"]);
     let wildcard = certificate(&["*.shop.test"]);
     let mesh = MeshAgents::start(
@@ -125,7 +148,7 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
         &["node-1", "node-2"],
         &policy(&api, &wildcard),
         None,
-        &["--interface", "uplink"],
+        &["--interface", "uplink", "--crs-dir", &crs],
     )
     .expect("agents");
     let node2 = mesh.node("node-2");
@@ -269,4 +292,40 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
     assert_eq!(ingress["http"]["api_key_client"], "acme", "{ingress}");
     assert_eq!(ingress["http"]["policy"], "api-gateway", "{ingress}");
     assert!(!flows.contains(API_KEY), "a credential in the flow log");
+
+    // The WAF and request DLP on ingress: only the benign request reaches the pod.
+    let shop = |path: &str| {
+        https_request(
+            &outside,
+            b(8080),
+            "api.shop.test",
+            &api.0,
+            path,
+            &[("user-agent", "Mozilla/5.0"), ("accept", "text/html")],
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("HTTPS {path}: {e:#}\nnode-2 log:\n{}", node2.log()))
+    };
+    assert_eq!(shop("/shop?q=shoes").status, 200);
+    assert_eq!(shop("/shop?id=1%27%20OR%20%271%27=%271").status, 403);
+    assert_eq!(shop("/shop?card=4111111111111111").status, 403);
+    assert_eq!(
+        storefront.requests(),
+        1,
+        "a refused request reached the pod"
+    );
+    assert_eq!(
+        node2.sample(
+            "rampart_waf_blocked_total",
+            "policy=\"storefront\",rule_group=\"sqli\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        node2.sample(
+            "rampart_proxy_denied_total",
+            "filter=\"dlp\",reason=\"blocked\""
+        ),
+        1.0
+    );
 }
