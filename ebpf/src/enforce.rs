@@ -461,7 +461,8 @@ fn later_fragment_ports(s: &mut Scratch) -> bool {
     };
     // SAFETY: a pointer to an LRU hash value, valid for this program run.
     let e = unsafe { &*entry };
-    if now.wrapping_sub(e.first_seen_ns) > FRAG_LIFETIME_NS {
+    // The first fragment may have been recorded by another CPU after `now` was read.
+    if now.saturating_sub(e.first_seen_ns) > FRAG_LIFETIME_NS {
         return false;
     }
     s.flow.tuple.sport = e.sport;
@@ -570,7 +571,9 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     // SAFETY: a pointer to an LRU hash value, valid for this program run; concurrent updates from
     // other CPUs only race on timestamps and flag bits, which is harmless.
     let e = unsafe { &mut *entry };
-    if c.now.wrapping_sub(e.last_seen_ns) > ct_lifetime_ns(k.proto, e.flags) {
+    // Another CPU may have stamped the entry after this packet read the clock: a stamp ahead
+    // of `now` is age 0 (a wrapping difference would call the live flow expired and drop it).
+    if c.now.saturating_sub(e.last_seen_ns) > ct_lifetime_ns(k.proto, e.flags) {
         let _ = CT.remove(k);
         return None;
     }

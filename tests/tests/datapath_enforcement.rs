@@ -221,9 +221,11 @@ fn policy_is_enforced_on_real_ipv4_and_ipv6_traffic() {
     );
     assert!(
         failures.is_empty(),
-        "{} probes wrong:\n{}",
+        "{} probes wrong:\n{}\ndrops: {:?}\nforwarded: {:?}",
         failures.len(),
-        failures.join("\n")
+        failures.join("\n"),
+        stats.drops(),
+        stats.forwarded()
     );
 
     // a's egress drops (tcp/81, udp/54 twice each family) and b's/a's ingress drops.

@@ -851,6 +851,77 @@ fn pinned_state_survives_a_reload() {
 
 /// Two IPv4 fragments of one datagram (identification `id`): the first carries `l4` with MF set,
 /// the last 16 bytes of payload at offset 3 (24 bytes), without an L4 header.
+/// A flow's conntrack entry stamped by another CPU after this packet read the clock (a stamp
+/// ahead of the packet's time) is a live flow, not an expired one: the entry was removed and
+/// the rest of the flow judged as new, and bulk transfers through two CPUs stalled on
+/// `policy_denied` replies.
+#[test]
+fn a_conntrack_stamp_ahead_of_the_clock_is_a_live_flow() {
+    require_root();
+    let root = rampart_tests::agent::test_bpffs()
+        .expect("test bpffs")
+        .join(format!(
+            "{}-{}-ct-ahead",
+            rampart_tests::netns::TEST_PREFIX,
+            std::process::id()
+        ));
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = rampart_agent::datapath::remove_pins(&self.0);
+        }
+    }
+    let _pins = Pins(root.clone());
+    let mut dp = Datapath::load_pinned(&root).expect("load pinned");
+    dp.apply(&state(&rules())).expect("apply");
+    let stats = dp.take_stats().expect("stats");
+    assert_eq!(
+        dp.test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40900, 80, SYN)))
+            .expect("run"),
+        XDP_PASS
+    );
+    // Every tracked flow stamped a minute ahead (longer than a SYN's lifetime, so a wrapping
+    // age would be over it).
+    let pinned = aya::maps::MapData::from_pin(root.join("maps").join(rampart_common::maps::CT))
+        .expect("the pinned conntrack map");
+    let mut ct: aya::maps::HashMap<
+        _,
+        rampart_common::conntrack::CtKey,
+        rampart_common::conntrack::CtEntry,
+    > = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(pinned)).expect("conntrack map");
+    let entries: Vec<_> = ct.iter().filter_map(Result::ok).collect();
+    assert!(!entries.is_empty(), "the SYN was tracked");
+    for (key, mut entry) in entries {
+        entry.last_seen_ns += 60_000_000_000;
+        ct.insert(key, entry, 0).expect("update");
+    }
+    let denied = |stats: &rampart_agent::datapath::Stats| {
+        stats
+            .drops()
+            .expect("drops")
+            .iter()
+            .filter(|r| r.reason == DropReason::POLICY_DENIED)
+            .map(|r| r.counter.packets)
+            .sum::<u64>()
+    };
+    let before = denied(&stats);
+    assert_eq!(
+        dp.test_run(
+            ProgramKind::TcEgress,
+            &v4(B, A, TCP, &tcp(80, 40900, SYN | ACK))
+        )
+        .expect("run"),
+        TC_OK,
+        "the reply of a live flow"
+    );
+    assert_eq!(
+        dp.test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(40900, 80, ACK)))
+            .expect("run"),
+        XDP_PASS
+    );
+    assert_eq!(denied(&stats), before, "judged as a new flow");
+}
+
 fn v4_fragments(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, l4: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut first = v4(src, dst, proto, l4);
     first[18..20].copy_from_slice(&id.to_be_bytes());
