@@ -64,6 +64,7 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         ] {
             crate::conformance::run_built(suite, None, None, bin.clone())?;
         }
+        crate::conformance::waf_debian_report(bin.clone())?;
     }
     Ok(())
 }
