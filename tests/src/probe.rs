@@ -249,6 +249,80 @@ pub fn http_post(
     })?
 }
 
+/// An HTTP/1.1 connection kept open across requests, opened from inside a namespace (the
+/// socket stays in it). Responses are read by `Content-Length` or chunked.
+pub struct KeptAlive {
+    reader: std::io::BufReader<TcpStream>,
+    host: String,
+}
+
+impl KeptAlive {
+    pub fn open(ns_path: &str, addr: SocketAddr, timeout: Duration) -> anyhow::Result<KeptAlive> {
+        let stream = netns::run_in(ns_path, move || -> anyhow::Result<TcpStream> {
+            let stream = TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            Ok(stream)
+        })??;
+        Ok(KeptAlive {
+            reader: std::io::BufReader::new(stream),
+            host: addr.to_string(),
+        })
+    }
+
+    /// One GET on the connection; `None` once the server has closed it.
+    pub fn get(&mut self, path: &str) -> anyhow::Result<Option<HttpReply>> {
+        use std::io::BufRead as _;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        if self.reader.get_mut().write_all(request.as_bytes()).is_err() {
+            return Ok(None);
+        }
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Ok(None);
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_ascii_lowercase())
+            })
+        };
+        let mut body = Vec::new();
+        if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let size = usize::from_str_radix(size.trim(), 16)
+                    .with_context(|| format!("a chunk size: {size:?}"))?;
+                let mut chunk = vec![0u8; size + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            let length = header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .with_context(|| format!("a response without a length: {head}"))?;
+            body.resize(length, 0);
+            self.reader.read_exact(&mut body)?;
+        }
+        let mut raw = head;
+        raw.push_str("\r\n");
+        raw.push_str(&String::from_utf8_lossy(&body));
+        parse_reply(&raw).map(Some)
+    }
+}
+
 /// An HTTP/1.0 request with `Connection: close`; `headers` are `name: value\r\n` lines.
 pub(crate) fn request_text(method: &str, path: &str, host: &str, headers: &str) -> String {
     format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::netns::TEST_PREFIX;
-use rampart_tests::probe::{http_post, http_request};
+use rampart_tests::probe::{KeptAlive, http_post, http_request};
 use rampart_tests::{Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -245,19 +245,18 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
     // back in the response body.
     let _origin = HttpServer::start(&topo.pod("shop/b").ns, 8082).expect("origin 8082");
     let payments = HttpServer::start(&topo.pod("shop/b").ns, 8083).expect("origin 8083");
-    let policy = world(&format!(
-        "{}{}",
-        mesh_policy(
-            "statements-dlp",
-            8082,
-            "dlp: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
-        ),
-        mesh_policy(
-            "no-cards-out",
-            8083,
-            "dlp: {requests: {detectors: [{type: cardNumber, action: Block}]}}",
-        )
-    ));
+    let policy_with = |payments_http: &str| {
+        world(&format!(
+            "{}{}",
+            mesh_policy(
+                "statements-dlp",
+                8082,
+                "dlp: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+            ),
+            mesh_policy("no-cards-out", 8083, payments_http)
+        ))
+    };
+    let policy = policy_with("dlp: {requests: {detectors: [{type: cardNumber, action: Block}]}}");
     let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &policy, None, &[]).expect("agents");
     let node2 = mesh.node("node-2");
     let a = topo.pod("shop/a").ns.path();
@@ -351,4 +350,31 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
         ),
         1.0
     );
+
+    // A kept-alive connection follows a policy change: its next request is judged by the rules
+    // in force, and the connection stays up.
+    let mut kept = KeptAlive::open(&a, to_payments, TIMEOUT).expect("connect");
+    let card = "/charge?card=4111111111111111";
+    let status = |kept: &mut KeptAlive| {
+        kept.get(card)
+            .expect("GET")
+            .map(|r| r.status)
+            .unwrap_or_else(|| panic!("the connection closed\nnode-2 log:\n{}", node2.log()))
+    };
+    assert_eq!(status(&mut kept), 403);
+    std::fs::write(
+        mesh.work_dir().join("policy/world.yaml"),
+        policy_with("dlp: {detectors: [{type: email, action: Mask}]}"),
+    )
+    .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&mut kept) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the kept-alive connection kept the old rules\n{}",
+            node2.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(payments.requests(), 2);
 }

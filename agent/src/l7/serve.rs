@@ -59,11 +59,32 @@ impl Upstream {
     }
 }
 
+/// The route a request is judged by, looked up as it arrives: a kept-alive connection (or an
+/// HTTP/2 connection's next stream) follows policy changes instead of keeping the rules it
+/// started with.
+pub enum RouteNow {
+    /// The port's L7 rules in force.
+    Rules(Arc<HttpRoute>),
+    /// The port has no L7 rules any more: the request goes to the pod as it is.
+    NoRules,
+    /// The policy in force no longer admits the connection (the lookup counted and logged why):
+    /// `403`, and an HTTP/1 connection is closed after it.
+    Refused,
+}
+
+/// Looks up the route in force for the connection's next request.
+pub type RouteLookup = Arc<dyn Fn() -> RouteNow + Send + Sync>;
+
+/// A lookup that always answers `route` (tests, and callers without a policy to follow).
+pub fn fixed_route(route: Arc<HttpRoute>) -> RouteLookup {
+    Arc::new(move || RouteNow::Rules(Arc::clone(&route)))
+}
+
 /// Serves requests from `downstream` until either side closes.
 pub async fn relay<D, U>(
     mut downstream: D,
     upstream: U,
-    route: Arc<HttpRoute>,
+    routes: RouteLookup,
     peer: Peer,
     stats: Arc<L7Stats>,
     events: Option<ProxyEventSink>,
@@ -88,15 +109,29 @@ pub async fn relay<D, U>(
         return;
     };
     let sender = Arc::new(sender);
-    let service = hyper::service::service_fn(move |req| {
-        let (route, peer, stats, sender, events) = (
-            Arc::clone(&route),
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (now, peer, stats, sender, events) = (
+            routes(),
             peer.clone(),
             Arc::clone(&stats),
             Arc::clone(&sender),
             events.clone(),
         );
         async move {
+            let route = match now {
+                RouteNow::Rules(route) => route,
+                RouteNow::NoRules => return Ok(unfiltered(req, &sender, &stats).await),
+                RouteNow::Refused => {
+                    let mut response = status_response(StatusCode::FORBIDDEN);
+                    if req.version() < hyper::Version::HTTP_2 {
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    return Ok(response);
+                }
+            };
             let started = Instant::now();
             // The access log's view of the request, taken only when there is a log to write.
             let head = events.as_ref().map(|_| RequestHead::of(&req));
@@ -126,6 +161,24 @@ pub async fn relay<D, U>(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "l7: downstream connection ended");
+    }
+}
+
+/// A request on a port whose L7 rules were removed: to the pod as it is.
+async fn unfiltered(
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    stats: &L7Stats,
+) -> Response<Body> {
+    match upstream.send(req.map(|body| body.boxed())).await {
+        Ok(response) => {
+            stats.forwarded();
+            response.map(|body| body.map_err(Into::into).boxed())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "l7: upstream request failed");
+            status_response(StatusCode::BAD_GATEWAY)
+        }
     }
 }
 

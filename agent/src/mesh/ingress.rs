@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::tunnel::{self, ProxyEvent, ProxyEventSink, ProxySide};
 use crate::l7::chain::Peer;
+use crate::l7::serve::RouteLookup;
 use crate::l7::{HttpRoute, L7Stats};
 
 /// How long a client has to send its first byte and finish the TLS handshake.
@@ -48,6 +49,9 @@ pub enum IngressRefusal {
     HandshakeFailed,
     /// The pod did not accept the connection.
     UpstreamUnreachable,
+    /// The policy in force no longer opens the port to outside clients (a request on a
+    /// connection accepted before the change).
+    NoRoute,
 }
 
 impl IngressRefusal {
@@ -56,6 +60,7 @@ impl IngressRefusal {
             IngressRefusal::Plaintext => "plaintext",
             IngressRefusal::HandshakeFailed => "tls_handshake_failed",
             IngressRefusal::UpstreamUnreachable => "upstream_unreachable",
+            IngressRefusal::NoRoute => "no_route",
         }
     }
 }
@@ -71,7 +76,7 @@ pub struct IngressContext {
 }
 
 impl IngressContext {
-    fn refuse(&self, reason: IngressRefusal, source: SocketAddr, destination: SocketAddr) {
+    pub fn refuse(&self, reason: IngressRefusal, source: SocketAddr, destination: SocketAddr) {
         self.l7.deny(FILTER, reason.name());
         tracing::info!(%source, %destination, reason = reason.name(), "ingress: refused");
         if let Some(sink) = &self.events {
@@ -89,15 +94,19 @@ impl IngressContext {
 }
 
 /// Serves one ingress flow from `source` to the pod at `destination` until either side closes.
+///
+/// `routes` answers each request's L7 route from the policy in force (when the port had
+/// rules as the connection was accepted).
 pub async fn serve(
     stream: TcpStream,
     source: SocketAddr,
     destination: SocketAddr,
     route: Arc<IngressRoute>,
+    routes: RouteLookup,
     ctx: &IngressContext,
 ) {
     let Some(tls) = &route.tls else {
-        return relay(stream, None, source, destination, &route, ctx).await;
+        return relay(stream, None, (source, destination), &route, routes, ctx).await;
     };
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
@@ -122,16 +131,24 @@ pub async fn serve(
         Err(_) => return ctx.refuse(IngressRefusal::HandshakeFailed, source, destination),
     };
     let server_name = stream.get_ref().1.server_name().map(str::to_owned);
-    relay(stream, server_name, source, destination, &route, ctx).await
+    relay(
+        stream,
+        server_name,
+        (source, destination),
+        &route,
+        routes,
+        ctx,
+    )
+    .await
 }
 
 /// Connects to the pod and relays: through the L7 chain if the port has rules, else as bytes.
 async fn relay<D>(
     mut downstream: D,
     server_name: Option<String>,
-    source: SocketAddr,
-    destination: SocketAddr,
+    (source, destination): (SocketAddr, SocketAddr),
     route: &IngressRoute,
+    routes: RouteLookup,
     ctx: &IngressContext,
 ) where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -145,7 +162,7 @@ async fn relay<D>(
     };
     ctx.flows.fetch_add(1, Ordering::Relaxed);
     match &route.http {
-        Some(http) => {
+        Some(_) => {
             let peer = Peer {
                 spiffe_id: None,
                 source,
@@ -155,7 +172,7 @@ async fn relay<D>(
             crate::l7::serve::relay(
                 downstream,
                 upstream,
-                Arc::clone(http),
+                routes,
                 peer,
                 Arc::clone(&ctx.l7),
                 ctx.events.clone(),

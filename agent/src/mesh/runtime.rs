@@ -339,6 +339,29 @@ impl MeshRuntime {
         Ok((cert, certs.bundle.clone()))
     }
 
+    /// The L7 route of an ingress flow from `source` to `original`, looked up in the table in
+    /// force for each request; a port no longer open to outside clients refuses it (counted).
+    fn ingress_routes(
+        self: &Arc<Self>,
+        source: SocketAddr,
+        original: SocketAddr,
+    ) -> crate::l7::serve::RouteLookup {
+        use crate::l7::serve::RouteNow;
+        let this = Arc::clone(self);
+        Arc::new(move || {
+            let route = this.table.read().ok().and_then(|t| t.ingress(original));
+            match route.map(|r| r.http.clone()) {
+                Some(Some(http)) => RouteNow::Rules(http),
+                Some(None) => RouteNow::NoRules,
+                None => {
+                    this.ingress
+                        .refuse(super::ingress::IngressRefusal::NoRoute, source, original);
+                    RouteNow::Refused
+                }
+            }
+        })
+    }
+
     /// A redirected flow: the accepted socket's local address is the original destination. A
     /// local pod's flow goes into the tunnel; one from outside the cluster to a local pod's
     /// ingress port is served here.
@@ -357,7 +380,9 @@ impl MeshRuntime {
                 && let Some(route) = table.ingress(original)
             {
                 drop(table);
-                return super::ingress::serve(stream, peer, original, route, &self.ingress).await;
+                let routes = self.ingress_routes(peer, original);
+                return super::ingress::serve(stream, peer, original, route, routes, &self.ingress)
+                    .await;
             }
             let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
                 tracing::info!(%peer, %original, "proxy: source is not a local workload");

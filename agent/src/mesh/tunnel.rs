@@ -197,6 +197,25 @@ pub trait Authorize: Send + Sync {
     fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason>;
 }
 
+/// The L7 route of a tunnelled flow, looked up in the table in force for each request; a flow
+/// the table no longer admits is refused (counted and reported like a refused stream).
+fn routes_of(inbound: Arc<Inbound>, flow: FlowRequest) -> crate::l7::serve::RouteLookup {
+    Arc::new(move || match inbound.authorize.check(&flow) {
+        Ok(Some(route)) => crate::l7::serve::RouteNow::Rules(route),
+        Ok(None) => crate::l7::serve::RouteNow::NoRules,
+        Err(reason) => {
+            inbound.refuse(
+                reason,
+                Some(&flow.peer),
+                Some(flow.source),
+                Some(flow.destination),
+            );
+            tracing::info!(peer = %flow.peer, source = %flow.source, destination = %flow.destination, reason = reason.name(), "tunnel: flow no longer admitted");
+            crate::l7::serve::RouteNow::Refused
+        }
+    })
+}
+
 /// How the inbound side opens the connection to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
@@ -386,14 +405,20 @@ async fn handle_stream(
         .stats
         .accepted_streams
         .fetch_add(1, Ordering::Relaxed);
-    let http = http_route.map(|route| {
+    let http = http_route.map(|_| {
         let peer = crate::l7::chain::Peer {
             spiffe_id: Some(flow.peer.clone()),
             source,
             destination,
             server_name: None,
         };
-        (route, peer, Arc::clone(&inbound.l7), inbound.events.clone())
+        let (l7, events) = (Arc::clone(&inbound.l7), inbound.events.clone());
+        (
+            routes_of(Arc::clone(&inbound), flow.clone()),
+            peer,
+            l7,
+            events,
+        )
     });
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {

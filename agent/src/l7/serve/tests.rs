@@ -53,7 +53,14 @@ fn proxied(http2: bool) -> DuplexStream {
     let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
     tokio::spawn(origin(origin_io, http2));
     let stats = Arc::new(L7Stats::default());
-    tokio::spawn(relay(proxy_down, proxy_up, route(), peer(), stats, None));
+    tokio::spawn(relay(
+        proxy_down,
+        proxy_up,
+        fixed_route(route()),
+        peer(),
+        stats,
+        None,
+    ));
     client_io
 }
 
@@ -210,6 +217,21 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    client_following(fixed_route(route), events, origin).await
+}
+
+/// Like [`client_through`], with each request's route from `routes`.
+async fn client_following<B, F>(
+    routes: RouteLookup,
+    events: Option<crate::mesh::tunnel::ProxyEventSink>,
+    origin: impl FnOnce(DuplexStream) -> F,
+) -> (hyper::client::conn::http1::SendRequest<B>, Arc<L7Stats>)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (client_io, proxy_down) = tokio::io::duplex(1 << 20);
     let (proxy_up, origin_io) = tokio::io::duplex(1 << 20);
     tokio::spawn(origin(origin_io));
@@ -217,7 +239,7 @@ where
     tokio::spawn(relay(
         proxy_down,
         proxy_up,
-        route,
+        routes,
         peer(),
         Arc::clone(&stats),
         events,
@@ -227,6 +249,58 @@ where
         .unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(connection);
     (sender, stats)
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_follows_policy_changes() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: the first rules, 1: rules that allow another path, 2: no rules, 3: refused.
+    let state = Arc::new(AtomicU8::new(0));
+    let first = Arc::new(route_of(
+        "    rules:\n    - {action: Allow, paths: [{exact: /ok}]}\n",
+    ));
+    let second = Arc::new(route_of(
+        "    rules:\n    - {action: Allow, paths: [{exact: /other}]}\n",
+    ));
+    let now = Arc::clone(&state);
+    let routes: RouteLookup = Arc::new(move || match now.load(Ordering::SeqCst) {
+        0 => RouteNow::Rules(Arc::clone(&first)),
+        1 => RouteNow::Rules(Arc::clone(&second)),
+        2 => RouteNow::NoRules,
+        _ => RouteNow::Refused,
+    });
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&seen);
+    let (mut sender, _) = client_following(routes, None, |io| echo_origin(io, counted)).await;
+    let mut get = async |path: &str| {
+        let req = Request::get(path)
+            .header("host", "b")
+            .body(Empty::<Bytes>::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        match sender.send_request(req).await {
+            Ok(response) => Some(read(response).await.0),
+            Err(_) => None,
+        }
+    };
+    assert_eq!(get("/ok").await, Some(200));
+    assert_eq!(get("/other").await, Some(403));
+    state.store(1, Ordering::SeqCst);
+    assert_eq!(
+        get("/other").await,
+        Some(200),
+        "the new rules, same connection"
+    );
+    assert_eq!(get("/ok").await, Some(403));
+    state.store(2, Ordering::SeqCst);
+    assert_eq!(
+        get("/anything").await,
+        Some(200),
+        "rules removed: unfiltered"
+    );
+    state.store(3, Ordering::SeqCst);
+    assert_eq!(get("/ok").await, Some(403), "no longer admitted");
+    assert_eq!(get("/ok").await, None, "and the connection closed");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 /// One HTTP/1.1 request with `body` through a WAF route; (status, body, requests at the origin).
