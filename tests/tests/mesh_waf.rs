@@ -67,12 +67,21 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     // Echoes the request's headers in its body: a header carries the "leak" back.
     let ledger = HttpServer::start(&topo.pod("shop/b").ns, 8083).expect("origin 8083");
     let crs_arg = crs.display().to_string();
+    let audit = std::env::temp_dir().join(format!(
+        "{TEST_PREFIX}-waf-audit-{}.log",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&audit);
     let mesh = MeshAgents::start(
         &topo,
         &["node-1", "node-2"],
         &world(
             &[
-                mesh_policy("orders-waf", 8080, "waf: {}"),
+                mesh_policy(
+                    "orders-waf",
+                    8080,
+                    &format!("waf: {{auditLog: {{path: {}}}}}", audit.display()),
+                ),
                 mesh_policy("reports-waf", 8081, "waf: {mode: Detect}"),
                 mesh_policy("ledger-waf", 8083, "waf: {responseBody: {inspect: true}}"),
             ]
@@ -117,6 +126,26 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
             "filter=\"waf\",reason=\"sqli\""
         ),
         1.0
+    );
+
+    // The engine's audit log: a JSON record per request a rule flagged (the benign one for
+    // its numeric Host, a warning), the blocked one with its rules and the 403 it got.
+    let records = std::fs::read_to_string(&audit).unwrap_or_default();
+    let _ = std::fs::remove_file(&audit);
+    let records: Vec<serde_json::Value> = records
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let blocked = records
+        .iter()
+        .find(|r| r["transaction"]["response"]["http_code"] == 403)
+        .unwrap_or_else(|| panic!("no record of the blocked request: {records:?}"));
+    assert!(
+        blocked["transaction"]["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["details"]["ruleId"] == "942100")),
+        "{blocked}"
     );
 
     // Detect mode: the same attack passes, and is counted as detected.

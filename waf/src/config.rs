@@ -77,6 +77,20 @@ pub enum ExtraRules {
     File(PathBuf),
 }
 
+/// ModSecurity's audit log, written by the library itself (serially, one record per audited
+/// transaction).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuditLog {
+    pub path: PathBuf,
+    /// JSON (one object per line) or ModSecurity's native multi-part text.
+    pub json: bool,
+    /// `SecAuditLogParts`: letters of `ABCDEFGHIJKZ`, with `A` and `Z`.
+    pub parts: String,
+    /// Every transaction (`On`), or only those a rule marked for the audit log or answered
+    /// with an error status (`RelevantOnly`).
+    pub all: bool,
+}
+
 /// The settings of one engine beside the CRS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Profile {
@@ -91,6 +105,8 @@ pub struct Profile {
     pub response_body_limit: Option<usize>,
     /// `tx.outbound_anomaly_score_threshold` (CRS default 4: one error-level leak blocks).
     pub outbound_threshold: u32,
+    /// Where the library writes its audit log (`None`: no audit log).
+    pub audit: Option<AuditLog>,
     pub exclude_ids: Vec<u32>,
     pub exclude_tags: Vec<String>,
     pub extra: Vec<ExtraRules>,
@@ -106,6 +122,7 @@ impl Default for Profile {
             body_limit: 128 * 1024,
             response_body_limit: None,
             outbound_threshold: 4,
+            audit: None,
             exclude_ids: Vec::new(),
             exclude_tags: Vec::new(),
             extra: Vec::new(),
@@ -116,7 +133,7 @@ impl Default for Profile {
 impl Profile {
     /// SecLang for the engine's own settings, loaded before `crs-setup.conf`: the rule engine
     /// on (the proxy decides between blocking and detection from the result), request bodies
-    /// read up to the limit, XML and JSON bodies parsed, no audit log; response bodies (text,
+    /// read up to the limit, XML and JSON bodies parsed, the audit log if the profile has one; response bodies (text,
     /// HTML, XML, JSON) read up to their limit when the profile inspects them.
     pub fn base_rules(&self) -> String {
         let limit = self.body_limit;
@@ -129,6 +146,20 @@ impl Profile {
             ),
             None => "SecResponseBodyAccess Off\n".to_owned(),
         };
+        let audit = match &self.audit {
+            Some(log) => format!(
+                "SecAuditEngine {}\n\
+                 SecAuditLogType Serial\n\
+                 SecAuditLogFormat {}\n\
+                 SecAuditLogParts {}\n\
+                 SecAuditLog \"{}\"\n",
+                if log.all { "On" } else { "RelevantOnly" },
+                if log.json { "JSON" } else { "Native" },
+                log.parts,
+                escape(&log.path.display().to_string()),
+            ),
+            None => "SecAuditEngine Off\n".to_owned(),
+        };
         format!(
             "SecRuleEngine On\n\
              SecRequestBodyAccess On\n\
@@ -136,7 +167,7 @@ impl Profile {
              SecRequestBodyNoFilesLimit {limit}\n\
              SecRequestBodyLimitAction ProcessPartial\n\
              {responses}\
-             SecAuditEngine Off\n\
+             {audit}\
              SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application(?:/soap\\+|/)|text/)xml\" \"id:{XML_PROCESSOR_RULE_ID},phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML\"\n\
              SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/json\" \"id:{JSON_PROCESSOR_RULE_ID},phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON\"\n"
         )

@@ -139,8 +139,19 @@ extern "C" fn on_log(data: *mut c_void, message: *const c_void) {
 }
 
 impl Engine {
-    /// Loads the CRS at `crs` with `profile`. Errors name the file the library refused.
+    /// Loads the CRS at `crs` with `profile`. Errors name the file the library refused, or the
+    /// audit log that cannot be opened (the library would accept it and drop every record).
     pub fn load(crs: &CrsLayout, profile: &Profile) -> Result<Engine, WafError> {
+        if let Some(log) = &profile.audit {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log.path)
+                .map_err(|e| WafError::Rules {
+                    origin: log.path.display().to_string(),
+                    problem: format!("the audit log cannot be opened: {e}"),
+                })?;
+        }
         let _one_at_a_time = LOADING
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -395,10 +406,16 @@ impl Live {
         }
     }
 
-    /// Ends the transaction (its logging phase included) and returns what matched.
+    /// Ends the transaction (its logging phase included, with the status the proxy answers
+    /// when the rules interrupted it) and returns what matched.
     fn finish(mut self, interrupted: Option<u16>) -> Evaluation {
         // SAFETY: a live transaction.
-        unsafe { sys::msc_process_logging(self.tx.0.as_ptr()) };
+        unsafe {
+            if let Some(status) = interrupted {
+                sys::msc_update_status_code(self.tx.0.as_ptr(), i32::from(status));
+            }
+            sys::msc_process_logging(self.tx.0.as_ptr());
+        }
         let evaluation = self.take(interrupted);
         drop(self);
         evaluation

@@ -12,7 +12,7 @@ pub mod engine;
 pub mod matches;
 mod sys;
 
-pub use config::{CrsLayout, DEBIAN_CRS_DIR, ExtraRules, Profile};
+pub use config::{AuditLog, CrsLayout, DEBIAN_CRS_DIR, ExtraRules, Profile};
 pub use engine::{Engine, Evaluation, Exchange, Request, Response};
 pub use matches::RuleMatch;
 

@@ -108,5 +108,6 @@ unsafe extern "C" {
     pub fn msc_process_response_body(transaction: *mut Transaction) -> c_int;
     pub fn msc_intervention(transaction: *mut Transaction, it: *mut Intervention) -> c_int;
     pub fn msc_process_logging(transaction: *mut Transaction) -> c_int;
+    pub fn msc_update_status_code(transaction: *mut Transaction, status: c_int) -> c_int;
     pub fn msc_transaction_cleanup(transaction: *mut Transaction);
 }

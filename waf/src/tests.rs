@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::{CrsLayout, Engine, Evaluation, ExtraRules, Profile, Request, Response, WafError};
+use crate::{
+    AuditLog, CrsLayout, Engine, Evaluation, ExtraRules, Profile, Request, Response, WafError,
+};
 
 /// `../shared/crs-4.28.0` beside the project (or `RAMPART_CRS_DIR`).
 pub fn shared_crs() -> PathBuf {
@@ -336,4 +338,61 @@ fn response_rules_block_a_leaked_sql_error_when_responses_are_inspected() {
         ))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(blocked.disruptive && open.is_none());
+}
+
+#[test]
+fn the_audit_log_records_blocked_requests_as_json() {
+    let dir = std::env::temp_dir().join(format!("rampart-waf-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("audit.log");
+    let audit = AuditLog {
+        path: path.clone(),
+        json: true,
+        parts: "AHZ".into(),
+        all: false,
+    };
+    let engine = engine(&Profile {
+        audit: Some(audit.clone()),
+        ..Profile::default()
+    });
+    assert!(
+        eval(&engine, &request("GET", "/orders?id=42", BROWSER, b""))
+            .matched
+            .is_empty()
+    );
+    let sqli = eval(
+        &engine,
+        &request("GET", "/orders?id=1%27%20OR%20%271%27=%271", BROWSER, b""),
+    );
+    assert!(sqli.disruptive);
+    drop(engine);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(records.len(), 1, "only the relevant transaction: {text}");
+    let tx = &records[0]["transaction"];
+    assert_eq!(
+        tx["response"]["http_code"], 403,
+        "the status the proxy answers"
+    );
+    assert!(
+        tx["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["details"]["ruleId"] == "942100")),
+        "{tx}"
+    );
+    // A log that cannot be opened is a load error, never a silent loss.
+    let unwritable = Profile {
+        audit: Some(AuditLog {
+            path: dir.join("missing/audit.log"),
+            ..audit
+        }),
+        ..Profile::default()
+    };
+    let layout = CrsLayout::discover(&shared_crs()).unwrap_or_else(|e| panic!("{e}"));
+    let err = Engine::load(&layout, &unwritable).expect_err("no such directory");
+    assert!(err.to_string().contains("audit log"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,11 @@
 //!       limit: 524288               # bytes of a response held and given to the engine
 //!       overLimit: InspectPrefix    # InspectPrefix: the first `limit` bytes judged, the rest streamed; Reject: 502
 //!     outboundAnomalyThreshold: 4   # CRS: one error-level leak blocks
+//!     auditLog:                     # ModSecurity's audit log, written by the engine
+//!       path: /var/log/rampart/waf-audit.log
+//!       format: JSON                # JSON (a line per record) or Native
+//!       parts: AHZ                  # SecAuditLogParts; B and I add the request's headers and body as sent
+//!       mode: RelevantOnly          # RelevantOnly: transactions rules flagged; All: every one
 //! ```
 //!
 //! Response inspection is off unless asked for: it holds each response (up to its limit) until
@@ -57,7 +62,21 @@ pub struct WafSpec {
     pub on_engine_error: Option<Spanned<String>>,
     pub response_body: Option<Spanned<ResponseBodySpec>>,
     pub outbound_anomaly_threshold: Option<Spanned<u32>>,
+    pub audit_log: Option<Spanned<AuditLogSpec>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditLogSpec {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    pub parts: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+}
+
+/// Default audit-log parts: the record's header, the rules' messages, its end (no headers or
+/// bodies, which carry credentials and data as the client sent them).
+pub const DEFAULT_AUDIT_PARTS: &str = "AHZ";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -218,6 +237,41 @@ pub fn validate(
             error(so.at(t), "outboundAnomalyThreshold: at least 1".into());
         }
     }
+    if let Some(log) = &spec.audit_log {
+        let log = &log.value;
+        if !log.path.value.starts_with('/') {
+            error(so.at(&log.path), "auditLog.path: an absolute path".into());
+        }
+        let json = choice(&log.format, "JSON", "Native", true)
+            .map_err(|(o, m)| error(o, format!("auditLog.format {m}")))
+            .unwrap_or(true);
+        let all = choice(&log.mode, "All", "RelevantOnly", false)
+            .map_err(|(o, m)| error(o, format!("auditLog.mode {m}")))
+            .unwrap_or(false);
+        let parts = log
+            .parts
+            .as_ref()
+            .map_or(DEFAULT_AUDIT_PARTS, |p| p.value.as_str());
+        let valid = parts.starts_with('A')
+            && parts.ends_with('Z')
+            && parts.chars().all(|c| "ABCDEFGHIJKZ".contains(c))
+            && parts.char_indices().all(|(i, c)| !parts[..i].contains(c));
+        if !valid && let Some(p) = &log.parts {
+            error(
+                so.at(p),
+                format!(
+                    "auditLog.parts {:?}: distinct letters of ABCDEFGHIJKZ, from A to Z",
+                    p.value
+                ),
+            );
+        }
+        profile.audit = Some(rampart_waf::AuditLog {
+            path: PathBuf::from(&log.path.value),
+            json,
+            parts: parts.to_owned(),
+            all,
+        });
+    }
     let mut response_over_limit = OverLimit::InspectPrefix;
     if let Some(body) = &spec.response_body
         && body.value.inspect.unwrap_or(true)
@@ -286,6 +340,28 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_log_is_json_of_relevant_transactions_by_default() {
+        let waf = check("{auditLog: {path: /var/log/rampart/waf.log}}")
+            .expect("valid")
+            .expect("waf");
+        assert_eq!(
+            waf.profile.audit,
+            Some(rampart_waf::AuditLog {
+                path: "/var/log/rampart/waf.log".into(),
+                json: true,
+                parts: DEFAULT_AUDIT_PARTS.into(),
+                all: false,
+            })
+        );
+        let native = check("{auditLog: {path: /log, format: Native, parts: ABIHZ, mode: All}}")
+            .expect("valid")
+            .expect("waf");
+        let audit = native.profile.audit.expect("audit");
+        assert!(!audit.json && audit.all);
+        assert_eq!(audit.parts, "ABIHZ");
+    }
+
+    #[test]
     fn responses_are_inspected_only_when_asked() {
         let off = check("{}").expect("valid").expect("waf");
         assert_eq!(off.profile.response_body_limit, None);
@@ -342,6 +418,23 @@ mod tests {
                 "outboundAnomalyThreshold: at least 1",
             ),
             ("{responseRules: true}", "unknown field"),
+            (
+                "{auditLog: {path: waf.log}}",
+                "auditLog.path: an absolute path",
+            ),
+            (
+                "{auditLog: {path: /l, format: XML}}",
+                "auditLog.format \"XML\": JSON or Native",
+            ),
+            (
+                "{auditLog: {path: /l, mode: Some}}",
+                "auditLog.mode \"Some\": All or RelevantOnly",
+            ),
+            (
+                "{auditLog: {path: /l, parts: AXZ}}",
+                "auditLog.parts \"AXZ\"",
+            ),
+            ("{auditLog: {path: /l, parts: BZ}}", "from A to Z"),
         ] {
             let errors = check(waf).expect_err(waf);
             assert!(
