@@ -405,11 +405,12 @@ async fn handle(
                         path = parts.uri.path(),
                         "waf: request denied"
                     );
-                    return (
-                        local_response(&denial),
-                        Outcome::Denied(denial),
-                        Some(report),
-                    );
+                    let response = if report.matched_block {
+                        blocked_by_rules(&denial, waf)
+                    } else {
+                        local_response(&denial)
+                    };
+                    return (response, Outcome::Denied(denial), Some(report));
                 }
             }
         }
@@ -476,7 +477,12 @@ async fn handle(
                             score = ?report.outbound_score,
                             "waf: response denied"
                         );
-                        return (local_response(&denial), Outcome::Denied(denial), waf);
+                        let response = if verdict.matched_block.is_some() {
+                            blocked_by_rules(&denial, route_waf)
+                        } else {
+                            local_response(&denial)
+                        };
+                        return (response, Outcome::Denied(denial), waf);
                     }
                 }
             }
@@ -520,6 +526,20 @@ async fn handle(
 
 fn full_body(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// The answer to a request (or response) the WAF's rules blocked: the policy's block page,
+/// else the plain one.
+fn blocked_by_rules(denial: &Denial, waf: &super::waf::RouteWaf) -> Response<Body> {
+    let Some(page) = &waf.model.block_page else {
+        return local_response(denial);
+    };
+    let mut response = Response::new(full_body(page.body.clone()));
+    *response.status_mut() = page.status.unwrap_or(denial.status);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, page.content_type.clone());
+    response
 }
 
 fn local_response(denial: &Denial) -> Response<Body> {

@@ -26,6 +26,10 @@
 //!       format: JSON                # JSON (a line per record) or Native
 //!       parts: AHZ                  # SecAuditLogParts; B and I add the request's headers and body as sent
 //!       mode: RelevantOnly          # RelevantOnly: transactions rules flagged; All: every one
+//!     blockPage:                    # what a request (or response) the rules block gets instead
+//!       status: 403                 # 400..=499 (default: the engine's, 403)
+//!       contentType: text/html; charset=utf-8
+//!       body: '<html><body><h1>Request blocked</h1></body></html>'
 //! ```
 //!
 //! Response inspection is off unless asked for: it holds each response (up to its limit) until
@@ -63,6 +67,27 @@ pub struct WafSpec {
     pub response_body: Option<Spanned<ResponseBodySpec>>,
     pub outbound_anomaly_threshold: Option<Spanned<u32>>,
     pub audit_log: Option<Spanned<AuditLogSpec>>,
+    pub block_page: Option<Spanned<BlockPageSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlockPageSpec {
+    pub status: Option<Spanned<u16>>,
+    pub content_type: Option<Spanned<String>>,
+    pub body: Spanned<String>,
+}
+
+/// Largest block page body.
+pub const MAX_BLOCK_PAGE_BYTES: usize = 64 * 1024;
+
+/// The answer to a request the rules block, in place of the plain-text default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPage {
+    /// `None`: the status the rules asked for (403).
+    pub status: Option<hyper::StatusCode>,
+    pub content_type: hyper::header::HeaderValue,
+    pub body: hyper::body::Bytes,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +154,7 @@ pub struct WafModel {
     /// What happens to a response over `profile.response_body_limit` (when responses are
     /// inspected).
     pub response_over_limit: OverLimit,
+    pub block_page: Option<BlockPage>,
 }
 
 /// Validates a `waf` section; errors go to `diags`.
@@ -272,6 +298,40 @@ pub fn validate(
             all,
         });
     }
+    let block_page = spec.block_page.as_ref().and_then(|page| {
+        let page = &page.value;
+        let status = match &page.status {
+            None => None,
+            Some(s) if (400..=499).contains(&s.value) => hyper::StatusCode::from_u16(s.value).ok(),
+            Some(s) => {
+                error(so.at(s), "blockPage.status: 400 to 499".into());
+                None
+            }
+        };
+        let content_type = match &page.content_type {
+            None => Some(hyper::header::HeaderValue::from_static(
+                "text/plain; charset=utf-8",
+            )),
+            Some(t) => {
+                let parsed = hyper::header::HeaderValue::from_str(&t.value).ok();
+                if parsed.is_none() {
+                    error(so.at(t), "blockPage.contentType: not a header value".into());
+                }
+                parsed
+            }
+        };
+        if page.body.value.len() > MAX_BLOCK_PAGE_BYTES {
+            error(
+                so.at(&page.body),
+                format!("blockPage.body: at most {MAX_BLOCK_PAGE_BYTES} bytes"),
+            );
+        }
+        Some(BlockPage {
+            status,
+            content_type: content_type?,
+            body: hyper::body::Bytes::from(page.body.value.clone()),
+        })
+    });
     let mut response_over_limit = OverLimit::InspectPrefix;
     if let Some(body) = &spec.response_body
         && body.value.inspect.unwrap_or(true)
@@ -306,6 +366,7 @@ pub fn validate(
         over_limit,
         block_on_error,
         response_over_limit,
+        block_page,
     })
 }
 
@@ -359,6 +420,18 @@ mod tests {
         let audit = native.profile.audit.expect("audit");
         assert!(!audit.json && audit.all);
         assert_eq!(audit.parts, "ABIHZ");
+    }
+
+    #[test]
+    fn a_block_page_replaces_the_plain_answer() {
+        let waf = check("{blockPage: {status: 406, contentType: text/html, body: '<h1>no</h1>'}}")
+            .expect("valid")
+            .expect("waf");
+        let page = waf.block_page.expect("page");
+        assert_eq!(page.status, Some(hyper::StatusCode::NOT_ACCEPTABLE));
+        assert_eq!(page.content_type, "text/html");
+        assert_eq!(&page.body[..], b"<h1>no</h1>");
+        assert_eq!(check("{}").expect("valid").expect("waf").block_page, None);
     }
 
     #[test]
@@ -418,6 +491,14 @@ mod tests {
                 "outboundAnomalyThreshold: at least 1",
             ),
             ("{responseRules: true}", "unknown field"),
+            (
+                "{blockPage: {status: 200, body: x}}",
+                "blockPage.status: 400 to 499",
+            ),
+            (
+                "{blockPage: {contentType: \"a\\nb\", body: x}}",
+                "blockPage.contentType",
+            ),
             (
                 "{auditLog: {path: waf.log}}",
                 "auditLog.path: an absolute path",

@@ -354,6 +354,24 @@ async fn bodies_over_the_limit_are_refused_or_judged_by_their_prefix() {
 }
 
 #[tokio::test]
+async fn the_block_page_answers_what_the_rules_block() {
+    let route = waf_route(
+        "{blockPage: {status: 406, contentType: text/html, body: '<h1>Blocked</h1>'}, requestBody: {limit: 100}}",
+    );
+    let (status, body, at_origin) =
+        through_waf(Arc::clone(&route), "/post", b"var=1234 OR 1=1").await;
+    assert_eq!(
+        (status, body.as_str(), at_origin),
+        (406, "<h1>Blocked</h1>", 0)
+    );
+    // Other refusals of the filter keep their own answer.
+    static BIG: [u8; 300] = [b'a'; 300];
+    let (status, body, _) = through_waf(route, "/post", &BIG).await;
+    assert_eq!(status, 413);
+    assert!(!body.contains("Blocked"), "{body}");
+}
+
+#[tokio::test]
 async fn detect_mode_lets_attacks_through() {
     let route = waf_route("{mode: Detect}");
     let (status, _, at_origin) = through_waf(route, "/post", b"var=1234 OR 1=1").await;
