@@ -14,7 +14,9 @@
 //! the HTTP server behind one filter each (JWT, API key, rate limit, the WAF on a benign and on
 //! a blocked request), as ratios to the tunnel without L7 rules; `agent_cpu_us_per_request` is
 //! the destination agent's CPU per HTTP request with the WAF off and on, and `waf-engine-*` the
-//! engine's own time per request in this process (the floor under the WAF rows).
+//! engine's own time per request in this process (the floor under the WAF rows). A 64 KiB JSON
+//! response is measured in the tunnel alone, behind DLP masking, and behind the WAF with
+//! response inspection.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -39,6 +41,9 @@ const WAF_PORT: u16 = 8085;
 /// rules, and behind the DLP filter masking the cards.
 const BIG_PORT: u16 = 8086;
 const DLP_PORT: u16 = 8087;
+/// The 64 KiB server behind the WAF with response inspection (the body held and judged by
+/// CRS's response rules).
+const WAF_RESPONSE_PORT: u16 = 8088;
 const HTTP_CONCURRENCY: usize = 8;
 /// A benign request with a query the rules read, and a SQL injection they block (403).
 pub const WAF_BENIGN: &str = "/orders?id=42&sort=asc";
@@ -121,6 +126,11 @@ fn l7_policies(jwks: &str) -> String {
         ),
         mesh("b-waf", WAF_PORT, "    waf: {}\n"),
         mesh(
+            "b-waf-response",
+            WAF_RESPONSE_PORT,
+            "    waf: {responseBody: {inspect: true}}\n",
+        ),
+        mesh(
             "b-dlp",
             DLP_PORT,
             "    dlp:\n      detectors: [{type: cardNumber, action: Mask, keepLast: 4}]\n",
@@ -144,7 +154,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .into_iter()
         .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
         .chain(
-            [BIG_PORT, DLP_PORT]
+            [BIG_PORT, DLP_PORT, WAF_RESPONSE_PORT]
                 .map(|port| crate::http::serve_body(&topo.pod("bench/b").ns, port, big_body())),
         )
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -189,7 +199,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let (mut l4, mut mtls, mut mtls_http) = (Vec::new(), Vec::new(), Vec::new());
     let (mut jwt, mut api_key, mut rate_limit) = (Vec::new(), Vec::new(), Vec::new());
     let (mut waf, mut waf_attack) = (Vec::new(), Vec::new());
-    let (mut big, mut dlp) = (Vec::new(), Vec::new());
+    let (mut big, mut dlp, mut waf_response) = (Vec::new(), Vec::new(), Vec::new());
     let node2_pid: Vec<u32> = agents[1].pid().into_iter().collect();
     // Agent CPU per request on the destination node, WAF off vs on.
     let (mut cpu_plain, mut cpu_waf, mut cpu_waf_attack) = (Vec::new(), Vec::new(), Vec::new());
@@ -233,6 +243,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         })?);
         big.push(http(dst(BIG_PORT))?);
         dlp.push(http(dst(DLP_PORT))?);
+        waf_response.push(http(dst(WAF_RESPONSE_PORT))?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
@@ -246,6 +257,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     http_samples.push(("rampart-mtls-waf-attack".into(), waf_attack));
     http_samples.push(("rampart-mtls-64k".into(), big));
     http_samples.push(("rampart-mtls-64k-dlp".into(), dlp));
+    http_samples.push(("rampart-mtls-64k-waf-response".into(), waf_response));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -288,13 +300,15 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
             "rampart-mtls",
         ));
     }
-    out.extend(versus(
-        &http_samples,
-        &crate::http::METRICS,
-        runs,
-        "rampart-mtls-64k-dlp",
-        "rampart-mtls-64k",
-    ));
+    for on_64k in ["rampart-mtls-64k-dlp", "rampart-mtls-64k-waf-response"] {
+        out.extend(versus(
+            &http_samples,
+            &crate::http::METRICS,
+            runs,
+            on_64k,
+            "rampart-mtls-64k",
+        ));
+    }
     let mut cpu = |system: &str, values: &mut Vec<f64>, base: f64| {
         let (value, min, max) = summarize(values);
         out.push(Record {
