@@ -11,6 +11,7 @@
 //! | `chain` | the filters and the request context they read |
 //! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
 //! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
+//! | `linger` | the client's stream drained after hyper closes it, so a reset cannot discard the last response |
 //! | `stats` | counters by filter and reason |
 //! | `dlp` | sensitive data in responses masked, redacted or blocked as they stream (gzip/deflate/br decoded) |
 //! | `dlp_request` | sensitive data in requests (path and query, named headers, the body held whole) blocked before the pod, or masked |
@@ -23,6 +24,7 @@ pub mod dlp;
 pub mod dlp_request;
 pub mod fetch;
 pub mod jwks;
+mod linger;
 mod prefixed;
 pub mod route;
 pub mod serve;

@@ -82,7 +82,7 @@ pub fn fixed_route(route: Arc<HttpRoute>) -> RouteLookup {
 
 /// Serves requests from `downstream` until either side closes.
 pub async fn relay<D, U>(
-    mut downstream: D,
+    downstream: D,
     upstream: U,
     routes: RouteLookup,
     peer: Peer,
@@ -92,6 +92,8 @@ pub async fn relay<D, U>(
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Drained after hyper is done with it, so the last response is not lost to a reset.
+    let mut downstream = super::linger::Lingering::new(downstream);
     // Enough of the stream to tell the preface from a request line: one read, unless the bytes
     // keep matching the preface.
     let mut head = Vec::with_capacity(H2_PREFACE.len());
