@@ -4,7 +4,7 @@
 //! re-chunked (its length may change). gzip, deflate and brotli bodies are decompressed first and sent
 //! without encoding; any other encoding is refused (`502`), never passed through unscanned. A
 //! policy with a `Block` detector holds the whole response (up to [`BLOCK_MODE_LIMIT`]) and
-//! answers `502` instead if it matches.
+//! answers `502` instead if it matches. Trailers (gRPC's status) follow the masked body.
 
 use std::io::Write as _;
 use std::pin::Pin;
@@ -208,7 +208,8 @@ fn headers(model: &DlpModel, map: &mut HeaderMap, stats: &L7Stats) -> Result<(),
 /// What the filter makes of a response: its new head, and the body to send.
 pub enum Filtered {
     Streamed(Box<DlpBody>),
-    Whole(Bytes),
+    /// The whole body, and its trailers.
+    Whole(Bytes, Option<HeaderMap>),
 }
 
 /// Applies the filter to a response head and body: the headers it names masked, the body
@@ -235,11 +236,13 @@ pub async fn filter(
         shadow: model.shadow,
         stats: Arc::clone(stats),
         done: false,
+        trailers: None,
     };
     if !model.blocks || model.shadow {
         return Ok(Filtered::Streamed(Box::new(streamed)));
     }
     let mut whole = Vec::new();
+    let mut trailers = None;
     while let Some(frame) = streamed.frame().await {
         let frame = frame.map_err(|e| {
             if e.downcast_ref::<TooLarge>().is_some() {
@@ -250,14 +253,17 @@ pub async fn filter(
                 Refusal::Unreadable
             }
         })?;
-        if let Ok(data) = frame.into_data() {
-            whole.extend_from_slice(&data);
-            if whole.len() > BLOCK_MODE_LIMIT {
-                return Err(Refusal::TooLarge);
+        match frame.into_data() {
+            Ok(data) => {
+                whole.extend_from_slice(&data);
+                if whole.len() > BLOCK_MODE_LIMIT {
+                    return Err(Refusal::TooLarge);
+                }
             }
+            Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    Ok(Filtered::Whole(Bytes::from(whole)))
+    Ok(Filtered::Whole(Bytes::from(whole), trailers))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +274,7 @@ struct Blocked;
 #[error("the response is over the DLP block-mode limit")]
 struct TooLarge;
 
-/// A response body masked as it streams.
+/// A response body masked as it streams; its trailers follow the last (held-back) bytes.
 pub struct DlpBody {
     inner: super::waf::UpstreamBody,
     decoder: Option<Decoder>,
@@ -276,6 +282,7 @@ pub struct DlpBody {
     shadow: bool,
     stats: Arc<L7Stats>,
     done: bool,
+    trailers: Option<HeaderMap>,
 }
 
 impl DlpBody {
@@ -304,15 +311,19 @@ impl Body for DlpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if self.done {
-                return Poll::Ready(None);
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
                 Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are dropped: they would have to follow the held-back bytes.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    // Trailers (the last frame) wait for the held-back bytes.
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            self.trailers = frame.into_trailers().ok();
+                            continue;
+                        }
                     };
                     let this = &mut *self;
                     let released = match &mut this.decoder {
@@ -344,7 +355,9 @@ impl Body for DlpBody {
                     released.blocked |= end.blocked;
                     return match self.released(released) {
                         Ok(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                        Ok(None) => Poll::Ready(None),
+                        Ok(None) => {
+                            Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+                        }
                         Err(e) => Poll::Ready(Some(Err(e))),
                     };
                 }
@@ -353,6 +366,63 @@ impl Body for DlpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+    use hyper::header::HeaderValue;
+
+    use super::*;
+    use crate::policy::dlp::DlpModel;
+
+    fn model(detectors: &str) -> DlpModel {
+        crate::policy::http::section_for_tests(&format!("    dlp: {detectors}\n"))
+            .ok()
+            .and_then(|http| http.dlp.clone())
+            .unwrap_or_else(|| panic!("{detectors}"))
+    }
+
+    /// `data` and `grpc-status: 0` as trailers, as the pod would send them.
+    fn with_trailers(data: &'static [u8]) -> super::super::waf::UpstreamBody {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Full::new(Bytes::from_static(data))
+            .with_trailers(std::future::ready(Some(Ok(trailers))))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    #[tokio::test]
+    async fn trailers_follow_the_masked_body_in_both_modes() {
+        for detectors in [
+            "{detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+            "{detectors: [{type: cardNumber, action: Mask, keepLast: 4}, {type: usSsn, action: Block}]}",
+        ] {
+            let (mut head, ()) = hyper::Response::new(()).into_parts();
+            let stats = Arc::new(L7Stats::default());
+            let body = with_trailers(b"card 4111111111111111");
+            let collected = match filter(&model(detectors), &mut head, body, &stats).await {
+                Ok(Filtered::Streamed(body)) => body.collect().await.ok(),
+                Ok(Filtered::Whole(bytes, trailers)) => {
+                    assert_eq!(&bytes[..], b"card ************1111");
+                    assert_eq!(
+                        trailers.and_then(|t| t.get("grpc-status").cloned()),
+                        Some(HeaderValue::from_static("0"))
+                    );
+                    continue;
+                }
+                Err(refusal) => panic!("{refusal:?}"),
+            };
+            let collected = collected.unwrap_or_else(|| panic!("{detectors}: body error"));
+            assert_eq!(
+                collected.trailers().and_then(|t| t.get("grpc-status")),
+                Some(&HeaderValue::from_static("0")),
+                "{detectors}"
+            );
+            assert_eq!(&collected.to_bytes()[..], b"card ************1111");
+        }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Bytes;
 use hyper::header::{
     CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
@@ -23,7 +23,7 @@ use rampart_l7::dlp::{Action, DlpSet};
 use super::L7Stats;
 use super::chain::Denial;
 use super::dlp::{FILTER, Refusal};
-use super::waf::UpstreamBody;
+use super::waf::{UpstreamBody, whole_body};
 use crate::policy::dlp::{DlpModel, RequestDlp};
 
 /// The metric's `direction` label.
@@ -120,15 +120,18 @@ pub async fn inspect(
         return Err(refusal(Refusal::Blocked));
     }
     // The body, held whole.
-    let sent = match Limited::new(body, requests.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let (sent, trailers) = match Limited::new(body, requests.body_limit).collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            (collected.to_bytes(), trailers)
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(refusal(Refusal::TooLarge));
         }
         Err(_) => return Err(refusal(Refusal::Unreadable)),
     };
     if sent.is_empty() {
-        return Ok(full(sent));
+        return Ok(whole_body(sent, trailers));
     }
     let decoder = super::dlp::decoder(&parts.headers, model).map_err(refusal)?;
     let plain = match decoder {
@@ -151,13 +154,13 @@ pub async fn inspect(
     let judged = judge(set, plain.as_deref().unwrap_or(&sent), form);
     blocked |= tally(&judged);
     if shadow {
-        return Ok(full(sent));
+        return Ok(whole_body(sent, trailers));
     }
     if blocked {
         return Err(refusal(Refusal::Blocked));
     }
     let Some(rewritten) = judged.rewritten else {
-        return Ok(full(sent));
+        return Ok(whole_body(sent, trailers));
     };
     // The rewritten body goes decoded, with its own length.
     parts.headers.remove(CONTENT_ENCODING);
@@ -165,7 +168,7 @@ pub async fn inspect(
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-    Ok(full(Bytes::from(rewritten)))
+    Ok(whole_body(Bytes::from(rewritten), trailers))
 }
 
 fn refusal(refusal: Refusal) -> Denial {
@@ -180,10 +183,6 @@ fn refusal(refusal: Refusal) -> Denial {
         },
         headers: Vec::new(),
     }
-}
-
-fn full(bytes: Bytes) -> UpstreamBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 #[cfg(test)]

@@ -492,7 +492,11 @@ async fn handle(
                 Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
                     match super::dlp::filter(dlp, &mut head, body, stats).await {
                         Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
-                        Ok(super::dlp::Filtered::Whole(bytes)) => full_body(bytes),
+                        Ok(super::dlp::Filtered::Whole(bytes, trailers)) => {
+                            super::waf::whole_body(bytes, trailers)
+                                .map_err(Into::into)
+                                .boxed()
+                        }
                         Err(refusal) => {
                             let denial = Denial {
                                 filter: super::dlp::FILTER,

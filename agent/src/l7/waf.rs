@@ -249,7 +249,9 @@ async fn inspect_request(
                     None,
                 );
             }
-            Ok(Read::Whole(bytes)) => (BodySeen::Whole, bytes.clone(), full(bytes)),
+            Ok(Read::Whole(bytes, trailers)) => {
+                (BodySeen::Whole, bytes.clone(), whole_body(bytes, trailers))
+            }
             Ok(Read::Over(prefix, rest)) => match model.over_limit {
                 OverLimit::Reject => {
                     report.body = Some(BodySeen::NotInspected.name());
@@ -355,7 +357,9 @@ pub async fn inspect_response(
                     verdict,
                 );
             }
-            Ok(Read::Whole(bytes)) => (BodySeen::Whole, bytes.clone(), full(bytes)),
+            Ok(Read::Whole(bytes, trailers)) => {
+                (BodySeen::Whole, bytes.clone(), whole_body(bytes, trailers))
+            }
             Ok(Read::Over(prefix, rest)) => match model.response_over_limit {
                 OverLimit::Reject => {
                     report.response_body = Some(BodySeen::NotInspected.name());
@@ -449,33 +453,41 @@ fn denial(reason: &'static str, status: StatusCode) -> Denial {
     }
 }
 
-fn full(bytes: Bytes) -> UpstreamBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
 enum Read<B> {
-    /// The whole body, at most `limit` bytes.
-    Whole(Bytes),
+    /// The whole body, at most `limit` bytes, and its trailers.
+    Whole(Bytes, Option<hyper::HeaderMap>),
     /// More than `limit` bytes: those read so far (over `limit` by less than a frame), and the
     /// rest of the stream.
     Over(Bytes, B),
 }
 
-/// Reads `body` until it ends or passes `limit` bytes. Trailers are dropped.
+/// Reads `body` until it ends or passes `limit` bytes (past it, the trailers stay in the rest).
 async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, hyper::Error>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
 {
     let mut buffer = Vec::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            buffer.extend_from_slice(&data);
-            if buffer.len() > limit {
-                return Ok(Read::Over(Bytes::from(buffer), body));
+        match frame?.into_data() {
+            Ok(data) => {
+                buffer.extend_from_slice(&data);
+                if buffer.len() > limit {
+                    return Ok(Read::Over(Bytes::from(buffer), body));
+                }
             }
+            Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    Ok(Read::Whole(Bytes::from(buffer)))
+    Ok(Read::Whole(Bytes::from(buffer), trailers))
+}
+
+/// A body read whole, forwarded with its trailers.
+pub fn whole_body(bytes: Bytes, trailers: Option<hyper::HeaderMap>) -> UpstreamBody {
+    Full::new(bytes)
+        .with_trailers(std::future::ready(trailers.map(Ok)))
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The bytes already read, then the rest of the stream. (http-body-util has no body that
@@ -516,5 +528,32 @@ where
         }
         hint.set_lower(rest.lower().saturating_add(extra));
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderValue;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_read_whole_keeps_its_trailers() {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let body = whole_body(Bytes::from_static(b"payload"), Some(trailers));
+        let Ok(Read::Whole(bytes, kept)) = read_up_to(body, 64).await else {
+            panic!("read whole");
+        };
+        assert_eq!(&bytes[..], b"payload");
+        let forwarded = whole_body(bytes, kept)
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            forwarded.trailers().and_then(|t| t.get("grpc-status")),
+            Some(&HeaderValue::from_static("0"))
+        );
+        assert_eq!(&forwarded.to_bytes()[..], b"payload");
     }
 }
