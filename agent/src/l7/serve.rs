@@ -1,10 +1,12 @@
 //! HTTP on a tunnelled stream: HTTP/1.1, or HTTP/2 with prior knowledge (h2c, told apart by the
 //! connection preface), each request through the filter chain; a denied one is answered here and
 //! never reaches the pod; one that passes goes to the pod over the flow's own upstream
-//! connection, in the protocol the client spoke (keep-alive; HTTP/2 streams multiplexed;
+//! connection (opened when the first request passes), in the protocol the client spoke (keep-alive; HTTP/2 streams multiplexed;
 //! bodies streamed, not buffered).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,10 +82,55 @@ pub fn fixed_route(route: Arc<HttpRoute>) -> RouteLookup {
     Arc::new(move || RouteNow::Rules(Arc::clone(&route)))
 }
 
-/// Serves requests from `downstream` until either side closes.
+/// Opens the connection to the pod; `None` if it cannot (the connector counts and logs why).
+pub type Connect<U> = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Option<U>> + Send>> + Send>;
+
+/// A connector for a stream that is already open.
+pub fn connected<U: Send + 'static>(stream: U) -> Connect<U> {
+    Box::new(move || Box::pin(std::future::ready(Some(stream))))
+}
+
+/// What opens the pod's connection, once.
+type Opening = Pin<Box<dyn Future<Output = Option<Upstream>> + Send>>;
+
+/// The connection to the pod, opened when the first request passes the filters: a connection
+/// whose requests are all refused never reaches the pod.
+struct LazyUpstream {
+    opening: std::sync::Mutex<Option<Opening>>,
+    open: tokio::sync::OnceCell<Option<Upstream>>,
+}
+
+impl LazyUpstream {
+    fn new<U>(connect: Connect<U>, http2: bool) -> LazyUpstream
+    where
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let opening: Opening =
+            Box::pin(async move { connect_upstream(connect().await?, http2).await });
+        LazyUpstream {
+            opening: std::sync::Mutex::new(Some(opening)),
+            open: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connection, opened by the first caller (later ones wait for it); `None` if it
+    /// could not be opened.
+    async fn get(&self) -> Option<&Upstream> {
+        self.open
+            .get_or_init(|| async {
+                let opening = self.opening.lock().ok()?.take()?;
+                opening.await
+            })
+            .await
+            .as_ref()
+    }
+}
+
+/// Serves requests from `downstream` until either side closes; the pod's connection is opened
+/// by `connect` when a request first passes.
 pub async fn relay<D, U>(
     downstream: D,
-    upstream: U,
+    connect: Connect<U>,
     routes: RouteLookup,
     peer: Peer,
     stats: Arc<L7Stats>,
@@ -107,10 +154,7 @@ pub async fn relay<D, U>(
     }
     let http2 = head == H2_PREFACE;
     let downstream = TokioIo::new(Prefixed::new(head, downstream));
-    let Some(sender) = connect_upstream(upstream, http2).await else {
-        return;
-    };
-    let sender = Arc::new(sender);
+    let sender = Arc::new(LazyUpstream::new(connect, http2));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (now, peer, stats, sender, events) = (
             routes(),
@@ -169,9 +213,12 @@ pub async fn relay<D, U>(
 /// A request on a port whose L7 rules were removed: to the pod as it is.
 async fn unfiltered(
     req: Request<Incoming>,
-    upstream: &Upstream,
+    upstream: &LazyUpstream,
     stats: &L7Stats,
 ) -> Response<Body> {
+    let Some(upstream) = upstream.get().await else {
+        return status_response(StatusCode::BAD_GATEWAY);
+    };
     match upstream.send(req.map(|body| body.boxed())).await {
         Ok(response) => {
             stats.forwarded();
@@ -346,7 +393,7 @@ async fn handle(
     route: &HttpRoute,
     peer: &Peer,
     stats: &Arc<L7Stats>,
-    upstream: &Upstream,
+    upstream: &LazyUpstream,
 ) -> (Response<Body>, Outcome, Option<WafReport>) {
     let (mut parts, body) = req.into_parts();
     let mut decision = chain::run(route, &parts, peer, stats);
@@ -451,6 +498,13 @@ async fn handle(
         parts.headers.insert(name.clone(), value.clone());
     }
     let no_body = parts.method == hyper::Method::HEAD;
+    let Some(upstream) = upstream.get().await else {
+        return (
+            status_response(StatusCode::BAD_GATEWAY),
+            Outcome::Passed(passed),
+            waf,
+        );
+    };
     let response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             stats.forwarded();

@@ -103,7 +103,7 @@ pub async fn serve(
     destination: SocketAddr,
     route: Arc<IngressRoute>,
     routes: RouteLookup,
-    ctx: &IngressContext,
+    ctx: &Arc<IngressContext>,
 ) {
     let Some(tls) = &route.tls else {
         return relay(stream, None, (source, destination), &route, routes, ctx).await;
@@ -142,25 +142,38 @@ pub async fn serve(
     .await
 }
 
-/// Connects to the pod and relays: through the L7 chain if the port has rules, else as bytes.
+/// The connection to the pod from the client's address; `None` (counted) if the pod does not
+/// accept it.
+async fn connect_pod(
+    source: SocketAddr,
+    destination: SocketAddr,
+    ctx: &IngressContext,
+) -> Option<TcpStream> {
+    match tunnel::transparent_connect(source, destination, ctx.mark).await {
+        Ok(upstream) => {
+            ctx.flows.fetch_add(1, Ordering::Relaxed);
+            Some(upstream)
+        }
+        Err(e) => {
+            tracing::debug!(%destination, error = %e, "ingress: pod unreachable");
+            ctx.refuse(IngressRefusal::UpstreamUnreachable, source, destination);
+            None
+        }
+    }
+}
+
+/// Relays: through the L7 chain if the port has rules (the pod's connection opened when a
+/// request first passes), else as bytes.
 async fn relay<D>(
     mut downstream: D,
     server_name: Option<String>,
     (source, destination): (SocketAddr, SocketAddr),
     route: &IngressRoute,
     routes: RouteLookup,
-    ctx: &IngressContext,
+    ctx: &Arc<IngressContext>,
 ) where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let upstream = match tunnel::transparent_connect(source, destination, ctx.mark).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::debug!(%destination, error = %e, "ingress: pod unreachable");
-            return ctx.refuse(IngressRefusal::UpstreamUnreachable, source, destination);
-        }
-    };
-    ctx.flows.fetch_add(1, Ordering::Relaxed);
     match &route.http {
         Some(_) => {
             let peer = Peer {
@@ -169,9 +182,13 @@ async fn relay<D>(
                 destination,
                 server_name,
             };
+            let pods = Arc::clone(ctx);
+            let connect: crate::l7::serve::Connect<TcpStream> = Box::new(move || {
+                Box::pin(async move { connect_pod(source, destination, &pods).await })
+            });
             crate::l7::serve::relay(
                 downstream,
-                upstream,
+                connect,
                 routes,
                 peer,
                 Arc::clone(&ctx.l7),
@@ -180,7 +197,9 @@ async fn relay<D>(
             .await;
         }
         None => {
-            let mut upstream = upstream;
+            let Some(mut upstream) = connect_pod(source, destination, ctx).await else {
+                return;
+            };
             let _ = tokio::io::copy_bidirectional_with_sizes(
                 &mut downstream,
                 &mut upstream,

@@ -94,7 +94,7 @@ pub struct MeshRuntime {
     node_cert: Arc<RotatingCert>,
     inbound: Arc<Inbound>,
     /// Flows from outside the cluster.
-    pub ingress: IngressContext,
+    pub ingress: Arc<IngressContext>,
     node_id: SpiffeId,
     trust_domain: String,
     events: Option<ProxyEventSink>,
@@ -174,7 +174,7 @@ impl MeshRuntime {
             outbound_flows: AtomicU64::new(0),
             node_cert,
             inbound,
-            ingress,
+            ingress: Arc::new(ingress),
             node_id,
             trust_domain: trust_domain.to_owned(),
             events,

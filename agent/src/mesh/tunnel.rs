@@ -384,28 +384,12 @@ async fn handle_stream(
             return status(StatusCode::FORBIDDEN);
         }
     };
-    let connected = match inbound.upstream {
-        Upstream::Plain => TcpStream::connect(destination).await,
-        Upstream::Transparent { mark } => transparent_connect(source, destination, mark).await,
-    };
-    let upstream = match connected {
-        Ok(s) => s,
-        Err(e) => {
-            inbound.refuse(
-                DenyReason::UpstreamUnreachable,
-                Some(&flow.peer),
-                Some(source),
-                Some(destination),
-            );
-            tracing::info!(%destination, error = %e, "tunnel: destination unreachable");
-            return status(StatusCode::SERVICE_UNAVAILABLE);
-        }
-    };
     inbound
         .stats
         .accepted_streams
         .fetch_add(1, Ordering::Relaxed);
-    let http = http_route.map(|_| {
+    if http_route.is_some() {
+        // L7: the pod's connection opens when a request first passes the filters.
         let peer = crate::l7::chain::Peer {
             spiffe_id: Some(flow.peer.clone()),
             source,
@@ -413,24 +397,26 @@ async fn handle_stream(
             server_name: None,
         };
         let (l7, events) = (Arc::clone(&inbound.l7), inbound.events.clone());
-        (
-            routes_of(Arc::clone(&inbound), flow.clone()),
-            peer,
-            l7,
-            events,
-        )
-    });
+        let routes = routes_of(Arc::clone(&inbound), flow.clone());
+        let connect = connector(Arc::clone(&inbound), flow);
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let downstream = TokioIo::new(upgraded);
+                    crate::l7::serve::relay(downstream, connect, routes, peer, l7, events).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
+            }
+        });
+        return status(StatusCode::OK);
+    }
+    let Some(mut upstream) = open_upstream(&inbound, &flow).await else {
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    };
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) if http.is_some() => {
-                if let Some((route, peer, stats, events)) = http {
-                    let downstream = TokioIo::new(upgraded);
-                    crate::l7::serve::relay(downstream, upstream, route, peer, stats, events).await;
-                }
-            }
             Ok(upgraded) => {
                 let mut upgraded = TokioIo::new(upgraded);
-                let mut upstream = upstream;
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut upgraded,
                     &mut upstream,
@@ -443,6 +429,35 @@ async fn handle_stream(
         }
     });
     status(StatusCode::OK)
+}
+
+/// The connection from the flow's source to its destination; `None` (counted, logged) if the
+/// destination does not accept it.
+async fn open_upstream(inbound: &Inbound, flow: &FlowRequest) -> Option<TcpStream> {
+    let connected = match inbound.upstream {
+        Upstream::Plain => TcpStream::connect(flow.destination).await,
+        Upstream::Transparent { mark } => {
+            transparent_connect(flow.source, flow.destination, mark).await
+        }
+    };
+    match connected {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            inbound.refuse(
+                DenyReason::UpstreamUnreachable,
+                Some(&flow.peer),
+                Some(flow.source),
+                Some(flow.destination),
+            );
+            tracing::info!(destination = %flow.destination, error = %e, "tunnel: destination unreachable");
+            None
+        }
+    }
+}
+
+/// [`open_upstream`] for the L7 relay, which calls it when the first request passes.
+fn connector(inbound: Arc<Inbound>, flow: FlowRequest) -> crate::l7::serve::Connect<TcpStream> {
+    Box::new(move || Box::pin(async move { open_upstream(&inbound, &flow).await }))
 }
 
 /// Connects to `destination` from `source`'s address, which need not be an address of this host

@@ -55,7 +55,7 @@ fn proxied(http2: bool) -> DuplexStream {
     let stats = Arc::new(L7Stats::default());
     tokio::spawn(relay(
         proxy_down,
-        proxy_up,
+        connected(proxy_up),
         fixed_route(route()),
         peer(),
         stats,
@@ -238,7 +238,7 @@ where
     let stats = Arc::new(L7Stats::default());
     tokio::spawn(relay(
         proxy_down,
-        proxy_up,
+        connected(proxy_up),
         routes,
         peer(),
         Arc::clone(&stats),
@@ -249,6 +249,85 @@ where
         .unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(connection);
     (sender, stats)
+}
+
+#[tokio::test]
+async fn the_pod_is_connected_only_when_a_request_passes() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let opened = Arc::new(AtomicU64::new(0));
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 16);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
+    let seen = Arc::new(AtomicU64::new(0));
+    tokio::spawn(echo_origin(origin_io, Arc::clone(&seen)));
+    let counted = Arc::clone(&opened);
+    let connect: Connect<DuplexStream> = Box::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(Some(proxy_up)))
+    });
+    let stats = Arc::new(L7Stats::default());
+    tokio::spawn(relay(
+        proxy_down,
+        connect,
+        fixed_route(route()),
+        peer(),
+        stats,
+        None,
+    ));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let mut get = async |path: &str| {
+        let req = Request::get(path)
+            .header("host", "b")
+            .body(Empty::<Bytes>::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        read(response).await.0
+    };
+    assert_eq!(get("/refused").await, 403);
+    assert_eq!(get("/refused").await, 403);
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        0,
+        "refused requests opened the pod's connection"
+    );
+    assert_eq!(get("/ok").await, 200);
+    assert_eq!(get("/ok").await, 200);
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "one connection for the flow"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    // A pod that does not accept the connection: 502 for the request that passed.
+    let (client_io, proxy_down) = tokio::io::duplex(1 << 16);
+    let unreachable: Connect<DuplexStream> = Box::new(|| Box::pin(std::future::ready(None)));
+    tokio::spawn(relay(
+        proxy_down,
+        unreachable,
+        fixed_route(route()),
+        peer(),
+        Arc::new(L7Stats::default()),
+        None,
+    ));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(connection);
+    let req = Request::get("/ok")
+        .header("host", "b")
+        .body(Empty::<Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 502);
 }
 
 #[tokio::test]
