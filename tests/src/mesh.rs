@@ -18,6 +18,15 @@ pub fn pod_object(namespace: &str, name: &str, node: u8, ip: Ipv4Addr) -> String
     )
 }
 
+/// Like [`pod_object`], dual-stack: `podIPs` lists the IPv4 address and its IPv6 twin
+/// ([`crate::topology::ipv6_of`], the address the topology gives the pod).
+pub fn dual_stack_pod_object(namespace: &str, name: &str, node: u8, ip: Ipv4Addr) -> String {
+    let ip6 = crate::topology::ipv6_of(ip);
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}, {{ip: '{ip6}'}}], hostIP: 192.168.200.{node}}}\n"
+    )
+}
+
 /// One agent per node, all with the same CA (`rampart ca init`) and policy; the work directory
 /// is removed on drop, after the agents stop.
 #[derive(Debug)]

@@ -12,7 +12,7 @@
 //! - pod a (node 1) still reaches port 8443 through the mTLS tunnel, with the same chain;
 //! - the access log names the SNI and the `world` source;
 //! - port 8080 takes TLS from outside through the Core Rule Set and request DLP: an attack and a
-//!   card number are refused before the pod.
+//!   card number are refused before the pod, over IPv4 and IPv6 (pod b is dual-stack).
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::https::https_request;
-use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::mesh::{MeshAgents, dual_stack_pod_object, pod_object};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::http_request;
-use rampart_tests::topology::OUTSIDE_IP;
+use rampart_tests::topology::{OUTSIDE_IP, OUTSIDE_IP6};
 use rampart_tests::{Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +115,7 @@ spec:
   ports: [{{port: 9090}}]
 "#,
         pod("a", 1, 10),
-        pod("b", 2, 10),
+        dual_stack_pod_object("shop", "b", 2, ip(2, 10)),
         tls_secret("api-tls", api),
         tls_secret("wildcard-tls", wildcard),
     )
@@ -314,12 +314,47 @@ fn clients_outside_the_cluster_pass_tls_and_the_l7_chain_at_the_destination_node
         1,
         "a refused request reached the pod"
     );
+
+    // The same port over IPv6: redirected at the uplink, TLS, the chain, the client's own
+    // address at the pod.
+    let b6 = SocketAddr::new(IpAddr::V6(topo.pod("shop/b").ip6), 8080);
+    let shop6 = |path: &str| {
+        https_request(
+            &outside,
+            b6,
+            "api.shop.test",
+            &api.0,
+            path,
+            &[("user-agent", "Mozilla/5.0"), ("accept", "text/html")],
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "HTTPS over IPv6 {path}: {e:#}\nnode-2 log:\n{}",
+                node2.log()
+            )
+        })
+    };
+    let reply = shop6("/shop?q=boots");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains(&format!("peer: {OUTSIDE_IP6}")),
+        "the pod sees the client's own IPv6 address: {}",
+        reply.body
+    );
+    assert_eq!(shop6("/shop?id=1%27%20OR%20%271%27=%271").status, 403);
+    assert_eq!(
+        storefront.requests(),
+        2,
+        "a refused request reached the pod"
+    );
     assert_eq!(
         node2.sample(
             "rampart_waf_blocked_total",
             "policy=\"storefront\",rule_group=\"sqli\""
         ),
-        1.0
+        2.0,
+        "the attack over IPv4 and over IPv6"
     );
     assert_eq!(
         node2.sample(
