@@ -84,59 +84,93 @@ const BROTLI_BUFFER: usize = 16 * 1024;
 /// A body decoder for `content-encoding`: compressed bytes are written in, decoded bytes taken
 /// out as they come.
 pub(super) enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::GzDecoder<Capped>),
+    Deflate(flate2::write::ZlibDecoder<Capped>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Capped>>),
+}
+
+/// The most a streamed body's decoder may produce from one frame.
+const DECODED_PER_FRAME: usize = 16 << 20;
+
+/// Where a decoder writes: it refuses to hold more than `cap` bytes, so a small compressed
+/// input cannot expand without bound inside one write (a decompression bomb: brotli turns a
+/// few bytes into megabytes).
+pub(super) struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        Capped {
+            buf: Vec::new(),
+            cap,
+        }
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "decoded data over the limit",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Decoder {
+    fn sink(&mut self) -> &mut Capped {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+        }
+    }
+
     fn write(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        let out = match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
-                std::mem::take(d.get_mut())
-            }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
-                std::mem::take(d.get_mut())
-            }
-            Decoder::Brotli(d) => {
-                d.write_all(data)?;
-                std::mem::take(d.get_mut())
-            }
-        };
-        Ok(out)
+        match self {
+            Decoder::Gzip(d) => d.write_all(data)?,
+            Decoder::Deflate(d) => d.write_all(data)?,
+            Decoder::Brotli(d) => d.write_all(data)?,
+        }
+        Ok(std::mem::take(&mut self.sink().buf))
     }
 
     /// The last decoded bytes; an error if the stream ended early.
     fn finish(&mut self) -> std::io::Result<Vec<u8>> {
         match self {
-            Decoder::Gzip(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Brotli(d) => {
-                d.close()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+            Decoder::Gzip(d) => d.try_finish()?,
+            Decoder::Deflate(d) => d.try_finish()?,
+            Decoder::Brotli(d) => d.close()?,
         }
+        Ok(std::mem::take(&mut self.sink().buf))
     }
 
-    /// Decodes a whole body, refusing one that decodes to more than `limit` bytes.
+    /// Decodes a whole body, refusing one that decodes to more than `limit` bytes (stopped as
+    /// soon as the output passes it).
     pub(super) fn decode_whole(mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
-        let mut out = Vec::new();
-        // Fed in pieces so a small body that decodes to a huge one is stopped early.
-        for piece in data.chunks(4096) {
-            out.extend(self.write(piece).map_err(|_| Refusal::Unreadable)?);
-            if out.len() > limit {
-                return Err(Refusal::TooLarge);
+        let refusal = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                Refusal::TooLarge
+            } else {
+                Refusal::Unreadable
             }
+        };
+        let mut out = Vec::new();
+        for piece in data.chunks(4096) {
+            self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
+            out.extend(self.write(piece).map_err(refusal)?);
         }
-        out.extend(self.finish().map_err(|_| Refusal::Unreadable)?);
+        self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
+        out.extend(self.finish().map_err(refusal)?);
         if out.len() > limit {
             return Err(Refusal::TooLarge);
         }
@@ -149,6 +183,10 @@ pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<De
     let Some(encoding) = headers.get(CONTENT_ENCODING) else {
         return Ok(None);
     };
+    // Two encodings (two headers, or a list) would need two decoders: refused.
+    if headers.get_all(CONTENT_ENCODING).iter().count() > 1 {
+        return Err(Refusal::Encoding);
+    }
     let encoding = encoding
         .to_str()
         .map_err(|_| Refusal::Encoding)?
@@ -157,13 +195,16 @@ pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<De
     match encoding.as_str() {
         "" | "identity" => Ok(None),
         "gzip" | "x-gzip" if model.decompress => Ok(Some(Decoder::Gzip(
-            flate2::write::GzDecoder::new(Vec::new()),
+            flate2::write::GzDecoder::new(Capped::new(DECODED_PER_FRAME)),
         ))),
         "deflate" if model.decompress => Ok(Some(Decoder::Deflate(
-            flate2::write::ZlibDecoder::new(Vec::new()),
+            flate2::write::ZlibDecoder::new(Capped::new(DECODED_PER_FRAME)),
         ))),
         "br" if model.decompress => Ok(Some(Decoder::Brotli(Box::new(
-            brotli_decompressor::DecompressorWriter::new(Vec::new(), BROTLI_BUFFER),
+            brotli_decompressor::DecompressorWriter::new(
+                Capped::new(DECODED_PER_FRAME),
+                BROTLI_BUFFER,
+            ),
         )))),
         _ => Err(Refusal::Encoding),
     }
@@ -393,6 +434,35 @@ mod tests {
             .with_trailers(std::future::ready(Some(Ok(trailers))))
             .map_err(|never| match never {})
             .boxed()
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_cap() {
+        use std::io::Write as _;
+        let mut bomb = Vec::new();
+        {
+            let mut encoder = brotli::CompressorWriter::new(&mut bomb, 4096, 5, 22);
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..32 {
+                let _ = encoder.write_all(&zeros);
+            }
+        }
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let mut decoder = Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+            Capped::new(1 << 20),
+            BROTLI_BUFFER,
+        )));
+        let err = decoder.write(&bomb).expect_err("32 MiB out of one write");
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(decoder.sink().buf.len() <= 1 << 20);
+        let whole = Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+            Capped::new(DECODED_PER_FRAME),
+            BROTLI_BUFFER,
+        )));
+        assert!(matches!(
+            whole.decode_whole(&bomb, 4096),
+            Err(Refusal::TooLarge)
+        ));
     }
 
     #[tokio::test]

@@ -50,22 +50,31 @@ fn judge(set: &DlpSet, raw: &[u8], url_encoded: bool) -> Judged {
         rewritten: (!found.is_empty()).then(|| set.apply(raw, &found)),
     };
     if url_encoded {
-        let plus_as_space: Vec<u8> = raw
-            .iter()
-            .map(|&b| if b == b'+' { b' ' } else { b })
-            .collect();
-        let decoded: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
-        if decoded != raw {
-            let revealed = set.find(&decoded);
-            if revealed.len() > found.len() {
-                // Encoded so the scan of the text as sent missed it: the match cannot be
-                // masked where it stands.
-                judged.matches = revealed.iter().map(|f| f.detector).collect();
-                judged.blocked = true;
-            }
+        // What the pod decodes must hold no match either: one that only decoding reveals (or
+        // that decoding makes out of a masked neighbour) cannot be masked where it stands.
+        let decoded = url_decode(judged.rewritten.as_deref().unwrap_or(raw));
+        let left = set.find(&decoded);
+        if !left.is_empty() {
+            let revealed = set.find(&url_decode(raw));
+            let counted = if revealed.is_empty() {
+                &left
+            } else {
+                &revealed
+            };
+            judged.matches = counted.iter().map(|f| f.detector).collect();
+            judged.blocked = true;
         }
     }
     judged
+}
+
+/// `text` percent-decoded, `+` as a space (the query and form bodies).
+fn url_decode(text: &[u8]) -> Vec<u8> {
+    let plus_as_space: Vec<u8> = text
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&plus_as_space).collect()
 }
 
 /// Runs the filter on a request that passed the other filters: `Ok` with the body to forward
@@ -235,6 +244,18 @@ mod tests {
             judge(&mask, b"card=4111+1111+1111+1111", false),
             Judged::default()
         );
+    }
+
+    #[test]
+    fn decoding_cannot_turn_a_masked_neighbour_into_a_card() {
+        let mask = set(Action::Mask {
+            keep_last: 4,
+            with: b'*',
+        });
+        // As sent: one card (x), and 17 digits that are none (y). Decoded: x is 17 digits and
+        // y a card; masking x as sent would hand the pod y's card.
+        let judged = judge(&mask, b"x=4111111111111111%30&y=%34111111111111111", true);
+        assert!(judged.blocked, "{judged:?}");
     }
 
     #[test]
