@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 
 /// How long a closed connection is drained before it is dropped anyway.
 pub const LINGER: Duration = Duration::from_secs(5);
@@ -19,25 +19,31 @@ pub const LINGER: Duration = Duration::from_secs(5);
 /// `inner`, shut down and drained on a task of its own when dropped.
 pub struct Lingering<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     inner: Option<S>,
+    /// hyper closed our side gracefully (a response it gave up on mid-way is not: that
+    /// connection is dropped at once, so the client sees it cut).
+    shut_down: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<S> {
     pub fn new(inner: S) -> Lingering<S> {
-        Lingering { inner: Some(inner) }
+        Lingering {
+            inner: Some(inner),
+            shut_down: false,
+        }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<S> {
     fn drop(&mut self) {
+        if !self.shut_down {
+            return;
+        }
         let (Some(mut inner), Ok(runtime)) =
             (self.inner.take(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
         runtime.spawn(async move {
-            // Our side ends first (hyper shut it down already unless it gave up on the
-            // connection mid-response): the client sees the end now, not after the linger.
-            let _ = inner.shutdown().await;
             let mut sink = [0u8; 4096];
             let _ = tokio::time::timeout(LINGER, async {
                 while let Ok(n) = inner.read(&mut sink).await {
@@ -84,10 +90,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingerin
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
+        let polled = match &mut self.inner {
             Some(inner) => Pin::new(inner).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
+        };
+        if let Poll::Ready(Ok(())) = polled {
+            self.shut_down = true;
         }
+        polled
     }
 }
 
@@ -122,6 +132,7 @@ mod tests {
         theirs.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// hyper gave up on it (a response cut mid-way): dropped at once, no graceful end.
     #[tokio::test]
     async fn a_stream_dropped_without_a_shutdown_ends_at_once() {
         let (ours, mut theirs) = tokio::io::duplex(64);

@@ -93,10 +93,19 @@ pub fn connected<U: Send + 'static>(stream: U) -> Connect<U> {
 /// What opens the pod's connection, once.
 type Opening = Pin<Box<dyn Future<Output = Option<Upstream>> + Send>>;
 
+/// Where the opening of the pod's connection stands.
+enum OpenState {
+    NotStarted(Opening),
+    /// On a task of its own: a request cancelled while waiting (an HTTP/2 stream reset, a
+    /// client gone) leaves it running for the next one.
+    Running(tokio::task::JoinHandle<Option<Upstream>>),
+    Done,
+}
+
 /// The connection to the pod, opened when the first request passes the filters: a connection
 /// whose requests are all refused never reaches the pod.
 struct LazyUpstream {
-    opening: std::sync::Mutex<Option<Opening>>,
+    state: tokio::sync::Mutex<OpenState>,
     open: tokio::sync::OnceCell<Option<Upstream>>,
 }
 
@@ -108,7 +117,7 @@ impl LazyUpstream {
         let opening: Opening =
             Box::pin(async move { connect_upstream(connect().await?, http2).await });
         LazyUpstream {
-            opening: std::sync::Mutex::new(Some(opening)),
+            state: tokio::sync::Mutex::new(OpenState::NotStarted(opening)),
             open: tokio::sync::OnceCell::new(),
         }
     }
@@ -118,8 +127,19 @@ impl LazyUpstream {
     async fn get(&self) -> Option<&Upstream> {
         self.open
             .get_or_init(|| async {
-                let opening = self.opening.lock().ok()?.take()?;
-                opening.await
+                let mut state = self.state.lock().await;
+                if let OpenState::NotStarted(_) = &*state
+                    && let OpenState::NotStarted(opening) =
+                        std::mem::replace(&mut *state, OpenState::Done)
+                {
+                    *state = OpenState::Running(tokio::spawn(opening));
+                }
+                let OpenState::Running(task) = &mut *state else {
+                    return None;
+                };
+                let opened = task.await.ok().flatten();
+                *state = OpenState::Done;
+                opened
             })
             .await
             .as_ref()

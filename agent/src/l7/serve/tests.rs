@@ -252,6 +252,31 @@ where
 }
 
 #[tokio::test]
+async fn a_request_cancelled_while_the_pod_connects_leaves_the_connection_opening() {
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(echo_origin(
+        origin_io,
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    ));
+    let connect: Connect<DuplexStream> = Box::new(move || {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some(proxy_up)
+        })
+    });
+    let lazy = LazyUpstream::new(connect, false);
+    let first = tokio::time::timeout(std::time::Duration::from_millis(10), lazy.get()).await;
+    assert!(
+        first.is_err(),
+        "the first request gave up before the pod answered"
+    );
+    assert!(
+        lazy.get().await.is_some(),
+        "the next request gets the connection"
+    );
+}
+
+#[tokio::test]
 async fn the_pod_is_connected_only_when_a_request_passes() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let opened = Arc::new(AtomicU64::new(0));
