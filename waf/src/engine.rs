@@ -237,12 +237,15 @@ impl Engine {
         request: &Request<'_>,
     ) -> Result<(Evaluation, Option<Exchange>), WafError> {
         let (mut live, interrupted) = self.request_phases(request)?;
-        let evaluation = live.take(interrupted);
-        let open = interrupted.is_none().then(|| Exchange {
-            live,
+        if interrupted.is_some() {
+            return Ok((live.finish(interrupted), None));
+        }
+        let evaluation = live.take(None);
+        let open = Exchange {
+            live: Some(live),
             _engine: Arc::clone(self),
-        });
-        Ok((evaluation, open))
+        };
+        Ok((evaluation, Some(open)))
     }
 
     fn request_phases(&self, request: &Request<'_>) -> Result<(Live, Option<u16>), WafError> {
@@ -322,11 +325,20 @@ pub struct Response<'a> {
 
 /// A request the engine let through, its transaction open for the response. Owns what it
 /// needs: it may move to another thread between the request and the response (never used by
-/// two at once). Dropping it ends the transaction.
+/// two at once). Dropping it ends the transaction (its logging phase included: the audit log
+/// records a request whose response was never judged too).
 pub struct Exchange {
-    live: Live,
-    /// The rules outlive the transaction (fields drop in order: `live` first).
+    live: Option<Live>,
+    /// The rules outlive the transaction (`live` is ended in `drop`, before the fields).
     _engine: Arc<Engine>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            let _ = live.finish(None);
+        }
+    }
 }
 
 // SAFETY: the transaction and its log buffer are owned by this value alone and used by one
@@ -344,6 +356,7 @@ impl Exchange {
     /// Runs the response phases (headers, body) and returns what matched in them. Stops at the
     /// first interruption (CRS: the outbound anomaly score reached its threshold).
     pub fn respond(mut self, response: &Response<'_>) -> Result<Evaluation, WafError> {
+        let mut live = self.live.take().ok_or(WafError::Init)?;
         let protocol = CString::new(format!("HTTP/{}", response.http_version))
             .map_err(|_| WafError::Input("the HTTP version contains a NUL byte".into()))?;
         let status = i32::from(response.status);
@@ -369,8 +382,8 @@ impl Exchange {
                 sys::msc_process_response_body(t);
             },
         ];
-        let interrupted = self.live.run(&phases);
-        Ok(self.live.finish(interrupted))
+        let interrupted = live.run(&phases);
+        Ok(live.finish(interrupted))
     }
 }
 

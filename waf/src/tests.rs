@@ -383,6 +383,36 @@ fn the_audit_log_records_blocked_requests_as_json() {
             .is_some_and(|m| m.iter().any(|m| m["details"]["ruleId"] == "942100")),
         "{tx}"
     );
+    // With responses inspected (the transaction kept open): a blocked request is recorded, and
+    // so is one whose exchange ends without its response being judged.
+    let second = dir.join("exchanges.log");
+    let inspecting = std::sync::Arc::new(self::engine(&Profile {
+        audit: Some(AuditLog {
+            path: second.clone(),
+            all: true,
+            ..audit.clone()
+        }),
+        response_body_limit: Some(4096),
+        ..Profile::default()
+    }));
+    let (blocked, open) = inspecting
+        .exchange(&request(
+            "GET",
+            "/orders?id=1%27%20OR%20%271%27=%271",
+            BROWSER,
+            b"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(blocked.disruptive && open.is_none());
+    let (_, open) = inspecting
+        .exchange(&request("GET", "/orders?id=42", BROWSER, b""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(open.expect("an open exchange"));
+    drop(inspecting);
+    let text = std::fs::read_to_string(&second).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("\"http_code\":403"), "{text}");
+
     // A log that cannot be opened is a load error, never a silent loss.
     let unwritable = Profile {
         audit: Some(AuditLog {
