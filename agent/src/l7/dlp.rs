@@ -178,6 +178,50 @@ impl Decoder {
     }
 }
 
+/// Whether a message carries a `content-encoding` other than identity.
+pub(super) fn encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        !matches!(
+            v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+            Ok("" | "identity")
+        )
+    })
+}
+
+/// `body` decoded for an inspector that reads text (the WAF's response rules): as it is if the
+/// message is not encoded; `Err` names why it cannot be (an encoding other than gzip, deflate
+/// or brotli, a stream that does not decode, or more than `limit` bytes decoded).
+pub(super) fn decode_for_inspection(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, &'static str> {
+    if !encoded(headers) {
+        return Ok(body);
+    }
+    let decompress = DlpModel {
+        set: Arc::new(DlpSet::default()),
+        shadow: false,
+        headers: Vec::new(),
+        decompress: true,
+        blocks: false,
+        requests: None,
+    };
+    match decoder(headers, &decompress) {
+        Ok(Some(decoder)) => {
+            decoder
+                .decode_whole(&body, limit)
+                .map(Bytes::from)
+                .map_err(|r| match r {
+                    Refusal::TooLarge => "response_too_large",
+                    _ => "response_unreadable",
+                })
+        }
+        Ok(None) => Ok(body),
+        Err(_) => Err("response_encoding"),
+    }
+}
+
 /// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal.
 pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Refusal> {
     let Some(encoding) = headers.get(CONTENT_ENCODING) else {

@@ -509,6 +509,11 @@ async fn handle(
         }
         None => body,
     };
+    // The WAF's response rules read text: ask the pod for an uncompressed response (one that
+    // comes compressed anyway is decoded for them, see `waf::inspect_response`).
+    if exchange.is_some() {
+        parts.headers.remove(hyper::header::ACCEPT_ENCODING);
+    }
     // Headers the proxy sets from authentication are never taken from the client.
     for header in &route.upstream_headers {
         parts.headers.remove(header);

@@ -360,6 +360,14 @@ pub async fn inspect_response(
             Ok(Read::Whole(bytes, trailers)) => {
                 (BodySeen::Whole, bytes.clone(), whole_body(bytes, trailers))
             }
+            // A compressed response can be judged only whole (decoded below).
+            Ok(Read::Over(..)) if super::dlp::encoded(&head.headers) => {
+                report.response_body = Some(BodySeen::NotInspected.name());
+                return (
+                    Err(denial("response_too_large", StatusCode::BAD_GATEWAY)),
+                    verdict,
+                );
+            }
             Ok(Read::Over(prefix, rest)) => match model.response_over_limit {
                 OverLimit::Reject => {
                     report.response_body = Some(BodySeen::NotInspected.name());
@@ -382,10 +390,23 @@ pub async fn inspect_response(
     } else {
         (BodySeen::Whole, Bytes::new(), body)
     };
+    // The rules read text: a compressed body is given to them decoded (it goes on as it came).
+    let judged = match super::dlp::decode_for_inspection(&head.headers, judged, limit) {
+        Ok(judged) => judged,
+        Err(reason) => {
+            report.response_body = Some(BodySeen::NotInspected.name());
+            return (Err(denial(reason, StatusCode::BAD_GATEWAY)), verdict);
+        }
+    };
     report.response_body = Some(seen.name());
     let status = head.status.as_u16();
     let version = version_number(head.version);
-    let headers = owned_headers(&head.headers);
+    let mut headers = owned_headers(&head.headers);
+    if super::dlp::encoded(&head.headers) {
+        // The rules see the body decoded, so the encoding is not theirs to see (CRS skips its
+        // leak rules on a compressed body).
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(b"content-encoding"));
+    }
     let evaluated = tokio::task::spawn_blocking(move || {
         exchange.respond(&rampart_waf::Response {
             status,

@@ -100,7 +100,8 @@ pub struct AuditLogSpec {
 }
 
 /// Default audit-log parts: the record's header, the rules' messages, its end (no headers or
-/// bodies, which carry credentials and data as the client sent them).
+/// bodies, which carry credentials and data as the client sent them; the request line, query
+/// included, is in every record).
 pub const DEFAULT_AUDIT_PARTS: &str = "AHZ";
 
 #[derive(Debug, Deserialize)]

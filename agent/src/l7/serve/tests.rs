@@ -513,6 +513,23 @@ async fn response_rules_stop_a_leak_when_the_route_inspects_responses() {
         (status, body.as_slice()),
         (200, &b"<html>order 42 shipped</html>"[..])
     );
+    // Compressed, the leak is judged decoded (and would go on as it came).
+    let (status, _, _, _) = through_dlp(
+        Arc::clone(&inspecting),
+        "GET",
+        vec![gzip(SQL_ERROR)],
+        vec![("content-type", "text/html"), ("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 403, "a gzip leak");
+    let (status, _, _, _) = through_dlp(
+        Arc::clone(&inspecting),
+        "GET",
+        vec![b"compressed".to_vec()],
+        vec![("content-type", "text/html"), ("content-encoding", "zstd")],
+    )
+    .await;
+    assert_eq!(status, 502, "an encoding the rules cannot read is refused");
     // Without response inspection, and in Detect mode, the leak goes through.
     for route in [
         waf_route("{}"),
