@@ -408,13 +408,80 @@ fn log_access(
     });
 }
 
+/// What `handle` answers: the response, what the chain decided, and what the WAF found.
+type Handled = (Response<Body>, Outcome, Option<WafReport>);
+
+/// A request the filters admitted, ready for the pod.
+struct Admitted {
+    parts: hyper::http::request::Parts,
+    body: UpstreamBody,
+    passed: Passed,
+    waf: Option<WafReport>,
+    /// The WAF's transaction, open for the response.
+    exchange: Option<rampart_waf::Exchange>,
+}
+
 async fn handle(
     req: Request<Incoming>,
     route: &HttpRoute,
     peer: &Peer,
     stats: &Arc<L7Stats>,
     upstream: &LazyUpstream,
-) -> (Response<Body>, Outcome, Option<WafReport>) {
+) -> Handled {
+    let Admitted {
+        mut parts,
+        body,
+        passed,
+        mut waf,
+        exchange,
+    } = match admit(req, route, peer, stats).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    // Headers the proxy sets from authentication are never taken from the client.
+    for header in &route.upstream_headers {
+        parts.headers.remove(header);
+    }
+    chain::strip_credentials(&mut parts, &passed.strip);
+    for (name, value) in &passed.set_upstream {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let no_body = parts.method == hyper::Method::HEAD;
+    let Some(upstream) = upstream.get().await else {
+        return (
+            status_response(StatusCode::BAD_GATEWAY),
+            Outcome::Passed(passed),
+            waf,
+        );
+    };
+    let response = match upstream.send(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            stats.forwarded();
+            match filter_response(response, no_body, exchange, route, &mut waf, stats).await {
+                Ok(mut response) => {
+                    for (name, value) in &passed.set_response {
+                        response.headers_mut().insert(name.clone(), value.clone());
+                    }
+                    response
+                }
+                Err((response, denial)) => return (response, Outcome::Denied(denial), waf),
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "l7: upstream request failed");
+            status_response(StatusCode::BAD_GATEWAY)
+        }
+    };
+    (response, Outcome::Passed(passed), waf)
+}
+
+/// The request filters: the chain (`authn` → `authz` → `ratelimit`), the WAF, request DLP.
+async fn admit(
+    req: Request<Incoming>,
+    route: &HttpRoute,
+    peer: &Peer,
+    stats: &Arc<L7Stats>,
+) -> Result<Admitted, Handled> {
     let (mut parts, body) = req.into_parts();
     let mut decision = chain::run(route, &parts, peer, stats);
     // A token whose `kid` no key has may have been signed with a key the IdP just published:
@@ -446,12 +513,12 @@ async fn handle(
                 path = parts.uri.path(),
                 "l7: request denied"
             );
-            return (local_response(&denial), Outcome::Denied(denial), None);
+            return Err((local_response(&denial), Outcome::Denied(denial), None));
         }
     };
     // The WAF, last: it judges the request as the client sent it (before credentials are
     // stripped), and decides which body goes on.
-    let (body, mut waf, exchange) = match &route.waf {
+    let (body, waf, exchange) = match &route.waf {
         None => (body.boxed(), None, None),
         Some(waf) => {
             let super::waf::Inspected {
@@ -479,7 +546,7 @@ async fn handle(
                     } else {
                         local_response(&denial)
                     };
-                    return (response, Outcome::Denied(denial), Some(report));
+                    return Err((response, Outcome::Denied(denial), Some(report)));
                 }
             }
         }
@@ -503,7 +570,7 @@ async fn handle(
                         method = %parts.method,
                         "dlp: request refused"
                     );
-                    return (local_response(&denial), Outcome::Denied(denial), waf);
+                    return Err((local_response(&denial), Outcome::Denied(denial), waf));
                 }
             }
         }
@@ -514,99 +581,83 @@ async fn handle(
     if exchange.is_some() {
         parts.headers.remove(hyper::header::ACCEPT_ENCODING);
     }
-    // Headers the proxy sets from authentication are never taken from the client.
-    for header in &route.upstream_headers {
-        parts.headers.remove(header);
+    Ok(Admitted {
+        parts,
+        body,
+        passed,
+        waf,
+        exchange,
+    })
+}
+
+/// The response filters on what the pod answered: the WAF's response rules (on the body as
+/// sent), then DLP. `Err`: the answer that replaces it, and why.
+async fn filter_response(
+    response: Response<Incoming>,
+    no_body: bool,
+    exchange: Option<rampart_waf::Exchange>,
+    route: &HttpRoute,
+    waf: &mut Option<WafReport>,
+    stats: &Arc<L7Stats>,
+) -> Result<Response<Body>, (Response<Body>, Denial)> {
+    let (mut head, body) = response.into_parts();
+    let has_body = !(no_body
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED);
+    let mut body = body.boxed();
+    if let (Some(exchange), Some(route_waf), Some(report)) = (exchange, &route.waf, waf.as_mut()) {
+        let (judged, verdict) =
+            super::waf::inspect_response(route_waf, exchange, &head, body, has_body, report).await;
+        stats.waf_response(&route.policy, &verdict, route_waf.model.block);
+        match judged {
+            Ok(judged) => body = judged,
+            Err(denial) => {
+                stats.deny(denial.filter, denial.reason);
+                tracing::info!(
+                    policy = %route.policy,
+                    reason = denial.reason,
+                    rules = ?report.rule_ids,
+                    score = ?report.outbound_score,
+                    "waf: response denied"
+                );
+                let response = if verdict.matched_block.is_some() {
+                    blocked_by_rules(&denial, route_waf)
+                } else {
+                    local_response(&denial)
+                };
+                return Err((response, denial));
+            }
+        }
     }
-    chain::strip_credentials(&mut parts, &passed.strip);
-    for (name, value) in &passed.set_upstream {
-        parts.headers.insert(name.clone(), value.clone());
-    }
-    let no_body = parts.method == hyper::Method::HEAD;
-    let Some(upstream) = upstream.get().await else {
-        return (
-            status_response(StatusCode::BAD_GATEWAY),
-            Outcome::Passed(passed),
-            waf,
-        );
-    };
-    let response = match upstream.send(Request::from_parts(parts, body)).await {
-        Ok(response) => {
-            stats.forwarded();
-            let (mut head, body) = response.into_parts();
-            let has_body = !(no_body
-                || head.status == StatusCode::NO_CONTENT
-                || head.status == StatusCode::NOT_MODIFIED);
-            let mut body = body.boxed();
-            // The response rules, on what the pod sent (before DLP changes it).
-            if let (Some(exchange), Some(route_waf), Some(report)) =
-                (exchange, &route.waf, waf.as_mut())
-            {
-                let (judged, verdict) = super::waf::inspect_response(
-                    route_waf, exchange, &head, body, has_body, report,
-                )
-                .await;
-                stats.waf_response(&route.policy, &verdict, route_waf.model.block);
-                match judged {
-                    Ok(judged) => body = judged,
-                    Err(denial) => {
-                        stats.deny(denial.filter, denial.reason);
-                        tracing::info!(
-                            policy = %route.policy,
-                            reason = denial.reason,
-                            rules = ?report.rule_ids,
-                            score = ?report.outbound_score,
-                            "waf: response denied"
-                        );
-                        let response = if verdict.matched_block.is_some() {
-                            blocked_by_rules(&denial, route_waf)
-                        } else {
-                            local_response(&denial)
-                        };
-                        return (response, Outcome::Denied(denial), waf);
-                    }
+    let body = match &route.model.dlp {
+        Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
+            match super::dlp::filter(dlp, &mut head, body, stats).await {
+                Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
+                Ok(super::dlp::Filtered::Whole(bytes, trailers)) => {
+                    super::waf::whole_body(bytes, trailers)
+                        .map_err(Into::into)
+                        .boxed()
+                }
+                Err(refusal) => {
+                    let denial = Denial {
+                        filter: super::dlp::FILTER,
+                        reason: refusal.reason(),
+                        status: StatusCode::BAD_GATEWAY,
+                        headers: Vec::new(),
+                    };
+                    stats.deny(denial.filter, denial.reason);
+                    tracing::info!(
+                        policy = %route.policy,
+                        reason = denial.reason,
+                        "dlp: response refused"
+                    );
+                    return Err((local_response(&denial), denial));
                 }
             }
-            let body = match &route.model.dlp {
-                Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
-                    match super::dlp::filter(dlp, &mut head, body, stats).await {
-                        Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
-                        Ok(super::dlp::Filtered::Whole(bytes, trailers)) => {
-                            super::waf::whole_body(bytes, trailers)
-                                .map_err(Into::into)
-                                .boxed()
-                        }
-                        Err(refusal) => {
-                            let denial = Denial {
-                                filter: super::dlp::FILTER,
-                                reason: refusal.reason(),
-                                status: StatusCode::BAD_GATEWAY,
-                                headers: Vec::new(),
-                            };
-                            stats.deny(denial.filter, denial.reason);
-                            tracing::info!(
-                                policy = %route.policy,
-                                reason = denial.reason,
-                                "dlp: response refused"
-                            );
-                            return (local_response(&denial), Outcome::Denied(denial), waf);
-                        }
-                    }
-                }
-                _ => body.map_err(Into::into).boxed(),
-            };
-            let mut response = Response::from_parts(head, body);
-            for (name, value) in &passed.set_response {
-                response.headers_mut().insert(name.clone(), value.clone());
-            }
-            response
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "l7: upstream request failed");
-            status_response(StatusCode::BAD_GATEWAY)
-        }
+        _ => body.map_err(Into::into).boxed(),
     };
-    (response, Outcome::Passed(passed), waf)
+    Ok(Response::from_parts(head, body))
 }
 
 fn full_body(bytes: Bytes) -> Body {
