@@ -789,23 +789,34 @@ fn events_over_the_rate_are_counted_as_lost_not_written() {
     );
 }
 
+/// A bpffs pin root of this test process, removed (pins and all) when dropped.
+struct Pins(std::path::PathBuf);
+
+impl Pins {
+    fn new(tag: &str) -> Pins {
+        Pins(
+            rampart_tests::agent::test_bpffs()
+                .expect("test bpffs")
+                .join(format!(
+                    "{}-{}-{tag}",
+                    rampart_tests::netns::TEST_PREFIX,
+                    std::process::id()
+                )),
+        )
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = rampart_agent::datapath::remove_pins(&self.0);
+    }
+}
+
 #[test]
 fn pinned_state_survives_a_reload() {
     require_root();
-    let root = rampart_tests::agent::test_bpffs()
-        .expect("test bpffs")
-        .join(format!(
-            "{}-{}-pinned-reload",
-            rampart_tests::netns::TEST_PREFIX,
-            std::process::id()
-        ));
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = rampart_agent::datapath::remove_pins(&self.0);
-        }
-    }
-    let _pins = Pins(root.clone());
+    let pins = Pins::new("pinned-reload");
+    let root = pins.0.clone();
 
     let mut first = Datapath::load_pinned(&root).expect("load pinned");
     let revision = first.apply(&state(&rules())).expect("apply");
@@ -849,8 +860,6 @@ fn pinned_state_survives_a_reload() {
     );
 }
 
-/// Two IPv4 fragments of one datagram (identification `id`): the first carries `l4` with MF set,
-/// the last 16 bytes of payload at offset 3 (24 bytes), without an L4 header.
 /// A flow's conntrack entry stamped by another CPU after this packet read the clock (a stamp
 /// ahead of the packet's time) is a live flow, not an expired one: the entry was removed and
 /// the rest of the flow judged as new, and bulk transfers through two CPUs stalled on
@@ -858,20 +867,8 @@ fn pinned_state_survives_a_reload() {
 #[test]
 fn a_conntrack_stamp_ahead_of_the_clock_is_a_live_flow() {
     require_root();
-    let root = rampart_tests::agent::test_bpffs()
-        .expect("test bpffs")
-        .join(format!(
-            "{}-{}-ct-ahead",
-            rampart_tests::netns::TEST_PREFIX,
-            std::process::id()
-        ));
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = rampart_agent::datapath::remove_pins(&self.0);
-        }
-    }
-    let _pins = Pins(root.clone());
+    let pins = Pins::new("ct-ahead");
+    let root = pins.0.clone();
     let mut dp = Datapath::load_pinned(&root).expect("load pinned");
     dp.apply(&state(&rules())).expect("apply");
     let stats = dp.take_stats().expect("stats");
@@ -922,6 +919,8 @@ fn a_conntrack_stamp_ahead_of_the_clock_is_a_live_flow() {
     assert_eq!(denied(&stats), before, "judged as a new flow");
 }
 
+/// Two IPv4 fragments of one datagram (identification `id`): the first carries `l4` with MF set,
+/// the last 16 bytes of payload at offset 3 (24 bytes), without an L4 header.
 fn v4_fragments(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, l4: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut first = v4(src, dst, proto, l4);
     first[18..20].copy_from_slice(&id.to_be_bytes());

@@ -199,15 +199,7 @@ pub(super) fn decode_for_inspection(
     if !encoded(headers) {
         return Ok(body);
     }
-    let decompress = DlpModel {
-        set: Arc::new(DlpSet::default()),
-        shadow: false,
-        headers: Vec::new(),
-        decompress: true,
-        blocks: false,
-        requests: None,
-    };
-    match decoder(headers, &decompress) {
+    match decoder(headers, true) {
         Ok(Some(decoder)) => {
             decoder
                 .decode_whole(&body, limit)
@@ -222,8 +214,9 @@ pub(super) fn decode_for_inspection(
     }
 }
 
-/// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal.
-pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<Decoder>, Refusal> {
+/// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal (every
+/// encoding without `decompress`).
+pub(super) fn decoder(headers: &HeaderMap, decompress: bool) -> Result<Option<Decoder>, Refusal> {
     let Some(encoding) = headers.get(CONTENT_ENCODING) else {
         return Ok(None);
     };
@@ -238,13 +231,13 @@ pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<De
         .to_ascii_lowercase();
     match encoding.as_str() {
         "" | "identity" => Ok(None),
-        "gzip" | "x-gzip" if model.decompress => Ok(Some(Decoder::Gzip(
-            flate2::write::GzDecoder::new(Capped::new(DECODED_PER_FRAME)),
-        ))),
-        "deflate" if model.decompress => Ok(Some(Decoder::Deflate(
-            flate2::write::ZlibDecoder::new(Capped::new(DECODED_PER_FRAME)),
-        ))),
-        "br" if model.decompress => Ok(Some(Decoder::Brotli(Box::new(
+        "gzip" | "x-gzip" if decompress => Ok(Some(Decoder::Gzip(flate2::write::GzDecoder::new(
+            Capped::new(DECODED_PER_FRAME),
+        )))),
+        "deflate" if decompress => Ok(Some(Decoder::Deflate(flate2::write::ZlibDecoder::new(
+            Capped::new(DECODED_PER_FRAME),
+        )))),
+        "br" if decompress => Ok(Some(Decoder::Brotli(Box::new(
             brotli_decompressor::DecompressorWriter::new(
                 Capped::new(DECODED_PER_FRAME),
                 BROTLI_BUFFER,
@@ -254,40 +247,40 @@ pub(super) fn decoder(headers: &HeaderMap, model: &DlpModel) -> Result<Option<De
     }
 }
 
-/// Masks the headers the policy names; `Err` if a `Block` detector matched one.
-fn headers(model: &DlpModel, map: &mut HeaderMap, stats: &L7Stats) -> Result<(), Refusal> {
-    for name in &model.headers {
+/// Masks the values of the headers `names` in `map` with `set` (unless `shadow`), counting the
+/// matches under `direction`; whether a `Block` detector matched one.
+pub(super) fn mask_headers(
+    set: &DlpSet,
+    names: &[hyper::header::HeaderName],
+    shadow: bool,
+    direction: &'static str,
+    map: &mut HeaderMap,
+    stats: &L7Stats,
+) -> bool {
+    let mut blocked = false;
+    for name in names {
         let values: Vec<HeaderValue> = map.get_all(name).iter().cloned().collect();
         if values.is_empty() {
             continue;
         }
         map.remove(name);
         for value in values {
-            let found = model.set.find(value.as_bytes());
-            count(
-                stats,
-                DIRECTION,
-                &model.set,
-                model.shadow,
-                &found.iter().map(|f| f.detector).collect::<Vec<_>>(),
-            );
-            if found
+            let found = set.find(value.as_bytes());
+            let matched: Vec<usize> = found.iter().map(|f| f.detector).collect();
+            count(stats, direction, set, shadow, &matched);
+            blocked |= matched
                 .iter()
-                .any(|f| model.set.detectors[f.detector].action == Action::Block)
-                && !model.shadow
-            {
-                return Err(Refusal::Blocked);
-            }
-            let masked = if model.shadow || found.is_empty() {
+                .any(|&i| set.detectors[i].action == Action::Block);
+            let masked = if shadow || found.is_empty() {
                 value
             } else {
-                HeaderValue::from_bytes(&model.set.apply(value.as_bytes(), &found))
+                HeaderValue::from_bytes(&set.apply(value.as_bytes(), &found))
                     .unwrap_or(HeaderValue::from_static("[REDACTED]"))
             };
             map.append(name.clone(), masked);
         }
     }
-    Ok(())
+    blocked
 }
 
 /// What the filter makes of a response: its new head, and the body to send.
@@ -305,8 +298,18 @@ pub async fn filter(
     body: super::waf::UpstreamBody,
     stats: &Arc<L7Stats>,
 ) -> Result<Filtered, Refusal> {
-    headers(model, &mut head.headers, stats)?;
-    let decoder = decoder(&head.headers, model)?;
+    let blocked = mask_headers(
+        &model.set,
+        &model.headers,
+        model.shadow,
+        DIRECTION,
+        &mut head.headers,
+        stats,
+    );
+    if blocked && !model.shadow {
+        return Err(Refusal::Blocked);
+    }
+    let decoder = decoder(&head.headers, model.decompress)?;
     if decoder.is_some() {
         head.headers.remove(CONTENT_ENCODING);
     }

@@ -94,24 +94,14 @@ pub async fn inspect(
         judged.blocked
     };
     // The headers the policy names.
-    for name in &requests.headers {
-        let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
-        if values.is_empty() {
-            continue;
-        }
-        parts.headers.remove(name);
-        for value in values {
-            let judged = judge(set, value.as_bytes(), false);
-            blocked |= tally(&judged);
-            let value = match judged.rewritten {
-                Some(text) if !shadow => {
-                    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("[REDACTED]"))
-                }
-                _ => value,
-            };
-            parts.headers.append(name.clone(), value);
-        }
-    }
+    blocked |= super::dlp::mask_headers(
+        set,
+        &requests.headers,
+        shadow,
+        DIRECTION,
+        &mut parts.headers,
+        stats,
+    );
     // The path and query.
     if let Some(pq) = parts.uri.path_and_query() {
         let judged = judge(set, pq.as_str().as_bytes(), true);
@@ -142,7 +132,7 @@ pub async fn inspect(
     if sent.is_empty() {
         return Ok(whole_body(sent, trailers));
     }
-    let decoder = super::dlp::decoder(&parts.headers, model).map_err(refusal)?;
+    let decoder = super::dlp::decoder(&parts.headers, model.decompress).map_err(refusal)?;
     let plain = match decoder {
         None => None,
         Some(decoder) => Some(

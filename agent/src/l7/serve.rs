@@ -541,11 +541,7 @@ async fn admit(
                         path = parts.uri.path(),
                         "waf: request denied"
                     );
-                    let response = if report.matched_block {
-                        blocked_by_rules(&denial, waf)
-                    } else {
-                        local_response(&denial)
-                    };
+                    let response = waf_refusal(&denial, waf, report.matched_block);
                     return Err((response, Outcome::Denied(denial), Some(report)));
                 }
             }
@@ -620,12 +616,8 @@ async fn filter_response(
                     score = ?report.outbound_score,
                     "waf: response denied"
                 );
-                let response = if verdict.matched_block.is_some() {
-                    blocked_by_rules(&denial, route_waf)
-                } else {
-                    local_response(&denial)
-                };
-                return Err((response, denial));
+                let by_rules = verdict.matched_block.is_some();
+                return Err((waf_refusal(&denial, route_waf, by_rules), denial));
             }
         }
     }
@@ -664,10 +656,10 @@ fn full_body(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// The answer to a request (or response) the WAF's rules blocked: the policy's block page,
-/// else the plain one.
-fn blocked_by_rules(denial: &Denial, waf: &super::waf::RouteWaf) -> Response<Body> {
-    let Some(page) = &waf.model.block_page else {
+/// The WAF's answer to a refused request (or response): the policy's block page when the rules
+/// blocked it, else the plain one (a body over the limit, an engine failure).
+fn waf_refusal(denial: &Denial, waf: &super::waf::RouteWaf, by_rules: bool) -> Response<Body> {
+    let Some(page) = waf.model.block_page.as_ref().filter(|_| by_rules) else {
         return local_response(denial);
     };
     let mut response = Response::new(full_body(page.body.clone()));
