@@ -1,27 +1,49 @@
-//! The agent's HTTP server on `--metrics-addr`: `/metrics` (OpenMetrics), `/readyz` (200 once the
-//! programs are attached and the first policy set is in force, else 503), `/healthz`, `/status`
-//! (the JSON document `rampart status` prints), `GET /v1/flows` (`rampart flows`),
-//! `POST /v1/explain` (`rampart policy explain`) and `POST /v1/policy` (`rampart policy push`).
+//! The agent's two HTTP servers.
+//!
+//! - The **admin socket** (`--admin-socket`, a Unix socket, mode 0600, and only peers running as
+//!   root or as the agent's own user are served): everything, `/metrics`, `/readyz`,
+//!   `/healthz`, `/status` (the JSON document `rampart status` prints), `GET /v1/flows`
+//!   (`rampart flows`), `POST /v1/explain` (`rampart policy explain`) and `POST /v1/policy`
+//!   (`rampart policy push`). Nothing that changes policy or reveals workloads is reachable
+//!   over the network: a pod that can reach the node reaches only the metrics address.
+//! - The **metrics address** (`--metrics-addr`, TCP): `/metrics`, `/readyz` (200 once the
+//!   programs are attached and the first policy set is in force, else 503) and `/healthz`, for
+//!   Prometheus and the kubelet's probes.
+//!
+//! Both bound their connections and time out request heads and idle keep-alive connections
+//! ([`crate::listen`]); neither can stop the agent.
 
 use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use anyhow::Context as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::app::AgentState;
+use crate::listen::{self, ConnectionCap};
 use crate::metrics::Metrics;
 use crate::status::StatusDoc;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Default path of the admin socket (the CLI's default too).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rampart/admin.sock";
+/// Connections the metrics address serves at once (Prometheus and the kubelet need a few).
+const METRICS_CONNECTIONS: usize = 64;
+/// Connections the admin socket serves at once (`rampart flows --follow` holds one).
+const ADMIN_CONNECTIONS: usize = 32;
 
 fn wants_openmetrics(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -31,45 +53,137 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
-/// Serves until the listener fails. Each connection runs on its own task.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AgentState>,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let state = Arc::clone(&state);
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
+/// Serves `/metrics`, `/readyz` and `/healthz` on the metrics address, for ever.
+pub async fn serve_metrics(listener: TcpListener, state: Arc<AgentState>, metrics: Arc<Metrics>) {
+    let cap = ConnectionCap::new(METRICS_CONNECTIONS);
+    listen::serve("metrics", listener, cap, move |stream, peer| {
+        let (state, metrics) = (Arc::clone(&state), Arc::clone(&metrics));
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let response = public(&req, &state, &metrics);
+                std::future::ready(Ok::<_, Infallible>(response))
+            });
+            serve_connection(stream, service, &format!("{peer}")).await;
+        }
+    })
+    .await;
+}
+
+/// Binds the admin socket at `path`: its directory is created (mode 0700) if missing, a stale
+/// socket left by a previous agent is replaced, and the socket is made mode 0600. Fails if
+/// another agent is serving it.
+pub fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another agent is serving it (stop it first)");
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves everything on the admin socket, for ever, to peers running as root or as the agent's
+/// own user (the socket's mode already says so; the peer's credentials are checked as well, in
+/// case the file's mode or directory is loosened).
+pub async fn serve_admin(listener: UnixListener, state: Arc<AgentState>, metrics: Arc<Metrics>) {
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    let cap = ConnectionCap::new(ADMIN_CONNECTIONS);
+    listen::serve("admin", listener, cap, move |stream, _| {
+        let (state, metrics) = (Arc::clone(&state), Arc::clone(&metrics));
+        async move {
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            if !uid.is_some_and(|uid| uid == 0 || uid == own_uid) {
+                tracing::warn!(
+                    ?uid,
+                    "admin socket: refused a peer that is neither root nor the agent's user"
+                );
+                return;
+            }
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
                 let metrics = Arc::clone(&metrics);
-                async move {
-                    let path = req.uri().path();
-                    let response = if req.method() == Method::POST && path == PUSH_PATH {
-                        push(req, &state).await.map(BodyExt::boxed)
-                    } else if req.method() == Method::POST && path == EXPLAIN_PATH {
-                        explain(req, &state).await.map(BodyExt::boxed)
-                    } else if req.method() == Method::GET && path == FLOWS_PATH {
-                        flows(&req, &state)
-                    } else {
-                        route(&req, &state, &metrics).map(BodyExt::boxed)
-                    };
-                    Ok::<_, Infallible>(response)
-                }
+                async move { Ok::<_, Infallible>(admin(req, &state, &metrics).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "admin connection: {e}");
-            }
-        });
+            serve_connection(stream, service, "admin socket").await;
+        }
+    })
+    .await;
+}
+
+/// One HTTP/1.1 connection with the agent's limits: a request head must arrive within
+/// [`listen::HEADER_READ_TIMEOUT`], and so must the next request on a kept-alive connection.
+async fn serve_connection<S, B>(
+    stream: S,
+    service: impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static,
+    peer: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listen::HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, "admin connection: {e}");
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// Everything the admin socket answers.
+async fn admin(
+    req: Request<Incoming>,
+    state: &AgentState,
+    metrics: &Metrics,
+) -> Response<AdminBody> {
+    let path = req.uri().path();
+    if req.method() == Method::POST && path == PUSH_PATH {
+        push(req, state).await.map(BodyExt::boxed)
+    } else if req.method() == Method::POST && path == EXPLAIN_PATH {
+        explain(req, state).await.map(BodyExt::boxed)
+    } else if req.method() == Method::GET && path == FLOWS_PATH {
+        flows(&req, state)
+    } else if path == "/status" {
+        status(&req, state).map(BodyExt::boxed)
+    } else {
+        public(&req, state, metrics).map(BodyExt::boxed)
+    }
+}
+
+fn status(req: &Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match serde_json::to_string_pretty(&StatusDoc::from_state(state)) {
+        Ok(body) => with_type(StatusCode::OK, body, "application/json"),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding status failed\n",
+        ),
+    }
+}
+
+/// What the metrics address answers (the admin socket too).
+fn public(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
@@ -97,16 +211,10 @@ fn route(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Resp
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/status" => match serde_json::to_string_pretty(&StatusDoc::from_state(state)) {
-            Ok(body) => with_type(StatusCode::OK, body, "application/json"),
-            Err(_) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding status failed\n",
-            ),
-        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /readyz, /healthz, /status, /v1/flows\n",
+            "not found: this address serves /metrics, /readyz and /healthz; status, flows, \
+             explain and policy push are on the agent's admin socket (--admin-socket)\n",
         ),
     }
 }
@@ -220,10 +328,15 @@ pub const PUSH_PATH: &str = "/v1/policy";
 /// Largest push accepted.
 const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
 
-/// The body of a push: files by name and text.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// The body of a push: files by name and text (each replaces the pushed file of its name),
+/// names of pushed files to delete, and whether the pushed set becomes exactly `files`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PushRequest {
     pub files: Vec<PushFile>,
+    #[serde(default)]
+    pub delete: Vec<String>,
+    #[serde(default)]
+    pub replace_all: bool,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -255,14 +368,18 @@ async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes
         Err(e) => return json(StatusCode::BAD_REQUEST, &errors(format!("body: {e}"))),
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let files = request
-        .files
-        .into_iter()
-        .map(|f| (f.name, f.content))
-        .collect();
+    let change = crate::controller::PushChange {
+        files: request
+            .files
+            .into_iter()
+            .map(|f| (f.name, f.content))
+            .collect(),
+        delete: request.delete,
+        replace_all: request.replace_all,
+    };
     if state
         .commands
-        .send(crate::controller::Command::Push { files, reply })
+        .send(crate::controller::Command::Push { change, reply })
         .is_err()
     {
         return json(

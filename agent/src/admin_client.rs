@@ -1,7 +1,7 @@
-//! The client side of the admin server (`admin.rs`), for the commands that talk to a running
-//! agent: `rampart status`, `rampart flows` and `rampart policy push`.
+//! The client side of the admin socket (`admin.rs`), for the commands that talk to a running
+//! agent: `rampart status`, `rampart flows`, `rampart policy explain` and `rampart policy push`.
 
-use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,15 +13,15 @@ use hyper_util::rt::TokioIo;
 /// How long connecting to the agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sends one request (a JSON body if `body` is given) to the agent at `addr` and returns the
-/// status and the whole body.
+/// Sends one request (a JSON body if `body` is given) to the agent on the admin socket at
+/// `socket` and returns the status and the whole body.
 pub async fn request(
-    addr: SocketAddr,
+    socket: &Path,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let response = send(addr, method, path, body).await?;
+    let response = send(socket, method, path, body).await?;
     let status = response.status();
     let bytes = response
         .into_body()
@@ -34,17 +34,21 @@ pub async fn request(
 
 /// Sends one request and returns the response with its body still to read (for streams).
 pub async fn send(
-    addr: SocketAddr,
+    socket: &Path,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<Response<Incoming>> {
-    let connect = tokio::net::TcpStream::connect(addr);
+    let connect = tokio::net::UnixStream::connect(socket);
+    let shown = socket.display();
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .with_context(|| format!("connecting to the agent at {addr}: timed out"))?
+        .with_context(|| format!("connecting to the agent's admin socket {shown}: timed out"))?
         .with_context(|| {
-            format!("connecting to the agent at {addr} (is `rampart run` running there?)")
+            format!(
+                "connecting to the agent's admin socket {shown} (is `rampart run` running with \
+                 this --admin-socket, and are you root?)"
+            )
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -53,7 +57,7 @@ pub async fn send(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr.to_string());
+        .header(hyper::header::HOST, "localhost");
     if body.is_some() {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }

@@ -45,15 +45,18 @@ pub struct AgentState {
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting rampart agent");
+    // Before any thread starts: the proxy's connection cap is sized from this limit.
+    let fd_limit = crate::listen::raise_fd_limit().context("raising the open-files limit")?;
+    tracing::info!(fd_limit, "open-files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, fd_limit))
 }
 
-async fn run_async(config: RunConfig) -> anyhow::Result<()> {
+async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     // Install the handlers first: a SIGTERM during loading must still stop us cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -130,14 +133,27 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
             .context("starting the flow log writer")?;
     }
     if let Some(mesh) = &state.mesh {
-        mesh.start().await?;
+        mesh.start(crate::listen::ConnectionCap::for_proxy(fd_limit))
+            .await?;
     }
 
     let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));
     let listener = tokio::net::TcpListener::bind(state.config.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", state.config.metrics_addr))?;
-    let server = tokio::spawn(admin::serve(listener, Arc::clone(&state), metrics));
+    let admin_socket = admin::bind_admin_socket(&state.config.admin_socket)
+        .with_context(|| format!("--admin-socket {}", state.config.admin_socket.display()))?;
+    // Neither server ever returns: a listener's failure is retried, never the end of the agent.
+    tokio::spawn(admin::serve_metrics(
+        listener,
+        Arc::clone(&state),
+        Arc::clone(&metrics),
+    ));
+    tokio::spawn(admin::serve_admin(
+        admin_socket,
+        Arc::clone(&state),
+        metrics,
+    ));
     tokio::spawn(drain_events(Arc::clone(&state)));
 
     // The first policy set, then the watcher and the controller thread. A first set with errors
@@ -149,7 +165,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     };
     match controller.start() {
         Ok(generation) => {
-            tracing::info!(generation, addr = %state.config.metrics_addr, "ready: serving /metrics, /readyz, /status");
+            tracing::info!(generation, addr = %state.config.metrics_addr, admin_socket = %state.config.admin_socket.display(), "ready: serving /metrics, /readyz; the admin API on its socket");
         }
         Err(_) => tracing::error!("the first policy set was rejected: not ready until it is fixed"),
     }
@@ -158,11 +174,10 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
         .spawn(move || controller.run(receiver))
         .context("starting the policy thread")?;
 
-    let result = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
-        res = server => res.context("admin server task").and_then(|r| r.context("admin server")),
-    };
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
     state.ready.store(false, Ordering::SeqCst);
     let _ = commands.send(Command::Shutdown);
     if controller_thread.join().is_err() {
@@ -170,8 +185,9 @@ async fn run_async(config: RunConfig) -> anyhow::Result<()> {
     }
     // The pinned links keep the programs attached and enforcing the last state after we exit:
     // a restart has no gap. `rampart cleanup` detaches them.
+    let _ = std::fs::remove_file(&state.config.admin_socket);
     tracing::info!("stopped; programs stay attached (pinned); `rampart cleanup` removes them");
-    result
+    Ok(())
 }
 
 /// Watches the policy directory; every change becomes a `FilesChanged` command.

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Default address of the metrics/admin HTTP server (loopback: exposing it is a choice).
+/// Default address of the metrics HTTP server (loopback: exposing it is a choice).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9490";
+/// Default path of the admin socket (`rampart run` serves it; the tools use it).
+pub const DEFAULT_ADMIN_SOCKET: &str = crate::admin::DEFAULT_ADMIN_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,9 +120,9 @@ pub struct PolicyExplainArgs {
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
-    /// Address of the running agent's metrics/admin server (without FILEs).
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
+    /// The running agent's admin socket (root only).
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 
     /// SPIFFE trust domain of workload identities (offline).
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
@@ -144,13 +146,22 @@ pub struct PolicyCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct PolicyPushArgs {
-    /// Policy files (YAML or JSON).
-    #[arg(required = true, value_name = "FILE")]
+    /// Policy files (YAML or JSON); each replaces the pushed file of the same name.
+    #[arg(required_unless_present_any = ["delete", "replace_all"], value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
-    /// Address of the running agent's admin server.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
+    /// Remove a pushed file (by the name it was pushed under) and the objects it brought;
+    /// repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub delete: Vec<String>,
+
+    /// Make the pushed set exactly FILEs (none: remove every pushed file).
+    #[arg(long)]
+    pub replace_all: bool,
+
+    /// The running agent's admin socket (root only).
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -179,9 +190,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/rampart")]
     pub bpffs_root: PathBuf,
 
-    /// Address of the HTTP server for /metrics, /readyz and /status.
+    /// Address of the HTTP server for /metrics, /readyz and /healthz (nothing else is served
+    /// there).
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+
+    /// Unix socket of the admin API (status, flows, explain, policy push), mode 0600: only root
+    /// and the agent's user may use it. Its directory is created if missing.
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 
     /// Enforce verdicts, or only count what would be dropped.
     #[arg(long, value_enum, default_value_t = ModeArg::Enforce)]
@@ -252,9 +269,9 @@ impl VerdictArg {
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
-    /// Address of the running agent's metrics/admin server.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
+    /// The running agent's admin socket (root only).
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 
     /// Keep streaming new records after the recent ones (until interrupted).
     #[arg(long, short)]
@@ -284,9 +301,9 @@ pub enum XdpModeArg {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Address of the running agent's metrics/admin server.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
+    /// The running agent's admin socket (root only).
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 
     /// Print the agent's status document as JSON instead of text.
     #[arg(long)]

@@ -29,6 +29,8 @@ pub enum ConfigError {
     NodeName(String),
     #[error("--ca-dir {path}: {reason}")]
     CaDir { path: String, reason: String },
+    #[error("--admin-socket {path}: {reason}")]
+    AdminSocket { path: String, reason: &'static str },
     #[error("--proxy-port and --tunnel-port must differ")]
     SamePorts,
 }
@@ -57,6 +59,8 @@ pub struct RunConfig {
     pub policy_dir: Option<PathBuf>,
     pub bpffs_root: PathBuf,
     pub metrics_addr: SocketAddr,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
     pub mode: Mode,
     pub xdp_mode: XdpAttachMode,
     /// SPIFFE trust domain of workload identities.
@@ -86,6 +90,7 @@ impl RunConfig {
         if !crate::policy::selector::is_dns_subdomain(&args.trust_domain) {
             return Err(ConfigError::TrustDomain(args.trust_domain));
         }
+        validate_admin_socket(&args.admin_socket)?;
         if !args.bpffs_root.is_absolute() {
             return Err(ConfigError::BpffsRoot {
                 path: args.bpffs_root.display().to_string(),
@@ -134,6 +139,7 @@ impl RunConfig {
             policy_dir: args.policy_dir,
             bpffs_root: args.bpffs_root,
             metrics_addr: args.metrics_addr,
+            admin_socket: args.admin_socket,
             mode: match args.mode {
                 ModeArg::Enforce => Mode::Enforce,
                 ModeArg::Audit => Mode::Audit,
@@ -173,6 +179,25 @@ fn validate_interface_name(name: &str) -> Result<(), ConfigError> {
         return bad("contains '/', ':', whitespace or NUL");
     }
     Ok(())
+}
+
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn validate_admin_socket(path: &Path) -> Result<(), ConfigError> {
+    let reason = if !path.is_absolute() {
+        "must be an absolute path"
+    } else if path.as_os_str().len() > MAX_SOCKET_PATH {
+        "longer than the 107 bytes a Unix socket path may have"
+    } else if path.file_name().is_none() {
+        "names no file"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::AdminSocket {
+        path: path.display().to_string(),
+        reason,
+    })
 }
 
 fn validate_policy_dir(dir: &Path) -> Result<(), ConfigError> {
@@ -245,5 +270,22 @@ mod tests {
     fn rejects_a_relative_bpffs_root() {
         let err = parse(&["--interface", "eth0", "--bpffs-root", "bpf"]).expect_err("relative");
         assert!(matches!(err, ConfigError::BpffsRoot { .. }));
+    }
+
+    #[test]
+    fn rejects_a_relative_or_overlong_admin_socket() {
+        let err = parse(&["--admin-socket", "admin.sock"]).expect_err("relative");
+        assert!(
+            err.to_string().starts_with("--admin-socket admin.sock"),
+            "{err}"
+        );
+        let long = format!("/run/{}/admin.sock", "x".repeat(120));
+        let err = parse(&["--admin-socket", &long]).expect_err("too long");
+        assert!(matches!(err, ConfigError::AdminSocket { .. }), "{err}");
+        let cfg = parse(&[]).expect("default");
+        assert_eq!(
+            cfg.admin_socket,
+            Path::new(crate::admin::DEFAULT_ADMIN_SOCKET)
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod datapath;
 pub mod flows;
 pub mod l7;
+pub mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod policy;

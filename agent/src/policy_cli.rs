@@ -48,7 +48,7 @@ pub fn explain(args: &PolicyExplainArgs) -> anyhow::Result<()> {
         port: args.port,
     };
     let explanation = if args.files.is_empty() {
-        explain_remote(args.metrics_addr, &query)?
+        explain_remote(&args.admin_socket, &query)?
     } else {
         explain_offline(&args.files, &args.trust_domain, &query)?
     };
@@ -79,14 +79,14 @@ fn explain_offline(
     Ok(policy::explain::explain(&compiled, query)?)
 }
 
-fn explain_remote(addr: std::net::SocketAddr, query: &ExplainQuery) -> anyhow::Result<Explanation> {
+fn explain_remote(socket: &std::path::Path, query: &ExplainQuery) -> anyhow::Result<Explanation> {
     let body = serde_json::to_vec(query).context("encoding the query")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let (status, answer) = runtime.block_on(admin_client::request(
-        addr,
+        socket,
         Method::POST,
         EXPLAIN_PATH,
         Some(body),
@@ -156,13 +156,18 @@ pub fn push(args: &PolicyPushArgs) -> anyhow::Result<bool> {
             content,
         });
     }
-    let body = serde_json::to_vec(&PushRequest { files }).context("encoding the push")?;
+    let request = PushRequest {
+        files,
+        delete: args.delete.clone(),
+        replace_all: args.replace_all,
+    };
+    let body = serde_json::to_vec(&request).context("encoding the push")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let (status, answer) = runtime.block_on(async {
-        let push = admin_client::request(args.metrics_addr, Method::POST, PUSH_PATH, Some(body));
+        let push = admin_client::request(&args.admin_socket, Method::POST, PUSH_PATH, Some(body));
         tokio::time::timeout(PUSH_TIMEOUT, push)
             .await
             .context("the agent did not answer the push in time")?

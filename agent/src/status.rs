@@ -324,7 +324,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let body = runtime.block_on(fetch(args.metrics_addr))?;
+    let body = runtime.block_on(fetch(&args.admin_socket))?;
     if args.json {
         println!("{body}");
         return Ok(());
@@ -332,16 +332,16 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let doc: StatusDoc = serde_json::from_str(&body).with_context(|| {
         format!(
             "the agent at {} sent a status document this client cannot read",
-            args.metrics_addr
+            args.admin_socket.display()
         )
     })?;
     print!("{}", doc.render());
     Ok(())
 }
 
-async fn fetch(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+async fn fetch(socket: &std::path::Path) -> anyhow::Result<String> {
     let (status, body) =
-        crate::admin_client::request(addr, hyper::Method::GET, "/status", None).await?;
+        crate::admin_client::request(socket, hyper::Method::GET, "/status", None).await?;
     if !status.is_success() {
         bail!("the agent answered /status with {status}");
     }

@@ -26,6 +26,8 @@ pub struct AgentOptions {
     pub bpffs_root: Option<PathBuf>,
     /// More `rampart run` arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// Run the agent with this limit on open files (soft and hard, so it cannot raise it).
+    pub nofile: Option<u64>,
 }
 
 impl AgentOptions {
@@ -37,6 +39,7 @@ impl AgentOptions {
             bin: None,
             bpffs_root: None,
             extra_args: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -52,8 +55,13 @@ pub struct Agent {
     ns_name: String,
     ns_path: String,
     metrics_addr: SocketAddr,
+    /// `--admin-socket`: a path named after the namespace under [`TEST_ADMIN_DIR`].
+    admin_socket: PathBuf,
     log_path: PathBuf,
 }
+
+/// Where tests' agents put their admin sockets (one per node namespace).
+pub const TEST_ADMIN_DIR: &str = "/run/rampart-tests/admin";
 
 /// The `rampart` binary under test: `$RAMPART_BIN`, else `rampart` next to the test binary's
 /// `deps/` directory (`target/<profile>/rampart`, built by `cargo xtask test`).
@@ -103,11 +111,19 @@ impl Agent {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()]).arg(&bin).arg("run");
+        cmd.args(["netns", "exec", ns.name()]);
+        if let Some(n) = opts.nofile {
+            cmd.arg("prlimit")
+                .arg(format!("--nofile={n}:{n}"))
+                .arg("--");
+        }
+        cmd.arg(&bin).arg("run");
         for iface in &opts.interfaces {
             cmd.args(["--interface", iface]);
         }
         cmd.args(["--metrics-addr", &opts.metrics_addr.to_string()]);
+        let admin_socket = PathBuf::from(TEST_ADMIN_DIR).join(format!("{}.sock", ns.name()));
+        cmd.arg("--admin-socket").arg(&admin_socket);
         let bpffs_root = match &opts.bpffs_root {
             Some(root) => root.clone(),
             None => test_bpffs()?.join(ns.name()),
@@ -135,6 +151,7 @@ impl Agent {
             ns_name: ns.name().to_owned(),
             ns_path: ns.path(),
             metrics_addr: opts.metrics_addr,
+            admin_socket,
             log_path,
         })
     }
@@ -184,6 +201,17 @@ impl Agent {
         )
     }
 
+    /// `GET path` on the agent's admin socket (`/status`, `/v1/flows`; everything the metrics
+    /// address no longer serves).
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        crate::probe::unix_http_get(&self.admin_socket, path, Duration::from_secs(5))
+    }
+
+    /// The agent's admin socket.
+    pub fn admin_socket(&self) -> &std::path::Path {
+        &self.admin_socket
+    }
+
     /// The agent's process id while it runs (`ip netns exec` execs it in place).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -214,7 +242,14 @@ impl Agent {
 
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let bin = self.bin.to_str().context("binary path is not UTF-8")?;
-        crate::cmd::in_ns(&self.ns_name, bin, args)
+        let socket = self
+            .admin_socket
+            .to_str()
+            .context("admin socket path is not UTF-8")?;
+        let env = format!("RAMPART_ADMIN_SOCKET={socket}");
+        let mut full = vec![env.as_str(), bin];
+        full.extend_from_slice(args);
+        crate::cmd::in_ns(&self.ns_name, "env", &full)
     }
 
     /// Everything the agent logged so far.

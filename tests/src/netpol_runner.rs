@@ -121,7 +121,7 @@ impl World {
         std::fs::rename(&tmp, self.policy_dir.join("case.yaml"))?;
         let deadline = Instant::now() + APPLY_TIMEOUT;
         loop {
-            if let Ok((200, body)) = self.agent.get("/status") {
+            if let Ok((200, body)) = self.agent.admin_get("/status") {
                 let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 let policy = &doc["policy"];
                 let in_force = policy["sources"]

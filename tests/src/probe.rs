@@ -222,6 +222,22 @@ pub fn http_request(
     })?
 }
 
+/// One HTTP/1.0 `GET path` on a Unix socket (the agent's admin socket), read to EOF.
+pub fn unix_http_get(
+    socket: &std::path::Path,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request_text("GET", path, "localhost", "").as_bytes())?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    parse_reply(&raw).map(|r| (r.status, r.body))
+}
+
 /// One HTTP/1.0 POST of `body` (with its `Content-Length`), read to EOF, from inside the
 /// namespace.
 pub fn http_post(

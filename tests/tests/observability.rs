@@ -229,6 +229,8 @@ fn flows_explain_and_metrics_name_what_decided() {
             .args(["netns", "exec", &shop.node_ns()])
             .arg(agent.bin())
             .args(["flows", "--follow", "--json", "--verdict", "deny"])
+            .arg("--admin-socket")
+            .arg(agent.admin_socket())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

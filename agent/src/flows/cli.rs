@@ -24,7 +24,7 @@ async fn stream(args: &FlowsArgs) -> anyhow::Result<()> {
         path.push_str(v.name());
     }
     let response =
-        crate::admin_client::send(args.metrics_addr, hyper::Method::GET, &path, None).await?;
+        crate::admin_client::send(&args.admin_socket, hyper::Method::GET, &path, None).await?;
     if !response.status().is_success() {
         bail!("the agent answered {path} with {}", response.status());
     }

@@ -432,26 +432,18 @@ fn rule_matches(
         .is_none_or(|wanted| (principal.is_some() || api_key_client.is_some()) == wanted)
 }
 
-/// The request's host, lower-case, without a port.
+/// The request's host, lower-case, without a port or a trailing dot (`normalize` has refused
+/// a request whose `Host` headers or authority disagree).
 fn request_host(parts: &Parts) -> String {
-    let raw = parts
-        .uri
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
-                        host.to_owned()
-                    }
-                    _ => h.to_owned(),
-                })
-        })
-        .unwrap_or_default();
-    raw.to_ascii_lowercase()
+    match parts.uri.authority() {
+        Some(authority) => super::normalize::host_key(authority.as_str()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(super::normalize::host_key)
+            .unwrap_or_default(),
+    }
 }
 
 /// Exact, or `*.example.com` for any subdomain.

@@ -8,6 +8,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | `route` | one destination's L7 policy with its live state (rate-limit buckets) |
+//! | `normalize` | the request the filters and the pod both see: path normalised, Host checked, transfer-codings other than `chunked` and hop-by-hop headers refused or removed (both directions) |
 //! | `chain` | the filters and the request context they read |
 //! | `serve` | HTTP/1.1 or HTTP/2 (prior knowledge) on a tunnelled stream, forwarding what passes to the upstream connection in the same protocol |
 //! | `prefixed` | a stream with its first bytes put back, for telling the two apart |
@@ -25,6 +26,7 @@ pub mod dlp_request;
 pub mod fetch;
 pub mod jwks;
 mod linger;
+pub mod normalize;
 mod prefixed;
 pub mod route;
 pub mod serve;

@@ -239,9 +239,12 @@ async fn unfiltered(
     let Some(upstream) = upstream.get().await else {
         return status_response(StatusCode::BAD_GATEWAY);
     };
+    let mut req = req;
+    super::normalize::hop_by_hop_only(req.headers_mut());
     match upstream.send(req.map(|body| body.boxed())).await {
-        Ok(response) => {
+        Ok(mut response) => {
             stats.forwarded();
+            super::normalize::hop_by_hop_only(response.headers_mut());
             response.map(|body| body.map_err(Into::into).boxed())
         }
         Err(e) => {
@@ -483,6 +486,19 @@ async fn admit(
     stats: &Arc<L7Stats>,
 ) -> Result<Admitted, Handled> {
     let (mut parts, body) = req.into_parts();
+    // The filters and the pod must read the same request: normalised first, or refused.
+    if let Err(denial) = super::normalize::request(&mut parts, route.model.escaped_slashes) {
+        stats.deny(denial.filter, denial.reason);
+        tracing::info!(
+            policy = %route.policy,
+            reason = denial.reason,
+            source = %peer.source,
+            method = %parts.method,
+            path = parts.uri.path(),
+            "l7: request refused before the filters"
+        );
+        return Err((local_response(&denial), Outcome::Denied(denial), None));
+    }
     let mut decision = chain::run(route, &parts, peer, stats);
     // A token whose `kid` no key has may have been signed with a key the IdP just published:
     // re-fetch the remote sets (rate-limited per source) and judge the request once more.
@@ -597,6 +613,15 @@ async fn filter_response(
     stats: &Arc<L7Stats>,
 ) -> Result<Response<Body>, (Response<Body>, Denial)> {
     let (mut head, body) = response.into_parts();
+    if let Err(denial) = super::normalize::response(&mut head.headers) {
+        stats.deny(denial.filter, denial.reason);
+        tracing::info!(
+            policy = %route.policy,
+            reason = denial.reason,
+            "l7: the pod's response refused"
+        );
+        return Err((local_response(&denial), denial));
+    }
     let has_body = !(no_body
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED);

@@ -202,6 +202,22 @@ fn owned_headers(headers: &hyper::HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The request's headers for the engine. HTTP/2 carries the host as `:authority`, which hyper
+/// keeps in the URI: the engine is given it as `Host`, as an HTTP/1.1 request would carry it
+/// (else CRS's rule 920280, "missing Host", refuses every HTTP/2 request).
+fn request_headers(parts: &hyper::http::request::Parts) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut headers = owned_headers(&parts.headers);
+    if !parts.headers.contains_key(hyper::header::HOST)
+        && let Some(authority) = parts.uri.authority()
+    {
+        headers.insert(
+            0,
+            (b"host".to_vec(), authority.as_str().as_bytes().to_vec()),
+        );
+    }
+    headers
+}
+
 fn version_number(version: Version) -> &'static str {
     match version {
         Version::HTTP_10 => "1.0",
@@ -292,7 +308,7 @@ async fn inspect_request(
             .path_and_query()
             .map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
         version: version_number(parts.version),
-        headers: owned_headers(&parts.headers),
+        headers: request_headers(parts),
         body: judged,
     };
     let keep_open = model.profile.response_body_limit.is_some();
@@ -557,6 +573,28 @@ mod tests {
     use hyper::header::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn an_http2_authority_is_the_engines_host() {
+        let (h2, ()) = hyper::Request::get("http://shop.example:8080/a")
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("request")
+            .into_parts();
+        assert_eq!(
+            request_headers(&h2),
+            [(b"host".to_vec(), b"shop.example:8080".to_vec())]
+        );
+        let (h1, ()) = hyper::Request::get("/a")
+            .header("host", "shop.example")
+            .body(())
+            .expect("request")
+            .into_parts();
+        assert_eq!(
+            request_headers(&h1),
+            [(b"host".to_vec(), b"shop.example".to_vec())]
+        );
+    }
 
     #[tokio::test]
     async fn a_body_read_whole_keeps_its_trailers() {

@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::listen::ConnectionCap;
+
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
 use super::spiffe::SpiffeId;
@@ -213,8 +215,9 @@ impl MeshRuntime {
     }
 
     /// Installs the policy routing, binds both listeners and spawns their tasks and the
-    /// certificate upkeep.
-    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// certificate upkeep. The listeners share `connections`: past it, new flows wait in the
+    /// kernel's backlog.
+    pub async fn start(self: &Arc<Self>, connections: ConnectionCap) -> anyhow::Result<()> {
         self.jwks.start(tokio::runtime::Handle::current());
         install_routing().context("installing the policy routing for the proxy's mark")?;
         let tunnel_listener = TcpListener::bind(SocketAddr::new(
@@ -228,7 +231,11 @@ impl MeshRuntime {
         ))
         .await)
         .with_context(|| format!("binding the tunnel port {}", self.settings.tunnel_port))?;
-        tokio::spawn(tunnel::serve(tunnel_listener, Arc::clone(&self.inbound)));
+        tokio::spawn(tunnel::serve(
+            tunnel_listener,
+            Arc::clone(&self.inbound),
+            connections.clone(),
+        ));
         for addr in [
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -241,20 +248,15 @@ impl MeshRuntime {
                     )
                 })?;
             let me = Arc::clone(self);
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, peer)) => {
-                            let me = Arc::clone(&me);
-                            tokio::spawn(async move { me.outbound(stream, peer).await });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "proxy: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(crate::listen::serve(
+                "proxy",
+                listener,
+                connections.clone(),
+                move |stream, peer| {
+                    let me = Arc::clone(&me);
+                    async move { me.outbound(stream, peer).await }
+                },
+            ));
         }
         let me = Arc::clone(self);
         tokio::spawn(async move {

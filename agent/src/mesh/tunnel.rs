@@ -21,6 +21,8 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::listen::ConnectionCap;
+
 use super::spiffe::SpiffeId;
 
 /// The port agents listen on for tunnels (ztunnel's HBONE port).
@@ -272,19 +274,12 @@ impl std::fmt::Debug for Inbound {
     }
 }
 
-/// Accepts tunnel connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "tunnel: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        tokio::spawn(handle_connection(stream, Arc::clone(&inbound)));
-    }
+/// Accepts tunnel connections on `listener` until the task is dropped, at most `cap` at once.
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, cap: ConnectionCap) {
+    crate::listen::serve("tunnel", listener, cap, move |stream, _| {
+        handle_connection(stream, Arc::clone(&inbound))
+    })
+    .await;
 }
 
 async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {

@@ -514,6 +514,16 @@ impl AgentCollector {
                 "Entries of the kernel's policy trie for the set in force",
                 status.map_entries as i64,
             ),
+            (
+                "rampart_policy_pushed_files",
+                "Files held from `rampart policy push` (at most 256)",
+                status.pushed_files as i64,
+            ),
+            (
+                "rampart_policy_pushed_bytes",
+                "Bytes of text held from `rampart policy push` (at most 32 MiB)",
+                status.pushed_bytes as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);

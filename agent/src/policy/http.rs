@@ -54,6 +54,8 @@ pub struct HttpSpec {
     pub waf: Option<Spanned<super::waf::WafSpec>>,
     /// Sensitive data in responses (see `policy::dlp`).
     pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
+    /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
+    pub escaped_slashes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +215,20 @@ pub struct HttpPolicyModel {
     pub rate_limit_shadow: bool,
     pub waf: Option<super::waf::WafModel>,
     pub dlp: Option<super::dlp::DlpModel>,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What an encoded slash (`%2F`) in a request path does (Envoy's
+/// `path_with_escaped_slashes_action`): the proxy matches rules on the path with `/` as the
+/// only separator, and an origin that decodes `%2F` would see another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// `400`.
+    #[default]
+    Reject,
+    /// Forwarded as `%2F`, one character of a segment (for APIs that carry encoded slashes in
+    /// identifiers and origins that do not decode them).
+    KeepUnchanged,
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +554,20 @@ pub fn validate(
                     None
                 }
             });
+    let escaped_slashes = match spec_value.escaped_slashes.as_ref() {
+        None => EscapedSlashes::Reject,
+        Some(s) => match s.value.as_str() {
+            "Reject" => EscapedSlashes::Reject,
+            "KeepUnchanged" => EscapedSlashes::KeepUnchanged,
+            other => {
+                v.error(
+                    s,
+                    format!("escapedSlashes {other:?}: Reject or KeepUnchanged"),
+                );
+                EscapedSlashes::Reject
+            }
+        },
+    };
     if spec_value.authentication.is_none()
         && spec_value.rules.is_none()
         && spec_value.rate_limits.is_none()
@@ -557,6 +587,7 @@ pub fn validate(
         rate_limit_shadow,
         waf,
         dlp,
+        escaped_slashes,
     })
 }
 

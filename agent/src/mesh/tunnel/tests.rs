@@ -77,7 +77,11 @@ impl World {
         let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let upstream = echo.local_addr().expect("addr");
         let tasks = vec![
-            tokio::spawn(serve(listener, Arc::clone(&inbound))),
+            tokio::spawn(serve(
+                listener,
+                Arc::clone(&inbound),
+                crate::listen::ConnectionCap::new(64),
+            )),
             tokio::spawn(async move {
                 while let Ok((mut s, _)) = echo.accept().await {
                     tokio::spawn(async move {
