@@ -26,16 +26,20 @@ pub struct Request<'a> {
     /// `1.0`, `1.1` or `2.0` (the engine wants the number, not `HTTP/1.1`).
     pub http_version: &'a str,
     pub headers: &'a [(&'a [u8], &'a [u8])],
-    /// The body, or its first `body_limit` bytes.
+    /// The body, or its first `body_limit` bytes (see [`Engine::evaluate`] for how the engine
+    /// tells a body cut at the limit from a whole one).
     pub body: &'a [u8],
 }
 
 /// The engine's verdict on one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evaluation {
-    /// The rules asked to interrupt the request (CRS: the anomaly score reached the threshold).
+    /// The rules asked to interrupt the request (CRS: the anomaly score reached the threshold;
+    /// this crate's request body checks: a body that could not be parsed).
     pub disruptive: bool,
-    /// The status the rules asked for (403 from CRS).
+    /// The status the rules asked for: 403 from CRS, 400 from the request body checks
+    /// ([`REQUEST_BODY_ERROR_RULE_ID`](crate::config::REQUEST_BODY_ERROR_RULE_ID) and the
+    /// multipart ones, group `request-body-error` or `multipart-strict-error`).
     pub status: u16,
     /// Every rule that matched, in order.
     pub matched: Vec<RuleMatch>,
@@ -53,12 +57,20 @@ impl Evaluation {
             .collect()
     }
 
-    /// The rule group of the most severe matched detection rule, the first of equals (`other`
-    /// when none): a critical SQL injection names the request, not a warning about its Host.
+    /// The rule group of the detection rule that interrupted the request itself, when one did
+    /// (a body that could not be parsed is `request-body-error`, whatever else matched before);
+    /// else of the most severe matched detection rule, the first of equals (`other` when none):
+    /// a critical SQL injection names the request, not a warning about its Host.
     pub fn group(&self) -> &'static str {
-        self.matched
-            .iter()
-            .filter(|m| !matches!(m.id / 1000, 949 | 959 | 980))
+        let detections = || {
+            self.matched
+                .iter()
+                .filter(|m| !matches!(m.id / 1000, 949 | 959 | 980))
+        };
+        if let Some(by) = detections().find(|m| m.disruptive) {
+            return by.group();
+        }
+        detections()
             .min_by_key(|m| m.severity.unwrap_or(u8::MAX))
             .map_or("other", RuleMatch::group)
     }
@@ -72,6 +84,8 @@ static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// A loaded engine. Dropping it frees the rules and the library instance (under [`LOADING`]).
 pub struct Engine {
     raw: Option<Raw>,
+    /// The profile's `body_limit`, the engine's `SecRequestBodyLimit`.
+    body_limit: usize,
 }
 
 /// The library's instance and rule set; freed on drop by whoever holds [`LOADING`].
@@ -188,7 +202,10 @@ impl Engine {
                 ExtraRules::File(path) => raw.add_file(path)?,
             }
         }
-        Ok(Engine { raw: Some(raw) })
+        Ok(Engine {
+            raw: Some(raw),
+            body_limit: profile.body_limit,
+        })
     }
 
     fn raw(&self) -> Result<&Raw, WafError> {
@@ -224,6 +241,14 @@ impl Raw {
 impl Engine {
     /// Runs the request phases (connection, URI, headers, body; the body phase runs even without
     /// a body, where CRS decides) and returns what matched. Stops at the first interruption.
+    ///
+    /// A body longer than the profile's `body_limit` is cut there by the engine
+    /// (`ProcessPartial`), which records the cut (`INBOUND_DATA_ERROR`). So is a body of exactly
+    /// `body_limit` bytes shorter than the request's `Content-Length` (one, without
+    /// `Transfer-Encoding`): the caller gave the engine the prefix of a longer body (its one
+    /// byte more, which the engine drops, marks the cut). Without that mark a body is taken as
+    /// whole, and a JSON body whose end is missing is refused as unparsable (a chunked body the
+    /// caller cut). See [`Profile::base_rules`] for what a cut body is refused for.
     pub fn evaluate(&self, request: &Request<'_>) -> Result<Evaluation, WafError> {
         let (live, interrupted) = self.request_phases(request)?;
         Ok(live.finish(interrupted))
@@ -257,6 +282,9 @@ impl Engine {
         let uri = text("the request target", request.uri)?;
         let method = text("the method", request.method)?;
         let version = text("the HTTP version", request.http_version)?;
+        let cut_by_caller = self.body_limit > 0
+            && request.body.len() == self.body_limit
+            && content_length(request.headers).is_some_and(|n| n > request.body.len() as u64);
         let raw = self.raw()?;
         let mut collected = Box::new(Collected::default());
         // SAFETY: live instance and rules; `collected` is boxed (its address stays put) and
@@ -303,6 +331,10 @@ impl Engine {
             &|t| unsafe {
                 if !request.body.is_empty() {
                     sys::msc_append_request_body(t, request.body.as_ptr(), request.body.len());
+                }
+                if cut_by_caller {
+                    // Past the limit: dropped (`ProcessPartial`), the cut recorded.
+                    sys::msc_append_request_body(t, b" ".as_ptr(), 1);
                 }
                 sys::msc_process_request_body(t);
             },
@@ -473,6 +505,29 @@ impl Drop for Transaction {
         // SAFETY: created by `msc_new_transaction`, freed once, here.
         unsafe { sys::msc_transaction_cleanup(self.0.as_ptr()) };
     }
+}
+
+/// The length the request's headers declare: `None` unless there is exactly one
+/// `Content-Length`, all digits, and no `Transfer-Encoding` (which overrides it, RFC 9112 6.3:
+/// hyper keeps a `Content-Length` sent before it).
+fn content_length(headers: &[(&[u8], &[u8])]) -> Option<u64> {
+    if headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding"))
+    {
+        return None;
+    }
+    let mut values = headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+        .map(|(_, value)| value);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// A rules call's result: `rc < 0` is an error whose text the library `strdup`'d.

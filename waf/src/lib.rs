@@ -3,7 +3,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | `sys` | the C API functions the engine calls (hand-declared, see `Cargo.toml`) |
-//! | `config` | where the CRS is (CRS 3.3 and 4 layouts) and a profile: paranoia level, threshold, body limit, exclusions, extra rules |
+//! | `config` | where the CRS is (CRS 3.3 and 4 layouts) and a profile: paranoia level, threshold, body limit, exclusions, extra rules; the request body checks (a body the engine cannot parse is refused, 400) |
 //! | `engine` | one loaded engine, shared; a request's evaluation (blocking: run it off async threads) |
 //! | `matches` | the engine's match lines parsed into rule id, message, severity, tags, anomaly score |
 

@@ -3,6 +3,8 @@
 //! [severity "2"] [tag "attack-sqli"] ...`), parsed into the fields the proxy reports. The
 //! line is the library's only C-API view of a match (`RuleMessage` is C++).
 
+use crate::config;
+
 /// One rule that matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleMatch {
@@ -42,9 +44,17 @@ impl RuleMatch {
     }
 }
 
-/// The CRS rule group of a rule id: the family of its rule file (`REQUEST-942-...-SQLI` is
-/// `sqli`); `other` outside the CRS ranges (a policy's own rules).
+/// The rule group of a rule id: this crate's request body checks by name (a body that could
+/// not be parsed, a multipart body failing strict validation); a CRS rule by the family of its
+/// rule file (`REQUEST-942-...-SQLI` is `sqli`); `other` for the rest (a policy's own rules).
 pub fn rule_group(id: u32) -> &'static str {
+    match id {
+        config::REQUEST_BODY_ERROR_RULE_ID => return "request-body-error",
+        config::MULTIPART_STRICT_RULE_ID | config::MULTIPART_BOUNDARY_RULE_ID => {
+            return "multipart-strict-error";
+        }
+        _ => {}
+    }
     match id / 1000 {
         911 => "method-enforcement",
         913 => "scanner-detection",
@@ -106,6 +116,8 @@ mod tests {
     const SQLI: &str = r#"ModSecurity: Warning. detected SQLi using libinjection. [file "/crs/rules/REQUEST-942-APPLICATION-ATTACK-SQLI.conf"] [line "46"] [id "942100"] [rev ""] [msg "SQL Injection Attack Detected via libinjection"] [data "Matched Data: 1&1 found within ARGS:var: 1234 OR 1=1"] [severity "2"] [ver "OWASP_CRS/4.28.0"] [maturity "0"] [accuracy "0"] [tag "application-multi"] [tag "attack-sqli"] [tag "paranoia-level/1"] [hostname "10.0.0.2"] [uri "/post"] [unique_id "1"] [ref "v8,15"]"#;
     const BLOCK: &str = r#"ModSecurity: Access denied with code 403 (phase 2). Matched "Operator `Ge' with parameter `5' against variable `TX:BLOCKING_INBOUND_ANOMALY_SCORE' (Value: `5' ) [file "/crs/rules/REQUEST-949-BLOCKING-EVALUATION.conf"] [line "222"] [id "949110"] [rev ""] [msg "Inbound Anomaly Score Exceeded (Total Score: 5)"] [data ""] [severity "0"] [tag "anomaly-evaluation"]"#;
 
+    const BODY_ERROR: &str = r#"[client 203.0.113.7] ModSecurity: Access denied with code 400 (phase 2). Matched "Operator `Eq' with parameter `0' against variable `REQBODY_ERROR' (Value: `1' ) [file "<<reference missing or not informed>>"] [line "13"] [id "10004"] [rev ""] [msg "Failed to parse request body."] [data "JSON parsing error: lexical error: invalid char in json text.\x0a"] [severity "2"] [ver ""] [maturity "0"] [accuracy "0"] [hostname "10.0.0.2"] [uri "/api/orders"] [unique_id "1"] [ref "v134,1"]"#;
+
     #[test]
     fn a_match_line_gives_id_message_severity_and_tags() {
         let m = RuleMatch::parse(SQLI).expect("parses");
@@ -145,5 +157,19 @@ mod tests {
         let quoted = RuleMatch::parse("[id \"12\"] [msg \"a \\\"q\\\"]\"]").expect("parses");
         assert_eq!(quoted.msg, "a \\\"q\\\"]");
         assert_eq!(rule_group(12), "other");
+    }
+
+    #[test]
+    fn the_request_body_checks_have_groups_of_their_own() {
+        let refused = RuleMatch::parse(BODY_ERROR).expect("parses");
+        assert_eq!(
+            (refused.id, refused.disruptive, refused.severity),
+            (10004, true, Some(2))
+        );
+        assert_eq!(refused.msg, "Failed to parse request body.");
+        assert_eq!(refused.group(), "request-body-error");
+        assert_eq!(rule_group(10005), "multipart-strict-error");
+        assert_eq!(rule_group(10006), "multipart-strict-error");
+        assert_eq!(rule_group(10001), "other");
     }
 }

@@ -5,6 +5,12 @@
 //! without encoding; any other encoding is refused (`502`), never passed through unscanned. A
 //! policy with a `Block` detector holds the whole response (up to [`BLOCK_MODE_LIMIT`]) and
 //! answers `502` instead if it matches. Trailers (gRPC's status) follow the masked body.
+//!
+//! A JSON response is also scanned with its string escapes decoded: a match whose bytes hold no
+//! escape is masked where it stands; one spanning escapes (`\u0034111...`) cannot be, so it
+//! refuses the response whatever the action (`encoded_match`). The head of a JSON response
+//! waits for the first bytes the masker lets go, so such a response shorter than the masker's
+//! hold-back is answered `502`; past that, the body is cut before the match.
 
 use std::io::Write as _;
 use std::pin::Pin;
@@ -13,7 +19,7 @@ use std::task::{Context, Poll};
 
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Bytes, Frame};
-use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use rampart_l7::dlp::{Action, DlpSet, Released, StreamMasker};
 
 use super::L7Stats;
@@ -37,6 +43,8 @@ pub enum Refusal {
     TooLarge,
     /// The body could not be read or decoded.
     Unreadable,
+    /// A match only the JSON-decoded body shows: it cannot be masked where it stands.
+    EncodedMatch,
 }
 
 impl Refusal {
@@ -46,6 +54,7 @@ impl Refusal {
             Refusal::Encoding => "unsupported_encoding",
             Refusal::TooLarge => "too_large",
             Refusal::Unreadable => "unreadable",
+            Refusal::EncodedMatch => "encoded_match",
         }
     }
 }
@@ -176,6 +185,30 @@ impl Decoder {
         }
         Ok(out)
     }
+}
+
+/// Whether a message's `content-type` is JSON (`application/json`, a `+json` type, or JSON
+/// lines), whose body is also scanned with its string escapes decoded.
+pub(super) fn json_content(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.ends_with("+json")
+        || matches!(
+            essence.as_str(),
+            "application/json"
+                | "text/json"
+                | "application/json-seq"
+                | "application/jsonl"
+                | "application/x-ndjson"
+                | "application/ndjson"
+        )
 }
 
 /// Whether a message carries a `content-encoding` other than identity.
@@ -317,30 +350,38 @@ pub async fn filter(
         // The length may change: the body goes re-chunked (or with the length of the whole).
         head.headers.remove(CONTENT_LENGTH);
     }
+    let json = json_content(&head.headers);
+    let mut masker = StreamMasker::new(Arc::clone(&model.set), model.shadow);
+    if json {
+        masker = masker.json();
+    }
     let mut streamed = DlpBody {
         inner: body,
         decoder,
-        masker: StreamMasker::new(Arc::clone(&model.set), model.shadow),
+        masker,
         shadow: model.shadow,
         stats: Arc::clone(stats),
         done: false,
         trailers: None,
+        first: None,
+        sent: false,
     };
     if !model.blocks || model.shadow {
+        if json && !model.shadow {
+            // A match only decoding shows refuses the response: the head waits for the first
+            // bytes the masker lets go (all of a body shorter than its hold-back).
+            match streamed.frame().await {
+                Some(Err(e)) => return Err(refusal_of(&e)),
+                first => streamed.first = first.and_then(Result::ok),
+            }
+        }
+        streamed.sent = true;
         return Ok(Filtered::Streamed(Box::new(streamed)));
     }
     let mut whole = Vec::new();
     let mut trailers = None;
     while let Some(frame) = streamed.frame().await {
-        let frame = frame.map_err(|e| {
-            if e.downcast_ref::<TooLarge>().is_some() {
-                Refusal::TooLarge
-            } else if e.downcast_ref::<Blocked>().is_some() {
-                Refusal::Blocked
-            } else {
-                Refusal::Unreadable
-            }
-        })?;
+        let frame = frame.map_err(|e| refusal_of(&e))?;
         match frame.into_data() {
             Ok(data) => {
                 whole.extend_from_slice(&data);
@@ -362,6 +403,23 @@ struct Blocked;
 #[error("the response is over the DLP block-mode limit")]
 struct TooLarge;
 
+#[derive(Debug, thiserror::Error)]
+#[error("a DLP match only the JSON-decoded response shows")]
+struct EncodedMatch;
+
+/// The refusal a body error stands for.
+fn refusal_of(e: &BoxError) -> Refusal {
+    if e.downcast_ref::<TooLarge>().is_some() {
+        Refusal::TooLarge
+    } else if e.downcast_ref::<Blocked>().is_some() {
+        Refusal::Blocked
+    } else if e.downcast_ref::<EncodedMatch>().is_some() {
+        Refusal::EncodedMatch
+    } else {
+        Refusal::Unreadable
+    }
+}
+
 /// A response body masked as it streams; its trailers follow the last (held-back) bytes.
 pub struct DlpBody {
     inner: super::waf::UpstreamBody,
@@ -371,6 +429,10 @@ pub struct DlpBody {
     stats: Arc<L7Stats>,
     done: bool,
     trailers: Option<HeaderMap>,
+    /// A frame taken before the head was sent (a JSON response's first bytes), sent first.
+    first: Option<Frame<Bytes>>,
+    /// The head is sent: a refusal cuts the body, and is counted here.
+    sent: bool,
 }
 
 impl DlpBody {
@@ -382,8 +444,18 @@ impl DlpBody {
             self.shadow,
             &released.matches,
         );
-        if released.blocked && !self.shadow {
-            return Err(Box::new(Blocked));
+        if !self.shadow && (released.blocked || released.revealed) {
+            let (refusal, error): (Refusal, BoxError) = if released.blocked {
+                (Refusal::Blocked, Box::new(Blocked))
+            } else {
+                (Refusal::EncodedMatch, Box::new(EncodedMatch))
+            };
+            // Before the head, the caller answers `502` and counts it.
+            if self.sent {
+                self.stats.deny(FILTER, refusal.reason());
+                tracing::info!(reason = refusal.reason(), "dlp: response cut");
+            }
+            return Err(error);
         }
         Ok((!released.bytes.is_empty()).then(|| Bytes::from(released.bytes)))
     }
@@ -397,6 +469,9 @@ impl Body for DlpBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
         loop {
             if self.done {
                 return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
@@ -441,6 +516,7 @@ impl Body for DlpBody {
                     released.bytes.extend(end.bytes);
                     released.matches.extend(end.matches);
                     released.blocked |= end.blocked;
+                    released.revealed |= end.revealed;
                     return match self.released(released) {
                         Ok(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                         Ok(None) => {
@@ -454,7 +530,7 @@ impl Body for DlpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
+        self.done && self.trailers.is_none() && self.first.is_none()
     }
 }
 
@@ -481,6 +557,153 @@ mod tests {
             .with_trailers(std::future::ready(Some(Ok(trailers))))
             .map_err(|never| match never {})
             .boxed()
+    }
+
+    /// A body the pod sends in `frames`.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        }
+    }
+
+    fn framed(frames: &[&[u8]]) -> super::super::waf::UpstreamBody {
+        Frames(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect()).boxed()
+    }
+
+    fn head(content_type: &'static str) -> hyper::http::response::Parts {
+        let (mut head, ()) = hyper::Response::new(()).into_parts();
+        head.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        head
+    }
+
+    /// A Visa test card, its first four digits escaped.
+    const ESCAPED: &[u8] = br#"{"card":"\u0034\u0031\u0031\u0031 1111 1111 1111 1111"}"#;
+
+    #[test]
+    fn json_content_types() {
+        for (value, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/problem+json", true),
+            ("application/x-ndjson", true),
+            ("text/plain", false),
+            ("application/jsonp", false),
+            ("application/javascript", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(json_content(&headers), json, "{value}");
+        }
+        assert!(!json_content(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn an_escaped_card_in_a_json_response_is_refused_whatever_the_action() {
+        for detectors in [
+            "{detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}",
+            "{detectors: [{type: cardNumber, action: Redact}, {type: usSsn, action: Block}]}",
+        ] {
+            // Whole, and cut inside the first escape.
+            for frames in [vec![ESCAPED], vec![&ESCAPED[..12], &ESCAPED[12..]]] {
+                let stats = Arc::new(L7Stats::default());
+                let refused = filter(
+                    &model(detectors),
+                    &mut head("application/json"),
+                    framed(&frames),
+                    &stats,
+                )
+                .await;
+                assert!(
+                    matches!(refused, Err(Refusal::EncodedMatch)),
+                    "{detectors}, {} frames",
+                    frames.len()
+                );
+                let action = if detectors.contains("Mask") {
+                    "mask"
+                } else {
+                    "redact"
+                };
+                assert_eq!(
+                    stats.dlp_matches(),
+                    [(("response", "card_number".to_owned(), action), 1)]
+                );
+            }
+        }
+        // Not JSON: taken as sent, where no card shows.
+        let stats = Arc::new(L7Stats::default());
+        let mask = model("{detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}");
+        let Ok(Filtered::Streamed(body)) =
+            filter(&mask, &mut head("text/plain"), framed(&[ESCAPED]), &stats).await
+        else {
+            panic!("text/plain refused");
+        };
+        let sent = body.collect().await.map(|c| c.to_bytes()).ok();
+        assert_eq!(sent.as_deref(), Some(ESCAPED));
+    }
+
+    #[tokio::test]
+    async fn a_json_response_masks_what_decoding_shows_outside_escapes() {
+        let stats = Arc::new(L7Stats::default());
+        let mask = model("{detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}");
+        let body = br#"{"note":"call\n4111111111111111 or \"5555555555554444\""}"#;
+        let Ok(Filtered::Streamed(body)) = filter(
+            &mask,
+            &mut head("application/json"),
+            framed(&[&body[..15], &body[15..]]),
+            &stats,
+        )
+        .await
+        else {
+            panic!("refused");
+        };
+        let sent = body.collect().await.map(|c| c.to_bytes()).ok();
+        assert_eq!(
+            sent.as_deref(),
+            Some(&br#"{"note":"call\n************1111 or \"************4444\""}"#[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_response_is_cut_before_an_escaped_card_past_the_hold_back() {
+        let mut body = br#"{"pad":""#.to_vec();
+        body.extend(vec![b'x'; 8000]);
+        body.extend_from_slice(br#"","card":""#);
+        let card_at = body.len();
+        body.extend_from_slice(&ESCAPED[9..]);
+        body.extend(vec![b' '; 7000]);
+        let frames: Vec<&[u8]> = body.chunks(1000).collect();
+        let stats = Arc::new(L7Stats::default());
+        let mask = model("{detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}");
+        let Ok(Filtered::Streamed(mut streamed)) = filter(
+            &mask,
+            &mut head("application/json"),
+            framed(&frames),
+            &stats,
+        )
+        .await
+        else {
+            panic!("refused before the head");
+        };
+        let mut sent = Vec::new();
+        let cut = loop {
+            match streamed.frame().await {
+                Some(Ok(frame)) => sent.extend(frame.into_data().unwrap_or_default()),
+                Some(Err(e)) => break refusal_of(&e),
+                None => panic!("not cut"),
+            }
+        };
+        assert_eq!(cut, Refusal::EncodedMatch);
+        assert!(!sent.is_empty() && sent.len() <= card_at, "{}", sent.len());
+        assert_eq!(stats.denials(), [((FILTER, "encoded_match"), 1)]);
     }
 
     #[test]

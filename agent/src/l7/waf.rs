@@ -278,10 +278,11 @@ async fn inspect_request(
                     );
                 }
                 OverLimit::InspectPrefix => {
-                    let limit = model.profile.body_limit.min(prefix.len());
+                    // The engine is given more than its limit so that it cuts the body itself
+                    // and knows it did (a JSON body cut short is then no parse error).
                     (
                         BodySeen::Prefix,
-                        prefix.slice(..limit),
+                        prefix.clone(),
                         PrefixedBody {
                             prefix: Some(prefix),
                             rest,

@@ -2,13 +2,17 @@
 //! expressions with bounded lengths, each confirmed by a validator where the data has one
 //! (Luhn and brand ranges for cards, mod-97 for IBANs, reserved ranges for SSNs); a custom
 //! detector is a policy's regular expression whose named group `value` is what gets masked.
+//!
+//! Card numbers and SSNs may have their digit groups apart by [`validate::separator`]s: a
+//! space, a tab, a dash or a no-break space; never a `.` or `/`.
 
 use regex::bytes::Regex;
 
-use super::validate;
+use super::{json, validate};
 
 /// The longest match any detector may have, in bytes: the stream masker keeps this much of the
-/// body back between chunks so that a match split across them is seen whole.
+/// body back between chunks so that a match split across them is seen whole (six times as much
+/// of a JSON body, whose escapes may make a match that much longer: `stream::JSON_HOLD`).
 pub const MAX_MATCH: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +70,8 @@ impl Detector {
                     group: None,
                 });
             }
-            Kind::UsSsn => r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
+            // The separators of `validate::separator`, the no-break space as UTF-8 or Latin-1.
+            Kind::UsSsn => r"(?-u)\b\d{3}(?:[-\t ]|\xC2?\xA0)\d{2}(?:[-\t ]|\xC2?\xA0)\d{4}\b",
             Kind::Iban => r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
             Kind::Email => {
                 r"(?-u)\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
@@ -143,12 +148,12 @@ fn is_word(b: u8) -> bool {
 }
 
 /// The longest card number a run of digits may hold, separators included (19 digits, one
-/// separator between any two).
-const CARD_SPAN: usize = 37;
+/// separator of at most two bytes between any two).
+const CARD_SPAN: usize = 19 + 18 * 2;
 
-/// Card numbers in `text`: runs of digits with single spaces or dashes between them, on word
-/// boundaries, of which the leftmost-longest piece that starts and ends at the run's edges or
-/// at a separator and is a card (brand range, length, Luhn) is taken.
+/// Card numbers in `text`: runs of digits with single separators ([`validate::separator`])
+/// between them, on word boundaries, of which the leftmost-longest piece that starts and ends
+/// at the run's edges or at a separator and is a card (brand range, length, Luhn) is taken.
 ///
 /// Hand-written rather than a regular expression: on digit-dense JSON (every 16-digit id a
 /// candidate to confirm) the masker took about twice as long with the regex (measured here: ~400
@@ -156,7 +161,9 @@ const CARD_SPAN: usize = 37;
 fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
     let n = text.len();
     let mut i = 0;
-    let mut cuts = Vec::new();
+    // Where a piece may end and the next start: (before, after) the run's start, each separator
+    // and the run's end.
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
     while i < n {
         if !text[i].is_ascii_digit() || (i > 0 && is_word(text[i - 1])) {
             i += 1;
@@ -165,29 +172,28 @@ fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
         // The run: digits, single separators between digits.
         let (start, mut j, mut end) = (i, i, i);
         cuts.clear();
-        cuts.push(start);
+        cuts.push((start, start));
         while j < n {
             if text[j].is_ascii_digit() {
                 j += 1;
                 end = j;
-            } else if matches!(text[j], b' ' | b'-') && j + 1 < n && text[j + 1].is_ascii_digit() {
-                cuts.push(j);
-                j += 1;
+                continue;
+            }
+            let sep = validate::separator(&text[j..]);
+            if sep > 0 && text.get(j + sep).is_some_and(u8::is_ascii_digit) {
+                cuts.push((j, j + sep));
+                j += sep;
             } else {
                 break;
             }
         }
-        cuts.push(end);
+        cuts.push((end, end));
         let mut next = end.max(i + 1);
         if end == n || !is_word(text[end]) {
             // Pieces start at the run's start or after a separator and end at a separator or the
             // run's end.
-            let starts = cuts[..cuts.len() - 1]
-                .iter()
-                .enumerate()
-                .map(|(k, &c)| if k == 0 { c } else { c + 1 });
-            'search: for s in starts {
-                for &e in cuts[1..].iter().rev() {
+            'search: for &(_, s) in &cuts[..cuts.len() - 1] {
+                for &(e, _) in cuts[1..].iter().rev() {
                     if e <= s || e - s > CARD_SPAN {
                         continue;
                     }
@@ -219,6 +225,17 @@ pub struct DlpSet {
     pub detectors: Vec<Detector>,
 }
 
+/// What a scan of JSON text found, as spans of the text as sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JsonFound {
+    /// Matches to act on where they stand: those in the text as sent, and those of the decoded
+    /// text whose bytes hold no escape (a card after a `\n`), not overlapping, by position.
+    pub found: Vec<Found>,
+    /// Matches only decoding shows, spanning escapes (`\u0034111...`): they cannot be masked
+    /// where they stand, so the message is refused. By position.
+    pub revealed: Vec<Found>,
+}
+
 impl DlpSet {
     /// Every confirmed match in `text`, not overlapping, by position.
     pub fn find(&self, text: &[u8]) -> Vec<Found> {
@@ -239,6 +256,37 @@ impl DlpSet {
         }
         found.sort_by_key(|f| f.start);
         found
+    }
+
+    /// The matches in JSON `text`, as sent and with its string escapes decoded (see
+    /// [`JsonFound`]). Text without a backslash has nothing to decode.
+    pub fn find_json(&self, text: &[u8]) -> JsonFound {
+        let mut found = self.find(text);
+        let mut revealed = Vec::new();
+        if !text.contains(&b'\\') {
+            return JsonFound { found, revealed };
+        }
+        let view = json::decode(text);
+        let as_sent = found.len();
+        for f in self.find(&view.text) {
+            let (start, end) = view.raw_span(f.start, f.end);
+            let raw = Found {
+                detector: f.detector,
+                start,
+                end,
+            };
+            let mut overlapping = found[..as_sent]
+                .iter()
+                .filter(|g| g.start < end && start < g.end);
+            match overlapping.next() {
+                // The same bytes, matched as sent: masked there.
+                Some(g) if g.start == start && g.end == end => {}
+                None if !view.escaped(start, end) => found.push(raw),
+                _ => revealed.push(raw),
+            }
+        }
+        found.sort_by_key(|f| f.start);
+        JsonFound { found, revealed }
     }
 
     /// `text` with `found` masked or redacted (Block matches are left as they are: the caller
@@ -352,6 +400,96 @@ mod tests {
             "t=[REDACTED];"
         );
         assert_eq!(run(&s, "EMP-123456"), "EMP-****56");
+    }
+
+    #[test]
+    fn tabs_and_no_break_spaces_separate_digit_groups_and_are_kept() {
+        let s = set(vec![
+            ("card_number", Kind::CardNumber, mask(4)),
+            ("us_ssn", Kind::UsSsn, mask(0)),
+        ]);
+        assert_eq!(
+            run(&s, "card\t4111\t1111\t1111\t1111\t!"),
+            "card\t****\t****\t****\t1111\t!"
+        );
+        assert_eq!(
+            run(&s, "card 4111\u{a0}1111\u{a0}1111\u{a0}1111."),
+            "card ****\u{a0}****\u{a0}****\u{a0}1111."
+        );
+        assert_eq!(run(&s, "5555 5555-5555\t4444"), "**** ****-****\t4444");
+        // Latin-1 text: the no-break space is one byte, kept as it is.
+        let latin1 = b"card 4111\xA01111\xA01111\xA01111";
+        assert_eq!(
+            s.apply(latin1, &s.find(latin1)),
+            b"card ****\xA0****\xA0****\xA01111"
+        );
+        assert_eq!(
+            run(&s, "ssn 123\t45\t6789 and 123\u{a0}45\u{a0}6789"),
+            "ssn ***\t**\t**** and ***\u{a0}**\u{a0}****"
+        );
+        // One separator at a time, as with spaces.
+        assert_eq!(
+            run(&s, "4111\t\t1111\t\t1111\t\t1111"),
+            "4111\t\t1111\t\t1111\t\t1111"
+        );
+    }
+
+    #[test]
+    fn dots_slashes_and_other_spaces_are_no_separators() {
+        let s = set(vec![
+            ("card_number", Kind::CardNumber, Action::Block),
+            ("us_ssn", Kind::UsSsn, Action::Block),
+        ]);
+        for text in [
+            "4111.1111.1111.1111",
+            "4111/1111/1111/1111",
+            "4111 1111.1111 1111",
+            "v4111.1111.1111.1111",
+            "4111\u{2007}1111\u{2007}1111\u{2007}1111",
+            "4111\u{202f}1111\u{202f}1111\u{202f}1111",
+            "4111_1111_1111_1111",
+            "123.45.6789",
+            "123/45/6789",
+        ] {
+            assert_eq!(s.find(text.as_bytes()), [], "{text}");
+        }
+    }
+
+    #[test]
+    fn json_text_is_scanned_decoded_too() {
+        let s = set(vec![("card_number", Kind::CardNumber, mask(4))]);
+        // Escaped digits: only decoding shows the card, and it cannot be masked in place.
+        let escaped = br#"{"card":"\u0034\u0031\u0031\u0031 1111 1111 1111 1111"}"#;
+        assert_eq!(s.find(escaped), []);
+        let found = s.find_json(escaped);
+        assert_eq!(found.found, []);
+        assert_eq!(
+            found.revealed,
+            [Found {
+                detector: 0,
+                start: 9,
+                end: 9 + 24 + 15
+            }]
+        );
+        // Escaped separators: a tab, no-break spaces (hex digits in either case).
+        let revealed = s.find_json(br#""4111\t1111\u00a01111\u00A01111""#);
+        assert_eq!((revealed.found.len(), revealed.revealed.len()), (0, 1));
+        // A card after `\n` holds no escape: masked where it stands.
+        let after_newline = br#"{"note":"line\n4111111111111111"}"#;
+        assert_eq!(s.find(after_newline), []);
+        let found = s.find_json(after_newline);
+        assert_eq!(found.revealed, []);
+        assert_eq!(
+            s.apply(after_newline, &found.found),
+            br#"{"note":"line\n************1111"}"#
+        );
+        // A card as sent that decoding makes 17 digits: masked as sent, nothing revealed.
+        let longer = br#""4111111111111111\u0031""#;
+        let found = s.find_json(longer);
+        assert_eq!((found.found.len(), found.revealed), (1, vec![]));
+        // An escaped backslash escapes nothing after it.
+        let found = s.find_json(br#""\\u0034111111111111111""#);
+        assert_eq!((found.found.len(), found.revealed), (0, vec![]));
     }
 
     #[test]

@@ -2,14 +2,31 @@
 //! number ranges (so an order id of 16 digits is not a card), the IBAN's mod-97 check, the US
 //! SSN's reserved ranges.
 
-/// The digits of `text`, ignoring spaces and dashes; `None` if anything else is in it.
+/// The length of the separator between digit groups that `text` starts with, 0 if none: a
+/// space, a tab, a dash, or a no-break space (U+00A0, as UTF-8 `C2 A0` or as the Latin-1 byte
+/// `A0`, which valid UTF-8 never has after a digit). `.` and `/` are not separators: dates,
+/// versions, addresses and paths are written with them.
+pub fn separator(text: &[u8]) -> usize {
+    match text {
+        [b' ' | b'\t' | b'-' | 0xA0, ..] => 1,
+        [0xC2, 0xA0, ..] => 2,
+        _ => 0,
+    }
+}
+
+/// The digits of `text`, ignoring [`separator`]s; `None` if anything else is in it.
 pub fn digits(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
-    for &b in text {
-        match b {
-            b'0'..=b'9' => out.push(b - b'0'),
-            b' ' | b'-' => {}
-            _ => return None,
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        if b.is_ascii_digit() {
+            out.push(b - b'0');
+            i += 1;
+        } else {
+            match separator(&text[i..]) {
+                0 => return None,
+                len => i += len,
+            }
         }
     }
     Some(out)
@@ -65,15 +82,17 @@ pub fn card_brand(digits: &[u8]) -> Option<&'static str> {
 /// allocation: body scans confirm thousands of candidates.)
 pub fn card_number(text: &[u8]) -> bool {
     let mut buffer = [0u8; 19];
-    let mut len = 0;
-    for &b in text {
-        match b {
-            b'0'..=b'9' if len < buffer.len() => {
-                buffer[len] = b - b'0';
-                len += 1;
+    let (mut len, mut i) = (0, 0);
+    while let Some(&b) = text.get(i) {
+        if b.is_ascii_digit() && len < buffer.len() {
+            buffer[len] = b - b'0';
+            len += 1;
+            i += 1;
+        } else {
+            match separator(&text[i..]) {
+                0 => return false,
+                sep => i += sep,
             }
-            b' ' | b'-' => {}
-            _ => return false,
         }
     }
     let d = &buffer[..len];
@@ -140,18 +159,26 @@ mod tests {
             "3530111333300000",
             "30569309025904",
             "36227206271667",
+            "4111\t1111\t1111\t1111",
+            "4111\u{a0}1111\u{a0}1111\u{a0}1111",
         ] {
             assert!(card_number(card.as_bytes()), "{card}");
         }
         for not_card in [
-            "4111111111111112",    // Luhn fails
-            "1234567812345670",    // Luhn holds, no brand starts with 1
-            "9999999999999995",    // no brand
-            "41111111111111",      // Visa prefix, wrong length
-            "4111 1111 1111 111a", // not digits
+            "4111111111111112",                         // Luhn fails
+            "1234567812345670",                         // Luhn holds, no brand starts with 1
+            "9999999999999995",                         // no brand
+            "41111111111111",                           // Visa prefix, wrong length
+            "4111 1111 1111 111a",                      // not digits
+            "4111.1111.1111.1111",                      // dots are no separators
+            "4111/1111/1111/1111",                      // nor are slashes
+            "4111\u{2007}1111\u{2007}1111\u{2007}1111", // nor other spaces
         ] {
             assert!(!card_number(not_card.as_bytes()), "{not_card}");
         }
+        // A no-break space in Latin-1 text.
+        assert!(card_number(b"4111\xA01111\xA01111\xA01111"));
+        assert!(!card_number(b"4111\xC21111\xC21111\xC21111"));
     }
 
     #[test]
@@ -167,6 +194,9 @@ mod tests {
     #[test]
     fn ssns_outside_reserved_ranges() {
         assert!(us_ssn(b"123-45-6789"));
+        assert!(us_ssn(b"123 45\t6789"));
+        assert!(us_ssn("123\u{a0}45\u{a0}6789".as_bytes()));
+        assert!(!us_ssn(b"123.45.6789"));
         for bad in [
             "000-45-6789",
             "666-45-6789",
