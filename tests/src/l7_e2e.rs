@@ -339,7 +339,7 @@ pub fn ratelimit_sample(
             && !scenario.events.is_empty()
             && scenario.events.iter().all(|e| {
                 e.t_ms <= 5_000
-                    && e.cost.unwrap_or(1) == 1
+                    && e.cost_of("default") == 1
                     && e.buckets
                         .as_ref()
                         .is_none_or(|b| b == &["default".to_string()])

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use governor::clock::FakeRelativeClock;
-use rampart_l7::ratelimit::{BucketSpec, Decision, TokenBucket, take_all};
+use rampart_l7::ratelimit::{BucketSpec, Decision, TokenBucket, take_each};
 use serde::Deserialize;
 
 /// The scenarios kept in this repository (a copy of the shared suite's, unedited).
@@ -51,8 +51,72 @@ pub struct Event {
     pub expect: String,
     #[serde(default)]
     pub buckets: Option<Vec<String>>,
+    /// Absent: 1 from every bucket the request uses.
     #[serde(default)]
-    pub cost: Option<u32>,
+    pub cost: Option<Cost>,
+}
+
+impl Event {
+    /// The buckets the request uses (absent: the `default` bucket).
+    pub fn bucket_names(&self) -> Vec<String> {
+        self.buckets
+            .clone()
+            .unwrap_or_else(|| vec!["default".to_string()])
+    }
+
+    /// The tokens the request takes from `bucket`, one of those it uses.
+    pub fn cost_of(&self, bucket: &str) -> u32 {
+        self.cost.as_ref().map_or(1, |cost| cost.of(bucket))
+    }
+}
+
+/// The tokens a request takes (Envoy's `hits_addend`): one number for every bucket it uses
+/// (`"cost": 2`), or a number per bucket (`"cost": {"A": 2, "B": 3}`). A bucket the request uses
+/// that the map does not name takes 1: the format does not say, and in Envoy a descriptor's own
+/// `hits_addend` overrides the request's, which is 1 when unset; the map form has no request-level
+/// number, so an unnamed bucket falls back to that default. A map may name only buckets the
+/// request uses ([`Scenario::check`]). 0 is passed on as it is: the limiter counts it as 1, as
+/// Envoy does an unset `hits_addend`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub enum Cost {
+    Each(u32),
+    PerBucket(BTreeMap<String, u32>),
+}
+
+impl Cost {
+    /// The tokens taken from `bucket`.
+    pub fn of(&self, bucket: &str) -> u32 {
+        match self {
+            Cost::Each(cost) => *cost,
+            Cost::PerBucket(costs) => costs.get(bucket).copied().unwrap_or(1),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for Cost {
+    type Error = String;
+
+    fn try_from(value: serde_json::Value) -> Result<Cost, String> {
+        fn tokens(value: &serde_json::Value) -> Option<u32> {
+            value.as_u64().and_then(|n| u32::try_from(n).ok())
+        }
+        const EXPECTED: &str = "cost must be a whole number of tokens (0 to 4294967295) or a map \
+                                from bucket name to one";
+        match &value {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(bucket, cost)| match tokens(cost) {
+                    Some(cost) => Ok((bucket.clone(), cost)),
+                    None => Err(format!("{EXPECTED}; bucket {bucket:?} has {cost}")),
+                })
+                .collect::<Result<_, _>>()
+                .map(Cost::PerBucket),
+            other => tokens(other)
+                .map(Cost::Each)
+                .ok_or_else(|| format!("{EXPECTED}, not {other}")),
+        }
+    }
 }
 
 /// A scenario's outcome.
@@ -64,20 +128,68 @@ pub enum Outcome {
     Skipped(String),
 }
 
+impl Scenario {
+    /// What the format requires beyond its types: a cost map names only buckets that the
+    /// configuration defines and that its request uses (an entry for any other bucket would take
+    /// nothing, so it can only be a mistake in the scenario).
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (index, event) in self.events.iter().enumerate() {
+            let Some(Cost::PerBucket(costs)) = &event.cost else {
+                continue;
+            };
+            let used = event.bucket_names();
+            for bucket in costs.keys() {
+                if !self.config.buckets.contains_key(bucket) {
+                    bail!(
+                        "scenario {}: event {index}: cost names bucket {bucket:?}, which the \
+                         configuration does not define (it has {:?})",
+                        self.id,
+                        self.config.buckets.keys().collect::<Vec<_>>()
+                    );
+                }
+                if !used.contains(bucket) {
+                    bail!(
+                        "scenario {}: event {index}: cost names bucket {bucket:?}, which the \
+                         request does not use (it uses {used:?})",
+                        self.id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn load(path: &Path) -> anyhow::Result<Vec<Scenario>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// The scenarios of a JSON-lines text, checked; `origin` (a path) names it in errors, which also
+/// name the line and the scenario's id.
+pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<Scenario>> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
-            serde_json::from_str(line).with_context(|| {
-                format!(
-                    "{}:{}: not a rate-limit scenario",
-                    path.display(),
-                    index + 1
-                )
-            })
+            let scenario = serde_json::from_str::<Scenario>(line).with_context(|| {
+                // The id, if the line has one, to name the scenario that is wrong.
+                let id = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
+                match id {
+                    Some(id) => format!(
+                        "{origin}:{}: scenario {id}: not a valid rate-limit scenario",
+                        index + 1
+                    ),
+                    None => format!("{origin}:{}: not a rate-limit scenario", index + 1),
+                }
+            })?;
+            scenario
+                .check()
+                .with_context(|| format!("{origin}:{}", index + 1))?;
+            Ok(scenario)
         })
         .collect()
 }
@@ -90,6 +202,7 @@ pub fn run_scenario(scenario: &Scenario) -> anyhow::Result<Outcome> {
             scenario.models
         )));
     }
+    scenario.check()?;
     let clock = FakeRelativeClock::default();
     let mut buckets = BTreeMap::new();
     let mut config_error = None;
@@ -134,21 +247,15 @@ pub fn run_scenario(scenario: &Scenario) -> anyhow::Result<Outcome> {
         }
         clock.advance(Duration::from_millis(event.t_ms - elapsed_ms));
         elapsed_ms = event.t_ms;
-        let names = event
-            .buckets
-            .clone()
-            .unwrap_or_else(|| vec!["default".to_string()]);
+        let names = event.bucket_names();
         let mut matched = Vec::new();
         for name in &names {
             let bucket = buckets
                 .get(name)
                 .with_context(|| format!("scenario {}: no bucket {name:?}", scenario.id))?;
-            matched.push((name.as_str(), bucket));
+            matched.push((name.as_str(), bucket, event.cost_of(name)));
         }
-        let allowed = matches!(
-            take_all(&matched, event.cost.unwrap_or(1)),
-            Decision::Allowed { .. }
-        );
+        let allowed = matches!(take_each(&matched), Decision::Allowed { .. });
         let expect_allow = match event.expect.as_str() {
             _ if deny_all => false,
             "allow" => true,
@@ -197,4 +304,141 @@ pub fn run(path: &Path) -> anyhow::Result<(usize, usize)> {
         println!("{skipped} skipped");
     }
     Ok((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str) -> Scenario {
+        let mut scenarios = parse(line, "test").unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(scenarios.len(), 1);
+        scenarios.remove(0)
+    }
+
+    fn parse_error(line: &str) -> String {
+        match parse(line, "test") {
+            Ok(scenarios) => panic!("accepted: {scenarios:?}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    /// One line: buckets `slow` (max 4, 1/s) and `fast` (max 6, 10/s) and `events` (a JSON list's
+    /// items, on any number of lines).
+    fn two_buckets(id: &str, events: &str) -> String {
+        let events = events.replace('\n', "");
+        format!(
+            r#"{{"id": "{id}", "models": ["continuous"], "config": {{"fill_interval_ms": 50, "buckets": {{"slow": {{"max_tokens": 4, "tokens_per_fill": 1, "fill_interval_ms": 1000}}, "fast": {{"max_tokens": 6, "tokens_per_fill": 1, "fill_interval_ms": 100}}}}}}, "events": [{events}], "config_expect": "accept"}}"#
+        )
+    }
+
+    #[test]
+    fn a_cost_map_charges_each_bucket_its_own_tokens() {
+        // slow is consulted first (slower fill). Event 2 names only slow: fast, unnamed, takes
+        // 1 and denies, after slow paid its last token (not returned: event 4 is denied).
+        let scenario = one(&two_buckets(
+            "map-cost",
+            r#"{"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"], "cost": {"slow": 2, "fast": 3}},
+               {"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"], "cost": {"slow": 1, "fast": 3}},
+               {"t_ms": 0, "expect": "deny", "buckets": ["slow", "fast"], "cost": {"slow": 1}},
+               {"t_ms": 0, "expect": "deny", "buckets": ["fast"], "cost": {"fast": 1}},
+               {"t_ms": 0, "expect": "deny", "buckets": ["slow"], "cost": 1},
+               {"t_ms": 1000, "expect": "allow", "buckets": ["slow", "fast"], "cost": {"slow": 1, "fast": 6}}"#,
+        ));
+        assert_eq!(
+            scenario.events[0].cost,
+            Some(Cost::PerBucket(BTreeMap::from([
+                ("fast".to_string(), 3),
+                ("slow".to_string(), 2)
+            ])))
+        );
+        assert_eq!(scenario.events[2].cost_of("fast"), 1);
+        assert_eq!(run_scenario(&scenario).ok(), Some(Outcome::Passed));
+
+        // Had fast been charged 2 then 1 instead of 3 and 3, it would still hold tokens at event
+        // 2, which would pass: the runner must tell the two apart.
+        let wrong = one(&two_buckets(
+            "map-cost-wrong",
+            r#"{"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"], "cost": {"slow": 2, "fast": 2}},
+               {"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"], "cost": {"slow": 1, "fast": 1}},
+               {"t_ms": 0, "expect": "deny", "buckets": ["slow", "fast"], "cost": {"slow": 1}}"#,
+        ));
+        assert!(matches!(
+            run_scenario(&wrong).ok(),
+            Some(Outcome::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_cost_number_charges_every_bucket_the_same() {
+        let scenario = one(&two_buckets(
+            "number-cost",
+            r#"{"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"], "cost": 3},
+               {"t_ms": 0, "expect": "deny", "buckets": ["slow", "fast"], "cost": 2},
+               {"t_ms": 0, "expect": "allow", "buckets": ["slow", "fast"]},
+               {"t_ms": 0, "expect": "allow", "buckets": ["fast"], "cost": 2},
+               {"t_ms": 0, "expect": "deny", "buckets": ["slow"]}"#,
+        ));
+        assert_eq!(scenario.events[0].cost, Some(Cost::Each(3)));
+        assert_eq!(scenario.events[2].cost, None);
+        assert_eq!(scenario.events[0].cost_of("fast"), 3);
+        assert_eq!(scenario.events[2].cost_of("fast"), 1);
+        assert_eq!(run_scenario(&scenario).ok(), Some(Outcome::Passed));
+    }
+
+    #[test]
+    fn the_repository_cases_all_pass() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/ratelimit_scenarios.jsonl");
+        let scenarios = load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(!scenarios.is_empty());
+        for scenario in &scenarios {
+            let outcome = run_scenario(scenario).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(
+                matches!(outcome, Outcome::Passed | Outcome::Skipped(_)),
+                "{}: {outcome:?}",
+                scenario.id
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_cost_is_refused_naming_the_scenario() {
+        let on_slow = |cost: &str| {
+            format!(r#"{{"t_ms": 0, "expect": "allow", "buckets": ["slow"], "cost": {cost}}}"#)
+        };
+        for (id, cost, why) in [
+            ("cost-string", r#""2""#, r#"not "2""#),
+            ("cost-negative", "-1", "not -1"),
+            ("cost-fraction", "1.5", "not 1.5"),
+            ("cost-too-big", "4294967296", "not 4294967296"),
+            ("cost-list", "[1]", "not [1]"),
+            (
+                "cost-map-string",
+                r#"{"slow": "2"}"#,
+                r#"bucket "slow" has "2""#,
+            ),
+            (
+                "cost-map-negative",
+                r#"{"slow": -2}"#,
+                r#"bucket "slow" has -2"#,
+            ),
+            (
+                "cost-map-unknown",
+                r#"{"slow": 1, "user=C": 2}"#,
+                r#"event 0: cost names bucket "user=C", which the configuration does not define"#,
+            ),
+            (
+                "cost-map-unused",
+                r#"{"slow": 1, "fast": 2}"#,
+                r#"event 0: cost names bucket "fast", which the request does not use"#,
+            ),
+        ] {
+            let error = parse_error(&two_buckets(id, &on_slow(cost)));
+            assert!(
+                error.contains(&format!("scenario {id}:")) && error.contains(why),
+                "{id}: {error}"
+            );
+        }
+    }
 }

@@ -509,6 +509,57 @@ fn the_admin_api_is_off_the_network_and_a_connection_flood_stops_nothing() {
         .expect("setpriv");
     assert!(!as_nobody.status.success(), "another user read the status");
 
+    // The pushed set is bounded, and a push replaces or deletes what an earlier one brought.
+    let pushes = dir.with_extension("pushes");
+    let _ = std::fs::remove_dir_all(&pushes);
+    std::fs::create_dir_all(&pushes).expect("push dir");
+    let file = |name: &str, namespace: &str| {
+        let path = pushes.join(name);
+        std::fs::write(
+            &path,
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"),
+        )
+        .expect("push file");
+        path.display().to_string()
+    };
+    let pushed = |what: &str| agent.sample(&format!("rampart_policy_pushed_{what}"), "");
+    let one = file("extra.yaml", "extra-1");
+    agent.cli(&["policy", "push", &one]).expect("push");
+    assert_eq!(pushed("files"), 1.0);
+    let first_bytes = pushed("bytes");
+    let one = file("extra.yaml", "extra-replaced");
+    agent.cli(&["policy", "push", &one]).expect("push again");
+    assert_eq!(pushed("files"), 1.0, "a push of the same name replaces it");
+    assert!(pushed("bytes") > first_bytes);
+    let many: Vec<String> = (0..300)
+        .map(|i| file(&format!("n{i}.yaml"), &format!("n-{i}")))
+        .collect();
+    let mut args = vec!["policy", "push"];
+    args.extend(many.iter().map(String::as_str));
+    let refused = agent.cli(&args).expect_err("300 pushed files");
+    assert!(format!("{refused:#}").contains("rejected"), "{refused:#}");
+    assert_eq!(pushed("files"), 1.0, "a refused push changed the set");
+    let big = pushes.join("big.yaml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(33 * 1024 * 1024))).expect("big file");
+    let refused = agent
+        .cli(&["policy", "push", &big.display().to_string()])
+        .expect_err("33 MiB pushed");
+    assert!(format!("{refused:#}").contains("rejected"), "{refused:#}");
+    assert!(
+        agent
+            .log()
+            .contains("over the limit of 256 files and 33554432 bytes"),
+        "the refusal names the bound"
+    );
+    assert_eq!(pushed("files"), 1.0, "a refused push changed the set");
+    agent
+        .cli(&["policy", "push", "--delete", "extra.yaml"])
+        .expect("delete");
+    assert_eq!(pushed("files"), 0.0);
+    let status = agent.cli(&["status", "--json"]).expect("status");
+    assert!(!status.contains("push:extra.yaml"), "{status}");
+    let _ = std::fs::remove_dir_all(&pushes);
+
     // A flood of idle connections, more than the agent has descriptors.
     let flood = netns::run_in(&a, move || -> Vec<TcpStream> {
         (0..800)

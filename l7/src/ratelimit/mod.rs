@@ -1,6 +1,7 @@
 //! Token-bucket rate limiting with Envoy's local rate-limit semantics, for the proxy's rate-limit
 //! filter: buckets ([`TokenBucket`]), buckets per request value ([`KeyedBuckets`]), and the rule
-//! for a request that several descriptors match ([`take_all`]).
+//! for a request that several descriptors match ([`take_all`], or [`take_each`] with a cost per
+//! bucket).
 
 mod bucket;
 mod keyed;
@@ -34,10 +35,24 @@ pub enum Decision {
 /// Takes `cost` from each bucket, slowest-filling first (Envoy's order), stopping at the first
 /// that denies. An empty list allows.
 pub fn take_all<C: Clock + Clone>(buckets: &[(&str, &TokenBucket<C>)], cost: u32) -> Decision {
-    let mut ordered: Vec<&(&str, &TokenBucket<C>)> = buckets.iter().collect();
+    take_in_order(buckets.iter().map(|&(name, bucket)| (name, bucket, cost)))
+}
+
+/// [`take_all`] with a cost per bucket (Envoy's per-descriptor `hits_addend`): each
+/// `(name, bucket, cost)` takes its own `cost` from its bucket, in the same order and with the
+/// same rule for a denial.
+pub fn take_each<C: Clock + Clone>(buckets: &[(&str, &TokenBucket<C>, u32)]) -> Decision {
+    take_in_order(buckets.iter().copied())
+}
+
+fn take_in_order<'a, C: Clock + Clone + 'a>(
+    buckets: impl Iterator<Item = (&'a str, &'a TokenBucket<C>, u32)>,
+) -> Decision {
+    let mut ordered: Vec<(&str, &TokenBucket<C>, u32)> = buckets.collect();
+    // Stable: buckets of equal fill rate keep the caller's order.
     ordered.sort_by(|a, b| a.1.spec().fill_rate().total_cmp(&b.1.spec().fill_rate()));
     let mut tightest: Option<(&str, u32, u32)> = None;
-    for (name, bucket) in ordered {
+    for (name, bucket, cost) in ordered {
         match bucket.try_take(cost) {
             Take::Allowed { remaining } => {
                 if tightest.is_none_or(|(_, least, _)| remaining < least) {
@@ -99,6 +114,38 @@ mod tests {
                 remaining: 2,
                 limit: 5
             }
+        );
+    }
+
+    #[test]
+    fn each_bucket_pays_its_own_cost() {
+        let clock = FakeRelativeClock::default();
+        let fast = bucket(6, 10, 1000, &clock);
+        let slow = bucket(4, 1, 1000, &clock);
+        // Given fast first, slow (1/s) is still consulted first; each takes its own cost.
+        let costs = |fast_cost, slow_cost| [("fast", &fast, fast_cost), ("slow", &slow, slow_cost)];
+        assert_eq!(
+            take_each(&costs(3, 2)),
+            Decision::Allowed {
+                bucket: "slow".into(),
+                remaining: 2,
+                limit: 4
+            }
+        );
+        assert_eq!(
+            take_each(&costs(3, 1)),
+            Decision::Allowed {
+                bucket: "fast".into(),
+                remaining: 0,
+                limit: 6
+            }
+        );
+        // slow pays its last token, then fast denies; slow's token is not returned.
+        assert!(
+            matches!(take_each(&costs(1, 1)), Decision::Denied { ref bucket, .. } if bucket == "fast")
+        );
+        assert!(
+            matches!(take_each(&[("slow", &slow, 1)]), Decision::Denied { ref bucket, .. } if bucket == "slow")
         );
     }
 }
