@@ -30,6 +30,11 @@ type Body = http_body_util::combinators::BoxBody<Bytes, super::dlp::BoxError>;
 /// token with room for the rest).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
+/// How long a client has to send a request head, and how long a kept-alive HTTP/1 connection
+/// may wait for its next request (nginx's `keepalive_timeout` is 75 s; clients' pools close
+/// theirs sooner): a client that holds a connection without sending is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -220,6 +225,8 @@ pub async fn relay<D, U>(
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true)
             .max_header_size(MAX_REQUEST_HEAD_BYTES)
             .serve_connection(downstream, service)

@@ -321,7 +321,12 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         let peer = peer.clone();
         async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, inbound).await) }
     });
+    // Pings find a peer that vanished without closing (a node gone, a partition), so its
+    // connection and the descriptors of its flows do not stay open for ever.
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
