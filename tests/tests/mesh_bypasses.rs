@@ -178,6 +178,9 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
         "/api/v1/../../internal/secret",
         "/api/v1/%2e%2e/%2e%2e/internal/secret",
         "/api/v1/%2E%2E/%2E%2E/internal/secret",
+        // Tomcat, Jetty and Spring serve /internal/secret for these.
+        "/internal;x/secret",
+        "/internal;jsessionid=1/secret",
         "/api/v1/./../../internal/secret",
         "/api/v1/.%2e/.%2e/internal/secret",
     ] {
@@ -210,7 +213,10 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
     );
 
     // Host tricks against `Deny hosts: [admin.example]`.
-    let host_tricks: [(&[u8], u16); 5] = [
+    let host_tricks: [(&[u8], u16); 8] = [
+        (b"GET /api/v1/x HTTP/1.1\r\nHost: admin.example:x\r\nConnection: close\r\n\r\n", 400),
+        (b"GET http://u@admin.example/api/v1/x HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n", 400),
+        (b"CONNECT admin.example:443 HTTP/1.1\r\nHost: admin.example:443\r\nConnection: close\r\n\r\n", 405),
         (b"GET /api/v1/x HTTP/1.1\r\nHost: public.example\r\nHost: admin.example\r\nConnection: close\r\n\r\n", 400),
         (b"GET /api/v1/x HTTP/1.1\r\nHost: admin.example.\r\nConnection: close\r\n\r\n", 403),
         (b"GET /api/v1/x HTTP/1.1\r\nHost: ADMIN.Example:8080\r\nConnection: close\r\n\r\n", 403),
@@ -241,7 +247,7 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
     assert!(!reply.contains("4111 1111"), "{reply}");
 
     // Hop-by-hop headers are the proxy's, never the pod's.
-    let hop = b"GET /api/v1/hop HTTP/1.1\r\nHost: shop.example\r\nConnection: close, X-Hop, Content-Length\r\nX-Hop: secret\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nX-Kept: 1\r\n\r\n";
+    let hop = b"GET /api/v1/hop HTTP/1.1\r\nHost: shop.example\r\nConnection: close, X-Hop, Content-Length\r\nX-Hop: secret\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nX-Original-URL: /internal/secret\r\nX-Kept: 1\r\n\r\n";
     let (status, reply) = send_raw(&a, to(RULES_PORT), hop);
     assert_eq!(status, 200, "{reply}");
     let received = rules_origin.take();
@@ -254,6 +260,7 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
         "keep-alive",
         "proxy-connection",
         "te",
+        "x-original-url",
     ] {
         assert!(
             received[0].header(name).is_none(),
@@ -296,6 +303,19 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
             "{content_type} {body:?}: {reply}"
         );
     }
+    // A compressed body is judged decoded: the pod may inflate it.
+    let attack = br#"{"q": "1' OR '1'='1' -- "}"#;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(attack).expect("gzip");
+    let gzipped = gzip.finish().expect("gzip");
+    let mut compressed = format!(
+        "POST /search HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        gzipped.len()
+    )
+    .into_bytes();
+    compressed.extend_from_slice(&gzipped);
+    let (status, reply) = send_raw(&a, to(WAF_PORT), &compressed);
+    assert_eq!(status, 403, "a gzip-encoded attack: {reply}");
     let (status, reply) = send_raw(
         &a,
         to(WAF_PORT),

@@ -406,7 +406,10 @@ fn rule_matches(
         rule.hosts.iter().any(|h| host_matches(h, &host))
     }) && any_or_empty(
         rule.paths.is_empty(),
-        rule.paths.iter().any(|p| path_matches(p, parts.uri.path())),
+        {
+            let path = super::normalize::rule_path(parts.uri.path());
+            rule.paths.iter().any(|p| path_matches(p, &path))
+        },
     ) && rule.headers.iter().all(|h| {
         let value = parts.headers.get(&h.name).and_then(|v| v.to_str().ok());
         match &h.value {
@@ -435,15 +438,11 @@ fn rule_matches(
 /// The request's host, lower-case, without a port or a trailing dot (`normalize` has refused
 /// a request whose `Host` headers or authority disagree).
 fn request_host(parts: &Parts) -> String {
-    match parts.uri.authority() {
-        Some(authority) => super::normalize::host_key(authority.as_str()),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(super::normalize::host_key)
-            .unwrap_or_default(),
-    }
+    let raw = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    };
+    raw.and_then(super::normalize::host_key).unwrap_or_default()
 }
 
 /// Exact, or `*.example.com` for any subdomain.

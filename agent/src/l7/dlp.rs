@@ -221,14 +221,24 @@ pub(super) fn encoded(headers: &HeaderMap) -> bool {
     })
 }
 
-/// `body` decoded for an inspector that reads text (the WAF's response rules): as it is if the
-/// message is not encoded; `Err` names why it cannot be (an encoding other than gzip, deflate
-/// or brotli, a stream that does not decode, or more than `limit` bytes decoded).
+/// Why a body could not be decoded for an inspector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Undecodable {
+    /// An encoding other than gzip, deflate or brotli, or two of them.
+    Encoding,
+    /// A stream that does not decode.
+    Unreadable,
+    /// More than the limit, decoded.
+    TooLarge,
+}
+
+/// `body` decoded for an inspector that reads text (the WAF's rules): as it is if the message
+/// is not encoded; `Err` says why it cannot be.
 pub(super) fn decode_for_inspection(
     headers: &HeaderMap,
     body: Bytes,
     limit: usize,
-) -> Result<Bytes, &'static str> {
+) -> Result<Bytes, Undecodable> {
     if !encoded(headers) {
         return Ok(body);
     }
@@ -238,12 +248,12 @@ pub(super) fn decode_for_inspection(
                 .decode_whole(&body, limit)
                 .map(Bytes::from)
                 .map_err(|r| match r {
-                    Refusal::TooLarge => "response_too_large",
-                    _ => "response_unreadable",
+                    Refusal::TooLarge => Undecodable::TooLarge,
+                    _ => Undecodable::Unreadable,
                 })
         }
         Ok(None) => Ok(body),
-        Err(_) => Err("response_encoding"),
+        Err(_) => Err(Undecodable::Encoding),
     }
 }
 

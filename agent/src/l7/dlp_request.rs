@@ -53,8 +53,9 @@ enum Form {
 }
 
 impl Form {
-    /// The form of a body, by its `content-type`.
-    fn of_body(headers: &HeaderMap) -> Form {
+    /// The form of a body, by its `content-type`; a body of another type that holds a JSON
+    /// `\u` escape is read as JSON too (an application may decode it whatever it is labelled).
+    fn of_body(headers: &HeaderMap, body: &[u8]) -> Form {
         let form = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -65,7 +66,7 @@ impl Form {
             });
         if form {
             Form::UrlEncoded
-        } else if super::dlp::json_content(headers) {
+        } else if super::dlp::json_content(headers) || body.windows(2).any(|w| w == b"\\u") {
             Form::Json
         } else {
             Form::Plain
@@ -202,8 +203,8 @@ pub async fn inspect(
                 .map_err(refusal)?,
         ),
     };
-    let form = Form::of_body(&parts.headers);
-    let judged = judge(set, plain.as_deref().unwrap_or(&sent), form);
+    let body = plain.as_deref().unwrap_or(&sent);
+    let judged = judge(set, body, Form::of_body(&parts.headers, body));
     blocked |= tally(&judged);
     if shadow {
         return Ok(whole_body(sent, trailers));
@@ -376,7 +377,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_json_request_is_judged_decoded_by_its_content_type() {
+    async fn a_request_is_judged_json_decoded_by_its_content_type_or_its_escapes() {
         let model = crate::policy::http::section_for_tests(
             "    dlp: {requests: {detectors: [{type: cardNumber, action: Mask, keepLast: 4}]}}\n",
         )
@@ -389,7 +390,8 @@ mod tests {
         for (content_type, refused) in [
             ("application/json", true),
             ("application/vnd.api+json; charset=utf-8", true),
-            ("text/plain", false),
+            // Not labelled JSON, but holding `\u` escapes an application may decode.
+            ("text/plain", true),
         ] {
             let (mut parts, ()) = hyper::Request::post("/pay")
                 .header(CONTENT_TYPE, content_type)

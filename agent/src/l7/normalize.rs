@@ -7,21 +7,30 @@
 //!   upper-case hex; runs of `/` merged; dot segments removed (§5.2.4, so `%2e%2e` too). What
 //!   stays ambiguous is refused with `400`: a backslash (raw or `%5C`), an encoded slash (`%2F`,
 //!   unless the policy keeps them unchanged), a dot segment with a path parameter (`..;`, `.;x`:
-//!   Tomcat and Jetty read it as `..`), a bad escape, an encoded NUL. The request is forwarded
-//!   with the normalised path, so the rules judged what the pod serves.
+//!   Tomcat and Jetty read it as `..`), a bad escape, an encoded NUL, a path that does not
+//!   start with `/` (an HTTP/2 `:path` may; only `OPTIONS *` is let through). The request is
+//!   forwarded with the normalised path, so the rules judged what the pod serves. Rules match
+//!   the path with each segment's `;parameters` removed ([`rule_path`]), as Tomcat, Jetty and
+//!   Spring serve it: `/internal;x/secret` is `/internal/secret` to a `Deny prefix /internal/`.
 //! - **Host**: more than one `Host`, an authority (absolute-form request line, or HTTP/2's
-//!   `:authority`) that disagrees with `Host`, or an HTTP/1.1 request with neither: `400`.
-//!   Hosts are compared case-insensitively and without a trailing dot.
+//!   `:authority`) that disagrees with `Host` or carries userinfo, a host that is not a DNS name
+//!   or an IP literal with an optional numeric port (`admin.example:x` is routed to
+//!   `admin.example` by nginx), or an HTTP/1.1 request with neither: `400`. Hosts are compared
+//!   case-insensitively, without the port and without a trailing dot.
 //! - **Transfer-codings**: only `chunked` (RFC 9112 §6.1 lets a server refuse the others): a
 //!   request with any other gets `501`, a response `502`, because a gzip-coded body would pass
 //!   the WAF and DLP undecoded.
 //! - **Hop-by-hop headers** (RFC 9110 §7.6.1): `Connection` and every header it names,
 //!   `Keep-Alive`, `Proxy-Connection`, `Upgrade`, `HTTP2-Settings`, and `TE` unless it is
-//!   `trailers` (gRPC needs it), removed in both directions. `Host` is kept even if named.
+//!   `trailers` (gRPC needs it), removed in both directions. `Host` and the framing headers
+//!   (`Content-Length`, `Transfer-Encoding`) are kept even if named: the proxy frames the
+//!   message it forwards itself. `X-Original-URL` and `X-Rewrite-URL` (a path some frameworks
+//!   serve instead of the request line's, past every rule) are removed from requests.
+//! - **CONNECT** on a port with L7 rules: `405` (its target has no path for the rules).
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{StatusCode, Uri, Version};
+use hyper::{Method, StatusCode, Uri, Version};
 
 use super::chain::Denial;
 use crate::policy::http::EscapedSlashes;
@@ -31,21 +40,48 @@ pub const FILTER: &str = "http";
 
 /// Makes the request what the filters and the pod will both see, or refuses it.
 pub fn request(parts: &mut Parts, escaped_slashes: EscapedSlashes) -> Result<(), Denial> {
+    if parts.method == Method::CONNECT {
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "connect"));
+    }
     if !only_chunked(&parts.headers) {
         return Err(refuse(StatusCode::NOT_IMPLEMENTED, "transfer_coding"));
     }
     remove_hop_by_hop(&mut parts.headers);
+    for name in PATH_OVERRIDES {
+        parts.headers.remove(name);
+    }
     check_host(parts)?;
     let path = parts.uri.path();
-    if path.starts_with('/') {
-        let normalized = normalize_path(path, escaped_slashes)
-            .map_err(|reason| refuse(StatusCode::BAD_REQUEST, reason))?;
-        if normalized != path {
-            parts.uri = with_path(&parts.uri, &normalized)
-                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_path"))?;
-        }
+    if path == "*" && parts.method == Method::OPTIONS {
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(refuse(StatusCode::BAD_REQUEST, "bad_path"));
+    }
+    let normalized = normalize_path(path, escaped_slashes)
+        .map_err(|reason| refuse(StatusCode::BAD_REQUEST, reason))?;
+    if normalized != path {
+        parts.uri = with_path(&parts.uri, &normalized)
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_path"))?;
     }
     Ok(())
+}
+
+/// Headers some frameworks (IIS URL Rewrite, Symfony, Zend) serve a path from instead of the
+/// request line's: a rule never judged it.
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// The path rules match: each segment without its `;parameters` (what Tomcat, Jetty and Spring
+/// serve for `/internal;jsessionid=x/secret`). The forwarded path keeps them.
+pub fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let stripped: Vec<&str> = path
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(segment))
+        .collect();
+    std::borrow::Cow::Owned(stripped.join("/"))
 }
 
 /// The pod's response head: a transfer-coding other than `chunked` is the reason to refuse it
@@ -106,7 +142,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| name != header::HOST)
+        .filter(|name| {
+            ![
+                header::HOST,
+                header::CONTENT_LENGTH,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(name)
+        })
         .collect();
     for name in named {
         headers.remove(name);
@@ -123,19 +166,42 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `host`, lower-case, without a port and a trailing dot (what rules and checks compare).
-pub fn host_key(authority: &str) -> String {
-    let host = match authority.rsplit_once(':') {
-        // An IPv6 literal keeps its colons: the port follows the bracket.
-        Some((host, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (!host.contains(':') || host.ends_with(']')) =>
-        {
-            host
+/// The host of a `Host` value or an authority, lower-case, without the port and a trailing
+/// dot (what rules and checks compare); `None` if it is not a DNS name or an IP literal with an
+/// optional numeric port (no userinfo, nothing else).
+pub fn host_key(authority: &str) -> Option<String> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        authority.get(1..end)?.parse::<std::net::Ipv6Addr>().ok()?;
+        let after = authority.get(end + 1..)?;
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':')?)
+        };
+        (authority.get(..=end)?, port)
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !name_ok {
+            return None;
         }
-        _ => authority,
+        (host, port)
     };
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
 }
 
 fn check_host(parts: &Parts) -> Result<(), Denial> {
@@ -147,12 +213,24 @@ fn check_host(parts: &Parts) -> Result<(), Denial> {
         Some(value) => Some(
             value
                 .to_str()
-                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bad_host"))?,
+                .ok()
+                .and_then(host_key)
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_host"))?,
         ),
         None => None,
     };
-    match (parts.uri.authority(), header) {
-        (Some(authority), Some(header)) if host_key(authority.as_str()) != host_key(header) => {
+    let authority = match parts.uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            return Err(refuse(StatusCode::BAD_REQUEST, "bad_host"));
+        }
+        Some(authority) => Some(
+            host_key(authority.as_str())
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_host"))?,
+        ),
+        None => None,
+    };
+    match (authority, header) {
+        (Some(authority), Some(header)) if authority != header => {
             Err(refuse(StatusCode::BAD_REQUEST, "host_mismatch"))
         }
         (None, None) if parts.version == Version::HTTP_11 => {
@@ -210,6 +288,14 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
         let bare = segment.split(|&b| b == b';').next().unwrap_or(segment);
         if segment.contains(&b';') && matches!(bare, b"." | b"..") {
             return Err("dot_segment_parameter");
+        }
+        // A kept `%2F` beside a dot segment is a traversal to an origin that decodes it.
+        if escaped_slashes == EscapedSlashes::KeepUnchanged
+            && std::str::from_utf8(segment).is_ok_and(|text| {
+                text.contains("%2F") && text.split("%2F").any(|p| p == "." || p == "..")
+            })
+        {
+            return Err("escaped_slash");
         }
         ends_in_dot = matches!(segment, b"." | b"..");
         match segment {
@@ -301,6 +387,17 @@ mod tests {
             normalize_path("/files/a%2fb", EscapedSlashes::KeepUnchanged).as_deref(),
             Ok("/files/a%2Fb")
         );
+        for traversal in [
+            "/files/..%2Fsecret",
+            "/files/a%2F..%2F..%2Fsecret",
+            "/files/.%2f",
+        ] {
+            assert_eq!(
+                normalize_path(traversal, EscapedSlashes::KeepUnchanged),
+                Err("escaped_slash"),
+                "{traversal}"
+            );
+        }
     }
 
     fn parts(request: hyper::http::request::Builder) -> Parts {
@@ -318,6 +415,42 @@ mod tests {
             parts(hyper::Request::get("http://shop.example/a/./b//c").version(Version::HTTP_2));
         request(&mut h2, EscapedSlashes::Reject).expect("normalised");
         assert_eq!(h2.uri.to_string(), "http://shop.example/a/b/c");
+    }
+
+    #[test]
+    fn rules_see_segments_without_their_parameters() {
+        assert_eq!(rule_path("/internal;x/secret"), "/internal/secret");
+        assert_eq!(rule_path("/admin;jsessionid=1"), "/admin");
+        assert_eq!(rule_path("/a/b"), "/a/b");
+    }
+
+    #[test]
+    fn a_path_without_its_slash_connect_and_path_overrides_are_refused_or_removed() {
+        // An authority-form target (or an HTTP/2 `:path` without its slash) has no path the
+        // rules could match.
+        let mut relative =
+            parts(hyper::Request::get("shop.example:443").header("host", "shop.example"));
+        let denial = request(&mut relative, EscapedSlashes::Reject).expect_err("no slash");
+        assert_eq!(
+            (denial.status, denial.reason),
+            (StatusCode::BAD_REQUEST, "bad_path")
+        );
+        let mut connect = parts(hyper::Request::connect("shop.example:443"));
+        assert_eq!(
+            request(&mut connect, EscapedSlashes::Reject).map_err(|d| d.status),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        let mut star = parts(hyper::Request::options("*").header("host", "a"));
+        assert!(request(&mut star, EscapedSlashes::Reject).is_ok());
+        let mut overrides = parts(
+            hyper::Request::get("/public")
+                .header("host", "a")
+                .header("x-original-url", "/internal/secret")
+                .header("x-rewrite-url", "/internal/secret"),
+        );
+        request(&mut overrides, EscapedSlashes::Reject).expect("passes");
+        assert!(overrides.headers.get("x-original-url").is_none());
+        assert!(overrides.headers.get("x-rewrite-url").is_none());
     }
 
     #[test]
@@ -346,9 +479,34 @@ mod tests {
         assert!(check_host(&agree).is_ok());
         let http10 = parts(hyper::Request::get("/").version(Version::HTTP_10));
         assert!(check_host(&http10).is_ok());
-        assert_eq!(host_key("Admin.Example."), "admin.example");
-        assert_eq!(host_key("[::1]:8080"), "[::1]");
-        assert_eq!(host_key("::1"), "::1");
+        assert_eq!(host_key("Admin.Example.").as_deref(), Some("admin.example"));
+        assert_eq!(
+            host_key("admin.example:8080").as_deref(),
+            Some("admin.example")
+        );
+        assert_eq!(host_key("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(host_key("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        for bad in [
+            "admin.example:x",
+            "admin.example:80:80",
+            "admin.example:",
+            "u@admin.example",
+            "::1",
+            "[::1",
+            "[zz]:80",
+            "[::1]x",
+            "",
+            ".",
+            "admin example",
+            "admin.example:123456",
+        ] {
+            assert_eq!(host_key(bad), None, "{bad}");
+        }
+        let userinfo =
+            parts(hyper::Request::get("http://u@admin.example/x").header("host", "admin.example"));
+        assert_eq!(check_host(&userinfo).map_err(|d| d.reason), Err("bad_host"));
+        let odd_port = parts(hyper::Request::get("/").header("host", "admin.example:x"));
+        assert_eq!(check_host(&odd_port).map_err(|d| d.reason), Err("bad_host"));
     }
 
     #[test]
@@ -386,8 +544,9 @@ mod tests {
                 .header("host", "a")
                 .header(
                     "connection",
-                    "keep-alive, X-Secret-Hop, content-length, host",
+                    "keep-alive, X-Secret-Hop, content-length, transfer-encoding, host",
                 )
+                .header("content-length", "0")
                 .header("x-secret-hop", "1")
                 .header("upgrade", "h2c")
                 .header("http2-settings", "AAMAAABkAAQAAP__")
@@ -396,8 +555,9 @@ mod tests {
                 .header("x-kept", "1"),
         );
         request(&mut p, EscapedSlashes::Reject).expect("passes");
-        let names: Vec<&str> = p.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["host", "x-kept"]);
+        let mut names: Vec<&str> = p.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "x-kept"]);
         let mut grpc = parts(
             hyper::Request::post("/svc/Method")
                 .header("host", "a")

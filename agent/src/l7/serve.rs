@@ -168,14 +168,24 @@ pub async fn relay<D, U>(
     let mut downstream = super::linger::Lingering::new(downstream);
     // Enough of the stream to tell the preface from a request line: one read, unless the bytes
     // keep matching the preface.
+    // A client that sends nothing is closed like one that sends no request head.
     let mut head = Vec::with_capacity(H2_PREFACE.len());
-    while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
-        let mut buf = [0u8; 24];
-        let wanted = H2_PREFACE.len() - head.len();
-        match downstream.read(&mut buf[..wanted]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    let read_head = async {
+        while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+            let mut buf = [0u8; 24];
+            let wanted = H2_PREFACE.len() - head.len();
+            match downstream.read(&mut buf[..wanted]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
         }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(HEADER_READ_TIMEOUT, read_head).await,
+        Ok(true)
+    ) {
+        return;
     }
     let http2 = head == H2_PREFACE;
     let downstream = TokioIo::new(Prefixed::new(head, downstream));
@@ -220,6 +230,9 @@ pub async fn relay<D, U>(
     });
     let served = if http2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(HEADER_READ_TIMEOUT / 2))
+            .keep_alive_timeout(HEADER_READ_TIMEOUT / 3)
             .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
             .serve_connection(downstream, service)
             .await

@@ -23,6 +23,7 @@ use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
 use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
+use super::dlp::Undecodable;
 use super::chain::{Denial, Peer};
 use crate::policy::compile::Compiled;
 use crate::policy::waf::{OverLimit, WafModel};
@@ -205,8 +206,20 @@ fn owned_headers(headers: &hyper::HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// The request's headers for the engine. HTTP/2 carries the host as `:authority`, which hyper
 /// keeps in the URI: the engine is given it as `Host`, as an HTTP/1.1 request would carry it
 /// (else CRS's rule 920280, "missing Host", refuses every HTTP/2 request).
-fn request_headers(parts: &hyper::http::request::Parts) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// With `decoded_length`, the body is given to the engine decoded: its `content-encoding` is
+/// not the engine's to see, and its length is the decoded one.
+fn request_headers(
+    parts: &hyper::http::request::Parts,
+    decoded_length: Option<usize>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut headers = owned_headers(&parts.headers);
+    if let Some(length) = decoded_length {
+        headers.retain(|(name, _)| {
+            !name.eq_ignore_ascii_case(b"content-encoding")
+                && !name.eq_ignore_ascii_case(b"content-length")
+        });
+        headers.push((b"content-length".to_vec(), length.to_string().into_bytes()));
+    }
     if !parts.headers.contains_key(hyper::header::HOST)
         && let Some(authority) = parts.uri.authority()
     {
@@ -295,6 +308,36 @@ async fn inspect_request(
     } else {
         (BodySeen::NotInspected, Bytes::new(), body.boxed())
     };
+    // The rules read text: a body with a content-encoding is given to them decoded (it goes on
+    // as it came), or refused when it cannot be (a pod that inflates request bodies would
+    // otherwise read what no rule saw).
+    let encoded = model.inspect_body && super::dlp::encoded(&parts.headers);
+    let judged = if encoded {
+        if seen != BodySeen::Whole {
+            report.body = Some(BodySeen::NotInspected.name());
+            let refusal = denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE);
+            return (Err(refusal), report, None);
+        }
+        match super::dlp::decode_for_inspection(&parts.headers, judged, model.profile.body_limit)
+        {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                report.body = Some(BodySeen::NotInspected.name());
+                let refusal = match reason {
+                    Undecodable::TooLarge => {
+                        denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    Undecodable::Encoding => {
+                        denial("body_encoding", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                    }
+                    Undecodable::Unreadable => denial("body_unreadable", StatusCode::BAD_REQUEST),
+                };
+                return (Err(refusal), report, None);
+            }
+        }
+    } else {
+        judged
+    };
     report.body = Some(seen.name());
     let Some(engine) = waf.engine.clone() else {
         report.engine_error = true;
@@ -309,7 +352,7 @@ async fn inspect_request(
             .path_and_query()
             .map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
         version: version_number(parts.version),
-        headers: request_headers(parts),
+        headers: request_headers(parts, encoded.then_some(judged.len())),
         body: judged,
     };
     let keep_open = model.profile.response_body_limit.is_some();
@@ -412,6 +455,11 @@ pub async fn inspect_response(
         Ok(judged) => judged,
         Err(reason) => {
             report.response_body = Some(BodySeen::NotInspected.name());
+            let reason = match reason {
+                Undecodable::TooLarge => "response_too_large",
+                Undecodable::Unreadable => "response_unreadable",
+                Undecodable::Encoding => "response_encoding",
+            };
             return (Err(denial(reason, StatusCode::BAD_GATEWAY)), verdict);
         }
     };
@@ -583,7 +631,7 @@ mod tests {
             .expect("request")
             .into_parts();
         assert_eq!(
-            request_headers(&h2),
+            request_headers(&h2, None),
             [(b"host".to_vec(), b"shop.example:8080".to_vec())]
         );
         let (h1, ()) = hyper::Request::get("/a")
@@ -592,7 +640,7 @@ mod tests {
             .expect("request")
             .into_parts();
         assert_eq!(
-            request_headers(&h1),
+            request_headers(&h1, None),
             [(b"host".to_vec(), b"shop.example".to_vec())]
         );
     }

@@ -905,15 +905,23 @@ impl HttpValidator<'_> {
                 self.error(spec, format!("principals: {principal:?}: {e}"));
             }
         }
+        let mut hosts = Vec::new();
+        for host in raw.hosts.iter().flatten() {
+            match rule_host(host) {
+                Some(host) => hosts.push(host),
+                None => self.error(
+                    spec,
+                    format!(
+                        "hosts: {host:?}: a DNS name, `*.` and a DNS name, or an IP address, \
+                         without a port (a request's port is not compared)"
+                    ),
+                ),
+            }
+        }
         Some(HttpRuleModel {
             action,
             methods,
-            hosts: raw
-                .hosts
-                .iter()
-                .flatten()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            hosts,
             paths,
             headers,
             principals: raw.principals.clone().unwrap_or_default(),
@@ -1016,6 +1024,23 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
         _ => None,
     }
+}
+
+/// A rule's host as requests are compared with it: lower-case, without a trailing dot; `None`
+/// if it is not a DNS name (optionally `*.`-prefixed) or an IP address.
+fn rule_host(host: &str) -> Option<String> {
+    let lower = host.to_ascii_lowercase();
+    let lower = lower.strip_suffix('.').unwrap_or(&lower);
+    let name = lower.strip_prefix("*.").unwrap_or(lower);
+    let ipv6 = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    let dns = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    (ipv6 || dns).then(|| lower.to_owned())
 }
 
 /// An anchored regex for a path glob: `**` any characters, `*` any within one segment, `?` one
@@ -1124,6 +1149,20 @@ mod tests {
             }) => assert_eq!(keys.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn rule_hosts_are_compared_as_requests_are() {
+        assert_eq!(rule_host("Admin.Example.").as_deref(), Some("admin.example"));
+        assert_eq!(rule_host("*.Shop.example").as_deref(), Some("*.shop.example"));
+        assert_eq!(rule_host("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(rule_host("[::1]").as_deref(), Some("[::1]"));
+        for bad in ["admin.example:8080", "", "a b", "*.", "[zz]", "u@admin.example"] {
+            assert_eq!(rule_host(bad), None, "{bad}");
+        }
+        let err = section_for_tests("    rules: [{action: Deny, hosts: [\"admin.example:8080\"]}]\n")
+            .expect_err("a port");
+        assert!(err.iter().any(|e| e.contains("without a port")), "{err:?}");
     }
 
     #[test]
