@@ -69,25 +69,53 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<AgentState>, metric
     .await;
 }
 
-/// Binds the admin socket at `path`: its directory is created (mode 0700) if missing, a stale
-/// socket left by a previous agent is replaced, and the socket is made mode 0600. Fails if
-/// another agent is serving it.
+/// Binds the admin socket at `path`: its directory is created (mode 0700) if missing and must
+/// otherwise be the agent's user's and writable by nobody else (else someone could swap the
+/// socket); a stale socket left by a previous agent is replaced, anything else at the path is
+/// an error; the socket is created mode 0600. Fails if another agent is serving it.
 pub fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another agent is serving it (stop it first)");
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", dir.display()))?;
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale {}", path.display()))?;
+        let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let owner_ok = meta.uid() == own_uid || meta.uid() == 0;
+        // Writable by others only with the sticky bit (as /tmp): then nobody else can remove
+        // or replace the socket.
+        let writable_ok = meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0;
+        if !(owner_ok && writable_ok) {
+            anyhow::bail!(
+                "its directory {} must belong to root or the agent's user and be writable by \
+                 nobody else (or be sticky, as /tmp is)",
+                dir.display()
+            );
+        }
     }
-    let listener = UnixListener::bind(path)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another agent is serving it (stop it first)");
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!("something that is not a socket is at that path"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    // Created without group or other permissions, so it is never open to them, not even
+    // between the bind and the chmod.
+    // SAFETY: umask only changes this process's file creation mask; restored right after.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} private", path.display()))?;
     Ok(listener)
@@ -436,4 +464,47 @@ fn with_type(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rampart-admin-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        dir
+    }
+
+    #[tokio::test]
+    async fn the_admin_socket_is_private_and_replaces_only_a_stale_socket() {
+        let dir = private_dir("bind");
+        let path = dir.join("admin.sock");
+        let listener = bind_admin_socket(&path).expect("bound");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = bind_admin_socket(&path).expect_err("in use");
+        assert!(err.to_string().contains("another agent"), "{err}");
+        drop(listener);
+        bind_admin_socket(&path).expect("a stale socket is replaced");
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, "keep me").expect("file");
+        let err = bind_admin_socket(&file).expect_err("a file");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&file).ok().as_deref(),
+            Some("keep me")
+        );
+        let open = dir.join("open");
+        std::fs::create_dir_all(&open).expect("dir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = bind_admin_socket(&open.join("admin.sock")).expect_err("a shared directory");
+        assert!(err.to_string().contains("writable by"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -27,6 +27,47 @@ pub fn dual_stack_pod_object(namespace: &str, name: &str, node: u8, ip: Ipv4Addr
     )
 }
 
+/// The two-node shop of the L7 tests: pod `shop/a` on node 1 calls pod `shop/b` on node 2
+/// through the tunnel, where b's MeshPolicies put each port's requests through the chain.
+pub mod shop {
+    use std::net::Ipv4Addr;
+
+    use super::pod_object;
+    use crate::Topology;
+
+    /// Pod `n`'s address (`10.244.<n>.10`, on node `n`).
+    pub fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, n, 10)
+    }
+
+    /// A MeshPolicy on pod b's `port` whose `http` section is `http`: YAML lines indented by
+    /// four spaces, each ending in a newline.
+    pub fn b_policy(name: &str, port: u16, http: &str) -> String {
+        format!(
+            "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n{http}"
+        )
+    }
+
+    /// The namespace, pods a and b, and `policies`.
+    pub fn world(policies: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{policies}",
+            pod_object("shop", "a", 1, ip(1)),
+            pod_object("shop", "b", 2, ip(2)),
+        )
+    }
+
+    /// Pod a on node 1, pod b on node 2.
+    pub fn two_nodes() -> anyhow::Result<Topology> {
+        Topology::builder(crate::netns::TEST_PREFIX)
+            .node("node-1")
+            .node("node-2")
+            .pod("node-1", "shop/a", ip(1))
+            .pod("node-2", "shop/b", ip(2))
+            .build()
+    }
+}
+
 /// One agent per node, all with the same CA (`rampart ca init`) and policy; the work directory
 /// is removed on drop, after the agents stop.
 #[derive(Debug)]

@@ -17,13 +17,14 @@
 //! - card numbers written with JSON `\u` escapes in a request body do not pass request DLP.
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rampart_tests::listener::Listener;
+use rampart_tests::mesh::shop::{self, ip, world};
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::netns::{self, TEST_PREFIX};
 use rampart_tests::raw_origin::RawOrigin;
@@ -36,33 +37,12 @@ const DLP_PORT: u16 = 8082;
 const CODED_RESPONSE_PORT: u16 = 8083;
 const H2_WAF_PORT: u16 = 8084;
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, n, 10)
-}
-
-/// A MeshPolicy on pod b's `port` whose `http` section is `http` (YAML lines under `http:`).
 fn mesh_policy(name: &str, port: u16, http: &str) -> String {
-    format!(
-        "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n{http}"
-    )
-}
-
-fn world(policies: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{policies}",
-        pod_object("shop", "a", 1, ip(1)),
-        pod_object("shop", "b", 2, ip(2)),
-    )
+    shop::b_policy(name, port, http)
 }
 
 fn two_nodes() -> Topology {
-    Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1))
-        .pod("node-2", "shop/b", ip(2))
-        .build()
-        .expect("topology")
+    shop::two_nodes().expect("topology")
 }
 
 /// Sends `raw` from the namespace at `ns` to `to` and reads until the other side closes (or

@@ -10,12 +10,13 @@
 //! - DLP on port 8082: a card number in the pod's response is masked on its way back (an order id
 //!   that fails Luhn is not), counted, and masked in the access log's path too.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rampart_tests::http_server::HttpServer;
-use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::mesh::MeshAgents;
+use rampart_tests::mesh::shop::{self, ip, world};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::{KeptAlive, http_post, http_request};
 use rampart_tests::{Topology, require_root};
@@ -23,35 +24,13 @@ use rampart_tests::{Topology, require_root};
 const TIMEOUT: Duration = Duration::from_secs(10);
 const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, n, 10)
-}
-
 /// A MeshPolicy on pod b's `port` whose `http` section is `http` (one line, e.g. `waf: {}`).
 fn mesh_policy(name: &str, port: u16, http: &str) -> String {
-    format!(
-        "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  http:\n    {http}\n"
-    )
+    shop::b_policy(name, port, &format!("    {http}\n"))
 }
 
-/// The namespace, pods a and b, and `policies`.
-fn world(policies: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}{policies}",
-        pod_object("shop", "a", 1, ip(1)),
-        pod_object("shop", "b", 2, ip(2)),
-    )
-}
-
-/// Pod a on node 1, pod b on node 2.
 fn two_nodes() -> Topology {
-    Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1))
-        .pod("node-2", "shop/b", ip(2))
-        .build()
-        .expect("topology")
+    shop::two_nodes().expect("topology")
 }
 
 #[test]

@@ -404,13 +404,10 @@ fn rule_matches(
     ) && any_or_empty(rule.hosts.is_empty(), {
         let host = request_host(parts);
         rule.hosts.iter().any(|h| host_matches(h, &host))
-    }) && any_or_empty(
-        rule.paths.is_empty(),
-        {
-            let path = super::normalize::rule_path(parts.uri.path());
-            rule.paths.iter().any(|p| path_matches(p, &path))
-        },
-    ) && rule.headers.iter().all(|h| {
+    }) && any_or_empty(rule.paths.is_empty(), {
+        let path = super::normalize::rule_path(parts.uri.path());
+        rule.paths.iter().any(|p| path_matches(p, &path))
+    }) && rule.headers.iter().all(|h| {
         let value = parts.headers.get(&h.name).and_then(|v| v.to_str().ok());
         match &h.value {
             HeaderValueMatch::Exact(x) => value == Some(x.as_str()),
@@ -440,7 +437,10 @@ fn rule_matches(
 fn request_host(parts: &Parts) -> String {
     let raw = match parts.uri.authority() {
         Some(authority) => Some(authority.as_str()),
-        None => parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     };
     raw.and_then(super::normalize::host_key).unwrap_or_default()
 }

@@ -634,13 +634,7 @@ async fn filter_response(
 ) -> Result<Response<Body>, (Response<Body>, Denial)> {
     let (mut head, body) = response.into_parts();
     if let Err(denial) = super::normalize::response(&mut head.headers) {
-        stats.deny(denial.filter, denial.reason);
-        tracing::info!(
-            policy = %route.policy,
-            reason = denial.reason,
-            "l7: the pod's response refused"
-        );
-        return Err((local_response(&denial), denial));
+        return Err(refuse_response(route, stats, denial));
     }
     let has_body = !(no_body
         || head.status == StatusCode::NO_CONTENT
@@ -682,19 +676,25 @@ async fn filter_response(
                         status: StatusCode::BAD_GATEWAY,
                         headers: Vec::new(),
                     };
-                    stats.deny(denial.filter, denial.reason);
-                    tracing::info!(
-                        policy = %route.policy,
-                        reason = denial.reason,
-                        "dlp: response refused"
-                    );
-                    return Err((local_response(&denial), denial));
+                    return Err(refuse_response(route, stats, denial));
                 }
             }
         }
         _ => body.map_err(Into::into).boxed(),
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// A refusal of the pod's response, counted and logged; the answer that replaces it.
+fn refuse_response(route: &HttpRoute, stats: &L7Stats, denial: Denial) -> (Response<Body>, Denial) {
+    stats.deny(denial.filter, denial.reason);
+    tracing::info!(
+        policy = %route.policy,
+        filter = denial.filter,
+        reason = denial.reason,
+        "l7: the pod's response refused"
+    );
+    (local_response(&denial), denial)
 }
 
 fn full_body(bytes: Bytes) -> Body {

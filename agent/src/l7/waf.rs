@@ -23,8 +23,8 @@ use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
 use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
-use super::dlp::Undecodable;
 use super::chain::{Denial, Peer};
+use super::dlp::Undecodable;
 use crate::policy::compile::Compiled;
 use crate::policy::waf::{OverLimit, WafModel};
 
@@ -318,8 +318,7 @@ async fn inspect_request(
             let refusal = denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE);
             return (Err(refusal), report, None);
         }
-        match super::dlp::decode_for_inspection(&parts.headers, judged, model.profile.body_limit)
-        {
+        match super::dlp::decode_for_inspection(&parts.headers, judged, model.profile.body_limit) {
             Ok(decoded) => decoded,
             Err(reason) => {
                 report.body = Some(BodySeen::NotInspected.name());

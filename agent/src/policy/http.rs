@@ -1153,15 +1153,29 @@ mod tests {
 
     #[test]
     fn rule_hosts_are_compared_as_requests_are() {
-        assert_eq!(rule_host("Admin.Example.").as_deref(), Some("admin.example"));
-        assert_eq!(rule_host("*.Shop.example").as_deref(), Some("*.shop.example"));
+        assert_eq!(
+            rule_host("Admin.Example.").as_deref(),
+            Some("admin.example")
+        );
+        assert_eq!(
+            rule_host("*.Shop.example").as_deref(),
+            Some("*.shop.example")
+        );
         assert_eq!(rule_host("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(rule_host("[::1]").as_deref(), Some("[::1]"));
-        for bad in ["admin.example:8080", "", "a b", "*.", "[zz]", "u@admin.example"] {
+        for bad in [
+            "admin.example:8080",
+            "",
+            "a b",
+            "*.",
+            "[zz]",
+            "u@admin.example",
+        ] {
             assert_eq!(rule_host(bad), None, "{bad}");
         }
-        let err = section_for_tests("    rules: [{action: Deny, hosts: [\"admin.example:8080\"]}]\n")
-            .expect_err("a port");
+        let err =
+            section_for_tests("    rules: [{action: Deny, hosts: [\"admin.example:8080\"]}]\n")
+                .expect_err("a port");
         assert!(err.iter().any(|e| e.contains("without a port")), "{err:?}");
     }
 
