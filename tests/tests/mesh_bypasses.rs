@@ -19,10 +19,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rampart_tests::h2;
 use rampart_tests::listener::Listener;
 use rampart_tests::mesh::shop::{self, ip, world};
 use rampart_tests::mesh::{MeshAgents, pod_object};
@@ -134,8 +133,7 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
         });
     })
     .expect("coded origin");
-    let h2_requests = Arc::new(AtomicUsize::new(0));
-    let _h2 = h2_origin(b, H2_WAF_PORT, Arc::clone(&h2_requests));
+    let h2_origin = h2::H2Origin::start(b, H2_WAF_PORT).expect("HTTP/2 origin");
     let mesh = start_mesh(&topo);
     let node2 = mesh.node("node-2");
     let a = topo.pod("shop/a").ns.path();
@@ -315,41 +313,23 @@ fn requests_are_normalised_and_checked_before_the_filters_and_the_pod() {
     );
 
     // HTTP/2 reaches the WAF with its :authority as Host (CRS 920280 refused every one).
-    let h2 = h2_get(&a, to(H2_WAF_PORT), "http://shop.example/products?id=42");
+    let benign = h2_get(&a, to(H2_WAF_PORT), "/products?id=42");
     assert_eq!(
-        h2,
+        benign,
         200,
         "an HTTP/2 request to a WAF port\nnode-2 log:\n{}",
         log()
     );
-    let h2_attack = h2_get(
-        &a,
-        to(H2_WAF_PORT),
-        "http://shop.example/products?id=1%27%20OR%20%271%27=%271",
-    );
+    let h2_attack = h2_get(&a, to(H2_WAF_PORT), "/products?id=1%27%20OR%20%271%27=%271");
     assert_eq!(h2_attack, 403);
     assert_eq!(
-        h2_requests.load(Ordering::SeqCst),
+        h2_origin.take().len(),
         1,
         "the HTTP/2 attack reached the pod"
     );
     // ... and HTTP/2 paths are normalised the same way.
-    assert_eq!(
-        h2_get(
-            &a,
-            to(RULES_PORT),
-            "http://shop.example/api/v1/../../internal/x"
-        ),
-        403
-    );
-    assert_eq!(
-        h2_get(
-            &a,
-            to(RULES_PORT),
-            "http://shop.example/api/v1/..;/internal/x"
-        ),
-        400
-    );
+    assert_eq!(h2_get(&a, to(RULES_PORT), "/api/v1/../../internal/x"), 403);
+    assert_eq!(h2_get(&a, to(RULES_PORT), "/api/v1/..;/internal/x"), 400);
     assert!(rules_origin.take().is_empty());
 
     // A card in a JSON body written with \u escapes does not pass request DLP unmasked.
@@ -375,68 +355,16 @@ fn json_decoded_has_card(body: &[u8]) -> bool {
     decoded.replace(' ', "").contains("4111111111111111")
 }
 
-/// An HTTP/2 (prior knowledge) origin in `ns` answering `200` to every request, counting them.
-fn h2_origin(ns: &rampart_tests::netns::Netns, port: u16, count: Arc<AtomicUsize>) -> Listener {
-    Listener::start(ns, port, "HTTP/2 origin", move |stream| {
-        let count = Arc::clone(&count);
-        std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(stream) = stream
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(stream))
-                else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |_request| {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let body = http_body_util::Full::new(hyper::body::Bytes::from_static(b"ok\n"));
-                    std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        body,
-                    )))
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-            });
-        });
-    })
-    .expect("HTTP/2 origin")
-}
-
-/// One HTTP/2 (prior knowledge) GET of `uri` from the namespace at `ns` to `to`; its status.
-fn h2_get(ns: &str, to: SocketAddr, uri: &str) -> u16 {
-    let uri = uri.to_owned();
-    netns::run_in(ns, move || -> anyhow::Result<u16> {
-        let stream = TcpStream::connect_timeout(&to, TIMEOUT)?;
-        stream.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let stream = tokio::net::TcpStream::from_std(stream)?;
-            let (mut sender, connection) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await?;
-            tokio::spawn(connection);
-            let request = hyper::Request::get(uri)
-                .header("user-agent", "Mozilla/5.0")
-                .header("accept", "text/html")
-                .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
-            let response = tokio::time::timeout(TIMEOUT, sender.send_request(request)).await??;
-            Ok(response.status().as_u16())
-        })
-    })
-    .and_then(|r| r)
-    .unwrap_or_else(|e| panic!("HTTP/2 GET to {to}: {e:#}"))
+/// One HTTP/2 (prior knowledge) GET of `target` (host `shop.example`) from the namespace at
+/// `ns` to `to`; its status.
+fn h2_get(ns: &str, to: SocketAddr, target: &str) -> u16 {
+    let headers = [
+        ("host".to_owned(), "shop.example".to_owned()),
+        ("user-agent".to_owned(), "Mozilla/5.0".to_owned()),
+        ("accept".to_owned(), "text/html".to_owned()),
+    ];
+    let request = h2::request("GET", target, &headers, b"").expect("an HTTP/2 request");
+    h2::send(ns, to, request, TIMEOUT).unwrap_or_else(|e| panic!("HTTP/2 GET to {to}: {e:#}"))
 }
 
 #[test]

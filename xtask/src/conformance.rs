@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use rampart_tests::waf_e2e::Protocol;
 
 use crate::process::{cargo, exec, workspace_root};
 use crate::setup;
@@ -20,8 +21,8 @@ pub enum Suite {
     /// Token-bucket scenarios (`ratelimit_scenarios.jsonl`) through the agent's limiter on a fake
     /// clock.
     Ratelimit,
-    /// HTTP requests (`waf_requests.jsonl`), as raw bytes through the real proxy with the WAF at
-    /// its defaults over the Core Rule Set (root).
+    /// HTTP requests (`waf_requests.jsonl`), as raw HTTP/1.1 bytes and then over HTTP/2 through
+    /// the real proxy with the WAF at its defaults over the Core Rule Set (root).
     Waf,
 }
 
@@ -99,7 +100,11 @@ pub fn run_built(
 }
 
 fn waf(cases: Option<PathBuf>, crs: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
-    let (passed, failed) = waf_report(cases, crs, bin)?;
+    let (passed1, failed1) =
+        waf_report(cases.clone(), crs.clone(), bin.clone(), Protocol::Http1Raw)?;
+    let (passed2, failed2) = waf_report(cases, crs, bin, Protocol::Http2)?;
+    let (passed, failed) = (passed1 + passed2, failed1 + failed2);
+    println!("HTTP/1.1 and HTTP/2: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} of {} cases failed", passed + failed);
     }
@@ -112,16 +117,23 @@ pub const DEBIAN_CRS_DIR: &str = "/usr/share/modsecurity-crs";
 /// The WAF cases against Debian's CRS, for its rates: CRS 3.3 misses attacks that CRS 4 blocks
 /// and blocks some benign requests, so its failures are reported, not fatal.
 pub fn waf_debian_report(bin: PathBuf) -> anyhow::Result<()> {
-    let (passed, failed) = waf_report(None, Some(PathBuf::from(DEBIAN_CRS_DIR)), bin)?;
+    let (passed, failed) = waf_report(
+        None,
+        Some(PathBuf::from(DEBIAN_CRS_DIR)),
+        bin,
+        Protocol::Http1Raw,
+    )?;
     println!("(report only) Debian's CRS: {passed} passed, {failed} failed");
     Ok(())
 }
 
-/// Runs the WAF cases and prints each, the rates per category and `N passed, M failed`.
+/// Runs the WAF cases in `protocol` and prints each, the rates per category and `N passed, M
+/// failed`.
 fn waf_report(
     cases: Option<PathBuf>,
     crs: Option<PathBuf>,
     bin: PathBuf,
+    protocol: Protocol,
 ) -> anyhow::Result<(usize, usize)> {
     use rampart_tests::waf_cases;
     let shared = || waf_cases::shared_dir(&workspace_root());
@@ -135,13 +147,19 @@ fn waf_report(
     };
     let cases = waf_cases::load(&path)?;
     println!(
-        "waf conformance: {} cases from {}, Core Rule Set {}, paranoia level 1, threshold 5",
+        "waf conformance ({protocol:?}): {} cases from {}, Core Rule Set {}, paranoia level 1, threshold 5",
         cases.len(),
         path.display(),
         crs.display()
     );
     crate::test::sweep()?;
-    let result = rampart_tests::waf_e2e::run(&cases, &crs, &bin, rampart_tests::netns::TEST_PREFIX);
+    let result = rampart_tests::waf_e2e::run(
+        &cases,
+        &crs,
+        &bin,
+        rampart_tests::netns::TEST_PREFIX,
+        protocol,
+    );
     crate::test::sweep()?;
     let (passed, failed) = result?;
     println!("{passed} passed, {failed} failed");

@@ -3,8 +3,8 @@
 //! matched against one reading while the pod serves another.
 //!
 //! - **Path** (Envoy's `normalize_path` + `merge_slashes` + `path_with_escaped_slashes_action`):
-//!   percent-encoded unreserved characters (RFC 3986 §2.3) are decoded, other escapes kept with
-//!   upper-case hex; runs of `/` merged; dot segments removed (§5.2.4, so `%2e%2e` too). What
+//!   percent-encoded unreserved characters (RFC 3986 §2.3) are decoded, other escapes kept as
+//!   sent; runs of `/` merged; dot segments removed (§5.2.4, so `%2e%2e` too). What
 //!   stays ambiguous is refused with `400`: a backslash (raw or `%5C`), an encoded slash (`%2F`,
 //!   unless the policy keeps them unchanged), a dot segment with a path parameter (`..;`, `.;x`:
 //!   Tomcat and Jetty read it as `..`), a bad escape, an encoded NUL, a path that does not
@@ -247,7 +247,7 @@ fn unreserved(b: u8) -> bool {
 
 /// The normalised form of an origin-form path, or why it is refused.
 pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, &'static str> {
-    // Decode what is safe to decode; keep the rest escaped, with upper-case hex. Bytes, not
+    // Decode what is safe to decode; keep the rest escaped as sent. Bytes, not
     // chars: a path may carry UTF-8, which passes through untouched.
     let bytes = path.as_bytes();
     let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
@@ -270,7 +270,8 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
                         return Err("escaped_slash");
                     }
                     v if unreserved(v) => decoded.push(v),
-                    v => decoded.extend_from_slice(format!("%{v:02X}").as_bytes()),
+                    // Kept as sent (hex case too): the pod reads what the client wrote.
+                    _ => decoded.extend_from_slice(&bytes[i..i + 3]),
                 }
                 i += 3;
             }
@@ -292,6 +293,7 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
         // A kept `%2F` beside a dot segment is a traversal to an origin that decodes it.
         if escaped_slashes == EscapedSlashes::KeepUnchanged
             && std::str::from_utf8(segment).is_ok_and(|text| {
+                let text = text.replace("%2f", "%2F");
                 text.contains("%2F") && text.split("%2F").any(|p| p == "." || p == "..")
             })
         {
@@ -352,7 +354,7 @@ mod tests {
             ("/", "/"),
             ("/..", "/"),
             ("/%61pi/v1", "/api/v1"),
-            ("/a%3bb/%7e", "/a%3Bb/~"),
+            ("/a%3bb/%7e", "/a%3bb/~"),
             ("/caf\u{e9}/./x", "/caf\u{e9}/x"),
         ] {
             assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
@@ -385,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             normalize_path("/files/a%2fb", EscapedSlashes::KeepUnchanged).as_deref(),
-            Ok("/files/a%2Fb")
+            Ok("/files/a%2fb")
         );
         for traversal in [
             "/files/..%2Fsecret",
