@@ -42,6 +42,9 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rampart/admin.sock";
 /// Connections the metrics address serves at once (Prometheus and the kubelet need a few).
 const METRICS_CONNECTIONS: usize = 64;
+/// Connections one address may hold on the metrics address: a pod's idle connections never
+/// leave the kubelet's probes or Prometheus waiting.
+const METRICS_CONNECTIONS_PER_PEER: usize = 8;
 /// Connections the admin socket serves at once (`rampart flows --follow` holds one).
 const ADMIN_CONNECTIONS: usize = 32;
 
@@ -55,7 +58,7 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
 
 /// Serves `/metrics`, `/readyz` and `/healthz` on the metrics address, for ever.
 pub async fn serve_metrics(listener: TcpListener, state: Arc<AgentState>, metrics: Arc<Metrics>) {
-    let cap = ConnectionCap::new(METRICS_CONNECTIONS);
+    let cap = ConnectionCap::new(METRICS_CONNECTIONS).per_peer(METRICS_CONNECTIONS_PER_PEER);
     listen::serve("metrics", listener, cap, move |stream, peer| {
         let (state, metrics) = (Arc::clone(&state), Arc::clone(&metrics));
         async move {

@@ -1,12 +1,17 @@
 //! Accept loops for every listener the agent owns (the admin socket, the metrics address, the
 //! proxy's transparent listener, the tunnel), with the same guarantees: a failed `accept()`
 //! (out of file descriptors, a connection aborted before it was taken) is logged and retried,
-//! never returned, so a listener can never stop the agent; and at most `cap` connections are
-//! open at once: the next `accept()` waits until one closes, leaving new connections in the
-//! kernel's backlog instead of spending descriptors the proxy's flows need.
+//! never returned, so a listener can never stop the agent; at most `cap` connections are open
+//! at once: the next `accept()` waits until one closes, leaving new connections in the
+//! kernel's backlog instead of spending descriptors the proxy's flows need; and, where a
+//! per-peer limit is set, one source address holds at most that many of them: its next
+//! connection is closed as soon as it is accepted, so a single client cannot fill the cap and
+//! starve the others (the kubelet's probes behind a pod's idle connections).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,6 +36,8 @@ pub trait Listener: Send + Sync + 'static {
     type Stream: Send + 'static;
     type Peer: std::fmt::Debug + Send + 'static;
     fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send;
+    /// The peer's address, for per-peer limits (`None`: not limited per peer).
+    fn peer_ip(peer: &Self::Peer) -> Option<IpAddr>;
 }
 
 impl Listener for tokio::net::TcpListener {
@@ -38,6 +45,9 @@ impl Listener for tokio::net::TcpListener {
     type Peer = std::net::SocketAddr;
     fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send {
         tokio::net::TcpListener::accept(self)
+    }
+    fn peer_ip(peer: &Self::Peer) -> Option<IpAddr> {
+        Some(peer.ip().to_canonical())
     }
 }
 
@@ -47,6 +57,9 @@ impl Listener for tokio::net::UnixListener {
     fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send {
         tokio::net::UnixListener::accept(self)
     }
+    fn peer_ip(_: &Self::Peer) -> Option<IpAddr> {
+        None
+    }
 }
 
 /// A bound on open connections, shared by the listeners of one service (the proxy's IPv4 and
@@ -55,6 +68,10 @@ impl Listener for tokio::net::UnixListener {
 pub struct ConnectionCap {
     permits: Arc<Semaphore>,
     cap: usize,
+    /// At most this many connections from one address (`None`: no per-peer limit).
+    per_peer: Option<usize>,
+    /// Open connections by peer address (only with `per_peer`).
+    peers: PeerCounts,
 }
 
 impl ConnectionCap {
@@ -63,15 +80,41 @@ impl ConnectionCap {
         ConnectionCap {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
+            per_peer: None,
+            peers: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The same cap, with at most `limit` connections from any one address.
+    pub fn per_peer(mut self, limit: usize) -> ConnectionCap {
+        self.per_peer = Some(limit.max(1));
+        self
+    }
+
+    /// Counts a connection from `ip` if it is under the per-peer limit; the guard uncounts it.
+    fn admit(&self, ip: Option<IpAddr>) -> Option<PeerGuard> {
+        let (Some(limit), Some(ip)) = (self.per_peer, ip) else {
+            return Some(PeerGuard { slot: None });
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = peers.entry(ip).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(PeerGuard {
+            slot: Some((Arc::clone(&self.peers), ip)),
+        })
     }
 
     /// The proxy's cap for a process allowed `fd_limit` open files: a proxied flow holds at
     /// most three (the client's socket, the tunnel, the pod's connection), and the agent keeps
-    /// [`RESERVED_FDS`] for itself.
+    /// [`RESERVED_FDS`] for itself. One address (a pod, a node, a client outside the cluster)
+    /// may hold a quarter of it.
     pub fn for_proxy(fd_limit: u64) -> ConnectionCap {
         let usable = fd_limit.saturating_sub(RESERVED_FDS) / 3;
-        ConnectionCap::new(usize::try_from(usable.clamp(64, 1 << 20)).unwrap_or(64))
+        let cap = usize::try_from(usable.clamp(64, 1 << 20)).unwrap_or(64);
+        ConnectionCap::new(cap).per_peer(cap / 4)
     }
 
     /// Connections open now.
@@ -88,6 +131,28 @@ impl ConnectionCap {
     }
 }
 
+/// Open connections by peer address, shared by a cap's listeners.
+type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A connection counted against its peer's limit until it ends.
+struct PeerGuard {
+    slot: Option<(PeerCounts, IpAddr)>,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        if let Some((peers, ip)) = self.slot.take() {
+            let mut peers = peers.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(open) = peers.get_mut(&ip) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    peers.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections from `listener` for ever, handing each to `handle` on a task of its own
 /// that holds one of `cap`'s permits until it ends. Never returns.
 pub async fn serve<L, H, F>(name: &'static str, listener: L, cap: ConnectionCap, handle: H)
@@ -100,6 +165,8 @@ where
     let mut failures: u64 = 0;
     let mut last_warning: Option<Instant> = None;
     let mut warned_full = false;
+    let mut over_peer_limit: u64 = 0;
+    let mut last_peer_warning: Option<Instant> = None;
     loop {
         if cap.permits.available_permits() == 0 && !warned_full {
             tracing::warn!(
@@ -118,9 +185,27 @@ where
                 if cap.permits.available_permits() > cap.cap / 2 {
                     warned_full = false;
                 }
+                let Some(counted) = cap.admit(L::peer_ip(&peer)) else {
+                    // Closed at once: the peer holds its share already.
+                    drop(stream);
+                    over_peer_limit += 1;
+                    if last_peer_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                        tracing::warn!(
+                            listener = name,
+                            ?peer,
+                            limit = cap.per_peer,
+                            closed = over_peer_limit,
+                            "a peer is over its connection limit: its new connections are closed"
+                        );
+                        last_peer_warning = Some(Instant::now());
+                        over_peer_limit = 0;
+                    }
+                    continue;
+                };
                 let task = handle(stream, peer);
                 tokio::spawn(async move {
                     task.await;
+                    drop(counted);
                     drop(permit);
                 });
             }
@@ -173,6 +258,62 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_peer_cannot_take_more_than_its_share() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cap = ConnectionCap::new(10).per_peer(2);
+        tokio::spawn(serve(
+            "test",
+            listener,
+            cap.clone(),
+            move |stream, _| async move {
+                // Held until the client closes.
+                let mut stream = stream;
+                let mut buf = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            },
+        ));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut third, &mut buf),
+        )
+        .await
+        .expect("the third connection is closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let from_here = |cap: &ConnectionCap| {
+            let peers = cap.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            peers.get(&addr.ip()).copied().unwrap_or(0)
+        };
+        assert_eq!(from_here(&cap), 2);
+        drop(held);
+        // Their places are given back: a new connection is served (held open).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while from_here(&cap) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connections were not uncounted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut again = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let held_open = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read(&mut again, &mut buf),
+        )
+        .await
+        .is_err();
+        assert!(held_open, "a peer under its limit was closed");
+    }
 
     #[test]
     fn the_proxy_cap_leaves_room_for_the_agent() {

@@ -199,9 +199,23 @@ fn compile_detectors(
         let keep_last = s.keep_last.unwrap_or(0);
         let with = match &s.mask_with {
             None => b'*',
-            Some(m) if m.value.len() == 1 && m.value.is_ascii() => m.value.as_bytes()[0],
+            // A printable character that is text in every format a body is masked in: a quote
+            // or backslash would break a JSON string, `%`, `&`, `+`, `=` a form body.
+            Some(m)
+                if m.value.len() == 1
+                    && m.value.bytes().all(|b| {
+                        b.is_ascii_graphic()
+                            && !matches!(b, b'"' | b'\\' | b'%' | b'&' | b'+' | b'=')
+                    }) =>
+            {
+                m.value.as_bytes()[0]
+            }
             Some(m) => {
-                error(so.at(m), "maskWith: one ASCII character".into());
+                error(
+                    so.at(m),
+                    "maskWith: one printable ASCII character, not a quote, backslash, %, &, + or ="
+                        .into(),
+                );
                 continue;
             }
         };
@@ -319,7 +333,19 @@ mod tests {
             ),
             (
                 "{detectors: [{type: email, action: Mask, maskWith: '##'}]}",
-                "one ASCII character",
+                "one printable ASCII character",
+            ),
+            (
+                "{detectors: [{type: email, action: Mask, maskWith: '\"'}]}",
+                "not a quote",
+            ),
+            (
+                "{detectors: [{type: email, action: Mask, maskWith: '\\\\'}]}",
+                "not a quote",
+            ),
+            (
+                "{detectors: [{type: email, action: Mask, maskWith: ' '}]}",
+                "one printable ASCII character",
             ),
             (
                 "{detectors: [{type: email, action: Mask}], compressed: Maybe}",

@@ -931,11 +931,42 @@ impl HttpValidator<'_> {
         })
     }
 
+    /// Requests are matched on their normalised path without `;parameters` (see
+    /// `l7::normalize`): a pattern that no normalised path can be would never match.
+    fn normalized_path(&mut self, spec: &Spanned<PathSpec>, path: &str) -> Option<()> {
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let problem = if !path.starts_with('/') {
+            Some("must start with /")
+        } else if path.contains('\\') || path.contains(';') {
+            Some("a request's path never holds a backslash or ;parameters when rules match it")
+        } else if segments.iter().any(|s| matches!(*s, "." | ".."))
+            || path.contains("//")
+            || path.to_ascii_lowercase().contains("%2e")
+        {
+            Some("is not normalised (dot segments, //, %2e): no request's path can equal it")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.error(spec, format!("paths: {path:?} {problem}"));
+                None
+            }
+            None => Some(()),
+        }
+    }
+
     fn path(&mut self, spec: &Spanned<PathSpec>) -> Option<PathMatch> {
         let raw = &spec.value;
         match (&raw.exact, &raw.prefix, &raw.glob, &raw.regex) {
-            (Some(exact), None, None, None) => Some(PathMatch::Exact(exact.clone())),
-            (None, Some(prefix), None, None) => Some(PathMatch::Prefix(prefix.clone())),
+            (Some(exact), None, None, None) => {
+                self.normalized_path(spec, exact)?;
+                Some(PathMatch::Exact(exact.clone()))
+            }
+            (None, Some(prefix), None, None) => {
+                self.normalized_path(spec, prefix)?;
+                Some(PathMatch::Prefix(prefix.clone()))
+            }
             (None, None, Some(glob), None) => match Regex::new(&glob_to_regex(glob)) {
                 Ok(re) => Some(PathMatch::Regex(re)),
                 Err(e) => {
@@ -1149,6 +1180,29 @@ mod tests {
             }) => assert_eq!(keys.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn rule_paths_must_be_in_the_form_requests_are_matched_in() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "//a",
+            "/a/%2e%2e/b",
+            "a/b",
+            "/a;x",
+            "/a\\\\b",
+        ] {
+            let err = section_for_tests(&format!(
+                "    rules: [{{action: Deny, paths: [{{prefix: '{bad}'}}]}}]\n"
+            ))
+            .expect_err(bad);
+            assert!(err.iter().any(|e| e.contains("paths:")), "{bad}: {err:?}");
+        }
+        assert!(
+            section_for_tests("    rules: [{action: Deny, paths: [{exact: /internal/x.json}]}]\n")
+                .is_ok()
+        );
     }
 
     #[test]
