@@ -30,16 +30,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::app::AgentState;
 use crate::listen::{self, ConnectionCap};
 use crate::metrics::Metrics;
+use crate::state::AgentState;
 use crate::status::StatusDoc;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Default path of the admin socket (the CLI's default too).
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rampart/admin.sock";
 /// Connections the metrics address serves at once (Prometheus and the kubelet need a few).
 const METRICS_CONNECTIONS: usize = 64;
 /// Connections one address may hold on the metrics address: a pod's idle connections never
@@ -399,7 +397,7 @@ async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes
         Err(e) => return json(StatusCode::BAD_REQUEST, &errors(format!("body: {e}"))),
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let change = crate::controller::PushChange {
+    let change = crate::state::PushChange {
         files: request
             .files
             .into_iter()
@@ -410,7 +408,7 @@ async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes
     };
     if state
         .commands
-        .send(crate::controller::Command::Push { change, reply })
+        .send(crate::state::Command::Push { change, reply })
         .is_err()
     {
         return json(

@@ -11,37 +11,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
 use crate::config::RunConfig;
-use crate::controller::{Command, Controller, PolicyStatus};
-use crate::datapath::{Attachment, Datapath, EventReader, PolicyState, Stats};
+use crate::controller::Controller;
+use crate::datapath::{Datapath, PolicyState};
 use crate::flows::FlowHub;
 use crate::flows::file_log::FlowLogWriter;
 use crate::mesh::runtime::MeshRuntime;
 use crate::mesh::tunnel::ProxyEventSink;
-use crate::policy::compile::Compiled;
+use crate::state::{AgentState, Command, PolicyStatus};
 use crate::{admin, metrics};
-
-/// What the admin server and the metrics collector read of the running agent.
-pub struct AgentState {
-    pub config: RunConfig,
-    pub started: Instant,
-    pub attachments: Mutex<Vec<Attachment>>,
-    pub stats: Stats,
-    /// The kernel's flow events; drained by a task so the ring never fills.
-    pub events: Mutex<EventReader>,
-    /// Events read from the ring so far.
-    pub events_read: AtomicU64,
-    /// True once the programs are attached and the first policy set is in the kernel.
-    pub ready: AtomicBool,
-    pub policy: Mutex<PolicyStatus>,
-    /// Where changes to policy are sent (the controller thread owns the datapath).
-    pub commands: Sender<Command>,
-    /// The mTLS proxy (with `--ca-dir`).
-    pub mesh: Option<Arc<MeshRuntime>>,
-    /// The flow log's records and readers.
-    pub flows: Arc<FlowHub>,
-    /// The policy set in force, compiled (for `policy explain` against the running agent).
-    pub compiled: std::sync::RwLock<Option<Arc<Compiled>>>,
-}
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting rampart agent");

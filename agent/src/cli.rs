@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Default address of the metrics HTTP server (loopback: exposing it is a choice).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9490";
 /// Default path of the admin socket (`rampart run` serves it; the tools use it).
-pub const DEFAULT_ADMIN_SOCKET: &str = crate::admin::DEFAULT_ADMIN_SOCKET;
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rampart/admin.sock";
 
 #[derive(Debug, Parser)]
 #[command(

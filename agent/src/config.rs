@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::cli::{ModeArg, RunArgs, XdpModeArg};
-use crate::flows::file_log::FlowLogSettings;
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
 const MAX_IFNAME_LEN: usize = 15;
@@ -53,6 +53,28 @@ pub enum XdpAttachMode {
     Generic,
 }
 
+/// The mTLS proxy's settings (with `--ca-dir`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshSettings {
+    pub ca_dir: PathBuf,
+    pub node_name: String,
+    pub cert_ttl: Duration,
+    pub proxy_port: u16,
+    pub tunnel_port: u16,
+    /// The Core Rule Set of the WAF.
+    pub crs_dir: PathBuf,
+}
+
+/// `--flow-log`: the flow log's file and its rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowLogSettings {
+    pub path: PathBuf,
+    /// Size at which the file is rotated.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.N`), at least 1.
+    pub max_files: u32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub interfaces: Vec<String>,
@@ -66,7 +88,7 @@ pub struct RunConfig {
     /// SPIFFE trust domain of workload identities.
     pub trust_domain: String,
     /// The mTLS proxy's settings, when `--ca-dir` is given.
-    pub mesh: Option<crate::mesh::runtime::MeshSettings>,
+    pub mesh: Option<MeshSettings>,
     /// This node's name (`--node-name`, default the host name): in flow records, and the
     /// proxy's node identity.
     pub node_name: String,
@@ -87,7 +109,7 @@ impl RunConfig {
         if let Some(dir) = &args.policy_dir {
             validate_policy_dir(dir)?;
         }
-        if !crate::policy::selector::is_dns_subdomain(&args.trust_domain) {
+        if !crate::dns_name::is_dns_subdomain(&args.trust_domain) {
             return Err(ConfigError::TrustDomain(args.trust_domain));
         }
         validate_admin_socket(&args.admin_socket)?;
@@ -102,7 +124,7 @@ impl RunConfig {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .unwrap_or_default(),
         };
-        if !crate::policy::selector::is_dns_subdomain(&node_name) {
+        if !crate::dns_name::is_dns_subdomain(&node_name) {
             return Err(ConfigError::NodeName(node_name));
         }
         let mesh = match args.ca_dir {
@@ -117,7 +139,7 @@ impl RunConfig {
                 if args.proxy_port == args.tunnel_port {
                     return Err(ConfigError::SamePorts);
                 }
-                Some(crate::mesh::runtime::MeshSettings {
+                Some(MeshSettings {
                     ca_dir,
                     node_name: node_name.clone(),
                     cert_ttl: std::time::Duration::from_secs(args.cert_ttl),
@@ -285,7 +307,7 @@ mod tests {
         let cfg = parse(&[]).expect("default");
         assert_eq!(
             cfg.admin_socket,
-            Path::new(crate::admin::DEFAULT_ADMIN_SOCKET)
+            Path::new(crate::cli::DEFAULT_ADMIN_SOCKET)
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod datapath;
+pub mod dns_name;
 pub mod flows;
 pub mod l7;
 pub mod listen;
@@ -17,4 +18,7 @@ pub mod policy;
 pub mod policy_cli;
 pub mod policy_map;
 pub mod routes;
+pub mod state;
 pub mod status;
+#[cfg(test)]
+mod tidy;

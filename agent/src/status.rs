@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AgentState;
 use crate::cli::StatusArgs;
 use crate::flows::record::Observer;
+use crate::state::AgentState;
 
 /// The status document. Field names are part of the `--json` interface: add, never rename.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,7 +24,7 @@ pub struct StatusDoc {
     pub counters: Vec<HookCounterDoc>,
     /// The policy set in force (absent from agents older than the policy compiler).
     #[serde(default)]
-    pub policy: Option<crate::controller::PolicyStatus>,
+    pub policy: Option<crate::state::PolicyStatus>,
     #[serde(default)]
     pub node: String,
     /// Entries and capacity of each kernel map.

@@ -10,19 +10,10 @@ use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::hub::FlowHub;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FlowLogSettings {
-    pub path: PathBuf,
-    /// Size at which the file is rotated.
-    pub max_bytes: u64,
-    /// Rotated files kept (`FILE.1` .. `FILE.N`), at least 1.
-    pub max_files: u32,
-}
+use crate::config::FlowLogSettings;
 
 pub struct FlowLogWriter {
     settings: FlowLogSettings,

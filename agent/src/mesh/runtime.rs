@@ -4,7 +4,6 @@
 //! and renewed at half-life; the root reloaded when its files change).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -13,6 +12,7 @@ use anyhow::Context as _;
 use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::MeshSettings;
 use crate::listen::ConnectionCap;
 
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
@@ -28,17 +28,6 @@ const ROUTE_TABLE: &str = "21072";
 const RULE_PRIORITY: &str = "90";
 /// How often the CA files are checked for a rotated root.
 const CA_POLL: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MeshSettings {
-    pub ca_dir: PathBuf,
-    pub node_name: String,
-    pub cert_ttl: Duration,
-    pub proxy_port: u16,
-    pub tunnel_port: u16,
-    /// The Core Rule Set of the WAF.
-    pub crs_dir: PathBuf,
-}
 
 /// Why an outbound (redirected) flow could not be tunnelled; the label of
 /// `rampart_proxy_outbound_errors_total{reason}`.

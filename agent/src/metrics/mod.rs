@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::app::AgentState;
 use crate::datapath::ReasonCount;
+use crate::state::AgentState;
 use rampart_common::counters::HookCounter;
 
 pub struct Metrics {

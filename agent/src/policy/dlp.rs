@@ -238,7 +238,7 @@ fn compile_detectors(
             ("email", None, None) => ("email".to_owned(), Kind::Email),
             ("bearerToken", None, None) => ("bearer_token".to_owned(), Kind::BearerToken),
             ("custom", Some(name), Some(pattern)) => {
-                if !super::selector::is_dns_label(name) {
+                if !crate::dns_name::is_dns_label(name) {
                     error(
                         so.at(d),
                         format!("name {name:?}: lowercase letters, digits and '-'"),

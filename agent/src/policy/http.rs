@@ -679,8 +679,8 @@ impl HttpValidator<'_> {
     fn api_keys(&mut self, name: &str, spec: &Spanned<ApiKeysSpec>) -> Option<ApiKeyProviderModel> {
         let raw = &spec.value;
         let secret_ref = &raw.secret_ref.value;
-        if !super::selector::is_dns_label(&secret_ref.namespace)
-            || !super::selector::is_dns_subdomain(&secret_ref.name)
+        if !crate::dns_name::is_dns_label(&secret_ref.namespace)
+            || !crate::dns_name::is_dns_subdomain(&secret_ref.name)
         {
             self.error(&raw.secret_ref, "secretRef: namespace and name of a Secret");
             return None;

@@ -120,8 +120,8 @@ pub fn validate(
     let mut certificates = Vec::new();
     for cert in refs {
         let secret_ref = &cert.value.secret_ref;
-        if !super::selector::is_dns_label(&secret_ref.value.namespace)
-            || !super::selector::is_dns_subdomain(&secret_ref.value.name)
+        if !crate::dns_name::is_dns_label(&secret_ref.value.namespace)
+            || !crate::dns_name::is_dns_subdomain(&secret_ref.value.name)
         {
             diags.push(Diagnostic::error(
                 so.at(secret_ref),

@@ -335,8 +335,8 @@ impl Validator<'_> {
             return None;
         };
         let name_ok = match self.so.object {
-            Object::Namespace(_) => selector::is_dns_label(&name.value),
-            _ => selector::is_dns_subdomain(&name.value),
+            Object::Namespace(_) => crate::dns_name::is_dns_label(&name.value),
+            _ => crate::dns_name::is_dns_subdomain(&name.value),
         };
         if !name_ok {
             self.error(
@@ -354,7 +354,7 @@ impl Validator<'_> {
         );
         let namespace = match (&meta.namespace, namespaced) {
             (Some(ns), true) => {
-                if !selector::is_dns_label(&ns.value) {
+                if !crate::dns_name::is_dns_label(&ns.value) {
                     self.error(
                         ns,
                         format!(
@@ -968,7 +968,8 @@ impl Validator<'_> {
         for sa in raw.service_accounts.iter().flatten() {
             match sa.value.split_once('/') {
                 Some((ns, name))
-                    if selector::is_dns_label(ns) && selector::is_dns_subdomain(name) =>
+                    if crate::dns_name::is_dns_label(ns)
+                        && crate::dns_name::is_dns_subdomain(name) =>
                 {
                     out.service_accounts.push((ns.to_owned(), name.to_owned()));
                 }
@@ -985,7 +986,7 @@ impl Validator<'_> {
             }
         }
         for ns in raw.namespaces.iter().flatten() {
-            if selector::is_dns_label(&ns.value) {
+            if crate::dns_name::is_dns_label(&ns.value) {
                 out.namespaces.push(ns.value.clone());
             } else {
                 self.error(
@@ -1027,8 +1028,8 @@ impl Validator<'_> {
                         Some((ns, name)) => (Some(ns), name),
                         None => (None, sa.value.as_str()),
                     };
-                    let valid =
-                        ns.is_none_or(selector::is_dns_label) && selector::is_dns_subdomain(name);
+                    let valid = ns.is_none_or(crate::dns_name::is_dns_label)
+                        && crate::dns_name::is_dns_subdomain(name);
                     if !valid {
                         self.error(
                             sa,

@@ -96,7 +96,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix
-        && !is_dns_subdomain(prefix)
+        && !crate::dns_name::is_dns_subdomain(prefix)
     {
         return Err(format!(
             "label key {key:?}: prefix must be a DNS subdomain (lowercase, at most 253 characters)"
@@ -135,18 +135,6 @@ fn is_label_name(s: &str) -> bool {
     is_name(s, |c| {
         c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
     })
-}
-
-/// RFC 1123 label: lowercase alphanumerics and `-`, at most 63, alphanumeric at both ends.
-pub fn is_dns_label(s: &str) -> bool {
-    is_name(s, |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
-    })
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]
