@@ -18,6 +18,7 @@ pub mod policy;
 pub mod policy_cli;
 pub mod policy_map;
 pub mod routes;
+pub mod spiffe;
 pub mod state;
 pub mod status;
 #[cfg(test)]

@@ -14,11 +14,11 @@ use rampart_l7::jwt::Claims;
 use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 
 use super::route::{BucketState, HttpRoute};
-use crate::mesh::spiffe::SpiffeId;
 use crate::policy::http::{
     ApiKeyProviderModel, AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel,
     JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
+use crate::spiffe::SpiffeId;
 
 /// Who is asking, as the tunnel (or ingress) established it.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use super::spiffe::SpiffeId;
+use crate::spiffe::SpiffeId;
 
 pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
@@ -35,7 +35,7 @@ pub enum CaError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("trust domain {0:?} is not valid: {1}")]
-    TrustDomain(String, super::spiffe::SpiffeError),
+    TrustDomain(String, crate::spiffe::SpiffeError),
     #[error("validity {0:?} is out of range")]
     Validity(Duration),
 }

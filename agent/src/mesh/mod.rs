@@ -1,5 +1,5 @@
-//! Workload identity between nodes: the trust domain's CA ([`ca`]), SPIFFE IDs ([`spiffe`]), the
-//! TLS 1.3 configurations that check them ([`tls`]) and the HBONE-shaped node-to-node tunnel
+//! Workload identity between nodes: the trust domain's CA ([`ca`]), the TLS 1.3 configurations
+//! that check SPIFFE IDs ([`crate::spiffe`]; [`tls`]) and the HBONE-shaped node-to-node tunnel
 //! ([`tunnel`]) that carries flows policy requires to be mutually authenticated; traffic from
 //! outside the cluster through the same L7 chain ([`ingress`]), with TLS terminated by SNI
 //! ([`sni`]).
@@ -8,7 +8,6 @@ pub mod ca;
 pub mod ingress;
 pub mod runtime;
 pub mod sni;
-pub mod spiffe;
 pub mod table;
 pub mod tls;
 pub mod tunnel;

@@ -17,10 +17,10 @@ use crate::listen::ConnectionCap;
 
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
-use super::spiffe::SpiffeId;
 use super::table::{MeshTable, TableAuthorizer};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
 use super::tunnel::{self, Inbound, ProxyEvent, ProxyEventSink, ProxySide, TunnelStats, Upstream};
+use crate::spiffe::SpiffeId;
 
 /// Routing table that delivers marked packets locally (`local default dev lo`).
 const ROUTE_TABLE: &str = "21072";
@@ -103,7 +103,7 @@ impl std::fmt::Debug for MeshRuntime {
 pub fn node_spiffe_id(
     trust_domain: &str,
     node: &str,
-) -> Result<SpiffeId, super::spiffe::SpiffeError> {
+) -> Result<SpiffeId, crate::spiffe::SpiffeError> {
     SpiffeId::parse(&format!("spiffe://{trust_domain}/rampart/node/{node}"))
 }
 

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::spiffe::SpiffeId;
 use super::tunnel::{Authorize, DenyReason, FlowRequest};
 use crate::policy::compile::{Compiled, MeshRoute, WorkloadAddr};
 use crate::policy::model::PrincipalsModel;
+use crate::spiffe::SpiffeId;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {

@@ -17,7 +17,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::ca::WorkloadCert;
-use super::spiffe::SpiffeId;
+use crate::spiffe::SpiffeId;
 
 /// ALPN of the tunnel: HTTP/2, CONNECT per flow.
 pub const ALPN: &[u8] = b"h2";

@@ -23,7 +23,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::listen::ConnectionCap;
 
-use super::spiffe::SpiffeId;
+use crate::spiffe::SpiffeId;
 
 /// The port agents listen on for tunnels (ztunnel's HBONE port).
 pub const TUNNEL_PORT: u16 = 15008;

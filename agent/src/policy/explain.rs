@@ -17,8 +17,8 @@ use super::model::Model;
 use super::verdict::{self, EndDecision};
 use crate::flows::FlowNames;
 use crate::flows::record::{DecidedBy, FlowPeer, PolicyRef, protocol_name};
-use crate::mesh::spiffe::SpiffeId;
 use crate::mesh::table::principal_allowed;
+use crate::spiffe::SpiffeId;
 
 /// The question, as the user typed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

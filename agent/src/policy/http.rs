@@ -901,7 +901,7 @@ impl HttpValidator<'_> {
             }
         }
         for principal in raw.principals.iter().flatten() {
-            if let Err(e) = crate::mesh::spiffe::SpiffeId::parse(principal) {
+            if let Err(e) = crate::spiffe::SpiffeId::parse(principal) {
                 self.error(spec, format!("principals: {principal:?}: {e}"));
             }
         }

@@ -957,7 +957,7 @@ impl Validator<'_> {
     fn principals(&mut self, raw: &objects::AllowedPrincipals, ok: &mut bool) -> PrincipalsModel {
         let mut out = PrincipalsModel::default();
         for id in raw.spiffe_ids.iter().flatten() {
-            match crate::mesh::spiffe::SpiffeId::parse(&id.value) {
+            match crate::spiffe::SpiffeId::parse(&id.value) {
                 Ok(_) => out.spiffe_ids.push(id.value.clone()),
                 Err(e) => {
                     self.error(id, format!("allowedPrincipals.spiffeIds: {e}"));
