@@ -205,11 +205,13 @@ pub fn host_key(authority: &str) -> Option<String> {
 }
 
 fn check_host(parts: &Parts) -> Result<(), Denial> {
-    let hosts: Vec<&HeaderValue> = parts.headers.get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
+    // Per request: the values are walked, not collected.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first: Option<&HeaderValue> = hosts.next();
+    if hosts.next().is_some() {
         return Err(refuse(StatusCode::BAD_REQUEST, "duplicate_host"));
     }
-    let header = match hosts.first() {
+    let header = match first {
         Some(value) => Some(
             value
                 .to_str()
