@@ -325,7 +325,7 @@ pub const EXPLAIN_PATH: &str = "/v1/explain";
 /// Explains a flow against the policy set in force.
 async fn explain(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
     let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
-    let query: crate::policy::explain::ExplainQuery = match limited.collect().await {
+    let query: crate::explain::ExplainQuery = match limited.collect().await {
         Ok(b) => match serde_json::from_slice(&b.to_bytes()) {
             Ok(q) => q,
             Err(e) => return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN),
@@ -340,7 +340,7 @@ async fn explain(req: Request<Incoming>, state: &AgentState) -> Response<Full<By
             "no policy set is in force yet\n",
         );
     };
-    match crate::policy::explain::explain(&compiled, &query) {
+    match crate::explain::explain(&compiled, &query) {
         Ok(e) => with_type(
             StatusCode::OK,
             serde_json::to_string(&e).unwrap_or_default(),

@@ -12,11 +12,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::Mode;
 use crate::config::RunConfig;
 use crate::controller::Controller;
-use crate::datapath::{Datapath, PolicyState};
+use crate::datapath::Datapath;
+use crate::kernel_state::PolicyState;
 use crate::flows::FlowHub;
 use crate::flows::file_log::FlowLogWriter;
 use crate::mesh::runtime::MeshRuntime;
-use crate::mesh::tunnel::ProxyEventSink;
+use crate::flows::event::ProxyEventSink;
 use crate::state::{AgentState, Command, PolicyStatus};
 use crate::{admin, metrics};
 

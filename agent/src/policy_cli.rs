@@ -12,7 +12,7 @@ use hyper::Method;
 use crate::admin::{EXPLAIN_PATH, PUSH_PATH, PushFile, PushRequest, PushResponse};
 use crate::admin_client;
 use crate::cli::{PolicyCheckArgs, PolicyExplainArgs, PolicyPushArgs};
-use crate::policy::explain::{ExplainQuery, Explanation};
+use crate::explain::{ExplainQuery, Explanation};
 use crate::policy::identity::Allocator;
 use crate::policy::{self, compile, source};
 
@@ -55,7 +55,7 @@ pub fn explain(args: &PolicyExplainArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", policy::explain::render(&explanation));
+        print!("{}", crate::explain::render(&explanation));
     }
     Ok(())
 }
@@ -75,8 +75,8 @@ fn explain_offline(
             .collect();
         anyhow::anyhow!("the policy set has errors:\n{}", lines.join("\n"))
     })?;
-    let compiled = policy::explain::compile_all_local(&checked.model, trust_domain);
-    Ok(policy::explain::explain(&compiled, query)?)
+    let compiled = policy::compile::compile_all_local(&checked.model, trust_domain);
+    Ok(crate::explain::explain(&compiled, query)?)
 }
 
 fn explain_remote(socket: &std::path::Path, query: &ExplainQuery) -> anyhow::Result<Explanation> {

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::names::FlowNames;
 use super::record::{DecidedBy, FlowRecord, Observer, ProxyInfo, protocol_name};
-use crate::mesh::tunnel::{ProxyEvent, ProxySide};
+use crate::flows::event::{ProxyEvent, ProxySide};
 
 /// Records kept for readers that connect later (`rampart flows` without `--follow`).
 pub const RECENT_RECORDS: usize = 2048;

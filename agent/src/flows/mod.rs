@@ -4,12 +4,14 @@
 //! JSON-lines file.
 //!
 //! - `record`: the record and its stable JSON form;
+//! - `event`: what the proxy reports (a refused flow, a judged HTTP request);
 //! - `names`: per policy generation, what identities, addresses and rule cookies stand for;
 //! - `hub`: turns raw events into records and fans them out without ever waiting for a reader;
-//! - `file_log`: the `--flow-log` writer with size-based rotation;
-//! - `cli`: `rampart flows`.
+//! - `file_log`: the `--flow-log` writer with size-based rotation.
+//!
+//! `rampart flows`, the client, is `flows_cli.rs` (it speaks to the admin API above this).
 
-pub mod cli;
+pub mod event;
 pub mod file_log;
 pub mod hub;
 pub mod names;

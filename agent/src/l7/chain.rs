@@ -4,7 +4,6 @@
 //! the response headers that go with it (`www-authenticate`, `retry-after`, ...). Credentials
 //! never appear in a denial.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -13,56 +12,12 @@ use hyper::{HeaderMap, StatusCode};
 use rampart_l7::jwt::Claims;
 use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 
+use super::context::{Denial, Passed, Peer, Principal};
 use super::route::{BucketState, HttpRoute};
 use crate::policy::http::{
     ApiKeyProviderModel, AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel,
     JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
-use crate::spiffe::SpiffeId;
-
-/// Who is asking, as the tunnel (or ingress) established it.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The mTLS peer; `None` for a client outside the cluster.
-    pub spiffe_id: Option<SpiffeId>,
-    pub source: SocketAddr,
-    pub destination: SocketAddr,
-    /// The SNI of an ingress client whose TLS the proxy terminated.
-    pub server_name: Option<String>,
-}
-
-/// An authenticated end user.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub provider: String,
-    pub claims: Claims,
-}
-
-/// A refusal: what the client gets and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    pub filter: &'static str,
-    pub reason: &'static str,
-    pub status: StatusCode,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// What the chain decided for a request that passes: the principal, and the header changes to
-/// make before forwarding / on the response.
-#[derive(Debug, Default)]
-pub struct Passed {
-    pub principal: Option<Principal>,
-    /// The API-key client, when an API key authenticated the request.
-    pub api_key_client: Option<String>,
-    /// Credentials to strip from the forwarded request (`forwardToken: false`).
-    pub strip: Vec<TokenSource>,
-    /// Headers set on the forwarded request (`claimsToHeaders`).
-    pub set_upstream: Vec<(HeaderName, HeaderValue)>,
-    /// Headers added to the response (`x-ratelimit-*`).
-    pub set_response: Vec<(HeaderName, HeaderValue)>,
-    /// The bucket that decided, and tokens left in it.
-    pub rate_limit: Option<(String, u32)>,
-}
 
 /// Runs every filter of `route` on a request head.
 pub fn run(

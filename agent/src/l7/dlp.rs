@@ -12,25 +12,23 @@
 //! waits for the first bytes the masker lets go, so such a response shorter than the masker's
 //! hold-back is answered `502`; past that, the body is cut before the match.
 
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Bytes, Frame};
-use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use rampart_l7::dlp::{Action, DlpSet, Released, StreamMasker};
 
 use super::L7Stats;
+use super::body::{BoxError, Decoder, Undecodable, UpstreamBody, decoder, json_content};
 use crate::policy::dlp::DlpModel;
 
 /// The filter's name (metric label, access log).
 pub const FILTER: &str = "dlp";
 /// The most a `Block`-mode response may hold.
 pub const BLOCK_MODE_LIMIT: usize = 4 << 20;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a response was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +43,16 @@ pub enum Refusal {
     Unreadable,
     /// A match only the JSON-decoded body shows: it cannot be masked where it stands.
     EncodedMatch,
+}
+
+impl From<Undecodable> for Refusal {
+    fn from(why: Undecodable) -> Refusal {
+        match why {
+            Undecodable::Encoding => Refusal::Encoding,
+            Undecodable::Unreadable => Refusal::Unreadable,
+            Undecodable::TooLarge => Refusal::TooLarge,
+        }
+    }
 }
 
 impl Refusal {
@@ -84,209 +92,6 @@ pub(super) fn count(
         if let Some(d) = set.detectors.get(i) {
             stats.dlp_matched(direction, &d.name, action_label(d.action, shadow));
         }
-    }
-}
-
-/// Size of the brotli decoder's output buffer.
-const BROTLI_BUFFER: usize = 16 * 1024;
-
-/// A body decoder for `content-encoding`: compressed bytes are written in, decoded bytes taken
-/// out as they come.
-pub(super) enum Decoder {
-    Gzip(flate2::write::GzDecoder<Capped>),
-    Deflate(flate2::write::ZlibDecoder<Capped>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Capped>>),
-}
-
-/// The most a streamed body's decoder may produce from one frame.
-const DECODED_PER_FRAME: usize = 16 << 20;
-
-/// Where a decoder writes: it refuses to hold more than `cap` bytes, so a small compressed
-/// input cannot expand without bound inside one write (a decompression bomb: brotli turns a
-/// few bytes into megabytes).
-pub(super) struct Capped {
-    buf: Vec<u8>,
-    cap: usize,
-}
-
-impl Capped {
-    fn new(cap: usize) -> Capped {
-        Capped {
-            buf: Vec::new(),
-            cap,
-        }
-    }
-}
-
-impl std::io::Write for Capped {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len().saturating_add(data.len()) > self.cap {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "decoded data over the limit",
-            ));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Decoder {
-    fn sink(&mut self) -> &mut Capped {
-        match self {
-            Decoder::Gzip(d) => d.get_mut(),
-            Decoder::Deflate(d) => d.get_mut(),
-            Decoder::Brotli(d) => d.get_mut(),
-        }
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => d.write_all(data)?,
-            Decoder::Deflate(d) => d.write_all(data)?,
-            Decoder::Brotli(d) => d.write_all(data)?,
-        }
-        Ok(std::mem::take(&mut self.sink().buf))
-    }
-
-    /// The last decoded bytes; an error if the stream ended early.
-    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => d.try_finish()?,
-            Decoder::Deflate(d) => d.try_finish()?,
-            Decoder::Brotli(d) => d.close()?,
-        }
-        Ok(std::mem::take(&mut self.sink().buf))
-    }
-
-    /// Decodes a whole body, refusing one that decodes to more than `limit` bytes (stopped as
-    /// soon as the output passes it).
-    pub(super) fn decode_whole(mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
-        let refusal = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::FileTooLarge {
-                Refusal::TooLarge
-            } else {
-                Refusal::Unreadable
-            }
-        };
-        let mut out = Vec::new();
-        for piece in data.chunks(4096) {
-            self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
-            out.extend(self.write(piece).map_err(refusal)?);
-        }
-        self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
-        out.extend(self.finish().map_err(refusal)?);
-        if out.len() > limit {
-            return Err(Refusal::TooLarge);
-        }
-        Ok(out)
-    }
-}
-
-/// Whether a message's `content-type` is JSON (`application/json`, a `+json` type, or JSON
-/// lines), whose body is also scanned with its string escapes decoded.
-pub(super) fn json_content(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence.ends_with("+json")
-        || matches!(
-            essence.as_str(),
-            "application/json"
-                | "text/json"
-                | "application/json-seq"
-                | "application/jsonl"
-                | "application/x-ndjson"
-                | "application/ndjson"
-        )
-}
-
-/// Whether a message carries a `content-encoding` other than identity.
-pub(super) fn encoded(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
-        !matches!(
-            v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref(),
-            Ok("" | "identity")
-        )
-    })
-}
-
-/// Why a body could not be decoded for an inspector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Undecodable {
-    /// An encoding other than gzip, deflate or brotli, or two of them.
-    Encoding,
-    /// A stream that does not decode.
-    Unreadable,
-    /// More than the limit, decoded.
-    TooLarge,
-}
-
-/// `body` decoded for an inspector that reads text (the WAF's rules): as it is if the message
-/// is not encoded; `Err` says why it cannot be.
-pub(super) fn decode_for_inspection(
-    headers: &HeaderMap,
-    body: Bytes,
-    limit: usize,
-) -> Result<Bytes, Undecodable> {
-    if !encoded(headers) {
-        return Ok(body);
-    }
-    match decoder(headers, true) {
-        Ok(Some(decoder)) => {
-            decoder
-                .decode_whole(&body, limit)
-                .map(Bytes::from)
-                .map_err(|r| match r {
-                    Refusal::TooLarge => Undecodable::TooLarge,
-                    _ => Undecodable::Unreadable,
-                })
-        }
-        Ok(None) => Ok(body),
-        Err(_) => Err(Undecodable::Encoding),
-    }
-}
-
-/// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal (every
-/// encoding without `decompress`).
-pub(super) fn decoder(headers: &HeaderMap, decompress: bool) -> Result<Option<Decoder>, Refusal> {
-    let Some(encoding) = headers.get(CONTENT_ENCODING) else {
-        return Ok(None);
-    };
-    // Two encodings (two headers, or a list) would need two decoders: refused.
-    if headers.get_all(CONTENT_ENCODING).iter().count() > 1 {
-        return Err(Refusal::Encoding);
-    }
-    let encoding = encoding
-        .to_str()
-        .map_err(|_| Refusal::Encoding)?
-        .trim()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "" | "identity" => Ok(None),
-        "gzip" | "x-gzip" if decompress => Ok(Some(Decoder::Gzip(flate2::write::GzDecoder::new(
-            Capped::new(DECODED_PER_FRAME),
-        )))),
-        "deflate" if decompress => Ok(Some(Decoder::Deflate(flate2::write::ZlibDecoder::new(
-            Capped::new(DECODED_PER_FRAME),
-        )))),
-        "br" if decompress => Ok(Some(Decoder::Brotli(Box::new(
-            brotli_decompressor::DecompressorWriter::new(
-                Capped::new(DECODED_PER_FRAME),
-                BROTLI_BUFFER,
-            ),
-        )))),
-        _ => Err(Refusal::Encoding),
     }
 }
 
@@ -338,7 +143,7 @@ pub enum Filtered {
 pub async fn filter(
     model: &DlpModel,
     head: &mut hyper::http::response::Parts,
-    body: super::waf::UpstreamBody,
+    body: UpstreamBody,
     stats: &Arc<L7Stats>,
 ) -> Result<Filtered, Refusal> {
     let blocked = mask_headers(
@@ -432,7 +237,7 @@ fn refusal_of(e: &BoxError) -> Refusal {
 
 /// A response body masked as it streams; its trailers follow the last (held-back) bytes.
 pub struct DlpBody {
-    inner: super::waf::UpstreamBody,
+    inner: UpstreamBody,
     decoder: Option<Decoder>,
     masker: StreamMasker<Arc<DlpSet>>,
     shadow: bool,
@@ -560,7 +365,7 @@ mod tests {
     }
 
     /// `data` and `grpc-status: 0` as trailers, as the pod would send them.
-    fn with_trailers(data: &'static [u8]) -> super::super::waf::UpstreamBody {
+    fn with_trailers(data: &'static [u8]) -> super::UpstreamBody {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         Full::new(Bytes::from_static(data))
@@ -584,7 +389,7 @@ mod tests {
         }
     }
 
-    fn framed(frames: &[&[u8]]) -> super::super::waf::UpstreamBody {
+    fn framed(frames: &[&[u8]]) -> super::UpstreamBody {
         Frames(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect()).boxed()
     }
 

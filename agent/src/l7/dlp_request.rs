@@ -23,9 +23,9 @@ use hyper::{StatusCode, Uri};
 use rampart_l7::dlp::{Action, DlpSet, JsonFound, json};
 
 use super::L7Stats;
-use super::chain::Denial;
+use super::context::Denial;
 use super::dlp::{FILTER, Refusal};
-use super::waf::{UpstreamBody, whole_body};
+use super::body::{UpstreamBody, whole_body};
 use crate::policy::dlp::{DlpModel, RequestDlp};
 
 /// The metric's `direction` label.
@@ -66,7 +66,7 @@ impl Form {
             });
         if form {
             Form::UrlEncoded
-        } else if super::dlp::json_content(headers) || body.windows(2).any(|w| w == b"\\u") {
+        } else if super::body::json_content(headers) || body.windows(2).any(|w| w == b"\\u") {
             Form::Json
         } else {
             Form::Plain
@@ -194,13 +194,13 @@ pub async fn inspect(
     if sent.is_empty() {
         return Ok(whole_body(sent, trailers));
     }
-    let decoder = super::dlp::decoder(&parts.headers, model.decompress).map_err(refusal)?;
+    let decoder = super::body::decoder(&parts.headers, model.decompress).map_err(|why| refusal(why.into()))?;
     let plain = match decoder {
         None => None,
         Some(decoder) => Some(
             decoder
                 .decode_whole(&sent, requests.body_limit)
-                .map_err(refusal)?,
+                .map_err(|why| refusal(why.into()))?,
         ),
     };
     let body = plain.as_deref().unwrap_or(&sent);

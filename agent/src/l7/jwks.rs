@@ -11,7 +11,6 @@
 //!   counted; after that it is dropped and tokens are refused (`jwks_unavailable`): fail closed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use rampart_l7::jwt::KeySet;
 use tokio::sync::{Notify, watch};
 
 use super::fetch;
+use crate::policy::http::JwksLocation;
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -31,27 +31,6 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 /// How long a request waits for a re-fetch its unknown `kid` asked for.
 pub const KID_REFRESH_WAIT: Duration = Duration::from_secs(2);
-
-/// Where a JWKS comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum JwksLocation {
-    File(PathBuf),
-    Url(String),
-    /// The issuer's discovery document names the JWKS URL.
-    Discovery {
-        issuer: String,
-    },
-}
-
-impl std::fmt::Display for JwksLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JwksLocation::File(path) => write!(f, "file:{}", path.display()),
-            JwksLocation::Url(url) => f.write_str(url),
-            JwksLocation::Discovery { issuer } => write!(f, "discovery:{issuer}"),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {

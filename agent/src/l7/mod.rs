@@ -2,7 +2,7 @@
 //! are parsed (hyper, HTTP/1.1) on the inbound side of the tunnel and pass a fixed chain of named
 //! filters before they reach the pod: mTLS peer (the tunnel's handshake and principal check,
 //! done per connection) → `authn` (JWT, API keys) → `authz` (rules) → `ratelimit` (token
-//! buckets) → `waf` (Core Rule Set) → `dlp` on the request → upstream → `dlp` on the response. A denial is a value ([`chain::Denial`]) whose filter and reason label
+//! buckets) → `waf` (Core Rule Set) → `dlp` on the request → upstream → `dlp` on the response. A denial is a value ([`context::Denial`]) whose filter and reason label
 //! `rampart_proxy_denied_total{filter,reason}` and the flow record.
 //!
 //! | module | what |
@@ -20,7 +20,9 @@
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
+pub mod body;
 pub mod chain;
+pub mod context;
 pub mod dlp;
 pub mod dlp_request;
 pub mod fetch;

@@ -32,7 +32,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode, Uri, Version};
 
-use super::chain::Denial;
+use super::context::Denial;
 use crate::policy::http::EscapedSlashes;
 
 /// The filter name of these refusals (`rampart_proxy_denied_total{filter="http"}`).

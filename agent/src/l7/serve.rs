@@ -17,14 +17,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::sync::Mutex;
 
-use super::chain::{self, Denial, Passed, Peer};
+use super::chain;
+use super::context::{Denial, Passed, Peer};
 use super::prefixed::Prefixed;
-use super::waf::{UpstreamBody, WafReport};
+use super::body::UpstreamBody;
+use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
 use crate::flows::record::HttpAccess;
-use crate::mesh::tunnel::{ProxyEvent, ProxyEventSink, ProxySide};
+use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 
-type Body = http_body_util::combinators::BoxBody<Bytes, super::dlp::BoxError>;
+type Body = http_body_util::combinators::BoxBody<Bytes, super::body::BoxError>;
 
 /// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
 /// token with room for the rest).
@@ -665,7 +667,7 @@ async fn filter_response(
             match super::dlp::filter(dlp, &mut head, body, stats).await {
                 Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
                 Ok(super::dlp::Filtered::Whole(bytes, trailers)) => {
-                    super::waf::whole_body(bytes, trailers)
+                    super::body::whole_body(bytes, trailers)
                         .map_err(Into::into)
                         .boxed()
                 }

@@ -16,20 +16,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::{Bytes, Incoming};
 use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
 use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
-use super::chain::{Denial, Peer};
-use super::dlp::Undecodable;
+use super::body::{PrefixedBody, Read, Undecodable, UpstreamBody, read_up_to, whole_body};
+use super::context::{Denial, Peer};
 use crate::policy::compile::Compiled;
 use crate::policy::waf::{OverLimit, WafModel};
-
-/// The body forwarded to the pod.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
 /// The filter's name (metric label, access log).
 pub const FILTER: &str = "waf";
@@ -311,14 +307,14 @@ async fn inspect_request(
     // The rules read text: a body with a content-encoding is given to them decoded (it goes on
     // as it came), or refused when it cannot be (a pod that inflates request bodies would
     // otherwise read what no rule saw).
-    let encoded = model.inspect_body && super::dlp::encoded(&parts.headers);
+    let encoded = model.inspect_body && super::body::encoded(&parts.headers);
     let judged = if encoded {
         if seen != BodySeen::Whole {
             report.body = Some(BodySeen::NotInspected.name());
             let refusal = denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE);
             return (Err(refusal), report, None);
         }
-        match super::dlp::decode_for_inspection(&parts.headers, judged, model.profile.body_limit) {
+        match super::body::decode_for_inspection(&parts.headers, judged, model.profile.body_limit) {
             Ok(decoded) => decoded,
             Err(reason) => {
                 report.body = Some(BodySeen::NotInspected.name());
@@ -420,7 +416,7 @@ pub async fn inspect_response(
                 (BodySeen::Whole, bytes.clone(), whole_body(bytes, trailers))
             }
             // A compressed response can be judged only whole (decoded below).
-            Ok(Read::Over(..)) if super::dlp::encoded(&head.headers) => {
+            Ok(Read::Over(..)) if super::body::encoded(&head.headers) => {
                 report.response_body = Some(BodySeen::NotInspected.name());
                 return (
                     Err(denial("response_too_large", StatusCode::BAD_GATEWAY)),
@@ -450,7 +446,7 @@ pub async fn inspect_response(
         (BodySeen::Whole, Bytes::new(), body)
     };
     // The rules read text: a compressed body is given to them decoded (it goes on as it came).
-    let judged = match super::dlp::decode_for_inspection(&head.headers, judged, limit) {
+    let judged = match super::body::decode_for_inspection(&head.headers, judged, limit) {
         Ok(judged) => judged,
         Err(reason) => {
             report.response_body = Some(BodySeen::NotInspected.name());
@@ -466,7 +462,7 @@ pub async fn inspect_response(
     let status = head.status.as_u16();
     let version = version_number(head.version);
     let mut headers = owned_headers(&head.headers);
-    if super::dlp::encoded(&head.headers) {
+    if super::body::encoded(&head.headers) {
         // The rules see the body decoded, so the encoding is not theirs to see (CRS skips its
         // leak rules on a compressed body).
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case(b"content-encoding"));
@@ -535,84 +531,6 @@ fn denial(reason: &'static str, status: StatusCode) -> Denial {
         reason,
         status,
         headers: Vec::new(),
-    }
-}
-
-enum Read<B> {
-    /// The whole body, at most `limit` bytes, and its trailers.
-    Whole(Bytes, Option<hyper::HeaderMap>),
-    /// More than `limit` bytes: those read so far (over `limit` by less than a frame), and the
-    /// rest of the stream.
-    Over(Bytes, B),
-}
-
-/// Reads `body` until it ends or passes `limit` bytes (past it, the trailers stay in the rest).
-async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, hyper::Error>
-where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
-{
-    let mut buffer = Vec::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        match frame?.into_data() {
-            Ok(data) => {
-                buffer.extend_from_slice(&data);
-                if buffer.len() > limit {
-                    return Ok(Read::Over(Bytes::from(buffer), body));
-                }
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    Ok(Read::Whole(Bytes::from(buffer), trailers))
-}
-
-/// A body read whole, forwarded with its trailers.
-pub fn whole_body(bytes: Bytes, trailers: Option<hyper::HeaderMap>) -> UpstreamBody {
-    Full::new(bytes)
-        .with_trailers(std::future::ready(trailers.map(Ok)))
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// The bytes already read, then the rest of the stream. (http-body-util has no body that
-/// chains a buffer and a stream.)
-struct PrefixedBody<B> {
-    prefix: Option<Bytes>,
-    rest: B,
-}
-
-impl<B> Body for PrefixedBody<B>
-where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
-{
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
-            return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let rest = self.rest.size_hint();
-        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        // Upper first: `set_lower` refuses a lower bound above the upper one.
-        let mut hint = SizeHint::new();
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(extra));
-        }
-        hint.set_lower(rest.lower().saturating_add(extra));
-        hint
     }
 }
 

@@ -17,8 +17,9 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::tunnel::{self, ProxyEvent, ProxyEventSink, ProxySide};
-use crate::l7::chain::Peer;
+use super::tunnel;
+use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
+use crate::l7::context::Peer;
 use crate::l7::serve::RouteLookup;
 use crate::l7::{HttpRoute, L7Stats};
 

@@ -19,7 +19,8 @@ use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
 use super::table::{MeshTable, TableAuthorizer};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
-use super::tunnel::{self, Inbound, ProxyEvent, ProxyEventSink, ProxySide, TunnelStats, Upstream};
+use super::tunnel::{self, Inbound, TunnelStats, Upstream};
+use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::spiffe::SpiffeId;
 
 /// Routing table that delivers marked packets locally (`local default dev lo`).

@@ -21,6 +21,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::listen::ConnectionCap;
 
 use crate::spiffe::SpiffeId;
@@ -131,36 +132,6 @@ impl DenyReason {
         }
     }
 }
-
-/// Which side of the proxy refused a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxySide {
-    /// The tunnel port (the destination's node).
-    Inbound,
-    /// A redirected flow (the source's node).
-    Outbound,
-}
-
-/// A refusal of the proxy, for the flow log: what is known of the flow when it was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyEvent {
-    pub side: ProxySide,
-    /// The filter that decided (`mtls` for the tunnel's own checks; `authn`, `authz`,
-    /// `ratelimit`; empty for an HTTP request every filter passed).
-    pub filter: &'static str,
-    /// The reason's metric label (`DenyReason::name`, `OutboundError::name`, an L7 reason);
-    /// empty when the request passed.
-    pub reason: &'static str,
-    /// An HTTP request the L7 filters judged (passed or refused).
-    pub http: Option<Box<crate::flows::record::HttpAccess>>,
-    /// The peer's SPIFFE ID, once the handshake showed it.
-    pub peer: Option<String>,
-    pub source: Option<SocketAddr>,
-    pub destination: Option<SocketAddr>,
-}
-
-/// Where refusals go (the agent's flow hub). Called on the refusing task; must not block.
-pub type ProxyEventSink = Arc<dyn Fn(&ProxyEvent) + Send + Sync>;
 
 /// Counters of the inbound side.
 #[derive(Debug, Default)]
@@ -390,7 +361,7 @@ async fn handle_stream(
         .fetch_add(1, Ordering::Relaxed);
     if http_route.is_some() {
         // L7: the pod's connection opens when a request first passes the filters.
-        let peer = crate::l7::chain::Peer {
+        let peer = crate::l7::context::Peer {
             spiffe_id: Some(flow.peer.clone()),
             source,
             destination,

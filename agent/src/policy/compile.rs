@@ -33,8 +33,8 @@ use super::model::{
     PortMatch, PrincipalsModel, RuleModel,
 };
 use super::objects::{PolicyMode, RuleAction};
-use crate::datapath::{IpcacheRecord, PolicyState};
-use crate::policy_map::{self, PolicyRule};
+use crate::kernel_state::{IpcacheRecord, PolicyState};
+use crate::kernel_state::policy_map::{self, PolicyRule};
 use rampart_common::mesh::{MeshEntry, MeshFlags, MeshKey};
 
 /// What the compiler needs besides the model.
@@ -707,6 +707,24 @@ impl<'m> RuleCompiler<'m> {
         targets.dedup();
         targets
     }
+}
+
+/// Compiles `model` for a node where every pod is local, so that both ends of any pod-to-pod
+/// flow are enforced (what offline explanations use).
+pub fn compile_all_local(model: &Model, trust_domain: &str) -> Compiled {
+    let mut local = BTreeMap::new();
+    for (i, pod) in model.pods.iter().enumerate() {
+        for ip in &pod.ips {
+            // Any distinct non-zero index will do: it stands for the pod's interface.
+            local.insert(*ip, i as u32 + 1);
+        }
+    }
+    let node = Node {
+        local: &local,
+        trust_domain,
+        audit: false,
+    };
+    compile(model, node, &mut Allocator::new())
 }
 
 #[cfg(test)]

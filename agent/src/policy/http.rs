@@ -419,12 +419,33 @@ pub struct JwtProviderModel {
     pub forward_token: bool,
 }
 
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JwksLocation {
+    File(std::path::PathBuf),
+    Url(String),
+    /// The issuer's discovery document names the JWKS URL.
+    Discovery {
+        issuer: String,
+    },
+}
+
+impl std::fmt::Display for JwksLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksLocation::File(path) => write!(f, "file:{}", path.display()),
+            JwksLocation::Url(url) => f.write_str(url),
+            JwksLocation::Discovery { issuer } => write!(f, "discovery:{issuer}"),
+        }
+    }
+}
+
 /// Where a JWT provider's keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksModel {
     Inline(Arc<KeySet>),
     /// Fetched and refreshed by the agent (`l7::jwks`).
-    Remote(crate::l7::jwks::JwksLocation),
+    Remote(JwksLocation),
 }
 
 /// Where a provider looks for its token.
@@ -767,7 +788,6 @@ impl HttpValidator<'_> {
     }
 
     fn jwks(&mut self, spec: &Spanned<JwksSpec>, issuer: Option<&str>) -> Option<JwksModel> {
-        use crate::l7::jwks::JwksLocation;
         let raw = &spec.value;
         let is_http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         match (&raw.inline, &raw.file, &raw.url, &raw.discovery) {

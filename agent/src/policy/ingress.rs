@@ -292,7 +292,7 @@ mod tests {
             &tls_secret("api-tls", &cert, &key),
         );
         let checked = check(&text).expect("valid");
-        let compiled = crate::policy::explain::compile_all_local(&checked.model, "cluster.local");
+        let compiled = crate::policy::compile::compile_all_local(&checked.model, "cluster.local");
         let route = &compiled.mesh[0];
         assert_eq!(route.ingress_policy.as_deref(), Some("api-ingress"));
         let certs = route
@@ -307,7 +307,7 @@ mod tests {
 
         // Plaintext ingress: no Secret needed.
         let plain = check(&policy_set("{}", "")).expect("valid");
-        let compiled = crate::policy::explain::compile_all_local(&plain.model, "cluster.local");
+        let compiled = crate::policy::compile::compile_all_local(&plain.model, "cluster.local");
         assert_eq!(
             compiled.mesh[0].ingress.as_ref().map(|i| i.tls.is_none()),
             Some(true)
@@ -360,7 +360,7 @@ mod tests {
             .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
             .join("---\n");
         let checked = check(&text).unwrap_or_else(|e| panic!("{e:?}"));
-        let compiled = crate::policy::explain::compile_all_local(&checked.model, "cluster.local");
+        let compiled = crate::policy::compile::compile_all_local(&checked.model, "cluster.local");
         let route = compiled
             .mesh
             .iter()

@@ -12,14 +12,12 @@
 //! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
-//! | explain | `explain` | a flow's verdict at each end, the deciding rule and mode, mTLS (`policy explain`) |
 //!
 //! A set with any error is rejected whole; the caller keeps the last good state in force.
 
 pub mod compile;
 pub mod diag;
 pub mod dlp;
-pub mod explain;
 pub mod http;
 pub mod identity;
 pub mod ingress;

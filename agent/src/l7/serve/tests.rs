@@ -208,7 +208,7 @@ async fn echo_origin(io: DuplexStream, seen: Arc<std::sync::atomic::AtomicU64>) 
 /// on its end; the proxy's counters.
 async fn client_through<B, F>(
     route: Arc<HttpRoute>,
-    events: Option<crate::mesh::tunnel::ProxyEventSink>,
+    events: Option<crate::flows::event::ProxyEventSink>,
     origin: impl FnOnce(DuplexStream) -> F,
 ) -> (hyper::client::conn::http1::SendRequest<B>, Arc<L7Stats>)
 where
@@ -223,7 +223,7 @@ where
 /// Like [`client_through`], with each request's route from `routes`.
 async fn client_following<B, F>(
     routes: RouteLookup,
-    events: Option<crate::mesh::tunnel::ProxyEventSink>,
+    events: Option<crate::flows::event::ProxyEventSink>,
     origin: impl FnOnce(DuplexStream) -> F,
 ) -> (hyper::client::conn::http1::SendRequest<B>, Arc<L7Stats>)
 where
@@ -925,7 +925,7 @@ async fn a_blocking_detector_refuses_the_response_and_shadow_mode_changes_nothin
 async fn the_access_log_masks_what_the_route_masks() {
     let logged = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink_log = Arc::clone(&logged);
-    let sink: crate::mesh::tunnel::ProxyEventSink = Arc::new(move |e: &ProxyEvent| {
+    let sink: crate::flows::event::ProxyEventSink = Arc::new(move |e: &ProxyEvent| {
         if let Some(http) = &e.http
             && let Ok(mut l) = sink_log.lock()
         {

@@ -3,7 +3,6 @@
 //! port takes only mTLS. Pure: works on a compiled set, the running agent's or one compiled
 //! offline from files. The decision is `verdict::decide`, the kernel's lookups in its order.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -11,10 +10,8 @@ use rampart_common::policy::Verdict;
 use rampart_common::reason::DropReason;
 use serde::{Deserialize, Serialize};
 
-use super::compile::{Compiled, Node, compile};
-use super::identity::Allocator;
-use super::model::Model;
-use super::verdict::{self, EndDecision};
+use crate::policy::compile::Compiled;
+use crate::policy::verdict::{self, EndDecision};
 use crate::flows::FlowNames;
 use crate::flows::record::{DecidedBy, FlowPeer, PolicyRef, protocol_name};
 use crate::mesh::table::principal_allowed;
@@ -85,24 +82,6 @@ pub struct Explanation {
     pub ingress: Option<EndExplanation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsExplanation>,
-}
-
-/// Compiles `model` for a node where every pod is local, so that both ends of any pod-to-pod
-/// flow are enforced (what offline explanations use).
-pub fn compile_all_local(model: &Model, trust_domain: &str) -> Compiled {
-    let mut local = BTreeMap::new();
-    for (i, pod) in model.pods.iter().enumerate() {
-        for ip in &pod.ips {
-            // Any distinct non-zero index will do: it stands for the pod's interface.
-            local.insert(*ip, i as u32 + 1);
-        }
-    }
-    let node = Node {
-        local: &local,
-        trust_domain,
-        audit: false,
-    };
-    compile(model, node, &mut Allocator::new())
 }
 
 /// Explains `query` against `compiled`.
@@ -281,6 +260,7 @@ pub fn render(e: &Explanation) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::compile::compile_all_local;
 
     /// The example set in `policies/`, every pod local.
     fn examples() -> Compiled {

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use anyhow::{Context as _, bail};
 use http_body_util::BodyExt as _;
 
-use super::record::FlowRecord;
+use crate::flows::record::FlowRecord;
 use crate::cli::FlowsArgs;
 
 pub fn run(args: &FlowsArgs) -> anyhow::Result<()> {

@@ -1,0 +1,291 @@
+//! Bodies as the filters hold them: the body type forwarded to the pod, reading a body up to a
+//! limit, a read prefix chained before the rest of its stream, and `content-encoding` decoding
+//! for inspectors (gzip, deflate, brotli; capped so a small input cannot expand without bound).
+
+use std::io::Write as _;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap};
+
+/// The body forwarded to the pod.
+pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+
+/// Size of the brotli decoder's output buffer.
+const BROTLI_BUFFER: usize = 16 * 1024;
+
+/// A body decoder for `content-encoding`: compressed bytes are written in, decoded bytes taken
+/// out as they come.
+pub enum Decoder {
+    Gzip(flate2::write::GzDecoder<Capped>),
+    Deflate(flate2::write::ZlibDecoder<Capped>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Capped>>),
+}
+
+/// The most a streamed body's decoder may produce from one frame.
+const DECODED_PER_FRAME: usize = 16 << 20;
+
+/// Where a decoder writes: it refuses to hold more than `cap` bytes, so a small compressed
+/// input cannot expand without bound inside one write (a decompression bomb: brotli turns a
+/// few bytes into megabytes).
+pub struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        Capped {
+            buf: Vec::new(),
+            cap,
+        }
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "decoded data over the limit",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Decoder {
+    fn sink(&mut self) -> &mut Capped {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => d.write_all(data)?,
+            Decoder::Deflate(d) => d.write_all(data)?,
+            Decoder::Brotli(d) => d.write_all(data)?,
+        }
+        Ok(std::mem::take(&mut self.sink().buf))
+    }
+
+    /// The last decoded bytes; an error if the stream ended early.
+    pub fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => d.try_finish()?,
+            Decoder::Deflate(d) => d.try_finish()?,
+            Decoder::Brotli(d) => d.close()?,
+        }
+        Ok(std::mem::take(&mut self.sink().buf))
+    }
+
+    /// Decodes a whole body, refusing one that decodes to more than `limit` bytes (stopped as
+    /// soon as the output passes it).
+    pub fn decode_whole(mut self, data: &[u8], limit: usize) -> Result<Vec<u8>, Undecodable> {
+        let refusal = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                Undecodable::TooLarge
+            } else {
+                Undecodable::Unreadable
+            }
+        };
+        let mut out = Vec::new();
+        for piece in data.chunks(4096) {
+            self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
+            out.extend(self.write(piece).map_err(refusal)?);
+        }
+        self.sink().cap = limit.saturating_add(1).saturating_sub(out.len());
+        out.extend(self.finish().map_err(refusal)?);
+        if out.len() > limit {
+            return Err(Undecodable::TooLarge);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a message's `content-type` is JSON (`application/json`, a `+json` type, or JSON
+/// lines), whose body is also scanned with its string escapes decoded.
+pub fn json_content(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.ends_with("+json")
+        || matches!(
+            essence.as_str(),
+            "application/json"
+                | "text/json"
+                | "application/json-seq"
+                | "application/jsonl"
+                | "application/x-ndjson"
+                | "application/ndjson"
+        )
+}
+
+/// Whether a message carries a `content-encoding` other than identity.
+pub fn encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        !matches!(
+            v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+            Ok("" | "identity")
+        )
+    })
+}
+
+/// Why a body could not be decoded for an inspector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecodable {
+    /// An encoding other than gzip, deflate or brotli, or two of them.
+    Encoding,
+    /// A stream that does not decode.
+    Unreadable,
+    /// More than the limit, decoded.
+    TooLarge,
+}
+
+/// `body` decoded for an inspector that reads text (the WAF's rules): as it is if the message
+/// is not encoded; `Err` says why it cannot be.
+pub fn decode_for_inspection(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, Undecodable> {
+    if !encoded(headers) {
+        return Ok(body);
+    }
+    match decoder(headers, true) {
+        Ok(Some(decoder)) => {
+            decoder.decode_whole(&body, limit).map(Bytes::from)
+        }
+        Ok(None) => Ok(body),
+        Err(e) => Err(e),
+    }
+}
+
+/// The decoder a message's `content-encoding` needs (`None`: identity), or a refusal (every
+/// encoding without `decompress`).
+pub fn decoder(headers: &HeaderMap, decompress: bool) -> Result<Option<Decoder>, Undecodable> {
+    let Some(encoding) = headers.get(CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    // Two encodings (two headers, or a list) would need two decoders: refused.
+    if headers.get_all(CONTENT_ENCODING).iter().count() > 1 {
+        return Err(Undecodable::Encoding);
+    }
+    let encoding = encoding
+        .to_str()
+        .map_err(|_| Undecodable::Encoding)?
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "" | "identity" => Ok(None),
+        "gzip" | "x-gzip" if decompress => Ok(Some(Decoder::Gzip(flate2::write::GzDecoder::new(
+            Capped::new(DECODED_PER_FRAME),
+        )))),
+        "deflate" if decompress => Ok(Some(Decoder::Deflate(flate2::write::ZlibDecoder::new(
+            Capped::new(DECODED_PER_FRAME),
+        )))),
+        "br" if decompress => Ok(Some(Decoder::Brotli(Box::new(
+            brotli_decompressor::DecompressorWriter::new(
+                Capped::new(DECODED_PER_FRAME),
+                BROTLI_BUFFER,
+            ),
+        )))),
+        _ => Err(Undecodable::Encoding),
+    }
+}
+
+pub enum Read<B> {
+    /// The whole body, at most `limit` bytes, and its trailers.
+    Whole(Bytes, Option<hyper::HeaderMap>),
+    /// More than `limit` bytes: those read so far (over `limit` by less than a frame), and the
+    /// rest of the stream.
+    Over(Bytes, B),
+}
+
+/// Reads `body` until it ends or passes `limit` bytes (past it, the trailers stay in the rest).
+pub async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, hyper::Error>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let mut buffer = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => {
+                buffer.extend_from_slice(&data);
+                if buffer.len() > limit {
+                    return Ok(Read::Over(Bytes::from(buffer), body));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Read::Whole(Bytes::from(buffer), trailers))
+}
+
+/// A body read whole, forwarded with its trailers.
+pub fn whole_body(bytes: Bytes, trailers: Option<hyper::HeaderMap>) -> UpstreamBody {
+    Full::new(bytes)
+        .with_trailers(std::future::ready(trailers.map(Ok)))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The bytes already read, then the rest of the stream. (http-body-util has no body that
+/// chains a buffer and a stream.)
+pub struct PrefixedBody<B> {
+    pub prefix: Option<Bytes>,
+    pub rest: B,
+}
+
+impl<B> Body for PrefixedBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        // Upper first: `set_lower` refuses a lower bound above the upper one.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(extra));
+        }
+        hint.set_lower(rest.lower().saturating_add(extra));
+        hint
+    }
+}
