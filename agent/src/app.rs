@@ -13,11 +13,11 @@ use crate::config::Mode;
 use crate::config::RunConfig;
 use crate::controller::Controller;
 use crate::datapath::Datapath;
-use crate::kernel_state::PolicyState;
 use crate::flows::FlowHub;
-use crate::flows::file_log::FlowLogWriter;
-use crate::mesh::runtime::MeshRuntime;
 use crate::flows::event::ProxyEventSink;
+use crate::flows::file_log::FlowLogWriter;
+use crate::kernel_state::PolicyState;
+use crate::mesh::runtime::MeshRuntime;
 use crate::state::{AgentState, Command, PolicyStatus};
 use crate::{admin, metrics};
 

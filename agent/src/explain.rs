@@ -10,11 +10,11 @@ use rampart_common::policy::Verdict;
 use rampart_common::reason::DropReason;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::compile::Compiled;
-use crate::policy::verdict::{self, EndDecision};
 use crate::flows::FlowNames;
 use crate::flows::record::{DecidedBy, FlowPeer, PolicyRef, protocol_name};
 use crate::mesh::table::principal_allowed;
+use crate::policy::compile::Compiled;
+use crate::policy::verdict::{self, EndDecision};
 use crate::spiffe::SpiffeId;
 
 /// The question, as the user typed it.

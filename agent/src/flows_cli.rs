@@ -6,8 +6,8 @@ use std::io::Write as _;
 use anyhow::{Context as _, bail};
 use http_body_util::BodyExt as _;
 
-use crate::flows::record::FlowRecord;
 use crate::cli::FlowsArgs;
+use crate::flows::record::FlowRecord;
 
 pub fn run(args: &FlowsArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rampart_agent::config::XdpAttachMode;
 use rampart_agent::datapath::{Datapath, Stats};
-use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_agent::kernel_state::policy_map::{PolicyRule, build};
+use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
 use rampart_common::reason::{Direction, DropReason};

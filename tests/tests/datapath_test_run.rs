@@ -5,10 +5,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rampart_agent::datapath::{
-    Datapath, EventReader, IpcacheRecord, PolicyState, ProgramKind, Stats,
-};
+use rampart_agent::datapath::{Datapath, EventReader, ProgramKind, Stats};
 use rampart_agent::kernel_state::policy_map::{PolicyRule, build};
+use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
 use rampart_common::policy::Verdict;

@@ -117,8 +117,8 @@ impl FlowNames {
             rule: rule.index,
             action: rule.action.to_owned(),
             mode: match rule.mode {
-                crate::policy::objects::PolicyMode::Enforce => "enforce".into(),
-                crate::policy::objects::PolicyMode::Audit => "audit".into(),
+                crate::policy::spec::objects::PolicyMode::Enforce => "enforce".into(),
+                crate::policy::spec::objects::PolicyMode::Audit => "audit".into(),
             },
         })
     }

@@ -14,7 +14,6 @@ pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-
 /// Size of the brotli decoder's output buffer.
 const BROTLI_BUFFER: usize = 16 * 1024;
 
@@ -171,9 +170,7 @@ pub fn decode_for_inspection(
         return Ok(body);
     }
     match decoder(headers, true) {
-        Ok(Some(decoder)) => {
-            decoder.decode_whole(&body, limit).map(Bytes::from)
-        }
+        Ok(Some(decoder)) => decoder.decode_whole(&body, limit).map(Bytes::from),
         Ok(None) => Ok(body),
         Err(e) => Err(e),
     }
@@ -287,5 +284,39 @@ where
         }
         hint.set_lower(rest.lower().saturating_add(extra));
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_cap() {
+        use std::io::Write as _;
+        let mut bomb = Vec::new();
+        {
+            let mut encoder = brotli::CompressorWriter::new(&mut bomb, 4096, 5, 22);
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..32 {
+                let _ = encoder.write_all(&zeros);
+            }
+        }
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let mut decoder = Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+            Capped::new(1 << 20),
+            BROTLI_BUFFER,
+        )));
+        let err = decoder.write(&bomb).expect_err("32 MiB out of one write");
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(decoder.sink().buf.len() <= 1 << 20);
+        let whole = Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+            Capped::new(DECODED_PER_FRAME),
+            BROTLI_BUFFER,
+        )));
+        assert!(matches!(
+            whole.decode_whole(&bomb, 4096),
+            Err(Undecodable::TooLarge)
+        ));
     }
 }

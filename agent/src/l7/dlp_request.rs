@@ -23,9 +23,9 @@ use hyper::{StatusCode, Uri};
 use rampart_l7::dlp::{Action, DlpSet, JsonFound, json};
 
 use super::L7Stats;
+use super::body::{UpstreamBody, whole_body};
 use super::context::Denial;
 use super::dlp::{FILTER, Refusal};
-use super::body::{UpstreamBody, whole_body};
 use crate::policy::dlp::{DlpModel, RequestDlp};
 
 /// The metric's `direction` label.
@@ -194,7 +194,8 @@ pub async fn inspect(
     if sent.is_empty() {
         return Ok(whole_body(sent, trailers));
     }
-    let decoder = super::body::decoder(&parts.headers, model.decompress).map_err(|why| refusal(why.into()))?;
+    let decoder = super::body::decoder(&parts.headers, model.decompress)
+        .map_err(|why| refusal(why.into()))?;
     let plain = match decoder {
         None => None,
         Some(decoder) => Some(

@@ -17,14 +17,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::sync::Mutex;
 
+use super::body::UpstreamBody;
 use super::chain;
 use super::context::{Denial, Passed, Peer};
 use super::prefixed::Prefixed;
-use super::body::UpstreamBody;
 use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
-use crate::flows::record::HttpAccess;
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
+use crate::flows::record::HttpAccess;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, super::body::BoxError>;
 

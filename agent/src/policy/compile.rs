@@ -32,9 +32,10 @@ use super::model::{
     CidrBlock, EntityKind, MeshPolicyModel, Model, PROTO_TCP, PeerModel, PodModel, PolicyModel,
     PortMatch, PrincipalsModel, RuleModel,
 };
-use super::objects::{PolicyMode, RuleAction};
-use crate::kernel_state::{IpcacheRecord, PolicyState};
+use super::spec::RuleAction;
+use super::spec::objects::PolicyMode;
 use crate::kernel_state::policy_map::{self, PolicyRule};
+use crate::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_common::mesh::{MeshEntry, MeshFlags, MeshKey};
 
 /// What the compiler needs besides the model.

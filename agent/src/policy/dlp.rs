@@ -28,54 +28,16 @@ use std::sync::Arc;
 
 use hyper::header::HeaderName;
 use rampart_l7::dlp::{Action, Detector, DlpSet, Kind};
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
 use super::source::SourceObject;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DlpSpec {
-    #[serde(default)]
-    pub shadow: bool,
-    /// Detectors on responses.
-    #[serde(default)]
-    pub detectors: Vec<Spanned<DetectorSpec>>,
-    #[serde(default)]
-    pub response_headers: Vec<Spanned<String>>,
-    pub compressed: Option<Spanned<String>>,
-    pub requests: Option<Spanned<RequestsSpec>>,
-}
-
-/// Detectors on requests.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequestsSpec {
-    pub detectors: Vec<Spanned<DetectorSpec>>,
-    #[serde(default)]
-    pub headers: Vec<Spanned<String>>,
-    pub body_limit: Option<Spanned<usize>>,
-}
+use super::spec::dlp::{DetectorSpec, DlpSpec};
 
 /// Default of `requests.bodyLimit`.
 pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 1 << 20;
 /// Largest `requests.bodyLimit` (the proxy holds that much per request in memory).
 pub const MAX_REQUEST_BODY_LIMIT: usize = 16 << 20;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DetectorSpec {
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// A custom detector's name (its metric label).
-    pub name: Option<String>,
-    /// A custom detector's pattern.
-    pub pattern: Option<String>,
-    pub action: Spanned<String>,
-    pub keep_last: Option<usize>,
-    pub mask_with: Option<Spanned<String>>,
-}
 
 /// A route's DLP, as the proxy runs it.
 #[derive(Debug, Clone)]

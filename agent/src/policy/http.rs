@@ -1,6 +1,7 @@
 //! The `http` section of a MeshPolicy: the L7 rules the proxy applies to requests on the
-//! selected destination ports (authentication by JWT, authorization rules, rate limits). The raw
-//! serde shapes and their validation into [`HttpPolicyModel`], with errors at `file:line:col`.
+//! selected destination ports (authentication by JWT, authorization rules, rate limits). Its
+//! validation into [`HttpPolicyModel`], with errors at `file:line:col` (the serde shapes are in
+//! `spec/http.rs`).
 //!
 //! ```yaml
 //! http:
@@ -37,174 +38,16 @@ use hyper::header::HeaderName;
 use rampart_l7::jwt::{self, ClaimRules, KeySet, VerifierConfig};
 use rampart_l7::ratelimit::BucketSpec;
 use regex::Regex;
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
-pub use super::objects::RuleAction;
+use super::secret::SecretModel;
 use super::source::SourceObject;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpSpec {
-    pub authentication: Option<Spanned<AuthenticationSpec>>,
-    pub rules: Option<Vec<Spanned<HttpRuleSpec>>>,
-    pub rate_limits: Option<Spanned<RateLimitsSpec>>,
-    /// The OWASP Core Rule Set (see `policy::waf`).
-    pub waf: Option<Spanned<super::waf::WafSpec>>,
-    /// Sensitive data in responses (see `policy::dlp`).
-    pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
-    /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
-    pub escaped_slashes: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthenticationSpec {
-    /// `AnyOf` (default: one provider's credential suffices) or `AllOf` (every provider's).
-    pub require: Option<Spanned<String>>,
-    #[serde(default)]
-    pub allow_missing: bool,
-    pub providers: Vec<Spanned<ProviderSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProviderSpec {
-    pub name: Spanned<String>,
-    pub jwt: Option<Spanned<JwtSpec>>,
-    pub api_keys: Option<Spanned<ApiKeysSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ApiKeysSpec {
-    /// A `v1 Secret` in the policy set: each entry's name is a client, its value that client's key.
-    pub secret_ref: Spanned<SecretRefSpec>,
-    /// Default: the `x-api-key` header.
-    pub key_from: Option<Vec<Spanned<TokenSourceSpec>>>,
-    /// Request header that carries the client's name to the pod.
-    pub client_header: Option<Spanned<String>>,
-    #[serde(default)]
-    pub forward_key: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SecretRefSpec {
-    pub namespace: String,
-    pub name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct JwtSpec {
-    pub issuer: Option<String>,
-    pub audiences: Option<Vec<String>>,
-    pub algorithms: Spanned<Vec<String>>,
-    pub clock_skew_seconds: Option<u64>,
-    pub required_claims: Option<Vec<String>>,
-    pub max_token_bytes: Option<Spanned<usize>>,
-    pub token_from: Option<Vec<Spanned<TokenSourceSpec>>>,
-    pub jwks: Spanned<JwksSpec>,
-    pub claims_to_headers: Option<Vec<Spanned<ClaimHeaderSpec>>>,
-    #[serde(default)]
-    pub forward_token: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TokenSourceSpec {
-    pub header: Option<Spanned<String>>,
-    pub prefix: Option<String>,
-    pub query: Option<String>,
-    pub cookie: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct JwksSpec {
-    /// A JWKS document as JSON text.
-    pub inline: Option<Spanned<String>>,
-    /// An absolute path to a JWKS document, re-read like a fetched one.
-    pub file: Option<Spanned<String>>,
-    /// An `http://` or `https://` URL of a JWKS document.
-    pub url: Option<Spanned<String>>,
-    /// `true`: the `jwks_uri` of the issuer's OIDC discovery document.
-    pub discovery: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ClaimHeaderSpec {
-    pub claim: String,
-    pub header: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpRuleSpec {
-    pub action: Spanned<String>,
-    pub methods: Option<Vec<Spanned<String>>>,
-    pub hosts: Option<Vec<String>>,
-    pub paths: Option<Vec<Spanned<PathSpec>>>,
-    pub headers: Option<Vec<Spanned<HeaderMatchSpec>>>,
-    pub principals: Option<Vec<String>>,
-    pub claims: Option<Vec<Spanned<ClaimMatchSpec>>>,
-    pub api_key_clients: Option<Vec<String>>,
-    pub authenticated: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PathSpec {
-    pub exact: Option<String>,
-    pub prefix: Option<String>,
-    pub glob: Option<String>,
-    pub regex: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderMatchSpec {
-    pub name: Spanned<String>,
-    pub exact: Option<String>,
-    pub prefix: Option<String>,
-    pub present: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ClaimMatchSpec {
-    pub name: String,
-    pub equals: Option<String>,
-    pub contains: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RateLimitsSpec {
-    #[serde(default)]
-    pub shadow: bool,
-    pub buckets: Vec<Spanned<RateBucketSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RateBucketSpec {
-    pub name: Spanned<String>,
-    /// `route` (default), `sourcePrincipal`, `sourceAddress`, `jwtSubject`, `apiKeyClient`,
-    /// `header:<name>`, `claim:<name>`.
-    pub key: Option<Spanned<String>>,
-    pub max_tokens: u32,
-    pub tokens_per_fill: Option<u32>,
-    pub fill_interval: Spanned<String>,
-    /// Distinct key values kept (LRU); default 10,000.
-    pub max_keys: Option<usize>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The validated model
+pub use super::spec::RuleAction;
+use super::spec::http::{
+    ApiKeysSpec, AuthenticationSpec, HttpRuleSpec, HttpSpec, JwksSpec, JwtSpec, PathSpec,
+    RateBucketSpec, TokenSourceSpec,
+};
 
 #[derive(Debug, Clone)]
 pub struct HttpPolicyModel {
@@ -305,66 +148,17 @@ impl ApiKeyTable {
     }
 }
 
-/// A Secret's entries (name → bytes), never printed.
-#[derive(Clone)]
-pub struct SecretModel {
-    pub entries: std::collections::BTreeMap<String, Vec<u8>>,
-}
-
-impl std::fmt::Debug for SecretModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretModel")
-            .field("entries", &self.entries.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// Validates a Secret: `data` values must be base64; `stringData` wins over `data` for a name
-/// in both (as the API server merges them).
-pub fn secret(
-    so: &SourceObject,
-    raw: &super::objects::Secret,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<SecretModel> {
-    use base64::Engine as _;
-    let mut entries = std::collections::BTreeMap::new();
-    let mut ok = true;
-    for (name, value) in &raw.data {
-        match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
-            Ok(bytes) => {
-                entries.insert(name.clone(), bytes);
-            }
-            Err(_) => {
-                // The value itself is never echoed.
-                diags.push(Diagnostic::error(
-                    so.whole(),
-                    format!("Secret data.{name}: not base64"),
-                ));
-                ok = false;
-            }
-        }
-    }
-    for (name, value) in &raw.string_data {
-        entries.insert(name.clone(), value.as_bytes().to_vec());
-    }
-    ok.then_some(SecretModel { entries })
-}
-
-/// Fills every API-key provider's table from the Secret it names; a missing or empty Secret,
+/// Fills the API-key providers' tables from the Secrets they name; a missing or empty Secret,
 /// or a key that is not text, is an error at the provider.
-pub fn resolve_secrets(
-    policies: &mut [super::model::MeshPolicyModel],
+pub fn resolve_api_keys(
+    http: &mut HttpPolicyModel,
     secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
     diags: &mut Vec<Diagnostic>,
 ) {
     use sha2::Digest as _;
-    for policy in policies {
-        let Some(http) = &mut policy.http else {
-            continue;
-        };
-        let http = Arc::make_mut(http);
+    {
         let Some(authn) = &mut http.authentication else {
-            continue;
+            return;
         };
         for provider in &mut authn.providers {
             let ProviderModel::ApiKeys(p) = provider else {
@@ -1115,153 +909,4 @@ fn glob_to_regex(glob: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(http: &str) -> Vec<String> {
-        let text = format!(
-            "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: m}}\nspec:\n  ports: [{{port: 80}}]\n  http:\n{http}"
-        );
-        match crate::policy::check(crate::policy::source::parse_str(
-            std::path::Path::new("t.yaml"),
-            &text,
-        )) {
-            Ok(_) => Vec::new(),
-            Err(diags) => diags
-                .iter()
-                .filter(|d| d.is_error())
-                .map(|d| format!("{}:{}: {}", d.origin.pos.line, d.origin.pos.col, d.message))
-                .collect(),
-        }
-    }
-
-    const JWKS: &str =
-        r#"'{"keys":[{"kty":"oct","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}'"#;
-
-    #[test]
-    fn bad_http_sections_are_errors_at_their_position() {
-        let jwt = |extra: &str| {
-            format!(
-                "    authentication:\n      providers:\n      - name: p\n        jwt: {{algorithms: [HS256], jwks: {{inline: {JWKS}}}{extra}}}\n"
-            )
-        };
-        assert_eq!(errors(&jwt("")), Vec::<String>::new());
-        let cases = [
-            ("    authentication:\n      providers:\n      - name: p\n        jwt: {algorithms: [none], jwks: {inline: JWKS}}\n".replace("JWKS", JWKS), "none"),
-            (jwt(", tokenFrom: [{header: a, query: b}]"), "exactly one of header"),
-            (jwt(", bogus: 1"), "bogus"),
-            ("    rules:\n    - {action: Maybe}\n".into(), "Allow or Deny"),
-            ("    rules:\n    - {action: Allow, paths: [{regex: '('}]}\n".into(), "regex"),
-            ("    rules:\n    - {action: Allow, methods: [get]}\n".into(), "upper-case"),
-            ("    rateLimits:\n      buckets:\n      - {name: b, maxTokens: 1, fillInterval: 10ms}\n".into(), "50 ms"),
-            ("    rateLimits:\n      buckets:\n      - {name: b, maxTokens: 1, fillInterval: soon}\n".into(), "fillInterval"),
-            ("    rateLimits:\n      buckets:\n      - {name: b, key: 'cookie:x', maxTokens: 1, fillInterval: 1s}\n".into(), "key"),
-            ("    {}\n".into(), "at least one of"),
-            ("    authentication:\n      providers:\n      - {name: k, apiKeys: {secretRef: {namespace: x, name: gone}}}\n".into(), "no Secret x/gone"),
-            ("    authentication:\n      require: OneOf\n      providers:\n      - {name: k, apiKeys: {secretRef: {namespace: x, name: gone}}}\n".into(), "AnyOf or AllOf"),
-        ];
-        for (http, expected) in cases {
-            let found = errors(&http);
-            assert!(
-                found.len() == 1 && found[0].contains(expected),
-                "{http}\nexpected one error mentioning {expected:?}, got {found:?}"
-            );
-        }
-    }
-
-    /// The example in `policies/mesh/`, with the workloads it selects, is a valid set whose
-    /// backend route carries the http rules.
-    #[test]
-    fn the_example_l7_policy_checks() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let dir = std::env::temp_dir().join(format!("rampart-l7-example-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        for file in ["workloads.yaml", "mesh/backend-api-l7.yaml"] {
-            let to = dir.join(file.replace('/', "-"));
-            std::fs::copy(root.join(file), &to).unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
-        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
-        let _ = std::fs::remove_dir_all(&dir);
-        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
-        let http = checked.model.mesh_policies[0]
-            .http
-            .clone()
-            .unwrap_or_else(|| panic!("no http"));
-        assert_eq!(http.rules.len(), 3);
-        assert_eq!(http.rate_limits.len(), 2);
-        let authn = http
-            .authentication
-            .as_ref()
-            .unwrap_or_else(|| panic!("no authn"));
-        match &authn.providers[0] {
-            ProviderModel::Jwt(JwtProviderModel {
-                jwks: JwksModel::Inline(keys),
-                ..
-            }) => assert_eq!(keys.len(), 1),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn rule_paths_must_be_in_the_form_requests_are_matched_in() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "//a",
-            "/a/%2e%2e/b",
-            "a/b",
-            "/a;x",
-            "/a\\\\b",
-        ] {
-            let err = section_for_tests(&format!(
-                "    rules: [{{action: Deny, paths: [{{prefix: '{bad}'}}]}}]\n"
-            ))
-            .expect_err(bad);
-            assert!(err.iter().any(|e| e.contains("paths:")), "{bad}: {err:?}");
-        }
-        assert!(
-            section_for_tests("    rules: [{action: Deny, paths: [{exact: /internal/x.json}]}]\n")
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn rule_hosts_are_compared_as_requests_are() {
-        assert_eq!(
-            rule_host("Admin.Example.").as_deref(),
-            Some("admin.example")
-        );
-        assert_eq!(
-            rule_host("*.Shop.example").as_deref(),
-            Some("*.shop.example")
-        );
-        assert_eq!(rule_host("10.0.0.1").as_deref(), Some("10.0.0.1"));
-        assert_eq!(rule_host("[::1]").as_deref(), Some("[::1]"));
-        for bad in [
-            "admin.example:8080",
-            "",
-            "a b",
-            "*.",
-            "[zz]",
-            "u@admin.example",
-        ] {
-            assert_eq!(rule_host(bad), None, "{bad}");
-        }
-        let err =
-            section_for_tests("    rules: [{action: Deny, hosts: [\"admin.example:8080\"]}]\n")
-                .expect_err("a port");
-        assert!(err.iter().any(|e| e.contains("without a port")), "{err:?}");
-    }
-
-    #[test]
-    fn durations_and_globs() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_duration("s"), None);
-        let re = Regex::new(&glob_to_regex("/api/*/items/**")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(re.is_match("/api/v1/items/a/b"));
-        assert!(!re.is_match("/api/v1/x/items/a"));
-        assert!(!re.is_match("/api/v1/items"));
-    }
-}
+mod tests;

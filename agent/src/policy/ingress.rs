@@ -20,36 +20,18 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::diag::{Diagnostic, Origin};
-use super::http::{SecretModel, SecretRefSpec};
+use super::secret::SecretModel;
 use super::source::SourceObject;
+use super::spec::ingress::IngressSpec;
 
 /// The Secret entries of a `kubernetes.io/tls` Secret.
 const CERT_ENTRY: &str = "tls.crt";
 const KEY_ENTRY: &str = "tls.key";
 /// Certificates per policy: SNI selection is a linear scan.
 const MAX_CERTIFICATES: usize = 64;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IngressSpec {
-    pub tls: Option<Spanned<IngressTlsSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IngressTlsSpec {
-    pub certificates: Vec<Spanned<CertificateSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CertificateSpec {
-    pub secret_ref: Spanned<SecretRefSpec>,
-}
 
 /// Ingress as the proxy runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,18 +127,13 @@ pub fn validate(
     })
 }
 
-/// Fills every ingress certificate from the Secret it names; errors at the `secretRef`.
-pub fn resolve_secrets(
-    policies: &mut [super::model::MeshPolicyModel],
+/// Fills the ingress certificates from the Secrets they name; errors at the `secretRef`.
+pub fn resolve_certificates(
+    ingress: &mut IngressModel,
     secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let certificates = policies
-        .iter_mut()
-        .filter_map(|p| p.ingress.as_mut())
-        .filter_map(|ingress| Arc::make_mut(ingress).tls.as_mut())
-        .flatten();
-    for cert in certificates {
+    for cert in ingress.tls.iter_mut().flatten() {
         let (ns, name) = &cert.secret;
         let Some(secret) = secrets.get(&cert.secret) else {
             diags.push(Diagnostic::error(

@@ -22,9 +22,10 @@ pub mod http;
 pub mod identity;
 pub mod ingress;
 pub mod model;
-pub mod objects;
+pub mod secret;
 pub mod selector;
 pub mod source;
+pub mod spec;
 pub mod verdict;
 pub mod waf;
 
@@ -41,7 +42,7 @@ pub struct Checked {
 /// position.
 pub fn check(read: source::Read) -> Result<Checked, Vec<Diagnostic>> {
     let mut diagnostics = read.diagnostics;
-    let model = model::build(&read.objects, &mut diagnostics);
+    let model = model::validate::build(&read.objects, &mut diagnostics);
     diagnostics.sort();
     if diag::has_errors(&diagnostics) {
         Err(diagnostics)

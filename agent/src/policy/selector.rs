@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::objects::LabelSelector;
+use super::spec::objects::LabelSelector;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -140,7 +140,7 @@ fn is_label_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::objects::LabelSelector;
+    use crate::policy::spec::objects::LabelSelector;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{Location, Spanned};
 
 use super::diag::{Diagnostic, Origin, Pos};
-use super::objects::{self, TypeMeta};
+use super::spec::objects::{self, TypeMeta};
 
 /// Largest policy file read (bigger files are an error, not an allocation).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;

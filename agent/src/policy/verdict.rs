@@ -10,8 +10,8 @@ use rampart_common::identity::Identity;
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
-use crate::kernel_state::{IpcacheRecord, PolicyState};
 use crate::kernel_state::policy_map::PolicyMapEntry;
+use crate::kernel_state::{IpcacheRecord, PolicyState};
 
 /// The decision at one end of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,42 +41,14 @@
 use std::path::PathBuf;
 
 use rampart_waf::{ExtraRules, Profile};
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
 use super::source::SourceObject;
+use super::spec::waf::WafSpec;
 
 /// Largest request-body limit (the proxy holds that much per request in memory).
 pub const MAX_BODY_LIMIT: usize = 16 << 20;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WafSpec {
-    pub mode: Option<Spanned<String>>,
-    pub paranoia_level: Option<Spanned<u8>>,
-    pub inbound_anomaly_threshold: Option<Spanned<u32>>,
-    #[serde(default)]
-    pub exclude_rules: Vec<Spanned<u32>>,
-    #[serde(default)]
-    pub exclude_tags: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub extra_rules: Vec<Spanned<ExtraRulesSpec>>,
-    pub request_body: Option<Spanned<RequestBodySpec>>,
-    pub on_engine_error: Option<Spanned<String>>,
-    pub response_body: Option<Spanned<ResponseBodySpec>>,
-    pub outbound_anomaly_threshold: Option<Spanned<u32>>,
-    pub audit_log: Option<Spanned<AuditLogSpec>>,
-    pub block_page: Option<Spanned<BlockPageSpec>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BlockPageSpec {
-    pub status: Option<Spanned<u16>>,
-    pub content_type: Option<Spanned<String>>,
-    pub body: Spanned<String>,
-}
 
 /// Largest block page body.
 pub const MAX_BLOCK_PAGE_BYTES: usize = 64 * 1024;
@@ -90,45 +62,13 @@ pub struct BlockPage {
     pub body: hyper::body::Bytes,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuditLogSpec {
-    pub path: Spanned<String>,
-    pub format: Option<Spanned<String>>,
-    pub parts: Option<Spanned<String>>,
-    pub mode: Option<Spanned<String>>,
-}
-
 /// Default audit-log parts: the record's header, the rules' messages, its end (no headers or
 /// bodies, which carry credentials and data as the client sent them; the request line, query
 /// included, is in every record).
 pub const DEFAULT_AUDIT_PARTS: &str = "AHZ";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ResponseBodySpec {
-    pub inspect: Option<bool>,
-    pub limit: Option<Spanned<usize>>,
-    pub over_limit: Option<Spanned<String>>,
-}
-
 /// ModSecurity's recommended `SecResponseBodyLimit`.
 pub const DEFAULT_RESPONSE_BODY_LIMIT: usize = 512 * 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ExtraRulesSpec {
-    pub inline: Option<String>,
-    pub file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequestBodySpec {
-    pub inspect: Option<bool>,
-    pub limit: Option<Spanned<usize>>,
-    pub over_limit: Option<Spanned<String>>,
-}
 
 /// What to do with a body over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,8 +11,8 @@
 use std::net::Ipv4Addr;
 
 use rampart_agent::datapath::{Datapath, ProgramKind};
-use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_agent::kernel_state::policy_map::{PolicyRule, build};
+use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::identity::Identity;
 use rampart_common::reason::Direction;

@@ -9,6 +9,7 @@ use hyper::Request;
 
 use super::*;
 use crate::l7::{HttpRoute, L7Stats};
+use crate::spiffe::SpiffeId;
 
 const SECRET: [u8; 32] = [7; 32];
 

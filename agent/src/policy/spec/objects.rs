@@ -4,13 +4,15 @@
 //! These are the raw shapes (serde, `deny_unknown_fields`): a field the kind does not have is an
 //! error at its position. Fields the API server or other controllers own (a Pod's image, probes,
 //! volumes, ...) are accepted and ignored, so objects dumped from a cluster read as they are.
-//! Meaning and validation live in `model.rs`.
+//! Meaning and validation live in `model/`.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
+
+use super::RuleAction;
 
 /// `apiVersion` and `kind`, read first to pick the type of the document.
 #[derive(Debug, Deserialize)]
@@ -439,12 +441,6 @@ pub enum PolicyMode {
 pub enum PolicyType {
     Ingress,
     Egress,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum RuleAction {
-    Allow,
-    Deny,
 }
 
 #[derive(Debug, Default, Deserialize)]

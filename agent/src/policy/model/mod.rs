@@ -1,0 +1,262 @@
+//! The policy model: the validated world the compiler works on (namespaces, pods, policies,
+//! secrets). Built from the objects as read by `validate.rs`, with one file per kind of object
+//! (`pod.rs`, `network_policy.rs`, `cluster_policy.rs`, `mesh_policy.rs`); every check the
+//! Kubernetes API server makes is there, each failure a diagnostic at the offending value. A
+//! set with any error is rejected as a whole by the caller.
+
+mod cluster_policy;
+mod mesh_policy;
+mod network_policy;
+mod pod;
+#[cfg(test)]
+mod tests;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rampart_common::reason::Direction;
+
+use crate::policy::diag::Origin;
+use crate::policy::selector::{Labels, Selector};
+use crate::policy::spec::RuleAction;
+use crate::policy::spec::objects::PolicyMode;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Annotation that puts a NetworkPolicy in audit mode (`audit` or `enforce`).
+pub const MODE_ANNOTATION: &str = "policy.rampart.dev/mode";
+
+/// The validated world: namespaces, pods, policies.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<PodModel>,
+    pub policies: Vec<PolicyModel>,
+    pub mesh_policies: Vec<MeshPolicyModel>,
+    /// `(namespace, name)` → the Secret's entries (API keys for the proxy).
+    pub secrets: BTreeMap<(String, String), crate::policy::secret::SecretModel>,
+}
+
+/// A MeshPolicy: these destinations' ports take only mTLS from these principals.
+#[derive(Debug, Clone)]
+pub struct MeshPolicyModel {
+    pub name: String,
+    pub applies_to: WorkloadMatch,
+    /// TCP ports (numbers, ranges or names resolved per destination pod).
+    pub ports: Vec<PortModel>,
+    /// `None`: any workload of the trust domain.
+    pub principals: Option<PrincipalsModel>,
+    /// The proxy's L7 rules for requests on these ports.
+    pub http: Option<std::sync::Arc<crate::policy::http::HttpPolicyModel>>,
+    /// The kernel's brake on new connections per source identity.
+    pub brake: Option<BrakeModel>,
+    /// Traffic from outside the cluster through the proxy's chain.
+    pub ingress: Option<std::sync::Arc<crate::policy::ingress::IngressModel>>,
+    pub origin: Origin,
+}
+
+/// A flood brake as the kernel runs it (GCRA): one connection per `period_ns` on average,
+/// `tau_ns / period_ns + 1` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BrakeModel {
+    pub period_ns: u64,
+    pub tau_ns: u64,
+}
+
+/// Allowed source principals: any of the lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrincipalsModel {
+    pub spiffe_ids: Vec<String>,
+    /// `(namespace, service account)`.
+    pub service_accounts: Vec<(String, String)>,
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodModel {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub service_account: String,
+    pub node_name: Option<String>,
+    pub ips: Vec<IpAddr>,
+    /// `status.hostIP`: the pod's node, where that node's agent takes tunnels.
+    pub host_ip: Option<IpAddr>,
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub proto: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    ClusterPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyModel {
+    pub kind: PolicyKind,
+    /// The namespace of a NetworkPolicy; none for a cluster policy.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub mode: PolicyMode,
+    pub applies_to: WorkloadMatch,
+    /// Whether the selected pods are isolated for ingress / egress.
+    pub isolate_ingress: bool,
+    pub isolate_egress: bool,
+    pub rules: Vec<RuleModel>,
+    pub origin: Origin,
+}
+
+impl PolicyModel {
+    /// `NetworkPolicy x/name` or `ClusterPolicy name`.
+    pub fn display_name(&self) -> String {
+        match (&self.kind, &self.namespace) {
+            (PolicyKind::NetworkPolicy, Some(ns)) => format!("NetworkPolicy {ns}/{}", self.name),
+            (kind, _) => format!("{kind:?} {}", self.name),
+        }
+    }
+}
+
+/// Which workloads: namespaces, pod labels, service accounts, all ANDed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadMatch {
+    pub namespaces: NamespaceMatch,
+    pub pods: Selector,
+    /// `None`: any service account.
+    pub service_accounts: Option<Vec<ServiceAccountRef>>,
+}
+
+impl WorkloadMatch {
+    pub fn everything() -> WorkloadMatch {
+        WorkloadMatch {
+            namespaces: NamespaceMatch::Selector(Selector::everything()),
+            pods: Selector::everything(),
+            service_accounts: None,
+        }
+    }
+
+    pub fn matches(&self, pod: &PodModel, namespace_labels: &Labels) -> bool {
+        let ns_ok = match &self.namespaces {
+            NamespaceMatch::Named(ns) => *ns == pod.namespace,
+            NamespaceMatch::Selector(sel) => sel.matches(namespace_labels),
+        };
+        ns_ok
+            && self.pods.matches(&pod.labels)
+            && self.service_accounts.as_ref().is_none_or(|sas| {
+                sas.iter().any(|sa| {
+                    sa.name == pod.service_account
+                        && sa.namespace.as_ref().is_none_or(|ns| *ns == pod.namespace)
+                })
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NamespaceMatch {
+    Named(String),
+    Selector(Selector),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceAccountRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleModel {
+    pub direction: Direction,
+    pub action: RuleAction,
+    /// Index of the rule in its direction's list (for attribution).
+    pub index: usize,
+    /// `None`: every peer.
+    pub peers: Option<Vec<PeerModel>>,
+    /// `None`: every protocol and port.
+    pub ports: Option<Vec<PortModel>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerModel {
+    Workloads(WorkloadMatch),
+    Cidr(CidrBlock),
+    Entities(Vec<EntityKind>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    All,
+}
+
+/// An ipBlock: `net` minus `except`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrBlock {
+    pub net: IpNet,
+    pub except: Vec<IpNet>,
+}
+
+impl CidrBlock {
+    pub fn contains(&self, addr: &IpAddr) -> bool {
+        self.net.contains(addr) && !self.except.iter().any(|e| e.contains(addr))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortModel {
+    pub proto: u8,
+    pub port: PortMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortMatch {
+    All,
+    Range(u16, u16),
+    Named(String),
+}
+
+/// `TCP`, `UDP` or `SCTP` (as Kubernetes spells them) to an IP protocol number.
+pub fn protocol(name: &str) -> Option<u8> {
+    match name {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        "SCTP" => Some(PROTO_SCTP),
+        _ => None,
+    }
+}
+
+/// A port name (IANA service name): 1-15 lowercase letters, digits and `-`, at least one letter,
+/// no `-` at either end or twice in a row.
+pub fn validate_port_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--");
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "port name {name:?}: must be 1-15 lowercase letters, digits and '-', with a letter, no '-' at an end or twice in a row"
+        ))
+    }
+}

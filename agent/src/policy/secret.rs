@@ -1,0 +1,50 @@
+//! Secrets as the policy set carries them (Kubernetes `v1 Secret`): their entries, decoded,
+//! for the sections that name them (API keys, ingress certificates). Entries never appear in
+//! diagnostics or `Debug` output.
+
+use std::collections::BTreeMap;
+
+use super::diag::Diagnostic;
+use super::source::SourceObject;
+use super::spec::objects::Secret;
+
+/// A Secret's entries (name → bytes), never printed.
+#[derive(Clone)]
+pub struct SecretModel {
+    pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretModel")
+            .field("entries", &self.entries.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Validates a Secret: `data` values must be base64; `stringData` wins over `data` for a name
+/// in both (as the API server merges them).
+pub fn secret(so: &SourceObject, raw: &Secret, diags: &mut Vec<Diagnostic>) -> Option<SecretModel> {
+    use base64::Engine as _;
+    let mut entries = BTreeMap::new();
+    let mut ok = true;
+    for (name, value) in &raw.data {
+        match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+            Ok(bytes) => {
+                entries.insert(name.clone(), bytes);
+            }
+            Err(_) => {
+                // The value itself is never echoed.
+                diags.push(Diagnostic::error(
+                    so.whole(),
+                    format!("Secret data.{name}: not base64"),
+                ));
+                ok = false;
+            }
+        }
+    }
+    for (name, value) in &raw.string_data {
+        entries.insert(name.clone(), value.as_bytes().to_vec());
+    }
+    ok.then_some(SecretModel { entries })
+}

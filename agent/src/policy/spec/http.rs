@@ -1,0 +1,163 @@
+//! The shapes of a MeshPolicy's `http` section (validated in `policy/http.rs`).
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSpec {
+    pub authentication: Option<Spanned<AuthenticationSpec>>,
+    pub rules: Option<Vec<Spanned<HttpRuleSpec>>>,
+    pub rate_limits: Option<Spanned<RateLimitsSpec>>,
+    /// The OWASP Core Rule Set (see `policy::waf`).
+    pub waf: Option<Spanned<super::waf::WafSpec>>,
+    /// Sensitive data in responses (see `policy::dlp`).
+    pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
+    /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
+    pub escaped_slashes: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthenticationSpec {
+    /// `AnyOf` (default: one provider's credential suffices) or `AllOf` (every provider's).
+    pub require: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_missing: bool,
+    pub providers: Vec<Spanned<ProviderSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProviderSpec {
+    pub name: Spanned<String>,
+    pub jwt: Option<Spanned<JwtSpec>>,
+    pub api_keys: Option<Spanned<ApiKeysSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiKeysSpec {
+    /// A `v1 Secret` in the policy set: each entry's name is a client, its value that client's key.
+    pub secret_ref: Spanned<SecretRefSpec>,
+    /// Default: the `x-api-key` header.
+    pub key_from: Option<Vec<Spanned<TokenSourceSpec>>>,
+    /// Request header that carries the client's name to the pod.
+    pub client_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub forward_key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretRefSpec {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtSpec {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Spanned<Vec<String>>,
+    pub clock_skew_seconds: Option<u64>,
+    pub required_claims: Option<Vec<String>>,
+    pub max_token_bytes: Option<Spanned<usize>>,
+    pub token_from: Option<Vec<Spanned<TokenSourceSpec>>>,
+    pub jwks: Spanned<JwksSpec>,
+    pub claims_to_headers: Option<Vec<Spanned<ClaimHeaderSpec>>>,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenSourceSpec {
+    pub header: Option<Spanned<String>>,
+    pub prefix: Option<String>,
+    pub query: Option<String>,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwksSpec {
+    /// A JWKS document as JSON text.
+    pub inline: Option<Spanned<String>>,
+    /// An absolute path to a JWKS document, re-read like a fetched one.
+    pub file: Option<Spanned<String>>,
+    /// An `http://` or `https://` URL of a JWKS document.
+    pub url: Option<Spanned<String>>,
+    /// `true`: the `jwks_uri` of the issuer's OIDC discovery document.
+    pub discovery: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimHeaderSpec {
+    pub claim: String,
+    pub header: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRuleSpec {
+    pub action: Spanned<String>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub hosts: Option<Vec<String>>,
+    pub paths: Option<Vec<Spanned<PathSpec>>>,
+    pub headers: Option<Vec<Spanned<HeaderMatchSpec>>>,
+    pub principals: Option<Vec<String>>,
+    pub claims: Option<Vec<Spanned<ClaimMatchSpec>>>,
+    pub api_key_clients: Option<Vec<String>>,
+    pub authenticated: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathSpec {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub glob: Option<String>,
+    pub regex: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatchSpec {
+    pub name: Spanned<String>,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimMatchSpec {
+    pub name: String,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    #[serde(default)]
+    pub shadow: bool,
+    pub buckets: Vec<Spanned<RateBucketSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateBucketSpec {
+    pub name: Spanned<String>,
+    /// `route` (default), `sourcePrincipal`, `sourceAddress`, `jwtSubject`, `apiKeyClient`,
+    /// `header:<name>`, `claim:<name>`.
+    pub key: Option<Spanned<String>>,
+    pub max_tokens: u32,
+    pub tokens_per_fill: Option<u32>,
+    pub fill_interval: Spanned<String>,
+    /// Distinct key values kept (LRU); default 10,000.
+    pub max_keys: Option<usize>,
+}

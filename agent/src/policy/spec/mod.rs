@@ -1,0 +1,20 @@
+//! The policy objects as they appear in files: serde shapes only (`deny_unknown_fields`, so a
+//! field a kind does not have is an error at its position), no meaning and no validation, which
+//! live in `model/` and the section modules (`http`, `ingress`, `waf`, `dlp`) beside it.
+//!
+//! - `objects`: the kinds (Namespace, Pod, Secret, NetworkPolicy, ClusterPolicy, MeshPolicy);
+//! - `http`, `ingress`, `waf`, `dlp`: a MeshPolicy's sections.
+
+pub mod dlp;
+pub mod http;
+pub mod ingress;
+pub mod objects;
+pub mod waf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
