@@ -408,7 +408,7 @@ async fn push(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes
     };
     if state
         .commands
-        .send(crate::state::Command::Push { change, reply })
+        .send(crate::state::ControllerCommand::Push { change, reply })
         .is_err()
     {
         return json(

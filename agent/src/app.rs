@@ -18,7 +18,7 @@ use crate::flows::event::ProxyEventSink;
 use crate::flows::file_log::FlowLogWriter;
 use crate::kernel_state::PolicyState;
 use crate::mesh::runtime::MeshRuntime;
-use crate::state::{AgentState, Command, PolicyStatus};
+use crate::state::{AgentState, ControllerCommand, PolicyStatus};
 use crate::{admin, metrics};
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -157,7 +157,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     state.ready.store(false, Ordering::SeqCst);
-    let _ = commands.send(Command::Shutdown);
+    let _ = commands.send(ControllerCommand::Shutdown);
     if controller_thread.join().is_err() {
         tracing::error!("the policy thread panicked");
     }
@@ -171,14 +171,14 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
 /// Watches the policy directory; every change becomes a `FilesChanged` command.
 fn watch(
     dir: &std::path::Path,
-    commands: Sender<Command>,
+    commands: Sender<ControllerCommand>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if e.kind.is_access() => {}
             Ok(_) => {
-                let _ = commands.send(Command::FilesChanged);
+                let _ = commands.send(ControllerCommand::FilesChanged);
             }
             Err(e) => tracing::warn!("watching the policy directory: {e}"),
         })

@@ -1,7 +1,7 @@
 //! Keeps the kernel in step with policy: reads the policy directory (and pushed objects),
 //! validates, compiles, and installs the result atomically; attaches the programs to the
 //! interfaces of local pods as they appear. One thread owns the datapath; everything that wants a
-//! change sends it a [`Command`].
+//! change sends it a [`ControllerCommand`].
 //!
 //! A set with any error changes nothing: the last good state stays in force, the errors are
 //! logged with file and line, counted, and kept as `last_error`.
@@ -17,12 +17,12 @@ use std::time::Duration;
 use crate::config::{Mode, RunConfig};
 use crate::datapath::Datapath;
 use crate::mesh::table::MeshTable;
+use crate::pod_interfaces::{self, PodInterface};
 use crate::policy::diag::Diagnostic;
 use crate::policy::identity::Allocator;
 use crate::policy::source::{self, Read};
 use crate::policy::{self, compile};
-use crate::routes::{self, RouteTarget};
-use crate::state::{AgentState, Command, PushChange, SourceDoc};
+use crate::state::{AgentState, ControllerCommand, PushChange, SourceDoc};
 
 /// How often the node's routes are read again (a new pod's interface is found within this).
 const RESCAN: Duration = Duration::from_secs(1);
@@ -37,7 +37,7 @@ pub struct Controller {
     /// Pushed files, by name; they override directory objects of the same kind and name.
     pushed: BTreeMap<String, String>,
     /// The host routes the state in force was compiled with.
-    routes: BTreeMap<IpAddr, RouteTarget>,
+    routes: BTreeMap<IpAddr, PodInterface>,
     attached: HashSet<String>,
 }
 
@@ -62,7 +62,7 @@ impl Controller {
     }
 
     /// Serves commands until `Shutdown` or until every sender is gone.
-    pub fn run(mut self, commands: Receiver<Command>) {
+    pub fn run(mut self, commands: Receiver<ControllerCommand>) {
         loop {
             let first = match commands.recv_timeout(RESCAN) {
                 Ok(c) => c,
@@ -73,21 +73,24 @@ impl Controller {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
-            if matches!(batch[0], Command::FilesChanged) {
+            if matches!(batch[0], ControllerCommand::FilesChanged) {
                 // Let the writer finish, then take every queued change at once.
                 std::thread::sleep(DEBOUNCE);
                 batch.extend(commands.try_iter());
             }
-            if batch.iter().any(|c| matches!(c, Command::FilesChanged)) {
+            if batch
+                .iter()
+                .any(|c| matches!(c, ControllerCommand::FilesChanged))
+            {
                 let _ = self.reload(None, None);
             }
             for command in batch {
                 match command {
-                    Command::FilesChanged => {}
-                    Command::Push { change, reply } => {
+                    ControllerCommand::FilesChanged => {}
+                    ControllerCommand::Push { change, reply } => {
                         let _ = reply.send(self.reload(Some(&change), None));
                     }
-                    Command::Shutdown => return,
+                    ControllerCommand::Shutdown => return,
                 }
             }
         }
@@ -95,7 +98,7 @@ impl Controller {
 
     /// Recompiles when the node's routes to pods changed (a pod's interface came or went).
     fn rescan(&mut self) {
-        match routes::host_routes() {
+        match pod_interfaces::read() {
             Ok(routes) if routes != self.routes => {
                 tracing::info!("routes to local pods changed: recompiling");
                 let _ = self.reload(None, Some(routes));
@@ -111,7 +114,7 @@ impl Controller {
     fn reload(
         &mut self,
         push: Option<&PushChange>,
-        routes: Option<BTreeMap<IpAddr, RouteTarget>>,
+        routes: Option<BTreeMap<IpAddr, PodInterface>>,
     ) -> Result<u64, Vec<String>> {
         let result = self.reload_set(push, routes);
         // A large set is parsed on every core and its intermediate forms freed; glibc keeps the
@@ -128,7 +131,7 @@ impl Controller {
     fn reload_set(
         &mut self,
         push: Option<&PushChange>,
-        routes: Option<BTreeMap<IpAddr, RouteTarget>>,
+        routes: Option<BTreeMap<IpAddr, PodInterface>>,
     ) -> Result<u64, Vec<String>> {
         let pushed = match push.map(|change| change.apply(&self.pushed)) {
             None => self.pushed.clone(),
@@ -143,7 +146,7 @@ impl Controller {
         for w in &checked.warnings {
             tracing::warn!("{w}");
         }
-        let routes = match routes.map_or_else(routes::host_routes, Ok) {
+        let routes = match routes.map_or_else(pod_interfaces::read, Ok) {
             Ok(r) => r,
             Err(e) => return Err(self.reject_message(format!("reading the node's routes: {e}"))),
         };

@@ -1,6 +1,6 @@
 //! What the parts of a running agent share: the state the admin server, the metrics collector
 //! and the status document read ([`AgentState`]), the commands the controller thread takes
-//! ([`Command`]) and the policy status it reports. Below the controller, the servers and the
+//! ([`ControllerCommand`]) and the policy status it reports. Below the controller, the servers and the
 //! composition root, so that none of them reaches up into another.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ pub struct AgentState {
     pub ready: AtomicBool,
     pub policy: Mutex<PolicyStatus>,
     /// Where changes to policy are sent (the controller thread owns the datapath).
-    pub commands: Sender<Command>,
+    pub commands: Sender<ControllerCommand>,
     /// The mTLS proxy (with `--ca-dir`).
     pub mesh: Option<Arc<MeshRuntime>>,
     /// The flow log's records and readers.
@@ -40,7 +40,7 @@ pub struct AgentState {
     pub compiled: std::sync::RwLock<Option<Arc<Compiled>>>,
 }
 
-pub enum Command {
+pub enum ControllerCommand {
     /// Something in the policy directory changed.
     FilesChanged,
     /// A change to the pushed files (`rampart policy push`). Answered once in force, or with

@@ -194,7 +194,7 @@ impl StatusDoc {
                 proxy_port: m.settings.proxy_port,
                 tunnel_port: m.settings.tunnel_port,
                 ca_dir: m.settings.ca_dir.display().to_string(),
-                mtls_routes: m.table.read().map(|t| t.routes()).unwrap_or(0),
+                mtls_routes: m.table.read().map(|t| t.destinations()).unwrap_or(0),
             }),
             flow_log: FlowLogDoc {
                 kernel_records: state.flows.records(Observer::Kernel),

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "cli",
         "kernel_state",
         "listen",
-        "routes",
+        "pod_interfaces",
         "admin_client",
     ],
     // Configuration is validated from the command line alone.

@@ -41,25 +41,25 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The connection to the pod, in the client's protocol.
-enum Upstream {
+enum UpstreamConnection {
     /// One request at a time.
     H1(Mutex<hyper::client::conn::http1::SendRequest<UpstreamBody>>),
     /// Streams multiplexed; the handle is cloned per request.
     H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
 }
 
-impl Upstream {
+impl UpstreamConnection {
     async fn send(
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
-            Upstream::H1(sender) => {
+            UpstreamConnection::H1(sender) => {
                 let mut sender = sender.lock().await;
                 sender.ready().await?;
                 sender.send_request(request).await
             }
-            Upstream::H2(sender) => {
+            UpstreamConnection::H2(sender) => {
                 let mut sender = sender.clone();
                 sender.ready().await?;
                 sender.send_request(request).await
@@ -98,14 +98,14 @@ pub fn connected<U: Send + 'static>(stream: U) -> Connect<U> {
 }
 
 /// What opens the pod's connection, once.
-type Opening = Pin<Box<dyn Future<Output = Option<Upstream>> + Send>>;
+type Opening = Pin<Box<dyn Future<Output = Option<UpstreamConnection>> + Send>>;
 
 /// Where the opening of the pod's connection stands.
 enum OpenState {
     NotStarted(Opening),
     /// On a task of its own: a request cancelled while waiting (an HTTP/2 stream reset, a
     /// client gone) leaves it running for the next one.
-    Running(tokio::task::JoinHandle<Option<Upstream>>),
+    Running(tokio::task::JoinHandle<Option<UpstreamConnection>>),
     Done,
 }
 
@@ -113,7 +113,7 @@ enum OpenState {
 /// whose requests are all refused never reaches the pod.
 struct LazyUpstream {
     state: tokio::sync::Mutex<OpenState>,
-    open: tokio::sync::OnceCell<Option<Upstream>>,
+    open: tokio::sync::OnceCell<Option<UpstreamConnection>>,
 }
 
 impl LazyUpstream {
@@ -131,7 +131,7 @@ impl LazyUpstream {
 
     /// The connection, opened by the first caller (later ones wait for it); `None` if it
     /// could not be opened.
-    async fn get(&self) -> Option<&Upstream> {
+    async fn get(&self) -> Option<&UpstreamConnection> {
         self.open
             .get_or_init(|| async {
                 let mut state = self.state.lock().await;
@@ -277,7 +277,7 @@ async fn unfiltered(
 }
 
 /// The client side of the connection to the pod, driven by a task of its own.
-async fn connect_upstream<U>(upstream: U, http2: bool) -> Option<Upstream>
+async fn connect_upstream<U>(upstream: U, http2: bool) -> Option<UpstreamConnection>
 where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -291,7 +291,7 @@ where
                         tracing::debug!(error = %e, "l7: upstream connection ended");
                     }
                 });
-                Upstream::H2(sender)
+                UpstreamConnection::H2(sender)
             })
     } else {
         hyper::client::conn::http1::handshake(io)
@@ -302,7 +302,7 @@ where
                         tracing::debug!(error = %e, "l7: upstream connection ended");
                     }
                 });
-                Upstream::H1(Mutex::new(sender))
+                UpstreamConnection::H1(Mutex::new(sender))
             })
     };
     result

@@ -19,7 +19,7 @@ use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
 use super::table::{MeshTable, TableAuthorizer};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
-use super::tunnel::{self, Inbound, TunnelStats, Upstream};
+use super::tunnel::{self, Inbound, TunnelStats, UpstreamSource};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::spiffe::SpiffeId;
 
@@ -137,7 +137,7 @@ impl MeshRuntime {
                 table: Arc::clone(&table),
             }),
             stats: Arc::clone(&inbound_stats),
-            upstream: Upstream::Transparent {
+            upstream: UpstreamSource::Transparent {
                 mark: MARK_FROM_PROXY,
             },
             events: events.clone(),

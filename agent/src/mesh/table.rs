@@ -1,19 +1,19 @@
 //! What the proxy knows of the policy set in force: every pod address (identity, SPIFFE ID, node)
-//! and the mTLS routes (destination identity and port → allowed principals). Rebuilt by the
+//! and the mTLS destinations (destination identity and port → allowed principals). Rebuilt by the
 //! controller with each policy set; read by every proxied connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::tunnel::{Authorize, DenyReason, FlowRequest};
-use crate::policy::compile::{Compiled, MeshRoute, WorkloadAddr};
+use crate::policy::compile::{Compiled, MeshDestination, WorkloadAddr};
 use crate::policy::model::PrincipalsModel;
 use crate::spiffe::SpiffeId;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
     workloads: HashMap<IpAddr, WorkloadAddr>,
-    routes: HashMap<(u32, u16), MeshRoute>,
+    destinations: HashMap<(u32, u16), MeshDestination>,
     /// Routes with L7 rules, and their live state.
     http: HashMap<(u32, u16), std::sync::Arc<crate::l7::HttpRoute>>,
     /// Routes that take traffic from outside the cluster.
@@ -36,7 +36,7 @@ impl MeshTable {
                 .iter()
                 .map(|w| (w.addr, w.clone()))
                 .collect(),
-            routes: compiled
+            destinations: compiled
                 .mesh
                 .iter()
                 .map(|r| ((r.identity, r.port), r.clone()))
@@ -101,12 +101,12 @@ impl MeshTable {
         self.workloads.get(&canonical(addr))
     }
 
-    pub fn route(&self, identity: u32, port: u16) -> Option<&MeshRoute> {
-        self.routes.get(&(identity, port))
+    pub fn destination(&self, identity: u32, port: u16) -> Option<&MeshDestination> {
+        self.destinations.get(&(identity, port))
     }
 
-    pub fn routes(&self) -> usize {
-        self.routes.len()
+    pub fn destinations(&self) -> usize {
+        self.destinations.len()
     }
 
     /// The ingress of `destination` if it is a local workload's port that takes traffic from
@@ -138,7 +138,7 @@ impl MeshTable {
             .filter(|w| w.local)
             .ok_or(DenyReason::NoRoute)?;
         let route = self
-            .route(dst.identity, flow.destination.port())
+            .destination(dst.identity, flow.destination.port())
             .ok_or(DenyReason::NoRoute)?;
         let src = self
             .workload(flow.source.ip())
@@ -166,7 +166,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
 
 /// Whether `peer` is one of `route`'s allowed principals (`None`: anyone of the trust domain,
 /// which the TLS handshake already checked).
-pub fn principal_allowed(route: &MeshRoute, peer: &SpiffeId) -> bool {
+pub fn principal_allowed(route: &MeshDestination, peer: &SpiffeId) -> bool {
     let Some(lists) = &route.principals else {
         return true;
     };
@@ -203,8 +203,8 @@ impl Authorize for TableAuthorizer {
 mod tests {
     use super::*;
 
-    fn route(principals: Option<Vec<PrincipalsModel>>) -> MeshRoute {
-        MeshRoute {
+    fn route(principals: Option<Vec<PrincipalsModel>>) -> MeshDestination {
+        MeshDestination {
             identity: 300,
             port: 5432,
             policies: vec!["MeshPolicy db".into()],
@@ -270,7 +270,9 @@ mod tests {
             service_accounts: vec![("shop".into(), "backend".into())],
             ..Default::default()
         };
-        table.routes.insert((300, 5432), route(Some(vec![by_sa])));
+        table
+            .destinations
+            .insert((300, 5432), route(Some(vec![by_sa])));
         let flow = |peer: &str, src: &str, dst: &str| FlowRequest {
             peer: SpiffeId::parse(peer).expect("id"),
             source: src.parse().expect("src"),

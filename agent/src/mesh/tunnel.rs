@@ -191,7 +191,7 @@ fn routes_of(inbound: Arc<Inbound>, flow: FlowRequest) -> crate::l7::serve::Rout
 
 /// How the inbound side opens the connection to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
+pub enum UpstreamSource {
     /// From this host's own address (tests on loopback).
     Plain,
     /// From the flow's original source address (a transparent socket), carrying `mark`, so the
@@ -206,7 +206,7 @@ pub struct Inbound {
     pub trust_domain: String,
     pub authorize: Arc<dyn Authorize>,
     pub stats: Arc<TunnelStats>,
-    pub upstream: Upstream,
+    pub upstream: UpstreamSource,
     /// Refusals as flow events.
     pub events: Option<ProxyEventSink>,
     /// Counters of the L7 filters.
@@ -406,8 +406,8 @@ async fn handle_stream(
 /// destination does not accept it.
 async fn open_upstream(inbound: &Inbound, flow: &FlowRequest) -> Option<TcpStream> {
     let connected = match inbound.upstream {
-        Upstream::Plain => TcpStream::connect(flow.destination).await,
-        Upstream::Transparent { mark } => {
+        UpstreamSource::Plain => TcpStream::connect(flow.destination).await,
+        UpstreamSource::Transparent { mark } => {
             transparent_connect(flow.source, flow.destination, mark).await
         }
     };

@@ -82,7 +82,7 @@ pub struct EndpointSummary {
 
 /// A destination (identity, TCP port) that takes only mTLS, and who may connect.
 #[derive(Debug, Clone, Serialize)]
-pub struct MeshRoute {
+pub struct MeshDestination {
     pub identity: u32,
     pub port: u16,
     /// The MeshPolicies that ask for it.
@@ -125,7 +125,7 @@ pub struct Compiled {
     pub rules: Vec<RuleRef>,
     pub endpoints: Vec<EndpointSummary>,
     /// mTLS-only destinations, by (identity, port).
-    pub mesh: Vec<MeshRoute>,
+    pub mesh: Vec<MeshDestination>,
     /// Every pod address.
     pub workloads: Vec<WorkloadAddr>,
     /// Policy rules before they became trie entries.
@@ -329,7 +329,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     out.state.audit = node.audit;
 
     // 6. mTLS: the destinations MeshPolicies select, and every pod address for the proxy.
-    out.mesh = mesh_routes(model, &pod_ids, &ns_labels, &mut out.warnings);
+    out.mesh = mesh_destinations(model, &pod_ids, &ns_labels, &mut out.warnings);
     out.state.mesh = out
         .mesh
         .iter()
@@ -380,13 +380,13 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
 }
 
 /// (identity, port) → the MeshPolicies that select it and their principals.
-fn mesh_routes<'m>(
+fn mesh_destinations<'m>(
     model: &'m Model,
     pod_ids: &[Vec<(IpAddr, u32)>],
     ns_labels: &impl Fn(&PodModel) -> &'m BTreeMap<String, String>,
     warnings: &mut Vec<String>,
-) -> Vec<MeshRoute> {
-    let mut routes: BTreeMap<(u32, u16), MeshRoute> = BTreeMap::new();
+) -> Vec<MeshDestination> {
+    let mut routes: BTreeMap<(u32, u16), MeshDestination> = BTreeMap::new();
     let mut policies: Vec<&MeshPolicyModel> = model.mesh_policies.iter().collect();
     policies.sort_by(|a, b| a.name.cmp(&b.name));
     for policy in policies {
@@ -396,17 +396,19 @@ fn mesh_routes<'m>(
             }
             for port in mesh_ports(policy, pod) {
                 for &(_, identity) in ids {
-                    let route = routes.entry((identity, port)).or_insert_with(|| MeshRoute {
-                        identity,
-                        port,
-                        policies: Vec::new(),
-                        principals: Some(Vec::new()),
-                        http_policy: None,
-                        http: None,
-                        brake: None,
-                        ingress_policy: None,
-                        ingress: None,
-                    });
+                    let route = routes
+                        .entry((identity, port))
+                        .or_insert_with(|| MeshDestination {
+                            identity,
+                            port,
+                            policies: Vec::new(),
+                            principals: Some(Vec::new()),
+                            http_policy: None,
+                            http: None,
+                            brake: None,
+                            ingress_policy: None,
+                            ingress: None,
+                        });
                     let name = format!("MeshPolicy {}", policy.name);
                     if !route.policies.contains(&name) {
                         if let Some(brake) = policy.brake {

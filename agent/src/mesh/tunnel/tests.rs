@@ -69,7 +69,7 @@ impl World {
             authorize: Arc::new(FrontendOnly),
             stats: Arc::new(TunnelStats::default()),
             l7: Arc::new(crate::l7::L7Stats::default()),
-            upstream: Upstream::Plain,
+            upstream: UpstreamSource::Plain,
             events: Some(sink),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

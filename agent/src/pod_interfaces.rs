@@ -11,13 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An interface a host route points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteTarget {
+pub struct PodInterface {
     pub ifindex: u32,
     pub interface: String,
 }
 
 /// Host routes of the main table: address → the interface it is routed to.
-pub fn host_routes() -> std::io::Result<BTreeMap<IpAddr, RouteTarget>> {
+pub fn read() -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
     let mut out = BTreeMap::new();
     let v4 = std::fs::read_to_string("/proc/net/route")?;
     for (addr, iface) in parse_ipv4(&v4) {
@@ -32,7 +32,7 @@ pub fn host_routes() -> std::io::Result<BTreeMap<IpAddr, RouteTarget>> {
     Ok(out)
 }
 
-fn insert(out: &mut BTreeMap<IpAddr, RouteTarget>, addr: IpAddr, interface: String) {
+fn insert(out: &mut BTreeMap<IpAddr, PodInterface>, addr: IpAddr, interface: String) {
     let Ok(cname) = std::ffi::CString::new(interface.as_str()) else {
         return;
     };
@@ -40,7 +40,7 @@ fn insert(out: &mut BTreeMap<IpAddr, RouteTarget>, addr: IpAddr, interface: Stri
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex != 0 {
         out.entry(addr)
-            .or_insert(RouteTarget { ifindex, interface });
+            .or_insert(PodInterface { ifindex, interface });
     }
 }
 
