@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use http_body_util::combinators::BoxBody;
@@ -233,7 +232,7 @@ fn public(req: &Request<Incoming>, state: &AgentState, metrics: &Metrics) -> Res
             ),
         },
         "/readyz" => {
-            if state.ready.load(Ordering::SeqCst) {
+            if state.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -334,13 +333,13 @@ async fn explain(req: Request<Incoming>, state: &AgentState) -> Response<Full<By
             return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN);
         }
     };
-    let Some(compiled) = state.compiled.read().ok().and_then(|c| c.clone()) else {
+    let Some(generation) = state.generation() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "no policy set is in force yet\n",
         );
     };
-    match crate::explain::explain(&compiled, &query) {
+    match crate::explain::explain(&generation.compiled, &query) {
         Ok(e) => with_type(
             StatusCode::OK,
             serde_json::to_string(&e).unwrap_or_default(),

@@ -11,14 +11,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
 use crate::config::RunConfig;
-use crate::controller::Controller;
+use crate::controller::{Controller, ControllerConfig, DirectorySource, KernelNode};
 use crate::datapath::Datapath;
 use crate::flows::FlowHub;
 use crate::flows::event::ProxyEventSink;
 use crate::flows::file_log::FlowLogWriter;
+use crate::generation::Publisher;
 use crate::kernel_state::PolicyState;
 use crate::mesh::runtime::MeshRuntime;
-use crate::state::{AgentState, ControllerCommand, PolicyStatus};
+use crate::state::{AgentState, ControllerCommand, Rejections};
 use crate::{admin, metrics};
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -47,14 +48,21 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     }
     // The mesh's CA and certificates load before anything is attached: a bad --ca-dir leaves
     // nothing behind.
-    let flows = Arc::new(FlowHub::new(&config.node_name));
+    // Every reader borrows the policy generations the controller publishes.
+    let (publisher, generations) = Publisher::new();
+    let flows = Arc::new(FlowHub::new(&config.node_name, generations.names()));
     let mesh = match &config.mesh {
         Some(settings) => {
             let hub = Arc::clone(&flows);
             let sink: ProxyEventSink = Arc::new(move |e| hub.publish_proxy(e));
             Some(
-                MeshRuntime::new(settings.clone(), &config.trust_domain, Some(sink))
-                    .context("starting the mTLS proxy")?,
+                MeshRuntime::new(
+                    settings.clone(),
+                    &config.trust_domain,
+                    generations.tables(),
+                    Some(sink),
+                )
+                .context("starting the mTLS proxy")?,
             )
         }
         None => None,
@@ -92,18 +100,18 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     let events = Mutex::new(datapath.take_events()?);
     let (commands, receiver) = std::sync::mpsc::channel();
     let state = Arc::new(AgentState {
-        attachments: Mutex::new(datapath.attachments().to_vec()),
+        attachments: Arc::new(Mutex::new(datapath.attachments().to_vec())),
         config,
         started: Instant::now(),
         stats,
         events,
         events_read: AtomicU64::new(0),
-        ready: AtomicBool::new(false),
-        policy: Mutex::new(PolicyStatus::default()),
+        stopping: AtomicBool::new(false),
+        generations,
+        rejections: Arc::new(Mutex::new(Rejections::default())),
         commands: commands.clone(),
         mesh,
         flows,
-        compiled: std::sync::RwLock::new(None),
     });
     if let Some(writer) = flow_log {
         writer
@@ -136,7 +144,22 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
 
     // The first policy set, then the watcher and the controller thread. A first set with errors
     // leaves the agent running and unready until a good one arrives.
-    let mut controller = Controller::new(datapath, state.config.clone(), Arc::clone(&state));
+    let config = ControllerConfig {
+        trust_domain: state.config.trust_domain.clone(),
+        audit: state.config.mode == Mode::Audit,
+        attached: state.config.interfaces.clone(),
+        sources: vec![Box::new(DirectorySource {
+            dir: state.config.policy_dir.clone(),
+        })],
+        proxy: state.mesh.as_ref().map(|mesh| mesh.table_builder()),
+    };
+    let mut controller = Controller::new(
+        KernelNode { datapath },
+        config,
+        publisher,
+        Arc::clone(&state.rejections),
+        Arc::clone(&state.attachments),
+    );
     let _watcher = match &state.config.policy_dir {
         Some(dir) => Some(watch(dir, commands.clone())?),
         None => None,
@@ -156,7 +179,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    state.ready.store(false, Ordering::SeqCst);
+    state.stopping.store(true, Ordering::SeqCst);
     let _ = commands.send(ControllerCommand::Shutdown);
     if controller_thread.join().is_err() {
         tracing::error!("the policy thread panicked");
@@ -168,7 +191,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches the policy directory; every change becomes a `FilesChanged` command.
+/// Watches the policy directory; every change becomes a `SourceChanged` command.
 fn watch(
     dir: &std::path::Path,
     commands: Sender<ControllerCommand>,
@@ -178,7 +201,7 @@ fn watch(
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if e.kind.is_access() => {}
             Ok(_) => {
-                let _ = commands.send(ControllerCommand::FilesChanged);
+                let _ = commands.send(ControllerCommand::SourceChanged);
             }
             Err(e) => tracing::warn!("watching the policy directory: {e}"),
         })

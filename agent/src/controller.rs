@@ -1,57 +1,130 @@
-//! Keeps the kernel in step with policy: reads the policy directory (and pushed objects),
-//! validates, compiles, and installs the result atomically; attaches the programs to the
-//! interfaces of local pods as they appear. One thread owns the datapath; everything that wants a
-//! change sends it a [`ControllerCommand`].
+//! Keeps the kernel and the proxy in step with policy. The policy sources (the directory, the
+//! pushed files, and any other [`PolicySource`]) are read, validated and compiled into one
+//! [`PolicyGeneration`], which goes into force in three steps: its proxy table is staged, the
+//! node takes its kernel state ([`Node::apply`], atomic), and the generation is published to
+//! every reader. One thread owns the node; everything that wants a change sends it a
+//! [`ControllerCommand`].
 //!
-//! A set with any error changes nothing: the last good state stays in force, the errors are
-//! logged with file and line, counted, and kept as `last_error`.
+//! A set with any error changes nothing: the last good generation stays in force (in the kernel
+//! and for every reader), the errors are logged with file and line, counted, and kept as
+//! `last_error`. A kernel that refuses the state only withdraws the staged table.
+
+mod sources;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{Mode, RunConfig};
-use crate::datapath::Datapath;
-use crate::mesh::table::MeshTable;
+pub use sources::{DirectorySource, PolicySource, PushedFiles, SourceRead, read_sources};
+
+use crate::datapath::{Attachment, Datapath};
+use crate::flows::FlowNames;
+use crate::generation::{PolicyGeneration, PolicySummary, Publisher};
+use crate::kernel_state::PolicyState;
+use crate::mesh::table::{MeshTable, TableBuilder};
 use crate::pod_interfaces::{self, PodInterface};
 use crate::policy::diag::Diagnostic;
 use crate::policy::identity::Allocator;
-use crate::policy::source::{self, Read};
 use crate::policy::{self, compile};
-use crate::state::{AgentState, ControllerCommand, PushChange, SourceDoc};
+use crate::state::{ControllerCommand, PushChange, Rejections};
 
-/// How often the node's routes are read again (a new pod's interface is found within this).
+/// How often the node's pod interfaces are read again (a new pod is found within this).
 const RESCAN: Duration = Duration::from_secs(1);
 /// Events closer together than this are one change (an editor writes a file in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-pub struct Controller {
-    datapath: Datapath,
-    config: RunConfig,
-    state: Arc<AgentState>,
-    alloc: Allocator,
-    /// Pushed files, by name; they override directory objects of the same kind and name.
-    pushed: BTreeMap<String, String>,
-    /// The host routes the state in force was compiled with.
-    routes: BTreeMap<IpAddr, PodInterface>,
-    attached: HashSet<String>,
+/// What the controller changes on the node: the kernel's state and its attachments, and where
+/// it learns the local pods' interfaces. The agent's is [`KernelNode`]; tests use their own.
+pub trait Node {
+    /// Puts `state` in force, atomically: on `Err` the previous state stays in force.
+    fn apply(&mut self, state: &PolicyState) -> Result<(), String>;
+    /// The interfaces of the pods on this node, by pod address.
+    fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>>;
+    /// Attaches the programs to a local pod's interface.
+    fn attach(&mut self, interface: &str) -> Result<(), String>;
+    /// Every attachment, for the status document.
+    fn attachments(&self) -> Vec<Attachment>;
 }
 
-impl Controller {
-    pub fn new(datapath: Datapath, config: RunConfig, state: Arc<AgentState>) -> Controller {
-        let attached = config.interfaces.iter().cloned().collect();
+/// The node as the kernel holds it: the loaded datapath and the routing table.
+pub struct KernelNode {
+    pub datapath: Datapath,
+}
+
+impl Node for KernelNode {
+    fn apply(&mut self, state: &PolicyState) -> Result<(), String> {
+        self.datapath
+            .apply(state)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
+        pod_interfaces::read()
+    }
+
+    fn attach(&mut self, interface: &str) -> Result<(), String> {
+        // Pods' veths take TC only (see `Datapath::attach`); XDP goes on --interface uplinks.
+        self.datapath
+            .attach(interface, None)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn attachments(&self) -> Vec<Attachment> {
+        self.datapath.attachments().to_vec()
+    }
+}
+
+/// How the controller compiles.
+pub struct ControllerConfig {
+    pub trust_domain: String,
+    /// Agent-wide audit mode.
+    pub audit: bool,
+    /// Interfaces the programs are already attached to (the `--interface` uplinks).
+    pub attached: Vec<String>,
+    /// The sources, lowest precedence first (the pushed files come after all of them).
+    pub sources: Vec<Box<dyn PolicySource>>,
+    /// Builds the proxy's table of each set (with the mTLS proxy).
+    pub proxy: Option<TableBuilder>,
+}
+
+pub struct Controller<N: Node> {
+    node: N,
+    config: ControllerConfig,
+    alloc: Allocator,
+    /// Pushed files, by name; they override source objects of the same kind and name.
+    pushed: PushedFiles,
+    /// The pod interfaces the generation in force was compiled with.
+    interfaces: BTreeMap<IpAddr, PodInterface>,
+    attached: HashSet<String>,
+    publisher: Publisher,
+    rejections: Arc<Mutex<Rejections>>,
+    attachments: Arc<Mutex<Vec<Attachment>>>,
+}
+
+impl<N: Node> Controller<N> {
+    /// A controller that publishes through `publisher` and reports refused sets in
+    /// `rejections` and the node's attachments in `attachments`.
+    pub fn new(
+        node: N,
+        config: ControllerConfig,
+        publisher: Publisher,
+        rejections: Arc<Mutex<Rejections>>,
+        attachments: Arc<Mutex<Vec<Attachment>>>,
+    ) -> Controller<N> {
+        let attached = config.attached.iter().cloned().collect();
         Controller {
-            datapath,
+            node,
             config,
-            state,
             alloc: Allocator::new(),
-            pushed: BTreeMap::new(),
-            routes: BTreeMap::new(),
+            pushed: PushedFiles::default(),
+            interfaces: BTreeMap::new(),
             attached,
+            publisher,
+            rejections,
+            attachments,
         }
     }
 
@@ -59,6 +132,11 @@ impl Controller {
     /// previous, pinned state, if any, stays in force).
     pub fn start(&mut self) -> Result<u64, Vec<String>> {
         self.reload(None, None)
+    }
+
+    /// The node (tests look at what it was given).
+    pub fn node(&self) -> &N {
+        &self.node
     }
 
     /// Serves commands until `Shutdown` or until every sender is gone.
@@ -73,20 +151,20 @@ impl Controller {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
-            if matches!(batch[0], ControllerCommand::FilesChanged) {
+            if matches!(batch[0], ControllerCommand::SourceChanged) {
                 // Let the writer finish, then take every queued change at once.
                 std::thread::sleep(DEBOUNCE);
                 batch.extend(commands.try_iter());
             }
             if batch
                 .iter()
-                .any(|c| matches!(c, ControllerCommand::FilesChanged))
+                .any(|c| matches!(c, ControllerCommand::SourceChanged))
             {
                 let _ = self.reload(None, None);
             }
             for command in batch {
                 match command {
-                    ControllerCommand::FilesChanged => {}
+                    ControllerCommand::SourceChanged => {}
                     ControllerCommand::Push { change, reply } => {
                         let _ = reply.send(self.reload(Some(&change), None));
                     }
@@ -96,27 +174,27 @@ impl Controller {
         }
     }
 
-    /// Recompiles when the node's routes to pods changed (a pod's interface came or went).
-    fn rescan(&mut self) {
-        match pod_interfaces::read() {
-            Ok(routes) if routes != self.routes => {
-                tracing::info!("routes to local pods changed: recompiling");
-                let _ = self.reload(None, Some(routes));
+    /// Recompiles when the local pods' interfaces changed (a pod came or went).
+    pub fn rescan(&mut self) {
+        match self.node.pod_interfaces() {
+            Ok(interfaces) if interfaces != self.interfaces => {
+                tracing::info!("local pods' interfaces changed: recompiling");
+                let _ = self.reload(None, Some(interfaces));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the node's routes: {e}"),
         }
     }
 
-    /// Reads, validates, compiles and installs the whole set (with `push` added to the pushed
-    /// files if it is accepted), for `routes` (read now if not given). Returns the new
-    /// generation, or every error.
-    fn reload(
+    /// Reads, validates, compiles and installs the whole set (with `push` applied to the
+    /// pushed files if it is accepted), for `interfaces` (read now if not given). Returns the
+    /// new generation's number, or every error.
+    pub fn reload(
         &mut self,
         push: Option<&PushChange>,
-        routes: Option<BTreeMap<IpAddr, PodInterface>>,
+        interfaces: Option<BTreeMap<IpAddr, PodInterface>>,
     ) -> Result<u64, Vec<String>> {
-        let result = self.reload_set(push, routes);
+        let result = self.reload_set(push, interfaces);
         // A large set is parsed on every core and its intermediate forms freed; glibc keeps the
         // freed pages in per-thread arenas, so without this the agent's resident memory grew
         // with each reload of a 100k-rule set (165 → 430 MiB over six reloads).
@@ -131,14 +209,20 @@ impl Controller {
     fn reload_set(
         &mut self,
         push: Option<&PushChange>,
-        routes: Option<BTreeMap<IpAddr, PodInterface>>,
+        interfaces: Option<BTreeMap<IpAddr, PodInterface>>,
     ) -> Result<u64, Vec<String>> {
-        let pushed = match push.map(|change| change.apply(&self.pushed)) {
+        let pushed = match push.map(|change| change.apply(self.pushed.files())) {
             None => self.pushed.clone(),
-            Some(Ok(next)) => next,
+            Some(Ok(next)) => PushedFiles::new(next),
             Some(Err(message)) => return Err(self.reject_message(message)),
         };
-        let (read, sources) = read_all(self.config.policy_dir.as_deref(), &pushed);
+        let sources = self
+            .config
+            .sources
+            .iter()
+            .map(|s| s.as_ref())
+            .chain([&pushed as &dyn PolicySource]);
+        let SourceRead { read, documents } = read_sources(sources);
         let checked = match policy::check(read) {
             Ok(c) => c,
             Err(diags) => return Err(self.reject(&diags)),
@@ -146,57 +230,73 @@ impl Controller {
         for w in &checked.warnings {
             tracing::warn!("{w}");
         }
-        let routes = match routes.map_or_else(pod_interfaces::read, Ok) {
+        let interfaces = match interfaces.map_or_else(|| self.node.pod_interfaces(), Ok) {
             Ok(r) => r,
             Err(e) => return Err(self.reject_message(format!("reading the node's routes: {e}"))),
         };
-        let local: BTreeMap<IpAddr, u32> = routes.iter().map(|(a, t)| (*a, t.ifindex)).collect();
+        let local: BTreeMap<IpAddr, u32> =
+            interfaces.iter().map(|(a, t)| (*a, t.ifindex)).collect();
         let node = compile::Node {
             local: &local,
             trust_domain: &self.config.trust_domain,
-            audit: self.config.mode == Mode::Audit,
+            audit: self.config.audit,
         };
         let mut compiled = compile::compile(&checked.model, node, &mut self.alloc);
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
-        // The WAF's rules load before anything changes: a set whose rules do not load is
-        // rejected like any bad policy.
-        if let Some(mesh) = &self.state.mesh
-            && let Err(e) = mesh.wafs.prepare(&compiled)
-        {
-            self.alloc.abandon();
-            return Err(self.reject_message(e));
-        }
-        // The proxy learns the new routes before the kernel redirects by them.
-        let previous_table = self.state.mesh.as_ref().map(|mesh| {
-            compiled.state.proxy_port = mesh.settings.proxy_port;
-            let previous = mesh.table.read().map(|t| Arc::clone(&t)).ok();
-            mesh.set_table(MeshTable::from_compiled(
-                &compiled,
-                &mesh.jwks,
-                previous.as_deref(),
-                Some(&mesh.wafs),
-            ));
-            previous
-        });
-        if let Err(e) = self.datapath.apply(&compiled.state) {
-            self.alloc.abandon();
-            if let (Some(mesh), Some(Some(previous))) = (&self.state.mesh, previous_table)
-                && let Ok(mut t) = mesh.table.write()
-            {
-                *t = previous;
+        // The proxy's table (and the WAF's rules) before anything changes: a set whose rules do
+        // not load is rejected like any bad policy.
+        let table = match &self.config.proxy {
+            Some(proxy) => {
+                compiled.state.proxy_port = proxy.proxy_port;
+                let previous = self.publisher.current().map(|g| Arc::clone(&g.table));
+                match proxy.build(&compiled, previous.as_deref()) {
+                    Ok(table) => Arc::new(table),
+                    Err(e) => {
+                        self.alloc.abandon();
+                        return Err(self.reject_message(e));
+                    }
+                }
             }
+            None => Arc::new(MeshTable::default()),
+        };
+        // The proxy learns the new destinations before the kernel redirects by them.
+        self.publisher.stage(Arc::clone(&table));
+        if let Err(e) = self.node.apply(&compiled.state) {
+            self.publisher.unstage();
+            self.alloc.abandon();
             return Err(self.reject_message(format!("installing the compiled policy: {e}")));
         }
         self.alloc.finish();
+        self.attach_new_pods(&compiled, &interfaces);
+        self.interfaces = interfaces;
         self.pushed = pushed;
-        // Programs on the interfaces of local pods that have none yet.
+        let number = self.publisher.current().map_or(0, |g| g.number) + 1;
+        let generation = PolicyGeneration {
+            number,
+            names: Arc::new(FlowNames::from_compiled(&compiled)),
+            summary: PolicySummary::of(&compiled, documents, self.pushed.size()),
+            table,
+            compiled: Arc::new(compiled),
+        };
+        let (endpoints, rules) = (generation.summary.endpoints, generation.summary.rules);
+        self.publisher.publish(Arc::new(generation));
+        tracing::info!(generation = number, endpoints, rules, "policy in force");
+        Ok(number)
+    }
+
+    /// Programs on the interfaces of local pods that have none yet.
+    fn attach_new_pods(
+        &mut self,
+        compiled: &compile::Compiled,
+        interfaces: &BTreeMap<IpAddr, PodInterface>,
+    ) {
         let wanted: BTreeSet<&str> = compiled
             .endpoints
             .iter()
             .filter_map(|e| {
-                routes
+                interfaces
                     .values()
                     .find(|t| t.ifindex == e.ifindex)
                     .map(|t| t.interface.as_str())
@@ -206,49 +306,15 @@ impl Controller {
             if self.attached.contains(interface) {
                 continue;
             }
-            // Pods' veths take TC only (see `Datapath::attach`); XDP goes on --interface uplinks.
-            match self.datapath.attach(interface, None) {
+            match self.node.attach(interface) {
                 Ok(()) => {
                     tracing::info!(%interface, "attached to a local pod's interface");
                     self.attached.insert(interface.to_owned());
                 }
-                Err(e) => tracing::error!(%interface, "attaching: {e:#}"),
+                Err(e) => tracing::error!(%interface, "attaching: {e}"),
             }
         }
-        self.routes = routes;
-        let (endpoints, rules) = (compiled.endpoints.len(), compiled.rule_count);
-        let generation = {
-            let mut status = lock(&self.state.policy);
-            status.generation += 1;
-            status.sources = sources;
-            status.identities = compiled.identities.len();
-            status.endpoints = compiled.endpoints.len();
-            status.rules = compiled.rule_count;
-            status.map_entries = compiled.state.policy.len();
-            let v4 = compiled
-                .state
-                .ipcache
-                .iter()
-                .filter(|r| r.addr.is_ipv4())
-                .count();
-            status.ipcache4_entries = v4;
-            status.ipcache6_entries = compiled.state.ipcache.len() - v4;
-            status.mesh_entries = compiled.state.mesh.len();
-            status.pushed_files = self.pushed.len();
-            status.pushed_bytes = self.pushed.values().map(String::len).sum();
-            status.generation
-        };
-        *lock(&self.state.attachments) = self.datapath.attachments().to_vec();
-        // Flow records and `policy explain` use the names of the set now in force.
-        self.state
-            .flows
-            .set_names(crate::flows::FlowNames::from_compiled(&compiled));
-        if let Ok(mut c) = self.state.compiled.write() {
-            *c = Some(Arc::new(compiled));
-        }
-        self.state.ready.store(true, Ordering::SeqCst);
-        tracing::info!(generation, endpoints, rules, "policy in force");
-        Ok(generation)
+        *lock(&self.attachments) = self.node.attachments();
     }
 
     fn reject(&self, diags: &[Diagnostic]) -> Vec<String> {
@@ -260,60 +326,26 @@ impl Controller {
         for line in &lines {
             tracing::error!("policy rejected: {line}");
         }
-        self.count_error(lines.first().cloned());
+        self.count_rejection(lines.first().cloned());
         lines
     }
 
     fn reject_message(&self, message: String) -> Vec<String> {
         tracing::error!("policy rejected: {message}");
-        self.count_error(Some(message.clone()));
+        self.count_rejection(Some(message.clone()));
         vec![message]
     }
 
-    fn count_error(&self, first: Option<String>) {
-        let mut status = lock(&self.state.policy);
-        status.errors_total += 1;
-        status.last_error = first;
+    fn count_rejection(&self, first: Option<String>) {
+        let mut rejections = lock(&self.rejections);
+        rejections.total += 1;
+        rejections.last_error = first;
     }
 }
 
-/// Reads the directory and the pushed files; pushed objects replace directory objects of the
-/// same kind, namespace and name.
-fn read_all(dir: Option<&Path>, pushed: &BTreeMap<String, String>) -> (Read, Vec<SourceDoc>) {
-    let mut read = match dir {
-        Some(dir) => source::read_dir(dir),
-        None => Read::default(),
-    };
-    let mut sources: Vec<SourceDoc> = read
-        .files
-        .iter()
-        .map(|(file, sha256)| SourceDoc {
-            file: file.display().to_string(),
-            sha256: sha256.clone(),
-        })
-        .collect();
-    let mut overlay = Read::default();
-    for (name, text) in pushed {
-        let file = PathBuf::from(format!("push:{name}"));
-        let r = source::parse_str(&file, text);
-        sources.push(SourceDoc {
-            file: file.display().to_string(),
-            sha256: source::sha256_hex(text.as_bytes()),
-        });
-        overlay.objects.extend(r.objects);
-        overlay.diagnostics.extend(r.diagnostics);
-    }
-    let replaced: HashSet<_> = overlay
-        .objects
-        .iter()
-        .map(source::SourceObject::key)
-        .collect();
-    read.objects.retain(|o| !replaced.contains(&o.key()));
-    read.objects.extend(overlay.objects);
-    read.diagnostics.extend(overlay.diagnostics);
-    (read, sources)
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

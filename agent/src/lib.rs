@@ -12,6 +12,7 @@ pub mod dns_name;
 pub mod explain;
 pub mod flows;
 pub mod flows_cli;
+pub mod generation;
 pub mod kernel_state;
 pub mod l7;
 pub mod listen;
@@ -25,3 +26,4 @@ pub mod state;
 pub mod status;
 #[cfg(test)]
 mod tidy;
+pub mod view;

@@ -4,7 +4,7 @@
 //! composition root, so that none of them reaches up into another.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,35 +14,67 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::datapath::{Attachment, EventReader, Stats};
 use crate::flows::FlowHub;
+use crate::generation::{Generations, PolicyGeneration, SourceDoc};
 use crate::mesh::runtime::MeshRuntime;
-use crate::policy::compile::Compiled;
 
 /// What the admin server and the metrics collector read of the running agent.
 pub struct AgentState {
     pub config: RunConfig,
     pub started: Instant,
-    pub attachments: Mutex<Vec<Attachment>>,
+    /// The programs attached, as the controller last saw them.
+    pub attachments: Arc<Mutex<Vec<Attachment>>>,
     pub stats: Stats,
     /// The kernel's flow events; drained by a task so the ring never fills.
     pub events: Mutex<EventReader>,
     /// Events read from the ring so far.
     pub events_read: AtomicU64,
-    /// True once the programs are attached and the first policy set is in the kernel.
-    pub ready: AtomicBool,
-    pub policy: Mutex<PolicyStatus>,
+    /// Set when the agent begins to stop: it is no longer ready.
+    pub stopping: AtomicBool,
+    /// The policy generations the controller publishes.
+    pub generations: Generations,
+    /// Policy sets the controller refused.
+    pub rejections: Arc<Mutex<Rejections>>,
     /// Where changes to policy are sent (the controller thread owns the datapath).
     pub commands: Sender<ControllerCommand>,
     /// The mTLS proxy (with `--ca-dir`).
     pub mesh: Option<Arc<MeshRuntime>>,
     /// The flow log's records and readers.
     pub flows: Arc<FlowHub>,
-    /// The policy set in force, compiled (for `policy explain` against the running agent).
-    pub compiled: std::sync::RwLock<Option<Arc<Compiled>>>,
+}
+
+impl AgentState {
+    /// Ready once a policy set is in the kernel (the programs are attached before the first),
+    /// until the agent begins to stop.
+    pub fn is_ready(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst) && self.generations.current().is_some()
+    }
+
+    /// The generation in force; `None` until the first set is installed.
+    pub fn generation(&self) -> Option<Arc<PolicyGeneration>> {
+        self.generations.current()
+    }
+
+    /// The policy status: the generation in force and the sets refused.
+    pub fn policy_status(&self) -> PolicyStatus {
+        let rejections = self
+            .rejections
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        PolicyStatus::of(self.generation().as_deref(), rejections)
+    }
+}
+
+/// Policy sets the controller refused: how many, and the first error of the last one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejections {
+    pub total: u64,
+    pub last_error: Option<String>,
 }
 
 pub enum ControllerCommand {
-    /// Something in the policy directory changed.
-    FilesChanged,
+    /// Something in a policy source changed (the directory, or another watched source).
+    SourceChanged,
     /// A change to the pushed files (`rampart policy push`). Answered once in force, or with
     /// every error.
     Push {
@@ -127,10 +159,25 @@ pub struct PolicyStatus {
     pub pushed_bytes: usize,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct SourceDoc {
-    pub file: String,
-    pub sha256: String,
+impl PolicyStatus {
+    pub fn of(generation: Option<&PolicyGeneration>, rejections: Rejections) -> PolicyStatus {
+        let summary = generation.map(|g| g.summary.clone()).unwrap_or_default();
+        PolicyStatus {
+            generation: generation.map_or(0, |g| g.number),
+            sources: summary.sources,
+            errors_total: rejections.total,
+            last_error: rejections.last_error,
+            identities: summary.identities,
+            endpoints: summary.endpoints,
+            rules: summary.rules,
+            map_entries: summary.map_entries,
+            ipcache4_entries: summary.ipcache4_entries,
+            ipcache6_entries: summary.ipcache6_entries,
+            mesh_entries: summary.mesh_entries,
+            pushed_files: summary.pushed_files,
+            pushed_bytes: summary.pushed_bytes,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! fetches and prints it.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -81,7 +80,7 @@ pub fn map_fill(state: &AgentState) -> Vec<MapDoc> {
     use rampart_common::maps::{
         MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY, MAX_RULE_STATS,
     };
-    let status = state.policy.lock().map(|s| s.clone()).unwrap_or_default();
+    let status = state.policy_status();
     let mut rows = vec![
         ("endpoints", status.endpoints, MAX_ENDPOINTS),
         ("ipcache4", status.ipcache4_entries, MAX_IPCACHE),
@@ -141,7 +140,7 @@ impl StatusDoc {
         };
         StatusDoc {
             version: env!("CARGO_PKG_VERSION").into(),
-            ready: state.ready.load(Ordering::SeqCst),
+            ready: state.is_ready(),
             uptime_seconds: state.started.elapsed().as_secs(),
             mode: serde_json::to_value(state.config.mode)
                 .ok()
@@ -168,16 +167,14 @@ impl StatusDoc {
                 })
                 .collect(),
             counters,
-            policy: state.policy.lock().ok().map(|p| p.clone()),
+            policy: Some(state.policy_status()),
             node: state.config.node_name.clone(),
             maps: map_fill(state),
             endpoints: state
-                .compiled
-                .read()
-                .ok()
-                .and_then(|c| c.clone())
-                .map(|c| {
-                    c.endpoints
+                .generation()
+                .map(|g| {
+                    g.compiled
+                        .endpoints
                         .iter()
                         .map(|e| EndpointDoc {
                             pod: e.pod.clone(),
@@ -194,7 +191,7 @@ impl StatusDoc {
                 proxy_port: m.settings.proxy_port,
                 tunnel_port: m.settings.tunnel_port,
                 ca_dir: m.settings.ca_dir.display().to_string(),
-                mtls_routes: m.table.read().map(|t| t.destinations()).unwrap_or(0),
+                mtls_routes: m.tables.current.get().destinations(),
             }),
             flow_log: FlowLogDoc {
                 kernel_records: state.flows.records(Observer::Kernel),

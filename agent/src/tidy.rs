@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "listen",
         "pod_interfaces",
         "admin_client",
+        "view",
     ],
     // Configuration is validated from the command line alone.
     &["config"],
@@ -43,6 +44,7 @@ const LAYERS: &[&[&str]] = &[
     &["l7"],
     &["mesh"],
     // What the running agent shares, and the queries over it.
+    &["generation"],
     &["state", "explain"],
     &["controller", "status"],
     &["metrics"],

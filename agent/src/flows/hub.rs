@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use rampart_common::event::FlowEvent;
 use rampart_common::policy::Verdict;
@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use super::names::FlowNames;
 use super::record::{DecidedBy, FlowRecord, Observer, ProxyInfo, protocol_name};
 use crate::flows::event::{ProxyEvent, ProxySide};
+use crate::view::View;
 
 /// Records kept for readers that connect later (`rampart flows` without `--follow`).
 pub const RECENT_RECORDS: usize = 2048;
@@ -29,7 +30,8 @@ struct Fanout {
 
 pub struct FlowHub {
     node: String,
-    names: RwLock<Arc<FlowNames>>,
+    /// The names of the policy generation in force.
+    names: View<Arc<FlowNames>>,
     /// The recent records and the sender, under one lock: a new reader gets the recent ones and
     /// then every later one, with no gap and no repeat.
     fanout: Mutex<Fanout>,
@@ -47,11 +49,12 @@ impl std::fmt::Debug for FlowHub {
 }
 
 impl FlowHub {
-    pub fn new(node: &str) -> FlowHub {
+    /// A hub for records of `node`, named with what `names` shows when each record is made.
+    pub fn new(node: &str, names: View<Arc<FlowNames>>) -> FlowHub {
         let (sender, _) = broadcast::channel(READER_BACKLOG);
         FlowHub {
             node: node.to_owned(),
-            names: RwLock::new(Arc::new(FlowNames::default())),
+            names,
             fanout: Mutex::new(Fanout {
                 recent: VecDeque::with_capacity(RECENT_RECORDS),
                 sender,
@@ -62,18 +65,8 @@ impl FlowHub {
         }
     }
 
-    /// The names of a new policy generation (records from then on use them).
-    pub fn set_names(&self, names: FlowNames) {
-        if let Ok(mut n) = self.names.write() {
-            *n = Arc::new(names);
-        }
-    }
-
     fn names(&self) -> Arc<FlowNames> {
-        self.names
-            .read()
-            .map(|n| Arc::clone(&n))
-            .unwrap_or_default()
+        self.names.get()
     }
 
     /// Publishes the kernel's events (their times are `CLOCK_MONOTONIC`).
@@ -316,7 +309,7 @@ mod tests {
 
     #[test]
     fn readers_get_recent_then_live_records_without_gap() {
-        let hub = FlowHub::new("n1");
+        let hub = FlowHub::new("n1", View::fixed(Arc::default()));
         hub.publish_kernel(&[event(Verdict::ALLOW, DropReason::NONE, 0)]);
         let (recent, mut live) = hub.subscribe();
         assert_eq!(recent.len(), 1);
@@ -338,7 +331,7 @@ mod tests {
 
     #[test]
     fn the_recent_buffer_is_bounded() {
-        let hub = FlowHub::new("n1");
+        let hub = FlowHub::new("n1", View::fixed(Arc::default()));
         let many = vec![event(Verdict::ALLOW, DropReason::NONE, 0); RECENT_RECORDS + 10];
         hub.publish_kernel(&many);
         assert_eq!(hub.subscribe().0.len(), RECENT_RECORDS);

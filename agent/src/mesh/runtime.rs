@@ -17,7 +17,7 @@ use crate::listen::ConnectionCap;
 
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
-use super::table::{MeshTable, TableAuthorizer};
+use super::table::{TableAuthorizer, TableBuilder, TableView};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
 use super::tunnel::{self, Inbound, TunnelStats, UpstreamSource};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
@@ -74,12 +74,13 @@ struct Certs {
 
 pub struct MeshRuntime {
     pub settings: MeshSettings,
-    pub table: Arc<RwLock<Arc<MeshTable>>>,
+    /// The policy generation's tables, as the controller publishes them.
+    pub tables: TableView,
     pub inbound_stats: Arc<TunnelStats>,
     /// JWKS sources of the L7 rules, refreshed on this runtime.
     pub jwks: Arc<crate::l7::jwks::JwksRegistry>,
     /// WAF engines, one per profile the L7 rules use.
-    pub wafs: crate::l7::waf::WafEngines,
+    pub wafs: Arc<crate::l7::waf::WafEngines>,
     outbound_errors: [AtomicU64; OutboundError::ALL.len()],
     pub outbound_flows: AtomicU64,
     certs: Mutex<Certs>,
@@ -110,10 +111,12 @@ pub fn node_spiffe_id(
 
 impl MeshRuntime {
     /// Loads the CA and issues the node's certificate. `trust_domain` must be the CA's.
-    /// Refusals on either side go to `events` (the flow log).
+    /// Routes come from `tables` (the controller's published generations); refusals on either
+    /// side go to `events` (the flow log).
     pub fn new(
         settings: MeshSettings,
         trust_domain: &str,
+        tables: TableView,
         events: Option<ProxyEventSink>,
     ) -> anyhow::Result<Arc<MeshRuntime>> {
         let ca = Ca::load(&settings.ca_dir)?;
@@ -128,13 +131,12 @@ impl MeshRuntime {
         let node = ca.issue(&node_id, settings.cert_ttl, SystemTime::now())?;
         let bundle = TrustBundle::new(trust_domain, &[ca.cert_der().clone()])?;
         let node_cert = Arc::new(RotatingCert::new(&node)?);
-        let table = Arc::new(RwLock::new(Arc::new(MeshTable::default())));
         let inbound_stats = Arc::new(TunnelStats::default());
         let inbound = Arc::new(Inbound {
             config: RwLock::new(server_config(&bundle, Arc::clone(&node_cert))?),
             trust_domain: trust_domain.to_owned(),
             authorize: Arc::new(TableAuthorizer {
-                table: Arc::clone(&table),
+                tables: tables.clone(),
             }),
             stats: Arc::clone(&inbound_stats),
             upstream: UpstreamSource::Transparent {
@@ -150,7 +152,7 @@ impl MeshRuntime {
             flows: AtomicU64::new(0),
         };
         Ok(Arc::new(MeshRuntime {
-            wafs: crate::l7::waf::WafEngines::new(settings.crs_dir.clone()),
+            wafs: Arc::new(crate::l7::waf::WafEngines::new(settings.crs_dir.clone())),
             certs: Mutex::new(Certs {
                 ca_pem: ca.cert_pem().to_owned(),
                 ca,
@@ -159,7 +161,7 @@ impl MeshRuntime {
                 node,
             }),
             settings,
-            table,
+            tables,
             inbound_stats,
             jwks: Arc::new(crate::l7::jwks::JwksRegistry::default()),
             outbound_errors: Default::default(),
@@ -173,9 +175,12 @@ impl MeshRuntime {
         }))
     }
 
-    pub fn set_table(&self, table: MeshTable) {
-        if let Ok(mut t) = self.table.write() {
-            *t = Arc::new(table);
+    /// What the controller needs to build this proxy's tables.
+    pub fn table_builder(&self) -> TableBuilder {
+        TableBuilder {
+            jwks: Arc::clone(&self.jwks),
+            wafs: Arc::clone(&self.wafs),
+            proxy_port: self.settings.proxy_port,
         }
     }
 
@@ -341,7 +346,7 @@ impl MeshRuntime {
         use crate::l7::serve::RouteNow;
         let this = Arc::clone(self);
         Arc::new(move || {
-            let route = this.table.read().ok().and_then(|t| t.ingress(original));
+            let route = this.tables.find(|t| t.ingress(original));
             match route.map(|r| r.http.clone()) {
                 Some(Some(http)) => RouteNow::Rules(http),
                 Some(None) => RouteNow::NoRules,
@@ -364,10 +369,9 @@ impl MeshRuntime {
         };
         let _ = stream.set_nodelay(true);
         let (src_id, tunnel_addr, server_id) = {
-            let table = match self.table.read() {
-                Ok(t) => Arc::clone(&t),
-                Err(_) => return,
-            };
+            let table = self
+                .tables
+                .knowing(|t| t.workload(peer.ip()).is_some() || t.ingress(original).is_some());
             if table.workload(peer.ip()).is_none()
                 && let Some(route) = table.ingress(original)
             {

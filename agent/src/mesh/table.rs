@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::tunnel::{Authorize, DenyReason, FlowRequest};
 use crate::policy::compile::{Compiled, MeshDestination, WorkloadAddr};
 use crate::policy::model::PrincipalsModel;
 use crate::spiffe::SpiffeId;
+use crate::view::View;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
@@ -182,19 +184,86 @@ pub fn principal_allowed(route: &MeshDestination, peer: &SpiffeId) -> bool {
     })
 }
 
-/// The inbound side's [`Authorize`]: the table in force when the stream arrives.
+/// The tables the proxy reads: the one of the generation in force and, while the controller
+/// installs a new generation, that one too. The controller stages a table before the kernel
+/// flips to its generation and publishes the generation once the flip succeeded, so a flow the
+/// kernel redirects by the new state always finds its destination here: a lookup the table in
+/// force cannot answer is asked of the staged one (for that moment, what either allows is
+/// allowed).
+#[derive(Clone, Debug)]
+pub struct TableView {
+    pub current: View<Arc<MeshTable>>,
+    pub staged: View<Option<Arc<MeshTable>>>,
+}
+
+impl TableView {
+    /// One table, never staged (tests, and a proxy without a controller).
+    pub fn fixed(table: Arc<MeshTable>) -> TableView {
+        TableView {
+            current: View::fixed(table),
+            staged: View::fixed(None),
+        }
+    }
+
+    /// The table in force if `knows` holds for it, else the staged one if it holds there,
+    /// else the table in force.
+    pub fn knowing(&self, knows: impl Fn(&MeshTable) -> bool) -> Arc<MeshTable> {
+        let current = self.current.get();
+        if knows(&current) {
+            return current;
+        }
+        match self.staged.get() {
+            Some(staged) if knows(&staged) => staged,
+            _ => current,
+        }
+    }
+
+    /// `find` in the table in force, then in the staged one.
+    pub fn find<T>(&self, find: impl Fn(&MeshTable) -> Option<T>) -> Option<T> {
+        find(&self.current.get()).or_else(|| self.staged.get().and_then(|t| find(&t)))
+    }
+}
+
+/// What the controller needs to build the proxy's table of a policy set: the proxy's JWKS
+/// sources and WAF engines (shared with the running proxy).
+#[derive(Clone)]
+pub struct TableBuilder {
+    pub jwks: Arc<crate::l7::jwks::JwksRegistry>,
+    pub wafs: Arc<crate::l7::waf::WafEngines>,
+    /// The proxy's transparent listener (the kernel redirects to it).
+    pub proxy_port: u16,
+}
+
+impl TableBuilder {
+    /// The table of `compiled`, its WAF engines loaded first (`Err` names the policy whose
+    /// rules did not load; nothing changes then). Rate limits unchanged from `previous` keep
+    /// their buckets.
+    pub fn build(
+        &self,
+        compiled: &Compiled,
+        previous: Option<&MeshTable>,
+    ) -> Result<MeshTable, String> {
+        self.wafs.prepare(compiled)?;
+        Ok(MeshTable::from_compiled(
+            compiled,
+            &self.jwks,
+            previous,
+            Some(&self.wafs),
+        ))
+    }
+}
+
+/// The inbound side's [`Authorize`]: the tables in force when the stream arrives.
 pub struct TableAuthorizer {
-    pub table: std::sync::Arc<std::sync::RwLock<std::sync::Arc<MeshTable>>>,
+    pub tables: TableView,
 }
 
 impl Authorize for TableAuthorizer {
-    fn check(
-        &self,
-        flow: &FlowRequest,
-    ) -> Result<Option<std::sync::Arc<crate::l7::HttpRoute>>, DenyReason> {
-        match self.table.read() {
-            Ok(table) => table.authorize(flow),
-            Err(_) => Err(DenyReason::NoRoute),
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason> {
+        let current = self.tables.current.get().authorize(flow);
+        match (&current, self.tables.staged.get()) {
+            (Err(_), Some(staged)) => staged.authorize(flow).or(current),
+            _ => current,
         }
     }
 }

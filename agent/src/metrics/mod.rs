@@ -401,7 +401,7 @@ impl AgentCollector {
         let Some(rules) = read("rule counters", self.state.stats.rules()) else {
             return Ok(());
         };
-        let compiled = self.state.compiled.read().ok().and_then(|c| c.clone());
+        let compiled = self.state.generation().map(|g| Arc::clone(&g.compiled));
         let mut by_policy: std::collections::BTreeMap<String, RuleCounter> = Default::default();
         for (cookie, counter) in rules {
             let policy = match cookie {
@@ -484,10 +484,7 @@ impl AgentCollector {
 
     /// The policy set in force: generation, errors, identities, endpoints, rules.
     fn encode_policy(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let status = match self.state.policy.lock() {
-            Ok(s) => s.clone(),
-            Err(_) => return Ok(()),
-        };
+        let status = self.state.policy_status();
         let gauges = [
             (
                 "rampart_policy_generation",
