@@ -6,8 +6,8 @@
 //! | map | type | entries | key → value |
 //! | --- | --- | --- | --- |
 //! | `HOOK_STATS_V1` | per-CPU array | `Hook::COUNT` | hook → packets/bytes |
-//! | `DROP_STATS_V1` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes dropped |
-//! | `AUDIT_STATS_V1` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes audit let through |
+//! | `DROP_STATS_V2` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes dropped |
+//! | `AUDIT_STATS_V2` | per-CPU array | 2 × `DropReason::SLOTS` | (reason, direction) → packets/bytes audit let through |
 //! | `FWD_STATS_V1` | per-CPU array | 2 | direction → packets/bytes forwarded by policy |
 //! | `CONFIG_V1` | array | 1 | active generation, policy revision, flags |
 //! | `ENDPOINTS_{A,B}_V2` | hash | [`MAX_ENDPOINTS`] | ifindex → endpoint (id, identity, flags, own addresses) |
@@ -24,8 +24,8 @@
 
 /// Per-CPU packet/byte counters, one slot per attach point ([`crate::counters::Hook`]).
 pub const HOOK_STATS: &str = "HOOK_STATS_V1";
-pub const DROP_STATS: &str = "DROP_STATS_V1";
-pub const AUDIT_STATS: &str = "AUDIT_STATS_V1";
+pub const DROP_STATS: &str = "DROP_STATS_V2";
+pub const AUDIT_STATS: &str = "AUDIT_STATS_V2";
 pub const FWD_STATS: &str = "FWD_STATS_V1";
 pub const CONFIG: &str = "CONFIG_V1";
 pub const ENDPOINTS: [&str; 2] = ["ENDPOINTS_A_V2", "ENDPOINTS_B_V2"];
@@ -42,6 +42,9 @@ pub const FRAGS: &str = "FRAGS_V1";
 /// Per-CPU working memory of the programs (pinned with the rest; its content is never read).
 pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
+
+/// Maps of earlier layouts no object has any more: a new agent removes their pins.
+pub const RETIRED: [&str; 2] = ["DROP_STATS_V1", "AUDIT_STATS_V1"];
 
 /// Every map of the object, in the order the agent pins them.
 pub const ALL: [&str; 23] = [

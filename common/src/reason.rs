@@ -1,6 +1,17 @@
-//! Drop reasons: an **append-only** numbered table shared by the kernel programs, the agent's
-//! metrics (`rampart_drops_total{reason}`), the flow log and, later, the proxy's deny reasons.
-//! A code, once published, never changes meaning; new reasons get the next free number.
+//! Why traffic was refused: two **append-only** tables, the kernel's drop reasons
+//! ([`DropReason`], shared by the kernel programs, the agent's metrics
+//! `rampart_drops_total{reason}` and the flow log) and the proxy's refusal reasons
+//! ([`ProxyReason`], one namespace per filter). A code or a name, once published, never changes
+//! meaning; new reasons get the next free code of their table or namespace.
+//!
+//! What changes together when a reason is added (the tests below and in the agent check the
+//! tables; the rest is by hand):
+//! - the metric labels: `rampart_drops_total{reason}` / `rampart_audit_total{reason}`, and
+//!   `rampart_l7_denied_total{filter,reason}`, `rampart_tunnel_denied_total{reason}`,
+//!   `rampart_proxy_outbound_errors_total{reason}`, `rampart_ingress_refused_total{reason}`;
+//! - the flow records' `reason` / `filter` (`flows/record.rs`), which use the same names;
+//! - the Grafana dashboard (`deploy/grafana/`), whose panels list reasons;
+//! - the reason tables in ARCHITECTURE.md and `policies/README.md`.
 
 /// Why a packet was dropped (or, in audit mode, would have been). `0` is never a drop.
 #[repr(transparent)]
@@ -41,7 +52,8 @@ impl DropReason {
     pub const FLOOD_BRAKE: DropReason = DropReason(13);
 
     /// Reasons are counted in slots `0..SLOTS`; codes at or above it share the last slot.
-    pub const SLOTS: u32 = 16;
+    /// (`DROP_STATS_V1` had 16; `_V2` leaves room for 50 more reasons.)
+    pub const SLOTS: u32 = 64;
 
     /// Every defined reason, in code order.
     pub const ALL: [DropReason; 14] = [
@@ -104,7 +116,7 @@ impl Direction {
     }
 }
 
-/// Index of (reason, direction) in `DROP_STATS_V1` / `AUDIT_STATS_V1`.
+/// Index of (reason, direction) in `DROP_STATS_V2` / `AUDIT_STATS_V2`.
 pub const fn drop_slot(reason: DropReason, dir: Direction) -> u32 {
     let r = if (reason.0 as u32) < DropReason::SLOTS {
         reason.0 as u32
@@ -114,9 +126,368 @@ pub const fn drop_slot(reason: DropReason, dir: Direction) -> u32 {
     r * 2 + (dir.0 as u32 & 1)
 }
 
+/// Defines one namespace of [`ProxyReason`]: a dense, append-only `u8` code per reason and its
+/// label. (A macro, not a derive crate: the kernel crate shares this file and takes no
+/// proc-macro dependencies.)
+macro_rules! reasons {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            $( $(#[$vdoc:meta])* $variant:ident = $code:literal => $label:literal, )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u8)]
+        pub enum $name {
+            $( $(#[$vdoc])* $variant = $code, )*
+        }
+
+        impl $name {
+            /// Every reason, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The snake_case label of metrics and flow records.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// `http`: the request (or response) as sent cannot be judged the way the pod reads it.
+    HttpReason {
+        /// `CONNECT` (405).
+        Connect = 0 => "connect",
+        /// A transfer coding other than `chunked` (501 on a request, 502 on a response).
+        TransferCoding = 1 => "transfer_coding",
+        /// A path that is not absolute (or `*` for OPTIONS), or does not parse after
+        /// normalisation.
+        BadPath = 2 => "bad_path",
+        /// A backslash, raw or `%5C`.
+        Backslash = 3 => "backslash",
+        /// A `%` not followed by two hex digits, or an escaped NUL.
+        BadPercentEncoding = 4 => "bad_percent_encoding",
+        /// `%2F` (with `escapedSlashes: Reject`, or next to a dot segment).
+        EscapedSlash = 5 => "escaped_slash",
+        /// A dot segment with parameters (`..;x`, `.;x`).
+        DotSegmentParameter = 6 => "dot_segment_parameter",
+        /// More than one `Host` header.
+        DuplicateHost = 7 => "duplicate_host",
+        /// A `Host` or authority that is not a host and optional port.
+        BadHost = 8 => "bad_host",
+        /// The `Host` header and the request target's authority differ.
+        HostMismatch = 9 => "host_mismatch",
+        /// An HTTP/1.1 request without a `Host`.
+        MissingHost = 10 => "missing_host",
+    }
+}
+
+reasons! {
+    /// `authn`: no credential authenticated the request (401).
+    AuthnReason {
+        MissingCredentials = 0 => "missing_credentials",
+        /// Two credentials where one is read (two `Authorization` headers, two cookies).
+        AmbiguousCredentials = 1 => "ambiguous_credentials",
+        /// The provider's JWKS has not been fetched yet.
+        JwksUnavailable = 2 => "jwks_unavailable",
+        InvalidApiKey = 3 => "invalid_api_key",
+        /// The JWT verifier's reasons (`rampart_l7::jwt::RejectReason`), by the same names.
+        Signature = 4 => "signature",
+        AlgNotAllowed = 5 => "alg_not_allowed",
+        KeySelection = 6 => "key_selection",
+        Expired = 7 => "expired",
+        NotYetValid = 8 => "not_yet_valid",
+        Audience = 9 => "audience",
+        Issuer = 10 => "issuer",
+        MissingClaim = 11 => "missing_claim",
+        Malformed = 12 => "malformed",
+        UnsupportedCrit = 13 => "unsupported_crit",
+        TooLarge = 14 => "too_large",
+    }
+}
+
+reasons! {
+    /// `authz`: the rules do not allow the request (403).
+    AuthzReason {
+        NoRuleMatched = 0 => "no_rule_matched",
+        DenyRule = 1 => "deny_rule",
+    }
+}
+
+reasons! {
+    /// `ratelimit` (429).
+    RateLimitReason {
+        OverLimit = 0 => "over_limit",
+    }
+}
+
+reasons! {
+    /// `waf`: the body could not be given to the rules, the engine failed, or the rules blocked
+    /// (named by the rule group of the rule that did: the CRS rule file's family).
+    WafReason {
+        BodyUnreadable = 0 => "body_unreadable",
+        BodyTooLarge = 1 => "body_too_large",
+        BodyEncoding = 2 => "body_encoding",
+        EngineError = 3 => "engine_error",
+        ResponseTooLarge = 4 => "response_too_large",
+        ResponseUnreadable = 5 => "response_unreadable",
+        ResponseEncoding = 6 => "response_encoding",
+        MethodEnforcement = 7 => "method-enforcement",
+        ScannerDetection = 8 => "scanner-detection",
+        ProtocolEnforcement = 9 => "protocol-enforcement",
+        ProtocolAttack = 10 => "protocol-attack",
+        MultipartAttack = 11 => "multipart-attack",
+        Lfi = 12 => "lfi",
+        Rfi = 13 => "rfi",
+        Rce = 14 => "rce",
+        Php = 15 => "php",
+        Generic = 16 => "generic",
+        Xss = 17 => "xss",
+        Sqli = 18 => "sqli",
+        SessionFixation = 19 => "session-fixation",
+        Java = 20 => "java",
+        BlockingEvaluation = 21 => "blocking-evaluation",
+        DataLeakage = 22 => "data-leakage",
+        DataLeakageSql = 23 => "data-leakage-sql",
+        DataLeakageJava = 24 => "data-leakage-java",
+        DataLeakagePhp = 25 => "data-leakage-php",
+        DataLeakageIis = 26 => "data-leakage-iis",
+        WebShell = 27 => "web-shell",
+        DataLeakageRuby = 28 => "data-leakage-ruby",
+        /// A rule outside the CRS families (a policy's own rules).
+        Other = 29 => "other",
+        /// The request body could not be parsed (the WAF crate's body check).
+        RequestBodyError = 30 => "request-body-error",
+        /// A multipart body failed strict validation.
+        MultipartStrictError = 31 => "multipart-strict-error",
+    }
+}
+
+reasons! {
+    /// `dlp`: sensitive data a `Block` detector matched, or a body the scanner cannot read.
+    DlpReason {
+        Blocked = 0 => "blocked",
+        UnsupportedEncoding = 1 => "unsupported_encoding",
+        TooLarge = 2 => "too_large",
+        Unreadable = 3 => "unreadable",
+        /// A match only the JSON-decoded body shows (it cannot be masked where it stands).
+        EncodedMatch = 4 => "encoded_match",
+    }
+}
+
+reasons! {
+    /// `mtls`: the tunnel refused a connection or stream.
+    MtlsReason {
+        /// Not TLS at all.
+        Plaintext = 0 => "plaintext",
+        NoClientCertificate = 1 => "no_client_certificate",
+        /// Signed by a CA the node does not trust.
+        UnknownCa = 2 => "unknown_ca",
+        /// Expired or not yet valid.
+        CertificateExpired = 3 => "certificate_expired",
+        BadCertificate = 4 => "bad_certificate",
+        /// Not TLS 1.3.
+        ProtocolVersion = 5 => "protocol_version",
+        /// Another handshake failure (or the client gave up).
+        HandshakeFailed = 6 => "handshake_failed",
+        /// The certificate has no valid SPIFFE ID, or one of another trust domain.
+        NotSpiffe = 7 => "not_spiffe",
+        /// Policy does not allow this peer to reach this destination.
+        PrincipalNotAllowed = 8 => "principal_not_allowed",
+        /// The peer's SPIFFE ID is not the identity of the source address it claims.
+        SourceMismatch = 9 => "source_identity_mismatch",
+        /// The destination is not a local workload that takes mTLS on this port.
+        NoRoute = 10 => "no_mtls_route",
+        /// Not a well-formed CONNECT.
+        BadRequest = 11 => "bad_request",
+        /// The destination did not accept the connection.
+        UpstreamUnreachable = 12 => "upstream_unreachable",
+    }
+}
+
+reasons! {
+    /// The source's side: a redirected flow that could not be tunnelled (reported under the
+    /// `mtls` filter, counted in `rampart_proxy_outbound_errors_total`).
+    OutboundReason {
+        /// The source address is not a local workload.
+        UnknownSource = 0 => "unknown_source",
+        /// The destination is not a known workload with a node address.
+        UnknownDestination = 1 => "unknown_destination",
+        Certificate = 2 => "certificate",
+        /// The destination node refused or could not be reached.
+        Tunnel = 3 => "tunnel",
+    }
+}
+
+reasons! {
+    /// `ingress`: a flow from outside the cluster refused.
+    IngressReason {
+        /// The port takes TLS and the client spoke something else.
+        Plaintext = 0 => "plaintext",
+        /// The TLS handshake failed or timed out.
+        TlsHandshakeFailed = 1 => "tls_handshake_failed",
+        /// The pod did not accept the connection.
+        UpstreamUnreachable = 2 => "upstream_unreachable",
+        /// The policy in force no longer opens the port to outside clients.
+        NoRoute = 3 => "no_route",
+    }
+}
+
+/// Why the proxy refused a flow, a request or a response: the namespace (the refusing filter,
+/// the `filter` label) and the reason within it. Namespaces and codes are append-only, like
+/// [`DropReason`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProxyReason {
+    Http(HttpReason),
+    Authn(AuthnReason),
+    Authz(AuthzReason),
+    RateLimit(RateLimitReason),
+    Waf(WafReason),
+    Dlp(DlpReason),
+    Mtls(MtlsReason),
+    Outbound(OutboundReason),
+    Ingress(IngressReason),
+}
+
+impl From<HttpReason> for ProxyReason {
+    fn from(reason: HttpReason) -> ProxyReason {
+        ProxyReason::Http(reason)
+    }
+}
+
+impl From<AuthnReason> for ProxyReason {
+    fn from(reason: AuthnReason) -> ProxyReason {
+        ProxyReason::Authn(reason)
+    }
+}
+
+impl From<AuthzReason> for ProxyReason {
+    fn from(reason: AuthzReason) -> ProxyReason {
+        ProxyReason::Authz(reason)
+    }
+}
+
+impl From<RateLimitReason> for ProxyReason {
+    fn from(reason: RateLimitReason) -> ProxyReason {
+        ProxyReason::RateLimit(reason)
+    }
+}
+
+impl From<WafReason> for ProxyReason {
+    fn from(reason: WafReason) -> ProxyReason {
+        ProxyReason::Waf(reason)
+    }
+}
+
+impl From<DlpReason> for ProxyReason {
+    fn from(reason: DlpReason) -> ProxyReason {
+        ProxyReason::Dlp(reason)
+    }
+}
+
+impl From<MtlsReason> for ProxyReason {
+    fn from(reason: MtlsReason) -> ProxyReason {
+        ProxyReason::Mtls(reason)
+    }
+}
+
+impl From<OutboundReason> for ProxyReason {
+    fn from(reason: OutboundReason) -> ProxyReason {
+        ProxyReason::Outbound(reason)
+    }
+}
+
+impl From<IngressReason> for ProxyReason {
+    fn from(reason: IngressReason) -> ProxyReason {
+        ProxyReason::Ingress(reason)
+    }
+}
+
+impl ProxyReason {
+    /// The `filter` label: the namespace's name.
+    pub const fn filter(self) -> &'static str {
+        match self {
+            ProxyReason::Http(_) => "http",
+            ProxyReason::Authn(_) => "authn",
+            ProxyReason::Authz(_) => "authz",
+            ProxyReason::RateLimit(_) => "ratelimit",
+            ProxyReason::Waf(_) => "waf",
+            ProxyReason::Dlp(_) => "dlp",
+            ProxyReason::Mtls(_) | ProxyReason::Outbound(_) => "mtls",
+            ProxyReason::Ingress(_) => "ingress",
+        }
+    }
+
+    /// The `reason` label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyReason::Http(r) => r.name(),
+            ProxyReason::Authn(r) => r.name(),
+            ProxyReason::Authz(r) => r.name(),
+            ProxyReason::RateLimit(r) => r.name(),
+            ProxyReason::Waf(r) => r.name(),
+            ProxyReason::Dlp(r) => r.name(),
+            ProxyReason::Mtls(r) => r.name(),
+            ProxyReason::Outbound(r) => r.name(),
+            ProxyReason::Ingress(r) => r.name(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
+
+    /// Every namespace's codes are dense from 0 (append-only: a new reason takes the next) and
+    /// its labels are distinct and non-empty.
+    #[test]
+    fn proxy_reason_namespaces_are_dense_and_distinctly_named() {
+        fn check(codes: &[(u8, &'static str)]) {
+            for (i, (code, name)) in codes.iter().enumerate() {
+                assert_eq!(
+                    *code as usize, i,
+                    "{name}: the table is append-only and dense"
+                );
+                assert!(!name.is_empty());
+                assert!(
+                    codes[..i].iter().all(|(_, other)| other != name),
+                    "{name} twice"
+                );
+            }
+        }
+        macro_rules! codes {
+            ($t:ty) => {
+                &<$t>::ALL
+                    .iter()
+                    .map(|r| (*r as u8, r.name()))
+                    .collect::<std::vec::Vec<_>>()
+            };
+        }
+        check(codes!(HttpReason));
+        check(codes!(AuthnReason));
+        check(codes!(AuthzReason));
+        check(codes!(RateLimitReason));
+        check(codes!(WafReason));
+        check(codes!(DlpReason));
+        check(codes!(MtlsReason));
+        check(codes!(OutboundReason));
+        check(codes!(IngressReason));
+        assert_eq!(ProxyReason::Waf(WafReason::Sqli).filter(), "waf");
+        assert_eq!(
+            ProxyReason::Outbound(OutboundReason::Tunnel).filter(),
+            "mtls"
+        );
+        assert_eq!(
+            ProxyReason::Authn(AuthnReason::KeySelection).name(),
+            "key_selection"
+        );
+    }
 
     #[test]
     fn codes_are_dense_and_named() {

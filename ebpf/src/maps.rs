@@ -21,10 +21,10 @@ use rampart_common::reason::DropReason;
 /// LPM tries must be created without preallocation.
 const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
-#[map(name = "DROP_STATS_V1")]
+#[map(name = "DROP_STATS_V2")]
 pub static DROP_STATS: PerCpuArray<HookCounter> =
     PerCpuArray::with_max_entries(DropReason::SLOTS * 2, 0);
-#[map(name = "AUDIT_STATS_V1")]
+#[map(name = "AUDIT_STATS_V2")]
 pub static AUDIT_STATS: PerCpuArray<HookCounter> =
     PerCpuArray::with_max_entries(DropReason::SLOTS * 2, 0);
 #[map(name = "FWD_STATS_V1")]

@@ -10,6 +10,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use libc::{c_char, c_void};
+use rampart_common::reason::WafReason;
 
 use crate::config::{CrsLayout, ExtraRules, Profile};
 use crate::matches::RuleMatch;
@@ -61,7 +62,7 @@ impl Evaluation {
     /// (a body that could not be parsed is `request-body-error`, whatever else matched before);
     /// else of the most severe matched detection rule, the first of equals (`other` when none):
     /// a critical SQL injection names the request, not a warning about its Host.
-    pub fn group(&self) -> &'static str {
+    pub fn group(&self) -> WafReason {
         let detections = || {
             self.matched
                 .iter()
@@ -72,7 +73,7 @@ impl Evaluation {
         }
         detections()
             .min_by_key(|m| m.severity.unwrap_or(u8::MAX))
-            .map_or("other", RuleMatch::group)
+            .map_or(WafReason::Other, RuleMatch::group)
     }
 }
 

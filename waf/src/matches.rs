@@ -3,6 +3,8 @@
 //! [severity "2"] [tag "attack-sqli"] ...`), parsed into the fields the proxy reports. The
 //! line is the library's only C-API view of a match (`RuleMessage` is C++).
 
+use rampart_common::reason::WafReason;
+
 use crate::config;
 
 /// One rule that matched.
@@ -39,7 +41,7 @@ impl RuleMatch {
     }
 
     /// The CRS rule group of the id (its rule file's family), a bounded metric label.
-    pub fn group(&self) -> &'static str {
+    pub fn group(&self) -> WafReason {
         rule_group(self.id)
     }
 }
@@ -47,39 +49,39 @@ impl RuleMatch {
 /// The rule group of a rule id: this crate's request body checks by name (a body that could
 /// not be parsed, a multipart body failing strict validation); a CRS rule by the family of its
 /// rule file (`REQUEST-942-...-SQLI` is `sqli`); `other` for the rest (a policy's own rules).
-pub fn rule_group(id: u32) -> &'static str {
+pub fn rule_group(id: u32) -> WafReason {
     match id {
-        config::REQUEST_BODY_ERROR_RULE_ID => return "request-body-error",
+        config::REQUEST_BODY_ERROR_RULE_ID => return WafReason::RequestBodyError,
         config::MULTIPART_STRICT_RULE_ID | config::MULTIPART_BOUNDARY_RULE_ID => {
-            return "multipart-strict-error";
+            return WafReason::MultipartStrictError;
         }
         _ => {}
     }
     match id / 1000 {
-        911 => "method-enforcement",
-        913 => "scanner-detection",
-        920 => "protocol-enforcement",
-        921 => "protocol-attack",
-        922 => "multipart-attack",
-        930 => "lfi",
-        931 => "rfi",
-        932 => "rce",
-        933 => "php",
-        934 => "generic",
-        941 => "xss",
-        942 => "sqli",
-        943 => "session-fixation",
-        944 => "java",
-        949 => "blocking-evaluation",
-        950 => "data-leakage",
-        951 => "data-leakage-sql",
-        952 => "data-leakage-java",
-        953 => "data-leakage-php",
-        954 => "data-leakage-iis",
-        955 => "web-shell",
-        956 => "data-leakage-ruby",
-        959 => "blocking-evaluation",
-        _ => "other",
+        911 => WafReason::MethodEnforcement,
+        913 => WafReason::ScannerDetection,
+        920 => WafReason::ProtocolEnforcement,
+        921 => WafReason::ProtocolAttack,
+        922 => WafReason::MultipartAttack,
+        930 => WafReason::Lfi,
+        931 => WafReason::Rfi,
+        932 => WafReason::Rce,
+        933 => WafReason::Php,
+        934 => WafReason::Generic,
+        941 => WafReason::Xss,
+        942 => WafReason::Sqli,
+        943 => WafReason::SessionFixation,
+        944 => WafReason::Java,
+        949 => WafReason::BlockingEvaluation,
+        950 => WafReason::DataLeakage,
+        951 => WafReason::DataLeakageSql,
+        952 => WafReason::DataLeakageJava,
+        953 => WafReason::DataLeakagePhp,
+        954 => WafReason::DataLeakageIis,
+        955 => WafReason::WebShell,
+        956 => WafReason::DataLeakageRuby,
+        959 => WafReason::BlockingEvaluation,
+        _ => WafReason::Other,
     }
 }
 
@@ -129,7 +131,7 @@ mod tests {
             ["application-multi", "attack-sqli", "paranoia-level/1"]
         );
         assert!(!m.disruptive);
-        assert_eq!(m.group(), "sqli");
+        assert_eq!(m.group(), WafReason::Sqli);
         assert_eq!(m.total_score(), None);
     }
 
@@ -156,7 +158,7 @@ mod tests {
         }
         let quoted = RuleMatch::parse("[id \"12\"] [msg \"a \\\"q\\\"]\"]").expect("parses");
         assert_eq!(quoted.msg, "a \\\"q\\\"]");
-        assert_eq!(rule_group(12), "other");
+        assert_eq!(rule_group(12), WafReason::Other);
     }
 
     #[test]
@@ -167,9 +169,9 @@ mod tests {
             (10004, true, Some(2))
         );
         assert_eq!(refused.msg, "Failed to parse request body.");
-        assert_eq!(refused.group(), "request-body-error");
-        assert_eq!(rule_group(10005), "multipart-strict-error");
-        assert_eq!(rule_group(10006), "multipart-strict-error");
-        assert_eq!(rule_group(10001), "other");
+        assert_eq!(refused.group(), WafReason::RequestBodyError);
+        assert_eq!(rule_group(10005), WafReason::MultipartStrictError);
+        assert_eq!(rule_group(10006), WafReason::MultipartStrictError);
+        assert_eq!(rule_group(10001), WafReason::Other);
     }
 }

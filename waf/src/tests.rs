@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use rampart_common::reason::WafReason;
+
 use crate::{
     AuditLog, CrsLayout, Engine, Evaluation, ExtraRules, Profile, Request, Response, WafError,
 };
@@ -82,7 +84,7 @@ fn crs_blocks_attacks_and_passes_benign_requests() {
         sqli.matched.iter().any(|m| m.id == 949110 && m.disruptive),
         "{sqli:?}"
     );
-    assert_eq!(sqli.group(), "sqli");
+    assert_eq!(sqli.group(), WafReason::Sqli);
     // A numeric Host (a warning, 920350) does not name the request; the injection does.
     let numeric_host: &[(&[u8], &[u8])] = &[
         (b"Host", b"10.0.0.2:8080"),
@@ -99,7 +101,7 @@ fn crs_blocks_attacks_and_passes_benign_requests() {
         ),
     );
     assert!(both.rule_ids().contains(&920350), "{both:?}");
-    assert_eq!(both.group(), "sqli");
+    assert_eq!(both.group(), WafReason::Sqli);
 
     // In a form body.
     let mut headers = BROWSER.to_vec();
@@ -125,7 +127,7 @@ fn exclusions_threshold_and_extra_rules_change_the_verdict() {
     );
     let default = eval(&engine(&Profile::default()), &attack);
     assert!(
-        default.disruptive && default.group() == "xss",
+        default.disruptive && default.group() == WafReason::Xss,
         "{default:?}"
     );
     let lenient = Profile {
@@ -315,7 +317,7 @@ fn response_rules_block_a_leaked_sql_error_when_responses_are_inspected() {
     assert!(leaked.disruptive, "{leaked:?}");
     assert_eq!(leaked.status, 403);
     assert!(leaked.rule_ids().contains(&951230), "{leaked:?}");
-    assert_eq!(leaked.group(), "data-leakage-sql");
+    assert_eq!(leaked.group(), WafReason::DataLeakageSql);
     assert!(leaked.anomaly_score.is_some_and(|s| s >= 4), "{leaked:?}");
     let benign = respond(&inspecting, b"<html><body>order 42 shipped</body></html>").expect("open");
     assert!(
@@ -456,7 +458,7 @@ fn post_declaring(
 
 /// Refused by the request body check `id`, with 400, named by `group`.
 #[track_caller]
-fn assert_refused(e: &Evaluation, id: u32, group: &str) {
+fn assert_refused(e: &Evaluation, id: u32, group: WafReason) {
     assert!(e.disruptive, "{e:?}");
     assert_eq!(e.status, 400, "{e:?}");
     assert!(
@@ -479,7 +481,7 @@ fn a_json_body_with_nan_is_refused_as_unparsable() {
     // The parser stops at NaN: the injection after it was never an argument.
     let body = format!(r#"{{"a": NaN, "q": "{SQLI}"}}"#);
     let e = post(&engine, "application/json", body.as_bytes());
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
     // Without NaN the same injection is inspected, and blocked by CRS.
     let parsed = post(
         &engine,
@@ -487,7 +489,7 @@ fn a_json_body_with_nan_is_refused_as_unparsable() {
         format!(r#"{{"a": 1, "q": "{SQLI}"}}"#).as_bytes(),
     );
     assert!(
-        parsed.disruptive && parsed.status == 403 && parsed.group() == "sqli",
+        parsed.disruptive && parsed.status == 403 && parsed.group() == WafReason::Sqli,
         "{parsed:?}"
     );
 }
@@ -497,7 +499,7 @@ fn a_json_body_with_infinity_is_refused_as_unparsable() {
     let engine = engine(&Profile::default());
     let body = format!(r#"{{"a": Infinity, "q": "{SQLI}"}}"#);
     let e = post(&engine, "application/json; charset=utf-8", body.as_bytes());
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 #[test]
@@ -505,7 +507,7 @@ fn a_json_body_with_trailing_garbage_is_refused_as_unparsable() {
     let engine = engine(&Profile::default());
     let body = format!(r#"{{"a": 1}} {{"q": "{SQLI}"}}"#);
     let e = post(&engine, "application/json", body.as_bytes());
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 const MULTIPART: &str = "multipart/form-data; boundary=XyZ";
@@ -519,7 +521,7 @@ fn an_unterminated_multipart_body_is_refused() {
          Content-Disposition: form-data; name=\"b\"\r\n\r\n2\r\n"
     );
     let e = post(&engine, MULTIPART, body.as_bytes());
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 #[test]
@@ -533,7 +535,7 @@ fn a_multipart_content_type_with_two_boundaries_is_refused() {
         body.as_bytes(),
     );
     // "Multipart: Multiple boundary parameters in C-T.": a parse error (and a strict one).
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 #[test]
@@ -543,7 +545,7 @@ fn a_multipart_body_failing_strict_validation_is_refused() {
     let body =
         "preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ--\r\n";
     let e = post(&engine, MULTIPART, body.as_bytes());
-    assert_refused(&e, 10005, "multipart-strict-error");
+    assert_refused(&e, 10005, WafReason::MultipartStrictError);
 }
 
 #[test]
@@ -556,11 +558,11 @@ fn a_malformed_xml_body_is_refused() {
     assert_refused(
         &post(&engine, "application/xml", mismatched),
         10004,
-        "request-body-error",
+        WafReason::RequestBodyError,
     );
     let unclosed = format!("<order><q>{SQLI}</q>");
     let e = post(&engine, "text/xml", unclosed.as_bytes());
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 #[test]
@@ -576,7 +578,7 @@ fn a_malformed_urlencoded_body_is_not_a_body_error_and_is_still_inspected() {
     );
     assert!(e.disruptive && e.status == 403, "{e:?}");
     assert!(!e.rule_ids().contains(&10004), "{e:?}");
-    assert_eq!(e.group(), "sqli", "{e:?}");
+    assert_eq!(e.group(), WafReason::Sqli, "{e:?}");
 }
 
 #[test]
@@ -628,7 +630,7 @@ fn a_json_body_cut_at_the_limit_is_judged_on_its_prefix() {
     assert_passes(&post(&engine, "application/json", whole.as_bytes()));
     // A chunked body cut by the caller cannot be told from a whole body that ends early.
     let unknown = post_declaring(&engine, "application/json", prefix, None);
-    assert_refused(&unknown, 10004, "request-body-error");
+    assert_refused(&unknown, 10004, WafReason::RequestBodyError);
     // Nor can a chunked one that also declares a length (Transfer-Encoding overrides it).
     let mut both: Vec<(&[u8], &[u8])> = BROWSER.to_vec();
     let declared = whole.len().to_string();
@@ -638,12 +640,12 @@ fn a_json_body_cut_at_the_limit_is_judged_on_its_prefix() {
         (b"Transfer-Encoding", b"chunked"),
     ]);
     let lying = eval(&engine, &request("POST", "/api/orders", &both, prefix));
-    assert_refused(&lying, 10004, "request-body-error");
+    assert_refused(&lying, 10004, WafReason::RequestBodyError);
     // A body of exactly the limit that ends early, and says so, is refused.
     assert_refused(
         &post(&engine, "application/json", prefix),
         10004,
-        "request-body-error",
+        WafReason::RequestBodyError,
     );
 
     // The values before the cut are inspected.
@@ -658,7 +660,7 @@ fn a_json_body_cut_at_the_limit_is_judged_on_its_prefix() {
         Some(attack.len()),
     );
     assert!(
-        e.disruptive && e.status == 403 && e.group() == "sqli",
+        e.disruptive && e.status == 403 && e.group() == WafReason::Sqli,
         "{e:?}"
     );
     // Any error other than the cut end still refuses the body.
@@ -672,7 +674,7 @@ fn a_json_body_cut_at_the_limit_is_judged_on_its_prefix() {
         &nan.as_bytes()[..LIMIT],
         Some(nan.len()),
     );
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
     // So does a cut inside a literal (`tr|ue`): yajl reports it as a lexical error, which
     // could as well be one before the cut. Refused: fails closed.
     let flags = format!("[{}]", vec!["true"; 200].join(","));
@@ -685,7 +687,7 @@ fn a_json_body_cut_at_the_limit_is_judged_on_its_prefix() {
         &padded.as_bytes()[..LIMIT],
         Some(padded.len()),
     );
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
 }
 
 #[test]
@@ -709,7 +711,7 @@ fn a_body_error_is_named_by_its_check_whatever_matched_before() {
             .any(|m| m.id == 913100 && m.severity == Some(2)),
         "{e:?}"
     );
-    assert_refused(&e, 10004, "request-body-error");
+    assert_refused(&e, 10004, WafReason::RequestBodyError);
     // A profile may still remove the check by id, as any rule.
     let without = self::engine(&Profile {
         exclude_ids: vec![10004],

@@ -173,6 +173,19 @@ impl Datapath {
             for name in maps::ALL {
                 loader.map_pin_path(name, pins.map(name));
             }
+            // Counters of an earlier layout: the programs no longer write them.
+            for name in maps::RETIRED {
+                match std::fs::remove_file(pins.map(name)) {
+                    Ok(()) => tracing::info!(map = name, "removed the pin of a retired map"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(DatapathError::Unpin {
+                            path: pins.map(name).display().to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
         }
         // RAMPART_VERIFIER_LOG=1: the verifier's full log in load errors (debugging the programs).
         if std::env::var_os("RAMPART_VERIFIER_LOG").is_some() {

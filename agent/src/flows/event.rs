@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rampart_common::reason::ProxyReason;
+
 use super::record::HttpAccess;
 
 /// Which side of the proxy refused a flow.
@@ -19,12 +21,9 @@ pub enum ProxySide {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyEvent {
     pub side: ProxySide,
-    /// The filter that decided (`mtls` for the tunnel's own checks; `authn`, `authz`,
-    /// `ratelimit`; empty for an HTTP request every filter passed).
-    pub filter: &'static str,
-    /// The reason's metric label (`DenyReason::name`, `OutboundError::name`, an L7 reason);
-    /// empty when the request passed.
-    pub reason: &'static str,
+    /// Why it was refused (its namespace names the filter); `None` for an HTTP request every
+    /// filter passed.
+    pub refused: Option<ProxyReason>,
     /// An HTTP request the L7 filters judged (passed or refused).
     pub http: Option<Box<HttpAccess>>,
     /// The peer's SPIFFE ID, once the handshake showed it.

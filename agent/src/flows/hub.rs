@@ -208,8 +208,8 @@ fn proxy_record(names: &FlowNames, node: &str, e: &ProxyEvent, unix_ns: i128) ->
         protocol: "tcp".into(),
         src,
         dst,
-        verdict: if e.reason.is_empty() { "allow" } else { "deny" }.into(),
-        drop_reason: (!e.reason.is_empty()).then(|| e.reason.to_owned()),
+        verdict: if e.refused.is_some() { "deny" } else { "allow" }.into(),
+        drop_reason: e.refused.map(|r| r.name().to_owned()),
         decided_by: DecidedBy::MeshPolicy,
         policy: None,
         mesh_policies,
@@ -220,7 +220,7 @@ fn proxy_record(names: &FlowNames, node: &str, e: &ProxyEvent, unix_ns: i128) ->
                 ProxySide::Inbound => "inbound".into(),
                 ProxySide::Outbound => "outbound".into(),
             },
-            filter: e.filter.into(),
+            filter: e.refused.map_or("", |r| r.filter()).into(),
             peer_spiffe_id: e.peer.clone(),
         }),
         http: e.http.as_deref().cloned(),
@@ -259,6 +259,7 @@ fn rfc3339(unix_ns: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rampart_common::reason::MtlsReason;
 
     fn event(verdict: Verdict, reason: DropReason, cookie: u32) -> FlowEvent {
         let mut daddr = [0u8; 16];
@@ -315,9 +316,8 @@ mod tests {
         assert_eq!(recent.len(), 1);
         hub.publish_proxy(&ProxyEvent {
             side: ProxySide::Inbound,
-            filter: "mtls",
             http: None,
-            reason: "principal_not_allowed",
+            refused: Some(MtlsReason::PrincipalNotAllowed.into()),
             peer: Some("spiffe://cluster.local/ns/a/sa/b".into()),
             source: Some("10.0.1.2:4000".parse().expect("addr")),
             destination: Some("10.0.0.5:80".parse().expect("addr")),

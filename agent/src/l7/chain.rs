@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, StatusCode};
-use rampart_l7::jwt::Claims;
+use rampart_common::reason::{AuthnReason, AuthzReason, RateLimitReason};
+use rampart_l7::jwt::{Claims, RejectReason};
 use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 
 use super::context::{Denial, Passed, Peer, Principal};
@@ -44,8 +45,6 @@ fn now_s() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // authn
 
-const AUTHN: &str = "authn";
-
 /// `AnyOf` (default): the first provider whose credential verifies authenticates the request.
 /// `AllOf`: every provider must. No credential anywhere: 401 `missing_credentials` (or anonymous
 /// with `allowMissing`). A credential that fails: 401 with the verifier's reason, never a pass,
@@ -57,7 +56,7 @@ fn authenticate(
     now: u64,
     passed: &mut Passed,
 ) -> Result<(), Denial> {
-    let mut first_failure: Option<&'static str> = None;
+    let mut first_failure: Option<AuthnReason> = None;
     let mut any_sent = false;
     for (index, provider) in authn.providers.iter().enumerate() {
         let jwt = route.jwt.get(index).and_then(Option::as_ref);
@@ -74,10 +73,12 @@ fn authenticate(
                     break;
                 }
             }
-            Attempt::Ambiguous => return Err(unauthorized("ambiguous_credentials", true)),
+            Attempt::Ambiguous => {
+                return Err(unauthorized(AuthnReason::AmbiguousCredentials, true));
+            }
             Attempt::Absent => {
                 if authn.require_all && !authn.allow_missing {
-                    first_failure.get_or_insert("missing_credentials");
+                    first_failure.get_or_insert(AuthnReason::MissingCredentials);
                 }
             }
         }
@@ -87,13 +88,13 @@ fn authenticate(
     match first_failure {
         Some(reason) => Err(unauthorized(reason, any_sent)),
         None if authn.require_all || authn.allow_missing => Ok(()),
-        None => Err(unauthorized("missing_credentials", false)),
+        None => Err(unauthorized(AuthnReason::MissingCredentials, false)),
     }
 }
 
 enum Attempt {
     Authenticated,
-    Failed(&'static str),
+    Failed(AuthnReason),
     Ambiguous,
     Absent,
 }
@@ -121,7 +122,7 @@ fn try_provider(
                 let Some((state, keys)) =
                     jwt_state.and_then(|state| Some((state, state.keys.current()?)))
                 else {
-                    failure.get_or_insert("jwks_unavailable");
+                    failure.get_or_insert(AuthnReason::JwksUnavailable);
                     continue;
                 };
                 let verified = state.cache.verify(&p.config, &keys, &credential, now);
@@ -132,7 +133,7 @@ fn try_provider(
                     }
                     Err(rejection) => {
                         tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
-                        failure.get_or_insert(rejection.reason.as_str());
+                        failure.get_or_insert(authn_reason(rejection.reason));
                     }
                 }
             }
@@ -143,7 +144,7 @@ fn try_provider(
                 }
                 None => {
                     tracing::debug!(provider = %p.name, "authn: unknown API key");
-                    failure.get_or_insert("invalid_api_key");
+                    failure.get_or_insert(AuthnReason::InvalidApiKey);
                 }
             },
         }
@@ -179,7 +180,24 @@ fn accept_jwt(provider: &JwtProviderModel, claims: Claims, passed: &mut Passed) 
     });
 }
 
-fn unauthorized(reason: &'static str, token_was_sent: bool) -> Denial {
+/// The authn namespace's name of the JWT verifier's reason.
+fn authn_reason(reason: RejectReason) -> AuthnReason {
+    match reason {
+        RejectReason::Signature => AuthnReason::Signature,
+        RejectReason::AlgNotAllowed => AuthnReason::AlgNotAllowed,
+        RejectReason::KeySelection => AuthnReason::KeySelection,
+        RejectReason::Expired => AuthnReason::Expired,
+        RejectReason::NotYetValid => AuthnReason::NotYetValid,
+        RejectReason::Audience => AuthnReason::Audience,
+        RejectReason::Issuer => AuthnReason::Issuer,
+        RejectReason::MissingClaim => AuthnReason::MissingClaim,
+        RejectReason::Malformed => AuthnReason::Malformed,
+        RejectReason::UnsupportedCrit => AuthnReason::UnsupportedCrit,
+        RejectReason::TooLarge => AuthnReason::TooLarge,
+    }
+}
+
+fn unauthorized(reason: AuthnReason, token_was_sent: bool) -> Denial {
     // RFC 6750 §3: no error code when no credentials were sent.
     let challenge = if token_was_sent {
         r#"Bearer realm="rampart", error="invalid_token""#
@@ -187,8 +205,7 @@ fn unauthorized(reason: &'static str, token_was_sent: bool) -> Denial {
         r#"Bearer realm="rampart""#
     };
     Denial {
-        filter: AUTHN,
-        reason,
+        reason: reason.into(),
         status: StatusCode::UNAUTHORIZED,
         headers: vec![(
             header::WWW_AUTHENTICATE,
@@ -310,8 +327,6 @@ pub fn strip_credentials(parts: &mut Parts, sources: &[TokenSource]) {
 // ---------------------------------------------------------------------------------------------
 // authz
 
-const AUTHZ: &str = "authz";
-
 /// Explicit deny wins; otherwise an allow must match, unless there are no rules at all.
 fn authorize(
     rules: &[HttpRuleModel],
@@ -327,22 +342,17 @@ fn authorize(
             .any(|r| rule_matches(r, parts, peer, principal, client))
     };
     if matching(RuleAction::Deny) {
-        return Err(forbidden("deny_rule"));
+        return Err(forbidden(AuthzReason::DenyRule));
     }
     if rules.is_empty() || matching(RuleAction::Allow) {
         Ok(())
     } else {
-        Err(forbidden("no_rule_matched"))
+        Err(forbidden(AuthzReason::NoRuleMatched))
     }
 }
 
-fn forbidden(reason: &'static str) -> Denial {
-    Denial {
-        filter: AUTHZ,
-        reason,
-        status: StatusCode::FORBIDDEN,
-        headers: Vec::new(),
-    }
+fn forbidden(reason: AuthzReason) -> Denial {
+    Denial::new(reason, StatusCode::FORBIDDEN)
 }
 
 fn rule_matches(
@@ -421,8 +431,6 @@ fn path_matches(pattern: &PathMatch, path: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // ratelimit
 
-const RATELIMIT: &str = "ratelimit";
-
 fn rate_limit(
     route: &HttpRoute,
     parts: &Parts,
@@ -475,8 +483,7 @@ fn rate_limit(
                 HeaderValue::from_static("true"),
             ));
             Err(Denial {
-                filter: RATELIMIT,
-                reason: "over_limit",
+                reason: RateLimitReason::OverLimit.into(),
                 status: StatusCode::TOO_MANY_REQUESTS,
                 headers,
             })

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use hyper::StatusCode;
 use hyper::header::{HeaderName, HeaderValue};
+use rampart_common::reason::ProxyReason;
 use rampart_l7::jwt::Claims;
 
 use crate::policy::http::TokenSource;
@@ -29,13 +30,23 @@ pub struct Principal {
     pub claims: Claims,
 }
 
-/// A refusal: what the client gets and why.
+/// A refusal: what the client gets and why (the reason's namespace is the refusing filter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    pub filter: &'static str,
-    pub reason: &'static str,
+    pub reason: ProxyReason,
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Denial {
+    /// A refusal answered with `status` and no headers of its own.
+    pub fn new(reason: impl Into<ProxyReason>, status: StatusCode) -> Denial {
+        Denial {
+            reason: reason.into(),
+            status,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// What the chain decided for a request that passes: the principal, and the header changes to

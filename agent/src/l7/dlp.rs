@@ -19,14 +19,13 @@ use std::task::{Context, Poll};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Bytes, Frame};
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use rampart_common::reason::DlpReason;
 use rampart_l7::dlp::{Action, DlpSet, Released, StreamMasker};
 
 use super::L7Stats;
 use super::body::{BoxError, Decoder, Undecodable, UpstreamBody, decoder, json_content};
 use crate::policy::dlp::DlpModel;
 
-/// The filter's name (metric label, access log).
-pub const FILTER: &str = "dlp";
 /// The most a `Block`-mode response may hold.
 pub const BLOCK_MODE_LIMIT: usize = 4 << 20;
 
@@ -56,13 +55,13 @@ impl From<Undecodable> for Refusal {
 }
 
 impl Refusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> DlpReason {
         match self {
-            Refusal::Blocked => "blocked",
-            Refusal::Encoding => "unsupported_encoding",
-            Refusal::TooLarge => "too_large",
-            Refusal::Unreadable => "unreadable",
-            Refusal::EncodedMatch => "encoded_match",
+            Refusal::Blocked => DlpReason::Blocked,
+            Refusal::Encoding => DlpReason::UnsupportedEncoding,
+            Refusal::TooLarge => DlpReason::TooLarge,
+            Refusal::Unreadable => DlpReason::Unreadable,
+            Refusal::EncodedMatch => DlpReason::EncodedMatch,
         }
     }
 }
@@ -267,8 +266,8 @@ impl DlpBody {
             };
             // Before the head, the caller answers `502` and counts it.
             if self.sent {
-                self.stats.deny(FILTER, refusal.reason());
-                tracing::info!(reason = refusal.reason(), "dlp: response cut");
+                self.stats.deny(refusal.reason().into());
+                tracing::info!(reason = refusal.reason().name(), "dlp: response cut");
             }
             return Err(error);
         }
@@ -520,7 +519,7 @@ mod tests {
         };
         assert_eq!(cut, Refusal::EncodedMatch);
         assert!(!sent.is_empty() && sent.len() <= card_at, "{}", sent.len());
-        assert_eq!(stats.denials(), [((FILTER, "encoded_match"), 1)]);
+        assert_eq!(stats.denials(), [(("dlp", "encoded_match"), 1)]);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use rampart_l7::dlp::{Action, DlpSet, JsonFound, json};
 use super::L7Stats;
 use super::body::{UpstreamBody, whole_body};
 use super::context::Denial;
-use super::dlp::{FILTER, Refusal};
+use super::dlp::Refusal;
 use crate::policy::dlp::{DlpModel, RequestDlp};
 
 /// The metric's `direction` label.
@@ -227,8 +227,7 @@ pub async fn inspect(
 
 fn refusal(refusal: Refusal) -> Denial {
     Denial {
-        filter: FILTER,
-        reason: refusal.reason(),
+        reason: refusal.reason().into(),
         status: match refusal {
             Refusal::Blocked | Refusal::EncodedMatch => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -408,7 +407,7 @@ mod tests {
                 Err(denial) => {
                     assert!(refused, "{content_type}");
                     assert_eq!(
-                        (denial.status, denial.reason),
+                        (denial.status, denial.reason.name()),
                         (StatusCode::FORBIDDEN, "blocked")
                     );
                 }

@@ -34,17 +34,18 @@ use hyper::{Method, StatusCode, Uri, Version};
 
 use super::context::Denial;
 use crate::policy::http::EscapedSlashes;
-
-/// The filter name of these refusals (`rampart_proxy_denied_total{filter="http"}`).
-pub const FILTER: &str = "http";
+use rampart_common::reason::HttpReason;
 
 /// Makes the request what the filters and the pod will both see, or refuses it.
 pub fn request(parts: &mut Parts, escaped_slashes: EscapedSlashes) -> Result<(), Denial> {
     if parts.method == Method::CONNECT {
-        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "connect"));
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, HttpReason::Connect));
     }
     if !only_chunked(&parts.headers) {
-        return Err(refuse(StatusCode::NOT_IMPLEMENTED, "transfer_coding"));
+        return Err(refuse(
+            StatusCode::NOT_IMPLEMENTED,
+            HttpReason::TransferCoding,
+        ));
     }
     remove_hop_by_hop(&mut parts.headers);
     for name in PATH_OVERRIDES {
@@ -56,13 +57,13 @@ pub fn request(parts: &mut Parts, escaped_slashes: EscapedSlashes) -> Result<(),
         return Ok(());
     }
     if !path.starts_with('/') {
-        return Err(refuse(StatusCode::BAD_REQUEST, "bad_path"));
+        return Err(refuse(StatusCode::BAD_REQUEST, HttpReason::BadPath));
     }
     let normalized = normalize_path(path, escaped_slashes)
         .map_err(|reason| refuse(StatusCode::BAD_REQUEST, reason))?;
     if normalized != path {
         parts.uri = with_path(&parts.uri, &normalized)
-            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_path"))?;
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, HttpReason::BadPath))?;
     }
     Ok(())
 }
@@ -88,7 +89,7 @@ pub fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// (`502`); hop-by-hop headers are removed.
 pub fn response(headers: &mut HeaderMap) -> Result<(), Denial> {
     if !only_chunked(headers) {
-        return Err(refuse(StatusCode::BAD_GATEWAY, "transfer_coding"));
+        return Err(refuse(StatusCode::BAD_GATEWAY, HttpReason::TransferCoding));
     }
     remove_hop_by_hop(headers);
     Ok(())
@@ -100,13 +101,8 @@ pub fn hop_by_hop_only(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
 }
 
-fn refuse(status: StatusCode, reason: &'static str) -> Denial {
-    Denial {
-        filter: FILTER,
-        reason,
-        status,
-        headers: Vec::new(),
-    }
+fn refuse(status: StatusCode, reason: HttpReason) -> Denial {
+    Denial::new(reason, status)
 }
 
 /// Whether every `Transfer-Encoding` names only `chunked` (once).
@@ -209,7 +205,7 @@ fn check_host(parts: &Parts) -> Result<(), Denial> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let first: Option<&HeaderValue> = hosts.next();
     if hosts.next().is_some() {
-        return Err(refuse(StatusCode::BAD_REQUEST, "duplicate_host"));
+        return Err(refuse(StatusCode::BAD_REQUEST, HttpReason::DuplicateHost));
     }
     let header = match first {
         Some(value) => Some(
@@ -217,26 +213,26 @@ fn check_host(parts: &Parts) -> Result<(), Denial> {
                 .to_str()
                 .ok()
                 .and_then(host_key)
-                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_host"))?,
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, HttpReason::BadHost))?,
         ),
         None => None,
     };
     let authority = match parts.uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
-            return Err(refuse(StatusCode::BAD_REQUEST, "bad_host"));
+            return Err(refuse(StatusCode::BAD_REQUEST, HttpReason::BadHost));
         }
         Some(authority) => Some(
             host_key(authority.as_str())
-                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_host"))?,
+                .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, HttpReason::BadHost))?,
         ),
         None => None,
     };
     match (authority, header) {
         (Some(authority), Some(header)) if authority != header => {
-            Err(refuse(StatusCode::BAD_REQUEST, "host_mismatch"))
+            Err(refuse(StatusCode::BAD_REQUEST, HttpReason::HostMismatch))
         }
         (None, None) if parts.version == Version::HTTP_11 => {
-            Err(refuse(StatusCode::BAD_REQUEST, "missing_host"))
+            Err(refuse(StatusCode::BAD_REQUEST, HttpReason::MissingHost))
         }
         _ => Ok(()),
     }
@@ -248,7 +244,7 @@ fn unreserved(b: u8) -> bool {
 }
 
 /// The normalised form of an origin-form path, or why it is refused.
-pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, &'static str> {
+pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, HttpReason> {
     // Decode what is safe to decode; keep the rest escaped as sent. Bytes, not
     // chars: a path may carry UTF-8, which passes through untouched.
     let bytes = path.as_bytes();
@@ -257,19 +253,21 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
     while i < bytes.len() {
         let b = bytes[i];
         match b {
-            b'\\' => return Err("backslash"),
+            b'\\' => return Err(HttpReason::Backslash),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or("bad_percent_encoding")?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(HttpReason::BadPercentEncoding)?;
                 let value = std::str::from_utf8(hex)
                     .ok()
                     .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or("bad_percent_encoding")?;
+                    .ok_or(HttpReason::BadPercentEncoding)?;
                 match value {
-                    b'\\' => return Err("backslash"),
-                    0 => return Err("bad_percent_encoding"),
+                    b'\\' => return Err(HttpReason::Backslash),
+                    0 => return Err(HttpReason::BadPercentEncoding),
                     b'/' if escaped_slashes == EscapedSlashes::Reject => {
-                        return Err("escaped_slash");
+                        return Err(HttpReason::EscapedSlash);
                     }
                     v if unreserved(v) => decoded.push(v),
                     // Kept as sent (hex case too): the pod reads what the client wrote.
@@ -290,7 +288,7 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
     for segment in decoded.split(|&b| b == b'/').filter(|s| !s.is_empty()) {
         let bare = segment.split(|&b| b == b';').next().unwrap_or(segment);
         if segment.contains(&b';') && matches!(bare, b"." | b"..") {
-            return Err("dot_segment_parameter");
+            return Err(HttpReason::DotSegmentParameter);
         }
         // A kept `%2F` beside a dot segment is a traversal to an origin that decodes it.
         if escaped_slashes == EscapedSlashes::KeepUnchanged
@@ -299,7 +297,7 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
                 text.contains("%2F") && text.split("%2F").any(|p| p == "." || p == "..")
             })
         {
-            return Err("escaped_slash");
+            return Err(HttpReason::EscapedSlash);
         }
         ends_in_dot = matches!(segment, b"." | b"..");
         match segment {
@@ -319,7 +317,7 @@ pub fn normalize_path(path: &str, escaped_slashes: EscapedSlashes) -> Result<Str
         normalized.push(b'/');
     }
     // Only ASCII was decoded or rewritten, so what was UTF-8 still is.
-    String::from_utf8(normalized).map_err(|_| "bad_path")
+    String::from_utf8(normalized).map_err(|_| HttpReason::BadPath)
 }
 
 /// `uri` with its path replaced (query, scheme and authority kept).
@@ -338,7 +336,7 @@ mod tests {
     use super::*;
 
     fn norm(path: &str) -> Result<String, &'static str> {
-        normalize_path(path, EscapedSlashes::Reject)
+        normalize_path(path, EscapedSlashes::Reject).map_err(HttpReason::name)
     }
 
     #[test]
@@ -398,7 +396,7 @@ mod tests {
         ] {
             assert_eq!(
                 normalize_path(traversal, EscapedSlashes::KeepUnchanged),
-                Err("escaped_slash"),
+                Err(HttpReason::EscapedSlash),
                 "{traversal}"
             );
         }
@@ -436,7 +434,7 @@ mod tests {
             parts(hyper::Request::get("shop.example:443").header("host", "shop.example"));
         let denial = request(&mut relative, EscapedSlashes::Reject).expect_err("no slash");
         assert_eq!(
-            (denial.status, denial.reason),
+            (denial.status, denial.reason.name()),
             (StatusCode::BAD_REQUEST, "bad_path")
         );
         let mut connect = parts(hyper::Request::connect("shop.example:443"));
@@ -466,17 +464,20 @@ mod tests {
         );
         assert_eq!(
             check_host(&two).map_err(|d| d.reason),
-            Err("duplicate_host")
+            Err(HttpReason::DuplicateHost.into())
         );
         let absolute = parts(
             hyper::Request::get("http://admin.example/secret").header("host", "public.example"),
         );
         assert_eq!(
             check_host(&absolute).map_err(|d| d.reason),
-            Err("host_mismatch")
+            Err(HttpReason::HostMismatch.into())
         );
         let none = parts(hyper::Request::get("/"));
-        assert_eq!(check_host(&none).map_err(|d| d.reason), Err("missing_host"));
+        assert_eq!(
+            check_host(&none).map_err(|d| d.reason),
+            Err(HttpReason::MissingHost.into())
+        );
         let agree = parts(
             hyper::Request::get("http://Admin.Example./x").header("host", "admin.example:80"),
         );
@@ -508,9 +509,15 @@ mod tests {
         }
         let userinfo =
             parts(hyper::Request::get("http://u@admin.example/x").header("host", "admin.example"));
-        assert_eq!(check_host(&userinfo).map_err(|d| d.reason), Err("bad_host"));
+        assert_eq!(
+            check_host(&userinfo).map_err(|d| d.reason),
+            Err(HttpReason::BadHost.into())
+        );
         let odd_port = parts(hyper::Request::get("/").header("host", "admin.example:x"));
-        assert_eq!(check_host(&odd_port).map_err(|d| d.reason), Err("bad_host"));
+        assert_eq!(
+            check_host(&odd_port).map_err(|d| d.reason),
+            Err(HttpReason::BadHost.into())
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::flows::record::HttpAccess;
+use rampart_common::reason::{AuthnReason, ProxyReason};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, super::body::BoxError>;
 
@@ -396,7 +397,7 @@ fn log_access(
         waf_response_body: waf.and_then(|w| w.response_body).map(str::to_owned),
         waf_outbound_anomaly_score: waf.and_then(|w| w.outbound_score),
     };
-    let (filter, reason) = match outcome {
+    let refused = match outcome {
         Outcome::Passed(passed) => {
             if let Some(principal) = &passed.principal {
                 access.authn_method = Some("jwt".into());
@@ -415,17 +416,17 @@ fn log_access(
                 access.rate_limit_bucket = Some(bucket.clone());
                 access.rate_limit_remaining = Some(*remaining);
             }
-            ("", "")
+            None
         }
         Outcome::Denied(denial) => {
-            access.denied_by = Some(format!("{}:{}", denial.filter, denial.reason));
-            (denial.filter, denial.reason)
+            let reason = denial.reason;
+            access.denied_by = Some(format!("{}:{}", reason.filter(), reason.name()));
+            Some(reason)
         }
     };
     sink(&ProxyEvent {
         side: ProxySide::Inbound,
-        filter,
-        reason,
+        refused,
         http: Some(Box::new(access)),
         peer: peer.spiffe_id.as_ref().map(|id| id.as_str().to_owned()),
         source: Some(peer.source),
@@ -510,10 +511,10 @@ async fn admit(
     let (mut parts, body) = req.into_parts();
     // The filters and the pod must read the same request: normalised first, or refused.
     if let Err(denial) = super::normalize::request(&mut parts, route.model.escaped_slashes) {
-        stats.deny(denial.filter, denial.reason);
+        stats.deny(denial.reason);
         tracing::info!(
             policy = %route.policy,
-            reason = denial.reason,
+            reason = denial.reason.name(),
             source = %peer.source,
             method = %parts.method,
             path = parts.uri.path(),
@@ -525,7 +526,7 @@ async fn admit(
     // A token whose `kid` no key has may have been signed with a key the IdP just published:
     // re-fetch the remote sets (rate-limited per source) and judge the request once more.
     if let Err(denial) = &decision
-        && denial.reason == "key_selection"
+        && denial.reason == ProxyReason::Authn(AuthnReason::KeySelection)
     {
         let mut refreshed = false;
         for remote in route.remote_sources() {
@@ -540,11 +541,11 @@ async fn admit(
     let passed = match decision {
         Ok(passed) => passed,
         Err(denial) => {
-            stats.deny(denial.filter, denial.reason);
+            stats.deny(denial.reason);
             tracing::info!(
                 policy = %route.policy,
-                filter = denial.filter,
-                reason = denial.reason,
+                filter = denial.reason.filter(),
+                reason = denial.reason.name(),
                 source = %peer.source,
                 destination = %peer.destination,
                 method = %parts.method,
@@ -568,10 +569,10 @@ async fn admit(
             match judged {
                 Ok(body) => (body, Some(report), exchange),
                 Err(denial) => {
-                    stats.deny(denial.filter, denial.reason);
+                    stats.deny(denial.reason);
                     tracing::info!(
                         policy = %route.policy,
-                        reason = denial.reason,
+                        reason = denial.reason.name(),
                         rules = ?report.rule_ids,
                         score = ?report.anomaly_score,
                         source = %peer.source,
@@ -596,10 +597,10 @@ async fn admit(
             match super::dlp_request::inspect(dlp, requests, &mut parts, body, stats).await {
                 Ok(body) => body,
                 Err(denial) => {
-                    stats.deny(denial.filter, denial.reason);
+                    stats.deny(denial.reason);
                     tracing::info!(
                         policy = %route.policy,
-                        reason = denial.reason,
+                        reason = denial.reason.name(),
                         source = %peer.source,
                         method = %parts.method,
                         "dlp: request refused"
@@ -649,10 +650,10 @@ async fn filter_response(
         match judged {
             Ok(judged) => body = judged,
             Err(denial) => {
-                stats.deny(denial.filter, denial.reason);
+                stats.deny(denial.reason);
                 tracing::info!(
                     policy = %route.policy,
-                    reason = denial.reason,
+                    reason = denial.reason.name(),
                     rules = ?report.rule_ids,
                     score = ?report.outbound_score,
                     "waf: response denied"
@@ -672,12 +673,7 @@ async fn filter_response(
                         .boxed()
                 }
                 Err(refusal) => {
-                    let denial = Denial {
-                        filter: super::dlp::FILTER,
-                        reason: refusal.reason(),
-                        status: StatusCode::BAD_GATEWAY,
-                        headers: Vec::new(),
-                    };
+                    let denial = Denial::new(refusal.reason(), StatusCode::BAD_GATEWAY);
                     return Err(refuse_response(route, stats, denial));
                 }
             }
@@ -689,11 +685,11 @@ async fn filter_response(
 
 /// A refusal of the pod's response, counted and logged; the answer that replaces it.
 fn refuse_response(route: &HttpRoute, stats: &L7Stats, denial: Denial) -> (Response<Body>, Denial) {
-    stats.deny(denial.filter, denial.reason);
+    stats.deny(denial.reason);
     tracing::info!(
         policy = %route.policy,
-        filter = denial.filter,
-        reason = denial.reason,
+        filter = denial.reason.filter(),
+        reason = denial.reason.name(),
         "l7: the pod's response refused"
     );
     (local_response(&denial), denial)

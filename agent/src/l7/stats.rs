@@ -1,13 +1,15 @@
-//! Counters of the L7 filters: requests that passed, and denials by (filter, reason). The set of
-//! reasons is closed (filter names and `RejectReason`s), so the label set is bounded.
+//! Counters of the L7 filters: requests that passed, and denials by reason (the closed table
+//! of `rampart_common::reason::ProxyReason`, so the label set is bounded).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use rampart_common::reason::ProxyReason;
+
 #[derive(Debug, Default)]
 pub struct L7Stats {
-    denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    denied: Mutex<BTreeMap<ProxyReason, u64>>,
     /// WAF evaluations, and matches that block (or would, in Detect mode) by (policy, rule group,
     /// blocked).
     waf_evaluated: AtomicU64,
@@ -21,9 +23,9 @@ pub struct L7Stats {
 }
 
 impl L7Stats {
-    pub fn deny(&self, filter: &'static str, reason: &'static str) {
+    pub fn deny(&self, reason: ProxyReason) {
         let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
-        *denied.entry((filter, reason)).or_default() += 1;
+        *denied.entry(reason).or_default() += 1;
     }
 
     /// Counts one WAF evaluation of `policy`'s route (`block`: the route's mode).
@@ -38,7 +40,7 @@ impl L7Stats {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             *matched
-                .entry((policy.to_owned(), report.group, block))
+                .entry((policy.to_owned(), report.group.name(), block))
                 .or_default() += 1;
         }
     }
@@ -54,7 +56,7 @@ impl L7Stats {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             *matched
-                .entry((policy.to_owned(), group, block))
+                .entry((policy.to_owned(), group.name(), block))
                 .or_default() += 1;
         }
     }
@@ -104,10 +106,13 @@ impl L7Stats {
         self.shadow_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// ((filter, reason), count) of every denial seen.
+    /// ((filter, reason) labels, count) of every denial seen.
     pub fn denials(&self) -> Vec<((&'static str, &'static str), u64)> {
         let denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
-        denied.iter().map(|(k, v)| (*k, *v)).collect()
+        denied
+            .iter()
+            .map(|(reason, n)| ((reason.filter(), reason.name()), *n))
+            .collect()
     }
 
     pub fn forwarded_total(&self) -> u64 {

@@ -20,15 +20,13 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
 use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
+use rampart_common::reason::WafReason;
 use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
 use super::body::{PrefixedBody, Read, Undecodable, UpstreamBody, read_up_to, whole_body};
 use super::context::{Denial, Peer};
 use crate::policy::compile::Compiled;
 use crate::policy::waf::{OverLimit, WafModel};
-
-/// The filter's name (metric label, access log).
-pub const FILTER: &str = "waf";
 
 /// Engines by profile, over the CRS directory the agent was given (`--crs-dir`).
 #[derive(Debug)]
@@ -125,13 +123,13 @@ impl BodySeen {
 }
 
 /// What the filter found, for the access log and the counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WafReport {
     /// Rules matched by the request, then by its response.
     pub rule_ids: Vec<u32>,
     pub anomaly_score: Option<u32>,
     /// The rule group of the first matched detection rule.
-    pub group: &'static str,
+    pub group: WafReason,
     /// The rules would block (in Detect mode the request passed anyway).
     pub matched_block: bool,
     pub body: Option<&'static str>,
@@ -142,11 +140,26 @@ pub struct WafReport {
     pub outbound_score: Option<u32>,
 }
 
+impl Default for WafReport {
+    fn default() -> WafReport {
+        WafReport {
+            rule_ids: Vec::new(),
+            anomaly_score: None,
+            group: WafReason::Other,
+            matched_block: false,
+            body: None,
+            engine_error: false,
+            response_body: None,
+            outbound_score: None,
+        }
+    }
+}
+
 /// What the response rules found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseVerdict {
     /// The rule group of the leak, when the rules would block the response.
-    pub matched_block: Option<&'static str>,
+    pub matched_block: Option<WafReason>,
     pub engine_error: bool,
 }
 
@@ -260,16 +273,13 @@ async fn inspect_request(
     peer: &Peer,
 ) -> (Result<UpstreamBody, Denial>, WafReport, Option<Exchange>) {
     let model = &waf.model;
-    let mut report = WafReport {
-        group: "other",
-        ..WafReport::default()
-    };
+    let mut report = WafReport::default();
     let (seen, judged, forward) = if model.inspect_body {
         match read_up_to(body, model.profile.body_limit).await {
             Err(_) => {
                 report.body = Some(BodySeen::NotInspected.name());
                 return (
-                    Err(denial("body_unreadable", StatusCode::BAD_REQUEST)),
+                    Err(denial(WafReason::BodyUnreadable, StatusCode::BAD_REQUEST)),
                     report,
                     None,
                 );
@@ -281,7 +291,10 @@ async fn inspect_request(
                 OverLimit::Reject => {
                     report.body = Some(BodySeen::NotInspected.name());
                     return (
-                        Err(denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)),
+                        Err(denial(
+                            WafReason::BodyTooLarge,
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                        )),
                         report,
                         None,
                     );
@@ -311,7 +324,7 @@ async fn inspect_request(
     let judged = if encoded {
         if seen != BodySeen::Whole {
             report.body = Some(BodySeen::NotInspected.name());
-            let refusal = denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE);
+            let refusal = denial(WafReason::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE);
             return (Err(refusal), report, None);
         }
         match super::body::decode_for_inspection(&parts.headers, judged, model.profile.body_limit) {
@@ -320,12 +333,14 @@ async fn inspect_request(
                 report.body = Some(BodySeen::NotInspected.name());
                 let refusal = match reason {
                     Undecodable::TooLarge => {
-                        denial("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
+                        denial(WafReason::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE)
                     }
                     Undecodable::Encoding => {
-                        denial("body_encoding", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                        denial(WafReason::BodyEncoding, StatusCode::UNSUPPORTED_MEDIA_TYPE)
                     }
-                    Undecodable::Unreadable => denial("body_unreadable", StatusCode::BAD_REQUEST),
+                    Undecodable::Unreadable => {
+                        denial(WafReason::BodyUnreadable, StatusCode::BAD_REQUEST)
+                    }
                 };
                 return (Err(refusal), report, None);
             }
@@ -408,7 +423,10 @@ pub async fn inspect_response(
             Err(_) => {
                 report.response_body = Some(BodySeen::NotInspected.name());
                 return (
-                    Err(denial("response_unreadable", StatusCode::BAD_GATEWAY)),
+                    Err(denial(
+                        WafReason::ResponseUnreadable,
+                        StatusCode::BAD_GATEWAY,
+                    )),
                     verdict,
                 );
             }
@@ -419,7 +437,7 @@ pub async fn inspect_response(
             Ok(Read::Over(..)) if super::body::encoded(&head.headers) => {
                 report.response_body = Some(BodySeen::NotInspected.name());
                 return (
-                    Err(denial("response_too_large", StatusCode::BAD_GATEWAY)),
+                    Err(denial(WafReason::ResponseTooLarge, StatusCode::BAD_GATEWAY)),
                     verdict,
                 );
             }
@@ -427,7 +445,7 @@ pub async fn inspect_response(
                 OverLimit::Reject => {
                     report.response_body = Some(BodySeen::NotInspected.name());
                     return (
-                        Err(denial("response_too_large", StatusCode::BAD_GATEWAY)),
+                        Err(denial(WafReason::ResponseTooLarge, StatusCode::BAD_GATEWAY)),
                         verdict,
                     );
                 }
@@ -451,9 +469,9 @@ pub async fn inspect_response(
         Err(reason) => {
             report.response_body = Some(BodySeen::NotInspected.name());
             let reason = match reason {
-                Undecodable::TooLarge => "response_too_large",
-                Undecodable::Unreadable => "response_unreadable",
-                Undecodable::Encoding => "response_encoding",
+                Undecodable::TooLarge => WafReason::ResponseTooLarge,
+                Undecodable::Unreadable => WafReason::ResponseUnreadable,
+                Undecodable::Encoding => WafReason::ResponseEncoding,
             };
             return (Err(denial(reason, StatusCode::BAD_GATEWAY)), verdict);
         }
@@ -488,7 +506,10 @@ pub async fn inspect_response(
             verdict.engine_error = true;
             if model.block_on_error {
                 return (
-                    Err(denial("engine_error", StatusCode::SERVICE_UNAVAILABLE)),
+                    Err(denial(
+                        WafReason::EngineError,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )),
                     verdict,
                 );
             }
@@ -517,7 +538,10 @@ fn engine_failed(
 ) -> (Result<UpstreamBody, Denial>, WafReport) {
     if model.block_on_error {
         (
-            Err(denial("engine_error", StatusCode::SERVICE_UNAVAILABLE)),
+            Err(denial(
+                WafReason::EngineError,
+                StatusCode::SERVICE_UNAVAILABLE,
+            )),
             report,
         )
     } else {
@@ -525,13 +549,8 @@ fn engine_failed(
     }
 }
 
-fn denial(reason: &'static str, status: StatusCode) -> Denial {
-    Denial {
-        filter: FILTER,
-        reason,
-        status,
-        headers: Vec::new(),
-    }
+fn denial(reason: WafReason, status: StatusCode) -> Denial {
+    Denial::new(reason, status)
 }
 
 #[cfg(test)]

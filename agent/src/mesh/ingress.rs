@@ -17,6 +17,8 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use rampart_common::reason::IngressReason;
+
 use super::tunnel;
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::l7::context::Peer;
@@ -27,8 +29,6 @@ use crate::l7::{HttpRoute, L7Stats};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// The filter label of ingress refusals.
-pub const FILTER: &str = "ingress";
 
 /// One destination port's ingress, as the proxy runs it (built with each mesh table).
 #[derive(Debug)]
@@ -39,31 +39,6 @@ pub struct IngressRoute {
     pub tls: Option<Arc<ServerConfig>>,
     /// The port's L7 rules; `None`: bytes are relayed as they are.
     pub http: Option<Arc<HttpRoute>>,
-}
-
-/// Why an ingress flow was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngressRefusal {
-    /// The port takes TLS and the client spoke something else.
-    Plaintext,
-    /// The TLS handshake failed or timed out.
-    HandshakeFailed,
-    /// The pod did not accept the connection.
-    UpstreamUnreachable,
-    /// The policy in force no longer opens the port to outside clients (a request on a
-    /// connection accepted before the change).
-    NoRoute,
-}
-
-impl IngressRefusal {
-    pub fn name(self) -> &'static str {
-        match self {
-            IngressRefusal::Plaintext => "plaintext",
-            IngressRefusal::HandshakeFailed => "tls_handshake_failed",
-            IngressRefusal::UpstreamUnreachable => "upstream_unreachable",
-            IngressRefusal::NoRoute => "no_route",
-        }
-    }
 }
 
 /// What ingress flows share: counters, the flow log, the mark of connections to pods.
@@ -77,15 +52,15 @@ pub struct IngressContext {
 }
 
 impl IngressContext {
-    pub fn refuse(&self, reason: IngressRefusal, source: SocketAddr, destination: SocketAddr) {
-        self.l7.deny(FILTER, reason.name());
+    pub fn refuse(&self, reason: IngressReason, source: SocketAddr, destination: SocketAddr) {
+        self.l7.deny(reason.into());
         tracing::info!(%source, %destination, reason = reason.name(), "ingress: refused");
         if let Some(sink) = &self.events {
             sink(&ProxyEvent {
                 side: ProxySide::Inbound,
-                filter: FILTER,
+
                 http: None,
-                reason: reason.name(),
+                refused: Some(reason.into()),
                 peer: None,
                 source: Some(source),
                 destination: Some(destination),
@@ -113,7 +88,7 @@ pub async fn serve(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => {
-            return ctx.refuse(IngressRefusal::Plaintext, source, destination);
+            return ctx.refuse(IngressReason::Plaintext, source, destination);
         }
         // Closed or silent before a byte: nothing was asked.
         _ => return,
@@ -127,9 +102,9 @@ pub async fn serve(
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%source, error = %e, "ingress: TLS handshake failed");
-            return ctx.refuse(IngressRefusal::HandshakeFailed, source, destination);
+            return ctx.refuse(IngressReason::TlsHandshakeFailed, source, destination);
         }
-        Err(_) => return ctx.refuse(IngressRefusal::HandshakeFailed, source, destination),
+        Err(_) => return ctx.refuse(IngressReason::TlsHandshakeFailed, source, destination),
     };
     let server_name = stream.get_ref().1.server_name().map(str::to_owned);
     relay(
@@ -157,7 +132,7 @@ async fn connect_pod(
         }
         Err(e) => {
             tracing::debug!(%destination, error = %e, "ingress: pod unreachable");
-            ctx.refuse(IngressRefusal::UpstreamUnreachable, source, destination);
+            ctx.refuse(IngressReason::UpstreamUnreachable, source, destination);
             None
         }
     }

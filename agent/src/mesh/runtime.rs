@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
+use rampart_common::reason::{IngressReason, OutboundReason};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::MeshSettings;
@@ -29,37 +30,6 @@ const ROUTE_TABLE: &str = "21072";
 const RULE_PRIORITY: &str = "90";
 /// How often the CA files are checked for a rotated root.
 const CA_POLL: Duration = Duration::from_secs(2);
-
-/// Why an outbound (redirected) flow could not be tunnelled; the label of
-/// `rampart_proxy_outbound_errors_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundError {
-    /// The source address is not a local workload.
-    UnknownSource,
-    /// The destination is not a known workload with a node address.
-    UnknownDestination,
-    Certificate,
-    /// The destination node refused or could not be reached.
-    Tunnel,
-}
-
-impl OutboundError {
-    pub const ALL: [OutboundError; 4] = [
-        OutboundError::UnknownSource,
-        OutboundError::UnknownDestination,
-        OutboundError::Certificate,
-        OutboundError::Tunnel,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OutboundError::UnknownSource => "unknown_source",
-            OutboundError::UnknownDestination => "unknown_destination",
-            OutboundError::Certificate => "certificate",
-            OutboundError::Tunnel => "tunnel",
-        }
-    }
-}
 
 /// Certificates of the node and its workloads, issued from the trust domain's CA.
 struct Certs {
@@ -81,7 +51,7 @@ pub struct MeshRuntime {
     pub jwks: Arc<crate::l7::jwks::JwksRegistry>,
     /// WAF engines, one per profile the L7 rules use.
     pub wafs: Arc<crate::l7::waf::WafEngines>,
-    outbound_errors: [AtomicU64; OutboundError::ALL.len()],
+    outbound_errors: [AtomicU64; OutboundReason::ALL.len()],
     pub outbound_flows: AtomicU64,
     certs: Mutex<Certs>,
     node_cert: Arc<RotatingCert>,
@@ -189,19 +159,19 @@ impl MeshRuntime {
         &self.inbound.l7
     }
 
-    pub fn outbound_errors(&self, e: OutboundError) -> u64 {
+    pub fn outbound_errors(&self, e: OutboundReason) -> u64 {
         self.outbound_errors[e as usize].load(Ordering::Relaxed)
     }
 
     /// Counts an outbound failure of the flow `source` → `destination` and reports it.
-    fn fail(&self, e: OutboundError, source: SocketAddr, destination: SocketAddr) {
+    fn fail(&self, e: OutboundReason, source: SocketAddr, destination: SocketAddr) {
         self.outbound_errors[e as usize].fetch_add(1, Ordering::Relaxed);
         if let Some(sink) = &self.events {
             sink(&ProxyEvent {
                 side: ProxySide::Outbound,
-                filter: "mtls",
+
                 http: None,
-                reason: e.name(),
+                refused: Some(e.into()),
                 peer: None,
                 source: Some(source),
                 destination: Some(destination),
@@ -352,7 +322,7 @@ impl MeshRuntime {
                 Some(None) => RouteNow::NoRules,
                 None => {
                     this.ingress
-                        .refuse(super::ingress::IngressRefusal::NoRoute, source, original);
+                        .refuse(IngressReason::NoRoute, source, original);
                     RouteNow::Refused
                 }
             }
@@ -382,18 +352,18 @@ impl MeshRuntime {
             }
             let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
                 tracing::info!(%peer, %original, "proxy: source is not a local workload");
-                return self.fail(OutboundError::UnknownSource, peer, original);
+                return self.fail(OutboundReason::UnknownSource, peer, original);
             };
             let dst = table.workload(original.ip());
             let Some((host, node)) = dst.and_then(|d| Some((d.host_ip?, d.node.clone()?))) else {
                 tracing::info!(%peer, %original, "proxy: destination has no node address");
-                return self.fail(OutboundError::UnknownDestination, peer, original);
+                return self.fail(OutboundReason::UnknownDestination, peer, original);
             };
             let (Ok(src_id), Ok(server_id)) = (
                 SpiffeId::parse(&src.spiffe_id),
                 node_spiffe_id(&self.trust_domain, &node),
             ) else {
-                return self.fail(OutboundError::Certificate, peer, original);
+                return self.fail(OutboundReason::Certificate, peer, original);
             };
             (
                 src_id,
@@ -408,14 +378,14 @@ impl MeshRuntime {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(workload = %src_id, "proxy: no certificate: {e:#}");
-                return self.fail(OutboundError::Certificate, peer, original);
+                return self.fail(OutboundReason::Certificate, peer, original);
             }
         };
         let mut flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::info!(%peer, %original, tunnel = %tunnel_addr, "proxy: {e}");
-                return self.fail(OutboundError::Tunnel, peer, original);
+                return self.fail(OutboundReason::Tunnel, peer, original);
             }
         };
         self.outbound_flows.fetch_add(1, Ordering::Relaxed);

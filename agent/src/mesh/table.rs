@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::tunnel::{Authorize, DenyReason, FlowRequest};
+use super::tunnel::{Authorize, FlowRequest};
 use crate::policy::compile::{Compiled, MeshDestination, WorkloadAddr};
 use crate::policy::model::PrincipalsModel;
 use crate::spiffe::SpiffeId;
 use crate::view::View;
+use rampart_common::reason::MtlsReason;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
@@ -126,7 +127,7 @@ impl MeshTable {
     /// The inbound decision for one tunnelled flow: the destination is a local workload whose
     /// port takes mTLS, the peer is the workload at the source address it claims, and a policy
     /// of the route allows that principal.
-    pub fn check(&self, flow: &FlowRequest) -> Result<(), DenyReason> {
+    pub fn check(&self, flow: &FlowRequest) -> Result<(), MtlsReason> {
         self.authorize(flow).map(|_| ())
     }
 
@@ -134,22 +135,22 @@ impl MeshTable {
     pub fn authorize(
         &self,
         flow: &FlowRequest,
-    ) -> Result<Option<std::sync::Arc<crate::l7::HttpRoute>>, DenyReason> {
+    ) -> Result<Option<std::sync::Arc<crate::l7::HttpRoute>>, MtlsReason> {
         let dst = self
             .workload(flow.destination.ip())
             .filter(|w| w.local)
-            .ok_or(DenyReason::NoRoute)?;
+            .ok_or(MtlsReason::NoRoute)?;
         let route = self
             .destination(dst.identity, flow.destination.port())
-            .ok_or(DenyReason::NoRoute)?;
+            .ok_or(MtlsReason::NoRoute)?;
         let src = self
             .workload(flow.source.ip())
-            .ok_or(DenyReason::SourceMismatch)?;
+            .ok_or(MtlsReason::SourceMismatch)?;
         if src.spiffe_id != flow.peer.as_str() {
-            return Err(DenyReason::SourceMismatch);
+            return Err(MtlsReason::SourceMismatch);
         }
         if !principal_allowed(route, &flow.peer) {
-            return Err(DenyReason::PrincipalNotAllowed);
+            return Err(MtlsReason::PrincipalNotAllowed);
         }
         Ok(self
             .http
@@ -259,7 +260,7 @@ pub struct TableAuthorizer {
 }
 
 impl Authorize for TableAuthorizer {
-    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason> {
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, MtlsReason> {
         let current = self.tables.current.get().authorize(flow);
         match (&current, self.tables.staged.get()) {
             (Err(_), Some(staged)) => staged.authorize(flow).or(current),
@@ -359,20 +360,20 @@ mod tests {
         );
         assert_eq!(
             table.check(&flow(frontend, "10.0.1.6:40000", "10.0.2.5:5432")),
-            Err(DenyReason::PrincipalNotAllowed)
+            Err(MtlsReason::PrincipalNotAllowed)
         );
         // A frontend certificate claiming the backend's address.
         assert_eq!(
             table.check(&flow(frontend, "10.0.1.5:40000", "10.0.2.5:5432")),
-            Err(DenyReason::SourceMismatch)
+            Err(MtlsReason::SourceMismatch)
         );
         assert_eq!(
             table.check(&flow(backend, "10.0.1.5:40000", "10.0.2.5:8080")),
-            Err(DenyReason::NoRoute)
+            Err(MtlsReason::NoRoute)
         );
         assert_eq!(
             table.check(&flow(backend, "10.0.1.5:40000", "10.0.1.6:5432")),
-            Err(DenyReason::NoRoute)
+            Err(MtlsReason::NoRoute)
         );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! The inbound side ([`serve`]) refuses plaintext, clients without a certificate, certificates
 //! from another CA or expired ones, and peers whose SPIFFE ID the [`Authorize`] policy does not
-//! allow for that destination; every refusal is counted by [`DenyReason`]. The outbound side is
+//! allow for that destination; every refusal is counted by [`MtlsReason`]. The outbound side is
 //! [`connect`].
 
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_common::reason::MtlsReason;
 use rustls::{CertificateError, ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,110 +44,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE: u8 = 0x16;
 const SOURCE_HEADER: &str = "forwarded";
 
-/// Why the inbound side refused a connection or a stream; the label of
-/// `rampart_proxy_denied_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
-    /// Not TLS at all.
-    Plaintext,
-    /// TLS, but no client certificate.
-    NoClientCertificate,
-    /// The certificate does not chain to the trust domain's root.
-    UnknownCa,
-    /// The certificate is expired or not yet valid.
-    Expired,
-    /// Another certificate problem (bad signature, wrong usage, ...).
-    BadCertificate,
-    /// Not TLS 1.3.
-    ProtocolVersion,
-    /// Another handshake failure (or the client gave up).
-    HandshakeFailed,
-    /// The certificate has no valid SPIFFE ID, or one of another trust domain.
-    NotSpiffe,
-    /// Policy does not allow this peer to reach this destination.
-    PrincipalNotAllowed,
-    /// The peer's SPIFFE ID is not the identity of the source address it claims.
-    SourceMismatch,
-    /// The destination is not a local workload that takes mTLS on this port.
-    NoRoute,
-    /// Not a well-formed CONNECT.
-    BadRequest,
-    /// The destination did not accept the connection.
-    UpstreamUnreachable,
-}
-
-impl DenyReason {
-    pub const ALL: [DenyReason; 13] = [
-        DenyReason::Plaintext,
-        DenyReason::NoClientCertificate,
-        DenyReason::UnknownCa,
-        DenyReason::Expired,
-        DenyReason::BadCertificate,
-        DenyReason::ProtocolVersion,
-        DenyReason::HandshakeFailed,
-        DenyReason::NotSpiffe,
-        DenyReason::PrincipalNotAllowed,
-        DenyReason::SourceMismatch,
-        DenyReason::NoRoute,
-        DenyReason::BadRequest,
-        DenyReason::UpstreamUnreachable,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DenyReason::Plaintext => "plaintext",
-            DenyReason::NoClientCertificate => "no_client_certificate",
-            DenyReason::UnknownCa => "unknown_ca",
-            DenyReason::Expired => "certificate_expired",
-            DenyReason::BadCertificate => "bad_certificate",
-            DenyReason::ProtocolVersion => "protocol_version",
-            DenyReason::HandshakeFailed => "handshake_failed",
-            DenyReason::NotSpiffe => "not_spiffe",
-            DenyReason::PrincipalNotAllowed => "principal_not_allowed",
-            DenyReason::SourceMismatch => "source_identity_mismatch",
-            DenyReason::NoRoute => "no_mtls_route",
-            DenyReason::BadRequest => "bad_request",
-            DenyReason::UpstreamUnreachable => "upstream_unreachable",
-        }
-    }
-
-    /// The reason a failed server handshake stands for.
-    fn of_handshake(e: &std::io::Error) -> DenyReason {
-        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-            return DenyReason::HandshakeFailed;
-        };
-        match tls {
-            rustls::Error::NoCertificatesPresented => DenyReason::NoClientCertificate,
-            rustls::Error::InvalidCertificate(c) => match c {
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    DenyReason::UnknownCa
-                }
-                CertificateError::Expired
-                | CertificateError::ExpiredContext { .. }
-                | CertificateError::NotValidYet
-                | CertificateError::NotValidYetContext { .. } => DenyReason::Expired,
-                _ => DenyReason::BadCertificate,
-            },
-            rustls::Error::PeerIncompatible(_) => DenyReason::ProtocolVersion,
-            _ => DenyReason::HandshakeFailed,
-        }
-    }
-}
-
 /// Counters of the inbound side.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
-    denied: [AtomicU64; DenyReason::ALL.len()],
+    denied: [AtomicU64; MtlsReason::ALL.len()],
     accepted_streams: AtomicU64,
 }
 
 impl TunnelStats {
-    fn deny(&self, reason: DenyReason) {
+    fn deny(&self, reason: MtlsReason) {
         tracing::debug!(reason = reason.name(), "tunnel: refused");
         self.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn denied(&self, reason: DenyReason) -> u64 {
+    pub fn denied(&self, reason: MtlsReason) -> u64 {
         self.denied[reason as usize].load(Ordering::Relaxed)
     }
 
@@ -167,7 +78,7 @@ pub struct FlowRequest {
 /// the L7 rules for the flow's requests if its destination port has any (answered from the same
 /// policy generation as the decision).
 pub trait Authorize: Send + Sync {
-    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason>;
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, MtlsReason>;
 }
 
 /// The L7 route of a tunnelled flow, looked up in the table in force for each request; a flow
@@ -217,7 +128,7 @@ impl Inbound {
     /// Counts a refusal and reports it to the flow log.
     fn refuse(
         &self,
-        reason: DenyReason,
+        reason: MtlsReason,
         peer: Option<&SpiffeId>,
         source: Option<SocketAddr>,
         destination: Option<SocketAddr>,
@@ -226,9 +137,9 @@ impl Inbound {
         if let Some(sink) = &self.events {
             sink(&ProxyEvent {
                 side: ProxySide::Inbound,
-                filter: "mtls",
+
                 http: None,
-                reason: reason.name(),
+                refused: Some(reason.into()),
                 peer: peer.map(|p| p.as_str().to_owned()),
                 source,
                 destination,
@@ -263,8 +174,8 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
-        Ok(Ok(1)) => return refuse(DenyReason::Plaintext),
-        _ => return refuse(DenyReason::HandshakeFailed),
+        Ok(Ok(1)) => return refuse(MtlsReason::Plaintext),
+        _ => return refuse(MtlsReason::HandshakeFailed),
     }
     let config = match inbound.config.read() {
         Ok(c) => Arc::clone(&c),
@@ -274,8 +185,8 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return refuse(DenyReason::of_handshake(&e)),
-        Err(_) => return refuse(DenyReason::HandshakeFailed),
+        Ok(Err(e)) => return refuse(of_handshake(&e)),
+        Err(_) => return refuse(MtlsReason::HandshakeFailed),
     };
     let peer = tls
         .get_ref()
@@ -285,7 +196,7 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         .map(|c| SpiffeId::from_certificate(c));
     let peer = match peer {
         Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
-        _ => return refuse(DenyReason::NotSpiffe),
+        _ => return refuse(MtlsReason::NotSpiffe),
     };
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
@@ -339,7 +250,7 @@ async fn handle_stream(
         forwarded_for(&req),
         req.method() == Method::CONNECT,
     ) else {
-        inbound.refuse(DenyReason::BadRequest, Some(&peer), None, None);
+        inbound.refuse(MtlsReason::BadRequest, Some(&peer), None, None);
         return status(StatusCode::BAD_REQUEST);
     };
     let flow = FlowRequest {
@@ -415,7 +326,7 @@ async fn open_upstream(inbound: &Inbound, flow: &FlowRequest) -> Option<TcpStrea
         Ok(stream) => Some(stream),
         Err(e) => {
             inbound.refuse(
-                DenyReason::UpstreamUnreachable,
+                MtlsReason::UpstreamUnreachable,
                 Some(&flow.peer),
                 Some(flow.source),
                 Some(flow.destination),
@@ -531,6 +442,28 @@ pub async fn connect(
         return Err(ConnectError::Refused(resp.status()));
     }
     Ok(TokioIo::new(hyper::upgrade::on(resp).await?))
+}
+
+/// The reason a failed server handshake stands for.
+fn of_handshake(e: &std::io::Error) -> MtlsReason {
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return MtlsReason::HandshakeFailed;
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => MtlsReason::NoClientCertificate,
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                MtlsReason::UnknownCa
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => MtlsReason::CertificateExpired,
+            _ => MtlsReason::BadCertificate,
+        },
+        rustls::Error::PeerIncompatible(_) => MtlsReason::ProtocolVersion,
+        _ => MtlsReason::HandshakeFailed,
+    }
 }
 
 #[cfg(test)]

@@ -123,8 +123,7 @@ fn read<T>(what: &str, result: Result<T, crate::datapath::DatapathError>) -> Opt
 impl AgentCollector {
     /// The mTLS proxy's counters (only when it runs).
     fn encode_mesh(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use crate::mesh::runtime::OutboundError;
-        use crate::mesh::tunnel::DenyReason;
+        use rampart_common::reason::{MtlsReason, OutboundReason};
         let Some(mesh) = &self.state.mesh else {
             return Ok(());
         };
@@ -133,7 +132,7 @@ impl AgentCollector {
         // handshake, peer identity, principal), ingress's (`filter="ingress"`: TLS, the pod)
         // and the L7 filters' (`authn`, `authz`, `ratelimit`); reasons are closed sets, so the
         // label set is bounded.
-        let tunnel = DenyReason::ALL.iter().map(|r| {
+        let tunnel = MtlsReason::ALL.iter().map(|r| {
             (
                 vec![
                     ("filter", "mtls".to_owned()),
@@ -278,7 +277,7 @@ impl AgentCollector {
             encoder,
             "rampart_proxy_outbound_errors",
             "Redirected flows the proxy could not tunnel, by reason",
-            OutboundError::ALL.iter().map(|e| {
+            OutboundReason::ALL.iter().map(|e| {
                 (
                     vec![("reason", e.name().to_owned())],
                     mesh.outbound_errors(*e),

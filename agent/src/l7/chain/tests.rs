@@ -92,7 +92,7 @@ fn peer() -> Peer {
 
 fn outcome(route: &HttpRoute, parts: &Parts) -> Result<Passed, (u16, &'static str, &'static str)> {
     run(route, parts, &peer(), &L7Stats::default())
-        .map_err(|d| (d.status.as_u16(), d.filter, d.reason))
+        .map_err(|d| (d.status.as_u16(), d.reason.filter(), d.reason.name()))
 }
 
 #[test]
@@ -210,7 +210,11 @@ fn rate_limits_per_subject_answer_429_with_headers() {
         .err()
         .unwrap_or_else(|| panic!("third request passed"));
     assert_eq!(
-        (denial.status.as_u16(), denial.filter, denial.reason),
+        (
+            denial.status.as_u16(),
+            denial.reason.filter(),
+            denial.reason.name()
+        ),
         (429, "ratelimit", "over_limit")
     );
     let header = |name: &str| {

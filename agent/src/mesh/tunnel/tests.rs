@@ -30,11 +30,11 @@ fn node() -> SpiffeId {
 struct FrontendOnly;
 
 impl Authorize for FrontendOnly {
-    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, DenyReason> {
+    fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, MtlsReason> {
         if flow.peer == frontend() {
             Ok(None)
         } else {
-            Err(DenyReason::PrincipalNotAllowed)
+            Err(MtlsReason::PrincipalNotAllowed)
         }
     }
 }
@@ -112,7 +112,7 @@ impl World {
         connect(self.tunnel, config, source, self.upstream).await
     }
 
-    async fn wait_denied(&self, reason: DenyReason) {
+    async fn wait_denied(&self, reason: MtlsReason) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.inbound.stats.denied(reason) == 0 {
             assert!(Instant::now() < deadline, "{} never counted", reason.name());
@@ -138,7 +138,7 @@ async fn an_allowed_peer_reaches_the_destination_through_the_tunnel() {
     let mut flow = w.open(config).await.expect("tunnel");
     echo(&mut flow, b"hello through mTLS").await;
     assert_eq!(w.inbound.stats.accepted_streams(), 1);
-    for reason in DenyReason::ALL {
+    for &reason in MtlsReason::ALL {
         assert_eq!(w.inbound.stats.denied(reason), 0, "{}", reason.name());
     }
 }
@@ -152,12 +152,15 @@ async fn a_peer_policy_does_not_allow_is_refused() {
         Err(ConnectError::Refused(code)) => assert_eq!(code, StatusCode::FORBIDDEN),
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(w.inbound.stats.denied(DenyReason::PrincipalNotAllowed), 1);
+    assert_eq!(w.inbound.stats.denied(MtlsReason::PrincipalNotAllowed), 1);
     // The refusal is a flow event naming the flow and the peer.
     let events = w.events.lock().expect("events").clone();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].side, ProxySide::Inbound);
-    assert_eq!(events[0].reason, "principal_not_allowed");
+    assert_eq!(
+        events[0].refused.map(|r| r.name()),
+        Some("principal_not_allowed")
+    );
     assert_eq!(events[0].peer.as_deref(), Some(db.as_str()));
     assert_eq!(events[0].destination, Some(w.upstream));
     assert_eq!(
@@ -177,27 +180,27 @@ async fn bad_certificates_and_plaintext_are_refused_and_counted() {
         .expect("issue");
     let config = client_config(&w.bundle, &cert, node()).expect("config");
     assert!(w.open(config).await.is_err());
-    w.wait_denied(DenyReason::UnknownCa).await;
+    w.wait_denied(MtlsReason::UnknownCa).await;
 
     // An expired certificate.
     let past = SystemTime::now() - 48 * HOUR;
     let expired = w.ca.issue(&frontend(), HOUR, past).expect("issue");
     let config = client_config(&w.bundle, &expired, node()).expect("config");
     assert!(w.open(config).await.is_err());
-    w.wait_denied(DenyReason::Expired).await;
+    w.wait_denied(MtlsReason::CertificateExpired).await;
 
     // No client certificate.
     let config =
         build_client_config(&w.bundle, None, node(), &[&rustls::version::TLS13]).expect("config");
     assert!(w.open(config).await.is_err());
-    w.wait_denied(DenyReason::NoClientCertificate).await;
+    w.wait_denied(MtlsReason::NoClientCertificate).await;
 
     // TLS 1.2.
     let cert = w.cert(&frontend());
     let config = build_client_config(&w.bundle, Some(&cert), node(), &[&rustls::version::TLS12])
         .expect("config");
     assert!(w.open(config).await.is_err());
-    w.wait_denied(DenyReason::ProtocolVersion).await;
+    w.wait_denied(MtlsReason::ProtocolVersion).await;
 
     // Plaintext to the tunnel port.
     let mut plain = TcpStream::connect(w.tunnel).await.expect("connect");
@@ -211,7 +214,7 @@ async fn bad_certificates_and_plaintext_are_refused_and_counted() {
         .expect("closed in time")
         .unwrap_or(0);
     assert_eq!(n, 0, "plaintext gets no answer");
-    w.wait_denied(DenyReason::Plaintext).await;
+    w.wait_denied(MtlsReason::Plaintext).await;
     assert_eq!(w.inbound.stats.accepted_streams(), 0);
 }
 
