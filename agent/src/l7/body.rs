@@ -287,6 +287,132 @@ where
     }
 }
 
+/// A request's body as the filters share it: streamed until a filter needs it held, then read
+/// once (up to that filter's limit) and kept, with its decoded form made once, on first need,
+/// for every filter that reads text.
+pub struct RequestBody {
+    state: Held,
+    /// The decoded form of a whole body: the limit it was decoded under, and the outcome.
+    decoded: Option<(usize, Result<Bytes, Undecodable>)>,
+}
+
+enum Held {
+    /// Not read yet.
+    Streaming(UpstreamBody),
+    /// Read to its end.
+    Whole(Bytes, Option<HeaderMap>),
+    /// Read past a limit: those bytes, and the rest of the stream.
+    Over(Bytes, UpstreamBody),
+    /// Left in the middle of a read that failed.
+    Failed,
+}
+
+static NOTHING: Bytes = Bytes::new();
+
+/// What [`RequestBody::hold`] found.
+pub enum Holding<'a> {
+    /// The whole body, within the limit.
+    Whole(&'a Bytes),
+    /// More than the limit: the bytes read so far (at least the limit).
+    Over(&'a Bytes),
+}
+
+impl RequestBody {
+    pub fn new(body: UpstreamBody) -> RequestBody {
+        RequestBody {
+            state: Held::Streaming(body),
+            decoded: None,
+        }
+    }
+
+    /// Reads the body until it ends or passes `limit` bytes (what was read before is kept: a
+    /// second filter with a larger limit reads on from there).
+    pub async fn hold(&mut self, limit: usize) -> Result<Holding<'_>, hyper::Error> {
+        let state = std::mem::replace(&mut self.state, Held::Failed);
+        self.state = match state {
+            Held::Streaming(body) => match read_up_to(body, limit).await? {
+                Read::Whole(bytes, trailers) => Held::Whole(bytes, trailers),
+                Read::Over(prefix, rest) => Held::Over(prefix, rest),
+            },
+            Held::Over(prefix, rest) if prefix.len() <= limit => {
+                match read_up_to(rest, limit - prefix.len()).await? {
+                    Read::Whole(more, trailers) => Held::Whole(joined(prefix, more), trailers),
+                    Read::Over(more, rest) => Held::Over(joined(prefix, more), rest),
+                }
+            }
+            other => other,
+        };
+        match &self.state {
+            Held::Whole(bytes, _) if bytes.len() <= limit => Ok(Holding::Whole(bytes)),
+            Held::Whole(bytes, _) | Held::Over(bytes, _) => Ok(Holding::Over(bytes)),
+            // A read that failed before: nothing more can be held (refused as over any limit).
+            Held::Streaming(_) | Held::Failed => Ok(Holding::Over(&NOTHING)),
+        }
+    }
+
+    /// The whole body decoded from its `content-encoding` (as it is if it has none), refused
+    /// past `limit` decoded bytes; decoded once, whoever asks first. `None` until the body was
+    /// held whole.
+    pub fn decoded(
+        &mut self,
+        headers: &HeaderMap,
+        limit: usize,
+    ) -> Option<Result<Bytes, Undecodable>> {
+        let Held::Whole(bytes, _) = &self.state else {
+            return None;
+        };
+        let reusable =
+            |(decoded_under, outcome): &(usize, Result<Bytes, Undecodable>)| match outcome {
+                Ok(plain) => plain.len() <= limit || *decoded_under == limit,
+                Err(Undecodable::TooLarge) => *decoded_under <= limit,
+                Err(_) => true,
+            };
+        if !self.decoded.as_ref().is_some_and(reusable) {
+            let outcome = decode_for_inspection(headers, bytes.clone(), limit);
+            self.decoded = Some((limit, outcome));
+        }
+        let (_, outcome) = self.decoded.as_ref()?;
+        Some(match outcome {
+            Ok(plain) if plain.len() > limit => Err(Undecodable::TooLarge),
+            other => other.clone(),
+        })
+    }
+
+    /// Replaces a held body by `bytes` (a rewritten body, sent decoded); the trailers stay.
+    pub fn replace(&mut self, bytes: Bytes) {
+        let trailers = match std::mem::replace(&mut self.state, Held::Failed) {
+            Held::Whole(_, trailers) => trailers,
+            _ => None,
+        };
+        self.state = Held::Whole(bytes.clone(), trailers);
+        self.decoded = Some((bytes.len(), Ok(bytes)));
+    }
+
+    /// The body to forward: what was held, then the rest of the stream.
+    pub fn into_upstream(self) -> UpstreamBody {
+        match self.state {
+            Held::Streaming(body) => body,
+            Held::Whole(bytes, trailers) => whole_body(bytes, trailers),
+            Held::Over(prefix, rest) => PrefixedBody {
+                prefix: Some(prefix),
+                rest,
+            }
+            .boxed(),
+            Held::Failed => whole_body(Bytes::new(), None),
+        }
+    }
+}
+
+fn joined(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    let mut all = Vec::with_capacity(a.len() + b.len());
+    all.extend_from_slice(&a);
+    all.extend_from_slice(&b);
+    Bytes::from(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +444,81 @@ mod tests {
             whole.decode_whole(&bomb, 4096),
             Err(Undecodable::TooLarge)
         ));
+    }
+
+    /// A body of `frames`, each its own frame.
+    async fn streamed(frames: &[&'static [u8]]) -> UpstreamBody {
+        let (mut sender, body) =
+            http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(frames.len());
+        for frame in frames {
+            let _ = sender.send_data(Bytes::from_static(frame)).await;
+        }
+        body.map_err(|never| match never {}).boxed()
+    }
+
+    async fn sent(body: RequestBody) -> Bytes {
+        body.into_upstream()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_body_held_past_one_limit_is_read_on_for_a_larger_one_and_sent_whole() {
+        let mut body = RequestBody::new(streamed(&[b"0123", b"4567", b"89"]).await);
+        assert!(matches!(body.hold(5).await, Ok(Holding::Over(b)) if b.len() > 5 && b.len() < 10));
+        assert!(
+            matches!(body.hold(100).await, Ok(Holding::Whole(b)) if b.as_ref() == b"0123456789")
+        );
+        // A smaller limit after it was held whole: over it, nothing read again.
+        assert!(matches!(body.hold(3).await, Ok(Holding::Over(b)) if b.len() == 10));
+        assert_eq!(sent(body).await.as_ref(), b"0123456789");
+        // Held only in part: the prefix, then the rest of the stream.
+        let mut prefix_only = RequestBody::new(streamed(&[b"0123", b"4567", b"89"]).await);
+        assert!(matches!(prefix_only.hold(2).await, Ok(Holding::Over(_))));
+        assert_eq!(sent(prefix_only).await.as_ref(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_compressed_body_is_decoded_once_for_every_filter() {
+        use std::io::Write as _;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = gzip.write_all(&[b'a'; 1000]);
+        let compressed = gzip.finish().unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("gzip"),
+        );
+        let mut body = RequestBody::new(whole_body(Bytes::from(compressed.clone()), None));
+        assert!(body.decoded(&headers, 4096).is_none(), "not held yet");
+        assert!(matches!(body.hold(4096).await, Ok(Holding::Whole(_))));
+        let first = body
+            .decoded(&headers, 4096)
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        assert_eq!(first.len(), 1000);
+        // Another filter with its own (larger) limit gets the same decoded bytes, not a copy.
+        let second = body
+            .decoded(&headers, 8192)
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        // One with a smaller limit is refused, without decoding again.
+        assert_eq!(
+            body.decoded(&headers, 999),
+            Some(Err(Undecodable::TooLarge))
+        );
+        // The pod gets the body as it was sent.
+        assert_eq!(sent(body).await.as_ref(), compressed.as_slice());
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_body_replaces_what_is_sent() {
+        let mut body = RequestBody::new(whole_body(Bytes::from_static(b"card 4111"), None));
+        assert!(matches!(body.hold(100).await, Ok(Holding::Whole(_))));
+        body.replace(Bytes::from_static(b"card ****"));
+        assert_eq!(sent(body).await.as_ref(), b"card ****");
     }
 }

@@ -1,8 +1,8 @@
-//! The request filters, in their fixed order: `authn` → `authz` → `ratelimit`. Each reads the
-//! request head and what the filters before it established, and either passes or returns a
-//! [`Denial`]: the status the client gets, the filter's name and a reason (metric labels), and
-//! the response headers that go with it (`www-authenticate`, `retry-after`, ...). Credentials
-//! never appear in a denial.
+//! The identity filters of the chain (`filter.rs`): `authn` → `authz` → `ratelimit`. Each reads
+//! the request head and what the filters before it established, and either passes or returns a
+//! [`Denial`]: the status the client gets, the reason (its namespace names the filter), and the
+//! response headers that go with it (`www-authenticate`, `retry-after`, ...). Credentials never
+//! appear in a denial.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +20,8 @@ use crate::policy::http::{
     JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
 
-/// Runs every filter of `route` on a request head.
+/// Runs the three filters of `route` on a request head (the unit tests' entry).
+#[cfg(test)]
 pub fn run(
     route: &HttpRoute,
     parts: &Parts,
@@ -28,12 +29,22 @@ pub fn run(
     stats: &super::L7Stats,
 ) -> Result<Passed, Denial> {
     let mut passed = Passed::default();
-    if let Some(authn) = &route.model.authentication {
-        authenticate(authn, route, parts, now_s(), &mut passed)?;
-    }
+    authenticate_request(route, parts, &mut passed)?;
     authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
     Ok(passed)
+}
+
+/// `authn`: the route's providers on the request (nothing to do without them).
+pub fn authenticate_request(
+    route: &HttpRoute,
+    parts: &Parts,
+    passed: &mut Passed,
+) -> Result<(), Denial> {
+    match &route.model.authentication {
+        Some(authn) => authenticate(authn, route, parts, now_s(), passed),
+        None => Ok(()),
+    }
 }
 
 fn now_s() -> u64 {
@@ -328,7 +339,7 @@ pub fn strip_credentials(parts: &mut Parts, sources: &[TokenSource]) {
 // authz
 
 /// Explicit deny wins; otherwise an allow must match, unless there are no rules at all.
-fn authorize(
+pub fn authorize(
     rules: &[HttpRuleModel],
     parts: &Parts,
     peer: &Peer,
@@ -431,7 +442,7 @@ fn path_matches(pattern: &PathMatch, path: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // ratelimit
 
-fn rate_limit(
+pub fn rate_limit(
     route: &HttpRoute,
     parts: &Parts,
     peer: &Peer,

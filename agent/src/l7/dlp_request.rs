@@ -11,9 +11,6 @@
 //! blocks whatever the detector's action (a JSON match whose bytes hold no escape, such as a
 //! card after a `\n`, is masked where it stands).
 
-use std::sync::Arc;
-
-use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Bytes;
 use hyper::header::{
     CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, TRANSFER_ENCODING,
@@ -23,7 +20,7 @@ use hyper::{StatusCode, Uri};
 use rampart_l7::dlp::{Action, DlpSet, JsonFound, json};
 
 use super::L7Stats;
-use super::body::{UpstreamBody, whole_body};
+use super::body::{Holding, RequestBody};
 use super::context::Denial;
 use super::dlp::Refusal;
 use crate::policy::dlp::{DlpModel, RequestDlp};
@@ -139,15 +136,16 @@ fn url_decode(text: &[u8]) -> Vec<u8> {
     percent_encoding::percent_decode(&plus_as_space).collect()
 }
 
-/// Runs the filter on a request that passed the other filters: `Ok` with the body to forward
-/// (and `parts` rewritten where a match was masked), or the refusal.
+/// Runs the filter on a request that passed the other filters: `Ok` (with `parts` and `body`
+/// rewritten where a match was masked), or the refusal. The body is held in `body` (read once,
+/// decoded once for every filter that reads it).
 pub async fn inspect(
     model: &DlpModel,
     requests: &RequestDlp,
     parts: &mut Parts,
-    body: UpstreamBody,
-    stats: &Arc<L7Stats>,
-) -> Result<UpstreamBody, Denial> {
+    body: &mut RequestBody,
+    stats: &L7Stats,
+) -> Result<(), Denial> {
     let shadow = model.shadow;
     let set = &requests.set;
     let mut blocked = false;
@@ -181,40 +179,36 @@ pub async fn inspect(
         return Err(refusal(Refusal::Blocked));
     }
     // The body, held whole.
-    let (sent, trailers) = match Limited::new(body, requests.body_limit).collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().cloned();
-            (collected.to_bytes(), trailers)
-        }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(refusal(Refusal::TooLarge));
-        }
+    let sent = match body.hold(requests.body_limit).await {
+        Ok(Holding::Whole(bytes)) => bytes.clone(),
+        Ok(Holding::Over(_)) => return Err(refusal(Refusal::TooLarge)),
         Err(_) => return Err(refusal(Refusal::Unreadable)),
     };
     if sent.is_empty() {
-        return Ok(whole_body(sent, trailers));
+        return Ok(());
     }
+    // An encoding the policy does not decompress (or one no decoder reads) is refused.
     let decoder = super::body::decoder(&parts.headers, model.decompress)
         .map_err(|why| refusal(why.into()))?;
     let plain = match decoder {
         None => None,
-        Some(decoder) => Some(
-            decoder
-                .decode_whole(&sent, requests.body_limit)
-                .map_err(|why| refusal(why.into()))?,
-        ),
+        Some(_) => match body.decoded(&parts.headers, requests.body_limit) {
+            Some(Ok(plain)) => Some(plain),
+            Some(Err(why)) => return Err(refusal(why.into())),
+            None => return Err(refusal(Refusal::TooLarge)),
+        },
     };
-    let body = plain.as_deref().unwrap_or(&sent);
-    let judged = judge(set, body, Form::of_body(&parts.headers, body));
+    let text = plain.as_deref().unwrap_or(&sent);
+    let judged = judge(set, text, Form::of_body(&parts.headers, text));
     blocked |= tally(&judged);
     if shadow {
-        return Ok(whole_body(sent, trailers));
+        return Ok(());
     }
     if blocked {
         return Err(refusal(Refusal::Blocked));
     }
     let Some(rewritten) = judged.rewritten else {
-        return Ok(whole_body(sent, trailers));
+        return Ok(());
     };
     // The rewritten body goes decoded, with its own length.
     parts.headers.remove(CONTENT_ENCODING);
@@ -222,7 +216,8 @@ pub async fn inspect(
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-    Ok(whole_body(Bytes::from(rewritten), trailers))
+    body.replace(Bytes::from(rewritten));
+    Ok(())
 }
 
 fn refusal(refusal: Refusal) -> Denial {
@@ -240,6 +235,8 @@ fn refusal(refusal: Refusal) -> Denial {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt as _;
+
     use rampart_l7::dlp::{Detector, Kind};
 
     use super::*;
@@ -398,11 +395,13 @@ mod tests {
                 .body(())
                 .unwrap_or_else(|e| panic!("{e}"))
                 .into_parts();
-            let body = http_body_util::Full::new(Bytes::from_static(ESCAPED))
-                .map_err(|never| match never {})
-                .boxed();
-            let stats = Arc::new(L7Stats::default());
-            let judged = inspect(&model, requests, &mut parts, body, &stats).await;
+            let mut body = RequestBody::new(
+                http_body_util::Full::new(Bytes::from_static(ESCAPED))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            let stats = L7Stats::default();
+            let judged = inspect(&model, requests, &mut parts, &mut body, &stats).await;
             match judged {
                 Err(denial) => {
                     assert!(refused, "{content_type}");
@@ -411,9 +410,14 @@ mod tests {
                         (StatusCode::FORBIDDEN, "blocked")
                     );
                 }
-                Ok(body) => {
+                Ok(()) => {
                     assert!(!refused, "{content_type}");
-                    let sent = body.collect().await.map(|c| c.to_bytes()).ok();
+                    let sent = body
+                        .into_upstream()
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .ok();
                     assert_eq!(sent.as_deref(), Some(ESCAPED));
                 }
             }

@@ -20,19 +20,23 @@
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
+pub mod access_log;
 pub mod body;
 pub mod chain;
 pub mod context;
 pub mod dlp;
 pub mod dlp_request;
 pub mod fetch;
+pub mod filter;
 pub mod jwks;
 mod linger;
 pub mod normalize;
 mod prefixed;
+pub mod respond;
 pub mod route;
 pub mod serve;
 pub mod stats;
+pub mod upstream;
 pub mod waf;
 
 pub use route::HttpRoute;

@@ -5,29 +5,26 @@
 //! bodies streamed, not buffered).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
-use tokio::sync::Mutex;
 
-use super::body::UpstreamBody;
-use super::chain;
-use super::context::{Denial, Passed, Peer};
+use super::access_log::{Outcome, RequestHead, Seen, log_access};
+use super::body::RequestBody;
+use super::context::{Passed, Peer};
+use super::filter::{Phase, RequestContext, ResponseBody, ResponseContext};
 use super::prefixed::Prefixed;
+use super::respond::{Body, status_response};
+use super::upstream::LazyUpstream;
+pub use super::upstream::{Connect, connected};
 use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
-use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
-use crate::flows::record::HttpAccess;
-use rampart_common::reason::{AuthnReason, ProxyReason};
-
-type Body = http_body_util::combinators::BoxBody<Bytes, super::body::BoxError>;
+use crate::flows::event::ProxyEventSink;
 
 /// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
 /// token with room for the rest).
@@ -40,34 +37,6 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The connection to the pod, in the client's protocol.
-enum UpstreamConnection {
-    /// One request at a time.
-    H1(Mutex<hyper::client::conn::http1::SendRequest<UpstreamBody>>),
-    /// Streams multiplexed; the handle is cloned per request.
-    H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
-}
-
-impl UpstreamConnection {
-    async fn send(
-        &self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
-        match self {
-            UpstreamConnection::H1(sender) => {
-                let mut sender = sender.lock().await;
-                sender.ready().await?;
-                sender.send_request(request).await
-            }
-            UpstreamConnection::H2(sender) => {
-                let mut sender = sender.clone();
-                sender.ready().await?;
-                sender.send_request(request).await
-            }
-        }
-    }
-}
 
 /// The route a request is judged by, looked up as it arrives: a kept-alive connection (or an
 /// HTTP/2 connection's next stream) follows policy changes instead of keeping the rules it
@@ -88,70 +57,6 @@ pub type RouteLookup = Arc<dyn Fn() -> RouteNow + Send + Sync>;
 /// A lookup that always answers `route` (tests, and callers without a policy to follow).
 pub fn fixed_route(route: Arc<HttpRoute>) -> RouteLookup {
     Arc::new(move || RouteNow::Rules(Arc::clone(&route)))
-}
-
-/// Opens the connection to the pod; `None` if it cannot (the connector counts and logs why).
-pub type Connect<U> = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Option<U>> + Send>> + Send>;
-
-/// A connector for a stream that is already open.
-pub fn connected<U: Send + 'static>(stream: U) -> Connect<U> {
-    Box::new(move || Box::pin(std::future::ready(Some(stream))))
-}
-
-/// What opens the pod's connection, once.
-type Opening = Pin<Box<dyn Future<Output = Option<UpstreamConnection>> + Send>>;
-
-/// Where the opening of the pod's connection stands.
-enum OpenState {
-    NotStarted(Opening),
-    /// On a task of its own: a request cancelled while waiting (an HTTP/2 stream reset, a
-    /// client gone) leaves it running for the next one.
-    Running(tokio::task::JoinHandle<Option<UpstreamConnection>>),
-    Done,
-}
-
-/// The connection to the pod, opened when the first request passes the filters: a connection
-/// whose requests are all refused never reaches the pod.
-struct LazyUpstream {
-    state: tokio::sync::Mutex<OpenState>,
-    open: tokio::sync::OnceCell<Option<UpstreamConnection>>,
-}
-
-impl LazyUpstream {
-    fn new<U>(connect: Connect<U>, http2: bool) -> LazyUpstream
-    where
-        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let opening: Opening =
-            Box::pin(async move { connect_upstream(connect().await?, http2).await });
-        LazyUpstream {
-            state: tokio::sync::Mutex::new(OpenState::NotStarted(opening)),
-            open: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// The connection, opened by the first caller (later ones wait for it); `None` if it
-    /// could not be opened.
-    async fn get(&self) -> Option<&UpstreamConnection> {
-        self.open
-            .get_or_init(|| async {
-                let mut state = self.state.lock().await;
-                if let OpenState::NotStarted(_) = &*state
-                    && let OpenState::NotStarted(opening) =
-                        std::mem::replace(&mut *state, OpenState::Done)
-                {
-                    *state = OpenState::Running(tokio::spawn(opening));
-                }
-                let OpenState::Running(task) = &mut *state else {
-                    return None;
-                };
-                let opened = task.await.ok().flatten();
-                *state = OpenState::Done;
-                opened
-            })
-            .await
-            .as_ref()
-    }
 }
 
 /// Serves requests from `downstream` until either side closes; the pod's connection is opened
@@ -277,463 +182,93 @@ async fn unfiltered(
     }
 }
 
-/// The client side of the connection to the pod, driven by a task of its own.
-async fn connect_upstream<U>(upstream: U, http2: bool) -> Option<UpstreamConnection>
-where
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let io = TokioIo::new(upstream);
-    let result = if http2 {
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map(|(sender, connection)| {
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "l7: upstream connection ended");
-                    }
-                });
-                UpstreamConnection::H2(sender)
-            })
-    } else {
-        hyper::client::conn::http1::handshake(io)
-            .await
-            .map(|(sender, connection)| {
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "l7: upstream connection ended");
-                    }
-                });
-                UpstreamConnection::H1(Mutex::new(sender))
-            })
-    };
-    result
-        .map_err(|e| tracing::debug!(error = %e, http2, "l7: upstream handshake failed"))
-        .ok()
-}
-
-/// What the chain decided, for the access log.
-enum Outcome {
-    Passed(Passed),
-    Denied(Denial),
-}
-
-/// The parts of a request the access log keeps: never the query, never a header value but the
-/// host.
-struct RequestHead {
-    method: String,
-    host: String,
-    path: String,
-}
-
-impl RequestHead {
-    fn of(req: &Request<Incoming>) -> RequestHead {
-        let host = req
-            .uri()
-            .host()
-            .map(str::to_owned)
-            .or_else(|| {
-                req.headers()
-                    .get(hyper::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        RequestHead {
-            method: req.method().to_string(),
-            host,
-            path: req.uri().path().to_owned(),
-        }
-    }
-}
-
-/// What the proxy saw of a request and decided, for the access log.
-struct Seen<'a> {
-    head: RequestHead,
-    outcome: &'a Outcome,
-    waf: Option<&'a WafReport>,
-}
-
-fn log_access(
-    sink: &ProxyEventSink,
-    route: &HttpRoute,
-    peer: &Peer,
-    seen: Seen<'_>,
-    response: &Response<Body>,
-    started: Instant,
-) {
-    let Seen { head, outcome, waf } = seen;
-    // The route's DLP detectors (of both directions) apply to what the access log keeps of
-    // the request too.
-    let path = match &route.model.dlp {
-        Some(dlp) => {
-            let mut path = head.path.into_bytes();
-            for set in std::iter::once(&dlp.set).chain(dlp.requests.as_ref().map(|r| &r.set)) {
-                let found = set.find(&path);
-                if !found.is_empty() {
-                    path = set.apply(&path, &found);
-                }
-            }
-            String::from_utf8_lossy(&path).into_owned()
-        }
-        None => head.path,
-    };
-    let mut access = HttpAccess {
-        method: head.method,
-        host: head.host,
-        path,
-        status: response.status().as_u16(),
-        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        policy: route.policy.clone(),
-        authn_method: None,
-        principal: None,
-        api_key_client: None,
-        rate_limit_bucket: None,
-        rate_limit_remaining: None,
-        denied_by: None,
-        tls_server_name: peer.server_name.clone(),
-        waf_rule_ids: waf.map(|w| w.rule_ids.clone()).unwrap_or_default(),
-        waf_anomaly_score: waf.and_then(|w| w.anomaly_score),
-        waf_body: waf.and_then(|w| w.body).map(str::to_owned),
-        waf_response_body: waf.and_then(|w| w.response_body).map(str::to_owned),
-        waf_outbound_anomaly_score: waf.and_then(|w| w.outbound_score),
-    };
-    let refused = match outcome {
-        Outcome::Passed(passed) => {
-            if let Some(principal) = &passed.principal {
-                access.authn_method = Some("jwt".into());
-                access.principal = Some(
-                    principal
-                        .claims
-                        .subject()
-                        .map_or_else(|| principal.provider.clone(), str::to_owned),
-                );
-            }
-            if let Some(client) = &passed.api_key_client {
-                access.authn_method.get_or_insert_with(|| "api_key".into());
-                access.api_key_client = Some(client.clone());
-            }
-            if let Some((bucket, remaining)) = &passed.rate_limit {
-                access.rate_limit_bucket = Some(bucket.clone());
-                access.rate_limit_remaining = Some(*remaining);
-            }
-            None
-        }
-        Outcome::Denied(denial) => {
-            let reason = denial.reason;
-            access.denied_by = Some(format!("{}:{}", reason.filter(), reason.name()));
-            Some(reason)
-        }
-    };
-    sink(&ProxyEvent {
-        side: ProxySide::Inbound,
-        refused,
-        http: Some(Box::new(access)),
-        peer: peer.spiffe_id.as_ref().map(|id| id.as_str().to_owned()),
-        source: Some(peer.source),
-        destination: Some(peer.destination),
-    });
-}
-
-/// What `handle` answers: the response, what the chain decided, and what the WAF found.
-type Handled = (Response<Body>, Outcome, Option<WafReport>);
-
-/// A request the filters admitted, ready for the pod.
-struct Admitted {
-    parts: hyper::http::request::Parts,
-    body: UpstreamBody,
-    passed: Passed,
-    waf: Option<WafReport>,
-    /// The WAF's transaction, open for the response.
-    exchange: Option<rampart_waf::Exchange>,
-}
-
+/// One request through the filter chain and, if it passes, to the pod and back through the
+/// chain's response phase: the response, what was decided (for the access log), and what the
+/// WAF found.
 async fn handle(
     req: Request<Incoming>,
     route: &HttpRoute,
     peer: &Peer,
     stats: &Arc<L7Stats>,
     upstream: &LazyUpstream,
-) -> Handled {
-    let Admitted {
-        mut parts,
+) -> (Response<Body>, Outcome, Option<WafReport>) {
+    let (parts, body) = req.into_parts();
+    let mut request = RequestContext {
+        route,
+        peer,
+        stats,
+        parts,
+        body: RequestBody::new(body.boxed()),
+        passed: Passed::default(),
+        waf: None,
+        exchange: None,
+    };
+    if let Err(denial) = super::filter::request_phase(&mut request).await {
+        let (parts, waf) = (&request.parts, request.waf.as_ref());
+        let response = super::filter::refuse(
+            &denial,
+            Phase::Request,
+            route,
+            stats,
+            peer,
+            Some(parts),
+            waf,
+        );
+        return (response, Outcome::Denied(denial), request.waf);
+    }
+    let RequestContext {
+        parts,
         body,
         passed,
         mut waf,
         exchange,
-    } = match admit(req, route, peer, stats).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused,
-    };
-    // Headers the proxy sets from authentication are never taken from the client.
-    for header in &route.upstream_headers {
-        parts.headers.remove(header);
-    }
-    chain::strip_credentials(&mut parts, &passed.strip);
-    for (name, value) in &passed.set_upstream {
-        parts.headers.insert(name.clone(), value.clone());
-    }
+        ..
+    } = request;
     let no_body = parts.method == hyper::Method::HEAD;
-    let Some(upstream) = upstream.get().await else {
+    let Some(connection) = upstream.get().await else {
         return (
             status_response(StatusCode::BAD_GATEWAY),
             Outcome::Passed(passed),
             waf,
         );
     };
-    let response = match upstream.send(Request::from_parts(parts, body)).await {
-        Ok(response) => {
-            stats.forwarded();
-            match filter_response(response, no_body, exchange, route, &mut waf, stats).await {
-                Ok(mut response) => {
-                    for (name, value) in &passed.set_response {
-                        response.headers_mut().insert(name.clone(), value.clone());
-                    }
-                    response
-                }
-                Err((response, denial)) => return (response, Outcome::Denied(denial), waf),
-            }
-        }
+    let (head, body) = match connection
+        .send(Request::from_parts(parts, body.into_upstream()))
+        .await
+    {
+        Ok(response) => response.into_parts(),
         Err(e) => {
             tracing::debug!(error = %e, "l7: upstream request failed");
-            status_response(StatusCode::BAD_GATEWAY)
+            let response = status_response(StatusCode::BAD_GATEWAY);
+            return (response, Outcome::Passed(passed), waf);
         }
     };
-    (response, Outcome::Passed(passed), waf)
-}
-
-/// The request filters: the chain (`authn` → `authz` → `ratelimit`), the WAF, request DLP.
-async fn admit(
-    req: Request<Incoming>,
-    route: &HttpRoute,
-    peer: &Peer,
-    stats: &Arc<L7Stats>,
-) -> Result<Admitted, Handled> {
-    let (mut parts, body) = req.into_parts();
-    // The filters and the pod must read the same request: normalised first, or refused.
-    if let Err(denial) = super::normalize::request(&mut parts, route.model.escaped_slashes) {
-        stats.deny(denial.reason);
-        tracing::info!(
-            policy = %route.policy,
-            reason = denial.reason.name(),
-            source = %peer.source,
-            method = %parts.method,
-            path = parts.uri.path(),
-            "l7: request refused before the filters"
-        );
-        return Err((local_response(&denial), Outcome::Denied(denial), None));
-    }
-    let mut decision = chain::run(route, &parts, peer, stats);
-    // A token whose `kid` no key has may have been signed with a key the IdP just published:
-    // re-fetch the remote sets (rate-limited per source) and judge the request once more.
-    if let Err(denial) = &decision
-        && denial.reason == ProxyReason::Authn(AuthnReason::KeySelection)
-    {
-        let mut refreshed = false;
-        for remote in route.remote_sources() {
-            refreshed |= remote
-                .refresh_for_unknown_kid(super::jwks::KID_REFRESH_WAIT)
-                .await;
-        }
-        if refreshed {
-            decision = chain::run(route, &parts, peer, stats);
-        }
-    }
-    let passed = match decision {
-        Ok(passed) => passed,
-        Err(denial) => {
-            stats.deny(denial.reason);
-            tracing::info!(
-                policy = %route.policy,
-                filter = denial.reason.filter(),
-                reason = denial.reason.name(),
-                source = %peer.source,
-                destination = %peer.destination,
-                method = %parts.method,
-                path = parts.uri.path(),
-                "l7: request denied"
-            );
-            return Err((local_response(&denial), Outcome::Denied(denial), None));
-        }
-    };
-    // The WAF, last: it judges the request as the client sent it (before credentials are
-    // stripped), and decides which body goes on.
-    let (body, waf, exchange) = match &route.waf {
-        None => (body.boxed(), None, None),
-        Some(waf) => {
-            let super::waf::Inspected {
-                judged,
-                report,
-                exchange,
-            } = super::waf::inspect(waf, &parts, body, peer).await;
-            stats.waf_evaluated(&route.policy, &report, waf.model.block);
-            match judged {
-                Ok(body) => (body, Some(report), exchange),
-                Err(denial) => {
-                    stats.deny(denial.reason);
-                    tracing::info!(
-                        policy = %route.policy,
-                        reason = denial.reason.name(),
-                        rules = ?report.rule_ids,
-                        score = ?report.anomaly_score,
-                        source = %peer.source,
-                        method = %parts.method,
-                        path = parts.uri.path(),
-                        "waf: request denied"
-                    );
-                    let response = waf_refusal(&denial, waf, report.matched_block);
-                    return Err((response, Outcome::Denied(denial), Some(report)));
-                }
-            }
-        }
-    };
-    // Request DLP, on what the client sent (before credentials are stripped).
-    let request_dlp = route
-        .model
-        .dlp
-        .as_ref()
-        .and_then(|dlp| Some((dlp, dlp.requests.as_ref()?)));
-    let body = match request_dlp {
-        Some((dlp, requests)) => {
-            match super::dlp_request::inspect(dlp, requests, &mut parts, body, stats).await {
-                Ok(body) => body,
-                Err(denial) => {
-                    stats.deny(denial.reason);
-                    tracing::info!(
-                        policy = %route.policy,
-                        reason = denial.reason.name(),
-                        source = %peer.source,
-                        method = %parts.method,
-                        "dlp: request refused"
-                    );
-                    return Err((local_response(&denial), Outcome::Denied(denial), waf));
-                }
-            }
-        }
-        None => body,
-    };
-    // The WAF's response rules read text: ask the pod for an uncompressed response (one that
-    // comes compressed anyway is decoded for them, see `waf::inspect_response`).
-    if exchange.is_some() {
-        parts.headers.remove(hyper::header::ACCEPT_ENCODING);
-    }
-    Ok(Admitted {
-        parts,
-        body,
-        passed,
-        waf,
-        exchange,
-    })
-}
-
-/// The response filters on what the pod answered: the WAF's response rules (on the body as
-/// sent), then DLP. `Err`: the answer that replaces it, and why.
-async fn filter_response(
-    response: Response<Incoming>,
-    no_body: bool,
-    exchange: Option<rampart_waf::Exchange>,
-    route: &HttpRoute,
-    waf: &mut Option<WafReport>,
-    stats: &Arc<L7Stats>,
-) -> Result<Response<Body>, (Response<Body>, Denial)> {
-    let (mut head, body) = response.into_parts();
-    if let Err(denial) = super::normalize::response(&mut head.headers) {
-        return Err(refuse_response(route, stats, denial));
-    }
+    stats.forwarded();
     let has_body = !(no_body
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED);
-    let mut body = body.boxed();
-    if let (Some(exchange), Some(route_waf), Some(report)) = (exchange, &route.waf, waf.as_mut()) {
-        let (judged, verdict) =
-            super::waf::inspect_response(route_waf, exchange, &head, body, has_body, report).await;
-        stats.waf_response(&route.policy, &verdict, route_waf.model.block);
-        match judged {
-            Ok(judged) => body = judged,
-            Err(denial) => {
-                stats.deny(denial.reason);
-                tracing::info!(
-                    policy = %route.policy,
-                    reason = denial.reason.name(),
-                    rules = ?report.rule_ids,
-                    score = ?report.outbound_score,
-                    "waf: response denied"
-                );
-                let by_rules = verdict.matched_block.is_some();
-                return Err((waf_refusal(&denial, route_waf, by_rules), denial));
-            }
+    let mut response = ResponseContext {
+        route,
+        stats,
+        passed: &passed,
+        head,
+        body: ResponseBody::Upstream(body.boxed()),
+        has_body,
+        waf: &mut waf,
+        exchange,
+    };
+    match super::filter::response_phase(&mut response).await {
+        Ok(()) => {
+            let answer = Response::from_parts(response.head, response.body.into_client());
+            (answer, Outcome::Passed(passed), waf)
+        }
+        Err(denial) => {
+            let report = response.waf.as_ref();
+            let answer =
+                super::filter::refuse(&denial, Phase::Response, route, stats, peer, None, report);
+            (answer, Outcome::Denied(denial), waf)
         }
     }
-    let body = match &route.model.dlp {
-        Some(dlp) if has_body && !dlp.set.detectors.is_empty() => {
-            match super::dlp::filter(dlp, &mut head, body, stats).await {
-                Ok(super::dlp::Filtered::Streamed(body)) => (*body).boxed(),
-                Ok(super::dlp::Filtered::Whole(bytes, trailers)) => {
-                    super::body::whole_body(bytes, trailers)
-                        .map_err(Into::into)
-                        .boxed()
-                }
-                Err(refusal) => {
-                    let denial = Denial::new(refusal.reason(), StatusCode::BAD_GATEWAY);
-                    return Err(refuse_response(route, stats, denial));
-                }
-            }
-        }
-        _ => body.map_err(Into::into).boxed(),
-    };
-    Ok(Response::from_parts(head, body))
-}
-
-/// A refusal of the pod's response, counted and logged; the answer that replaces it.
-fn refuse_response(route: &HttpRoute, stats: &L7Stats, denial: Denial) -> (Response<Body>, Denial) {
-    stats.deny(denial.reason);
-    tracing::info!(
-        policy = %route.policy,
-        filter = denial.reason.filter(),
-        reason = denial.reason.name(),
-        "l7: the pod's response refused"
-    );
-    (local_response(&denial), denial)
-}
-
-fn full_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// The WAF's answer to a refused request (or response): the policy's block page when the rules
-/// blocked it, else the plain one (a body over the limit, an engine failure).
-fn waf_refusal(denial: &Denial, waf: &super::waf::RouteWaf, by_rules: bool) -> Response<Body> {
-    let Some(page) = waf.model.block_page.as_ref().filter(|_| by_rules) else {
-        return local_response(denial);
-    };
-    let mut response = Response::new(full_body(page.body.clone()));
-    *response.status_mut() = page.status.unwrap_or(denial.status);
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, page.content_type.clone());
-    response
-}
-
-fn local_response(denial: &Denial) -> Response<Body> {
-    let mut response = status_response(denial.status);
-    for (name, value) in &denial.headers {
-        response.headers_mut().append(name.clone(), value.clone());
-    }
-    response
-}
-
-fn status_response(status: StatusCode) -> Response<Body> {
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut response = Response::new(full_body(Bytes::from(text)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -17,13 +17,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http_body_util::BodyExt as _;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::http::request::Parts;
 use hyper::{StatusCode, Version};
 use rampart_common::reason::WafReason;
 use rampart_waf::{CrsLayout, Engine, Evaluation, Exchange, Profile};
 
-use super::body::{PrefixedBody, Read, Undecodable, UpstreamBody, read_up_to, whole_body};
+use super::body::{
+    Holding, PrefixedBody, Read, RequestBody, Undecodable, UpstreamBody, read_up_to, whole_body,
+};
 use super::context::{Denial, Peer};
 use crate::policy::compile::Compiled;
 use crate::policy::waf::{OverLimit, WafModel};
@@ -251,13 +253,19 @@ fn version_number(version: Version) -> &'static str {
 /// The request's verdict: `Ok` with the body to forward, or the denial; the report; and, when
 /// the route inspects responses and the request passed, the engine's transaction kept open.
 pub struct Inspected {
-    pub judged: Result<UpstreamBody, Denial>,
+    pub judged: Result<(), Denial>,
     pub report: WafReport,
     pub exchange: Option<Exchange>,
 }
 
-/// Runs the filter on a request.
-pub async fn inspect(waf: &RouteWaf, parts: &Parts, body: Incoming, peer: &Peer) -> Inspected {
+/// Runs the filter on a request: its head, and its body held up to the profile's limit (read
+/// once into `body`, which later filters and the pod get).
+pub async fn inspect(
+    waf: &RouteWaf,
+    parts: &Parts,
+    body: &mut RequestBody,
+    peer: &Peer,
+) -> Inspected {
     let (judged, report, exchange) = inspect_request(waf, parts, body, peer).await;
     Inspected {
         judged,
@@ -269,80 +277,59 @@ pub async fn inspect(waf: &RouteWaf, parts: &Parts, body: Incoming, peer: &Peer)
 async fn inspect_request(
     waf: &RouteWaf,
     parts: &Parts,
-    body: Incoming,
+    body: &mut RequestBody,
     peer: &Peer,
-) -> (Result<UpstreamBody, Denial>, WafReport, Option<Exchange>) {
+) -> (Result<(), Denial>, WafReport, Option<Exchange>) {
     let model = &waf.model;
     let mut report = WafReport::default();
-    let (seen, judged, forward) = if model.inspect_body {
-        match read_up_to(body, model.profile.body_limit).await {
-            Err(_) => {
-                report.body = Some(BodySeen::NotInspected.name());
-                return (
-                    Err(denial(WafReason::BodyUnreadable, StatusCode::BAD_REQUEST)),
-                    report,
-                    None,
-                );
-            }
-            Ok(Read::Whole(bytes, trailers)) => {
-                (BodySeen::Whole, bytes.clone(), whole_body(bytes, trailers))
-            }
-            Ok(Read::Over(prefix, rest)) => match model.over_limit {
+    let refused = |mut report: WafReport, reason: WafReason, status: StatusCode| {
+        report.body = Some(BodySeen::NotInspected.name());
+        (Err(denial(reason, status)), report, None)
+    };
+    let (seen, judged) = if model.inspect_body {
+        match body.hold(model.profile.body_limit).await {
+            Err(_) => return refused(report, WafReason::BodyUnreadable, StatusCode::BAD_REQUEST),
+            Ok(Holding::Whole(bytes)) => (BodySeen::Whole, bytes.clone()),
+            Ok(Holding::Over(prefix)) => match model.over_limit {
                 OverLimit::Reject => {
-                    report.body = Some(BodySeen::NotInspected.name());
-                    return (
-                        Err(denial(
-                            WafReason::BodyTooLarge,
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                        )),
+                    return refused(
                         report,
-                        None,
+                        WafReason::BodyTooLarge,
+                        StatusCode::PAYLOAD_TOO_LARGE,
                     );
                 }
-                OverLimit::InspectPrefix => {
-                    // The engine is given more than its limit so that it cuts the body itself
-                    // and knows it did (a JSON body cut short is then no parse error).
-                    (
-                        BodySeen::Prefix,
-                        prefix.clone(),
-                        PrefixedBody {
-                            prefix: Some(prefix),
-                            rest,
-                        }
-                        .boxed(),
-                    )
-                }
+                // The engine is given more than its limit so that it cuts the body itself and
+                // knows it did (a JSON body cut short is then no parse error); the rest is
+                // streamed to the pod after it.
+                OverLimit::InspectPrefix => (BodySeen::Prefix, prefix.clone()),
             },
         }
     } else {
-        (BodySeen::NotInspected, Bytes::new(), body.boxed())
+        (BodySeen::NotInspected, Bytes::new())
     };
     // The rules read text: a body with a content-encoding is given to them decoded (it goes on
     // as it came), or refused when it cannot be (a pod that inflates request bodies would
     // otherwise read what no rule saw).
     let encoded = model.inspect_body && super::body::encoded(&parts.headers);
     let judged = if encoded {
-        if seen != BodySeen::Whole {
-            report.body = Some(BodySeen::NotInspected.name());
-            let refusal = denial(WafReason::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE);
-            return (Err(refusal), report, None);
-        }
-        match super::body::decode_for_inspection(&parts.headers, judged, model.profile.body_limit) {
-            Ok(decoded) => decoded,
-            Err(reason) => {
-                report.body = Some(BodySeen::NotInspected.name());
-                let refusal = match reason {
-                    Undecodable::TooLarge => {
-                        denial(WafReason::BodyTooLarge, StatusCode::PAYLOAD_TOO_LARGE)
-                    }
-                    Undecodable::Encoding => {
-                        denial(WafReason::BodyEncoding, StatusCode::UNSUPPORTED_MEDIA_TYPE)
-                    }
-                    Undecodable::Unreadable => {
-                        denial(WafReason::BodyUnreadable, StatusCode::BAD_REQUEST)
-                    }
-                };
-                return (Err(refusal), report, None);
+        match body.decoded(&parts.headers, model.profile.body_limit) {
+            Some(Ok(decoded)) => decoded,
+            None | Some(Err(Undecodable::TooLarge)) => {
+                return refused(
+                    report,
+                    WafReason::BodyTooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                );
+            }
+            Some(Err(Undecodable::Encoding)) => {
+                return refused(
+                    report,
+                    WafReason::BodyEncoding,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                );
+            }
+            Some(Err(Undecodable::Unreadable)) => {
+                return refused(report, WafReason::BodyUnreadable, StatusCode::BAD_REQUEST);
             }
         }
     } else {
@@ -351,7 +338,7 @@ async fn inspect_request(
     report.body = Some(seen.name());
     let Some(engine) = waf.engine.clone() else {
         report.engine_error = true;
-        let (judged, report) = engine_failed(model, report, forward);
+        let (judged, report) = engine_failed(model, report, ());
         return (judged, report, None);
     };
     let request = OwnedRequest {
@@ -372,13 +359,13 @@ async fn inspect_request(
         Ok(Err(e)) => {
             tracing::info!(error = %e, "waf: the engine could not judge a request");
             report.engine_error = true;
-            let (judged, report) = engine_failed(model, report, forward);
+            let (judged, report) = engine_failed(model, report, ());
             return (judged, report, None);
         }
         Err(e) => {
             tracing::warn!(error = %e, "waf: evaluation task failed");
             report.engine_error = true;
-            let (judged, report) = engine_failed(model, report, forward);
+            let (judged, report) = engine_failed(model, report, ());
             return (judged, report, None);
         }
     };
@@ -398,7 +385,7 @@ async fn inspect_request(
         // response goes uninspected (the access log says so).
         report.response_body = Some(BodySeen::NotInspected.name());
     }
-    (Ok(forward), report, exchange)
+    (Ok(()), report, exchange)
 }
 
 /// Runs the response rules on the pod's response (`has_body`: one may follow its head): `Ok`
@@ -531,11 +518,11 @@ pub async fn inspect_response(
     (Ok(forward), verdict)
 }
 
-fn engine_failed(
+fn engine_failed<T>(
     model: &WafModel,
     report: WafReport,
-    forward: UpstreamBody,
-) -> (Result<UpstreamBody, Denial>, WafReport) {
+    forward: T,
+) -> (Result<T, Denial>, WafReport) {
     if model.block_on_error {
         (
             Err(denial(

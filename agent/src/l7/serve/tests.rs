@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::Bytes;
 use tokio::io::DuplexStream;
 
 use super::*;
+use crate::flows::event::ProxyEvent;
 use crate::l7::jwks::JwksRegistry;
 
 /// The route of an `http` section (YAML lines indented under `http:`), no WAF engine loaded.
