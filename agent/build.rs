@@ -1,4 +1,5 @@
-//! Builds the kernel object and leaves it at `$OUT_DIR/rampart-ebpf`, where `loader.rs` embeds it.
+//! Builds the kernel object and leaves it at `$OUT_DIR/rampart-ebpf`, where `src/datapath/mod.rs`
+//! embeds it.
 fn main() -> anyhow::Result<()> {
     println!(
         "cargo:rerun-if-env-changed={}",

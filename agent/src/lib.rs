@@ -25,5 +25,7 @@ pub mod spiffe;
 pub mod state;
 pub mod status;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tidy;
 pub mod view;

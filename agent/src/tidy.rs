@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "pod_interfaces",
         "admin_client",
         "view",
+        "test_support",
     ],
     // Configuration is validated from the command line alone.
     &["config"],

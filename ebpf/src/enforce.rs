@@ -122,7 +122,10 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32) -> Action {
 }
 
 /// Everything after the endpoint is known: parse, conntrack, policy (see the module docs).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined into both hooks; a struct of them would be built on the 512-byte BPF stack for every packet"
+)]
 #[inline(always)]
 fn judge(
     b: &Bounds,

@@ -35,6 +35,27 @@ pub use probe::Outcome;
 pub use server::EchoServer;
 pub use topology::{Topology, TopologyBuilder};
 
+/// Waits until `condition` gives a value, checking every 50 ms; fails the test, naming `what`,
+/// if `timeout` passes first. The one way the tests wait for something to become true (never a
+/// fixed sleep).
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Panics with a clear message unless the process runs as root. Privileged tests call this
 /// first: they fail loudly rather than skip.
 pub fn require_root() {

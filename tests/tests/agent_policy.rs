@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
@@ -29,11 +29,7 @@ fn errors(agent: &Agent) -> f64 {
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rampart_tests::eventually(what, Duration::from_secs(10), || f().then_some(()));
 }
 
 #[test]

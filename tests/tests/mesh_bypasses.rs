@@ -527,14 +527,9 @@ fn the_admin_api_is_off_the_network_and_a_connection_flood_stops_nothing() {
         started.elapsed()
     );
     // Once the flood is gone the metrics address serves again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = agent.get("/metrics") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "/metrics never answered again");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    rampart_tests::eventually("/metrics to answer again", Duration::from_secs(30), || {
+        matches!(agent.get("/metrics"), Ok((200, _))).then_some(())
+    });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
@@ -78,11 +78,7 @@ fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rampart_tests::eventually(what, Duration::from_secs(10), || f().then_some(()));
 }
 
 /// `tcpdump` on every port of the underlay bridge, killed on drop.
@@ -119,12 +115,10 @@ impl Capture {
             .stderr(std::fs::File::create(file.with_extension("err")).expect("stderr file"))
             .spawn()
             .expect("tcpdump (cargo xtask setup installs it)");
-        // tcpdump needs a moment before it captures.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        // tcpdump writes the pcap header once it captures.
+        rampart_tests::eventually("tcpdump to start", Duration::from_secs(5), || {
+            (std::fs::metadata(file).map_or(0, |m| m.len()) > 0).then_some(())
+        });
         Capture {
             child,
             file: file.to_owned(),

@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::mesh::MeshAgents;
@@ -227,15 +227,11 @@ fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
         ),
     )
     .expect("write");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node2.sample("rampart_policy_errors_total", "") <= errors {
-        assert!(
-            Instant::now() < deadline,
-            "the bad rules were not refused\n{}",
-            node2.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rampart_tests::eventually(
+        "the bad rules to be refused",
+        Duration::from_secs(20),
+        || (node2.sample("rampart_policy_errors_total", "") > errors).then_some(()),
+    );
     assert!(node2.log().contains("broken-waf"), "{}", node2.log());
     assert_eq!(
         get(8080, ATTACK).status,
@@ -375,14 +371,10 @@ fn card_numbers_in_responses_are_masked_on_the_way_back() {
         policy_with("dlp: {detectors: [{type: email, action: Mask}]}"),
     )
     .expect("write");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&mut kept) != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the kept-alive connection kept the old rules\n{}",
-            node2.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rampart_tests::eventually(
+        "the kept-alive connection to follow the new rules",
+        Duration::from_secs(20),
+        || (status(&mut kept) == 200).then_some(()),
+    );
     assert_eq!(payments.requests(), 2);
 }

@@ -34,6 +34,9 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         exec(cargo().args([
             "clippy",
             "--locked",
+            "--workspace",
+            "--exclude",
+            "rampart-ebpf",
             "--all-targets",
             "--",
             "-D",
@@ -45,7 +48,15 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");
     let mut test = cargo();
-    test.args(["test", "--locked"]).env("RAMPART_BIN", &bin);
+    // Every host crate, the privileged tests (not a default member) included.
+    test.args([
+        "test",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "rampart-ebpf",
+    ])
+    .env("RAMPART_BIN", &bin);
     if let Some(filter) = &args.filter {
         test.arg(filter);
     }

@@ -679,7 +679,10 @@ fn validate(state: &PolicyState) -> Result<(), DatapathError> {
 /// Attaches `prog` to `interface` and, with a `pin` path, pins the attachment there. If a previous
 /// agent pinned a link at `pin`, this program replaces the old one inside it (`update`: one
 /// `bpf_link_update`, no gap); without one, or if that fails, it attaches anew (`attach`).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the link operations differ per program type (XDP, TC) and aya has no trait for them; a struct of closures would only rename the arguments"
+)]
 fn attach_pinned<P, L, Id>(
     prog: &mut P,
     interface: &str,

@@ -69,7 +69,7 @@ fn token(sub: &str, groups: &[&str], exp_offset: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(&SECRET),
         jsonwebtoken::Algorithm::HS256,
     )
-    .unwrap_or_default();
+    .unwrap_or_else(|e| panic!("signing the test token: {e}"));
     format!("{input}.{signature}")
 }
 

@@ -411,9 +411,19 @@ async fn a_kept_alive_connection_follows_policy_changes() {
 
 /// One HTTP/1.1 request with `body` through a WAF route; (status, body, requests at the origin).
 async fn through_waf(route: Arc<HttpRoute>, path: &str, body: &'static [u8]) -> (u16, String, u64) {
+    let (status, text, at_origin, _) = through_waf_counted(route, path, body).await;
+    (status, text, at_origin)
+}
+
+/// [`through_waf`], with the proxy's counters.
+async fn through_waf_counted(
+    route: Arc<HttpRoute>,
+    path: &str,
+    body: &'static [u8],
+) -> (u16, String, u64, Arc<L7Stats>) {
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = Arc::clone(&seen);
-    let (mut sender, _) = client_through(route, None, |io| echo_origin(io, counted)).await;
+    let (mut sender, stats) = client_through(route, None, |io| echo_origin(io, counted)).await;
     let req = Request::post(path)
         .header("host", "b")
         .header("user-agent", "Mozilla/5.0")
@@ -426,7 +436,8 @@ async fn through_waf(route: Arc<HttpRoute>, path: &str, body: &'static [u8]) -> 
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let (status, text) = read(response).await;
-    (status, text, seen.load(std::sync::atomic::Ordering::SeqCst))
+    let at_origin = seen.load(std::sync::atomic::Ordering::SeqCst);
+    (status, text, at_origin, stats)
 }
 
 #[tokio::test]
@@ -480,8 +491,15 @@ async fn the_block_page_answers_what_the_rules_block() {
 #[tokio::test]
 async fn detect_mode_lets_attacks_through() {
     let route = waf_route("{mode: Detect}");
-    let (status, _, at_origin) = through_waf(route, "/post", b"var=1234 OR 1=1").await;
+    let (status, _, at_origin, stats) =
+        through_waf_counted(route, "/post", b"var=1234 OR 1=1").await;
     assert_eq!((status, at_origin), (200, 1));
+    // The rules matched, and would have blocked: counted as detected, not denied.
+    assert_eq!(
+        stats.waf_matches(),
+        [(("api".to_owned(), "sqli", false), 1)]
+    );
+    assert_eq!(stats.denials(), []);
 }
 
 const SQL_ERROR: &[u8] = b"<html><body>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near '1'' at line 1</body></html>";
