@@ -1,0 +1,247 @@
+//! The A/B generation flip: `apply` rewrites the inactive generation and publishes it with one
+//! write of the revision; `set_audit` copies the live generation over.
+
+use super::loader::{Datapath, DatapathError, map_err, typed};
+use crate::kernel_state::{IpcacheRecord, PolicyState};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData};
+use rampart_common::config::{ConfigFlags, DatapathConfig};
+use rampart_common::endpoint::EndpointInfo;
+use rampart_common::ipcache::IpcacheEntry;
+use rampart_common::maps;
+use rampart_common::mesh::{MeshEntry, MeshKey};
+use rampart_common::policy::{PolicyEntry, PolicyKey};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+impl Datapath {
+    /// Installs `state` atomically (see the module docs) and returns the new policy revision.
+    /// On error the live generation is untouched: the last good state stays in force.
+    pub fn apply(&mut self, state: &PolicyState) -> Result<u32, DatapathError> {
+        validate(state)?;
+        self.wait_for_grace();
+        let slot = self.next_slot();
+        {
+            let name = maps::ENDPOINTS[slot];
+            let mut endpoints: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut endpoints, name)?;
+            for (ifindex, info) in &state.endpoints {
+                endpoints.insert(ifindex, info, 0).map_err(map_err(name))?;
+            }
+        }
+        let v4 = state.ipcache.iter().filter_map(|r| match r.addr {
+            IpAddr::V4(a) => Some((a.octets(), r)),
+            IpAddr::V6(_) => None,
+        });
+        self.fill_ipcache(maps::IPCACHE4[slot], v4)?;
+        let v6 = state.ipcache.iter().filter_map(|r| match r.addr {
+            IpAddr::V6(a) => Some((a.octets(), r)),
+            IpAddr::V4(_) => None,
+        });
+        self.fill_ipcache(maps::IPCACHE6[slot], v6)?;
+        {
+            let name = maps::POLICY[slot];
+            let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_trie(&mut policy, name)?;
+            for e in &state.policy {
+                policy
+                    .insert(&Key::new(e.prefix_len, e.key), e.entry, 0)
+                    .map_err(map_err(name))?;
+            }
+        }
+        {
+            let name = maps::MESH[slot];
+            let mut mesh: HashMap<&mut MapData, MeshKey, MeshEntry> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut mesh, name)?;
+            for (k, v) in &state.mesh {
+                mesh.insert(k, v, 0).map_err(map_err(name))?;
+            }
+        }
+        self.config.proxy_port = state.proxy_port;
+        self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
+    }
+
+    /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new
+    /// revision (tracked flows are judged again under the new mode at their next packet).
+    pub fn set_audit(&mut self, audit: bool) -> Result<u32, DatapathError> {
+        let flags = if audit {
+            self.config.flags | ConfigFlags::AUDIT
+        } else {
+            self.config.flags & !ConfigFlags::AUDIT
+        };
+        // Both generations must hold the live state before the parity flips: copy it over.
+        let live = (self.config.revision & 1) as usize;
+        self.copy_generation(live, self.next_slot())?;
+        self.publish_next_revision(flags)
+    }
+
+    /// The generation the next revision makes live (its parity): the one to write now.
+    pub(super) fn next_slot(&self) -> usize {
+        (self.config.revision.wrapping_add(1) & 1) as usize
+    }
+
+    /// Writes the next revision to `CONFIG_V1`: the kernel reads the live generation as the
+    /// revision's parity (one field, so no read pairs a generation with another revision);
+    /// `active` mirrors it for readers of the map.
+    pub(super) fn publish_next_revision(&mut self, flags: u32) -> Result<u32, DatapathError> {
+        let revision = self.config.revision.wrapping_add(1);
+        let config = DatapathConfig {
+            active: revision & 1,
+            revision,
+            flags,
+            proxy_port: self.config.proxy_port,
+            _pad: 0,
+        };
+        let mut array: Array<&mut MapData, DatapathConfig> =
+            typed(maps::CONFIG, self.map_mut(maps::CONFIG)?)?;
+        array.set(0, config, 0).map_err(map_err(maps::CONFIG))?;
+        self.config = config;
+        self.last_flip = Some(Instant::now());
+        Ok(revision)
+    }
+
+    /// Waits until the generation that was live before the last flip can no longer be read by a
+    /// program that started before it (see `GENERATION_GRACE`).
+    pub(super) fn wait_for_grace(&self) {
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                std::thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+    }
+
+    /// Makes generation `to` a copy of generation `from` (every generation-indexed map).
+    pub(super) fn copy_generation(&mut self, from: usize, to: usize) -> Result<(), DatapathError> {
+        self.wait_for_grace();
+        let endpoints: Vec<(u32, EndpointInfo)> = {
+            let map: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(maps::ENDPOINTS[from], self.map_mut(maps::ENDPOINTS[from])?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(maps::ENDPOINTS[from]))?
+        };
+        {
+            let name = maps::ENDPOINTS[to];
+            let mut map: HashMap<&mut MapData, u32, EndpointInfo> =
+                typed(name, self.map_mut(name)?)?;
+            clear_hash(&mut map, name)?;
+            for (k, v) in endpoints {
+                map.insert(k, v, 0).map_err(map_err(name))?;
+            }
+        }
+        self.copy_trie::<[u8; 4], IpcacheEntry>(maps::IPCACHE4[from], maps::IPCACHE4[to])?;
+        self.copy_trie::<[u8; 16], IpcacheEntry>(maps::IPCACHE6[from], maps::IPCACHE6[to])?;
+        self.copy_trie::<PolicyKey, PolicyEntry>(maps::POLICY[from], maps::POLICY[to])?;
+        let mesh: Vec<(MeshKey, MeshEntry)> = {
+            let map: HashMap<&mut MapData, MeshKey, MeshEntry> =
+                typed(maps::MESH[from], self.map_mut(maps::MESH[from])?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(maps::MESH[from]))?
+        };
+        let name = maps::MESH[to];
+        let mut map: HashMap<&mut MapData, MeshKey, MeshEntry> = typed(name, self.map_mut(name)?)?;
+        clear_hash(&mut map, name)?;
+        for (k, v) in mesh {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn copy_trie<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        from: &'static str,
+        to: &'static str,
+    ) -> Result<(), DatapathError> {
+        let entries: Vec<(Key<K>, V)> = {
+            let map: LpmTrie<&mut MapData, K, V> = typed(from, self.map_mut(from)?)?;
+            map.iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(from))?
+        };
+        let mut map: LpmTrie<&mut MapData, K, V> = typed(to, self.map_mut(to)?)?;
+        clear_trie(&mut map, to)?;
+        for (k, v) in entries {
+            map.insert(&k, v, 0).map_err(map_err(to))?;
+        }
+        Ok(())
+    }
+
+    /// The current policy revision (0 before the first `apply`).
+    pub fn revision(&self) -> u32 {
+        self.config.revision
+    }
+
+    /// Replaces the content of one ipcache trie (of the inactive generation).
+    pub(super) fn fill_ipcache<'s, K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        records: impl Iterator<Item = (K, &'s IpcacheRecord)>,
+    ) -> Result<(), DatapathError> {
+        let mut trie: LpmTrie<&mut MapData, K, IpcacheEntry> = typed(name, self.map_mut(name)?)?;
+        clear_trie(&mut trie, name)?;
+        for (addr, r) in records {
+            let entry = IpcacheEntry {
+                identity: r.identity,
+                endpoint_ifindex: r.endpoint_ifindex,
+            };
+            trie.insert(&Key::new(u32::from(r.prefix_len), addr), entry, 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+}
+
+/// How long after a generation flip the old generation may still be read by a program that
+/// started before it; `apply` does not rewrite that generation sooner.
+pub(super) const GENERATION_GRACE: Duration = Duration::from_millis(20);
+
+/// Checks a state before any of it is written: the kernel reads endpoint id 0 as "no endpoint"
+/// (an endpoint with it would go unpoliced), and a prefix cannot be longer than its address.
+pub(super) fn validate(state: &PolicyState) -> Result<(), DatapathError> {
+    if let Some((ifindex, _)) = state.endpoints.iter().find(|(_, e)| e.endpoint_id == 0) {
+        return Err(DatapathError::EndpointIdZero { ifindex: *ifindex });
+    }
+    for r in &state.ipcache {
+        let max = if r.addr.is_ipv4() { 32 } else { 128 };
+        if r.prefix_len > max {
+            return Err(DatapathError::BadPrefix {
+                addr: r.addr,
+                prefix_len: r.prefix_len,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+pub(super) fn clear_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut LpmTrie<&mut MapData, K, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<Key<K>> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
