@@ -6,6 +6,13 @@ fn main() -> anyhow::Result<()> {
         rampart_ebpf_build::TOOLCHAIN_ENV
     );
     let ebpf_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf");
-    rampart_ebpf_build::build_kernel_object(ebpf_dir)?;
+    // The benchmarks' build (feature `bench-baselines`) adds the bare XDP baselines to the
+    // object; the agent's own object never has them.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BENCH_BASELINES").is_some() {
+        &["bench-baselines"]
+    } else {
+        &[]
+    };
+    rampart_ebpf_build::build_kernel_object(ebpf_dir, features)?;
     Ok(())
 }

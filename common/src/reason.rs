@@ -126,13 +126,13 @@ pub const fn drop_slot(reason: DropReason, dir: Direction) -> u32 {
     r * 2 + (dir.0 as u32 & 1)
 }
 
-/// Defines one namespace of [`ProxyReason`]: a dense, append-only `u8` code per reason and its
-/// label. (A macro, not a derive crate: the kernel crate shares this file and takes no
+/// Defines one namespace of [`ProxyReason`] (`Name in Variant`): a dense, append-only `u8` code
+/// per reason and its label, and the conversion into [`ProxyReason`]. (A macro, not a derive crate: the kernel crate shares this file and takes no
 /// proc-macro dependencies.)
 macro_rules! reasons {
     (
         $(#[$doc:meta])*
-        $name:ident {
+        $name:ident in $namespace:ident {
             $( $(#[$vdoc:meta])* $variant:ident = $code:literal => $label:literal, )*
         }
     ) => {
@@ -154,12 +154,18 @@ macro_rules! reasons {
                 }
             }
         }
+
+        impl From<$name> for ProxyReason {
+            fn from(reason: $name) -> ProxyReason {
+                ProxyReason::$namespace(reason)
+            }
+        }
     };
 }
 
 reasons! {
     /// `http`: the request (or response) as sent cannot be judged the way the pod reads it.
-    HttpReason {
+    HttpReason in Http {
         /// `CONNECT` (405).
         Connect = 0 => "connect",
         /// A transfer coding other than `chunked` (501 on a request, 502 on a response).
@@ -188,7 +194,7 @@ reasons! {
 
 reasons! {
     /// `authn`: no credential authenticated the request (401).
-    AuthnReason {
+    AuthnReason in Authn {
         MissingCredentials = 0 => "missing_credentials",
         /// Two credentials where one is read (two `Authorization` headers, two cookies).
         AmbiguousCredentials = 1 => "ambiguous_credentials",
@@ -212,7 +218,7 @@ reasons! {
 
 reasons! {
     /// `authz`: the rules do not allow the request (403).
-    AuthzReason {
+    AuthzReason in Authz {
         NoRuleMatched = 0 => "no_rule_matched",
         DenyRule = 1 => "deny_rule",
     }
@@ -220,7 +226,7 @@ reasons! {
 
 reasons! {
     /// `ratelimit` (429).
-    RateLimitReason {
+    RateLimitReason in RateLimit {
         OverLimit = 0 => "over_limit",
     }
 }
@@ -228,7 +234,7 @@ reasons! {
 reasons! {
     /// `waf`: the body could not be given to the rules, the engine failed, or the rules blocked
     /// (named by the rule group of the rule that did: the CRS rule file's family).
-    WafReason {
+    WafReason in Waf {
         BodyUnreadable = 0 => "body_unreadable",
         BodyTooLarge = 1 => "body_too_large",
         BodyEncoding = 2 => "body_encoding",
@@ -269,7 +275,7 @@ reasons! {
 
 reasons! {
     /// `dlp`: sensitive data a `Block` detector matched, or a body the scanner cannot read.
-    DlpReason {
+    DlpReason in Dlp {
         Blocked = 0 => "blocked",
         UnsupportedEncoding = 1 => "unsupported_encoding",
         TooLarge = 2 => "too_large",
@@ -281,7 +287,7 @@ reasons! {
 
 reasons! {
     /// `mtls`: the tunnel refused a connection or stream.
-    MtlsReason {
+    MtlsReason in Mtls {
         /// Not TLS at all.
         Plaintext = 0 => "plaintext",
         NoClientCertificate = 1 => "no_client_certificate",
@@ -312,7 +318,7 @@ reasons! {
 reasons! {
     /// The source's side: a redirected flow that could not be tunnelled (reported under the
     /// `mtls` filter, counted in `rampart_proxy_outbound_errors_total`).
-    OutboundReason {
+    OutboundReason in Outbound {
         /// The source address is not a local workload.
         UnknownSource = 0 => "unknown_source",
         /// The destination is not a known workload with a node address.
@@ -325,7 +331,7 @@ reasons! {
 
 reasons! {
     /// `ingress`: a flow from outside the cluster refused.
-    IngressReason {
+    IngressReason in Ingress {
         /// The port takes TLS and the client spoke something else.
         Plaintext = 0 => "plaintext",
         /// The TLS handshake failed or timed out.
@@ -351,60 +357,6 @@ pub enum ProxyReason {
     Mtls(MtlsReason),
     Outbound(OutboundReason),
     Ingress(IngressReason),
-}
-
-impl From<HttpReason> for ProxyReason {
-    fn from(reason: HttpReason) -> ProxyReason {
-        ProxyReason::Http(reason)
-    }
-}
-
-impl From<AuthnReason> for ProxyReason {
-    fn from(reason: AuthnReason) -> ProxyReason {
-        ProxyReason::Authn(reason)
-    }
-}
-
-impl From<AuthzReason> for ProxyReason {
-    fn from(reason: AuthzReason) -> ProxyReason {
-        ProxyReason::Authz(reason)
-    }
-}
-
-impl From<RateLimitReason> for ProxyReason {
-    fn from(reason: RateLimitReason) -> ProxyReason {
-        ProxyReason::RateLimit(reason)
-    }
-}
-
-impl From<WafReason> for ProxyReason {
-    fn from(reason: WafReason) -> ProxyReason {
-        ProxyReason::Waf(reason)
-    }
-}
-
-impl From<DlpReason> for ProxyReason {
-    fn from(reason: DlpReason) -> ProxyReason {
-        ProxyReason::Dlp(reason)
-    }
-}
-
-impl From<MtlsReason> for ProxyReason {
-    fn from(reason: MtlsReason) -> ProxyReason {
-        ProxyReason::Mtls(reason)
-    }
-}
-
-impl From<OutboundReason> for ProxyReason {
-    fn from(reason: OutboundReason) -> ProxyReason {
-        ProxyReason::Outbound(reason)
-    }
-}
-
-impl From<IngressReason> for ProxyReason {
-    fn from(reason: IngressReason) -> ProxyReason {
-        ProxyReason::Ingress(reason)
-    }
 }
 
 impl ProxyReason {

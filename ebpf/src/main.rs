@@ -62,14 +62,16 @@ pub fn rp_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Benchmark baseline: passes every packet and does nothing else. The agent never attaches it;
-/// `cargo xtask bench` measures Rampart's programs against it.
+/// Benchmark baseline: passes every packet and does nothing else. Only in the benchmarks' object
+/// (feature `bench-baselines`); `cargo xtask bench` measures Rampart's programs against it.
+#[cfg(feature = "bench-baselines")]
 #[xdp]
 pub fn rp_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Benchmark baseline: drops every packet and does nothing else (never attached by the agent).
+/// Benchmark baseline: drops every packet and does nothing else (benchmarks' object only).
+#[cfg(feature = "bench-baselines")]
 #[xdp]
 pub fn rp_xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP

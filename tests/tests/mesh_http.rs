@@ -122,52 +122,102 @@ fn metric(agent: &Agent, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[test]
-fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
-    require_root();
-    let topo = Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1, 10))
-        .pod("node-2", "shop/b", ip(2, 10))
-        .build()
-        .expect("topology");
-    let origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
-    let partners_origin = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
+/// Two nodes, pod a (node 1) and pod b (node 2) with origins on 8080 (JWT rules) and 8081 (API
+/// keys), agents on both with the orders policy. (Fields drop in this order: the agents before
+/// the origins, the topology last.)
+struct Orders {
+    mesh: MeshAgents,
+    origin: HttpServer,
+    partners_origin: HttpServer,
+    topo: Topology,
+}
 
-    let mesh =
-        MeshAgents::start(&topo, &["node-1", "node-2"], &policy(), None, &[]).expect("agents");
-    let node2 = mesh.node("node-2");
-    let a = topo.pod("shop/a").ns.path();
-    let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8080);
-    let get = |path: &str, headers: &[(&str, &str)]| -> HttpReply {
+impl Orders {
+    fn start() -> Orders {
+        require_root();
+        let topo = Topology::builder(TEST_PREFIX)
+            .node("node-1")
+            .node("node-2")
+            .pod("node-1", "shop/a", ip(1, 10))
+            .pod("node-2", "shop/b", ip(2, 10))
+            .build()
+            .expect("topology");
+        let origin = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin");
+        let partners_origin = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");
+        let mesh =
+            MeshAgents::start(&topo, &["node-1", "node-2"], &policy(), None, &[]).expect("agents");
+        Orders {
+            mesh,
+            origin,
+            partners_origin,
+            topo,
+        }
+    }
+
+    fn node2(&self) -> &Agent {
+        self.mesh.node("node-2")
+    }
+
+    /// `GET path` from pod a to pod b's port `port`.
+    fn get(&self, port: u16, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        let a = self.topo.pod("shop/a").ns.path();
+        let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
         http_request(&a, b, "GET", path, headers, TIMEOUT)
-            .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nnode-2 log:\n{}", node2.log()))
-    };
-    let bearer = |t: String| format!("Bearer {t}");
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}\nnode-2 log:\n{}", self.node2().log()))
+    }
 
-    // Authentication.
-    let reply = get("/orders/1", &[]);
-    assert_eq!(reply.status, 401, "{reply:?}\nnode-2 log:\n{}", node2.log());
+    /// `GET path` on the JWT-protected port.
+    fn orders(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        self.get(8080, path, headers)
+    }
+}
+
+fn bearer(token: String) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn requests_without_a_valid_token_get_401_and_never_reach_the_pod() {
+    let o = Orders::start();
+    let reply = o.orders("/orders/1", &[]);
+    assert_eq!(
+        reply.status,
+        401,
+        "{reply:?}\nnode-2 log:\n{}",
+        o.node2().log()
+    );
     assert_eq!(
         reply.header("www-authenticate"),
         Some(r#"Bearer realm="rampart""#)
     );
     let expired = bearer(token("alice", &["readers"], -120, &SECRET));
-    assert_eq!(get("/orders/1", &[("authorization", &expired)]).status, 401);
+    assert_eq!(
+        o.orders("/orders/1", &[("authorization", &expired)]).status,
+        401
+    );
     let forged = bearer(token("alice", &["readers"], 600, &[1; 32]));
-    let reply = get("/orders/1", &[("authorization", &forged)]);
+    let reply = o.orders("/orders/1", &[("authorization", &forged)]);
     assert_eq!(reply.status, 401);
     assert!(
         reply
             .header("www-authenticate")
             .is_some_and(|v| v.contains("invalid_token"))
     );
-    assert_eq!(origin.requests(), 0, "a refused request reached the pod");
+    assert_eq!(o.origin.requests(), 0, "a refused request reached the pod");
+    for (labels, at_least) in [
+        (r#"filter="authn",reason="missing_credentials""#, 1.0),
+        (r#"filter="authn",reason="expired""#, 1.0),
+        (r#"filter="authn",reason="signature""#, 1.0),
+    ] {
+        assert!(metric(o.node2(), labels) >= at_least, "{labels}");
+    }
+}
 
-    // A reader passes; the pod sees x-user from the token, not the client's, and no token.
+#[test]
+fn a_reader_passes_with_the_identity_the_proxy_sets_and_without_the_token() {
+    let o = Orders::start();
     let alice = bearer(token("alice", &["readers"], 600, &SECRET));
-    let reply = get(
+    let reply = o.orders(
         "/orders/1",
         &[("authorization", &alice), ("x-user", "mallory")],
     );
@@ -180,21 +230,42 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
         reply.body
     );
     assert_eq!(reply.header("x-ratelimit-limit"), Some("3"));
-    assert_eq!(origin.requests(), 1);
+    assert_eq!(o.origin.requests(), 1);
+}
 
-    // Authorization: an explicit deny, and a subject without the group.
+#[test]
+fn a_deny_rule_or_a_missing_group_gets_403_before_the_pod() {
+    let o = Orders::start();
+    let alice = bearer(token("alice", &["readers"], 600, &SECRET));
     assert_eq!(
-        get("/admin/users", &[("authorization", &alice)]).status,
+        o.orders("/admin/users", &[("authorization", &alice)])
+            .status,
         403
     );
     let writer = bearer(token("bob", &["writers"], 600, &SECRET));
-    assert_eq!(get("/orders/1", &[("authorization", &writer)]).status, 403);
-    assert_eq!(origin.requests(), 1, "a forbidden request reached the pod");
+    assert_eq!(
+        o.orders("/orders/1", &[("authorization", &writer)]).status,
+        403
+    );
+    assert_eq!(
+        o.origin.requests(),
+        0,
+        "a forbidden request reached the pod"
+    );
+    assert!(metric(o.node2(), r#"filter="authz",reason="deny_rule""#) >= 1.0);
+    assert!(metric(o.node2(), r#"filter="authz",reason="no_rule_matched""#) >= 1.0);
+}
 
-    // Rate limit per subject: alice has 3 tokens a minute and has used 1.
-    assert_eq!(get("/orders/2", &[("authorization", &alice)]).status, 200);
-    assert_eq!(get("/orders/3", &[("authorization", &alice)]).status, 200);
-    let limited = get("/orders/4", &[("authorization", &alice)]);
+#[test]
+fn each_subject_has_its_own_rate_limit() {
+    let o = Orders::start();
+    // alice has 3 tokens a minute.
+    let alice = bearer(token("alice", &["readers"], 600, &SECRET));
+    for n in 1..=3 {
+        let path = format!("/orders/{n}");
+        assert_eq!(o.orders(&path, &[("authorization", &alice)]).status, 200);
+    }
+    let limited = o.orders("/orders/4", &[("authorization", &alice)]);
     assert_eq!(limited.status, 429, "{limited:?}");
     let retry: u64 = limited
         .header("retry-after")
@@ -203,15 +274,19 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
     let carol = bearer(token("carol", &["readers"], 600, &SECRET));
-    assert_eq!(get("/orders/1", &[("authorization", &carol)]).status, 200);
-    assert_eq!(origin.requests(), 4);
+    assert_eq!(
+        o.orders("/orders/1", &[("authorization", &carol)]).status,
+        200
+    );
+    assert_eq!(o.origin.requests(), 4);
+    assert!(metric(o.node2(), r#"filter="ratelimit",reason="over_limit""#) >= 1.0);
+}
 
-    // API keys from a Secret: the pod learns the client's name, never the key; one request per
-    // client per minute.
-    let partners = SocketAddr::new(IpAddr::V4(ip(2, 10)), 8081);
-    let call = |headers: &[(&str, &str)]| {
-        http_request(&a, partners, "GET", "/", headers, TIMEOUT).expect("GET partners")
-    };
+#[test]
+fn api_keys_from_a_secret_name_the_client_and_are_limited_per_client() {
+    let o = Orders::start();
+    // The pod learns the client's name, never the key; one request per client per minute.
+    let call = |headers: &[(&str, &str)]| o.get(8081, "/", headers);
     assert_eq!(call(&[]).status, 401);
     assert_eq!(call(&[("x-api-key", "key-wrong")]).status, 401);
     let reply = call(&[("x-api-key", "key-acme-7c1d")]);
@@ -220,17 +295,32 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     assert!(!reply.body.contains("key-acme"), "{}", reply.body);
     assert_eq!(call(&[("x-api-key", "key-acme-7c1d")]).status, 429);
     assert_eq!(call(&[("x-api-key", "key-globex-91fe")]).status, 200);
-    assert_eq!(partners_origin.requests(), 2);
+    assert_eq!(o.partners_origin.requests(), 2);
+    assert!(metric(o.node2(), r#"filter="authn",reason="invalid_api_key""#) >= 1.0);
+}
 
-    // The access log: one flow record per request, in `rampart flows`, naming the deciding
-    // filter, the principal and the bucket, and never a credential.
-    let flows = node2.cli(&["flows", "--json"]).expect("rampart flows");
+#[test]
+fn the_access_log_names_the_deciding_filter_and_principal_and_never_a_credential() {
+    let o = Orders::start();
+    let alice = bearer(token("alice", &["readers"], 600, &SECRET));
+    assert_eq!(o.orders("/orders/1", &[]).status, 401);
+    assert_eq!(
+        o.orders("/orders/1", &[("authorization", &alice)]).status,
+        200
+    );
+    assert_eq!(o.get(8081, "/", &[("x-api-key", "key-wrong")]).status, 401);
+    assert_eq!(
+        o.get(8081, "/", &[("x-api-key", "key-acme-7c1d")]).status,
+        200
+    );
+    // One flow record per request, in `rampart flows`.
+    let flows = o.node2().cli(&["flows", "--json"]).expect("rampart flows");
     let records: Vec<serde_json::Value> = flows
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|r: &serde_json::Value| r["http"].is_object())
         .collect();
-    assert!(records.len() >= 14, "{flows}");
+    assert!(records.len() >= 4, "{flows}");
     let missing = records
         .iter()
         .find(|r| r["http"]["denied_by"] == "authn:missing_credentials")
@@ -259,23 +349,6 @@ fn requests_pass_authentication_authorization_and_rate_limits_in_the_proxy() {
     );
     for secret in [&alice[7..], "key-acme-7c1d", "key-wrong"] {
         assert!(!flows.contains(secret), "a credential reached the flow log");
-    }
-
-    // Every refusal counted by filter and reason.
-    for (labels, at_least) in [
-        (r#"filter="authn",reason="missing_credentials""#, 1.0),
-        (r#"filter="authn",reason="expired""#, 1.0),
-        (r#"filter="authn",reason="signature""#, 1.0),
-        (r#"filter="authz",reason="deny_rule""#, 1.0),
-        (r#"filter="authz",reason="no_rule_matched""#, 1.0),
-        (r#"filter="ratelimit",reason="over_limit""#, 2.0),
-        (r#"filter="authn",reason="invalid_api_key""#, 1.0),
-    ] {
-        assert!(
-            metric(node2, labels) >= at_least,
-            "{labels}: {}",
-            node2.metrics().unwrap_or_default()
-        );
     }
 }
 

@@ -26,6 +26,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "rampart-bench",
         "-p",
         "rampart-agent",
+        // The XDP baselines the `xdp-drop` suite measures against, in this build's object only.
+        "--features",
+        "rampart-agent/bench-baselines",
     ]))?;
     let root = workspace_root();
     let mut cmd = std::process::Command::new(root.join("target/release/rampart-bench"));

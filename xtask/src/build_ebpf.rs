@@ -20,7 +20,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     }
     let ebpf_dir = root.join("ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("workspace path is not UTF-8")?;
-    let toolchain = rampart_ebpf_build::build_kernel_object(ebpf_dir)?;
+    let toolchain = rampart_ebpf_build::build_kernel_object(ebpf_dir, &[])?;
     let object = out_dir.join("rampart-ebpf");
     let size = std::fs::metadata(&object)
         .with_context(|| format!("reading {}", object.display()))?

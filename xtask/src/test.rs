@@ -103,6 +103,9 @@ fn clippy_kernel_crate() -> anyhow::Result<()> {
         "--locked",
         "-p",
         "rampart-ebpf",
+        // The benchmark baselines too (they are only in the benchmarks' object).
+        "--features",
+        "bench-baselines",
     ])
     .args([
         "--target",

@@ -67,9 +67,10 @@ pub enum ProgramKind {
     Xdp,
     TcIngress,
     TcEgress,
-    /// The benchmark baseline `rp_xdp_pass` (passes everything; loaded on first use).
+    /// The benchmark baseline `rp_xdp_pass` (passes everything; loaded on first use). Only in an
+    /// object built with the `bench-baselines` feature; otherwise `MissingProgram`.
     XdpPassBaseline,
-    /// The benchmark baseline `rp_xdp_drop` (drops everything; loaded on first use).
+    /// The benchmark baseline `rp_xdp_drop` (drops everything; loaded on first use; the same).
     XdpDropBaseline,
 }
 

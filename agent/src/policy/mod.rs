@@ -3,15 +3,17 @@
 //! | stage | module | what |
 //! | --- | --- | --- |
 //! | read | `source` | files → objects with positions (YAML multi-document or JSON) |
-//! | shapes | `objects` | the kinds read, as serde types (unknown fields are errors) |
-//! | validate | `model`, `selector` | objects → the policy model, or diagnostics at `file:line:col` |
-//! | L7 | `http` | a MeshPolicy's `http` section: JWT providers, authorization rules, rate limits |
-//! | DLP | `dlp` | a MeshPolicy's `http.dlp`: detectors and actions on responses |
+//! | shapes | `spec/` | the kinds read and a MeshPolicy's sections, as serde types (unknown fields are errors) |
+//! | validate | `model/`, `selector`, `secret` | objects → the policy model (one file per kind), or diagnostics at `file:line:col`; Secrets resolved into the sections that name them |
+//! | L7 | `http` | a MeshPolicy's `http` section: JWT and API-key providers, authorization rules, rate limits |
+//! | DLP | `dlp` | a MeshPolicy's `http.dlp`: detectors and actions on responses and requests |
 //! | WAF | `waf` | a MeshPolicy's `http.waf`: the Core Rule Set's profile, body inspection, modes |
 //! | ingress | `ingress` | a MeshPolicy's `ingress` section: traffic from outside the cluster, TLS certificates from Secrets |
-//! | identities | `identity` | numeric identities, stable while their label set exists; SPIFFE IDs |
-//! | compile | `compile` | model → endpoints, ipcache and policy trie entries (pure) |
+//! | identities | `identity` | numeric identities, stable while their label set exists |
+//! | compile | `compile` | model → endpoints, ipcache and policy trie entries, mTLS destinations (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
+//!
+//! Nothing here names the running agent (the layering test in `tidy.rs`).
 //!
 //! A set with any error is rejected whole; the caller keeps the last good state in force.
 

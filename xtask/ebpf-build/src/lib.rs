@@ -62,7 +62,9 @@ pub fn toolchain_runs(name: &str) -> bool {
 
 /// Builds the kernel object into `$OUT_DIR/rampart-ebpf` (aya-build reads `OUT_DIR`). `ebpf_dir`
 /// is the `ebpf/` package directory.
-pub fn build_kernel_object(ebpf_dir: &str) -> anyhow::Result<EbpfToolchain> {
+/// Builds the kernel object with the kernel crate's `features` (the agent's: none; the
+/// benchmarks': `bench-baselines`).
+pub fn build_kernel_object(ebpf_dir: &str, features: &[&str]) -> anyhow::Result<EbpfToolchain> {
     let toolchain = EbpfToolchain::select()?;
     if Command::new("bpf-linker")
         .arg("--version")
@@ -89,6 +91,7 @@ pub fn build_kernel_object(ebpf_dir: &str) -> anyhow::Result<EbpfToolchain> {
     let package = aya_build::Package {
         name: "rampart-ebpf",
         root_dir: ebpf_dir,
+        features,
         ..Default::default()
     };
     aya_build::build_ebpf([package], aya_toolchain).with_context(|| {
