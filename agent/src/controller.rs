@@ -134,11 +134,6 @@ impl<N: Node> Controller<N> {
         self.reload(None, None)
     }
 
-    /// The node (tests look at what it was given).
-    pub fn node(&self) -> &N {
-        &self.node
-    }
-
     /// Serves commands until `Shutdown` or until every sender is gone.
     pub fn run(mut self, commands: Receiver<ControllerCommand>) {
         loop {

@@ -134,11 +134,6 @@ impl Publisher {
     pub fn current(&self) -> Option<Arc<PolicyGeneration>> {
         self.current.borrow().clone()
     }
-
-    /// Whether a table is staged.
-    pub fn is_staged(&self) -> bool {
-        self.staged.borrow().is_some()
-    }
 }
 
 impl Generations {

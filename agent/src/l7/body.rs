@@ -363,8 +363,10 @@ impl RequestBody {
         };
         let reusable =
             |(decoded_under, outcome): &(usize, Result<Bytes, Undecodable>)| match outcome {
-                Ok(plain) => plain.len() <= limit || *decoded_under == limit,
-                Err(Undecodable::TooLarge) => *decoded_under <= limit,
+                // Whole: a smaller limit is checked below, a larger one finds the same bytes.
+                Ok(_) => true,
+                // Too large under a limit at least this one: too large under this one too.
+                Err(Undecodable::TooLarge) => *decoded_under >= limit,
                 Err(_) => true,
             };
         if !self.decoded.as_ref().is_some_and(reusable) {
@@ -512,6 +514,17 @@ mod tests {
         );
         // The pod gets the body as it was sent.
         assert_eq!(sent(body).await.as_ref(), compressed.as_slice());
+        // Too large for a first filter's small limit is no verdict for a larger one.
+        let mut body = RequestBody::new(whole_body(Bytes::from(compressed.clone()), None));
+        assert!(matches!(body.hold(4096).await, Ok(Holding::Whole(_))));
+        assert_eq!(
+            body.decoded(&headers, 100),
+            Some(Err(Undecodable::TooLarge))
+        );
+        assert_eq!(
+            body.decoded(&headers, 4096).map(|d| d.map(|b| b.len())),
+            Some(Ok(1000))
+        );
     }
 
     #[tokio::test]

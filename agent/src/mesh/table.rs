@@ -198,14 +198,6 @@ pub struct TableView {
 }
 
 impl TableView {
-    /// One table, never staged (tests, and a proxy without a controller).
-    pub fn fixed(table: Arc<MeshTable>) -> TableView {
-        TableView {
-            current: View::fixed(table),
-            staged: View::fixed(None),
-        }
-    }
-
     /// The table in force if `knows` holds for it, else the staged one if it holds there,
     /// else the table in force.
     pub fn knowing(&self, knows: impl Fn(&MeshTable) -> bool) -> Arc<MeshTable> {
