@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
 use crate::config::RunConfig;
-use crate::controller::{Controller, ControllerConfig, DirectorySource, KernelNode};
+use crate::controller::{Controller, ControllerConfig, DirectorySource, KernelNode, PolicySource};
 use crate::datapath::Datapath;
 use crate::flows::FlowHub;
 use crate::flows::event::ProxyEventSink;
@@ -19,6 +19,7 @@ use crate::flows::file_log::FlowLogWriter;
 use crate::generation::Publisher;
 use crate::kernel_state::PolicyState;
 use crate::mesh::runtime::MeshRuntime;
+use crate::sources::kube::KubeSource;
 use crate::state::{AgentState, ControllerCommand, Rejections};
 use crate::{admin, metrics};
 
@@ -99,7 +100,24 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     let stats = datapath.take_stats()?;
     let events = Mutex::new(datapath.take_events()?);
     let (commands, receiver) = std::sync::mpsc::channel();
+    // The Kubernetes source starts watching now; nothing goes into force before its first
+    // complete list of every kind (the controller waits for it).
+    let kube = match &config.kube {
+        Some(connection) => {
+            let changed = commands.clone();
+            let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                let _ = changed.send(ControllerCommand::SourceChanged);
+            });
+            Some(
+                KubeSource::start(connection, notify)
+                    .await
+                    .context("connecting to the Kubernetes API")?,
+            )
+        }
+        None => None,
+    };
     let state = Arc::new(AgentState {
+        kube: kube.as_ref().map(KubeSource::health),
         attachments: Arc::new(Mutex::new(datapath.attachments().to_vec())),
         config,
         started: Instant::now(),
@@ -148,9 +166,13 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         trust_domain: state.config.trust_domain.clone(),
         audit: state.config.mode == Mode::Audit,
         attached: state.config.interfaces.clone(),
-        sources: vec![Box::new(DirectorySource {
-            dir: state.config.policy_dir.clone(),
-        })],
+        sources: {
+            let mut sources: Vec<Box<dyn PolicySource>> = vec![Box::new(DirectorySource {
+                dir: state.config.policy_dir.clone(),
+            })];
+            sources.extend(kube.map(|k| Box::new(k) as Box<dyn PolicySource>));
+            sources
+        },
         proxy: state.mesh.as_ref().map(|mesh| mesh.table_builder()),
     };
     let mut controller = Controller::new(
@@ -167,6 +189,11 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     match controller.start() {
         Ok(generation) => {
             tracing::info!(generation, addr = %state.config.metrics_addr, admin_socket = %state.config.admin_socket.display(), "ready: serving /metrics, /readyz; the admin API on its socket");
+        }
+        Err(errors) if errors.iter().any(|e| e == crate::controller::WAITING) => {
+            tracing::info!(
+                "waiting for the Kubernetes API's first complete list: not ready until then"
+            );
         }
         Err(_) => tracing::error!("the first policy set was rejected: not ready until it is fixed"),
     }

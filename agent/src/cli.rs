@@ -177,6 +177,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", env = "RAMPART_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
 
+    /// Learn the cluster from the Kubernetes API with the pod's service account (as a
+    /// DaemonSet runs): Pods, Namespaces, Nodes, NetworkPolicies, Rampart's kinds and Secrets
+    /// labelled `rampart.dev/secret`. The policy directory, if given, still applies beneath it.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub kube: bool,
+
+    /// As --kube, with the current context of this kubeconfig file.
+    #[arg(long, value_name = "FILE", env = "RAMPART_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Interface to attach the XDP and TC programs to (an uplink, or a pod interface the routes
     /// do not show); repeat for several. Pod interfaces are found from the node's routes.
     #[arg(long = "interface", value_name = "IFACE")]

@@ -31,6 +31,8 @@ pub enum ConfigError {
     CaDir { path: String, reason: String },
     #[error("--admin-socket {path}: {reason}")]
     AdminSocket { path: String, reason: &'static str },
+    #[error("--kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
     #[error("--proxy-port and --tunnel-port must differ")]
     SamePorts,
 }
@@ -75,10 +77,22 @@ pub struct FlowLogSettings {
     pub max_files: u32,
 }
 
+/// How to reach the Kubernetes API server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeConnection {
+    /// The service account a pod is given (`--kube`).
+    InCluster,
+    /// A kubeconfig file's current context (`--kubeconfig FILE`).
+    Kubeconfig(PathBuf),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub interfaces: Vec<String>,
     pub policy_dir: Option<PathBuf>,
+    /// The Kubernetes API as a source (`--kube`, `--kubeconfig`).
+    pub kube: Option<KubeConnection>,
     pub bpffs_root: PathBuf,
     pub metrics_addr: SocketAddr,
     /// The admin API's Unix socket.
@@ -109,6 +123,19 @@ impl RunConfig {
         if let Some(dir) = &args.policy_dir {
             validate_policy_dir(dir)?;
         }
+        let kube = match (&args.kubeconfig, args.kube) {
+            (Some(path), _) => {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(ConfigError::Kubeconfig {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                Some(KubeConnection::Kubeconfig(path.clone()))
+            }
+            (None, true) => Some(KubeConnection::InCluster),
+            (None, false) => None,
+        };
         if !crate::dns_name::is_dns_subdomain(&args.trust_domain) {
             return Err(ConfigError::TrustDomain(args.trust_domain));
         }
@@ -158,6 +185,7 @@ impl RunConfig {
                 max_files: args.flow_log_max_files,
             }),
             interfaces,
+            kube,
             policy_dir: args.policy_dir,
             bpffs_root: args.bpffs_root,
             metrics_addr: args.metrics_addr,

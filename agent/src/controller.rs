@@ -9,15 +9,13 @@
 //! and for every reader), the errors are logged with file and line, counted, and kept as
 //! `last_error`. A kernel that refuses the state only withdraws the staged table.
 
-mod sources;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use sources::{DirectorySource, PolicySource, PushedFiles, SourceRead, read_sources};
+pub use crate::sources::{DirectorySource, PolicySource, PushedFiles, SourceRead, read_sources};
 
 use crate::datapath::{Attachment, Datapath};
 use crate::flows::FlowNames;
@@ -28,7 +26,12 @@ use crate::pod_interfaces::{self, PodInterface};
 use crate::policy::diag::Diagnostic;
 use crate::policy::identity::Allocator;
 use crate::policy::{self, compile};
+use crate::sources::Outcome;
 use crate::state::{ControllerCommand, PushChange, Rejections};
+
+/// Why nothing is installed yet with a source that has not listed everything.
+pub const WAITING: &str =
+    "waiting for every source's first complete view (the Kubernetes API's first list of each kind)";
 
 /// How often the node's pod interfaces are read again (a new pod is found within this).
 const RESCAN: Duration = Duration::from_secs(1);
@@ -211,14 +214,25 @@ impl<N: Node> Controller<N> {
             Some(Ok(next)) => PushedFiles::new(next),
             Some(Err(message)) => return Err(self.reject_message(message)),
         };
+        if let Some(waiting) = self.config.sources.iter().position(|s| !s.synced()) {
+            tracing::info!(
+                source = waiting,
+                "waiting for a source's first complete view"
+            );
+            return Err(vec![WAITING.to_owned()]);
+        }
         let sources = self
             .config
             .sources
             .iter()
             .map(|s| s.as_ref())
             .chain([&pushed as &dyn PolicySource]);
-        let SourceRead { read, documents } = read_sources(sources);
-        let checked = match policy::check(read) {
+        let SourceRead {
+            read,
+            documents,
+            validated,
+        } = read_sources(sources);
+        let (checked, rejected) = match self.check(read, validated) {
             Ok(c) => c,
             Err(diags) => return Err(self.reject(&diags)),
         };
@@ -271,14 +285,91 @@ impl<N: Node> Controller<N> {
         let generation = PolicyGeneration {
             number,
             names: Arc::new(FlowNames::from_compiled(&compiled)),
-            summary: PolicySummary::of(&compiled, documents, self.pushed.size()),
+            summary: PolicySummary::of(&compiled, documents.clone(), self.pushed.size()),
             table,
             compiled: Arc::new(compiled),
         };
         let (endpoints, rules) = (generation.summary.endpoints, generation.summary.rules);
         self.publisher.publish(Arc::new(generation));
+        for source in &self.config.sources {
+            source.in_force(number, &documents, &rejected);
+        }
         tracing::info!(generation = number, endpoints, rules, "policy in force");
         Ok(number)
+    }
+
+    /// Validates the set. An object of a per-object source ([`PolicySource::last_good`]) whose
+    /// document has errors is rejected on its own: its last good version is checked in its
+    /// place (or, if that fails too, nothing), and the set checked again. Any other error
+    /// rejects the set.
+    fn check(
+        &self,
+        read: crate::policy::source::Read,
+        validated: crate::policy::model::Validated,
+    ) -> Result<(policy::Checked, BTreeMap<String, Outcome>), Vec<Diagnostic>> {
+        let crate::policy::source::Read {
+            mut objects,
+            mut diagnostics,
+            ..
+        } = read;
+        let mut rejected: BTreeMap<String, Outcome> = BTreeMap::new();
+        loop {
+            let errors =
+                match policy::check_objects(&objects, diagnostics.clone(), validated.clone()) {
+                    Ok(checked) => return Ok((checked, rejected)),
+                    Err(diags) => diags,
+                };
+            let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for d in errors.iter().filter(|d| d.is_error()) {
+                by_file
+                    .entry(d.origin.file.display().to_string())
+                    .or_default()
+                    .push(d.to_string());
+            }
+            let mut progress = false;
+            for (file, messages) in by_file {
+                let Some(owner) = self
+                    .config
+                    .sources
+                    .iter()
+                    .find_map(|s| s.last_good(&file).map(|lg| (s, lg)))
+                else {
+                    // A whole-set source's document: the set is rejected.
+                    return Err(errors);
+                };
+                let (_, last_good) = owner;
+                let file = file.clone();
+                let keep_last_good = match rejected.get(&file) {
+                    // The current version failed: try the last good one.
+                    None => !last_good.objects.is_empty(),
+                    // The last good version failed too: nothing of this document.
+                    Some(Outcome::Rejected {
+                        kept_last_good: true,
+                        ..
+                    }) => false,
+                    // Nothing of it is left, yet errors name it: no way forward.
+                    Some(_) => return Err(errors),
+                };
+                objects.retain(|o| o.file.display().to_string() != file);
+                diagnostics.retain(|d| d.origin.file.display().to_string() != file);
+                if keep_last_good {
+                    objects.extend(last_good.objects);
+                    diagnostics.extend(last_good.diagnostics);
+                }
+                let entry = rejected.entry(file.clone()).or_insert(Outcome::Rejected {
+                    errors: messages.clone(),
+                    kept_last_good: keep_last_good,
+                });
+                if let Outcome::Rejected { kept_last_good, .. } = entry {
+                    *kept_last_good = keep_last_good;
+                }
+                tracing::error!(document = %file, kept_last_good = keep_last_good, "object rejected: {}", messages.join("; "));
+                progress = true;
+            }
+            if !progress {
+                return Err(errors);
+            }
+        }
     }
 
     /// Programs on the interfaces of local pods that have none yet.

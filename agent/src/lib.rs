@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pod_interfaces;
 pub mod policy;
 pub mod policy_cli;
+pub mod sources;
 pub mod spiffe;
 pub mod state;
 pub mod status;

@@ -40,6 +40,8 @@ pub struct AgentState {
     pub mesh: Option<Arc<MeshRuntime>>,
     /// The flow log's records and readers.
     pub flows: Arc<FlowHub>,
+    /// The Kubernetes source's health per watched kind (with `--kube` / `--kubeconfig`).
+    pub kube: Option<Arc<crate::sources::kube::KubeHealth>>,
 }
 
 impl AgentState {

@@ -18,6 +18,9 @@ pub struct StatusDoc {
     pub uptime_seconds: u64,
     pub mode: String,
     pub policy_dir: Option<String>,
+    /// The Kubernetes source, with `--kube` / `--kubeconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeDoc>,
     pub bpffs_root: String,
     pub attachments: Vec<AttachmentDoc>,
     pub counters: Vec<HookCounterDoc>,
@@ -37,6 +40,51 @@ pub struct StatusDoc {
     pub mesh: Option<MeshDoc>,
     #[serde(default)]
     pub flow_log: FlowLogDoc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubeDoc {
+    pub server: String,
+    /// Every watched kind has had its first complete list.
+    pub synced: bool,
+    pub kinds: Vec<KubeKindDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubeKindDoc {
+    pub kind: String,
+    pub synced: bool,
+    pub events: u64,
+    pub relists: u64,
+    pub errors: u64,
+    pub rejected: u64,
+    /// Seconds since the kind's last event.
+    pub last_event_age_seconds: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+impl KubeDoc {
+    fn from_health(health: &crate::sources::kube::KubeHealth) -> KubeDoc {
+        let kinds: Vec<KubeKindDoc> = health
+            .snapshot()
+            .into_iter()
+            .map(|(kind, h)| KubeKindDoc {
+                kind: kind.to_owned(),
+                synced: h.synced,
+                events: h.events,
+                relists: h.relists,
+                errors: h.errors,
+                rejected: h.rejected,
+                last_event_age_seconds: h.last_event.map(|t| t.elapsed().as_secs_f64()),
+                last_error: h.last_error,
+            })
+            .collect();
+        KubeDoc {
+            server: health.server.clone(),
+            synced: kinds.iter().all(|k| k.synced),
+            kinds,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +199,7 @@ impl StatusDoc {
                 .policy_dir
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            kube: state.kube.as_deref().map(KubeDoc::from_health),
             bpffs_root: state.config.bpffs_root.display().to_string(),
             attachments: state
                 .attachments
@@ -222,6 +271,38 @@ impl StatusDoc {
             "policy dir: {}",
             self.policy_dir.as_deref().unwrap_or("(none)")
         );
+        if let Some(k) = &self.kube {
+            let last = k
+                .kinds
+                .iter()
+                .filter_map(|c| c.last_event_age_seconds)
+                .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.min(a))));
+            let _ = writeln!(
+                out,
+                "source: Kubernetes API {}  synced: {}  last event: {}  relists: {}  watch errors: {}",
+                k.server,
+                if k.synced { "yes" } else { "no" },
+                last.map_or("none".to_owned(), |a| format!("{a:.0}s ago")),
+                k.kinds.iter().map(|c| c.relists).sum::<u64>(),
+                k.kinds.iter().map(|c| c.errors).sum::<u64>(),
+            );
+            for c in k
+                .kinds
+                .iter()
+                .filter(|c| !c.synced || c.last_error.is_some())
+            {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}{}",
+                    c.kind,
+                    if c.synced { "synced" } else { "not synced" },
+                    c.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         let _ = writeln!(out, "node: {}  bpffs root: {}", self.node, self.bpffs_root);
         if let Some(m) = &self.mesh {
             let _ = writeln!(

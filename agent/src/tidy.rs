@@ -46,6 +46,8 @@ const LAYERS: &[&[&str]] = &[
     &["mesh"],
     // What the running agent shares, and the queries over it.
     &["generation"],
+    // Where objects come from: files, pushes, the Kubernetes API.
+    &["sources"],
     &["state", "explain"],
     &["controller", "status"],
     &["metrics"],

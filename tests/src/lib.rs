@@ -13,6 +13,7 @@ pub mod http_server;
 pub mod https;
 pub mod idp;
 pub mod jwt_cases;
+pub mod kube_api;
 pub mod l7_e2e;
 pub mod listener;
 pub mod mesh;

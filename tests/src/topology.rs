@@ -29,6 +29,9 @@ use crate::netns::Netns;
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pod's IPv6 gateway (link-local), held by every node-side veth.
 pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The Kubernetes API server stand-in's address on the underlay (on the fabric's bridge), see
+/// [`crate::kube_api::ApiServer::start_on_underlay`].
+pub const API_SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 250);
 /// The address of the client outside the cluster, on the underlay.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 100);
 pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 0x100);
@@ -271,6 +274,15 @@ fn build_underlay(prefix: &str, nodes: &mut [Node]) -> anyhow::Result<Netns> {
     let f = fabric.name().to_owned();
     cmd::ip(&["-n", &f, "link", "add", "br0", "type", "bridge"])?;
     cmd::ip(&["-n", &f, "link", "set", "br0", "up"])?;
+    cmd::ip(&[
+        "-n",
+        &f,
+        "addr",
+        "add",
+        &format!("{API_SERVER_IP}/24"),
+        "dev",
+        "br0",
+    ])?;
     for (i, node) in nodes.iter_mut().enumerate() {
         let port = format!("n{i}");
         let index = u8::try_from(i + 1).context("too many nodes")?;

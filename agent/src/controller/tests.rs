@@ -70,7 +70,70 @@ impl PolicySource for TextSource {
                 file: "dir/policy.yaml".into(),
                 sha256: crate::policy::source::sha256_hex(text.as_bytes()),
             }],
+            ..SourceRead::default()
         }
+    }
+}
+
+/// A per-object source, as the Kubernetes source is: documents by name, each with its current
+/// and last accepted text; what the controller reported last.
+/// By name: the current text and the last accepted one.
+type Documents = BTreeMap<String, (String, Option<String>)>;
+
+#[derive(Clone, Default)]
+struct ObjectSource {
+    documents: Arc<Mutex<Documents>>,
+    unsynced: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<BTreeMap<String, crate::sources::Outcome>>>,
+}
+
+impl ObjectSource {
+    fn set(&self, file: &str, text: &str) {
+        let mut docs = self.documents.lock().expect("test lock");
+        let last_good = docs.get(file).and_then(|(_, g)| g.clone());
+        docs.insert(file.to_owned(), (text.to_owned(), last_good));
+    }
+}
+
+impl PolicySource for ObjectSource {
+    fn read(&self) -> SourceRead {
+        let mut out = SourceRead::default();
+        for (file, (text, _)) in self.documents.lock().expect("test lock").iter() {
+            let r = parse_str(Path::new(file), text);
+            out.read.objects.extend(r.objects);
+            out.documents.push(SourceDoc {
+                file: file.clone(),
+                sha256: crate::policy::source::sha256_hex(text.as_bytes()),
+            });
+        }
+        out
+    }
+
+    fn synced(&self) -> bool {
+        !self.unsynced.load(Ordering::SeqCst)
+    }
+
+    fn last_good(&self, file: &str) -> Option<crate::policy::source::Read> {
+        let docs = self.documents.lock().expect("test lock");
+        let (_, last_good) = docs.get(file)?;
+        Some(match last_good {
+            Some(text) => parse_str(Path::new(file), text),
+            None => crate::policy::source::Read::default(),
+        })
+    }
+
+    fn in_force(
+        &self,
+        _generation: u64,
+        _read: &[SourceDoc],
+        rejected: &BTreeMap<String, crate::sources::Outcome>,
+    ) {
+        for (file, (text, last_good)) in self.documents.lock().expect("test lock").iter_mut() {
+            if !rejected.contains_key(file) {
+                *last_good = Some(text.clone());
+            }
+        }
+        *self.outcomes.lock().expect("test lock") = rejected.clone();
     }
 }
 
@@ -135,6 +198,11 @@ struct Harness {
 
 impl Harness {
     fn new(text: &str) -> Harness {
+        Harness::with(text, Vec::new())
+    }
+
+    /// With `more` sources after the text source.
+    fn with(text: &str, more: Vec<Box<dyn PolicySource>>) -> Harness {
         let source = TextSource::default();
         source.set(text);
         let (publisher, generations) = Publisher::new();
@@ -167,7 +235,9 @@ impl Harness {
             trust_domain: "cluster.local".into(),
             audit: false,
             attached: vec!["eth0".into()],
-            sources: vec![Box::new(source.clone())],
+            sources: std::iter::once(Box::new(source.clone()) as Box<dyn PolicySource>)
+                .chain(more)
+                .collect(),
             proxy: Some(TableBuilder {
                 jwks: Arc::new(JwksRegistry::default()),
                 wafs: Arc::new(WafEngines::new(PathBuf::from("/nonexistent-crs"))),
@@ -410,4 +480,114 @@ fn a_new_pod_interface_recompiles_and_attaches() {
         h.recorded.lock().expect("test lock").attached,
         ["vethbackend", "vethdb"]
     );
+}
+
+fn policies_in_force(h: &Harness) -> Vec<String> {
+    let mut names: Vec<String> = h
+        .in_force()
+        .compiled
+        .rules
+        .iter()
+        .map(|r| r.policy.clone())
+        .collect();
+    names.dedup();
+    names
+}
+
+const BACKEND_ISOLATED: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-isolated, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress:
+  - ports: [{port: 8080}]
+";
+
+#[test]
+fn a_per_object_source_rejects_a_bad_object_alone_and_keeps_its_last_good_version() {
+    let objects = ObjectSource::default();
+    objects.set("kube:NetworkPolicy/shop/db", DB_ISOLATED);
+    let mut h = Harness::with(WORKLOADS, vec![Box::new(objects.clone())]);
+    assert_eq!(h.controller.start(), Ok(1));
+    // The db policy edited into an invalid state, and another object added at the same time.
+    objects.set(
+        "kube:NetworkPolicy/shop/db",
+        &DB_ISOLATED.replace("{port: 5432}", "{port: 5432, protocol: TCPX}"),
+    );
+    objects.set("kube:NetworkPolicy/shop/backend", BACKEND_ISOLATED);
+    assert_eq!(
+        h.controller.reload(None, None),
+        Ok(2),
+        "the set goes into force"
+    );
+    let mut in_force = policies_in_force(&h);
+    in_force.sort();
+    assert_eq!(
+        in_force,
+        [
+            "NetworkPolicy shop/backend-isolated",
+            "NetworkPolicy shop/db-from-backend"
+        ],
+        "the new object, and the last good version of the rejected one"
+    );
+    let outcomes = objects.outcomes.lock().expect("test lock").clone();
+    match outcomes.get("kube:NetworkPolicy/shop/db") {
+        Some(crate::sources::Outcome::Rejected {
+            errors,
+            kept_last_good: true,
+        }) => assert!(errors[0].contains("TCPX"), "{errors:?}"),
+        other => panic!("expected a rejection keeping the last good version, got {other:?}"),
+    }
+    assert_eq!(outcomes.len(), 1, "only the bad object is rejected");
+    assert_eq!(h.rejections().total, 0, "no set was rejected");
+}
+
+#[test]
+fn a_new_object_that_is_invalid_is_not_enforced_at_all() {
+    let objects = ObjectSource::default();
+    objects.set(
+        "kube:NetworkPolicy/shop/db",
+        &DB_ISOLATED.replace("{port: 5432}", "{port: 5432, protocol: TCPX}"),
+    );
+    let mut h = Harness::with(WORKLOADS, vec![Box::new(objects.clone())]);
+    assert_eq!(h.controller.start(), Ok(1));
+    assert!(policies_in_force(&h).is_empty());
+    let outcomes = objects.outcomes.lock().expect("test lock").clone();
+    assert!(matches!(
+        outcomes.get("kube:NetworkPolicy/shop/db"),
+        Some(crate::sources::Outcome::Rejected {
+            kept_last_good: false,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_error_in_a_whole_set_source_still_rejects_the_set() {
+    let objects = ObjectSource::default();
+    objects.set("kube:NetworkPolicy/shop/db", DB_ISOLATED);
+    let mut h = Harness::with(WORKLOADS, vec![Box::new(objects.clone())]);
+    assert_eq!(h.controller.start(), Ok(1));
+    let bad = DB_ISOLATED
+        .replace("db-from-backend", "db-2")
+        .replace("{port: 5432}", "{port: 5432, protocol: TCPX}");
+    h.source.set(&set(&[WORKLOADS, &bad]));
+    objects.set("kube:NetworkPolicy/shop/backend", BACKEND_ISOLATED);
+    assert!(h.controller.reload(None, None).is_err());
+    assert_eq!(h.in_force().number, 1, "nothing changed");
+    assert_eq!(h.rejections().total, 1);
+}
+
+#[test]
+fn nothing_goes_into_force_before_every_source_has_its_first_complete_view() {
+    let objects = ObjectSource::default();
+    objects.unsynced.store(true, Ordering::SeqCst);
+    let mut h = Harness::with(WORKLOADS, vec![Box::new(objects.clone())]);
+    assert_eq!(h.controller.start(), Err(vec![WAITING.to_owned()]));
+    assert!(h.generations.current().is_none());
+    assert!(h.recorded.lock().expect("test lock").applied.is_empty());
+    assert_eq!(h.rejections().total, 0, "waiting is not a rejection");
+    objects.unsynced.store(false, Ordering::SeqCst);
+    assert_eq!(h.controller.reload(None, None), Ok(1));
 }

@@ -83,6 +83,7 @@ impl Collector for AgentCollector {
         self.encode_maps(&mut encoder)?;
         self.encode_mesh(&mut encoder)?;
         self.encode_flows(&mut encoder)?;
+        self.encode_kube(&mut encoder)?;
         self.encode_events(&mut encoder)
     }
 }
@@ -532,6 +533,67 @@ impl AgentCollector {
             None,
             errors.metric_type(),
         )?)
+    }
+
+    /// The Kubernetes source's watches, per kind (only with `--kube` / `--kubeconfig`).
+    fn encode_kube(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(health) = &self.state.kube else {
+            return Ok(());
+        };
+        let kinds = health.snapshot();
+        let rows = |f: fn(&crate::sources::kube::KindHealth) -> u64| {
+            kinds
+                .iter()
+                .map(move |(kind, h)| (vec![("kind", (*kind).to_owned())], f(h)))
+                .collect::<Vec<_>>()
+        };
+        counter_family(
+            encoder,
+            "rampart_kube_watch_events",
+            "Objects added, changed or deleted as the Kubernetes API's watches (and lists) reported them, per kind",
+            rows(|h| h.events),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_kube_relists",
+            "Complete lists of a kind: the first, and one after each watch that expired (410 Gone) or could not resume",
+            rows(|h| h.relists),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_kube_watch_errors",
+            "Failed lists and watches of a kind (each retried with backoff; enforcement stays as it is meanwhile)",
+            rows(|h| h.errors),
+        )?;
+        counter_family(
+            encoder,
+            "rampart_kube_objects_rejected",
+            "Object versions rejected on their own (invalid Pods, Namespaces and Nodes on arrival, policies and Secrets when the set is checked); the last good version stays in force",
+            rows(|h| h.rejected),
+        )?;
+        let mut synced = encoder.encode_descriptor(
+            "rampart_kube_synced",
+            "1 once a kind's first complete list has arrived",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, h) in &kinds {
+            ConstGauge::new(i64::from(h.synced))
+                .encode(synced.encode_family(&[("kind", (*kind).to_owned())])?)?;
+        }
+        let mut age = encoder.encode_descriptor(
+            "rampart_kube_last_event_age_seconds",
+            "Seconds since the last event of a kind (absent before the first)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, h) in &kinds {
+            if let Some(at) = h.last_event {
+                ConstGauge::new(at.elapsed().as_secs_f64())
+                    .encode(age.encode_family(&[("kind", (*kind).to_owned())])?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Flow log records published, and those readers lost.

@@ -43,8 +43,24 @@ pub struct Checked {
 /// Validates what was read. Errors reject the set: all of them are returned, sorted by file and
 /// position.
 pub fn check(read: source::Read) -> Result<Checked, Vec<Diagnostic>> {
-    let mut diagnostics = read.diagnostics;
-    let model = model::validate::build(&read.objects, &mut diagnostics);
+    check_with(read, model::Validated::default())
+}
+
+/// [`check`], with objects a source validated itself.
+pub fn check_with(
+    read: source::Read,
+    validated: model::Validated,
+) -> Result<Checked, Vec<Diagnostic>> {
+    check_objects(&read.objects, read.diagnostics, validated)
+}
+
+/// [`check_with`], for objects the caller keeps (to check them again after a change).
+pub fn check_objects(
+    objects: &[source::SourceObject],
+    mut diagnostics: Vec<Diagnostic>,
+    validated: model::Validated,
+) -> Result<Checked, Vec<Diagnostic>> {
+    let model = model::validate::build(objects, validated, &mut diagnostics);
     diagnostics.sort();
     if diag::has_errors(&diagnostics) {
         Err(diagnostics)

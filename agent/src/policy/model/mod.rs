@@ -44,6 +44,54 @@ pub struct Model {
     pub secrets: BTreeMap<(String, String), crate::policy::secret::SecretModel>,
 }
 
+/// Objects a source validated itself, kept in their model form (the Kubernetes source's Pods
+/// and Namespaces: thousands of them change every minute, and re-reading each as a document on
+/// every change would cost what the change does not touch).
+#[derive(Debug, Clone, Default)]
+pub struct Validated {
+    /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<PodModel>,
+}
+
+impl Validated {
+    /// Drops what `keys` name: `(kind, namespace, name)` as [`crate::policy::source::SourceObject::key`] gives them.
+    pub fn remove_keys(
+        &mut self,
+        keys: &std::collections::HashSet<(&'static str, Option<String>, Option<String>)>,
+    ) {
+        if keys.is_empty() {
+            return;
+        }
+        self.namespaces
+            .retain(|name, _| !keys.contains(&("Namespace", None, Some(name.clone()))));
+        self.pods
+            .retain(|p| !keys.contains(&("Pod", Some(p.namespace.clone()), Some(p.name.clone()))));
+    }
+
+    /// The keys of what this holds (see [`Validated::remove_keys`]).
+    pub fn keys(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, Option<String>, Option<String>)> + '_ {
+        self.namespaces
+            .keys()
+            .map(|n| ("Namespace", None, Some(n.clone())))
+            .chain(
+                self.pods
+                    .iter()
+                    .map(|p| ("Pod", Some(p.namespace.clone()), Some(p.name.clone()))),
+            )
+    }
+
+    /// Lays `other` over this: its objects replace these of the same kind and name.
+    pub fn extend(&mut self, other: Validated) {
+        let replaced = other.keys().collect();
+        self.remove_keys(&replaced);
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+    }
+}
+
 /// A MeshPolicy: these destinations' ports take only mTLS from these principals.
 #[derive(Debug, Clone)]
 pub struct MeshPolicyModel {

@@ -13,9 +13,14 @@ use crate::policy::source::{Object, SourceObject};
 use crate::policy::spec::objects::{LabelSelector, PolicyMode};
 use crate::policy::{http, ingress, secret};
 
-/// Validates `objects` into a model; every problem is added to `diags`.
-pub fn build(objects: &[SourceObject], diags: &mut Vec<Diagnostic>) -> Model {
-    let mut model = Model::default();
+/// Validates `objects` into a model, with what a source validated itself (`validated`, whose
+/// objects no document repeats); every problem is added to `diags`.
+pub fn build(objects: &[SourceObject], validated: Validated, diags: &mut Vec<Diagnostic>) -> Model {
+    let mut model = Model {
+        namespaces: validated.namespaces,
+        pods: validated.pods,
+        ..Model::default()
+    };
     let mut seen: HashMap<(&'static str, String, String), Origin> = HashMap::new();
     for so in objects {
         let mut v = Validator { so, diags };

@@ -1,27 +1,11 @@
-//! Where policy objects come from. Every source answers one question, "what do you hold now?",
-//! with objects (and their positions) and the documents they were read from; the controller
-//! reads every source on each reload and lays them over each other: an object of a later
-//! source replaces one of an earlier source with the same kind, namespace and name. Today the
-//! sources are the policy directory and the pushed files (always last); the Kubernetes API
-//! comes in as one more.
+//! The file sources: the policy directory and the pushed files.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::{PolicySource, SourceRead};
 use crate::generation::SourceDoc;
 use crate::policy::source::{self, Read};
-
-/// What a source holds now.
-#[derive(Debug, Default)]
-pub struct SourceRead {
-    pub read: Read,
-    pub documents: Vec<SourceDoc>,
-}
-
-/// A source of policy objects (see the module's documentation).
-pub trait PolicySource: Send {
-    fn read(&self) -> SourceRead;
-}
 
 /// The `--policy-dir` directory (none: no objects).
 pub struct DirectorySource {
@@ -42,7 +26,11 @@ impl PolicySource for DirectorySource {
                 sha256: sha256.clone(),
             })
             .collect();
-        SourceRead { read, documents }
+        SourceRead {
+            read,
+            documents,
+            ..SourceRead::default()
+        }
     }
 }
 
@@ -82,19 +70,4 @@ impl PolicySource for PushedFiles {
         }
         out
     }
-}
-
-/// Reads `sources` in order, each laid over those before it.
-pub fn read_sources<'a>(sources: impl IntoIterator<Item = &'a dyn PolicySource>) -> SourceRead {
-    let mut all = SourceRead::default();
-    for source in sources {
-        let SourceRead { read, documents } = source.read();
-        let replaced: HashSet<_> = read.objects.iter().map(source::SourceObject::key).collect();
-        all.read.objects.retain(|o| !replaced.contains(&o.key()));
-        all.read.objects.extend(read.objects);
-        all.read.diagnostics.extend(read.diagnostics);
-        all.read.files.extend(read.files);
-        all.documents.extend(documents);
-    }
-    all
 }

@@ -1,0 +1,59 @@
+//! The Kubernetes source's health per watched kind: synced or not, events, relists, errors, the
+//! last event's time. Read by `rampart status` and the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One kind's counters.
+#[derive(Debug, Clone, Default)]
+pub struct KindHealth {
+    /// A first complete list has arrived.
+    pub synced: bool,
+    /// Objects added, changed or deleted (relisted objects included).
+    pub events: u64,
+    /// Complete lists (the first one and every relist after a broken or expired watch).
+    pub relists: u64,
+    /// Failed lists and watches (each retried with backoff).
+    pub errors: u64,
+    /// Objects whose current version was rejected on arrival.
+    pub rejected: u64,
+    pub last_event: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct KubeHealth {
+    /// Where the source connects (the API server's URL).
+    pub server: String,
+    kinds: Mutex<BTreeMap<&'static str, KindHealth>>,
+}
+
+impl KubeHealth {
+    pub fn new(server: String, kinds: &[&'static str]) -> KubeHealth {
+        KubeHealth {
+            server,
+            kinds: Mutex::new(kinds.iter().map(|k| (*k, KindHealth::default())).collect()),
+        }
+    }
+
+    /// Every kind's counters.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, KindHealth> {
+        self.lock().clone()
+    }
+
+    /// Every watched kind has had a complete list.
+    pub fn synced(&self) -> bool {
+        self.lock().values().all(|k| k.synced)
+    }
+
+    pub(super) fn update(&self, kind: &'static str, f: impl FnOnce(&mut KindHealth)) {
+        f(self.lock().entry(kind).or_default());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, KindHealth>> {
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

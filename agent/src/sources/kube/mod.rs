@@ -1,0 +1,339 @@
+//! The Kubernetes API as a policy source (`rampart run --kube` or `--kubeconfig FILE`): a watch
+//! per kind keeps a compact copy of what the agent uses; the controller reads it like any
+//! source.
+//!
+//! | kind | kept as | why |
+//! | --- | --- | --- |
+//! | Pod (all, every node's) | its model: labels, addresses, named ports, service account, node | remote pods' addresses resolve to identities in this node's ipcache |
+//! | Namespace | its labels | namespace selectors |
+//! | Node | its addresses | `host` / `remote-node` |
+//! | NetworkPolicy, ClusterPolicy, MeshPolicy | a YAML document, read by the policy reader | every check, at a position |
+//! | Secret, only those labelled [`SECRET_LABEL`] | a YAML document | API keys, ingress certificates |
+//!
+//! Per-object: an object whose current version fails validation is rejected on its own, and
+//! its last accepted version stays in force (Pods, Namespaces and Nodes are checked on arrival;
+//! documents when the controller validates the set, see [`PolicySource::last_good`]).
+//!
+//! Fail static: while the API server is unreachable or a watch is broken, the objects stay as
+//! they are (and so does enforcement); the watches retry with backoff, resume or relist, and
+//! count it ([`KubeHealth`]). Nothing goes into force before every kind's first complete list.
+
+mod convert;
+pub mod health;
+mod store;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::KubeConnection as Connection;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+
+pub use health::{KindHealth, KubeHealth};
+use store::{Checked, Document, Objects};
+use watch::{Watch, key_of};
+
+use super::{Outcome, PolicySource, SourceRead};
+use crate::generation::SourceDoc;
+use crate::policy::source::{self, Read};
+
+/// The label a Secret needs for the agent to read it: agents never list every Secret of the
+/// cluster (their RBAC allows it, but a node agent holding every credential in memory is a
+/// target); a policy that names a Secret without it reads as naming a missing Secret.
+pub const SECRET_LABEL: &str = "rampart.dev/secret";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A policy document kind watched as such.
+struct DocumentKind {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    label_selector: Option<&'static str>,
+}
+
+const DOCUMENT_KINDS: &[DocumentKind] = &[
+    DocumentKind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        label_selector: None,
+    },
+    DocumentKind {
+        group: "rampart.dev",
+        version: "v1alpha1",
+        kind: "ClusterPolicy",
+        plural: "clusterpolicies",
+        label_selector: None,
+    },
+    DocumentKind {
+        group: "rampart.dev",
+        version: "v1alpha1",
+        kind: "MeshPolicy",
+        plural: "meshpolicies",
+        label_selector: None,
+    },
+    DocumentKind {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        label_selector: Some(SECRET_LABEL),
+    },
+];
+
+/// Every kind watched, as the health counters name them.
+pub const WATCHED: &[&str] = &[
+    "Pod",
+    "Namespace",
+    "Node",
+    "NetworkPolicy",
+    "ClusterPolicy",
+    "MeshPolicy",
+    "Secret",
+];
+
+/// The Kubernetes source (see the module's documentation).
+pub struct KubeSource {
+    objects: Arc<Mutex<Objects>>,
+    health: Arc<KubeHealth>,
+}
+
+impl KubeSource {
+    /// Connects and starts a watch per kind on the current tokio runtime; `notify` is called
+    /// after every change.
+    pub async fn start(
+        connection: &Connection,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<KubeSource, KubeError> {
+        let config = match connection {
+            Connection::InCluster => kube::Config::incluster()?,
+            Connection::Kubeconfig(path) => kubeconfig(path).await?,
+        };
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        let objects = Arc::new(Mutex::new(Objects::default()));
+        let health = Arc::new(KubeHealth::new(server, WATCHED));
+        let watch = |kind: &'static str| Watch {
+            kind,
+            objects: Arc::clone(&objects),
+            health: Arc::clone(&health),
+            notify: Arc::clone(&notify),
+        };
+        let all = watcher::Config::default();
+        tokio::spawn(watch("Pod").run(
+            kube::Api::<Pod>::all(client.clone()),
+            all.clone(),
+            |o| &mut o.pods,
+            key_of,
+            |pod, previous| checked(previous, convert::pod(pod)),
+        ));
+        tokio::spawn(watch("Namespace").run(
+            kube::Api::<Namespace>::all(client.clone()),
+            all.clone(),
+            |o| &mut o.namespaces,
+            key_of,
+            |ns, previous| checked(previous, convert::namespace(ns).map(|(_, l)| Some(l))),
+        ));
+        tokio::spawn(watch("Node").run(
+            kube::Api::<Node>::all(client.clone()),
+            all.clone(),
+            |o| &mut o.nodes,
+            key_of,
+            |node, previous| checked(previous, convert::node(node).map(|(_, a)| Some(a))),
+        ));
+        for kind in DOCUMENT_KINDS {
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(kind.group, kind.version, kind.kind),
+                kind.plural,
+            );
+            let api_version = resource.api_version.clone();
+            let config = match kind.label_selector {
+                Some(selector) => all.clone().labels(selector),
+                None => all.clone(),
+            };
+            let name = kind.kind;
+            tokio::spawn(watch(name).run(
+                kube::Api::<DynamicObject>::all_with(client.clone(), &resource),
+                config,
+                move |o| o.documents.entry(name).or_default(),
+                move |o| document_file(name, &key_of(o)),
+                move |o, previous| document(o, &api_version, name, previous),
+            ));
+        }
+        Ok(KubeSource { objects, health })
+    }
+
+    pub fn health(&self) -> Arc<KubeHealth> {
+        Arc::clone(&self.health)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Objects> {
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn kubeconfig(path: &Path) -> Result<kube::Config, KubeError> {
+    let error = |source| KubeError::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    };
+    let file = kube::config::Kubeconfig::read_from(path).map_err(error)?;
+    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(error)
+}
+
+/// The entry a version makes, and its error if it is rejected.
+fn checked<T: Clone>(
+    previous: Option<&Checked<T>>,
+    version: Result<Option<T>, String>,
+) -> (Checked<T>, Option<String>) {
+    let entry = Checked::next(previous, version);
+    let error = entry.error.clone();
+    (entry, error)
+}
+
+/// The name a document is read as: `kube:Kind/namespace/name` or `kube:Kind/name`.
+fn document_file(kind: &str, key: &str) -> String {
+    format!("kube:{kind}/{key}")
+}
+
+fn document(
+    object: &DynamicObject,
+    api_version: &str,
+    kind: &'static str,
+    previous: Option<&Document>,
+) -> (Document, Option<String>) {
+    match convert::document(object, api_version, kind) {
+        Ok(text) => (
+            Document {
+                kind,
+                text,
+                last_good: previous.and_then(|p| p.last_good.clone()),
+                generation: object.metadata.generation,
+                last_good_generation: previous.and_then(|p| p.last_good_generation),
+                errors: Vec::new(),
+                rejected_sha: previous.and_then(|p| p.rejected_sha.clone()),
+            },
+            None,
+        ),
+        Err(e) => match previous {
+            Some(p) => (p.clone(), Some(e)),
+            None => (
+                Document {
+                    kind,
+                    text: String::new(),
+                    last_good: None,
+                    generation: object.metadata.generation,
+                    last_good_generation: None,
+                    errors: vec![e.clone()],
+                    rejected_sha: None,
+                },
+                Some(e),
+            ),
+        },
+    }
+}
+
+impl PolicySource for KubeSource {
+    fn read(&self) -> SourceRead {
+        let objects = self.lock();
+        let mut out = SourceRead::default();
+        for entry in objects.pods.live().values() {
+            if let Some(pod) = &entry.in_use {
+                out.validated.pods.push(pod.clone());
+            }
+        }
+        for (name, entry) in objects.namespaces.live() {
+            if let Some(labels) = &entry.in_use {
+                out.validated
+                    .namespaces
+                    .insert(name.clone(), labels.clone());
+            }
+        }
+        for (file, doc) in objects.documents.values().flat_map(store::Kind::live) {
+            let read = source::parse_str(Path::new(file), &doc.text);
+            out.read.objects.extend(read.objects);
+            out.read.diagnostics.extend(read.diagnostics);
+            out.documents.push(SourceDoc {
+                file: file.clone(),
+                sha256: source::sha256_hex(doc.text.as_bytes()),
+            });
+        }
+        out
+    }
+
+    fn synced(&self) -> bool {
+        self.health.synced()
+    }
+
+    fn last_good(&self, file: &str) -> Option<Read> {
+        let objects = self.lock();
+        let doc = objects
+            .documents
+            .values()
+            .find_map(|kind| kind.live().get(file))?;
+        Some(match &doc.last_good {
+            Some(text) => source::parse_str(Path::new(file), text),
+            None => Read::default(),
+        })
+    }
+
+    fn in_force(&self, _generation: u64, read: &[SourceDoc], rejected: &BTreeMap<String, Outcome>) {
+        let read: BTreeMap<&str, &str> = read
+            .iter()
+            .map(|d| (d.file.as_str(), d.sha256.as_str()))
+            .collect();
+        let mut objects = self.lock();
+        let mut newly_rejected: Vec<&'static str> = Vec::new();
+        for kind in objects.documents.values_mut() {
+            kind.update_each(|file, doc| {
+                // Only the version that was read (a newer one waits for its own reload).
+                let Some(sha) = read.get(file) else {
+                    return;
+                };
+                if source::sha256_hex(doc.text.as_bytes()) != *sha {
+                    return;
+                }
+                match rejected.get(file) {
+                    Some(Outcome::Rejected { errors, .. }) => {
+                        doc.errors = errors.clone();
+                        if doc.rejected_sha.as_deref() != Some(*sha) {
+                            doc.rejected_sha = Some((*sha).to_owned());
+                            newly_rejected.push(doc.kind);
+                        }
+                    }
+                    _ => {
+                        doc.last_good = Some(doc.text.clone());
+                        doc.last_good_generation = doc.generation;
+                        doc.errors.clear();
+                    }
+                }
+            });
+        }
+        drop(objects);
+        for kind in newly_rejected {
+            self.health.update(kind, |h| h.rejected += 1);
+        }
+    }
+}

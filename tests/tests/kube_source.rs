@@ -1,0 +1,313 @@
+//! Agents fed only from the Kubernetes API (the stand-in of `rampart_tests::kube_api`, which
+//! speaks the list/watch protocol over HTTPS; CI runs against it, not a cluster): pods created,
+//! relabelled, moved and deleted; a policy edited into an invalid state while another change
+//! still applies; the API server stopped (enforcement unchanged) and back (resync); an expired
+//! watch relisted; readiness only after the first complete list.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rampart_tests::kube_api::ApiServer;
+use rampart_tests::metrics::sample;
+use rampart_tests::netns::TEST_PREFIX;
+use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, eventually, probe, require_root};
+use serde_json::{Value, json};
+
+const PROBE: Duration = Duration::from_millis(700);
+const CHANGE: Duration = Duration::from_secs(15);
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// Where pod `x/a` runs after it moves to node 2.
+const A_MOVED: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+
+fn pod(name: &str, app: &str, node: u8, ip: Ipv4Addr) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "x", "labels": {"app": app}},
+        "spec": {"nodeName": format!("node-{node}"), "serviceAccountName": name,
+                 "containers": [{"name": "c", "image": "c"}]},
+        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+                   "hostIP": format!("192.168.200.{node}")},
+    })
+}
+
+/// b takes `port` from pods labelled `app: a` (and so is isolated for ingress).
+fn b_from_a(name: &str, port: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "b"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}],
+                         "ports": [{"port": port}]}],
+        },
+    })
+}
+
+/// Two nodes, the stand-in on their underlay, an agent on each fed only from it.
+struct Cluster {
+    // Field order is drop order: agents stop before the API server and the namespaces go.
+    agents: Vec<Agent>,
+    _servers: Vec<EchoServer>,
+    api: ApiServer,
+    topo: Topology,
+    work: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for agent in &self.agents {
+                eprintln!("--- agent log ---\n{}", agent.log());
+                let metrics = agent.metrics().unwrap_or_default();
+                for line in metrics.lines().filter(|l| l.starts_with("rampart_kube")) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+impl Cluster {
+    /// The topology and the stand-in, holding namespace `x`, pod a on node 1, pod b on node 2,
+    /// and the policy letting a reach b on 8080; agents started with `start_agents`.
+    fn new() -> Cluster {
+        require_root();
+        let topo = Topology::builder(TEST_PREFIX)
+            .node("node-1")
+            .node("node-2")
+            .pod("node-1", "x/a", A)
+            .pod("node-2", "x/b", B)
+            .pod("node-2", "x/a-moved", A_MOVED)
+            .build()
+            .expect("topology");
+        let api = ApiServer::start_on_underlay(&topo).expect("API server stand-in");
+        for object in [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "x"}}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "192.168.200.1"}]}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "192.168.200.2"}]}}),
+            pod("a", "a", 1, A),
+            pod("b", "b", 2, B),
+            b_from_a("b-from-a", json!(8080)),
+        ] {
+            api.apply(&object).expect("object");
+        }
+        let servers =
+            vec![EchoServer::start(&topo.pod("x/b").ns, &[8080, 9090], &[]).expect("echo")];
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = std::env::temp_dir().join(format!("rampart-kube-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).expect("work dir");
+        api.write_kubeconfig(&work.join("kubeconfig"))
+            .expect("kubeconfig");
+        Cluster {
+            agents: Vec::new(),
+            _servers: servers,
+            api,
+            topo,
+            work,
+        }
+    }
+
+    fn options(&self, node: &str) -> AgentOptions {
+        let mut opts = AgentOptions::new(Vec::new());
+        opts.extra_args = vec![
+            "--kubeconfig".into(),
+            self.work.join("kubeconfig").display().to_string(),
+            "--node-name".into(),
+            node.into(),
+        ];
+        opts
+    }
+
+    fn start_agents(&mut self) {
+        for node in ["node-1", "node-2"] {
+            let agent = Agent::start(&self.topo.node(node).ns, &self.options(node))
+                .unwrap_or_else(|e| panic!("agent on {node}: {e:#}"));
+            self.agents.push(agent);
+        }
+    }
+
+    fn reaches(&self, from: &str, port: u16) -> bool {
+        probe::tcp(
+            &self.topo.pod(from).ns,
+            SocketAddr::new(IpAddr::V4(B), port),
+            PROBE,
+        )
+        .reached()
+    }
+
+    /// Waits until `from` reaching b's `port` is `want`.
+    fn until(&self, what: &str, from: &str, port: u16, want: bool) {
+        eventually(what, CHANGE, || {
+            (self.reaches(from, port) == want).then_some(())
+        });
+    }
+
+    fn metric(&self, node: usize, name: &str, labels: &str) -> f64 {
+        let text = self.agents[node].metrics().expect("metrics");
+        sample(&text, name, labels).unwrap_or(-1.0)
+    }
+}
+
+#[test]
+fn pods_created_relabelled_moved_and_deleted_in_the_api_change_enforcement() {
+    let mut c = Cluster::new();
+    c.start_agents();
+    assert!(
+        c.reaches("x/a", 8080),
+        "a -> b:8080 is allowed by the API's policy"
+    );
+    assert!(
+        !c.reaches("x/a", 9090),
+        "b is isolated: a -> b:9090 is denied"
+    );
+
+    c.api.apply(&pod("a", "other", 1, A)).expect("relabel");
+    c.until(
+        "a relabelled away from app=a to be denied",
+        "x/a",
+        8080,
+        false,
+    );
+    c.api.apply(&pod("a", "a", 1, A)).expect("relabel back");
+    c.until("a relabelled back to be allowed", "x/a", 8080, true);
+
+    // The pod moves: deleted on node 1, created again on node 2 at another address.
+    c.api.delete("v1", "Pod", "x", "a").expect("delete");
+    c.until(
+        "a's old address, now no pod's, to be denied",
+        "x/a",
+        8080,
+        false,
+    );
+    c.api
+        .apply(&pod("a", "a", 2, A_MOVED))
+        .expect("recreate on node 2");
+    c.until(
+        "a at its new address on node 2 to be allowed",
+        "x/a-moved",
+        8080,
+        true,
+    );
+    assert!(!c.reaches("x/a", 8080), "the old address stays denied");
+    for node in 0..2 {
+        assert_eq!(
+            c.metric(node, "rampart_kube_synced", "kind=\"Pod\""),
+            1.0,
+            "every agent reports its Pod watch synced"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_good_version_while_other_changes_apply() {
+    let mut c = Cluster::new();
+    c.start_agents();
+    assert!(c.reaches("x/a", 8080));
+    // Edited into an invalid state: the port's protocol does not exist.
+    let mut bad = b_from_a("b-from-a", json!(8080));
+    bad["spec"]["ingress"][0]["ports"][0]["protocol"] = json!("TCPX");
+    c.api.apply(&bad).expect("invalid edit");
+    eventually(
+        "the invalid version to be counted as rejected",
+        CHANGE,
+        || {
+            (c.metric(
+                1,
+                "rampart_kube_objects_rejected_total",
+                "kind=\"NetworkPolicy\"",
+            ) >= 1.0)
+                .then_some(())
+        },
+    );
+    assert!(
+        c.reaches("x/a", 8080),
+        "the last good version stays in force"
+    );
+    // Another object's change still goes into force beside the rejected one.
+    c.api
+        .apply(&b_from_a("b-9090", json!(9090)))
+        .expect("second policy");
+    c.until("the second policy to open 9090", "x/a", 9090, true);
+    assert!(
+        c.reaches("x/a", 8080),
+        "still the last good version of the first"
+    );
+    // Fixed: the new version replaces the last good one (8080 is no longer named: denied).
+    c.api
+        .apply(&b_from_a("b-from-a", json!(7070)))
+        .expect("fixed edit");
+    c.until("the fixed version to be in force", "x/a", 8080, false);
+    assert!(
+        c.agents[1].log().contains("kube:NetworkPolicy/x/b-from-a"),
+        "the rejection names the object:\n{}",
+        c.agents[1].log()
+    );
+}
+
+#[test]
+fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
+    let mut c = Cluster::new();
+    // Not ready before the first complete list: the API is down when the agent starts.
+    c.api.stop();
+    let agent = Agent::spawn(&c.topo.node("node-2").ns, &c.options("node-2")).expect("spawn");
+    c.agents.push(agent);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !matches!(c.agents[0].get("/readyz"), Ok((200, _))),
+        "ready before the API was ever listed"
+    );
+    c.api.resume().expect("resume");
+    eventually(
+        "ready after the first complete list",
+        Duration::from_secs(30),
+        || matches!(c.agents[0].get("/readyz"), Ok((200, _))).then_some(()),
+    );
+    assert!(c.reaches("x/a", 8080));
+
+    c.api.stop();
+    eventually("the broken watches to be counted", CHANGE, || {
+        (c.metric(0, "rampart_kube_watch_errors_total", "kind=\"Pod\"") >= 1.0).then_some(())
+    });
+    assert!(
+        c.reaches("x/a", 8080),
+        "enforcement unchanged while the API is down"
+    );
+    assert!(!c.reaches("x/a", 9090));
+    assert!(
+        matches!(c.agents[0].get("/readyz"), Ok((200, _))),
+        "still ready: what is in force is the last complete view"
+    );
+    // Changes made while the agent could not see them arrive when it reconnects.
+    c.api
+        .apply(&b_from_a("b-9090", json!(9090)))
+        .expect("policy");
+    c.api.resume().expect("resume");
+    c.until(
+        "the change made during the outage to apply",
+        "x/a",
+        9090,
+        true,
+    );
+
+    // An expired watch (the history compacted, every stream cut) is relisted.
+    let relists = c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"");
+    c.api.compact();
+    c.api.drop_connections();
+    c.api
+        .delete("networking.k8s.io/v1", "NetworkPolicy", "x", "b-9090")
+        .expect("delete");
+    c.until("the deletion to apply after the relist", "x/a", 9090, false);
+    assert!(
+        c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists,
+        "a relist is counted"
+    );
+}
