@@ -8,9 +8,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine as _;
 use rampart_tests::kube_api::ApiServer;
+use rampart_tests::mesh::{MeshAgents, shop};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
+use rampart_tests::probe::http_request;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, eventually, probe, require_root};
 use serde_json::{Value, json};
 
@@ -23,9 +26,13 @@ const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 const A_MOVED: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 
 fn pod(name: &str, app: &str, node: u8, ip: Ipv4Addr) -> Value {
+    pod_in("x", name, app, node, ip)
+}
+
+fn pod_in(namespace: &str, name: &str, app: &str, node: u8, ip: Ipv4Addr) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "x", "labels": {"app": app}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
         "spec": {"nodeName": format!("node-{node}"), "serviceAccountName": name,
                  "containers": [{"name": "c", "image": "c"}]},
         "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
@@ -310,4 +317,97 @@ fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
         c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists,
         "a relist is counted"
     );
+}
+
+/// A Secret of API keys, as the API server holds it (`data`, base64), labelled for the agents
+/// to read it unless `labelled` is false.
+fn keys_secret(name: &str, key: &str, labelled: bool) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let labels = if labelled {
+        json!({"rampart.dev/secret": "true"})
+    } else {
+        json!({})
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "data": {"acme": b64},
+    })
+}
+
+fn keys_policy(name: &str, port: u16, secret: &str) -> Value {
+    json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "MeshPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "appliesTo": {"podSelector": {"matchLabels": {"app": "b"}}},
+            "ports": [{"port": port}],
+            "http": {"authentication": {"providers": [{
+                "name": "partners",
+                "apiKeys": {"secretRef": {"namespace": "shop", "name": secret}, "clientHeader": "x-client"},
+            }]}},
+        },
+    })
+}
+
+#[test]
+fn a_secret_backed_api_key_rotated_in_the_api_takes_effect_between_nodes() {
+    require_root();
+    let topo = shop::two_nodes().expect("topology");
+    let api = ApiServer::start_on_underlay(&topo).expect("API server stand-in");
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        pod_in("shop", "a", "a", 1, shop::ip(1)),
+        pod_in("shop", "b", "b", 2, shop::ip(2)),
+        keys_secret("partner-keys", "key-one", true),
+        keys_policy("partners-api", 8081, "partner-keys"),
+        // A Secret without the label is never read: the policy naming it is rejected alone.
+        keys_secret("unlabelled-keys", "key-hidden", false),
+        keys_policy("unlabelled-api", 8082, "unlabelled-keys"),
+    ] {
+        api.apply(&object).expect("object");
+    }
+    let _origin = rampart_tests::http_server::HttpServer::start(&topo.pod("shop/b").ns, 8081)
+        .expect("origin");
+    let dir = std::env::temp_dir().join(format!("rampart-kube-mesh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kubeconfig = kubeconfig.display().to_string();
+    let mesh = MeshAgents::start(
+        &topo,
+        &["node-1", "node-2"],
+        "",
+        None,
+        &["--kubeconfig", &kubeconfig],
+    )
+    .expect("agents");
+    let get = |key: &str| {
+        let a = topo.pod("shop/a").ns.path();
+        let b = SocketAddr::new(IpAddr::V4(shop::ip(2)), 8081);
+        http_request(
+            &a,
+            b,
+            "GET",
+            "/",
+            &[("x-api-key", key)],
+            Duration::from_secs(3),
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    assert_eq!(get("key-one"), 200, "{}", mesh.node("node-2").log());
+    assert_eq!(get("key-two"), 401);
+    api.apply(&keys_secret("partner-keys", "key-two", true))
+        .expect("rotate");
+    eventually("the rotated key to be in force", CHANGE, || {
+        (get("key-two") == 200).then_some(())
+    });
+    assert_eq!(get("key-one"), 401, "the old key is refused");
+    let log = mesh.node("node-2").log();
+    assert!(
+        log.contains("kube:MeshPolicy/unlabelled-api") && log.contains("rampart.dev/secret"),
+        "the policy naming an unlabelled Secret is rejected, saying why:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -168,7 +168,10 @@ pub fn resolve_api_keys(
             let Some(secret) = secrets.get(&p.secret) else {
                 diags.push(Diagnostic::error(
                     p.origin.clone(),
-                    format!("apiKeys.secretRef: no Secret {ns}/{name} in the policy set"),
+                    format!(
+                        "apiKeys.secretRef: no Secret {ns}/{name} in the policy set ({})",
+                        crate::policy::secret::LABEL_HINT
+                    ),
                 ));
                 continue;
             };

@@ -138,7 +138,10 @@ pub fn resolve_certificates(
         let Some(secret) = secrets.get(&cert.secret) else {
             diags.push(Diagnostic::error(
                 cert.origin.clone(),
-                format!("ingress.tls: no Secret {ns}/{name} in the policy set"),
+                format!(
+                    "ingress.tls: no Secret {ns}/{name} in the policy set ({})",
+                    crate::policy::secret::LABEL_HINT
+                ),
             ));
             continue;
         };

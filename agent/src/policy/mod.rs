@@ -3,7 +3,7 @@
 //! | stage | module | what |
 //! | --- | --- | --- |
 //! | read | `source` | files → objects with positions (YAML multi-document or JSON) |
-//! | shapes | `spec/` | the kinds read and a MeshPolicy's sections, as serde types (unknown fields are errors) |
+//! | shapes | `spec/` | the kinds read and a MeshPolicy's sections, as serde types (unknown fields: ignored in Kubernetes's kinds, errors in a NetworkPolicy's spec and in Rampart's kinds) |
 //! | validate | `model/`, `selector`, `secret` | objects → the policy model (one file per kind), or diagnostics at `file:line:col`; Secrets resolved into the sections that name them |
 //! | L7 | `http` | a MeshPolicy's `http` section: JWT and API-key providers, authorization rules, rate limits |
 //! | DLP | `dlp` | a MeshPolicy's `http.dlp`: detectors and actions on responses and requests |

@@ -8,6 +8,15 @@ use super::diag::Diagnostic;
 use super::source::SourceObject;
 use super::spec::objects::Secret;
 
+/// The label a Secret needs for the agent to read it from the Kubernetes API: agents never
+/// list every Secret of the cluster (a node agent holding every credential in memory is a
+/// target); a policy that names a Secret without it reads as naming a missing Secret.
+pub const SECRET_LABEL: &str = "rampart.dev/secret";
+
+/// Said where a policy names a Secret that is not there.
+pub const LABEL_HINT: &str =
+    "from the Kubernetes API, only Secrets labelled rampart.dev/secret are read";
+
 /// A Secret's entries (name → bytes), never printed.
 #[derive(Clone)]
 pub struct SecretModel {
@@ -47,4 +56,12 @@ pub fn secret(so: &SourceObject, raw: &Secret, diags: &mut Vec<Diagnostic>) -> O
         entries.insert(name.clone(), value.as_bytes().to_vec());
     }
     ok.then_some(SecretModel { entries })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_hint_names_the_label() {
+        assert!(super::LABEL_HINT.contains(super::SECRET_LABEL));
+    }
 }

@@ -219,9 +219,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Parses the text of a file (YAML stream or JSON document) named `file` in diagnostics.
 pub fn parse_str(file: &Path, text: &str) -> Read {
-    let docs = split_documents(text);
-    let results = parse_documents(file, &docs);
     let mut read = Read::default();
+    let docs = expand_lists(file, split_documents(text), &mut read.diagnostics);
+    let results = parse_documents(file, &docs);
     for result in results {
         match result {
             Ok(Some(object)) => read.objects.push(object),
@@ -309,6 +309,106 @@ fn scan_type_meta(text: &str) -> Option<TypeMeta> {
         api_version: Some(api_version?),
         kind: Some(kind?),
     })
+}
+
+/// Whether a document is a list of objects (`kind: List`, as `kubectl get -o yaml` prints
+/// several objects, or `<Kind>List` as the API serves a list).
+fn is_list(doc: &Document) -> bool {
+    let meta =
+        scan_type_meta(&doc.text).or_else(|| serde_saphyr::from_str::<TypeMeta>(&doc.text).ok());
+    meta.and_then(|m| m.kind)
+        .is_some_and(|k| k == "List" || (k.ends_with("List") && k.len() > 4))
+}
+
+/// Replaces each list document by one document per item. An item of a block sequence (what
+/// kubectl prints) keeps its lines and columns: its lines are cut out of the list as they are,
+/// with the `- ` before its first key blanked. An item of a flow sequence or JSON array is
+/// written out again as YAML, so positions inside it count from the item's first line.
+fn expand_lists(file: &Path, docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+    #[derive(serde::Deserialize)]
+    struct Items {
+        #[serde(default)]
+        items: Vec<Spanned<serde_json::Value>>,
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    for doc in docs {
+        if !is_list(&doc) {
+            out.push(doc);
+            continue;
+        }
+        let items = match serde_saphyr::from_str::<Items>(&doc.text) {
+            Ok(list) => list.items,
+            Err(e) => {
+                let e = e.without_snippet();
+                let line = e.location().map_or(1, |l| l.line().max(1)) + doc.line_offset;
+                diags.push(Diagnostic::error(
+                    Origin::new(file, Pos { line, col: 1 }),
+                    format!("list: {}", error_message(e)),
+                ));
+                continue;
+            }
+        };
+        let lines: Vec<&str> = doc.text.split_inclusive('\n').collect();
+        let starts: Vec<(usize, usize)> = items
+            .iter()
+            .map(|i| {
+                let at = &i.referenced;
+                (at.line() as usize, at.column() as usize)
+            })
+            .collect();
+        for (index, item) in items.iter().enumerate() {
+            let (line, col) = starts[index];
+            let first = line.checked_sub(1).and_then(|l| lines.get(l));
+            let block = col >= 3 && first.is_some_and(|l| l.as_bytes().get(col - 3) == Some(&b'-'));
+            if !block {
+                match serde_saphyr::to_string(&item.value) {
+                    Ok(text) => out.push(Document {
+                        text,
+                        line_offset: doc.line_offset + line.saturating_sub(1) as u64,
+                    }),
+                    Err(e) => diags.push(Diagnostic::error(
+                        Origin::new(
+                            file,
+                            Pos {
+                                line: doc.line_offset + line as u64,
+                                col: col as u64,
+                            },
+                        ),
+                        format!("list item: {e}"),
+                    )),
+                }
+                continue;
+            }
+            // The item's lines: from its first to the line before the next item, or for the
+            // last, to the first line indented less than the item (the list's next key).
+            let end = match starts.get(index + 1) {
+                Some((next, _)) => next - 1,
+                None => (line..lines.len())
+                    .find(|&l| {
+                        let t = lines[l];
+                        let indent = t.len() - t.trim_start_matches(' ').len();
+                        !t.trim().is_empty() && !t.trim_start().starts_with('#') && indent < col - 1
+                    })
+                    .unwrap_or(lines.len()),
+            };
+            let mut text = String::new();
+            // Lines before the item stay (blank) so that line numbers are the file's.
+            for (l, content) in lines.iter().enumerate().take(end).skip(line - 1) {
+                if l == line - 1 {
+                    let mut first = content.to_string();
+                    first.replace_range(col - 3..col - 2, " ");
+                    text.push_str(&first);
+                } else {
+                    text.push_str(content);
+                }
+            }
+            out.push(Document {
+                text,
+                line_offset: doc.line_offset + (line - 1) as u64,
+            });
+        }
+    }
+    out
 }
 
 /// One document of a stream: its text, and the number of lines before it.
@@ -455,7 +555,7 @@ mod tests {
     #[test]
     fn splits_documents_and_keeps_lines() {
         let read = parse(
-            "# header\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: b\n  bogus: 1\n",
+            "# header\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  bogus: 1\n",
         );
         assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
         assert_eq!(read.objects[0].start.line, 2);
@@ -464,6 +564,44 @@ mod tests {
         assert_eq!(d.origin.pos.line, 12, "{d}");
         assert_eq!(d.origin.pos.col, 3, "{d}");
         assert!(d.message.contains("bogus"), "{d}");
+    }
+
+    #[test]
+    fn kubernetes_kinds_take_fields_of_newer_versions_and_network_policy_specs_do_not() {
+        let read = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, newMetaField: 1}\nspec:\n  aFieldFromV1_40: {x: 1}\n  containers: [{name: c, newContainerField: true, ports: [{containerPort: 80, newPortField: 1}]}]\nstatus: {podIP: 10.0.0.1, newStatusField: []}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x, newMetaField: 1}\nnewTopLevelField: 1\n",
+        );
+        assert_eq!(read.objects.len(), 2, "{:?}", read.diagnostics);
+        assert!(read.diagnostics.is_empty(), "{:?}", read.diagnostics);
+        let read = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, newMetaField: 1}\nspec: {podSelector: {}, ingress: [{from: [{aNewPeerKind: {}}]}]}\n",
+        );
+        assert!(read.objects.is_empty());
+        assert!(
+            read.diagnostics[0].message.contains("aNewPeerKind"),
+            "{:?}",
+            read.diagnostics
+        );
+    }
+
+    #[test]
+    fn a_list_reads_as_its_items_with_the_file_positions() {
+        // As `kubectl get pods,networkpolicies -o yaml` prints it.
+        let text = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: a\n    namespace: x\n  status:\n    podIP: 10.0.0.1\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: x}\n  spec:\n    podSelector: {}\n    bogus: 1\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
+        let read = parse(text);
+        assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+        assert_eq!(read.objects[0].object.kind(), "Pod");
+        assert_eq!(read.objects[0].start.line, 3);
+        assert_eq!(read.diagnostics.len(), 1, "{:?}", read.diagnostics);
+        let d = &read.diagnostics[0];
+        assert_eq!((d.origin.pos.line, d.origin.pos.col), (15, 5), "{d}");
+        // The JSON form (`-o json`) reads too.
+        let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+  {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}}
+]}"#;
+        let read = parse(json);
+        assert_eq!(read.objects.len(), 2, "{:?}", read.diagnostics);
     }
 
     #[test]
@@ -549,7 +687,7 @@ mod tests {
                 "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{i}\n  labels: {{a: b, c: d, e: f, g: h, i: j}}\n"
             ));
         }
-        text.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: last\n  oops: 1\n");
+        text.push_str("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: last\nspec: {oops: 1}\n");
         assert!(text.len() > PARALLEL_MIN_BYTES);
         let read = parse(&text);
         assert_eq!(read.objects.len(), n);

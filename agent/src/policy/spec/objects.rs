@@ -1,9 +1,13 @@
 //! The objects Rampart reads, as they appear in files: Kubernetes `v1 Namespace`, `v1 Pod`,
 //! `networking.k8s.io/v1 NetworkPolicy`, and `rampart.dev/v1alpha1 ClusterPolicy`.
 //!
-//! These are the raw shapes (serde, `deny_unknown_fields`): a field the kind does not have is an
-//! error at its position. Fields the API server or other controllers own (a Pod's image, probes,
-//! volumes, ...) are accepted and ignored, so objects dumped from a cluster read as they are.
+//! These are the raw shapes (serde). Kubernetes's own kinds read as the API server serves them:
+//! every field the agent does not use (a Pod's image, probes, volumes, and fields that newer
+//! Kubernetes versions add) is ignored, in metadata too, so objects dumped from any cluster read
+//! as they are. Two exceptions stay strict, where a field the agent does not know could change
+//! what is allowed: a NetworkPolicy's `spec` (an unknown rule field might narrow a peer or a port;
+//! ignoring it would open traffic, so the object is an error — in API mode rejected on its own,
+//! its last good version kept), and Rampart's own kinds (a typo is an error at its position).
 //! Meaning and validation live in `model/`.
 
 use std::collections::BTreeMap;
@@ -23,53 +27,26 @@ pub struct TypeMeta {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: Option<Spanned<String>>,
     pub namespace: Option<Spanned<String>>,
     pub labels: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    // Set by the API server; accepted and ignored.
-    #[serde(default, rename = "uid")]
-    _uid: IgnoredAny,
-    #[serde(default, rename = "resourceVersion")]
-    _resource_version: IgnoredAny,
-    #[serde(default, rename = "generation")]
-    _generation: IgnoredAny,
-    #[serde(default, rename = "generateName")]
-    _generate_name: IgnoredAny,
-    #[serde(default, rename = "creationTimestamp")]
-    _creation_timestamp: IgnoredAny,
-    #[serde(default, rename = "deletionTimestamp")]
-    _deletion_timestamp: IgnoredAny,
-    #[serde(default, rename = "deletionGracePeriodSeconds")]
-    _deletion_grace_period_seconds: IgnoredAny,
-    #[serde(default, rename = "ownerReferences")]
-    _owner_references: IgnoredAny,
-    #[serde(default, rename = "finalizers")]
-    _finalizers: IgnoredAny,
-    #[serde(default, rename = "managedFields")]
-    _managed_fields: IgnoredAny,
-    #[serde(default, rename = "selfLink")]
-    _self_link: IgnoredAny,
 }
 
 // ---------------------------------------------------------------------------------------------
 // v1 Namespace
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Namespace {
     #[serde(rename = "apiVersion")]
     _api_version: IgnoredAny,
     #[serde(rename = "kind")]
     _kind: IgnoredAny,
     pub metadata: ObjectMeta,
-    #[serde(default, rename = "spec")]
-    _spec: IgnoredAny,
-    #[serde(default, rename = "status")]
-    _status: IgnoredAny,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -78,7 +55,7 @@ pub struct Namespace {
 /// A Secret: `data` values are base64, `stringData` values text. Its values never appear in
 /// `Debug` output or diagnostics.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Secret {
     #[serde(rename = "apiVersion")]
     _api_version: IgnoredAny,
@@ -89,10 +66,6 @@ pub struct Secret {
     pub data: BTreeMap<String, String>,
     #[serde(default)]
     pub string_data: BTreeMap<String, String>,
-    #[serde(default, rename = "type")]
-    _type: IgnoredAny,
-    #[serde(default, rename = "immutable")]
-    _immutable: IgnoredAny,
 }
 
 impl std::fmt::Debug for Secret {
@@ -109,7 +82,7 @@ impl std::fmt::Debug for Secret {
 // v1 Pod
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Pod {
     #[serde(rename = "apiVersion")]
     _api_version: IgnoredAny,
@@ -123,7 +96,7 @@ pub struct Pod {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub service_account_name: Option<String>,
     /// Deprecated alias of `serviceAccountName`.
@@ -135,184 +108,38 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(default)]
     pub init_containers: Vec<Container>,
-    // The rest of the PodSpec: accepted and ignored.
-    #[serde(default, rename = "activeDeadlineSeconds")]
-    _active_deadline_seconds: IgnoredAny,
-    #[serde(default, rename = "affinity")]
-    _affinity: IgnoredAny,
-    #[serde(default, rename = "automountServiceAccountToken")]
-    _automount_service_account_token: IgnoredAny,
-    #[serde(default, rename = "dnsConfig")]
-    _dns_config: IgnoredAny,
-    #[serde(default, rename = "dnsPolicy")]
-    _dns_policy: IgnoredAny,
-    #[serde(default, rename = "enableServiceLinks")]
-    _enable_service_links: IgnoredAny,
-    #[serde(default, rename = "ephemeralContainers")]
-    _ephemeral_containers: IgnoredAny,
-    #[serde(default, rename = "hostAliases")]
-    _host_aliases: IgnoredAny,
-    #[serde(default, rename = "hostIPC")]
-    _host_ipc: IgnoredAny,
-    #[serde(default, rename = "hostPID")]
-    _host_pid: IgnoredAny,
-    #[serde(default, rename = "hostUsers")]
-    _host_users: IgnoredAny,
-    #[serde(default, rename = "hostname")]
-    _hostname: IgnoredAny,
-    #[serde(default, rename = "imagePullSecrets")]
-    _image_pull_secrets: IgnoredAny,
-    #[serde(default, rename = "nodeSelector")]
-    _node_selector: IgnoredAny,
-    #[serde(default, rename = "os")]
-    _os: IgnoredAny,
-    #[serde(default, rename = "overhead")]
-    _overhead: IgnoredAny,
-    #[serde(default, rename = "preemptionPolicy")]
-    _preemption_policy: IgnoredAny,
-    #[serde(default, rename = "priority")]
-    _priority: IgnoredAny,
-    #[serde(default, rename = "priorityClassName")]
-    _priority_class_name: IgnoredAny,
-    #[serde(default, rename = "readinessGates")]
-    _readiness_gates: IgnoredAny,
-    #[serde(default, rename = "resourceClaims")]
-    _resource_claims: IgnoredAny,
-    #[serde(default, rename = "resources")]
-    _resources: IgnoredAny,
-    #[serde(default, rename = "restartPolicy")]
-    _restart_policy: IgnoredAny,
-    #[serde(default, rename = "runtimeClassName")]
-    _runtime_class_name: IgnoredAny,
-    #[serde(default, rename = "schedulerName")]
-    _scheduler_name: IgnoredAny,
-    #[serde(default, rename = "schedulingGates")]
-    _scheduling_gates: IgnoredAny,
-    #[serde(default, rename = "securityContext")]
-    _security_context: IgnoredAny,
-    #[serde(default, rename = "setHostnameAsFQDN")]
-    _set_hostname_as_fqdn: IgnoredAny,
-    #[serde(default, rename = "shareProcessNamespace")]
-    _share_process_namespace: IgnoredAny,
-    #[serde(default, rename = "subdomain")]
-    _subdomain: IgnoredAny,
-    #[serde(default, rename = "terminationGracePeriodSeconds")]
-    _termination_grace_period_seconds: IgnoredAny,
-    #[serde(default, rename = "tolerations")]
-    _tolerations: IgnoredAny,
-    #[serde(default, rename = "topologySpreadConstraints")]
-    _topology_spread_constraints: IgnoredAny,
-    #[serde(default, rename = "volumes")]
-    _volumes: IgnoredAny,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Container {
     #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
-    // The rest of the Container: accepted and ignored.
-    #[serde(default, rename = "args")]
-    _args: IgnoredAny,
-    #[serde(default, rename = "command")]
-    _command: IgnoredAny,
-    #[serde(default, rename = "env")]
-    _env: IgnoredAny,
-    #[serde(default, rename = "envFrom")]
-    _env_from: IgnoredAny,
-    #[serde(default, rename = "image")]
-    _image: IgnoredAny,
-    #[serde(default, rename = "imagePullPolicy")]
-    _image_pull_policy: IgnoredAny,
-    #[serde(default, rename = "lifecycle")]
-    _lifecycle: IgnoredAny,
-    #[serde(default, rename = "livenessProbe")]
-    _liveness_probe: IgnoredAny,
-    #[serde(default, rename = "readinessProbe")]
-    _readiness_probe: IgnoredAny,
-    #[serde(default, rename = "resizePolicy")]
-    _resize_policy: IgnoredAny,
-    #[serde(default, rename = "resources")]
-    _resources: IgnoredAny,
-    #[serde(default, rename = "restartPolicy")]
-    _restart_policy: IgnoredAny,
-    #[serde(default, rename = "securityContext")]
-    _security_context: IgnoredAny,
-    #[serde(default, rename = "startupProbe")]
-    _startup_probe: IgnoredAny,
-    #[serde(default, rename = "stdin")]
-    _stdin: IgnoredAny,
-    #[serde(default, rename = "stdinOnce")]
-    _stdin_once: IgnoredAny,
-    #[serde(default, rename = "terminationMessagePath")]
-    _termination_message_path: IgnoredAny,
-    #[serde(default, rename = "terminationMessagePolicy")]
-    _termination_message_policy: IgnoredAny,
-    #[serde(default, rename = "tty")]
-    _tty: IgnoredAny,
-    #[serde(default, rename = "volumeDevices")]
-    _volume_devices: IgnoredAny,
-    #[serde(default, rename = "volumeMounts")]
-    _volume_mounts: IgnoredAny,
-    #[serde(default, rename = "workingDir")]
-    _working_dir: IgnoredAny,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     pub name: Option<Spanned<String>>,
     pub container_port: Spanned<i64>,
     pub protocol: Option<Spanned<String>>,
-    #[serde(default, rename = "hostPort")]
-    _host_port: IgnoredAny,
-    #[serde(default, rename = "hostIP")]
-    _host_ip: IgnoredAny,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     #[serde(rename = "podIP")]
     pub pod_ip: Option<Spanned<String>>,
     #[serde(default, rename = "podIPs")]
     pub pod_ips: Vec<PodIp>,
-    // The rest of the PodStatus: accepted and ignored.
-    #[serde(default, rename = "phase")]
-    _phase: IgnoredAny,
-    #[serde(default, rename = "conditions")]
-    _conditions: IgnoredAny,
-    #[serde(default, rename = "message")]
-    _message: IgnoredAny,
-    #[serde(default, rename = "reason")]
-    _reason: IgnoredAny,
     /// The address of the pod's node (where that node's agent listens for tunnels).
     #[serde(rename = "hostIP")]
     pub host_ip: Option<Spanned<String>>,
-    #[serde(default, rename = "hostIPs")]
-    _host_ips: IgnoredAny,
-    #[serde(default, rename = "startTime")]
-    _start_time: IgnoredAny,
-    #[serde(default, rename = "containerStatuses")]
-    _container_statuses: IgnoredAny,
-    #[serde(default, rename = "initContainerStatuses")]
-    _init_container_statuses: IgnoredAny,
-    #[serde(default, rename = "ephemeralContainerStatuses")]
-    _ephemeral_container_statuses: IgnoredAny,
-    #[serde(default, rename = "nominatedNodeName")]
-    _nominated_node_name: IgnoredAny,
-    #[serde(default, rename = "qosClass")]
-    _qos_class: IgnoredAny,
-    #[serde(default, rename = "resize")]
-    _resize: IgnoredAny,
-    #[serde(default, rename = "resourceClaimStatuses")]
-    _resource_claim_statuses: IgnoredAny,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PodIp {
     pub ip: Spanned<String>,
 }

@@ -41,10 +41,7 @@ use super::{Outcome, PolicySource, SourceRead};
 use crate::generation::SourceDoc;
 use crate::policy::source::{self, Read};
 
-/// The label a Secret needs for the agent to read it: agents never list every Secret of the
-/// cluster (their RBAC allows it, but a node agent holding every credential in memory is a
-/// target); a policy that names a Secret without it reads as naming a missing Secret.
-pub const SECRET_LABEL: &str = "rampart.dev/secret";
+pub use crate::policy::secret::SECRET_LABEL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
