@@ -36,6 +36,9 @@ pub enum Command {
     /// Validate policy files offline, or push them to a running agent.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print the CustomResourceDefinitions of Rampart's kinds (ClusterPolicy, MeshPolicy) as
+    /// YAML, for `kubectl apply -f -` (the same as `deploy/crds.yaml`).
+    Crds,
     /// Manage the trust domain's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),

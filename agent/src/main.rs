@@ -22,6 +22,10 @@ fn main() -> std::process::ExitCode {
             .and_then(app::run),
         cli::Command::Ca(cli::CaCommand::Init(args)) => ca_init(&args),
         cli::Command::Status(args) => status::run(&args),
+        cli::Command::Crds => {
+            print!("{}", rampart_agent::policy::crd::definitions_yaml());
+            Ok(())
+        }
         cli::Command::Flows(args) => rampart_agent::flows_cli::run(&args),
         cli::Command::Cleanup(args) => rampart_agent::datapath::remove_pins(&args.bpffs_root)
             .map(|n| println!("removed {n} pins under {}", args.bpffs_root.display()))

@@ -31,7 +31,7 @@ const LAYERS: &[&[&str]] = &[
     // Policy: read → spec shapes → sections and model → compile → decide.
     &["policy::diag"],
     &["policy::spec"],
-    &["policy::source"],
+    &["policy::source", "policy::crd"],
     &["policy::selector", "policy::secret"],
     &["policy::waf", "policy::dlp"],
     &["policy::http", "policy::ingress"],

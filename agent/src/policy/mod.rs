@@ -12,12 +12,14 @@
 //! | identities | `identity` | numeric identities, stable while their label set exists |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries, mTLS destinations (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
+//! | definitions | `crd` | Rampart's kinds as CustomResourceDefinitions, generated from `spec/` |
 //!
 //! Nothing here names the running agent (the layering test in `tidy.rs`).
 //!
 //! A set with any error is rejected whole; the caller keeps the last good state in force.
 
 pub mod compile;
+pub mod crd;
 pub mod diag;
 pub mod dlp;
 pub mod http;

@@ -3,136 +3,168 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSpec {
+    #[schemars(with = "Option<AuthenticationSpec>")]
     pub authentication: Option<Spanned<AuthenticationSpec>>,
+    #[schemars(with = "Option<Vec<HttpRuleSpec>>")]
     pub rules: Option<Vec<Spanned<HttpRuleSpec>>>,
+    #[schemars(with = "Option<RateLimitsSpec>")]
     pub rate_limits: Option<Spanned<RateLimitsSpec>>,
     /// The OWASP Core Rule Set (see `policy::waf`).
+    #[schemars(with = "Option<super::waf::WafSpec>")]
     pub waf: Option<Spanned<super::waf::WafSpec>>,
     /// Sensitive data in responses (see `policy::dlp`).
+    #[schemars(with = "Option<super::dlp::DlpSpec>")]
     pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
     /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
+    #[schemars(with = "Option<String>")]
     pub escaped_slashes: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthenticationSpec {
     /// `AnyOf` (default: one provider's credential suffices) or `AllOf` (every provider's).
+    #[schemars(with = "Option<String>")]
     pub require: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_missing: bool,
+    #[schemars(with = "Vec<ProviderSpec>")]
     pub providers: Vec<Spanned<ProviderSpec>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProviderSpec {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
+    #[schemars(with = "Option<JwtSpec>")]
     pub jwt: Option<Spanned<JwtSpec>>,
+    #[schemars(with = "Option<ApiKeysSpec>")]
     pub api_keys: Option<Spanned<ApiKeysSpec>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiKeysSpec {
     /// A `v1 Secret` in the policy set: each entry's name is a client, its value that client's key.
+    #[schemars(with = "SecretRefSpec")]
     pub secret_ref: Spanned<SecretRefSpec>,
     /// Default: the `x-api-key` header.
+    #[schemars(with = "Option<Vec<TokenSourceSpec>>")]
     pub key_from: Option<Vec<Spanned<TokenSourceSpec>>>,
     /// Request header that carries the client's name to the pod.
+    #[schemars(with = "Option<String>")]
     pub client_header: Option<Spanned<String>>,
     #[serde(default)]
     pub forward_key: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretRefSpec {
     pub namespace: String,
     pub name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtSpec {
     pub issuer: Option<String>,
     pub audiences: Option<Vec<String>>,
+    #[schemars(with = "Vec<String>")]
     pub algorithms: Spanned<Vec<String>>,
     pub clock_skew_seconds: Option<u64>,
     pub required_claims: Option<Vec<String>>,
+    #[schemars(with = "Option<usize>")]
     pub max_token_bytes: Option<Spanned<usize>>,
+    #[schemars(with = "Option<Vec<TokenSourceSpec>>")]
     pub token_from: Option<Vec<Spanned<TokenSourceSpec>>>,
+    #[schemars(with = "JwksSpec")]
     pub jwks: Spanned<JwksSpec>,
+    #[schemars(with = "Option<Vec<ClaimHeaderSpec>>")]
     pub claims_to_headers: Option<Vec<Spanned<ClaimHeaderSpec>>>,
     #[serde(default)]
     pub forward_token: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokenSourceSpec {
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     pub prefix: Option<String>,
     pub query: Option<String>,
     pub cookie: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwksSpec {
     /// A JWKS document as JSON text.
+    #[schemars(with = "Option<String>")]
     pub inline: Option<Spanned<String>>,
     /// An absolute path to a JWKS document, re-read like a fetched one.
+    #[schemars(with = "Option<String>")]
     pub file: Option<Spanned<String>>,
     /// An `http://` or `https://` URL of a JWKS document.
+    #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
     /// `true`: the `jwks_uri` of the issuer's OIDC discovery document.
+    #[schemars(with = "Option<bool>")]
     pub discovery: Option<Spanned<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimHeaderSpec {
     pub claim: String,
+    #[schemars(with = "String")]
     pub header: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRuleSpec {
+    #[schemars(with = "String")]
     pub action: Spanned<String>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub methods: Option<Vec<Spanned<String>>>,
     pub hosts: Option<Vec<String>>,
+    #[schemars(with = "Option<Vec<PathSpec>>")]
     pub paths: Option<Vec<Spanned<PathSpec>>>,
+    #[schemars(with = "Option<Vec<HeaderMatchSpec>>")]
     pub headers: Option<Vec<Spanned<HeaderMatchSpec>>>,
     pub principals: Option<Vec<String>>,
+    #[schemars(with = "Option<Vec<ClaimMatchSpec>>")]
     pub claims: Option<Vec<Spanned<ClaimMatchSpec>>>,
     pub api_key_clients: Option<Vec<String>>,
     pub authenticated: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathSpec {
     pub exact: Option<String>,
     pub prefix: Option<String>,
     pub glob: Option<String>,
+    #[schemars(with = "Option<String>")]
     pub regex: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatchSpec {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     pub exact: Option<String>,
     pub prefix: Option<String>,
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimMatchSpec {
     pub name: String,
@@ -140,23 +172,27 @@ pub struct ClaimMatchSpec {
     pub contains: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitsSpec {
     #[serde(default)]
     pub shadow: bool,
+    #[schemars(with = "Vec<RateBucketSpec>")]
     pub buckets: Vec<Spanned<RateBucketSpec>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateBucketSpec {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// `route` (default), `sourcePrincipal`, `sourceAddress`, `jwtSubject`, `apiKeyClient`,
     /// `header:<name>`, `claim:<name>`.
+    #[schemars(with = "Option<String>")]
     pub key: Option<Spanned<String>>,
     pub max_tokens: u32,
     pub tokens_per_fill: Option<u32>,
+    #[schemars(with = "String")]
     pub fill_interval: Spanned<String>,
     /// Distinct key values kept (LRU); default 10,000.
     pub max_keys: Option<usize>,

@@ -191,19 +191,24 @@ pub struct NpPeer {
     pub ip_block: Option<IpBlock>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpBlock {
+    #[schemars(with = "String")]
     pub cidr: Spanned<String>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub except: Option<Vec<Spanned<String>>>,
 }
 
 /// A port of a rule: `protocol`, `port` (number or name) and `endPort`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortEntry {
+    #[schemars(with = "Option<String>")]
     pub protocol: Option<Spanned<String>>,
+    #[schemars(with = "Option<IntOrString>")]
     pub port: Option<Spanned<IntOrString>>,
+    #[schemars(with = "Option<i64>")]
     pub end_port: Option<Spanned<i64>>,
 }
 
@@ -214,14 +219,26 @@ pub enum IntOrString {
     String(String),
 }
 
-#[derive(Debug, Default, Deserialize)]
+impl schemars::JsonSchema for IntOrString {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrString".into()
+    }
+
+    // As Kubernetes's own IntOrString: the structural schema's marker, not an `anyOf`.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"x-kubernetes-int-or-string": true})
+    }
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     pub match_labels: Option<BTreeMap<String, String>>,
+    #[schemars(with = "Option<Vec<LabelSelectorRequirement>>")]
     pub match_expressions: Option<Vec<Spanned<LabelSelectorRequirement>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -243,7 +260,7 @@ pub struct ClusterPolicy {
     pub spec: ClusterPolicySpec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterPolicySpec {
     #[serde(default)]
@@ -256,7 +273,9 @@ pub struct ClusterPolicySpec {
     pub egress: Option<Vec<ClusterEgressRule>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyMode {
     #[default]
@@ -264,50 +283,60 @@ pub enum PolicyMode {
     Audit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 pub enum PolicyType {
     Ingress,
     Egress,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
+    #[schemars(with = "Option<LabelSelector>")]
     pub namespace_selector: Option<Spanned<LabelSelector>>,
+    #[schemars(with = "Option<LabelSelector>")]
     pub pod_selector: Option<Spanned<LabelSelector>>,
     /// `sa` (in any namespace) or `namespace/sa`.
+    #[schemars(with = "Option<Vec<String>>")]
     pub service_accounts: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterIngressRule {
     pub action: RuleAction,
+    #[schemars(with = "Option<Vec<ClusterPeer>>")]
     pub from: Option<Vec<Spanned<ClusterPeer>>>,
+    #[schemars(with = "Option<Vec<PortEntry>>")]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterEgressRule {
     pub action: RuleAction,
+    #[schemars(with = "Option<Vec<ClusterPeer>>")]
     pub to: Option<Vec<Spanned<ClusterPeer>>>,
+    #[schemars(with = "Option<Vec<PortEntry>>")]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
 /// A peer of a cluster rule: workloads (namespace, pod and service-account selectors, ANDed),
 /// or an ipBlock, or entities.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterPeer {
+    #[schemars(with = "Option<LabelSelector>")]
     pub namespace_selector: Option<Spanned<LabelSelector>>,
+    #[schemars(with = "Option<LabelSelector>")]
     pub pod_selector: Option<Spanned<LabelSelector>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub service_accounts: Option<Vec<Spanned<String>>>,
     pub ip_block: Option<IpBlock>,
     pub entities: Option<Vec<Entity>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     /// Everything outside the cluster (addresses that are not pods or nodes).
@@ -338,44 +367,55 @@ pub struct MeshPolicy {
     pub spec: Spanned<MeshPolicySpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshPolicySpec {
     /// The destination workloads; absent: every pod.
     pub applies_to: Option<WorkloadSelector>,
     /// TCP ports of the destinations that require mTLS (required, at least one).
+    #[schemars(with = "Option<Vec<PortEntry>>")]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
     /// `Required` (the only mode so far).
+    #[schemars(with = "Option<String>")]
     pub mtls: Option<Spanned<String>>,
     /// Who may connect (any of the lists); absent: any workload of the trust domain.
     pub allowed_principals: Option<AllowedPrincipals>,
     /// L7 rules for requests on these ports (see `policy::http`).
+    #[schemars(with = "Option<super::http::HttpSpec>")]
     pub http: Option<Box<Spanned<super::http::HttpSpec>>>,
     /// New connections per source identity, braked in the kernel.
+    #[schemars(with = "Option<FloodBrakeSpec>")]
     pub flood_brake: Option<Spanned<FloodBrakeSpec>>,
     /// Traffic from outside the cluster through the proxy (see `policy::ingress`).
+    #[schemars(with = "Option<super::ingress::IngressSpec>")]
     pub ingress: Option<Spanned<super::ingress::IngressSpec>>,
 }
 
 /// A token bucket on new connections per (source identity, destination identity, port).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FloodBrakeSpec {
     /// Connections a source may open at once (the bucket's size).
+    #[schemars(with = "u32")]
     pub max_connections: Spanned<u32>,
     /// Connections added back per `fillInterval` (default 1).
+    #[schemars(with = "Option<u32>")]
     pub connections_per_fill: Option<Spanned<u32>>,
     /// `100ms`, `1s`, `1m`, ...
+    #[schemars(with = "String")]
     pub fill_interval: Spanned<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AllowedPrincipals {
     /// Exact SPIFFE IDs.
+    #[schemars(with = "Option<Vec<String>>")]
     pub spiffe_ids: Option<Vec<Spanned<String>>>,
     /// `namespace/serviceaccount`.
+    #[schemars(with = "Option<Vec<String>>")]
     pub service_accounts: Option<Vec<Spanned<String>>>,
     /// Every workload of these namespaces.
+    #[schemars(with = "Option<Vec<String>>")]
     pub namespaces: Option<Vec<Spanned<String>>>,
 }
