@@ -109,9 +109,14 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
                 let _ = changed.send(ControllerCommand::SourceChanged);
             });
             Some(
-                KubeSource::start(connection, notify)
-                    .await
-                    .context("connecting to the Kubernetes API")?,
+                KubeSource::start(
+                    connection,
+                    &config.node_name,
+                    &config.kube_lease_namespace,
+                    notify,
+                )
+                .await
+                .context("connecting to the Kubernetes API")?,
             )
         }
         None => None,

@@ -190,6 +190,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "RAMPART_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Namespace of the Lease that elects the one agent writing Rampart objects' status (the
+    /// DaemonSet's own namespace).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "RAMPART_KUBE_LEASE_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub kube_lease_namespace: String,
+
     /// Interface to attach the XDP and TC programs to (an uplink, or a pod interface the routes
     /// do not show); repeat for several. Pod interfaces are found from the node's routes.
     #[arg(long = "interface", value_name = "IFACE")]

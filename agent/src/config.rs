@@ -31,6 +31,8 @@ pub enum ConfigError {
     CaDir { path: String, reason: String },
     #[error("--admin-socket {path}: {reason}")]
     AdminSocket { path: String, reason: &'static str },
+    #[error("--kube-lease-namespace {0:?}: must be a namespace name (an RFC 1123 label)")]
+    LeaseNamespace(String),
     #[error("--kubeconfig {path}: {reason}")]
     Kubeconfig { path: String, reason: String },
     #[error("--proxy-port and --tunnel-port must differ")]
@@ -93,6 +95,8 @@ pub struct RunConfig {
     pub policy_dir: Option<PathBuf>,
     /// The Kubernetes API as a source (`--kube`, `--kubeconfig`).
     pub kube: Option<KubeConnection>,
+    /// Where the status writer's Lease lives (`--kube-lease-namespace`).
+    pub kube_lease_namespace: String,
     pub bpffs_root: PathBuf,
     pub metrics_addr: SocketAddr,
     /// The admin API's Unix socket.
@@ -122,6 +126,9 @@ impl RunConfig {
         }
         if let Some(dir) = &args.policy_dir {
             validate_policy_dir(dir)?;
+        }
+        if !crate::dns_name::is_dns_label(&args.kube_lease_namespace) {
+            return Err(ConfigError::LeaseNamespace(args.kube_lease_namespace));
         }
         let kube = match (&args.kubeconfig, args.kube) {
             (Some(path), _) => {
@@ -186,6 +193,7 @@ impl RunConfig {
             }),
             interfaces,
             kube,
+            kube_lease_namespace: args.kube_lease_namespace,
             policy_dir: args.policy_dir,
             bpffs_root: args.bpffs_root,
             metrics_addr: args.metrics_addr,

@@ -260,6 +260,93 @@ fn an_invalid_edit_keeps_the_last_good_version_while_other_changes_apply() {
     );
 }
 
+fn cluster_policy(port: Value) -> Value {
+    json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "ClusterPolicy",
+        "metadata": {"name": "b-baseline"},
+        "spec": {
+            "appliesTo": {"podSelector": {"matchLabels": {"app": "b"}}},
+            "ingress": [{"action": "Deny", "ports": [{"port": port}]}],
+        },
+    })
+}
+
+fn accepted(api: &ApiServer) -> Option<(String, String, i64, i64)> {
+    let p = api.get("rampart.dev/v1alpha1", "ClusterPolicy", "", "b-baseline")?;
+    let c = p["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Accepted")?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        p["status"]["observedGeneration"].as_i64()?,
+        p["status"]["enforcedGeneration"].as_i64().unwrap_or(-1),
+    ))
+}
+
+#[test]
+fn one_elected_agent_writes_each_policy_status() {
+    let mut c = Cluster::new();
+    c.api.apply(&cluster_policy(json!(9090))).expect("policy");
+    c.start_agents();
+    let accepted_now = |want: (&str, &str, i64, i64)| {
+        eventually(&format!("status {want:?}"), CHANGE, || {
+            accepted(&c.api)
+                .filter(|(s, r, o, e)| (s.as_str(), r.as_str(), *o, *e) == want)
+                .map(|_| ())
+        })
+    };
+    accepted_now(("True", "Valid", 1, 1));
+    c.api
+        .apply(&cluster_policy(json!("no such port name!")))
+        .expect("invalid");
+    accepted_now(("False", "InvalidKeptLastGood", 2, 1));
+    let policy = c
+        .api
+        .get("rampart.dev/v1alpha1", "ClusterPolicy", "", "b-baseline")
+        .expect("policy");
+    let message = policy["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        message.contains("kube:ClusterPolicy/b-baseline:")
+            && message.contains("generation 1 stays in force"),
+        "{message}"
+    );
+    // One writer: one agent holds the Lease, the other never writes.
+    let lease = c
+        .api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-system",
+            "rampart-status-writer",
+        )
+        .expect("the Lease");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let (leader, other) = if holder == "node-1" { (0, 1) } else { (1, 0) };
+    assert!(holder == "node-1" || holder == "node-2", "{lease:#}");
+    assert_eq!(c.metric(leader, "rampart_kube_status_writer", ""), 1.0);
+    assert_eq!(c.metric(other, "rampart_kube_status_writer", ""), 0.0);
+    assert_eq!(c.metric(other, "rampart_kube_status_writes_total", ""), 0.0);
+    // The leader stops: the other takes the Lease once it expires, and writes.
+    let stopped = c.agents.remove(leader);
+    drop(stopped);
+    let other = 0;
+    eventually(
+        "the other agent to take the Lease",
+        Duration::from_secs(30),
+        || (c.metric(other, "rampart_kube_status_writer", "") == 1.0).then_some(()),
+    );
+    c.api.apply(&cluster_policy(json!(7070))).expect("fixed");
+    accepted_now(("True", "Valid", 3, 3));
+}
+
 #[test]
 fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
     let mut c = Cluster::new();

@@ -571,6 +571,31 @@ impl AgentCollector {
             "Object versions rejected on their own (invalid Pods, Namespaces and Nodes on arrival, policies and Secrets when the set is checked); the last good version stays in force",
             rows(|h| h.rejected),
         )?;
+        let leading = ConstGauge::new(i64::from(
+            health.leading.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        leading.encode(encoder.encode_descriptor(
+            "rampart_kube_status_writer",
+            "1 while this agent holds the Lease that makes it the one writer of Rampart objects' status",
+            None,
+            leading.metric_type(),
+        )?)?;
+        counter(
+            encoder,
+            "rampart_kube_status_writes",
+            "Statuses written on Rampart objects (only the Lease holder writes)",
+            health
+                .status_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rampart_kube_status_write_errors",
+            "Status writes the API server refused or that failed",
+            health
+                .status_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         let mut synced = encoder.encode_descriptor(
             "rampart_kube_synced",
             "1 once a kind's first complete list has arrived",

@@ -315,6 +315,18 @@ impl ApiServer {
             .cloned()
     }
 
+    /// Every object of a kind, as stored.
+    pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let Some(resource) = resource_of_kind(api_version, kind) else {
+            return Vec::new();
+        };
+        self.shared
+            .lock_store()
+            .list(resource, None, None)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// How many requests of `verb` (`list`, `watch`, `get`, `create`, `update`, `patch`,
     /// `delete`) were made for the resource `plural`.
     pub fn requests(&self, plural: &str, verb: &str) -> u64 {

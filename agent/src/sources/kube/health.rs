@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
 /// One kind's counters.
@@ -27,6 +28,11 @@ pub struct KubeHealth {
     /// Where the source connects (the API server's URL).
     pub server: String,
     kinds: Mutex<BTreeMap<&'static str, KindHealth>>,
+    /// This agent holds the status writer's Lease.
+    pub leading: AtomicBool,
+    /// Statuses written, and writes that failed.
+    pub status_writes: AtomicU64,
+    pub status_errors: AtomicU64,
 }
 
 impl KubeHealth {
@@ -34,6 +40,9 @@ impl KubeHealth {
         KubeHealth {
             server,
             kinds: Mutex::new(kinds.iter().map(|k| (*k, KindHealth::default())).collect()),
+            leading: AtomicBool::new(false),
+            status_writes: AtomicU64::new(0),
+            status_errors: AtomicU64::new(0),
         }
     }
 

@@ -20,6 +20,7 @@
 
 mod convert;
 pub mod health;
+pub mod report;
 mod store;
 mod watch;
 
@@ -96,6 +97,14 @@ const DOCUMENT_KINDS: &[DocumentKind] = &[
     },
 ];
 
+/// The resource name of a document kind (`MeshPolicy` → `meshpolicies`).
+fn plural_of(kind: &str) -> Option<&'static str> {
+    DOCUMENT_KINDS
+        .iter()
+        .find(|k| k.kind == kind)
+        .map(|k| k.plural)
+}
+
 /// Every kind watched, as the health counters name them.
 pub const WATCHED: &[&str] = &[
     "Pod",
@@ -114,10 +123,13 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
-    /// Connects and starts a watch per kind on the current tokio runtime; `notify` is called
-    /// after every change.
+    /// Connects and starts a watch per kind on the current tokio runtime (`notify` is called
+    /// after every change), and the status writer, which writes while this agent (`identity`,
+    /// its node's name) holds the Lease in `lease_namespace`.
     pub async fn start(
         connection: &Connection,
+        identity: &str,
+        lease_namespace: &str,
         notify: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<KubeSource, KubeError> {
         let config = match connection {
@@ -175,6 +187,16 @@ impl KubeSource {
                 move |o, previous| document(o, &api_version, name, previous),
             ));
         }
+        tokio::spawn(
+            report::Reporting {
+                client,
+                objects: Arc::clone(&objects),
+                health: Arc::clone(&health),
+                identity: identity.to_owned(),
+                lease_namespace: lease_namespace.to_owned(),
+            }
+            .run(),
+        );
         Ok(KubeSource { objects, health })
     }
 
@@ -225,6 +247,9 @@ fn document(
         Ok(text) => (
             Document {
                 kind,
+                namespace: object.metadata.namespace.clone(),
+                name: object.metadata.name.clone().unwrap_or_default(),
+                uid: object.metadata.uid.clone(),
                 text,
                 last_good: previous.and_then(|p| p.last_good.clone()),
                 generation: object.metadata.generation,
@@ -239,6 +264,9 @@ fn document(
             None => (
                 Document {
                     kind,
+                    namespace: object.metadata.namespace.clone(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                    uid: object.metadata.uid.clone(),
                     text: String::new(),
                     last_good: None,
                     generation: object.metadata.generation,

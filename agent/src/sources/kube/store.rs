@@ -103,6 +103,9 @@ impl<T: Clone> Checked<T> {
 #[derive(Clone)]
 pub struct Document {
     pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
     pub text: String,
     pub last_good: Option<String>,
     /// `metadata.generation` of the current version (Secrets have none).
