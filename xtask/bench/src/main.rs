@@ -7,6 +7,7 @@ mod agent;
 mod datapath;
 mod haproxy;
 mod http;
+mod kube;
 mod l7_creds;
 mod policy;
 mod proxy;
@@ -28,11 +29,11 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, proxy.
+    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, kube, proxy.
     suites: Vec<String>,
 }
 
-const SUITES: &[&str] = &["datapath", "xdp-drop", "policy", "agent", "proxy"];
+const SUITES: &[&str] = &["datapath", "xdp-drop", "policy", "agent", "kube", "proxy"];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -62,6 +63,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "datapath" => datapath::run(args.quick)?,
             "xdp-drop" => xdp_drop::run(args.quick)?,
             "agent" => agent::run(args.quick)?,
+            "kube" => kube::run(args.quick)?,
             "policy" => policy::run(args.quick)?,
             "proxy" => proxy::run(args.quick)?,
             _ => unreachable!("checked above"),
