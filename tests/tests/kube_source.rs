@@ -399,11 +399,17 @@ fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
     c.api
         .delete("networking.k8s.io/v1", "NetworkPolicy", "x", "b-9090")
         .expect("delete");
-    c.until("the deletion to apply after the relist", "x/a", 9090, false);
-    assert!(
-        c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists,
-        "a relist is counted"
+    // The watcher relists after its backoff, which grew during the outage above (kube-runtime's
+    // default: up to 30 s, reset after two quiet minutes).
+    eventually(
+        "the deletion to apply after the relist",
+        Duration::from_secs(40),
+        || (!c.reaches("x/a", 9090)).then_some(()),
     );
+    eventually("the relist to be counted", CHANGE, || {
+        (c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists)
+            .then_some(())
+    });
 }
 
 /// A Secret of API keys, as the API server holds it (`data`, base64), labelled for the agents

@@ -21,7 +21,7 @@ use super::spec::objects::{self, TypeMeta};
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One object read from a file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Object {
     Namespace(objects::Namespace),
     Pod(Box<objects::Pod>),
@@ -56,7 +56,7 @@ impl Object {
 }
 
 /// An object and where it was read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SourceObject {
     pub object: Object,
     pub file: PathBuf,
@@ -104,7 +104,7 @@ impl SourceObject {
 }
 
 /// Objects read and what was wrong.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Read {
     pub objects: Vec<SourceObject>,
     pub diagnostics: Vec<Diagnostic>,

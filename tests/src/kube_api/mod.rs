@@ -269,13 +269,29 @@ impl ApiServer {
         Ok(store::resource_version(&event.object).to_owned())
     }
 
-    /// Applies a YAML or JSON stream of objects.
+    /// Applies a YAML stream of objects (documents separated by `---` lines).
     pub fn apply_yaml(&self, text: &str) -> anyhow::Result<()> {
-        let options = serde_saphyr::options! { strict_booleans: true };
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple_with_options(text, options).context("reading objects")?;
-        for doc in docs.into_iter().filter(|d| !d.is_null()) {
-            self.apply(&doc)?;
+        // One document at a time: the parser's node budget is per call, and a large set is
+        // many small objects.
+        let mut documents = vec![String::new()];
+        for line in text.lines() {
+            if line.trim_end() == "---" {
+                documents.push(String::new());
+            } else if let Some(last) = documents.last_mut() {
+                last.push_str(line);
+                last.push('\n');
+            }
+        }
+        for (i, doc) in documents.iter().enumerate() {
+            if doc.trim().is_empty() {
+                continue;
+            }
+            let options = serde_saphyr::options! { strict_booleans: true };
+            let value: Value = serde_saphyr::from_str_with_options(doc, options)
+                .with_context(|| format!("reading object {i}"))?;
+            if !value.is_null() {
+                self.apply(&value)?;
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DlpSpec {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct DlpSpec {
 }
 
 /// Detectors on requests.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequestsSpec {
     #[schemars(with = "Vec<DetectorSpec>")]
@@ -34,7 +34,7 @@ pub struct RequestsSpec {
     pub body_limit: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DetectorSpec {
     #[serde(rename = "type")]

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSpec {
     #[schemars(with = "Option<AuthenticationSpec>")]
@@ -23,7 +23,7 @@ pub struct HttpSpec {
     pub escaped_slashes: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthenticationSpec {
     /// `AnyOf` (default: one provider's credential suffices) or `AllOf` (every provider's).
@@ -35,7 +35,7 @@ pub struct AuthenticationSpec {
     pub providers: Vec<Spanned<ProviderSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProviderSpec {
     #[schemars(with = "String")]
@@ -46,7 +46,7 @@ pub struct ProviderSpec {
     pub api_keys: Option<Spanned<ApiKeysSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiKeysSpec {
     /// A `v1 Secret` in the policy set: each entry's name is a client, its value that client's key.
@@ -62,14 +62,14 @@ pub struct ApiKeysSpec {
     pub forward_key: bool,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretRefSpec {
     pub namespace: String,
     pub name: String,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtSpec {
     pub issuer: Option<String>,
@@ -90,7 +90,7 @@ pub struct JwtSpec {
     pub forward_token: bool,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokenSourceSpec {
     #[schemars(with = "Option<String>")]
@@ -100,7 +100,7 @@ pub struct TokenSourceSpec {
     pub cookie: Option<String>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwksSpec {
     /// A JWKS document as JSON text.
@@ -117,7 +117,7 @@ pub struct JwksSpec {
     pub discovery: Option<Spanned<bool>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimHeaderSpec {
     pub claim: String,
@@ -125,7 +125,7 @@ pub struct ClaimHeaderSpec {
     pub header: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRuleSpec {
     #[schemars(with = "String")]
@@ -144,7 +144,7 @@ pub struct HttpRuleSpec {
     pub authenticated: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathSpec {
     pub exact: Option<String>,
@@ -154,7 +154,7 @@ pub struct PathSpec {
     pub regex: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatchSpec {
     #[schemars(with = "String")]
@@ -164,7 +164,7 @@ pub struct HeaderMatchSpec {
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimMatchSpec {
     pub name: String,
@@ -172,7 +172,7 @@ pub struct ClaimMatchSpec {
     pub contains: Option<String>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitsSpec {
     #[serde(default)]
@@ -181,7 +181,7 @@ pub struct RateLimitsSpec {
     pub buckets: Vec<Spanned<RateBucketSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateBucketSpec {
     #[schemars(with = "String")]

@@ -5,21 +5,21 @@ use serde_saphyr::Spanned;
 
 use super::http::SecretRefSpec;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressSpec {
     #[schemars(with = "Option<IngressTlsSpec>")]
     pub tls: Option<Spanned<IngressTlsSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressTlsSpec {
     #[schemars(with = "Vec<CertificateSpec>")]
     pub certificates: Vec<Spanned<CertificateSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CertificateSpec {
     #[schemars(with = "SecretRefSpec")]

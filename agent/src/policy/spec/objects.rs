@@ -19,14 +19,14 @@ use serde_saphyr::Spanned;
 use super::RuleAction;
 
 /// `apiVersion` and `kind`, read first to pick the type of the document.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TypeMeta {
     pub api_version: Option<String>,
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: Option<Spanned<String>>,
@@ -39,7 +39,7 @@ pub struct ObjectMeta {
 // ---------------------------------------------------------------------------------------------
 // v1 Namespace
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Namespace {
     #[serde(rename = "apiVersion")]
@@ -54,7 +54,7 @@ pub struct Namespace {
 
 /// A Secret: `data` values are base64, `stringData` values text. Its values never appear in
 /// `Debug` output or diagnostics.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
 pub struct Secret {
     #[serde(rename = "apiVersion")]
@@ -81,7 +81,7 @@ impl std::fmt::Debug for Secret {
 // ---------------------------------------------------------------------------------------------
 // v1 Pod
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     #[serde(rename = "apiVersion")]
@@ -95,7 +95,7 @@ pub struct Pod {
     pub status: PodStatus,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub service_account_name: Option<String>,
@@ -110,7 +110,7 @@ pub struct PodSpec {
     pub init_containers: Vec<Container>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     #[serde(default)]
@@ -119,7 +119,7 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     pub name: Option<Spanned<String>>,
@@ -127,7 +127,7 @@ pub struct ContainerPort {
     pub protocol: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     #[serde(rename = "podIP")]
@@ -139,7 +139,7 @@ pub struct PodStatus {
     pub host_ip: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct PodIp {
     pub ip: Spanned<String>,
 }
@@ -147,7 +147,7 @@ pub struct PodIp {
 // ---------------------------------------------------------------------------------------------
 // networking.k8s.io/v1 NetworkPolicy
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicy {
     #[serde(rename = "apiVersion")]
@@ -160,7 +160,7 @@ pub struct NetworkPolicy {
     _status: IgnoredAny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     pub pod_selector: Option<Spanned<LabelSelector>>,
@@ -169,21 +169,21 @@ pub struct NetworkPolicySpec {
     pub egress: Option<Vec<NpEgressRule>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpIngressRule {
     pub from: Option<Vec<Spanned<NpPeer>>>,
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpEgressRule {
     pub to: Option<Vec<Spanned<NpPeer>>>,
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpPeer {
     pub pod_selector: Option<Spanned<LabelSelector>>,
@@ -191,7 +191,7 @@ pub struct NpPeer {
     pub ip_block: Option<IpBlock>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpBlock {
     #[schemars(with = "String")]
@@ -201,7 +201,7 @@ pub struct IpBlock {
 }
 
 /// A port of a rule: `protocol`, `port` (number or name) and `endPort`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortEntry {
     #[schemars(with = "Option<String>")]
@@ -230,7 +230,7 @@ impl schemars::JsonSchema for IntOrString {
     }
 }
 
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     pub match_labels: Option<BTreeMap<String, String>>,
@@ -238,7 +238,7 @@ pub struct LabelSelector {
     pub match_expressions: Option<Vec<Spanned<LabelSelectorRequirement>>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -249,7 +249,7 @@ pub struct LabelSelectorRequirement {
 // ---------------------------------------------------------------------------------------------
 // rampart.dev/v1alpha1 ClusterPolicy
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterPolicy {
     #[serde(rename = "apiVersion")]
@@ -260,7 +260,7 @@ pub struct ClusterPolicy {
     pub spec: ClusterPolicySpec,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterPolicySpec {
     #[serde(default)]
@@ -289,7 +289,7 @@ pub enum PolicyType {
     Egress,
 }
 
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[schemars(with = "Option<LabelSelector>")]
@@ -301,7 +301,7 @@ pub struct WorkloadSelector {
     pub service_accounts: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterIngressRule {
     pub action: RuleAction,
@@ -311,7 +311,7 @@ pub struct ClusterIngressRule {
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterEgressRule {
     pub action: RuleAction,
@@ -323,7 +323,7 @@ pub struct ClusterEgressRule {
 
 /// A peer of a cluster rule: workloads (namespace, pod and service-account selectors, ANDed),
 /// or an ipBlock, or entities.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterPeer {
     #[schemars(with = "Option<LabelSelector>")]
@@ -356,7 +356,7 @@ pub enum Entity {
 
 /// Requires mutual TLS for selected destination workloads and ports, and names the source
 /// principals that may connect (cluster-scoped).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshPolicy {
     #[serde(rename = "apiVersion")]
@@ -367,7 +367,7 @@ pub struct MeshPolicy {
     pub spec: Spanned<MeshPolicySpec>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshPolicySpec {
     /// The destination workloads; absent: every pod.
@@ -392,7 +392,7 @@ pub struct MeshPolicySpec {
 }
 
 /// A token bucket on new connections per (source identity, destination identity, port).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FloodBrakeSpec {
     /// Connections a source may open at once (the bucket's size).
@@ -406,7 +406,7 @@ pub struct FloodBrakeSpec {
     pub fill_interval: Spanned<String>,
 }
 
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AllowedPrincipals {
     /// Exact SPIFFE IDs.

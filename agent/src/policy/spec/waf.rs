@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WafSpec {
     #[schemars(with = "Option<String>")]
@@ -35,7 +35,7 @@ pub struct WafSpec {
     pub block_page: Option<Spanned<BlockPageSpec>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BlockPageSpec {
     #[schemars(with = "Option<u16>")]
@@ -46,7 +46,7 @@ pub struct BlockPageSpec {
     pub body: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuditLogSpec {
     #[schemars(with = "String")]
@@ -59,7 +59,7 @@ pub struct AuditLogSpec {
     pub mode: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResponseBodySpec {
     pub inspect: Option<bool>,
@@ -69,14 +69,14 @@ pub struct ResponseBodySpec {
     pub over_limit: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExtraRulesSpec {
     pub inline: Option<String>,
     pub file: Option<String>,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequestBodySpec {
     pub inspect: Option<bool>,

@@ -246,6 +246,10 @@ fn document(
     match convert::document(object, api_version, kind) {
         Ok(text) => (
             Document {
+                parsed: source::parse_str(
+                    Path::new(&document_file(kind, &watch::key_of(object))),
+                    &text,
+                ),
                 kind,
                 namespace: object.metadata.namespace.clone(),
                 name: object.metadata.name.clone().unwrap_or_default(),
@@ -268,6 +272,7 @@ fn document(
                     name: object.metadata.name.clone().unwrap_or_default(),
                     uid: object.metadata.uid.clone(),
                     text: String::new(),
+                    parsed: Read::default(),
                     last_good: None,
                     generation: object.metadata.generation,
                     last_good_generation: None,
@@ -297,9 +302,10 @@ impl PolicySource for KubeSource {
             }
         }
         for (file, doc) in objects.documents.values().flat_map(store::Kind::live) {
-            let read = source::parse_str(Path::new(file), &doc.text);
-            out.read.objects.extend(read.objects);
-            out.read.diagnostics.extend(read.diagnostics);
+            out.read.objects.extend(doc.parsed.objects.iter().cloned());
+            out.read
+                .diagnostics
+                .extend(doc.parsed.diagnostics.iter().cloned());
             out.documents.push(SourceDoc {
                 file: file.clone(),
                 sha256: source::sha256_hex(doc.text.as_bytes()),

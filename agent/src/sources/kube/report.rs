@@ -301,6 +301,7 @@ mod tests {
             name: "p".into(),
             uid: None,
             text: "t".into(),
+            parsed: crate::policy::source::Read::default(),
             last_good: last_good.then(|| "old".to_owned()),
             generation: Some(3),
             last_good_generation: last_good.then_some(2),

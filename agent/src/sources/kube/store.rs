@@ -107,6 +107,8 @@ pub struct Document {
     pub name: String,
     pub uid: Option<String>,
     pub text: String,
+    /// `text` as the policy reader read it (once per version, not on every reload).
+    pub parsed: crate::policy::source::Read,
     pub last_good: Option<String>,
     /// `metadata.generation` of the current version (Secrets have none).
     pub generation: Option<i64>,
