@@ -177,6 +177,19 @@ fn pods_created_relabelled_moved_and_deleted_in_the_api_change_enforcement() {
         "b is isolated: a -> b:9090 is denied"
     );
 
+    // A status change the agent keeps nothing of (a kubelet's conditions) reloads nothing.
+    let generation = c.metric(1, "rampart_policy_generation", "");
+    let events = c.metric(1, "rampart_kube_watch_events_total", "kind=\"Pod\"");
+    let mut probed = pod("b", "b", 2, B);
+    probed["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    c.api.apply(&probed).expect("conditions");
+    eventually("the pod event to arrive", CHANGE, || {
+        (c.metric(1, "rampart_kube_watch_events_total", "kind=\"Pod\"") > events).then_some(())
+    });
+    // A reload would start within the controller's 50 ms debounce.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.metric(1, "rampart_policy_generation", ""), generation);
+
     c.api.apply(&pod("a", "other", 1, A)).expect("relabel");
     c.until(
         "a relabelled away from app=a to be denied",
@@ -399,17 +412,17 @@ fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
     c.api
         .delete("networking.k8s.io/v1", "NetworkPolicy", "x", "b-9090")
         .expect("delete");
-    // The watcher relists after its backoff, which grew during the outage above (kube-runtime's
-    // default: up to 30 s, reset after two quiet minutes).
+    // The watcher relists after its backoff, which may have grown during the outage above
+    // (kube-runtime's default: up to 30 s, reset after two quiet minutes).
     eventually(
-        "the deletion to apply after the relist",
-        Duration::from_secs(40),
-        || (!c.reaches("x/a", 9090)).then_some(()),
+        "the expired watch to relist",
+        Duration::from_secs(45),
+        || {
+            (c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists)
+                .then_some(())
+        },
     );
-    eventually("the relist to be counted", CHANGE, || {
-        (c.metric(0, "rampart_kube_relists_total", "kind=\"NetworkPolicy\"") > relists)
-            .then_some(())
-    });
+    c.until("the deletion to apply after the relist", "x/a", 9090, false);
 }
 
 /// A Secret of API keys, as the API server holds it (`data`, base64), labelled for the agents

@@ -175,7 +175,18 @@ pub fn document(object: &DynamicObject, api_version: &str, kind: &str) -> Result
         map.insert("kind".into(), Value::from(kind));
         map.remove("status");
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("managedFields");
+            // What the API server changes on every write (a status written back by the agent
+            // included): not part of what the object means, so not of its document.
+            for server_owned in [
+                "managedFields",
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "selfLink",
+            ] {
+                meta.remove(server_owned);
+            }
             if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
                 for dropped in DROPPED_ANNOTATIONS {
                     annotations.remove(*dropped);
@@ -249,7 +260,7 @@ mod tests {
     fn a_document_drops_status_and_kubectl_copies() {
         let o: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "rampart.dev/v1alpha1", "kind": "ClusterPolicy",
-            "metadata": {"name": "p", "managedFields": [{}], "annotations": {
+            "metadata": {"name": "p", "managedFields": [{}], "resourceVersion": "7", "annotations": {
                 "kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "1"}},
             "spec": {"x": 1}, "status": {"conditions": []}
         }))

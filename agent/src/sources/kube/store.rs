@@ -76,7 +76,7 @@ impl<V: Clone> Kind<V> {
 
 /// An object validated on arrival: the version in use (the last valid one) and the current
 /// version's error, if it has one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Checked<T> {
     pub in_use: Option<T>,
     pub error: Option<String>,
@@ -118,6 +118,14 @@ pub struct Document {
     pub errors: Vec<String>,
     /// The SHA-256 of the last version rejected (each rejected version is counted once).
     pub rejected_sha: Option<String>,
+}
+
+/// Two documents are the same when their text is (what else they hold follows from it, or from
+/// the controller's verdict on it).
+impl PartialEq for Document {
+    fn eq(&self, other: &Document) -> bool {
+        self.kind == other.kind && self.text == other.text && self.generation == other.generation
+    }
 }
 
 impl std::fmt::Debug for Document {

@@ -38,7 +38,7 @@ impl Watch {
         value: impl Fn(&K, Option<&V>) -> (V, Option<String>) + Send,
     ) where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-        V: Clone,
+        V: Clone + PartialEq,
     {
         let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
@@ -70,13 +70,16 @@ impl Watch {
                         (true, None)
                     }
                     Event::InitApply(o) | Event::Apply(o) => {
-                        let mut rejected = None;
+                        let (mut rejected, mut changed) = (None, true);
                         kind.upsert(key(o), |previous| {
                             let (v, error) = value(o, previous);
                             rejected = error;
+                            // A change to what the agent does not keep (a pod's conditions, a
+                            // container's restart count) is no change: no reload.
+                            changed = previous != Some(&v);
                             v
                         });
-                        (matches!(event, Event::Apply(_)), rejected)
+                        (matches!(event, Event::Apply(_)) && changed, rejected)
                     }
                     Event::Delete(o) => {
                         kind.remove(&key(o));
