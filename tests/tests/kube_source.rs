@@ -102,6 +102,14 @@ impl Cluster {
             pod("a", "a", 1, A),
             pod("b", "b", 2, B),
             b_from_a("b-from-a", json!(8080)),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b", "namespace": "x"},
+                   "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}],
+                            "selector": {"app": "b"}}}),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": "b-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "b"}},
+                   "addressType": "IPv4", "ports": [{"port": 8080}],
+                   "endpoints": [{"addresses": [B.to_string()], "conditions": {"ready": true},
+                                  "targetRef": {"kind": "Pod", "namespace": "x", "name": "b"}}]}),
         ] {
             api.apply(&object).expect("object");
         }
@@ -219,10 +227,21 @@ fn pods_created_relabelled_moved_and_deleted_in_the_api_change_enforcement() {
     );
     assert!(!c.reaches("x/a", 8080), "the old address stays denied");
     for node in 0..2 {
+        for kind in ["Pod", "Service", "EndpointSlice"] {
+            let labels = format!("kind=\"{kind}\"");
+            assert_eq!(
+                c.metric(node, "rampart_kube_synced", &labels),
+                1.0,
+                "every agent reports its {kind} watch synced"
+            );
+        }
         assert_eq!(
-            c.metric(node, "rampart_kube_synced", "kind=\"Pod\""),
-            1.0,
-            "every agent reports its Pod watch synced"
+            c.metric(
+                node,
+                "rampart_kube_watch_events_total",
+                "kind=\"EndpointSlice\""
+            ),
+            1.0
         );
     }
 }

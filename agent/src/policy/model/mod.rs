@@ -140,6 +140,59 @@ pub struct PodModel {
     pub ports: Vec<NamedPort>,
 }
 
+/// A Service as the datapath will translate it (from the Kubernetes source; not yet compiled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceModel {
+    pub namespace: String,
+    pub name: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer` (`ExternalName` and headless Services are not kept).
+    pub kind: String,
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortModel>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortModel {
+    pub name: Option<String>,
+    pub proto: u8,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// A number, or the name of a container port of each backend.
+    pub target: PortTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortTarget {
+    Number(u16),
+    Named(String),
+}
+
+/// An EndpointSlice: a Service's backends with the port numbers they resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSliceModel {
+    pub namespace: String,
+    /// The Service (`kubernetes.io/service-name`).
+    pub service: String,
+    pub endpoints: Vec<EndpointModel>,
+    /// (name, protocol, port).
+    pub ports: Vec<(Option<String>, u8, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointModel {
+    pub addresses: Vec<IpAddr>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
+    /// `namespace/name` of the pod behind it.
+    pub pod: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPort {
     pub name: String,

@@ -5,11 +5,16 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
-use crate::policy::model::{self, NAMESPACE_NAME_LABEL, NamedPort, PodModel};
+use crate::policy::model::{
+    self, EndpointModel, EndpointSliceModel, NAMESPACE_NAME_LABEL, NamedPort, PodModel, PortTarget,
+    ServiceModel, ServicePortModel,
+};
 use crate::policy::selector::{self, Labels};
 
 /// Annotations that only kubectl reads, dropped from documents (the last one holds a copy of
@@ -156,6 +161,157 @@ pub fn node(node: &Node) -> Result<(String, Vec<IpAddr>), String> {
     Ok((name, addrs))
 }
 
+fn addresses(field: &str, raw: Option<&Vec<String>>) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for (i, text) in raw.into_iter().flatten().enumerate() {
+        if text.is_empty() || text == "None" {
+            continue;
+        }
+        let addr: IpAddr = text
+            .parse()
+            .map_err(|_| format!("{field}[{i}] {text:?}: not an IP address"))?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
+fn port(field: &str, value: i32) -> Result<u16, String> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{field} {value}: must be 1-65535"))
+}
+
+fn protocol(field: &str, raw: Option<&str>) -> Result<u8, String> {
+    let name = raw.unwrap_or("TCP");
+    model::protocol(name).ok_or_else(|| format!("{field} {name:?}: must be TCP, UDP or SCTP"))
+}
+
+/// What the datapath will need of a Service (`Ok(None)`: an ExternalName or headless Service,
+/// which has no address to translate).
+pub fn service(service: &Service) -> Result<Option<ServiceModel>, String> {
+    let meta = &service.metadata;
+    let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
+        return Err("metadata: a Service needs a namespace and a name".into());
+    };
+    let Some(spec) = &service.spec else {
+        return Ok(None);
+    };
+    let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+    if kind == "ExternalName" {
+        return Ok(None);
+    }
+    let listed = spec
+        .cluster_ips
+        .clone()
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]));
+    let cluster_ips = addresses("spec.clusterIPs", listed.as_ref())?;
+    if cluster_ips.is_empty() {
+        return Ok(None);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let number = port(&format!("{at}.port"), p.port)?;
+        let target = match &p.target_port {
+            None => PortTarget::Number(number),
+            Some(IntOrString::Int(n)) => PortTarget::Number(port(&format!("{at}.targetPort"), *n)?),
+            Some(IntOrString::String(name)) => {
+                model::validate_port_name(name).map_err(|e| format!("{at}.targetPort: {e}"))?;
+                PortTarget::Named(name.clone())
+            }
+        };
+        ports.push(ServicePortModel {
+            name: p.name.clone(),
+            proto: protocol(&format!("{at}.protocol"), p.protocol.as_deref())?,
+            port: number,
+            node_port: match p.node_port {
+                Some(n) if n != 0 => Some(port(&format!("{at}.nodePort"), n)?),
+                _ => None,
+            },
+            target,
+        });
+    }
+    let load_balancer: Vec<String> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect();
+    Ok(Some(ServiceModel {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        kind,
+        cluster_ips,
+        external_ips: addresses("spec.externalIPs", spec.external_ips.as_ref())?,
+        load_balancer_ips: addresses("status.loadBalancer.ingress", Some(&load_balancer))?,
+        ports,
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+    }))
+}
+
+/// The label that names an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An EndpointSlice's backends (`Ok(None)`: a slice of FQDNs, or of no Service).
+pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<EndpointSliceModel>, String> {
+    let meta = &slice.metadata;
+    let Some(namespace) = &meta.namespace else {
+        return Err("metadata: an EndpointSlice needs a namespace".into());
+    };
+    let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+        return Ok(None);
+    };
+    if slice.address_type == "FQDN" {
+        return Ok(None);
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        let conditions = e.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        endpoints.push(EndpointModel {
+            addresses: addresses(&format!("endpoints[{i}].addresses"), Some(&e.addresses))?,
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node: e.node_name.clone(),
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    Some(format!(
+                        "{}/{}",
+                        r.namespace.as_deref()?,
+                        r.name.as_deref()?
+                    ))
+                }),
+        });
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let Some(number) = p.port else {
+            continue;
+        };
+        ports.push((
+            p.name.clone(),
+            protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
+            port(&format!("ports[{i}].port"), number)?,
+        ));
+    }
+    Ok(Some(EndpointSliceModel {
+        namespace: namespace.clone(),
+        service: service.clone(),
+        endpoints,
+        ports,
+    }))
+}
+
 fn labels(raw: Option<&std::collections::BTreeMap<String, String>>) -> Result<Labels, String> {
     let labels = raw.cloned().unwrap_or_default();
     for (k, v) in &labels {
@@ -254,6 +410,39 @@ mod tests {
         ] {
             assert_eq!(pod(&pod_json(v)).expect("valid"), None);
         }
+    }
+
+    #[test]
+    fn services_and_slices_keep_what_translation_needs() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "web"},
+            "spec": {"type": "NodePort", "clusterIPs": ["10.96.0.10", "fd00:96::a"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                               {"port": 53, "protocol": "UDP", "targetPort": 5353}]}
+        }))
+        .expect("service");
+        let m = service(&svc).expect("valid").expect("kept");
+        assert_eq!(m.cluster_ips.len(), 2);
+        assert_eq!(m.ports[0].target, PortTarget::Named("http".into()));
+        assert_eq!((m.ports[0].node_port, m.ports[1].proto), (Some(30080), 17));
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "h"}, "spec": {"clusterIP": "None"}
+        }))
+        .expect("service");
+        assert_eq!(service(&headless).expect("valid"), None);
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.10"], "conditions": {"ready": false, "terminating": true},
+                           "targetRef": {"kind": "Pod", "namespace": "x", "name": "a"}}],
+            "ports": [{"name": "http", "port": 8080}]
+        }))
+        .expect("slice");
+        let s = endpoint_slice(&slice).expect("valid").expect("kept");
+        assert_eq!(s.service, "web");
+        assert!(!s.endpoints[0].ready && s.endpoints[0].terminating);
+        assert_eq!(s.endpoints[0].pod.as_deref(), Some("x/a"));
+        assert_eq!(s.ports, vec![(Some("http".into()), 6, 8080)]);
     }
 
     #[test]

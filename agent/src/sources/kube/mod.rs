@@ -7,6 +7,7 @@
 //! | Pod (all, every node's) | its model: labels, addresses, named ports, service account, node | remote pods' addresses resolve to identities in this node's ipcache |
 //! | Namespace | its labels | namespace selectors |
 //! | Node | its addresses | `host` / `remote-node` |
+//! | Service, EndpointSlice | addresses, ports, backends | Service translation (kept; not yet compiled) |
 //! | NetworkPolicy, ClusterPolicy, MeshPolicy | a YAML document, read by the policy reader | every check, at a position |
 //! | Secret, only those labelled [`SECRET_LABEL`] | a YAML document | API keys, ingress certificates |
 //!
@@ -30,7 +31,8 @@ use std::path::{Path, PathBuf};
 use crate::config::KubeConnection as Connection;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
@@ -110,6 +112,8 @@ pub const WATCHED: &[&str] = &[
     "Pod",
     "Namespace",
     "Node",
+    "Service",
+    "EndpointSlice",
     "NetworkPolicy",
     "ClusterPolicy",
     "MeshPolicy",
@@ -145,6 +149,7 @@ impl KubeSource {
             objects: Arc::clone(&objects),
             health: Arc::clone(&health),
             notify: Arc::clone(&notify),
+            compiled: !matches!(kind, "Service" | "EndpointSlice"),
         };
         let all = watcher::Config::default();
         tokio::spawn(watch("Pod").run(
@@ -167,6 +172,20 @@ impl KubeSource {
             |o| &mut o.nodes,
             key_of,
             |node, previous| checked(previous, convert::node(node).map(|(_, a)| Some(a))),
+        ));
+        tokio::spawn(watch("Service").run(
+            kube::Api::<Service>::all(client.clone()),
+            all.clone(),
+            |o| &mut o.services,
+            key_of,
+            |svc, previous| checked(previous, convert::service(svc)),
+        ));
+        tokio::spawn(watch("EndpointSlice").run(
+            kube::Api::<EndpointSlice>::all(client.clone()),
+            all.clone(),
+            |o| &mut o.endpoint_slices,
+            key_of,
+            |slice, previous| checked(previous, convert::endpoint_slice(slice)),
         ));
         for kind in DOCUMENT_KINDS {
             let resource = ApiResource::from_gvk_with_plural(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::policy::model::PodModel;
+use crate::policy::model::{EndpointSliceModel, PodModel, ServiceModel};
 use crate::policy::selector::Labels;
 
 /// One kind's objects by key (`namespace/name`, or `name` for cluster-scoped kinds).
@@ -145,6 +145,9 @@ pub struct Objects {
     pub pods: Kind<Checked<PodModel>>,
     pub namespaces: Kind<Checked<Labels>>,
     pub nodes: Kind<Checked<Vec<IpAddr>>>,
+    /// Kept for the datapath's Service translation (not yet compiled).
+    pub services: Kind<Checked<ServiceModel>>,
+    pub endpoint_slices: Kind<Checked<EndpointSliceModel>>,
     /// Documents by kind (each kind relists on its own), then by the file name they are read
     /// as (`kube:Kind/namespace/name`).
     pub documents: BTreeMap<&'static str, Kind<Document>>,

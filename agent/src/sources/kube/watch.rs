@@ -23,6 +23,9 @@ pub(super) struct Watch {
     pub health: Arc<KubeHealth>,
     /// Tells the controller the source changed.
     pub notify: Arc<dyn Fn() + Send + Sync>,
+    /// Whether a change of this kind changes what the controller compiles (a kind kept for
+    /// later tells it only when its lists complete, which readiness waits for).
+    pub compiled: bool,
 }
 
 impl Watch {
@@ -69,6 +72,10 @@ impl Watch {
                         kind.end_relist();
                         (true, None)
                     }
+                    _ if !self.compiled => {
+                        // Kept, not compiled: the entry changes, the controller is not told.
+                        (false, apply_uncompiled(kind, &event, &key, &value))
+                    }
                     Event::InitApply(o) | Event::Apply(o) => {
                         let (mut rejected, mut changed) = (None, true);
                         kind.upsert(key(o), |previous| {
@@ -112,6 +119,26 @@ impl Watch {
             }
         }
     }
+}
+
+/// An event of a kind kept but not compiled; the rejection of its object, if any.
+fn apply_uncompiled<K, V: Clone>(
+    kind: &mut Kind<V>,
+    event: &Event<K>,
+    key: &impl Fn(&K) -> String,
+    value: &impl Fn(&K, Option<&V>) -> (V, Option<String>),
+) -> Option<String> {
+    let mut rejected = None;
+    match event {
+        Event::InitApply(o) | Event::Apply(o) => kind.upsert(key(o), |previous| {
+            let (v, error) = value(o, previous);
+            rejected = error;
+            v
+        }),
+        Event::Delete(o) => kind.remove(&key(o)),
+        Event::Init | Event::InitDone => {}
+    }
+    rejected
 }
 
 /// `namespace/name`, or `name` for a cluster-scoped object.
