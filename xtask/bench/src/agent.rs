@@ -8,9 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rampart_tests::{Agent, AgentOptions, EchoServer, Netns, Topology, probe};
+use rampart_tests::{Agent, AgentOptions, Netns, probe};
 
-use crate::datapath::{CLIENT, PORT, SERVER, policy_set};
+use crate::datapath::{PORT, SERVER, policy_set};
 use crate::record::{Record, summarize};
 
 const BENCH_PREFIX: &str = "rpa";
@@ -28,7 +28,7 @@ spec:
 ";
 
 /// `VmRSS` of `pid` in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
@@ -47,17 +47,27 @@ fn flip(
     reached: bool,
     change: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
+    flip_within(ns, reached, FLIP_LIMIT, change)
+}
+
+/// [`flip`], giving up after `limit`.
+pub fn flip_within(
+    ns: &Netns,
+    reached: bool,
+    limit: Duration,
+    change: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     let dst = SocketAddr::new(IpAddr::V4(SERVER), PORT);
     let start = Instant::now();
     change()?;
-    while start.elapsed() < FLIP_LIMIT {
+    while start.elapsed() < limit {
         let probe_start = start.elapsed();
         if probe::tcp(ns, dst, Duration::from_millis(25)).reached() == reached {
             return Ok(probe_start.as_secs_f64() * 1e3);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    anyhow::bail!("the probe did not flip within {FLIP_LIMIT:?}")
+    anyhow::bail!("the probe did not flip within {limit:?}")
 }
 
 /// Writes `text` to `dir/name` atomically (the watcher sees one complete file).
@@ -71,13 +81,7 @@ fn put(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let runs = if quick { 3 } else { 5 };
     let sizes: &[usize] = &[0, 10_000, 100_000];
-    rampart_tests::sweep_stale(BENCH_PREFIX)?;
-    let topo = Topology::builder(BENCH_PREFIX)
-        .node("node-1")
-        .pod("node-1", "bench/a", CLIENT)
-        .pod("node-1", "bench/server", SERVER)
-        .build()?;
-    let _echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    let (topo, _echo) = crate::datapath::measured_node(BENCH_PREFIX)?;
     let a = &topo.pod("bench/a").ns;
     let work = std::env::temp_dir().join(format!("rampart-bench-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);

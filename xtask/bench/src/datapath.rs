@@ -30,6 +30,20 @@ pub const PORT: u16 = 8080;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 
+/// One node with the measured client pod (`CLIENT`) and the server pod (`SERVER`, an echo
+/// server on `PORT`), after sweeping what a killed run of the suite `prefix` left. Drop the echo
+/// server before the topology.
+pub fn measured_node(prefix: &str) -> anyhow::Result<(Topology, EchoServer)> {
+    rampart_tests::sweep_stale(prefix)?;
+    let topo = Topology::builder(prefix)
+        .node("node-1")
+        .pod("node-1", "bench/a", CLIENT)
+        .pod("node-1", "bench/server", SERVER)
+        .build()?;
+    let echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    Ok((topo, echo))
+}
+
 /// The synthetic set at `SERVER` plus the measured client and the rule that lets it in.
 pub fn policy_set(fillers: usize) -> String {
     let (mut y, _) = synthetic_set_at(fillers, SERVER);
@@ -103,13 +117,7 @@ fn sample(node_a: &Netns, load: &Load, runs: usize) -> anyhow::Result<Vec<Sample
 pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let (runs, load) = (Load::runs(quick), Load::new(quick));
     let sizes: &[usize] = &[0, 1_000, 10_000, 100_000];
-    rampart_tests::sweep_stale(BENCH_PREFIX)?;
-    let topo = Topology::builder(BENCH_PREFIX)
-        .node("node-1")
-        .pod("node-1", "bench/a", CLIENT)
-        .pod("node-1", "bench/server", SERVER)
-        .build()?;
-    let _echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    let (topo, _echo) = measured_node(BENCH_PREFIX)?;
     let a = &topo.pod("bench/a").ns;
     let node = &topo.node("node-1").ns;
     let work = std::env::temp_dir().join(format!("rampart-bench-datapath-{}", std::process::id()));

@@ -5,12 +5,12 @@
 //! resident memory and its bytes per pod, and its CPU for a burst of 1,000 pod events. Ratios
 //! are to the smallest cluster.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rampart_tests::kube_api::ApiServer;
-use rampart_tests::{Agent, AgentOptions, EchoServer, Netns, Topology, probe};
+use rampart_tests::{Agent, AgentOptions, Netns};
 use serde_json::{Value, json};
 
 use crate::datapath::{CLIENT, PORT, SERVER};
@@ -67,36 +67,13 @@ fn deny_measured() -> Value {
     })
 }
 
-/// Milliseconds from `change` until new connections from `ns` to the server are `reached`
-/// (the start of the first probe that shows it).
+/// Milliseconds from `change` until new connections from `ns` to the server are `reached`.
 fn flip(
     ns: &Netns,
     reached: bool,
     change: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
-    let dst = SocketAddr::new(IpAddr::V4(SERVER), PORT);
-    let start = Instant::now();
-    change()?;
-    while start.elapsed() < FLIP_LIMIT {
-        let probe_start = start.elapsed();
-        if probe::tcp(ns, dst, Duration::from_millis(25)).reached() == reached {
-            return Ok(probe_start.as_secs_f64() * 1e3);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    anyhow::bail!("the probe did not flip within {FLIP_LIMIT:?}")
-}
-
-/// `VmRSS` of `pid` in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmRSS for pid {pid}"))?;
-    Ok(kib / 1024.0)
+    crate::agent::flip_within(ns, reached, FLIP_LIMIT, change)
 }
 
 /// CPU seconds (user + system) `pid` has used.
@@ -161,13 +138,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
             rules: 10_000,
         });
     }
-    rampart_tests::sweep_stale(BENCH_PREFIX)?;
-    let topo = Topology::builder(BENCH_PREFIX)
-        .node("node-1")
-        .pod("node-1", "bench/a", CLIENT)
-        .pod("node-1", "bench/server", SERVER)
-        .build()?;
-    let _echo = EchoServer::start(&topo.pod("bench/server").ns, &[PORT], &[])?;
+    let (topo, _echo) = crate::datapath::measured_node(BENCH_PREFIX)?;
     let a = &topo.pod("bench/a").ns;
     let node = topo.node("node-1").ns.path();
     let work = std::env::temp_dir().join(format!("rampart-bench-kube-{}", std::process::id()));
@@ -220,7 +191,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .collect();
         for _ in 0..runs {
             settle(pid, Duration::from_millis(500), FLIP_LIMIT)?;
-            m[0].2.push(rss_mib(pid)?);
+            m[0].2.push(crate::agent::rss_mib(pid)?);
             m[1].2
                 .push(flip(a, true, || api.apply(&client("measured")).map(drop))?);
             m[2].2

@@ -31,8 +31,6 @@ use std::path::{Path, PathBuf};
 use crate::config::KubeConnection as Connection;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
@@ -152,40 +150,35 @@ impl KubeSource {
             compiled: !matches!(kind, "Service" | "EndpointSlice"),
         };
         let all = watcher::Config::default();
-        tokio::spawn(watch("Pod").run(
-            kube::Api::<Pod>::all(client.clone()),
-            all.clone(),
+        tokio::spawn(watch_checked(
+            watch("Pod"),
+            client.clone(),
             |o| &mut o.pods,
-            key_of,
-            |pod, previous| checked(previous, convert::pod(pod)),
+            convert::pod,
         ));
-        tokio::spawn(watch("Namespace").run(
-            kube::Api::<Namespace>::all(client.clone()),
-            all.clone(),
+        tokio::spawn(watch_checked(
+            watch("Namespace"),
+            client.clone(),
             |o| &mut o.namespaces,
-            key_of,
-            |ns, previous| checked(previous, convert::namespace(ns).map(|(_, l)| Some(l))),
+            |ns| convert::namespace(ns).map(|(_, labels)| Some(labels)),
         ));
-        tokio::spawn(watch("Node").run(
-            kube::Api::<Node>::all(client.clone()),
-            all.clone(),
+        tokio::spawn(watch_checked(
+            watch("Node"),
+            client.clone(),
             |o| &mut o.nodes,
-            key_of,
-            |node, previous| checked(previous, convert::node(node).map(|(_, a)| Some(a))),
+            |node| convert::node(node).map(|(_, addrs)| Some(addrs)),
         ));
-        tokio::spawn(watch("Service").run(
-            kube::Api::<Service>::all(client.clone()),
-            all.clone(),
+        tokio::spawn(watch_checked(
+            watch("Service"),
+            client.clone(),
             |o| &mut o.services,
-            key_of,
-            |svc, previous| checked(previous, convert::service(svc)),
+            convert::service,
         ));
-        tokio::spawn(watch("EndpointSlice").run(
-            kube::Api::<EndpointSlice>::all(client.clone()),
-            all.clone(),
+        tokio::spawn(watch_checked(
+            watch("EndpointSlice"),
+            client.clone(),
             |o| &mut o.endpoint_slices,
-            key_of,
-            |slice, previous| checked(previous, convert::endpoint_slice(slice)),
+            convert::endpoint_slice,
         ));
         for kind in DOCUMENT_KINDS {
             let resource = ApiResource::from_gvk_with_plural(
@@ -239,6 +232,34 @@ async fn kubeconfig(path: &Path) -> Result<kube::Config, KubeError> {
     kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(error)
+}
+
+/// The watch of a typed kind whose objects are validated on arrival by `convert`.
+fn watch_checked<K, T>(
+    watch: Watch,
+    client: kube::Client,
+    store: impl for<'a> Fn(&'a mut Objects) -> &'a mut store::Kind<Checked<T>> + Send + 'static,
+    convert: impl Fn(&K) -> Result<Option<T>, String> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+    T: Clone + PartialEq + Send + 'static,
+{
+    let api = kube::Api::<K>::all(client);
+    watch.run(
+        api,
+        watcher::Config::default(),
+        store,
+        key_of,
+        move |o, previous| checked(previous, convert(o)),
+    )
 }
 
 /// The entry a version makes, and its error if it is rejected.
