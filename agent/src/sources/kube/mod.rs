@@ -27,8 +27,6 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use crate::config::KubeConnection as Connection;
 use std::sync::{Arc, Mutex};
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -39,6 +37,7 @@ use store::{Checked, Document, Objects};
 use watch::{Watch, key_of};
 
 use super::{Outcome, PolicySource, SourceRead};
+use crate::config::KubeConnection as Connection;
 use crate::generation::SourceDoc;
 use crate::policy::source::{self, Read};
 
@@ -284,25 +283,34 @@ fn document(
     previous: Option<&Document>,
 ) -> (Document, Option<String>) {
     match convert::document(object, api_version, kind) {
-        Ok(text) => (
-            Document {
-                parsed: source::parse_str(
-                    Path::new(&document_file(kind, &watch::key_of(object))),
-                    &text,
-                ),
-                kind,
-                namespace: object.metadata.namespace.clone(),
-                name: object.metadata.name.clone().unwrap_or_default(),
-                uid: object.metadata.uid.clone(),
-                text,
-                last_good: previous.and_then(|p| p.last_good.clone()),
-                generation: object.metadata.generation,
-                last_good_generation: previous.and_then(|p| p.last_good_generation),
-                errors: Vec::new(),
-                rejected_sha: previous.and_then(|p| p.rejected_sha.clone()),
-            },
-            None,
-        ),
+        Ok(text) => match previous {
+            // The same document again (a status written back, a label elsewhere): the
+            // controller's verdict on it stands, so everything carries over.
+            Some(p) if p.text == text => {
+                let mut same = p.clone();
+                same.generation = object.metadata.generation;
+                (same, None)
+            }
+            _ => (
+                Document {
+                    parsed: source::parse_str(
+                        Path::new(&document_file(kind, &watch::key_of(object))),
+                        &text,
+                    ),
+                    kind,
+                    namespace: object.metadata.namespace.clone(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                    uid: object.metadata.uid.clone(),
+                    text,
+                    last_good: previous.and_then(|p| p.last_good.clone()),
+                    generation: object.metadata.generation,
+                    last_good_generation: previous.and_then(|p| p.last_good_generation),
+                    errors: Vec::new(),
+                    rejected_sha: previous.and_then(|p| p.rejected_sha.clone()),
+                },
+                None,
+            ),
+        },
         Err(e) => match previous {
             Some(p) => (p.clone(), Some(e)),
             None => (
@@ -406,5 +414,50 @@ impl PolicySource for KubeSource {
         for kind in newly_rejected {
             self.health.update(kind, |h| h.rejected += 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(port: u16, resource_version: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rampart.dev/v1alpha1", "kind": "ClusterPolicy",
+            "metadata": {"name": "p", "resourceVersion": resource_version, "generation": 2},
+            "spec": {"ingress": [{"action": "Deny", "ports": [{"port": port}]}]},
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn a_rewrite_of_the_same_document_keeps_the_verdict_on_it() {
+        let (mut first, _) = document(
+            &policy(80, "1"),
+            "rampart.dev/v1alpha1",
+            "ClusterPolicy",
+            None,
+        );
+        first.errors = vec!["kube:ClusterPolicy/p:5:3: bad".into()];
+        first.last_good = Some("older".into());
+        // The status written back bumps only the resourceVersion: nothing the agent reads.
+        let (again, _) = document(
+            &policy(80, "2"),
+            "rampart.dev/v1alpha1",
+            "ClusterPolicy",
+            Some(&first),
+        );
+        assert_eq!(again.errors, first.errors, "still rejected");
+        assert_eq!(again, first, "and no change to reload for");
+        // A real edit is a new version, not yet judged; the last good one carries over.
+        let (edited, _) = document(
+            &policy(81, "3"),
+            "rampart.dev/v1alpha1",
+            "ClusterPolicy",
+            Some(&first),
+        );
+        assert!(edited.errors.is_empty());
+        assert_eq!(edited.last_good.as_deref(), Some("older"));
+        assert_ne!(edited, first);
     }
 }
