@@ -48,6 +48,10 @@ pub struct KubeDoc {
     /// Every watched kind has had its first complete list.
     pub synced: bool,
     pub kinds: Vec<KubeKindDoc>,
+    /// Objects whose current version is rejected (their last good version, if any, in force):
+    /// document name → errors.
+    #[serde(default)]
+    pub rejected: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +87,7 @@ impl KubeDoc {
             server: health.server.clone(),
             synced: kinds.iter().all(|k| k.synced),
             kinds,
+            rejected: health.rejected(),
         }
     }
 }
@@ -286,6 +291,15 @@ impl StatusDoc {
                 k.kinds.iter().map(|c| c.relists).sum::<u64>(),
                 k.kinds.iter().map(|c| c.errors).sum::<u64>(),
             );
+            for (document, errors) in &k.rejected {
+                let _ = writeln!(
+                    out,
+                    "  rejected {document} (its last good version, if any, in force):"
+                );
+                for e in errors {
+                    let _ = writeln!(out, "    {e}");
+                }
+            }
             for c in k
                 .kinds
                 .iter()

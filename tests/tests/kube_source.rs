@@ -271,6 +271,12 @@ fn an_invalid_edit_keeps_the_last_good_version_while_other_changes_apply() {
         c.reaches("x/a", 8080),
         "the last good version stays in force"
     );
+    // `rampart status` names the rejected object and why.
+    let status = c.agents[1].cli(&["status"]).expect("status");
+    assert!(
+        status.contains("rejected kube:NetworkPolicy/x/b-from-a") && status.contains("TCPX"),
+        "{status}"
+    );
     // Another object's change still goes into force beside the rejected one.
     c.api
         .apply(&b_from_a("b-9090", json!(9090)))

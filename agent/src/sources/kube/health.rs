@@ -33,6 +33,8 @@ pub struct KubeHealth {
     /// Statuses written, and writes that failed.
     pub status_writes: AtomicU64,
     pub status_errors: AtomicU64,
+    /// The documents whose current version the last reload rejected, with the errors.
+    rejected: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl KubeHealth {
@@ -43,6 +45,7 @@ impl KubeHealth {
             leading: AtomicBool::new(false),
             status_writes: AtomicU64::new(0),
             status_errors: AtomicU64::new(0),
+            rejected: Mutex::default(),
         }
     }
 
@@ -54,6 +57,21 @@ impl KubeHealth {
     /// Every watched kind has had a complete list.
     pub fn synced(&self) -> bool {
         self.lock().values().all(|k| k.synced)
+    }
+
+    /// The documents rejected now (by file name), with their errors.
+    pub fn rejected(&self) -> BTreeMap<String, Vec<String>> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn set_rejected(&self, rejected: BTreeMap<String, Vec<String>>) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rejected;
     }
 
     pub(super) fn update(&self, kind: &'static str, f: impl FnOnce(&mut KindHealth)) {

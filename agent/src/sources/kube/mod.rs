@@ -410,7 +410,15 @@ impl PolicySource for KubeSource {
                 }
             });
         }
+        let now_rejected = objects
+            .documents
+            .values()
+            .flat_map(store::Kind::live)
+            .filter(|(_, doc)| !doc.errors.is_empty())
+            .map(|(file, doc)| (file.clone(), doc.errors.clone()))
+            .collect();
         drop(objects);
+        self.health.set_rejected(now_rejected);
         for kind in newly_rejected {
             self.health.update(kind, |h| h.rejected += 1);
         }
