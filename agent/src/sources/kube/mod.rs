@@ -297,6 +297,7 @@ fn document(
                         Path::new(&document_file(kind, &watch::key_of(object))),
                         &text,
                     ),
+                    sha256: source::sha256_hex(text.as_bytes()),
                     kind,
                     namespace: object.metadata.namespace.clone(),
                     name: object.metadata.name.clone().unwrap_or_default(),
@@ -321,6 +322,7 @@ fn document(
                     uid: object.metadata.uid.clone(),
                     text: String::new(),
                     parsed: Read::default(),
+                    sha256: source::sha256_hex(b""),
                     last_good: None,
                     generation: object.metadata.generation,
                     last_good_generation: None,
@@ -356,7 +358,7 @@ impl PolicySource for KubeSource {
                 .extend(doc.parsed.diagnostics.iter().cloned());
             out.documents.push(SourceDoc {
                 file: file.clone(),
-                sha256: source::sha256_hex(doc.text.as_bytes()),
+                sha256: doc.sha256.clone(),
             });
         }
         out
@@ -391,7 +393,7 @@ impl PolicySource for KubeSource {
                 let Some(sha) = read.get(file) else {
                     return;
                 };
-                if source::sha256_hex(doc.text.as_bytes()) != *sha {
+                if doc.sha256 != *sha {
                     return;
                 }
                 match rejected.get(file) {

@@ -302,6 +302,7 @@ mod tests {
             uid: None,
             text: "t".into(),
             parsed: crate::policy::source::Read::default(),
+            sha256: String::new(),
             last_good: last_good.then(|| "old".to_owned()),
             generation: Some(3),
             last_good_generation: last_good.then_some(2),

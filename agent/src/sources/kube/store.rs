@@ -109,6 +109,8 @@ pub struct Document {
     pub text: String,
     /// `text` as the policy reader read it (once per version, not on every reload).
     pub parsed: crate::policy::source::Read,
+    /// The SHA-256 (hex) of `text`, computed once per version.
+    pub sha256: String,
     pub last_good: Option<String>,
     /// `metadata.generation` of the current version (Secrets have none).
     pub generation: Option<i64>,
