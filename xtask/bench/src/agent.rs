@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::{Agent, AgentOptions, Netns, probe};
 
 use crate::datapath::{PORT, SERVER, policy_set};
-use crate::record::{Record, summarize};
+use crate::record::Record;
 
 const BENCH_PREFIX: &str = "rpa";
 /// Longest a flip may take before the suite gives up.
@@ -118,20 +118,15 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     for metric in ["rss_idle", "change_to_deny_ms", "change_to_allow_ms"] {
         let mut base = None;
         for (fillers, m, unit, values) in rows.iter_mut().filter(|r| r.1 == metric) {
-            let (value, min, max) = summarize(values);
-            let base = *base.get_or_insert(value);
-            out.push(Record {
-                suite: "agent".into(),
-                system: "rampart".into(),
-                rules: *fillers as u64 + 1,
-                metric: (*m).into(),
-                value,
-                unit: (*unit).into(),
-                ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
-                runs: values.len(),
-                min,
-                max,
-            });
+            out.push(Record::of_samples(
+                "agent",
+                "rampart".into(),
+                *fillers as u64 + 1,
+                m,
+                unit,
+                values,
+                &mut base,
+            ));
         }
     }
     Ok(out)

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::datapath::{CLIENT, PORT, SERVER};
 use crate::policy::synthetic_set_at;
-use crate::record::{Record, summarize};
+use crate::record::Record;
 
 const BENCH_PREFIX: &str = "rpk";
 /// Longest an event may take before the suite gives up.
@@ -239,20 +239,15 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     for metric in metrics {
         let mut base = None;
         for (pods, rules, m, unit, values) in rows.iter_mut().filter(|r| r.2 == metric) {
-            let (value, min, max) = summarize(values);
-            let base = *base.get_or_insert(value);
-            out.push(Record {
-                suite: "kube".into(),
-                system: format!("rampart, {pods} pods"),
-                rules: *rules as u64,
-                metric: (*m).into(),
-                value,
-                unit: (*unit).into(),
-                ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
-                runs: values.len(),
-                min,
-                max,
-            });
+            out.push(Record::of_samples(
+                "kube",
+                format!("rampart, {pods} pods"),
+                *rules as u64,
+                m,
+                unit,
+                values,
+                &mut base,
+            ));
         }
     }
     // Bytes per pod: the resident memory's growth between the smallest and largest pod counts

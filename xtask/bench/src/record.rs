@@ -18,6 +18,36 @@ pub struct Record {
     pub max: f64,
 }
 
+impl Record {
+    /// The median of `samples` as `metric`, with `base` (the first value of the same metric,
+    /// set on the first call) as the baseline.
+    #[allow(clippy::too_many_arguments)] // one record's fields, named at the call
+    pub fn of_samples(
+        suite: &str,
+        system: String,
+        rules: u64,
+        metric: &str,
+        unit: &str,
+        samples: &mut [f64],
+        base: &mut Option<f64>,
+    ) -> Record {
+        let (value, min, max) = summarize(samples);
+        let base = *base.get_or_insert(value);
+        Record {
+            suite: suite.into(),
+            system,
+            rules,
+            metric: metric.into(),
+            value,
+            unit: unit.into(),
+            ratio_to_baseline: if base > 0.0 { value / base } else { f64::NAN },
+            runs: samples.len(),
+            min,
+            max,
+        }
+    }
+}
+
 /// Median, minimum and maximum of `samples` (which must not be empty).
 pub fn summarize(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);

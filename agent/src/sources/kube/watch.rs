@@ -72,10 +72,6 @@ impl Watch {
                         kind.end_relist();
                         (true, None)
                     }
-                    _ if !self.compiled => {
-                        // Kept, not compiled: the entry changes, the controller is not told.
-                        (false, apply_uncompiled(kind, &event, &key, &value))
-                    }
                     Event::InitApply(o) | Event::Apply(o) => {
                         let (mut rejected, mut changed) = (None, true);
                         kind.upsert(key(o), |previous| {
@@ -114,31 +110,13 @@ impl Watch {
                     h.rejected += 1;
                 }
             });
-            if changed {
+            // A kind kept but not compiled tells the controller only that its list is complete
+            // (readiness waits for it); its other changes reload nothing.
+            if changed && (self.compiled || matches!(event, Event::InitDone)) {
                 (self.notify)();
             }
         }
     }
-}
-
-/// An event of a kind kept but not compiled; the rejection of its object, if any.
-fn apply_uncompiled<K, V: Clone>(
-    kind: &mut Kind<V>,
-    event: &Event<K>,
-    key: &impl Fn(&K) -> String,
-    value: &impl Fn(&K, Option<&V>) -> (V, Option<String>),
-) -> Option<String> {
-    let mut rejected = None;
-    match event {
-        Event::InitApply(o) | Event::Apply(o) => kind.upsert(key(o), |previous| {
-            let (v, error) = value(o, previous);
-            rejected = error;
-            v
-        }),
-        Event::Delete(o) => kind.remove(&key(o)),
-        Event::Init | Event::InitDone => {}
-    }
-    rejected
 }
 
 /// `namespace/name`, or `name` for a cluster-scoped object.
