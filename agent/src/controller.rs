@@ -221,6 +221,7 @@ impl<N: Node> Controller<N> {
             );
             return Err(vec![WAITING.to_owned()]);
         }
+        let started = std::time::Instant::now();
         let sources = self
             .config
             .sources
@@ -232,6 +233,7 @@ impl<N: Node> Controller<N> {
             documents,
             validated,
         } = read_sources(sources);
+        let read_at = started.elapsed();
         let (checked, rejected) = match self.check(read, validated) {
             Ok(c) => c,
             Err(diags) => return Err(self.reject(&diags)),
@@ -250,7 +252,9 @@ impl<N: Node> Controller<N> {
             trust_domain: &self.config.trust_domain,
             audit: self.config.audit,
         };
+        let checked_at = started.elapsed();
         let mut compiled = compile::compile(&checked.model, node, &mut self.alloc);
+        let compiled_at = started.elapsed();
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
@@ -272,11 +276,13 @@ impl<N: Node> Controller<N> {
         };
         // The proxy learns the new destinations before the kernel redirects by them.
         self.publisher.stage(Arc::clone(&table));
+        let staged_at = started.elapsed();
         if let Err(e) = self.node.apply(&compiled.state) {
             self.publisher.unstage();
             self.alloc.abandon();
             return Err(self.reject_message(format!("installing the compiled policy: {e}")));
         }
+        let applied_at = started.elapsed();
         self.alloc.finish();
         self.attach_new_pods(&compiled, &interfaces);
         self.interfaces = interfaces;
@@ -294,7 +300,19 @@ impl<N: Node> Controller<N> {
         for source in &self.config.sources {
             source.in_force(number, &documents, &rejected);
         }
-        tracing::info!(generation = number, endpoints, rules, "policy in force");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            generation = number,
+            endpoints,
+            rules,
+            read_ms = ms(read_at),
+            check_ms = ms(checked_at - read_at),
+            compile_ms = ms(compiled_at - checked_at),
+            table_ms = ms(staged_at - compiled_at),
+            kernel_ms = ms(applied_at - staged_at),
+            total_ms = ms(started.elapsed()),
+            "policy in force"
+        );
         Ok(number)
     }
 

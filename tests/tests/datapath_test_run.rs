@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rampart_agent::datapath::{Datapath, EventReader, ProgramKind, Stats};
+use rampart_agent::datapath::{Changes, Datapath, EventReader, ProgramKind, Stats};
 use rampart_agent::kernel_state::policy_map::{PolicyRule, build};
 use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
@@ -1106,4 +1106,57 @@ fn audit_mode_switch_rejudges_tracked_flows() {
         XDP_PASS,
         "policy kept"
     );
+}
+
+/// `apply` writes only what differs from what the generation it writes holds: after each apply
+/// of a sequence that adds, changes and removes entries, the live generation holds exactly the
+/// state, and a removed rule no longer allows. A new instance on the same pins knows neither
+/// generation's content and still leaves exactly the state.
+#[test]
+fn each_apply_leaves_exactly_the_state_in_the_live_generation() {
+    require_root();
+    let pins = Pins::new("drift");
+    let full = state(&rules());
+    let mut fewer = state(&rules()[..2]);
+    // C's address leaves the ipcache and B6 changes identity.
+    fewer
+        .ipcache
+        .retain(|r| r.addr != std::net::IpAddr::from(C));
+    fewer.ipcache[4].identity = ID_C;
+    let mut changed = state(&rules());
+    changed.endpoints[0].1.flags = EndpointFlags::ENFORCE_EGRESS;
+    // B becomes an identity no rule names.
+    changed.ipcache[2].identity = 399;
+    let none = Changes::default();
+    let mut dp = Datapath::load_pinned(&pins.0).expect("load pinned");
+    let mut port = 41000;
+    for s in [
+        &full, &fewer, &changed, &full, &fewer, &fewer, &changed, &full,
+    ] {
+        dp.apply(s).expect("apply");
+        assert_eq!(dp.drift(s).expect("drift"), none, "after an apply");
+        // Rule 12 (TCP 1000-2000 to B) is in `full` only (in `changed` B has another identity).
+        port += 1;
+        let expected = if std::ptr::eq(s, &full) {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
+        assert_eq!(
+            dp.test_run(ProgramKind::Xdp, &v4(A, B, TCP, &tcp(port, 1200, SYN)))
+                .expect("run"),
+            expected
+        );
+    }
+    drop(dp);
+    let mut second = Datapath::load_pinned(&pins.0).expect("reload pinned");
+    assert_eq!(second.drift(&full).expect("drift"), none, "read back");
+    for s in [&fewer, &full, &changed] {
+        second.apply(s).expect("apply");
+        assert_eq!(
+            second.drift(s).expect("drift"),
+            none,
+            "on pins of another instance"
+        );
+    }
 }

@@ -1,8 +1,10 @@
-//! The A/B generation flip: `apply` rewrites the inactive generation and publishes it with one
+//! The A/B generation flip: `apply` brings the inactive generation to the new state (writing
+//! only what differs from what that generation holds, see `written`) and publishes it with one
 //! write of the revision; `set_audit` copies the live generation over.
 
 use super::loader::{Datapath, DatapathError, map_err, typed};
-use crate::kernel_state::{IpcacheRecord, PolicyState};
+use super::written::{Changes, Written, sync_hash, sync_trie};
+use crate::kernel_state::PolicyState;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData};
 use rampart_common::config::{ConfigFlags, DatapathConfig};
@@ -11,7 +13,6 @@ use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 impl Datapath {
@@ -19,49 +20,79 @@ impl Datapath {
     /// On error the live generation is untouched: the last good state stays in force.
     pub fn apply(&mut self, state: &PolicyState) -> Result<u32, DatapathError> {
         validate(state)?;
+        let next = Written::of(state);
         self.wait_for_grace();
         let slot = self.next_slot();
+        // Unknown until every map is written: a failure half-way leaves the generation mixed.
+        let old = self.written[slot].take();
+        let mut changes = Changes::default();
         {
             let name = maps::ENDPOINTS[slot];
-            let mut endpoints: HashMap<&mut MapData, u32, EndpointInfo> =
+            let mut map: HashMap<&mut MapData, u32, EndpointInfo> =
                 typed(name, self.map_mut(name)?)?;
-            clear_hash(&mut endpoints, name)?;
-            for (ifindex, info) in &state.endpoints {
-                endpoints.insert(ifindex, info, 0).map_err(map_err(name))?;
-            }
+            changes += sync_hash(
+                &mut map,
+                name,
+                old.as_ref().map(|o| &o.endpoints),
+                &next.endpoints,
+            )?;
         }
-        let v4 = state.ipcache.iter().filter_map(|r| match r.addr {
-            IpAddr::V4(a) => Some((a.octets(), r)),
-            IpAddr::V6(_) => None,
-        });
-        self.fill_ipcache(maps::IPCACHE4[slot], v4)?;
-        let v6 = state.ipcache.iter().filter_map(|r| match r.addr {
-            IpAddr::V6(a) => Some((a.octets(), r)),
-            IpAddr::V4(_) => None,
-        });
-        self.fill_ipcache(maps::IPCACHE6[slot], v6)?;
+        {
+            let name = maps::IPCACHE4[slot];
+            let mut map: LpmTrie<&mut MapData, [u8; 4], IpcacheEntry> =
+                typed(name, self.map_mut(name)?)?;
+            changes += sync_trie(
+                &mut map,
+                name,
+                old.as_ref().map(|o| &o.ipcache4),
+                &next.ipcache4,
+            )?;
+        }
+        {
+            let name = maps::IPCACHE6[slot];
+            let mut map: LpmTrie<&mut MapData, [u8; 16], IpcacheEntry> =
+                typed(name, self.map_mut(name)?)?;
+            changes += sync_trie(
+                &mut map,
+                name,
+                old.as_ref().map(|o| &o.ipcache6),
+                &next.ipcache6,
+            )?;
+        }
         {
             let name = maps::POLICY[slot];
-            let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
+            let mut map: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
                 typed(name, self.map_mut(name)?)?;
-            clear_trie(&mut policy, name)?;
-            for e in &state.policy {
-                policy
-                    .insert(&Key::new(e.prefix_len, e.key), e.entry, 0)
-                    .map_err(map_err(name))?;
-            }
+            changes += sync_trie(
+                &mut map,
+                name,
+                old.as_ref().map(|o| &o.policy),
+                &next.policy,
+            )?;
         }
         {
             let name = maps::MESH[slot];
-            let mut mesh: HashMap<&mut MapData, MeshKey, MeshEntry> =
+            let mut map: HashMap<&mut MapData, MeshKey, MeshEntry> =
                 typed(name, self.map_mut(name)?)?;
-            clear_hash(&mut mesh, name)?;
-            for (k, v) in &state.mesh {
-                mesh.insert(k, v, 0).map_err(map_err(name))?;
-            }
+            changes += sync_hash(&mut map, name, old.as_ref().map(|o| &o.mesh), &next.mesh)?;
         }
+        tracing::debug!(
+            slot,
+            known = old.is_some(),
+            written = changes.written,
+            removed = changes.removed,
+            "generation written"
+        );
+        self.written[slot] = Some(next);
         self.config.proxy_port = state.proxy_port;
         self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
+    }
+
+    /// How far the live generation is from `state`: the entries it lacks or holds with another
+    /// value, and the keys it holds that `state` lacks (both zero when `state` is in force).
+    pub fn drift(&mut self, state: &PolicyState) -> Result<Changes, DatapathError> {
+        let live = (self.config.revision & 1) as usize;
+        Ok(Written::read(self, live)?.changes_to(&Written::of(state)))
     }
 
     /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new
@@ -117,6 +148,7 @@ impl Datapath {
     /// Makes generation `to` a copy of generation `from` (every generation-indexed map).
     pub(super) fn copy_generation(&mut self, from: usize, to: usize) -> Result<(), DatapathError> {
         self.wait_for_grace();
+        self.written[to] = None;
         let endpoints: Vec<(u32, EndpointInfo)> = {
             let map: HashMap<&mut MapData, u32, EndpointInfo> =
                 typed(maps::ENDPOINTS[from], self.map_mut(maps::ENDPOINTS[from])?)?;
@@ -149,6 +181,7 @@ impl Datapath {
         for (k, v) in mesh {
             map.insert(k, v, 0).map_err(map_err(name))?;
         }
+        self.written[to] = self.written[from].clone();
         Ok(())
     }
 
@@ -174,25 +207,6 @@ impl Datapath {
     /// The current policy revision (0 before the first `apply`).
     pub fn revision(&self) -> u32 {
         self.config.revision
-    }
-
-    /// Replaces the content of one ipcache trie (of the inactive generation).
-    pub(super) fn fill_ipcache<'s, K: aya::Pod>(
-        &mut self,
-        name: &'static str,
-        records: impl Iterator<Item = (K, &'s IpcacheRecord)>,
-    ) -> Result<(), DatapathError> {
-        let mut trie: LpmTrie<&mut MapData, K, IpcacheEntry> = typed(name, self.map_mut(name)?)?;
-        clear_trie(&mut trie, name)?;
-        for (addr, r) in records {
-            let entry = IpcacheEntry {
-                identity: r.identity,
-                endpoint_ifindex: r.endpoint_ifindex,
-            };
-            trie.insert(&Key::new(u32::from(r.prefix_len), addr), entry, 0)
-                .map_err(map_err(name))?;
-        }
-        Ok(())
     }
 }
 

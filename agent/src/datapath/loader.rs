@@ -88,6 +88,8 @@ pub struct Datapath {
     pub(super) config: DatapathConfig,
     pub(super) last_flip: Option<Instant>,
     pub(super) pins: Option<PinRoot>,
+    /// What each generation holds, when known (see `written`).
+    pub(super) written: [Option<super::written::Written>; 2],
 }
 
 impl Datapath {
@@ -181,6 +183,7 @@ impl Datapath {
             config,
             last_flip: None,
             pins,
+            written: [None, None],
         })
     }
 

@@ -17,8 +17,10 @@ mod loader;
 mod pins;
 mod stats;
 mod test_run;
+mod written;
 
 pub use loader::{Attachment, Datapath, DatapathError};
 pub use pins::{PinError, PinRoot, remove_all as remove_pins};
 pub use stats::{EventReader, EventsLost, KernelTableEntries, ReasonCount, Stats};
 pub use test_run::ProgramKind;
+pub use written::Changes;
