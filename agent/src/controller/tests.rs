@@ -487,7 +487,7 @@ fn policies_in_force(h: &Harness) -> Vec<String> {
         .in_force()
         .compiled
         .rules
-        .iter()
+        .values()
         .map(|r| r.policy.clone())
         .collect();
     names.dedup();

@@ -3,7 +3,7 @@
 //! write of the revision; `set_audit` copies the live generation over.
 
 use super::loader::{Datapath, DatapathError, map_err, typed};
-use super::written::{Changes, Written, sync_hash, sync_trie};
+use super::written::{Changes, Written, difference};
 use crate::kernel_state::PolicyState;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData};
@@ -13,6 +13,8 @@ use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
+use std::collections::HashMap as StdHashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 impl Datapath {
@@ -92,7 +94,7 @@ impl Datapath {
     /// value, and the keys it holds that `state` lacks (both zero when `state` is in force).
     pub fn drift(&mut self, state: &PolicyState) -> Result<Changes, DatapathError> {
         let live = (self.config.revision & 1) as usize;
-        Ok(Written::read(self, live)?.changes_to(&Written::of(state)))
+        Ok(read_generation(self, live)?.changes_to(&Written::of(state)))
     }
 
     /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new
@@ -258,4 +260,87 @@ pub(super) fn clear_trie<K: aya::Pod, V: aya::Pod>(
         map.remove(&k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// What generation `slot`'s maps hold now, read from the kernel.
+pub(super) fn read_generation(dp: &mut Datapath, slot: usize) -> Result<Written, DatapathError> {
+    fn hash<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+        dp: &mut Datapath,
+        name: &'static str,
+    ) -> Result<StdHashMap<K, V>, DatapathError> {
+        let map: HashMap<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
+        map.iter().collect::<Result<_, _>>().map_err(map_err(name))
+    }
+    fn trie<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+        dp: &mut Datapath,
+        name: &'static str,
+    ) -> Result<StdHashMap<(u32, K), V>, DatapathError> {
+        let map: LpmTrie<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
+        map.iter()
+            .map(|e| e.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(name))
+    }
+    Ok(Written {
+        endpoints: hash(dp, maps::ENDPOINTS[slot])?,
+        ipcache4: trie(dp, maps::IPCACHE4[slot])?,
+        ipcache6: trie(dp, maps::IPCACHE6[slot])?,
+        policy: trie(dp, maps::POLICY[slot])?,
+        mesh: hash(dp, maps::MESH[slot])?,
+    })
+}
+
+/// Brings a hash map from `old` to `new`.
+fn sync_hash<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    name: &'static str,
+    old: Option<&StdHashMap<K, V>>,
+    new: &StdHashMap<K, V>,
+) -> Result<Changes, DatapathError> {
+    let (stale, write) = difference(
+        old,
+        || map.keys().collect::<Result<_, _>>().map_err(map_err(name)),
+        new,
+    )?;
+    for k in &stale {
+        map.remove(k).map_err(map_err(name))?;
+    }
+    for (k, v) in &write {
+        map.insert(*k, *v, 0).map_err(map_err(name))?;
+    }
+    Ok(Changes {
+        written: write.len(),
+        removed: stale.len(),
+    })
+}
+
+/// Brings an LPM trie from `old` to `new`.
+fn sync_trie<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<&mut MapData, K, V>,
+    name: &'static str,
+    old: Option<&StdHashMap<(u32, K), V>>,
+    new: &StdHashMap<(u32, K), V>,
+) -> Result<Changes, DatapathError> {
+    let (stale, write) = difference(
+        old,
+        || {
+            map.keys()
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()
+                .map_err(map_err(name))
+        },
+        new,
+    )?;
+    for (prefix_len, data) in &stale {
+        map.remove(&Key::new(*prefix_len, *data))
+            .map_err(map_err(name))?;
+    }
+    for ((prefix_len, data), v) in &write {
+        map.insert(&Key::new(*prefix_len, *data), *v, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(Changes {
+        written: write.len(),
+        removed: stale.len(),
+    })
 }

@@ -4,22 +4,18 @@
 //!
 //! A generation whose content is not known (a new agent on pinned maps, a write that failed
 //! half-way) is brought to the state by removing every key the kernel holds that the state lacks
-//! and writing every entry of the state.
+//! and writing every entry of the state. Pure data: `generation.rs` reads and writes the maps.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use rampart_common::endpoint::EndpointInfo;
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 
-use super::loader::{DatapathError, map_err, typed};
 use crate::kernel_state::PolicyState;
-use rampart_common::maps;
 
 /// The content of one generation, as the maps hold it. Trie keys are (prefix length, data).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,34 +62,6 @@ impl Written {
 }
 
 impl Written {
-    /// What generation `slot`'s maps hold now, read from the kernel.
-    pub fn read(dp: &mut super::Datapath, slot: usize) -> Result<Written, DatapathError> {
-        fn hash<K: aya::Pod + Eq + Hash, V: aya::Pod>(
-            dp: &mut super::Datapath,
-            name: &'static str,
-        ) -> Result<HashMap<K, V>, DatapathError> {
-            let map: BpfHashMap<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
-            map.iter().collect::<Result<_, _>>().map_err(map_err(name))
-        }
-        fn trie<K: aya::Pod + Eq + Hash, V: aya::Pod>(
-            dp: &mut super::Datapath,
-            name: &'static str,
-        ) -> Result<HashMap<(u32, K), V>, DatapathError> {
-            let map: LpmTrie<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
-            map.iter()
-                .map(|e| e.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-                .collect::<Result<_, _>>()
-                .map_err(map_err(name))
-        }
-        Ok(Written {
-            endpoints: hash(dp, maps::ENDPOINTS[slot])?,
-            ipcache4: trie(dp, maps::IPCACHE4[slot])?,
-            ipcache6: trie(dp, maps::IPCACHE6[slot])?,
-            policy: trie(dp, maps::POLICY[slot])?,
-            mesh: hash(dp, maps::MESH[slot])?,
-        })
-    }
-
     /// What going from `self` to `other` would write and remove.
     pub fn changes_to(&self, other: &Written) -> Changes {
         fn count<K: Eq + Hash, V: PartialEq>(a: &HashMap<K, V>, b: &HashMap<K, V>) -> Changes {
@@ -126,15 +94,15 @@ impl std::ops::AddAssign for Changes {
 }
 
 /// Keys to remove, then entries to write.
-type Difference<'n, K, V> = (Vec<K>, Vec<(&'n K, &'n V)>);
+pub(super) type Difference<'n, K, V> = (Vec<K>, Vec<(&'n K, &'n V)>);
 
 /// The keys to remove and the entries to write to go from `old` (or, unknown, the `present`
 /// keys) to `new`. Removals come first so that a full map never refuses a write.
-fn difference<'n, K: Copy + Eq + Hash, V: Copy + PartialEq>(
+pub(super) fn difference<'n, K: Copy + Eq + Hash, V: Copy + PartialEq, E>(
     old: Option<&HashMap<K, V>>,
-    present: impl FnOnce() -> Result<Vec<K>, DatapathError>,
+    present: impl FnOnce() -> Result<Vec<K>, E>,
     new: &'n HashMap<K, V>,
-) -> Result<Difference<'n, K, V>, DatapathError> {
+) -> Result<Difference<'n, K, V>, E> {
     Ok(match old {
         Some(old) => (
             old.keys()
@@ -150,61 +118,6 @@ fn difference<'n, K: Copy + Eq + Hash, V: Copy + PartialEq>(
                 .collect(),
             new.iter().collect(),
         ),
-    })
-}
-
-/// Brings a hash map from `old` to `new`.
-pub(super) fn sync_hash<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
-    map: &mut BpfHashMap<&mut MapData, K, V>,
-    name: &'static str,
-    old: Option<&HashMap<K, V>>,
-    new: &HashMap<K, V>,
-) -> Result<Changes, DatapathError> {
-    let (stale, write) = difference(
-        old,
-        || map.keys().collect::<Result<_, _>>().map_err(map_err(name)),
-        new,
-    )?;
-    for k in &stale {
-        map.remove(k).map_err(map_err(name))?;
-    }
-    for (k, v) in &write {
-        map.insert(*k, *v, 0).map_err(map_err(name))?;
-    }
-    Ok(Changes {
-        written: write.len(),
-        removed: stale.len(),
-    })
-}
-
-/// Brings an LPM trie from `old` to `new`.
-pub(super) fn sync_trie<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
-    map: &mut LpmTrie<&mut MapData, K, V>,
-    name: &'static str,
-    old: Option<&HashMap<(u32, K), V>>,
-    new: &HashMap<(u32, K), V>,
-) -> Result<Changes, DatapathError> {
-    let (stale, write) = difference(
-        old,
-        || {
-            map.keys()
-                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
-                .collect::<Result<_, _>>()
-                .map_err(map_err(name))
-        },
-        new,
-    )?;
-    for (prefix_len, data) in &stale {
-        map.remove(&Key::new(*prefix_len, *data))
-            .map_err(map_err(name))?;
-    }
-    for ((prefix_len, data), v) in &write {
-        map.insert(&Key::new(*prefix_len, *data), *v, 0)
-            .map_err(map_err(name))?;
-    }
-    Ok(Changes {
-        written: write.len(),
-        removed: stale.len(),
     })
 }
 
@@ -230,7 +143,7 @@ mod tests {
     fn a_known_generation_gets_only_what_changed() {
         let old = map(&[(1, 1), (2, 2), (3, 3)]);
         let new = map(&[(2, 2), (3, 4), (5, 5)]);
-        let present = || panic!("the kernel is not read when the content is known");
+        let present = || -> Result<Vec<u32>, ()> { panic!("the kernel is not read when known") };
         let diff = sorted(difference(Some(&old), present, &new).expect("difference"));
         assert_eq!(diff, (vec![1], vec![(3, 4), (5, 5)]));
     }
@@ -238,14 +151,16 @@ mod tests {
     #[test]
     fn an_unknown_generation_loses_what_the_kernel_holds_beyond_the_state() {
         let new = map(&[(2, 2), (5, 5)]);
-        let diff = sorted(difference(None, || Ok(vec![1, 2, 9]), &new).expect("difference"));
+        let present = || Ok::<_, ()>(vec![1, 2, 9]);
+        let diff = sorted(difference(None, present, &new).expect("difference"));
         assert_eq!(diff, (vec![1, 9], vec![(2, 2), (5, 5)]));
     }
 
     #[test]
     fn the_same_state_writes_nothing() {
         let old = map(&[(1, 1), (2, 2)]);
-        let diff = sorted(difference(Some(&old), || Ok(vec![]), &old.clone()).expect("same"));
+        let present = || Ok::<_, ()>(vec![]);
+        let diff = sorted(difference(Some(&old), present, &old.clone()).expect("same"));
         assert_eq!(diff, (vec![], vec![]));
     }
 }

@@ -27,7 +27,7 @@ pub struct FlowNames {
     cidrs: HashMap<u32, String>,
     /// The same prefixes, to find an address's identity when only the address is known.
     prefixes: Vec<(ipnet::IpNet, u32)>,
-    rules: Vec<RuleRef>,
+    rules: std::collections::BTreeMap<u32, RuleRef>,
     mesh: HashMap<(u32, u16), Vec<String>>,
 }
 
@@ -106,11 +106,9 @@ impl FlowNames {
         peer
     }
 
-    /// The rule cookie `cookie` names (cookie n is rule n - 1), if any.
+    /// The rule cookie `cookie` names, if any.
     pub fn policy(&self, cookie: u32) -> Option<PolicyRef> {
-        let rule = self
-            .rules
-            .get(usize::try_from(cookie).ok()?.checked_sub(1)?)?;
+        let rule = self.rules.get(&cookie)?;
         Some(PolicyRef {
             name: rule.policy.clone(),
             direction: rule.direction.to_owned(),

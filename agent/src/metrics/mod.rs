@@ -407,7 +407,7 @@ impl AgentCollector {
             let policy = match cookie {
                 0 => String::new(),
                 RULE_STATS_OVERFLOW => "(overflow)".to_owned(),
-                n => match compiled.as_ref().and_then(|c| c.rules.get(n as usize - 1)) {
+                n => match compiled.as_ref().and_then(|c| c.rules.get(&n)) {
                     Some(rule) => rule.policy.clone(),
                     None => continue,
                 },

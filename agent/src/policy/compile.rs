@@ -60,7 +60,7 @@ pub struct IdentityInfo {
     pub pods: Vec<String>,
 }
 
-/// The rule a cookie names (cookie n is `rules[n - 1]`).
+/// The rule a cookie names.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleRef {
     pub policy: String,
@@ -122,7 +122,8 @@ pub struct Compiled {
     pub state: PolicyState,
     pub identities: Vec<IdentityInfo>,
     pub cidr_identities: Vec<(IpNet, u32)>,
-    pub rules: Vec<RuleRef>,
+    /// Every rule of the set, by cookie (stable across compilations, see [`Allocator`]).
+    pub rules: BTreeMap<u32, RuleRef>,
     pub endpoints: Vec<EndpointSummary>,
     /// mTLS-only destinations, by (identity, port).
     pub mesh: Vec<MeshDestination>,
@@ -267,19 +268,35 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     }
 
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
+    // Pods with one identity key match the same selectors: each selector is tried once per key.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: BTreeMap<&IdentityKey, usize> = BTreeMap::new();
+    for (pod, key) in keys.iter().enumerate() {
+        let group = *group_of.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(pod);
+    }
     let mut compiler = RuleCompiler {
         model,
+        groups: &groups,
         pod_ids: &pod_ids,
         cidr_ids: &out.cidr_identities,
         targets: HashMap::new(),
         rules: Vec::new(),
     };
-    // Cookie n names `out.rules[n - 1]`; each policy's rules are numbered in a row.
-    let mut first_cookie = Vec::with_capacity(model.policies.len());
+    // Each rule's cookie, per policy.
+    let mut cookies: Vec<Vec<u32>> = Vec::with_capacity(model.policies.len());
     for policy in &model.policies {
-        first_cookie.push(out.rules.len() as u32 + 1);
-        out.rules
-            .extend(policy.rules.iter().map(|rule| RuleRef::new(policy, rule)));
+        let mut of_policy = Vec::with_capacity(policy.rules.len());
+        for rule in &policy.rules {
+            let r = RuleRef::new(policy, rule);
+            let cookie = alloc.cookie((r.policy.clone(), r.direction, r.index));
+            of_policy.push(cookie);
+            out.rules.insert(cookie, r);
+        }
+        cookies.push(of_policy);
     }
 
     // 5. Per local pod: the rules of the policies that select it, and its isolation.
@@ -287,15 +304,15 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
         let pod = &model.pods[pod_index];
         let mut ingress = Isolation::default();
         let mut egress = Isolation::default();
-        for (policy, first) in model.policies.iter().zip(&first_cookie) {
+        for (policy, cookies) in model.policies.iter().zip(&cookies) {
             if !policy.applies_to.matches(pod, ns_labels(pod)) {
                 continue;
             }
             let audit = policy.mode == PolicyMode::Audit;
             ingress.add(policy.isolate_ingress, audit);
             egress.add(policy.isolate_egress, audit);
-            for (i, rule) in policy.rules.iter().enumerate() {
-                compiler.rule(policy, rule, first + i as u32, pod_index, ifindex);
+            for (rule, cookie) in policy.rules.iter().zip(cookies) {
+                compiler.rule(policy, rule, *cookie, pod_index, ifindex);
             }
         }
         let flags = ingress.flags(EndpointFlags::ENFORCE_INGRESS, EndpointFlags::AUDIT_INGRESS)
@@ -533,6 +550,8 @@ impl Isolation {
 
 struct RuleCompiler<'m> {
     model: &'m Model,
+    /// Pod indices, grouped by identity key (what a workload selector looks at).
+    groups: &'m [Vec<usize>],
     pod_ids: &'m [Vec<(IpAddr, u32)>],
     cidr_ids: &'m [(IpNet, u32)],
     /// Resolved peers, by peer.
@@ -660,10 +679,24 @@ impl<'m> RuleCompiler<'m> {
             out
         };
         let mut targets = match peer {
-            PeerModel::Workloads(m) => pod_targets(&|pod, _| {
-                let p = &self.model.pods[pod];
-                m.matches(p, self.model.namespaces.get(&p.namespace).unwrap_or(&empty))
-            }),
+            PeerModel::Workloads(m) => {
+                let mut out = Vec::new();
+                for group in self.groups {
+                    let Some(p) = group.first().map(|&pod| &self.model.pods[pod]) else {
+                        continue;
+                    };
+                    if !m.matches(p, self.model.namespaces.get(&p.namespace).unwrap_or(&empty)) {
+                        continue;
+                    }
+                    for &pod in group {
+                        out.extend(self.pod_ids[pod].iter().map(|(_, id)| Target {
+                            identity: *id,
+                            pod: Some(pod),
+                        }));
+                    }
+                }
+                out
+            }
             PeerModel::Cidr(block) => {
                 let mut t = pod_targets(&|_, addr| block.contains(addr));
                 // A prefix's identity matches when the prefix lies inside the block and inside
@@ -808,7 +841,7 @@ mod tests {
                         0 => "default".to_owned(),
                         c => compiled
                             .rules
-                            .get(c as usize - 1)
+                            .get(&c)
                             .map(|r| {
                                 format!(
                                     "{}#{}[{}]",
@@ -849,6 +882,56 @@ mod tests {
             "policies/ decide differently from {} (RAMPART_UPDATE_GOLDEN=1 regenerates it):\n{out}",
             golden.display()
         );
+    }
+
+    /// A policy added (before the others by name) or removed leaves every other rule's cookie
+    /// as it was: cookies were numbered in a row, so one new policy renumbered the rest, which
+    /// rewrote their kernel entries and moved their counters to other policies.
+    #[test]
+    fn rule_cookies_stay_with_their_rules_across_compilations() {
+        let policy = |name: &str, port: u16| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports: [{{port: {port}}}]\n  - ports: [{{port: {}}}]\n",
+                port + 1
+            )
+        };
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\nspec: {containers: [{name: c, image: c}]}\nstatus: {podIP: 10.0.1.5}\n";
+        let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
+        let node = Node {
+            local: &local,
+            trust_domain: "cluster.local",
+            audit: false,
+        };
+        let mut alloc = Allocator::new();
+        let mut compile_set = |names: &[(&str, u16)]| {
+            let mut text = pod.to_owned();
+            for (name, port) in names {
+                text.push_str("---\n");
+                text.push_str(&policy(name, *port));
+            }
+            let checked =
+                policy::check(source::parse_str(Path::new("c.yaml"), &text)).expect("valid");
+            let compiled = compile(&checked.model, node, &mut alloc);
+            alloc.finish();
+            compiled
+                .rules
+                .iter()
+                .map(|(cookie, r)| (format!("{}#{}", r.policy, r.index), *cookie))
+                .collect::<BTreeMap<String, u32>>()
+        };
+        let before = compile_set(&[("b", 80), ("c", 90)]);
+        let after = compile_set(&[("a", 70), ("b", 80), ("c", 90)]);
+        assert_eq!(after.len(), 6);
+        for (rule, cookie) in &before {
+            assert_eq!(after.get(rule), Some(cookie), "{rule} kept its cookie");
+        }
+        let removed = compile_set(&[("a", 70), ("c", 90)]);
+        for rule in ["NetworkPolicy shop/c#0", "NetworkPolicy shop/c#1"] {
+            assert!(before.contains_key(rule), "{rule} in {before:?}");
+            assert_eq!(removed.get(rule), before.get(rule), "{rule}");
+        }
+        let fresh: std::collections::BTreeSet<u32> = removed.values().copied().collect();
+        assert_eq!(fresh.len(), 4, "every rule has its own cookie");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub const MODE_ANNOTATION: &str = "policy.rampart.dev/mode";
 pub struct Model {
     /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
     pub namespaces: BTreeMap<String, Labels>,
-    pub pods: Vec<PodModel>,
+    pub pods: Vec<std::sync::Arc<PodModel>>,
     pub policies: Vec<PolicyModel>,
     pub mesh_policies: Vec<MeshPolicyModel>,
     /// `(namespace, name)` → the Secret's entries (API keys for the proxy).
@@ -51,7 +51,7 @@ pub struct Model {
 pub struct Validated {
     /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
     pub namespaces: BTreeMap<String, Labels>,
-    pub pods: Vec<PodModel>,
+    pub pods: Vec<std::sync::Arc<PodModel>>,
 }
 
 impl Validated {

@@ -54,7 +54,7 @@ pub fn build(objects: &[SourceObject], validated: Validated, diags: &mut Vec<Dia
             continue;
         }
         seen.insert(key, here);
-        match &so.object {
+        match so.object.as_ref() {
             Object::Namespace(_) => {
                 let mut labels = v.labels().unwrap_or_default();
                 labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
@@ -62,7 +62,7 @@ pub fn build(objects: &[SourceObject], validated: Validated, diags: &mut Vec<Dia
             }
             Object::Pod(pod) => {
                 if let Some(p) = v.pod(pod, namespace.unwrap_or_default(), name) {
-                    model.pods.push(p);
+                    model.pods.push(std::sync::Arc::new(p));
                 }
             }
             Object::NetworkPolicy(np) => {
@@ -133,7 +133,7 @@ impl Validator<'_> {
             self.error_whole(format!("{kind}: metadata.name is required"));
             return None;
         };
-        let name_ok = match self.so.object {
+        let name_ok = match self.so.object.as_ref() {
             Object::Namespace(_) => crate::dns_name::is_dns_label(&name.value),
             _ => crate::dns_name::is_dns_subdomain(&name.value),
         };
@@ -148,7 +148,7 @@ impl Validator<'_> {
             return None;
         }
         let namespaced = matches!(
-            self.so.object,
+            self.so.object.as_ref(),
             Object::Pod(_) | Object::NetworkPolicy(_) | Object::Secret(_)
         );
         let namespace = match (&meta.namespace, namespaced) {

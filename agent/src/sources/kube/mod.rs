@@ -153,7 +153,7 @@ impl KubeSource {
             watch("Pod"),
             client.clone(),
             |o| &mut o.pods,
-            convert::pod,
+            |pod| convert::pod(pod).map(|p| p.map(Arc::new)),
         ));
         tokio::spawn(watch_checked(
             watch("Namespace"),

@@ -144,7 +144,7 @@ impl std::fmt::Debug for Document {
 /// Everything the source holds.
 #[derive(Debug, Default)]
 pub struct Objects {
-    pub pods: Kind<Checked<PodModel>>,
+    pub pods: Kind<Checked<std::sync::Arc<PodModel>>>,
     pub namespaces: Kind<Checked<Labels>>,
     pub nodes: Kind<Checked<Vec<IpAddr>>>,
     /// Kept for the datapath's Service translation (not yet compiled).
