@@ -310,6 +310,7 @@ impl<N: Node> Controller<N> {
             compile_ms = ms(compiled_at - checked_at),
             table_ms = ms(staged_at - compiled_at),
             kernel_ms = ms(applied_at - staged_at),
+            publish_ms = ms(started.elapsed() - applied_at),
             total_ms = ms(started.elapsed()),
             "policy in force"
         );

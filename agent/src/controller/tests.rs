@@ -488,7 +488,7 @@ fn policies_in_force(h: &Harness) -> Vec<String> {
         .compiled
         .rules
         .values()
-        .map(|r| r.policy.clone())
+        .map(|r| r.policy.to_string())
         .collect();
     names.dedup();
     names

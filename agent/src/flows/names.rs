@@ -27,7 +27,7 @@ pub struct FlowNames {
     cidrs: HashMap<u32, String>,
     /// The same prefixes, to find an address's identity when only the address is known.
     prefixes: Vec<(ipnet::IpNet, u32)>,
-    rules: std::collections::BTreeMap<u32, RuleRef>,
+    rules: std::sync::Arc<std::collections::BTreeMap<u32, RuleRef>>,
     mesh: HashMap<(u32, u16), Vec<String>>,
 }
 
@@ -60,7 +60,7 @@ impl FlowNames {
                 .map(|(net, id)| (*id, net.to_string()))
                 .collect(),
             prefixes: compiled.cidr_identities.clone(),
-            rules: compiled.rules.clone(),
+            rules: std::sync::Arc::clone(&compiled.rules),
             mesh: compiled
                 .mesh
                 .iter()
@@ -110,7 +110,7 @@ impl FlowNames {
     pub fn policy(&self, cookie: u32) -> Option<PolicyRef> {
         let rule = self.rules.get(&cookie)?;
         Some(PolicyRef {
-            name: rule.policy.clone(),
+            name: rule.policy.to_string(),
             direction: rule.direction.to_owned(),
             rule: rule.index,
             action: rule.action.to_owned(),

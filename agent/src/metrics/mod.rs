@@ -408,7 +408,7 @@ impl AgentCollector {
                 0 => String::new(),
                 RULE_STATS_OVERFLOW => "(overflow)".to_owned(),
                 n => match compiled.as_ref().and_then(|c| c.rules.get(&n)) {
-                    Some(rule) => rule.policy.clone(),
+                    Some(rule) => rule.policy.to_string(),
                     None => continue,
                 },
             };

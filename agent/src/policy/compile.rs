@@ -63,7 +63,8 @@ pub struct IdentityInfo {
 /// The rule a cookie names.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleRef {
-    pub policy: String,
+    /// The policy's display name (one allocation per policy, shared by its rules).
+    pub policy: std::sync::Arc<str>,
     pub direction: &'static str,
     pub index: usize,
     pub action: &'static str,
@@ -122,8 +123,9 @@ pub struct Compiled {
     pub state: PolicyState,
     pub identities: Vec<IdentityInfo>,
     pub cidr_identities: Vec<(IpNet, u32)>,
-    /// Every rule of the set, by cookie (stable across compilations, see [`Allocator`]).
-    pub rules: BTreeMap<u32, RuleRef>,
+    /// Every rule of the set, by cookie (stable across compilations, see [`Allocator`]);
+    /// shared with the flow names of the generation.
+    pub rules: std::sync::Arc<BTreeMap<u32, RuleRef>>,
     pub endpoints: Vec<EndpointSummary>,
     /// mTLS-only destinations, by (identity, port).
     pub mesh: Vec<MeshDestination>,
@@ -288,16 +290,19 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     };
     // Each rule's cookie, per policy.
     let mut cookies: Vec<Vec<u32>> = Vec::with_capacity(model.policies.len());
+    let mut rule_refs = BTreeMap::new();
     for policy in &model.policies {
+        let name: std::sync::Arc<str> = policy.display_name().into();
         let mut of_policy = Vec::with_capacity(policy.rules.len());
         for rule in &policy.rules {
-            let r = RuleRef::new(policy, rule);
-            let cookie = alloc.cookie((r.policy.clone(), r.direction, r.index));
+            let r = RuleRef::new(&name, policy, rule);
+            let cookie = alloc.cookie((std::sync::Arc::clone(&name), r.direction, r.index));
             of_policy.push(cookie);
-            out.rules.insert(cookie, r);
+            rule_refs.insert(cookie, r);
         }
         cookies.push(of_policy);
     }
+    out.rules = std::sync::Arc::new(rule_refs);
 
     // 5. Per local pod: the rules of the policies that select it, and its isolation.
     for &(pod_index, ifindex) in &local_pods {
@@ -499,9 +504,9 @@ fn mesh_ports(policy: &MeshPolicyModel, pod: &PodModel) -> Vec<u16> {
 }
 
 impl RuleRef {
-    fn new(policy: &PolicyModel, rule: &RuleModel) -> RuleRef {
+    fn new(name: &std::sync::Arc<str>, policy: &PolicyModel, rule: &RuleModel) -> RuleRef {
         RuleRef {
-            policy: policy.display_name(),
+            policy: std::sync::Arc::clone(name),
             direction: if rule.direction == Direction::INGRESS {
                 "ingress"
             } else {

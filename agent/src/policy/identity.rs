@@ -7,7 +7,7 @@
 //! identity of their own, keyed by the identity's set plus a discriminator: the ipBlocks that
 //! contain the address and, if needed, the pod's named ports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 use rampart_common::counters::RULE_STATS_OVERFLOW;
@@ -46,7 +46,7 @@ pub struct Discriminator {
 const LAST_WORKLOAD: u32 = Identity::FIRST_CIDR.0 - 1;
 
 /// A policy rule, as a cookie names it: the policy's display name, the direction, the index.
-pub type RuleKey = (String, &'static str, usize);
+pub type RuleKey = (std::sync::Arc<str>, &'static str, usize);
 
 /// Hands out identities and rule cookies, and remembers them across compilations: a pod event
 /// leaves every other number as it was (the kernel's entries keep their values, and a cookie's
@@ -122,18 +122,18 @@ impl Allocator {
 /// those the current compilation uses.
 #[derive(Debug, Clone)]
 struct Table<K> {
-    remembered: BTreeMap<K, u32>,
-    used: BTreeMap<K, u32>,
+    remembered: HashMap<K, u32>,
+    used: HashMap<K, u32>,
     next: u32,
     first: u32,
     last: u32,
 }
 
-impl<K: Ord + Clone> Table<K> {
+impl<K: Eq + std::hash::Hash + Clone> Table<K> {
     fn new(first: u32, last: u32) -> Table<K> {
         Table {
-            remembered: BTreeMap::new(),
-            used: BTreeMap::new(),
+            remembered: HashMap::new(),
+            used: HashMap::new(),
             next: first,
             first,
             last,
