@@ -25,6 +25,7 @@ use crate::mesh::table::{MeshTable, TableBuilder};
 use crate::pod_interfaces::{self, PodInterface};
 use crate::policy::diag::Diagnostic;
 use crate::policy::identity::Allocator;
+use crate::policy::model::ValidationMemo;
 use crate::policy::{self, compile};
 use crate::sources::Outcome;
 use crate::state::{ControllerCommand, PushChange, Rejections};
@@ -35,6 +36,8 @@ pub const WAITING: &str =
 
 /// How often the node's pod interfaces are read again (a new pod is found within this).
 const RESCAN: Duration = Duration::from_secs(1);
+/// Idle this long after a reload, the controller gives freed memory back (see `trim`).
+const IDLE_TRIM: Duration = Duration::from_millis(200);
 /// Events closer together than this are one change (an editor writes a file in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -105,6 +108,10 @@ pub struct Controller<N: Node> {
     publisher: Publisher,
     rejections: Arc<Mutex<Rejections>>,
     attachments: Arc<Mutex<Vec<Attachment>>>,
+    /// A reload ran since memory was last trimmed.
+    untrimmed: bool,
+    /// Policies validated by earlier reloads.
+    memo: ValidationMemo,
 }
 
 impl<N: Node> Controller<N> {
@@ -128,22 +135,28 @@ impl<N: Node> Controller<N> {
             publisher,
             rejections,
             attachments,
+            untrimmed: false,
+            memo: ValidationMemo::new(),
         }
     }
 
     /// Installs the first policy set. On error the agent does not become ready (and the
     /// previous, pinned state, if any, stays in force).
     pub fn start(&mut self) -> Result<u64, Vec<String>> {
-        self.reload(None, None)
+        let result = self.reload(None, None);
+        self.trim();
+        result
     }
 
     /// Serves commands until `Shutdown` or until every sender is gone.
     pub fn run(mut self, commands: Receiver<ControllerCommand>) {
         loop {
-            let first = match commands.recv_timeout(RESCAN) {
+            let wait = if self.untrimmed { IDLE_TRIM } else { RESCAN };
+            let first = match commands.recv_timeout(wait) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     self.rescan();
+                    self.trim();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -192,16 +205,26 @@ impl<N: Node> Controller<N> {
         push: Option<&PushChange>,
         interfaces: Option<BTreeMap<IpAddr, PodInterface>>,
     ) -> Result<u64, Vec<String>> {
-        let result = self.reload_set(push, interfaces);
-        // A large set is parsed on every core and its intermediate forms freed; glibc keeps the
-        // freed pages in per-thread arenas, so without this the agent's resident memory grew
-        // with each reload of a 100k-rule set (165 → 430 MiB over six reloads).
+        self.untrimmed = true;
+        self.reload_set(push, interfaces)
+    }
+
+    /// Gives the memory freed by reloads back to the kernel, once the controller is idle.
+    ///
+    /// A large set is parsed on every core and its intermediate forms freed; glibc keeps the
+    /// freed pages in per-thread arenas, so without this the agent's resident memory grew with
+    /// each reload of a 100k-rule set (165 → 430 MiB over six reloads). Trimming after every
+    /// reload made the next one fault its pages in again (a sixth of a pod event's time at 100k
+    /// rules): a burst of events trims once, after it.
+    fn trim(&mut self) {
+        if !std::mem::take(&mut self.untrimmed) {
+            return;
+        }
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only releases free memory back to the kernel.
         unsafe {
             libc::malloc_trim(0);
         }
-        result
     }
 
     fn reload_set(
@@ -222,6 +245,7 @@ impl<N: Node> Controller<N> {
             return Err(vec![WAITING.to_owned()]);
         }
         let started = std::time::Instant::now();
+        self.memo.next_reload();
         let sources = self
             .config
             .sources
@@ -322,7 +346,7 @@ impl<N: Node> Controller<N> {
     /// place (or, if that fails too, nothing), and the set checked again. Any other error
     /// rejects the set.
     fn check(
-        &self,
+        &mut self,
         read: crate::policy::source::Read,
         validated: crate::policy::model::Validated,
     ) -> Result<(policy::Checked, BTreeMap<String, Outcome>), Vec<Diagnostic>> {
@@ -333,11 +357,15 @@ impl<N: Node> Controller<N> {
         } = read;
         let mut rejected: BTreeMap<String, Outcome> = BTreeMap::new();
         loop {
-            let errors =
-                match policy::check_objects(&objects, diagnostics.clone(), validated.clone()) {
-                    Ok(checked) => return Ok((checked, rejected)),
-                    Err(diags) => diags,
-                };
+            let errors = match policy::check_objects(
+                &objects,
+                diagnostics.clone(),
+                validated.clone(),
+                Some(&mut self.memo),
+            ) {
+                Ok(checked) => return Ok((checked, rejected)),
+                Err(diags) => diags,
+            };
             let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for d in errors.iter().filter(|d| d.is_error()) {
                 by_file

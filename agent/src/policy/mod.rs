@@ -53,16 +53,18 @@ pub fn check_with(
     read: source::Read,
     validated: model::Validated,
 ) -> Result<Checked, Vec<Diagnostic>> {
-    check_objects(&read.objects, read.diagnostics, validated)
+    check_objects(&read.objects, read.diagnostics, validated, None)
 }
 
-/// [`check_with`], for objects the caller keeps (to check them again after a change).
+/// [`check_with`], for objects the caller keeps (to check them again after a change), with the
+/// policies `memo` remembers for objects validated before.
 pub fn check_objects(
     objects: &[source::SourceObject],
     mut diagnostics: Vec<Diagnostic>,
     validated: model::Validated,
+    memo: Option<&mut model::ValidationMemo>,
 ) -> Result<Checked, Vec<Diagnostic>> {
-    let model = model::validate::build(objects, validated, &mut diagnostics);
+    let model = model::validate::build_with(objects, validated, &mut diagnostics, memo);
     diagnostics.sort();
     if diag::has_errors(&diagnostics) {
         Err(diagnostics)

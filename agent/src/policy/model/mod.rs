@@ -5,12 +5,15 @@
 //! set with any error is rejected as a whole by the caller.
 
 mod cluster_policy;
+mod memo;
 mod mesh_policy;
 mod network_policy;
 mod pod;
 #[cfg(test)]
 mod tests;
 pub mod validate;
+
+pub use memo::{Validation, ValidationMemo};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -38,7 +41,8 @@ pub struct Model {
     /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<std::sync::Arc<PodModel>>,
-    pub policies: Vec<PolicyModel>,
+    /// Shared with the [`ValidationMemo`] (unchanged objects are not validated again).
+    pub policies: Vec<std::sync::Arc<PolicyModel>>,
     pub mesh_policies: Vec<MeshPolicyModel>,
     /// `(namespace, name)` → the Secret's entries (API keys for the proxy).
     pub secrets: BTreeMap<(String, String), crate::policy::secret::SecretModel>,

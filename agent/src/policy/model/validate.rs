@@ -16,6 +16,16 @@ use crate::policy::{http, ingress, secret};
 /// Validates `objects` into a model, with what a source validated itself (`validated`, whose
 /// objects no document repeats); every problem is added to `diags`.
 pub fn build(objects: &[SourceObject], validated: Validated, diags: &mut Vec<Diagnostic>) -> Model {
+    build_with(objects, validated, diags, None)
+}
+
+/// [`build`], taking the policies `memo` holds for unchanged objects and remembering the others.
+pub fn build_with(
+    objects: &[SourceObject],
+    validated: Validated,
+    diags: &mut Vec<Diagnostic>,
+    mut memo: Option<&mut ValidationMemo>,
+) -> Model {
     let mut model = Model {
         namespaces: validated.namespaces,
         pods: validated.pods,
@@ -65,15 +75,32 @@ pub fn build(objects: &[SourceObject], validated: Validated, diags: &mut Vec<Dia
                     model.pods.push(std::sync::Arc::new(p));
                 }
             }
-            Object::NetworkPolicy(np) => {
-                if let Some(p) = v.network_policy(np, namespace.unwrap_or_default(), name) {
-                    model.policies.push(p);
-                }
-            }
-            Object::ClusterPolicy(cp) => {
-                if let Some(p) = v.cluster_policy(cp, name) {
-                    model.policies.push(p);
-                }
+            Object::NetworkPolicy(_) | Object::ClusterPolicy(_) => {
+                let remembered = memo.as_mut().and_then(|m| m.get(so));
+                let validation = remembered.unwrap_or_else(|| {
+                    let mut own = Vec::new();
+                    let mut v = Validator {
+                        so,
+                        diags: &mut own,
+                    };
+                    let policy = match so.object.as_ref() {
+                        Object::NetworkPolicy(np) => {
+                            v.network_policy(np, namespace.unwrap_or_default(), name)
+                        }
+                        Object::ClusterPolicy(cp) => v.cluster_policy(cp, name),
+                        _ => None,
+                    };
+                    let validation = Validation {
+                        policy: policy.map(std::sync::Arc::new),
+                        diagnostics: own,
+                    };
+                    if let Some(m) = memo.as_mut() {
+                        m.put(so, validation.clone());
+                    }
+                    validation
+                });
+                diags.extend(validation.diagnostics);
+                model.policies.extend(validation.policy);
             }
             Object::MeshPolicy(mp) => {
                 if let Some(p) = v.mesh_policy(mp, name) {
