@@ -20,7 +20,7 @@ use crate::generation::Publisher;
 use crate::kernel_state::PolicyState;
 use crate::mesh::runtime::MeshRuntime;
 use crate::sources::kube::KubeSource;
-use crate::state::{AgentState, ControllerCommand, Rejections};
+use crate::state::{AgentState, ControllerCommand, Rejections, Settle};
 use crate::{admin, metrics};
 
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -106,7 +106,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         Some(connection) => {
             let changed = commands.clone();
             let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                let _ = changed.send(ControllerCommand::SourceChanged);
+                let _ = changed.send(ControllerCommand::SourceChanged(Settle::Now));
             });
             Some(
                 KubeSource::start(
@@ -233,7 +233,7 @@ fn watch(
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if e.kind.is_access() => {}
             Ok(_) => {
-                let _ = commands.send(ControllerCommand::SourceChanged);
+                let _ = commands.send(ControllerCommand::SourceChanged(Settle::Wait));
             }
             Err(e) => tracing::warn!("watching the policy directory: {e}"),
         })

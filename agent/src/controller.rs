@@ -28,7 +28,7 @@ use crate::policy::identity::Allocator;
 use crate::policy::model::ValidationMemo;
 use crate::policy::{self, compile};
 use crate::sources::Outcome;
-use crate::state::{ControllerCommand, PushChange, Rejections};
+use crate::state::{ControllerCommand, PushChange, Rejections, Settle};
 
 /// Why nothing is installed yet with a source that has not listed everything.
 pub const WAITING: &str =
@@ -162,20 +162,21 @@ impl<N: Node> Controller<N> {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
-            if matches!(batch[0], ControllerCommand::SourceChanged) {
-                // Let the writer finish, then take every queued change at once.
+            if matches!(batch[0], ControllerCommand::SourceChanged(Settle::Wait)) {
+                // Let the writer finish.
                 std::thread::sleep(DEBOUNCE);
-                batch.extend(commands.try_iter());
             }
+            // Every queued change goes into one reload.
+            batch.extend(commands.try_iter());
             if batch
                 .iter()
-                .any(|c| matches!(c, ControllerCommand::SourceChanged))
+                .any(|c| matches!(c, ControllerCommand::SourceChanged(_)))
             {
                 let _ = self.reload(None, None);
             }
             for command in batch {
                 match command {
-                    ControllerCommand::SourceChanged => {}
+                    ControllerCommand::SourceChanged(_) => {}
                     ControllerCommand::Push { change, reply } => {
                         let _ = reply.send(self.reload(Some(&change), None));
                     }

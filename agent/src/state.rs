@@ -74,9 +74,20 @@ pub struct Rejections {
     pub last_error: Option<String>,
 }
 
+/// Whether a source's change may still be under way when it is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// A file event: an editor writes a file in several steps, so the controller waits a moment
+    /// and takes every queued change at once.
+    Wait,
+    /// A whole object version (an API event): the controller reloads at once; what arrives
+    /// meanwhile is taken together by the next reload.
+    Now,
+}
+
 pub enum ControllerCommand {
     /// Something in a policy source changed (the directory, or another watched source).
-    SourceChanged,
+    SourceChanged(Settle),
     /// A change to the pushed files (`rampart policy push`). Answered once in force, or with
     /// every error.
     Push {

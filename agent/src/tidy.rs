@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy::waf", "policy::dlp"],
     &["policy::http", "policy::ingress"],
     &["policy::model"],
-    &["policy::identity"],
+    &["policy::identity", "policy::cookie"],
     &["policy", "policy::compile"],
     &["policy::verdict"],
     // The kernel loader and the flow log (which owns the proxy's event types).

@@ -3,7 +3,7 @@
 //! write of the revision; `set_audit` copies the live generation over.
 
 use super::loader::{Datapath, DatapathError, map_err, typed};
-use super::written::{Changes, Written, difference};
+use super::written::{Changes, Entries, Written, difference};
 use crate::kernel_state::PolicyState;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData};
@@ -13,8 +13,6 @@ use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
-use std::collections::HashMap as StdHashMap;
-use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 impl Datapath {
@@ -264,17 +262,17 @@ pub(super) fn clear_trie<K: aya::Pod, V: aya::Pod>(
 
 /// What generation `slot`'s maps hold now, read from the kernel.
 pub(super) fn read_generation(dp: &mut Datapath, slot: usize) -> Result<Written, DatapathError> {
-    fn hash<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    fn hash<K: aya::Pod + Ord, V: aya::Pod>(
         dp: &mut Datapath,
         name: &'static str,
-    ) -> Result<StdHashMap<K, V>, DatapathError> {
+    ) -> Result<Entries<K, V>, DatapathError> {
         let map: HashMap<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
         map.iter().collect::<Result<_, _>>().map_err(map_err(name))
     }
-    fn trie<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    fn trie<K: aya::Pod + Ord, V: aya::Pod>(
         dp: &mut Datapath,
         name: &'static str,
-    ) -> Result<StdHashMap<(u32, K), V>, DatapathError> {
+    ) -> Result<Entries<(u32, K), V>, DatapathError> {
         let map: LpmTrie<&mut MapData, K, V> = typed(name, dp.map_mut(name)?)?;
         map.iter()
             .map(|e| e.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
@@ -291,11 +289,11 @@ pub(super) fn read_generation(dp: &mut Datapath, slot: usize) -> Result<Written,
 }
 
 /// Brings a hash map from `old` to `new`.
-fn sync_hash<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     map: &mut HashMap<&mut MapData, K, V>,
     name: &'static str,
-    old: Option<&StdHashMap<K, V>>,
-    new: &StdHashMap<K, V>,
+    old: Option<&Entries<K, V>>,
+    new: &Entries<K, V>,
 ) -> Result<Changes, DatapathError> {
     let (stale, write) = difference(
         old,
@@ -315,11 +313,11 @@ fn sync_hash<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
 }
 
 /// Brings an LPM trie from `old` to `new`.
-fn sync_trie<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+fn sync_trie<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     map: &mut LpmTrie<&mut MapData, K, V>,
     name: &'static str,
-    old: Option<&StdHashMap<(u32, K), V>>,
-    new: &StdHashMap<(u32, K), V>,
+    old: Option<&Entries<(u32, K), V>>,
+    new: &Entries<(u32, K), V>,
 ) -> Result<Changes, DatapathError> {
     let (stale, write) = difference(
         old,

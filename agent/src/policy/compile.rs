@@ -27,11 +27,13 @@ use rampart_common::policy::Verdict;
 use rampart_common::reason::Direction;
 use serde::Serialize;
 
+pub use super::cookie::RuleRef;
 use super::identity::{Allocator, Discriminator, IdentityKey};
 use super::model::{
     CidrBlock, EntityKind, MeshPolicyModel, Model, PROTO_TCP, PeerModel, PodModel, PolicyModel,
     PortMatch, PrincipalsModel, RuleModel,
 };
+use super::selector::Labels;
 use super::spec::RuleAction;
 use super::spec::objects::PolicyMode;
 use crate::kernel_state::policy_map::{self, PolicyRule};
@@ -58,17 +60,6 @@ pub struct IdentityInfo {
     pub spiffe_id: String,
     /// `namespace/name` of the pods with this identity.
     pub pods: Vec<String>,
-}
-
-/// The rule a cookie names.
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleRef {
-    /// The policy's display name (one allocation per policy, shared by its rules).
-    pub policy: std::sync::Arc<str>,
-    pub direction: &'static str,
-    pub index: usize,
-    pub action: &'static str,
-    pub mode: PolicyMode,
 }
 
 /// A local pod the datapath enforces for.
@@ -169,16 +160,28 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                 .flatten()
                 .any(|p| matches!(p.port, PortMatch::Named(_)))
     });
-    let keys: Vec<IdentityKey> = model
-        .pods
-        .iter()
-        .map(|pod| IdentityKey {
-            namespace: pod.namespace.clone(),
-            namespace_labels: ns_labels(pod).clone(),
-            labels: pod.labels.clone(),
-            service_account: pod.service_account.clone(),
-        })
-        .collect();
+    // Pods with one (namespace, labels, service account) have one identity key and match the
+    // same selectors: the key is built, and each selector tried, once per group.
+    let mut group_index: HashMap<(&str, &Labels, &str), usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut keys: Vec<IdentityKey> = Vec::new();
+    let mut pod_group: Vec<usize> = Vec::with_capacity(model.pods.len());
+    for (index, pod) in model.pods.iter().enumerate() {
+        let group = *group_index
+            .entry((&pod.namespace, &pod.labels, &pod.service_account))
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                keys.push(IdentityKey {
+                    namespace: pod.namespace.clone(),
+                    namespace_labels: ns_labels(pod).clone(),
+                    labels: pod.labels.clone(),
+                    service_account: pod.service_account.clone(),
+                });
+                groups.len() - 1
+            });
+        groups[group].push(index);
+        pod_group.push(group);
+    }
     let discriminator = |pod: &PodModel, addr: &IpAddr| Discriminator {
         blocks: blocks
             .iter()
@@ -187,23 +190,28 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
             .collect(),
         ports: named_egress.then(|| pod.ports.clone()),
     };
-    // Per pod, per address: what tells it apart; per identity set: how many variants it has.
+    // Per pod, per address: what tells it apart; per group: how many variants it has.
     let discs: Vec<Vec<Discriminator>> = model
         .pods
         .iter()
         .map(|pod| pod.ips.iter().map(|a| discriminator(pod, a)).collect())
         .collect();
-    let mut variants: BTreeMap<&IdentityKey, BTreeSet<&Discriminator>> = BTreeMap::new();
-    for (key, pod_discs) in keys.iter().zip(&discs) {
-        variants.entry(key).or_default().extend(pod_discs);
+    let mut variants: Vec<BTreeSet<&Discriminator>> = vec![BTreeSet::new(); groups.len()];
+    for (&group, pod_discs) in pod_group.iter().zip(&discs) {
+        variants[group].extend(pod_discs);
     }
+    // Per group, per discriminator: the identity.
+    let undivided = Discriminator::default();
+    let mut group_ids: Vec<HashMap<&Discriminator, u32>> = vec![HashMap::new(); groups.len()];
     // Per pod: its addresses and their identities.
     let mut pod_ids: Vec<Vec<(IpAddr, u32)>> = Vec::with_capacity(model.pods.len());
     let mut owner: HashMap<IpAddr, usize> = HashMap::new();
     let mut infos: BTreeMap<u32, IdentityInfo> = BTreeMap::new();
-    for (index, (pod, key)) in model.pods.iter().zip(&keys).enumerate() {
-        let split = variants.get(key).is_some_and(|v| v.len() > 1);
+    for (index, (pod, &group)) in model.pods.iter().zip(&pod_group).enumerate() {
+        let key = &keys[group];
+        let split = variants[group].len() > 1;
         let mut ids = Vec::new();
+        let mut name = None;
         for (addr, disc) in pod.ips.iter().zip(&discs[index]) {
             if let Some(&other) = owner.get(addr) {
                 let o = &model.pods[other];
@@ -214,11 +222,10 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                 continue;
             }
             owner.insert(*addr, index);
-            let id = if split {
-                alloc.workload(key, disc)
-            } else {
-                alloc.workload(key, &Discriminator::default())
-            };
+            let disc = if split { disc } else { &undivided };
+            let id = *group_ids[group]
+                .entry(disc)
+                .or_insert_with(|| alloc.workload(key, disc));
             ids.push((*addr, id));
             let info = infos.entry(id).or_insert_with(|| IdentityInfo {
                 id,
@@ -228,9 +235,10 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
                 spiffe_id: key.spiffe_id(node.trust_domain),
                 pods: Vec::new(),
             });
-            let name = format!("{}/{}", pod.namespace, pod.name);
-            if !info.pods.contains(&name) {
-                info.pods.push(name);
+            let name = name.get_or_insert_with(|| format!("{}/{}", pod.namespace, pod.name));
+            // A pod's addresses come one after another: a pod is listed once.
+            if info.pods.last() != Some(name) {
+                info.pods.push(name.clone());
             }
         }
         pod_ids.push(ids);
@@ -270,39 +278,29 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     }
 
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
-    // Pods with one identity key match the same selectors: each selector is tried once per key.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: BTreeMap<&IdentityKey, usize> = BTreeMap::new();
-    for (pod, key) in keys.iter().enumerate() {
-        let group = *group_of.entry(key).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[group].push(pod);
-    }
     let mut compiler = RuleCompiler {
         model,
         groups: &groups,
         pod_ids: &pod_ids,
         cidr_ids: &out.cidr_identities,
-        targets: HashMap::new(),
+        resolved: Vec::new(),
+        resolved_index: HashMap::new(),
+        last: None,
         rules: Vec::new(),
     };
     // Each rule's cookie, per policy.
-    let mut cookies: Vec<Vec<u32>> = Vec::with_capacity(model.policies.len());
-    let mut rule_refs = BTreeMap::new();
-    for policy in &model.policies {
-        let name: std::sync::Arc<str> = policy.display_name().into();
-        let mut of_policy = Vec::with_capacity(policy.rules.len());
-        for rule in &policy.rules {
-            let r = RuleRef::new(&name, policy, rule);
-            let cookie = alloc.cookie((std::sync::Arc::clone(&name), r.direction, r.index));
-            of_policy.push(cookie);
-            rule_refs.insert(cookie, r);
-        }
-        cookies.push(of_policy);
-    }
-    out.rules = std::sync::Arc::new(rule_refs);
+    let names: Vec<std::sync::Arc<str>> = model
+        .policies
+        .iter()
+        .map(|p| p.display_name().into())
+        .collect();
+    let cookies: Vec<std::sync::Arc<[u32]>> = model
+        .policies
+        .iter()
+        .zip(&names)
+        .map(|(policy, name)| alloc.cookies.of_policy(name, policy))
+        .collect();
+    out.rules = alloc.cookies.table(&model.policies, &names, &cookies);
 
     // 5. Per local pod: the rules of the policies that select it, and its isolation.
     for &(pod_index, ifindex) in &local_pods {
@@ -316,7 +314,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
             let audit = policy.mode == PolicyMode::Audit;
             ingress.add(policy.isolate_ingress, audit);
             egress.add(policy.isolate_egress, audit);
-            for (rule, cookie) in policy.rules.iter().zip(cookies) {
+            for (rule, cookie) in policy.rules.iter().zip(cookies.iter()) {
                 compiler.rule(policy, rule, *cookie, pod_index, ifindex);
             }
         }
@@ -503,25 +501,6 @@ fn mesh_ports(policy: &MeshPolicyModel, pod: &PodModel) -> Vec<u16> {
     ports
 }
 
-impl RuleRef {
-    fn new(name: &std::sync::Arc<str>, policy: &PolicyModel, rule: &RuleModel) -> RuleRef {
-        RuleRef {
-            policy: std::sync::Arc::clone(name),
-            direction: if rule.direction == Direction::INGRESS {
-                "ingress"
-            } else {
-                "egress"
-            },
-            index: rule.index,
-            action: match rule.action {
-                RuleAction::Allow => "allow",
-                RuleAction::Deny => "deny",
-            },
-            mode: policy.mode,
-        }
-    }
-}
-
 /// Whether the policies selecting a pod isolate it in one direction, and how.
 #[derive(Debug, Default, Clone, Copy)]
 struct Isolation {
@@ -559,8 +538,11 @@ struct RuleCompiler<'m> {
     groups: &'m [Vec<usize>],
     pod_ids: &'m [Vec<(IpAddr, u32)>],
     cidr_ids: &'m [(IpNet, u32)],
-    /// Resolved peers, by peer.
-    targets: HashMap<&'m PeerModel, Vec<Target>>,
+    /// Resolved peers, and where each peer's is.
+    resolved: Vec<Vec<Target>>,
+    resolved_index: HashMap<&'m PeerModel, usize>,
+    /// The last peer looked up, and its slot.
+    last: Option<(&'m PeerModel, usize)>,
     rules: Vec<PolicyRule>,
 }
 
@@ -573,17 +555,25 @@ impl<'m> RuleCompiler<'m> {
         pod_index: usize,
         endpoint_id: u32,
     ) {
-        let targets: Vec<Target> = match &rule.peers {
-            None => vec![Target {
-                identity: Identity::ANY.0,
-                pod: None,
-            }],
+        const EVERY_PEER: &[Target] = &[Target {
+            identity: Identity::ANY.0,
+            pod: None,
+        }];
+        let merged: Vec<Target>;
+        let targets: &[Target] = match rule.peers.as_deref() {
+            None => EVERY_PEER,
+            Some([one]) => {
+                let slot = self.slot(one);
+                self.resolved.get(slot).map_or(&[], Vec::as_slice)
+            }
             Some(peers) => {
                 let mut all = BTreeSet::new();
                 for peer in peers {
-                    all.extend(self.resolve(peer).iter().copied());
+                    let slot = self.slot(peer);
+                    all.extend(self.resolved.get(slot).into_iter().flatten().copied());
                 }
-                all.into_iter().collect()
+                merged = all.into_iter().collect();
+                &merged
             }
         };
         let verdict = match rule.action {
@@ -605,7 +595,7 @@ impl<'m> RuleCompiler<'m> {
             });
         };
         let Some(ports) = &rule.ports else {
-            for t in &targets {
+            for t in targets {
                 emit(t.identity, None, None);
             }
             return;
@@ -637,7 +627,7 @@ impl<'m> RuleCompiler<'m> {
                     }
                     // Egress: the name resolves on each destination pod; only pods have names.
                     let mut resolved = Vec::new();
-                    for t in &targets {
+                    for t in targets {
                         if t.identity == Identity::ANY.0 {
                             for (pod, ids) in self.pod_ids.iter().enumerate() {
                                 if let Some(n) = number(pod) {
@@ -659,12 +649,26 @@ impl<'m> RuleCompiler<'m> {
     }
 
     /// The remote identities (and pods) a peer names.
-    fn resolve(&mut self, peer: &'m PeerModel) -> &[Target] {
-        if !self.targets.contains_key(peer) {
-            let targets = self.compute(peer);
-            self.targets.insert(peer, targets);
+    /// Where in `resolved` the remote identities (and pods) a peer names are (sorted, without
+    /// duplicates). Peers are compared by content, so rules that name the same peer resolve it
+    /// once; a policy's rules often name one peer one after another (one peer, many ports), so
+    /// the last peer is compared first (cheaper than hashing a selector).
+    fn slot(&mut self, peer: &'m PeerModel) -> usize {
+        if let Some((last, slot)) = self.last
+            && last == peer
+        {
+            return slot;
         }
-        self.targets.get(peer).map_or(&[], Vec::as_slice)
+        let slot = match self.resolved_index.get(peer) {
+            Some(&slot) => slot,
+            None => {
+                self.resolved.push(self.compute(peer));
+                self.resolved_index.insert(peer, self.resolved.len() - 1);
+                self.resolved.len() - 1
+            }
+        };
+        self.last = Some((peer, slot));
+        slot
     }
 
     fn compute(&self, peer: &PeerModel) -> Vec<Target> {

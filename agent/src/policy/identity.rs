@@ -10,9 +10,9 @@
 use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
-use rampart_common::counters::RULE_STATS_OVERFLOW;
 use rampart_common::identity::Identity;
 
+use super::cookie::Cookies;
 use super::model::{CidrBlock, NamedPort};
 use super::selector::Labels;
 
@@ -45,9 +45,6 @@ pub struct Discriminator {
 
 const LAST_WORKLOAD: u32 = Identity::FIRST_CIDR.0 - 1;
 
-/// A policy rule, as a cookie names it: the policy's display name, the direction, the index.
-pub type RuleKey = (std::sync::Arc<str>, &'static str, usize);
-
 /// Hands out identities and rule cookies, and remembers them across compilations: a pod event
 /// leaves every other number as it was (the kernel's entries keep their values, and a cookie's
 /// counters keep counting the same rule).
@@ -57,8 +54,7 @@ pub struct Allocator {
     cidrs: Table<IpNet>,
     /// Numbers held by either table (remembered or used now).
     taken: HashSet<u32>,
-    cookies: Table<RuleKey>,
-    cookies_taken: HashSet<u32>,
+    pub cookies: Cookies,
 }
 
 impl Default for Allocator {
@@ -67,9 +63,7 @@ impl Default for Allocator {
             workloads: Table::new(Identity::FIRST_WORKLOAD.0, LAST_WORKLOAD),
             cidrs: Table::new(Identity::FIRST_CIDR.0, u32::MAX),
             taken: HashSet::new(),
-            // Cookie 0 is "no rule"; u32::MAX is the kernel's overflow counter.
-            cookies: Table::new(1, RULE_STATS_OVERFLOW - 1),
-            cookies_taken: HashSet::new(),
+            cookies: Cookies::default(),
         }
     }
 }
@@ -85,11 +79,6 @@ impl Allocator {
             .assign((key.clone(), disc.clone()), &mut self.taken)
     }
 
-    /// The cookie of a policy rule.
-    pub fn cookie(&mut self, rule: RuleKey) -> u32 {
-        self.cookies.assign(rule, &mut self.cookies_taken)
-    }
-
     /// The identity of a CIDR prefix.
     pub fn cidr(&mut self, net: IpNet) -> u32 {
         self.cidrs.assign(net, &mut self.taken)
@@ -100,7 +89,6 @@ impl Allocator {
         self.workloads.finish();
         self.cidrs.finish();
         self.cookies.finish();
-        self.cookies_taken = self.cookies.remembered.values().copied().collect();
         self.taken = self
             .workloads
             .remembered
@@ -114,7 +102,7 @@ impl Allocator {
     pub fn abandon(&mut self) {
         self.workloads.used.clear();
         self.cidrs.used.clear();
-        self.cookies.used.clear();
+        self.cookies.abandon();
     }
 }
 

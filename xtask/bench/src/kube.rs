@@ -111,13 +111,21 @@ fn settle(pid: u32, quiet: Duration, limit: Duration) -> anyhow::Result<()> {
     anyhow::bail!("the agent did not settle within {limit:?}")
 }
 
+/// The `q` quantile of `samples` by nearest rank (`samples` not empty).
+fn nearest_rank(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = (q * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
 struct Size {
     pods: usize,
     rules: usize,
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
-    let runs = if quick { 3 } else { 7 };
+    // Enough events per kind for a p99 (by nearest rank: of fewer than 100 samples, the largest).
+    let runs = if quick { 10 } else { 30 };
     let mut sizes = vec![
         Size {
             pods: 1_000,
@@ -238,6 +246,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     });
     for metric in metrics {
         let mut base = None;
+        let mut p99_base = None;
+        let mut p99s = Vec::new();
         for (pods, rules, m, unit, values) in rows.iter_mut().filter(|r| r.2 == metric) {
             out.push(Record::of_samples(
                 "kube",
@@ -248,7 +258,18 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
                 values,
                 &mut base,
             ));
+            if m.ends_with("_ms") && values.len() > 1 {
+                let p99 = nearest_rank(values, 0.99);
+                let base = *p99_base.get_or_insert(p99);
+                p99s.push(Record {
+                    metric: format!("{m}_p99"),
+                    value: p99,
+                    ratio_to_baseline: if base > 0.0 { p99 / base } else { f64::NAN },
+                    ..out[out.len() - 1].clone()
+                });
+            }
         }
+        out.extend(p99s);
     }
     // Bytes per pod: the resident memory's growth between the smallest and largest pod counts
     // at the same rule count.
