@@ -77,28 +77,22 @@ impl Written {
     /// The maps' content for `state` (a later entry with the same key wins, as it would in the
     /// kernel).
     pub fn of(state: &PolicyState) -> Written {
-        let entry = |r: &crate::kernel_state::IpcacheRecord| IpcacheEntry {
-            identity: r.identity,
-            endpoint_ifindex: r.endpoint_ifindex,
-        };
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for r in &state.ipcache {
+            let entry = IpcacheEntry {
+                identity: r.identity,
+                endpoint_ifindex: r.endpoint_ifindex,
+            };
+            let prefix_len = u32::from(r.prefix_len);
+            match r.addr {
+                IpAddr::V4(a) => v4.push(((prefix_len, a.octets()), entry)),
+                IpAddr::V6(a) => v6.push(((prefix_len, a.octets()), entry)),
+            }
+        }
         Written {
             endpoints: state.endpoints.iter().copied().collect(),
-            ipcache4: state
-                .ipcache
-                .iter()
-                .filter_map(|r| match r.addr {
-                    IpAddr::V4(a) => Some(((u32::from(r.prefix_len), a.octets()), entry(r))),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
-            ipcache6: state
-                .ipcache
-                .iter()
-                .filter_map(|r| match r.addr {
-                    IpAddr::V6(a) => Some(((u32::from(r.prefix_len), a.octets()), entry(r))),
-                    IpAddr::V4(_) => None,
-                })
-                .collect(),
+            ipcache4: v4.into_iter().collect(),
+            ipcache6: v6.into_iter().collect(),
             policy: state
                 .policy
                 .iter()

@@ -114,7 +114,7 @@ pub struct Compiled {
     pub state: PolicyState,
     pub identities: Vec<IdentityInfo>,
     pub cidr_identities: Vec<(IpNet, u32)>,
-    /// Every rule of the set, by cookie (stable across compilations, see [`Allocator`]);
+    /// Every rule of the set, by cookie (stable across compilations, see `policy::cookie`);
     /// shared with the flow names of the generation.
     pub rules: std::sync::Arc<BTreeMap<u32, RuleRef>>,
     pub endpoints: Vec<EndpointSummary>,

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rampart_common::counters::RULE_STATS_OVERFLOW;
-use rampart_common::reason::Direction;
 use serde::Serialize;
 
 use super::model::PolicyModel;
@@ -93,7 +92,7 @@ impl Cookies {
         let mut by_rule = HashMap::with_capacity(policy.rules.len());
         let mut cookies = Vec::with_capacity(policy.rules.len());
         for rule in &policy.rules {
-            let key = (direction_name(rule.direction), rule.index);
+            let key = (rule.direction.name(), rule.index);
             let cookie = match previous.as_ref().and_then(|p| p.by_rule.get(&key)) {
                 Some(&cookie) => cookie,
                 None => self.next_free(),
@@ -144,7 +143,7 @@ impl Cookies {
                     cookie,
                     RuleRef {
                         policy: Arc::clone(name),
-                        direction: direction_name(rule.direction),
+                        direction: rule.direction.name(),
                         index: rule.index,
                         action: match rule.action {
                             RuleAction::Allow => "allow",
@@ -216,14 +215,6 @@ impl Cookies {
                 return cookie;
             }
         }
-    }
-}
-
-fn direction_name(direction: Direction) -> &'static str {
-    if direction == Direction::INGRESS {
-        "ingress"
-    } else {
-        "egress"
     }
 }
 
