@@ -24,7 +24,6 @@ use crate::kernel_state::PolicyState;
 use crate::mesh::table::{MeshTable, TableBuilder};
 use crate::pod_interfaces::{self, PodInterface};
 use crate::policy::diag::Diagnostic;
-use crate::policy::identity::Allocator;
 use crate::policy::model::ValidationMemo;
 use crate::policy::{self, compile};
 use crate::sources::Outcome;
@@ -50,6 +49,9 @@ pub trait Node {
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>>;
     /// Attaches the programs to a local pod's interface.
     fn attach(&mut self, interface: &str) -> Result<(), String>;
+    /// Readies the node for the next `apply` while nothing else is waiting (the kernel's node
+    /// brings its inactive generation up to the live one). Returns whether it did any work.
+    fn prepare_next(&mut self) -> Result<bool, String>;
     /// Every attachment, for the status document.
     fn attachments(&self) -> Vec<Attachment>;
 }
@@ -69,6 +71,10 @@ impl Node for KernelNode {
 
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
         pod_interfaces::read()
+    }
+
+    fn prepare_next(&mut self) -> Result<bool, String> {
+        self.datapath.prime_standby().map_err(|e| format!("{e:#}"))
     }
 
     fn attach(&mut self, interface: &str) -> Result<(), String> {
@@ -99,7 +105,8 @@ pub struct ControllerConfig {
 pub struct Controller<N: Node> {
     node: N,
     config: ControllerConfig,
-    alloc: Allocator,
+    /// What the compiler keeps between reloads (identities, cookies, trie entries).
+    memory: compile::Memory,
     /// Pushed files, by name; they override source objects of the same kind and name.
     pushed: PushedFiles,
     /// The pod interfaces the generation in force was compiled with.
@@ -110,6 +117,8 @@ pub struct Controller<N: Node> {
     attachments: Arc<Mutex<Vec<Attachment>>>,
     /// A reload ran since memory was last trimmed.
     untrimmed: bool,
+    /// A state went into force since the node last prepared for the next one.
+    unprepared: bool,
     /// Policies validated by earlier reloads.
     memo: ValidationMemo,
 }
@@ -128,7 +137,7 @@ impl<N: Node> Controller<N> {
         Controller {
             node,
             config,
-            alloc: Allocator::new(),
+            memory: compile::Memory::new(),
             pushed: PushedFiles::default(),
             interfaces: BTreeMap::new(),
             attached,
@@ -136,6 +145,7 @@ impl<N: Node> Controller<N> {
             rejections,
             attachments,
             untrimmed: false,
+            unprepared: false,
             memo: ValidationMemo::new(),
         }
     }
@@ -151,11 +161,16 @@ impl<N: Node> Controller<N> {
     /// Serves commands until `Shutdown` or until every sender is gone.
     pub fn run(mut self, commands: Receiver<ControllerCommand>) {
         loop {
-            let wait = if self.untrimmed { IDLE_TRIM } else { RESCAN };
+            let wait = if self.untrimmed || self.unprepared {
+                IDLE_TRIM
+            } else {
+                RESCAN
+            };
             let first = match commands.recv_timeout(wait) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     self.rescan();
+                    self.prepare_next();
                     self.trim();
                     continue;
                 }
@@ -217,6 +232,19 @@ impl<N: Node> Controller<N> {
     /// each reload of a 100k-rule set (165 → 430 MiB over six reloads). Trimming after every
     /// reload made the next one fault its pages in again (a sixth of a pod event's time at 100k
     /// rules): a burst of events trims once, after it.
+    /// Lets the node ready itself for the next state, once the controller is idle after a state
+    /// went into force (at 100k rules the kernel's node writes 200 ms less at the next event).
+    fn prepare_next(&mut self) {
+        if !std::mem::take(&mut self.unprepared) {
+            return;
+        }
+        match self.node.prepare_next() {
+            Ok(worked) => tracing::debug!(worked, "node prepared for the next state"),
+            // The next apply writes what it must on its own: nothing is lost but time.
+            Err(e) => tracing::warn!("preparing the node for the next state: {e}"),
+        }
+    }
+
     fn trim(&mut self) {
         if !std::mem::take(&mut self.untrimmed) {
             return;
@@ -278,7 +306,7 @@ impl<N: Node> Controller<N> {
             audit: self.config.audit,
         };
         let checked_at = started.elapsed();
-        let mut compiled = compile::compile(&checked.model, node, &mut self.alloc);
+        let mut compiled = compile::compile(&checked.model, node, &mut self.memory);
         let compiled_at = started.elapsed();
         for w in &compiled.warnings {
             tracing::warn!("{w}");
@@ -292,7 +320,7 @@ impl<N: Node> Controller<N> {
                 match proxy.build(&compiled, previous.as_deref()) {
                     Ok(table) => Arc::new(table),
                     Err(e) => {
-                        self.alloc.abandon();
+                        self.memory.abandon();
                         return Err(self.reject_message(e));
                     }
                 }
@@ -304,11 +332,12 @@ impl<N: Node> Controller<N> {
         let staged_at = started.elapsed();
         if let Err(e) = self.node.apply(&compiled.state) {
             self.publisher.unstage();
-            self.alloc.abandon();
+            self.memory.abandon();
             return Err(self.reject_message(format!("installing the compiled policy: {e}")));
         }
         let applied_at = started.elapsed();
-        self.alloc.finish();
+        self.memory.finish();
+        self.unprepared = true;
         self.attach_new_pods(&compiled, &interfaces);
         self.interfaces = interfaces;
         self.pushed = pushed;

@@ -13,7 +13,6 @@ use crate::admin::{EXPLAIN_PATH, PUSH_PATH, PushFile, PushRequest, PushResponse}
 use crate::admin_client;
 use crate::cli::{PolicyCheckArgs, PolicyExplainArgs, PolicyPushArgs};
 use crate::explain::{ExplainQuery, Explanation};
-use crate::policy::identity::Allocator;
 use crate::policy::{self, compile, source};
 
 /// How long a push may take to be compiled and installed.
@@ -126,7 +125,7 @@ pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
                 trust_domain: &args.trust_domain,
                 audit: false,
             };
-            let compiled = compile::compile(&checked.model, node, &mut Allocator::new());
+            let compiled = compile::compile(&checked.model, node, &mut compile::Memory::new());
             for w in &compiled.warnings {
                 println!("warning: {w}");
             }

@@ -1110,8 +1110,9 @@ fn audit_mode_switch_rejudges_tracked_flows() {
 
 /// `apply` writes only what differs from what the generation it writes holds: after each apply
 /// of a sequence that adds, changes and removes entries, the live generation holds exactly the
-/// state, and a removed rule no longer allows. A new instance on the same pins knows neither
-/// generation's content and still leaves exactly the state.
+/// state, and a removed rule no longer allows. Priming the inactive generation (as the agent
+/// does when idle) makes it hold the live state and changes nothing live. A new instance on the
+/// same pins knows neither generation's content and still leaves exactly the state.
 #[test]
 fn each_apply_leaves_exactly_the_state_in_the_live_generation() {
     require_root();
@@ -1130,11 +1131,33 @@ fn each_apply_leaves_exactly_the_state_in_the_live_generation() {
     let none = Changes::default();
     let mut dp = Datapath::load_pinned(&pins.0).expect("load pinned");
     let mut port = 41000;
-    for s in [
+    for (i, s) in [
         &full, &fewer, &changed, &full, &fewer, &fewer, &changed, &full,
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         dp.apply(s).expect("apply");
         assert_eq!(dp.drift(s).expect("drift"), none, "after an apply");
+        if i % 2 == 1 {
+            let primed = dp.prime_standby().expect("prime");
+            assert_eq!(
+                dp.standby_drift(s).expect("standby drift"),
+                none,
+                "the inactive generation holds the live state once primed"
+            );
+            assert_eq!(
+                dp.drift(s).expect("drift"),
+                none,
+                "priming changes nothing live"
+            );
+            assert!(
+                !dp.prime_standby().expect("prime again"),
+                "a primed generation is not written again"
+            );
+            // Applied twice in a row (5), a state is in both generations already.
+            assert_eq!(primed, i != 5, "apply {i}: whether priming had to write");
+        }
         // Rule 12 (TCP 1000-2000 to B) is in `full` only (in `changed` B has another identity).
         port += 1;
         let expected = if std::ptr::eq(s, &full) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use rampart_agent::policy::{self, compile, identity::Allocator, model, source, verdict};
+use rampart_agent::policy::{self, compile, model, source, verdict};
 use rampart_tests::netpol_cases::{self, Expect};
 
 fn cases_path() -> PathBuf {
@@ -19,7 +19,7 @@ fn cases_path() -> PathBuf {
 #[test]
 fn every_public_netpol_case_compiles_to_the_expected_verdicts() {
     let file = netpol_cases::load(&cases_path()).expect("cases load");
-    let mut alloc = Allocator::new();
+    let mut alloc = compile::Memory::new();
     let mut failed_cases = Vec::new();
     let (mut passed, mut failed) = (0usize, 0usize);
     for case in &file.cases {

@@ -145,6 +145,8 @@ struct Recorded {
     /// the table in force.
     tables_at_apply: Vec<(Option<usize>, usize)>,
     attached: Vec<String>,
+    /// How often the node was asked to prepare for the next state.
+    prepared: usize,
 }
 
 struct FakeNode {
@@ -171,6 +173,11 @@ impl Node for FakeNode {
 
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
         Ok(self.interfaces.clone())
+    }
+
+    fn prepare_next(&mut self) -> Result<bool, String> {
+        self.recorded.lock().expect("test lock").prepared += 1;
+        Ok(true)
     }
 
     fn attach(&mut self, interface: &str) -> Result<(), String> {
@@ -590,4 +597,38 @@ fn nothing_goes_into_force_before_every_source_has_its_first_complete_view() {
     assert_eq!(h.rejections().total, 0, "waiting is not a rejection");
     objects.unsynced.store(false, Ordering::SeqCst);
     assert_eq!(h.controller.reload(None, None), Ok(1));
+}
+
+/// The command loop: once idle after a state went into force, the node is asked, once, to
+/// prepare for the next one.
+#[test]
+fn the_loop_prepares_the_node_once_per_state_when_idle() {
+    let mut h = Harness::new(WORKLOADS);
+    assert_eq!(h.controller.start(), Ok(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let recorded = Arc::clone(&h.recorded);
+    let generations = h.generations.clone();
+    let source = h.source.clone();
+    let controller = h.controller;
+    let running = std::thread::spawn(move || controller.run(rx));
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let prepared = || recorded.lock().expect("test lock").prepared;
+    wait_for("prepared after start", &|| prepared() == 1);
+    source.set(&set(&[WORKLOADS, DB_ISOLATED]));
+    tx.send(ControllerCommand::SourceChanged(Settle::Now))
+        .expect("send");
+    wait_for("generation 2", &|| {
+        generations.current().is_some_and(|g| g.number == 2)
+    });
+    wait_for("prepared after the reload", &|| prepared() == 2);
+    std::thread::sleep(IDLE_TRIM * 3);
+    assert_eq!(prepared(), 2, "prepared once per state in force");
+    tx.send(ControllerCommand::Shutdown).expect("send");
+    running.join().expect("the loop ends");
 }

@@ -23,6 +23,33 @@ impl Datapath {
         let next = Written::of(state);
         self.wait_for_grace();
         let slot = self.next_slot();
+        self.write_slot(slot, next)?;
+        self.config.proxy_port = state.proxy_port;
+        self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
+    }
+
+    /// Brings the inactive generation to what the live one holds, ahead of the next `apply`
+    /// (which then writes only what its own change touches). The agent calls it when idle: the
+    /// first `apply` after start would otherwise write the whole state into a generation it
+    /// knows nothing of (200 ms at 100k rules), and every later one the previous change too.
+    /// Returns whether it wrote anything.
+    pub fn prime_standby(&mut self) -> Result<bool, DatapathError> {
+        let live = (self.config.revision & 1) as usize;
+        let standby = self.next_slot();
+        let Some(current) = self.written[live].clone() else {
+            return Ok(false);
+        };
+        if self.written[standby].as_ref() == Some(&current) {
+            return Ok(false);
+        }
+        self.wait_for_grace();
+        self.write_slot(standby, current)?;
+        Ok(true)
+    }
+
+    /// Writes generation `slot` to `next`, from what it is known to hold (or, if that is
+    /// unknown, from what its maps hold).
+    fn write_slot(&mut self, slot: usize, next: Written) -> Result<(), DatapathError> {
         // Unknown until every map is written: a failure half-way leaves the generation mixed.
         let old = self.written[slot].take();
         let mut changes = Changes::default();
@@ -84,8 +111,7 @@ impl Datapath {
             "generation written"
         );
         self.written[slot] = Some(next);
-        self.config.proxy_port = state.proxy_port;
-        self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
+        Ok(())
     }
 
     /// How far the live generation is from `state`: the entries it lacks or holds with another
@@ -93,6 +119,12 @@ impl Datapath {
     pub fn drift(&mut self, state: &PolicyState) -> Result<Changes, DatapathError> {
         let live = (self.config.revision & 1) as usize;
         Ok(read_generation(self, live)?.changes_to(&Written::of(state)))
+    }
+
+    /// [`Datapath::drift`] of the inactive generation (what the next `apply` writes over).
+    pub fn standby_drift(&mut self, state: &PolicyState) -> Result<Changes, DatapathError> {
+        let standby = self.next_slot();
+        Ok(read_generation(self, standby)?.changes_to(&Written::of(state)))
     }
 
     /// Switches agent-wide audit mode on or off, keeping the rest of the live state, as a new

@@ -11,7 +11,7 @@
 //! Deny versus allow across the specific remote identity and `ANY` is resolved by the kernel,
 //! which looks up both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 
 use rampart_common::identity::Identity;
@@ -151,6 +151,38 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
     out
 }
 
+/// The entries last built per endpoint, with the rules they were built from. An endpoint's
+/// entries depend on its rules alone (every trie key starts with the endpoint), so an endpoint
+/// whose rules did not change gets its entries back: a pod event at 100k rules leaves the
+/// rules of every endpoint but the pod's own as they were.
+#[derive(Debug, Default)]
+pub struct BuildMemo {
+    endpoints: HashMap<u32, (Vec<PolicyRule>, Vec<PolicyMapEntry>)>,
+}
+
+impl BuildMemo {
+    /// [`build`], building only the endpoints whose rules changed since the last call (the
+    /// memo then holds this call's endpoints only).
+    pub fn build(&mut self, rules: Vec<PolicyRule>) -> Vec<PolicyMapEntry> {
+        let mut by_endpoint: BTreeMap<u32, Vec<PolicyRule>> = BTreeMap::new();
+        for rule in rules {
+            by_endpoint.entry(rule.endpoint_id).or_default().push(rule);
+        }
+        let mut next = HashMap::with_capacity(by_endpoint.len());
+        let mut out = Vec::new();
+        for (endpoint, rules) in by_endpoint {
+            let entries = match self.endpoints.remove(&endpoint) {
+                Some((built_from, entries)) if built_from == rules => entries,
+                _ => build(&rules),
+            };
+            out.extend_from_slice(&entries);
+            next.insert(endpoint, (rules, entries));
+        }
+        self.endpoints = next;
+        out
+    }
+}
+
 /// Whether `new` should replace `have` for the same key and prefix.
 fn outranks(new: &PolicyEntry, have: &PolicyEntry) -> bool {
     let rank = |e: &PolicyEntry| match Verdict(e.verdict) {
@@ -231,6 +263,37 @@ pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memo_builds_what_build_does_and_rebuilds_only_changed_endpoints() {
+        let rule = |endpoint_id: u32, remote: u32, port: u16, cookie: u32| PolicyRule {
+            proto: Some(6),
+            ports: Some(port..=port),
+            cookie,
+            ..PolicyRule::allow(endpoint_id, Identity(remote), Direction::INGRESS)
+        };
+        let first = vec![
+            rule(2, 300, 80, 1),
+            rule(1, 301, 443, 2),
+            rule(2, 302, 22, 3),
+        ];
+        let mut memo = BuildMemo::default();
+        assert_eq!(memo.build(first.clone()), build(&first));
+        // Endpoint 1 changes, endpoint 2 does not, endpoint 3 is new.
+        let second = vec![
+            rule(2, 300, 80, 1),
+            rule(1, 301, 8443, 2),
+            rule(2, 302, 22, 3),
+            rule(3, 303, 53, 4),
+        ];
+        assert_eq!(memo.build(second.clone()), build(&second));
+        assert_eq!(memo.endpoints.len(), 3);
+        // A removed endpoint leaves the memo.
+        let third = vec![rule(3, 303, 53, 4)];
+        assert_eq!(memo.build(third.clone()), build(&third));
+        assert_eq!(memo.endpoints.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(memo.build(Vec::new()), Vec::new());
+    }
 
     fn covered_ports(prefixes: &[(u16, u32)]) -> Vec<u32> {
         let mut ports: Vec<u32> = prefixes

@@ -128,6 +128,31 @@ pub struct Compiled {
     pub warnings: Vec<String>,
 }
 
+/// What the compiler keeps between compilations: identity numbers and rule cookies (stable while
+/// what they name lives, see `policy::identity` and `policy::cookie`), and each endpoint's trie
+/// entries (built again only when its rules change).
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub ids: Allocator,
+    trie: policy_map::BuildMemo,
+}
+
+impl Memory {
+    pub fn new() -> Memory {
+        Memory::default()
+    }
+
+    /// The compilation's result is in force (see [`Allocator::finish`]).
+    pub fn finish(&mut self) {
+        self.ids.finish();
+    }
+
+    /// The compilation's result was refused (see [`Allocator::abandon`]).
+    pub fn abandon(&mut self) {
+        self.ids.abandon();
+    }
+}
+
 /// A remote end a rule can name: an identity, and the pod behind it if it is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Target {
@@ -135,9 +160,10 @@ struct Target {
     pod: Option<usize>,
 }
 
-/// Compiles `model` for this node. Identities come from (and are remembered in) `alloc`; the
-/// caller calls `alloc.finish()` once the result is in force, or `alloc.abandon()`.
-pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled {
+/// Compiles `model` for this node. Identities come from (and are remembered in) `memory`; the
+/// caller calls `memory.finish()` once the result is in force, or `memory.abandon()`.
+pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
+    let alloc = &mut memory.ids;
     let mut out = Compiled::default();
     let empty = BTreeMap::new();
     let ns_labels = |pod: &PodModel| model.namespaces.get(&pod.namespace).unwrap_or(&empty);
@@ -147,7 +173,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
         .policies
         .iter()
         .flat_map(|p| &p.rules)
-        .flat_map(|r| r.peers.iter().flatten())
+        .flat_map(|r| r.peers.iter().flat_map(|p| p.iter()))
         .filter_map(|peer| match peer {
             PeerModel::Cidr(b) => Some(b),
             _ => None,
@@ -278,9 +304,22 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     }
 
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
+    let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let mut group_ns_labels = Vec::with_capacity(groups.len());
+    for (group, pods) in groups.iter().enumerate() {
+        let Some(pod) = pods.first().map(|&p| &model.pods[p]) else {
+            continue;
+        };
+        group_ns_labels.push(ns_labels(pod));
+        for (k, v) in &pod.labels {
+            by_label.entry((k, v)).or_default().push(group);
+        }
+    }
     let mut compiler = RuleCompiler {
         model,
         groups: &groups,
+        group_ns_labels,
+        by_label,
         pod_ids: &pod_ids,
         cidr_ids: &out.cidr_identities,
         resolved: Vec::new(),
@@ -345,7 +384,7 @@ pub fn compile(model: &Model, node: Node<'_>, alloc: &mut Allocator) -> Compiled
     }
     let rules = compiler.rules;
     out.rule_count = rules.len();
-    out.state.policy = policy_map::build(&rules);
+    out.state.policy = memory.trie.build(rules);
     out.state.audit = node.audit;
 
     // 6. mTLS: the destinations MeshPolicies select, and every pod address for the proxy.
@@ -536,13 +575,17 @@ struct RuleCompiler<'m> {
     model: &'m Model,
     /// Pod indices, grouped by identity key (what a workload selector looks at).
     groups: &'m [Vec<usize>],
+    /// Per group: its namespace's labels.
+    group_ns_labels: Vec<&'m Labels>,
+    /// (label key, value) → the groups whose pods carry it, ascending.
+    by_label: HashMap<(&'m str, &'m str), Vec<usize>>,
     pod_ids: &'m [Vec<(IpAddr, u32)>],
     cidr_ids: &'m [(IpNet, u32)],
     /// Resolved peers, and where each peer's is.
     resolved: Vec<Vec<Target>>,
-    resolved_index: HashMap<&'m PeerModel, usize>,
-    /// The last peer looked up, and its slot.
-    last: Option<(&'m PeerModel, usize)>,
+    resolved_index: HashMap<&'m [PeerModel], usize>,
+    /// The last peer list looked up, and its slot.
+    last: Option<(&'m std::sync::Arc<[PeerModel]>, usize)>,
     rules: Vec<PolicyRule>,
 }
 
@@ -559,21 +602,11 @@ impl<'m> RuleCompiler<'m> {
             identity: Identity::ANY.0,
             pod: None,
         }];
-        let merged: Vec<Target>;
-        let targets: &[Target] = match rule.peers.as_deref() {
+        let targets: &[Target] = match &rule.peers {
             None => EVERY_PEER,
-            Some([one]) => {
-                let slot = self.slot(one);
-                self.resolved.get(slot).map_or(&[], Vec::as_slice)
-            }
             Some(peers) => {
-                let mut all = BTreeSet::new();
-                for peer in peers {
-                    let slot = self.slot(peer);
-                    all.extend(self.resolved.get(slot).into_iter().flatten().copied());
-                }
-                merged = all.into_iter().collect();
-                &merged
+                let slot = self.slot(peers);
+                self.resolved.get(slot).map_or(&[], Vec::as_slice)
             }
         };
         let verdict = match rule.action {
@@ -648,31 +681,32 @@ impl<'m> RuleCompiler<'m> {
         }
     }
 
-    /// The remote identities (and pods) a peer names.
-    /// Where in `resolved` the remote identities (and pods) a peer names are (sorted, without
-    /// duplicates). Peers are compared by content, so rules that name the same peer resolve it
-    /// once; a policy's rules often name one peer one after another (one peer, many ports), so
-    /// the last peer is compared first (cheaper than hashing a selector).
-    fn slot(&mut self, peer: &'m PeerModel) -> usize {
+    /// Where in `resolved` the remote identities (and pods) a peer list names are (sorted,
+    /// without duplicates). A list is resolved once per compile: rules of one policy that name
+    /// equal lists share one (`model::share_peer_lists`), recognised here by address (a policy
+    /// often names one peer in rule after rule); other equal lists are found by content.
+    fn slot(&mut self, peers: &'m std::sync::Arc<[PeerModel]>) -> usize {
         if let Some((last, slot)) = self.last
-            && last == peer
+            && std::sync::Arc::ptr_eq(last, peers)
         {
             return slot;
         }
-        let slot = match self.resolved_index.get(peer) {
+        let slot = match self.resolved_index.get(&**peers) {
             Some(&slot) => slot,
             None => {
-                self.resolved.push(self.compute(peer));
-                self.resolved_index.insert(peer, self.resolved.len() - 1);
+                let mut targets: Vec<Target> = peers.iter().flat_map(|p| self.compute(p)).collect();
+                targets.sort();
+                targets.dedup();
+                self.resolved.push(targets);
+                self.resolved_index.insert(peers, self.resolved.len() - 1);
                 self.resolved.len() - 1
             }
         };
-        self.last = Some((peer, slot));
+        self.last = Some((peers, slot));
         slot
     }
 
     fn compute(&self, peer: &PeerModel) -> Vec<Target> {
-        let empty = BTreeMap::new();
         let pod_targets = |filter: &dyn Fn(usize, &IpAddr) -> bool| {
             let mut out = Vec::new();
             for (pod, ids) in self.pod_ids.iter().enumerate() {
@@ -687,22 +721,33 @@ impl<'m> RuleCompiler<'m> {
             }
             out
         };
-        let mut targets = match peer {
+        match peer {
             PeerModel::Workloads(m) => {
                 let mut out = Vec::new();
-                for group in self.groups {
-                    let Some(p) = group.first().map(|&pod| &self.model.pods[pod]) else {
-                        continue;
+                let mut visit = |group: usize| {
+                    let pods = &self.groups[group];
+                    let Some(p) = pods.first().map(|&pod| &self.model.pods[pod]) else {
+                        return;
                     };
-                    if !m.matches(p, self.model.namespaces.get(&p.namespace).unwrap_or(&empty)) {
-                        continue;
+                    if !m.matches(p, self.group_ns_labels[group]) {
+                        return;
                     }
-                    for &pod in group {
+                    for &pod in pods {
                         out.extend(self.pod_ids[pod].iter().map(|(_, id)| Target {
                             identity: *id,
                             pod: Some(pod),
                         }));
                     }
+                };
+                // Only the groups carrying the selector's rarest required label can match.
+                let candidates = m
+                    .pods
+                    .required_labels()
+                    .map(|label| self.by_label.get(&label).map_or(&[][..], Vec::as_slice))
+                    .min_by_key(|groups| groups.len());
+                match candidates {
+                    Some(groups) => groups.iter().for_each(|&g| visit(g)),
+                    None => (0..self.groups.len()).for_each(visit),
                 }
                 out
             }
@@ -747,10 +792,7 @@ impl<'m> RuleCompiler<'m> {
                 }
                 t
             }
-        };
-        targets.sort();
-        targets.dedup();
-        targets
+        }
     }
 }
 
@@ -769,7 +811,7 @@ pub fn compile_all_local(model: &Model, trust_domain: &str) -> Compiled {
         trust_domain,
         audit: false,
     };
-    compile(model, node, &mut Allocator::new())
+    compile(model, node, &mut Memory::new())
 }
 
 #[cfg(test)]
@@ -809,7 +851,7 @@ mod tests {
             trust_domain: "cluster.local",
             audit: false,
         };
-        let compiled = compile(&checked.model, node, &mut Allocator::new());
+        let compiled = compile(&checked.model, node, &mut Memory::new());
         let mut out = String::from(
             "# What the example policies decide (generated by the compiler's golden test; see\n# agent/src/policy/compile.rs). Every pod is local.\n\nidentities:\n",
         );
@@ -911,7 +953,7 @@ mod tests {
             trust_domain: "cluster.local",
             audit: false,
         };
-        let mut alloc = Allocator::new();
+        let mut alloc = Memory::new();
         let mut compile_set = |names: &[(&str, u16)]| {
             let mut text = pod.to_owned();
             for (name, port) in names {
@@ -980,7 +1022,7 @@ spec:
             trust_domain: "cluster.local",
             audit: false,
         };
-        let compiled = compile(&checked.model, node, &mut Allocator::new());
+        let compiled = compile(&checked.model, node, &mut Memory::new());
         let db = compiled
             .identities
             .iter()

@@ -42,6 +42,15 @@ impl Selector {
     pub fn is_everything(&self) -> bool {
         self.requirements.is_empty()
     }
+
+    /// The (key, value) pairs a matching object must carry (its `Equals` requirements): what
+    /// an index of objects by label can look a selector up by.
+    pub fn required_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.requirements.iter().filter_map(|r| match r {
+            Requirement::Equals(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+    }
 }
 
 /// Validates and compiles a selector; the error names the offending key or value.
@@ -171,7 +180,9 @@ mod tests {
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "c")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "a"), ("env", "prod")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "a"), ("x", "")])));
+        assert_eq!(s.required_labels().collect::<Vec<_>>(), [("app", "web")]);
         let e = sel("matchExpressions:\n- {key: k, operator: Exists}\n").expect("valid");
+        assert_eq!(e.required_labels().count(), 0);
         assert!(e.matches(&labels(&[("k", "")])));
         assert!(!e.matches(&labels(&[])));
     }

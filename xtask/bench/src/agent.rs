@@ -51,23 +51,54 @@ fn flip(
 }
 
 /// [`flip`], giving up after `limit`.
+///
+/// A probe starts every [`PROBE_EVERY`], each on its own thread: a blocked probe (a dropped
+/// SYN) takes its whole timeout to fail, and probing one after another would hide when the path
+/// opened by up to that timeout. The result is the start of the earliest probe that saw the new
+/// state, once every probe started before it has answered.
 pub fn flip_within(
     ns: &Netns,
     reached: bool,
     limit: Duration,
     change: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
+    const PROBE_EVERY: Duration = Duration::from_millis(2);
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(25);
+    const IN_FLIGHT: usize = 32;
     let dst = SocketAddr::new(IpAddr::V4(SERVER), PORT);
     let start = Instant::now();
     change()?;
-    while start.elapsed() < limit {
-        let probe_start = start.elapsed();
-        if probe::tcp(ns, dst, Duration::from_millis(25)).reached() == reached {
-            return Ok(probe_start.as_secs_f64() * 1e3);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<(Duration, bool)>();
+        let mut in_flight = 0usize;
+        let mut next = Duration::ZERO;
+        let mut earliest: Option<Duration> = None;
+        loop {
+            let now = start.elapsed();
+            if earliest.is_none() && now < limit && now >= next && in_flight < IN_FLIGHT {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let got = probe::tcp(ns, dst, PROBE_TIMEOUT).reached();
+                    let _ = tx.send((now, got));
+                });
+                in_flight += 1;
+                next = now + PROBE_EVERY;
+            }
+            if let Ok((probe_start, got)) = rx.recv_timeout(Duration::from_millis(1)) {
+                in_flight -= 1;
+                if got == reached {
+                    earliest = Some(earliest.map_or(probe_start, |e| e.min(probe_start)));
+                }
+            }
+            match earliest {
+                Some(at) if in_flight == 0 => return Ok(at.as_secs_f64() * 1e3),
+                None if in_flight == 0 && start.elapsed() >= limit => {
+                    anyhow::bail!("the probe did not flip within {limit:?}")
+                }
+                _ => {}
+            }
         }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    anyhow::bail!("the probe did not flip within {limit:?}")
+    })
 }
 
 /// Writes `text` to `dir/name` atomically (the watcher sees one complete file).

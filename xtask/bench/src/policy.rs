@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use rampart_agent::datapath::Datapath;
-use rampart_agent::policy::compile::{Node, compile};
-use rampart_agent::policy::identity::Allocator;
+use rampart_agent::policy::compile::{Memory, Node, compile};
 use rampart_agent::policy::{check, source};
 use rampart_tests::netns::Netns;
 
@@ -186,13 +185,13 @@ fn rampart_once(dp: &mut Datapath, text: &str, rules: usize) -> anyhow::Result<S
         )
     })?;
     let t2 = Instant::now();
-    let mut alloc = Allocator::new();
+    let mut memory = Memory::new();
     let node = Node {
         local: &local,
         trust_domain: "cluster.local",
         audit: false,
     };
-    let compiled = compile(&checked.model, node, &mut alloc);
+    let compiled = compile(&checked.model, node, &mut memory);
     let t3 = Instant::now();
     anyhow::ensure!(
         compiled.rule_count == rules,
@@ -201,7 +200,7 @@ fn rampart_once(dp: &mut Datapath, text: &str, rules: usize) -> anyhow::Result<S
     );
     dp.apply(&compiled.state)?;
     let t4 = Instant::now();
-    alloc.finish();
+    memory.finish();
     Ok(Stages {
         parse: ms(t1 - t0),
         validate: ms(t2 - t1),
@@ -298,7 +297,7 @@ mod tests {
                 trust_domain: "cluster.local",
                 audit: false,
             };
-            let compiled = compile(&checked.model, node, &mut Allocator::new());
+            let compiled = compile(&checked.model, node, &mut Memory::new());
             assert_eq!(compiled.rule_count, rules);
             assert_eq!(iptables_rules(rules).matches("-j ACCEPT").count(), rules);
             assert_eq!(nft_rules(rules).matches(",\n").count(), rules);

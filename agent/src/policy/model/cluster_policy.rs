@@ -28,7 +28,9 @@ impl Validator<'_> {
         let types = spec.default_deny.clone().unwrap_or_default();
         let mut rules = Vec::new();
         for (index, rule) in spec.ingress.iter().flatten().enumerate() {
-            let peers = self.cluster_peers(rule.from.as_deref(), &mut ok);
+            let peers = self
+                .cluster_peers(rule.from.as_deref(), &mut ok)
+                .map(Into::into);
             let ports = self.ports(rule.ports.as_deref(), &mut ok);
             rules.push(RuleModel {
                 direction: Direction::INGRESS,
@@ -39,7 +41,9 @@ impl Validator<'_> {
             });
         }
         for (index, rule) in spec.egress.iter().flatten().enumerate() {
-            let peers = self.cluster_peers(rule.to.as_deref(), &mut ok);
+            let peers = self
+                .cluster_peers(rule.to.as_deref(), &mut ok)
+                .map(Into::into);
             let ports = self.ports(rule.ports.as_deref(), &mut ok);
             rules.push(RuleModel {
                 direction: Direction::EGRESS,
@@ -50,6 +54,7 @@ impl Validator<'_> {
             });
         }
         let applies_to = applies_to?;
+        share_peer_lists(&mut rules);
         ok.then(|| PolicyModel {
             kind: PolicyKind::ClusterPolicy,
             namespace: None,

@@ -287,10 +287,28 @@ pub struct RuleModel {
     pub action: RuleAction,
     /// Index of the rule in its direction's list (for attribution).
     pub index: usize,
-    /// `None`: every peer.
-    pub peers: Option<Vec<PeerModel>>,
+    /// `None`: every peer. Rules of one policy that name the same peers share one list (see
+    /// [`share_peer_lists`]).
+    pub peers: Option<std::sync::Arc<[PeerModel]>>,
     /// `None`: every protocol and port.
     pub ports: Option<Vec<PortModel>>,
+}
+
+/// Makes the rules of one policy that name equal peer lists share one allocation. A policy
+/// often names one peer in many rules (one rule per port); the compiler then recognises a list
+/// it has resolved by its address, without comparing selectors rule by rule. Done once per
+/// validated version of a policy.
+pub fn share_peer_lists(rules: &mut [RuleModel]) {
+    let mut seen: std::collections::HashSet<std::sync::Arc<[PeerModel]>> =
+        std::collections::HashSet::new();
+    for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
+        match seen.get(&**peers) {
+            Some(shared) => *peers = std::sync::Arc::clone(shared),
+            None => {
+                seen.insert(std::sync::Arc::clone(peers));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -54,7 +54,9 @@ impl Validator<'_> {
         let mut rules = Vec::new();
         if ingress {
             for (index, rule) in spec.ingress.iter().flatten().enumerate() {
-                let peers = self.np_peers(rule.from.as_deref(), &namespace, &mut ok);
+                let peers = self
+                    .np_peers(rule.from.as_deref(), &namespace, &mut ok)
+                    .map(Into::into);
                 let ports = self.ports(rule.ports.as_deref(), &mut ok);
                 rules.push(RuleModel {
                     direction: Direction::INGRESS,
@@ -67,7 +69,9 @@ impl Validator<'_> {
         }
         if egress {
             for (index, rule) in spec.egress.iter().flatten().enumerate() {
-                let peers = self.np_peers(rule.to.as_deref(), &namespace, &mut ok);
+                let peers = self
+                    .np_peers(rule.to.as_deref(), &namespace, &mut ok)
+                    .map(Into::into);
                 let ports = self.ports(rule.ports.as_deref(), &mut ok);
                 rules.push(RuleModel {
                     direction: Direction::EGRESS,
@@ -78,6 +82,7 @@ impl Validator<'_> {
                 });
             }
         }
+        share_peer_lists(&mut rules);
         ok.then(|| PolicyModel {
             kind: PolicyKind::NetworkPolicy,
             namespace: Some(namespace.clone()),
