@@ -133,7 +133,7 @@ pub fn explain(compiled: &Compiled, query: &ExplainQuery) -> Result<Explanation,
             MtlsExplanation {
                 policies: route.policies.clone(),
                 source_allowed,
-                source_spiffe_id: spiffe,
+                source_spiffe_id: spiffe.map(|id| id.to_string()),
                 ingress_policy,
             }
         });
@@ -188,7 +188,7 @@ fn resolve(compiled: &Compiled, field: &'static str, value: &str) -> Result<IpAd
     let mut addrs: Vec<IpAddr> = compiled
         .workloads
         .iter()
-        .filter(|w| w.pod == value)
+        .filter(|w| *w.pod == *value)
         .map(|w| w.addr)
         .collect();
     // A dual-stack pod is explained on its IPv4 address.

@@ -16,14 +16,14 @@ struct IdentityName {
     namespace: String,
     labels: BTreeMap<String, String>,
     service_account: String,
-    spiffe_id: String,
+    spiffe_id: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct FlowNames {
     identities: HashMap<u32, IdentityName>,
     /// Pod address → (`namespace/name`, identity).
-    pods: HashMap<IpAddr, (String, u32)>,
+    pods: HashMap<IpAddr, (std::sync::Arc<str>, u32)>,
     cidrs: HashMap<u32, String>,
     /// The same prefixes, to find an address's identity when only the address is known.
     prefixes: Vec<(ipnet::IpNet, u32)>,
@@ -52,7 +52,7 @@ impl FlowNames {
             pods: compiled
                 .workloads
                 .iter()
-                .map(|w| (w.addr, (w.pod.clone(), w.identity)))
+                .map(|w| (w.addr, (std::sync::Arc::clone(&w.pod), w.identity)))
                 .collect(),
             cidrs: compiled
                 .cidr_identities
@@ -87,14 +87,14 @@ impl FlowNames {
             ip,
             port,
             identity,
-            pod: pod.map(|(name, _)| name.clone()),
+            pod: pod.map(|(name, _)| name.to_string()),
             ..FlowPeer::default()
         };
         if let Some(name) = self.identities.get(&identity) {
             peer.namespace = Some(name.namespace.clone());
             peer.labels = name.labels.clone();
             peer.service_account = Some(name.service_account.clone());
-            peer.spiffe_id = Some(name.spiffe_id.clone()).filter(|id| !id.is_empty());
+            peer.spiffe_id = Some(name.spiffe_id.to_string()).filter(|id| !id.is_empty());
         } else if peer.pod.is_none() {
             peer.cidr = match Identity(identity) {
                 Identity::HOST => Some("host".into()),

@@ -146,7 +146,7 @@ impl MeshTable {
         let src = self
             .workload(flow.source.ip())
             .ok_or(MtlsReason::SourceMismatch)?;
-        if src.spiffe_id != flow.peer.as_str() {
+        if *src.spiffe_id != *flow.peer.as_str() {
             return Err(MtlsReason::SourceMismatch);
         }
         if !principal_allowed(route, &flow.peer) {

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
@@ -57,9 +58,10 @@ pub struct IdentityInfo {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
-    pub spiffe_id: String,
-    /// `namespace/name` of the pods with this identity.
-    pub pods: Vec<String>,
+    /// Shared with the [`WorkloadAddr`]s of its pods.
+    pub spiffe_id: Arc<str>,
+    /// `namespace/name` of the pods with this identity (shared with their [`WorkloadAddr`]s).
+    pub pods: Vec<Arc<str>>,
 }
 
 /// A local pod the datapath enforces for.
@@ -96,14 +98,16 @@ pub struct MeshDestination {
 }
 
 /// A pod address, as the proxy needs it: who is there, and where that pod's node takes tunnels.
+/// Its strings are shared (one per identity, pod and node): there is one per pod address of
+/// the cluster, in every generation.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadAddr {
     pub addr: IpAddr,
     pub identity: u32,
-    pub spiffe_id: String,
-    pub pod: String,
+    pub spiffe_id: Arc<str>,
+    pub pod: Arc<str>,
     /// `spec.nodeName`.
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     pub host_ip: Option<IpAddr>,
     /// Behind an interface of this node.
     pub local: bool,
@@ -194,13 +198,13 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     let mut pod_group: Vec<usize> = Vec::with_capacity(model.pods.len());
     for (index, pod) in model.pods.iter().enumerate() {
         let group = *group_index
-            .entry((&pod.namespace, &pod.labels, &pod.service_account))
+            .entry((&pod.namespace, &*pod.labels, &pod.service_account))
             .or_insert_with(|| {
                 groups.push(Vec::new());
                 keys.push(IdentityKey {
                     namespace: pod.namespace.clone(),
                     namespace_labels: ns_labels(pod).clone(),
-                    labels: pod.labels.clone(),
+                    labels: (*pod.labels).clone(),
                     service_account: pod.service_account.clone(),
                 });
                 groups.len() - 1
@@ -233,6 +237,8 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     let mut pod_ids: Vec<Vec<(IpAddr, u32)>> = Vec::with_capacity(model.pods.len());
     let mut owner: HashMap<IpAddr, usize> = HashMap::new();
     let mut infos: BTreeMap<u32, IdentityInfo> = BTreeMap::new();
+    // Per pod: its `namespace/name`, if it has an address (shared by every table naming it).
+    let mut pod_names: Vec<Option<Arc<str>>> = Vec::with_capacity(model.pods.len());
     for (index, (pod, &group)) in model.pods.iter().zip(&pod_group).enumerate() {
         let key = &keys[group];
         let split = variants[group].len() > 1;
@@ -258,16 +264,17 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 namespace: key.namespace.clone(),
                 labels: key.labels.clone(),
                 service_account: key.service_account.clone(),
-                spiffe_id: key.spiffe_id(node.trust_domain),
+                spiffe_id: key.spiffe_id(node.trust_domain).into(),
                 pods: Vec::new(),
             });
-            let name = name.get_or_insert_with(|| format!("{}/{}", pod.namespace, pod.name));
+            let name = name.get_or_insert_with(|| pod_name(pod));
             // A pod's addresses come one after another: a pod is listed once.
             if info.pods.last() != Some(name) {
-                info.pods.push(name.clone());
+                info.pods.push(Arc::clone(name));
             }
         }
         pod_ids.push(ids);
+        pod_names.push(name);
     }
     out.identities = infos.into_values().collect();
 
@@ -286,6 +293,9 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
 
     // 3. Local pods (endpoints) and the ipcache entries of every pod address.
     let mut local_pods: Vec<(usize, u32)> = Vec::new();
+    out.state
+        .ipcache
+        .reserve_exact(pod_ids.iter().map(Vec::len).sum());
     for (index, ids) in pod_ids.iter().enumerate() {
         let ifindex = ids
             .iter()
@@ -311,7 +321,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             continue;
         };
         group_ns_labels.push(ns_labels(pod));
-        for (k, v) in &pod.labels {
+        for (k, v) in pod.labels.iter() {
             by_label.entry((k, v)).or_default().push(group);
         }
     }
@@ -413,29 +423,40 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             )
         })
         .collect();
-    let spiffe: HashMap<u32, &str> = out
+    let spiffe: HashMap<u32, &Arc<str>> = out
         .identities
         .iter()
-        .map(|i| (i.id, i.spiffe_id.as_str()))
+        .map(|i| (i.id, &i.spiffe_id))
         .collect();
-    for (pod, ids) in model.pods.iter().zip(&pod_ids) {
+    let mut nodes: HashMap<&str, Arc<str>> = HashMap::new();
+    out.workloads
+        .reserve_exact(pod_ids.iter().map(Vec::len).sum());
+    for ((pod, ids), name) in model.pods.iter().zip(&pod_ids).zip(&pod_names) {
+        let Some(name) = name else { continue };
+        let node_name = pod
+            .node_name
+            .as_deref()
+            .map(|n| Arc::clone(nodes.entry(n).or_insert_with(|| Arc::from(n))));
         for &(addr, identity) in ids {
             out.workloads.push(WorkloadAddr {
                 addr,
                 identity,
                 spiffe_id: spiffe
                     .get(&identity)
-                    .copied()
-                    .unwrap_or_default()
-                    .to_owned(),
-                pod: format!("{}/{}", pod.namespace, pod.name),
-                node: pod.node_name.clone(),
+                    .map_or_else(|| Arc::from(""), |id| Arc::clone(id)),
+                pod: Arc::clone(name),
+                node: node_name.clone(),
                 host_ip: pod.host_ip,
                 local: node.local.contains_key(&addr),
             });
         }
     }
     out
+}
+
+/// `namespace/name`.
+fn pod_name(pod: &PodModel) -> Arc<str> {
+    format!("{}/{}", pod.namespace, pod.name).into()
 }
 
 /// (identity, port) → the MeshPolicies that select it and their principals.
@@ -1026,7 +1047,7 @@ spec:
         let db = compiled
             .identities
             .iter()
-            .find(|i| i.pods == ["shop/db"])
+            .find(|i| i.pods.len() == 1 && &*i.pods[0] == "shop/db")
             .expect("db identity")
             .id;
         let ports: Vec<u16> = compiled.mesh.iter().map(|r| r.port).collect();
@@ -1055,14 +1076,14 @@ spec:
         let api = compiled
             .workloads
             .iter()
-            .find(|w| w.pod == "shop/api")
+            .find(|w| &*w.pod == "shop/api")
             .expect("api");
         assert!(api.local);
-        assert_eq!(api.spiffe_id, "spiffe://cluster.local/ns/shop/sa/api");
+        assert_eq!(&*api.spiffe_id, "spiffe://cluster.local/ns/shop/sa/api");
         let dbw = compiled
             .workloads
             .iter()
-            .find(|w| w.pod == "shop/db")
+            .find(|w| &*w.pod == "shop/db")
             .expect("db");
         assert!(!dbw.local);
         assert_eq!(dbw.host_ip, Some("192.168.0.2".parse().expect("ip")));

@@ -135,7 +135,8 @@ pub struct PrincipalsModel {
 pub struct PodModel {
     pub namespace: String,
     pub name: String,
-    pub labels: Labels,
+    /// Shared by the pods that carry the same labels (the Kubernetes source interns them).
+    pub labels: std::sync::Arc<Labels>,
     pub service_account: String,
     pub node_name: Option<String>,
     pub ips: Vec<IpAddr>,

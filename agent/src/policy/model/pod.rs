@@ -83,10 +83,11 @@ impl Validator<'_> {
         }
         ports.sort();
         ports.dedup();
+        ips.shrink_to_fit();
         Some(PodModel {
             namespace,
             name,
-            labels,
+            labels: labels.into(),
             service_account: pod
                 .spec
                 .service_account_name

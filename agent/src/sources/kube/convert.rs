@@ -108,10 +108,11 @@ pub fn pod(pod: &Pod) -> Result<Option<PodModel>, String> {
     }
     ports.sort();
     ports.dedup();
+    ips.shrink_to_fit();
     Ok(Some(PodModel {
         namespace: namespace.clone(),
         name: name.clone(),
-        labels,
+        labels: labels.into(),
         service_account: spec
             .and_then(|s| s.service_account_name.clone().or(s.service_account.clone()))
             .filter(|s| !s.is_empty())

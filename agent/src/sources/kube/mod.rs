@@ -21,6 +21,7 @@
 
 mod convert;
 pub mod health;
+mod intern;
 pub mod report;
 mod store;
 mod watch;
@@ -149,11 +150,19 @@ impl KubeSource {
             compiled: !matches!(kind, "Service" | "EndpointSlice"),
         };
         let all = watcher::Config::default();
+        let labels = Arc::new(intern::Interner::default());
         tokio::spawn(watch_checked(
             watch("Pod"),
             client.clone(),
             |o| &mut o.pods,
-            |pod| convert::pod(pod).map(|p| p.map(Arc::new)),
+            move |pod| {
+                convert::pod(pod).map(|p| {
+                    p.map(|mut p| {
+                        p.labels = labels.intern(p.labels);
+                        Arc::new(p)
+                    })
+                })
+            },
         ));
         tokio::spawn(watch_checked(
             watch("Namespace"),
