@@ -55,6 +55,9 @@ impl Object {
     }
 }
 
+/// What names an object across sources: (kind, namespace, name), borrowed from the object.
+pub type ObjectKey<'a> = (&'static str, Option<&'a str>, Option<&'a str>);
+
 /// An object and where it was read.
 #[derive(Debug, Clone)]
 pub struct SourceObject {
@@ -90,12 +93,12 @@ impl SourceObject {
     }
 
     /// (kind, namespace, name): what makes two objects the same object.
-    pub fn key(&self) -> (&'static str, Option<String>, Option<String>) {
+    pub fn key(&self) -> ObjectKey<'_> {
         let meta = self.object.metadata();
         (
             self.object.kind(),
-            meta.namespace.as_ref().map(|n| n.value.clone()),
-            meta.name.as_ref().map(|n| n.value.clone()),
+            meta.namespace.as_ref().map(|n| n.value.as_str()),
+            meta.name.as_ref().map(|n| n.value.as_str()),
         )
     }
 

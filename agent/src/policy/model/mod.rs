@@ -59,38 +59,41 @@ pub struct Validated {
 }
 
 impl Validated {
-    /// Drops what `keys` name: `(kind, namespace, name)` as [`crate::policy::source::SourceObject::key`] gives them.
+    /// Drops what `keys` name: `(kind, namespace, name)` as
+    /// [`crate::policy::source::SourceObject::key`] gives them.
     pub fn remove_keys(
         &mut self,
-        keys: &std::collections::HashSet<(&'static str, Option<String>, Option<String>)>,
+        keys: &std::collections::HashSet<crate::policy::source::ObjectKey<'_>>,
     ) {
         if keys.is_empty() {
             return;
         }
         self.namespaces
-            .retain(|name, _| !keys.contains(&("Namespace", None, Some(name.clone()))));
-        self.pods
-            .retain(|p| !keys.contains(&("Pod", Some(p.namespace.clone()), Some(p.name.clone()))));
+            .retain(|name, _| !keys.contains(&("Namespace", None, Some(name.as_str()))));
+        self.pods.retain(|p| {
+            !keys.contains(&("Pod", Some(p.namespace.as_str()), Some(p.name.as_str())))
+        });
     }
 
     /// The keys of what this holds (see [`Validated::remove_keys`]).
-    pub fn keys(
-        &self,
-    ) -> impl Iterator<Item = (&'static str, Option<String>, Option<String>)> + '_ {
+    pub fn keys(&self) -> impl Iterator<Item = crate::policy::source::ObjectKey<'_>> + '_ {
         self.namespaces
             .keys()
-            .map(|n| ("Namespace", None, Some(n.clone())))
+            .map(|n| ("Namespace", None, Some(n.as_str())))
             .chain(
                 self.pods
                     .iter()
-                    .map(|p| ("Pod", Some(p.namespace.clone()), Some(p.name.clone()))),
+                    .map(|p| ("Pod", Some(p.namespace.as_str()), Some(p.name.as_str()))),
             )
     }
 
-    /// Lays `other` over this: its objects replace these of the same kind and name.
-    pub fn extend(&mut self, other: Validated) {
-        let replaced = other.keys().collect();
-        self.remove_keys(&replaced);
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.pods.is_empty()
+    }
+
+    /// Adds `other`'s objects; the caller has removed those they replace
+    /// ([`Validated::remove_keys`]).
+    pub fn append(&mut self, other: Validated) {
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
     }
