@@ -225,15 +225,9 @@ impl<N: Node> Controller<N> {
         self.reload_set(push, interfaces)
     }
 
-    /// Gives the memory freed by reloads back to the kernel, once the controller is idle.
-    ///
-    /// A large set is parsed on every core and its intermediate forms freed; glibc keeps the
-    /// freed pages in per-thread arenas, so without this the agent's resident memory grew with
-    /// each reload of a 100k-rule set (165 → 430 MiB over six reloads). Trimming after every
-    /// reload made the next one fault its pages in again (a sixth of a pod event's time at 100k
-    /// rules): a burst of events trims once, after it.
     /// Lets the node ready itself for the next state, once the controller is idle after a state
-    /// went into force (at 100k rules the kernel's node writes 200 ms less at the next event).
+    /// went into force or the node refused one (at 100k rules the kernel's node writes 200 ms
+    /// less at the next event).
     fn prepare_next(&mut self) {
         if !std::mem::take(&mut self.unprepared) {
             return;
@@ -245,6 +239,13 @@ impl<N: Node> Controller<N> {
         }
     }
 
+    /// Gives the memory freed by reloads back to the kernel, once the controller is idle.
+    ///
+    /// A large set is parsed on every core and its intermediate forms freed; glibc keeps the
+    /// freed pages in per-thread arenas, so without this the agent's resident memory grew with
+    /// each reload of a 100k-rule set (165 → 430 MiB over six reloads). Trimming after every
+    /// reload made the next one fault its pages in again (a sixth of a pod event's time at 100k
+    /// rules): a burst of events trims once, after it.
     fn trim(&mut self) {
         if !std::mem::take(&mut self.untrimmed) {
             return;
@@ -333,6 +334,8 @@ impl<N: Node> Controller<N> {
         if let Err(e) = self.node.apply(&compiled.state) {
             self.publisher.unstage();
             self.memory.abandon();
+            // A generation written half-way is unknown to the node until it is written again.
+            self.unprepared = true;
             return Err(self.reject_message(format!("installing the compiled policy: {e}")));
         }
         let applied_at = started.elapsed();

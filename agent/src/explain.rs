@@ -120,11 +120,7 @@ pub fn explain(compiled: &Compiled, query: &ExplainQuery) -> Result<Explanation,
         })
         .flatten()
         .map(|route| {
-            let spiffe = compiled
-                .workloads
-                .iter()
-                .find(|w| w.addr == src)
-                .map(|w| w.spiffe_id.clone());
+            let spiffe = compiled.workloads.get(src).map(|w| w.spiffe_id.clone());
             let source_allowed = spiffe
                 .as_deref()
                 .and_then(|s| SpiffeId::parse(s).ok())

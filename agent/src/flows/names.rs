@@ -22,8 +22,8 @@ struct IdentityName {
 #[derive(Debug, Clone, Default)]
 pub struct FlowNames {
     identities: HashMap<u32, IdentityName>,
-    /// Pod address → (`namespace/name`, identity).
-    pods: HashMap<IpAddr, (std::sync::Arc<str>, u32)>,
+    /// Pod addresses (shared with the generation).
+    pods: crate::policy::compile::Workloads,
     cidrs: HashMap<u32, String>,
     /// The same prefixes, to find an address's identity when only the address is known.
     prefixes: Vec<(ipnet::IpNet, u32)>,
@@ -49,11 +49,7 @@ impl FlowNames {
                     )
                 })
                 .collect(),
-            pods: compiled
-                .workloads
-                .iter()
-                .map(|w| (w.addr, (std::sync::Arc::clone(&w.pod), w.identity)))
-                .collect(),
+            pods: compiled.workloads.clone(),
             cidrs: compiled
                 .cidr_identities
                 .iter()
@@ -71,9 +67,9 @@ impl FlowNames {
 
     /// One end of a flow. `identity` is the kernel's; 0 means "look it up by address".
     pub fn peer(&self, ip: Option<IpAddr>, port: u16, identity: u32) -> FlowPeer {
-        let pod = ip.and_then(|ip| self.pods.get(&ip));
+        let pod = ip.and_then(|ip| self.pods.get(ip));
         let identity = match (identity, pod, ip) {
-            (0, Some((_, id)), _) => *id,
+            (0, Some(w), _) => w.identity,
             // Not a pod: the longest ipBlock prefix holding it, else `world` (as the ipcache).
             (0, None, Some(ip)) => self
                 .prefixes
@@ -87,7 +83,7 @@ impl FlowNames {
             ip,
             port,
             identity,
-            pod: pod.map(|(name, _)| name.to_string()),
+            pod: pod.map(|w| w.pod.to_string()),
             ..FlowPeer::default()
         };
         if let Some(name) = self.identities.get(&identity) {
@@ -145,7 +141,7 @@ mod tests {
                 spiffe_id: "spiffe://cluster.local/ns/prod/sa/web".into(),
                 pods: vec!["prod/web-1".into()],
             }],
-            workloads: vec![WorkloadAddr {
+            workloads: crate::policy::compile::Workloads::new(vec![WorkloadAddr {
                 addr: "10.0.0.5".parse().expect("ip"),
                 identity: 300,
                 spiffe_id: "spiffe://cluster.local/ns/prod/sa/web".into(),
@@ -153,7 +149,7 @@ mod tests {
                 node: None,
                 host_ip: None,
                 local: true,
-            }],
+            }]),
             cidr_identities: vec![("192.0.2.0/24".parse().expect("net"), 0x0100_0001)],
             ..Compiled::default()
         };

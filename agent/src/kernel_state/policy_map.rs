@@ -158,6 +158,9 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
 #[derive(Debug, Default)]
 pub struct BuildMemo {
     endpoints: HashMap<u32, (Vec<PolicyRule>, Vec<PolicyMapEntry>)>,
+    /// Endpoints built (not reused) so far.
+    #[cfg(test)]
+    built: usize,
 }
 
 impl BuildMemo {
@@ -173,7 +176,13 @@ impl BuildMemo {
         for (endpoint, rules) in by_endpoint {
             let entries = match self.endpoints.remove(&endpoint) {
                 Some((built_from, entries)) if built_from == rules => entries,
-                _ => build(&rules),
+                _ => {
+                    #[cfg(test)]
+                    {
+                        self.built += 1;
+                    }
+                    build(&rules)
+                }
             };
             out.extend_from_slice(&entries);
             next.insert(endpoint, (rules, entries));
@@ -279,6 +288,7 @@ mod tests {
         ];
         let mut memo = BuildMemo::default();
         assert_eq!(memo.build(first.clone()), build(&first));
+        assert_eq!(memo.built, 2);
         // Endpoint 1 changes, endpoint 2 does not, endpoint 3 is new.
         let second = vec![
             rule(2, 300, 80, 1),
@@ -287,10 +297,12 @@ mod tests {
             rule(3, 303, 53, 4),
         ];
         assert_eq!(memo.build(second.clone()), build(&second));
+        assert_eq!(memo.built, 4, "endpoints 1 and 3 built, 2 reused");
         assert_eq!(memo.endpoints.len(), 3);
         // A removed endpoint leaves the memo.
         let third = vec![rule(3, 303, 53, 4)];
         assert_eq!(memo.build(third.clone()), build(&third));
+        assert_eq!(memo.built, 4, "endpoint 3 reused");
         assert_eq!(memo.endpoints.keys().copied().collect::<Vec<_>>(), [3]);
         assert_eq!(memo.build(Vec::new()), Vec::new());
     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::tunnel::{Authorize, FlowRequest};
-use crate::policy::compile::{Compiled, MeshDestination, WorkloadAddr};
+use crate::policy::compile::{Compiled, MeshDestination, WorkloadAddr, Workloads};
 use crate::policy::model::PrincipalsModel;
 use crate::spiffe::SpiffeId;
 use crate::view::View;
@@ -15,7 +15,7 @@ use rampart_common::reason::MtlsReason;
 
 #[derive(Debug, Default)]
 pub struct MeshTable {
-    workloads: HashMap<IpAddr, WorkloadAddr>,
+    workloads: Workloads,
     destinations: HashMap<(u32, u16), MeshDestination>,
     /// Routes with L7 rules, and their live state.
     http: HashMap<(u32, u16), std::sync::Arc<crate::l7::HttpRoute>>,
@@ -34,11 +34,7 @@ impl MeshTable {
         wafs: Option<&crate::l7::waf::WafEngines>,
     ) -> MeshTable {
         let mut table = MeshTable {
-            workloads: compiled
-                .workloads
-                .iter()
-                .map(|w| (w.addr, w.clone()))
-                .collect(),
+            workloads: compiled.workloads.clone(),
             destinations: compiled
                 .mesh
                 .iter()
@@ -101,7 +97,7 @@ impl MeshTable {
     }
 
     pub fn workload(&self, addr: IpAddr) -> Option<&WorkloadAddr> {
-        self.workloads.get(&canonical(addr))
+        self.workloads.get(canonical(addr))
     }
 
     pub fn destination(&self, identity: u32, port: u16) -> Option<&MeshDestination> {
@@ -320,14 +316,14 @@ mod tests {
 
     #[test]
     fn inbound_checks_destination_source_and_principal() {
-        let mut table = MeshTable::default();
-        for w in [
-            workload("10.0.2.5", 300, "spiffe://td/ns/shop/sa/db", true),
-            workload("10.0.1.5", 301, "spiffe://td/ns/shop/sa/backend", false),
-            workload("10.0.1.6", 302, "spiffe://td/ns/shop/sa/frontend", false),
-        ] {
-            table.workloads.insert(w.addr, w);
-        }
+        let mut table = MeshTable {
+            workloads: Workloads::new(vec![
+                workload("10.0.2.5", 300, "spiffe://td/ns/shop/sa/db", true),
+                workload("10.0.1.5", 301, "spiffe://td/ns/shop/sa/backend", false),
+                workload("10.0.1.6", 302, "spiffe://td/ns/shop/sa/frontend", false),
+            ]),
+            ..MeshTable::default()
+        };
         let by_sa = PrincipalsModel {
             service_accounts: vec![("shop".into(), "backend".into())],
             ..Default::default()

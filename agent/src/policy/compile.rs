@@ -113,6 +113,40 @@ pub struct WorkloadAddr {
     pub local: bool,
 }
 
+/// Every pod address of a generation, sorted by address: one list shared by the generation, its
+/// flow names and the proxy's table (each used to keep a hash map of its own: a copy per pod),
+/// looked up by binary search.
+#[derive(Debug, Clone, Default)]
+pub struct Workloads(Arc<[WorkloadAddr]>);
+
+impl Workloads {
+    /// The list of `addrs` (an address listed twice keeps its first entry).
+    pub fn new(mut addrs: Vec<WorkloadAddr>) -> Workloads {
+        addrs.sort_by_key(|w| w.addr);
+        addrs.dedup_by_key(|w| w.addr);
+        Workloads(addrs.into())
+    }
+
+    pub fn get(&self, addr: IpAddr) -> Option<&WorkloadAddr> {
+        self.0
+            .binary_search_by_key(&addr, |w| w.addr)
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, WorkloadAddr> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Compiled {
     pub state: PolicyState,
@@ -125,7 +159,7 @@ pub struct Compiled {
     /// mTLS-only destinations, by (identity, port).
     pub mesh: Vec<MeshDestination>,
     /// Every pod address.
-    pub workloads: Vec<WorkloadAddr>,
+    pub workloads: Workloads,
     /// Policy rules before they became trie entries.
     pub rule_count: usize,
     /// Non-fatal findings (two pods with one address, ...).
@@ -315,20 +349,15 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
 
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
     let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-    let mut group_ns_labels = Vec::with_capacity(groups.len());
-    for (group, pods) in groups.iter().enumerate() {
-        let Some(pod) = pods.first().map(|&p| &model.pods[p]) else {
-            continue;
-        };
-        group_ns_labels.push(ns_labels(pod));
-        for (k, v) in pod.labels.iter() {
+    for (group, key) in keys.iter().enumerate() {
+        for (k, v) in &key.labels {
             by_label.entry((k, v)).or_default().push(group);
         }
     }
     let mut compiler = RuleCompiler {
         model,
         groups: &groups,
-        group_ns_labels,
+        group_ns_labels: keys.iter().map(|k| &k.namespace_labels).collect(),
         by_label,
         pod_ids: &pod_ids,
         cidr_ids: &out.cidr_identities,
@@ -429,8 +458,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         .map(|i| (i.id, &i.spiffe_id))
         .collect();
     let mut nodes: HashMap<&str, Arc<str>> = HashMap::new();
-    out.workloads
-        .reserve_exact(pod_ids.iter().map(Vec::len).sum());
+    let mut workloads = Vec::with_capacity(pod_ids.iter().map(Vec::len).sum());
     for ((pod, ids), name) in model.pods.iter().zip(&pod_ids).zip(&pod_names) {
         let Some(name) = name else { continue };
         let node_name = pod
@@ -438,7 +466,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             .as_deref()
             .map(|n| Arc::clone(nodes.entry(n).or_insert_with(|| Arc::from(n))));
         for &(addr, identity) in ids {
-            out.workloads.push(WorkloadAddr {
+            workloads.push(WorkloadAddr {
                 addr,
                 identity,
                 spiffe_id: spiffe
@@ -451,6 +479,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             });
         }
     }
+    out.workloads = Workloads::new(workloads);
     out
 }
 

@@ -69,7 +69,7 @@ pub fn flip_within(
     let start = Instant::now();
     change()?;
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel::<(Duration, bool)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Duration, probe::Outcome)>();
         let mut in_flight = 0usize;
         let mut next = Duration::ZERO;
         let mut earliest: Option<Duration> = None;
@@ -78,15 +78,24 @@ pub fn flip_within(
             if earliest.is_none() && now < limit && now >= next && in_flight < IN_FLIGHT {
                 let tx = tx.clone();
                 scope.spawn(move || {
-                    let got = probe::tcp(ns, dst, PROBE_TIMEOUT).reached();
-                    let _ = tx.send((now, got));
+                    let _ = tx.send((now, probe::tcp(ns, dst, PROBE_TIMEOUT)));
                 });
                 in_flight += 1;
                 next = now + PROBE_EVERY;
             }
-            if let Ok((probe_start, got)) = rx.recv_timeout(Duration::from_millis(1)) {
+            if let Ok((probe_start, outcome)) = rx.recv_timeout(Duration::from_millis(1)) {
                 in_flight -= 1;
-                if got == reached {
+                // Only a dropped or refused connection shows a blocked path: an error of the
+                // probe itself shows nothing.
+                let shown = match outcome {
+                    probe::Outcome::Reached => Some(true),
+                    probe::Outcome::TimedOut | probe::Outcome::Refused => Some(false),
+                    probe::Outcome::Error(e) => {
+                        eprintln!("probe error (ignored): {e}");
+                        None
+                    }
+                };
+                if shown == Some(reached) {
                     earliest = Some(earliest.map_or(probe_start, |e| e.min(probe_start)));
                 }
             }
