@@ -225,12 +225,25 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 .any(|p| matches!(p.port, PortMatch::Named(_)))
     });
     // Pods with one (namespace, labels, service account) have one identity key and match the
-    // same selectors: the key is built, and each selector tried, once per group.
+    // same selectors: the key is built, and each selector tried, once per group. Pods that
+    // share their labels' allocation (the Kubernetes source interns them) are grouped by its
+    // address; the labels are hashed once per allocation, not once per pod.
     let mut group_index: HashMap<(&str, &Labels, &str), usize> = HashMap::new();
+    let mut group_by_address: HashMap<(&str, *const Labels, &str), usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut keys: Vec<IdentityKey> = Vec::new();
     let mut pod_group: Vec<usize> = Vec::with_capacity(model.pods.len());
     for (index, pod) in model.pods.iter().enumerate() {
+        let by_address = (
+            pod.namespace.as_str(),
+            Arc::as_ptr(&pod.labels),
+            pod.service_account.as_str(),
+        );
+        if let Some(&group) = group_by_address.get(&by_address) {
+            groups[group].push(index);
+            pod_group.push(group);
+            continue;
+        }
         let group = *group_index
             .entry((&pod.namespace, &*pod.labels, &pod.service_account))
             .or_insert_with(|| {
@@ -243,6 +256,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 });
                 groups.len() - 1
             });
+        group_by_address.insert(by_address, group);
         groups[group].push(index);
         pod_group.push(group);
     }
@@ -254,12 +268,18 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             .collect(),
         ports: named_egress.then(|| pod.ports.clone()),
     };
-    // Per pod, per address: what tells it apart; per group: how many variants it has.
-    let discs: Vec<Vec<Discriminator>> = model
-        .pods
-        .iter()
-        .map(|pod| pod.ips.iter().map(|a| discriminator(pod, a)).collect())
-        .collect();
+    // Per pod, per address: what tells it apart (nothing, unless some rule names an ipBlock or
+    // an egress port by name); per group: how many variants it has.
+    let divides = !blocks.is_empty() || named_egress;
+    let discs: Vec<Vec<Discriminator>> = if divides {
+        model
+            .pods
+            .iter()
+            .map(|pod| pod.ips.iter().map(|a| discriminator(pod, a)).collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut variants: Vec<BTreeSet<&Discriminator>> = vec![BTreeSet::new(); groups.len()];
     for (&group, pod_discs) in pod_group.iter().zip(&discs) {
         variants[group].extend(pod_discs);
@@ -278,7 +298,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         let split = variants[group].len() > 1;
         let mut ids = Vec::new();
         let mut name = None;
-        for (addr, disc) in pod.ips.iter().zip(&discs[index]) {
+        for (i, addr) in pod.ips.iter().enumerate() {
             if let Some(&other) = owner.get(addr) {
                 let o = &model.pods[other];
                 out.warnings.push(format!(
@@ -288,7 +308,10 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 continue;
             }
             owner.insert(*addr, index);
-            let disc = if split { disc } else { &undivided };
+            let disc = match discs.get(index).and_then(|d| d.get(i)) {
+                Some(disc) if split => disc,
+                _ => &undivided,
+            };
             let id = *group_ids[group]
                 .entry(disc)
                 .or_insert_with(|| alloc.workload(key, disc));
@@ -301,7 +324,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 spiffe_id: key.spiffe_id(node.trust_domain).into(),
                 pods: Vec::new(),
             });
-            let name = name.get_or_insert_with(|| pod_name(pod));
+            let name = name.get_or_insert_with(|| Arc::clone(&pod.full_name));
             // A pod's addresses come one after another: a pod is listed once.
             if info.pods.last() != Some(name) {
                 info.pods.push(Arc::clone(name));
@@ -481,11 +504,6 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     }
     out.workloads = Workloads::new(workloads);
     out
-}
-
-/// `namespace/name`.
-fn pod_name(pod: &PodModel) -> Arc<str> {
-    format!("{}/{}", pod.namespace, pod.name).into()
 }
 
 /// (identity, port) → the MeshPolicies that select it and their principals.

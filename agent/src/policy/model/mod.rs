@@ -138,6 +138,8 @@ pub struct PrincipalsModel {
 pub struct PodModel {
     pub namespace: String,
     pub name: String,
+    /// `namespace/name`, shared with the tables of each generation that name the pod.
+    pub full_name: std::sync::Arc<str>,
     /// Shared by the pods that carry the same labels (the Kubernetes source interns them).
     pub labels: std::sync::Arc<Labels>,
     pub service_account: String,

@@ -85,6 +85,7 @@ impl Validator<'_> {
         ports.dedup();
         ips.shrink_to_fit();
         Some(PodModel {
+            full_name: format!("{namespace}/{name}").into(),
             namespace,
             name,
             labels: labels.into(),

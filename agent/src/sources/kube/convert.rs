@@ -112,6 +112,7 @@ pub fn pod(pod: &Pod) -> Result<Option<PodModel>, String> {
     Ok(Some(PodModel {
         namespace: namespace.clone(),
         name: name.clone(),
+        full_name: format!("{namespace}/{name}").into(),
         labels: labels.into(),
         service_account: spec
             .and_then(|s| s.service_account_name.clone().or(s.service_account.clone()))
