@@ -151,30 +151,37 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
     out
 }
 
-/// The entries last built per endpoint, with the rules they were built from. An endpoint's
-/// entries depend on its rules alone (every trie key starts with the endpoint), so an endpoint
-/// whose rules did not change gets its entries back: a pod event at 100k rules leaves the
-/// rules of every endpoint but the pod's own as they were.
+/// The entries last built per space (endpoint, remote identity, direction), with the rules they
+/// were built from. A space's entries depend on its rules alone (every trie key starts with
+/// the space, and `build` merges within a space only), so a space whose rules did not change
+/// gets its entries back: a pod event at 100k rules changes the rules of the identities it
+/// touches, and every other space is as it was.
 #[derive(Debug, Default)]
 pub struct BuildMemo {
-    endpoints: HashMap<u32, (Vec<PolicyRule>, Vec<PolicyMapEntry>)>,
-    /// Endpoints built (not reused) so far.
+    spaces: HashMap<Space, (Vec<PolicyRule>, Vec<PolicyMapEntry>)>,
+    /// Spaces built (not reused) so far.
     #[cfg(test)]
     built: usize,
 }
 
 impl BuildMemo {
-    /// [`build`], building only the endpoints whose rules changed since the last call (the
-    /// memo then holds this call's endpoints only).
+    /// [`build`], building only the spaces whose rules changed since the last call (the memo
+    /// then holds this call's spaces only).
     pub fn build(&mut self, rules: Vec<PolicyRule>) -> Vec<PolicyMapEntry> {
-        let mut by_endpoint: BTreeMap<u32, Vec<PolicyRule>> = BTreeMap::new();
+        let mut by_space: HashMap<Space, Vec<PolicyRule>> = HashMap::new();
         for rule in rules {
-            by_endpoint.entry(rule.endpoint_id).or_default().push(rule);
+            by_space
+                .entry((rule.endpoint_id, rule.remote.0, rule.direction.0))
+                .or_default()
+                .push(rule);
         }
-        let mut next = HashMap::with_capacity(by_endpoint.len());
+        // `build` orders its output by space: so does this.
+        let mut spaces: Vec<(Space, Vec<PolicyRule>)> = by_space.into_iter().collect();
+        spaces.sort_unstable_by_key(|(space, _)| *space);
+        let mut next = HashMap::with_capacity(spaces.len());
         let mut out = Vec::new();
-        for (endpoint, rules) in by_endpoint {
-            let entries = match self.endpoints.remove(&endpoint) {
+        for (space, rules) in spaces {
+            let entries = match self.spaces.remove(&space) {
                 Some((built_from, entries)) if built_from == rules => entries,
                 _ => {
                     #[cfg(test)]
@@ -185,9 +192,9 @@ impl BuildMemo {
                 }
             };
             out.extend_from_slice(&entries);
-            next.insert(endpoint, (rules, entries));
+            next.insert(space, (rules, entries));
         }
-        self.endpoints = next;
+        self.spaces = next;
         out
     }
 }
@@ -274,7 +281,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_memo_builds_what_build_does_and_rebuilds_only_changed_endpoints() {
+    fn the_memo_builds_what_build_does_and_rebuilds_only_changed_spaces() {
         let rule = |endpoint_id: u32, remote: u32, port: u16, cookie: u32| PolicyRule {
             proto: Some(6),
             ports: Some(port..=port),
@@ -285,25 +292,38 @@ mod tests {
             rule(2, 300, 80, 1),
             rule(1, 301, 443, 2),
             rule(2, 302, 22, 3),
+            rule(2, 300, 81, 5),
         ];
         let mut memo = BuildMemo::default();
         assert_eq!(memo.build(first.clone()), build(&first));
-        assert_eq!(memo.built, 2);
-        // Endpoint 1 changes, endpoint 2 does not, endpoint 3 is new.
+        assert_eq!(memo.built, 3);
+        // Endpoint 1's space changes, endpoint 2's do not, endpoint 3's is new.
         let second = vec![
             rule(2, 300, 80, 1),
             rule(1, 301, 8443, 2),
             rule(2, 302, 22, 3),
             rule(3, 303, 53, 4),
+            rule(2, 300, 81, 5),
         ];
         assert_eq!(memo.build(second.clone()), build(&second));
-        assert_eq!(memo.built, 4, "endpoints 1 and 3 built, 2 reused");
-        assert_eq!(memo.endpoints.len(), 3);
-        // A removed endpoint leaves the memo.
-        let third = vec![rule(3, 303, 53, 4)];
+        assert_eq!(
+            memo.built, 5,
+            "(1, 301) and (3, 303) built, the others reused"
+        );
+        assert_eq!(memo.spaces.len(), 4);
+        // One identity's rules change on an endpoint: that space alone is built again.
+        let mut third = second.clone();
+        third[4].ports = Some(82..=82);
         assert_eq!(memo.build(third.clone()), build(&third));
-        assert_eq!(memo.built, 4, "endpoint 3 reused");
-        assert_eq!(memo.endpoints.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(memo.built, 6, "(2, 300) built, (2, 302) reused");
+        // A removed space leaves the memo.
+        let fourth = vec![rule(3, 303, 53, 4)];
+        assert_eq!(memo.build(fourth.clone()), build(&fourth));
+        assert_eq!(memo.built, 6, "(3, 303) reused");
+        assert_eq!(
+            memo.spaces.keys().copied().collect::<Vec<_>>(),
+            [(3, 303, Direction::INGRESS.0)]
+        );
         assert_eq!(memo.build(Vec::new()), Vec::new());
     }
 
