@@ -168,12 +168,23 @@ impl BuildMemo {
     /// [`build`], building only the spaces whose rules changed since the last call (the memo
     /// then holds this call's spaces only).
     pub fn build(&mut self, rules: Vec<PolicyRule>) -> Vec<PolicyMapEntry> {
+        // Rules come in runs of one space (a policy's rules for one peer, port after port):
+        // a run is gathered before its space is looked up.
         let mut by_space: HashMap<Space, Vec<PolicyRule>> = HashMap::new();
+        let mut run: Option<(Space, Vec<PolicyRule>)> = None;
         for rule in rules {
-            by_space
-                .entry((rule.endpoint_id, rule.remote.0, rule.direction.0))
-                .or_default()
-                .push(rule);
+            let space = (rule.endpoint_id, rule.remote.0, rule.direction.0);
+            match &mut run {
+                Some((current, list)) if *current == space => list.push(rule),
+                _ => {
+                    if let Some((current, list)) = run.replace((space, vec![rule])) {
+                        by_space.entry(current).or_default().extend(list);
+                    }
+                }
+            }
+        }
+        if let Some((current, list)) = run {
+            by_space.entry(current).or_default().extend(list);
         }
         // `build` orders its output by space: so does this.
         let mut spaces: Vec<(Space, Vec<PolicyRule>)> = by_space.into_iter().collect();
