@@ -159,18 +159,34 @@ pub fn build(rules: &[PolicyRule]) -> Vec<PolicyMapEntry> {
 #[derive(Debug, Default)]
 pub struct BuildMemo {
     spaces: HashMap<Space, (Vec<PolicyRule>, Vec<PolicyMapEntry>)>,
+    /// Rules and entries of the last call (the next one's lists are sized from them).
+    rules: usize,
+    entries: usize,
     /// Spaces built (not reused) so far.
     #[cfg(test)]
     built: usize,
 }
 
 impl BuildMemo {
+    /// How many rules the last call had.
+    pub fn rules_last_built(&self) -> usize {
+        self.rules
+    }
+
     /// [`build`], building only the spaces whose rules changed since the last call (the memo
     /// then holds this call's spaces only).
     pub fn build(&mut self, rules: Vec<PolicyRule>) -> Vec<PolicyMapEntry> {
         // Rules come in runs of one space (a policy's rules for one peer, port after port):
         // a run is gathered before its space is looked up.
+        self.rules = rules.len();
         let mut by_space: HashMap<Space, Vec<PolicyRule>> = HashMap::new();
+        // A run becomes its space's list, or is appended to it (a space seen before).
+        let mut gather = |space: Space, list: Vec<PolicyRule>| match by_space.entry(space) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(list);
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => slot.get_mut().extend(list),
+        };
         let mut run: Option<(Space, Vec<PolicyRule>)> = None;
         for rule in rules {
             let space = (rule.endpoint_id, rule.remote.0, rule.direction.0);
@@ -178,19 +194,19 @@ impl BuildMemo {
                 Some((current, list)) if *current == space => list.push(rule),
                 _ => {
                     if let Some((current, list)) = run.replace((space, vec![rule])) {
-                        by_space.entry(current).or_default().extend(list);
+                        gather(current, list);
                     }
                 }
             }
         }
         if let Some((current, list)) = run {
-            by_space.entry(current).or_default().extend(list);
+            gather(current, list);
         }
         // `build` orders its output by space: so does this.
         let mut spaces: Vec<(Space, Vec<PolicyRule>)> = by_space.into_iter().collect();
         spaces.sort_unstable_by_key(|(space, _)| *space);
         let mut next = HashMap::with_capacity(spaces.len());
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.entries);
         for (space, rules) in spaces {
             let entries = match self.spaces.remove(&space) {
                 Some((built_from, entries)) if built_from == rules => entries,
@@ -206,6 +222,7 @@ impl BuildMemo {
             next.insert(space, (rules, entries));
         }
         self.spaces = next;
+        self.entries = out.len();
         out
     }
 }

@@ -387,7 +387,9 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         resolved: Vec::new(),
         resolved_index: HashMap::new(),
         last: None,
-        rules: Vec::new(),
+        // As many as last time: growing a 100k-rule list by doubling copied it and faulted in
+        // fresh pages on every reload.
+        rules: Vec::with_capacity(memory.trie.rules_last_built()),
     };
     // Each rule's cookie, per policy.
     let names: Vec<std::sync::Arc<str>> = model
