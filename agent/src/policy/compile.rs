@@ -137,14 +137,6 @@ impl Workloads {
     pub fn iter(&self) -> std::slice::Iter<'_, WorkloadAddr> {
         self.0.iter()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -167,8 +159,8 @@ pub struct Compiled {
 }
 
 /// What the compiler keeps between compilations: identity numbers and rule cookies (stable while
-/// what they name lives, see `policy::identity` and `policy::cookie`), and each endpoint's trie
-/// entries (built again only when its rules change).
+/// what they name lives, see `policy::identity` and `policy::cookie`), and the trie entries of
+/// each (endpoint, remote identity, direction) (built again only when its rules change).
 #[derive(Debug, Default)]
 pub struct Memory {
     pub ids: Allocator,
@@ -291,13 +283,10 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     let mut pod_ids: Vec<Vec<(IpAddr, u32)>> = Vec::with_capacity(model.pods.len());
     let mut owner: HashMap<IpAddr, usize> = HashMap::new();
     let mut infos: BTreeMap<u32, IdentityInfo> = BTreeMap::new();
-    // Per pod: its `namespace/name`, if it has an address (shared by every table naming it).
-    let mut pod_names: Vec<Option<Arc<str>>> = Vec::with_capacity(model.pods.len());
     for (index, (pod, &group)) in model.pods.iter().zip(&pod_group).enumerate() {
         let key = &keys[group];
         let split = variants[group].len() > 1;
         let mut ids = Vec::new();
-        let mut name = None;
         for (i, addr) in pod.ips.iter().enumerate() {
             if let Some(&other) = owner.get(addr) {
                 let o = &model.pods[other];
@@ -324,14 +313,12 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 spiffe_id: key.spiffe_id(node.trust_domain).into(),
                 pods: Vec::new(),
             });
-            let name = name.get_or_insert_with(|| Arc::clone(&pod.full_name));
             // A pod's addresses come one after another: a pod is listed once.
-            if info.pods.last() != Some(name) {
-                info.pods.push(Arc::clone(name));
+            if info.pods.last() != Some(&pod.full_name) {
+                info.pods.push(Arc::clone(&pod.full_name));
             }
         }
         pod_ids.push(ids);
-        pod_names.push(name);
     }
     out.identities = infos.into_values().collect();
 
@@ -439,7 +426,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         }
         out.state.endpoints.push((ifindex, info));
         out.endpoints.push(EndpointSummary {
-            pod: format!("{}/{}", pod.namespace, pod.name),
+            pod: pod.full_name.to_string(),
             ifindex,
             identity,
             isolated_ingress: flags & EndpointFlags::ENFORCE_INGRESS != 0,
@@ -484,8 +471,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         .collect();
     let mut nodes: HashMap<&str, Arc<str>> = HashMap::new();
     let mut workloads = Vec::with_capacity(pod_ids.iter().map(Vec::len).sum());
-    for ((pod, ids), name) in model.pods.iter().zip(&pod_ids).zip(&pod_names) {
-        let Some(name) = name else { continue };
+    for (pod, ids) in model.pods.iter().zip(&pod_ids) {
         let node_name = pod
             .node_name
             .as_deref()
@@ -497,7 +483,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
                 spiffe_id: spiffe
                     .get(&identity)
                     .map_or_else(|| Arc::from(""), |id| Arc::clone(id)),
-                pod: Arc::clone(name),
+                pod: Arc::clone(&pod.full_name),
                 node: node_name.clone(),
                 host_ip: pod.host_ip,
                 local: node.local.contains_key(&addr),
