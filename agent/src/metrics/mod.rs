@@ -2,6 +2,7 @@
 //! per-CPU maps at scrape time by a collector, so a scrape always sees the kernel's current sums
 //! and the datapath never waits on user space.
 
+mod memory;
 pub mod prometheus_text;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ impl Collector for AgentCollector {
             None,
             attached.metric_type(),
         )?)?;
+        self.encode_memory(&mut encoder)?;
         // Each group reads its own maps; a failed read leaves out that group only (a scrape must
         // not fail because one map read did: the gap shows in the series).
         self.encode_policy(&mut encoder)?;
@@ -122,6 +124,39 @@ fn read<T>(what: &str, result: Result<T, crate::datapath::DatapathError>) -> Opt
 }
 
 impl AgentCollector {
+    /// The agent's memory (a figure this build cannot read is left out).
+    fn encode_memory(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let memory = memory::Memory::read();
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                memory.resident,
+            ),
+            (
+                "rampart_memory_allocated_bytes",
+                "Bytes in the agent's live heap allocations",
+                memory.allocated,
+            ),
+            (
+                "rampart_memory_heap_size_bytes",
+                "Bytes the agent's allocator holds from the kernel, in use or free",
+                memory.heap,
+            ),
+        ] {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The mTLS proxy's counters (only when it runs).
     fn encode_mesh(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use rampart_common::reason::{MtlsReason, OutboundReason};

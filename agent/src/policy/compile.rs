@@ -196,7 +196,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     let alloc = &mut memory.ids;
     let mut out = Compiled::default();
     let empty = BTreeMap::new();
-    let ns_labels = |pod: &PodModel| model.namespaces.get(&pod.namespace).unwrap_or(&empty);
+    let ns_labels = |pod: &PodModel| model.namespaces.get(&*pod.namespace).unwrap_or(&empty);
 
     // 1. Identities of pod addresses.
     let blocks: BTreeSet<&CidrBlock> = model
@@ -227,9 +227,9 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     let mut pod_group: Vec<usize> = Vec::with_capacity(model.pods.len());
     for (index, pod) in model.pods.iter().enumerate() {
         let by_address = (
-            pod.namespace.as_str(),
+            &*pod.namespace,
             Arc::as_ptr(&pod.labels),
-            pod.service_account.as_str(),
+            &*pod.service_account,
         );
         if let Some(&group) = group_by_address.get(&by_address) {
             groups[group].push(index);
@@ -241,10 +241,10 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             .or_insert_with(|| {
                 groups.push(Vec::new());
                 keys.push(IdentityKey {
-                    namespace: pod.namespace.clone(),
+                    namespace: pod.namespace.to_string(),
                     namespace_labels: ns_labels(pod).clone(),
                     labels: (*pod.labels).clone(),
-                    service_account: pod.service_account.clone(),
+                    service_account: pod.service_account.to_string(),
                 });
                 groups.len() - 1
             });
@@ -258,7 +258,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             .filter(|b| b.contains(addr))
             .map(|b| (*b).clone())
             .collect(),
-        ports: named_egress.then(|| pod.ports.clone()),
+        ports: named_egress.then(|| pod.ports.to_vec()),
     };
     // Per pod, per address: what tells it apart (nothing, unless some rule names an ipBlock or
     // an egress port by name); per group: how many variants it has.
@@ -291,8 +291,8 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             if let Some(&other) = owner.get(addr) {
                 let o = &model.pods[other];
                 out.warnings.push(format!(
-                    "pods {}/{} and {}/{} both have address {addr}; the first keeps it",
-                    o.namespace, o.name, pod.namespace, pod.name
+                    "pods {} and {} both have address {addr}; the first keeps it",
+                    o.full_name, pod.full_name
                 ));
                 continue;
             }
@@ -895,7 +895,7 @@ mod tests {
             .model
             .pods
             .iter()
-            .map(|p| (format!("{}/{}", p.namespace, p.name), p.ips[0]))
+            .map(|p| (p.full_name.to_string(), p.ips[0]))
             .collect();
         let local: BTreeMap<IpAddr, u32> = pods
             .iter()

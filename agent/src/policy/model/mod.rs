@@ -17,6 +17,7 @@ pub use memo::{Validation, ValidationMemo};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use rampart_common::reason::Direction;
@@ -70,9 +71,8 @@ impl Validated {
         }
         self.namespaces
             .retain(|name, _| !keys.contains(&("Namespace", None, Some(name.as_str()))));
-        self.pods.retain(|p| {
-            !keys.contains(&("Pod", Some(p.namespace.as_str()), Some(p.name.as_str())))
-        });
+        self.pods
+            .retain(|p| !keys.contains(&("Pod", Some(&*p.namespace), Some(p.name()))));
     }
 
     /// The keys of what this holds (see [`Validated::remove_keys`]).
@@ -83,7 +83,7 @@ impl Validated {
             .chain(
                 self.pods
                     .iter()
-                    .map(|p| ("Pod", Some(p.namespace.as_str()), Some(p.name.as_str()))),
+                    .map(|p| ("Pod", Some(&*p.namespace), Some(p.name()))),
             )
     }
 
@@ -134,20 +134,36 @@ pub struct PrincipalsModel {
     pub namespaces: Vec<String>,
 }
 
+/// What the agent keeps of a pod. Strings that many pods carry (namespace, service account,
+/// node) are `Arc`s the Kubernetes source shares between pods; the name is the end of
+/// `full_name`, not a string of its own (a pod's model is most of what the agent keeps per pod).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodModel {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
     /// `namespace/name`, shared with the tables of each generation that name the pod.
-    pub full_name: std::sync::Arc<str>,
+    pub full_name: Arc<str>,
     /// Shared by the pods that carry the same labels (the Kubernetes source interns them).
-    pub labels: std::sync::Arc<Labels>,
-    pub service_account: String,
-    pub node_name: Option<String>,
-    pub ips: Vec<IpAddr>,
+    pub labels: Arc<Labels>,
+    pub service_account: Arc<str>,
+    pub node_name: Option<Arc<str>>,
+    pub ips: Box<[IpAddr]>,
     /// `status.hostIP`: the pod's node, where that node's agent takes tunnels.
     pub host_ip: Option<IpAddr>,
-    pub ports: Vec<NamedPort>,
+    pub ports: Box<[NamedPort]>,
+}
+
+impl PodModel {
+    /// `namespace/name`, the form of [`PodModel::full_name`].
+    pub fn full_name_of(namespace: &str, name: &str) -> Arc<str> {
+        format!("{namespace}/{name}").into()
+    }
+
+    /// The pod's name.
+    pub fn name(&self) -> &str {
+        self.full_name
+            .get(self.namespace.len() + 1..)
+            .unwrap_or_default()
+    }
 }
 
 /// A Service as the datapath will translate it (from the Kubernetes source; not yet compiled).
@@ -261,15 +277,18 @@ impl WorkloadMatch {
 
     pub fn matches(&self, pod: &PodModel, namespace_labels: &Labels) -> bool {
         let ns_ok = match &self.namespaces {
-            NamespaceMatch::Named(ns) => *ns == pod.namespace,
+            NamespaceMatch::Named(ns) => **ns == *pod.namespace,
             NamespaceMatch::Selector(sel) => sel.matches(namespace_labels),
         };
         ns_ok
             && self.pods.matches(&pod.labels)
             && self.service_accounts.as_ref().is_none_or(|sas| {
                 sas.iter().any(|sa| {
-                    sa.name == pod.service_account
-                        && sa.namespace.as_ref().is_none_or(|ns| *ns == pod.namespace)
+                    *sa.name == *pod.service_account
+                        && sa
+                            .namespace
+                            .as_ref()
+                            .is_none_or(|ns| **ns == *pod.namespace)
                 })
             })
     }

@@ -83,11 +83,9 @@ impl Validator<'_> {
         }
         ports.sort();
         ports.dedup();
-        ips.shrink_to_fit();
         Some(PodModel {
-            full_name: format!("{namespace}/{name}").into(),
-            namespace,
-            name,
+            full_name: PodModel::full_name_of(&namespace, &name),
+            namespace: namespace.into(),
             labels: labels.into(),
             service_account: pod
                 .spec
@@ -95,11 +93,12 @@ impl Validator<'_> {
                 .clone()
                 .or_else(|| pod.spec.service_account.clone())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "default".to_owned()),
-            node_name: pod.spec.node_name.clone(),
-            ips,
+                .unwrap_or_else(|| "default".to_owned())
+                .into(),
+            node_name: pod.spec.node_name.as_deref().map(Arc::from),
+            ips: ips.into(),
             host_ip,
-            ports,
+            ports: ports.into(),
         })
     }
 }

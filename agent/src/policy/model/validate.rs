@@ -127,9 +127,9 @@ pub fn build_with(
     for pod in &model.pods {
         model
             .namespaces
-            .entry(pod.namespace.clone())
+            .entry(pod.namespace.to_string())
             .or_insert_with(|| {
-                Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), pod.namespace.clone())])
+                Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), pod.namespace.to_string())])
             });
     }
     model

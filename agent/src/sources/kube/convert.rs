@@ -4,6 +4,7 @@
 //! that the policy reader validates like a file's, with every check and position it has.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -108,20 +109,23 @@ pub fn pod(pod: &Pod) -> Result<Option<PodModel>, String> {
     }
     ports.sort();
     ports.dedup();
-    ips.shrink_to_fit();
     Ok(Some(PodModel {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        full_name: format!("{namespace}/{name}").into(),
+        namespace: namespace.as_str().into(),
+        full_name: PodModel::full_name_of(namespace, name),
         labels: labels.into(),
         service_account: spec
-            .and_then(|s| s.service_account_name.clone().or(s.service_account.clone()))
+            .and_then(|s| {
+                s.service_account_name
+                    .as_deref()
+                    .or(s.service_account.as_deref())
+            })
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".to_owned()),
-        node_name: spec.and_then(|s| s.node_name.clone()),
-        ips,
+            .unwrap_or("default")
+            .into(),
+        node_name: spec.and_then(|s| s.node_name.as_deref()).map(Arc::from),
+        ips: ips.into(),
         host_ip,
-        ports,
+        ports: ports.into(),
     }))
 }
 
@@ -376,10 +380,10 @@ mod tests {
         }));
         let m = pod(&p).expect("valid").expect("modelled");
         assert_eq!(m.labels["app"], "web");
-        assert_eq!(m.service_account, "sa");
+        assert_eq!(&*m.service_account, "sa");
         assert_eq!(m.ips.len(), 2);
         assert_eq!(
-            m.ports,
+            m.ports.to_vec(),
             vec![NamedPort {
                 name: "http".into(),
                 port: 8080,

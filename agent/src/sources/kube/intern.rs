@@ -1,6 +1,7 @@
 //! Shares equal values between the objects the source keeps. The pods of one workload carry the
 //! same labels (a Deployment's replicas differ in name and address only), and a label set is a
-//! B-tree node and a string per key and value: most of what a pod costs. Kept here because no
+//! B-tree node and a string per key and value: most of what a pod costs. Namespaces, service
+//! accounts and node names repeat across pods the same way. Kept here because no
 //! interning crate among the well-kept ones shares `Arc`s of arbitrary values and forgets the
 //! unused ones.
 
@@ -12,18 +13,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 const FIRST_SWEEP: usize = 1024;
 
 #[derive(Debug)]
-pub(super) struct Interner<T> {
+pub(super) struct Interner<T: ?Sized> {
     inner: Mutex<Inner<T>>,
 }
 
 #[derive(Debug)]
-struct Inner<T> {
+struct Inner<T: ?Sized> {
     values: HashSet<Arc<T>>,
     /// The set's size at which values no object holds any more are dropped.
     sweep_at: usize,
 }
 
-impl<T: Eq + Hash> Default for Interner<T> {
+impl<T: Eq + Hash + ?Sized> Default for Interner<T> {
     fn default() -> Interner<T> {
         Interner {
             inner: Mutex::new(Inner {
@@ -34,7 +35,7 @@ impl<T: Eq + Hash> Default for Interner<T> {
     }
 }
 
-impl<T: Eq + Hash> Interner<T> {
+impl<T: Eq + Hash + ?Sized> Interner<T> {
     /// The shared value equal to `value` (`value` itself if there is none yet).
     pub fn intern(&self, value: Arc<T>) -> Arc<T> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,5 +82,13 @@ mod tests {
         assert!(interner.len() <= FIRST_SWEEP, "swept: {}", interner.len());
         let again = interner.intern(Arc::new("app=web".to_owned()));
         assert!(Arc::ptr_eq(&a, &again), "a value in use is never swept");
+    }
+
+    #[test]
+    fn strings_are_shared_too() {
+        let interner: Interner<str> = Interner::default();
+        let a = interner.intern(Arc::from("default"));
+        let b = interner.intern(Arc::from("default"));
+        assert!(Arc::ptr_eq(&a, &b));
     }
 }

@@ -150,15 +150,23 @@ impl KubeSource {
             compiled: !matches!(kind, "Service" | "EndpointSlice"),
         };
         let all = watcher::Config::default();
-        let labels = Arc::new(intern::Interner::default());
+        let labels = intern::Interner::default();
+        let strings = intern::Interner::<str>::default();
         tokio::spawn(watch_checked(
             watch("Pod"),
             client.clone(),
             |o| &mut o.pods,
-            move |pod| {
+            move |pod, key| {
                 convert::pod(pod).map(|p| {
                     p.map(|mut p| {
+                        // The store's key is the same `namespace/name`: one string for both.
+                        if **key == *p.full_name {
+                            p.full_name = Arc::clone(key);
+                        }
                         p.labels = labels.intern(p.labels);
+                        p.namespace = strings.intern(p.namespace);
+                        p.service_account = strings.intern(p.service_account);
+                        p.node_name = p.node_name.map(|n| strings.intern(n));
                         Arc::new(p)
                     })
                 })
@@ -168,25 +176,25 @@ impl KubeSource {
             watch("Namespace"),
             client.clone(),
             |o| &mut o.namespaces,
-            |ns| convert::namespace(ns).map(|(_, labels)| Some(labels)),
+            |ns, _| convert::namespace(ns).map(|(_, labels)| Some(labels)),
         ));
         tokio::spawn(watch_checked(
             watch("Node"),
             client.clone(),
             |o| &mut o.nodes,
-            |node| convert::node(node).map(|(_, addrs)| Some(addrs)),
+            |node, _| convert::node(node).map(|(_, addrs)| Some(addrs)),
         ));
         tokio::spawn(watch_checked(
             watch("Service"),
             client.clone(),
             |o| &mut o.services,
-            convert::service,
+            |service, _| convert::service(service),
         ));
         tokio::spawn(watch_checked(
             watch("EndpointSlice"),
             client.clone(),
             |o| &mut o.endpoint_slices,
-            convert::endpoint_slice,
+            |slice, _| convert::endpoint_slice(slice),
         ));
         for kind in DOCUMENT_KINDS {
             let resource = ApiResource::from_gvk_with_plural(
@@ -203,8 +211,8 @@ impl KubeSource {
                 kube::Api::<DynamicObject>::all_with(client.clone(), &resource),
                 config,
                 move |o| o.documents.entry(name).or_default(),
-                move |o| document_file(name, &key_of(o)),
-                move |o, previous| document(o, &api_version, name, previous),
+                move |o| document_file(name, &key_of(o)).into(),
+                move |o, _, previous| document(o, &api_version, name, previous),
             ));
         }
         tokio::spawn(
@@ -247,7 +255,7 @@ fn watch_checked<K, T>(
     watch: Watch,
     client: kube::Client,
     store: impl for<'a> Fn(&'a mut Objects) -> &'a mut store::Kind<Checked<T>> + Send + 'static,
-    convert: impl Fn(&K) -> Result<Option<T>, String> + Send + 'static,
+    convert: impl Fn(&K, &Arc<str>) -> Result<Option<T>, String> + Send + 'static,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     K: kube::Resource
@@ -266,7 +274,7 @@ where
         watcher::Config::default(),
         store,
         key_of,
-        move |o, previous| checked(previous, convert(o)),
+        move |o, key, previous| checked(previous, convert(o, key)),
     )
 }
 
@@ -357,7 +365,7 @@ impl PolicySource for KubeSource {
             if let Some(labels) = &entry.in_use {
                 out.validated
                     .namespaces
-                    .insert(name.clone(), labels.clone());
+                    .insert(name.to_string(), labels.clone());
             }
         }
         for (file, doc) in objects.documents.values().flat_map(store::Kind::live) {
@@ -366,7 +374,7 @@ impl PolicySource for KubeSource {
                 .diagnostics
                 .extend(doc.parsed.diagnostics.iter().cloned());
             out.documents.push(SourceDoc {
-                file: file.clone(),
+                file: file.to_string(),
                 sha256: doc.sha256.clone(),
             });
         }
@@ -426,7 +434,7 @@ impl PolicySource for KubeSource {
             .values()
             .flat_map(store::Kind::live)
             .filter(|(_, doc)| !doc.errors.is_empty())
-            .map(|(file, doc)| (file.clone(), doc.errors.clone()))
+            .map(|(file, doc)| (file.to_string(), doc.errors.clone()))
             .collect();
         drop(objects);
         self.health.set_rejected(now_rejected);

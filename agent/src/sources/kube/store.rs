@@ -4,17 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::policy::model::{EndpointSliceModel, PodModel, ServiceModel};
 use crate::policy::selector::Labels;
 
-/// One kind's objects by key (`namespace/name`, or `name` for cluster-scoped kinds).
+/// One kind's objects by key (`namespace/name`, or `name` for cluster-scoped kinds; shared
+/// with the entry where it names the object too, as a pod's full name does).
 #[derive(Debug, Clone)]
 pub struct Kind<V> {
-    live: BTreeMap<String, V>,
+    live: BTreeMap<Arc<str>, V>,
     /// The relist in progress: entries collected so far (a copy of each earlier entry's state
     /// carries over, e.g. a last good version).
-    relisting: Option<BTreeMap<String, V>>,
+    relisting: Option<BTreeMap<Arc<str>, V>>,
 }
 
 impl<V> Default for Kind<V> {
@@ -27,7 +29,7 @@ impl<V> Default for Kind<V> {
 }
 
 impl<V: Clone> Kind<V> {
-    pub fn live(&self) -> &BTreeMap<String, V> {
+    pub fn live(&self) -> &BTreeMap<Arc<str>, V> {
         &self.live
     }
 
@@ -43,7 +45,7 @@ impl<V: Clone> Kind<V> {
     }
 
     /// Sets `key` to what `f` makes of its previous entry.
-    pub fn upsert(&mut self, key: String, f: impl FnOnce(Option<&V>) -> V) {
+    pub fn upsert(&mut self, key: Arc<str>, f: impl FnOnce(Option<&V>) -> V) {
         match &mut self.relisting {
             Some(listed) => {
                 let value = f(listed.get(&key).or_else(|| self.live.get(&key)));
@@ -144,7 +146,7 @@ impl std::fmt::Debug for Document {
 /// Everything the source holds.
 #[derive(Debug, Default)]
 pub struct Objects {
-    pub pods: Kind<Checked<std::sync::Arc<PodModel>>>,
+    pub pods: Kind<Checked<Arc<PodModel>>>,
     pub namespaces: Kind<Checked<Labels>>,
     pub nodes: Kind<Checked<Vec<IpAddr>>>,
     /// Kept for the datapath's Service translation (not yet compiled).

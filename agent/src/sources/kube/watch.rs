@@ -37,8 +37,8 @@ impl Watch {
         api: kube::Api<K>,
         config: watcher::Config,
         store: impl for<'a> Fn(&'a mut Objects) -> &'a mut Kind<V> + Send,
-        key: impl Fn(&K) -> String + Send,
-        value: impl Fn(&K, Option<&V>) -> (V, Option<String>) + Send,
+        key: impl Fn(&K) -> Arc<str> + Send,
+        value: impl Fn(&K, &Arc<str>, Option<&V>) -> (V, Option<String>) + Send,
     ) where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         V: Clone + PartialEq,
@@ -74,8 +74,9 @@ impl Watch {
                     }
                     Event::InitApply(o) | Event::Apply(o) => {
                         let (mut rejected, mut changed) = (None, true);
-                        kind.upsert(key(o), |previous| {
-                            let (v, error) = value(o, previous);
+                        let key = key(o);
+                        kind.upsert(Arc::clone(&key), |previous| {
+                            let (v, error) = value(o, &key, previous);
                             rejected = error;
                             // A change to what the agent does not keep (a pod's conditions, a
                             // container's restart count) is no change: no reload.
@@ -93,7 +94,7 @@ impl Watch {
             if let Some(error) = &rejected {
                 let name = match &event {
                     Event::InitApply(o) | Event::Apply(o) => key(o),
-                    _ => String::new(),
+                    _ => Arc::from(""),
                 };
                 tracing::error!(kind = self.kind, object = %name, "rejected: {error}");
             }
@@ -120,11 +121,11 @@ impl Watch {
 }
 
 /// `namespace/name`, or `name` for a cluster-scoped object.
-pub(super) fn key_of<K: Resource>(object: &K) -> String {
+pub(super) fn key_of<K: Resource>(object: &K) -> Arc<str> {
     let meta = object.meta();
     let name = meta.name.as_deref().unwrap_or("");
     match &meta.namespace {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
+        Some(ns) => format!("{ns}/{name}").into(),
+        None => name.into(),
     }
 }
