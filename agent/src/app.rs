@@ -23,13 +23,18 @@ use crate::sources::kube::KubeSource;
 use crate::state::{AgentState, ControllerCommand, Rejections, Settle};
 use crate::{admin, metrics};
 
+/// The runtime's worker threads (the agent's work is mostly in the kernel and on the
+/// controller's thread).
+const WORKER_THREADS: usize = 2;
+
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting rampart agent");
     // Before any thread starts: the proxy's connection cap is sized from this limit.
     let fd_limit = crate::listen::raise_fd_limit().context("raising the open-files limit")?;
     tracing::info!(fd_limit, "open-files limit");
+    crate::allocator::limit_arenas(WORKER_THREADS);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKER_THREADS)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod allocator;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "listen",
         "pod_interfaces",
         "admin_client",
+        "allocator",
         "view",
         "test_support",
     ],

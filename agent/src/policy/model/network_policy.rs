@@ -200,7 +200,8 @@ impl Validator<'_> {
         ok: &mut bool,
     ) -> Option<Vec<PortModel>> {
         let raw = raw.filter(|r| !r.is_empty())?;
-        let mut ports = Vec::new();
+        // Sized to the entries: the model of each rule is kept while it is in force.
+        let mut ports = Vec::with_capacity(raw.len());
         for entry in raw {
             match self.port(entry) {
                 Some(p) => ports.push(p),

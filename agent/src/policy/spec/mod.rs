@@ -3,8 +3,10 @@
 //! live in `model/` and the section modules (`http`, `ingress`, `waf`, `dlp`) beside it.
 //!
 //! - `objects`: the kinds (Namespace, Pod, Secret, NetworkPolicy, ClusterPolicy, MeshPolicy);
-//! - `http`, `ingress`, `waf`, `dlp`: a MeshPolicy's sections.
+//! - `http`, `ingress`, `waf`, `dlp`: a MeshPolicy's sections;
+//! - `compact`: shapes that keep what repeats per rule at its size.
 
+pub mod compact;
 pub mod dlp;
 pub mod http;
 pub mod ingress;

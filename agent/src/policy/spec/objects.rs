@@ -17,6 +17,7 @@ use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 use super::RuleAction;
+use super::compact::{self, StringMap};
 
 /// `apiVersion` and `kind`, read first to pick the type of the document.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,22 +165,57 @@ pub struct NetworkPolicy {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     pub pod_selector: Option<Spanned<LabelSelector>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub policy_types: Option<Vec<Spanned<String>>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ingress: Option<Vec<NpIngressRule>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress: Option<Vec<NpEgressRule>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpIngressRule {
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub from: Option<Vec<Spanned<NpPeer>>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpEgressRule {
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub to: Option<Vec<Spanned<NpPeer>>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
@@ -197,6 +233,11 @@ pub struct IpBlock {
     #[schemars(with = "String")]
     pub cidr: Spanned<String>,
     #[schemars(with = "Option<Vec<String>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub except: Option<Vec<Spanned<String>>>,
 }
 
@@ -233,8 +274,14 @@ impl schemars::JsonSchema for IntOrString {
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
-    pub match_labels: Option<BTreeMap<String, String>>,
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub match_labels: Option<StringMap>,
     #[schemars(with = "Option<Vec<LabelSelectorRequirement>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub match_expressions: Option<Vec<Spanned<LabelSelectorRequirement>>>,
 }
 
@@ -243,6 +290,11 @@ pub struct LabelSelector {
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: String,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub values: Option<Vec<String>>,
 }
 
@@ -268,8 +320,23 @@ pub struct ClusterPolicySpec {
     /// The workloads the policy applies to; absent: every pod.
     pub applies_to: Option<WorkloadSelector>,
     /// Directions in which the selected workloads are isolated (default deny).
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_deny: Option<Vec<PolicyType>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ingress: Option<Vec<ClusterIngressRule>>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress: Option<Vec<ClusterEgressRule>>,
 }
 
@@ -298,6 +365,11 @@ pub struct WorkloadSelector {
     pub pod_selector: Option<Spanned<LabelSelector>>,
     /// `sa` (in any namespace) or `namespace/sa`.
     #[schemars(with = "Option<Vec<String>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_accounts: Option<Vec<Spanned<String>>>,
 }
 
@@ -306,8 +378,18 @@ pub struct WorkloadSelector {
 pub struct ClusterIngressRule {
     pub action: RuleAction,
     #[schemars(with = "Option<Vec<ClusterPeer>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub from: Option<Vec<Spanned<ClusterPeer>>>,
     #[schemars(with = "Option<Vec<PortEntry>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
@@ -316,8 +398,18 @@ pub struct ClusterIngressRule {
 pub struct ClusterEgressRule {
     pub action: RuleAction,
     #[schemars(with = "Option<Vec<ClusterPeer>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub to: Option<Vec<Spanned<ClusterPeer>>>,
     #[schemars(with = "Option<Vec<PortEntry>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ports: Option<Vec<Spanned<PortEntry>>>,
 }
 
@@ -331,8 +423,18 @@ pub struct ClusterPeer {
     #[schemars(with = "Option<LabelSelector>")]
     pub pod_selector: Option<Spanned<LabelSelector>>,
     #[schemars(with = "Option<Vec<String>>")]
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_accounts: Option<Vec<Spanned<String>>>,
     pub ip_block: Option<IpBlock>,
+    #[serde(
+        default,
+        deserialize_with = "compact::optional_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entities: Option<Vec<Entity>>,
 }
 

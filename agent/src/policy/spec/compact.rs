@@ -1,0 +1,124 @@
+//! Compact shapes for the parts of a policy that repeat per rule. A document's spec objects stay
+//! in memory while it is in force (a reload validates from them without re-parsing), so their
+//! slack is paid per rule: serde grows a list whose length YAML does not announce by doubling
+//! (a one-peer `from` kept room for four peers, 2 KiB), and a B-tree map's first node has room
+//! for eleven entries (a one-label `matchLabels`, 540 B). At 100k rules that was two thirds of
+//! the agent's memory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+/// An optional list, kept at its length. Used as
+/// `#[serde(default, deserialize_with = "compact::optional_list", skip_serializing_if =
+/// "Option::is_none")]`: the shapes are never serialized, but schemars reads the last part and
+/// so leaves `default: null` out of the CRDs' schemas.
+pub fn optional_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let mut list = Option::<Vec<T>>::deserialize(deserializer)?;
+    if let Some(list) = &mut list {
+        list.shrink_to_fit();
+    }
+    Ok(list)
+}
+
+/// A string-to-string map (`matchLabels`) as a list sorted by key: read as a map is (a key given
+/// twice keeps its last value), iterated in key order, and sized to its entries. Its schema is
+/// a map's (`#[schemars(with = "BTreeMap<String, String>")]` where it is used).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringMap(Box<[(String, String)]>);
+
+impl StringMap {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a StringMap {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StringMap, D::Error> {
+        struct MapVisitor;
+
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = StringMap;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMap, A::Error> {
+                // Through a B-tree map: its semantics (sorted, last value wins), then a list of
+                // exactly its length.
+                let mut entries = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    entries.insert(key, value);
+                }
+                Ok(StringMap(entries.into_iter().collect()))
+            }
+        }
+
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Shape {
+        #[serde(default, deserialize_with = "optional_list")]
+        list: Option<Vec<u32>>,
+        labels: Option<StringMap>,
+    }
+
+    #[test]
+    fn lists_are_kept_at_their_length_and_maps_read_as_maps() {
+        let shape: Shape =
+            serde_saphyr::from_str("list: [1]\nlabels: {b: '3', a: '1'}\n").expect("reads");
+        let list = shape.list.expect("list");
+        assert_eq!((list.len(), list.capacity()), (1, 1));
+        let labels = shape.labels.expect("labels");
+        let pairs: Vec<(&String, &String)> = labels.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                (&"a".to_owned(), &"1".to_owned()),
+                (&"b".to_owned(), &"3".to_owned())
+            ]
+        );
+        let absent: Shape = serde_saphyr::from_str("labels: {}\n").expect("reads");
+        assert!(absent.list.is_none());
+        assert!(absent.labels.is_some_and(|l| l.is_empty()));
+    }
+
+    #[test]
+    fn a_map_of_other_values_or_a_key_given_twice_is_an_error() {
+        assert!(serde_saphyr::from_str::<Shape>("labels: {a: '1', a: '2'}\n").is_err());
+        assert!(serde_saphyr::from_str::<Shape>("labels: {a: [1]}\n").is_err());
+        assert!(serde_saphyr::from_str::<Shape>("labels: [a]\n").is_err());
+    }
+}
