@@ -3,7 +3,7 @@
 //! routed mode set them up.
 //!
 //! Read from `/proc/net/route` and `/proc/net/ipv6_route` (the kernel's stable text view of the
-//! main table, in the agent's network namespace) rather than netlink: a one-shot read of a few
+//! routing tables, in the agent's network namespace) rather than netlink: a one-shot read of a few
 //! lines does not justify an async netlink stack.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,8 @@ pub struct PodInterface {
     pub interface: String,
 }
 
-/// Host routes of the main table: address → the interface it is routed to.
+/// Host routes to other hosts (not the node's own addresses): address → the interface it is
+/// routed to.
 pub fn read() -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
     let mut out = BTreeMap::new();
     let v4 = std::fs::read_to_string("/proc/net/route")?;
@@ -46,6 +47,9 @@ fn insert(out: &mut BTreeMap<IpAddr, PodInterface>, addr: IpAddr, interface: Str
 
 const RTF_UP: u32 = 0x1;
 const RTF_GATEWAY: u32 = 0x2;
+/// A route of the `local` table: one of the node's own addresses (`/proc/net/ipv6_route` lists
+/// every table; `/proc/net/route` only the main one).
+const RTF_LOCAL: u32 = 0x8000_0000;
 
 /// `/proc/net/route`: `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`, addresses
 /// as the hex of the in-memory (network order) word printed as a host-order integer.
@@ -74,9 +78,15 @@ fn parse_ipv6(text: &str) -> Vec<(Ipv6Addr, String)> {
             let next_hop = u128::from_str_radix(f.get(4)?, 16).ok()?;
             let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
             let iface = *f.get(9)?;
-            let host =
-                plen == 128 && next_hop == 0 && flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0;
-            (host && iface != "lo").then(|| (Ipv6Addr::from(dest), iface.to_owned()))
+            let dest = Ipv6Addr::from(dest);
+            let host = plen == 128
+                && next_hop == 0
+                && flags & RTF_UP != 0
+                && flags & (RTF_GATEWAY | RTF_LOCAL) == 0;
+            // The node's own link-local address on each veth is a local route on it; no pod has
+            // a link-local or multicast address.
+            let pod_address = !dest.is_unicast_link_local() && !dest.is_multicast();
+            (host && pod_address && iface != "lo").then(|| (dest, iface.to_owned()))
         })
         .collect()
 }
@@ -98,11 +108,18 @@ mod tests {
         );
     }
 
+    /// The node's own addresses on a veth (its link-local one, as the kernel adds it to every
+    /// veth, and any other) are local routes on it, not pods: they were read as pods, and the
+    /// set was compiled again once the link-local address appeared, a second after start.
     #[test]
     fn ipv6_host_routes() {
         let text = "fd00000000000000000000000af4010a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     rpv1\n\
             fd00000000000000000000000af4010a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo\n\
-            fd00ffff000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001   uplink\n";
+            fd00ffff000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001   uplink\n\
+            fe80000000000000387105fffef70302 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001     rpv1\n\
+            fe80000000000000000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     rpv1\n\
+            fd00000000000000000000000af4010b 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001     rpv1\n\
+            ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000003 00000000 00000001     rpv1\n";
         assert_eq!(
             parse_ipv6(text),
             vec![(
