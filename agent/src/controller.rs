@@ -47,6 +47,8 @@ pub trait Node {
     fn apply(&mut self, state: &PolicyState) -> Result<(), String>;
     /// The interfaces of the pods on this node, by pod address.
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>>;
+    /// The node's own addresses (`host`).
+    fn host_addresses(&self) -> std::io::Result<BTreeSet<IpAddr>>;
     /// Attaches the programs to a local pod's interface.
     fn attach(&mut self, interface: &str) -> Result<(), String>;
     /// Readies the node for the next `apply` while nothing else is waiting (the kernel's node
@@ -71,6 +73,10 @@ impl Node for KernelNode {
 
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
         pod_interfaces::read()
+    }
+
+    fn host_addresses(&self) -> std::io::Result<BTreeSet<IpAddr>> {
+        crate::host_addresses::read()
     }
 
     fn prepare_next(&mut self) -> Result<bool, String> {
@@ -111,6 +117,8 @@ pub struct Controller<N: Node> {
     pushed: PushedFiles,
     /// The pod interfaces the generation in force was compiled with.
     interfaces: BTreeMap<IpAddr, PodInterface>,
+    /// The node's addresses the generation in force was compiled with.
+    host: BTreeSet<IpAddr>,
     attached: HashSet<String>,
     publisher: Publisher,
     rejections: Arc<Mutex<Rejections>>,
@@ -140,6 +148,7 @@ impl<N: Node> Controller<N> {
             memory: compile::Memory::new(),
             pushed: PushedFiles::default(),
             interfaces: BTreeMap::new(),
+            host: BTreeSet::new(),
             attached,
             publisher,
             rejections,
@@ -201,14 +210,22 @@ impl<N: Node> Controller<N> {
         }
     }
 
-    /// Recompiles when the local pods' interfaces changed (a pod came or went).
+    /// Recompiles when the local pods' interfaces changed (a pod came or went), or the node's
+    /// own addresses did.
     pub fn rescan(&mut self) {
         match self.node.pod_interfaces() {
             Ok(interfaces) if interfaces != self.interfaces => {
                 tracing::info!("local pods' interfaces changed: recompiling");
                 let _ = self.reload(None, Some(interfaces));
             }
-            Ok(_) => {}
+            Ok(interfaces) => match self.node.host_addresses() {
+                Ok(host) if host != self.host => {
+                    tracing::info!("the node's addresses changed: recompiling");
+                    let _ = self.reload(None, Some(interfaces));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reading the node's addresses: {e}"),
+            },
             Err(e) => tracing::warn!("reading the node's routes: {e}"),
         }
     }
@@ -299,10 +316,17 @@ impl<N: Node> Controller<N> {
             Ok(r) => r,
             Err(e) => return Err(self.reject_message(format!("reading the node's routes: {e}"))),
         };
+        let host = match self.node.host_addresses() {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(self.reject_message(format!("reading the node's addresses: {e}")));
+            }
+        };
         let local: BTreeMap<IpAddr, u32> =
             interfaces.iter().map(|(a, t)| (*a, t.ifindex)).collect();
         let node = compile::Node {
             local: &local,
+            host: &host,
             trust_domain: &self.config.trust_domain,
             audit: self.config.audit,
         };
@@ -343,6 +367,7 @@ impl<N: Node> Controller<N> {
         self.unprepared = true;
         self.attach_new_pods(&compiled, &interfaces);
         self.interfaces = interfaces;
+        self.host = host;
         self.pushed = pushed;
         let number = self.publisher.current().map_or(0, |g| g.number) + 1;
         let generation = PolicyGeneration {

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod flows;
 pub mod flows_cli;
 pub mod generation;
+pub mod host_addresses;
 pub mod kernel_state;
 pub mod l7;
 pub mod listen;

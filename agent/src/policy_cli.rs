@@ -2,7 +2,7 @@
 //! objects to a running agent and wait until they are in force) and `rampart policy explain`
 //! (one flow's verdict and the rules behind it, from the running agent or offline).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -122,6 +122,7 @@ pub fn check(args: &PolicyCheckArgs) -> anyhow::Result<bool> {
             let local = BTreeMap::new();
             let node = compile::Node {
                 local: &local,
+                host: &BTreeSet::new(),
                 trust_domain: &args.trust_domain,
                 audit: false,
             };

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "pod_interfaces",
         "admin_client",
         "allocator",
+        "host_addresses",
         "view",
         "test_support",
     ],

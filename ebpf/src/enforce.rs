@@ -12,7 +12,8 @@
 //!    error about a tracked flow: pass; if policy changed since the flow was admitted, the flow's
 //!    policy is evaluated again first, and a flow no longer allowed is dropped and forgotten;
 //! 6. new flow: policy decides; allowed flows are tracked; a flow that cannot be tracked is dropped
-//!    (`ct_full`); denied flows are dropped, or counted and passed in audit mode.
+//!    (`ct_full`); denied flows are dropped, or counted and passed in audit mode. A flow from the
+//!    node itself (`host`) into one of its pods is admitted without policy ([`from_host`]).
 //!
 //! Flows to a destination that requires mTLS (`MESH_{A,B}_V2`, see `rampart_common::mesh`): on
 //! the pod's egress, an allowed one is redirected to the local proxy (tracked with verdict
@@ -31,7 +32,7 @@ use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
 use rampart_common::frag::{FRAG_LIFETIME_NS, FragEntry, FragKey};
 use rampart_common::identity::Identity;
-use rampart_common::mesh::{BrakeKey, MARK_FROM_PROXY, MARK_MASK, MeshFlags};
+use rampart_common::mesh::{BrakeKey, MARK_FROM_PROXY, MARK_MASK, MeshEntry, MeshFlags};
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
@@ -253,14 +254,24 @@ fn judge(
     }
 
     let remote = remote_identity(&ctx, flow);
-    let d = evaluate(
-        generation,
-        &ep,
-        dir,
-        remote,
-        flow.tuple.proto,
-        flow.policy_port,
-    );
+    let host = from_host(&ctx, dir, remote);
+    let d = if host {
+        Decision {
+            verdict: Verdict::ALLOW,
+            cookie: 0,
+            reason: DropReason::NONE,
+            audit: false,
+        }
+    } else {
+        evaluate(
+            generation,
+            &ep,
+            dir,
+            remote,
+            flow.tuple.proto,
+            flow.policy_port,
+        )
+    };
     let mut verdict = if d.verdict == Verdict::DENY {
         if !(audit_all || d.audit) {
             counters::dropped(d.reason, dir, bytes);
@@ -282,12 +293,16 @@ fn judge(
     } else {
         ep.identity
     };
-    let entry = maps::mesh_entry(
-        generation,
-        mesh_identity,
-        flow.tuple.proto,
-        flow.policy_port,
-    );
+    let entry = if host {
+        MeshEntry::default()
+    } else {
+        maps::mesh_entry(
+            generation,
+            mesh_identity,
+            flow.tuple.proto,
+            flow.policy_port,
+        )
+    };
     // The flood brake: new connections per (source identity, destination identity, port), on
     // the first hook that sees the flow (the source pod's egress, the uplink or the destination
     // pod's ingress), before the proxy or the pod. Fails closed like a policy deny.
@@ -407,6 +422,16 @@ fn judge(
     } else {
         Action::Pass
     }
+}
+
+/// A flow from this node to one of its pods (the kubelet's probes): admitted whatever the policy
+/// and whether or not its port requires mTLS, as Kubernetes requires. Only on the pod's own
+/// interface: a packet from outside carrying a node address is not the node's (the kernel drops
+/// one arriving with a local source address as a martian, and an uplink never trusts it), and
+/// a pod cannot send with the node's address (its egress drops `source_spoofed`).
+#[inline(always)]
+fn from_host(c: &Ctx, scope: Direction, remote: u32) -> bool {
+    scope == Direction::INGRESS && !c.uplink && remote == Identity::HOST.0
 }
 
 /// `world` or an ipBlock's identity: an address no pod of the cluster has.
@@ -579,6 +604,9 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     if c.now.saturating_sub(e.last_seen_ns) > ct_lifetime_ns(k.proto, e.flags) {
         let _ = CT.remove(k);
         return None;
+    }
+    if e.revision != c.revision && from_host(c, Direction(k.scope), remote_identity(c, flow)) {
+        e.revision = c.revision;
     }
     if e.revision != c.revision {
         // Policy changed since this flow was admitted: judge it again, in the scope it was

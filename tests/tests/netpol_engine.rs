@@ -46,6 +46,7 @@ fn every_public_netpol_case_compiles_to_the_expected_verdicts() {
             .collect();
         let node = compile::Node {
             local: &local,
+            host: &std::collections::BTreeSet::new(),
             trust_domain: "cluster.local",
             audit: false,
         };

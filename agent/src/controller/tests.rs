@@ -171,6 +171,10 @@ impl Node for FakeNode {
         Ok(())
     }
 
+    fn host_addresses(&self) -> std::io::Result<BTreeSet<IpAddr>> {
+        Ok(BTreeSet::new())
+    }
+
     fn pod_interfaces(&self) -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
         Ok(self.interfaces.clone())
     }

@@ -46,6 +46,8 @@ use rampart_common::mesh::{MeshEntry, MeshFlags, MeshKey};
 pub struct Node<'a> {
     /// Addresses routed to a local pod interface → that interface's index.
     pub local: &'a BTreeMap<IpAddr, u32>,
+    /// The node's own addresses (`host`).
+    pub host: &'a BTreeSet<IpAddr>,
     pub trust_domain: &'a str,
     /// Agent-wide audit mode (`--mode audit`).
     pub audit: bool,
@@ -355,6 +357,31 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         {
             local_pods.push((index, ifindex));
         }
+    }
+
+    // 3b. The node's own addresses are `host`; the other nodes', as their Node objects and the
+    // pods' `hostIP` name them, `remote-node`. A pod's address is the pod's, whatever else
+    // claims it.
+    let host_identity = |addr: &IpAddr| {
+        if node.host.contains(addr) {
+            Identity::HOST.0
+        } else {
+            Identity::REMOTE_NODE.0
+        }
+    };
+    let nodes: BTreeSet<IpAddr> = node
+        .host
+        .iter()
+        .copied()
+        .chain(model.pods.iter().filter_map(|p| p.host_ip))
+        .chain(model.nodes.values().flatten().copied())
+        .filter(|addr| !owner.contains_key(addr))
+        .collect();
+    for addr in &nodes {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        out.state
+            .ipcache
+            .push(IpcacheRecord::remote(*addr, prefix, host_identity(addr)));
     }
 
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
@@ -864,6 +891,7 @@ pub fn compile_all_local(model: &Model, trust_domain: &str) -> Compiled {
     }
     let node = Node {
         local: &local,
+        host: &BTreeSet::new(),
         trust_domain,
         audit: false,
     };
@@ -904,6 +932,7 @@ mod tests {
             .collect();
         let node = Node {
             local: &local,
+            host: &BTreeSet::new(),
             trust_domain: "cluster.local",
             audit: false,
         };
@@ -1006,6 +1035,7 @@ mod tests {
         let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
         let node = Node {
             local: &local,
+            host: &BTreeSet::new(),
             trust_domain: "cluster.local",
             audit: false,
         };
@@ -1039,6 +1069,86 @@ mod tests {
         }
         let fresh: std::collections::BTreeSet<u32> = removed.values().copied().collect();
         assert_eq!(fresh.len(), 4, "every rule has its own cookie");
+    }
+
+    /// The node's own addresses are `host` and the other nodes' (their Node objects', the pods'
+    /// `hostIP`) `remote-node`, for the `host` and `remote-node` entities; a pod's address stays
+    /// the pod's.
+    #[test]
+    fn node_addresses_are_host_and_remote_node() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: c}]}
+status: {podIP: 10.0.1.5, hostIP: 192.168.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec: {nodeName: n2, containers: [{name: c, image: c}]}
+status: {podIP: 10.0.2.5, hostIP: 192.168.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+        let mut checked =
+            policy::check(source::parse_str(Path::new("n.yaml"), text)).expect("valid");
+        // Node objects (from the Kubernetes source): this node's and a node without pods.
+        for (name, addr) in [("n1", "192.168.0.1"), ("n3", "192.168.0.3")] {
+            checked
+                .model
+                .nodes
+                .insert(name.into(), vec![addr.parse().expect("ip")]);
+        }
+        let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
+        let host: BTreeSet<IpAddr> = ["192.168.0.1", "10.0.1.1", "10.0.2.5"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let node = Node {
+            local: &local,
+            host: &host,
+            trust_domain: "cluster.local",
+            audit: false,
+        };
+        let compiled = compile(&checked.model, node, &mut Memory::new());
+        let identity_of = |addr: &str| {
+            let addr: IpAddr = addr.parse().expect("ip");
+            let found: Vec<u32> = compiled
+                .state
+                .ipcache
+                .iter()
+                .filter(|r| r.addr == addr)
+                .map(|r| r.identity)
+                .collect();
+            assert!(found.len() <= 1, "{addr} once in the ipcache: {found:?}");
+            found.first().copied()
+        };
+        assert_eq!(identity_of("192.168.0.1"), Some(Identity::HOST.0));
+        assert_eq!(identity_of("10.0.1.1"), Some(Identity::HOST.0));
+        assert_eq!(identity_of("192.168.0.2"), Some(Identity::REMOTE_NODE.0));
+        assert_eq!(identity_of("192.168.0.3"), Some(Identity::REMOTE_NODE.0));
+        let pod = identity_of("10.0.2.5").expect("a pod's address");
+        assert!(
+            pod >= Identity::FIRST_WORKLOAD.0,
+            "the pod's, not the host's: {pod}"
+        );
+        // Under default deny the node still reaches its pod; another node does not.
+        let reaches = |from: &str| {
+            crate::policy::verdict::decide(
+                &compiled.state,
+                from.parse().expect("ip"),
+                "10.0.1.5".parse().expect("ip"),
+                6,
+                80,
+            )
+            .allowed()
+        };
+        assert!(reaches("192.168.0.1"));
+        assert!(!reaches("192.168.0.2"));
     }
 
     #[test]
@@ -1075,6 +1185,7 @@ spec:
         let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
         let node = Node {
             local: &local,
+            host: &BTreeSet::new(),
             trust_domain: "cluster.local",
             audit: false,
         };

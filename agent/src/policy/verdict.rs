@@ -1,6 +1,7 @@
 //! What the kernel will decide for a flow, computed from the compiled state: the same lookups in
 //! the same order as `ebpf/src/enforce.rs` (ipcache longest prefix, policy trie longest prefix,
-//! specific identity and `ANY`, deny first, isolation last). Used to explain decisions and to
+//! specific identity and `ANY`, deny first, isolation last; the node's own flows into its pods
+//! admitted before any of it). Used to explain decisions and to
 //! check the compiler against conformance cases without a kernel.
 
 use std::net::IpAddr;
@@ -64,6 +65,18 @@ pub fn decide(
             .iter()
             .find(|(i, _)| *i == ifindex)
             .map(|(_, e)| e)?;
+        if dir == Direction::INGRESS && remote == Identity::HOST.0 {
+            // The node reaches its own pods whatever the policy (`from_host` in the kernel).
+            return Some(EndDecision {
+                direction: dir,
+                endpoint_id: ep.endpoint_id,
+                remote_identity: remote,
+                verdict: Verdict::ALLOW,
+                reason: DropReason::NONE,
+                cookie: 0,
+                audit: false,
+            });
+        }
         Some(evaluate(state, ep, dir, remote, proto, dport))
     };
     FlowDecision {

@@ -8,7 +8,7 @@
 //! NetworkPolicy ingress rules "client *i* may reach port *p*" — `rules` of them, one kernel
 //! policy entry each. The ratio of each record is to `iptables-restore` for the same rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -188,6 +188,7 @@ fn rampart_once(dp: &mut Datapath, text: &str, rules: usize) -> anyhow::Result<S
     let mut memory = Memory::new();
     let node = Node {
         local: &local,
+        host: &BTreeSet::new(),
         trust_domain: "cluster.local",
         audit: false,
     };
@@ -294,6 +295,7 @@ mod tests {
             let local: BTreeMap<IpAddr, u32> = [(IpAddr::V4(SERVER), 1)].into();
             let node = Node {
                 local: &local,
+                host: &BTreeSet::new(),
                 trust_domain: "cluster.local",
                 audit: false,
             };

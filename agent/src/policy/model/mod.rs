@@ -42,6 +42,9 @@ pub struct Model {
     /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<std::sync::Arc<PodModel>>,
+    /// Node name → its addresses (from the Kubernetes source's Node objects): `remote-node`,
+    /// unless they are this node's own.
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
     /// Shared with the [`ValidationMemo`] (unchanged objects are not validated again).
     pub policies: Vec<std::sync::Arc<PolicyModel>>,
     pub mesh_policies: Vec<MeshPolicyModel>,
@@ -49,14 +52,16 @@ pub struct Model {
     pub secrets: BTreeMap<(String, String), crate::policy::secret::SecretModel>,
 }
 
-/// Objects a source validated itself, kept in their model form (the Kubernetes source's Pods
-/// and Namespaces: thousands of them change every minute, and re-reading each as a document on
-/// every change would cost what the change does not touch).
+/// Objects a source validated itself, kept in their model form (the Kubernetes source's Pods,
+/// Namespaces and Nodes: thousands of them change every minute, and re-reading each as a
+/// document on every change would cost what the change does not touch).
 #[derive(Debug, Clone, Default)]
 pub struct Validated {
     /// Namespace name → its labels (including [`NAMESPACE_NAME_LABEL`]).
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<std::sync::Arc<PodModel>>,
+    /// Node name → its addresses.
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Validated {
@@ -73,6 +78,8 @@ impl Validated {
             .retain(|name, _| !keys.contains(&("Namespace", None, Some(name.as_str()))));
         self.pods
             .retain(|p| !keys.contains(&("Pod", Some(&*p.namespace), Some(p.name()))));
+        self.nodes
+            .retain(|name, _| !keys.contains(&("Node", None, Some(name.as_str()))));
     }
 
     /// The keys of what this holds (see [`Validated::remove_keys`]).
@@ -85,10 +92,11 @@ impl Validated {
                     .iter()
                     .map(|p| ("Pod", Some(&*p.namespace), Some(p.name()))),
             )
+            .chain(self.nodes.keys().map(|n| ("Node", None, Some(n.as_str()))))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.pods.is_empty()
+        self.namespaces.is_empty() && self.pods.is_empty() && self.nodes.is_empty()
     }
 
     /// Adds `other`'s objects; the caller has removed those they replace
@@ -96,6 +104,7 @@ impl Validated {
     pub fn append(&mut self, other: Validated) {
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
+        self.nodes.extend(other.nodes);
     }
 }
 

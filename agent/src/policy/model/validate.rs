@@ -29,6 +29,7 @@ pub fn build_with(
     let mut model = Model {
         namespaces: validated.namespaces,
         pods: validated.pods,
+        nodes: validated.nodes,
         ..Model::default()
     };
     let mut seen: HashMap<(&'static str, String, String), Origin> = HashMap::new();

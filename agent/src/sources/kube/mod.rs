@@ -368,6 +368,11 @@ impl PolicySource for KubeSource {
                     .insert(name.to_string(), labels.clone());
             }
         }
+        for (name, entry) in objects.nodes.live() {
+            if let Some(addrs) = &entry.in_use {
+                out.validated.nodes.insert(name.to_string(), addrs.clone());
+            }
+        }
         for (file, doc) in objects.documents.values().flat_map(store::Kind::live) {
             out.read.objects.extend(doc.parsed.objects.iter().cloned());
             out.read
