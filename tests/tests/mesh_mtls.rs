@@ -265,6 +265,13 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         .run(move || TcpStream::connect_timeout(&b(5432), Duration::from_secs(1)).is_ok())
         .expect("netns");
     assert!(!plain, "plaintext to an mTLS port must not connect");
+    // The pod's own node is another matter: its kubelet probes the port in plaintext.
+    let probe = topo
+        .node("node-2")
+        .ns
+        .run(move || TcpStream::connect_timeout(&b(5432), Duration::from_secs(1)).is_ok())
+        .expect("netns");
+    assert!(probe, "the pod's own node reaches its mTLS port (a kubelet probe)");
     assert!(
         metric(
             node2,
