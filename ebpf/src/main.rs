@@ -24,7 +24,7 @@ mod packet;
 mod proxy;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_xdp_get_buff_len,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -87,6 +87,9 @@ pub fn rp_tc_egress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::TC_EGRESS, Direction::INGRESS)
 }
 
+/// Rampart runs first on the hook (see `datapath::attach`): a drop here is final, a pass hands
+/// the packet to the next program, and a flow for the proxy ends the chain (its socket is
+/// assigned; nothing after may redirect it elsewhere).
 #[inline(always)]
 fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     let len = ctx.len();
@@ -104,7 +107,10 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
     let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
     match enforce::decide(&b, ifindex, dir, mark) {
-        Action::Pass => TC_ACT_OK,
+        // Passed on to whatever runs after Rampart on this hook (a CNI's or a monitoring
+        // agent's programs, tcx or tc filters): `TC_ACT_OK` would end the hook's chain there and
+        // skip them. With nothing after, the packet goes on as with `TC_ACT_OK`.
+        Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,
         Action::ToProxy => {
             ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);

@@ -271,7 +271,10 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         .ns
         .run(move || TcpStream::connect_timeout(&b(5432), Duration::from_secs(1)).is_ok())
         .expect("netns");
-    assert!(probe, "the pod's own node reaches its mTLS port (a kubelet probe)");
+    assert!(
+        probe,
+        "the pod's own node reaches its mTLS port (a kubelet probe)"
+    );
     assert!(
         metric(
             node2,

@@ -7,10 +7,11 @@ use super::loader::{
 };
 use std::path::Path;
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 
 use crate::config::XdpAttachMode;
 use aya::programs::tc::SchedClassifierLink;
+use aya::programs::tc::TcAttachOptions;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{TcAttachType, XdpMode, tc};
 use rampart_common::counters::Hook;
@@ -103,6 +104,7 @@ impl Datapath {
                 }
             }
         }
+        let tcx = self.tcx;
         for (name, hook, attach_type) in [
             (PROG_TC_INGRESS, Hook::TC_INGRESS, TcAttachType::Ingress),
             (PROG_TC_EGRESS, Hook::TC_EGRESS, TcAttachType::Egress),
@@ -119,7 +121,20 @@ impl Datapath {
                 name,
                 pin.as_deref(),
                 |p, link: SchedClassifierLink| p.attach_to_link(link),
-                |p| p.attach(interface, attach_type),
+                |p| {
+                    if tcx {
+                        // Before every program already on the hook: Rampart's drop is final
+                        // whatever runs after it, and its pass hands the packet on to them.
+                        p.attach_with_options(
+                            interface,
+                            attach_type,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                    } else {
+                        // A tc filter added without a priority goes before the existing ones.
+                        p.attach(interface, attach_type)
+                    }
+                },
                 |p, id| p.take_link(id),
             )?;
             let program_id = program_id_of(prog.info(), name)?;

@@ -1,0 +1,127 @@
+//! Rampart beside other agents' programs on the same hooks, on a real kernel: a CNI's or a
+//! monitoring agent's TC programs attached to a pod's interface before Rampart starts stay
+//! attached and keep working (one counts packets, one drops a port), and Rampart's enforcement
+//! holds even with a program among them that ends the hook's chain, across a Rampart restart.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rampart_tests::foreign_tc::{ForeignProgram, Hook};
+use rampart_tests::netns::TEST_PREFIX;
+use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
+
+const TIMEOUT: Duration = Duration::from_millis(700);
+/// Open to everyone.
+const OPEN: u16 = 8080;
+/// Dropped by the foreign program.
+const FOREIGN_DROPS: u16 = 9000;
+/// Denied by Rampart's policy.
+const RAMPART_DENIES: u16 = 7000;
+
+fn objects(a: Ipv4Addr, b: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: a, namespace: shop, labels: {{app: a}}}}
+spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
+status: {{podIP: {a}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: b, namespace: shop, labels: {{app: b}}}}
+spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
+status: {{podIP: {b}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: ClusterPolicy
+metadata: {{name: no-{RAMPART_DENIES}}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ingress:
+  - action: Deny
+    from: [{{podSelector: {{matchLabels: {{app: a}}}}}}]
+    ports: [{{port: {RAMPART_DENIES}}}]
+"
+    )
+}
+
+#[test]
+fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
+    require_root();
+    let (a_ip, b_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11));
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .pod("node-1", "shop/a", a_ip)
+        .pod("node-1", "shop/b", b_ip)
+        .build()
+        .expect("topology");
+    let _server = EchoServer::start(
+        &topo.pod("shop/b").ns,
+        &[OPEN, FOREIGN_DROPS, RAMPART_DENIES],
+        &[],
+    )
+    .expect("echo");
+    let node = &topo.node("node-1").ns;
+    let b_if = topo.pod("shop/b").host_if.clone();
+    // The other agents' programs, on what the node delivers to b, before Rampart starts: the
+    // counter, the port dropper, then one that ends the chain.
+    let mut counter = ForeignProgram::counter().expect("counter");
+    let mut dropper = ForeignProgram::tcp_port_dropper(FOREIGN_DROPS).expect("dropper");
+    let mut ender = ForeignProgram::chain_ender().expect("chain ender");
+    for program in [&mut counter, &mut dropper, &mut ender] {
+        program.attach(node, &b_if, Hook::Egress).expect("attach");
+    }
+    let reaches = |port: u16| {
+        probe::tcp(
+            &topo.pod("shop/a").ns,
+            SocketAddr::new(IpAddr::V4(b_ip), port),
+            TIMEOUT,
+        )
+        .reached()
+    };
+    assert!(reaches(OPEN) && reaches(RAMPART_DENIES), "before Rampart");
+    assert!(!reaches(FOREIGN_DROPS), "the foreign dropper works");
+
+    let dir = std::env::temp_dir().join(format!("rampart-coexistence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    std::fs::write(dir.join("objects.yaml"), objects(a_ip, b_ip)).expect("write");
+    let mut opts = AgentOptions::new(Vec::new());
+    opts.policy_dir = Some(dir.clone());
+    for run in ["first start", "restart"] {
+        let agent = Agent::start(node, &opts).expect("agent");
+        let seen = counter.count().expect("count");
+        assert!(reaches(OPEN), "{run}: allowed traffic passes every program");
+        assert!(
+            counter.count().expect("count") > seen,
+            "{run}: the foreign counter still sees what Rampart passes"
+        );
+        assert!(
+            !reaches(FOREIGN_DROPS),
+            "{run}: the foreign dropper still drops"
+        );
+        assert!(
+            !reaches(RAMPART_DENIES),
+            "{run}: Rampart's deny holds, though a program on the hook ends the chain"
+        );
+        let status = agent.cli(&["status"]).expect("status");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.contains(&b_if) && l.contains("tcx")),
+            "{run}: Rampart is on b's interface:\n{status}"
+        );
+        agent.stop().expect("stop");
+    }
+    // Rampart gone: the foreign programs are still attached and working.
+    assert!(reaches(RAMPART_DENIES), "Rampart's programs left with it");
+    assert!(
+        !reaches(FOREIGN_DROPS),
+        "the foreign dropper outlives Rampart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
