@@ -8,7 +8,7 @@
 
 pub mod agent;
 pub mod cmd;
-pub mod foreign_tc;
+pub mod foreign_programs;
 pub mod h2;
 pub mod http_server;
 pub mod https;

@@ -2,11 +2,13 @@
 //! monitoring agent's TC programs attached to a pod's interface before Rampart starts stay
 //! attached and keep working (one counts packets, one drops a port), and Rampart's enforcement
 //! holds even with a program among them that ends the hook's chain, across a Rampart restart.
+//! An uplink that already has another agent's XDP program keeps it, and Rampart enforces there
+//! with TC.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use rampart_tests::foreign_tc::{ForeignProgram, Hook};
+use rampart_tests::foreign_programs::{ForeignProgram, Hook};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
 
@@ -18,7 +20,8 @@ const FOREIGN_DROPS: u16 = 9000;
 /// Denied by Rampart's policy.
 const RAMPART_DENIES: u16 = 7000;
 
-fn objects(a: Ipv4Addr, b: Ipv4Addr) -> String {
+/// Pod `a` on `a_node`, pod `b` on node-1; Rampart denies a → b on [`RAMPART_DENIES`].
+fn objects(a_node: &str, a: Ipv4Addr, b: Ipv4Addr) -> String {
     format!(
         "apiVersion: v1
 kind: Namespace
@@ -27,7 +30,7 @@ metadata: {{name: shop}}
 apiVersion: v1
 kind: Pod
 metadata: {{name: a, namespace: shop, labels: {{app: a}}}}
-spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
+spec: {{nodeName: {a_node}, containers: [{{name: c, image: c}}]}}
 status: {{podIP: {a}}}
 ---
 apiVersion: v1
@@ -89,7 +92,7 @@ fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
     let dir = std::env::temp_dir().join(format!("rampart-coexistence-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("objects.yaml"), objects(a_ip, b_ip)).expect("write");
+    std::fs::write(dir.join("objects.yaml"), objects("node-1", a_ip, b_ip)).expect("write");
     let mut opts = AgentOptions::new(Vec::new());
     opts.policy_dir = Some(dir.clone());
     for run in ["first start", "restart"] {
@@ -123,5 +126,60 @@ fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
         !reaches(FOREIGN_DROPS),
         "the foreign dropper outlives Rampart"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_uplink_with_another_xdp_program_keeps_it_and_rampart_enforces_with_tc() {
+    require_root();
+    let (a_ip, b_ip) = (Ipv4Addr::new(10, 244, 2, 10), Ipv4Addr::new(10, 244, 1, 11));
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-2", "shop/a", a_ip)
+        .pod("node-1", "shop/b", b_ip)
+        .build()
+        .expect("topology");
+    let _server =
+        EchoServer::start(&topo.pod("shop/b").ns, &[OPEN, RAMPART_DENIES], &[]).expect("echo");
+    let node = &topo.node("node-1").ns;
+    let mut xdp = ForeignProgram::xdp_counter().expect("xdp counter");
+    xdp.attach(node, "uplink", Hook::Xdp).expect("attach xdp");
+
+    let dir = std::env::temp_dir().join(format!("rampart-coexistence-xdp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    std::fs::write(dir.join("objects.yaml"), objects("node-2", a_ip, b_ip)).expect("write");
+    let mut opts = AgentOptions::new(vec!["uplink".into()]);
+    opts.policy_dir = Some(dir.clone());
+    let agent = Agent::start(node, &opts).expect("the agent starts beside the XDP program");
+    let reaches = |port: u16| {
+        probe::tcp(
+            &topo.pod("shop/a").ns,
+            SocketAddr::new(IpAddr::V4(b_ip), port),
+            TIMEOUT,
+        )
+        .reached()
+    };
+    let seen = xdp.count().expect("count");
+    assert!(reaches(OPEN));
+    assert!(
+        xdp.count().expect("count") > seen,
+        "the other XDP program still runs"
+    );
+    assert!(!reaches(RAMPART_DENIES), "Rampart's deny holds");
+    let status = agent.cli(&["status"]).expect("status");
+    let uplink: Vec<&str> = status.lines().filter(|l| l.contains("uplink")).collect();
+    assert!(
+        uplink.iter().any(|l| l.contains("tc_ingress"))
+            && !uplink.iter().any(|l| l.contains("xdp")),
+        "TC only on the uplink:\n{status}"
+    );
+    assert!(
+        agent.log().contains("another XDP program is attached"),
+        "{}",
+        agent.log()
+    );
+    agent.stop().expect("stop");
     let _ = std::fs::remove_dir_all(&dir);
 }

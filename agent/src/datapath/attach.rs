@@ -35,7 +35,19 @@ impl Datapath {
         xdp_mode: Option<XdpAttachMode>,
     ) -> Result<(), DatapathError> {
         match xdp_mode {
-            Some(mode) => self.attach_xdp(interface, mode)?,
+            Some(mode) => match self.attach_xdp(interface, mode) {
+                Ok(()) => {}
+                Err(e) if xdp_taken(&e) => {
+                    // One XDP program per interface (without a dispatcher, which the other
+                    // program's owner would have to use too): the other agent's stays, and TC
+                    // ingress makes the same decision here once the skb exists.
+                    tracing::warn!(
+                        %interface,
+                        "another XDP program is attached; enforcing with TC ingress only: {e}"
+                    );
+                }
+                Err(e) => return Err(e),
+            },
             None => {
                 if let Some(pin) = self
                     .pins
@@ -152,6 +164,18 @@ impl Datapath {
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }
+}
+
+/// Whether attaching XDP failed because the interface already has an XDP program (the kernel
+/// answers `EBUSY` for another link, `EEXIST` for a program attached without one).
+fn xdp_taken(e: &DatapathError) -> bool {
+    matches!(
+        e,
+        DatapathError::Attach {
+            source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }),
+            ..
+        } if matches!(io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST))
+    )
 }
 
 pub(super) fn program_id_of(

@@ -1,6 +1,7 @@
-//! Other agents' TC programs, as a CNI or a monitoring agent attaches them on a pod's interface:
-//! one that counts the packets it sees and one that drops TCP to a port, each passing the rest
-//! on (`TC_ACT_UNSPEC`, tcx's "next"), and one that ends the chain (`TC_ACT_OK`). The coexistence tests attach them before Rampart and
+//! Other agents' programs, as a CNI or a monitoring agent attaches them: on a pod's interface
+//! (TC), one that counts the packets it sees and one that drops TCP to a port, each passing the
+//! rest on (`TC_ACT_UNSPEC`, tcx's "next"), and one that ends the chain (`TC_ACT_OK`); on an
+//! uplink (XDP), a counter. The coexistence tests attach them before Rampart and
 //! check that they stay attached and keep working.
 //!
 //! Hand-assembled and loaded with the `bpf(2)` system call: the harness has no BPF compiler (the
@@ -20,6 +21,9 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_PASS: i32 = 2;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -65,13 +69,15 @@ const JGT_REG: u8 = 0x2d;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 
-/// The hook a program goes on, as the node sees the pod's interface.
+/// The hook a program goes on.
 #[derive(Debug, Clone, Copy)]
 pub enum Hook {
-    /// What the pod sends.
+    /// TC ingress: on a pod's interface, what the pod sends.
     Ingress,
-    /// What the node delivers to the pod.
+    /// TC egress: on a pod's interface, what the node delivers to the pod.
     Egress,
+    /// XDP (the driver's mode if it has one).
+    Xdp,
 }
 
 /// A loaded program (and its map, for the counter); attached while its link is held.
@@ -106,11 +112,21 @@ fn fd(r: libc::c_long) -> anyhow::Result<OwnedFd> {
 }
 
 fn load(name: &str, insns: &[Insn]) -> anyhow::Result<OwnedFd> {
+    load_as(name, BPF_PROG_TYPE_SCHED_CLS, 0, insns)
+}
+
+fn load_as(
+    name: &str,
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[Insn],
+) -> anyhow::Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
+    put_u32(&mut attr, 0, prog_type);
     put_u32(&mut attr, 4, u32::try_from(insns.len())?);
+    put_u32(&mut attr, 68, expected_attach_type);
     put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
     put_u32(&mut attr, 24, 1); // log_level
@@ -133,6 +149,20 @@ fn load(name: &str, insns: &[Insn]) -> anyhow::Result<OwnedFd> {
 impl ForeignProgram {
     /// Counts every packet it sees (in an array map), passes each on.
     pub fn counter() -> anyhow::Result<ForeignProgram> {
+        Self::counting("foreign_count", BPF_PROG_TYPE_SCHED_CLS, 0, TC_ACT_UNSPEC)
+    }
+
+    /// The same counter as an XDP program (`XDP_PASS`), for an uplink.
+    pub fn xdp_counter() -> anyhow::Result<ForeignProgram> {
+        Self::counting("foreign_xdp", BPF_PROG_TYPE_XDP, BPF_XDP, XDP_PASS)
+    }
+
+    fn counting(
+        name: &str,
+        prog_type: u32,
+        expected_attach_type: u32,
+        verdict: i32,
+    ) -> anyhow::Result<ForeignProgram> {
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, BPF_MAP_TYPE_ARRAY);
         put_u32(&mut attr, 4, 4);
@@ -151,11 +181,11 @@ impl ForeignProgram {
             insn(JEQ_IMM, 0, 0, 2, 0), // no value: pass
             insn(MOV64_IMM, 1, 0, 0, 1),
             insn(ATOMIC_DW, 0, 1, 0, 0), // lock *(u64 *)(r0 + 0) += r1
-            insn(MOV64_IMM, 0, 0, 0, TC_ACT_UNSPEC),
+            insn(MOV64_IMM, 0, 0, 0, verdict),
             insn(EXIT, 0, 0, 0, 0),
         ];
         Ok(ForeignProgram {
-            prog: load("foreign_count", &insns)?,
+            prog: load_as(name, prog_type, expected_attach_type, &insns)?,
             counts: Some(map),
             links: Vec::new(),
         })
@@ -199,7 +229,7 @@ impl ForeignProgram {
         })
     }
 
-    /// Attaches to `interface` in `ns` with a tcx link (after whatever is there), held until
+    /// Attaches to `interface` in `ns` with a link (tcx: after whatever is there), held until
     /// this is dropped.
     pub fn attach(&mut self, ns: &Netns, interface: &str, hook: Hook) -> anyhow::Result<()> {
         let prog = u32::try_from(self.prog.as_raw_fd())?;
@@ -219,9 +249,10 @@ impl ForeignProgram {
                 match hook {
                     Hook::Ingress => BPF_TCX_INGRESS,
                     Hook::Egress => BPF_TCX_EGRESS,
+                    Hook::Xdp => BPF_XDP,
                 },
             );
-            bpf(BPF_LINK_CREATE, &mut attr).context("attaching with tcx")
+            bpf(BPF_LINK_CREATE, &mut attr).context("attaching with a link")
         })??;
         self.links.push(fd(link)?);
         Ok(())
