@@ -9,7 +9,7 @@
 //! and for every reader), the errors are logged with file and line, counted, and kept as
 //! `last_error`. A kernel that refuses the state only withdraws the staged table.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,11 @@ pub trait Node {
     fn host_addresses(&self) -> std::io::Result<BTreeSet<IpAddr>>;
     /// Attaches the programs to a local pod's interface.
     fn attach(&mut self, interface: &str) -> Result<(), String>;
+    /// The index of `interface` now (`None`: there is none).
+    fn ifindex(&self, interface: &str) -> Option<u32>;
+    /// Drops what is kept of `interface`'s attachments once the interface they were on is gone
+    /// (its pinned links, which the kernel detached with the interface).
+    fn forget(&mut self, interface: &str) -> Result<(), String>;
     /// Readies the node for the next `apply` while nothing else is waiting (the kernel's node
     /// brings its inactive generation up to the live one). Returns whether it did any work.
     fn prepare_next(&mut self) -> Result<bool, String>;
@@ -93,6 +98,19 @@ impl Node for KernelNode {
     fn attachments(&self) -> Vec<Attachment> {
         self.datapath.attachments().to_vec()
     }
+
+    fn ifindex(&self, interface: &str) -> Option<u32> {
+        let name = std::ffi::CString::new(interface).ok()?;
+        // SAFETY: if_nametoindex reads a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        (index != 0).then_some(index)
+    }
+
+    fn forget(&mut self, interface: &str) -> Result<(), String> {
+        self.datapath
+            .forget(interface)
+            .map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// How the controller compiles.
@@ -119,7 +137,11 @@ pub struct Controller<N: Node> {
     interfaces: BTreeMap<IpAddr, PodInterface>,
     /// The node's addresses the generation in force was compiled with.
     host: BTreeSet<IpAddr>,
-    attached: HashSet<String>,
+    /// The `--interface` uplinks (attached at start).
+    uplinks: HashSet<String>,
+    /// Pods' interfaces with programs on them, and the interface index they went on: a pod
+    /// created again under the same interface name has a new index and needs them again.
+    attached: HashMap<String, u32>,
     publisher: Publisher,
     rejections: Arc<Mutex<Rejections>>,
     attachments: Arc<Mutex<Vec<Attachment>>>,
@@ -141,7 +163,7 @@ impl<N: Node> Controller<N> {
         rejections: Arc<Mutex<Rejections>>,
         attachments: Arc<Mutex<Vec<Attachment>>>,
     ) -> Controller<N> {
-        let attached = config.attached.iter().cloned().collect();
+        let uplinks = config.attached.iter().cloned().collect();
         Controller {
             node,
             config,
@@ -149,7 +171,8 @@ impl<N: Node> Controller<N> {
             pushed: PushedFiles::default(),
             interfaces: BTreeMap::new(),
             host: BTreeSet::new(),
-            attached,
+            uplinks,
+            attached: HashMap::new(),
             publisher,
             rejections,
             attachments,
@@ -477,30 +500,46 @@ impl<N: Node> Controller<N> {
         }
     }
 
-    /// Programs on the interfaces of local pods that have none yet.
+    /// Programs on the interfaces of local pods that have none yet, and what was kept of
+    /// interfaces that are gone (deleted, or replaced by a new one of the same name) dropped.
     fn attach_new_pods(
         &mut self,
         compiled: &compile::Compiled,
         interfaces: &BTreeMap<IpAddr, PodInterface>,
     ) {
-        let wanted: BTreeSet<&str> = compiled
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, ifindex)| self.node.ifindex(name) != Some(**ifindex))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for interface in gone {
+            self.attached.remove(&interface);
+            match self.node.forget(&interface) {
+                Ok(()) => {
+                    tracing::info!(%interface, "a pod's interface is gone: its links dropped")
+                }
+                Err(e) => tracing::error!(%interface, "dropping a gone interface's links: {e}"),
+            }
+        }
+        let wanted: BTreeMap<&str, u32> = compiled
             .endpoints
             .iter()
             .filter_map(|e| {
                 interfaces
                     .values()
                     .find(|t| t.ifindex == e.ifindex)
-                    .map(|t| t.interface.as_str())
+                    .map(|t| (t.interface.as_str(), t.ifindex))
             })
             .collect();
-        for interface in wanted {
-            if self.attached.contains(interface) {
+        for (interface, ifindex) in wanted {
+            if self.uplinks.contains(interface) || self.attached.get(interface) == Some(&ifindex) {
                 continue;
             }
             match self.node.attach(interface) {
                 Ok(()) => {
-                    tracing::info!(%interface, "attached to a local pod's interface");
-                    self.attached.insert(interface.to_owned());
+                    tracing::info!(%interface, ifindex, "attached to a local pod's interface");
+                    self.attached.insert(interface.to_owned(), ifindex);
                 }
                 Err(e) => tracing::error!(%interface, "attaching: {e}"),
             }

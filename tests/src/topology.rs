@@ -147,6 +147,16 @@ impl Topology {
     }
 
     /// The node-side veth names of the pods on `node`: the interfaces an agent there attaches to.
+    /// Deletes pod `name`'s veth pair and makes a new one with the same names and addresses
+    /// (a new interface index): what a CNI does when a pod of the same name is created again
+    /// (a StatefulSet's pod, or a restarted one on a CNI that names veths after pods).
+    pub fn replug(&self, name: &str) -> anyhow::Result<()> {
+        let pod = self.pod(name);
+        let node = self.node(&pod.node);
+        cmd::ip(&["-n", node.ns.name(), "link", "del", &pod.host_if])?;
+        plug(node.ns.name(), pod.ns.name(), &pod.host_if, pod.ip)
+    }
+
     pub fn pod_interfaces(&self, node: &str) -> Vec<String> {
         self.pods
             .iter()
@@ -354,42 +364,31 @@ fn build_outside(prefix: &str, fabric: &Netns) -> anyhow::Result<Netns> {
     Ok(ns)
 }
 
-fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {
-    let label = format!("p{index}");
-    let ns = Netns::create(prefix, &label)?;
-    no_dad(&ns)?;
-    let ip6 = ipv6_of(spec.ip);
+/// Joins a pod's namespace to its node with a veth pair (`host_if` on the node, `eth0` in the
+/// pod) and the addresses and routes of the routed model (see the module's comment).
+fn plug(n: &str, p: &str, host_if: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let ip6 = ipv6_of(ip);
     let gw6 = POD_GATEWAY6.to_string();
-    let host_if = format!("rpv{index}");
-    let (n, p) = (node.ns.name(), ns.name());
     let gw = POD_GATEWAY.to_string();
     cmd::ip(&[
-        "link", "add", &host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
+        "link", "add", host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
     ])?;
-    cmd::ip(&[
-        "-n",
-        p,
-        "addr",
-        "add",
-        &format!("{}/32", spec.ip),
-        "dev",
-        "eth0",
-    ])?;
+    cmd::ip(&["-n", p, "addr", "add", &format!("{}/32", ip), "dev", "eth0"])?;
     cmd::ip(&["-n", p, "link", "set", "eth0", "up"])?;
     cmd::ip(&["-n", p, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
     cmd::ip(&[
         "-n", p, "route", "add", "default", "via", &gw, "dev", "eth0",
     ])?;
-    cmd::ip(&["-n", n, "addr", "add", &format!("{gw}/32"), "dev", &host_if])?;
-    cmd::ip(&["-n", n, "link", "set", &host_if, "up"])?;
+    cmd::ip(&["-n", n, "addr", "add", &format!("{gw}/32"), "dev", host_if])?;
+    cmd::ip(&["-n", n, "link", "set", host_if, "up"])?;
     cmd::ip(&[
         "-n",
         n,
         "route",
         "add",
-        &format!("{}/32", spec.ip),
+        &format!("{}/32", ip),
         "dev",
-        &host_if,
+        host_if,
     ])?;
     cmd::ip(&[
         "-n",
@@ -413,7 +412,7 @@ fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow:
         "add",
         &format!("{gw6}/64"),
         "dev",
-        &host_if,
+        host_if,
         "nodad",
     ])?;
     cmd::ip(&[
@@ -424,8 +423,18 @@ fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow:
         "add",
         &format!("{ip6}/128"),
         "dev",
-        &host_if,
+        host_if,
     ])?;
+    Ok(())
+}
+
+fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {
+    let label = format!("p{index}");
+    let ns = Netns::create(prefix, &label)?;
+    no_dad(&ns)?;
+    let ip6 = ipv6_of(spec.ip);
+    let host_if = format!("rpv{index}");
+    plug(node.ns.name(), ns.name(), &host_if, spec.ip)?;
     Ok(Pod {
         name: spec.name.clone(),
         node: node.name.clone(),

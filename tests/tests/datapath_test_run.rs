@@ -17,7 +17,8 @@ use rampart_tests::require_root;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const TC_OK: u32 = 0;
+/// `TC_ACT_UNSPEC`: passed on to the next program on the hook (see `ebpf/src/main.rs`).
+const TC_PASS: u32 = u32::MAX;
 const TC_SHOT: u32 = 2;
 
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -177,7 +178,7 @@ impl Fixture {
         let (pass_code, drop_code) = if kind == ProgramKind::Xdp {
             (XDP_PASS, XDP_DROP)
         } else {
-            (TC_OK, TC_SHOT)
+            (TC_PASS, TC_SHOT)
         };
         assert_eq!(
             ret,
@@ -649,7 +650,7 @@ fn removing_an_allow_stops_established_flows() {
     let ack = v4(A, B, TCP, &tcp(40500, 80, ACK));
     let reply = v4(B, A, TCP, &tcp(80, 40500, ACK));
     assert_eq!(f.run(ProgramKind::Xdp, &syn), XDP_PASS);
-    assert_eq!(f.run(ProgramKind::TcEgress, &reply), TC_OK);
+    assert_eq!(f.run(ProgramKind::TcEgress, &reply), TC_PASS);
     // Same policy again (a new revision): the flow is re-evaluated and still allowed.
     f.dp.apply(&state(&rules())).expect("re-apply");
     assert_eq!(
@@ -681,7 +682,7 @@ fn interfaces_without_an_endpoint_are_not_policed() {
     assert_eq!(dp.test_run(ProgramKind::Xdp, &pkt).expect("run"), XDP_PASS);
     assert_eq!(
         dp.test_run(ProgramKind::TcEgress, &pkt).expect("run"),
-        TC_OK
+        TC_PASS
     );
 }
 
@@ -839,7 +840,7 @@ fn pinned_state_survives_a_reload() {
         second
             .test_run(ProgramKind::TcEgress, &v4(B, A, TCP, &tcp(80, 40800, ACK)))
             .expect("run"),
-        TC_OK,
+        TC_PASS,
         "reply of a flow tracked before the reload"
     );
     assert_eq!(
@@ -907,7 +908,7 @@ fn a_conntrack_stamp_ahead_of_the_clock_is_a_live_flow() {
             &v4(B, A, TCP, &tcp(80, 40900, SYN | ACK))
         )
         .expect("run"),
-        TC_OK,
+        TC_PASS,
         "the reply of a live flow"
     );
     assert_eq!(

@@ -145,6 +145,8 @@ struct Recorded {
     /// the table in force.
     tables_at_apply: Vec<(Option<usize>, usize)>,
     attached: Vec<String>,
+    /// Interfaces whose attachments were dropped as gone.
+    forgotten: Vec<String>,
     /// How often the node was asked to prepare for the next state.
     prepared: usize,
 }
@@ -182,6 +184,22 @@ impl Node for FakeNode {
     fn prepare_next(&mut self) -> Result<bool, String> {
         self.recorded.lock().expect("test lock").prepared += 1;
         Ok(true)
+    }
+
+    fn ifindex(&self, interface: &str) -> Option<u32> {
+        self.interfaces
+            .values()
+            .find(|t| t.interface == interface)
+            .map(|t| t.ifindex)
+    }
+
+    fn forget(&mut self, interface: &str) -> Result<(), String> {
+        self.recorded
+            .lock()
+            .expect("test lock")
+            .forgotten
+            .push(interface.to_owned());
+        Ok(())
     }
 
     fn attach(&mut self, interface: &str) -> Result<(), String> {

@@ -164,6 +164,24 @@ impl Datapath {
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }
+
+    /// Forgets `interface`'s attachments once the interface is gone: the kernel detached its
+    /// links with it, and their pins (which would keep the dead links, and be taken for the
+    /// links of a new interface of the same name) are removed.
+    pub fn forget(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attachments.retain(|a| a.interface != interface);
+        let Some(dir) = self.pins.as_ref().map(|p| p.links_of(interface)) else {
+            return Ok(());
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DatapathError::Unpin {
+                path: dir.display().to_string(),
+                source,
+            }),
+        }
+    }
 }
 
 /// Whether attaching XDP failed because the interface already has an XDP program (the kernel

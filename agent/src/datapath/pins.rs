@@ -63,7 +63,12 @@ impl PinRoot {
     }
 
     pub fn link(&self, interface: &str, hook: &str) -> PathBuf {
-        self.root.join("links").join(interface).join(hook)
+        self.links_of(interface).join(hook)
+    }
+
+    /// The directory of `interface`'s links.
+    pub fn links_of(&self, interface: &str) -> PathBuf {
+        self.root.join("links").join(interface)
     }
 }
 
