@@ -345,8 +345,12 @@ impl<N: Node> Controller<N> {
                 return Err(self.reject_message(format!("reading the node's addresses: {e}")));
             }
         };
-        let local: BTreeMap<IpAddr, u32> =
-            interfaces.iter().map(|(a, t)| (*a, t.ifindex)).collect();
+        // The --interface uplinks are never pods' (a node's uplink may be a veth too).
+        let local: BTreeMap<IpAddr, u32> = interfaces
+            .iter()
+            .filter(|(_, t)| !self.uplinks.contains(&t.interface))
+            .map(|(a, t)| (*a, t.ifindex))
+            .collect();
         let node = compile::Node {
             local: &local,
             host: &host,

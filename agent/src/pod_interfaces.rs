@@ -1,6 +1,8 @@
 //! Finds the node-side interface of each local pod from the node's routes: a pod on this node is
 //! reached through a host route (`/32` or `/128`, no gateway) on its veth, as Calico and Cilium's
-//! routed mode set them up.
+//! routed mode set them up. Only veths count (the driver, as `ethtool -i` reports it): a host
+//! route on a physical interface or a tunnel (a cloud's metadata address, a VPN peer) is not a
+//! pod, and the compiler denies an address on a pod's interface that no known pod has.
 //!
 //! Read from `/proc/net/route` and `/proc/net/ipv6_route` (the kernel's stable text view of the
 //! routing tables, in the agent's network namespace) rather than netlink: a one-shot read of a few
@@ -39,10 +41,66 @@ fn insert(out: &mut BTreeMap<IpAddr, PodInterface>, addr: IpAddr, interface: Str
     };
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex != 0 {
+    if ifindex != 0 && driver(&interface).as_deref() == Some("veth") {
         out.entry(addr)
             .or_insert(PodInterface { ifindex, interface });
     }
+}
+
+/// `ETHTOOL_GDRVINFO`'s answer (`struct ethtool_drvinfo`, linux/ethtool.h).
+#[repr(C)]
+struct DriverInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+/// The driver of `interface` (`veth`, `bridge`, `e1000e`, ...), asked with the ethtool ioctl:
+/// one call, where netlink's link kind would need a netlink stack.
+fn driver(interface: &str) -> Option<String> {
+    let name = interface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a datagram socket only to carry the ioctl; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned here alone.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut info: DriverInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
+    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) };
+    if r != 0 {
+        return None;
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 const RTF_UP: u32 = 0x1;
@@ -50,6 +108,9 @@ const RTF_GATEWAY: u32 = 0x2;
 /// A route of the `local` table: one of the node's own addresses (`/proc/net/ipv6_route` lists
 /// every table; `/proc/net/route` only the main one).
 const RTF_LOCAL: u32 = 0x8000_0000;
+/// An anycast route of the `local` table (the subnet-router anycast address of each prefix of
+/// a forwarding interface, `fd00:ffff::` for `fd00:ffff::/64`).
+const RTF_ANYCAST: u32 = 0x0010_0000;
 
 /// `/proc/net/route`: `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`, addresses
 /// as the hex of the in-memory (network order) word printed as a host-order integer.
@@ -82,7 +143,7 @@ fn parse_ipv6(text: &str) -> Vec<(Ipv6Addr, String)> {
             let host = plen == 128
                 && next_hop == 0
                 && flags & RTF_UP != 0
-                && flags & (RTF_GATEWAY | RTF_LOCAL) == 0;
+                && flags & (RTF_GATEWAY | RTF_LOCAL | RTF_ANYCAST) == 0;
             // The node's own link-local address on each veth is a local route on it; no pod has
             // a link-local or multicast address.
             let pod_address = !dest.is_unicast_link_local() && !dest.is_multicast();
@@ -94,6 +155,12 @@ fn parse_ipv6(text: &str) -> Vec<(Ipv6Addr, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_no_veth_driver() {
+        assert_ne!(driver("lo").as_deref(), Some("veth"));
+        assert_eq!(driver("no-such-interface-x"), None);
+    }
 
     #[test]
     fn ipv4_host_routes() {
@@ -119,7 +186,8 @@ mod tests {
             fe80000000000000387105fffef70302 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001     rpv1\n\
             fe80000000000000000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     rpv1\n\
             fd00000000000000000000000af4010b 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001     rpv1\n\
-            ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000003 00000000 00000001     rpv1\n";
+            ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000003 00000000 00000001     rpv1\n\
+            fd00ffff000000000000000000000000 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 00300001   uplink\n";
         assert_eq!(
             parse_ipv6(text),
             vec![(

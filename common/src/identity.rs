@@ -21,6 +21,9 @@ impl Identity {
     pub const WORLD: Identity = Identity(2);
     /// Other nodes of the cluster (their underlay addresses).
     pub const REMOTE_NODE: Identity = Identity(3);
+    /// An address on a local pod's interface that no known pod has (its Pod object has not
+    /// reached the agent yet): denied both ways until it does.
+    pub const UNKNOWN_POD: Identity = Identity(4);
     /// First identity for workloads.
     pub const FIRST_WORKLOAD: Identity = Identity(256);
     /// First identity for CIDR (ipBlock) prefixes.

@@ -116,3 +116,74 @@ fn a_pod_plugged_in_again_is_enforced_again_and_a_gone_one_leaves_no_pins() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pod the CNI plugged in before its object reached the agent: denied both ways (the node's
+/// own probes aside) until the object arrives, then enforced as any pod.
+#[test]
+fn a_pod_whose_object_has_not_arrived_is_denied_until_it_does() {
+    require_root();
+    let (a_ip, c_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 12));
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .pod("node-1", "shop/a", a_ip)
+        .pod("node-1", "shop/c", c_ip)
+        .build()
+        .expect("topology");
+    let _servers = [
+        EchoServer::start(&topo.pod("shop/a").ns, &[OPEN], &[]).expect("echo a"),
+        EchoServer::start(&topo.pod("shop/c").ns, &[OPEN], &[]).expect("echo c"),
+    ];
+    let dir = std::env::temp_dir().join(format!("rampart-pod-early-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    // Only a's object (b's is absent from this topology: its rules select nothing).
+    std::fs::write(
+        dir.join("objects.yaml"),
+        objects(a_ip, Ipv4Addr::new(10, 244, 1, 11)),
+    )
+    .expect("write");
+    let mut opts = AgentOptions::new(Vec::new());
+    opts.policy_dir = Some(dir.clone());
+    let agent = Agent::start(&topo.node("node-1").ns, &opts).expect("agent");
+    let tcp = |from: &str, to: Ipv4Addr| {
+        probe::tcp(
+            &topo.pod(from).ns,
+            SocketAddr::new(IpAddr::V4(to), OPEN),
+            TIMEOUT,
+        )
+        .reached()
+    };
+    let from_node = || {
+        probe::tcp(
+            &topo.node("node-1").ns,
+            SocketAddr::new(IpAddr::V4(c_ip), OPEN),
+            TIMEOUT,
+        )
+        .reached()
+    };
+    assert!(
+        !tcp("shop/a", c_ip),
+        "nothing reaches a pod of no known object"
+    );
+    assert!(!tcp("shop/c", a_ip), "and it reaches nothing");
+    assert!(from_node(), "but its node's probes");
+    let status = agent.cli(&["status"]).expect("status");
+    let c_if = topo.pod("shop/c").host_if.clone();
+    assert!(
+        status.lines().any(|l| l.contains(&c_if)),
+        "its interface carries Rampart's programs:\n{status}"
+    );
+
+    std::fs::write(
+        dir.join("c.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: c, namespace: shop, labels: {{app: c}}}}\nspec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {c_ip}}}\n"
+        ),
+    )
+    .expect("write");
+    rampart_tests::eventually("c's object to be in force", Duration::from_secs(10), || {
+        (tcp("shop/a", c_ip) && tcp("shop/c", a_ip)).then_some(())
+    });
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -96,6 +96,7 @@ impl FlowNames {
                 Identity::HOST => Some("host".into()),
                 Identity::WORLD => Some("world".into()),
                 Identity::REMOTE_NODE => Some("remote-node".into()),
+                Identity::UNKNOWN_POD => Some("unknown-pod".into()),
                 _ => self.cidrs.get(&identity).cloned(),
             };
         }

@@ -16,7 +16,7 @@
 //!   gives the proxy its routes (who may connect); NetworkPolicy and cluster policies still decide
 //!   the flow at both ends, on its original addresses.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -384,6 +384,26 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             .push(IpcacheRecord::remote(*addr, prefix, host_identity(addr)));
     }
 
+    // 3c. Addresses on pods' interfaces that no known pod has: the pod's object has not arrived
+    // yet (the CNI plugged it in first). Its interface is an endpoint that denies everything
+    // both ways (but the node's own probes) until the object arrives: never unenforced.
+    let known_interfaces: HashSet<u32> = local_pods.iter().map(|(_, i)| *i).collect();
+    let mut unknown: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
+    for (addr, ifindex) in node.local {
+        if !owner.contains_key(addr) && !known_interfaces.contains(ifindex) && *ifindex != 0 {
+            unknown.entry(*ifindex).or_default().push(*addr);
+        }
+    }
+    for (ifindex, addrs) in &unknown {
+        for addr in addrs {
+            out.state.ipcache.push(IpcacheRecord::local(
+                *addr,
+                Identity::UNKNOWN_POD.0,
+                *ifindex,
+            ));
+        }
+    }
+
     // 4. Rule cookies, and the resolver that turns peers into remote identities.
     let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (group, key) in keys.iter().enumerate() {
@@ -458,6 +478,33 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             identity,
             isolated_ingress: flags & EndpointFlags::ENFORCE_INGRESS != 0,
             isolated_egress: flags & EndpointFlags::ENFORCE_EGRESS != 0,
+        });
+    }
+    for (ifindex, addrs) in &unknown {
+        let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        out.warnings.push(format!(
+            "interface {ifindex} carries {}, which no known pod has: denied both ways until its Pod arrives",
+            names.join(", ")
+        ));
+        let mut info = EndpointInfo {
+            endpoint_id: *ifindex,
+            identity: Identity::UNKNOWN_POD.0,
+            flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
+            ..EndpointInfo::default()
+        };
+        if let Some(IpAddr::V4(v4)) = addrs.iter().find(|a| a.is_ipv4()) {
+            info.ipv4 = v4.octets();
+        }
+        if let Some(IpAddr::V6(v6)) = addrs.iter().find(|a| a.is_ipv6()) {
+            info.ipv6 = v6.octets();
+        }
+        out.state.endpoints.push((*ifindex, info));
+        out.endpoints.push(EndpointSummary {
+            pod: format!("(no known pod: {})", names.join(", ")),
+            ifindex: *ifindex,
+            identity: Identity::UNKNOWN_POD.0,
+            isolated_ingress: true,
+            isolated_egress: true,
         });
     }
     let rules = compiler.rules;
@@ -1149,6 +1196,59 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         };
         assert!(reaches("192.168.0.1"));
         assert!(!reaches("192.168.0.2"));
+    }
+
+    /// A pod's interface whose address no known pod has (its object has not arrived): an
+    /// endpoint that denies both ways, but the node's own probes; never left unenforced.
+    #[test]
+    fn an_address_of_no_known_pod_on_a_pods_interface_is_denied_both_ways() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: c}]}
+status: {podIP: 10.0.1.5}
+";
+        let checked = policy::check(source::parse_str(Path::new("u.yaml"), text)).expect("valid");
+        let local: BTreeMap<IpAddr, u32> = [
+            ("10.0.1.5".parse().expect("ip"), 7),
+            ("10.0.1.6".parse().expect("ip"), 8),
+        ]
+        .into();
+        let host: BTreeSet<IpAddr> = ["192.168.0.1".parse().expect("ip")].into();
+        let node = Node {
+            local: &local,
+            host: &host,
+            trust_domain: "cluster.local",
+            audit: false,
+        };
+        let compiled = compile(&checked.model, node, &mut Memory::new());
+        let (_, newcomer) = compiled
+            .state
+            .endpoints
+            .iter()
+            .find(|(i, _)| *i == 8)
+            .expect("an endpoint for the unknown pod's interface");
+        assert_eq!(newcomer.identity, Identity::UNKNOWN_POD.0);
+        assert!(compiled.warnings.iter().any(|w| w.contains("10.0.1.6")));
+        let decide = |from: &str, to: &str| {
+            crate::policy::verdict::decide(
+                &compiled.state,
+                from.parse().expect("ip"),
+                to.parse().expect("ip"),
+                6,
+                80,
+            )
+            .allowed()
+        };
+        assert!(!decide("10.0.1.5", "10.0.1.6"), "nothing reaches it");
+        assert!(!decide("10.0.1.6", "10.0.1.5"), "it reaches nothing");
+        assert!(!decide("10.0.1.6", "8.8.8.8"), "not even outside");
+        assert!(decide("192.168.0.1", "10.0.1.6"), "but the node's probes");
+        assert!(
+            decide("10.0.1.5", "8.8.8.8"),
+            "the known pod is not isolated"
+        );
     }
 
     #[test]
