@@ -5,9 +5,12 @@
 //! (the API watches on the runtime's workers, the compile on the controller's thread), so the
 //! freed intermediate forms of each reload sat in several arenas between the objects kept, and
 //! the pages that hold both stayed resident: at 10k pods the resident memory grew 1.2 KiB per
-//! pod for 0.6 KiB of live allocations. With the arenas capped at the runtime's worker count it
-//! grows 0.65 KiB per pod, and no event took longer in the `kube` benchmark. Each thread still
-//! allocates small blocks from its own cache, which is what keeps threads from contending.
+//! pod for 0.6 KiB of live allocations. The agent caps them at twice the runtime's workers
+//! (4): resident growth 0.8–0.87 KiB per pod, and no event took longer in the `kube`
+//! benchmark. A cap of 2 saved a little more memory (0.65–0.8 KiB) but cost the WAF, whose
+//! engine allocates on the proxy's threads, 15% of its request rate in the `proxy` benchmark;
+//! at 4 the WAF ran as fast as without a cap. Each thread still allocates small blocks from its
+//! own cache, which is what keeps threads from contending.
 
 /// Caps the number of malloc arenas at `arenas` (at least one), unless the operator set
 /// `MALLOC_ARENA_MAX` (glibc reads it itself). Call before threads start.

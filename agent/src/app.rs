@@ -32,7 +32,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
     // Before any thread starts: the proxy's connection cap is sized from this limit.
     let fd_limit = crate::listen::raise_fd_limit().context("raising the open-files limit")?;
     tracing::info!(fd_limit, "open-files limit");
-    crate::allocator::limit_arenas(WORKER_THREADS);
+    crate::allocator::limit_arenas(2 * WORKER_THREADS);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .enable_all()
