@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cmd;
+pub mod fixtures;
 pub mod foreign_programs;
 pub mod h2;
 pub mod http_server;

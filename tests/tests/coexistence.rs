@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use rampart_tests::fixtures::shop_a_b_denying;
 use rampart_tests::foreign_programs::{ForeignProgram, Hook};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
@@ -19,38 +20,6 @@ const OPEN: u16 = 8080;
 const FOREIGN_DROPS: u16 = 9000;
 /// Denied by Rampart's policy.
 const RAMPART_DENIES: u16 = 7000;
-
-/// Pod `a` on `a_node`, pod `b` on node-1; Rampart denies a → b on [`RAMPART_DENIES`].
-fn objects(a_node: &str, a: Ipv4Addr, b: Ipv4Addr) -> String {
-    format!(
-        "apiVersion: v1
-kind: Namespace
-metadata: {{name: shop}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: a, namespace: shop, labels: {{app: a}}}}
-spec: {{nodeName: {a_node}, containers: [{{name: c, image: c}}]}}
-status: {{podIP: {a}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: b, namespace: shop, labels: {{app: b}}}}
-spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
-status: {{podIP: {b}}}
----
-apiVersion: rampart.dev/v1alpha1
-kind: ClusterPolicy
-metadata: {{name: no-{RAMPART_DENIES}}}
-spec:
-  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
-  ingress:
-  - action: Deny
-    from: [{{podSelector: {{matchLabels: {{app: a}}}}}}]
-    ports: [{{port: {RAMPART_DENIES}}}]
-"
-    )
-}
 
 #[test]
 fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
@@ -92,7 +61,11 @@ fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
     let dir = std::env::temp_dir().join(format!("rampart-coexistence-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("objects.yaml"), objects("node-1", a_ip, b_ip)).expect("write");
+    std::fs::write(
+        dir.join("objects.yaml"),
+        shop_a_b_denying("node-1", a_ip, b_ip, RAMPART_DENIES),
+    )
+    .expect("write");
     let mut opts = AgentOptions::new(Vec::new());
     opts.policy_dir = Some(dir.clone());
     for run in ["first start", "restart"] {
@@ -149,7 +122,11 @@ fn an_uplink_with_another_xdp_program_keeps_it_and_rampart_enforces_with_tc() {
     let dir = std::env::temp_dir().join(format!("rampart-coexistence-xdp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("objects.yaml"), objects("node-2", a_ip, b_ip)).expect("write");
+    std::fs::write(
+        dir.join("objects.yaml"),
+        shop_a_b_denying("node-2", a_ip, b_ip, RAMPART_DENIES),
+    )
+    .expect("write");
     let mut opts = AgentOptions::new(vec!["uplink".into()]);
     opts.policy_dir = Some(dir.clone());
     let agent = Agent::start(node, &opts).expect("the agent starts beside the XDP program");

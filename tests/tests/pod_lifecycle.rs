@@ -5,43 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use rampart_tests::fixtures::shop_a_b_denying;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
 
 const TIMEOUT: Duration = Duration::from_millis(700);
 const OPEN: u16 = 8080;
 const DENIED: u16 = 7000;
-
-fn objects(a: Ipv4Addr, b: Ipv4Addr) -> String {
-    format!(
-        "apiVersion: v1
-kind: Namespace
-metadata: {{name: shop}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: a, namespace: shop, labels: {{app: a}}}}
-spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
-status: {{podIP: {a}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: b, namespace: shop, labels: {{app: b}}}}
-spec: {{nodeName: node-1, containers: [{{name: c, image: c}}]}}
-status: {{podIP: {b}}}
----
-apiVersion: rampart.dev/v1alpha1
-kind: ClusterPolicy
-metadata: {{name: no-{DENIED}}}
-spec:
-  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
-  ingress:
-  - action: Deny
-    from: [{{podSelector: {{matchLabels: {{app: a}}}}}}]
-    ports: [{{port: {DENIED}}}]
-"
-    )
-}
 
 #[test]
 fn a_pod_plugged_in_again_is_enforced_again_and_a_gone_one_leaves_no_pins() {
@@ -57,7 +27,11 @@ fn a_pod_plugged_in_again_is_enforced_again_and_a_gone_one_leaves_no_pins() {
     let dir = std::env::temp_dir().join(format!("rampart-pod-lifecycle-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("objects.yaml"), objects(a_ip, b_ip)).expect("write");
+    std::fs::write(
+        dir.join("objects.yaml"),
+        shop_a_b_denying("node-1", a_ip, b_ip, DENIED),
+    )
+    .expect("write");
     // The agent's --bpffs-root: the harness's default for the node's namespace.
     let bpffs = rampart_tests::agent::test_bpffs()
         .expect("bpffs")
@@ -139,7 +113,7 @@ fn a_pod_whose_object_has_not_arrived_is_denied_until_it_does() {
     // Only a's object (b's is absent from this topology: its rules select nothing).
     std::fs::write(
         dir.join("objects.yaml"),
-        objects(a_ip, Ipv4Addr::new(10, 244, 1, 11)),
+        shop_a_b_denying("node-1", a_ip, Ipv4Addr::new(10, 244, 1, 11), DENIED),
     )
     .expect("write");
     let mut opts = AgentOptions::new(Vec::new());

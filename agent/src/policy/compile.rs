@@ -1118,6 +1118,18 @@ mod tests {
         assert_eq!(fresh.len(), 4, "every rule has its own cookie");
     }
 
+    /// Whether the compiled state lets a new TCP flow from `from` to `to`:80 through.
+    fn tcp_80_allowed(compiled: &Compiled, from: &str, to: &str) -> bool {
+        crate::policy::verdict::decide(
+            &compiled.state,
+            from.parse().expect("ip"),
+            to.parse().expect("ip"),
+            6,
+            80,
+        )
+        .allowed()
+    }
+
     /// The node's own addresses are `host` and the other nodes' (their Node objects', the pods'
     /// `hostIP`) `remote-node`, for the `host` and `remote-node` entities; a pod's address stays
     /// the pod's.
@@ -1184,18 +1196,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             "the pod's, not the host's: {pod}"
         );
         // Under default deny the node still reaches its pod; another node does not.
-        let reaches = |from: &str| {
-            crate::policy::verdict::decide(
-                &compiled.state,
-                from.parse().expect("ip"),
-                "10.0.1.5".parse().expect("ip"),
-                6,
-                80,
-            )
-            .allowed()
-        };
-        assert!(reaches("192.168.0.1"));
-        assert!(!reaches("192.168.0.2"));
+        assert!(tcp_80_allowed(&compiled, "192.168.0.1", "10.0.1.5"));
+        assert!(!tcp_80_allowed(&compiled, "192.168.0.2", "10.0.1.5"));
     }
 
     /// A pod's interface whose address no known pod has (its object has not arrived): an
@@ -1231,16 +1233,7 @@ status: {podIP: 10.0.1.5}
             .expect("an endpoint for the unknown pod's interface");
         assert_eq!(newcomer.identity, Identity::UNKNOWN_POD.0);
         assert!(compiled.warnings.iter().any(|w| w.contains("10.0.1.6")));
-        let decide = |from: &str, to: &str| {
-            crate::policy::verdict::decide(
-                &compiled.state,
-                from.parse().expect("ip"),
-                to.parse().expect("ip"),
-                6,
-                80,
-            )
-            .allowed()
-        };
+        let decide = |from: &str, to: &str| tcp_80_allowed(&compiled, from, to);
         assert!(!decide("10.0.1.5", "10.0.1.6"), "nothing reaches it");
         assert!(!decide("10.0.1.6", "10.0.1.5"), "it reaches nothing");
         assert!(!decide("10.0.1.6", "8.8.8.8"), "not even outside");
