@@ -100,10 +100,7 @@ impl Node for KernelNode {
     }
 
     fn ifindex(&self, interface: &str) -> Option<u32> {
-        let name = std::ffi::CString::new(interface).ok()?;
-        // SAFETY: if_nametoindex reads a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        (index != 0).then_some(index)
+        pod_interfaces::ifindex(interface)
     }
 
     fn forget(&mut self, interface: &str) -> Result<(), String> {
@@ -236,21 +233,28 @@ impl<N: Node> Controller<N> {
     /// Recompiles when the local pods' interfaces changed (a pod came or went), or the node's
     /// own addresses did.
     pub fn rescan(&mut self) {
-        match self.node.pod_interfaces() {
-            Ok(interfaces) if interfaces != self.interfaces => {
-                tracing::info!("local pods' interfaces changed: recompiling");
-                let _ = self.reload(None, Some(interfaces));
+        let interfaces = match self.node.pod_interfaces() {
+            Ok(interfaces) => interfaces,
+            Err(e) => {
+                tracing::warn!("reading the node's routes: {e}");
+                return;
             }
-            Ok(interfaces) => match self.node.host_addresses() {
+        };
+        if interfaces != self.interfaces {
+            tracing::info!("local pods' interfaces changed: recompiling");
+        } else {
+            match self.node.host_addresses() {
                 Ok(host) if host != self.host => {
                     tracing::info!("the node's addresses changed: recompiling");
-                    let _ = self.reload(None, Some(interfaces));
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("reading the node's addresses: {e}"),
-            },
-            Err(e) => tracing::warn!("reading the node's routes: {e}"),
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!("reading the node's addresses: {e}");
+                    return;
+                }
+            }
         }
+        let _ = self.reload(None, Some(interfaces));
     }
 
     /// Reads, validates, compiles and installs the whole set (with `push` applied to the
@@ -511,10 +515,22 @@ impl<N: Node> Controller<N> {
         compiled: &compile::Compiled,
         interfaces: &BTreeMap<IpAddr, PodInterface>,
     ) {
+        // An interface the routes still name has the index they give; one they no longer name
+        // may still be there (its pod's route went first).
+        let routed: BTreeMap<&str, u32> = interfaces
+            .values()
+            .map(|t| (t.interface.as_str(), t.ifindex))
+            .collect();
         let gone: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, ifindex)| self.node.ifindex(name) != Some(**ifindex))
+            .filter(|(name, ifindex)| {
+                let now = routed
+                    .get(name.as_str())
+                    .copied()
+                    .or_else(|| self.node.ifindex(name));
+                now != Some(**ifindex)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for interface in gone {

@@ -21,30 +21,41 @@ pub struct PodInterface {
 /// Host routes to other hosts (not the node's own addresses): address → the interface it is
 /// routed to.
 pub fn read() -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
-    let mut out = BTreeMap::new();
     let v4 = std::fs::read_to_string("/proc/net/route")?;
-    for (addr, iface) in parse_ipv4(&v4) {
-        insert(&mut out, IpAddr::V4(addr), iface);
-    }
+    let mut routes: Vec<(IpAddr, String)> = parse_ipv4(&v4)
+        .into_iter()
+        .map(|(addr, iface)| (IpAddr::V4(addr), iface))
+        .collect();
     // IPv6 may be disabled: no file, no IPv6 routes.
     if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        for (addr, iface) in parse_ipv6(&v6) {
-            insert(&mut out, IpAddr::V6(addr), iface);
+        routes.extend(
+            parse_ipv6(&v6)
+                .into_iter()
+                .map(|(addr, iface)| (IpAddr::V6(addr), iface)),
+        );
+    }
+    // Each interface is looked up once (a pod's has an IPv4 and an IPv6 route): its index, and
+    // whether it is a veth (`None`: not a pod's interface).
+    let mut pods_interfaces: BTreeMap<String, Option<u32>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (addr, interface) in routes {
+        let ifindex = *pods_interfaces.entry(interface.clone()).or_insert_with(|| {
+            ifindex(&interface).filter(|_| driver(&interface).as_deref() == Some("veth"))
+        });
+        if let Some(ifindex) = ifindex {
+            out.entry(addr)
+                .or_insert(PodInterface { ifindex, interface });
         }
     }
     Ok(out)
 }
 
-fn insert(out: &mut BTreeMap<IpAddr, PodInterface>, addr: IpAddr, interface: String) {
-    let Ok(cname) = std::ffi::CString::new(interface.as_str()) else {
-        return;
-    };
+/// The index of `interface` in the agent's namespace (`None`: there is none).
+pub fn ifindex(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex != 0 && driver(&interface).as_deref() == Some("veth") {
-        out.entry(addr)
-            .or_insert(PodInterface { ifindex, interface });
-    }
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// `ETHTOOL_GDRVINFO`'s answer (`struct ethtool_drvinfo`, linux/ethtool.h).

@@ -1,6 +1,20 @@
-//! Policy objects several namespace tests share, as the directory source reads them.
+//! What several namespace tests share: policy objects, as the directory source reads them, and
+//! the probe between their pods.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::{Topology, probe};
+
+/// Whether pod `shop/a` reaches `b`:`port` over TCP (an echo round trip within 700 ms).
+pub fn a_reaches_b(topo: &Topology, b: Ipv4Addr, port: u16) -> bool {
+    probe::tcp(
+        &topo.pod("shop/a").ns,
+        SocketAddr::new(IpAddr::V4(b), port),
+        Duration::from_millis(700),
+    )
+    .reached()
+}
 
 /// Namespace `shop`; pod `a` (label `app: a`) on `a_node` and pod `b` (`app: b`) on node-1;
 /// a ClusterPolicy denying a → b on TCP `denied` (nothing else is isolated).

@@ -5,15 +5,13 @@
 //! An uplink that already has another agent's XDP program keeps it, and Rampart enforces there
 //! with TC.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::net::Ipv4Addr;
 
-use rampart_tests::fixtures::shop_a_b_denying;
+use rampart_tests::fixtures::{a_reaches_b, shop_a_b_denying};
 use rampart_tests::foreign_programs::{ForeignProgram, Hook};
 use rampart_tests::netns::TEST_PREFIX;
-use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
+use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, require_root};
 
-const TIMEOUT: Duration = Duration::from_millis(700);
 /// Open to everyone.
 const OPEN: u16 = 8080;
 /// Dropped by the foreign program.
@@ -47,14 +45,7 @@ fn programs_already_on_the_hook_keep_working_and_rampart_still_enforces() {
     for program in [&mut counter, &mut dropper, &mut ender] {
         program.attach(node, &b_if, Hook::Egress).expect("attach");
     }
-    let reaches = |port: u16| {
-        probe::tcp(
-            &topo.pod("shop/a").ns,
-            SocketAddr::new(IpAddr::V4(b_ip), port),
-            TIMEOUT,
-        )
-        .reached()
-    };
+    let reaches = |port: u16| a_reaches_b(&topo, b_ip, port);
     assert!(reaches(OPEN) && reaches(RAMPART_DENIES), "before Rampart");
     assert!(!reaches(FOREIGN_DROPS), "the foreign dropper works");
 
@@ -130,14 +121,7 @@ fn an_uplink_with_another_xdp_program_keeps_it_and_rampart_enforces_with_tc() {
     let mut opts = AgentOptions::new(vec!["uplink".into()]);
     opts.policy_dir = Some(dir.clone());
     let agent = Agent::start(node, &opts).expect("the agent starts beside the XDP program");
-    let reaches = |port: u16| {
-        probe::tcp(
-            &topo.pod("shop/a").ns,
-            SocketAddr::new(IpAddr::V4(b_ip), port),
-            TIMEOUT,
-        )
-        .reached()
-    };
+    let reaches = |port: u16| a_reaches_b(&topo, b_ip, port);
     let seen = xdp.count().expect("count");
     assert!(reaches(OPEN));
     assert!(

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use rampart_tests::fixtures::shop_a_b_denying;
+use rampart_tests::fixtures::{a_reaches_b, shop_a_b_denying};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::{Agent, AgentOptions, EchoServer, Topology, probe, require_root};
 
@@ -39,14 +39,7 @@ fn a_pod_plugged_in_again_is_enforced_again_and_a_gone_one_leaves_no_pins() {
     let mut opts = AgentOptions::new(Vec::new());
     opts.policy_dir = Some(dir.clone());
     let agent = Agent::start(&topo.node("node-1").ns, &opts).expect("agent");
-    let reaches = |port: u16| {
-        probe::tcp(
-            &topo.pod("shop/a").ns,
-            SocketAddr::new(IpAddr::V4(b_ip), port),
-            TIMEOUT,
-        )
-        .reached()
-    };
+    let reaches = |port: u16| a_reaches_b(&topo, b_ip, port);
     assert!(reaches(OPEN));
     assert!(!reaches(DENIED), "b's ingress deny is enforced");
     let b_if = topo.pod("shop/b").host_if.clone();

@@ -465,12 +465,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             flags,
             ..EndpointInfo::default()
         };
-        if let Some(IpAddr::V4(v4)) = pod.ips.iter().find(|a| a.is_ipv4()) {
-            info.ipv4 = v4.octets();
-        }
-        if let Some(IpAddr::V6(v6)) = pod.ips.iter().find(|a| a.is_ipv6()) {
-            info.ipv6 = v6.octets();
-        }
+        set_own_addresses(&mut info, &pod.ips);
         out.state.endpoints.push((ifindex, info));
         out.endpoints.push(EndpointSummary {
             pod: pod.full_name.to_string(),
@@ -492,12 +487,7 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
             flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
             ..EndpointInfo::default()
         };
-        if let Some(IpAddr::V4(v4)) = addrs.iter().find(|a| a.is_ipv4()) {
-            info.ipv4 = v4.octets();
-        }
-        if let Some(IpAddr::V6(v6)) = addrs.iter().find(|a| a.is_ipv6()) {
-            info.ipv6 = v6.octets();
-        }
+        set_own_addresses(&mut info, addrs);
         out.state.endpoints.push((*ifindex, info));
         out.endpoints.push(EndpointSummary {
             pod: format!("(no known pod: {})", names.join(", ")),
@@ -566,6 +556,17 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
     }
     out.workloads = Workloads::new(workloads);
     out
+}
+
+/// The endpoint's own addresses (its first IPv4 and first IPv6), which its egress must send
+/// from.
+fn set_own_addresses(info: &mut EndpointInfo, addrs: &[IpAddr]) {
+    if let Some(IpAddr::V4(v4)) = addrs.iter().find(|a| a.is_ipv4()) {
+        info.ipv4 = v4.octets();
+    }
+    if let Some(IpAddr::V6(v6)) = addrs.iter().find(|a| a.is_ipv6()) {
+        info.ipv6 = v6.octets();
+    }
 }
 
 /// (identity, port) → the MeshPolicies that select it and their principals.
@@ -1156,11 +1157,17 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let mut checked =
             policy::check(source::parse_str(Path::new("n.yaml"), text)).expect("valid");
         // Node objects (from the Kubernetes source): this node's and a node without pods.
-        for (name, addr) in [("n1", "192.168.0.1"), ("n3", "192.168.0.3")] {
-            checked
-                .model
-                .nodes
-                .insert(name.into(), vec![addr.parse().expect("ip")]);
+        // Also a Node that claims a pod's address and repeats another node's (the pod keeps
+        // its address; each address is in the ipcache once).
+        for (name, addrs) in [
+            ("n1", &["192.168.0.1"][..]),
+            ("n3", &["192.168.0.3"]),
+            ("n4", &["10.0.2.5", "192.168.0.2", "192.168.0.2"]),
+        ] {
+            checked.model.nodes.insert(
+                name.into(),
+                addrs.iter().map(|a| a.parse().expect("ip")).collect(),
+            );
         }
         let local: BTreeMap<IpAddr, u32> = [("10.0.1.5".parse().expect("ip"), 7)].into();
         let host: BTreeSet<IpAddr> = ["192.168.0.1", "10.0.1.1", "10.0.2.5"]
