@@ -10,20 +10,56 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-/// An optional list, kept at its length. Used as
-/// `#[serde(default, deserialize_with = "compact::optional_list", skip_serializing_if =
-/// "Option::is_none")]`: the shapes are never serialized, but schemars reads the last part and
-/// so leaves `default: null` out of the CRDs' schemas.
-pub fn optional_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    let mut list = Option::<Vec<T>>::deserialize(deserializer)?;
-    if let Some(list) = &mut list {
-        list.shrink_to_fit();
+/// A list kept at its length (a boxed slice), read and described in schemas as a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<T>(Box<[T]>);
+
+impl<T> Default for List<T> {
+    fn default() -> List<T> {
+        List(Box::default())
     }
-    Ok(list)
+}
+
+impl<T> std::ops::Deref for List<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<'a, T> IntoIterator for &'a List<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<List<T>, D::Error> {
+        Vec::deserialize(deserializer).map(|list| List(list.into_boxed_slice()))
+    }
+}
+
+/// The schema of a `Vec<T>`: the CRDs do not tell the two apart.
+impl<T: schemars::JsonSchema> schemars::JsonSchema for List<T> {
+    fn inline_schema() -> bool {
+        Vec::<T>::inline_schema()
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        Vec::<T>::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        Vec::<T>::schema_id()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Vec::<T>::json_schema(generator)
+    }
 }
 
 /// A string-to-string map (`matchLabels`) as a list sorted by key: read as a map is (a key given
@@ -90,8 +126,7 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     struct Shape {
-        #[serde(default, deserialize_with = "optional_list")]
-        list: Option<Vec<u32>>,
+        list: Option<List<u32>>,
         labels: Option<StringMap>,
     }
 
@@ -100,7 +135,7 @@ mod tests {
         let shape: Shape =
             serde_saphyr::from_str("list: [1]\nlabels: {b: '3', a: '1'}\n").expect("reads");
         let list = shape.list.expect("list");
-        assert_eq!((list.len(), list.capacity()), (1, 1));
+        assert_eq!(&*list, &[1]);
         let labels = shape.labels.expect("labels");
         let pairs: Vec<(&String, &String)> = labels.iter().collect();
         assert_eq!(

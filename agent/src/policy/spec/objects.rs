@@ -17,7 +17,7 @@ use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 use super::RuleAction;
-use super::compact::{self, StringMap};
+use super::compact::{List, StringMap};
 
 /// `apiVersion` and `kind`, read first to pick the type of the document.
 #[derive(Debug, Clone, Deserialize)]
@@ -165,58 +165,23 @@ pub struct NetworkPolicy {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     pub pod_selector: Option<Spanned<LabelSelector>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub policy_types: Option<Vec<Spanned<String>>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ingress: Option<Vec<NpIngressRule>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub egress: Option<Vec<NpEgressRule>>,
+    pub policy_types: Option<List<Spanned<String>>>,
+    pub ingress: Option<List<NpIngressRule>>,
+    pub egress: Option<List<NpEgressRule>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpIngressRule {
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub from: Option<Vec<Spanned<NpPeer>>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ports: Option<Vec<Spanned<PortEntry>>>,
+    pub from: Option<List<Spanned<NpPeer>>>,
+    pub ports: Option<List<Spanned<PortEntry>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NpEgressRule {
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub to: Option<Vec<Spanned<NpPeer>>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ports: Option<Vec<Spanned<PortEntry>>>,
+    pub to: Option<List<Spanned<NpPeer>>>,
+    pub ports: Option<List<Spanned<PortEntry>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,12 +198,7 @@ pub struct IpBlock {
     #[schemars(with = "String")]
     pub cidr: Spanned<String>,
     #[schemars(with = "Option<Vec<String>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub except: Option<Vec<Spanned<String>>>,
+    pub except: Option<List<Spanned<String>>>,
 }
 
 /// A port of a rule: `protocol`, `port` (number or name) and `endPort`.
@@ -277,12 +237,7 @@ pub struct LabelSelector {
     #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub match_labels: Option<StringMap>,
     #[schemars(with = "Option<Vec<LabelSelectorRequirement>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub match_expressions: Option<Vec<Spanned<LabelSelectorRequirement>>>,
+    pub match_expressions: Option<List<Spanned<LabelSelectorRequirement>>>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -290,12 +245,7 @@ pub struct LabelSelector {
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: String,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub values: Option<Vec<String>>,
+    pub values: Option<List<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,24 +270,9 @@ pub struct ClusterPolicySpec {
     /// The workloads the policy applies to; absent: every pod.
     pub applies_to: Option<WorkloadSelector>,
     /// Directions in which the selected workloads are isolated (default deny).
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_deny: Option<Vec<PolicyType>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ingress: Option<Vec<ClusterIngressRule>>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub egress: Option<Vec<ClusterEgressRule>>,
+    pub default_deny: Option<List<PolicyType>>,
+    pub ingress: Option<List<ClusterIngressRule>>,
+    pub egress: Option<List<ClusterEgressRule>>,
 }
 
 #[derive(
@@ -365,12 +300,7 @@ pub struct WorkloadSelector {
     pub pod_selector: Option<Spanned<LabelSelector>>,
     /// `sa` (in any namespace) or `namespace/sa`.
     #[schemars(with = "Option<Vec<String>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub service_accounts: Option<Vec<Spanned<String>>>,
+    pub service_accounts: Option<List<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -378,19 +308,9 @@ pub struct WorkloadSelector {
 pub struct ClusterIngressRule {
     pub action: RuleAction,
     #[schemars(with = "Option<Vec<ClusterPeer>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub from: Option<Vec<Spanned<ClusterPeer>>>,
+    pub from: Option<List<Spanned<ClusterPeer>>>,
     #[schemars(with = "Option<Vec<PortEntry>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ports: Option<Vec<Spanned<PortEntry>>>,
+    pub ports: Option<List<Spanned<PortEntry>>>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -398,19 +318,9 @@ pub struct ClusterIngressRule {
 pub struct ClusterEgressRule {
     pub action: RuleAction,
     #[schemars(with = "Option<Vec<ClusterPeer>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub to: Option<Vec<Spanned<ClusterPeer>>>,
+    pub to: Option<List<Spanned<ClusterPeer>>>,
     #[schemars(with = "Option<Vec<PortEntry>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ports: Option<Vec<Spanned<PortEntry>>>,
+    pub ports: Option<List<Spanned<PortEntry>>>,
 }
 
 /// A peer of a cluster rule: workloads (namespace, pod and service-account selectors, ANDed),
@@ -423,19 +333,9 @@ pub struct ClusterPeer {
     #[schemars(with = "Option<LabelSelector>")]
     pub pod_selector: Option<Spanned<LabelSelector>>,
     #[schemars(with = "Option<Vec<String>>")]
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub service_accounts: Option<Vec<Spanned<String>>>,
+    pub service_accounts: Option<List<Spanned<String>>>,
     pub ip_block: Option<IpBlock>,
-    #[serde(
-        default,
-        deserialize_with = "compact::optional_list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entities: Option<Vec<Entity>>,
+    pub entities: Option<List<Entity>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
