@@ -20,3 +20,4 @@ pub mod maps;
 pub mod mesh;
 pub mod policy;
 pub mod reason;
+pub mod service;

@@ -14,6 +14,8 @@
 //! | `IPCACHE4_{A,B}_V1` / `IPCACHE6_{A,B}_V1` | LPM trie | [`MAX_IPCACHE`] | prefix → identity |
 //! | `POLICY_{A,B}_V1` | LPM trie | [`MAX_POLICY`] | (endpoint, remote, dir, proto, port prefix) → verdict |
 //! | `MESH_{A,B}_V2` | hash | [`MAX_MESH`] | (identity, proto, port) → must cross the mTLS proxy; flood brake rate |
+//! | `SERVICES_{A,B}_V1` | hash | [`MAX_SERVICES`] | (frontend address, port, proto, slot) → backend count, or one backend |
+//! | `SVC_NAT_V1` | LRU hash | [`MAX_CT`] | translated 5-tuple, one way → the other end (see `service.rs`) |
 //! | `BRAKE_V1` | LRU hash | [`MAX_BRAKE`] | (source identity, destination identity, proto, port) → the flood brake's GCRA state |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
 //! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
@@ -33,6 +35,10 @@ pub const IPCACHE4: [&str; 2] = ["IPCACHE4_A_V1", "IPCACHE4_B_V1"];
 pub const IPCACHE6: [&str; 2] = ["IPCACHE6_A_V1", "IPCACHE6_B_V1"];
 pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
 pub const MESH: [&str; 2] = ["MESH_A_V2", "MESH_B_V2"];
+pub const SERVICES: [&str; 2] = ["SERVICES_A_V1", "SERVICES_B_V1"];
+pub const SVC_NAT: &str = "SVC_NAT_V1";
+/// Per-CPU working memory of the Service translation (pinned; never read).
+pub const SVC_SCRATCH: &str = "SVC_SCRATCH_V1";
 pub const BRAKE: &str = "BRAKE_V1";
 pub const CT: &str = "CT_V1";
 pub const EVENTS: &str = "EVENTS_V1";
@@ -47,7 +53,7 @@ pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 pub const RETIRED: [&str; 2] = ["DROP_STATS_V1", "AUDIT_STATS_V1"];
 
 /// Every map of the object, in the order the agent pins them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 27] = [
     HOOK_STATS,
     DROP_STATS,
     AUDIT_STATS,
@@ -71,6 +77,10 @@ pub const ALL: [&str; 23] = [
     SCRATCH,
     FRAGS,
     BRAKE,
+    SERVICES[0],
+    SERVICES[1],
+    SVC_NAT,
+    SVC_SCRATCH,
 ];
 
 /// Local endpoints (pods on this node) per generation.
@@ -81,6 +91,8 @@ pub const MAX_IPCACHE: u32 = 65536;
 pub const MAX_POLICY: u32 = 262_144;
 /// (identity, proto, port) destinations that require mTLS, per generation.
 pub const MAX_MESH: u32 = 16_384;
+/// Service slots (frontend headers and their backends) per generation.
+pub const MAX_SERVICES: u32 = 65_536;
 /// Rule cookies with their own decision counters (the cardinality cap of per-rule metrics).
 pub const MAX_RULE_STATS: u32 = 16_384;
 /// Fragmented datagrams in flight whose first fragment passed.
@@ -101,3 +113,5 @@ const _: () =
 const _: () =
     assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));
 const _: () = assert!(short(MESH[0]) && short(MESH[1]) && short(BRAKE));
+const _: () = assert!(short(SERVICES[0]) && short(SERVICES[1]) && short(SVC_NAT));
+const _: () = assert!(short(SVC_SCRATCH));

@@ -50,13 +50,16 @@ impl DropReason {
     /// A source identity opened new connections to a destination port faster than its
     /// MeshPolicy's flood brake allows.
     pub const FLOOD_BRAKE: DropReason = DropReason(13);
+    /// A new flow to a Service address and port whose Service has no ready backend (kube-proxy
+    /// rejects these).
+    pub const NO_SERVICE_BACKEND: DropReason = DropReason(14);
 
     /// Reasons are counted in slots `0..SLOTS`; codes at or above it share the last slot.
     /// (`DROP_STATS_V1` had 16; `_V2` leaves room for 50 more reasons.)
     pub const SLOTS: u32 = 64;
 
     /// Every defined reason, in code order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::NONE,
         DropReason::POLICY_DENIED,
         DropReason::POLICY_DENY_RULE,
@@ -71,6 +74,7 @@ impl DropReason {
         DropReason::MTLS_REQUIRED,
         DropReason::PROXY_UNAVAILABLE,
         DropReason::FLOOD_BRAKE,
+        DropReason::NO_SERVICE_BACKEND,
     ];
 
     /// The snake_case name used in metric labels and flow logs.
@@ -90,6 +94,7 @@ impl DropReason {
             11 => "mtls_required",
             12 => "proxy_unavailable",
             13 => "flood_brake",
+            14 => "no_service_backend",
             _ => "unknown",
         }
     }

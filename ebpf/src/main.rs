@@ -22,6 +22,7 @@ mod events;
 mod maps;
 mod packet;
 mod proxy;
+mod service;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -34,7 +35,9 @@ use rampart_common::mesh::{MARK_MASK, MARK_TO_PROXY};
 use rampart_common::reason::{Direction, DropReason};
 
 use crate::enforce::Action;
+use crate::maps::CONFIG;
 use crate::packet::Bounds;
+use crate::service::Translation;
 
 /// Bytes of headers the TC programs make linear before parsing (Ethernet + IPv6 + extension
 /// headers + L4 + a quoted header in ICMP errors).
@@ -94,6 +97,28 @@ pub fn rp_tc_egress(ctx: TcContext) -> i32 {
 fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     let len = ctx.len();
     counters::count(hook, u64::from(len));
+    // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A pod's flow to a Service leaves with its backend as destination, before anything judges
+    // it (see `service.rs`); only pods' interfaces translate.
+    let pod = match CONFIG.get(0) {
+        Some(c) => maps::endpoint(c.revision & 1, ifindex).endpoint_id != 0,
+        None => false,
+    };
+    if pod && dir == Direction::EGRESS {
+        let generation = CONFIG.get(0).map_or(0, |c| c.revision & 1);
+        match service::to_backend(&ctx, generation) {
+            Translation::Untouched | Translation::Rewritten => {}
+            Translation::NoBackend => {
+                counters::dropped(DropReason::NO_SERVICE_BACKEND, dir, u64::from(len));
+                return TC_ACT_SHOT;
+            }
+            Translation::Failed => {
+                counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
+                return TC_ACT_SHOT;
+            }
+        }
+    }
     // Headers in paged data are pulled into the linear area; if that fails the parser sees a
     // shorter packet and drops it as truncated (fail closed).
     let _ = ctx.pull_data(core::cmp::min(len, TC_PULL_LEN));
@@ -105,8 +130,16 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         wire_len: len as usize,
     };
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
-    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
-    match enforce::decide(&b, ifindex, dir, mark) {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let action = enforce::decide(&b, ifindex, dir, mark);
+    // Into a pod: a reply of a translated flow comes from the frontend the pod asked for.
+    if pod && dir == Direction::INGRESS && action != Action::Drop {
+        if service::from_backend(&ctx) == Translation::Failed {
+            counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
+            return TC_ACT_SHOT;
+        }
+    }
+    match action {
         // Passed on to whatever runs after Rampart on this hook (a CNI's or a monitoring
         // agent's programs, tcx or tc filters): `TC_ACT_OK` would end the hook's chain there and
         // skip them. With nothing after, the packet goes on as with `TC_ACT_OK`.

@@ -12,11 +12,12 @@ use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
 use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps::{
-    MAX_BRAKE, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY,
+    MAX_BRAKE, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_IPCACHE, MAX_MESH, MAX_POLICY, MAX_SERVICES,
 };
 use rampart_common::mesh::{BrakeKey, MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use rampart_common::reason::DropReason;
+use rampart_common::service::{NatKey, NatValue, ServiceKey, ServiceValue};
 
 /// LPM tries must be created without preallocation.
 const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
@@ -62,6 +63,17 @@ pub static POLICY_B: LpmTrie<PolicyKey, PolicyEntry> =
 pub static MESH_A: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
 #[map(name = "MESH_B_V2")]
 pub static MESH_B: HashMap<MeshKey, MeshEntry> = HashMap::with_max_entries(MAX_MESH, 0);
+
+#[map(name = "SERVICES_A_V1")]
+pub static SERVICES_A: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map(name = "SERVICES_B_V1")]
+pub static SERVICES_B: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Translated flows, both ways (see `rampart_common::service`).
+#[map(name = "SVC_NAT_V1")]
+pub static SVC_NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(MAX_CT, 0);
 
 /// The flood brake's state: GCRA theoretical arrival time per (source, destination, port).
 #[map(name = "BRAKE_V1")]
@@ -210,4 +222,18 @@ pub fn brake_admits(key: &BrakeKey, now: u64, period: u64, tau: u64) -> bool {
             true
         }
     }
+}
+
+/// A frontend's slot: its header (`slot == 0`) or a backend; `None` if there is none.
+#[inline(always)]
+pub fn service_slot(generation: u32, key: &ServiceKey) -> Option<ServiceValue> {
+    // SAFETY: the value is copied out at once; hash map values stay valid for the program run.
+    let hit = unsafe {
+        if generation == 0 {
+            SERVICES_A.get(key)
+        } else {
+            SERVICES_B.get(key)
+        }
+    };
+    hit.copied()
 }

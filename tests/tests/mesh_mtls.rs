@@ -13,10 +13,9 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rampart_tests::capture::{Capture, contains};
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::{Netns, TEST_PREFIX};
@@ -81,80 +80,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     rampart_tests::eventually(what, Duration::from_secs(10), || f().then_some(()));
 }
 
-/// `tcpdump` on every port of the underlay bridge, killed on drop.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(fabric: &Netns, file: &Path) -> Capture {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                fabric.name(),
-                "tcpdump",
-                "-Z",
-                "root",
-                "-i",
-                "any",
-                "--immediate-mode",
-                "-U",
-                "-s",
-                "0",
-                // A larger buffer and TCP only: under load the default buffer dropped packets
-                // ("packets dropped by kernel"), and with them the control flow's payload.
-                "-B",
-                "16384",
-                "-w",
-            ])
-            .arg(file)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(file.with_extension("err")).expect("stderr file"))
-            .spawn()
-            .expect("tcpdump (cargo xtask setup installs it)");
-        // tcpdump writes the pcap header once it captures.
-        rampart_tests::eventually("tcpdump to start", Duration::from_secs(5), || {
-            (std::fs::metadata(file).map_or(0, |m| m.len()) > 0).then_some(())
-        });
-        Capture {
-            child,
-            file: file.to_owned(),
-        }
-    }
-
-    /// Stops the capture and returns the raw pcap bytes and tcpdump's reading of them.
-    fn finish(mut self) -> (Vec<u8>, String) {
-        std::thread::sleep(Duration::from_millis(300));
-        // SIGTERM: tcpdump writes out what it holds and exits.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let raw = std::fs::read(&self.file).expect("capture file");
-        let text = Command::new("tcpdump")
-            .args(["-nn", "-r"])
-            .arg(&self.file)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        (raw, text)
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 #[test]
 fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {

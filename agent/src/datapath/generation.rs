@@ -12,6 +12,7 @@ use rampart_common::endpoint::EndpointInfo;
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::mesh::{MeshEntry, MeshKey};
+use rampart_common::service::{ServiceKey, ServiceValue};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,17 @@ impl Datapath {
             let mut map: HashMap<&mut MapData, MeshKey, MeshEntry> =
                 typed(name, self.map_mut(name)?)?;
             changes += sync_hash(&mut map, name, old.as_ref().map(|o| &o.mesh), &next.mesh)?;
+        }
+        {
+            let name = maps::SERVICES[slot];
+            let mut map: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+                typed(name, self.map_mut(name)?)?;
+            changes += sync_hash(
+                &mut map,
+                name,
+                old.as_ref().map(|o| &o.services),
+                &next.services,
+            )?;
         }
         tracing::debug!(
             slot,
@@ -200,20 +212,28 @@ impl Datapath {
         self.copy_trie::<[u8; 4], IpcacheEntry>(maps::IPCACHE4[from], maps::IPCACHE4[to])?;
         self.copy_trie::<[u8; 16], IpcacheEntry>(maps::IPCACHE6[from], maps::IPCACHE6[to])?;
         self.copy_trie::<PolicyKey, PolicyEntry>(maps::POLICY[from], maps::POLICY[to])?;
-        let mesh: Vec<(MeshKey, MeshEntry)> = {
-            let map: HashMap<&mut MapData, MeshKey, MeshEntry> =
-                typed(maps::MESH[from], self.map_mut(maps::MESH[from])?)?;
+        self.copy_hash::<MeshKey, MeshEntry>(maps::MESH[from], maps::MESH[to])?;
+        self.copy_hash::<ServiceKey, ServiceValue>(maps::SERVICES[from], maps::SERVICES[to])?;
+        self.written[to] = self.written[from].clone();
+        Ok(())
+    }
+
+    pub(super) fn copy_hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        from: &'static str,
+        to: &'static str,
+    ) -> Result<(), DatapathError> {
+        let entries: Vec<(K, V)> = {
+            let map: HashMap<&mut MapData, K, V> = typed(from, self.map_mut(from)?)?;
             map.iter()
                 .collect::<Result<_, _>>()
-                .map_err(map_err(maps::MESH[from]))?
+                .map_err(map_err(from))?
         };
-        let name = maps::MESH[to];
-        let mut map: HashMap<&mut MapData, MeshKey, MeshEntry> = typed(name, self.map_mut(name)?)?;
-        clear_hash(&mut map, name)?;
-        for (k, v) in mesh {
-            map.insert(k, v, 0).map_err(map_err(name))?;
+        let mut map: HashMap<&mut MapData, K, V> = typed(to, self.map_mut(to)?)?;
+        clear_hash(&mut map, to)?;
+        for (k, v) in entries {
+            map.insert(k, v, 0).map_err(map_err(to))?;
         }
-        self.written[to] = self.written[from].clone();
         Ok(())
     }
 
@@ -317,6 +337,7 @@ pub(super) fn read_generation(dp: &mut Datapath, slot: usize) -> Result<Written,
         ipcache6: trie(dp, maps::IPCACHE6[slot])?,
         policy: trie(dp, maps::POLICY[slot])?,
         mesh: hash(dp, maps::MESH[slot])?,
+        services: hash(dp, maps::SERVICES[slot])?,
     })
 }
 

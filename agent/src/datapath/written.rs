@@ -16,6 +16,7 @@ use rampart_common::endpoint::EndpointInfo;
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::mesh::{MeshEntry, MeshKey};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
+use rampart_common::service::{ServiceKey, ServiceValue};
 
 use crate::kernel_state::PolicyState;
 
@@ -71,6 +72,7 @@ pub(super) struct Written {
     pub ipcache6: Entries<(u32, [u8; 16]), IpcacheEntry>,
     pub policy: Entries<(u32, PolicyKey), PolicyEntry>,
     pub mesh: Entries<MeshKey, MeshEntry>,
+    pub services: Entries<ServiceKey, ServiceValue>,
 }
 
 impl Written {
@@ -99,6 +101,7 @@ impl Written {
                 .map(|e| ((e.prefix_len, e.key), e.entry))
                 .collect(),
             mesh: state.mesh.iter().copied().collect(),
+            services: state.services.iter().copied().collect(),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Written {
         c += count(&self.ipcache6, &other.ipcache6);
         c += count(&self.policy, &other.policy);
         c += count(&self.mesh, &other.mesh);
+        c += count(&self.services, &other.services);
         c
     }
 }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use rampart_common::endpoint::EndpointInfo;
 use rampart_common::mesh::{MeshEntry, MeshKey};
+use rampart_common::service::{ServiceKey, ServiceValue};
 
 pub mod policy_map;
 
@@ -20,6 +21,8 @@ pub struct PolicyState {
     pub policy: Vec<PolicyMapEntry>,
     /// Destinations that require mTLS (see `rampart_common::mesh`).
     pub mesh: Vec<(MeshKey, MeshEntry)>,
+    /// Service frontends and their backends (see `rampart_common::service`).
+    pub services: Vec<(ServiceKey, ServiceValue)>,
     /// Port of the local proxy's transparent listener; 0: no proxy.
     pub proxy_port: u16,
     /// Agent-wide audit mode.

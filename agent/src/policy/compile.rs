@@ -35,6 +35,7 @@ use super::model::{
     PortMatch, PrincipalsModel, RuleModel,
 };
 use super::selector::Labels;
+use super::services;
 use super::spec::RuleAction;
 use super::spec::objects::PolicyMode;
 use crate::kernel_state::policy_map::{self, PolicyRule};
@@ -154,6 +155,8 @@ pub struct Compiled {
     pub mesh: Vec<MeshDestination>,
     /// Every pod address.
     pub workloads: Workloads,
+    /// Service frontends and their backends.
+    pub services: Vec<services::Frontend>,
     /// Policy rules before they became trie entries.
     pub rule_count: usize,
     /// Non-fatal findings (two pods with one address, ...).
@@ -555,6 +558,10 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
         }
     }
     out.workloads = Workloads::new(workloads);
+
+    // 7. Services: translated in the kernel at the client pod's interface.
+    out.services = services::frontends(model, node.host);
+    out.state.services = services::entries(&out.services, &mut out.warnings);
     out
 }
 

@@ -11,6 +11,7 @@
 //! | ingress | `ingress` | a MeshPolicy's `ingress` section: traffic from outside the cluster, TLS certificates from Secrets |
 //! | identities | `identity` | numeric identities, stable while their label set exists |
 //! | compile | `compile` | model → endpoints, ipcache and policy trie entries, mTLS destinations (pure) |
+//! | Services | `services` | Services and EndpointSlices → the kernel's frontends and backends (pure) |
 //! | decide | `verdict` | what the kernel decides for a flow, from the compiled state |
 //! | definitions | `crd` | Rampart's kinds as CustomResourceDefinitions, generated from `spec/` |
 //!
@@ -29,6 +30,7 @@ pub mod ingress;
 pub mod model;
 pub mod secret;
 pub mod selector;
+pub mod services;
 pub mod source;
 pub mod spec;
 pub mod verdict;

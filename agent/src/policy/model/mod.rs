@@ -45,6 +45,9 @@ pub struct Model {
     /// Node name → its addresses (from the Kubernetes source's Node objects): `remote-node`,
     /// unless they are this node's own.
     pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// Services and their EndpointSlices (from the Kubernetes source): translated in the kernel.
+    pub services: Vec<Arc<ServiceModel>>,
+    pub endpoint_slices: Vec<Arc<EndpointSliceModel>>,
     /// Shared with the [`ValidationMemo`] (unchanged objects are not validated again).
     pub policies: Vec<std::sync::Arc<PolicyModel>>,
     pub mesh_policies: Vec<MeshPolicyModel>,
@@ -62,6 +65,8 @@ pub struct Validated {
     pub pods: Vec<std::sync::Arc<PodModel>>,
     /// Node name → its addresses.
     pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    pub services: Vec<Arc<ServiceModel>>,
+    pub endpoint_slices: Vec<Arc<EndpointSliceModel>>,
 }
 
 impl Validated {
@@ -80,6 +85,10 @@ impl Validated {
             .retain(|p| !keys.contains(&("Pod", Some(&*p.namespace), Some(p.name()))));
         self.nodes
             .retain(|name, _| !keys.contains(&("Node", None, Some(name.as_str()))));
+        self.services
+            .retain(|s| !keys.contains(&("Service", Some(&*s.namespace), Some(&*s.name))));
+        self.endpoint_slices
+            .retain(|s| !keys.contains(&("EndpointSlice", Some(&*s.namespace), Some(&*s.name))));
     }
 
     /// The keys of what this holds (see [`Validated::remove_keys`]).
@@ -93,10 +102,24 @@ impl Validated {
                     .map(|p| ("Pod", Some(&*p.namespace), Some(p.name()))),
             )
             .chain(self.nodes.keys().map(|n| ("Node", None, Some(n.as_str()))))
+            .chain(
+                self.services
+                    .iter()
+                    .map(|s| ("Service", Some(&*s.namespace), Some(&*s.name))),
+            )
+            .chain(
+                self.endpoint_slices
+                    .iter()
+                    .map(|s| ("EndpointSlice", Some(&*s.namespace), Some(&*s.name))),
+            )
     }
 
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.pods.is_empty() && self.nodes.is_empty()
+        self.namespaces.is_empty()
+            && self.pods.is_empty()
+            && self.nodes.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
     }
 
     /// Adds `other`'s objects; the caller has removed those they replace
@@ -105,6 +128,8 @@ impl Validated {
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
         self.nodes.extend(other.nodes);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
     }
 }
 
@@ -175,7 +200,7 @@ impl PodModel {
     }
 }
 
-/// A Service as the datapath will translate it (from the Kubernetes source; not yet compiled).
+/// A Service as the datapath translates it (from the Kubernetes source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceModel {
     pub namespace: String,
@@ -210,6 +235,7 @@ pub enum PortTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSliceModel {
     pub namespace: String,
+    pub name: String,
     /// The Service (`kubernetes.io/service-name`).
     pub service: String,
     pub endpoints: Vec<EndpointModel>,

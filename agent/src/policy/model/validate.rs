@@ -30,6 +30,8 @@ pub fn build_with(
         namespaces: validated.namespaces,
         pods: validated.pods,
         nodes: validated.nodes,
+        services: validated.services,
+        endpoint_slices: validated.endpoint_slices,
         ..Model::default()
     };
     let mut seen: HashMap<(&'static str, String, String), Origin> = HashMap::new();

@@ -312,6 +312,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<EndpointSliceModel
     }
     Ok(Some(EndpointSliceModel {
         namespace: namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
         service: service.clone(),
         endpoints,
         ports,

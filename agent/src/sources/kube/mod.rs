@@ -7,7 +7,7 @@
 //! | Pod (all, every node's) | its model: labels, addresses, named ports, service account, node | remote pods' addresses resolve to identities in this node's ipcache |
 //! | Namespace | its labels | namespace selectors |
 //! | Node | its addresses | `host` / `remote-node` |
-//! | Service, EndpointSlice | addresses, ports, backends | Service translation (kept; not yet compiled) |
+//! | Service, EndpointSlice | addresses, ports, backends | Service translation in the kernel (`policy::compile::services`) |
 //! | NetworkPolicy, ClusterPolicy, MeshPolicy | a YAML document, read by the policy reader | every check, at a position |
 //! | Secret, only those labelled [`SECRET_LABEL`] | a YAML document | API keys, ingress certificates |
 //!
@@ -147,7 +147,6 @@ impl KubeSource {
             objects: Arc::clone(&objects),
             health: Arc::clone(&health),
             notify: Arc::clone(&notify),
-            compiled: !matches!(kind, "Service" | "EndpointSlice"),
         };
         let all = watcher::Config::default();
         let labels = intern::Interner::default();
@@ -188,13 +187,13 @@ impl KubeSource {
             watch("Service"),
             client.clone(),
             |o| &mut o.services,
-            |service, _| convert::service(service),
+            |service, _| convert::service(service).map(|s| s.map(Arc::new)),
         ));
         tokio::spawn(watch_checked(
             watch("EndpointSlice"),
             client.clone(),
             |o| &mut o.endpoint_slices,
-            |slice, _| convert::endpoint_slice(slice),
+            |slice, _| convert::endpoint_slice(slice).map(|s| s.map(Arc::new)),
         ));
         for kind in DOCUMENT_KINDS {
             let resource = ApiResource::from_gvk_with_plural(
@@ -371,6 +370,16 @@ impl PolicySource for KubeSource {
         for (name, entry) in objects.nodes.live() {
             if let Some(addrs) = &entry.in_use {
                 out.validated.nodes.insert(name.to_string(), addrs.clone());
+            }
+        }
+        for entry in objects.services.live().values() {
+            if let Some(service) = &entry.in_use {
+                out.validated.services.push(Arc::clone(service));
+            }
+        }
+        for entry in objects.endpoint_slices.live().values() {
+            if let Some(slice) = &entry.in_use {
+                out.validated.endpoint_slices.push(Arc::clone(slice));
             }
         }
         for (file, doc) in objects.documents.values().flat_map(store::Kind::live) {

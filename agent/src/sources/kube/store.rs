@@ -149,9 +149,9 @@ pub struct Objects {
     pub pods: Kind<Checked<Arc<PodModel>>>,
     pub namespaces: Kind<Checked<Labels>>,
     pub nodes: Kind<Checked<Vec<IpAddr>>>,
-    /// Kept for the datapath's Service translation (not yet compiled).
-    pub services: Kind<Checked<ServiceModel>>,
-    pub endpoint_slices: Kind<Checked<EndpointSliceModel>>,
+    /// For the datapath's Service translation.
+    pub services: Kind<Checked<Arc<ServiceModel>>>,
+    pub endpoint_slices: Kind<Checked<Arc<EndpointSliceModel>>>,
     /// Documents by kind (each kind relists on its own), then by the file name they are read
     /// as (`kube:Kind/namespace/name`).
     pub documents: BTreeMap<&'static str, Kind<Document>>,

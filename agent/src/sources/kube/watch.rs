@@ -23,9 +23,6 @@ pub(super) struct Watch {
     pub health: Arc<KubeHealth>,
     /// Tells the controller the source changed.
     pub notify: Arc<dyn Fn() + Send + Sync>,
-    /// Whether a change of this kind changes what the controller compiles (a kind kept for
-    /// later tells it only when its lists complete, which readiness waits for).
-    pub compiled: bool,
 }
 
 impl Watch {
@@ -111,9 +108,7 @@ impl Watch {
                     h.rejected += 1;
                 }
             });
-            // A kind kept but not compiled tells the controller only that its list is complete
-            // (readiness waits for it); its other changes reload nothing.
-            if changed && (self.compiled || matches!(event, Event::InitDone)) {
+            if changed {
                 (self.notify)();
             }
         }
