@@ -23,10 +23,19 @@ pub struct ServiceKey {
     pub port: u16,
     pub slot: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// [`ServiceKey::FROM_PODS`] or [`ServiceKey::FROM_OUTSIDE`].
+    pub scope: u8,
+    pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
+
+impl ServiceKey {
+    /// What a pod of this node sends.
+    pub const FROM_PODS: u8 = 0;
+    /// What arrives on an uplink.
+    pub const FROM_OUTSIDE: u8 = 1;
+}
 
 /// Slot 0: `count` backends (`addr`, `port` unused); a backend slot: its address and port.
 #[repr(C)]

@@ -85,9 +85,10 @@ struct Decision {
     audit: bool,
 }
 
-/// `mark` is the packet's `skb->mark` (0 at XDP, which has none).
+/// `mark` is the packet's `skb->mark` (0 at XDP, which has none); `local_origin`: the node's own
+/// stack sent the packet (it arrived on no interface; false at XDP).
 #[inline(always)]
-pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32) -> Action {
+pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32, local_origin: bool) -> Action {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
         return Action::Drop;
@@ -113,7 +114,18 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32) -> Action {
     if uplink && dir != Direction::EGRESS {
         return Action::Pass;
     }
-    let action = judge(b, ifindex, dir, mark, s, &cfg, generation, ep, uplink);
+    let action = judge(
+        b,
+        ifindex,
+        dir,
+        mark,
+        local_origin,
+        s,
+        &cfg,
+        generation,
+        ep,
+        uplink,
+    );
     // A first fragment that a decision about a pod let through: its datagram's later fragments
     // follow it. (Node traffic on an uplink and link plumbing pass without a decision.)
     if action != Action::Drop && s.judged && s.flow.frag == FRAG_FIRST {
@@ -133,6 +145,7 @@ fn judge(
     ifindex: u32,
     dir: Direction,
     mark: u32,
+    local_origin: bool,
     s: &mut Scratch,
     cfg: &DatapathConfig,
     generation: u32,
@@ -204,6 +217,7 @@ fn judge(
         from_proxy: mark & MARK_MASK == MARK_FROM_PROXY,
         proxy_port: cfg.proxy_port,
         uplink,
+        local_origin,
     };
     if dir == Direction::EGRESS {
         // The source must be this pod's own address, as its endpoint entry records it (not just an
@@ -425,13 +439,14 @@ fn judge(
 }
 
 /// A flow from this node to one of its pods (the kubelet's probes): admitted whatever the policy
-/// and whether or not its port requires mTLS, as Kubernetes requires. Only on the pod's own
-/// interface: a packet from outside carrying a node address is not the node's (the kernel drops
-/// one arriving with a local source address as a martian, and an uplink never trusts it), and
-/// a pod cannot send with the node's address (its egress drops `source_spoofed`).
+/// and whether or not its port requires mTLS, as Kubernetes requires. Only what the node's own
+/// stack sends, on the pod's own interface: a forwarded packet carrying a node address is not
+/// the node's (kube-proxy masquerades a NodePort client to the node's address, and so can any
+/// SNAT rule: such a packet is judged by policy as `host`), an uplink never trusts one, and a
+/// pod cannot send with the node's address (its egress drops `source_spoofed`).
 #[inline(always)]
 fn from_host(c: &Ctx, scope: Direction, remote: u32) -> bool {
-    scope == Direction::INGRESS && !c.uplink && remote == Identity::HOST.0
+    scope == Direction::INGRESS && !c.uplink && c.local_origin && remote == Identity::HOST.0
 }
 
 /// `world` or an ipBlock's identity: an address no pod of the cluster has.
@@ -589,6 +604,8 @@ struct Ctx<'a> {
     proxy_port: u16,
     /// The packet arrived on an uplink (judged as the destination pod's ingress).
     uplink: bool,
+    /// The node's own stack sent the packet (`ingress_ifindex == 0`): not forwarded.
+    local_origin: bool,
 }
 
 /// Conntrack for one key: `Some(action)` if `k` is a live flow (the packet's own direction, or

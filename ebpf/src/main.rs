@@ -33,6 +33,7 @@ use aya_ebpf::{
 use rampart_common::counters::Hook;
 use rampart_common::mesh::{MARK_MASK, MARK_TO_PROXY};
 use rampart_common::reason::{Direction, DropReason};
+use rampart_common::service::ServiceKey;
 
 use crate::enforce::Action;
 use crate::maps::CONFIG;
@@ -59,7 +60,7 @@ pub fn rp_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // XDP cannot mark packets: a flow for the proxy passes here and TC ingress redirects it.
-    match enforce::decide(&b, ifindex, Direction::EGRESS, 0) {
+    match enforce::decide(&b, ifindex, Direction::EGRESS, 0, false) {
         Action::Drop => xdp_action::XDP_DROP,
         Action::Pass | Action::Redirect { .. } | Action::ToProxy => xdp_action::XDP_PASS,
     }
@@ -99,15 +100,23 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     counters::count(hook, u64::from(len));
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // A pod's flow to a Service leaves with its backend as destination, before anything judges
-    // it (see `service.rs`); only pods' interfaces translate.
-    let pod = match CONFIG.get(0) {
-        Some(c) => maps::endpoint(c.revision & 1, ifindex).endpoint_id != 0,
-        None => false,
+    // A flow to a Service enters with its backend as destination, before anything judges it
+    // (see `service.rs`): everything a pod sends, and what arrives on an uplink for a Service
+    // whose local backends take ingress through the proxy.
+    let (pod, generation) = match CONFIG.get(0) {
+        Some(c) => (
+            maps::endpoint(c.revision & 1, ifindex).endpoint_id != 0,
+            c.revision & 1,
+        ),
+        None => (false, 0),
     };
-    if pod && dir == Direction::EGRESS {
-        let generation = CONFIG.get(0).map_or(0, |c| c.revision & 1);
-        match service::to_backend(&ctx, generation) {
+    if dir == Direction::EGRESS {
+        let scope = if pod {
+            ServiceKey::FROM_PODS
+        } else {
+            ServiceKey::FROM_OUTSIDE
+        };
+        match service::to_backend(&ctx, generation, scope) {
             Translation::Untouched | Translation::Rewritten => {}
             Translation::NoBackend => {
                 counters::dropped(DropReason::NO_SERVICE_BACKEND, dir, u64::from(len));
@@ -130,10 +139,11 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         wire_len: len as usize,
     };
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    let action = enforce::decide(&b, ifindex, dir, mark);
-    // Into a pod: a reply of a translated flow comes from the frontend the pod asked for.
-    if pod && dir == Direction::INGRESS && action != Action::Drop {
+    let (mark, arrived_on) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).ingress_ifindex) };
+    let action = enforce::decide(&b, ifindex, dir, mark, arrived_on == 0);
+    // Into a pod or out of an uplink: a reply of a translated flow comes from the frontend its
+    // client asked for.
+    if dir == Direction::INGRESS && action != Action::Drop {
         if service::from_backend(&ctx) == Translation::Failed {
             counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
             return TC_ACT_SHOT;

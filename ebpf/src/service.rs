@@ -125,10 +125,11 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// A pod's packet (TC ingress of its interface, before the decision): a flow to a Service
-/// frontend gets its backend as destination. `generation` is the live one.
+/// A packet entering the node (TC ingress: a pod's interface, `scope` `FROM_PODS`, or an uplink,
+/// `FROM_OUTSIDE`), before the decision: a flow to a Service frontend of that scope gets its
+/// backend as destination. `generation` is the live one.
 #[inline(never)]
-pub fn to_backend(ctx: &TcContext, generation: u32) -> Translation {
+pub fn to_backend(ctx: &TcContext, generation: u32, scope: u8) -> Translation {
     let Some(s) = SVC_SCRATCH.get_ptr_mut(0) else {
         return Translation::Untouched;
     };
@@ -154,7 +155,8 @@ pub fn to_backend(ctx: &TcContext, generation: u32) -> Translation {
         port: s.key.dport,
         slot: 0,
         proto: s.key.proto,
-        _pad: [0; 3],
+        scope,
+        _pad: [0; 2],
     };
     let Some(head) = maps::service_slot(generation, &s.frontend) else {
         return Translation::Untouched;
@@ -198,8 +200,8 @@ pub fn to_backend(ctx: &TcContext, generation: u32) -> Translation {
     rewrite(ctx, &at, false, &s.key.daddr, s.key.dport, &s.value)
 }
 
-/// A packet into a pod (TC egress of its interface, after the decision passed it): the reply
-/// of a translated flow gets its frontend back as source.
+/// A packet leaving the node (TC egress: into a pod, or out of an uplink), after the decision
+/// passed it: the reply of a translated flow gets its frontend back as source.
 #[inline(never)]
 pub fn from_backend(ctx: &TcContext) -> Translation {
     let Some(s) = SVC_SCRATCH.get_ptr_mut(0) else {
@@ -236,7 +238,11 @@ fn rewrite(
         0
     };
     let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
-    let addr_at = if source { at.saddr } else { at.saddr + if at.v4 { 4 } else { 16 } };
+    let addr_at = if source {
+        at.saddr
+    } else {
+        at.saddr + if at.v4 { 4 } else { 16 }
+    };
     if old_addr != &to.addr {
         if at.v4 {
             let old = u32::from_ne_bytes([old_addr[12], old_addr[13], old_addr[14], old_addr[15]]);
@@ -256,13 +262,7 @@ fn rewrite(
             let mut new = to.addr;
             // SAFETY: both buffers are 16 bytes on this stack frame, as the sizes say.
             let diff = unsafe {
-                bpf_csum_diff(
-                    old.as_mut_ptr().cast(),
-                    16,
-                    new.as_mut_ptr().cast(),
-                    16,
-                    0,
-                )
+                bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0)
             };
             if diff < 0
                 || ctx

@@ -80,7 +80,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     rampart_tests::eventually(what, Duration::from_secs(10), || f().then_some(()));
 }
 
-
 #[test]
 fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     require_root();

@@ -10,7 +10,11 @@
 //! - a Service without ready backends drops new flows as `no_service_backend`;
 //! - a MeshPolicy port reached through its Service crosses the underlay inside the mTLS tunnel;
 //! - kube-proxy's rules never see the pods' Service traffic (Rampart translated it first), while
-//!   the node's own connection to the Service still goes through them.
+//!   the node's own connection to the Service still goes through them;
+//! - a client outside the cluster reaches a NodePort Service whose pod's port has a MeshPolicy
+//!   `ingress` section through the node's proxy (the pod sees the client's own address);
+//! - the same client through a NodePort kube-proxy serves (masquerading it to the node's
+//!   address) is judged by the backend's policy, not waved through as the node's own traffic.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -35,12 +39,14 @@ const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 const DB: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 12);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 53);
+const FRONT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 30);
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_NODE_PORT: u16 = 30080;
+const FRONT_NODE_PORT: u16 = 30090;
 
 fn pod(namespace: &str, name: &str, labels: Value, node: u8, ip: Ipv4Addr) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -61,11 +67,16 @@ fn service(
     node_port: Option<u16>,
     backends: &[(&str, Ipv4Addr)],
 ) -> [Value; 2] {
-    let mut port_spec = json!({"name": name, "protocol": protocol, "port": port, "targetPort": target});
+    let mut port_spec =
+        json!({"name": name, "protocol": protocol, "port": port, "targetPort": target});
     if let Some(n) = node_port {
         port_spec["nodePort"] = json!(n);
     }
-    let kind = if node_port.is_some() { "NodePort" } else { "ClusterIP" };
+    let kind = if node_port.is_some() {
+        "NodePort"
+    } else {
+        "ClusterIP"
+    };
     let endpoints: Vec<Value> = backends
         .iter()
         .map(|(pod, ip)| {
@@ -99,8 +110,23 @@ fn objects() -> Vec<Value> {
         pod("shop", "web-1", json!({"app": "web"}), 1, WEB_1),
         pod("shop", "web-2", json!({"app": "web"}), 2, WEB_2),
         pod("shop", "db", json!({"app": "db"}), 2, DB),
-        pod("kube-system", "coredns", json!({"k8s-app": "kube-dns"}), 2, DNS),
+        pod(
+            "kube-system",
+            "coredns",
+            json!({"k8s-app": "kube-dns"}),
+            2,
+            DNS,
+        ),
+        pod("shop", "front", json!({"app": "front"}), 1, FRONT),
     ];
+    out.extend(service(
+        "shop",
+        "front",
+        Ipv4Addr::new(10, 96, 0, 50),
+        ("http", "TCP", 80, 8080),
+        Some(FRONT_NODE_PORT),
+        &[("front", FRONT)],
+    ));
     out.extend(service(
         "shop",
         "web",
@@ -188,6 +214,23 @@ metadata: {{name: db-mtls}}
 spec:
   appliesTo: {{podSelector: {{matchLabels: {{app: db}}}}}}
   ports: [{{port: 5432}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: front-in, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: front}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: 0.0.0.0/0}}}}]
+    ports: [{{port: 8080}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: front-ingress}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: front}}}}}}
+  ports: [{{port: 8080}}]
+  ingress: {{}}
 ",
         include_str!("../../policies/00-baseline.yaml")
     )
@@ -242,8 +285,16 @@ fn install_kube_proxy(node: &Netns) {
     let path = file.display().to_string();
     cmd::in_ns(node.name(), "iptables-restore", &["--noflush", &path]).expect("iptables-restore");
     let _ = std::fs::remove_file(&file);
-    cmd::ip(&["-n", node.name(), "route", "add", "10.96.0.0/12", "dev", "uplink"])
-        .expect("service route");
+    cmd::ip(&[
+        "-n",
+        node.name(),
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "dev",
+        "uplink",
+    ])
+    .expect("service route");
 }
 
 /// Packets kube-proxy's cluster-IP rule for the web Service has matched on `node`.
@@ -295,6 +346,8 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
         .pod("node-2", "shop/web-2", WEB_2)
         .pod("node-2", "shop/db", DB)
         .pod("node-2", "kube-system/coredns", DNS)
+        .pod("node-1", "shop/front", FRONT)
+        .outside()
         .build()
         .expect("topology");
     for node in ["node-1", "node-2"] {
@@ -304,6 +357,7 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
     let web_2 = HttpServer::start(&topo.pod("shop/web-2").ns, 8080).expect("web-2");
     let _db = EchoServer::start(&topo.pod("shop/db").ns, &[5432], &[]).expect("db");
     let _dns = EchoServer::start(&topo.pod("kube-system/coredns").ns, &[53], &[53]).expect("dns");
+    let front = HttpServer::start(&topo.pod("shop/front").ns, 8080).expect("front");
     let api = ApiServer::start_on_underlay(&topo).expect("API server stand-in");
     for object in objects() {
         api.apply(&object).expect("object");
@@ -319,7 +373,7 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
         &["node-1", "node-2"],
         &policies(),
         None,
-        &["--kubeconfig", &kubeconfig_arg],
+        &["--kubeconfig", &kubeconfig_arg, "--interface", "uplink"],
     )
     .expect("agents");
     let _ = std::fs::remove_file(&kubeconfig);
@@ -427,4 +481,48 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
         kube_proxy_matched(node1_ns) >= 1,
         "the node's own connection goes through kube-proxy's rules"
     );
+
+    // From outside, through a NodePort whose pod's port takes ingress: the node's proxy.
+    let outside = topo.outside();
+    let node_port = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 200, 1)), port);
+    let ingress_before = metric(node1, "rampart_proxy_flows_total", r#"direction="ingress""#);
+    let reply = probe::http_get(&outside.path(), node_port(FRONT_NODE_PORT), "/", TIMEOUT);
+    let body = match reply {
+        Ok((200, body)) => body,
+        other => panic!(
+            "outside -> front's node port: {other:?}; node-1 log:\n{}",
+            node1.log()
+        ),
+    };
+    assert!(front.requests() >= 1);
+    assert!(
+        body.contains(&format!("peer: {}", rampart_tests::topology::OUTSIDE_IP)),
+        "the pod sees the outside client's own address:\n{body}"
+    );
+    assert!(
+        metric(node1, "rampart_proxy_flows_total", r#"direction="ingress""#) > ingress_before,
+        "the flow went through node-1's proxy"
+    );
+
+    // Through kube-proxy's NodePort, masqueraded to node-1's address: the web pods' policy
+    // (pods of shop only) decides, whichever backend kube-proxy picks.
+    for _ in 0..6 {
+        assert!(
+            !get(outside, node_port(WEB_NODE_PORT)),
+            "a masqueraded client passed as the node's own traffic"
+        );
+    }
+    let out = cmd::in_ns(
+        node1_ns.name(),
+        "iptables",
+        &["-t", "nat", "-L", "KUBE-NODEPORTS", "-v", "-x", "-n"],
+    )
+    .expect("iptables -L");
+    let matched: u64 = out
+        .lines()
+        .find(|l| l.contains("KUBE-EXT-WEB"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(matched >= 1, "kube-proxy served the node port:\n{out}");
 }

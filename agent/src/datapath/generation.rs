@@ -12,8 +12,8 @@ use rampart_common::endpoint::EndpointInfo;
 use rampart_common::ipcache::IpcacheEntry;
 use rampart_common::maps;
 use rampart_common::mesh::{MeshEntry, MeshKey};
-use rampart_common::service::{ServiceKey, ServiceValue};
 use rampart_common::policy::{PolicyEntry, PolicyKey};
+use rampart_common::service::{ServiceKey, ServiceValue};
 use std::time::{Duration, Instant};
 
 impl Datapath {

@@ -561,7 +561,19 @@ pub fn compile(model: &Model, node: Node<'_>, memory: &mut Memory) -> Compiled {
 
     // 7. Services: translated in the kernel at the client pod's interface.
     out.services = services::frontends(model, node.host);
-    out.state.services = services::entries(&out.services, &mut out.warnings);
+    let ingress_ports: HashSet<(u32, u16)> = out
+        .mesh
+        .iter()
+        .filter(|m| m.ingress.is_some())
+        .map(|m| (m.identity, m.port))
+        .collect();
+    let workloads = &out.workloads;
+    let takes_ingress = |addr: IpAddr, port: u16| {
+        workloads
+            .get(addr)
+            .is_some_and(|w| w.local && ingress_ports.contains(&(w.identity, port)))
+    };
+    out.state.services = services::entries(&out.services, takes_ingress, &mut out.warnings);
     out
 }
 

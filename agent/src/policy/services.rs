@@ -9,6 +9,12 @@
 //! slice has resolved a named `targetPort` per endpoint already). A frontend with no backend is
 //! written with none: its new flows drop as `no_service_backend`, where kube-proxy rejects them.
 //!
+//! From outside (an uplink), only the frontends a client outside can reach on this node (this
+//! node's own addresses with a node port, external and load-balancer IPs) of Services with a
+//! backend on this node whose port takes ingress through the proxy are written, with those
+//! backends alone: the flow is translated to one and redirected to the local proxy like any
+//! ingress flow. A node without such a backend leaves the flow to kube-proxy.
+//!
 //! Pure: no I/O, nothing of the running agent.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +23,7 @@ use std::net::IpAddr;
 use rampart_common::maps::MAX_SERVICES;
 use rampart_common::service::{ServiceKey, ServiceValue};
 
-use crate::policy::model::{EndpointSliceModel, Model, ServiceModel, ServicePortModel};
+use crate::policy::model::{EndpointSliceModel, Model, ServicePortModel};
 
 /// One frontend and its backends, for status and tests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -29,6 +35,9 @@ pub struct Frontend {
     pub proto: u8,
     /// Reached as a node port.
     pub node_port: bool,
+    /// A client outside the cluster reaches it on this node (a node port on this node's own
+    /// address, an external or load-balancer IP).
+    pub outside: bool,
     pub backends: Vec<(IpAddr, u16)>,
 }
 
@@ -54,13 +63,14 @@ pub fn frontends(model: &Model, host: &BTreeSet<IpAddr>) -> Vec<Frontend> {
         for port in &service.ports {
             let backends = backends(slices, port);
             let name = format!("{}/{}", service.namespace, service.name);
-            let mut add = |addr: IpAddr, number: u16, node_port: bool| {
+            let mut add = |addr: IpAddr, number: u16, node_port: bool, outside: bool| {
                 out.push(Frontend {
                     service: name.clone(),
                     addr,
                     port: number,
                     proto: port.proto,
                     node_port,
+                    outside,
                     backends: backends
                         .iter()
                         .filter(|(b, _)| b.is_ipv4() == addr.is_ipv4())
@@ -68,25 +78,24 @@ pub fn frontends(model: &Model, host: &BTreeSet<IpAddr>) -> Vec<Frontend> {
                         .collect(),
                 });
             };
-            for &addr in service_addresses(service) {
-                add(addr, port.port, false);
+            for &addr in &service.cluster_ips {
+                add(addr, port.port, false, false);
+            }
+            for &addr in service
+                .external_ips
+                .iter()
+                .chain(&service.load_balancer_ips)
+            {
+                add(addr, port.port, false, true);
             }
             if let Some(node_port) = port.node_port {
                 for &addr in &node_addresses {
-                    add(addr, node_port, true);
+                    add(addr, node_port, true, host.contains(&addr));
                 }
             }
         }
     }
     out
-}
-
-fn service_addresses(service: &ServiceModel) -> impl Iterator<Item = &IpAddr> {
-    service
-        .cluster_ips
-        .iter()
-        .chain(&service.external_ips)
-        .chain(&service.load_balancer_ips)
 }
 
 /// The backends of one Service port: ready endpoints, else serving and terminating ones.
@@ -123,9 +132,15 @@ fn backends(slices: &[&EndpointSliceModel], port: &ServicePortModel) -> Vec<(IpA
 }
 
 /// The kernel's entries for `frontends`: a header per frontend (slot 0, its backend count) and a
-/// slot per backend. Frontends beyond the map's size are left out, each with a warning (their
-/// flows go untranslated, and are judged as sent to the Service address).
-pub fn entries(frontends: &[Frontend], warnings: &mut Vec<String>) -> Vec<(ServiceKey, ServiceValue)> {
+/// slot per backend, in the scope of pods; and in the scope of outside, the outside frontends
+/// with the backends `takes_ingress` accepts (a local pod's port with an `ingress` section), if
+/// any. Frontends beyond the map's size are left out, each with a warning (their flows go
+/// untranslated, and are judged as sent to the Service address).
+pub fn entries(
+    frontends: &[Frontend],
+    takes_ingress: impl Fn(IpAddr, u16) -> bool,
+    warnings: &mut Vec<String>,
+) -> Vec<(ServiceKey, ServiceValue)> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for f in frontends {
@@ -136,37 +151,56 @@ pub fn entries(frontends: &[Frontend], warnings: &mut Vec<String>) -> Vec<(Servi
             ));
             continue;
         }
-        let count = f.backends.len().min(usize::from(u16::MAX));
-        if out.len() + count + 1 > MAX_SERVICES as usize {
-            warnings.push(format!(
-                "Service {}: {}:{} not translated: the service map holds {MAX_SERVICES} slots",
-                f.service, f.addr, f.port
-            ));
-            continue;
-        }
-        let key = |slot: u16| ServiceKey {
-            addr: mapped(f.addr),
-            port: f.port,
-            slot,
-            proto: f.proto,
-            _pad: [0; 3],
+        let ingress: Vec<(IpAddr, u16)> = if f.outside {
+            f.backends
+                .iter()
+                .copied()
+                .filter(|(addr, port)| takes_ingress(*addr, *port))
+                .collect()
+        } else {
+            Vec::new()
         };
-        out.push((
-            key(0),
-            ServiceValue {
-                count: count as u16,
-                ..ServiceValue::default()
-            },
-        ));
-        for (i, (addr, port)) in f.backends.iter().take(count).enumerate() {
+        let scopes = [
+            (ServiceKey::FROM_PODS, &f.backends),
+            (ServiceKey::FROM_OUTSIDE, &ingress),
+        ];
+        for (scope, backends) in scopes {
+            if scope == ServiceKey::FROM_OUTSIDE && backends.is_empty() {
+                continue;
+            }
+            let count = backends.len().min(usize::from(u16::MAX));
+            if out.len() + count + 1 > MAX_SERVICES as usize {
+                warnings.push(format!(
+                    "Service {}: {}:{} not translated: the service map holds {MAX_SERVICES} slots",
+                    f.service, f.addr, f.port
+                ));
+                continue;
+            }
+            let key = |slot: u16| ServiceKey {
+                addr: mapped(f.addr),
+                port: f.port,
+                slot,
+                proto: f.proto,
+                scope,
+                _pad: [0; 2],
+            };
             out.push((
-                key(i as u16 + 1),
+                key(0),
                 ServiceValue {
-                    addr: mapped(*addr),
-                    port: *port,
+                    count: count as u16,
                     ..ServiceValue::default()
                 },
             ));
+            for (i, (addr, port)) in backends.iter().take(count).enumerate() {
+                out.push((
+                    key(i as u16 + 1),
+                    ServiceValue {
+                        addr: mapped(*addr),
+                        port: *port,
+                        ..ServiceValue::default()
+                    },
+                ));
+            }
         }
     }
     out
@@ -185,7 +219,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::policy::model::{EndpointModel, PROTO_TCP, PROTO_UDP, PortTarget};
+    use crate::policy::model::{EndpointModel, PROTO_TCP, PROTO_UDP, PortTarget, ServiceModel};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("address")
@@ -270,7 +304,11 @@ mod tests {
             ]
         );
         let backends = vec![(ip("10.1.0.5"), 8080), (ip("10.2.0.6"), 8080)];
-        assert!(f.iter().filter(|f| f.proto == PROTO_TCP).all(|f| f.backends == backends));
+        assert!(
+            f.iter()
+                .filter(|f| f.proto == PROTO_TCP)
+                .all(|f| f.backends == backends)
+        );
         let dns = f.iter().find(|f| f.proto == PROTO_UDP).expect("dns");
         assert_eq!((dns.port, dns.backends.len()), (53, 2));
         assert_eq!(dns.backends[0].1, 5353, "the slice's port of the same name");
@@ -292,7 +330,7 @@ mod tests {
         let mut m = model();
         m.endpoint_slices.clear();
         let mut warnings = Vec::new();
-        let e = entries(&frontends(&m, &BTreeSet::new()), &mut warnings);
+        let e = entries(&frontends(&m, &BTreeSet::new()), |_, _| true, &mut warnings);
         assert!(e.iter().all(|(k, v)| k.slot == 0 && v.count == 0));
         assert_eq!(
             e.len(),
@@ -309,7 +347,11 @@ mod tests {
             .addresses
             .push(ip("fd00::5"));
         let mut warnings = Vec::new();
-        let e = entries(&frontends(&m, &BTreeSet::new()), &mut warnings);
+        let e = entries(
+            &frontends(&m, &BTreeSet::new()),
+            |_, _| false,
+            &mut warnings,
+        );
         let cluster = mapped(ip("10.96.0.20"));
         let of_http: Vec<&(ServiceKey, ServiceValue)> = e
             .iter()
@@ -319,5 +361,38 @@ mod tests {
         assert_eq!((of_http[0].0.slot, of_http[0].1.count), (0, 2));
         assert_eq!(of_http[1].1.addr, mapped(ip("10.1.0.5")));
         assert_eq!(of_http[2].1.port, 8080);
+        assert!(e.iter().all(|(k, _)| k.scope == ServiceKey::FROM_PODS));
+    }
+
+    #[test]
+    fn from_outside_only_this_nodes_reachable_frontends_with_ingress_backends() {
+        let host = BTreeSet::from([ip("172.18.0.1")]);
+        let mut warnings = Vec::new();
+        let local_ingress = |addr: IpAddr, port: u16| addr == ip("10.1.0.5") && port == 8080;
+        let e = entries(&frontends(&model(), &host), local_ingress, &mut warnings);
+        let outside: Vec<(IpAddr, u16, u16, u16)> = e
+            .iter()
+            .filter(|(k, _)| k.scope == ServiceKey::FROM_OUTSIDE)
+            .map(|(k, v)| {
+                let addr = std::net::Ipv6Addr::from(k.addr).to_canonical();
+                (
+                    addr,
+                    k.port,
+                    k.slot,
+                    if k.slot == 0 { v.count } else { v.port },
+                )
+            })
+            .collect();
+        assert_eq!(
+            outside,
+            vec![
+                (ip("192.0.2.7"), 80, 0, 1),
+                (ip("192.0.2.7"), 80, 1, 8080),
+                (ip("172.18.0.1"), 30080, 0, 1),
+                (ip("172.18.0.1"), 30080, 1, 8080),
+            ],
+            "the load balancer and this node's node port, to the local ingress backend; not \
+             the cluster IP, not node n2's node port, not the UDP port"
+        );
     }
 }

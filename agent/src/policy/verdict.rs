@@ -66,7 +66,9 @@ pub fn decide(
             .find(|(i, _)| *i == ifindex)
             .map(|(_, e)| e)?;
         if dir == Direction::INGRESS && remote == Identity::HOST.0 {
-            // The node reaches its own pods whatever the policy (`from_host` in the kernel).
+            // The node reaches its own pods whatever the policy (`from_host` in the kernel). A
+            // flow names its source address, not the node's stack: this is the node's own
+            // connection; a forwarded one masqueraded to the node's address is judged by policy.
             return Some(EndDecision {
                 direction: dir,
                 endpoint_id: ep.endpoint_id,
