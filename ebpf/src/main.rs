@@ -143,11 +143,12 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     let action = enforce::decide(&b, ifindex, dir, mark, arrived_on == 0);
     // Into a pod or out of an uplink: a reply of a translated flow comes from the frontend its
     // client asked for.
-    if dir == Direction::INGRESS && action != Action::Drop {
-        if service::from_backend(&ctx) == Translation::Failed {
-            counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
-            return TC_ACT_SHOT;
-        }
+    if dir == Direction::INGRESS
+        && action != Action::Drop
+        && service::from_backend(&ctx) == Translation::Failed
+    {
+        counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
+        return TC_ACT_SHOT;
     }
     match action {
         // Passed on to whatever runs after Rampart on this hook (a CNI's or a monitoring
