@@ -3,9 +3,10 @@
 //! carrying the chains kube-proxy writes in iptables mode (`KUBE-SERVICES`, `KUBE-SVC-*` with
 //! random backend choice, `KUBE-SEP-*` DNAT, `KUBE-NODEPORTS`, `KUBE-MARK-MASQ` and masquerade).
 //!
-//! - A ClusterIP Service with a backend on each node: a pod that an egress policy allows to the
-//!   backends (by their labels) reaches both through the Service address; a pod without that
-//!   allow is denied at its own interface, judged on the backend (not as `world`);
+//! - A ClusterIP Service with a backend on each node (and its IPv6 twin): a pod that an egress
+//!   policy allows to the backends (by their labels) reaches both through the Service address; a
+//!   pod without that allow is denied at its own interface, judged on the backend (not as
+//!   `world`);
 //! - DNS through the kube-dns Service under the shipped zero-trust baseline (UDP and TCP);
 //! - a Service without ready backends drops new flows as `no_service_backend`;
 //! - a MeshPolicy port reached through its Service crosses the underlay inside the mTLS tunnel;
@@ -26,6 +27,7 @@ use rampart_tests::kube_api::ApiServer;
 use rampart_tests::mesh::MeshAgents;
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::{Netns, TEST_PREFIX};
+use rampart_tests::topology::ipv6_of;
 use rampart_tests::{Agent, EchoServer, Topology, cmd, eventually, probe, require_root};
 use serde_json::{Value, json};
 
@@ -42,6 +44,7 @@ const DNS: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 53);
 const FRONT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 30);
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const WEB_VIP6: &str = "fd00:96::20";
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -54,6 +57,7 @@ fn pod(namespace: &str, name: &str, labels: Value, node: u8, ip: Ipv4Addr) -> Va
            "spec": {"serviceAccountName": name, "nodeName": format!("node-{node}"),
                     "containers": [{"name": "c", "image": "c"}]},
            "status": {"phase": "Running", "podIP": ip.to_string(),
+                      "podIPs": [{"ip": ip.to_string()}, {"ip": ipv6_of(ip).to_string()}],
                       "hostIP": format!("192.168.200.{node}")}})
 }
 
@@ -135,6 +139,22 @@ fn objects() -> Vec<Value> {
         Some(WEB_NODE_PORT),
         &[("web-1", WEB_1), ("web-2", WEB_2)],
     ));
+    // The web pods' IPv6 twins behind an IPv6 Service.
+    let [mut web6, mut web6_slice] = service(
+        "shop",
+        "web6",
+        WEB_VIP,
+        ("http", "TCP", 80, 8080),
+        None,
+        &[("web-1", WEB_1), ("web-2", WEB_2)],
+    );
+    web6["spec"]["clusterIP"] = json!(WEB_VIP6);
+    web6["spec"]["ipFamilies"] = json!(["IPv6"]);
+    web6_slice["addressType"] = json!("IPv6");
+    for (i, ip) in [WEB_1, WEB_2].into_iter().enumerate() {
+        web6_slice["endpoints"][i]["addresses"] = json!([ipv6_of(ip).to_string()]);
+    }
+    out.extend([web6, web6_slice]);
     out.extend(service(
         "shop",
         "db",
@@ -395,6 +415,13 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
         web_1.requests(),
         web_2.requests()
     );
+    // The same over IPv6.
+    let web6: SocketAddr = format!("[{WEB_VIP6}]:80").parse().expect("address");
+    let served = web_1.requests() + web_2.requests();
+    for _ in 0..4 {
+        assert!(get(client, web6), "client -> web Service over IPv6");
+    }
+    assert_eq!(web_1.requests() + web_2.requests(), served + 4);
     // The stranger has no egress allow to the web pods: denied at its own interface, judged on
     // the backend pod.
     let denied_before = metric(
