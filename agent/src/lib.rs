@@ -31,4 +31,5 @@ pub mod status;
 mod test_support;
 #[cfg(test)]
 mod tidy;
+pub mod veth_peers;
 pub mod view;

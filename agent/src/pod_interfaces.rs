@@ -1,15 +1,23 @@
-//! Finds the node-side interface of each local pod from the node's routes: a pod on this node is
-//! reached through a host route (`/32` or `/128`, no gateway) on its veth, as Calico and Cilium's
-//! routed mode set them up. Only veths count (the driver, as `ethtool -i` reports it): a host
-//! route on a physical interface or a tunnel (a cloud's metadata address, a VPN peer) is not a
-//! pod, and the compiler denies an address on a pod's interface that no known pod has.
+//! Finds the node-side interface of each local pod, two ways, whatever the CNI:
+//! - from the pod's end of each veth (`veth_peers`): the addresses the peer holds in the pod's
+//!   namespace are the pod's. This finds pods on a bridge (flannel's `cni0`, the bridge plugin,
+//!   kubenet), where the node has no route per pod, and routed ones alike; it wins where the two
+//!   disagree;
+//! - from the node's routes: a pod on this node is reached through a host route (`/32` or
+//!   `/128`, no gateway) on its veth, as Calico and Cilium's routed mode set them up (the only
+//!   way for a veth whose peer namespace the node cannot name).
 //!
-//! Read from `/proc/net/route` and `/proc/net/ipv6_route` (the kernel's stable text view of the
-//! routing tables, in the agent's network namespace) rather than netlink: a one-shot read of a few
-//! lines does not justify an async netlink stack.
+//! Only veths count (the driver, as `ethtool -i` reports it): a host route on a physical
+//! interface or a tunnel (a cloud's metadata address, a VPN peer) is not a pod, and the compiler
+//! denies an address on a pod's interface that no known pod has.
+//!
+//! Routes are read from `/proc/net/route` and `/proc/net/ipv6_route` (the kernel's stable text
+//! view of the routing tables, in the agent's network namespace).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::veth_peers;
 
 /// An interface a host route points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +26,8 @@ pub struct PodInterface {
     pub interface: String,
 }
 
-/// Host routes to other hosts (not the node's own addresses): address → the interface it is
-/// routed to.
+/// Pods' addresses on this node → the node-side interface of each (veth peers, then host
+/// routes to other hosts).
 pub fn read() -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
     let v4 = std::fs::read_to_string("/proc/net/route")?;
     let mut routes: Vec<(IpAddr, String)> = parse_ipv4(&v4)
@@ -47,6 +55,17 @@ pub fn read() -> std::io::Result<BTreeMap<IpAddr, PodInterface>> {
                 .or_insert(PodInterface { ifindex, interface });
         }
     }
+    for peer in veth_peers::read()? {
+        for addr in peer.addresses {
+            out.insert(
+                addr,
+                PodInterface {
+                    ifindex: peer.ifindex,
+                    interface: peer.interface.clone(),
+                },
+            );
+        }
+    }
     Ok(out)
 }
 
@@ -56,6 +75,44 @@ pub fn ifindex(interface: &str) -> Option<u32> {
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// The hardware (Ethernet) address of `interface` in the agent's namespace (`SIOCGIFHWADDR`).
+pub fn hardware_address(interface: &str) -> Option<[u8; 6]> {
+    let name = interface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a datagram socket only to carry the ioctl; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned here alone.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills `ifr_hwaddr` of `req`, which outlives the call.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the ioctl succeeded: `ifr_hwaddr` is the union's live member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = *src as u8;
+    }
+    Some(mac)
 }
 
 /// `ETHTOOL_GDRVINFO`'s answer (`struct ethtool_drvinfo`, linux/ethtool.h).
@@ -166,6 +223,12 @@ fn parse_ipv6(text: &str) -> Vec<(Ipv6Addr, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_an_all_zero_hardware_address() {
+        assert_eq!(hardware_address("lo"), Some([0; 6]));
+        assert_eq!(hardware_address("no-such-interface-x"), None);
+    }
 
     #[test]
     fn loopback_has_no_veth_driver() {

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "kernel_state",
         "listen",
         "pod_interfaces",
+        "veth_peers",
         "admin_client",
         "allocator",
         "host_addresses",

@@ -26,6 +26,10 @@ pub struct ConfigFlags;
 impl ConfigFlags {
     /// Agent-wide audit mode: every would-be drop is counted and passed.
     pub const AUDIT: u32 = 1 << 0;
+    /// The live generation has Service frontends (`SERVICES_{A,B}_V1`): packets are looked up
+    /// for translation. Without it (a node with no Services: no Kubernetes source) the
+    /// programs skip the lookups.
+    pub const SERVICES: u32 = 1 << 1;
 }
 
 #[cfg(feature = "user")]

@@ -39,6 +39,23 @@ impl EndpointFlags {
     pub const AUDIT_EGRESS: u32 = 1 << 4;
 }
 
+/// `IF_MAC_V1`: an attached interface's own hardware address, by ifindex (written when the
+/// agent attaches). A frame for the local proxy gets it as destination on a pod's interface, so
+/// that a bridge (whose ports' own addresses are local to it) hands the frame up to the node's
+/// stack instead of switching it to another pod: on a bridge CNI, two pods of one node are on
+/// one link, and a flow between them would otherwise never reach the proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<InterfaceMac>() == 8);
+
 #[cfg(feature = "user")]
 // SAFETY: repr(C), four u32, no padding (asserted); any bit pattern is valid.
 unsafe impl aya::Pod for EndpointInfo {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), bytes only, no padding (asserted); any bit pattern is valid.
+unsafe impl aya::Pod for InterfaceMac {}

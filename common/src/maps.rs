@@ -16,6 +16,7 @@
 //! | `MESH_{A,B}_V2` | hash | [`MAX_MESH`] | (identity, proto, port) → must cross the mTLS proxy; flood brake rate |
 //! | `SERVICES_{A,B}_V1` | hash | [`MAX_SERVICES`] | (frontend address, port, proto, slot) → backend count, or one backend |
 //! | `SVC_NAT_V1` | LRU hash | [`MAX_CT`] | translated 5-tuple, one way → the other end (see `service.rs`) |
+//! | `IF_MAC_V1` | hash | [`MAX_ENDPOINTS`] | attached interface's ifindex → its hardware address (frames for the proxy, see `endpoint.rs`) |
 //! | `BRAKE_V1` | LRU hash | [`MAX_BRAKE`] | (source identity, destination identity, proto, port) → the flood brake's GCRA state |
 //! | `CT_V1` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state |
 //! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
@@ -37,6 +38,7 @@ pub const POLICY: [&str; 2] = ["POLICY_A_V1", "POLICY_B_V1"];
 pub const MESH: [&str; 2] = ["MESH_A_V2", "MESH_B_V2"];
 pub const SERVICES: [&str; 2] = ["SERVICES_A_V1", "SERVICES_B_V1"];
 pub const SVC_NAT: &str = "SVC_NAT_V1";
+pub const IF_MAC: &str = "IF_MAC_V1";
 /// Per-CPU working memory of the Service translation (pinned; never read).
 pub const SVC_SCRATCH: &str = "SVC_SCRATCH_V1";
 pub const BRAKE: &str = "BRAKE_V1";
@@ -53,7 +55,7 @@ pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 pub const RETIRED: [&str; 2] = ["DROP_STATS_V1", "AUDIT_STATS_V1"];
 
 /// Every map of the object, in the order the agent pins them.
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 28] = [
     HOOK_STATS,
     DROP_STATS,
     AUDIT_STATS,
@@ -81,6 +83,7 @@ pub const ALL: [&str; 27] = [
     SERVICES[1],
     SVC_NAT,
     SVC_SCRATCH,
+    IF_MAC,
 ];
 
 /// Local endpoints (pods on this node) per generation.
@@ -114,4 +117,4 @@ const _: () =
     assert!(short(ENDPOINTS[0]) && short(IPCACHE4[0]) && short(IPCACHE6[0]) && short(POLICY[0]));
 const _: () = assert!(short(MESH[0]) && short(MESH[1]) && short(BRAKE));
 const _: () = assert!(short(SERVICES[0]) && short(SERVICES[1]) && short(SVC_NAT));
-const _: () = assert!(short(SVC_SCRATCH));
+const _: () = assert!(short(SVC_SCRATCH) && short(IF_MAC));

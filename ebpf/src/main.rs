@@ -30,6 +30,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use rampart_common::config::ConfigFlags;
 use rampart_common::counters::Hook;
 use rampart_common::mesh::{MARK_MASK, MARK_TO_PROXY};
 use rampart_common::reason::{Direction, DropReason};
@@ -100,18 +101,16 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     counters::count(hook, u64::from(len));
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (generation, services) = match CONFIG.get(0) {
+        Some(c) => (c.revision & 1, c.flags & ConfigFlags::SERVICES != 0),
+        None => (0, false),
+    };
+    let pod = || maps::endpoint(generation, ifindex).endpoint_id != 0;
     // A flow to a Service enters with its backend as destination, before anything judges it
     // (see `service.rs`): everything a pod sends, and what arrives on an uplink for a Service
     // whose local backends take ingress through the proxy.
-    let (pod, generation) = match CONFIG.get(0) {
-        Some(c) => (
-            maps::endpoint(c.revision & 1, ifindex).endpoint_id != 0,
-            c.revision & 1,
-        ),
-        None => (false, 0),
-    };
-    if dir == Direction::EGRESS {
-        let scope = if pod {
+    if services && dir == Direction::EGRESS {
+        let scope = if pod() {
             ServiceKey::FROM_PODS
         } else {
             ServiceKey::FROM_OUTSIDE
@@ -143,7 +142,8 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     let action = enforce::decide(&b, ifindex, dir, mark, arrived_on == 0);
     // Into a pod or out of an uplink: a reply of a translated flow comes from the frontend its
     // client asked for.
-    if dir == Direction::INGRESS
+    if services
+        && dir == Direction::INGRESS
         && action != Action::Drop
         && service::from_backend(&ctx) == Translation::Failed
     {
@@ -157,10 +157,18 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,
         Action::ToProxy => {
+            if dir == Direction::EGRESS && pod() && !proxy::to_this_host(&ctx, ifindex) {
+                counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
+                return TC_ACT_SHOT;
+            }
             ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
             TC_ACT_OK
         }
         Action::Redirect { open } => {
+            if dir == Direction::EGRESS && pod() && !proxy::to_this_host(&ctx, ifindex) {
+                counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
+                return TC_ACT_SHOT;
+            }
             ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
             if open && !proxy::assign_listener(&ctx) {
                 counters::dropped(DropReason::PROXY_UNAVAILABLE, dir, u64::from(len));

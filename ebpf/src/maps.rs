@@ -7,7 +7,7 @@ use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use rampart_common::config::DatapathConfig;
 use rampart_common::conntrack::{CtEntry, CtKey};
 use rampart_common::counters::HookCounter;
-use rampart_common::endpoint::EndpointInfo;
+use rampart_common::endpoint::{EndpointInfo, InterfaceMac};
 use rampart_common::event::{EVENTS_RING_BYTES, EventRate};
 use rampart_common::frag::{FragEntry, FragKey};
 use rampart_common::ipcache::IpcacheEntry;
@@ -70,6 +70,10 @@ pub static SERVICES_A: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "SERVICES_B_V1")]
 pub static SERVICES_B: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Attached interfaces' own hardware addresses (see `rampart_common::endpoint::InterfaceMac`).
+#[map(name = "IF_MAC_V1")]
+pub static IF_MAC: HashMap<u32, InterfaceMac> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Translated flows, both ways (see `rampart_common::service`).
 #[map(name = "SVC_NAT_V1")]

@@ -13,7 +13,31 @@ use aya_ebpf::helpers::{bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_release};
 use aya_ebpf::programs::TcContext;
 
 use crate::enforce;
-use crate::maps::CONFIG;
+use crate::maps::{CONFIG, IF_MAC};
+
+/// `PACKET_HOST` (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+/// A frame for the local proxy, arriving on a pod's interface `ifindex`: addressed to that
+/// interface itself, for this host. On a routed veth it already is (the pod's gateway is the
+/// veth); on a bridge port it may be addressed to another pod of the bridge, which the bridge
+/// would switch there without the node's stack (and the proxy) ever seeing it. A bridge hands a
+/// frame for one of its ports' own addresses up to the node. False if the frame could not be
+/// rewritten (the caller drops it).
+#[inline(never)]
+pub fn to_this_host(ctx: &TcContext, ifindex: u32) -> bool {
+    // SAFETY: the value is copied out at once; hash map values stay valid for the program run.
+    let Some(own) = (unsafe { IF_MAC.get(&ifindex) }).copied() else {
+        return true;
+    };
+    let Ok(dst) = ctx.load::<[u8; 6]>(0) else {
+        return false;
+    };
+    if dst == own.mac {
+        return true;
+    }
+    ctx.store(0, &own.mac, 0).is_ok() && ctx.change_type(PACKET_HOST).is_ok()
+}
 
 #[inline(always)]
 fn be32(b: &[u8; 16], i: usize) -> u32 {

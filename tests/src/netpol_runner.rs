@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::netpol_cases::{Case, Expect, Probe};
+use crate::topology::PodNetwork;
 use crate::{Agent, AgentOptions, EchoServer, Outcome, Topology, probe};
 
 /// How long a probe waits for its answer (the upstream e2e tests use 1 s).
@@ -40,7 +41,14 @@ struct World {
 
 /// Runs `cases` in order (a case whose pods differ from the previous one gets a new world) and
 /// prints each case's result. `prefix` names the namespaces; `bin` is the agent binary.
-pub fn run(cases: &[Case], prefix: &str, work_dir: &Path, bin: &Path) -> anyhow::Result<Score> {
+/// Pods are plugged as `network` says (a routed CNI's veths, or a bridge's).
+pub fn run(
+    cases: &[Case],
+    prefix: &str,
+    work_dir: &Path,
+    bin: &Path,
+    network: PodNetwork,
+) -> anyhow::Result<Score> {
     let mut score = Score::default();
     let mut world: Option<World> = None;
     for case in cases {
@@ -48,7 +56,7 @@ pub fn run(cases: &[Case], prefix: &str, work_dir: &Path, bin: &Path) -> anyhow:
             case.pods.iter().map(|p| (p.key(), p.ip)).collect();
         if world.as_ref().is_none_or(|w| w.pods != pods) {
             drop(world.take());
-            world = Some(World::start(case, prefix, work_dir, bin)?);
+            world = Some(World::start(case, prefix, work_dir, bin, network)?);
         }
         let w = world.as_ref().context("world")?;
         w.apply(case)?;
@@ -74,8 +82,14 @@ pub fn run(cases: &[Case], prefix: &str, work_dir: &Path, bin: &Path) -> anyhow:
 }
 
 impl World {
-    fn start(case: &Case, prefix: &str, work_dir: &Path, bin: &Path) -> anyhow::Result<World> {
-        let mut builder = Topology::builder(prefix).node(NODE);
+    fn start(
+        case: &Case,
+        prefix: &str,
+        work_dir: &Path,
+        bin: &Path,
+        network: PodNetwork,
+    ) -> anyhow::Result<World> {
+        let mut builder = Topology::builder(prefix).node(NODE).network(network);
         for pod in &case.pods {
             builder = builder.pod(NODE, &pod.key(), pod.ip);
         }

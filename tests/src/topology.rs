@@ -14,6 +14,13 @@
 //! `fd00:ffff::<n>`. Duplicate address detection is off in every namespace, so addresses are
 //! usable at once.
 //!
+//! With [`PodNetwork::Bridge`] ([`TopologyBuilder::network`]), pods are plugged as the bridge
+//! plugin, flannel and kubenet do it instead: the node-side veths are ports of a bridge `cni0`
+//! that holds the gateway (the first address of the smallest subnet covering the node's pods,
+//! IPv4 and its IPv6 twin); each pod holds its address in that subnet with a default route via
+//! the gateway; the node has no route per pod, and pods of one node reach each other through
+//! the bridge alone.
+//!
 //! With [`TopologyBuilder::outside`], a client outside the cluster joins the underlay
 //! ([`OUTSIDE_IP`], [`OUTSIDE_IP6`]) and reaches each pod through its node's underlay address, as
 //! a load balancer in front of the nodes would; no agent knows its address (`world`).
@@ -51,6 +58,19 @@ pub fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
     )
 }
 
+/// How pods are plugged into their node (see the module's comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodNetwork {
+    /// A host route per pod on its veth (Calico, Cilium's routed mode, AWS VPC CNI).
+    #[default]
+    Routed,
+    /// Pods' veths on a bridge with the gateway (the bridge plugin, flannel, kubenet).
+    Bridge,
+}
+
+/// The bridge that holds a node's pods' veths in [`PodNetwork::Bridge`].
+pub const POD_BRIDGE: &str = "cni0";
+
 #[derive(Debug)]
 pub struct Pod {
     /// As given to the builder, e.g. `x/a`.
@@ -80,6 +100,9 @@ pub struct Topology {
     nodes: Vec<Node>,
     outside: Option<Netns>,
     _fabric: Option<Netns>,
+    network: PodNetwork,
+    /// Per node (bridge networks): the pods' prefix length, IPv4.
+    subnets: Vec<(String, u8)>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +118,7 @@ pub struct TopologyBuilder {
     nodes: Vec<String>,
     pods: Vec<PodSpec>,
     outside: bool,
+    network: PodNetwork,
 }
 
 impl Topology {
@@ -105,6 +129,7 @@ impl Topology {
             nodes: Vec::new(),
             pods: Vec::new(),
             outside: false,
+            network: PodNetwork::Routed,
         }
     }
 
@@ -154,7 +179,29 @@ impl Topology {
         let pod = self.pod(name);
         let node = self.node(&pod.node);
         cmd::ip(&["-n", node.ns.name(), "link", "del", &pod.host_if])?;
-        plug(node.ns.name(), pod.ns.name(), &pod.host_if, pod.ip)
+        match self.network {
+            PodNetwork::Routed => plug(node.ns.name(), pod.ns.name(), &pod.host_if, pod.ip),
+            PodNetwork::Bridge => {
+                let prefix_len = self
+                    .subnets
+                    .iter()
+                    .find(|(n, _)| *n == pod.node)
+                    .map(|(_, len)| *len)
+                    .context("the pod's node has no bridge")?;
+                plug_bridged(
+                    node.ns.name(),
+                    pod.ns.name(),
+                    &pod.host_if,
+                    pod.ip,
+                    prefix_len,
+                )
+            }
+        }
+    }
+
+    /// How this topology's pods are plugged.
+    pub fn network(&self) -> PodNetwork {
+        self.network
     }
 
     pub fn pod_interfaces(&self, node: &str) -> Vec<String> {
@@ -169,6 +216,12 @@ impl Topology {
 impl TopologyBuilder {
     pub fn node(mut self, name: &str) -> Self {
         self.nodes.push(name.to_owned());
+        self
+    }
+
+    /// How pods are plugged (default: [`PodNetwork::Routed`]).
+    pub fn network(mut self, network: PodNetwork) -> Self {
+        self.network = network;
         self
     }
 
@@ -220,13 +273,21 @@ impl TopologyBuilder {
             (_, false) => None,
         };
 
+        let subnets = match self.network {
+            PodNetwork::Routed => Vec::new(),
+            PodNetwork::Bridge => build_bridges(&nodes, &self.pods)?,
+        };
         let mut pods = Vec::new();
         for (i, spec) in self.pods.iter().enumerate() {
             let node = nodes
                 .iter()
                 .find(|n| n.name == spec.node)
                 .context("pod's node")?;
-            let pod = build_pod(&self.prefix, i, spec, node)?;
+            let bridged = subnets
+                .iter()
+                .find(|(n, _)| *n == spec.node)
+                .map(|(_, len)| *len);
+            let pod = build_pod(&self.prefix, i, spec, node, bridged)?;
             pods.push(pod);
         }
         // Every node routes the pods of the other nodes through their node's underlay address;
@@ -275,6 +336,8 @@ impl TopologyBuilder {
             nodes,
             outside,
             _fabric: fabric,
+            network: self.network,
+            subnets,
         })
     }
 }
@@ -428,13 +491,23 @@ fn plug(n: &str, p: &str, host_if: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow::Result<Pod> {
+/// `bridged`: the node's pod prefix length on its bridge; `None`: routed.
+fn build_pod(
+    prefix: &str,
+    index: usize,
+    spec: &PodSpec,
+    node: &Node,
+    bridged: Option<u8>,
+) -> anyhow::Result<Pod> {
     let label = format!("p{index}");
     let ns = Netns::create(prefix, &label)?;
     no_dad(&ns)?;
     let ip6 = ipv6_of(spec.ip);
     let host_if = format!("rpv{index}");
-    plug(node.ns.name(), ns.name(), &host_if, spec.ip)?;
+    match bridged {
+        None => plug(node.ns.name(), ns.name(), &host_if, spec.ip)?,
+        Some(len) => plug_bridged(node.ns.name(), ns.name(), &host_if, spec.ip, len)?,
+    }
     Ok(Pod {
         name: spec.name.clone(),
         node: node.name.clone(),
@@ -443,6 +516,166 @@ fn build_pod(prefix: &str, index: usize, spec: &PodSpec, node: &Node) -> anyhow:
         ns,
         host_if,
     })
+}
+
+/// The smallest prefix (at most a /24) covering `ips`: (network, length).
+fn covering(ips: &[Ipv4Addr]) -> (Ipv4Addr, u8) {
+    let first = ips.first().map_or(0, |ip| u32::from(*ip));
+    let differ = ips
+        .iter()
+        .fold(0u32, |acc, ip| acc | (u32::from(*ip) ^ first));
+    let len = (differ.leading_zeros() as u8).min(24);
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    (Ipv4Addr::from(first & mask), len)
+}
+
+/// The gateway of a bridge subnet: its first address.
+fn gateway_of(network: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(network) + 1)
+}
+
+/// A bridge `cni0` on each node with pods, holding the gateway of the smallest subnet covering
+/// them (and its IPv6 twin); fails if two nodes' subnets overlap or the gateway is a pod's.
+/// Returns each node's prefix length.
+fn build_bridges(nodes: &[Node], pods: &[PodSpec]) -> anyhow::Result<Vec<(String, u8)>> {
+    let mut subnets: Vec<(String, Ipv4Addr, u8)> = Vec::new();
+    for node in nodes {
+        let ips: Vec<Ipv4Addr> = pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .map(|p| p.ip)
+            .collect();
+        if ips.is_empty() {
+            continue;
+        }
+        let (network, len) = covering(&ips);
+        let gw = gateway_of(network);
+        if ips.contains(&gw) {
+            bail!(
+                "bridge topology: node {}'s gateway {gw} is a pod's address",
+                node.name
+            );
+        }
+        let inside = |ip: Ipv4Addr, net: Ipv4Addr, len: u8| {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            u32::from(ip) & mask == u32::from(net)
+        };
+        if let Some(other) = pods
+            .iter()
+            .find(|p| p.node != node.name && inside(p.ip, network, len))
+        {
+            bail!(
+                "bridge topology: {} of node {} is inside node {}'s subnet {network}/{len}",
+                other.ip,
+                other.node,
+                node.name
+            );
+        }
+        let n = node.ns.name();
+        cmd::ip(&["-n", n, "link", "add", POD_BRIDGE, "type", "bridge"])?;
+        cmd::ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{gw}/{len}"),
+            "dev",
+            POD_BRIDGE,
+        ])?;
+        cmd::ip(&[
+            "-n",
+            n,
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/{}", ipv6_of(gw), 96 + u32::from(len)),
+            "dev",
+            POD_BRIDGE,
+            "nodad",
+        ])?;
+        cmd::ip(&["-n", n, "link", "set", POD_BRIDGE, "up"])?;
+        subnets.push((node.name.clone(), network, len));
+    }
+    Ok(subnets
+        .into_iter()
+        .map(|(name, _, len)| (name, len))
+        .collect())
+}
+
+/// Joins a pod's namespace to its node's bridge: `host_if` a port of `cni0`, the pod's `eth0`
+/// in the node's subnet (`prefix_len`) with a default route via the bridge's gateway.
+fn plug_bridged(
+    n: &str,
+    p: &str,
+    host_if: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> anyhow::Result<()> {
+    let mask = if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len))
+    };
+    let gw = gateway_of(Ipv4Addr::from(u32::from(ip) & mask));
+    let (ip6, gw6) = (ipv6_of(ip), ipv6_of(gw));
+    let len6 = 96 + u32::from(prefix_len);
+    cmd::ip(&[
+        "link", "add", host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p,
+    ])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "addr",
+        "add",
+        &format!("{ip}/{prefix_len}"),
+        "dev",
+        "eth0",
+    ])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/{len6}"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    cmd::ip(&["-n", p, "link", "set", "eth0", "up"])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "route",
+        "add",
+        "default",
+        "via",
+        &gw.to_string(),
+        "dev",
+        "eth0",
+    ])?;
+    cmd::ip(&[
+        "-n",
+        p,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gw6.to_string(),
+        "dev",
+        "eth0",
+    ])?;
+    cmd::ip(&["-n", n, "link", "set", host_if, "master", POD_BRIDGE, "up"])?;
+    Ok(())
 }
 
 /// Duplicate address detection off for interfaces created from now on in `ns`.
@@ -454,4 +687,20 @@ fn no_dad(ns: &Netns) -> anyhow::Result<()> {
 fn sysctl(ns: &Netns, key: &str, value: &str) -> anyhow::Result<()> {
     cmd::in_ns(ns.name(), "sysctl", &["-qw", &format!("{key}={value}")])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_subnet_is_the_smallest_covering_the_nodes_pods_at_most_a_24() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("address");
+        assert_eq!(
+            covering(&[ip("10.244.1.10"), ip("10.244.2.11"), ip("10.244.3.12")]),
+            (ip("10.244.0.0"), 22)
+        );
+        assert_eq!(covering(&[ip("10.244.1.10")]), (ip("10.244.1.0"), 24));
+        assert_eq!(gateway_of(ip("10.244.0.0")), ip("10.244.0.1"));
+    }
 }

@@ -37,6 +37,27 @@ pub struct ConformanceArgs {
     /// `../shared`; Debian's is /usr/share/modsecurity-crs).
     #[arg(long, value_name = "DIR")]
     pub crs: Option<PathBuf>,
+    /// `netpol` only: how the pods are plugged into the node: `routed` (a host route per pod on
+    /// its veth, as Calico does) or `bridge` (veths on a bridge with the gateway, as flannel and
+    /// the bridge plugin do).
+    #[arg(long, value_enum, default_value = "routed")]
+    pub topology: TopologyArg,
+}
+
+/// How the netpol runner plugs pods (`--topology`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopologyArg {
+    Routed,
+    Bridge,
+}
+
+impl TopologyArg {
+    fn network(self) -> rampart_tests::topology::PodNetwork {
+        match self {
+            TopologyArg::Routed => rampart_tests::topology::PodNetwork::Routed,
+            TopologyArg::Bridge => rampart_tests::topology::PodNetwork::Bridge,
+        }
+    }
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
@@ -50,7 +71,13 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
     rampart_tests::require_root();
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");
-    run_built(args.suite, args.cases.clone(), args.crs.clone(), bin)
+    run_built(
+        args.suite,
+        args.cases.clone(),
+        args.crs.clone(),
+        args.topology,
+        bin,
+    )
 }
 
 /// Runs the suite with an agent binary already built (`cargo xtask test` builds it once). The
@@ -60,10 +87,11 @@ pub fn run_built(
     suite: Suite,
     cases: Option<PathBuf>,
     crs: Option<PathBuf>,
+    topology: TopologyArg,
     bin: PathBuf,
 ) -> anyhow::Result<()> {
     match suite {
-        Suite::Netpol => netpol(cases, bin),
+        Suite::Netpol => netpol(cases, bin, topology),
         Suite::Waf => waf(cases, crs, bin),
         Suite::Jwt => {
             let path = cases_path(cases, rampart_tests::jwt_cases::DEFAULT_CASES);
@@ -204,7 +232,7 @@ fn library_suite(
     Ok(())
 }
 
-fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+fn netpol(cases: Option<PathBuf>, bin: PathBuf, topology: TopologyArg) -> anyhow::Result<()> {
     let path =
         cases.unwrap_or_else(|| workspace_root().join(rampart_tests::netpol_cases::DEFAULT_CASES));
     let file = rampart_tests::netpol_cases::load(&path)?;
@@ -213,15 +241,20 @@ fn netpol(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     println!(
-        "netpol conformance: {} cases from {}",
+        "netpol conformance: {} cases from {}, {} pods",
         file.cases.len(),
-        path.display()
+        path.display(),
+        match topology {
+            TopologyArg::Routed => "routed",
+            TopologyArg::Bridge => "bridged",
+        }
     );
     let score = rampart_tests::netpol_runner::run(
         &file.cases,
         rampart_tests::netns::TEST_PREFIX,
         &work_dir,
         &bin,
+        topology.network(),
     )?;
     println!("{} passed, {} failed", score.passed, score.failed);
     if score.failed > 0 {

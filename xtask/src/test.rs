@@ -64,16 +64,15 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
     sweep()?;
     result?;
     if args.filter.is_none() {
-        // The public conformance cases: NetworkPolicy against the real agent, then the proxy's
-        // JWT verifier and rate limiter.
-        crate::conformance::run_built(crate::conformance::Suite::Netpol, None, None, bin.clone())?;
-        sweep()?;
-        for suite in [
-            crate::conformance::Suite::Jwt,
-            crate::conformance::Suite::Ratelimit,
-            crate::conformance::Suite::Waf,
-        ] {
-            crate::conformance::run_built(suite, None, None, bin.clone())?;
+        // The public conformance cases: NetworkPolicy against the real agent, with pods on
+        // routed veths and on a bridge, then the proxy's JWT verifier and rate limiter.
+        use crate::conformance::{Suite, TopologyArg};
+        for topology in [TopologyArg::Routed, TopologyArg::Bridge] {
+            crate::conformance::run_built(Suite::Netpol, None, None, topology, bin.clone())?;
+            sweep()?;
+        }
+        for suite in [Suite::Jwt, Suite::Ratelimit, Suite::Waf] {
+            crate::conformance::run_built(suite, None, None, TopologyArg::Routed, bin.clone())?;
         }
         crate::conformance::waf_debian_report(bin.clone())?;
     }

@@ -2,19 +2,22 @@
 //! pinned so the next agent swaps its program in without a gap.
 
 use super::loader::{
-    Attachment, Datapath, DatapathError, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, tc_program,
-    xdp_program,
+    Attachment, Datapath, DatapathError, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, map_err,
+    tc_program, typed, xdp_program,
 };
 use std::path::Path;
 
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 
 use crate::config::XdpAttachMode;
+use aya::maps::{HashMap, MapData};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{TcAttachType, XdpMode, tc};
 use rampart_common::counters::Hook;
+use rampart_common::endpoint::InterfaceMac;
+use rampart_common::maps;
 
 impl Datapath {
     /// Attaches both TC programs to `interface`, and XDP too with `xdp_mode`, in the caller's
@@ -62,7 +65,25 @@ impl Datapath {
                 }
             }
         }
-        self.attach_tc(interface)
+        self.attach_tc(interface)?;
+        self.record_hardware_address(interface)
+    }
+
+    /// Writes `interface`'s own hardware address to `IF_MAC_V1` (see
+    /// `rampart_common::endpoint::InterfaceMac`): frames for the proxy on a pod's bridge port are
+    /// addressed to it so that the bridge hands them up to the node.
+    fn record_hardware_address(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let (Some(ifindex), Some(mac)) = (
+            crate::pod_interfaces::ifindex(interface),
+            crate::pod_interfaces::hardware_address(interface),
+        ) else {
+            // Gone already: the controller forgets it at its next read.
+            return Ok(());
+        };
+        let name = maps::IF_MAC;
+        let mut map: HashMap<&mut MapData, u32, InterfaceMac> = typed(name, self.map_mut(name)?)?;
+        map.insert(ifindex, InterfaceMac { mac, _pad: [0; 2] }, 0)
+            .map_err(map_err(name))
     }
 
     pub(super) fn attach_xdp(

@@ -26,7 +26,11 @@ impl Datapath {
         let slot = self.next_slot();
         self.write_slot(slot, next)?;
         self.config.proxy_port = state.proxy_port;
-        self.publish_next_revision(if state.audit { ConfigFlags::AUDIT } else { 0 })
+        let mut flags = if state.audit { ConfigFlags::AUDIT } else { 0 };
+        if !state.services.is_empty() {
+            flags |= ConfigFlags::SERVICES;
+        }
+        self.publish_next_revision(flags)
     }
 
     /// Brings the inactive generation to what the live one holds, ahead of the next `apply`
