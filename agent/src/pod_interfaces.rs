@@ -77,6 +77,15 @@ pub fn ifindex(interface: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The bridge `interface` is a port of, if it is one (`/sys/class/net/<interface>/master`, a
+/// bridge where that device has a `bridge` directory).
+pub fn bridge_of(interface: &str) -> Option<String> {
+    let net = std::path::Path::new("/sys/class/net");
+    let master = std::fs::read_link(net.join(interface).join("master")).ok()?;
+    let name = master.file_name()?.to_str()?.to_owned();
+    net.join(&name).join("bridge").is_dir().then_some(name)
+}
+
 /// The hardware (Ethernet) address of `interface` in the agent's namespace (`SIOCGIFHWADDR`).
 pub fn hardware_address(interface: &str) -> Option<[u8; 6]> {
     let name = interface.as_bytes();

@@ -9,6 +9,8 @@
 //! - `rp_tc_ingress`: TC ingress, the same packets as skbs (the pod's egress; with XDP attached,
 //!   flows XDP admitted are already tracked here).
 //! - `rp_tc_egress`: TC egress: what the node delivers to the pod (the pod's ingress).
+//! - `rp_tc_bridge`: TC ingress of a bridge that holds pods' interfaces: hands a connection the
+//!   pod's interface marked for the proxy to the proxy's listener (see `proxy::assign_bridged`).
 #![no_std]
 #![no_main]
 #![expect(
@@ -90,6 +92,24 @@ pub fn rp_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn rp_tc_egress(ctx: TcContext) -> i32 {
     tc(ctx, Hook::TC_EGRESS, Direction::INGRESS)
+}
+
+#[classifier]
+pub fn rp_tc_bridge(ctx: TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & MARK_MASK != MARK_TO_PROXY {
+        return TC_ACT_UNSPEC;
+    }
+    if !proxy::assign_bridged(&ctx) {
+        counters::dropped(
+            DropReason::PROXY_UNAVAILABLE,
+            Direction::EGRESS,
+            u64::from(ctx.len()),
+        );
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
 }
 
 /// Rampart runs first on the hook (see `datapath::attach`): a drop here is final, a pass hands

@@ -14,6 +14,7 @@ use aya_ebpf::programs::TcContext;
 
 use crate::enforce;
 use crate::maps::{CONFIG, IF_MAC};
+use crate::service;
 
 /// `PACKET_HOST` (linux/if_packet.h).
 const PACKET_HOST: u32 = 0;
@@ -47,41 +48,64 @@ fn be32(b: &[u8; 16], i: usize) -> u32 {
 /// Assigns the packet to the proxy's listener; false if there is none.
 #[inline(never)]
 pub fn assign_listener(ctx: &TcContext) -> bool {
+    let Some(flow) = enforce::current_flow() else {
+        return false;
+    };
+    let t = &flow.tuple;
+    assign(ctx, flow.v4 != 0, &t.saddr, &t.daddr, t.sport)
+}
+
+/// On a bridge that holds pods' interfaces (TC ingress of the bridge device): the first packet
+/// of a connection the pod's interface marked for the proxy gets the proxy's listener again. A
+/// socket assigned on the bridge's port does not survive the bridge's hand-up to the node, so
+/// without this a bridge CNI's pods could never reach the proxy. Later packets find the accepted
+/// socket by the normal lookup. True if there was nothing to do or the listener took it.
+#[inline(never)]
+pub fn assign_bridged(ctx: &TcContext) -> bool {
+    let Some(key) = service::scratch_key() else {
+        return false;
+    };
+    match service::read(ctx, key) {
+        Some(at) if at.syn => assign(ctx, at.v4, &key.saddr, &key.daddr, key.sport),
+        _ => true,
+    }
+}
+
+/// `bpf_sk_lookup_tcp` of the proxy's listener (any address, the proxy's port), then
+/// `bpf_sk_assign`. Addresses are 16 bytes (IPv4 as `::ffff:a.b.c.d`).
+#[inline(always)]
+fn assign(ctx: &TcContext, v4: bool, saddr: &[u8; 16], daddr: &[u8; 16], sport: u16) -> bool {
     let Some(port) = CONFIG.get(0).map(|c| c.proxy_port) else {
         return false;
     };
     if port == 0 {
         return false;
     }
-    let Some(flow) = enforce::current_flow() else {
-        return false;
-    };
-    let t = &flow.tuple;
     // SAFETY: an all-zero bpf_sock_tuple is valid (plain integers).
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if flow.v4 != 0 {
+    let size = if v4 {
         tuple.__bindgen_anon_1.ipv4 = Tuple4 {
-            saddr: be32(&t.saddr, 12),
-            daddr: be32(&t.daddr, 12),
-            sport: t.sport.to_be(),
+            saddr: be32(saddr, 12),
+            daddr: be32(daddr, 12),
+            sport: sport.to_be(),
             dport: port.to_be(),
         };
         core::mem::size_of::<Tuple4>()
     } else {
         tuple.__bindgen_anon_1.ipv6 = Tuple6 {
             saddr: [
-                be32(&t.saddr, 0),
-                be32(&t.saddr, 4),
-                be32(&t.saddr, 8),
-                be32(&t.saddr, 12),
+                be32(saddr, 0),
+                be32(saddr, 4),
+                be32(saddr, 8),
+                be32(saddr, 12),
             ],
             daddr: [
-                be32(&t.daddr, 0),
-                be32(&t.daddr, 4),
-                be32(&t.daddr, 8),
-                be32(&t.daddr, 12),
+                be32(daddr, 0),
+                be32(daddr, 4),
+                be32(daddr, 8),
+                be32(daddr, 12),
             ],
-            sport: t.sport.to_be(),
+            sport: sport.to_be(),
             dport: port.to_be(),
         };
         core::mem::size_of::<Tuple6>()

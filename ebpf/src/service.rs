@@ -50,12 +50,19 @@ pub struct NatScratch {
     frontend: ServiceKey,
 }
 
+/// This CPU's tuple slot (for a caller that needs [`read`] outside the translation).
+#[inline(always)]
+pub fn scratch_key() -> Option<&'static mut NatKey> {
+    // SAFETY: this CPU's slot; TC programs do not nest on a CPU.
+    SVC_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut (*p).key })
+}
+
 #[map(name = "SVC_SCRATCH_V1")]
 static SVC_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the packet's translated fields are.
-struct Layout {
-    v4: bool,
+pub struct Layout {
+    pub v4: bool,
     /// Offset of the source address; the destination follows it.
     saddr: usize,
     /// Offset of the transport header (source port, then destination port).
@@ -64,12 +71,12 @@ struct Layout {
     csum: usize,
     udp: bool,
     /// A TCP SYN without ACK: a new connection, which chooses its backend again.
-    syn: bool,
+    pub syn: bool,
 }
 
 /// Reads the tuple of a TCP or UDP packet into `key` (addresses, ports, protocol).
 #[inline(always)]
-fn read(ctx: &TcContext, key: &mut NatKey) -> Option<Layout> {
+pub fn read(ctx: &TcContext, key: &mut NatKey) -> Option<Layout> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (v4, saddr, l4, proto) = if ethertype == ETH_P_IP {
         let ver_ihl: u8 = ctx.load(ETH_LEN).ok()?;

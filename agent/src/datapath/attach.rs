@@ -2,8 +2,8 @@
 //! pinned so the next agent swaps its program in without a gap.
 
 use super::loader::{
-    Attachment, Datapath, DatapathError, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, map_err,
-    tc_program, typed, xdp_program,
+    Attachment, Datapath, DatapathError, PROG_TC_BRIDGE, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    map_err, tc_program, typed, xdp_program,
 };
 use std::path::Path;
 
@@ -66,7 +66,74 @@ impl Datapath {
             }
         }
         self.attach_tc(interface)?;
-        self.record_hardware_address(interface)
+        self.record_hardware_address(interface)?;
+        match crate::pod_interfaces::bridge_of(interface) {
+            Some(bridge) => self.attach_bridge(&bridge),
+            None => Ok(()),
+        }
+    }
+
+    /// The hook name of [`PROG_TC_BRIDGE`]'s attachment (its pin's name).
+    const BRIDGE_HOOK: &'static str = "tc_bridge";
+
+    /// Attaches [`PROG_TC_BRIDGE`] to the TC ingress of `bridge`, the master of a pod's
+    /// interface (once per bridge; pinned like the others): on a bridge CNI, a connection marked
+    /// for the proxy on the pod's port gets the proxy's listener there (see the kernel's
+    /// `proxy::assign_bridged`). It acts on marked packets only; everything else passes on.
+    fn attach_bridge(&mut self, bridge: &str) -> Result<(), DatapathError> {
+        if self
+            .attachments
+            .iter()
+            .any(|a| a.interface == bridge && a.hook == Self::BRIDGE_HOOK)
+        {
+            return Ok(());
+        }
+        if !self.tcx {
+            match tc::qdisc_add_clsact(bridge) {
+                Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+                Err(source) => {
+                    return Err(DatapathError::Clsact {
+                        interface: bridge.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        let tcx = self.tcx;
+        let pin = self
+            .pins
+            .as_ref()
+            .filter(|_| self.tcx)
+            .map(|p| p.link(bridge, Self::BRIDGE_HOOK));
+        let prog = tc_program(&mut self.ebpf, PROG_TC_BRIDGE)?;
+        attach_pinned(
+            prog,
+            bridge,
+            PROG_TC_BRIDGE,
+            pin.as_deref(),
+            |p, link: SchedClassifierLink| p.attach_to_link(link),
+            |p| {
+                if tcx {
+                    p.attach_with_options(
+                        bridge,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                } else {
+                    p.attach(bridge, TcAttachType::Ingress)
+                }
+            },
+            |p, id| p.take_link(id),
+        )?;
+        let program_id = program_id_of(prog.info(), PROG_TC_BRIDGE)?;
+        self.attachments.push(Attachment {
+            interface: bridge.to_owned(),
+            hook: Self::BRIDGE_HOOK,
+            program: PROG_TC_BRIDGE,
+            program_id,
+            method: if self.tcx { "tcx" } else { "tc-clsact" },
+        });
+        Ok(())
     }
 
     /// Writes `interface`'s own hardware address to `IF_MAC_V1` (see

@@ -22,6 +22,7 @@ pub(super) static KERNEL_OBJECT: &[u8] =
 pub(super) const PROG_XDP: &str = "rp_xdp";
 pub(super) const PROG_TC_INGRESS: &str = "rp_tc_ingress";
 pub(super) const PROG_TC_EGRESS: &str = "rp_tc_egress";
+pub(super) const PROG_TC_BRIDGE: &str = "rp_tc_bridge";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -138,7 +139,7 @@ impl Datapath {
                 program: PROG_XDP,
                 source,
             })?;
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_BRIDGE] {
             tc_program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
