@@ -88,6 +88,23 @@ pub fn bridge_of(interface: &str) -> Option<String> {
 
 /// The hardware (Ethernet) address of `interface` in the agent's namespace (`SIOCGIFHWADDR`).
 pub fn hardware_address(interface: &str) -> Option<[u8; 6]> {
+    let req = interface_ioctl(interface, libc::SIOCGIFHWADDR, |_| {})?;
+    // SAFETY: the ioctl succeeded: `ifr_hwaddr` is the union's live member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = *src as u8;
+    }
+    Some(mac)
+}
+
+/// An interface ioctl on a throwaway datagram socket: `ifreq` named `interface`, set up further
+/// by `prepare`, as the kernel left it (`None`: no such interface, or the ioctl failed).
+fn interface_ioctl(
+    interface: &str,
+    request: libc::c_ulong,
+    prepare: impl FnOnce(&mut libc::ifreq),
+) -> Option<libc::ifreq> {
     let name = interface.as_bytes();
     if name.len() >= libc::IFNAMSIZ {
         return None;
@@ -104,24 +121,11 @@ pub fn hardware_address(interface: &str) -> Option<[u8; 6]> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: SIOCGIFHWADDR fills `ifr_hwaddr` of `req`, which outlives the call.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFHWADDR,
-            &mut req,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: the ioctl succeeded: `ifr_hwaddr` is the union's live member.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(data.iter()) {
-        *dst = *src as u8;
-    }
-    Some(mac)
+    prepare(&mut req);
+    // SAFETY: `req` outlives the call; whatever `prepare` pointed it at is the caller's to keep
+    // alive (see `driver`).
+    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), request, &mut req) };
+    (r == 0).then_some(req)
 }
 
 /// `ETHTOOL_GDRVINFO`'s answer (`struct ethtool_drvinfo`, linux/ethtool.h).
@@ -147,31 +151,13 @@ const ETHTOOL_GDRVINFO: u32 = 0x3;
 /// The driver of `interface` (`veth`, `bridge`, `e1000e`, ...), asked with the ethtool ioctl:
 /// one call, where netlink's link kind would need a netlink stack.
 fn driver(interface: &str) -> Option<String> {
-    let name = interface.as_bytes();
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: a datagram socket only to carry the ioctl; closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` was just opened and is owned here alone.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid value of these plain C structs.
+    // SAFETY: all-zero is a valid value of this plain C struct.
     let mut info: DriverInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
-    // SAFETY: as above.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
-    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
-    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) };
-    if r != 0 {
-        return None;
-    }
+    // SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
+    interface_ioctl(interface, SIOCETHTOOL, |req| {
+        req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
+    })?;
     let end = info
         .driver
         .iter()

@@ -101,6 +101,25 @@ pub fn ping(ns: &Netns, dst: IpAddr, timeout: Duration) -> Outcome {
     }
 }
 
+/// Sends `payload` over one TCP connection to an echo server from inside `ns` and reads it back:
+/// whether it came back whole.
+pub fn echo_exchange(
+    ns: &Netns,
+    dst: SocketAddr,
+    payload: &'static [u8],
+    timeout: Duration,
+) -> bool {
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&dst, timeout) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(timeout));
+        let mut back = vec![0u8; payload.len()];
+        s.write_all(payload).is_ok() && s.read_exact(&mut back).is_ok() && back == payload
+    })
+    .unwrap_or(false)
+}
+
 fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
     let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
         Ok(s) => s,

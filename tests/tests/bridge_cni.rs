@@ -6,15 +6,14 @@
 //! frames the bridge would otherwise switch straight to it). The NetworkPolicy conformance cases run on this topology too
 //! (`cargo xtask conformance netpol --topology bridge`).
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::topology::PodNetwork;
-use rampart_tests::{EchoServer, Netns, Topology, cmd, probe, require_root};
+use rampart_tests::{EchoServer, Topology, cmd, probe, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const OPEN: u16 = 8080;
@@ -60,18 +59,6 @@ spec:
         pod_object("shop", "b", 1, B),
         pod_object("shop", "c", 2, C),
     )
-}
-
-fn exchange(ns: &Netns, dst: SocketAddr, payload: &'static [u8]) -> bool {
-    ns.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(TIMEOUT));
-        let mut back = vec![0u8; payload.len()];
-        s.write_all(payload).is_ok() && s.read_exact(&mut back).is_ok() && back == payload
-    })
-    .unwrap_or(false)
 }
 
 fn drops(agent: &rampart_tests::Agent) -> String {
@@ -130,7 +117,7 @@ fn pods_on_a_bridge_are_found_enforced_and_tunnelled() {
 
     // To another node's mTLS port: redirected at a's veth, through the tunnel.
     assert!(
-        exchange(a, SocketAddr::new(IpAddr::V4(C), MTLS), SECRET),
+        probe::echo_exchange(a, SocketAddr::new(IpAddr::V4(C), MTLS), SECRET, TIMEOUT),
         "a -> c:{MTLS} through the tunnel; node-1 log:\n{}\nnode-2 log:\n{}\nnode-1 drops:\n{}\nnode-2 drops:\n{}",
         node1.log(),
         mesh.node("node-2").log(),
@@ -154,7 +141,7 @@ fn pods_on_a_bridge_are_found_enforced_and_tunnelled() {
     // Between two pods of one bridge: the frame the bridge would switch straight to b goes up
     // to node-1's proxy instead, which delivers it to b as mTLS requires.
     assert!(
-        exchange(a, b(MTLS), SECRET),
+        probe::echo_exchange(a, b(MTLS), SECRET, TIMEOUT),
         "a -> b:{MTLS} on one bridge through the proxy; node-1 log:\n{}\nnode-1 drops:\n{}",
         node1.log(),
         drops(node1)

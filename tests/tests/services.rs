@@ -17,8 +17,7 @@
 //! - the same client through a NodePort kube-proxy serves (masquerading it to the node's
 //!   address) is judged by the backend's policy, not waved through as the node's own traffic.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rampart_tests::capture::{Capture, contains};
@@ -341,19 +340,6 @@ fn get(ns: &Netns, addr: SocketAddr) -> bool {
     probe::http_get(&ns.path(), addr, "/", TIMEOUT).is_ok_and(|(status, _)| status == 200)
 }
 
-/// Sends `payload` over one connection and reads it back.
-fn exchange(ns: &Netns, dst: SocketAddr, payload: &'static [u8]) -> bool {
-    ns.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(TIMEOUT));
-        let mut back = vec![0u8; payload.len()];
-        s.write_all(payload).is_ok() && s.read_exact(&mut back).is_ok() && back == payload
-    })
-    .unwrap_or(false)
-}
-
 #[test]
 fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic() {
     require_root();
@@ -475,7 +461,12 @@ fn services_are_judged_on_their_backends_and_kube_proxy_never_sees_pods_traffic(
     let fabric = topo.fabric().expect("two nodes have an underlay");
     let capture = Capture::start(fabric, &mesh.work_dir().join("underlay.pcap"));
     assert!(
-        exchange(client, SocketAddr::new(IpAddr::V4(DB_VIP), 5432), SECRET),
+        probe::echo_exchange(
+            client,
+            SocketAddr::new(IpAddr::V4(DB_VIP), 5432),
+            SECRET,
+            TIMEOUT
+        ),
         "client -> db Service through mTLS; node-1 log:\n{}",
         node1.log()
     );
