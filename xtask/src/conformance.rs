@@ -128,9 +128,14 @@ pub fn run_built(
 }
 
 fn waf(cases: Option<PathBuf>, crs: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
-    let (passed1, failed1) =
-        waf_report(cases.clone(), crs.clone(), bin.clone(), Protocol::Http1Raw)?;
-    let (passed2, failed2) = waf_report(cases, crs, bin, Protocol::Http2)?;
+    let (passed1, failed1) = waf_report(
+        cases.clone(),
+        crs.clone(),
+        bin.clone(),
+        Protocol::Http1Raw,
+        Tally::Gate,
+    )?;
+    let (passed2, failed2) = waf_report(cases, crs, bin, Protocol::Http2, Tally::Gate)?;
     let (passed, failed) = (passed1 + passed2, failed1 + failed2);
     println!("HTTP/1.1 and HTTP/2: {passed} passed, {failed} failed");
     if failed > 0 {
@@ -143,25 +148,35 @@ fn waf(cases: Option<PathBuf>, crs: Option<PathBuf>, bin: PathBuf) -> anyhow::Re
 pub const DEBIAN_CRS_DIR: &str = "/usr/share/modsecurity-crs";
 
 /// The WAF cases against Debian's CRS, for its rates: CRS 3.3 misses attacks that CRS 4 blocks
-/// and blocks some benign requests, so its failures are reported, not fatal.
+/// and blocks some benign requests, so its failures are reported, not fatal. Its tally is not in
+/// the `N passed, M failed` form: every line of that form in the output is a gate.
 pub fn waf_debian_report(bin: PathBuf) -> anyhow::Result<()> {
-    let (passed, failed) = waf_report(
+    waf_report(
         None,
         Some(PathBuf::from(DEBIAN_CRS_DIR)),
         bin,
         Protocol::Http1Raw,
+        Tally::Report("Debian's CRS"),
     )?;
-    println!("(report only) Debian's CRS: {passed} passed, {failed} failed");
     Ok(())
 }
 
-/// Runs the WAF cases in `protocol` and prints each, the rates per category and `N passed, M
-/// failed`.
+/// How a WAF run's tally is printed.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    /// `N passed, M failed`: the caller fails the run on any failure.
+    Gate,
+    /// A figure only, named so (its failures fail nothing).
+    Report(&'static str),
+}
+
+/// Runs the WAF cases in `protocol` and prints each, the rates per category and the tally.
 fn waf_report(
     cases: Option<PathBuf>,
     crs: Option<PathBuf>,
     bin: PathBuf,
     protocol: Protocol,
+    tally: Tally,
 ) -> anyhow::Result<(usize, usize)> {
     use rampart_tests::waf_cases;
     let shared = || waf_cases::shared_dir(&workspace_root());
@@ -190,7 +205,13 @@ fn waf_report(
     );
     crate::test::sweep()?;
     let (passed, failed) = result?;
-    println!("{passed} passed, {failed} failed");
+    match tally {
+        Tally::Gate => println!("{passed} passed, {failed} failed"),
+        Tally::Report(what) => println!(
+            "report only, not a gate: {what} handled {passed} of {} cases as expected",
+            passed + failed
+        ),
+    }
     Ok((passed, failed))
 }
 

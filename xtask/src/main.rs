@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod conformance;
 mod demo;
+mod manifests;
 mod process;
 mod setup;
 mod test;
@@ -31,6 +32,9 @@ enum Task {
     Conformance(conformance::ConformanceArgs),
     /// Run benchmark suites (ratios to baselines run side by side). Needs root.
     Bench(bench::BenchArgs),
+    /// Render deploy/ (kustomize) and validate it against the supported Kubernetes releases'
+    /// schemas, and the example policies against the CRDs.
+    Manifests,
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Conformance(args) => conformance::run(&args),
+        Task::Manifests => manifests::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

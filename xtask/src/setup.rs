@@ -45,6 +45,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // default rule directory).
     "libmodsecurity-dev",
     "modsecurity-crs",
+    // `cargo xtask manifests` runs kubernetes-validate from a virtualenv of its own.
+    "python3-venv",
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -44,6 +44,7 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         ]))?;
         clippy_kernel_crate()?;
         exec(cargo().args(["deny", "--locked", "check", "licenses", "bans", "sources"]))?;
+        crate::manifests::run()?;
     }
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");
