@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod capture;
 pub mod cmd;
+pub mod deploy;
 pub mod fixtures;
 pub mod foreign_programs;
 pub mod h2;

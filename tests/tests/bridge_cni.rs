@@ -1,6 +1,7 @@
 //! Pods on a bridge CNI's network, on a real kernel: each node's pods are ports of a bridge
 //! `cni0` that holds their gateway, with no route per pod (the bridge plugin, flannel, kubenet).
-//! The agent finds them from their veths' peers, enforces between two pods of one bridge (whose
+//! The agents run as the shipped DaemonSet runs them: root with only its capabilities (the
+//! bounding set `deploy/daemonset.yaml` names). The agent finds pods from their veths' peers, enforces between two pods of one bridge (whose
 //! traffic the bridge switches without routing it), and redirects flows to mTLS ports through
 //! the proxy: to another node's pod (through the tunnel) and to a pod of the same bridge (whose
 //! frames the bridge would otherwise switch straight to it). The NetworkPolicy conformance cases run on this topology too
@@ -93,8 +94,15 @@ fn pods_on_a_bridge_are_found_enforced_and_tunnelled() {
     );
     let _b = EchoServer::start(&topo.pod("shop/b").ns, &[OPEN, DENIED, MTLS], &[]).expect("b");
     let _c = EchoServer::start(&topo.pod("shop/c").ns, &[MTLS], &[]).expect("c");
+    let work = std::env::temp_dir().join(format!("rampart-bridge-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let bin = rampart_tests::deploy::agent_with_daemonset_capabilities(
+        &rampart_tests::agent::rampart_bin().expect("agent binary"),
+        &work,
+    )
+    .expect("the DaemonSet's capabilities");
     let mesh =
-        MeshAgents::start(&topo, &["node-1", "node-2"], &world(), None, &[]).expect("agents");
+        MeshAgents::start(&topo, &["node-1", "node-2"], &world(), Some(&bin), &[]).expect("agents");
     let node1 = mesh.node("node-1");
     let a = &topo.pod("shop/a").ns;
     let b = |port| SocketAddr::new(IpAddr::V4(B), port);
@@ -147,4 +155,6 @@ fn pods_on_a_bridge_are_found_enforced_and_tunnelled() {
         drops(node1)
     );
     assert!(flows("outbound") >= 2.0 && flows("inbound") >= 1.0);
+    drop(mesh);
+    let _ = std::fs::remove_dir_all(&work);
 }
