@@ -36,10 +36,17 @@ fn two_nodes() -> Topology {
 #[test]
 fn the_core_rule_set_blocks_attacks_before_the_pod_and_says_why() {
     require_root();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let crs = rampart_tests::waf_cases::shared_dir(&workspace)
-        .expect("shared/")
-        .join(rampart_tests::waf_cases::DEFAULT_CRS);
+    // `RAMPART_TEST_CRS_DIR`: a Core Rule Set where the agent finds it (`cargo xtask image
+    // --prove` runs this test with the agents in containers, on the image's own CRS).
+    let crs = match std::env::var_os("RAMPART_TEST_CRS_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            rampart_tests::waf_cases::shared_dir(&workspace)
+                .expect("shared/")
+                .join(rampart_tests::waf_cases::DEFAULT_CRS)
+        }
+    };
     let topo = two_nodes();
     let orders = HttpServer::start(&topo.pod("shop/b").ns, 8080).expect("origin 8080");
     let reports = HttpServer::start(&topo.pod("shop/b").ns, 8081).expect("origin 8081");

@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod conformance;
 mod demo;
+mod image;
 mod manifests;
 mod process;
 mod setup;
@@ -35,6 +36,8 @@ enum Task {
     /// Render deploy/ (kustomize) and validate it against the supported Kubernetes releases'
     /// schemas, and the example policies against the CRDs.
     Manifests,
+    /// Build the agent's OCI image (buildah); `--prove` runs a two-node test with it (podman).
+    Image(image::ImageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Conformance(args) => conformance::run(&args),
         Task::Manifests => manifests::run(),
+        Task::Image(args) => image::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -47,6 +47,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "modsecurity-crs",
     // `cargo xtask manifests` runs kubernetes-validate from a virtualenv of its own.
     "python3-venv",
+    // `cargo xtask image`: buildah builds the image; podman (with runc: crun fails here) runs it.
+    "buildah",
+    "podman",
+    "runc",
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -76,6 +76,12 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
             crate::conformance::run_built(suite, None, None, TopologyArg::Routed, bin.clone())?;
         }
         crate::conformance::waf_debian_report(bin.clone())?;
+        // The agent's image, built and run: two namespace tests with the agents in containers.
+        crate::image::run(&crate::image::ImageArgs {
+            crs: None,
+            prove: true,
+        })?;
+        sweep()?;
     }
     Ok(())
 }
