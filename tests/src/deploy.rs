@@ -5,21 +5,31 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-/// The capabilities the DaemonSet adds (`securityContext.capabilities.add`), as `setpriv`
-/// names them (`bpf`, `net_admin`, ...).
-pub fn daemonset_capabilities() -> anyhow::Result<Vec<String>> {
+/// The agent container's `securityContext` in the DaemonSet.
+fn agent_security_context() -> anyhow::Result<serde_json::Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let doc: serde_json::Value =
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let containers = doc["spec"]["template"]["spec"]["containers"]
+    doc["spec"]["template"]["spec"]["containers"]
         .as_array()
-        .context("the DaemonSet has no containers")?;
-    let add = containers
-        .iter()
-        .find(|c| c["name"] == "agent")
-        .and_then(|c| c["securityContext"]["capabilities"]["add"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
+        .map(|c| c["securityContext"].clone())
+        .context("the DaemonSet has no agent container")
+}
+
+/// Whether the DaemonSet runs the agent without a seccomp profile (`Unconfined`).
+pub fn daemonset_seccomp_unconfined() -> anyhow::Result<bool> {
+    Ok(agent_security_context()?["seccompProfile"]["type"] == "Unconfined")
+}
+
+/// The capabilities the DaemonSet adds (`securityContext.capabilities.add`), as `setpriv`
+/// names them (`bpf`, `net_admin`, ...).
+pub fn daemonset_capabilities() -> anyhow::Result<Vec<String>> {
+    let context = agent_security_context()?;
+    let add = context["capabilities"]["add"]
+        .as_array()
         .context("the agent container adds no capabilities")?;
     add.iter()
         .map(|c| {

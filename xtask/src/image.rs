@@ -194,7 +194,7 @@ fn find_deb(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
 /// The agent as the DaemonSet runs it, for the harness (`RAMPART_BIN`): a container of `tag`,
 /// host network (the caller's namespace: a test node's), the DaemonSet's capabilities only, the
 /// tests' directories mounted, the admin socket's variable passed in.
-fn wrapper_script(conf: &Path, caps: &[String], tag: &str) -> String {
+fn wrapper_script(conf: &Path, caps: &[String], seccomp: &str, tag: &str) -> String {
     format!(
         r#"#!/bin/sh
 # `ip netns exec` gave this process a /sys of its own, without the machine's cgroup mounts,
@@ -209,7 +209,7 @@ if ! mountpoint -q /sys/fs/cgroup/memory 2>/dev/null; then
 fi
 CONTAINERS_CONF={conf} exec \
 	podman {STORAGE} --runtime runc run --rm --network host \
-	--cap-drop all --cap-add {caps} \
+	--cap-drop all --cap-add {caps} {seccomp} \
 	-v /run/rampart-tests:/run/rampart-tests -v /tmp:/tmp -e RAMPART_ADMIN_SOCKET -e RUST_LOG \
 	{tag} "$@"
 "#,
@@ -221,11 +221,17 @@ CONTAINERS_CONF={conf} exec \
 /// Runs `services.rs` with the agent as a container of `tag` (see the module's docs).
 fn prove(root: &Path, tag: &str) -> anyhow::Result<()> {
     let caps: Vec<String> = rampart_tests::deploy::daemonset_capabilities()?;
+    // As the DaemonSet says (the runtime's default profile refuses bpf(2) without SYS_ADMIN).
+    let seccomp = if rampart_tests::deploy::daemonset_seccomp_unconfined()? {
+        "--security-opt seccomp=unconfined"
+    } else {
+        ""
+    };
     let conf = root.join("target/image/containers.conf");
     // podman's default ulimits cannot be set here (see `../shared/containers.md`).
     std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n")?;
     let wrapper = root.join("target/image/rampart-in-container");
-    std::fs::write(&wrapper, wrapper_script(&conf, &caps, tag))?;
+    std::fs::write(&wrapper, wrapper_script(&conf, &caps, seccomp, tag))?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
     // The Services test, and the WAF test on the image's own Core Rule Set.
