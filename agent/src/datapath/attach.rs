@@ -88,52 +88,13 @@ impl Datapath {
         {
             return Ok(());
         }
-        if !self.tcx {
-            match tc::qdisc_add_clsact(bridge) {
-                Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-                Err(source) => {
-                    return Err(DatapathError::Clsact {
-                        interface: bridge.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        let tcx = self.tcx;
-        let pin = self
-            .pins
-            .as_ref()
-            .filter(|_| self.tcx)
-            .map(|p| p.link(bridge, Self::BRIDGE_HOOK));
-        let prog = tc_program(&mut self.ebpf, PROG_TC_BRIDGE)?;
-        attach_pinned(
-            prog,
+        self.add_clsact(bridge)?;
+        self.attach_tc_program(
             bridge,
             PROG_TC_BRIDGE,
-            pin.as_deref(),
-            |p, link: SchedClassifierLink| p.attach_to_link(link),
-            |p| {
-                if tcx {
-                    p.attach_with_options(
-                        bridge,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::first()),
-                    )
-                } else {
-                    p.attach(bridge, TcAttachType::Ingress)
-                }
-            },
-            |p, id| p.take_link(id),
-        )?;
-        let program_id = program_id_of(prog.info(), PROG_TC_BRIDGE)?;
-        self.attachments.push(Attachment {
-            interface: bridge.to_owned(),
-            hook: Self::BRIDGE_HOOK,
-            program: PROG_TC_BRIDGE,
-            program_id,
-            method: if self.tcx { "tcx" } else { "tc-clsact" },
-        });
-        Ok(())
+            Self::BRIDGE_HOOK,
+            TcAttachType::Ingress,
+        )
     }
 
     /// Writes `interface`'s own hardware address to `IF_MAC_V1` (see
@@ -192,60 +153,76 @@ impl Datapath {
     }
 
     pub(super) fn attach_tc(&mut self, interface: &str) -> Result<(), DatapathError> {
-        if !self.tcx {
-            // Before tcx (kernel 6.6) TC programs hang off the clsact qdisc; it may exist already.
-            match tc::qdisc_add_clsact(interface) {
-                Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-                Err(source) => {
-                    return Err(DatapathError::Clsact {
-                        interface: interface.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        let tcx = self.tcx;
+        self.add_clsact(interface)?;
         for (name, hook, attach_type) in [
             (PROG_TC_INGRESS, Hook::TC_INGRESS, TcAttachType::Ingress),
             (PROG_TC_EGRESS, Hook::TC_EGRESS, TcAttachType::Egress),
         ] {
-            let pin = self
-                .pins
-                .as_ref()
-                .filter(|_| self.tcx)
-                .map(|p| p.link(interface, hook.name()));
-            let prog = tc_program(&mut self.ebpf, name)?;
-            attach_pinned(
-                prog,
-                interface,
-                name,
-                pin.as_deref(),
-                |p, link: SchedClassifierLink| p.attach_to_link(link),
-                |p| {
-                    if tcx {
-                        // Before every program already on the hook: Rampart's drop is final
-                        // whatever runs after it, and its pass hands the packet on to them.
-                        p.attach_with_options(
-                            interface,
-                            attach_type,
-                            TcAttachOptions::TcxOrder(LinkOrder::first()),
-                        )
-                    } else {
-                        // A tc filter added without a priority goes before the existing ones.
-                        p.attach(interface, attach_type)
-                    }
-                },
-                |p, id| p.take_link(id),
-            )?;
-            let program_id = program_id_of(prog.info(), name)?;
-            self.attachments.push(Attachment {
-                interface: interface.to_owned(),
-                hook: hook.name(),
-                program: name,
-                program_id,
-                method: if self.tcx { "tcx" } else { "tc-clsact" },
-            });
+            self.attach_tc_program(interface, name, hook.name(), attach_type)?;
         }
+        Ok(())
+    }
+
+    /// Before tcx (kernel 6.6) TC programs hang off the clsact qdisc; it may exist already.
+    fn add_clsact(&self, interface: &str) -> Result<(), DatapathError> {
+        if self.tcx {
+            return Ok(());
+        }
+        match tc::qdisc_add_clsact(interface) {
+            Ok(()) | Err(tc::TcError::AlreadyAttached) => Ok(()),
+            Err(source) => Err(DatapathError::Clsact {
+                interface: interface.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Attaches TC program `name` to `interface`'s `attach_type` hook, pinned as `hook` (tcx:
+    /// first on the hook), and records the attachment.
+    fn attach_tc_program(
+        &mut self,
+        interface: &str,
+        name: &'static str,
+        hook: &'static str,
+        attach_type: TcAttachType,
+    ) -> Result<(), DatapathError> {
+        let tcx = self.tcx;
+        let pin = self
+            .pins
+            .as_ref()
+            .filter(|_| tcx)
+            .map(|p| p.link(interface, hook));
+        let prog = tc_program(&mut self.ebpf, name)?;
+        attach_pinned(
+            prog,
+            interface,
+            name,
+            pin.as_deref(),
+            |p, link: SchedClassifierLink| p.attach_to_link(link),
+            |p| {
+                if tcx {
+                    // Before every program already on the hook: Rampart's drop is final
+                    // whatever runs after it, and its pass hands the packet on to them.
+                    p.attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                } else {
+                    // A tc filter added without a priority goes before the existing ones.
+                    p.attach(interface, attach_type)
+                }
+            },
+            |p, id| p.take_link(id),
+        )?;
+        let program_id = program_id_of(prog.info(), name)?;
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            hook,
+            program: name,
+            program_id,
+            method: if tcx { "tcx" } else { "tc-clsact" },
+        });
         Ok(())
     }
 

@@ -364,6 +364,35 @@ mod tests {
         assert!(e.iter().all(|(k, _)| k.scope == ServiceKey::FROM_PODS));
     }
 
+    /// Two Services claiming one address and port (the API server refuses that for cluster
+    /// IPs, not for external IPs): the first listed keeps it, the other is a warning, and the
+    /// kernel gets one header for it.
+    #[test]
+    fn a_frontend_two_services_claim_goes_to_the_first_with_a_warning() {
+        let mut m = model();
+        let mut other = (*m.services[0]).clone();
+        other.name = "web-copy".into();
+        m.services.push(Arc::new(other));
+        let mut warnings = Vec::new();
+        let e = entries(
+            &frontends(&m, &BTreeSet::new()),
+            |_, _| false,
+            &mut warnings,
+        );
+        let cluster = mapped(ip("10.96.0.20"));
+        let headers = e
+            .iter()
+            .filter(|(k, _)| k.addr == cluster && k.port == 80 && k.slot == 0)
+            .count();
+        assert_eq!(headers, 1);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("shop/web-copy") && w.contains("10.96.0.20:80")),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn from_outside_only_this_nodes_reachable_frontends_with_ingress_backends() {
         let host = BTreeSet::from([ip("172.18.0.1")]);
