@@ -66,6 +66,73 @@ pub struct MtlsExplanation {
     /// outside the cluster (arriving on an uplink) when the port has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_policy: Option<String>,
+    /// The HTTP chain the destination's proxy runs on each request of the flow, when a
+    /// MeshPolicy has an `http` section for the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpChainExplanation>,
+}
+
+/// The filters of a port's HTTP chain, in the order the proxy runs them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpChainExplanation {
+    /// The MeshPolicy whose `http` section it is.
+    pub policy: String,
+    /// One entry per filter, e.g. `authentication (jwt corp-idp)`.
+    pub filters: Vec<String>,
+}
+
+/// What `http` makes the proxy do, filter by filter (authn → authz → rate limits → DLP → WAF).
+fn http_chain(policy: &str, http: &crate::policy::http::HttpPolicyModel) -> HttpChainExplanation {
+    use crate::policy::http::ProviderModel;
+    let mut filters = Vec::new();
+    if let Some(authn) = &http.authentication {
+        let providers: Vec<String> = authn
+            .providers
+            .iter()
+            .map(|p| match p {
+                ProviderModel::Jwt(_) => format!("jwt {}", p.name()),
+                ProviderModel::ApiKeys(_) => format!("api keys {}", p.name()),
+            })
+            .collect();
+        let join = if authn.require_all { " and " } else { " or " };
+        filters.push(format!("authentication ({})", providers.join(join)));
+    }
+    if !http.rules.is_empty() {
+        filters.push(format!(
+            "authorization ({} rules: a Deny wins, else an Allow must match)",
+            http.rules.len()
+        ));
+    }
+    if !http.rate_limits.is_empty() {
+        let buckets: Vec<&str> = http.rate_limits.iter().map(|b| b.name.as_str()).collect();
+        let shadow = if http.rate_limit_shadow {
+            ", shadow"
+        } else {
+            ""
+        };
+        filters.push(format!("rate limits ({}{shadow})", buckets.join(", ")));
+    }
+    if let Some(dlp) = &http.dlp {
+        let mut on = Vec::new();
+        if dlp.requests.is_some() {
+            on.push("requests");
+        }
+        if !dlp.set.detectors.is_empty() {
+            on.push("responses");
+        }
+        filters.push(format!("DLP ({})", on.join(", ")));
+    }
+    if let Some(waf) = &http.waf {
+        filters.push(format!(
+            "WAF ({}, paranoia level {})",
+            if waf.block { "block" } else { "detect" },
+            waf.profile.paranoia_level
+        ));
+    }
+    HttpChainExplanation {
+        policy: policy.to_owned(),
+        filters,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,11 +193,17 @@ pub fn explain(compiled: &Compiled, query: &ExplainQuery) -> Result<Explanation,
                 .and_then(|s| SpiffeId::parse(s).ok())
                 .is_some_and(|id| principal_allowed(route, &id));
             let ingress_policy = route.ingress_policy.clone().filter(|_| spiffe.is_none());
+            let http = route
+                .http_policy
+                .as_deref()
+                .zip(route.http.as_deref())
+                .map(|(policy, http)| http_chain(policy, http));
             MtlsExplanation {
                 policies: route.policies.clone(),
                 source_allowed,
                 source_spiffe_id: spiffe.map(|id| id.to_string()),
                 ingress_policy,
+                http,
             }
         });
     Ok(Explanation {
@@ -240,7 +313,7 @@ pub fn render(e: &Explanation) -> String {
     } else if let Some(m) = &e.mtls {
         let _ = writeln!(
             out,
-            "  mTLS only (MeshPolicy {}): plaintext is dropped; source {} {}",
+            "  mTLS only ({}): plaintext is dropped; source {} {}",
             m.policies.join(", "),
             m.source_spiffe_id.as_deref().unwrap_or("(not a pod)"),
             if m.source_allowed {
@@ -248,6 +321,14 @@ pub fn render(e: &Explanation) -> String {
             } else {
                 "is NOT an allowed principal: the proxy refuses it"
             }
+        );
+    }
+    if let Some(chain) = e.mtls.as_ref().and_then(|m| m.http.as_ref()) {
+        let _ = writeln!(
+            out,
+            "  each HTTP request then passes MeshPolicy {}'s chain: {}",
+            chain.policy,
+            chain.filters.join(" -> ")
         );
     }
     out
@@ -336,5 +417,51 @@ mod tests {
             },
         );
         assert!(matches!(mixed, Err(ExplainError::MixedFamilies { .. })));
+    }
+
+    /// With the MeshPolicies of `policies/mesh/`, explain names the mTLS requirement and the
+    /// HTTP chain each request of the flow passes, filter by filter.
+    #[test]
+    fn names_the_mesh_policy_and_its_http_chain() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let text = ["workloads.yaml", "mesh/backend-api-l7.yaml"]
+            .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+            .join("---\n");
+        let checked = crate::policy::check(crate::policy::source::parse_str(
+            std::path::Path::new("examples.yaml"),
+            &text,
+        ))
+        .unwrap_or_else(|d| panic!("{d:?}"));
+        let c = compile_all_local(&checked.model, "cluster.local");
+        let e = ask(&c, "shop/frontend", "shop/backend", 8080);
+        let mtls = e.mtls.clone().expect("mTLS-only port");
+        assert!(mtls.source_allowed);
+        let chain = mtls.http.expect("an http chain");
+        assert_eq!(chain.policy, "backend-api-l7");
+        assert_eq!(
+            chain.filters,
+            [
+                "authentication (jwt corp-idp)",
+                "authorization (3 rules: a Deny wins, else an Allow must match)",
+                "rate limits (per-user, whole-api)",
+                "DLP (requests, responses)",
+                "WAF (block, paranoia level 1)",
+            ]
+        );
+        let text = render(&e);
+        assert!(
+            text.contains("mTLS only (MeshPolicy backend-api-l7): "),
+            "{text}"
+        );
+        assert!(
+            text.contains("MeshPolicy backend-api-l7's chain: authentication (jwt corp-idp) -> "),
+            "{text}"
+        );
+        // A port without an http section has no chain.
+        assert!(
+            ask(&c, "shop/frontend", "shop/backend", 9090)
+                .mtls
+                .is_none()
+        );
     }
 }

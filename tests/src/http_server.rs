@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 origin inside a namespace for the L7 proxy tests: every request gets `200`
 //! and a body that reports what arrived (the request line, each header as `name: value`, then
-//! `peer: <the connection's source address>`), and is counted, so a test can tell what reached
-//! the pod, from where, and what the proxy stopped.
+//! `peer: <the connection's source address>`, then what [`HttpServer::start_with_body`] gave it),
+//! and is counted, so a test can tell what reached the pod, from where, and what the proxy
+//! stopped.
 //!
 //! Hand-written (keep-alive, `Content-Length` only, no request bodies): the harness stays free of
 //! an HTTP stack, and what it must do is small.
@@ -25,11 +26,21 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `[::]:port` inside `ns`; returns once it listens.
     pub fn start(ns: &Netns, port: u16) -> anyhow::Result<HttpServer> {
+        HttpServer::start_with_body(ns, port, "")
+    }
+
+    /// Like [`HttpServer::start`], ending every response body with `extra` (what the pod's
+    /// application would answer, e.g. a record with a card number for DLP to mask).
+    pub fn start_with_body(
+        ns: &Netns,
+        port: u16,
+        extra: &'static str,
+    ) -> anyhow::Result<HttpServer> {
         let requests = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&requests);
         let listener = Listener::start(ns, port, "http server", move |stream| {
             let requests = Arc::clone(&counted);
-            std::thread::spawn(move || serve(stream, &requests));
+            std::thread::spawn(move || serve(stream, &requests, extra));
         })?;
         Ok(HttpServer {
             requests,
@@ -44,7 +55,7 @@ impl HttpServer {
 }
 
 /// Answers requests on one connection until the client closes it (or 10 s of silence).
-fn serve(stream: TcpStream, requests: &AtomicU64) {
+fn serve(stream: TcpStream, requests: &AtomicU64, extra: &str) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let peer = stream
         .peer_addr()
@@ -72,7 +83,7 @@ fn serve(stream: TcpStream, requests: &AtomicU64) {
             .iter()
             .any(|h| h.eq_ignore_ascii_case("connection: close"))
             || head.first().is_some_and(|l| l.ends_with("HTTP/1.0"));
-        let body = head.join("\n") + "\npeer: " + &peer + "\n";
+        let body = head.join("\n") + "\npeer: " + &peer + "\n" + extra;
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
             body.len(),

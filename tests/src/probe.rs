@@ -75,6 +75,35 @@ fn tcp_bulk_here(dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
     }
 }
 
+/// Like [`tcp`], but from `src`, an address `ns` does not own (a socket with `IP_TRANSPARENT`
+/// bound to it): what a process on a node that forges a pod's address sends. Answers routed
+/// back to `src` go wherever `src` lives, so this sees [`Outcome::Reached`] only if they come
+/// back here.
+pub fn tcp_spoofed(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> Outcome {
+    ns.run(move || {
+        let connect = || -> std::io::Result<TcpStream> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(dst),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            if src.is_ipv4() {
+                socket.set_ip_transparent_v4(true)?;
+            } else {
+                socket.set_ip_transparent_v6(true)?;
+            }
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+            socket.connect_timeout(&dst.into(), timeout)?;
+            Ok(socket.into())
+        };
+        match connect() {
+            Ok(stream) => echo_on(stream, timeout),
+            Err(e) => io_outcome(&e),
+        }
+    })
+    .unwrap_or_else(|e| Outcome::Error(format!("{e:#}")))
+}
+
 /// A UDP datagram to `dst` from inside `ns`, waiting for its echo.
 pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Outcome {
     udp_sized(ns, dst, PAYLOAD.len(), timeout)
@@ -121,10 +150,14 @@ pub fn echo_exchange(
 }
 
 fn tcp_here(dst: SocketAddr, timeout: Duration) -> Outcome {
-    let mut stream = match TcpStream::connect_timeout(&dst, timeout) {
-        Ok(s) => s,
-        Err(e) => return io_outcome(&e),
-    };
+    match TcpStream::connect_timeout(&dst, timeout) {
+        Ok(stream) => echo_on(stream, timeout),
+        Err(e) => io_outcome(&e),
+    }
+}
+
+/// Sends the probe's payload on a connected stream and waits for its echo.
+fn echo_on(mut stream: TcpStream, timeout: Duration) -> Outcome {
     let _ = stream.set_read_timeout(Some(timeout));
     if let Err(e) = stream.write_all(PAYLOAD) {
         return io_outcome(&e);
@@ -217,7 +250,8 @@ impl HttpReply {
     }
 }
 
-/// One HTTP/1.0 request (`Connection: close`, read to EOF) from inside the namespace.
+/// One HTTP/1.0 request (`Connection: close`, read to EOF) from inside the namespace. Its `Host`
+/// is `addr`, unless `headers` has a `host`.
 pub fn http_request(
     ns_path: &str,
     addr: SocketAddr,
@@ -227,14 +261,11 @@ pub fn http_request(
     timeout: Duration,
 ) -> anyhow::Result<HttpReply> {
     let (method, path) = (method.to_owned(), path.to_owned());
-    let headers: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
+    let (host, headers) = host_and_headers(addr, headers);
     netns::run_in(ns_path, move || -> anyhow::Result<HttpReply> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(request_text(&method, &path, &addr.to_string(), &headers).as_bytes())?;
+        stream.write_all(request_text(&method, &path, &host, &headers).as_bytes())?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw)?;
         parse_reply(&raw)
@@ -267,12 +298,9 @@ pub fn http_post(
     body: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<HttpReply> {
-    let mut headers: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
+    let (host, mut headers) = host_and_headers(addr, headers);
     headers.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    let mut request = request_text("POST", path, &addr.to_string(), &headers).into_bytes();
+    let mut request = request_text("POST", path, &host, &headers).into_bytes();
     request.extend_from_slice(body);
     netns::run_in(ns_path, move || -> anyhow::Result<HttpReply> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -356,6 +384,21 @@ impl KeptAlive {
         raw.push_str(&String::from_utf8_lossy(&body));
         parse_reply(&raw).map(Some)
     }
+}
+
+/// The `Host` to send (a `host` entry of `headers`, else `addr`) and the other headers as
+/// `name: value\r\n` lines.
+fn host_and_headers(addr: SocketAddr, headers: &[(&str, &str)]) -> (String, String) {
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+    let lines = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    (host, lines)
 }
 
 /// An HTTP/1.0 request with `Connection: close`; `headers` are `name: value\r\n` lines.

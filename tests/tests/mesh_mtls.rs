@@ -189,6 +189,29 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
         .run(move || TcpStream::connect_timeout(&b(5432), Duration::from_secs(1)).is_ok())
         .expect("netns");
     assert!(!plain, "plaintext to an mTLS port must not connect");
+    // Plaintext that forges an allowed pod's address (a process on a's node that binds a's
+    // address) is no tunnel either: node-2's kernel drops it as mtls_required.
+    let required = |n| {
+        metric(
+            n,
+            "rampart_drops_total",
+            "reason=\"mtls_required\",direction=\"ingress\"",
+        )
+    };
+    let before = required(node2);
+    let spoofed = rampart_tests::probe::tcp_spoofed(
+        &topo.node("node-1").ns,
+        IpAddr::V4(ip(1, 10)),
+        b(5432),
+        Duration::from_secs(1),
+    );
+    assert!(
+        !spoofed.reached(),
+        "forged plaintext reached b: {spoofed:?}"
+    );
+    wait_for("node-2 to count the forged SYN", || {
+        required(node2) > before
+    });
     // The pod's own node is another matter: its kubelet probes the port in plaintext.
     let probe = topo
         .node("node-2")

@@ -15,7 +15,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs { check: false })?;
+    setup::run(&setup::SetupArgs::all())?;
     rampart_tests::require_root();
     // The proxy suite runs the agent binary (target/release/rampart) beside the bench binary.
     exec(cargo().args([

@@ -67,7 +67,7 @@ pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
         println!("not root: the end-to-end sample through the proxy is not run");
         return library_only(args.suite, args.cases.clone());
     }
-    setup::run(&setup::SetupArgs { check: false })?;
+    setup::run(&setup::SetupArgs::all())?;
     rampart_tests::require_root();
     exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let bin = workspace_root().join("target/debug/rampart");

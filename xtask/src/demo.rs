@@ -1,11 +1,18 @@
-//! `cargo xtask demo`: sets up, builds the agent and the demo scenario (`xtask/demo`, which
-//! embeds the kernel object and so cannot be part of xtask itself), and runs it as root.
+//! `cargo xtask demo`: sets up (only what the demo needs), builds the agent and the demo
+//! scenario (`xtask/demo`, which embeds the kernel object and so cannot be part of xtask
+//! itself), and runs it as root. `cargo xtask test` runs the same scenario against its debug
+//! build: every step of the demo checks what it shows.
+
+use std::path::Path;
 
 use crate::process::{cargo, exec, workspace_root};
 use crate::setup;
 
 pub fn run() -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs { check: false })?;
+    setup::run(&setup::SetupArgs {
+        check: false,
+        purpose: setup::Purpose::Demo,
+    })?;
     rampart_tests::require_root();
     exec(cargo().args([
         "build",
@@ -16,11 +23,21 @@ pub fn run() -> anyhow::Result<()> {
         "-p",
         "rampart-demo",
     ]))?;
-    let root = workspace_root();
-    let target = root.join("target/release");
+    let target = workspace_root().join("target/release");
+    run_scenario(&target.join("rampart-demo"), &target.join("rampart"))
+}
+
+/// Builds the scenario in the debug profile and runs it with `agent` (the test run's).
+pub fn run_debug(agent: &Path) -> anyhow::Result<()> {
+    exec(cargo().args(["build", "--locked", "-p", "rampart-demo"]))?;
+    let demo = workspace_root().join("target/debug/rampart-demo");
+    run_scenario(&demo, agent)
+}
+
+fn run_scenario(demo: &Path, agent: &Path) -> anyhow::Result<()> {
     exec(
-        std::process::Command::new(target.join("rampart-demo"))
-            .arg(target.join("rampart"))
-            .arg(root.join("policies")),
+        std::process::Command::new(demo)
+            .arg(agent)
+            .arg(workspace_root().join("policies")),
     )
 }

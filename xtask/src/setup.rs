@@ -10,6 +10,9 @@
 //!
 //! 4. `cargo-deny` (pinned), for the licence/ban/source checks of `cargo xtask test`.
 //!
+//! `--purpose demo` (what `cargo xtask demo` runs) installs only what the demo needs: no
+//! cargo-deny, and only the Debian packages marked for it.
+//!
 //! Only crates.io, Debian and `rustup component add` are used; no toolchain is ever fetched.
 
 use std::path::{Path, PathBuf};
@@ -20,37 +23,63 @@ use rampart_ebpf_build::{BPF_LINKER_VERSION, EbpfToolchain};
 
 use crate::process::{cargo, exec, output};
 
-/// Debian packages: `gcc`/`libc6-dev` (host linker), `pkg-config`, `iproute2` (`ip`, namespaces),
-/// `procps` (`sysctl`), `iputils-ping` (ICMP probes), `bpftool` (inspecting programs and links when a test fails).
-pub const DEBIAN_PACKAGES: &[&str] = &[
-    "build-essential",
-    "pkg-config",
-    "iproute2",
-    "iputils-ping",
-    "procps",
-    "bpftool",
-    "ca-certificates",
-    // The baselines `cargo xtask bench` measures Rampart against.
-    "iptables",
-    "nftables",
-    // The peer proxy of the `proxy` suite (TLS 1.3 with client certificates both ways).
-    "haproxy",
-    // The mTLS test captures the underlay to show that only TLS crosses it.
-    "tcpdump",
-    // A test checks that pods keep TSO with the agent attached.
-    "ethtool",
-    // promtool checks the metrics, and a real Prometheus server scrapes an agent in a test.
-    "prometheus",
+/// What a machine is set up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purpose {
+    /// `cargo xtask demo`: the build, the eBPF toolchain and what the agent and the demo's
+    /// namespaces use at run time.
+    Demo,
+    /// Everything: the tests, the conformance suites, the benchmarks, the image.
+    All,
+}
+
+/// A Debian package, and whether the demo needs it (everything else is for the tests,
+/// benchmarks and image only).
+pub struct Package {
+    pub name: &'static str,
+    pub demo: bool,
+}
+
+const fn demo(name: &'static str) -> Package {
+    Package { name, demo: true }
+}
+
+const fn tests(name: &'static str) -> Package {
+    Package { name, demo: false }
+}
+
+pub const DEBIAN_PACKAGES: &[Package] = &[
+    // The host linker and C toolchain, pkg-config (libmodsecurity's flags).
+    demo("build-essential"),
+    demo("pkg-config"),
+    // `ip` (namespaces, links, routes), `sysctl`, `ping` (ICMP probes).
+    demo("iproute2"),
+    demo("procps"),
+    demo("iputils-ping"),
+    demo("ca-certificates"),
     // The WAF: libmodsecurity v3 (the agent links it) and Debian's Core Rule Set (3.3, the
     // default rule directory).
-    "libmodsecurity-dev",
-    "modsecurity-crs",
+    demo("libmodsecurity-dev"),
+    demo("modsecurity-crs"),
+    // Inspecting programs and links when a test fails.
+    tests("bpftool"),
+    // The baselines `cargo xtask bench` measures Rampart against.
+    tests("iptables"),
+    tests("nftables"),
+    // The peer proxy of the `proxy` suite (TLS 1.3 with client certificates both ways).
+    tests("haproxy"),
+    // The mTLS test captures the underlay to show that only TLS crosses it.
+    tests("tcpdump"),
+    // A test checks that pods keep TSO with the agent attached.
+    tests("ethtool"),
+    // promtool checks the metrics, and a real Prometheus server scrapes an agent in a test.
+    tests("prometheus"),
     // `cargo xtask manifests` runs kubernetes-validate from a virtualenv of its own.
-    "python3-venv",
+    tests("python3-venv"),
     // `cargo xtask image`: buildah builds the image; podman (with runc: crun fails here) runs it.
-    "buildah",
-    "podman",
-    "runc",
+    tests("buildah"),
+    tests("podman"),
+    tests("runc"),
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.
@@ -61,6 +90,19 @@ pub struct SetupArgs {
     /// Only report what is missing; install nothing.
     #[arg(long)]
     pub check: bool,
+    /// What to set up for: `demo` installs only what `cargo xtask demo` needs.
+    #[arg(long, value_enum, default_value = "all")]
+    pub purpose: Purpose,
+}
+
+impl SetupArgs {
+    /// Everything, installed.
+    pub fn all() -> SetupArgs {
+        SetupArgs {
+            check: false,
+            purpose: Purpose::All,
+        }
+    }
 }
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
@@ -72,10 +114,11 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             "setup: no usable `nightly` toolchain; the kernel crate builds on `stable` with RUSTC_BOOTSTRAP=1"
         );
     }
-    let missing_packages = missing_debian_packages();
+    let missing_packages = missing_debian_packages(args.purpose);
     let needs_rust_src = !has_rust_src(tc)?;
     let linker = LinkerState::probe(tc)?;
-    let needs_cargo_deny = !has_cargo_deny();
+    // cargo-deny is for `cargo xtask test` only (building it takes minutes).
+    let needs_cargo_deny = args.purpose == Purpose::All && !has_cargo_deny();
 
     if args.check {
         let mut missing = Vec::new();
@@ -129,10 +172,11 @@ fn has_cargo_deny() -> bool {
     output(cargo().args(["deny", "--version"])).is_some_and(|v| v.contains(CARGO_DENY_VERSION))
 }
 
-fn missing_debian_packages() -> Vec<&'static str> {
+fn missing_debian_packages(purpose: Purpose) -> Vec<&'static str> {
     DEBIAN_PACKAGES
         .iter()
-        .copied()
+        .filter(|pkg| pkg.demo || purpose == Purpose::All)
+        .map(|pkg| pkg.name)
         .filter(|pkg| {
             let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
             !status.is_some_and(|s| s.contains("install ok installed"))

@@ -3,7 +3,7 @@
 //! cargo-deny (licences, bans, sources) → build
 //! the agent → unit tests and privileged kernel tests (network namespaces, real programs) →
 //! the conformance suites (NetworkPolicy against the real agent; JWT and rate limiting
-//! through the proxy's verifier and limiter).
+//! through the proxy's verifier and limiter) → the demo's scenario → the image, built and run.
 //!
 //! Privileged tests need root; they fail (never skip) without it.
 
@@ -26,7 +26,7 @@ pub struct TestArgs {
 }
 
 pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs { check: false })?;
+    setup::run(&setup::SetupArgs::all())?;
     xtask_builds_without_the_ebpf_toolchain()?;
     sweep()?;
     if !args.no_lint {
@@ -76,6 +76,10 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
             crate::conformance::run_built(suite, None, None, TopologyArg::Routed, bin.clone())?;
         }
         crate::conformance::waf_debian_report(bin.clone())?;
+        // The first run a newcomer sees: every layer on two nodes, each step checked.
+        let demo = crate::demo::run_debug(&bin);
+        sweep()?;
+        demo?;
         // The agent's image, built and run: two namespace tests with the agents in containers.
         crate::image::run(&crate::image::ImageArgs {
             crs: None,

@@ -235,8 +235,14 @@ impl fmt::Display for FlowRecord {
             if let Some(principal) = http.principal.as_ref().or(http.api_key_client.as_ref()) {
                 write!(f, " principal={principal}")?;
             }
+            if !http.waf_rule_ids.is_empty() {
+                let ids: Vec<String> = http.waf_rule_ids.iter().map(u32::to_string).collect();
+                write!(f, " waf_rules={}", ids.join(","))?;
+            }
         }
-        if let Some(reason) = &self.drop_reason {
+        // A refused request's reason names its filter (`dlp:blocked`, `waf:sqli`).
+        let denied_by = self.http.as_ref().and_then(|h| h.denied_by.as_ref());
+        if let Some(reason) = denied_by.or(self.drop_reason.as_ref()) {
             write!(f, " reason={reason}")?;
         }
         match (&self.policy, self.decided_by) {
@@ -246,7 +252,8 @@ impl fmt::Display for FlowRecord {
                 p.name, p.direction, p.rule, p.action, p.mode
             ),
             (None, DecidedBy::MeshPolicy) if !self.mesh_policies.is_empty() => {
-                write!(f, " by MeshPolicy {}", self.mesh_policies.join(","))
+                // Each entry is `MeshPolicy <name>` already.
+                write!(f, " by {}", self.mesh_policies.join(", "))
             }
             (None, by) => write!(
                 f,
@@ -257,5 +264,32 @@ impl fmt::Display for FlowRecord {
                     .unwrap_or_default()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text form of a WAF refusal names the pods, the request, who sent it and the rules
+    /// that matched.
+    #[test]
+    fn the_text_form_of_a_waf_refusal_names_its_rules() {
+        let record: FlowRecord = serde_json::from_value(serde_json::json!({
+            "time": "2026-12-04T10:00:00.000000000Z", "node": "node-2", "observer": "proxy",
+            "direction": "ingress", "protocol": "tcp",
+            "src": {"ip": "10.244.1.10", "port": 40000, "identity": 256, "pod": "shop/frontend"},
+            "dst": {"ip": "10.244.1.11", "port": 8080, "identity": 257, "pod": "shop/backend"},
+            "verdict": "deny", "drop_reason": "sqli", "decided_by": "mesh_policy",
+            "mesh_policies": ["MeshPolicy backend-api-l7"],
+            "http": {"method": "GET", "host": "backend", "path": "/api/v1/orders", "status": 403,
+                "duration_us": 900, "policy": "backend-api-l7", "principal": "alice",
+                "denied_by": "waf:sqli", "waf_rule_ids": [942100, 942190]}
+        }))
+        .expect("a record");
+        assert_eq!(
+            record.to_string(),
+            "2026-12-04T10:00:00.000000000Z node-2 ingress DENY   tcp 10.244.1.10:40000 (shop/frontend) -> 10.244.1.11:8080 (shop/backend) [proxy] GET backend/api/v1/orders 403 900us principal=alice waf_rules=942100,942190 reason=waf:sqli by MeshPolicy backend-api-l7"
+        );
     }
 }
