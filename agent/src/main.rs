@@ -1,6 +1,7 @@
 //! `rampart`: the node agent and its command-line tools. Parses arguments and hands a validated
 //! configuration to the module that does the work; all wiring of the agent is in `app.rs`.
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use rampart_agent::{app, cli, config, policy_cli, status};
 
@@ -27,9 +28,7 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         cli::Command::Flows(args) => rampart_agent::flows_cli::run(&args),
-        cli::Command::Cleanup(args) => rampart_agent::datapath::remove_pins(&args.bpffs_root)
-            .map(|n| println!("removed {n} pins under {}", args.bpffs_root.display()))
-            .map_err(anyhow::Error::from),
+        cli::Command::Cleanup(args) => cleanup(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -38,6 +37,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `rampart cleanup`: the pins (which detaches the programs), then the proxy's policy routing.
+fn cleanup(args: &cli::CleanupArgs) -> anyhow::Result<()> {
+    let pins = rampart_agent::datapath::remove_pins(&args.bpffs_root)?;
+    println!("removed {pins} pins under {}", args.bpffs_root.display());
+    rampart_agent::mesh::runtime::PROXY_ROUTING
+        .remove()
+        .context("removing the proxy's policy routing")?;
+    println!("removed the proxy's policy routing rules and routes");
+    Ok(())
 }
 
 /// `rampart ca init`: a new root for the trust domain, written to `--dir`.

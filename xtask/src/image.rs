@@ -4,9 +4,8 @@
 //! The root filesystem is assembled here from Debian packages, not from a base image (no
 //! registry is reachable, and a base image would carry a shell, a package manager and more the
 //! agent never uses): the runtime libraries of `libmodsecurity3` (the WAF engine, linked by the
-//! agent) and `iproute2` (`ip`, which the agent runs once at start for the proxy's policy
-//! routing), with their library dependencies, unpacked with `dpkg-deb -x` (no maintainer
-//! scripts), documentation removed. Then the release binary and a Core Rule Set (default: CRS
+//! agent) with their library dependencies, unpacked with `dpkg-deb -x` (no maintainer scripts),
+//! documentation removed. The agent runs no other program (its policy routing is netlink). Then the release binary and a Core Rule Set (default: CRS
 //! 4.28.0 from `../shared`; any CRS directory with `--crs`).
 //!
 //! `--prove` runs the image: the two-node Services test (`tests/tests/services.rs`: the
@@ -34,7 +33,7 @@ pub struct ImageArgs {
 }
 
 /// The packages whose runtime files the image carries, with their library dependencies.
-const ROOTS: &[&str] = &["libmodsecurity3", "iproute2"];
+const ROOTS: &[&str] = &["libmodsecurity3"];
 /// containers-storage's driver here (overlay is not available; see `../shared/containers.md`).
 const STORAGE: &str = "--storage-driver=vfs";
 

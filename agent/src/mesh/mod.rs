@@ -2,10 +2,12 @@
 //! that check SPIFFE IDs ([`crate::spiffe`]; [`tls`]) and the HBONE-shaped node-to-node tunnel
 //! ([`tunnel`]) that carries flows policy requires to be mutually authenticated; traffic from
 //! outside the cluster through the same L7 chain ([`ingress`]), with TLS terminated by SNI
-//! ([`sni`]).
+//! ([`sni`]); the policy routing that delivers packets marked for the proxy locally
+//! ([`policy_routing`]).
 
 pub mod ca;
 pub mod ingress;
+pub mod policy_routing;
 pub mod runtime;
 pub mod sni;
 pub mod table;

@@ -18,16 +18,21 @@ use crate::listen::ConnectionCap;
 
 use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
 use super::ingress::IngressContext;
+use super::policy_routing::ProxyRouting;
 use super::table::{TableAuthorizer, TableBuilder, TableView};
 use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
 use super::tunnel::{self, Inbound, TunnelStats, UpstreamSource};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::spiffe::SpiffeId;
 
-/// Routing table that delivers marked packets locally (`local default dev lo`).
-const ROUTE_TABLE: &str = "21072";
-/// Priority of the `fwmark` rule (before the main table's 32766).
-const RULE_PRIORITY: &str = "90";
+/// The policy routing that delivers packets marked for the proxy locally: a rule at priority 90
+/// (before the main table's 32766) into table 21072, which holds `local default dev lo`.
+pub const PROXY_ROUTING: ProxyRouting = ProxyRouting {
+    mark: MARK_TO_PROXY,
+    mask: MARK_MASK,
+    priority: 90,
+    table: 21072,
+};
 /// How often the CA files are checked for a rotated root.
 const CA_POLL: Duration = Duration::from_secs(2);
 
@@ -184,7 +189,9 @@ impl MeshRuntime {
     /// kernel's backlog.
     pub async fn start(self: &Arc<Self>, connections: ConnectionCap) -> anyhow::Result<()> {
         self.jwks.start(tokio::runtime::Handle::current());
-        install_routing().context("installing the policy routing for the proxy's mark")?;
+        PROXY_ROUTING
+            .install()
+            .context("installing the policy routing for the proxy's mark (netlink)")?;
         let tunnel_listener = TcpListener::bind(SocketAddr::new(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             self.settings.tunnel_port,
@@ -416,54 +423,4 @@ fn transparent_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Packets the kernel marks for the proxy are delivered locally whatever their destination:
-/// `ip rule fwmark MARK_TO_PROXY/MARK_MASK lookup T` and `local default dev lo table T`, for both
-/// families. This is policy routing, not packet filtering: no iptables or nftables. The rules
-/// are replaced, not duplicated, when the agent restarts. (iproute2 is part of every node; the
-/// netlink crates' route-rule APIs change between releases, and this runs once at start-up.)
-fn install_routing() -> anyhow::Result<()> {
-    let mark = format!("{MARK_TO_PROXY:#x}/{MARK_MASK:#x}");
-    for family in ["-4", "-6"] {
-        // Remove what an earlier run left, so that exactly one rule remains.
-        while run_ip(&[family, "rule", "del", "pref", RULE_PRIORITY]).is_ok() {}
-        run_ip(&[
-            family,
-            "rule",
-            "add",
-            "pref",
-            RULE_PRIORITY,
-            "fwmark",
-            &mark,
-            "lookup",
-            ROUTE_TABLE,
-        ])?;
-        run_ip(&[
-            family,
-            "route",
-            "replace",
-            "local",
-            "default",
-            "dev",
-            "lo",
-            "table",
-            ROUTE_TABLE,
-        ])?;
-    }
-    Ok(())
-}
-
-fn run_ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
