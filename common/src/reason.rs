@@ -317,6 +317,9 @@ reasons! {
         BadRequest = 11 => "bad_request",
         /// The destination did not accept the connection.
         UpstreamUnreachable = 12 => "upstream_unreachable",
+        /// The stream's destination is not the workload whose identity the connection's
+        /// handshake presented (the client named another one in its SNI).
+        DestinationMismatch = 13 => "destination_identity_mismatch",
     }
 }
 
@@ -331,6 +334,9 @@ reasons! {
         Certificate = 2 => "certificate",
         /// The destination node refused or could not be reached.
         Tunnel = 3 => "tunnel",
+        /// The destination's agent did not prove the identity of the workload the destination
+        /// address belongs to (its certificate names another, or none).
+        DestinationIdentity = 4 => "destination_identity_mismatch",
     }
 }
 

@@ -77,9 +77,9 @@ pub struct MeshAgents {
 }
 
 impl MeshAgents {
-    /// Starts an agent on each of `nodes` of `topo` with `policy` as its only policy file, run
-    /// as `--ca-dir <ca> --node-name <node>` plus `extra_args`, from `bin` (default: the
-    /// harness's agent binary).
+    /// Starts an agent on each of `nodes` of `topo` with `policy` as its only policy file (in
+    /// one directory they all watch, `<work dir>/policy`), run as `--ca-dir <ca> --node-name
+    /// <node>` plus `extra_args`, from `bin` (default: the harness's agent binary).
     pub fn start(
         topo: &Topology,
         nodes: &[&str],
@@ -87,23 +87,65 @@ impl MeshAgents {
         bin: Option<&Path>,
         extra_args: &[&str],
     ) -> anyhow::Result<MeshAgents> {
+        let mut mesh = MeshAgents::new()?;
+        let dir = mesh.policy_dir("policy", policy)?;
+        let each: Vec<(&str, PathBuf)> = nodes.iter().map(|n| (*n, dir.clone())).collect();
+        mesh.launch(topo, &each, bin, extra_args)?;
+        Ok(mesh)
+    }
+
+    /// Like [`MeshAgents::start`], each node with a policy of its own (`(node, policy)`, in
+    /// `<work dir>/policy-<node>`): nodes that see the cluster differently, as one that lies
+    /// would.
+    pub fn start_each(
+        topo: &Topology,
+        nodes: &[(&str, &str)],
+        bin: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<MeshAgents> {
+        let mut mesh = MeshAgents::new()?;
+        let mut each = Vec::new();
+        for (node, policy) in nodes {
+            each.push((*node, mesh.policy_dir(&format!("policy-{node}"), policy)?));
+        }
+        mesh.launch(topo, &each, bin, extra_args)?;
+        Ok(mesh)
+    }
+
+    fn new() -> anyhow::Result<MeshAgents> {
         let work =
             std::env::temp_dir().join(format!("rampart-mesh-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&work);
-        let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
-        std::fs::create_dir_all(&policy_dir)
-            .with_context(|| format!("creating {}", policy_dir.display()))?;
-        std::fs::write(policy_dir.join("world.yaml"), policy).context("writing the policy")?;
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(MeshAgents {
+            agents: Vec::new(),
+            work,
+        })
+    }
+
+    /// `<work dir>/<name>/world.yaml` holding `policy`.
+    fn policy_dir(&self, name: &str, policy: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("world.yaml"), policy).context("writing the policy")?;
+        Ok(dir)
+    }
+
+    /// A fresh CA (`rampart ca init`), then an agent per `(node, policy directory)`.
+    fn launch(
+        &mut self,
+        topo: &Topology,
+        nodes: &[(&str, PathBuf)],
+        bin: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
         let bin = match bin {
             Some(bin) => bin.to_owned(),
             None => crate::agent::rampart_bin()?,
         };
+        let ca_dir = self.work.join("ca");
         crate::agent::ca_init_with(&bin, &ca_dir)?;
-        let mut mesh = MeshAgents {
-            agents: Vec::new(),
-            work,
-        };
-        for node in nodes {
+        for (node, policy_dir) in nodes {
             let mut opts = AgentOptions::new(Vec::new());
             opts.bin = Some(bin.clone());
             opts.policy_dir = Some(policy_dir.clone());
@@ -116,9 +158,9 @@ impl MeshAgents {
             opts.extra_args
                 .extend(extra_args.iter().map(|a| (*a).to_owned()));
             let agent = Agent::start(&topo.node(node).ns, &opts)?;
-            mesh.agents.push(((*node).to_owned(), agent));
+            self.agents.push(((*node).to_owned(), agent));
         }
-        Ok(mesh)
+        Ok(())
     }
 
     /// The agent of `node`.

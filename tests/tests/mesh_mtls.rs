@@ -276,3 +276,58 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
 
     drop(mesh);
 }
+
+/// Both ends prove who they are: the destination's agent presents the certificate of the
+/// workload at the destination address. Node 2 here believes another workload (`shop/imposter`,
+/// its own service account) holds b's address, as a node that lies about its pods would: it
+/// presents that workload's certificate, and node 1, whose policy says the address is b's,
+/// refuses the tunnel and counts it; the flow never reaches the pod.
+#[test]
+fn a_destination_that_proves_another_workload_is_refused_by_the_source() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1, 10))
+        .pod("node-2", "shop/b", ip(2, 10))
+        .build()
+        .expect("topology");
+    let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
+    let truth = workloads();
+    // Node 2's view: the pod at b's address is shop/imposter (labelled app: b, so the same
+    // MeshPolicy applies), with a service account of its own.
+    let lie = truth.replace(
+        &pod_object("shop", "b", 2, ip(2, 10)),
+        &pod_object("shop", "b", 2, ip(2, 10))
+            .replace("serviceAccountName: b", "serviceAccountName: imposter"),
+    );
+    assert_ne!(truth, lie, "the lie changes the pod's service account");
+    let mesh = MeshAgents::start_each(
+        &topo,
+        &[("node-1", truth.as_str()), ("node-2", lie.as_str())],
+        None,
+        &[],
+    )
+    .expect("agents");
+    let node1 = mesh.node("node-1");
+    let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 5432);
+    assert!(
+        !exchange(&topo.pod("shop/a").ns, b, SECRET, 1, Duration::ZERO),
+        "a reached a destination whose agent proved another workload"
+    );
+    wait_for("node-1 to count the wrong destination identity", || {
+        metric(
+            node1,
+            "rampart_proxy_outbound_errors_total",
+            "reason=\"destination_identity_mismatch\"",
+        ) >= 1.0
+    });
+    assert!(
+        node1
+            .log()
+            .contains("did not prove the destination workload's identity"),
+        "{}",
+        node1.log()
+    );
+    drop(mesh);
+}

@@ -45,6 +45,79 @@ struct Certs {
     ca_pem: String,
     workloads: std::collections::HashMap<SpiffeId, WorkloadCert>,
     node: WorkloadCert,
+    /// Tunnel server configurations presenting a local workload's certificate, until it is
+    /// due for renewal.
+    servers: std::collections::HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
+}
+
+/// The certificates, shared by the outbound side (the source workload's client certificate)
+/// and the tunnel's inbound side (the destination workload's server certificate).
+struct CertStore {
+    certs: Mutex<Certs>,
+    ttl: Duration,
+    tables: TableView,
+}
+
+impl CertStore {
+    fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Certs>> {
+        self.certs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))
+    }
+
+    /// A workload's certificate, issued on first use and renewed at half-life.
+    fn workload_cert(&self, id: &SpiffeId) -> anyhow::Result<(WorkloadCert, TrustBundle)> {
+        let mut certs = self.lock()?;
+        let now = SystemTime::now();
+        let fresh = certs
+            .workloads
+            .get(id)
+            .filter(|c| now < c.renew_at())
+            .cloned();
+        let cert = match fresh {
+            Some(c) => c,
+            None => {
+                let c = certs.ca.issue(id, self.ttl, now)?;
+                tracing::debug!(workload = %id, "certificates: issued");
+                certs.workloads.insert(id.clone(), c.clone());
+                c
+            }
+        };
+        Ok((cert, certs.bundle.clone()))
+    }
+
+    /// The tunnel server configuration presenting `id`'s certificate.
+    fn server_config_of(&self, id: &SpiffeId) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let now = SystemTime::now();
+        if let Some((renew_at, config)) = self.lock()?.servers.get(id)
+            && now < *renew_at
+        {
+            return Ok(Arc::clone(config));
+        }
+        let (cert, bundle) = self.workload_cert(id)?;
+        let config = server_config(&bundle, Arc::new(RotatingCert::new(&cert)?))?;
+        self.lock()?
+            .servers
+            .insert(id.clone(), (cert.renew_at(), Arc::clone(&config)));
+        Ok(config)
+    }
+}
+
+impl tunnel::DestinationIdentity for CertStore {
+    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<rustls::ServerConfig>)> {
+        let id = self.tables.find(|t| {
+            t.workload(addr)
+                .filter(|w| w.local)
+                .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok())
+        })?;
+        match self.server_config_of(&id) {
+            Ok(config) => Some((id, config)),
+            Err(e) => {
+                tracing::warn!(workload = %id, "tunnel: no certificate to present: {e:#}");
+                None
+            }
+        }
+    }
 }
 
 pub struct MeshRuntime {
@@ -58,7 +131,7 @@ pub struct MeshRuntime {
     pub wafs: Arc<crate::l7::waf::WafEngines>,
     outbound_errors: [AtomicU64; OutboundReason::ALL.len()],
     pub outbound_flows: AtomicU64,
-    certs: Mutex<Certs>,
+    certs: Arc<CertStore>,
     node_cert: Arc<RotatingCert>,
     inbound: Arc<Inbound>,
     /// Flows from outside the cluster.
@@ -106,6 +179,18 @@ impl MeshRuntime {
         let node = ca.issue(&node_id, settings.cert_ttl, SystemTime::now())?;
         let bundle = TrustBundle::new(trust_domain, &[ca.cert_der().clone()])?;
         let node_cert = Arc::new(RotatingCert::new(&node)?);
+        let certs = Arc::new(CertStore {
+            certs: Mutex::new(Certs {
+                ca_pem: ca.cert_pem().to_owned(),
+                ca,
+                bundle: bundle.clone(),
+                workloads: std::collections::HashMap::new(),
+                node,
+                servers: std::collections::HashMap::new(),
+            }),
+            ttl: settings.cert_ttl,
+            tables: tables.clone(),
+        });
         let inbound_stats = Arc::new(TunnelStats::default());
         let inbound = Arc::new(Inbound {
             config: RwLock::new(server_config(&bundle, Arc::clone(&node_cert))?),
@@ -119,6 +204,7 @@ impl MeshRuntime {
             },
             events: events.clone(),
             l7: Arc::new(crate::l7::L7Stats::default()),
+            identities: Some(Arc::clone(&certs) as Arc<dyn tunnel::DestinationIdentity>),
         });
         let ingress = IngressContext {
             l7: Arc::clone(&inbound.l7),
@@ -128,13 +214,7 @@ impl MeshRuntime {
         };
         Ok(Arc::new(MeshRuntime {
             wafs: Arc::new(crate::l7::waf::WafEngines::new(settings.crs_dir.clone())),
-            certs: Mutex::new(Certs {
-                ca_pem: ca.cert_pem().to_owned(),
-                ca,
-                bundle,
-                workloads: std::collections::HashMap::new(),
-                node,
-            }),
+            certs,
             settings,
             tables,
             inbound_stats,
@@ -252,10 +332,7 @@ impl MeshRuntime {
     /// trusted beside the old one, new certificates come from it, and established connections
     /// keep theirs.
     fn upkeep(&self) -> anyhow::Result<()> {
-        let mut certs = self
-            .certs
-            .lock()
-            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
+        let mut certs = self.certs.lock()?;
         let pem_path = self.settings.ca_dir.join(CA_CERT_FILE);
         let pem = std::fs::read_to_string(&pem_path).unwrap_or_default();
         let now = SystemTime::now();
@@ -278,39 +355,16 @@ impl MeshRuntime {
             certs.ca_pem = pem;
             certs.bundle = bundle;
             certs.workloads.clear();
+            certs.servers.clear();
             renew = true;
             tracing::info!("certificates: rotated root loaded (the previous root stays trusted)");
         }
         if renew {
-            certs.node = certs.ca.issue(&self.node_id, self.settings.cert_ttl, now)?;
+            certs.node = certs.ca.issue(&self.node_id, self.certs.ttl, now)?;
             self.node_cert.replace(&certs.node)?;
             tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
         }
         Ok(())
-    }
-
-    /// A workload's certificate, issued on first use and renewed at half-life.
-    fn workload_cert(&self, id: &SpiffeId) -> anyhow::Result<(WorkloadCert, TrustBundle)> {
-        let mut certs = self
-            .certs
-            .lock()
-            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))?;
-        let now = SystemTime::now();
-        let fresh = certs
-            .workloads
-            .get(id)
-            .filter(|c| now < c.renew_at())
-            .cloned();
-        let cert = match fresh {
-            Some(c) => c,
-            None => {
-                let c = certs.ca.issue(id, self.settings.cert_ttl, now)?;
-                tracing::debug!(workload = %id, "certificates: issued");
-                certs.workloads.insert(id.clone(), c.clone());
-                c
-            }
-        };
-        Ok((cert, certs.bundle.clone()))
     }
 
     /// The L7 route of an ingress flow from `source` to `original`, looked up in the table in
@@ -362,13 +416,15 @@ impl MeshRuntime {
                 return self.fail(OutboundReason::UnknownSource, peer, original);
             };
             let dst = table.workload(original.ip());
-            let Some((host, node)) = dst.and_then(|d| Some((d.host_ip?, d.node.clone()?))) else {
+            let Some(host) = dst.and_then(|d| d.host_ip) else {
                 tracing::info!(%peer, %original, "proxy: destination has no node address");
                 return self.fail(OutboundReason::UnknownDestination, peer, original);
             };
-            let (Ok(src_id), Ok(server_id)) = (
+            // The destination's agent must prove the identity of the workload at the address
+            // (it presents that workload's certificate for the SNI the tunnel sends).
+            let (Ok(src_id), Some(Ok(server_id))) = (
                 SpiffeId::parse(&src.spiffe_id),
-                node_spiffe_id(&self.trust_domain, &node),
+                dst.map(|d| SpiffeId::parse(&d.spiffe_id)),
             ) else {
                 return self.fail(OutboundReason::Certificate, peer, original);
             };
@@ -379,6 +435,7 @@ impl MeshRuntime {
             )
         };
         let config = match self
+            .certs
             .workload_cert(&src_id)
             .and_then(|(cert, bundle)| Ok(client_config(&bundle, &cert, server_id)?))
         {
@@ -390,6 +447,10 @@ impl MeshRuntime {
         };
         let mut flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
             Ok(f) => f,
+            Err(e) if e.is_wrong_server_identity() => {
+                tracing::warn!(%peer, %original, tunnel = %tunnel_addr, "proxy: the destination's agent did not prove the destination workload's identity: {e}");
+                return self.fail(OutboundReason::DestinationIdentity, peer, original);
+            }
             Err(e) => {
                 tracing::info!(%peer, %original, tunnel = %tunnel_addr, "proxy: {e}");
                 return self.fail(OutboundReason::Tunnel, peer, original);

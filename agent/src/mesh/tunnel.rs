@@ -2,12 +2,18 @@
 //! connection to the destination node's agent, HTTP/2 on it, and one `CONNECT <dst ip:port>`
 //! stream per tunnelled flow with the flow's original source in a `Forwarded: for=` header.
 //!
+//! Both ends prove who they are: the client presents the source workload's SVID, and names the
+//! destination address in its SNI ([`server_name_for`]); the server presents the SVID of the
+//! local workload at that address ([`DestinationIdentity`]), which the client checks against the
+//! identity its own policy gives the address, and serves on that connection only streams to that
+//! address.
+//!
 //! The inbound side ([`serve`]) refuses plaintext, clients without a certificate, certificates
 //! from another CA or expired ones, and peers whose SPIFFE ID the [`Authorize`] policy does not
 //! allow for that destination; every refusal is counted by [`MtlsReason`]. The outbound side is
 //! [`connect`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,7 +26,7 @@ use rampart_common::reason::MtlsReason;
 use rustls::{CertificateError, ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::listen::ConnectionCap;
@@ -81,6 +87,49 @@ pub trait Authorize: Send + Sync {
     fn check(&self, flow: &FlowRequest) -> Result<Option<Arc<crate::l7::HttpRoute>>, MtlsReason>;
 }
 
+/// The server side of "both ends prove who they are": the TLS configuration that presents the
+/// SVID of the local workload at an address, and that workload's SPIFFE ID; `None` when no local
+/// workload has the address (the connection then presents the node's certificate, which no
+/// client that named a workload accepts).
+pub trait DestinationIdentity: Send + Sync {
+    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<ServerConfig>)>;
+}
+
+/// The suffix of the SNI names that carry a destination address.
+const SNI_SUFFIX: &str = ".dst.rampart.invalid";
+
+/// The SNI a client sends for a flow to `addr`: the address's bytes in hex, then
+/// [`SNI_SUFFIX`] (SNI carries DNS names only; `.invalid` is never a real one).
+pub fn server_name_for(addr: IpAddr) -> ServerName<'static> {
+    let octets: Vec<u8> = match addr.to_canonical() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let hex: String = octets.iter().map(|b| format!("{b:02x}")).collect();
+    match ServerName::try_from(format!("{hex}{SNI_SUFFIX}")) {
+        Ok(name) => name,
+        // Hex digits and a fixed suffix always make a DNS name.
+        Err(_) => ServerName::IpAddress(addr.into()),
+    }
+}
+
+/// The destination address an SNI name of [`server_name_for`] carries.
+pub fn destination_of_server_name(name: &str) -> Option<IpAddr> {
+    let hex = name.strip_suffix(SNI_SUFFIX)?;
+    if !hex.is_ascii() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect::<Option<_>>()?;
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
 /// The L7 route of a tunnelled flow, looked up in the table in force for each request; a flow
 /// the table no longer admits is refused (counted and reported like a refused stream).
 fn routes_of(inbound: Arc<Inbound>, flow: FlowRequest) -> crate::l7::serve::RouteLookup {
@@ -122,6 +171,8 @@ pub struct Inbound {
     pub events: Option<ProxyEventSink>,
     /// Counters of the L7 filters.
     pub l7: Arc<crate::l7::L7Stats>,
+    /// The local workloads' certificates, by address (`None`: the node's certificate always).
+    pub identities: Option<Arc<dyn DestinationIdentity>>,
 }
 
 impl Inbound {
@@ -177,13 +228,31 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         Ok(Ok(1)) => return refuse(MtlsReason::Plaintext),
         _ => return refuse(MtlsReason::HandshakeFailed),
     }
-    let config = match inbound.config.read() {
-        Ok(c) => Arc::clone(&c),
-        Err(_) => return,
+    // The ClientHello first: its SNI names the destination, whose workload's certificate the
+    // handshake then presents.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout_at(deadline, lazy).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return refuse(of_handshake(&e)),
+        Err(_) => return refuse(MtlsReason::HandshakeFailed),
     };
-    let accepted =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
-    let tls = match accepted {
+    let named = start
+        .client_hello()
+        .server_name()
+        .and_then(destination_of_server_name);
+    let workload = named.and_then(|addr| {
+        let (id, config) = inbound.identities.as_ref()?.config_for(addr)?;
+        Some((addr, id, config))
+    });
+    let (config, served) = match workload {
+        Some((addr, id, config)) => (config, Some((addr, id))),
+        None => match inbound.config.read() {
+            Ok(c) => (Arc::clone(&c), None),
+            Err(_) => return,
+        },
+    };
+    let tls = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refuse(of_handshake(&e)),
         Err(_) => return refuse(MtlsReason::HandshakeFailed),
@@ -198,10 +267,13 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
         _ => return refuse(MtlsReason::NotSpiffe),
     };
+    let served_addr = served.map(|(addr, _)| addr);
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
         let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, inbound).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served_addr, inbound).await)
+        }
     });
     // Pings find a peer that vanished without closing (a node gone, a partition), so its
     // connection and the descriptors of its flows do not stay open for ever.
@@ -236,9 +308,12 @@ fn forwarded_for(req: &Request<Incoming>) -> Option<SocketAddr> {
     })
 }
 
+/// One CONNECT stream; `served`: the destination address whose workload's certificate the
+/// connection presented (streams to any other address are refused).
 async fn handle_stream(
     req: Request<Incoming>,
     peer: SpiffeId,
+    served: Option<IpAddr>,
     inbound: Arc<Inbound>,
 ) -> Response<Empty<Bytes>> {
     let destination = req
@@ -253,6 +328,16 @@ async fn handle_stream(
         inbound.refuse(MtlsReason::BadRequest, Some(&peer), None, None);
         return status(StatusCode::BAD_REQUEST);
     };
+    if served.is_some_and(|addr| addr != destination.ip().to_canonical()) {
+        inbound.refuse(
+            MtlsReason::DestinationMismatch,
+            Some(&peer),
+            Some(source),
+            Some(destination),
+        );
+        tracing::info!(%peer, %source, %destination, "tunnel: stream to another workload than the handshake proved");
+        return status(StatusCode::FORBIDDEN);
+    }
     let flow = FlowRequest {
         peer,
         source,
@@ -398,6 +483,22 @@ pub enum ConnectError {
     Refused(StatusCode),
 }
 
+impl ConnectError {
+    /// Whether the handshake failed because the server's certificate does not name the
+    /// identity the client expects (another workload, or a node).
+    pub fn is_wrong_server_identity(&self) -> bool {
+        let ConnectError::Tls(_, e) = self else {
+            return false;
+        };
+        matches!(
+            e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        )
+    }
+}
+
 /// A tunnelled flow's stream, as the outbound side holds it.
 pub type FlowStream = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -409,12 +510,30 @@ pub async fn connect(
     source: SocketAddr,
     destination: SocketAddr,
 ) -> Result<FlowStream, ConnectError> {
+    // The server is checked by SPIFFE ID (see `tls::client_config`); the SNI names the
+    // destination, whose workload's certificate the server presents.
+    connect_named(
+        tunnel,
+        config,
+        server_name_for(destination.ip()),
+        source,
+        destination,
+    )
+    .await
+}
+
+/// [`connect`] with the SNI given (tests send one that names another destination).
+pub(super) async fn connect_named(
+    tunnel: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Result<FlowStream, ConnectError> {
     let tcp = TcpStream::connect(tunnel)
         .await
         .map_err(|e| ConnectError::Tcp(tunnel, e))?;
     let _ = tcp.set_nodelay(true);
-    // The server is checked by SPIFFE ID (see `tls::client_config`); the name only fills SNI.
-    let name = ServerName::IpAddress(tunnel.ip().into());
     let tls = TlsConnector::from(config)
         .connect(name, tcp)
         .await

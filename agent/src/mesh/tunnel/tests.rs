@@ -26,6 +26,26 @@ fn node() -> SpiffeId {
     id("/rampart/node/node-2")
 }
 
+fn db() -> SpiffeId {
+    id("/ns/shop/sa/db")
+}
+
+/// The destination node's local workloads: `db` at 127.0.0.1 (where the test's upstream
+/// listens).
+struct Workloads {
+    bundle: TrustBundle,
+    db: Arc<RotatingCert>,
+}
+
+impl DestinationIdentity for Workloads {
+    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<ServerConfig>)> {
+        (addr == IpAddr::from([127, 0, 0, 1])).then(|| {
+            let config = server_config(&self.bundle, Arc::clone(&self.db)).expect("config");
+            (db(), config)
+        })
+    }
+}
+
 /// Allows only the frontend.
 struct FrontendOnly;
 
@@ -51,7 +71,14 @@ struct World {
 }
 
 impl World {
+    /// A destination node that presents its node certificate to every client.
     async fn start() -> World {
+        World::start_with(false).await
+    }
+
+    /// With `workloads`, the destination node presents the certificate of its workload `db`
+    /// (at 127.0.0.1, the upstream) to a client that names that address.
+    async fn start_with(workloads: bool) -> World {
         let ca = Ca::generate(TD, 24 * HOUR, SystemTime::now()).expect("ca");
         let bundle = TrustBundle::new(TD, &[ca.cert_der().clone()]).expect("bundle");
         let server_cert = Arc::new(
@@ -71,6 +98,17 @@ impl World {
             l7: Arc::new(crate::l7::L7Stats::default()),
             upstream: UpstreamSource::Plain,
             events: Some(sink),
+            identities: workloads.then(|| {
+                Arc::new(Workloads {
+                    bundle: bundle.clone(),
+                    db: Arc::new(
+                        RotatingCert::new(
+                            &ca.issue(&db(), HOUR, SystemTime::now()).expect("issue"),
+                        )
+                        .expect("cert"),
+                    ),
+                }) as Arc<dyn DestinationIdentity>
+            }),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tunnel = listener.local_addr().expect("addr");
@@ -257,4 +295,60 @@ async fn a_flow_outlives_certificate_and_root_rotation() {
     let mut fresh = w.open(config).await.expect("tunnel after rotation");
     echo(&mut fresh, b"new").await;
     echo(&mut flow, b"still alive").await;
+}
+
+#[test]
+fn server_names_carry_the_destination_address() {
+    for addr in ["10.244.1.12", "fd00::a:f401:c", "::ffff:10.0.0.1"] {
+        let addr: IpAddr = addr.parse().expect("addr");
+        let ServerName::DnsName(name) = server_name_for(addr) else {
+            panic!("{addr}: not a DNS name");
+        };
+        assert_eq!(
+            destination_of_server_name(name.as_ref()),
+            Some(addr.to_canonical()),
+            "{name:?}"
+        );
+    }
+    for bad in [
+        "0af4010c.example.com",
+        "0af401.dst.rampart.invalid",
+        "zzf4010c.dst.rampart.invalid",
+        ".dst.rampart.invalid",
+    ] {
+        assert_eq!(destination_of_server_name(bad), None, "{bad}");
+    }
+}
+
+/// The destination's agent presents the certificate of the workload at the address the client
+/// names; a client that expects that workload gets through, one whose policy gives the address
+/// another identity refuses the handshake.
+#[tokio::test]
+async fn the_destination_proves_the_workload_at_the_address() {
+    let w = World::start_with(true).await;
+    let config = client_config(&w.bundle, &w.cert(&frontend()), db()).expect("config");
+    let mut flow = w.open(config).await.expect("the db's own certificate");
+    echo(&mut flow, b"to the db").await;
+
+    let expecting_backend =
+        client_config(&w.bundle, &w.cert(&frontend()), id("/ns/shop/sa/backend")).expect("config");
+    match w.open(expecting_backend).await {
+        Err(e) => assert!(e.is_wrong_server_identity(), "{e}"),
+        Ok(_) => panic!("a client expecting another workload was let through"),
+    }
+}
+
+/// A connection whose handshake proved the workload at one address carries no stream to another.
+#[tokio::test]
+async fn a_stream_to_another_address_than_the_handshake_named_is_refused() {
+    let w = World::start_with(true).await;
+    let config = client_config(&w.bundle, &w.cert(&frontend()), db()).expect("config");
+    let source: SocketAddr = "10.244.1.10:40000".parse().expect("addr");
+    let elsewhere = SocketAddr::new(IpAddr::from([127, 0, 0, 2]), w.upstream.port());
+    let named = server_name_for(w.upstream.ip());
+    match connect_named(w.tunnel, config, named, source, elsewhere).await {
+        Err(ConnectError::Refused(status)) => assert_eq!(status, StatusCode::FORBIDDEN),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    w.wait_denied(MtlsReason::DestinationMismatch).await;
 }
