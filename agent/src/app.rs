@@ -68,6 +68,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
                     generations.tables(),
                     Some(sink),
                 )
+                .await
                 .context("starting the mTLS proxy")?,
             )
         }

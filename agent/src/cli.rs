@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: load the kernel programs, attach them, serve /metrics and /readyz.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what a running agent has loaded and counted.
     Status(StatusArgs),
     /// Stream a running agent's flow log: kernel verdicts and proxy refusals, with the
@@ -46,9 +46,62 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create the trust domain's root: `ca.crt` and `ca.key` (mode 0600) in --dir. Every node's
-    /// agent is given the directory and issues its workloads' certificates from it.
+    /// Create the trust domain's root: `ca.crt` and `ca.key` (mode 0600) in --dir. Give the
+    /// directory to `rampart ca serve` only; agents get `ca.crt` alone and a node token.
     Init(CaInitArgs),
+    /// Create node NAME's bootstrap token (printed once; the CA keeps only its SHA-256, under
+    /// --dir/nodes/). A new token replaces the node's old one.
+    NodeToken(CaNodeTokenArgs),
+    /// Run the trust domain's CA as a service: node certificates for nodes with a token,
+    /// workload certificates for a node's own pods only.
+    Serve(CaServeArgs),
+    /// Ask the CA service for a workload certificate as a node would (for operators checking
+    /// what a node may get): prints the identity and its validity, or the CA's refusal.
+    Request(CaRequestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaNodeTokenArgs {
+    /// The CA's directory (`rampart ca init`'s).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The node's name (`spec.nodeName` of its pods).
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CaServeArgs {
+    /// The CA's directory: `ca.crt` and `ca.key` (a root, or an intermediate of your PKI), and
+    /// the node tokens' digests.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15012")]
+    pub listen: std::net::SocketAddr,
+    /// Where the CA learns which pods run on which node: a directory of Kubernetes objects
+    /// (their Pods), re-read at most once a second.
+    #[arg(long, value_name = "DIR")]
+    pub pods_dir: PathBuf,
+    /// Lifetime of the certificates it signs, in seconds (agents renew at half-life).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=31_536_000))]
+    pub cert_ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CaRequestArgs {
+    /// The CA service, `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub ca_url: String,
+    /// Directory holding the trust domain's `ca.crt`.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// The node token file.
+    #[arg(long, value_name = "FILE")]
+    pub node_token_file: PathBuf,
+    /// The SPIFFE ID to ask for.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Args)]
@@ -231,10 +284,32 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
 
-    /// The trust domain's CA (`ca.crt`, `ca.key`, from `rampart ca init`). Given, the agent runs
-    /// the mTLS proxy: flows MeshPolicies select are tunnelled between nodes.
+    /// The trust domain's CA: `ca.crt` (the roots the agent trusts), and `ca.key` unless
+    /// --ca-url is given. Given, the agent runs the mTLS proxy: flows MeshPolicies select are
+    /// tunnelled between nodes.
     #[arg(long, value_name = "DIR", env = "RAMPART_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
+
+    /// The trust domain's CA service (`rampart ca serve`), `https://HOST:PORT`: the agent gets
+    /// its node's and its pods' certificates there, and --ca-dir needs only `ca.crt`. Without
+    /// it, the agent signs them itself with --ca-dir's `ca.key` (one trust domain per node:
+    /// for development; a node holding the key can sign for any workload).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RAMPART_CA_URL",
+        requires = "node_token_file"
+    )]
+    pub ca_url: Option<String>,
+
+    /// The node's bootstrap token for --ca-url (`rampart ca node-token`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "RAMPART_NODE_TOKEN_FILE",
+        requires = "ca_url"
+    )]
+    pub node_token_file: Option<PathBuf>,
 
     /// This node's name, as pods' `spec.nodeName` gives it (default: the host name).
     #[arg(long, value_name = "NAME", env = "RAMPART_NODE_NAME")]

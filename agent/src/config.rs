@@ -61,12 +61,21 @@ pub enum XdpAttachMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct MeshSettings {
     pub ca_dir: PathBuf,
+    /// The CA service and the node token's file; `None`: the agent signs with `ca_dir`'s key.
+    pub ca_service: Option<CaServiceSettings>,
     pub node_name: String,
     pub cert_ttl: Duration,
     pub proxy_port: u16,
     pub tunnel_port: u16,
     /// The Core Rule Set of the WAF.
     pub crs_dir: PathBuf,
+}
+
+/// `--ca-url`, `--node-token-file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaServiceSettings {
+    pub url: String,
+    pub node_token_file: PathBuf,
 }
 
 /// `--flow-log`: the flow log's file and its rotation.
@@ -173,8 +182,16 @@ impl RunConfig {
                 if args.proxy_port == args.tunnel_port {
                     return Err(ConfigError::SamePorts);
                 }
+                let ca_service = match (args.ca_url, args.node_token_file) {
+                    (Some(url), Some(node_token_file)) => Some(CaServiceSettings {
+                        url,
+                        node_token_file,
+                    }),
+                    _ => None,
+                };
                 Some(MeshSettings {
                     ca_dir,
+                    ca_service,
                     node_name: node_name.clone(),
                     cert_ttl: std::time::Duration::from_secs(args.cert_ttl),
                     proxy_port: args.proxy_port,
@@ -284,7 +301,7 @@ mod tests {
         let crate::cli::Command::Run(args) = cli.command else {
             panic!("expected run")
         };
-        RunConfig::from_args(args)
+        RunConfig::from_args(*args)
     }
 
     #[test]

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod admin_client;
 pub mod allocator;
 pub mod app;
+pub mod ca_cli;
+pub mod ca_service;
 pub mod cli;
 pub mod config;
 pub mod controller;

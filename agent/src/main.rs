@@ -18,10 +18,15 @@ fn main() -> std::process::ExitCode {
         cli::Command::Policy(cli::PolicyCommand::Explain(args)) => {
             return exit(policy_cli::explain(&args).map(|()| true));
         }
-        cli::Command::Run(args) => config::RunConfig::from_args(args)
+        cli::Command::Run(args) => config::RunConfig::from_args(*args)
             .map_err(anyhow::Error::from)
             .and_then(app::run),
         cli::Command::Ca(cli::CaCommand::Init(args)) => ca_init(&args),
+        cli::Command::Ca(cli::CaCommand::NodeToken(args)) => {
+            rampart_agent::ca_cli::node_token(&args)
+        }
+        cli::Command::Ca(cli::CaCommand::Serve(args)) => rampart_agent::ca_cli::serve_ca(&args),
+        cli::Command::Ca(cli::CaCommand::Request(args)) => rampart_agent::ca_cli::request(&args),
         cli::Command::Status(args) => status::run(&args),
         cli::Command::Crds => {
             print!("{}", rampart_agent::policy::crd::definitions_yaml());

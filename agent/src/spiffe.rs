@@ -36,6 +36,8 @@ pub struct SpiffeId {
 }
 
 const SCHEME: &str = "spiffe://";
+/// The path prefix of node IDs.
+const NODE_PATH: &str = "/rampart/node/";
 
 impl SpiffeId {
     pub fn parse(text: &str) -> Result<SpiffeId, SpiffeError> {
@@ -84,6 +86,23 @@ impl SpiffeId {
         SpiffeId::parse(&format!(
             "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
         ))
+    }
+
+    /// The ID a node's agent holds: `spiffe://<td>/rampart/node/<node>`.
+    pub fn node(trust_domain: &str, node: &str) -> Result<SpiffeId, SpiffeError> {
+        SpiffeId::parse(&format!("{SCHEME}{trust_domain}{NODE_PATH}{node}"))
+    }
+
+    /// The node an ID of [`SpiffeId::node`]'s form names.
+    pub fn node_name(&self) -> Option<&str> {
+        self.path()
+            .strip_prefix(NODE_PATH)
+            .filter(|n| !n.contains('/'))
+    }
+
+    /// The ID of the trust domain's CA service: `spiffe://<td>/rampart/ca`.
+    pub fn ca(trust_domain: &str) -> Result<SpiffeId, SpiffeError> {
+        SpiffeId::parse(&format!("{SCHEME}{trust_domain}/rampart/ca"))
     }
 
     pub fn trust_domain(&self) -> &str {

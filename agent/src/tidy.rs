@@ -44,6 +44,10 @@ const LAYERS: &[&[&str]] = &[
     &["policy::verdict"],
     // The kernel loader and the flow log (which owns the proxy's event types).
     &["datapath", "flows"],
+    // Certificates: the CA's signing and the TLS configurations, then the CA service (which
+    // signs them for nodes, and whose client the mesh uses).
+    &["mesh::ca", "mesh::tls"],
+    &["ca_service"],
     // The proxy: the L7 filters, then the mesh that runs them.
     &["l7"],
     &["mesh"],
@@ -55,7 +59,7 @@ const LAYERS: &[&[&str]] = &[
     &["controller", "status"],
     &["metrics"],
     &["admin"],
-    &["policy_cli", "flows_cli"],
+    &["policy_cli", "flows_cli", "ca_cli"],
     // The composition root and the binary.
     &["app"],
     &["lib", "main", "tidy"],

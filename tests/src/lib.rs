@@ -7,6 +7,7 @@
 //! conformance runners and benchmarks. Privileged: call [`require_root`] first.
 
 pub mod agent;
+pub mod ca_service;
 pub mod capture;
 pub mod cmd;
 pub mod deploy;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use crate::ca_service::CaServer;
 use crate::{Agent, AgentOptions, Topology};
 
 /// A `v1 Pod` object for a pod of a node named `node-<node>`: labels `app: <name>`, service
@@ -73,6 +74,8 @@ pub mod shop {
 #[derive(Debug)]
 pub struct MeshAgents {
     agents: Vec<(String, Agent)>,
+    /// With [`MeshAgents::start_with_ca_service`]: the CA service (stopped after the agents).
+    ca: Option<CaServer>,
     work: PathBuf,
 }
 
@@ -112,6 +115,89 @@ impl MeshAgents {
         Ok(mesh)
     }
 
+    /// Like [`MeshAgents::start`], with the trust domain's CA as a service of its own (`rampart
+    /// ca serve` on the underlay, signing certificates of `ca_ttl` seconds and learning the
+    /// pods from `policy`): each agent gets a `--ca-dir` with `ca.crt` alone, `--ca-url` and its
+    /// node's token; no node holds the CA's key.
+    pub fn start_with_ca_service(
+        topo: &Topology,
+        nodes: &[&str],
+        policy: &str,
+        ca_ttl: u64,
+        extra_args: &[&str],
+    ) -> anyhow::Result<MeshAgents> {
+        let mut mesh = MeshAgents::new()?;
+        let policy_dir = mesh.policy_dir("policy", policy)?;
+        let bin = crate::agent::rampart_bin()?;
+        let service_dir = mesh.ca_service_dir();
+        crate::agent::ca_init_with(&bin, &service_dir)?;
+        let trust = mesh.trust_dir();
+        std::fs::create_dir_all(&trust)?;
+        std::fs::copy(service_dir.join("ca.crt"), trust.join("ca.crt")).context("ca.crt")?;
+        std::fs::create_dir_all(mesh.work.join("tokens"))?;
+        for node in nodes {
+            let token = crate::cmd::run(
+                bin.to_str().context("binary path")?,
+                &[
+                    "ca",
+                    "node-token",
+                    "--dir",
+                    service_dir.to_str().context("path")?,
+                    "--node",
+                    node,
+                ],
+            )?;
+            std::fs::write(mesh.token_file(node), token.trim())?;
+        }
+        mesh.ca = Some(CaServer::start(
+            topo,
+            &bin,
+            &service_dir,
+            &policy_dir,
+            ca_ttl,
+        )?);
+        for node in nodes {
+            let mut opts = AgentOptions::new(Vec::new());
+            opts.bin = Some(bin.clone());
+            opts.policy_dir = Some(policy_dir.clone());
+            opts.extra_args = vec![
+                "--ca-dir".into(),
+                trust.display().to_string(),
+                "--ca-url".into(),
+                CaServer::url(),
+                "--node-token-file".into(),
+                mesh.token_file(node).display().to_string(),
+                "--node-name".into(),
+                (*node).into(),
+            ];
+            opts.extra_args
+                .extend(extra_args.iter().map(|a| (*a).to_owned()));
+            let agent = Agent::start(&topo.node(node).ns, &opts)?;
+            mesh.agents.push(((*node).to_owned(), agent));
+        }
+        Ok(mesh)
+    }
+
+    /// The CA service's directory (its key, the node tokens' digests).
+    pub fn ca_service_dir(&self) -> PathBuf {
+        self.work.join("ca-service")
+    }
+
+    /// What the agents of [`MeshAgents::start_with_ca_service`] get as `--ca-dir`.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.work.join("trust")
+    }
+
+    /// Node `node`'s token file.
+    pub fn token_file(&self, node: &str) -> PathBuf {
+        self.work.join("tokens").join(node)
+    }
+
+    /// The CA service, if the agents use one.
+    pub fn ca_server(&mut self) -> Option<&mut CaServer> {
+        self.ca.as_mut()
+    }
+
     fn new() -> anyhow::Result<MeshAgents> {
         let work =
             std::env::temp_dir().join(format!("rampart-mesh-{}-{}", std::process::id(), unique()));
@@ -119,6 +205,7 @@ impl MeshAgents {
         std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         Ok(MeshAgents {
             agents: Vec::new(),
+            ca: None,
             work,
         })
     }
@@ -184,6 +271,7 @@ impl MeshAgents {
 impl Drop for MeshAgents {
     fn drop(&mut self) {
         self.agents.clear();
+        self.ca = None;
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }

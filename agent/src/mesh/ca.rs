@@ -38,6 +38,8 @@ pub enum CaError {
     TrustDomain(String, crate::spiffe::SpiffeError),
     #[error("validity {0:?} is out of range")]
     Validity(Duration),
+    #[error("not a valid certificate signing request: {0}")]
+    Request(String),
 }
 
 /// A CA that can issue: its certificate (DER and PEM) and the key that signs.
@@ -71,6 +73,25 @@ pub struct WorkloadCert {
 }
 
 impl WorkloadCert {
+    /// A certificate issued elsewhere: its chain (leaf first) and the PKCS#8 DER of its key.
+    pub fn new(
+        spiffe_id: SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        key_der: Vec<u8>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        issued_at: SystemTime,
+    ) -> WorkloadCert {
+        WorkloadCert {
+            spiffe_id,
+            chain,
+            key_der,
+            not_before,
+            not_after,
+            issued_at,
+        }
+    }
+
     /// When to replace it: half-way through the lifetime it was issued for.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
@@ -92,6 +113,46 @@ fn offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
         .as_secs();
     OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
         .map_err(|_| CaError::Validity(Duration::from_secs(secs)))
+}
+
+/// The trust domain's CA certificate without its key: what an agent that gets its certificates
+/// from the CA service trusts (`ca.crt` alone).
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub trust_domain: String,
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+}
+
+impl Root {
+    /// Reads `ca.crt` from `dir`; the trust domain is its URI SAN.
+    pub fn read(dir: &Path) -> Result<Root, CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|source| CaError::Io {
+            path: cert_path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| CaError::Invalid {
+            path: cert_path.clone(),
+            reason,
+        };
+        let cert_der = {
+            use rustls_pki_types::pem::PemObject as _;
+            CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| invalid(e.to_string()))?
+        };
+        let td = SpiffeId::from_certificate(&cert_der).map_err(|e| invalid(e.to_string()))?;
+        if !td.path().is_empty() {
+            return Err(invalid(format!(
+                "its URI SAN {td} is not a trust domain's ID"
+            )));
+        }
+        Ok(Root {
+            trust_domain: td.trust_domain().to_owned(),
+            cert_der,
+            cert_pem,
+        })
+    }
 }
 
 impl Ca {
@@ -157,41 +218,25 @@ impl Ca {
         Ok(())
     }
 
-    /// Loads `ca.crt` and `ca.key` from `dir`. The trust domain is the root's URI SAN.
+    /// Loads `ca.crt` and `ca.key` from `dir`. The trust domain is the certificate's URI SAN.
     pub fn load(dir: &Path) -> Result<Ca, CaError> {
-        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let cert_pem = read(&cert_path)?;
-        let key_pem = read(&key_path)?;
+        let root = Root::read(dir)?;
+        let key_path = dir.join(CA_KEY_FILE);
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| CaError::Io {
+            path: key_path.clone(),
+            source,
+        })?;
         let invalid = |path: &Path, reason: String| CaError::Invalid {
             path: path.to_owned(),
             reason,
         };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
-        let cert_der = {
-            use rustls_pki_types::pem::PemObject as _;
-            CertificateDer::from_pem_slice(cert_pem.as_bytes())
-                .map_err(|e| invalid(&cert_path, e.to_string()))?
-        };
-        let td = SpiffeId::from_certificate(&cert_der)
-            .map_err(|e| invalid(&cert_path, e.to_string()))?;
-        if !td.path().is_empty() {
-            return Err(invalid(
-                &cert_path,
-                format!("its URI SAN {td} is not a trust domain's ID"),
-            ));
-        }
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&root.cert_der, key)
+            .map_err(|e| invalid(&dir.join(CA_CERT_FILE), e.to_string()))?;
         Ok(Ca {
-            trust_domain: td.trust_domain().to_owned(),
-            cert_der,
-            cert_pem,
+            trust_domain: root.trust_domain,
+            cert_der: root.cert_der,
+            cert_pem: root.cert_pem,
             issuer,
         })
     }
@@ -216,6 +261,42 @@ impl Ca {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<WorkloadCert, CaError> {
+        let key = KeyPair::generate()?;
+        let (chain, not_before, not_after) = self.sign(id, &key, ttl, now)?;
+        Ok(WorkloadCert {
+            spiffe_id: id.clone(),
+            chain,
+            key_der: key.serialize_der(),
+            not_before,
+            not_after,
+            issued_at: now,
+        })
+    }
+
+    /// Signs the public key of a certificate signing request (PKCS#10, DER; its signature is
+    /// checked) as an X.509-SVID for `id`, whatever names the request asks for: the chain, leaf
+    /// first. The key never leaves the requester.
+    pub fn sign_request(
+        &self,
+        id: &SpiffeId,
+        csr_der: &[u8],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| CaError::Request(e.to_string()))?;
+        Ok(self.sign(id, &request.public_key, ttl, now)?.0)
+    }
+
+    /// The SVID profile, signed over `key`: (chain, not before, not after).
+    fn sign(
+        &self,
+        id: &SpiffeId,
+        key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(Vec<CertificateDer<'static>>, SystemTime, SystemTime), CaError> {
         let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
         let not_after = now.checked_add(ttl).ok_or(CaError::Validity(ttl))?;
         let mut params = CertificateParams::default();
@@ -237,16 +318,12 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.not_before = offset(not_before)?;
         params.not_after = offset(not_after)?;
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(WorkloadCert {
-            spiffe_id: id.clone(),
-            chain: vec![cert.der().clone(), self.cert_der.clone()],
-            key_der: key.serialize_der(),
+        let cert = params.signed_by(key, &self.issuer)?;
+        Ok((
+            vec![cert.der().clone(), self.cert_der.clone()],
             not_before,
             not_after,
-            issued_at: now,
-        })
+        ))
     }
 }
 
@@ -308,11 +385,15 @@ mod tests {
         std::fs::write(dir.join(CA_CERT_FILE), "not pem").expect("write");
         std::fs::write(dir.join(CA_KEY_FILE), "not pem").expect("write");
         let err = Ca::load(&dir).expect_err("garbage").to_string();
-        assert!(err.contains("ca.key"), "{err}");
-        let good = Ca::generate("example.org", DAY, SystemTime::now()).expect("generate");
-        std::fs::write(dir.join(CA_KEY_FILE), good.issuer.key().serialize_pem()).expect("key");
-        let err = Ca::load(&dir).expect_err("garbage").to_string();
         assert!(err.contains("ca.crt"), "{err}");
+        let good = Ca::generate("example.org", DAY, SystemTime::now()).expect("generate");
+        std::fs::write(dir.join(CA_CERT_FILE), good.cert_pem()).expect("cert");
+        let err = Ca::load(&dir).expect_err("garbage").to_string();
+        assert!(err.contains("ca.key"), "{err}");
+        // The certificate alone is what an agent of the CA service trusts.
+        let root = Root::read(&dir).expect("ca.crt alone");
+        assert_eq!(root.trust_domain, "example.org");
+        assert_eq!(root.cert_der, *good.cert_der());
         assert!(Ca::load(&dir.join("missing")).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,12 +1,11 @@
 //! The mesh side of `rampart run --ca-dir`: the node's policy routing for marked packets, the
 //! outbound transparent listener that receives redirected flows, the inbound tunnel listener,
-//! and the certificates (the node's, and one per local workload identity, issued on first use
-//! and renewed at half-life; the root reloaded when its files change).
+//! and the upkeep of the certificates ([`super::certs`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rampart_common::mesh::{MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY};
@@ -16,11 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::MeshSettings;
 use crate::listen::ConnectionCap;
 
-use super::ca::{CA_CERT_FILE, Ca, WorkloadCert};
+use super::certs::CertStore;
 use super::ingress::IngressContext;
 use super::policy_routing::ProxyRouting;
 use super::table::{TableAuthorizer, TableBuilder, TableView};
-use super::tls::{RotatingCert, TrustBundle, client_config, server_config};
+use super::tls::{RotatingCert, client_config, server_config};
 use super::tunnel::{self, Inbound, TunnelStats, UpstreamSource};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::spiffe::SpiffeId;
@@ -36,90 +35,6 @@ pub const PROXY_ROUTING: ProxyRouting = ProxyRouting {
 /// How often the CA files are checked for a rotated root.
 const CA_POLL: Duration = Duration::from_secs(2);
 
-/// Certificates of the node and its workloads, issued from the trust domain's CA.
-struct Certs {
-    ca: Ca,
-    /// Roots trusted: the current CA, and the previous one while a rotation rolls out.
-    bundle: TrustBundle,
-    /// The root file's content, to notice a rotation.
-    ca_pem: String,
-    workloads: std::collections::HashMap<SpiffeId, WorkloadCert>,
-    node: WorkloadCert,
-    /// Tunnel server configurations presenting a local workload's certificate, until it is
-    /// due for renewal.
-    servers: std::collections::HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
-}
-
-/// The certificates, shared by the outbound side (the source workload's client certificate)
-/// and the tunnel's inbound side (the destination workload's server certificate).
-struct CertStore {
-    certs: Mutex<Certs>,
-    ttl: Duration,
-    tables: TableView,
-}
-
-impl CertStore {
-    fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Certs>> {
-        self.certs
-            .lock()
-            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))
-    }
-
-    /// A workload's certificate, issued on first use and renewed at half-life.
-    fn workload_cert(&self, id: &SpiffeId) -> anyhow::Result<(WorkloadCert, TrustBundle)> {
-        let mut certs = self.lock()?;
-        let now = SystemTime::now();
-        let fresh = certs
-            .workloads
-            .get(id)
-            .filter(|c| now < c.renew_at())
-            .cloned();
-        let cert = match fresh {
-            Some(c) => c,
-            None => {
-                let c = certs.ca.issue(id, self.ttl, now)?;
-                tracing::debug!(workload = %id, "certificates: issued");
-                certs.workloads.insert(id.clone(), c.clone());
-                c
-            }
-        };
-        Ok((cert, certs.bundle.clone()))
-    }
-
-    /// The tunnel server configuration presenting `id`'s certificate.
-    fn server_config_of(&self, id: &SpiffeId) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        let now = SystemTime::now();
-        if let Some((renew_at, config)) = self.lock()?.servers.get(id)
-            && now < *renew_at
-        {
-            return Ok(Arc::clone(config));
-        }
-        let (cert, bundle) = self.workload_cert(id)?;
-        let config = server_config(&bundle, Arc::new(RotatingCert::new(&cert)?))?;
-        self.lock()?
-            .servers
-            .insert(id.clone(), (cert.renew_at(), Arc::clone(&config)));
-        Ok(config)
-    }
-}
-
-impl tunnel::DestinationIdentity for CertStore {
-    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<rustls::ServerConfig>)> {
-        let id = self.tables.find(|t| {
-            t.workload(addr)
-                .filter(|w| w.local)
-                .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok())
-        })?;
-        match self.server_config_of(&id) {
-            Ok(config) => Some((id, config)),
-            Err(e) => {
-                tracing::warn!(workload = %id, "tunnel: no certificate to present: {e:#}");
-                None
-            }
-        }
-    }
-}
-
 pub struct MeshRuntime {
     pub settings: MeshSettings,
     /// The policy generation's tables, as the controller publishes them.
@@ -131,13 +46,12 @@ pub struct MeshRuntime {
     pub wafs: Arc<crate::l7::waf::WafEngines>,
     outbound_errors: [AtomicU64; OutboundReason::ALL.len()],
     pub outbound_flows: AtomicU64,
-    certs: Arc<CertStore>,
+    pub certs: Arc<CertStore>,
     node_cert: Arc<RotatingCert>,
     inbound: Arc<Inbound>,
     /// Flows from outside the cluster.
     pub ingress: Arc<IngressContext>,
     node_id: SpiffeId,
-    trust_domain: String,
     events: Option<ProxyEventSink>,
 }
 
@@ -149,48 +63,23 @@ impl std::fmt::Debug for MeshRuntime {
     }
 }
 
-/// The SPIFFE ID a node's agent presents on its tunnel port.
-pub fn node_spiffe_id(
-    trust_domain: &str,
-    node: &str,
-) -> Result<SpiffeId, crate::spiffe::SpiffeError> {
-    SpiffeId::parse(&format!("spiffe://{trust_domain}/rampart/node/{node}"))
-}
-
 impl MeshRuntime {
     /// Loads the CA and issues the node's certificate. `trust_domain` must be the CA's.
     /// Routes come from `tables` (the controller's published generations); refusals on either
     /// side go to `events` (the flow log).
-    pub fn new(
+    pub async fn new(
         settings: MeshSettings,
         trust_domain: &str,
         tables: TableView,
         events: Option<ProxyEventSink>,
     ) -> anyhow::Result<Arc<MeshRuntime>> {
-        let ca = Ca::load(&settings.ca_dir)?;
-        anyhow::ensure!(
-            ca.trust_domain() == trust_domain,
-            "--ca-dir {}: the root is for trust domain {:?}, the agent's --trust-domain is {trust_domain:?}",
-            settings.ca_dir.display(),
-            ca.trust_domain()
-        );
-        let node_id = node_spiffe_id(trust_domain, &settings.node_name)
+        let node_id = SpiffeId::node(trust_domain, &settings.node_name)
             .with_context(|| format!("--node-name {:?}", settings.node_name))?;
-        let node = ca.issue(&node_id, settings.cert_ttl, SystemTime::now())?;
-        let bundle = TrustBundle::new(trust_domain, &[ca.cert_der().clone()])?;
-        let node_cert = Arc::new(RotatingCert::new(&node)?);
-        let certs = Arc::new(CertStore {
-            certs: Mutex::new(Certs {
-                ca_pem: ca.cert_pem().to_owned(),
-                ca,
-                bundle: bundle.clone(),
-                workloads: std::collections::HashMap::new(),
-                node,
-                servers: std::collections::HashMap::new(),
-            }),
-            ttl: settings.cert_ttl,
-            tables: tables.clone(),
-        });
+        let certs = Arc::new(
+            CertStore::open(&settings, trust_domain, node_id.clone(), tables.clone()).await?,
+        );
+        let bundle = certs.bundle()?;
+        let node_cert = Arc::new(RotatingCert::new(&certs.node()?)?);
         let inbound_stats = Arc::new(TunnelStats::default());
         let inbound = Arc::new(Inbound {
             config: RwLock::new(server_config(&bundle, Arc::clone(&node_cert))?),
@@ -225,7 +114,6 @@ impl MeshRuntime {
             inbound,
             ingress: Arc::new(ingress),
             node_id,
-            trust_domain: trust_domain.to_owned(),
             events,
         }))
     }
@@ -314,7 +202,7 @@ impl MeshRuntime {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(CA_POLL).await;
-                if let Err(e) = me.upkeep() {
+                if let Err(e) = me.upkeep().await {
                     tracing::warn!("certificates: {e:#}");
                 }
             }
@@ -331,38 +219,16 @@ impl MeshRuntime {
     /// Renews the node certificate at half-life and picks up a rotated root: the new root is
     /// trusted beside the old one, new certificates come from it, and established connections
     /// keep theirs.
-    fn upkeep(&self) -> anyhow::Result<()> {
-        let mut certs = self.certs.lock()?;
-        let pem_path = self.settings.ca_dir.join(CA_CERT_FILE);
-        let pem = std::fs::read_to_string(&pem_path).unwrap_or_default();
-        let now = SystemTime::now();
-        let mut renew = now >= certs.node.renew_at();
-        if !pem.is_empty() && pem != certs.ca_pem {
-            let ca = Ca::load(&self.settings.ca_dir)?;
-            anyhow::ensure!(
-                ca.trust_domain() == self.trust_domain,
-                "the rotated root is for another trust domain"
-            );
-            let bundle = TrustBundle::new(
-                &self.trust_domain,
-                &[ca.cert_der().clone(), certs.ca.cert_der().clone()],
-            )?;
-            let config = server_config(&bundle, Arc::clone(&self.node_cert))?;
+    async fn upkeep(&self) -> anyhow::Result<()> {
+        let changed = self.certs.upkeep().await?;
+        if let Some(node) = &changed.node {
+            self.node_cert.replace(node)?;
+        }
+        if let Some(bundle) = &changed.bundle {
+            let config = server_config(bundle, Arc::clone(&self.node_cert))?;
             if let Ok(mut c) = self.inbound.config.write() {
                 *c = config;
             }
-            certs.ca = ca;
-            certs.ca_pem = pem;
-            certs.bundle = bundle;
-            certs.workloads.clear();
-            certs.servers.clear();
-            renew = true;
-            tracing::info!("certificates: rotated root loaded (the previous root stays trusted)");
-        }
-        if renew {
-            certs.node = certs.ca.issue(&self.node_id, self.certs.ttl, now)?;
-            self.node_cert.replace(&certs.node)?;
-            tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
         }
         Ok(())
     }
@@ -437,6 +303,7 @@ impl MeshRuntime {
         let config = match self
             .certs
             .workload_cert(&src_id)
+            .await
             .and_then(|(cert, bundle)| Ok(client_config(&bundle, &cert, server_id)?))
         {
             Ok(c) => c,

@@ -129,7 +129,7 @@ pub fn client_config(
 
 /// [`client_config`] with the choices production never makes open (tests use them to show the
 /// server refuses a client without a certificate, or one speaking TLS 1.2).
-pub(super) fn build_client_config(
+pub(crate) fn build_client_config(
     bundle: &TrustBundle,
     cert: Option<&WorkloadCert>,
     expected_server: SpiffeId,
@@ -208,3 +208,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;

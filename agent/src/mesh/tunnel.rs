@@ -92,8 +92,13 @@ pub trait Authorize: Send + Sync {
 /// workload has the address (the connection then presents the node's certificate, which no
 /// client that named a workload accepts).
 pub trait DestinationIdentity: Send + Sync {
-    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<ServerConfig>)>;
+    fn config_for(&self, addr: IpAddr) -> IdentityFuture<'_>;
 }
+
+/// What [`DestinationIdentity::config_for`] returns: the certificate may have to be asked for.
+pub type IdentityFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<(SpiffeId, Arc<ServerConfig>)>> + Send + 'a>,
+>;
 
 /// The suffix of the SNI names that carry a destination address.
 const SNI_SUFFIX: &str = ".dst.rampart.invalid";
@@ -241,10 +246,15 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         .client_hello()
         .server_name()
         .and_then(destination_of_server_name);
-    let workload = named.and_then(|addr| {
-        let (id, config) = inbound.identities.as_ref()?.config_for(addr)?;
-        Some((addr, id, config))
-    });
+    let workload = match (named, &inbound.identities) {
+        (Some(addr), Some(identities)) => {
+            match tokio::time::timeout_at(deadline, identities.config_for(addr)).await {
+                Ok(Some((id, config))) => Some((addr, id, config)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let (config, served) = match workload {
         Some((addr, id, config)) => (config, Some((addr, id))),
         None => match inbound.config.read() {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use rampart_agent::mesh::ca::{Ca, WorkloadCert};
-use rampart_agent::mesh::runtime::node_spiffe_id;
 use rampart_tests::Netns;
 
 /// Where node 1's HAProxy takes the pod's connections for route `i`: the node's address on
@@ -107,7 +106,11 @@ pub fn start_pair(
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, ca.cert_pem())?;
     for node in ["node-1", "node-2"] {
-        let cert = ca.issue(&node_spiffe_id(ca.trust_domain(), node)?, ttl, now)?;
+        let cert = ca.issue(
+            &rampart_agent::spiffe::SpiffeId::node(ca.trust_domain(), node)?,
+            ttl,
+            now,
+        )?;
         std::fs::write(dir.join(format!("{node}.pem")), pem_bundle(&cert))?;
     }
     let common = "global\n  maxconn 1000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";

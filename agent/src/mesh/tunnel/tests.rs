@@ -38,10 +38,12 @@ struct Workloads {
 }
 
 impl DestinationIdentity for Workloads {
-    fn config_for(&self, addr: IpAddr) -> Option<(SpiffeId, Arc<ServerConfig>)> {
-        (addr == IpAddr::from([127, 0, 0, 1])).then(|| {
-            let config = server_config(&self.bundle, Arc::clone(&self.db)).expect("config");
-            (db(), config)
+    fn config_for(&self, addr: IpAddr) -> IdentityFuture<'_> {
+        Box::pin(async move {
+            (addr == IpAddr::from([127, 0, 0, 1])).then(|| {
+                let config = server_config(&self.bundle, Arc::clone(&self.db)).expect("config");
+                (db(), config)
+            })
         })
     }
 }
@@ -226,6 +228,15 @@ async fn bad_certificates_and_plaintext_are_refused_and_counted() {
     let config = client_config(&w.bundle, &expired, node()).expect("config");
     assert!(w.open(config).await.is_err());
     w.wait_denied(MtlsReason::CertificateExpired).await;
+
+    // An SVID of another trust domain, from this trust domain's own CA.
+    let foreign = SpiffeId::parse("spiffe://other.org/ns/shop/sa/frontend").expect("id");
+    let cert =
+        w.ca.issue(&foreign, HOUR, SystemTime::now())
+            .expect("issue");
+    let config = client_config(&w.bundle, &cert, node()).expect("config");
+    assert!(w.open(config).await.is_err());
+    w.wait_denied(MtlsReason::NotSpiffe).await;
 
     // No client certificate.
     let config =

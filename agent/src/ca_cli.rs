@@ -1,0 +1,86 @@
+//! `rampart ca node-token | serve | request`: the CA service's commands (`rampart ca init` is in
+//! `main.rs`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+
+use crate::ca_service::authority::Authority;
+use crate::ca_service::client::CaClient;
+use crate::ca_service::node_tokens;
+use crate::ca_service::server::{CaService, PlacementSource, serve};
+use crate::cli::{CaNodeTokenArgs, CaRequestArgs, CaServeArgs};
+use crate::mesh::ca::{Ca, Root};
+use crate::mesh::tls::TrustBundle;
+use crate::spiffe::SpiffeId;
+
+/// Prints a new token for the node (the CA keeps its digest).
+pub fn node_token(args: &CaNodeTokenArgs) -> anyhow::Result<()> {
+    let token = node_tokens::create(&args.dir, &args.node)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Serves until killed.
+pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
+    let ca = Ca::load(&args.dir)?;
+    anyhow::ensure!(
+        args.pods_dir.is_dir(),
+        "--pods-dir {}: not a directory",
+        args.pods_dir.display()
+    );
+    let authority = Authority::new(ca, Duration::from_secs(args.cert_ttl));
+    let service = Arc::new(CaService::new(
+        authority,
+        &args.dir,
+        PlacementSource::Dir(args.pods_dir.clone()),
+    ));
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding --listen {}", args.listen))?;
+        tracing::info!(listen = %args.listen, id = %service.id()?, "ca: serving");
+        println!("rampart ca: serving on {}", args.listen);
+        serve(listener, service).await
+    })
+}
+
+/// Bootstraps as the token's node, asks for `--id`, and prints what the CA said.
+pub fn request(args: &CaRequestArgs) -> anyhow::Result<()> {
+    let root = Root::read(&args.ca_dir)?;
+    let bundle = TrustBundle::new(&root.trust_domain, &[root.cert_der])?;
+    let token = std::fs::read_to_string(&args.node_token_file)
+        .with_context(|| format!("--node-token-file {}", args.node_token_file.display()))?;
+    let id = SpiffeId::parse(&args.id).with_context(|| format!("--id {:?}", args.id))?;
+    let client = CaClient::new(&args.ca_url, bundle, token)?;
+    runtime()?.block_on(async move {
+        let node = client
+            .node_certificate()
+            .await
+            .context("the node certificate")?;
+        println!("node certificate: {}", node.spiffe_id);
+        let cert = client
+            .workload_certificate(&node, &id)
+            .await
+            .with_context(|| format!("a certificate for {id}"))?;
+        let left = cert
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        println!(
+            "issued {} (valid for {} s more)",
+            cert.spiffe_id,
+            left.as_secs()
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,614 @@
+//! `rampart ca serve`: the CA over HTTPS (TLS 1.3, its own certificate naming
+//! `spiffe://<trust domain>/rampart/ca`), HTTP/1.1:
+//!
+//! - `POST /v1/node`: `Authorization: Bearer <node token>`, body a PKCS#10 request (DER): the
+//!   node certificate of the node the token names (PEM chain).
+//! - `POST /v1/workload?id=<SPIFFE ID>`: over a client certificate that is a node certificate,
+//!   body a request: the workload's SVID, if a pod with that identity runs on that node.
+//! - `GET /v1/bundle`: the trust bundle in the SPIFFE bundle format (a JWK set).
+//!
+//! Refusals are answered 401 (no or a bad credential) or 403 (not this node's), counted by
+//! reason and logged with the node and the identity asked for.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::authority::{Authority, Placement, Refusal};
+use super::node_tokens;
+use crate::mesh::tls::{RotatingCert, TrustBundle, provider};
+use crate::spiffe::SpiffeId;
+
+/// The largest request body (a CSR is a few hundred bytes).
+const BODY_LIMIT: usize = 16 * 1024;
+/// How long the placement read from the pods directory is reused.
+const PLACEMENT_TTL: Duration = Duration::from_secs(1);
+
+/// Where the CA learns which pods run on which node.
+#[derive(Debug, Clone)]
+pub enum PlacementSource {
+    /// A directory of Kubernetes objects (its `Pod`s), as `rampart run --policy-dir` reads.
+    Dir(PathBuf),
+}
+
+/// Counters of the service.
+#[derive(Debug, Default)]
+pub struct CaStats {
+    pub node_certificates: AtomicU64,
+    pub workload_certificates: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl CaStats {
+    fn refuse(&self, reason: &'static str) {
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Refusals by reason.
+    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+pub struct CaService {
+    authority: Authority,
+    /// Where the node tokens' digests are.
+    ca_dir: PathBuf,
+    placement: PlacementSource,
+    cached: Mutex<Option<(Instant, Arc<Placement>)>>,
+    pub stats: CaStats,
+}
+
+impl CaService {
+    pub fn new(authority: Authority, ca_dir: &Path, placement: PlacementSource) -> CaService {
+        CaService {
+            authority,
+            ca_dir: ca_dir.to_owned(),
+            placement,
+            cached: Mutex::new(None),
+            stats: CaStats::default(),
+        }
+    }
+
+    /// The CA's own SPIFFE ID (what clients expect the server to present).
+    pub fn id(&self) -> anyhow::Result<SpiffeId> {
+        Ok(SpiffeId::ca(self.authority.trust_domain())?)
+    }
+
+    fn placement(&self) -> anyhow::Result<Arc<Placement>> {
+        if let Ok(cached) = self.cached.lock()
+            && let Some((at, placement)) = cached.as_ref()
+            && at.elapsed() < PLACEMENT_TTL
+        {
+            return Ok(Arc::clone(placement));
+        }
+        let placement = match &self.placement {
+            PlacementSource::Dir(dir) => {
+                let checked =
+                    crate::policy::check(crate::policy::source::read_dir(dir)).map_err(|d| {
+                        anyhow::anyhow!(
+                            "{}: {}",
+                            dir.display(),
+                            d.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?;
+                Arc::new(Placement::from_pods(
+                    checked.model.pods.iter().map(AsRef::as_ref),
+                ))
+            }
+        };
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = Some((Instant::now(), Arc::clone(&placement)));
+        }
+        Ok(placement)
+    }
+
+    /// The TLS configuration: TLS 1.3, the CA's own certificate, client certificates optional
+    /// (a node bootstrapping has none yet) and, when given, chained to the CA.
+    pub fn tls_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let own = self.authority.issue_own(&self.id()?, SystemTime::now())?;
+        let bundle = TrustBundle::new(
+            self.authority.trust_domain(),
+            &[self.authority.cert_der().clone()],
+        )?;
+        let provider = provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&bundle.roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(RotatingCert::new(&own)?));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The counters in the Prometheus text format: certificates issued by kind, refusals by
+    /// reason.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from(
+            "# HELP rampart_ca_certificates_issued_total Certificates the CA signed, by kind\n# TYPE rampart_ca_certificates_issued_total counter\n",
+        );
+        for (kind, n) in [
+            ("node", &self.stats.node_certificates),
+            ("workload", &self.stats.workload_certificates),
+        ] {
+            let _ = writeln!(
+                out,
+                "rampart_ca_certificates_issued_total{{kind=\"{kind}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP rampart_ca_refusals_total Requests the CA refused, by reason\n# TYPE rampart_ca_refusals_total counter\n");
+        let refused = self.stats.refused();
+        let reasons = Refusal::NAMES.iter().copied().chain([
+            "no_credential",
+            "malformed_token",
+            "unknown_node",
+            "wrong_token",
+        ]);
+        for reason in reasons {
+            let _ = writeln!(
+                out,
+                "rampart_ca_refusals_total{{reason=\"{reason}\"}} {}",
+                refused.get(reason).copied().unwrap_or(0)
+            );
+        }
+        out
+    }
+
+    /// The trust bundle in the SPIFFE bundle format: a JWK set whose keys (`use: x509-svid`)
+    /// carry the CA certificates (`x5c`).
+    pub fn bundle_json(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = [self.authority.cert_der()]
+            .iter()
+            .filter_map(|der| jwk_of(der))
+            .collect();
+        serde_json::json!({"keys": keys, "spiffe_refresh_hint": 300})
+    }
+}
+
+/// One CA certificate as a JWK of the SPIFFE bundle format (EC P-256 keys: what `rampart ca`
+/// makes; other keys are left out).
+fn jwk_of(der: &CertificateDer<'_>) -> Option<serde_json::Value> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let point = cert.public_key().subject_public_key.data.as_ref();
+    // An uncompressed P-256 point: 0x04, X (32 bytes), Y (32 bytes).
+    if point.len() != 65 || point[0] != 4 {
+        return None;
+    }
+    Some(serde_json::json!({
+        "use": "x509-svid",
+        "kty": "EC",
+        "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        "x5c": [STANDARD.encode(der.as_ref())],
+    }))
+}
+
+/// Serves HTTPS on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, service: Arc<CaService>) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(service.tls_config()?);
+    let cap = crate::listen::ConnectionCap::new(1024).per_peer(64);
+    crate::listen::serve("ca", listener, cap, move |stream, peer: SocketAddr| {
+        let (acceptor, service) = (acceptor.clone(), Arc::clone(&service));
+        async move {
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let Ok(Ok(tls)) = handshake else {
+                tracing::debug!(%peer, "ca: TLS handshake failed");
+                return;
+            };
+            let node = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| SpiffeId::from_certificate(c).ok())
+                .filter(|id| id.trust_domain() == service.authority.trust_domain())
+                .and_then(|id| id.node_name().map(str::to_owned));
+            let svc = hyper::service::service_fn(move |req| {
+                let (service, node) = (Arc::clone(&service), node.clone());
+                async move { Ok::<_, Infallible>(handle(req, node, peer, &service).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::listen::HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, "ca connection: {e}");
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain", format!("{message}\n"))
+}
+
+fn pem_chain(chain: &[CertificateDer<'_>]) -> String {
+    chain
+        .iter()
+        .map(|der| {
+            let b64 = STANDARD.encode(der.as_ref());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        })
+        .collect()
+}
+
+async fn body_of(req: Request<Incoming>) -> Option<Bytes> {
+    Limited::new(req.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .ok()
+        .map(|b| b.to_bytes())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    node: Option<String>,
+    peer: SocketAddr,
+    service: &CaService,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            service.metrics_text(),
+        ),
+        (Method::GET, "/v1/bundle") => reply(
+            StatusCode::OK,
+            "application/json",
+            service.bundle_json().to_string(),
+        ),
+        (Method::POST, "/v1/node") => {
+            let token = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned);
+            let Some(token) = token else {
+                service.stats.refuse("no_credential");
+                return text(StatusCode::UNAUTHORIZED, "a node token is required");
+            };
+            let node = match node_tokens::verify(&service.ca_dir, &token) {
+                Ok(node) => node,
+                Err(refusal) => {
+                    service.stats.refuse(refusal.name());
+                    tracing::warn!(%peer, reason = refusal.name(), "ca: node token refused");
+                    return text(StatusCode::UNAUTHORIZED, "the node token is not valid");
+                }
+            };
+            let Some(csr) = body_of(req).await else {
+                service
+                    .stats
+                    .refuse(Refusal::BadRequest(String::new()).name());
+                return text(StatusCode::BAD_REQUEST, "the request body is too large");
+            };
+            match service.authority.sign_node(&node, &csr, SystemTime::now()) {
+                Ok(chain) => {
+                    service
+                        .stats
+                        .node_certificates
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%node, %peer, "ca: node certificate issued");
+                    reply(StatusCode::OK, "application/x-pem-file", pem_chain(&chain))
+                }
+                Err(refusal) => refused(service, &node, "node", &refusal),
+            }
+        }
+        (Method::POST, "/v1/workload") => {
+            let Some(node) = node else {
+                service.stats.refuse("no_credential");
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    "a node certificate is required (as the TLS client certificate)",
+                );
+            };
+            let id = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("id="))
+                    .and_then(urlencoding_decode)
+            });
+            let Some(Ok(id)) = id.map(|i| SpiffeId::parse(&i)) else {
+                service
+                    .stats
+                    .refuse(Refusal::BadRequest(String::new()).name());
+                return text(StatusCode::BAD_REQUEST, "?id=<SPIFFE ID> is required");
+            };
+            let placement = match service.placement() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("ca: the cluster's pods are unreadable: {e:#}");
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the cluster view is unavailable",
+                    );
+                }
+            };
+            let Some(csr) = body_of(req).await else {
+                service
+                    .stats
+                    .refuse(Refusal::BadRequest(String::new()).name());
+                return text(StatusCode::BAD_REQUEST, "the request body is too large");
+            };
+            match service
+                .authority
+                .sign_workload(&node, &id, &csr, &placement, SystemTime::now())
+            {
+                Ok(chain) => {
+                    service
+                        .stats
+                        .workload_certificates
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%node, workload = %id, "ca: SVID issued");
+                    reply(StatusCode::OK, "application/x-pem-file", pem_chain(&chain))
+                }
+                Err(refusal) => refused(service, &node, id.as_str(), &refusal),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn refused(
+    service: &CaService,
+    node: &str,
+    asked: &str,
+    refusal: &Refusal,
+) -> Response<Full<Bytes>> {
+    service.stats.refuse(refusal.name());
+    tracing::warn!(%node, asked, reason = refusal.name(), "ca: refused: {refusal}");
+    let status = match refusal {
+        Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    };
+    text(status, &refusal.to_string())
+}
+
+/// Percent-decoding of a query value (SPIFFE IDs carry `:` and `/`, which clients may encode).
+fn urlencoding_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::client::CaClient;
+    use super::*;
+    use crate::mesh::ca::Ca;
+
+    const TD: &str = "example.org";
+
+    struct Fixture {
+        dir: PathBuf,
+        service: Arc<CaService>,
+        url: String,
+        bundle: TrustBundle,
+        tokens: (String, String),
+        _task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn pod(name: &str, sa: &str, node: &str, d: u8) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: 10.244.0.{d}}}\n"
+        )
+    }
+
+    /// A CA with node tokens for node-1 and node-2, and a cluster where shop/backend runs on
+    /// node 1 and shop/db on node 2, served on loopback.
+    async fn fixture(name: &str) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("rampart-ca-svc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca_dir, pods_dir) = (dir.join("ca"), dir.join("pods"));
+        let ca = Ca::generate(TD, Duration::from_secs(86_400), SystemTime::now()).expect("ca");
+        ca.write(&ca_dir, false).expect("write");
+        let bundle = TrustBundle::new(TD, &[ca.cert_der().clone()]).expect("bundle");
+        let tokens = (
+            node_tokens::create(&ca_dir, "node-1").expect("token"),
+            node_tokens::create(&ca_dir, "node-2").expect("token"),
+        );
+        std::fs::create_dir_all(&pods_dir).expect("pods dir");
+        std::fs::write(
+            pods_dir.join("pods.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}",
+                pod("backend-1", "backend", "node-1", 1),
+                pod("db-0", "db", "node-2", 2)
+            ),
+        )
+        .expect("pods");
+        let authority = Authority::new(Ca::load(&ca_dir).expect("load"), Duration::from_secs(600));
+        let service = Arc::new(CaService::new(
+            authority,
+            &ca_dir,
+            PlacementSource::Dir(pods_dir),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let served = Arc::clone(&service);
+        let task = tokio::spawn(async move {
+            let _ = serve(listener, served).await;
+        });
+        Fixture {
+            dir,
+            service,
+            url,
+            bundle,
+            tokens,
+            _task: task,
+        }
+    }
+
+    fn workload(sa: &str) -> SpiffeId {
+        SpiffeId::workload(TD, "shop", sa).expect("id")
+    }
+
+    #[tokio::test]
+    async fn a_node_bootstraps_and_gets_only_its_own_pods_identities() {
+        let f = fixture("own").await;
+        let node1 = CaClient::new(&f.url, f.bundle.clone(), f.tokens.0.clone()).expect("client");
+        let node_cert = node1.node_certificate().await.expect("node certificate");
+        assert_eq!(
+            node_cert.spiffe_id.as_str(),
+            "spiffe://example.org/rampart/node/node-1"
+        );
+        let backend = node1
+            .workload_certificate(&node_cert, &workload("backend"))
+            .await
+            .expect("backend runs on node 1");
+        assert_eq!(backend.spiffe_id, workload("backend"));
+        // db runs on node 2: node 1 (or whoever holds its token) cannot get its identity.
+        let err = node1
+            .workload_certificate(&node_cert, &workload("db"))
+            .await
+            .expect_err("db is node 2's");
+        assert!(
+            matches!(&err, super::super::client::CaClientError::Refused { status, .. } if *status == StatusCode::FORBIDDEN),
+            "{err}"
+        );
+        assert_eq!(f.service.stats.refused().get("not_on_node"), Some(&1));
+        // Node 2's own token gets it.
+        let node2 = CaClient::new(&f.url, f.bundle.clone(), f.tokens.1.clone()).expect("client");
+        let node2_cert = node2.node_certificate().await.expect("node 2");
+        node2
+            .workload_certificate(&node2_cert, &workload("db"))
+            .await
+            .expect("db runs on node 2");
+        let metrics = node1
+            .exchange(None, Method::GET, "/metrics", None, Vec::new())
+            .await
+            .expect("metrics");
+        assert!(
+            metrics.contains("rampart_ca_refusals_total{reason=\"not_on_node\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("rampart_ca_certificates_issued_total{kind=\"workload\"} 2"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_credential_no_certificate() {
+        let f = fixture("creds").await;
+        let forged = format!(
+            "{}x",
+            f.tokens.0.get(..f.tokens.0.len() - 1).expect("token")
+        );
+        let client = CaClient::new(&f.url, f.bundle.clone(), forged).expect("client");
+        let err = client.node_certificate().await.expect_err("forged token");
+        assert!(err.is_refusal(), "{err}");
+        // A workload certificate without a node certificate to show.
+        let err = client
+            .exchange(
+                None,
+                Method::POST,
+                "/v1/workload?id=spiffe%3A%2F%2Fexample.org%2Fns%2Fshop%2Fsa%2Fbackend",
+                None,
+                Vec::new(),
+            )
+            .await
+            .expect_err("no client certificate");
+        assert!(
+            matches!(&err, super::super::client::CaClientError::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED),
+            "{err}"
+        );
+        let refused = f.service.stats.refused();
+        assert_eq!(refused.get("wrong_token"), Some(&1), "{refused:?}");
+        assert_eq!(refused.get("no_credential"), Some(&1), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn the_bundle_is_a_spiffe_bundle() {
+        let f = fixture("bundle").await;
+        let client = CaClient::new(&f.url, f.bundle.clone(), f.tokens.0.clone()).expect("client");
+        let text = client
+            .exchange(None, Method::GET, "/v1/bundle", None, Vec::new())
+            .await
+            .expect("bundle");
+        let bundle: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let key = &bundle["keys"][0];
+        assert_eq!(key["use"], "x509-svid");
+        assert_eq!(key["kty"], "EC");
+        let der = STANDARD
+            .decode(key["x5c"][0].as_str().expect("x5c"))
+            .expect("base64");
+        assert_eq!(der, f.bundle_root());
+    }
+
+    impl Fixture {
+        fn bundle_root(&self) -> Vec<u8> {
+            self.service.authority.cert_der().to_vec()
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The certificates of a node's proxy: the node's own, and one per local workload identity
+//! (taken on first use, renewed at half-life), shared by the outbound side (the source
+//! workload's client certificate) and the tunnel's inbound side (the destination workload's
+//! server certificate); and the roots they are checked against (`ca.crt`, reloaded when it
+//! changes: the new root is trusted beside the previous one).
+//!
+//! They come from a [`Signer`]: the CA service (`--ca-url`: this node holds only its own keys,
+//! and the CA signs only for pods the cluster places on this node), or, for development, the
+//! trust domain's key in `--ca-dir` (whoever holds it can sign for any workload).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+
+use super::ca::{Ca, Root, WorkloadCert};
+use super::table::TableView;
+use super::tls::{RotatingCert, TrustBundle, server_config};
+use super::tunnel::{DestinationIdentity, IdentityFuture};
+use crate::ca_service::client::CaClient;
+use crate::config::MeshSettings;
+use crate::spiffe::SpiffeId;
+
+/// How long the agent keeps asking an unreachable CA for its node certificate at start.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Where certificates come from.
+#[derive(Clone)]
+enum Signer {
+    /// The trust domain's key, here.
+    Local(Arc<Ca>),
+    /// The CA service.
+    Remote(CaClient),
+}
+
+struct Certs {
+    signer: Signer,
+    /// Roots trusted: the current root, and the previous one while a rotation rolls out.
+    bundle: TrustBundle,
+    root: Root,
+    node: WorkloadCert,
+    workloads: HashMap<SpiffeId, WorkloadCert>,
+    /// Tunnel server configurations presenting a local workload's certificate, until it is
+    /// due for renewal.
+    servers: HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
+}
+
+/// What [`CertStore::upkeep`] changed, for the tunnel's default configuration.
+#[derive(Debug, Default)]
+pub struct Upkeep {
+    /// The node certificate was renewed (present it from now on).
+    pub node: Option<WorkloadCert>,
+    /// The roots changed (rebuild every configuration with them).
+    pub bundle: Option<TrustBundle>,
+}
+
+pub struct CertStore {
+    certs: Mutex<Certs>,
+    ttl: Duration,
+    tables: TableView,
+    node_id: SpiffeId,
+    settings: MeshSettings,
+    /// Renewals and issuances the CA service failed (the current certificate kept serving).
+    pub ca_failures: std::sync::atomic::AtomicU64,
+}
+
+impl CertStore {
+    /// Reads the roots and the signer, and gets the node's certificate (from the CA service,
+    /// retried for a while if it is not reachable yet).
+    pub async fn open(
+        settings: &MeshSettings,
+        trust_domain: &str,
+        node_id: SpiffeId,
+        tables: TableView,
+    ) -> anyhow::Result<CertStore> {
+        let root = Root::read(&settings.ca_dir)?;
+        anyhow::ensure!(
+            root.trust_domain == trust_domain,
+            "--ca-dir {}: the root is for trust domain {:?}, the agent's --trust-domain is {trust_domain:?}",
+            settings.ca_dir.display(),
+            root.trust_domain
+        );
+        let bundle = TrustBundle::new(trust_domain, std::slice::from_ref(&root.cert_der))?;
+        let signer = signer_for(settings, &bundle)?;
+        let node = node_certificate(&signer, &node_id, settings.cert_ttl, true).await?;
+        Ok(CertStore {
+            certs: Mutex::new(Certs {
+                signer,
+                bundle,
+                root,
+                node,
+                workloads: HashMap::new(),
+                servers: HashMap::new(),
+            }),
+            ttl: settings.cert_ttl,
+            tables,
+            node_id,
+            settings: settings.clone(),
+            ca_failures: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> anyhow::Result<MutexGuard<'_, Certs>> {
+        self.certs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("certificate store poisoned"))
+    }
+
+    pub fn node(&self) -> anyhow::Result<WorkloadCert> {
+        Ok(self.lock()?.node.clone())
+    }
+
+    pub fn bundle(&self) -> anyhow::Result<TrustBundle> {
+        Ok(self.lock()?.bundle.clone())
+    }
+
+    /// Whether the certificates come from the CA service.
+    pub fn remote(&self) -> bool {
+        self.lock()
+            .is_ok_and(|c| matches!(c.signer, Signer::Remote(_)))
+    }
+
+    /// A workload's certificate, taken on first use and renewed at half-life; while the CA
+    /// service cannot renew it, the current one serves until it expires.
+    pub async fn workload_cert(
+        &self,
+        id: &SpiffeId,
+    ) -> anyhow::Result<(WorkloadCert, TrustBundle)> {
+        let now = SystemTime::now();
+        let (signer, node) = {
+            let certs = self.lock()?;
+            if let Some(c) = certs.workloads.get(id).filter(|c| now < c.renew_at()) {
+                return Ok((c.clone(), certs.bundle.clone()));
+            }
+            (certs.signer.clone(), certs.node.clone())
+        };
+        let issued = match &signer {
+            Signer::Local(ca) => ca.issue(id, self.ttl, now).map_err(anyhow::Error::from),
+            Signer::Remote(client) => client
+                .workload_certificate(&node, id)
+                .await
+                .map_err(anyhow::Error::from),
+        };
+        let mut certs = self.lock()?;
+        match issued {
+            Ok(cert) => {
+                tracing::debug!(workload = %id, "certificates: issued");
+                certs.workloads.insert(id.clone(), cert.clone());
+                Ok((cert, certs.bundle.clone()))
+            }
+            Err(e) => {
+                self.ca_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match certs.workloads.get(id).filter(|c| now < c.not_after) {
+                    Some(current) => {
+                        tracing::warn!(workload = %id, "certificates: renewal failed, the current certificate serves until it expires: {e:#}");
+                        Ok((current.clone(), certs.bundle.clone()))
+                    }
+                    None => Err(e.context(format!("a certificate for {id}"))),
+                }
+            }
+        }
+    }
+
+    /// The tunnel server configuration presenting `id`'s certificate.
+    async fn server_config_of(&self, id: &SpiffeId) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let now = SystemTime::now();
+        if let Some((renew_at, config)) = self.lock()?.servers.get(id)
+            && now < *renew_at
+        {
+            return Ok(Arc::clone(config));
+        }
+        let (cert, bundle) = self.workload_cert(id).await?;
+        let config = server_config(&bundle, Arc::new(RotatingCert::new(&cert)?))?;
+        // A certificate kept past its renewal time (the CA unreachable) is retried next time.
+        let until = cert.renew_at().max(now + Duration::from_secs(1));
+        self.lock()?
+            .servers
+            .insert(id.clone(), (until, Arc::clone(&config)));
+        Ok(config)
+    }
+
+    /// Picks up a rotated root (trusted beside the previous one; every certificate is taken
+    /// again from the new one) and renews the node certificate at half-life.
+    pub async fn upkeep(&self) -> anyhow::Result<Upkeep> {
+        let mut out = Upkeep::default();
+        let root = Root::read(&self.settings.ca_dir).ok();
+        let (signer, renew) = {
+            let mut certs = self.lock()?;
+            if let Some(root) = root.filter(|r| r.cert_pem != certs.root.cert_pem) {
+                anyhow::ensure!(
+                    root.trust_domain == certs.root.trust_domain,
+                    "the rotated root is for another trust domain"
+                );
+                let bundle = TrustBundle::new(
+                    &root.trust_domain,
+                    &[root.cert_der.clone(), certs.root.cert_der.clone()],
+                )?;
+                certs.signer = match &certs.signer {
+                    Signer::Local(_) => Signer::Local(Arc::new(Ca::load(&self.settings.ca_dir)?)),
+                    Signer::Remote(_) => signer_for(&self.settings, &bundle)?,
+                };
+                certs.root = root;
+                certs.bundle = bundle.clone();
+                certs.workloads.clear();
+                certs.servers.clear();
+                out.bundle = Some(bundle);
+                tracing::info!(
+                    "certificates: rotated root loaded (the previous root stays trusted)"
+                );
+            }
+            let renew = out.bundle.is_some() || SystemTime::now() >= certs.node.renew_at();
+            (certs.signer.clone(), renew)
+        };
+        if renew {
+            match node_certificate(&signer, &self.node_id, self.ttl, false).await {
+                Ok(node) => {
+                    self.lock()?.node = node.clone();
+                    tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
+                    out.node = Some(node);
+                }
+                Err(e) => {
+                    self.ca_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let left = self
+                        .lock()?
+                        .node
+                        .not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        left_s = left.as_secs(),
+                        "certificates: the node certificate could not be renewed; the current one serves until it expires: {e:#}"
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How long the node certificate has left.
+    pub fn node_time_left(&self) -> Duration {
+        self.lock()
+            .ok()
+            .and_then(|c| c.node.not_after.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl DestinationIdentity for CertStore {
+    fn config_for(&self, addr: IpAddr) -> IdentityFuture<'_> {
+        Box::pin(async move {
+            let id = self.tables.find(|t| {
+                t.workload(addr)
+                    .filter(|w| w.local)
+                    .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok())
+            })?;
+            match self.server_config_of(&id).await {
+                Ok(config) => Some((id, config)),
+                Err(e) => {
+                    tracing::warn!(workload = %id, "tunnel: no certificate to present: {e:#}");
+                    None
+                }
+            }
+        })
+    }
+}
+
+fn signer_for(settings: &MeshSettings, bundle: &TrustBundle) -> anyhow::Result<Signer> {
+    match &settings.ca_service {
+        None => Ok(Signer::Local(Arc::new(Ca::load(&settings.ca_dir)?))),
+        Some(service) => {
+            let token = std::fs::read_to_string(&service.node_token_file).with_context(|| {
+                format!("--node-token-file {}", service.node_token_file.display())
+            })?;
+            Ok(Signer::Remote(CaClient::new(
+                &service.url,
+                bundle.clone(),
+                token,
+            )?))
+        }
+    }
+}
+
+/// The node's certificate from `signer`; at start (`patient`), an unreachable CA service is
+/// asked again for [`START_PATIENCE`] (a refusal ends it at once).
+async fn node_certificate(
+    signer: &Signer,
+    node_id: &SpiffeId,
+    ttl: Duration,
+    patient: bool,
+) -> anyhow::Result<WorkloadCert> {
+    match signer {
+        Signer::Local(ca) => Ok(ca.issue(node_id, ttl, SystemTime::now())?),
+        Signer::Remote(client) => {
+            let deadline = tokio::time::Instant::now() + START_PATIENCE;
+            let mut wait = Duration::from_millis(200);
+            loop {
+                match client.node_certificate().await {
+                    Ok(cert) if cert.spiffe_id == *node_id => return Ok(cert),
+                    Ok(cert) => anyhow::bail!(
+                        "the CA issued {} for this node's token, but this node is {node_id} (--node-name must match the token's node)",
+                        cert.spiffe_id
+                    ),
+                    Err(e) if e.is_refusal() || !patient => {
+                        return Err(e).context("the node certificate from the CA service");
+                    }
+                    Err(e) if tokio::time::Instant::now() + wait > deadline => {
+                        return Err(e).context("the CA service stayed unreachable");
+                    }
+                    Err(e) => {
+                        tracing::info!("certificates: the CA service is not reachable yet: {e}");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A trust domain no single node can forge, on a real kernel: two nodes whose agents get their
+//! certificates from the CA service (`rampart ca serve` on the underlay), pod a (node 1) calling
+//! pod b (node 2) on an mTLS-only port.
+//!
+//! - the tunnel works, and no agent holds the CA's key (their `--ca-dir` has `ca.crt` alone; no
+//!   file an agent has open, and no argument it was given, is the key);
+//! - node 1's credential asking for the identity of node 2's pod is refused, counted and logged
+//!   by the CA, from node 1 and from anywhere else (a stolen token is node 1's, nothing more);
+//! - with the CA stopped for longer than a renewal period, live and new tunnels keep working on
+//!   the certificates the agents hold, and the agents say the renewal failed.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use rampart_tests::ca_service::CaServer;
+use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::netns::{Netns, TEST_PREFIX};
+use rampart_tests::{EchoServer, Topology, require_root};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const PAYLOAD: &[u8] = b"RAMPART-CA-SERVICE-9d21";
+/// The CA's certificates live 10 s: agents renew them every 5 s.
+const CA_TTL: u64 = 10;
+
+fn ip(n: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n, d)
+}
+
+fn world() -> String {
+    let pod = |name: &str, node: u8| pod_object("shop", name, node, ip(node, 10));
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-requires-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: 5432}}]\n  allowedPrincipals:\n    serviceAccounts: [shop/a]\n",
+        pod("a", 1),
+        pod("b", 2)
+    )
+}
+
+/// `rounds` echoes over one connection from `ns` to `dst`, `pause` apart.
+fn exchange(ns: &Netns, dst: SocketAddr, rounds: u32, pause: Duration) -> bool {
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(TIMEOUT));
+        for round in 0..rounds {
+            if round > 0 {
+                std::thread::sleep(pause);
+            }
+            let mut back = vec![0u8; PAYLOAD.len()];
+            if s.write_all(PAYLOAD).is_err() || s.read_exact(&mut back).is_err() || back != PAYLOAD
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// `rampart ca request` in `ns` with `node`'s token for `id`: its output, or its error.
+fn request(mesh: &MeshAgents, ns: &Netns, token_of: &str, id: &str) -> Result<String, String> {
+    let bin = rampart_tests::agent::rampart_bin().expect("binary");
+    let trust = mesh.trust_dir();
+    let token = mesh.token_file(token_of);
+    rampart_tests::cmd::in_ns(
+        ns.name(),
+        bin.to_str().expect("path"),
+        &[
+            "ca",
+            "request",
+            "--ca-url",
+            &CaServer::url(),
+            "--ca-dir",
+            trust.to_str().expect("path"),
+            "--node-token-file",
+            token.to_str().expect("path"),
+            "--id",
+            id,
+        ],
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Whether any file the process has open, or any of its arguments, is `path`.
+fn process_holds(pid: u32, path: &std::path::Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let target = path.to_string_lossy();
+    if String::from_utf8_lossy(&cmdline).contains(target.as_ref()) {
+        return true;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|link| link == path)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn no_node_can_sign_for_another_nodes_workloads() {
+    require_root();
+    let topo = Topology::builder(TEST_PREFIX)
+        .node("node-1")
+        .node("node-2")
+        .pod("node-1", "shop/a", ip(1, 10))
+        .pod("node-2", "shop/b", ip(2, 10))
+        .build()
+        .expect("topology");
+    let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
+    let mut mesh =
+        MeshAgents::start_with_ca_service(&topo, &["node-1", "node-2"], &world(), CA_TTL, &[])
+            .expect("agents and the CA service");
+    let b = SocketAddr::new(IpAddr::V4(ip(2, 10)), 5432);
+    let a_ns = &topo.pod("shop/a").ns;
+
+    // The tunnel works with certificates from the CA service.
+    assert!(
+        exchange(a_ns, b, 2, Duration::ZERO),
+        "a reaches b through mTLS; node-1 log:\n{}\nnode-2 log:\n{}",
+        mesh.node("node-1").log(),
+        mesh.node("node-2").log()
+    );
+
+    // The CA goes away (right after the workloads' certificates were issued) for longer than a
+    // renewal period (5 s): the agents keep their certificates until they expire (10 s); a live
+    // connection and new ones keep working.
+    mesh.ca_server().expect("the CA service").stop();
+    assert!(
+        exchange(a_ns, b, 7, Duration::from_secs(1)),
+        "a live tunnel survives the CA's absence; node-1 log:\n{}",
+        mesh.node("node-1").log()
+    );
+    assert!(
+        exchange(a_ns, b, 1, Duration::ZERO),
+        "a new tunnel opens while the CA is away"
+    );
+    let node1_log = mesh.node("node-1").log();
+    assert!(
+        node1_log.contains("serves until it expires"),
+        "node 1 says its renewal failed:\n{node1_log}"
+    );
+    // Back: certificates are renewed, flows go on.
+    mesh.ca_server().expect("ca").resume().expect("CA back");
+    assert!(exchange(a_ns, b, 1, Duration::ZERO));
+
+    // No agent holds the key.
+    let key = mesh.ca_service_dir().join("ca.key");
+    assert!(key.exists());
+    assert!(!mesh.trust_dir().join("ca.key").exists());
+    for agent in mesh.agents() {
+        let pid = agent.pid().expect("running");
+        assert!(
+            !process_holds(pid, &key),
+            "an agent holds {}",
+            key.display()
+        );
+    }
+
+    // Node 1's credential cannot get the identity of node 2's pod, from node 1 or elsewhere.
+    let b_id = "spiffe://cluster.local/ns/shop/sa/b";
+    for ns in [&topo.node("node-1").ns, &topo.node("node-2").ns] {
+        let refused = request(&mesh, ns, "node-1", b_id).expect_err("node 1 asked for b");
+        assert!(refused.contains("403"), "{refused}");
+        assert!(refused.contains("node-1"), "{refused}");
+    }
+    let issued = request(
+        &mesh,
+        &topo.node("node-2").ns,
+        "node-1",
+        "spiffe://cluster.local/ns/shop/sa/a",
+    )
+    .expect("node 1's token gets node 1's pods' identities, wherever it is used");
+    assert!(
+        issued.contains("issued spiffe://cluster.local/ns/shop/sa/a"),
+        "{issued}"
+    );
+    let log = mesh.ca_server().expect("the CA service").log();
+    assert_eq!(
+        log.matches("reason=\"not_on_node\"").count(),
+        2,
+        "each refusal is logged:\n{log}"
+    );
+
+    drop(mesh);
+}
