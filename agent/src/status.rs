@@ -116,6 +116,15 @@ pub struct MeshDoc {
     pub tunnel_port: u16,
     pub ca_dir: String,
     pub mtls_routes: usize,
+    /// `--ca-url`, or absent when the agent signs with --ca-dir's key.
+    #[serde(default)]
+    pub ca_url: Option<String>,
+    /// Seconds until the node certificate expires.
+    #[serde(default)]
+    pub node_certificate_seconds_left: u64,
+    /// Certificates the CA could not issue or renew.
+    #[serde(default)]
+    pub certificate_failures: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -246,6 +255,12 @@ impl StatusDoc {
                 tunnel_port: m.settings.tunnel_port,
                 ca_dir: m.settings.ca_dir.display().to_string(),
                 mtls_routes: m.tables.current.get().destinations(),
+                ca_url: m.settings.ca_service.as_ref().map(|c| c.url.clone()),
+                node_certificate_seconds_left: m.certs.node_time_left().as_secs(),
+                certificate_failures: m
+                    .certs
+                    .ca_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }),
             flow_log: FlowLogDoc {
                 kernel_records: state.flows.records(Observer::Kernel),
@@ -323,6 +338,15 @@ impl StatusDoc {
                 out,
                 "mTLS proxy: listener :{}  tunnel :{}  CA {}  mTLS routes {}",
                 m.proxy_port, m.tunnel_port, m.ca_dir, m.mtls_routes
+            );
+            let _ = writeln!(
+                out,
+                "certificates: from {}  node certificate valid {} s more  CA failures {}",
+                m.ca_url
+                    .as_deref()
+                    .unwrap_or("this node's key (--ca-dir; development only)"),
+                m.node_certificate_seconds_left,
+                m.certificate_failures
             );
         }
         let _ = writeln!(

@@ -30,6 +30,7 @@ pub mod packet;
 pub mod probe;
 pub mod ratelimit_cases;
 pub mod raw_origin;
+pub mod rfc7515;
 pub mod server;
 pub mod topology;
 pub mod waf_cases;

@@ -141,6 +141,15 @@ fn no_node_can_sign_for_another_nodes_workloads() {
         node1_log.contains("serves until it expires"),
         "node 1 says its renewal failed:\n{node1_log}"
     );
+    // ... and counts it, and says how long its certificate has left.
+    let node1 = mesh.node("node-1");
+    assert!(node1.sample("rampart_certificate_failures_total", "") >= 1.0);
+    let status = node1.cli(&["status"]).expect("status");
+    assert!(
+        status.contains(&format!("certificates: from {}", CaServer::url()))
+            && status.contains("node certificate valid"),
+        "{status}"
+    );
     // Back: certificates are renewed, flows go on.
     mesh.ca_server().expect("ca").resume().expect("CA back");
     assert!(exchange(a_ns, b, 1, Duration::ZERO));

@@ -124,7 +124,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `getrandom(2)`: the kernel's CSPRNG (hand-written: one call, and no crate of ours exposes
 /// raw random bytes without pulling another dependency in).
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];

@@ -25,6 +25,48 @@ use crate::spiffe::SpiffeId;
 
 /// How long the agent keeps asking an unreachable CA for its node certificate at start.
 const START_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest wait between two renewal attempts of a failing CA.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait after the `failures`-th failure in a row: 1 s doubling to [`MAX_BACKOFF`], times a
+/// random factor in [0.5, 1.5) so a fleet of nodes does not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(6))
+        .min(MAX_BACKOFF);
+    base.mul_f64(0.5 + random_unit())
+}
+
+/// When to renew `cert`: its half-life plus up to a tenth of its lifetime, at random (spreads
+/// the fleet's renewals after a mass start; chosen once per certificate from its serial bytes,
+/// so it does not move between checks).
+fn jittered(renew_at: SystemTime, cert: &WorkloadCert) -> SystemTime {
+    let life = cert
+        .not_after
+        .duration_since(cert.issued_at)
+        .unwrap_or_default();
+    let seed = cert
+        .chain
+        .first()
+        .map(|der| {
+            der.as_ref()
+                .iter()
+                .rev()
+                .take(8)
+                .fold(0u64, |a, b| a << 8 | u64::from(*b))
+        })
+        .unwrap_or(0);
+    renew_at + (life / 10).mul_f64((seed % 1000) as f64 / 1000.0)
+}
+
+/// A random number in [0, 1).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if crate::ca_service::node_tokens::fill_random(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// Where certificates come from.
 #[derive(Clone)]
@@ -64,6 +106,8 @@ pub struct CertStore {
     settings: MeshSettings,
     /// Renewals and issuances the CA service failed (the current certificate kept serving).
     pub ca_failures: std::sync::atomic::AtomicU64,
+    /// When the node certificate is next tried after a failure, and how many failed in a row.
+    retry: Mutex<(Option<std::time::Instant>, u32)>,
 }
 
 impl CertStore {
@@ -99,6 +143,7 @@ impl CertStore {
             node_id,
             settings: settings.clone(),
             ca_failures: std::sync::atomic::AtomicU64::new(0),
+            retry: Mutex::new((None, 0)),
         })
     }
 
@@ -211,12 +256,23 @@ impl CertStore {
                     "certificates: rotated root loaded (the previous root stays trusted)"
                 );
             }
-            let renew = out.bundle.is_some() || SystemTime::now() >= certs.node.renew_at();
-            (certs.signer.clone(), renew)
+            let due = SystemTime::now() >= jittered(certs.node.renew_at(), &certs.node);
+            let retry_ok = self
+                .retry
+                .lock()
+                .map(|r| r.0.is_none_or(|at| std::time::Instant::now() >= at))
+                .unwrap_or(true);
+            (
+                certs.signer.clone(),
+                out.bundle.is_some() || (due && retry_ok),
+            )
         };
         if renew {
             match node_certificate(&signer, &self.node_id, self.ttl, false).await {
                 Ok(node) => {
+                    if let Ok(mut retry) = self.retry.lock() {
+                        *retry = (None, 0);
+                    }
                     self.lock()?.node = node.clone();
                     tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
                     out.node = Some(node);
@@ -224,6 +280,14 @@ impl CertStore {
                 Err(e) => {
                     self.ca_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let wait = if let Ok(mut retry) = self.retry.lock() {
+                        retry.1 = retry.1.saturating_add(1);
+                        let wait = backoff(retry.1);
+                        retry.0 = Some(std::time::Instant::now() + wait);
+                        wait
+                    } else {
+                        MAX_BACKOFF
+                    };
                     let left = self
                         .lock()?
                         .node
@@ -232,6 +296,7 @@ impl CertStore {
                         .unwrap_or_default();
                     tracing::warn!(
                         left_s = left.as_secs(),
+                        retry_in_ms = wait.as_millis(),
                         "certificates: the node certificate could not be renewed; the current one serves until it expires: {e:#}"
                     );
                 }
@@ -318,5 +383,50 @@ async fn node_certificate(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_with_jitter_up_to_a_minute() {
+        for failures in 1..=20 {
+            let base = Duration::from_secs(1 << (failures - 1).min(6)).min(MAX_BACKOFF);
+            let wait = backoff(failures);
+            assert!(
+                wait >= base / 2 && wait < base.mul_f64(1.5),
+                "{failures}: {wait:?}"
+            );
+        }
+        let waits: std::collections::BTreeSet<Duration> = (0..20).map(|_| backoff(3)).collect();
+        assert!(waits.len() > 1, "the waits are spread");
+    }
+
+    #[test]
+    fn renewal_falls_between_half_and_six_tenths_of_the_lifetime() {
+        let ca = Ca::generate(
+            "example.org",
+            Duration::from_secs(86_400),
+            SystemTime::now(),
+        )
+        .expect("ca");
+        let id = SpiffeId::node("example.org", "node-1").expect("id");
+        let now = SystemTime::now();
+        let mut spread = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let cert = ca
+                .issue(&id, Duration::from_secs(1000), now)
+                .expect("issue");
+            let at = jittered(cert.renew_at(), &cert);
+            let after = at.duration_since(now).expect("later");
+            assert!(
+                after >= Duration::from_secs(500) && after <= Duration::from_secs(600),
+                "{after:?}"
+            );
+            spread.insert(after);
+        }
+        assert!(spread.len() > 1, "renewals are spread");
     }
 }

@@ -163,6 +163,23 @@ impl AgentCollector {
         let Some(mesh) = &self.state.mesh else {
             return Ok(());
         };
+        counter(
+            encoder,
+            "rampart_certificate_failures",
+            "Certificates the CA could not issue or renew (the current one kept serving while valid)",
+            mesh.certs
+                .ca_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        let left = ConstGauge::new(
+            i64::try_from(mesh.certs.node_time_left().as_secs()).unwrap_or(i64::MAX),
+        );
+        left.encode(encoder.encode_descriptor(
+            "rampart_node_certificate_expiry_seconds",
+            "Seconds until the node's certificate expires",
+            None,
+            left.metric_type(),
+        )?)?;
         let stats = &mesh.inbound_stats;
         // One family for every refusal of the proxy's chain: the tunnel's own (`filter="mtls"`:
         // handshake, peer identity, principal), ingress's (`filter="ingress"`: TLS, the pod)

@@ -2,34 +2,15 @@
 //! example RSA key (kept with the JWT conformance cases), its JWKS, and an API key. RS256 is
 //! what most IdPs sign with, so the JWT row measures a real RSA verification per request.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::BigUint;
-use rsa::pkcs1::EncodeRsaPrivateKey as _;
-
-const KEYS: &str = include_str!("../../../tests/conformance/jwt_keys.json");
 pub const ISSUER: &str = "https://idp.bench.test";
 pub const AUDIENCE: &str = "api://bench";
 pub const API_KEY: &str = "bench-key-8d2f61c0";
 
 /// (JWKS JSON with the public key, a token valid for a day).
 pub fn jwt() -> anyhow::Result<(String, String)> {
-    let keys: serde_json::Value = serde_json::from_str(KEYS)?;
-    let jwk = &keys["keys"]["rfc7515-a2-rsa"]["jwk"];
-    let int = |name: &str| -> anyhow::Result<BigUint> {
-        let text = jwk[name]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("jwt_keys.json: no {name}"))?;
-        Ok(BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(text)?))
-    };
-    let private = rsa::RsaPrivateKey::from_components(
-        int("n")?,
-        int("e")?,
-        int("d")?,
-        vec![int("p")?, int("q")?],
-    )?;
-    let der = private.to_pkcs1_der()?;
-    let key = jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes());
+    let jwk = rampart_tests::rfc7515::jwk()?;
+    let der = rampart_tests::rfc7515::private_der()?;
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(&der);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("bench-1".into());
     let now = std::time::SystemTime::now()

@@ -4,6 +4,7 @@
 //! shared and noisy, so ratios are what compare.
 
 mod agent;
+mod ca;
 mod datapath;
 mod haproxy;
 mod http;
@@ -29,11 +30,13 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, kube, proxy.
+    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, kube, proxy, ca.
     suites: Vec<String>,
 }
 
-const SUITES: &[&str] = &["datapath", "xdp-drop", "policy", "agent", "kube", "proxy"];
+const SUITES: &[&str] = &[
+    "datapath", "xdp-drop", "policy", "agent", "kube", "proxy", "ca",
+];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -66,6 +69,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "kube" => kube::run(args.quick)?,
             "policy" => policy::run(args.quick)?,
             "proxy" => proxy::run(args.quick)?,
+            "ca" => ca::run(args.quick)?,
             _ => unreachable!("checked above"),
         };
         record::print_table(suite, &records);
