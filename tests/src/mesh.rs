@@ -97,6 +97,21 @@ impl MeshAgents {
         Ok(mesh)
     }
 
+    /// Like [`MeshAgents::start`], all watching `policy_dir` (which the caller fills).
+    pub fn start_in_dir(
+        topo: &Topology,
+        nodes: &[&str],
+        policy_dir: &Path,
+        bin: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<MeshAgents> {
+        let mut mesh = MeshAgents::new()?;
+        let each: Vec<(&str, PathBuf)> =
+            nodes.iter().map(|n| (*n, policy_dir.to_owned())).collect();
+        mesh.launch(topo, &each, bin, extra_args)?;
+        Ok(mesh)
+    }
+
     /// Like [`MeshAgents::start`], each node with a policy of its own (`(node, policy)`, in
     /// `<work dir>/policy-<node>`): nodes that see the cluster differently, as one that lies
     /// would.
@@ -157,21 +172,15 @@ impl MeshAgents {
             ca_ttl,
         )?);
         for node in nodes {
-            let mut opts = AgentOptions::new(Vec::new());
-            opts.bin = Some(bin.clone());
-            opts.policy_dir = Some(policy_dir.clone());
-            opts.extra_args = vec![
-                "--ca-dir".into(),
+            let ca_args = vec![
+                "--ca-dir".to_owned(),
                 trust.display().to_string(),
-                "--ca-url".into(),
+                "--ca-url".to_owned(),
                 CaServer::url(),
-                "--node-token-file".into(),
+                "--node-token-file".to_owned(),
                 mesh.token_file(node).display().to_string(),
-                "--node-name".into(),
-                (*node).into(),
             ];
-            opts.extra_args
-                .extend(extra_args.iter().map(|a| (*a).to_owned()));
+            let opts = agent_options(&bin, &policy_dir, node, &ca_args, extra_args);
             let agent = Agent::start(&topo.node(node).ns, &opts)?;
             mesh.agents.push(((*node).to_owned(), agent));
         }
@@ -232,18 +241,9 @@ impl MeshAgents {
         };
         let ca_dir = self.work.join("ca");
         crate::agent::ca_init_with(&bin, &ca_dir)?;
+        let ca_args = vec!["--ca-dir".to_owned(), ca_dir.display().to_string()];
         for (node, policy_dir) in nodes {
-            let mut opts = AgentOptions::new(Vec::new());
-            opts.bin = Some(bin.clone());
-            opts.policy_dir = Some(policy_dir.clone());
-            opts.extra_args = vec![
-                "--ca-dir".into(),
-                ca_dir.display().to_string(),
-                "--node-name".into(),
-                (*node).into(),
-            ];
-            opts.extra_args
-                .extend(extra_args.iter().map(|a| (*a).to_owned()));
+            let opts = agent_options(&bin, policy_dir, node, &ca_args, extra_args);
             let agent = Agent::start(&topo.node(node).ns, &opts)?;
             self.agents.push(((*node).to_owned(), agent));
         }
@@ -274,6 +274,26 @@ impl Drop for MeshAgents {
         self.ca = None;
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+/// `rampart run` on `node`, watching `policy_dir`, with the CA's flags `ca_args`, then
+/// `extra_args`.
+fn agent_options(
+    bin: &Path,
+    policy_dir: &Path,
+    node: &str,
+    ca_args: &[String],
+    extra_args: &[&str],
+) -> AgentOptions {
+    let mut opts = AgentOptions::new(Vec::new());
+    opts.bin = Some(bin.to_owned());
+    opts.policy_dir = Some(policy_dir.to_owned());
+    opts.extra_args = ca_args.to_vec();
+    opts.extra_args
+        .extend(["--node-name".to_owned(), node.to_owned()]);
+    opts.extra_args
+        .extend(extra_args.iter().map(|a| (*a).to_owned()));
+    opts
 }
 
 /// Distinguishes several worlds of one process.

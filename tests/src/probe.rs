@@ -138,13 +138,31 @@ pub fn echo_exchange(
     payload: &'static [u8],
     timeout: Duration,
 ) -> bool {
+    echo_rounds(ns, dst, payload, 1, Duration::ZERO, timeout)
+}
+
+/// Like [`echo_exchange`], `rounds` times over the same connection, `pause` apart (a long-lived
+/// flow): whether every round came back whole.
+pub fn echo_rounds(
+    ns: &Netns,
+    dst: SocketAddr,
+    payload: &'static [u8],
+    rounds: u32,
+    pause: Duration,
+    timeout: Duration,
+) -> bool {
     ns.run(move || {
         let Ok(mut s) = TcpStream::connect_timeout(&dst, timeout) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(timeout));
-        let mut back = vec![0u8; payload.len()];
-        s.write_all(payload).is_ok() && s.read_exact(&mut back).is_ok() && back == payload
+        (0..rounds).all(|round| {
+            if round > 0 {
+                std::thread::sleep(pause);
+            }
+            let mut back = vec![0u8; payload.len()];
+            s.write_all(payload).is_ok() && s.read_exact(&mut back).is_ok() && back == payload
+        })
     })
     .unwrap_or(false)
 }

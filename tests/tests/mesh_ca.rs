@@ -9,8 +9,7 @@
 //! - with the CA stopped for longer than a renewal period, live and new tunnels keep working on
 //!   the certificates the agents hold, and the agents say the renewal failed.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rampart_tests::ca_service::CaServer;
@@ -38,24 +37,7 @@ fn world() -> String {
 
 /// `rounds` echoes over one connection from `ns` to `dst`, `pause` apart.
 fn exchange(ns: &Netns, dst: SocketAddr, rounds: u32, pause: Duration) -> bool {
-    ns.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(TIMEOUT));
-        for round in 0..rounds {
-            if round > 0 {
-                std::thread::sleep(pause);
-            }
-            let mut back = vec![0u8; PAYLOAD.len()];
-            if s.write_all(PAYLOAD).is_err() || s.read_exact(&mut back).is_err() || back != PAYLOAD
-            {
-                return false;
-            }
-        }
-        true
-    })
-    .unwrap_or(false)
+    rampart_tests::probe::echo_rounds(ns, dst, PAYLOAD, rounds, pause, TIMEOUT)
 }
 
 /// `rampart ca request` in `ns` with `node`'s token for `id`: its output, or its error.

@@ -39,8 +39,7 @@ fn workloads() -> String {
     )
 }
 
-/// Connects from inside `ns` and sends `payload` `rounds` times, `pause` apart; true if every
-/// round came back whole.
+/// `rounds` echoes of `payload` over one connection from `ns` to `dst`, `pause` apart.
 fn exchange(
     ns: &Netns,
     dst: SocketAddr,
@@ -48,24 +47,7 @@ fn exchange(
     rounds: u32,
     pause: Duration,
 ) -> bool {
-    ns.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&dst, TIMEOUT) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(TIMEOUT));
-        for round in 0..rounds {
-            if round > 0 {
-                std::thread::sleep(pause);
-            }
-            let mut back = vec![0u8; payload.len()];
-            if s.write_all(payload).is_err() || s.read_exact(&mut back).is_err() || back != payload
-            {
-                return false;
-            }
-        }
-        true
-    })
-    .unwrap_or(false)
+    rampart_tests::probe::echo_rounds(ns, dst, payload, rounds, pause, TIMEOUT)
 }
 
 fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {

@@ -123,7 +123,7 @@ fn run() -> anyhow::Result<()> {
     http_chain(&world)?;
     counted(&world)?;
 
-    world.stop_agents()?;
+    world.stop_agents();
     println!(
         "\nAgents stopped on SIGTERM; their programs stay pinned and enforcing until `rampart cleanup`,"
     );

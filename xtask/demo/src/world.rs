@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use rampart_tests::http_server::HttpServer;
+use rampart_tests::mesh::MeshAgents;
 use rampart_tests::netns::DEMO_PREFIX;
-use rampart_tests::{Agent, AgentOptions, EchoServer, Topology};
+use rampart_tests::{Agent, EchoServer, Topology};
 
 /// The pods of `policies/workloads.yaml`: `namespace/name`, node, last octet of `10.244.1.x`.
 pub const PODS: [(&str, &str, u8); 4] = [
@@ -52,7 +53,7 @@ impl Drop for TempDir {
 
 /// The running demo. Fields drop in order: agents, applications, topology, files.
 pub struct World {
-    agents: Vec<(String, Agent)>,
+    agents: Option<MeshAgents>,
     _apps: Vec<EchoServer>,
     _backend_api: HttpServer,
     pub topo: Topology,
@@ -90,7 +91,7 @@ impl World {
         std::fs::create_dir_all(dir.0.join("policy"))
             .with_context(|| format!("creating {}", dir.0.display()))?;
         Ok(World {
-            agents: Vec::new(),
+            agents: None,
             _apps: apps,
             _backend_api: backend_api,
             topo,
@@ -122,41 +123,30 @@ impl World {
 
     /// `rampart ca init` (the trust domain, once), then `rampart run` on every node.
     pub fn start_agents(&mut self, bin: &Path) -> anyhow::Result<()> {
-        let ca = self.dir.0.join("ca");
-        rampart_tests::agent::ca_init_with(bin, &ca)?;
-        for node in NODES {
-            let mut opts = AgentOptions::new(Vec::new());
-            opts.bin = Some(bin.to_owned());
-            opts.policy_dir = Some(self.policy_dir());
-            opts.extra_args = vec![
-                "--ca-dir".into(),
-                ca.display().to_string(),
-                "--node-name".into(),
-                node.into(),
-            ];
-            let agent = Agent::start(&self.topo.node(node).ns, &opts)?;
-            self.agents.push((node.to_owned(), agent));
-        }
+        self.agents = Some(MeshAgents::start_in_dir(
+            &self.topo,
+            &NODES,
+            &self.policy_dir(),
+            Some(bin),
+            &[],
+        )?);
         Ok(())
     }
 
     pub fn agent(&self, node: &str) -> &Agent {
-        match self.agents.iter().find(|(n, _)| n == node) {
-            Some((_, agent)) => agent,
-            None => panic!("no agent on {node}"),
+        match &self.agents {
+            Some(mesh) => mesh.node(node),
+            None => panic!("no agents yet"),
         }
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
-        self.agents.iter().map(|(_, a)| a)
+        self.agents.iter().flat_map(MeshAgents::agents)
     }
 
-    /// Stops every agent (SIGTERM); the harness then runs `rampart cleanup` for each.
-    pub fn stop_agents(&mut self) -> anyhow::Result<()> {
-        for (_, agent) in self.agents.drain(..) {
-            agent.stop()?;
-        }
-        Ok(())
+    /// Stops every agent (SIGTERM), and runs `rampart cleanup` for each.
+    pub fn stop_agents(&mut self) {
+        self.agents = None;
     }
 
     /// The network namespace path of pod `name`.
