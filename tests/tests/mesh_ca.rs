@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rampart_tests::ca_service::CaServer;
 use rampart_tests::mesh::{MeshAgents, pod_object};
-use rampart_tests::netns::{Netns, TEST_PREFIX};
-use rampart_tests::{EchoServer, Topology, require_root};
+use rampart_tests::netns::Netns;
+use rampart_tests::{EchoServer, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PAYLOAD: &[u8] = b"RAMPART-CA-SERVICE-9d21";
@@ -83,13 +83,7 @@ fn process_holds(pid: u32, path: &std::path::Path) -> bool {
 #[test]
 fn no_node_can_sign_for_another_nodes_workloads() {
     require_root();
-    let topo = Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1, 10))
-        .pod("node-2", "shop/b", ip(2, 10))
-        .build()
-        .expect("topology");
+    let topo = rampart_tests::mesh::shop::two_nodes().expect("topology");
     let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
     let mut mesh =
         MeshAgents::start_with_ca_service(&topo, &["node-1", "node-2"], &world(), CA_TTL, &[])

@@ -267,13 +267,7 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
 #[test]
 fn a_destination_that_proves_another_workload_is_refused_by_the_source() {
     require_root();
-    let topo = Topology::builder(TEST_PREFIX)
-        .node("node-1")
-        .node("node-2")
-        .pod("node-1", "shop/a", ip(1, 10))
-        .pod("node-2", "shop/b", ip(2, 10))
-        .build()
-        .expect("topology");
+    let topo = rampart_tests::mesh::shop::two_nodes().expect("topology");
     let _echo = EchoServer::start(&topo.pod("shop/b").ns, &[5432], &[]).expect("echo");
     let truth = workloads();
     // Node 2's view: the pod at b's address is shop/imposter (labelled app: b, so the same
