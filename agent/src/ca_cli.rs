@@ -32,7 +32,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Serves until killed.
 pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
-    let ca = Ca::load(&args.dir)?;
+    let ca = match &args.trust_domain {
+        Some(td) => Ca::load_for(&args.dir, td)?,
+        None => Ca::load(&args.dir)?,
+    };
     anyhow::ensure!(
         args.pods_dir.is_dir(),
         "--pods-dir {}: not a directory",
@@ -56,8 +59,8 @@ pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
 
 /// Bootstraps as the token's node, asks for `--id`, and prints what the CA said.
 pub fn request(args: &CaRequestArgs) -> anyhow::Result<()> {
-    let root = Root::read(&args.ca_dir)?;
-    let bundle = TrustBundle::new(&root.trust_domain, &[root.cert_der])?;
+    let root = Root::read(&args.ca_dir, &args.trust_domain)?;
+    let bundle = TrustBundle::new(&root.trust_domain, &root.certs)?;
     let token = std::fs::read_to_string(&args.node_token_file)
         .with_context(|| format!("--node-token-file {}", args.node_token_file.display()))?;
     let id = SpiffeId::parse(&args.id).with_context(|| format!("--id {:?}", args.id))?;

@@ -86,6 +86,11 @@ pub struct CaServeArgs {
     /// Lifetime of the certificates it signs, in seconds (agents renew at half-life).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=31_536_000))]
     pub cert_ttl: u64,
+    /// The trust domain (default: the one `ca.crt` names). Required when --dir holds an
+    /// intermediate of your PKI: `tls.crt` (the intermediate, then those above it), `tls.key`
+    /// and `ca.crt` (your root), as cert-manager and Vault write them.
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +107,9 @@ pub struct CaRequestArgs {
     /// The SPIFFE ID to ask for.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub id: String,
+    /// The trust domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, Args)]

@@ -114,9 +114,14 @@ impl Authority {
         self.ca.trust_domain()
     }
 
-    /// The CA's own certificate (what agents trust, with the roots above it).
+    /// The CA's own certificate (the root, or the intermediate it signs with).
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         self.ca.cert_der()
+    }
+
+    /// The roots what it signs chains to (what agents trust; the SPIFFE bundle).
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        self.ca.roots()
     }
 
     /// The service's own TLS certificate (`id`, the CA's SPIFFE ID), valid for [`OWN_TTL`].

@@ -127,10 +127,7 @@ impl CaService {
     /// (a node bootstrapping has none yet) and, when given, chained to the CA.
     pub fn tls_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let own = self.authority.issue_own(&self.id()?, SystemTime::now())?;
-        let bundle = TrustBundle::new(
-            self.authority.trust_domain(),
-            &[self.authority.cert_der().clone()],
-        )?;
+        let bundle = TrustBundle::new(self.authority.trust_domain(), self.authority.roots())?;
         let provider = provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(
             Arc::clone(&bundle.roots),
@@ -182,12 +179,10 @@ impl CaService {
     }
 
     /// The trust bundle in the SPIFFE bundle format: a JWK set whose keys (`use: x509-svid`)
-    /// carry the CA certificates (`x5c`).
+    /// carry the roots (`x5c`).
     pub fn bundle_json(&self) -> serde_json::Value {
-        let keys: Vec<serde_json::Value> = [self.authority.cert_der()]
-            .iter()
-            .filter_map(|der| jwk_of(der))
-            .collect();
+        let keys: Vec<serde_json::Value> =
+            self.authority.roots().iter().filter_map(jwk_of).collect();
         serde_json::json!({"keys": keys, "spiffe_refresh_hint": 300})
     }
 }
@@ -608,7 +603,116 @@ mod tests {
 
     impl Fixture {
         fn bundle_root(&self) -> Vec<u8> {
-            self.service.authority.cert_der().to_vec()
+            self.service.authority.roots()[0].to_vec()
         }
+    }
+
+    /// Writes a user PKI as cert-manager would: a root without any SPIFFE name (`ca.crt`) and
+    /// an intermediate it signed (`tls.crt` with the root after it, `tls.key`).
+    fn user_pki(dir: &Path) -> CertificateDer<'static> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let root_key = KeyPair::generate().expect("key");
+        let mut root = CertificateParams::default();
+        root.distinguished_name
+            .push(DnType::CommonName, "Example Corp Root");
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(root, root_key);
+        let key = KeyPair::generate().expect("key");
+        let mut inter = CertificateParams::default();
+        inter
+            .distinguished_name
+            .push(DnType::CommonName, "Example Corp mesh issuer");
+        inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let inter_cert = inter.signed_by(&key, &root_issuer).expect("intermediate");
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join("ca.crt"), root_cert.pem()).expect("ca.crt");
+        std::fs::write(
+            dir.join("tls.crt"),
+            format!("{}{}", inter_cert.pem(), root_cert.pem()),
+        )
+        .expect("tls.crt");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+        root_cert.der().clone()
+    }
+
+    /// With an intermediate of the user's PKI, certificates chain to the user's root: agents
+    /// trusting that root alone get them, use them with each other, and the bundle is that root.
+    #[tokio::test]
+    async fn an_intermediate_of_the_users_pki_chains_the_trust_domain_to_their_root() {
+        let dir = std::env::temp_dir().join(format!("rampart-ca-ext-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca_dir, pods_dir) = (dir.join("ca"), dir.join("pods"));
+        let user_root = user_pki(&ca_dir);
+        let token = node_tokens::create(&ca_dir, "node-1").expect("token");
+        std::fs::create_dir_all(&pods_dir).expect("pods");
+        std::fs::write(
+            pods_dir.join("pods.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}{}",
+                pod("backend-1", "backend", "node-1", 1),
+                pod("db-0", "db", "node-1", 2)
+            ),
+        )
+        .expect("pods");
+        let ca = Ca::load_for(&ca_dir, TD).expect("the intermediate loads");
+        assert_eq!(ca.roots(), std::slice::from_ref(&user_root));
+        let service = Arc::new(CaService::new(
+            Authority::new(ca, Duration::from_secs(600)),
+            &ca_dir,
+            PlacementSource::Dir(pods_dir),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let served = Arc::clone(&service);
+        let task = tokio::spawn(async move {
+            let _ = serve(listener, served).await;
+        });
+        let bundle = TrustBundle::new(TD, std::slice::from_ref(&user_root)).expect("bundle");
+        let client = CaClient::new(&url, bundle.clone(), token).expect("client");
+        let node = client.node_certificate().await.expect("node certificate");
+        assert_eq!(
+            node.chain.len(),
+            2,
+            "leaf and intermediate; the root is not sent"
+        );
+        let backend = client
+            .workload_certificate(&node, &workload("backend"))
+            .await
+            .expect("backend");
+        let db = client
+            .workload_certificate(&node, &workload("db"))
+            .await
+            .expect("db");
+        // The two SVIDs authenticate each other with the user's root as the only anchor.
+        let server = crate::mesh::tls::server_config(
+            &bundle,
+            Arc::new(RotatingCert::new(&db).expect("cert")),
+        )
+        .expect("server config");
+        let client_cfg =
+            crate::mesh::tls::client_config(&bundle, &backend, workload("db")).expect("config");
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let name = rustls_pki_types::ServerName::try_from("db.test").expect("name");
+        let (accepted, connected) = tokio::join!(
+            TlsAcceptor::from(server).accept(a),
+            tokio_rustls::TlsConnector::from(client_cfg).connect(name, b)
+        );
+        assert!(
+            accepted.is_ok() && connected.is_ok(),
+            "{accepted:?} {connected:?}"
+        );
+        // The bundle publishes the user's root.
+        let text = client
+            .exchange(None, Method::GET, "/v1/bundle", None, Vec::new())
+            .await
+            .expect("bundle");
+        let published: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let der = STANDARD
+            .decode(published["keys"][0]["x5c"][0].as_str().expect("x5c"))
+            .expect("base64");
+        assert_eq!(der, user_root.to_vec());
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,6 +17,9 @@ use crate::spiffe::SpiffeId;
 
 pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
+/// An intermediate of the user's PKI: its certificate (then those above it) and its key.
+pub const EXTERNAL_CERT_FILE: &str = "tls.crt";
+pub const EXTERNAL_KEY_FILE: &str = "tls.key";
 
 /// Certificates are valid from this long before they are issued (clocks between nodes drift).
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -47,6 +50,11 @@ pub struct Ca {
     trust_domain: String,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    /// The certificates above the signing one, up to (not including) the root: sent after it
+    /// in every chain it issues.
+    chain: Vec<CertificateDer<'static>>,
+    /// The roots issued certificates chain to (the signing certificate itself when it is one).
+    roots: Vec<CertificateDer<'static>>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -115,43 +123,105 @@ fn offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
         .map_err(|_| CaError::Validity(Duration::from_secs(secs)))
 }
 
-/// The trust domain's CA certificate without its key: what an agent that gets its certificates
-/// from the CA service trusts (`ca.crt` alone).
+/// The trust domain's roots without a key (`ca.crt`, one or more PEM certificates): what an
+/// agent that gets its certificates from the CA service trusts. Rampart's own root names the
+/// trust domain in its URI SAN; a root of the user's PKI (cert-manager's or Vault's `ca.crt`)
+/// may name none.
 #[derive(Debug, Clone)]
 pub struct Root {
     pub trust_domain: String,
-    pub cert_der: CertificateDer<'static>,
-    pub cert_pem: String,
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The file's text, to notice a rotation.
+    pub pem: String,
 }
 
 impl Root {
-    /// Reads `ca.crt` from `dir`; the trust domain is its URI SAN.
-    pub fn read(dir: &Path) -> Result<Root, CaError> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|source| CaError::Io {
-            path: cert_path.clone(),
+    /// Reads `ca.crt` from `dir`. A certificate that names a trust domain must name
+    /// `trust_domain`.
+    pub fn read(dir: &Path, trust_domain: &str) -> Result<Root, CaError> {
+        let path = dir.join(CA_CERT_FILE);
+        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
+            path: path.clone(),
             source,
         })?;
-        let invalid = |reason: String| CaError::Invalid {
-            path: cert_path.clone(),
-            reason,
-        };
-        let cert_der = {
-            use rustls_pki_types::pem::PemObject as _;
-            CertificateDer::from_pem_slice(cert_pem.as_bytes())
-                .map_err(|e| invalid(e.to_string()))?
-        };
-        let td = SpiffeId::from_certificate(&cert_der).map_err(|e| invalid(e.to_string()))?;
-        if !td.path().is_empty() {
-            return Err(invalid(format!(
-                "its URI SAN {td} is not a trust domain's ID"
-            )));
+        let certs = pem_certificates(&path, &pem)?;
+        for cert in &certs {
+            check_trust_domain(&path, cert, trust_domain)?;
         }
         Ok(Root {
-            trust_domain: td.trust_domain().to_owned(),
-            cert_der,
-            cert_pem,
+            trust_domain: trust_domain.to_owned(),
+            certs,
+            pem,
         })
+    }
+
+    /// Reads `ca.crt` from `dir`; the trust domain is its first certificate's URI SAN (a root
+    /// of `rampart ca init`).
+    pub fn read_own(dir: &Path) -> Result<Root, CaError> {
+        let path = dir.join(CA_CERT_FILE);
+        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = pem_certificates(&path, &pem)?;
+        let td = trust_domain_of(&path, &certs[0])?.ok_or_else(|| CaError::Invalid {
+            path: path.clone(),
+            reason: "it names no trust domain (a URI SAN spiffe://<trust domain>)".into(),
+        })?;
+        Ok(Root {
+            trust_domain: td,
+            certs,
+            pem,
+        })
+    }
+}
+
+impl Root {
+    /// `self` if its file differs from `current`'s (a rotation), else `None`.
+    pub fn into_changed(self, current: &Root) -> Option<Root> {
+        (self.pem != current.pem).then_some(self)
+    }
+}
+
+/// Every PEM certificate of `text` (at least one).
+fn pem_certificates(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let invalid = |reason: String| CaError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(invalid("no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// The trust domain a CA certificate names in a URI SAN `spiffe://<td>`, if it names one.
+fn trust_domain_of(path: &Path, cert: &CertificateDer<'_>) -> Result<Option<String>, CaError> {
+    match SpiffeId::from_certificate(cert) {
+        Ok(id) if id.path().is_empty() => Ok(Some(id.trust_domain().to_owned())),
+        Ok(id) => Err(CaError::Invalid {
+            path: path.to_owned(),
+            reason: format!("its URI SAN {id} is not a trust domain's ID"),
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+fn check_trust_domain(
+    path: &Path,
+    cert: &CertificateDer<'_>,
+    trust_domain: &str,
+) -> Result<(), CaError> {
+    match trust_domain_of(path, cert)? {
+        Some(td) if td != trust_domain => Err(CaError::Invalid {
+            path: path.to_owned(),
+            reason: format!("it is for trust domain {td:?}, not {trust_domain:?}"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -192,8 +262,10 @@ impl Ca {
         let cert_der = cert.der().clone();
         Ok(Ca {
             trust_domain: trust_domain.to_owned(),
+            roots: vec![cert_der.clone()],
             cert_der,
             cert_pem,
+            chain: Vec::new(),
             issuer: Issuer::new(params, key),
         })
     }
@@ -220,25 +292,61 @@ impl Ca {
 
     /// Loads `ca.crt` and `ca.key` from `dir`. The trust domain is the certificate's URI SAN.
     pub fn load(dir: &Path) -> Result<Ca, CaError> {
-        let root = Root::read(dir)?;
-        let key_path = dir.join(CA_KEY_FILE);
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| CaError::Io {
-            path: key_path.clone(),
-            source,
-        })?;
-        let invalid = |path: &Path, reason: String| CaError::Invalid {
-            path: path.to_owned(),
-            reason,
-        };
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
-        let issuer = Issuer::from_ca_cert_der(&root.cert_der, key)
-            .map_err(|e| invalid(&dir.join(CA_CERT_FILE), e.to_string()))?;
+        let root = Root::read_own(dir)?;
+        let issuer = issuer_of(dir, CA_KEY_FILE, &root.certs[0])?;
         Ok(Ca {
             trust_domain: root.trust_domain,
-            cert_der: root.cert_der,
-            cert_pem: root.cert_pem,
+            cert_der: root.certs[0].clone(),
+            cert_pem: root.pem,
+            chain: Vec::new(),
+            roots: root.certs,
             issuer,
         })
+    }
+
+    /// Loads the CA of `dir` for `trust_domain`: an intermediate of the user's PKI if `dir` has
+    /// `tls.crt` (the intermediate, then the certificates above it), `tls.key` and `ca.crt`
+    /// (the roots): the layout of cert-manager's and Vault's issuing certificates, so the
+    /// trust domain chains to the user's root; else `rampart ca init`'s root ([`Ca::load`]).
+    pub fn load_for(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
+        let cert_path = dir.join(EXTERNAL_CERT_FILE);
+        if !cert_path.exists() {
+            let ca = Ca::load(dir)?;
+            if ca.trust_domain != trust_domain {
+                return Err(CaError::Invalid {
+                    path: dir.join(CA_CERT_FILE),
+                    reason: format!(
+                        "it is for trust domain {:?}, not {trust_domain:?}",
+                        ca.trust_domain
+                    ),
+                });
+            }
+            return Ok(ca);
+        }
+        let pem = std::fs::read_to_string(&cert_path).map_err(|source| CaError::Io {
+            path: cert_path.clone(),
+            source,
+        })?;
+        let mut chain = pem_certificates(&cert_path, &pem)?;
+        let signing = chain.remove(0);
+        check_trust_domain(&cert_path, &signing, trust_domain)?;
+        let roots = Root::read(dir, trust_domain)?;
+        let issuer = issuer_of(dir, EXTERNAL_KEY_FILE, &signing)?;
+        // A root the user bundled into tls.crt is sent by nobody: peers have it.
+        chain.retain(|c| !roots.certs.contains(c));
+        Ok(Ca {
+            trust_domain: trust_domain.to_owned(),
+            cert_der: signing,
+            cert_pem: pem,
+            chain,
+            roots: roots.certs,
+            issuer,
+        })
+    }
+
+    /// The roots the certificates it issues chain to.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -320,11 +428,35 @@ impl Ca {
         params.not_after = offset(not_after)?;
         let cert = params.signed_by(key, &self.issuer)?;
         Ok((
-            vec![cert.der().clone(), self.cert_der.clone()],
+            [cert.der().clone(), self.cert_der.clone()]
+                .into_iter()
+                .chain(self.chain.iter().cloned())
+                .collect(),
             not_before,
             not_after,
         ))
     }
+}
+
+/// The issuer signing with `dir/<key_file>` as `cert`.
+fn issuer_of(
+    dir: &Path,
+    key_file: &str,
+    cert: &CertificateDer<'_>,
+) -> Result<Issuer<'static, KeyPair>, CaError> {
+    let key_path = dir.join(key_file);
+    let key_pem = std::fs::read_to_string(&key_path).map_err(|source| CaError::Io {
+        path: key_path.clone(),
+        source,
+    })?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Invalid {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    Issuer::from_ca_cert_der(cert, key).map_err(|e| CaError::Invalid {
+        path: key_path,
+        reason: format!("not the key of the CA certificate, or not usable: {e}"),
+    })
 }
 
 /// Writes a file readable by its owner only.
@@ -391,9 +523,13 @@ mod tests {
         let err = Ca::load(&dir).expect_err("garbage").to_string();
         assert!(err.contains("ca.key"), "{err}");
         // The certificate alone is what an agent of the CA service trusts.
-        let root = Root::read(&dir).expect("ca.crt alone");
+        let root = Root::read_own(&dir).expect("ca.crt alone");
         assert_eq!(root.trust_domain, "example.org");
-        assert_eq!(root.cert_der, *good.cert_der());
+        assert_eq!(root.certs, [good.cert_der().clone()]);
+        assert!(
+            Root::read(&dir, "other.org").is_err(),
+            "another trust domain's root"
+        );
         assert!(Ca::load(&dir.join("missing")).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

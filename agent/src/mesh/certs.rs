@@ -119,15 +119,9 @@ impl CertStore {
         node_id: SpiffeId,
         tables: TableView,
     ) -> anyhow::Result<CertStore> {
-        let root = Root::read(&settings.ca_dir)?;
-        anyhow::ensure!(
-            root.trust_domain == trust_domain,
-            "--ca-dir {}: the root is for trust domain {:?}, the agent's --trust-domain is {trust_domain:?}",
-            settings.ca_dir.display(),
-            root.trust_domain
-        );
-        let bundle = TrustBundle::new(trust_domain, std::slice::from_ref(&root.cert_der))?;
-        let signer = signer_for(settings, &bundle)?;
+        let root = Root::read(&settings.ca_dir, trust_domain)?;
+        let bundle = TrustBundle::new(trust_domain, &root.certs)?;
+        let signer = signer_for(settings, trust_domain, &bundle)?;
         let node = node_certificate(&signer, &node_id, settings.cert_ttl, true).await?;
         Ok(CertStore {
             certs: Mutex::new(Certs {
@@ -231,22 +225,22 @@ impl CertStore {
     /// again from the new one) and renews the node certificate at half-life.
     pub async fn upkeep(&self) -> anyhow::Result<Upkeep> {
         let mut out = Upkeep::default();
-        let root = Root::read(&self.settings.ca_dir).ok();
+        let trust_domain = self.node_id.trust_domain().to_owned();
+        // An unreadable file (being replaced, or broken) changes nothing: the roots in force stay.
+        let root = Root::read(&self.settings.ca_dir, &trust_domain)
+            .map_err(|e| tracing::warn!("certificates: the roots are unreadable, kept: {e}"))
+            .ok();
         let (signer, renew) = {
             let mut certs = self.lock()?;
-            if let Some(root) = root.filter(|r| r.cert_pem != certs.root.cert_pem) {
-                anyhow::ensure!(
-                    root.trust_domain == certs.root.trust_domain,
-                    "the rotated root is for another trust domain"
-                );
-                let bundle = TrustBundle::new(
-                    &root.trust_domain,
-                    &[root.cert_der.clone(), certs.root.cert_der.clone()],
-                )?;
-                certs.signer = match &certs.signer {
-                    Signer::Local(_) => Signer::Local(Arc::new(Ca::load(&self.settings.ca_dir)?)),
-                    Signer::Remote(_) => signer_for(&self.settings, &bundle)?,
-                };
+            if let Some(root) = root.and_then(|r| r.into_changed(&certs.root)) {
+                let both: Vec<_> = root
+                    .certs
+                    .iter()
+                    .chain(certs.root.certs.iter())
+                    .cloned()
+                    .collect();
+                let bundle = TrustBundle::new(&trust_domain, &both)?;
+                certs.signer = signer_for(&self.settings, &trust_domain, &bundle)?;
                 certs.root = root;
                 certs.bundle = bundle.clone();
                 certs.workloads.clear();
@@ -333,9 +327,16 @@ impl DestinationIdentity for CertStore {
     }
 }
 
-fn signer_for(settings: &MeshSettings, bundle: &TrustBundle) -> anyhow::Result<Signer> {
+fn signer_for(
+    settings: &MeshSettings,
+    trust_domain: &str,
+    bundle: &TrustBundle,
+) -> anyhow::Result<Signer> {
     match &settings.ca_service {
-        None => Ok(Signer::Local(Arc::new(Ca::load(&settings.ca_dir)?))),
+        None => Ok(Signer::Local(Arc::new(Ca::load_for(
+            &settings.ca_dir,
+            trust_domain,
+        )?))),
         Some(service) => {
             let token = std::fs::read_to_string(&service.node_token_file).with_context(|| {
                 format!("--node-token-file {}", service.node_token_file.display())
