@@ -7,7 +7,9 @@
 //! - node 1's credential asking for the identity of node 2's pod is refused, counted and logged
 //!   by the CA, from node 1 and from anywhere else (a stolen token is node 1's, nothing more);
 //! - with the CA stopped for longer than a renewal period, live and new tunnels keep working on
-//!   the certificates the agents hold, and the agents say the renewal failed.
+//!   the certificates the agents hold, and the agents say the renewal failed;
+//! - the root rotates (agents trust both roots, then the CA signs with the new one) under a live
+//!   connection, which carries on.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -168,5 +170,60 @@ fn no_node_can_sign_for_another_nodes_workloads() {
         "each refusal is logged:\n{log}"
     );
 
+    // Root rotation under a live connection: the agents first trust the new root beside the
+    // old one (their ca.crt holds both), then the CA signs with the new root's key (a restart
+    // with the new files); the connection opened before carries on, and new ones work.
+    std::thread::scope(|scope| {
+        let live = scope.spawn(|| exchange(a_ns, b, 10, Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(500));
+        let service = mesh.ca_service_dir();
+        let old_root = std::fs::read_to_string(service.join("ca.crt")).expect("old root");
+        let bin = rampart_tests::agent::rampart_bin().expect("binary");
+        rampart_tests::cmd::run(
+            bin.to_str().expect("path"),
+            &[
+                "ca",
+                "init",
+                "--force",
+                "--dir",
+                service.to_str().expect("path"),
+            ],
+        )
+        .expect("a new root");
+        let new_root = std::fs::read_to_string(service.join("ca.crt")).expect("new root");
+        assert_ne!(old_root, new_root);
+        std::fs::write(
+            mesh.trust_dir().join("ca.crt"),
+            format!("{new_root}{old_root}"),
+        )
+        .expect("both roots to the agents");
+        for node in ["node-1", "node-2"] {
+            rampart_tests::eventually(
+                &format!("{node} to trust the new root"),
+                Duration::from_secs(10),
+                || {
+                    mesh.node(node)
+                        .log()
+                        .contains("rotated root loaded")
+                        .then_some(())
+                },
+            );
+        }
+        let ca = mesh.ca_server().expect("the CA service");
+        ca.stop();
+        ca.resume().expect("the CA with the new root");
+        assert!(
+            exchange(a_ns, b, 1, Duration::ZERO),
+            "a new connection after the rotation; node-1 log:\n{}\nnode-2 log:\n{}\nCA log:\n{}",
+            mesh.node("node-1").log(),
+            mesh.node("node-2").log(),
+            mesh.ca_server().map(|c| c.log()).unwrap_or_default()
+        );
+        assert!(
+            live.join().expect("live thread"),
+            "the connection opened before the rotation carried on through it"
+        );
+    });
+    assert!(exchange(a_ns, b, 1, Duration::ZERO));
     drop(mesh);
 }

@@ -84,6 +84,9 @@ struct Certs {
     root: Root,
     node: WorkloadCert,
     workloads: HashMap<SpiffeId, WorkloadCert>,
+    /// The last root rotation: certificates issued before it are renewed on next use (and
+    /// serve meanwhile if the CA cannot renew them).
+    rotated_at: Option<SystemTime>,
     /// Tunnel server configurations presenting a local workload's certificate, until it is
     /// due for renewal.
     servers: HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
@@ -130,6 +133,7 @@ impl CertStore {
                 root,
                 node,
                 workloads: HashMap::new(),
+                rotated_at: None,
                 servers: HashMap::new(),
             }),
             ttl: settings.cert_ttl,
@@ -170,17 +174,17 @@ impl CertStore {
         let now = SystemTime::now();
         let (signer, node) = {
             let certs = self.lock()?;
-            if let Some(c) = certs.workloads.get(id).filter(|c| now < c.renew_at()) {
+            let fresh = |c: &&WorkloadCert| {
+                now < c.renew_at() && certs.rotated_at.is_none_or(|at| c.issued_at >= at)
+            };
+            if let Some(c) = certs.workloads.get(id).filter(fresh) {
                 return Ok((c.clone(), certs.bundle.clone()));
             }
             (certs.signer.clone(), certs.node.clone())
         };
         let issued = match &signer {
             Signer::Local(ca) => ca.issue(id, self.ttl, now).map_err(anyhow::Error::from),
-            Signer::Remote(client) => client
-                .workload_certificate(&node, id)
-                .await
-                .map_err(anyhow::Error::from),
+            Signer::Remote(client) => self.ask_service(client, node, id).await,
         };
         let mut certs = self.lock()?;
         match issued {
@@ -199,6 +203,29 @@ impl CertStore {
                     }
                     None => Err(e.context(format!("a certificate for {id}"))),
                 }
+            }
+        }
+    }
+
+    /// `id`'s certificate from the CA service, asked with the node certificate; if the CA no
+    /// longer takes that (it was issued under a root the CA has rotated away from), the node
+    /// bootstraps again with its token and asks once more.
+    async fn ask_service(
+        &self,
+        client: &CaClient,
+        node: WorkloadCert,
+        id: &SpiffeId,
+    ) -> anyhow::Result<WorkloadCert> {
+        match client.workload_certificate(&node, id).await {
+            Ok(cert) => Ok(cert),
+            Err(e) if e.is_refusal() => Err(e.into()),
+            Err(first) => {
+                let Ok(node) = client.node_certificate().await else {
+                    return Err(first.into());
+                };
+                tracing::info!(node = %self.node_id, "certificates: node certificate taken again with the token");
+                self.lock()?.node = node.clone();
+                Ok(client.workload_certificate(&node, id).await?)
             }
         }
     }
@@ -243,7 +270,7 @@ impl CertStore {
                 certs.signer = signer_for(&self.settings, &trust_domain, &bundle)?;
                 certs.root = root;
                 certs.bundle = bundle.clone();
-                certs.workloads.clear();
+                certs.rotated_at = Some(SystemTime::now());
                 certs.servers.clear();
                 out.bundle = Some(bundle);
                 tracing::info!(
