@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use crate::ca_service::authority::Authority;
 use crate::ca_service::client::CaClient;
 use crate::ca_service::node_tokens;
-use crate::ca_service::server::{CaService, PlacementSource, serve};
+use crate::ca_service::placement::{KubeAccess, PlacementSource};
+use crate::ca_service::server::{CaService, serve};
 use crate::cli::{CaNodeTokenArgs, CaRequestArgs, CaServeArgs};
 use crate::mesh::ca::{Ca, Root};
 use crate::mesh::tls::TrustBundle;
@@ -36,18 +37,25 @@ pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
         Some(td) => Ca::load_for(&args.dir, td)?,
         None => Ca::load(&args.dir)?,
     };
-    anyhow::ensure!(
-        args.pods_dir.is_dir(),
-        "--pods-dir {}: not a directory",
-        args.pods_dir.display()
-    );
     let authority = Authority::new(ca, Duration::from_secs(args.cert_ttl));
-    let service = Arc::new(CaService::new(
-        authority,
-        &args.dir,
-        PlacementSource::Dir(args.pods_dir.clone()),
-    ));
     runtime()?.block_on(async move {
+        let placement = match (&args.pods_dir, &args.kubeconfig, args.kube) {
+            (Some(dir), _, _) => {
+                anyhow::ensure!(
+                    dir.is_dir(),
+                    "--pods-dir {}: not a directory",
+                    dir.display()
+                );
+                PlacementSource::dir(dir)
+            }
+            (None, Some(path), _) => PlacementSource::kube(&KubeAccess::Kubeconfig(path.clone()))
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?,
+            (None, None, _) => PlacementSource::kube(&KubeAccess::InCluster)
+                .await
+                .context("--kube: the in-cluster service account")?,
+        };
+        let service = Arc::new(CaService::new(authority, &args.dir, placement));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;

@@ -80,9 +80,15 @@ pub struct CaServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15012")]
     pub listen: std::net::SocketAddr,
     /// Where the CA learns which pods run on which node: a directory of Kubernetes objects
-    /// (their Pods), re-read at most once a second.
-    #[arg(long, value_name = "DIR")]
-    pub pods_dir: PathBuf,
+    /// (their Pods), re-read at most once a second ...
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["kube", "kubeconfig"], conflicts_with_all = ["kube", "kubeconfig"])]
+    pub pods_dir: Option<PathBuf>,
+    /// ... or the Kubernetes API, with the pod's service account (list and watch on pods) ...
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub kube: bool,
+    /// ... or the API a kubeconfig file's current context names.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Lifetime of the certificates it signs, in seconds (agents renew at half-life).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=31_536_000))]
     pub cert_ttl: u64,

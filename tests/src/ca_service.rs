@@ -14,12 +14,21 @@ use crate::Topology;
 
 pub const CA_PORT: u16 = 15012;
 
+/// Where the CA service learns which pods run on which node.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// A directory of objects (`--pods-dir`).
+    Dir(PathBuf),
+    /// The API server a kubeconfig names (`--kubeconfig`).
+    Kubeconfig(PathBuf),
+}
+
 #[derive(Debug)]
 pub struct CaServer {
     child: Option<Child>,
     bin: PathBuf,
     dir: PathBuf,
-    pods_dir: PathBuf,
+    placement: Placement,
     fabric: String,
     fabric_path: String,
     cert_ttl: u64,
@@ -27,13 +36,13 @@ pub struct CaServer {
 }
 
 impl CaServer {
-    /// `rampart ca serve --dir <dir> --pods-dir <pods_dir> --cert-ttl <cert_ttl>` in the
-    /// underlay's namespace; returns once it accepts connections.
+    /// `rampart ca serve --dir <dir> --cert-ttl <cert_ttl>` learning pods from `placement`, in
+    /// the underlay's namespace; returns once it accepts connections.
     pub fn start(
         topo: &Topology,
         bin: &Path,
         dir: &Path,
-        pods_dir: &Path,
+        placement: Placement,
         cert_ttl: u64,
     ) -> anyhow::Result<CaServer> {
         let fabric_ns = topo
@@ -45,7 +54,7 @@ impl CaServer {
             child: None,
             bin: bin.to_owned(),
             dir: dir.to_owned(),
-            pods_dir: pods_dir.to_owned(),
+            placement,
             fabric,
             fabric_path,
             cert_ttl,
@@ -71,13 +80,17 @@ impl CaServer {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("creating {}", self.log_path.display()))?;
+        let (flag, path) = match &self.placement {
+            Placement::Dir(dir) => ("--pods-dir", dir),
+            Placement::Kubeconfig(file) => ("--kubeconfig", file),
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &self.fabric])
             .arg(&self.bin)
             .args(["ca", "serve", "--dir"])
             .arg(&self.dir)
-            .arg("--pods-dir")
-            .arg(&self.pods_dir)
+            .arg(flag)
+            .arg(path)
             .args(["--listen", &CaServer::addr().to_string()])
             .args(["--cert-ttl", &self.cert_ttl.to_string()])
             .env("RUST_LOG", "info")

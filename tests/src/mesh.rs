@@ -168,7 +168,7 @@ impl MeshAgents {
             topo,
             &bin,
             &service_dir,
-            &policy_dir,
+            crate::ca_service::Placement::Dir(policy_dir.clone()),
             ca_ttl,
         )?);
         for node in nodes {

@@ -14,7 +14,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use rampart_tests::ca_service::CaServer;
+use rampart_tests::ca_service::{CaServer, Placement};
+use rampart_tests::kube_api::ApiServer;
 use rampart_tests::mesh::{MeshAgents, pod_object};
 use rampart_tests::netns::Netns;
 use rampart_tests::{EchoServer, require_root};
@@ -44,9 +45,17 @@ fn exchange(ns: &Netns, dst: SocketAddr, rounds: u32, pause: Duration) -> bool {
 
 /// `rampart ca request` in `ns` with `node`'s token for `id`: its output, or its error.
 fn request(mesh: &MeshAgents, ns: &Netns, token_of: &str, id: &str) -> Result<String, String> {
+    request_with(&mesh.trust_dir(), &mesh.token_file(token_of), ns, id)
+}
+
+/// `rampart ca request` in `ns` with the roots of `trust` and the token in `token`.
+fn request_with(
+    trust: &std::path::Path,
+    token: &std::path::Path,
+    ns: &Netns,
+    id: &str,
+) -> Result<String, String> {
     let bin = rampart_tests::agent::rampart_bin().expect("binary");
-    let trust = mesh.trust_dir();
-    let token = mesh.token_file(token_of);
     rampart_tests::cmd::in_ns(
         ns.name(),
         bin.to_str().expect("path"),
@@ -226,4 +235,60 @@ fn no_node_can_sign_for_another_nodes_workloads() {
     });
     assert!(exchange(a_ns, b, 1, Duration::ZERO));
     drop(mesh);
+}
+
+/// The CA learns where pods run from the API server (a watch of every Pod): node 1 is refused
+/// the identity of a pod the API has not placed on it, and gets it once the API schedules such a
+/// pod there.
+#[test]
+fn the_ca_learns_placement_from_the_api_server() {
+    require_root();
+    let topo = rampart_tests::mesh::shop::two_nodes().expect("topology");
+    let api = ApiServer::start_on_underlay(&topo).expect("API server stand-in");
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}",
+        pod_object("shop", "a", 1, ip(1, 10))
+    ))
+    .expect("pods");
+    let work = std::env::temp_dir().join(format!("rampart-ca-kube-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("trust")).expect("work");
+    let bin = rampart_tests::agent::rampart_bin().expect("binary");
+    let (service, kubeconfig) = (work.join("ca"), work.join("kubeconfig"));
+    rampart_tests::agent::ca_init_with(&bin, &service).expect("ca init");
+    std::fs::copy(service.join("ca.crt"), work.join("trust/ca.crt")).expect("ca.crt");
+    let token = rampart_tests::cmd::run(
+        bin.to_str().expect("path"),
+        &[
+            "ca",
+            "node-token",
+            "--dir",
+            service.to_str().expect("path"),
+            "--node",
+            "node-1",
+        ],
+    )
+    .expect("token");
+    std::fs::write(work.join("token"), token.trim()).expect("token file");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let ca = CaServer::start(&topo, &bin, &service, Placement::Kubeconfig(kubeconfig), 60)
+        .expect("the CA service on the API");
+    let (trust, token) = (work.join("trust"), work.join("token"));
+    let node1 = &topo.node("node-1").ns;
+    let issued = request_with(&trust, &token, node1, "spiffe://cluster.local/ns/shop/sa/a")
+        .unwrap_or_else(|e| panic!("a runs on node 1: {e}\nCA log:\n{}", ca.log()));
+    assert!(
+        issued.contains("issued spiffe://cluster.local/ns/shop/sa/a"),
+        "{issued}"
+    );
+    let c = "spiffe://cluster.local/ns/shop/sa/c";
+    let refused = request_with(&trust, &token, node1, c).expect_err("no c on node 1 yet");
+    assert!(refused.contains("403"), "{refused}");
+    api.apply_yaml(&pod_object("shop", "c", 1, ip(1, 11)))
+        .expect("c scheduled on node 1");
+    rampart_tests::eventually("the CA to see c on node 1", Duration::from_secs(10), || {
+        request_with(&trust, &token, node1, c).ok()
+    });
+    drop(ca);
+    let _ = std::fs::remove_dir_all(&work);
 }

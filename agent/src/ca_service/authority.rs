@@ -25,14 +25,23 @@ impl Placement {
     /// From the cluster's pods (`spec.nodeName`, namespace, `serviceAccountName`); pods not yet
     /// scheduled place nothing.
     pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a PodModel>) -> Placement {
+        Placement::from_assignments(pods.into_iter().filter_map(|pod| {
+            let node = pod.node_name.as_ref()?;
+            Some((
+                node.to_string(),
+                pod.namespace.to_string(),
+                pod.service_account.to_string(),
+            ))
+        }))
+    }
+
+    /// From (node, namespace, service account) triples.
+    pub fn from_assignments(
+        assignments: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Placement {
         let mut by_node: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-        for pod in pods {
-            if let Some(node) = &pod.node_name {
-                by_node
-                    .entry(node.to_string())
-                    .or_default()
-                    .insert((pod.namespace.to_string(), pod.service_account.to_string()));
-            }
+        for (node, namespace, sa) in assignments {
+            by_node.entry(node).or_default().insert((namespace, sa));
         }
         Placement { by_node }
     }

@@ -5,4 +5,5 @@
 pub mod authority;
 pub mod client;
 pub mod node_tokens;
+pub mod placement;
 pub mod server;

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -31,20 +31,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::authority::{Authority, Placement, Refusal};
 use super::node_tokens;
+pub use super::placement::PlacementSource;
 use crate::mesh::tls::{RotatingCert, TrustBundle, provider};
 use crate::spiffe::SpiffeId;
 
 /// The largest request body (a CSR is a few hundred bytes).
 const BODY_LIMIT: usize = 16 * 1024;
-/// How long the placement read from the pods directory is reused.
-const PLACEMENT_TTL: Duration = Duration::from_secs(1);
-
-/// Where the CA learns which pods run on which node.
-#[derive(Debug, Clone)]
-pub enum PlacementSource {
-    /// A directory of Kubernetes objects (its `Pod`s), as `rampart run --policy-dir` reads.
-    Dir(PathBuf),
-}
 
 /// Counters of the service.
 #[derive(Debug, Default)]
@@ -72,7 +64,6 @@ pub struct CaService {
     /// Where the node tokens' digests are.
     ca_dir: PathBuf,
     placement: PlacementSource,
-    cached: Mutex<Option<(Instant, Arc<Placement>)>>,
     pub stats: CaStats,
 }
 
@@ -82,7 +73,6 @@ impl CaService {
             authority,
             ca_dir: ca_dir.to_owned(),
             placement,
-            cached: Mutex::new(None),
             stats: CaStats::default(),
         }
     }
@@ -93,34 +83,7 @@ impl CaService {
     }
 
     fn placement(&self) -> anyhow::Result<Arc<Placement>> {
-        if let Ok(cached) = self.cached.lock()
-            && let Some((at, placement)) = cached.as_ref()
-            && at.elapsed() < PLACEMENT_TTL
-        {
-            return Ok(Arc::clone(placement));
-        }
-        let placement = match &self.placement {
-            PlacementSource::Dir(dir) => {
-                let checked =
-                    crate::policy::check(crate::policy::source::read_dir(dir)).map_err(|d| {
-                        anyhow::anyhow!(
-                            "{}: {}",
-                            dir.display(),
-                            d.iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )
-                    })?;
-                Arc::new(Placement::from_pods(
-                    checked.model.pods.iter().map(AsRef::as_ref),
-                ))
-            }
-        };
-        if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some((Instant::now(), Arc::clone(&placement)));
-        }
-        Ok(placement)
+        self.placement.current()
     }
 
     /// The TLS configuration: TLS 1.3, the CA's own certificate, client certificates optional
@@ -486,7 +449,7 @@ mod tests {
         let service = Arc::new(CaService::new(
             authority,
             &ca_dir,
-            PlacementSource::Dir(pods_dir),
+            PlacementSource::dir(&pods_dir),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://{}", listener.local_addr().expect("addr"));
@@ -660,7 +623,7 @@ mod tests {
         let service = Arc::new(CaService::new(
             Authority::new(ca, Duration::from_secs(600)),
             &ca_dir,
-            PlacementSource::Dir(pods_dir),
+            PlacementSource::dir(&pods_dir),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://{}", listener.local_addr().expect("addr"));

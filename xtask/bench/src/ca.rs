@@ -84,7 +84,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let service = Arc::new(CaService::new(
         Authority::new(Ca::load(&ca_dir)?, Duration::from_secs(3600)),
         &ca_dir,
-        PlacementSource::Dir(f.dir.join("pods")),
+        PlacementSource::dir(&f.dir.join("pods")),
     ));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("https://{}", listener.local_addr()?);

@@ -1,0 +1,193 @@
+//! Where the CA learns which pods run on which node: a directory of objects (its `Pod`s, re-read
+//! at most once a second), or the Kubernetes API server (a watch of every Pod, kept in memory
+//! by kube-rs's reflector: the CA needs `list` and `watch` on pods, nothing else).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+
+use super::authority::Placement;
+
+/// How long a placement read from a directory is reused.
+const DIR_TTL: Duration = Duration::from_secs(1);
+/// How long the API's first list may take before the CA serves anyway (refusing until it is in).
+const FIRST_LIST: Duration = Duration::from_secs(30);
+
+/// How to reach the API server.
+#[derive(Debug, Clone)]
+pub enum KubeAccess {
+    /// The pod's service account.
+    InCluster,
+    Kubeconfig(PathBuf),
+}
+
+pub enum PlacementSource {
+    /// A directory of Kubernetes objects.
+    Dir {
+        dir: PathBuf,
+        cached: Mutex<Option<(Instant, Arc<Placement>)>>,
+    },
+    /// Pods from the API server, as the reflector holds them.
+    Kube(Store<Pod>),
+}
+
+impl std::fmt::Debug for PlacementSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlacementSource::Dir { dir, .. } => f.debug_tuple("Dir").field(dir).finish(),
+            PlacementSource::Kube(_) => f.write_str("Kube"),
+        }
+    }
+}
+
+impl PlacementSource {
+    pub fn dir(dir: &Path) -> PlacementSource {
+        PlacementSource::Dir {
+            dir: dir.to_owned(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Starts a watch of every Pod on the current runtime; returns once the first list is in
+    /// (or after [`FIRST_LIST`], when requests are refused until it is).
+    pub async fn kube(access: &KubeAccess) -> anyhow::Result<PlacementSource> {
+        let config = match access {
+            KubeAccess::InCluster => kube::Config::incluster()?,
+            KubeAccess::Kubeconfig(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)?;
+                kube::Config::from_custom_kubeconfig(
+                    file,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await?
+            }
+        };
+        let client = kube::Client::try_from(config)?;
+        let (store, writer) = reflector::store();
+        let pods = kube::Api::<Pod>::all(client);
+        let stream = reflector::reflector(writer, watcher(pods, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(e) = event {
+                    tracing::warn!("ca: watching pods: {e}");
+                }
+            }
+        });
+        if tokio::time::timeout(FIRST_LIST, store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "ca: the API server's first list of pods is late; refusing until it is in"
+            );
+        }
+        Ok(PlacementSource::Kube(store))
+    }
+
+    /// The placement now.
+    pub fn current(&self) -> anyhow::Result<Arc<Placement>> {
+        match self {
+            PlacementSource::Dir { dir, cached } => {
+                if let Ok(cached) = cached.lock()
+                    && let Some((at, placement)) = cached.as_ref()
+                    && at.elapsed() < DIR_TTL
+                {
+                    return Ok(Arc::clone(placement));
+                }
+                let checked =
+                    crate::policy::check(crate::policy::source::read_dir(dir)).map_err(|d| {
+                        anyhow::anyhow!(
+                            "{}: {}",
+                            dir.display(),
+                            d.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?;
+                let placement = Arc::new(Placement::from_pods(
+                    checked.model.pods.iter().map(AsRef::as_ref),
+                ));
+                if let Ok(mut cached) = cached.lock() {
+                    *cached = Some((Instant::now(), Arc::clone(&placement)));
+                }
+                Ok(placement)
+            }
+            PlacementSource::Kube(store) => Ok(Arc::new(Placement::from_assignments(
+                store.state().iter().filter_map(|pod| assignment(pod)),
+            ))),
+        }
+    }
+}
+
+/// A pod's (node, namespace, service account), once it is scheduled and not finished.
+fn assignment(pod: &Pod) -> Option<(String, String, String)> {
+    let spec = pod.spec.as_ref()?;
+    let node = spec.node_name.clone()?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let namespace = pod.metadata.namespace.clone()?;
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    Some((node, namespace, sa))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("pod")
+    }
+
+    #[test]
+    fn scheduled_live_pods_place_their_service_account_on_their_node() {
+        let running = pod(serde_json::json!({
+            "metadata": {"name": "api-0", "namespace": "shop"},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "api", "containers": []},
+            "status": {"phase": "Running"}
+        }));
+        assert_eq!(
+            assignment(&running),
+            Some(("node-1".into(), "shop".into(), "api".into()))
+        );
+        let default_sa = pod(serde_json::json!({
+            "metadata": {"name": "x", "namespace": "shop"},
+            "spec": {"nodeName": "node-2", "containers": []}
+        }));
+        assert_eq!(
+            assignment(&default_sa).map(|a| a.2),
+            Some("default".to_owned())
+        );
+        let pending = pod(serde_json::json!({
+            "metadata": {"name": "y", "namespace": "shop"},
+            "spec": {"containers": []}
+        }));
+        assert_eq!(assignment(&pending), None);
+        let done = pod(serde_json::json!({
+            "metadata": {"name": "z", "namespace": "shop"},
+            "spec": {"nodeName": "node-1", "containers": []},
+            "status": {"phase": "Succeeded"}
+        }));
+        assert_eq!(assignment(&done), None);
+        let placement = Placement::from_assignments(
+            [running, default_sa, pending, done]
+                .iter()
+                .filter_map(assignment),
+        );
+        assert!(placement.runs("node-1", "shop", "api"));
+        assert!(!placement.runs("node-2", "shop", "api"));
+    }
+}
