@@ -143,7 +143,39 @@ impl MeshAgents {
     ) -> anyhow::Result<MeshAgents> {
         let mut mesh = MeshAgents::new()?;
         let policy_dir = mesh.policy_dir("policy", policy)?;
-        let bin = crate::agent::rampart_bin()?;
+        mesh.launch_with_ca_service(topo, nodes, &policy_dir, None, ca_ttl, extra_args)?;
+        Ok(mesh)
+    }
+
+    /// Like [`MeshAgents::start_with_ca_service`], all watching `policy_dir` (which the caller
+    /// fills; the CA reads its Pods), run from `bin` (default: the harness's agent binary).
+    pub fn start_in_dir_with_ca_service(
+        topo: &Topology,
+        nodes: &[&str],
+        policy_dir: &Path,
+        bin: Option<&Path>,
+        ca_ttl: u64,
+        extra_args: &[&str],
+    ) -> anyhow::Result<MeshAgents> {
+        let mut mesh = MeshAgents::new()?;
+        mesh.launch_with_ca_service(topo, nodes, policy_dir, bin, ca_ttl, extra_args)?;
+        Ok(mesh)
+    }
+
+    fn launch_with_ca_service(
+        &mut self,
+        topo: &Topology,
+        nodes: &[&str],
+        policy_dir: &Path,
+        bin: Option<&Path>,
+        ca_ttl: u64,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
+        let mesh = self;
+        let bin = match bin {
+            Some(bin) => bin.to_owned(),
+            None => crate::agent::rampart_bin()?,
+        };
         let service_dir = mesh.ca_service_dir();
         crate::agent::ca_init_with(&bin, &service_dir)?;
         let trust = mesh.trust_dir();
@@ -168,7 +200,7 @@ impl MeshAgents {
             topo,
             &bin,
             &service_dir,
-            crate::ca_service::Placement::Dir(policy_dir.clone()),
+            crate::ca_service::Placement::Dir(policy_dir.to_owned()),
             ca_ttl,
         )?);
         for node in nodes {
@@ -180,11 +212,11 @@ impl MeshAgents {
                 "--node-token-file".to_owned(),
                 mesh.token_file(node).display().to_string(),
             ];
-            let opts = agent_options(&bin, &policy_dir, node, &ca_args, extra_args);
+            let opts = agent_options(&bin, policy_dir, node, &ca_args, extra_args);
             let agent = Agent::start(&topo.node(node).ns, &opts)?;
             mesh.agents.push(((*node).to_owned(), agent));
         }
-        Ok(mesh)
+        Ok(())
     }
 
     /// The CA service's directory (its key, the node tokens' digests).

@@ -8,7 +8,8 @@
 //!    the flow log name the rule.
 //! 4. A file with an error changes nothing.
 //! 5. mTLS: backend -> db crosses the tunnel between the nodes; plaintext forging the backend's
-//!    address and plaintext to the tunnel port are dropped.
+//!    address and plaintext to the tunnel port are dropped; the CA service (the only holder of
+//!    the trust domain's key) refuses node 1's token the backend's identity.
 //! 6. The backend's API through the L7 chain: a JWT refused and accepted, a card number masked
 //!    in a response and refused in a request, a SQL injection blocked by the WAF with its rule
 //!    ids, a rate limit; `policy explain` names the chain and the flow log every request.
@@ -144,9 +145,15 @@ fn baseline(world: &mut World, bin: &std::path::Path) -> anyhow::Result<()> {
     heading("1. The zero-trust baseline: default deny both ways, DNS allowed");
     world.install("workloads.yaml")?;
     world.install("00-baseline.yaml")?;
-    println!("\nrampart ca init (the trust domain's CA, once per cluster), then on each node:");
     println!(
-        "rampart run --policy-dir {} --ca-dir ... --node-name node-N",
+        "\nThe trust domain's CA runs as a service of its own on the underlay, the only holder of its key:"
+    );
+    println!(
+        "  rampart ca init; rampart ca node-token --node node-N (one per node); rampart ca serve --pods-dir ..."
+    );
+    println!("then on each node (ca.crt alone, and the node's token):");
+    println!(
+        "  rampart run --policy-dir {} --ca-dir ... --ca-url https://192.168.200.250:15012 --node-token-file ...",
         world.policy_dir().display()
     );
     world.start_agents(bin)?;
@@ -323,6 +330,27 @@ fn mtls(world: &World) -> anyhow::Result<()> {
     println!("rampart_proxy_denied_total{{filter=\"mtls\",reason=\"plaintext\"}}; its flow log:\n");
     let denies = node1.cli(&["flows", "--verdict", "deny"])?;
     show::last_lines(&denies, 1, |l| l.contains("mtls_required"));
+
+    println!(
+        "\nNo node can mint another node's identities: node-1's token asks the CA for the backend's (on node-2):\n"
+    );
+    let mesh = world.mesh().context("no agents")?;
+    let refused = show::ca_request(
+        world,
+        mesh,
+        "node-1",
+        "spiffe://cluster.local/ns/shop/sa/backend",
+    );
+    match &refused {
+        Ok(out) => anyhow::bail!("the CA issued the backend's identity to node 1: {out}"),
+        Err(e) => {
+            let said = e
+                .rsplit_once("rampart: error: ")
+                .map_or(e.as_str(), |(_, s)| s);
+            println!("  rampart ca request: {}", said.trim());
+            anyhow::ensure!(said.contains("403"), "the CA did not refuse: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -172,3 +172,35 @@ pub fn request(what: &str, reply: &HttpReply, headers: &[&str]) {
         }
     }
 }
+
+/// `rampart ca request` on `node` with `token_of`'s token for `id`: what it printed, or its
+/// error.
+pub fn ca_request(
+    world: &World,
+    mesh: &rampart_tests::mesh::MeshAgents,
+    token_of: &str,
+    id: &str,
+) -> Result<String, String> {
+    let agent = mesh.node(token_of);
+    let trust = mesh.trust_dir();
+    let token = mesh.token_file(token_of);
+    let url = rampart_tests::ca_service::CaServer::url();
+    let args = [
+        "ca",
+        "request",
+        "--ca-url",
+        url.as_str(),
+        "--ca-dir",
+        trust.to_str().unwrap_or_default(),
+        "--node-token-file",
+        token.to_str().unwrap_or_default(),
+        "--id",
+        id,
+    ];
+    rampart_tests::cmd::in_ns(
+        world.topo.node(token_of).ns.name(),
+        agent.bin().to_str().unwrap_or_default(),
+        &args,
+    )
+    .map_err(|e| format!("{e:#}"))
+}

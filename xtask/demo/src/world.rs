@@ -22,6 +22,9 @@ pub const PODS: [(&str, &str, u8); 4] = [
 
 pub const NODES: [&str; 2] = ["node-1", "node-2"];
 
+/// Lifetime of the certificates the demo's CA signs (an hour, as a cluster would).
+const CERT_TTL: u64 = 3600;
+
 /// The backend's HTTP API port (`http` in workloads.yaml) and the database's.
 pub const HTTP_PORT: u16 = 8080;
 pub const DB_PORT: u16 = 5432;
@@ -121,16 +124,23 @@ impl World {
         Ok(())
     }
 
-    /// `rampart ca init` (the trust domain, once), then `rampart run` on every node.
+    /// The trust domain's CA as a service on the underlay (`rampart ca init`, a token per node,
+    /// `rampart ca serve` reading the pods from the policy directory), then `rampart run` on
+    /// every node with `ca.crt` alone and its node's token.
     pub fn start_agents(&mut self, bin: &Path) -> anyhow::Result<()> {
-        self.agents = Some(MeshAgents::start_in_dir(
+        self.agents = Some(MeshAgents::start_in_dir_with_ca_service(
             &self.topo,
             &NODES,
             &self.policy_dir(),
             Some(bin),
+            CERT_TTL,
             &[],
         )?);
         Ok(())
+    }
+
+    pub fn mesh(&self) -> Option<&MeshAgents> {
+        self.agents.as_ref()
     }
 
     pub fn agent(&self, node: &str) -> &Agent {
