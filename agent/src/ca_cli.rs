@@ -55,7 +55,12 @@ pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
                 .await
                 .context("--kube: the in-cluster service account")?,
         };
-        let service = Arc::new(CaService::new(authority, &args.dir, placement));
+        let (namespace, sa) = args
+            .agent_service_account
+            .split_once('/')
+            .context("--agent-service-account: NAMESPACE/NAME")?;
+        let service =
+            Arc::new(CaService::new(authority, &args.dir, placement).with_agent(namespace, sa));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;
@@ -69,10 +74,8 @@ pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
 pub fn request(args: &CaRequestArgs) -> anyhow::Result<()> {
     let root = Root::read(&args.ca_dir, &args.trust_domain)?;
     let bundle = TrustBundle::new(&root.trust_domain, &root.certs)?;
-    let token = std::fs::read_to_string(&args.node_token_file)
-        .with_context(|| format!("--node-token-file {}", args.node_token_file.display()))?;
     let id = SpiffeId::parse(&args.id).with_context(|| format!("--id {:?}", args.id))?;
-    let client = CaClient::new(&args.ca_url, bundle, token)?;
+    let client = CaClient::with_token_file(&args.ca_url, bundle, &args.node_token_file)?;
     runtime()?.block_on(async move {
         let node = client
             .node_certificate()

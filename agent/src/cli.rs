@@ -89,6 +89,15 @@ pub struct CaServeArgs {
     /// ... or the API a kubeconfig file's current context names.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kube or --kubeconfig, nodes also authenticate with their agent's projected
+    /// service-account token (audience `rampart-ca`), checked by a TokenReview: the token
+    /// must be this service account's and bound to a pod the API places on the node.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        default_value = "rampart-system/rampart"
+    )]
+    pub agent_service_account: String,
     /// Lifetime of the certificates it signs, in seconds (agents renew at half-life).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=31_536_000))]
     pub cert_ttl: u64,
@@ -107,7 +116,7 @@ pub struct CaRequestArgs {
     /// Directory holding the trust domain's `ca.crt`.
     #[arg(long, value_name = "DIR")]
     pub ca_dir: PathBuf,
-    /// The node token file.
+    /// The node's credential file (a node token, or a service-account token).
     #[arg(long, value_name = "FILE")]
     pub node_token_file: PathBuf,
     /// The SPIFFE ID to ask for.
@@ -316,7 +325,9 @@ pub struct RunArgs {
     )]
     pub ca_url: Option<String>,
 
-    /// The node's bootstrap token for --ca-url (`rampart ca node-token`).
+    /// The node's credential for --ca-url, read at every bootstrap: its token (`rampart ca
+    /// node-token`), or the agent's projected service-account token (audience `rampart-ca`)
+    /// when the CA runs with --kube.
     #[arg(
         long,
         value_name = "FILE",

@@ -239,7 +239,7 @@ fn no_node_can_sign_for_another_nodes_workloads() {
 
 /// The CA learns where pods run from the API server (a watch of every Pod): node 1 is refused
 /// the identity of a pod the API has not placed on it, and gets it once the API schedules such a
-/// pod there.
+/// pod there; agents authenticate with their pods' service-account tokens (a TokenReview).
 #[test]
 fn the_ca_learns_placement_from_the_api_server() {
     require_root();
@@ -289,6 +289,71 @@ fn the_ca_learns_placement_from_the_api_server() {
     rampart_tests::eventually("the CA to see c on node 1", Duration::from_secs(10), || {
         request_with(&trust, &token, node1, c).ok()
     });
+
+    // In a cluster, an agent authenticates with its pod's projected service-account token
+    // (audience rampart-ca): the CA reviews it with the API and takes the node the API places
+    // that pod on. A token of a pod the API does not have, or of another service account, is
+    // refused.
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: rampart-system}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: rampart-n1, namespace: rampart-system}\nspec: {serviceAccountName: rampart, nodeName: node-1, containers: [{name: agent, image: rampart}]}\n",
+    )
+    .expect("the agent's pod");
+    let sa_token = |name: &str, ns: &str, sa: &str, uid: &str| {
+        let file = work.join(format!("sa-{name}"));
+        let token = api.issue_service_account_token(ns, sa, name, uid, "node-1", "rampart-ca");
+        std::fs::write(&file, token).expect("token file");
+        file
+    };
+    // The API gives the pod its uid; the token is bound to it.
+    let uid = api
+        .get("v1", "Pod", "rampart-system", "rampart-n1")
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("the pod's uid");
+    let agent_token = sa_token("rampart-n1", "rampart-system", "rampart", &uid);
+    let issued = rampart_tests::eventually(
+        "the CA to see the agent's pod",
+        Duration::from_secs(10),
+        || {
+            request_with(
+                &trust,
+                &agent_token,
+                node1,
+                "spiffe://cluster.local/ns/shop/sa/a",
+            )
+            .ok()
+        },
+    );
+    assert!(
+        issued.contains("node certificate: spiffe://cluster.local/rampart/node/node-1"),
+        "{issued}"
+    );
+    let refused = request_with(
+        &trust,
+        &agent_token,
+        node1,
+        "spiffe://cluster.local/ns/shop/sa/b",
+    )
+    .expect_err("b is not on node 1");
+    assert!(refused.contains("403"), "{refused}");
+    for (what, file) in [
+        (
+            "a pod the API does not have",
+            sa_token("rampart-gone", "rampart-system", "rampart", "no-such-uid"),
+        ),
+        (
+            "another service account",
+            sa_token("a", "shop", "a", "uid-a"),
+        ),
+    ] {
+        let refused = request_with(&trust, &file, node1, "spiffe://cluster.local/ns/shop/sa/a")
+            .expect_err(what);
+        assert!(refused.contains("401"), "{what}: {refused}");
+    }
+    let log = ca.log();
+    assert!(
+        log.contains("reason=\"unknown_pod\"") && log.contains("reason=\"not_an_agent\""),
+        "{log}"
+    );
     drop(ca);
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -60,6 +60,8 @@ pub struct CaClient {
     bundle: TrustBundle,
     ca_id: SpiffeId,
     token: String,
+    /// Read again at every bootstrap: a projected service-account token is rotated in place.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl CaClient {
@@ -78,14 +80,34 @@ impl CaClient {
             bundle,
             ca_id,
             token: token.trim().to_owned(),
+            token_file: None,
         })
+    }
+
+    /// Like [`CaClient::new`], with the credential read from `path` at every bootstrap (a node
+    /// token, or a projected service-account token for the audience `rampart-ca`).
+    pub fn with_token_file(
+        url: &str,
+        bundle: TrustBundle,
+        path: &std::path::Path,
+    ) -> Result<CaClient, CaClientError> {
+        let mut client = CaClient::new(url, bundle, String::new())?;
+        client.token_file = Some(path.to_owned());
+        Ok(client)
     }
 
     /// This node's certificate (`spiffe://<td>/rampart/node/<node>`, the node its token names).
     pub async fn node_certificate(&self) -> Result<WorkloadCert, CaClientError> {
         let key = KeyPair::generate().map_err(|e| CaClientError::Local(e.to_string()))?;
         let csr = request_for(&key)?;
-        let auth = format!("Bearer {}", self.token);
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| CaClientError::Local(format!("{}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            None => self.token.clone(),
+        };
+        let auth = format!("Bearer {token}");
         let pem = self
             .exchange(None, Method::POST, "/v1/node", Some(&auth), csr)
             .await?;

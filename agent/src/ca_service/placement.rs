@@ -31,15 +31,31 @@ pub enum PlacementSource {
         dir: PathBuf,
         cached: Mutex<Option<(Instant, Arc<Placement>)>>,
     },
-    /// Pods from the API server, as the reflector holds them.
-    Kube(Store<Pod>),
+    /// Pods from the API server, as the reflector holds them (and the client that also reviews
+    /// the agents' service-account tokens).
+    Kube {
+        store: Store<Pod>,
+        client: kube::Client,
+    },
 }
+
+/// The audience agents' projected service-account tokens must carry for the CA.
+pub const TOKEN_AUDIENCE: &str = "rampart-ca";
+
+/// Why a service-account token does not authenticate a node (the refusal counter's reason).
+pub const TOKEN_REFUSALS: [&str; 5] = [
+    "unauthenticated",
+    "not_an_agent",
+    "not_a_pod_token",
+    "unknown_pod",
+    "token_review_failed",
+];
 
 impl std::fmt::Debug for PlacementSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PlacementSource::Dir { dir, .. } => f.debug_tuple("Dir").field(dir).finish(),
-            PlacementSource::Kube(_) => f.write_str("Kube"),
+            PlacementSource::Kube { .. } => f.write_str("Kube"),
         }
     }
 }
@@ -68,7 +84,7 @@ impl PlacementSource {
         };
         let client = kube::Client::try_from(config)?;
         let (store, writer) = reflector::store();
-        let pods = kube::Api::<Pod>::all(client);
+        let pods = kube::Api::<Pod>::all(client.clone());
         let stream = reflector::reflector(writer, watcher(pods, watcher::Config::default()))
             .default_backoff()
             .applied_objects();
@@ -89,7 +105,7 @@ impl PlacementSource {
                 "ca: the API server's first list of pods is late; refusing until it is in"
             );
         }
-        Ok(PlacementSource::Kube(store))
+        Ok(PlacementSource::Kube { store, client })
     }
 
     /// The placement now.
@@ -121,10 +137,67 @@ impl PlacementSource {
                 }
                 Ok(placement)
             }
-            PlacementSource::Kube(store) => Ok(Arc::new(Placement::from_assignments(
+            PlacementSource::Kube { store, .. } => Ok(Arc::new(Placement::from_assignments(
                 store.state().iter().filter_map(|pod| assignment(pod)),
             ))),
         }
+    }
+}
+
+impl PlacementSource {
+    /// The node whose agent `token` (a projected service-account token for [`TOKEN_AUDIENCE`])
+    /// belongs to, by a TokenReview: the token must be `agent`'s (namespace, service account)
+    /// and bound to a pod that the API says runs, with that uid, on the node. Err: the reason.
+    pub async fn node_of_token(
+        &self,
+        token: &str,
+        agent: &(String, String),
+    ) -> Result<String, &'static str> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let PlacementSource::Kube { store, client } = self else {
+            return Err("malformed_token");
+        };
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = kube::Api::<TokenReview>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                tracing::warn!("ca: TokenReview failed: {e}");
+                "token_review_failed"
+            })?;
+        let status = reviewed.status.ok_or("unauthenticated")?;
+        if status.authenticated != Some(true) {
+            return Err("unauthenticated");
+        }
+        let user = status.user.ok_or("unauthenticated")?;
+        let expected = format!("system:serviceaccount:{}:{}", agent.0, agent.1);
+        if user.username.as_deref() != Some(expected.as_str()) {
+            return Err("not_an_agent");
+        }
+        let extra = user.extra.unwrap_or_default();
+        let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+        let (Some(pod_name), Some(pod_uid)) = (
+            one("authentication.kubernetes.io/pod-name"),
+            one("authentication.kubernetes.io/pod-uid"),
+        ) else {
+            return Err("not_a_pod_token");
+        };
+        let pod = store
+            .get(&reflector::ObjectRef::new(&pod_name).within(&agent.0))
+            .ok_or("unknown_pod")?;
+        if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
+            return Err("unknown_pod");
+        }
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .ok_or("unknown_pod")
     }
 }
 

@@ -64,6 +64,8 @@ pub struct CaService {
     /// Where the node tokens' digests are.
     ca_dir: PathBuf,
     placement: PlacementSource,
+    /// The agents' (namespace, service account), whose projected tokens authenticate nodes.
+    agent: (String, String),
     pub stats: CaStats,
 }
 
@@ -73,8 +75,16 @@ impl CaService {
             authority,
             ca_dir: ca_dir.to_owned(),
             placement,
+            agent: ("rampart-system".to_owned(), "rampart".to_owned()),
             stats: CaStats::default(),
         }
+    }
+
+    /// Nodes authenticate with the projected tokens of `namespace/service account` too (with
+    /// a Kubernetes placement).
+    pub fn with_agent(mut self, namespace: &str, service_account: &str) -> CaService {
+        self.agent = (namespace.to_owned(), service_account.to_owned());
+        self
     }
 
     /// The CA's own SPIFFE ID (what clients expect the server to present).
@@ -276,12 +286,21 @@ async fn handle(
                 service.stats.refuse("no_credential");
                 return text(StatusCode::UNAUTHORIZED, "a node token is required");
             };
-            let node = match node_tokens::verify(&service.ca_dir, &token) {
+            // A node token of `rampart ca node-token`, or an agent's service-account token.
+            let verified = if token.starts_with("rnt1.") {
+                node_tokens::verify(&service.ca_dir, &token).map_err(|r| r.name())
+            } else {
+                service
+                    .placement
+                    .node_of_token(&token, &service.agent)
+                    .await
+            };
+            let node = match verified {
                 Ok(node) => node,
-                Err(refusal) => {
-                    service.stats.refuse(refusal.name());
-                    tracing::warn!(%peer, reason = refusal.name(), "ca: node token refused");
-                    return text(StatusCode::UNAUTHORIZED, "the node token is not valid");
+                Err(reason) => {
+                    service.stats.refuse(reason);
+                    tracing::warn!(%peer, reason, "ca: node credential refused");
+                    return text(StatusCode::UNAUTHORIZED, "the node credential is not valid");
                 }
             };
             let Some(csr) = body_of(req).await else {

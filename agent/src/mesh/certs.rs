@@ -365,13 +365,15 @@ fn signer_for(
             trust_domain,
         )?))),
         Some(service) => {
-            let token = std::fs::read_to_string(&service.node_token_file).with_context(|| {
-                format!("--node-token-file {}", service.node_token_file.display())
-            })?;
-            Ok(Signer::Remote(CaClient::new(
+            anyhow::ensure!(
+                service.node_token_file.is_file(),
+                "--node-token-file {}: no such file",
+                service.node_token_file.display()
+            );
+            Ok(Signer::Remote(CaClient::with_token_file(
                 &service.url,
                 bundle.clone(),
-                token,
+                &service.node_token_file,
             )?))
         }
     }

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     counts: Mutex<BTreeMap<(String, String), u64>>,
     bookmark_interval: Duration,
     token: String,
+    /// Service-account tokens a TokenReview authenticates: token → (audiences, user info).
+    reviewed: Mutex<BTreeMap<String, (Vec<String>, Value)>>,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl ApiServer {
             counts: Mutex::default(),
             bookmark_interval: Duration::from_secs(2),
             token: format!("rampart-test-{:x}", std::process::id()),
+            reviewed: Mutex::default(),
         });
         let server = ApiServer {
             shared,
@@ -156,6 +159,38 @@ impl ApiServer {
             crate::netns::run_in(&fabric, move || std::net::TcpListener::bind(addr))
                 .map_err(std::io::Error::other)?
         }))
+    }
+
+    /// A bound service-account token for pod `pod_name` (of `namespace`, with service account
+    /// `sa`, uid `pod_uid`, on `node`), valid for `audience`: what the kubelet projects into a
+    /// pod, and what a TokenReview of this stand-in then authenticates (with the pod's name,
+    /// uid and node in the user's `extra`, as Kubernetes 1.32 does).
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        sa: &str,
+        pod_name: &str,
+        pod_uid: &str,
+        node: &str,
+        audience: &str,
+    ) -> String {
+        let token = format!("sa-token-{namespace}-{pod_name}-{:x}", std::process::id());
+        let user = serde_json::json!({
+            "username": format!("system:serviceaccount:{namespace}:{sa}"),
+            "uid": format!("uid-{namespace}-{sa}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "extra": {
+                "authentication.kubernetes.io/pod-name": [pod_name],
+                "authentication.kubernetes.io/pod-uid": [pod_uid],
+                "authentication.kubernetes.io/node-name": [node],
+            }
+        });
+        self.shared
+            .reviewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.clone(), (vec![audience.to_owned()], user));
+        token
     }
 
     /// Writes [`ApiServer::kubeconfig`] to `path`.

@@ -46,6 +46,14 @@ pub(super) async fn handle(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-rampart-standin"}),
         ));
     }
+    if path == "/apis/authentication.k8s.io/v1/tokenreviews" && request.method() == Method::POST {
+        let body = match request.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        shared.count("tokenreviews", "create");
+        return Ok(token_review(&shared, &body));
+    }
     let Some(target) = Target::parse(&path) else {
         return Ok(refusal(&Refusal {
             code: 404,
@@ -508,6 +516,45 @@ fn decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TokenReview: authenticated if the token is one the test issued for one of the asked
+/// audiences (none asked: any).
+fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return refusal(&Refusal {
+            code: 400,
+            reason: "BadRequest",
+            message: "not a TokenReview".into(),
+        });
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let known = shared
+        .reviewed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(token)
+        .cloned();
+    let status = match known {
+        Some((audiences, user))
+            if asked.is_empty() || asked.iter().any(|a| audiences.contains(a)) =>
+        {
+            json!({"authenticated": true, "user": user, "audiences": audiences})
+        }
+        Some(_) => json!({"authenticated": false, "error": "token audiences are invalid"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let mut answer = review.clone();
+    answer["status"] = status;
+    json_response(StatusCode::CREATED, &answer)
 }
 
 #[cfg(test)]
