@@ -98,8 +98,9 @@ impl CaService {
 
     /// The TLS configuration: TLS 1.3, the CA's own certificate, client certificates optional
     /// (a node bootstrapping has none yet) and, when given, chained to the CA.
-    pub fn tls_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    pub fn tls_config(&self) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<RotatingCert>)> {
         let own = self.authority.issue_own(&self.id()?, SystemTime::now())?;
+        let resolver = Arc::new(RotatingCert::new(&own)?);
         let bundle = TrustBundle::new(self.authority.trust_domain(), self.authority.roots())?;
         let provider = provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(
@@ -111,9 +112,11 @@ impl CaService {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(RotatingCert::new(&own)?));
+            .with_cert_resolver(
+                Arc::clone(&resolver) as Arc<dyn rustls::server::ResolvesServerCert>
+            );
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), resolver))
     }
 
     /// The counters in the Prometheus text format: certificates issued by kind, refusals by
@@ -181,7 +184,25 @@ fn jwk_of(der: &CertificateDer<'_>) -> Option<serde_json::Value> {
 
 /// Serves HTTPS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, service: Arc<CaService>) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(service.tls_config()?);
+    let (config, own) = service.tls_config()?;
+    let acceptor = TlsAcceptor::from(config);
+    // The service's own certificate, issued again at half its lifetime.
+    let renewer = Arc::clone(&service);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(super::authority::OWN_TTL / 2).await;
+            match renewer
+                .id()
+                .and_then(|id| Ok(renewer.authority.issue_own(&id, SystemTime::now())?))
+            {
+                Ok(cert) => match own.replace(&cert) {
+                    Ok(()) => tracing::info!("ca: the service's own certificate renewed"),
+                    Err(e) => tracing::warn!("ca: renewing the service's own certificate: {e}"),
+                },
+                Err(e) => tracing::warn!("ca: renewing the service's own certificate: {e:#}"),
+            }
+        }
+    });
     let cap = crate::listen::ConnectionCap::new(1024).per_peer(64);
     crate::listen::serve("ca", listener, cap, move |stream, peer: SocketAddr| {
         let (acceptor, service) = (acceptor.clone(), Arc::clone(&service));

@@ -360,10 +360,16 @@ fn signer_for(
     bundle: &TrustBundle,
 ) -> anyhow::Result<Signer> {
     match &settings.ca_service {
-        None => Ok(Signer::Local(Arc::new(Ca::load_for(
-            &settings.ca_dir,
-            trust_domain,
-        )?))),
+        None => {
+            tracing::warn!(
+                ca_dir = %settings.ca_dir.display(),
+                "certificates: this agent signs with the trust domain's key (development only: a node that holds it can sign for any workload; use --ca-url)"
+            );
+            Ok(Signer::Local(Arc::new(Ca::load_for(
+                &settings.ca_dir,
+                trust_domain,
+            )?)))
+        }
         Some(service) => {
             anyhow::ensure!(
                 service.node_token_file.is_file(),
