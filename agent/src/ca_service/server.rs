@@ -455,6 +455,17 @@ mod tests {
         }
     }
 
+    /// Serves `service` on a loopback port: its URL and the serving task.
+    async fn serve_on_loopback(service: &Arc<CaService>) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let served = Arc::clone(service);
+        let task = tokio::spawn(async move {
+            let _ = serve(listener, served).await;
+        });
+        (url, task)
+    }
+
     fn pod(name: &str, sa: &str, node: &str, d: u8) -> String {
         format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{serviceAccountName: {sa}, nodeName: {node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: 10.244.0.{d}}}\n"
@@ -491,12 +502,7 @@ mod tests {
             &ca_dir,
             PlacementSource::dir(&pods_dir),
         ));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("https://{}", listener.local_addr().expect("addr"));
-        let served = Arc::clone(&service);
-        let task = tokio::spawn(async move {
-            let _ = serve(listener, served).await;
-        });
+        let (url, task) = serve_on_loopback(&service).await;
         Fixture {
             dir,
             service,
@@ -665,12 +671,7 @@ mod tests {
             &ca_dir,
             PlacementSource::dir(&pods_dir),
         ));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("https://{}", listener.local_addr().expect("addr"));
-        let served = Arc::clone(&service);
-        let task = tokio::spawn(async move {
-            let _ = serve(listener, served).await;
-        });
+        let (url, task) = serve_on_loopback(&service).await;
         let bundle = TrustBundle::new(TD, std::slice::from_ref(&user_root)).expect("bundle");
         let client = CaClient::new(&url, bundle.clone(), token).expect("client");
         let node = client.node_certificate().await.expect("node certificate");

@@ -139,12 +139,7 @@ impl Root {
     /// Reads `ca.crt` from `dir`. A certificate that names a trust domain must name
     /// `trust_domain`.
     pub fn read(dir: &Path, trust_domain: &str) -> Result<Root, CaError> {
-        let path = dir.join(CA_CERT_FILE);
-        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let certs = pem_certificates(&path, &pem)?;
+        let (path, pem, certs) = read_certificates(&dir.join(CA_CERT_FILE))?;
         for cert in &certs {
             check_trust_domain(&path, cert, trust_domain)?;
         }
@@ -158,12 +153,7 @@ impl Root {
     /// Reads `ca.crt` from `dir`; the trust domain is its first certificate's URI SAN (a root
     /// of `rampart ca init`).
     pub fn read_own(dir: &Path) -> Result<Root, CaError> {
-        let path = dir.join(CA_CERT_FILE);
-        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let certs = pem_certificates(&path, &pem)?;
+        let (path, pem, certs) = read_certificates(&dir.join(CA_CERT_FILE))?;
         let td = trust_domain_of(&path, &certs[0])?.ok_or_else(|| CaError::Invalid {
             path: path.clone(),
             reason: "it names no trust domain (a URI SAN spiffe://<trust domain>)".into(),
@@ -181,6 +171,18 @@ impl Root {
     pub fn into_changed(self, current: &Root) -> Option<Root> {
         (self.pem != current.pem).then_some(self)
     }
+}
+
+/// The file at `path`: its text and every PEM certificate in it (at least one).
+type CertificateFile = (PathBuf, String, Vec<CertificateDer<'static>>);
+
+fn read_certificates(path: &Path) -> Result<CertificateFile, CaError> {
+    let pem = std::fs::read_to_string(path).map_err(|source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = pem_certificates(path, &pem)?;
+    Ok((path.to_owned(), pem, certs))
 }
 
 /// Every PEM certificate of `text` (at least one).
@@ -323,11 +325,7 @@ impl Ca {
             }
             return Ok(ca);
         }
-        let pem = std::fs::read_to_string(&cert_path).map_err(|source| CaError::Io {
-            path: cert_path.clone(),
-            source,
-        })?;
-        let mut chain = pem_certificates(&cert_path, &pem)?;
+        let (_, pem, mut chain) = read_certificates(&cert_path)?;
         let signing = chain.remove(0);
         check_trust_domain(&cert_path, &signing, trust_domain)?;
         let roots = Root::read(dir, trust_domain)?;
