@@ -92,24 +92,22 @@ impl MeshAgents {
     ) -> anyhow::Result<MeshAgents> {
         let mut mesh = MeshAgents::new()?;
         let dir = mesh.policy_dir("policy", policy)?;
-        let each: Vec<(&str, PathBuf)> = nodes.iter().map(|n| (*n, dir.clone())).collect();
-        mesh.launch(topo, &each, bin, extra_args)?;
+        mesh.launch_shared(topo, nodes, &dir, bin, extra_args)?;
         Ok(mesh)
     }
 
-    /// Like [`MeshAgents::start`], all watching `policy_dir` (which the caller fills).
-    pub fn start_in_dir(
+    /// [`MeshAgents::launch`] with every node on `policy_dir`.
+    fn launch_shared(
+        &mut self,
         topo: &Topology,
         nodes: &[&str],
         policy_dir: &Path,
         bin: Option<&Path>,
         extra_args: &[&str],
-    ) -> anyhow::Result<MeshAgents> {
-        let mut mesh = MeshAgents::new()?;
+    ) -> anyhow::Result<()> {
         let each: Vec<(&str, PathBuf)> =
             nodes.iter().map(|n| (*n, policy_dir.to_owned())).collect();
-        mesh.launch(topo, &each, bin, extra_args)?;
-        Ok(mesh)
+        self.launch(topo, &each, bin, extra_args)
     }
 
     /// Like [`MeshAgents::start`], each node with a policy of its own (`(node, policy)`, in

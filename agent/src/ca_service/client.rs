@@ -122,7 +122,10 @@ impl CaClient {
     ) -> Result<WorkloadCert, CaClientError> {
         let key = KeyPair::generate().map_err(|e| CaClientError::Local(e.to_string()))?;
         let csr = request_for(&key)?;
-        let path = format!("/v1/workload?id={}", percent_encode(id.as_str()));
+        let path = format!(
+            "/v1/workload?id={}",
+            percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
+        );
         let pem = self
             .exchange(Some(node_cert), Method::POST, &path, None, csr)
             .await?;
@@ -257,18 +260,4 @@ fn certificate(
         not_after,
         SystemTime::now(),
     ))
-}
-
-/// Percent-encodes what a query value cannot hold as it is.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -122,24 +122,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `getrandom(2)`: the kernel's CSPRNG (hand-written: one call, and no crate of ours exposes
-/// raw random bytes without pulling another dependency in).
+/// Random bytes from the kernel's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe `rest`, which is valid for writes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
-        }
-        filled += n.unsigned_abs();
-    }
-    Ok(())
+    getrandom::fill(buf).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Where the CA learns which pods run on which node: a directory of objects (its `Pod`s, re-read
-//! at most once a second), or the Kubernetes API server (a watch of every Pod, kept in memory
-//! by kube-rs's reflector: the CA needs `list` and `watch` on pods, nothing else).
+//! Where the CA learns which pods run on which node (built at most once a second): a directory
+//! of objects (its `Pod`s), or the Kubernetes API server (a watch of every Pod, kept in memory
+//! by kube-rs's reflector: the CA needs `list` and `watch` on pods, and `create` on tokenreviews for the agents' tokens).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,8 +12,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 
 use super::authority::Placement;
 
-/// How long a placement read from a directory is reused.
-const DIR_TTL: Duration = Duration::from_secs(1);
+/// How long a placement is reused: building it reads every pod (a directory's files, or the
+/// whole reflector store), too much for every request.
+const PLACEMENT_TTL: Duration = Duration::from_secs(1);
 /// How long the API's first list may take before the CA serves anyway (refusing until it is in).
 const FIRST_LIST: Duration = Duration::from_secs(30);
 
@@ -36,6 +37,7 @@ pub enum PlacementSource {
     Kube {
         store: Store<Pod>,
         client: kube::Client,
+        cached: Mutex<Option<(Instant, Arc<Placement>)>>,
     },
 }
 
@@ -105,19 +107,26 @@ impl PlacementSource {
                 "ca: the API server's first list of pods is late; refusing until it is in"
             );
         }
-        Ok(PlacementSource::Kube { store, client })
+        Ok(PlacementSource::Kube {
+            store,
+            client,
+            cached: Mutex::new(None),
+        })
     }
 
     /// The placement now.
     pub fn current(&self) -> anyhow::Result<Arc<Placement>> {
-        match self {
-            PlacementSource::Dir { dir, cached } => {
-                if let Ok(cached) = cached.lock()
-                    && let Some((at, placement)) = cached.as_ref()
-                    && at.elapsed() < DIR_TTL
-                {
-                    return Ok(Arc::clone(placement));
-                }
+        let cache = match self {
+            PlacementSource::Dir { cached, .. } | PlacementSource::Kube { cached, .. } => cached,
+        };
+        if let Ok(cached) = cache.lock()
+            && let Some((at, placement)) = cached.as_ref()
+            && at.elapsed() < PLACEMENT_TTL
+        {
+            return Ok(Arc::clone(placement));
+        }
+        let placement = Arc::new(match self {
+            PlacementSource::Dir { dir, .. } => {
                 let checked =
                     crate::policy::check(crate::policy::source::read_dir(dir)).map_err(|d| {
                         anyhow::anyhow!(
@@ -129,18 +138,16 @@ impl PlacementSource {
                                 .join("; ")
                         )
                     })?;
-                let placement = Arc::new(Placement::from_pods(
-                    checked.model.pods.iter().map(AsRef::as_ref),
-                ));
-                if let Ok(mut cached) = cached.lock() {
-                    *cached = Some((Instant::now(), Arc::clone(&placement)));
-                }
-                Ok(placement)
+                Placement::from_pods(checked.model.pods.iter().map(AsRef::as_ref))
             }
-            PlacementSource::Kube { store, .. } => Ok(Arc::new(Placement::from_assignments(
-                store.state().iter().filter_map(|pod| assignment(pod)),
-            ))),
+            PlacementSource::Kube { store, .. } => {
+                Placement::from_assignments(store.state().iter().filter_map(|pod| assignment(pod)))
+            }
+        });
+        if let Ok(mut cached) = cache.lock() {
+            *cached = Some((Instant::now(), Arc::clone(&placement)));
         }
+        Ok(placement)
     }
 }
 
@@ -154,9 +161,14 @@ impl PlacementSource {
         agent: &(String, String),
     ) -> Result<String, &'static str> {
         use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-        let PlacementSource::Kube { store, client } = self else {
+        let PlacementSource::Kube { store, client, .. } = self else {
             return Err("malformed_token");
         };
+        // Only what can be a service-account token (a JWT, a few KiB) goes to the API server:
+        // anyone who reaches the CA can send a credential, and each review is an API request.
+        if !looks_like_a_jwt(token) {
+            return Err("malformed_token");
+        }
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -201,6 +213,21 @@ impl PlacementSource {
     }
 }
 
+/// The longest token sent for review (service-account tokens are about 1 KiB).
+const MAX_TOKEN: usize = 8 * 1024;
+
+/// Three base64url segments, within [`MAX_TOKEN`].
+fn looks_like_a_jwt(token: &str) -> bool {
+    token.len() <= MAX_TOKEN
+        && token.split('.').count() == 3
+        && token.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A pod's (node, namespace, service account), once it is scheduled and not finished.
 fn assignment(pod: &Pod) -> Option<(String, String, String)> {
     let spec = pod.spec.as_ref()?;
@@ -223,6 +250,21 @@ mod tests {
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).expect("pod")
+    }
+
+    /// Only what can be a service-account token is sent to the API server for review.
+    #[test]
+    fn only_jwt_shaped_tokens_go_to_a_review() {
+        assert!(looks_like_a_jwt(
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_"
+        ));
+        for bad in [
+            "", "a.b", "a.b.c.d", "a..c", "a.b.c d", "a.b.c\n", "a.b/c.d",
+        ] {
+            assert!(!looks_like_a_jwt(bad), "{bad:?}");
+        }
+        let huge = format!("a.{}.c", "b".repeat(MAX_TOKEN));
+        assert!(!looks_like_a_jwt(&huge));
     }
 
     #[test]

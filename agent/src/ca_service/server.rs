@@ -37,6 +37,8 @@ use crate::spiffe::SpiffeId;
 
 /// The largest request body (a CSR is a few hundred bytes).
 const BODY_LIMIT: usize = 16 * 1024;
+/// How long a request body may take to arrive (the header's own timeout is the listener's).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of the service.
 #[derive(Debug, Default)]
@@ -270,10 +272,12 @@ fn pem_chain(chain: &[CertificateDer<'_>]) -> String {
         .collect()
 }
 
+/// The request body, if it arrives whole within [`BODY_TIMEOUT`] and [`BODY_LIMIT`].
 async fn body_of(req: Request<Incoming>) -> Option<Bytes> {
-    Limited::new(req.into_body(), BODY_LIMIT)
-        .collect()
+    let collect = Limited::new(req.into_body(), BODY_LIMIT).collect();
+    tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
+        .ok()?
         .ok()
         .map(|b| b.to_bytes())
 }
@@ -328,7 +332,10 @@ async fn handle(
                 service
                     .stats
                     .refuse(Refusal::BadRequest(String::new()).name());
-                return text(StatusCode::BAD_REQUEST, "the request body is too large");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is too large or too slow",
+                );
             };
             match service.authority.sign_node(&node, &csr, SystemTime::now()) {
                 Ok(chain) => {
@@ -353,7 +360,12 @@ async fn handle(
             let id = req.uri().query().and_then(|q| {
                 q.split('&')
                     .find_map(|kv| kv.strip_prefix("id="))
-                    .and_then(urlencoding_decode)
+                    .and_then(|v| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8()
+                            .ok()
+                            .map(String::from)
+                    })
             });
             let Some(Ok(id)) = id.map(|i| SpiffeId::parse(&i)) else {
                 service
@@ -375,7 +387,10 @@ async fn handle(
                 service
                     .stats
                     .refuse(Refusal::BadRequest(String::new()).name());
-                return text(StatusCode::BAD_REQUEST, "the request body is too large");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is too large or too slow",
+                );
             };
             match service
                 .authority
@@ -409,27 +424,6 @@ fn refused(
         _ => StatusCode::FORBIDDEN,
     };
     text(status, &refusal.to_string())
-}
-
-/// Percent-decoding of a query value (SPIFFE IDs carry `:` and `/`, which clients may encode).
-fn urlencoding_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -159,12 +159,6 @@ impl CertStore {
         Ok(self.lock()?.bundle.clone())
     }
 
-    /// Whether the certificates come from the CA service.
-    pub fn remote(&self) -> bool {
-        self.lock()
-            .is_ok_and(|c| matches!(c.signer, Signer::Remote(_)))
-    }
-
     /// A workload's certificate, taken on first use and renewed at half-life; while the CA
     /// service cannot renew it, the current one serves until it expires.
     pub async fn workload_cert(
