@@ -53,10 +53,15 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
-/// Serves `/metrics`, `/readyz` and `/healthz` on the metrics address, for ever.
-pub async fn serve_metrics(listener: TcpListener, state: Arc<AgentState>, metrics: Arc<Metrics>) {
+/// Serves `/metrics`, `/readyz` and `/healthz` on the metrics address while `gate` is open.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<AgentState>,
+    metrics: Arc<Metrics>,
+    gate: listen::Gate,
+) {
     let cap = ConnectionCap::new(METRICS_CONNECTIONS).per_peer(METRICS_CONNECTIONS_PER_PEER);
-    listen::serve("metrics", listener, cap, move |stream, peer| {
+    listen::serve_while("metrics", listener, cap, gate, move |stream, peer| {
         let (state, metrics) = (Arc::clone(&state), Arc::clone(&metrics));
         async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -121,14 +126,19 @@ pub fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves everything on the admin socket, for ever, to peers running as root or as the agent's
-/// own user (the socket's mode already says so; the peer's credentials are checked as well, in
-/// case the file's mode or directory is loosened).
-pub async fn serve_admin(listener: UnixListener, state: Arc<AgentState>, metrics: Arc<Metrics>) {
+/// Serves everything on the admin socket while `gate` is open, to peers running as root or as
+/// the agent's own user (the socket's mode already says so; the peer's credentials are checked
+/// as well, in case the file's mode or directory is loosened).
+pub async fn serve_admin(
+    listener: UnixListener,
+    state: Arc<AgentState>,
+    metrics: Arc<Metrics>,
+    gate: listen::Gate,
+) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     let cap = ConnectionCap::new(ADMIN_CONNECTIONS);
-    listen::serve("admin", listener, cap, move |stream, _| {
+    listen::serve_while("admin", listener, cap, gate, move |stream, _| {
         let (state, metrics) = (Arc::clone(&state), Arc::clone(&metrics));
         async move {
             let uid = stream.peer_cred().ok().map(|c| c.uid());

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use std::os::fd::AsFd as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Mode;
@@ -17,7 +18,10 @@ use crate::flows::FlowHub;
 use crate::flows::event::ProxyEventSink;
 use crate::flows::file_log::FlowLogWriter;
 use crate::generation::Publisher;
+use crate::handover::messages::{Hello, Offer, listener};
+use crate::handover::{self, Sockets};
 use crate::kernel_state::PolicyState;
+use crate::listen::Gate;
 use crate::mesh::runtime::MeshRuntime;
 use crate::sources::kube::KubeSource;
 use crate::state::{AgentState, ControllerCommand, Rejections, Settle};
@@ -52,6 +56,27 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
             anyhow::bail!("--interface {interface}: no such interface in this network namespace");
         }
     }
+    // A running agent of this node hands its listening sockets over (see `handover`); from
+    // here it writes nothing to the kernel until this one is in force or gives up.
+    let sockets = Arc::new(Sockets::default());
+    let me = Hello {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        node_name: config.node_name.clone(),
+        bpffs_root: config.bpffs_root.display().to_string(),
+    };
+    let mut takeover = handover::find_predecessor(&config.handover.socket, me.clone(), &sockets)
+        .await
+        .context("--handover-socket")?;
+    if let Some(t) = &takeover {
+        tracing::info!(
+            version = %t.offer.version,
+            pid = t.offer.pid,
+            listeners = ?t.offer.listeners,
+            pushed_files = t.offer.pushed.len(),
+            "taking over from the running agent"
+        );
+    }
     // The mesh's CA and certificates load before anything is attached: a bad --ca-dir leaves
     // nothing behind.
     // Every reader borrows the policy generations the controller publishes.
@@ -81,6 +106,11 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    if let Some(t) = &mut takeover {
+        t.taking_kernel()
+            .await
+            .context("the running agent went away during the handover")?;
+    }
     let mut datapath =
         Datapath::load_pinned(&config.bpffs_root).context("loading the kernel programs")?;
     if datapath.revision() == 0 {
@@ -136,6 +166,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         events,
         events_read: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        handing_over: AtomicBool::new(false),
         generations,
         rejections: Arc::new(Mutex::new(Rejections::default())),
         commands: commands.clone(),
@@ -148,26 +179,49 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
             .context("starting the flow log writer")?;
     }
     if let Some(mesh) = &state.mesh {
-        mesh.start(crate::listen::ConnectionCap::for_proxy(fd_limit))
+        mesh.start(crate::listen::ConnectionCap::for_proxy(fd_limit), &sockets)
             .await?;
     }
 
     let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));
-    let listener = tokio::net::TcpListener::bind(state.config.metrics_addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {}", state.config.metrics_addr))?;
-    let admin_socket = admin::bind_admin_socket(&state.config.admin_socket)
-        .with_context(|| format!("--admin-socket {}", state.config.admin_socket.display()))?;
+    let addr = state.config.metrics_addr;
+    let listener = match sockets.inherit_tcp(listener::METRICS, addr) {
+        Some(listener) => tokio::net::TcpListener::from_std(listener)
+            .context("the metrics listener handed over")?,
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {addr}"))?,
+    };
+    let admin_path = &state.config.admin_socket;
+    let admin_socket = match sockets.inherit_unix(listener::ADMIN, admin_path) {
+        Some(listener) => {
+            tokio::net::UnixListener::from_std(listener).context("the admin socket handed over")?
+        }
+        None => admin::bind_admin_socket(admin_path)
+            .with_context(|| format!("--admin-socket {}", admin_path.display()))?,
+    };
+    sockets
+        .offer(listener::METRICS, listener.as_fd())
+        .and_then(|()| sockets.offer(listener::ADMIN, admin_socket.as_fd()))
+        .context("keeping the listeners for a successor")?;
+    for unused in sockets.unused() {
+        tracing::info!(listener = %unused, "a listener the previous agent handed over is not used here: closed");
+    }
+    // The metrics address and the admin socket serve at once (a predecessor serves them too
+    // until this agent is in force); the proxy accepts once a generation is in force.
+    let control = Gate::open_now();
     // Neither server ever returns: a listener's failure is retried, never the end of the agent.
     tokio::spawn(admin::serve_metrics(
         listener,
         Arc::clone(&state),
         Arc::clone(&metrics),
+        control.clone(),
     ));
     tokio::spawn(admin::serve_admin(
         admin_socket,
         Arc::clone(&state),
         metrics,
+        control.clone(),
     ));
     tokio::spawn(drain_events(Arc::clone(&state)));
 
@@ -193,6 +247,9 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         Arc::clone(&state.rejections),
         Arc::clone(&state.attachments),
     );
+    if let Some(t) = &takeover {
+        controller.carry_pushed(t.offer.pushed.clone());
+    }
     let _watcher = match &state.config.policy_dir {
         Some(dir) => Some(watch(dir, commands.clone())?),
         None => None,
@@ -213,20 +270,188 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         .spawn(move || controller.run(receiver))
         .context("starting the policy thread")?;
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    // Once a generation is in force: the proxy accepts, the predecessor (if any) stops and
+    // drains, and this agent serves handovers to its own successor.
+    let (ended, mut end) = tokio::sync::watch::channel(None::<End>);
+    let ended = Arc::new(ended);
+    tokio::spawn(take_over(
+        takeover,
+        me,
+        Arc::clone(&sockets),
+        Arc::new(HandingOver {
+            state: Arc::clone(&state),
+            control: control.clone(),
+            ended: Arc::clone(&ended),
+        }),
+    ));
+
+    let handover_ended = async {
+        match end.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! {
+        _ = sigterm.recv() => End::Signal("SIGTERM"),
+        _ = sigint.recv() => End::Signal("SIGINT"),
+        Some(why) = handover_ended => why,
+    };
     state.stopping.store(true, Ordering::SeqCst);
+    if let End::Signal(signal) = why {
+        tracing::info!("{signal}: shutting down");
+    }
+    if let End::KernelLost = why {
+        // The successor loaded its programs and went away: what this agent knows of the kernel
+        // is stale. The pinned state keeps enforcing; the next agent adopts it.
+        let _ = commands.send(ControllerCommand::Shutdown);
+        anyhow::bail!(
+            "a new agent took over the kernel programs and went away before it was ready:              exiting (the pinned state stays in force; start an agent to adopt it)"
+        );
+    }
+    // Stop accepting and let the open connections finish.
+    if let Some(mesh) = &state.mesh {
+        mesh.gate.stop();
+        mesh.drain.start();
+        let grace = state.config.handover.drain;
+        let deadline = tokio::time::Instant::now() + grace;
+        let open = mesh.open_connections();
+        if open > 0 {
+            tracing::info!(
+                connections = open,
+                grace_seconds = grace.as_secs(),
+                "draining"
+            );
+        }
+        while mesh.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let left = mesh.open_connections();
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "the drain's grace period ended: closing them"
+            );
+        } else if open > 0 {
+            tracing::info!("drained");
+        }
+    }
+    let handed_over = matches!(why, End::HandedOver);
+    if handed_over && state.config.handover.wait_for_signal {
+        tracing::info!("handed over and drained: waiting for SIGTERM");
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    }
+    control.stop();
     let _ = commands.send(ControllerCommand::Shutdown);
     if controller_thread.join().is_err() {
         tracing::error!("the policy thread panicked");
     }
     // The pinned links keep the programs attached and enforcing the last state after we exit:
     // a restart has no gap. `rampart cleanup` detaches them.
-    let _ = std::fs::remove_file(&state.config.admin_socket);
-    tracing::info!("stopped; programs stay attached (pinned); `rampart cleanup` removes them");
+    if handed_over {
+        // The sockets at these paths are the successor's now.
+        tracing::info!("stopped after the handover; the new agent serves");
+    } else {
+        let _ = std::fs::remove_file(&state.config.admin_socket);
+        let _ = std::fs::remove_file(&state.config.handover.socket);
+        tracing::info!("stopped; programs stay attached (pinned); `rampart cleanup` removes them");
+    }
     Ok(())
+}
+
+/// Why the agent stops.
+#[derive(Debug, Clone)]
+enum End {
+    Signal(&'static str),
+    /// A successor serves.
+    HandedOver,
+    /// A successor took the kernel and went away.
+    KernelLost,
+}
+
+/// Waits for the first generation in force, opens the proxy, finishes a takeover, then serves
+/// handovers.
+async fn take_over(
+    takeover: Option<handover::Takeover>,
+    me: Hello,
+    sockets: Arc<Sockets>,
+    handing: Arc<HandingOver>,
+) {
+    let state = &handing.state;
+    state.generations.first_in_force().await;
+    if let Some(mesh) = &state.mesh {
+        mesh.gate.open();
+    }
+    if let Some(t) = takeover {
+        match t.ready().await {
+            Ok(connections) => tracing::info!(
+                draining = connections,
+                "took over: the previous agent stopped accepting and drains"
+            ),
+            Err(e) => tracing::warn!("the previous agent did not confirm the handover: {e}"),
+        }
+    }
+    let listener = match handover::bind(&state.config.handover.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}: no hot restart from this agent");
+            return;
+        }
+    };
+    handover::serve(listener, me, sockets, handing).await;
+}
+
+/// The old agent's side of a handover.
+struct HandingOver {
+    state: Arc<AgentState>,
+    /// The metrics address's and the admin socket's gate.
+    control: Gate,
+    ended: Arc<tokio::sync::watch::Sender<Option<End>>>,
+}
+
+impl handover::Predecessor for HandingOver {
+    async fn pause(&self) -> Result<Offer, String> {
+        let (reply, paused) = tokio::sync::oneshot::channel();
+        self.state
+            .commands
+            .send(ControllerCommand::Pause { reply })
+            .map_err(|_| "the policy controller has stopped".to_owned())?;
+        let pushed = tokio::time::timeout(std::time::Duration::from_secs(20), paused)
+            .await
+            .map_err(|_| "the policy controller did not pause within 20 s".to_owned())?
+            .map_err(|_| "the policy controller has stopped".to_owned())?;
+        self.state.handing_over.store(true, Ordering::SeqCst);
+        Ok(Offer {
+            pushed,
+            ..Offer::default()
+        })
+    }
+
+    fn resume(&self) {
+        self.state.handing_over.store(false, Ordering::SeqCst);
+        let _ = self.state.commands.send(ControllerCommand::Resume);
+        tracing::warn!("the new agent went away before taking over: carrying on");
+    }
+
+    fn kernel_lost(&self) {
+        self.ended.send_replace(Some(End::KernelLost));
+    }
+
+    fn handed_over(&self) -> u64 {
+        self.control.stop();
+        let open = match &self.state.mesh {
+            Some(mesh) => {
+                mesh.gate.stop();
+                mesh.drain.start();
+                mesh.open_connections()
+            }
+            None => 0,
+        };
+        self.ended.send_replace(Some(End::HandedOver));
+        open as u64
+    }
 }
 
 /// Watches the policy directory; every change becomes a `SourceChanged` command.
@@ -256,6 +481,10 @@ async fn drain_events(state: Arc<AgentState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
+        if state.handing_over.load(Ordering::Relaxed) {
+            // The successor reads the ring now (or will, once it resumes us).
+            continue;
+        }
         let events = match state.events.lock() {
             Ok(mut reader) => reader.drain(16 * 1024),
             Err(_) => return,

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9490";
 /// Default path of the admin socket (`rampart run` serves it; the tools use it).
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rampart/admin.sock";
+/// Default path of the hot restart's socket.
+pub const DEFAULT_HANDOVER_SOCKET: &str = "/run/rampart/handover.sock";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -369,6 +371,29 @@ pub struct RunArgs {
     /// Rotated flow log files kept (FILE.1 .. FILE.N).
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub flow_log_max_files: u32,
+
+    /// Unix socket of the hot restart (mode 0600): a new `rampart run` connects to it, and if
+    /// an agent of this node answers, takes over its listening sockets and pushed policy files
+    /// without a gap; then the old agent drains and exits. Each agent serves it once it is in
+    /// force.
+    #[arg(long, value_name = "PATH", env = "RAMPART_HANDOVER_SOCKET", default_value = DEFAULT_HANDOVER_SOCKET)]
+    pub handover_socket: PathBuf,
+
+    /// After a handover or SIGTERM, how long open proxied connections may take to finish
+    /// before the agent exits (the DaemonSet's terminationGracePeriodSeconds must be longer).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_seconds: u64,
+
+    /// What the old agent does once a handover has drained: exit, or wait for SIGTERM (under
+    /// a DaemonSet, whose pods' containers are restarted when they exit on their own).
+    #[arg(long, value_enum, default_value_t = AfterHandoverArg::Exit)]
+    pub after_handover: AfterHandoverArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AfterHandoverArg {
+    Exit,
+    WaitForSignal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

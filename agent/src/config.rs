@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{ModeArg, RunArgs, XdpModeArg};
+use crate::cli::{AfterHandoverArg, ModeArg, RunArgs, XdpModeArg};
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
 const MAX_IFNAME_LEN: usize = 15;
@@ -37,6 +37,10 @@ pub enum ConfigError {
     Kubeconfig { path: String, reason: String },
     #[error("--proxy-port and --tunnel-port must differ")]
     SamePorts,
+    #[error("--handover-socket {path}: {reason}")]
+    HandoverSocket { path: String, reason: &'static str },
+    #[error("--handover-socket must differ from --admin-socket")]
+    SameSockets,
 }
 
 /// Whether kernel verdicts drop packets (enforce) or are only counted (audit).
@@ -121,6 +125,16 @@ pub struct RunConfig {
     pub node_name: String,
     /// `--flow-log`.
     pub flow_log: Option<FlowLogSettings>,
+    /// The hot restart's socket, the drain's grace period and what follows a handover.
+    pub handover: HandoverSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandoverSettings {
+    pub socket: PathBuf,
+    pub drain: Duration,
+    /// After a handover has drained: wait for SIGTERM instead of exiting.
+    pub wait_for_signal: bool,
 }
 
 impl RunConfig {
@@ -156,6 +170,14 @@ impl RunConfig {
             return Err(ConfigError::TrustDomain(args.trust_domain));
         }
         validate_admin_socket(&args.admin_socket)?;
+        if let Err(ConfigError::AdminSocket { path, reason }) =
+            validate_admin_socket(&args.handover_socket)
+        {
+            return Err(ConfigError::HandoverSocket { path, reason });
+        }
+        if args.handover_socket == args.admin_socket {
+            return Err(ConfigError::SameSockets);
+        }
         if !args.bpffs_root.is_absolute() {
             return Err(ConfigError::BpffsRoot {
                 path: args.bpffs_root.display().to_string(),
@@ -225,6 +247,11 @@ impl RunConfig {
                 XdpModeArg::Generic => XdpAttachMode::Generic,
             },
             trust_domain: args.trust_domain,
+            handover: HandoverSettings {
+                socket: args.handover_socket,
+                drain: Duration::from_secs(args.drain_seconds),
+                wait_for_signal: args.after_handover == AfterHandoverArg::WaitForSignal,
+            },
         })
     }
 }
@@ -317,6 +344,33 @@ mod tests {
             let err = parse(&["--interface", bad]).expect_err(bad);
             assert!(err.to_string().starts_with("--interface"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_handover_socket_is_checked_like_the_admin_socket_and_is_another_file() {
+        let err = parse(&["--handover-socket", "relative.sock"]).expect_err("relative");
+        assert!(
+            err.to_string()
+                .starts_with("--handover-socket relative.sock"),
+            "{err}"
+        );
+        let err = parse(&[
+            "--handover-socket",
+            "/run/a.sock",
+            "--admin-socket",
+            "/run/a.sock",
+        ])
+        .expect_err("same");
+        assert_eq!(err, ConfigError::SameSockets);
+        let cfg = parse(&[
+            "--drain-seconds",
+            "5",
+            "--after-handover",
+            "wait-for-signal",
+        ])
+        .expect("valid");
+        assert_eq!(cfg.handover.drain, Duration::from_secs(5));
+        assert!(cfg.handover.wait_for_signal);
     }
 
     #[test]

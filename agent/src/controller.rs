@@ -224,10 +224,50 @@ impl<N: Node> Controller<N> {
                     ControllerCommand::Push { change, reply } => {
                         let _ = reply.send(self.reload(Some(&change), None));
                     }
+                    ControllerCommand::Pause { reply } => {
+                        let _ = reply.send(self.pushed.files().clone());
+                        if !self.paused(&commands) {
+                            return;
+                        }
+                    }
+                    ControllerCommand::Resume => {}
                     ControllerCommand::Shutdown => return,
                 }
             }
         }
+    }
+
+    /// Waits, writing nothing, until `Resume` (true: carry on, reloading if a source changed
+    /// meanwhile) or `Shutdown` (false).
+    fn paused(&mut self, commands: &Receiver<ControllerCommand>) -> bool {
+        tracing::info!("policy controller paused: a new agent is taking over");
+        let mut changed = false;
+        loop {
+            match commands.recv() {
+                Ok(ControllerCommand::Resume) => break,
+                Ok(ControllerCommand::Shutdown) | Err(_) => return false,
+                Ok(ControllerCommand::SourceChanged(_)) => changed = true,
+                Ok(ControllerCommand::Push { reply, .. }) => {
+                    let _ = reply.send(Err(vec![
+                        "the agent is handing over to a new process: push again to the new one"
+                            .to_owned(),
+                    ]));
+                }
+                Ok(ControllerCommand::Pause { reply }) => {
+                    let _ = reply.send(self.pushed.files().clone());
+                }
+            }
+        }
+        tracing::info!("policy controller resumed: the handover did not happen");
+        if changed {
+            let _ = self.reload(None, None);
+        }
+        true
+    }
+
+    /// The pushed files a predecessor handed over, in force from the first reload on.
+    pub fn carry_pushed(&mut self, files: BTreeMap<String, String>) {
+        self.pushed = PushedFiles::new(files);
     }
 
     /// Recompiles when the local pods' interfaces changed (a pod came or went), or the node's

@@ -142,6 +142,12 @@ impl Generations {
         self.current.borrow().clone()
     }
 
+    /// Waits until a generation is in force.
+    pub async fn first_in_force(&self) {
+        let mut current = self.current.clone();
+        let _ = current.wait_for(Option::is_some).await;
+    }
+
     /// The proxy's view: the table in force (empty before the first set) and the staged one.
     pub fn tables(&self) -> TableView {
         let current = self.current.clone();

@@ -16,6 +16,7 @@ pub mod explain;
 pub mod flows;
 pub mod flows_cli;
 pub mod generation;
+pub mod handover;
 pub mod host_addresses;
 pub mod kernel_state;
 pub mod l7;

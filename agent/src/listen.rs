@@ -153,6 +153,97 @@ impl Drop for PeerGuard {
     }
 }
 
+/// Whether a listener's accept loop runs. A hot restart shares each listening socket between
+/// two agents: the new one waits to accept until it can serve (its first policy generation is in
+/// force), the old one stops accepting once the new one does (see `handover`). Connections in
+/// the kernel's backlog meanwhile go to whichever process accepts them.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<Accepting>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    NotYet,
+    Yes,
+    Stopped,
+}
+
+impl Gate {
+    /// A gate that is open from the start.
+    pub fn open_now() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(Accepting::Yes)))
+    }
+
+    /// A gate that opens with [`Gate::open`].
+    pub fn closed() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(Accepting::NotYet)))
+    }
+
+    /// Lets its loops accept (a stopped gate stays stopped).
+    pub fn open(&self) {
+        self.0.send_if_modified(|now| {
+            let opens = *now == Accepting::NotYet;
+            if opens {
+                *now = Accepting::Yes;
+            }
+            opens
+        });
+    }
+
+    /// Ends its accept loops for good: each drops its listener (the socket itself lives on in
+    /// any other process holding it). Accepted connections are not touched.
+    pub fn stop(&self) {
+        self.0.send_replace(Accepting::Stopped);
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow() == Accepting::Yes
+    }
+
+    /// Waits until the gate opens (true) or stops (false).
+    async fn opened(&self) -> bool {
+        let mut rx = self.0.subscribe();
+        matches!(
+            rx.wait_for(|a| *a != Accepting::NotYet).await.map(|a| *a),
+            Ok(Accepting::Yes)
+        )
+    }
+
+    /// Waits until the gate stops.
+    async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|a| *a == Accepting::Stopped).await;
+    }
+}
+
+/// The agent's drain: once started (a successor took the listeners, or SIGTERM), HTTP/1
+/// responses the proxy serves carry `Connection: close` and HTTP/2 connections get a GOAWAY, so
+/// kept-alive clients open their next connection to whichever agent accepts now, at a request
+/// boundary, instead of being cut when this process exits.
+#[derive(Debug, Clone)]
+pub struct Drain(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until the drain starts.
+    pub async fn started(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
 /// Accepts connections from `listener` for ever, handing each to `handle` on a task of its own
 /// that holds one of `cap`'s permits until it ends. Never returns.
 pub async fn serve<L, H, F>(name: &'static str, listener: L, cap: ConnectionCap, handle: H)
@@ -161,6 +252,25 @@ where
     H: Fn(L::Stream, L::Peer) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_while(name, listener, cap, Gate::open_now(), handle).await;
+}
+
+/// Like [`serve`], accepting only while `gate` is open: nothing before it opens, and once it
+/// stops the loop returns and drops `listener`.
+pub async fn serve_while<L, H, F>(
+    name: &'static str,
+    listener: L,
+    cap: ConnectionCap,
+    gate: Gate,
+    handle: H,
+) where
+    L: Listener,
+    H: Fn(L::Stream, L::Peer) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if !gate.opened().await {
+        return;
+    }
     let mut backoff = FIRST_BACKOFF;
     let mut failures: u64 = 0;
     let mut last_warning: Option<Instant> = None;
@@ -176,10 +286,18 @@ where
             );
             warned_full = true;
         }
-        let Some(permit) = cap.acquire().await else {
+        let permit = tokio::select! {
+            permit = cap.acquire() => permit,
+            () = gate.stopped() => return,
+        };
+        let Some(permit) = permit else {
             return;
         };
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = gate.stopped() => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 backoff = FIRST_BACKOFF;
                 if cap.permits.available_permits() > cap.cap / 2 {

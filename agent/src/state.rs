@@ -30,6 +30,8 @@ pub struct AgentState {
     pub events_read: AtomicU64,
     /// Set when the agent begins to stop: it is no longer ready.
     pub stopping: AtomicBool,
+    /// Set while a successor takes over: the kernel's event ring is its to read.
+    pub handing_over: AtomicBool,
     /// The policy generations the controller publishes.
     pub generations: Generations,
     /// Policy sets the controller refused.
@@ -94,6 +96,13 @@ pub enum ControllerCommand {
         change: PushChange,
         reply: tokio::sync::oneshot::Sender<Result<u64, Vec<String>>>,
     },
+    /// A new agent takes over (`handover`): stop writing the kernel until `Resume` (it went
+    /// away before it took the kernel) or `Shutdown`. Answered with the pushed files, which
+    /// carry over. Pushes meanwhile are refused; source changes wait for `Resume`.
+    Pause {
+        reply: tokio::sync::oneshot::Sender<BTreeMap<String, String>>,
+    },
+    Resume,
     Shutdown,
 }
 

@@ -28,6 +28,9 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Run the agent with this limit on open files (soft and hard, so it cannot raise it).
     pub nofile: Option<u64>,
+    /// `--drain-seconds`: how long a stopping agent lets proxied connections finish (short by
+    /// default, so that a test's leftover idle connections do not slow its teardown).
+    pub drain_seconds: u64,
 }
 
 impl AgentOptions {
@@ -40,6 +43,7 @@ impl AgentOptions {
             bpffs_root: None,
             extra_args: Vec::new(),
             nofile: None,
+            drain_seconds: 2,
         }
     }
 }
@@ -58,6 +62,17 @@ pub struct Agent {
     /// `--admin-socket`: a path named after the namespace under [`TEST_ADMIN_DIR`].
     admin_socket: PathBuf,
     log_path: PathBuf,
+    /// What it was started with (a successor starts with the same).
+    opts: AgentOptions,
+}
+
+/// A hot restart's outcome: how the old agent ended.
+#[derive(Debug)]
+pub struct HandedOver {
+    pub old_status: ExitStatus,
+    pub old_log: String,
+    /// From the new process's start until it answered `/readyz` (it had taken over).
+    pub takeover: Duration,
 }
 
 /// Where tests' agents put their admin sockets (one per node namespace).
@@ -107,7 +122,10 @@ impl Agent {
         let log_dir = std::env::temp_dir().join("rampart-test-logs");
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
-        let log_path = log_dir.join(format!("{}.log", ns.name()));
+        // A successor in the same namespace gets a log of its own.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = log_dir.join(format!("{}-{n}.log", ns.name()));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("ip");
@@ -124,6 +142,13 @@ impl Agent {
         cmd.args(["--metrics-addr", &opts.metrics_addr.to_string()]);
         let admin_socket = PathBuf::from(TEST_ADMIN_DIR).join(format!("{}.sock", ns.name()));
         cmd.arg("--admin-socket").arg(&admin_socket);
+        // Per namespace: an agent takes over only from its own node's agent.
+        let handover_socket =
+            PathBuf::from(TEST_ADMIN_DIR).join(format!("{}.handover.sock", ns.name()));
+        cmd.arg("--handover-socket").arg(&handover_socket);
+        if !opts.extra_args.iter().any(|a| a == "--drain-seconds") {
+            cmd.args(["--drain-seconds", &opts.drain_seconds.to_string()]);
+        }
         let bpffs_root = match &opts.bpffs_root {
             Some(root) => root.clone(),
             None => test_bpffs()?.join(ns.name()),
@@ -143,6 +168,11 @@ impl Agent {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        let opts = AgentOptions {
+            bpffs_root: Some(bpffs_root.clone()),
+            bin: Some(bin.clone()),
+            ..opts.clone()
+        };
         Ok(Agent {
             child: Some(child),
             bin,
@@ -153,6 +183,7 @@ impl Agent {
             metrics_addr: opts.metrics_addr,
             admin_socket,
             log_path,
+            opts,
         })
     }
 
@@ -286,6 +317,67 @@ impl Agent {
     /// guard then removes the agent's pins (`rampart cleanup`), which detaches its programs.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.terminate()
+    }
+
+    /// A hot restart: starts a new agent in `ns` with the same options (run from `bin`, if
+    /// given: an upgrade), which takes over this one's sockets; waits until it is ready and this
+    /// one has drained and exited (within its drain time and 15 s). The pins stay.
+    pub fn hand_over(
+        mut self,
+        ns: &Netns,
+        bin: Option<&std::path::Path>,
+    ) -> anyhow::Result<(Agent, HandedOver)> {
+        let mut opts = self.opts.clone();
+        if let Some(bin) = bin {
+            opts.bin = Some(bin.to_owned());
+        }
+        let started = Instant::now();
+        let mut agent = Agent::spawn(ns, &opts)?;
+        // Both processes answer `/readyz` on the shared socket until the handover ends: the new
+        // agent's own word says when it has taken over.
+        loop {
+            if agent.log().contains("took over") {
+                break;
+            }
+            if let Some(status) = agent.try_wait()? {
+                bail!(
+                    "the new agent exited with {status} before it took over; log:\n{}",
+                    agent.log()
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the new agent did not take over within {READY_TIMEOUT:?}; log:\n{}\nthe old agent's log:\n{}",
+                    agent.log(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let takeover = started.elapsed();
+        let agent = agent.wait_ready()?;
+        self.remove_pins = false;
+        let old_status =
+            self.wait_exit(Duration::from_secs(self.opts.drain_seconds) + Duration::from_secs(15))?;
+        let old_log = self.log();
+        Ok((
+            agent,
+            HandedOver {
+                old_status,
+                old_log,
+                takeover,
+            },
+        ))
+    }
+
+    /// SIGKILL (an OOM kill, a crash): nothing of the agent runs its shutdown. The pins stay
+    /// (the guard no longer removes them: a next agent adopts them).
+    /// Returns how it ended and the options to start the next agent with.
+    pub fn kill(mut self) -> anyhow::Result<(ExitStatus, AgentOptions)> {
+        self.remove_pins = false;
+        let mut child = self.child.take().context("agent already stopped")?;
+        child.kill()?;
+        Ok((child.wait()?, self.opts.clone()))
     }
 
     /// Like [`Agent::stop`], but leaves the pinned maps and links in place (programs stay

@@ -33,6 +33,7 @@ pub mod raw_origin;
 pub mod rfc7515;
 pub mod server;
 pub mod topology;
+pub mod traffic;
 pub mod waf_cases;
 pub mod waf_e2e;
 

@@ -288,6 +288,47 @@ impl MeshAgents {
         }
     }
 
+    /// A hot restart of `node`'s agent (from `bin`, if given: an upgrade); see
+    /// [`Agent::hand_over`].
+    pub fn hand_over(
+        &mut self,
+        topo: &Topology,
+        node: &str,
+        bin: Option<&Path>,
+    ) -> anyhow::Result<crate::agent::HandedOver> {
+        let at = self
+            .agents
+            .iter()
+            .position(|(name, _)| name == node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let (name, old) = self.agents.remove(at);
+        // On failure the old agent's guard stops it (the pins stay for the new one's guard).
+        let (agent, handed) = old.hand_over(&topo.node(node).ns, bin)?;
+        self.agents.insert(at, (name, agent));
+        Ok(handed)
+    }
+
+    /// SIGKILLs `node`'s agent, runs `meanwhile`, then starts a new agent with the same
+    /// options, which adopts the pinned state.
+    pub fn kill_and_restart(
+        &mut self,
+        topo: &Topology,
+        node: &str,
+        meanwhile: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        let at = self
+            .agents
+            .iter()
+            .position(|(name, _)| name == node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let (name, old) = self.agents.remove(at);
+        let (_, opts) = old.kill()?;
+        meanwhile();
+        let agent = Agent::start(&topo.node(node).ns, &opts)?;
+        self.agents.insert(at, (name, agent));
+        Ok(())
+    }
+
     /// A directory for the test's own files, removed with the agents.
     pub fn work_dir(&self) -> &Path {
         &self.work

@@ -25,6 +25,7 @@ pub use super::upstream::{Connect, connected};
 use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
 use crate::flows::event::ProxyEventSink;
+use crate::listen::Drain;
 
 /// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
 /// token with room for the rest).
@@ -68,6 +69,7 @@ pub async fn relay<D, U>(
     peer: Peer,
     stats: Arc<L7Stats>,
     events: Option<ProxyEventSink>,
+    drain: Drain,
 ) where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -98,6 +100,7 @@ pub async fn relay<D, U>(
     let http2 = head == H2_PREFACE;
     let downstream = TokioIo::new(Prefixed::new(head, downstream));
     let sender = Arc::new(LazyUpstream::new(connect, http2));
+    let draining = drain.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (now, peer, stats, sender, events) = (
             routes(),
@@ -106,44 +109,37 @@ pub async fn relay<D, U>(
             Arc::clone(&sender),
             events.clone(),
         );
+        let draining = draining.clone();
         async move {
-            let route = match now {
-                RouteNow::Rules(route) => route,
-                RouteNow::NoRules => return Ok(unfiltered(req, &sender, &stats).await),
-                RouteNow::Refused => {
-                    let mut response = status_response(StatusCode::FORBIDDEN);
-                    if req.version() < hyper::Version::HTTP_2 {
-                        response.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
-                    return Ok(response);
-                }
-            };
-            let started = Instant::now();
-            // The access log's view of the request, taken only when there is a log to write.
-            let head = events.as_ref().map(|_| RequestHead::of(&req));
-            let (response, outcome, waf) = handle(req, &route, &peer, &stats, &sender).await;
-            if let (Some(sink), Some(head)) = (events, head) {
-                let seen = Seen {
-                    head,
-                    outcome: &outcome,
-                    waf: waf.as_ref(),
-                };
-                log_access(&sink, &route, &peer, seen, &response, started);
+            let http1 = req.version() < hyper::Version::HTTP_2;
+            let mut response = answer(req, now, peer, stats, sender, events).await;
+            // A draining agent ends kept-alive HTTP/1 connections at a request boundary: the
+            // client's next request opens a connection to the agent that accepts now.
+            if http1 && draining.is_draining() {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
             }
             Ok::<_, Infallible>(response)
         }
     });
     let served = if http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(HEADER_READ_TIMEOUT / 2))
             .keep_alive_timeout(HEADER_READ_TIMEOUT / 3)
             .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
-            .serve_connection(downstream, service)
-            .await
+            .serve_connection(downstream, service);
+        tokio::pin!(connection);
+        // Draining: a GOAWAY; streams in progress finish.
+        tokio::select! {
+            served = connection.as_mut() => served,
+            () = drain.started() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
     } else {
         hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -156,6 +152,45 @@ pub async fn relay<D, U>(
     if let Err(e) = served {
         tracing::debug!(error = %e, "l7: downstream connection ended");
     }
+}
+
+/// One request's answer: refused for the connection's route, passed through as it is, or
+/// through the chain (and logged).
+async fn answer(
+    req: Request<Incoming>,
+    now: RouteNow,
+    peer: Peer,
+    stats: Arc<L7Stats>,
+    sender: Arc<LazyUpstream>,
+    events: Option<ProxyEventSink>,
+) -> Response<Body> {
+    let route = match now {
+        RouteNow::Rules(route) => route,
+        RouteNow::NoRules => return unfiltered(req, &sender, &stats).await,
+        RouteNow::Refused => {
+            let mut response = status_response(StatusCode::FORBIDDEN);
+            if req.version() < hyper::Version::HTTP_2 {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            return response;
+        }
+    };
+    let started = Instant::now();
+    // The access log's view of the request, taken only when there is a log to write.
+    let head = events.as_ref().map(|_| RequestHead::of(&req));
+    let (response, outcome, waf) = handle(req, &route, &peer, &stats, &sender).await;
+    if let (Some(sink), Some(head)) = (events, head) {
+        let seen = Seen {
+            head,
+            outcome: &outcome,
+            waf: waf.as_ref(),
+        };
+        log_access(&sink, &route, &peer, seen, &response, started);
+    }
+    response
 }
 
 /// A request on a port whose L7 rules were removed: to the pod as it is.

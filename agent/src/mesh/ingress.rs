@@ -49,6 +49,8 @@ pub struct IngressContext {
     pub mark: u32,
     /// Flows that reached their pod.
     pub flows: AtomicU64,
+    /// The agent's drain (HTTP connections end at a request boundary).
+    pub drain: crate::listen::Drain,
 }
 
 impl IngressContext {
@@ -169,6 +171,7 @@ async fn relay<D>(
                 peer,
                 Arc::clone(&ctx.l7),
                 ctx.events.clone(),
+                ctx.drain.clone(),
             )
             .await;
         }

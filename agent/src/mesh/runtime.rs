@@ -13,7 +13,9 @@ use rampart_common::reason::{IngressReason, OutboundReason};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::MeshSettings;
-use crate::listen::ConnectionCap;
+use crate::handover::Sockets;
+use crate::listen::{ConnectionCap, Drain, Gate};
+use std::os::fd::AsFd as _;
 
 use super::certs::CertStore;
 use super::ingress::IngressContext;
@@ -53,6 +55,13 @@ pub struct MeshRuntime {
     pub ingress: Arc<IngressContext>,
     node_id: SpiffeId,
     events: Option<ProxyEventSink>,
+    /// The transparent listeners and the tunnel accept only while it is open: from the first
+    /// policy generation in force until a successor takes over (or SIGTERM).
+    pub gate: Gate,
+    /// Started when this agent stops accepting: HTTP connections end at a request boundary.
+    pub drain: Drain,
+    /// The listeners' connections (set by `start`).
+    connections: std::sync::OnceLock<ConnectionCap>,
 }
 
 impl std::fmt::Debug for MeshRuntime {
@@ -81,6 +90,7 @@ impl MeshRuntime {
         let bundle = certs.bundle()?;
         let node_cert = Arc::new(RotatingCert::new(&certs.node()?)?);
         let inbound_stats = Arc::new(TunnelStats::default());
+        let drain = Drain::default();
         let inbound = Arc::new(Inbound {
             config: RwLock::new(server_config(&bundle, Arc::clone(&node_cert))?),
             trust_domain: trust_domain.to_owned(),
@@ -94,12 +104,14 @@ impl MeshRuntime {
             events: events.clone(),
             l7: Arc::new(crate::l7::L7Stats::default()),
             identities: Some(Arc::clone(&certs) as Arc<dyn tunnel::DestinationIdentity>),
+            drain: drain.clone(),
         });
         let ingress = IngressContext {
             l7: Arc::clone(&inbound.l7),
             events: events.clone(),
             mark: MARK_FROM_PROXY,
             flows: AtomicU64::new(0),
+            drain: drain.clone(),
         };
         Ok(Arc::new(MeshRuntime {
             wafs: Arc::new(crate::l7::waf::WafEngines::new(settings.crs_dir.clone())),
@@ -115,6 +127,9 @@ impl MeshRuntime {
             ingress: Arc::new(ingress),
             node_id,
             events,
+            gate: Gate::closed(),
+            drain,
+            connections: std::sync::OnceLock::new(),
         }))
     }
 
@@ -152,46 +167,71 @@ impl MeshRuntime {
         }
     }
 
-    /// Installs the policy routing, binds both listeners and spawns their tasks and the
-    /// certificate upkeep. The listeners share `connections`: past it, new flows wait in the
-    /// kernel's backlog.
-    pub async fn start(self: &Arc<Self>, connections: ConnectionCap) -> anyhow::Result<()> {
+    /// Installs the policy routing, binds both listeners (or takes them over from `sockets`,
+    /// which a predecessor filled, and offers them there to a successor) and spawns their tasks
+    /// and the certificate upkeep. The listeners accept once [`MeshRuntime::gate`] opens, and
+    /// share `connections`: past it, new flows wait in the kernel's backlog.
+    pub async fn start(
+        self: &Arc<Self>,
+        connections: ConnectionCap,
+        sockets: &Sockets,
+    ) -> anyhow::Result<()> {
+        use crate::handover::messages::listener;
+        let _ = self.connections.set(connections.clone());
         self.jwks.start(tokio::runtime::Handle::current());
         PROXY_ROUTING
             .install()
             .context("installing the policy routing for the proxy's mark (netlink)")?;
-        let tunnel_listener = TcpListener::bind(SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            self.settings.tunnel_port,
-        ))
-        .await
-        .or(TcpListener::bind(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            self.settings.tunnel_port,
-        ))
-        .await)
-        .with_context(|| format!("binding the tunnel port {}", self.settings.tunnel_port))?;
+        let port = self.settings.tunnel_port;
+        let tunnel_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+        let tunnel_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        let inherited = sockets
+            .inherit_tcp(listener::TUNNEL, tunnel_v6)
+            .or_else(|| sockets.inherit_tcp(listener::TUNNEL, tunnel_v4))
+            .map(TcpListener::from_std)
+            .transpose()
+            .context("the tunnel listener handed over")?;
+        let tunnel_listener = match inherited {
+            Some(listener) => listener,
+            None => TcpListener::bind(tunnel_v6)
+                .await
+                .or(TcpListener::bind(tunnel_v4).await)
+                .with_context(|| format!("binding the tunnel port {port}"))?,
+        };
+        sockets
+            .offer(listener::TUNNEL, tunnel_listener.as_fd())
+            .context("keeping the tunnel listener for a successor")?;
         tokio::spawn(tunnel::serve(
             tunnel_listener,
             Arc::clone(&self.inbound),
             connections.clone(),
+            self.gate.clone(),
         ));
-        for addr in [
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        for (addr, name) in [
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), listener::PROXY_V4),
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), listener::PROXY_V6),
         ] {
-            let listener = transparent_listener(SocketAddr::new(addr, self.settings.proxy_port))
-                .with_context(|| {
+            let at = SocketAddr::new(addr, self.settings.proxy_port);
+            let listener = match sockets.inherit_tcp(name, at) {
+                Some(listener) => {
+                    TcpListener::from_std(listener).context("the proxy's listener handed over")?
+                }
+                None => transparent_listener(at).with_context(|| {
                     format!(
                         "binding the proxy's transparent listener on port {}",
                         self.settings.proxy_port
                     )
-                })?;
+                })?,
+            };
+            sockets
+                .offer(name, listener.as_fd())
+                .context("keeping the proxy's listener for a successor")?;
             let me = Arc::clone(self);
-            tokio::spawn(crate::listen::serve(
+            tokio::spawn(crate::listen::serve_while(
                 "proxy",
                 listener,
                 connections.clone(),
+                self.gate.clone(),
                 move |stream, peer| {
                     let me = Arc::clone(&me);
                     async move { me.outbound(stream, peer).await }
@@ -211,9 +251,14 @@ impl MeshRuntime {
             proxy_port = self.settings.proxy_port,
             tunnel_port = self.settings.tunnel_port,
             node = %self.node_id,
-            "mTLS proxy listening"
+            "mTLS proxy listening (accepting once policy is in force)"
         );
         Ok(())
+    }
+
+    /// Proxied connections open now (transparent and tunnel).
+    pub fn open_connections(&self) -> usize {
+        self.connections.get().map_or(0, ConnectionCap::open)
     }
 
     /// Renews the node certificate at half-life and picks up a rotated root: the new root is

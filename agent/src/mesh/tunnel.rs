@@ -178,6 +178,8 @@ pub struct Inbound {
     pub l7: Arc<crate::l7::L7Stats>,
     /// The local workloads' certificates, by address (`None`: the node's certificate always).
     pub identities: Option<Arc<dyn DestinationIdentity>>,
+    /// The agent's drain: tunnel connections get a GOAWAY, HTTP ones end at a request boundary.
+    pub drain: crate::listen::Drain,
 }
 
 impl Inbound {
@@ -212,9 +214,14 @@ impl std::fmt::Debug for Inbound {
     }
 }
 
-/// Accepts tunnel connections on `listener` until the task is dropped, at most `cap` at once.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, cap: ConnectionCap) {
-    crate::listen::serve("tunnel", listener, cap, move |stream, _| {
+/// Accepts tunnel connections on `listener` while `gate` is open, at most `cap` at once.
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    cap: ConnectionCap,
+    gate: crate::listen::Gate,
+) {
+    crate::listen::serve_while("tunnel", listener, cap, gate, move |stream, _| {
         handle_connection(stream, Arc::clone(&inbound))
     })
     .await;
@@ -278,6 +285,7 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         _ => return refuse(MtlsReason::NotSpiffe),
     };
     let served_addr = served.map(|(addr, _)| addr);
+    let drain = inbound.drain.clone();
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
         let peer = peer.clone();
@@ -287,15 +295,23 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
     });
     // Pings find a peer that vanished without closing (a node gone, a partition), so its
     // connection and the descriptors of its flows do not stay open for ever.
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    // Draining: a GOAWAY, so no new stream starts here; the flows in progress finish.
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = drain.started() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, "tunnel: connection ended");
     }
@@ -373,14 +389,19 @@ async fn handle_stream(
             destination,
             server_name: None,
         };
-        let (l7, events) = (Arc::clone(&inbound.l7), inbound.events.clone());
+        let (l7, events, drain) = (
+            Arc::clone(&inbound.l7),
+            inbound.events.clone(),
+            inbound.drain.clone(),
+        );
         let routes = routes_of(Arc::clone(&inbound), flow.clone());
         let connect = connector(Arc::clone(&inbound), flow);
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let downstream = TokioIo::new(upgraded);
-                    crate::l7::serve::relay(downstream, connect, routes, peer, l7, events).await;
+                    crate::l7::serve::relay(downstream, connect, routes, peer, l7, events, drain)
+                        .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
             }

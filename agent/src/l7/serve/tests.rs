@@ -62,6 +62,7 @@ fn proxied(http2: bool) -> DuplexStream {
         peer(),
         stats,
         None,
+        crate::listen::Drain::default(),
     ));
     client_io
 }
@@ -245,6 +246,7 @@ where
         peer(),
         Arc::clone(&stats),
         events,
+        crate::listen::Drain::default(),
     ));
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
@@ -299,6 +301,7 @@ async fn the_pod_is_connected_only_when_a_request_passes() {
         peer(),
         stats,
         None,
+        crate::listen::Drain::default(),
     ));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
@@ -341,6 +344,7 @@ async fn the_pod_is_connected_only_when_a_request_passes() {
         peer(),
         Arc::new(L7Stats::default()),
         None,
+        crate::listen::Drain::default(),
     ));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await

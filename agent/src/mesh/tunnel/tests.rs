@@ -111,6 +111,7 @@ impl World {
                     ),
                 }) as Arc<dyn DestinationIdentity>
             }),
+            drain: crate::listen::Drain::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tunnel = listener.local_addr().expect("addr");
@@ -121,6 +122,7 @@ impl World {
                 listener,
                 Arc::clone(&inbound),
                 crate::listen::ConnectionCap::new(64),
+                crate::listen::Gate::open_now(),
             )),
             tokio::spawn(async move {
                 while let Ok((mut s, _)) = echo.accept().await {

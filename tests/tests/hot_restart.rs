@@ -1,0 +1,292 @@
+//! Restarts under traffic: two nodes, pod a (node 1) calling pod b (node 2) on every layer while
+//! the agents are restarted.
+//!
+//! - b:7000 plain TCP (L3/L4 policy only), b:7100 mTLS-tunnelled, b:8080 HTTP through the L7
+//!   chain (JWT, WAF) in the tunnel, b:9000 denied by the NetworkPolicy;
+//! - traffic: long-lived flows and a stream of new connections on 7000 and 7100, kept-alive HTTP
+//!   requests with a token (200), without one (401) and with an injection (403), connections to
+//!   9000 (never answered);
+//! - a hot restart of node 2's agent (the destination: the tunnel's and the L7 chain's end), then
+//!   of node 1's (the source: the transparent listener), each taking over the listening sockets
+//!   and the pushed files: no connection reset, no request failed, nothing denied got through;
+//! - a SIGKILL of node 1's agent: the kernel keeps enforcing (plain flows unbroken, nothing
+//!   denied gets through), new mTLS flows drop as `proxy_unavailable` until the next agent
+//!   adopts the pinned state; the gap is reported.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rampart_tests::http_server::HttpServer;
+use rampart_tests::mesh::MeshAgents;
+use rampart_tests::mesh::shop::{self, ip};
+use rampart_tests::server::EchoServer;
+use rampart_tests::traffic::{self, Tally, Traffic};
+use rampart_tests::{Agent, require_root};
+
+const SECRET: [u8; 32] = [0x3c; 32];
+const ISSUER: &str = "https://idp.rampart.test";
+/// The agents' drain: longer than any connection of the test's clients lives.
+const DRAIN_SECONDS: &str = "20";
+const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
+
+fn policies() -> String {
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{}"}}]}}"#,
+        URL_SAFE_NO_PAD.encode(SECRET)
+    );
+    shop::world(&format!(
+        r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: b-ingress, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: b}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: a}}}}}}]
+    ports: [{{port: 7000}}, {{port: 7100}}, {{port: 8080}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: b-tunnel}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ports: [{{port: 7100}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: b-api}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ports: [{{port: 8080}}]
+  http:
+    authentication:
+      providers:
+      - name: idp
+        jwt: {{issuer: '{ISSUER}', algorithms: [HS256], jwks: {{inline: '{jwks}'}}}}
+    waf: {{}}
+"#
+    ))
+}
+
+fn token() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#);
+    let claims = serde_json::json!({"iss": ISSUER, "sub": "alice", "exp": now + 3600, "iat": now});
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(&SECRET),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{input}.{signature}")
+}
+
+fn b(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip(2)), port)
+}
+
+/// Every kind of traffic from pod a.
+fn start_traffic(a: &str, token: &str) -> Traffic {
+    let mut t = Traffic::new(Duration::from_secs(240));
+    let lifetime = Duration::from_secs(2);
+    t.long_flows("plain long flows", a, b(7000), 3, lifetime);
+    t.long_flows("mtls long flows", a, b(7100), 3, lifetime);
+    t.new_connections("plain new connections", a, b(7000));
+    t.new_connections("mtls new connections", a, b(7100));
+    let bearer = format!("Bearer {token}");
+    t.http(
+        "http with token (200)",
+        a,
+        b(8080),
+        "/orders",
+        &[("authorization", &bearer)],
+        200,
+        40,
+    );
+    t.http(
+        "http without token (401)",
+        a,
+        b(8080),
+        "/orders",
+        &[],
+        401,
+        40,
+    );
+    t.http(
+        "http injection (403)",
+        a,
+        b(8080),
+        ATTACK,
+        &[
+            ("authorization", &bearer),
+            ("user-agent", "Mozilla/5.0"),
+            ("accept", "text/html"),
+        ],
+        403,
+        40,
+    );
+    t.denied_connections("denied port (never answered)", a, b(9000));
+    t
+}
+
+fn tally<'a>(tallies: &'a [(String, Tally)], name: &str) -> &'a Tally {
+    &tallies
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no traffic named {name}"))
+        .1
+}
+
+fn logs(mesh: &MeshAgents) -> String {
+    mesh.agents()
+        .map(Agent::log)
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
+fn sum_metric(agent: &Agent, name: &str, label: &str) -> f64 {
+    agent
+        .metrics()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn restarts_under_traffic_drop_nothing_and_open_nothing() {
+    require_root();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crs = rampart_tests::waf_cases::shared_dir(&workspace)
+        .expect("shared/")
+        .join(rampart_tests::waf_cases::DEFAULT_CRS);
+    let topo = shop::two_nodes().expect("topology");
+    let pod_b = &topo.pod("shop/b").ns;
+    let _echo = EchoServer::start(pod_b, &[7000, 7100, 9000], &[]).expect("echo");
+    let _origin = HttpServer::start(pod_b, 8080).expect("origin");
+    let crs_arg = crs.display().to_string();
+    let mut mesh = MeshAgents::start(
+        &topo,
+        &["node-1", "node-2"],
+        &policies(),
+        None,
+        &["--crs-dir", &crs_arg, "--drain-seconds", DRAIN_SECONDS],
+    )
+    .expect("agents");
+    // A pushed file lives in the agent's memory only: it must carry over.
+    let pushed = mesh.work_dir().join("pushed-ns.yaml");
+    std::fs::write(
+        &pushed,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: pushed}\n",
+    )
+    .expect("write");
+    mesh.node("node-2")
+        .cli(&["policy", "push", pushed.to_str().expect("utf-8")])
+        .expect("push");
+    let a = topo.pod("shop/a").ns.path();
+    let token = token();
+
+    // 1. Hot restarts of both agents, the destination's first.
+    let running = start_traffic(&a, &token);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut takeovers = Vec::new();
+    for node in ["node-2", "node-1"] {
+        let handed = mesh
+            .hand_over(&topo, node, None)
+            .unwrap_or_else(|e| panic!("hot restart of {node}: {e:#}"));
+        assert!(
+            handed.old_status.success(),
+            "the old agent of {node} exited with {}; log:\n{}",
+            handed.old_status,
+            handed.old_log
+        );
+        assert!(
+            handed.old_log.contains("handed over"),
+            "the old agent of {node} did not hand over:\n{}",
+            handed.old_log
+        );
+        takeovers.push((node, handed.takeover));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let tallies = running.stop();
+    let table = traffic::report(&tallies);
+    println!("hot restarts (takeover: {takeovers:?}):\n{table}");
+    for (name, t) in &tallies {
+        assert_eq!(
+            t.failed,
+            0,
+            "{name} failed during the hot restarts:\n{table}\n{}",
+            logs(&mesh)
+        );
+        assert!(t.ok > 0, "{name} never succeeded:\n{table}");
+    }
+    let status = mesh
+        .node("node-2")
+        .cli(&["status", "--json"])
+        .expect("status");
+    assert!(
+        status.contains("\"pushed_files\":1") || status.contains("\"pushed_files\": 1"),
+        "the pushed file did not carry over: {status}"
+    );
+
+    // 2. SIGKILL of the source's agent: the kernel keeps enforcing; new mTLS flows drop as
+    // proxy_unavailable (counted in the pinned maps) until the next agent adopts them.
+    let running = start_traffic(&a, &token);
+    std::thread::sleep(Duration::from_secs(1));
+    mesh.kill_and_restart(&topo, "node-1", || {
+        std::thread::sleep(Duration::from_secs(2))
+    })
+    .expect("restart after SIGKILL");
+    std::thread::sleep(Duration::from_secs(2));
+    let tallies = running.stop();
+    let table = traffic::report(&tallies);
+    println!("SIGKILL of node-1's agent and a new agent:\n{table}");
+    for name in [
+        "plain long flows",
+        "plain new connections",
+        "http without token (401)",
+        "http injection (403)",
+        "denied port (never answered)",
+    ] {
+        let t = tally(&tallies, name);
+        // The plain flows never touch the proxy, and nothing denied may pass. (An HTTP request
+        // denied while no proxy listens is not answered at all: that is a failed request, but
+        // no violation, so only the answered ones are checked below.)
+        if name.starts_with("plain") || name.starts_with("denied") {
+            assert_eq!(
+                t.failed,
+                0,
+                "{name} while the agent was dead:\n{table}\n{}",
+                logs(&mesh)
+            );
+        }
+    }
+    for name in ["http without token (401)", "http injection (403)"] {
+        let t = tally(&tallies, name);
+        assert!(
+            t.examples.iter().all(|e| !e.starts_with("status 200")),
+            "{name}: a denied request got through:\n{table}"
+        );
+    }
+    let unavailable = sum_metric(
+        mesh.node("node-1"),
+        "rampart_drops_total{",
+        "reason=\"proxy_unavailable\"",
+    );
+    assert!(
+        unavailable > 0.0,
+        "no proxy_unavailable drop was counted:\n{table}"
+    );
+    let gap = tally(&tallies, "mtls new connections").longest_gap;
+    println!(
+        "SIGKILL: new mTLS connections' longest gap {gap:?}, proxy_unavailable drops {unavailable}"
+    );
+}
