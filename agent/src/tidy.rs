@@ -29,6 +29,9 @@ const LAYERS: &[&[&str]] = &[
         "view",
         "test_support",
     ],
+    // The hot restart's protocol and socket passing (the composition root drives it).
+    &["handover::wire", "handover::messages"],
+    &["handover"],
     // Configuration is validated from the command line alone.
     &["config"],
     // Policy: read → spec shapes → sections and model → compile → decide.

@@ -972,3 +972,55 @@ async fn the_access_log_masks_what_the_route_masks() {
     let paths = logged.lock().map(|l| l.clone()).unwrap_or_default();
     assert_eq!(paths, ["/cards/************1111/statement"]);
 }
+
+/// A draining agent ends a kept-alive HTTP/1 connection at a request boundary: the request in
+/// flight is answered whole, with `Connection: close`, and the connection then ends.
+#[tokio::test]
+async fn a_drain_answers_the_next_request_and_then_closes_the_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client, proxy_down) = tokio::io::duplex(1 << 20);
+    let (proxy_up, origin_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(origin(origin_io, false));
+    let drain = crate::listen::Drain::default();
+    tokio::spawn(relay(
+        proxy_down,
+        connected(proxy_up),
+        fixed_route(route()),
+        peer(),
+        Arc::new(L7Stats::default()),
+        None,
+        drain.clone(),
+    ));
+    let request = b"GET /ok HTTP/1.1\r\nHost: b\r\n\r\n";
+    let mut answer = vec![0u8; 4096];
+    client
+        .write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = client
+        .read(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+    assert!(
+        first.starts_with("http/1.1 200") && !first.contains("connection: close"),
+        "{first}"
+    );
+    drain.start();
+    client
+        .write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the connection ends after the answer")
+    .unwrap_or_else(|e| panic!("{e}"));
+    let second = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("connection: close"), "{second}");
+    assert!(second.ends_with("origin http/1.1 /ok"), "{second}");
+}
