@@ -381,6 +381,10 @@ async fn take_over(
 ) {
     let state = &handing.state;
     state.generations.first_in_force().await;
+    // Every link runs this build's programs now: maps of the previous layout can go.
+    if let Err(e) = Datapath::finish_migration(&state.config.bpffs_root) {
+        tracing::warn!("carrying the previous layout's maps: {e}");
+    }
     if let Some(mesh) = &state.mesh {
         mesh.gate.open();
     }

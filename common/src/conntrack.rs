@@ -50,9 +50,10 @@ impl CtKey {
     }
 }
 
+/// A tracked flow's state (`CT_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntryV2 {
     /// `bpf_ktime_get_ns()` of the last packet in either direction.
     pub last_seen_ns: u64,
     /// Policy revision that admitted (or last re-admitted) the flow.
@@ -68,9 +69,53 @@ pub struct CtEntry {
     /// flow can be re-evaluated from either direction after a policy change.
     pub policy_port: u16,
     pub _pad2: [u8; 2],
+    /// `bpf_ktime_get_ns()` when the entry was created (the flow's age).
+    pub created_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<CtEntryV2>() == 32);
+
+/// The flow state of the previous layout (`CT_V1`, without `created_ns`): an upgraded agent
+/// carries its entries into `CT_V2` (see the agent's `datapath::migrate`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntryV1 {
+    pub last_seen_ns: u64,
+    pub revision: u32,
+    pub cookie: u32,
+    pub flags: u16,
+    pub verdict: u8,
+    pub _pad: u8,
+    pub policy_port: u16,
+    pub _pad2: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<CtEntryV1>() == 24);
+
+impl CtEntryV2 {
+    /// A `CT_V1` entry in this layout; its age starts at its last packet (the oldest time
+    /// known).
+    pub const fn from_v1(v1: &CtEntryV1) -> CtEntryV2 {
+        CtEntryV2 {
+            last_seen_ns: v1.last_seen_ns,
+            revision: v1.revision,
+            cookie: v1.cookie,
+            flags: v1.flags,
+            verdict: v1.verdict,
+            _pad: 0,
+            policy_port: v1.policy_port,
+            _pad2: [0; 2],
+            created_ns: v1.last_seen_ns,
+        }
+    }
+}
+
+/// The layout the programs use: `CT_V2`, or `CT_V1` in the build of the previous layout
+/// (feature `previous-layout`, for the upgrade test).
+#[cfg(not(feature = "previous-layout"))]
+pub type CtEntry = CtEntryV2;
+#[cfg(feature = "previous-layout")]
+pub type CtEntry = CtEntryV1;
 
 /// Bits of [`CtEntry::flags`].
 pub struct CtFlags;
@@ -109,11 +154,41 @@ pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
 unsafe impl aya::Pod for CtKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no padding (asserted).
-unsafe impl aya::Pod for CtEntry {}
+unsafe impl aya::Pod for CtEntryV2 {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no padding (asserted).
+unsafe impl aya::Pod for CtEntryV1 {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_previous_layout_entry_keeps_every_field_and_ages_from_its_last_packet() {
+        let v1 = CtEntryV1 {
+            last_seen_ns: 7,
+            revision: 3,
+            cookie: 9,
+            flags: CtFlags::SEEN_REPLY | CtFlags::PROXIED,
+            verdict: 2,
+            _pad: 0,
+            policy_port: 443,
+            _pad2: [0; 2],
+        };
+        let v2 = CtEntryV2::from_v1(&v1);
+        assert_eq!(
+            (
+                v2.last_seen_ns,
+                v2.revision,
+                v2.cookie,
+                v2.flags,
+                v2.verdict,
+                v2.policy_port
+            ),
+            (7, 3, 9, v1.flags, 2, 443)
+        );
+        assert_eq!(v2.created_ns, 7);
+    }
 
     #[test]
     fn reply_key_flips_tuple_and_scope() {

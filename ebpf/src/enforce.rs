@@ -403,6 +403,8 @@ fn judge(
         _pad: 0,
         policy_port: flow.policy_port,
         _pad2: [0; 2],
+        #[cfg(not(feature = "previous-layout"))]
+        created_ns: now,
     };
     if CT.insert(&s.key, &entry, 0).is_err() {
         counters::dropped(DropReason::CT_FULL, dir, bytes);

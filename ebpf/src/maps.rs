@@ -83,7 +83,9 @@ pub static SVC_NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(
 #[map(name = "BRAKE_V1")]
 pub static BRAKE: LruHashMap<BrakeKey, u64> = LruHashMap::with_max_entries(MAX_BRAKE, 0);
 
-#[map(name = "CT_V1")]
+// `CT_V2`; the previous layout's build (the upgrade test's) keeps `CT_V1`.
+#[cfg_attr(not(feature = "previous-layout"), map(name = "CT_V2"))]
+#[cfg_attr(feature = "previous-layout", map(name = "CT_V1"))]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
 
 // The lookups below return plain values with a sentinel for "no entry" instead of `Option`:

@@ -248,6 +248,11 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Its `--bpffs-root`.
+    pub fn bpffs_root(&self) -> &std::path::Path {
+        &self.bpffs_root
+    }
+
     /// The binary the agent runs (for CLI commands run by the test itself).
     pub fn bin(&self) -> &std::path::Path {
         &self.bin

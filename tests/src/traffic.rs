@@ -139,6 +139,87 @@ impl Traffic {
         }
     }
 
+    /// A server in the namespace at `ns_path` on `port` that writes a 5-byte tick every 50 ms
+    /// on every connection, until the client closes it or the traffic stops: a flow whose
+    /// packets come from the server only, for [`Traffic::pushed_flows`].
+    pub fn pushing_server(&mut self, ns_path: &str, port: u16) -> anyhow::Result<()> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        self.spawn("pushing server", ns_path, move |tally, stop, deadline| {
+            let listener = match std::net::TcpListener::bind(("::", port))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let stop = Arc::clone(&stop);
+                        let _ = s.set_nonblocking(false);
+                        std::thread::spawn(move || {
+                            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                                if s.write_all(b"tick\n").is_err() {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        });
+                        record(&tally, Ok(()));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => anyhow::bail!("the pushing server on port {port}: {e}"),
+            Err(_) => anyhow::bail!("the pushing server on port {port} did not start"),
+        }
+    }
+
+    /// `flows` connections to a [`Traffic::pushing_server`] at `dst`, each reading its ticks for
+    /// `lifetime` and then replaced: only the server sends, so its packets are admitted to the
+    /// client by nothing but their flow's state (when the client takes no connections) — a tick
+    /// that does not arrive within 2 s is a broken connection.
+    pub fn pushed_flows(
+        &mut self,
+        name: &str,
+        ns_path: &str,
+        dst: SocketAddr,
+        flows: usize,
+        lifetime: Duration,
+    ) {
+        for _ in 0..flows {
+            self.spawn(name, ns_path, move |tally, stop, deadline| {
+                let running = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+                while running() {
+                    let outcome = (|| {
+                        let mut s = TcpStream::connect_timeout(&dst, ATTEMPT)
+                            .map_err(|e| format!("connect: {e}"))?;
+                        s.set_read_timeout(Some(ATTEMPT))
+                            .map_err(|e| e.to_string())?;
+                        let opened = Instant::now();
+                        let mut tick = [0u8; 5];
+                        while running() && opened.elapsed() < lifetime {
+                            s.read_exact(&mut tick)
+                                .map_err(|e| format!("a tick after {:?}: {e}", opened.elapsed()))?;
+                        }
+                        Ok(())
+                    })();
+                    // The server (a worker too) closes its connections when the traffic stops.
+                    if outcome.is_err() && !running() {
+                        return;
+                    }
+                    record(&tally, outcome);
+                }
+            });
+        }
+    }
+
     /// New connections to an echo server at `dst`, one after another, each echoing once.
     pub fn new_connections(&mut self, name: &str, ns_path: &str, dst: SocketAddr) {
         self.spawn(name, ns_path, move |tally, stop, deadline| {

@@ -3,12 +3,18 @@
 //!
 //! - b:7000 plain TCP (L3/L4 policy only), b:7100 mTLS-tunnelled, b:8080 HTTP through the L7
 //!   chain (JWT, WAF) in the tunnel, b:9000 denied by the NetworkPolicy;
-//! - traffic: long-lived flows and a stream of new connections on 7000 and 7100, kept-alive HTTP
+//! - traffic: long-lived flows and a stream of new connections on 7000 and 7100, flows on b:7200
+//!   where only the server sends (its packets reach a by their conntrack entry alone), kept-alive HTTP
 //!   requests with a token (200), without one (401) and with an injection (403), connections to
 //!   9000 (never answered);
+//! - pod a takes no connections (an ingress NetworkPolicy with no rule): every reply it gets is
+//!   admitted by its flow's conntrack entry, so a lost entry breaks a flow;
+//! - an upgrade: both agents start from the previous layout's build (`CT_V1`) and hand over to
+//!   this one (`CT_V2`), which carries conntrack over;
 //! - a hot restart of node 2's agent (the destination: the tunnel's and the L7 chain's end), then
 //!   of node 1's (the source: the transparent listener), each taking over the listening sockets
-//!   and the pushed files: no connection reset, no request failed, nothing denied got through;
+//!   and the pushed files;
+//! - through both: no connection reset, no request failed, nothing denied got through;
 //! - a SIGKILL of node 1's agent: the kernel keeps enforcing (plain flows unbroken, nothing
 //!   denied gets through), new mTLS flows drop as `proxy_unavailable` until the next agent
 //!   adopts the pinned state; the gap is reported.
@@ -47,7 +53,14 @@ spec:
   policyTypes: [Ingress]
   ingress:
   - from: [{{podSelector: {{matchLabels: {{app: a}}}}}}]
-    ports: [{{port: 7000}}, {{port: 7100}}, {{port: 8080}}]
+    ports: [{{port: 7000}}, {{port: 7100}}, {{port: 7200}}, {{port: 8080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: a-isolated, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: a}}}}
+  policyTypes: [Ingress]
 ---
 apiVersion: rampart.dev/v1alpha1
 kind: MeshPolicy
@@ -93,11 +106,13 @@ fn b(port: u16) -> SocketAddr {
 }
 
 /// Every kind of traffic from pod a.
-fn start_traffic(a: &str, token: &str) -> Traffic {
+fn start_traffic(a: &str, b_path: &str, token: &str) -> Traffic {
     let mut t = Traffic::new(Duration::from_secs(240));
     let lifetime = Duration::from_secs(2);
     t.long_flows("plain long flows", a, b(7000), 3, lifetime);
     t.long_flows("mtls long flows", a, b(7100), 3, lifetime);
+    t.pushing_server(b_path, 7200).expect("pushing server");
+    t.pushed_flows("server-pushed flows", a, b(7200), 3, lifetime);
     t.new_connections("plain new connections", a, b(7000));
     t.new_connections("mtls new connections", a, b(7100));
     let bearer = format!("Bearer {token}");
@@ -144,6 +159,36 @@ fn tally<'a>(tallies: &'a [(String, Tally)], name: &str) -> &'a Tally {
         .1
 }
 
+/// The previous layout's build: `$RAMPART_PREVIOUS_BIN`, else `rampart-previous` beside the
+/// agent (`cargo xtask test` builds it with the `previous-layout` feature).
+fn previous_bin(current: &Path) -> std::path::PathBuf {
+    let bin = std::env::var_os("RAMPART_PREVIOUS_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| current.with_file_name("rampart-previous"));
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p rampart-agent --features previous-layout` \
+         and copy target/debug/rampart there (`cargo xtask test` does), or set RAMPART_PREVIOUS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The flows a log says were carried from `CT_V1` into `CT_V2` (both passes).
+fn carried_flows(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("conntrack") && l.contains("new layout"))
+        .filter_map(|l| {
+            let at = l.find("flows=")? + "flows=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn logs(mesh: &MeshAgents) -> String {
     mesh.agents()
         .map(Agent::log)
@@ -173,11 +218,13 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     let _echo = EchoServer::start(pod_b, &[7000, 7100, 9000], &[]).expect("echo");
     let _origin = HttpServer::start(pod_b, 8080).expect("origin");
     let crs_arg = crs.display().to_string();
+    let current = rampart_tests::agent::rampart_bin().expect("the agent");
+    let previous = previous_bin(&current);
     let mut mesh = MeshAgents::start(
         &topo,
         &["node-1", "node-2"],
         &policies(),
-        None,
+        Some(&previous),
         &["--crs-dir", &crs_arg, "--drain-seconds", DRAIN_SECONDS],
     )
     .expect("agents");
@@ -192,16 +239,36 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
         .cli(&["policy", "push", pushed.to_str().expect("utf-8")])
         .expect("push");
     let a = topo.pod("shop/a").ns.path();
+    let b_path = pod_b.path();
     let token = token();
 
-    // 1. Hot restarts of both agents, the destination's first.
-    let running = start_traffic(&a, &token);
+    // 1. The upgrade from the previous layout, then hot restarts of this build: each node in
+    // turn, the destination's first.
+    let running = start_traffic(&a, &b_path, &token);
     std::thread::sleep(Duration::from_secs(2));
     let mut takeovers = Vec::new();
-    for node in ["node-2", "node-1"] {
+    for (node, upgrade) in [
+        ("node-2", true),
+        ("node-1", true),
+        ("node-2", false),
+        ("node-1", false),
+    ] {
         let handed = mesh
-            .hand_over(&topo, node, None)
+            .hand_over(&topo, node, upgrade.then_some(current.as_path()))
             .unwrap_or_else(|e| panic!("hot restart of {node}: {e:#}"));
+        if upgrade {
+            let log = mesh.node(node).log();
+            let carried = carried_flows(&log);
+            assert!(
+                carried > 0,
+                "{node}: no conntrack entry carried into the new layout:\n{log}"
+            );
+            let old_map = mesh.node(node).bpffs_root().join("maps/CT_V1");
+            assert!(!old_map.exists(), "{} is still pinned", old_map.display());
+            takeovers.push((node, "upgrade", handed.takeover, carried));
+        } else {
+            takeovers.push((node, "restart", handed.takeover, 0));
+        }
         assert!(
             handed.old_status.success(),
             "the old agent of {node} exited with {}; log:\n{}",
@@ -213,12 +280,13 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
             "the old agent of {node} did not hand over:\n{}",
             handed.old_log
         );
-        takeovers.push((node, handed.takeover));
         std::thread::sleep(Duration::from_secs(2));
     }
     let tallies = running.stop();
     let table = traffic::report(&tallies);
-    println!("hot restarts (takeover: {takeovers:?}):\n{table}");
+    println!(
+        "upgrade and hot restarts (node, kind, takeover, conntrack entries carried): {takeovers:?}\n{table}"
+    );
     for (name, t) in &tallies {
         assert_eq!(
             t.failed,
@@ -239,7 +307,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
 
     // 2. SIGKILL of the source's agent: the kernel keeps enforcing; new mTLS flows drop as
     // proxy_unavailable (counted in the pinned maps) until the next agent adopts them.
-    let running = start_traffic(&a, &token);
+    let running = start_traffic(&a, &b_path, &token);
     std::thread::sleep(Duration::from_secs(1));
     mesh.kill_and_restart(&topo, "node-1", || {
         std::thread::sleep(Duration::from_secs(2))
@@ -251,6 +319,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     println!("SIGKILL of node-1's agent and a new agent:\n{table}");
     for name in [
         "plain long flows",
+        "server-pushed flows",
         "plain new connections",
         "http without token (401)",
         "http injection (403)",

@@ -46,8 +46,25 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         exec(cargo().args(["deny", "--locked", "check", "licenses", "bans", "sources"]))?;
         crate::manifests::run()?;
     }
-    exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
+    // The upgrade test's previous release: this agent with the map layouts before the current
+    // ones (feature `previous-layout`), kept beside it as `rampart-previous`.
+    exec(cargo().args([
+        "build",
+        "--locked",
+        "-p",
+        "rampart-agent",
+        "--features",
+        "previous-layout",
+    ]))?;
     let bin = workspace_root().join("target/debug/rampart");
+    let previous = workspace_root().join("target/debug/rampart-previous");
+    std::fs::copy(&bin, &previous).with_context(|| {
+        format!(
+            "copying the previous layout's build to {}",
+            previous.display()
+        )
+    })?;
+    exec(cargo().args(["build", "--locked", "-p", "rampart-agent"]))?;
     let mut test = cargo();
     // Every host crate, the privileged tests (not a default member) included.
     test.args([
@@ -57,7 +74,8 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         "--exclude",
         "rampart-ebpf",
     ])
-    .env("RAMPART_BIN", &bin);
+    .env("RAMPART_BIN", &bin)
+    .env("RAMPART_PREVIOUS_BIN", &previous);
     if let Some(filter) = &args.filter {
         test.arg(filter);
     }

@@ -133,6 +133,17 @@ impl Datapath {
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader.load(KERNEL_OBJECT)?;
+        // Maps of the previous layout: their entries first, while the old programs still run.
+        if let Some(pins) = &pins
+            && let Some(carried) = super::migrate::conntrack(pins, false)?
+        {
+            tracing::info!(
+                flows = carried,
+                from = maps::CT_V1,
+                to = maps::CT,
+                "carried conntrack into the new layout"
+            );
+        }
         xdp_program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::Program {
@@ -186,6 +197,21 @@ impl Datapath {
             pins,
             written: [None, None],
         })
+    }
+
+    /// Once the new programs run on every link: carries the flows the old ones added to maps of
+    /// the previous layout meanwhile and removes their pins (see `migrate`).
+    pub fn finish_migration(root: &Path) -> Result<(), DatapathError> {
+        let pins = PinRoot::prepare(root)?;
+        if let Some(carried) = super::migrate::conntrack(&pins, true)? {
+            tracing::info!(
+                flows = carried,
+                from = maps::CT_V1,
+                to = maps::CT,
+                "carried the last conntrack entries into the new layout; the old map is unpinned"
+            );
+        }
+        Ok(())
     }
 
     pub(super) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {

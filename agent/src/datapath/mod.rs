@@ -14,6 +14,7 @@
 mod attach;
 mod generation;
 mod loader;
+mod migrate;
 mod pins;
 mod stats;
 mod test_run;

@@ -1,0 +1,64 @@
+//! Carrying pinned maps of the previous layout into the current one when an agent of a newer
+//! build takes over a node: today conntrack, `CT_V1` → `CT_V2` (which adds the flow's creation
+//! time), so established flows keep their state across the upgrade (without it, the first reply
+//! of a flow that policy alone would not admit — a client's ingress — would be dropped).
+//!
+//! Twice: when the new object is loaded (its programs not yet in the links: the old ones keep
+//! adding flows to `CT_V1`), and once every link runs the new programs, after which the old pin
+//! is removed (the kernel frees the map with its last program). Entries already in the new map
+//! are newer and kept (`BPF_NOEXIST`).
+//!
+//! A downgrade is not migrated: the older agent finds no `CT_V1` pin, starts an empty one, and
+//! established flows are judged again by policy on their next packet (README, "Restarts and
+//! upgrades").
+
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use rampart_common::conntrack::{CtEntryV1, CtEntryV2, CtKey};
+use rampart_common::maps;
+
+use super::loader::{BPF_NOEXIST, DatapathError, map_err};
+use super::pins::PinRoot;
+
+/// Flows carried from `CT_V1` into `CT_V2`; `None` when there was no `CT_V1` pin (or this build
+/// uses `CT_V1` itself). With `finish`, the `CT_V1` pin is removed afterwards.
+pub(super) fn conntrack(pins: &PinRoot, finish: bool) -> Result<Option<u64>, DatapathError> {
+    if maps::CT == maps::CT_V1 {
+        return Ok(None);
+    }
+    let old_path = pins.map(maps::CT_V1);
+    if !old_path.exists() {
+        return Ok(None);
+    }
+    let open = |name: &'static str, path: &Path| -> Result<Map, DatapathError> {
+        MapData::from_pin(path)
+            .and_then(Map::from_map_data)
+            .map_err(map_err(name))
+    };
+    let old: HashMap<MapData, CtKey, CtEntryV1> =
+        HashMap::try_from(open(maps::CT_V1, &old_path)?).map_err(map_err(maps::CT_V1))?;
+    let mut new: HashMap<MapData, CtKey, CtEntryV2> =
+        HashMap::try_from(open(maps::CT, &pins.map(maps::CT))?).map_err(map_err(maps::CT))?;
+    let mut carried = 0u64;
+    for entry in old.iter() {
+        let (key, value) = match entry {
+            Ok(kv) => kv,
+            // An LRU entry evicted during the walk: the walk goes on from the next key.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(maps::CT_V1)(e)),
+        };
+        match new.insert(key, CtEntryV2::from_v1(&value), BPF_NOEXIST) {
+            Ok(()) => carried += 1,
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(map_err(maps::CT)(e)),
+        }
+    }
+    if finish {
+        std::fs::remove_file(&old_path).map_err(|source| DatapathError::Unpin {
+            path: old_path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(Some(carried))
+}
