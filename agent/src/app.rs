@@ -99,6 +99,14 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let (Some(mesh), Some(t)) = (&mesh, &takeover)
+        && !t.offer.jwks.is_null()
+    {
+        match serde_json::from_value::<Vec<crate::l7::jwks::CarriedJwks>>(t.offer.jwks.clone()) {
+            Ok(sets) => mesh.jwks.seed(&sets),
+            Err(e) => tracing::warn!("the previous agent's JWKS are not readable here: {e}"),
+        }
+    }
     let flow_log = match &config.flow_log {
         Some(settings) => Some(
             FlowLogWriter::open(settings.clone())
@@ -427,8 +435,13 @@ impl handover::Predecessor for HandingOver {
             .map_err(|_| "the policy controller did not pause within 20 s".to_owned())?
             .map_err(|_| "the policy controller has stopped".to_owned())?;
         self.state.handing_over.store(true, Ordering::SeqCst);
+        let jwks = match &self.state.mesh {
+            Some(mesh) => serde_json::to_value(mesh.jwks.carried()).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
         Ok(Offer {
             pushed,
+            jwks,
             ..Offer::default()
         })
     }

@@ -14,7 +14,8 @@
 //! - a hot restart of node 2's agent (the destination: the tunnel's and the L7 chain's end), then
 //!   of node 1's (the source: the transparent listener), each taking over the listening sockets
 //!   and the pushed files;
-//! - through both: no connection reset, no request failed, nothing denied got through;
+//! - through both: no connection reset, no request failed, nothing denied got through; the IdP
+//!   is down meanwhile, so tokens pass only because each new agent took the old one's JWKS;
 //! - a SIGKILL of node 1's agent: the kernel keeps enforcing (plain flows unbroken, nothing
 //!   denied gets through), new mTLS flows drop as `proxy_unavailable` until the next agent
 //!   adopts the pinned state; the gap is reported.
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rampart_tests::http_server::HttpServer;
+use rampart_tests::idp::IdpServer;
 use rampart_tests::mesh::MeshAgents;
 use rampart_tests::mesh::shop::{self, ip};
 use rampart_tests::server::EchoServer;
@@ -38,11 +40,17 @@ const ISSUER: &str = "https://idp.rampart.test";
 const DRAIN_SECONDS: &str = "20";
 const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27=%271";
 
-fn policies() -> String {
-    let jwks = format!(
+/// The IdP's keys, served on node 2's loopback (where its agent fetches them).
+const JWKS_URL: &str = "http://127.0.0.1:18080/keys";
+
+fn jwks() -> String {
+    format!(
         r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{}"}}]}}"#,
         URL_SAFE_NO_PAD.encode(SECRET)
-    );
+    )
+}
+
+fn policies() -> String {
     shop::world(&format!(
         r#"---
 apiVersion: networking.k8s.io/v1
@@ -79,7 +87,7 @@ spec:
     authentication:
       providers:
       - name: idp
-        jwt: {{issuer: '{ISSUER}', algorithms: [HS256], jwks: {{inline: '{jwks}'}}}}
+        jwt: {{issuer: '{ISSUER}', algorithms: [HS256], jwks: {{url: '{JWKS_URL}'}}}}
     waf: {{}}
 "#
     ))
@@ -189,6 +197,20 @@ fn carried_flows(log: &str) -> u64 {
         .sum()
 }
 
+/// Waits until node 2's agent has fetched the IdP's keys (a token is accepted).
+fn wait_for_keys(mesh: &MeshAgents) {
+    let node2 = mesh.node("node-2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sum_metric(node2, "rampart_jwks_fetches_total", "result=\"ok\"") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IdP's keys were not fetched:\n{}",
+            node2.metrics().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn logs(mesh: &MeshAgents) -> String {
     mesh.agents()
         .map(Agent::log)
@@ -217,6 +239,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     let pod_b = &topo.pod("shop/b").ns;
     let _echo = EchoServer::start(pod_b, &[7000, 7100, 9000], &[]).expect("echo");
     let _origin = HttpServer::start(pod_b, 8080).expect("origin");
+    let idp = IdpServer::start(&topo.node("node-2").ns, 18080, ISSUER, &jwks()).expect("idp");
     let crs_arg = crs.display().to_string();
     let current = rampart_tests::agent::rampart_bin().expect("the agent");
     let previous = previous_bin(&current);
@@ -241,6 +264,11 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     let a = topo.pod("shop/a").ns.path();
     let b_path = pod_b.path();
     let token = token();
+
+    // The IdP goes down: the agents keep the keys they fetched, and each new agent must take
+    // them over (a new agent that fetched its own would refuse every token: 401).
+    wait_for_keys(&mesh);
+    idp.set_up(false);
 
     // 1. The upgrade from the previous layout, then hot restarts of this build: each node in
     // turn, the destination's first.

@@ -50,6 +50,10 @@ pub struct Offer {
     /// `rampart policy push`'s files, by name (they live in the agent's memory only).
     #[serde(default)]
     pub pushed: BTreeMap<String, String>,
+    /// The fetched JWKS, as the proxy's registry writes them (opaque here): the new agent uses
+    /// them until it has fetched its own, so no token is refused for want of keys.
+    #[serde(default)]
+    pub jwks: serde_json::Value,
 }
 
 /// The listeners' names.
@@ -78,6 +82,7 @@ mod tests {
                 pid: 7,
                 listeners: vec!["metrics".into()],
                 pushed: BTreeMap::new(),
+                jwks: serde_json::Value::Null,
             })
         );
     }

@@ -49,6 +49,8 @@ pub enum JwksError {
 #[derive(Debug, Default)]
 struct State {
     keys: Option<Arc<KeySet>>,
+    /// The document `keys` came from (a hot restart hands it to the next agent).
+    document: Option<Arc<str>>,
     last_success: Option<Instant>,
     /// When the current set should have been refreshed.
     due: Option<Instant>,
@@ -139,7 +141,7 @@ impl RemoteJwks {
         let mut retry = FIRST_RETRY;
         loop {
             let next = match self.fetch().await {
-                Ok((keys, max_age)) => {
+                Ok((keys, document, max_age)) => {
                     retry = FIRST_RETRY;
                     self.stats.fetched.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(source = %self.location, keys = keys.len(), "jwks: fetched");
@@ -149,6 +151,7 @@ impl RemoteJwks {
                     {
                         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
                         state.keys = Some(Arc::new(keys));
+                        state.document = Some(document);
                         state.last_success = Some(Instant::now());
                         state.due = Some(Instant::now() + refresh);
                     }
@@ -170,7 +173,37 @@ impl RemoteJwks {
         }
     }
 
-    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), JwksError> {
+    /// The set in force as a carried-over document: the JWKS text and its age.
+    pub fn carried(&self) -> Option<CarriedJwks> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Some(CarriedJwks {
+            location: self.location.clone(),
+            document: state.document.as_deref()?.to_owned(),
+            age: state.last_success?.elapsed(),
+        })
+    }
+
+    /// Takes `carried` (a previous agent's set) as the set in force, as old as it was there,
+    /// until this agent's first fetch replaces it; a refresh is due at once.
+    fn seed(&self, carried: &CarriedJwks) -> Result<(), JwksError> {
+        let name = self.location.to_string();
+        let keys = KeySet::from_jwks(carried.document.as_bytes())
+            .map_err(|e| JwksError::Document(name.clone(), e))?;
+        if keys.is_empty() {
+            return Err(JwksError::Empty(name));
+        }
+        let now = Instant::now();
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.keys.is_none() {
+            state.keys = Some(Arc::new(keys));
+            state.document = Some(Arc::from(carried.document.as_str()));
+            state.last_success = Some(now.checked_sub(carried.age).unwrap_or(now));
+            state.due = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self) -> Result<(KeySet, Arc<str>, Option<Duration>), JwksError> {
         let (document, max_age) = match &self.location {
             JwksLocation::File(path) => {
                 let text = tokio::fs::read(path)
@@ -198,7 +231,31 @@ impl RemoteJwks {
         if keys.is_empty() {
             return Err(JwksError::Empty(name));
         }
-        Ok((keys, max_age))
+        let document = Arc::from(String::from_utf8_lossy(&document).as_ref());
+        Ok((keys, document, max_age))
+    }
+}
+
+/// A fetched JWKS as one agent hands it to the next in a hot restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CarriedJwks {
+    pub location: JwksLocation,
+    pub document: String,
+    /// Since it was fetched.
+    #[serde(with = "seconds")]
+    pub age: Duration,
+}
+
+/// A `Duration` as whole seconds.
+mod seconds {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_secs)
     }
 }
 
@@ -266,6 +323,30 @@ impl JwksRegistry {
         let task = self.spawn(&remote);
         sources.insert(location.clone(), (Arc::clone(&remote), task));
         remote
+    }
+
+    /// Every set in force, for a successor.
+    pub fn carried(&self) -> Vec<CarriedJwks> {
+        self.sources()
+            .iter()
+            .filter_map(|remote| remote.carried())
+            .collect()
+    }
+
+    /// Takes a predecessor's sets as the sets in force until this agent fetches its own (a
+    /// request carrying a token is not refused meanwhile); one that does not parse is skipped.
+    pub fn seed(&self, carried: &[CarriedJwks]) {
+        for set in carried {
+            if set.age > MAX_STALE {
+                continue;
+            }
+            match self.get(&set.location).seed(set) {
+                Ok(()) => {
+                    tracing::info!(source = %set.location, age_seconds = set.age.as_secs(), "jwks: the previous agent's set is in force until the first fetch")
+                }
+                Err(e) => tracing::warn!("jwks: the previous agent's set: {e}"),
+            }
+        }
     }
 
     /// Stops the sources no policy names any more.

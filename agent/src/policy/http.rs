@@ -216,8 +216,11 @@ pub struct JwtProviderModel {
     pub forward_token: bool,
 }
 
-/// Where a JWKS comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Where a JWKS comes from (serialized: a hot restart hands the fetched sets over).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum JwksLocation {
     File(std::path::PathBuf),
     Url(String),

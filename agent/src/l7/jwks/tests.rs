@@ -171,3 +171,56 @@ async fn an_unreachable_source_leaves_no_keys() {
     until_failed(&remote).await;
     assert!(remote.keys().is_none());
 }
+
+/// A hot restart: the new agent's registry takes the old one's sets, serves them while the
+/// source is down (no token refused for want of keys), and replaces them on its first fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predecessors_sets_serve_until_the_first_fetch_and_a_stale_or_bad_one_is_skipped() {
+    let (idp, addr) = idp().await;
+    let old = JwksRegistry::default();
+    old.start(tokio::runtime::Handle::current());
+    let location = JwksLocation::Url(format!("http://{addr}/keys"));
+    until_keys(&old.get(&location)).await;
+    let carried = old.carried();
+    assert_eq!(carried.len(), 1);
+    // Through the handover's JSON.
+    let json = serde_json::to_value(&carried).unwrap_or_else(|e| panic!("{e}"));
+    let carried: Vec<CarriedJwks> = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+
+    *idp.up.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    let stale = CarriedJwks {
+        location: JwksLocation::Url("http://stale.invalid/keys".into()),
+        document: jwks("old"),
+        age: MAX_STALE + Duration::from_secs(1),
+    };
+    let bad = CarriedJwks {
+        location: JwksLocation::Url("http://bad.invalid/keys".into()),
+        document: "not json".into(),
+        age: Duration::ZERO,
+    };
+    let new = JwksRegistry::default();
+    new.seed(&[carried[0].clone(), stale.clone(), bad.clone()]);
+    let remote = new.get(&location);
+    assert!(
+        remote.keys().is_some_and(|k| k.has_kid("k1")),
+        "served before any fetch"
+    );
+    assert!(
+        new.get(&stale.location).keys().is_none(),
+        "older than the stale limit"
+    );
+    assert!(new.get(&bad.location).keys().is_none(), "not a JWKS");
+    new.start(tokio::runtime::Handle::current());
+    until_failed(&remote).await;
+    assert!(
+        remote.keys().is_some_and(|k| k.has_kid("k1")),
+        "kept while the source is down"
+    );
+
+    *idp.jwks.lock().unwrap_or_else(PoisonError::into_inner) = jwks("k2");
+    *idp.up.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    eventually("the first fetch's set", Duration::from_secs(5), || {
+        remote.keys().filter(|k| k.has_kid("k2"))
+    })
+    .await;
+}
