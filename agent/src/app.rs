@@ -22,6 +22,7 @@ use crate::handover::messages::{Hello, Offer, listener};
 use crate::handover::{self, Sockets};
 use crate::kernel_state::PolicyState;
 use crate::listen::Gate;
+use crate::mesh::carried_certs::CarriedCerts;
 use crate::mesh::runtime::MeshRuntime;
 use crate::sources::kube::KubeSource;
 use crate::state::{AgentState, ControllerCommand, Rejections, Settle};
@@ -86,12 +87,25 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         Some(settings) => {
             let hub = Arc::clone(&flows);
             let sink: ProxyEventSink = Arc::new(move |e| hub.publish_proxy(e));
+            let carried = takeover
+                .as_ref()
+                .filter(|t| !t.offer.certificates.is_null())
+                .and_then(|t| {
+                    serde_json::from_value::<CarriedCerts>(t.offer.certificates.clone())
+                        .map_err(|e| {
+                            tracing::warn!(
+                                "the previous agent's certificates are not readable here: {e}"
+                            )
+                        })
+                        .ok()
+                });
             Some(
                 MeshRuntime::new(
                     settings.clone(),
                     &config.trust_domain,
                     generations.tables(),
                     Some(sink),
+                    carried.as_ref(),
                 )
                 .await
                 .context("starting the mTLS proxy")?,
@@ -435,13 +449,21 @@ impl handover::Predecessor for HandingOver {
             .map_err(|_| "the policy controller did not pause within 20 s".to_owned())?
             .map_err(|_| "the policy controller has stopped".to_owned())?;
         self.state.handing_over.store(true, Ordering::SeqCst);
-        let jwks = match &self.state.mesh {
-            Some(mesh) => serde_json::to_value(mesh.jwks.carried()).unwrap_or_default(),
-            None => serde_json::Value::Null,
+        let (jwks, certificates) = match &self.state.mesh {
+            Some(mesh) => (
+                serde_json::to_value(mesh.jwks.carried()).unwrap_or_default(),
+                mesh.certs
+                    .carried()
+                    .ok()
+                    .and_then(|c| serde_json::to_value(c).ok())
+                    .unwrap_or_default(),
+            ),
+            None => (serde_json::Value::Null, serde_json::Value::Null),
         };
         Ok(Offer {
             pushed,
             jwks,
+            certificates,
             ..Offer::default()
         })
     }

@@ -341,7 +341,10 @@ impl Agent {
         // Both processes answer `/readyz` on the shared socket until the handover ends: the new
         // agent's own word says when it has taken over.
         loop {
-            if agent.log().contains("took over") {
+            if agent
+                .log()
+                .contains("took over: the previous agent stopped accepting")
+            {
                 break;
             }
             if let Some(status) = agent.try_wait()? {

@@ -15,7 +15,8 @@
 //!   of node 1's (the source: the transparent listener), each taking over the listening sockets
 //!   and the pushed files;
 //! - through both: no connection reset, no request failed, nothing denied got through; the IdP
-//!   is down meanwhile, so tokens pass only because each new agent took the old one's JWKS;
+//!   and the CA service are down meanwhile, so tokens pass and tunnels open only because each new
+//!   agent took the old one's JWKS and certificates;
 //! - a SIGKILL of node 1's agent: the kernel keeps enforcing (plain flows unbroken, nothing
 //!   denied gets through), new mTLS flows drop as `proxy_unavailable` until the next agent
 //!   adopts the pinned state; the gap is reported.
@@ -167,6 +168,25 @@ fn tally<'a>(tallies: &'a [(String, Tally)], name: &str) -> &'a Tally {
         .1
 }
 
+/// The agents' policy directory (the CA service reads its Pods too), removed on drop.
+struct PolicyDir(std::path::PathBuf);
+
+impl PolicyDir {
+    fn new() -> PolicyDir {
+        let dir = std::env::temp_dir().join(format!("rampart-hot-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("policy dir");
+        std::fs::write(dir.join("world.yaml"), policies()).expect("policy");
+        PolicyDir(dir)
+    }
+}
+
+impl Drop for PolicyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The previous layout's build: `$RAMPART_PREVIOUS_BIN`, else `rampart-previous` beside the
 /// agent (`cargo xtask test` builds it with the `previous-layout` feature).
 fn previous_bin(current: &Path) -> std::path::PathBuf {
@@ -243,11 +263,13 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     let crs_arg = crs.display().to_string();
     let current = rampart_tests::agent::rampart_bin().expect("the agent");
     let previous = previous_bin(&current);
-    let mut mesh = MeshAgents::start(
+    let policy_dir = PolicyDir::new();
+    let mut mesh = MeshAgents::start_in_dir_with_ca_service(
         &topo,
         &["node-1", "node-2"],
-        &policies(),
+        &policy_dir.0,
         Some(&previous),
+        3600,
         &["--crs-dir", &crs_arg, "--drain-seconds", DRAIN_SECONDS],
     )
     .expect("agents");
@@ -274,6 +296,9 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     // turn, the destination's first.
     let running = start_traffic(&a, &b_path, &token);
     std::thread::sleep(Duration::from_secs(2));
+    // So is the CA service, once the workloads have their certificates: each new agent serves
+    // with the old one's.
+    mesh.ca_server().expect("the CA service").stop();
     let mut takeovers = Vec::new();
     for (node, upgrade) in [
         ("node-2", true),
@@ -284,6 +309,13 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
         let handed = mesh
             .hand_over(&topo, node, upgrade.then_some(current.as_path()))
             .unwrap_or_else(|e| panic!("hot restart of {node}: {e:#}"));
+        assert!(
+            mesh.node(node)
+                .log()
+                .contains("serving with the previous agent's"),
+            "{node}: the certificates were not carried over:\n{}",
+            mesh.node(node).log()
+        );
         if upgrade {
             let log = mesh.node(node).log();
             let carried = carried_flows(&log);
@@ -334,7 +366,12 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     );
 
     // 2. SIGKILL of the source's agent: the kernel keeps enforcing; new mTLS flows drop as
-    // proxy_unavailable (counted in the pinned maps) until the next agent adopts them.
+    // proxy_unavailable (counted in the pinned maps) until the next agent adopts them. (That
+    // agent has no predecessor: it asks the CA service, which is back.)
+    mesh.ca_server()
+        .expect("the CA service")
+        .resume()
+        .expect("the CA again");
     let running = start_traffic(&a, &b_path, &token);
     std::thread::sleep(Duration::from_secs(1));
     mesh.kill_and_restart(&topo, "node-1", || {

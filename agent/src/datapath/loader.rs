@@ -60,6 +60,8 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error(transparent)]
+    Migrate(#[from] Box<super::migrate::MigrateError>),
     #[error("pinning the link of {interface} at {path}: {reason}")]
     PinLink {
         interface: String,

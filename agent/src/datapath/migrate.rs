@@ -18,12 +18,41 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use rampart_common::conntrack::{CtEntryV1, CtEntryV2, CtKey};
 use rampart_common::maps;
 
-use super::loader::{BPF_NOEXIST, DatapathError, map_err};
 use super::pins::PinRoot;
+
+/// `BPF_NOEXIST`: an entry already in the new map is newer.
+const BPF_NOEXIST: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("carrying {from} into {to}: map {map}: {source}")]
+    Map {
+        from: &'static str,
+        to: &'static str,
+        map: &'static str,
+        source: MapError,
+    },
+    #[error("removing the pin {path} after carrying its entries over: {source}")]
+    Unpin {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> Box<MigrateError> {
+    move |source| {
+        Box::new(MigrateError::Map {
+            from: maps::CT_V1,
+            to: maps::CT,
+            map,
+            source,
+        })
+    }
+}
 
 /// Flows carried from `CT_V1` into `CT_V2`; `None` when there was no `CT_V1` pin (or this build
 /// uses `CT_V1` itself). With `finish`, the `CT_V1` pin is removed afterwards.
-pub(super) fn conntrack(pins: &PinRoot, finish: bool) -> Result<Option<u64>, DatapathError> {
+pub(super) fn conntrack(pins: &PinRoot, finish: bool) -> Result<Option<u64>, Box<MigrateError>> {
     if maps::CT == maps::CT_V1 {
         return Ok(None);
     }
@@ -31,7 +60,7 @@ pub(super) fn conntrack(pins: &PinRoot, finish: bool) -> Result<Option<u64>, Dat
     if !old_path.exists() {
         return Ok(None);
     }
-    let open = |name: &'static str, path: &Path| -> Result<Map, DatapathError> {
+    let open = |name: &'static str, path: &Path| -> Result<Map, Box<MigrateError>> {
         MapData::from_pin(path)
             .and_then(Map::from_map_data)
             .map_err(map_err(name))
@@ -55,9 +84,11 @@ pub(super) fn conntrack(pins: &PinRoot, finish: bool) -> Result<Option<u64>, Dat
         }
     }
     if finish {
-        std::fs::remove_file(&old_path).map_err(|source| DatapathError::Unpin {
-            path: old_path.display().to_string(),
-            source,
+        std::fs::remove_file(&old_path).map_err(|source| {
+            Box::new(MigrateError::Unpin {
+                path: old_path.display().to_string(),
+                source,
+            })
         })?;
     }
     Ok(Some(carried))

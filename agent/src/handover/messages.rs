@@ -54,6 +54,10 @@ pub struct Offer {
     /// them until it has fetched its own, so no token is refused for want of keys.
     #[serde(default)]
     pub jwks: serde_json::Value,
+    /// The node's and its workloads' certificates with their keys (opaque here): the new agent
+    /// serves with them instead of asking the CA again.
+    #[serde(default)]
+    pub certificates: serde_json::Value,
 }
 
 /// The listeners' names.
@@ -83,6 +87,7 @@ mod tests {
                 listeners: vec!["metrics".into()],
                 pushed: BTreeMap::new(),
                 jwks: serde_json::Value::Null,
+                certificates: serde_json::Value::Null,
             })
         );
     }

@@ -109,6 +109,11 @@ impl WorkloadCert {
         self.issued_at + life / 2
     }
 
+    /// The private key, PKCS#8 DER (handed to the next agent in a hot restart).
+    pub fn key_der(&self) -> &[u8] {
+        &self.key_der
+    }
+
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 
 use super::ca::{Ca, Root, WorkloadCert};
+use super::carried_certs::{CarriedCert, CarriedCerts};
 use super::table::TableView;
 use super::tls::{RotatingCert, TrustBundle, server_config};
 use super::tunnel::{DestinationIdentity, IdentityFuture};
@@ -116,23 +117,51 @@ pub struct CertStore {
 impl CertStore {
     /// Reads the roots and the signer, and gets the node's certificate (from the CA service,
     /// retried for a while if it is not reachable yet).
+    /// `carried`: a predecessor's certificates (a hot restart), taken if they were issued under
+    /// the same roots and are not due for renewal.
     pub async fn open(
         settings: &MeshSettings,
         trust_domain: &str,
         node_id: SpiffeId,
         tables: TableView,
+        carried: Option<&CarriedCerts>,
     ) -> anyhow::Result<CertStore> {
         let root = Root::read(&settings.ca_dir, trust_domain)?;
         let bundle = TrustBundle::new(trust_domain, &root.certs)?;
         let signer = signer_for(settings, trust_domain, &bundle)?;
-        let node = node_certificate(&signer, &node_id, settings.cert_ttl, true).await?;
+        let now = SystemTime::now();
+        let mut taken: HashMap<SpiffeId, WorkloadCert> = carried
+            .filter(|c| c.roots_pem == root.pem)
+            .map(|c| {
+                c.certs
+                    .iter()
+                    .filter_map(|cert| cert.usable(now))
+                    .map(|cert| (cert.spiffe_id.clone(), cert))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if carried.is_some_and(|c| c.roots_pem != root.pem) {
+            tracing::info!(
+                "certificates: the previous agent's were issued under other roots; asking again"
+            );
+        }
+        let node = match taken.remove(&node_id) {
+            Some(node) => node,
+            None => node_certificate(&signer, &node_id, settings.cert_ttl, true).await?,
+        };
+        if !taken.is_empty() || carried.is_some() {
+            tracing::info!(
+                workloads = taken.len(),
+                "certificates: serving with the previous agent's"
+            );
+        }
         Ok(CertStore {
             certs: Mutex::new(Certs {
                 signer,
                 bundle,
                 root,
                 node,
-                workloads: HashMap::new(),
+                workloads: taken,
                 rotated_at: None,
                 servers: HashMap::new(),
             }),
@@ -149,6 +178,18 @@ impl CertStore {
         self.certs
             .lock()
             .map_err(|_| anyhow::anyhow!("certificate store poisoned"))
+    }
+
+    /// Every certificate held, for a successor.
+    pub fn carried(&self) -> anyhow::Result<CarriedCerts> {
+        let certs = self.lock()?;
+        Ok(CarriedCerts {
+            roots_pem: certs.root.pem.clone(),
+            certs: std::iter::once(&certs.node)
+                .chain(certs.workloads.values())
+                .map(CarriedCert::of)
+                .collect(),
+        })
     }
 
     pub fn node(&self) -> anyhow::Result<WorkloadCert> {

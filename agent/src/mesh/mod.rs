@@ -6,6 +6,7 @@
 //! ([`policy_routing`]).
 
 pub mod ca;
+pub mod carried_certs;
 pub mod certs;
 pub mod ingress;
 pub mod policy_routing;

@@ -17,6 +17,7 @@ use crate::handover::Sockets;
 use crate::listen::{ConnectionCap, Drain, Gate};
 use std::os::fd::AsFd as _;
 
+use super::carried_certs::CarriedCerts;
 use super::certs::CertStore;
 use super::ingress::IngressContext;
 use super::policy_routing::ProxyRouting;
@@ -81,11 +82,19 @@ impl MeshRuntime {
         trust_domain: &str,
         tables: TableView,
         events: Option<ProxyEventSink>,
+        carried: Option<&CarriedCerts>,
     ) -> anyhow::Result<Arc<MeshRuntime>> {
         let node_id = SpiffeId::node(trust_domain, &settings.node_name)
             .with_context(|| format!("--node-name {:?}", settings.node_name))?;
         let certs = Arc::new(
-            CertStore::open(&settings, trust_domain, node_id.clone(), tables.clone()).await?,
+            CertStore::open(
+                &settings,
+                trust_domain,
+                node_id.clone(),
+                tables.clone(),
+                carried,
+            )
+            .await?,
         );
         let bundle = certs.bundle()?;
         let node_cert = Arc::new(RotatingCert::new(&certs.node()?)?);
