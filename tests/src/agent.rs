@@ -388,6 +388,13 @@ impl Agent {
         Ok((child.wait()?, self.opts.clone()))
     }
 
+    /// SIGTERM, and the options to start the next agent with (the pins stay).
+    pub fn stop_for_restart(mut self) -> anyhow::Result<AgentOptions> {
+        self.remove_pins = false;
+        self.terminate()?;
+        Ok(self.opts.clone())
+    }
+
     /// Like [`Agent::stop`], but leaves the pinned maps and links in place (programs stay
     /// attached), for a next agent on the same `--bpffs-root`. Returns the exit status and root.
     pub fn stop_keeping_pins(mut self) -> anyhow::Result<(ExitStatus, PathBuf)> {

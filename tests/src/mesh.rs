@@ -296,12 +296,7 @@ impl MeshAgents {
         node: &str,
         bin: Option<&Path>,
     ) -> anyhow::Result<crate::agent::HandedOver> {
-        let at = self
-            .agents
-            .iter()
-            .position(|(name, _)| name == node)
-            .with_context(|| format!("no agent on {node}"))?;
-        let (name, old) = self.agents.remove(at);
+        let (at, name, old) = self.take(node)?;
         // On failure the old agent's guard stops it (the pins stay for the new one's guard).
         let (agent, handed) = old.hand_over(&topo.node(node).ns, bin)?;
         self.agents.insert(at, (name, agent));
@@ -316,17 +311,40 @@ impl MeshAgents {
         node: &str,
         meanwhile: impl FnOnce(),
     ) -> anyhow::Result<()> {
-        let at = self
-            .agents
-            .iter()
-            .position(|(name, _)| name == node)
-            .with_context(|| format!("no agent on {node}"))?;
-        let (name, old) = self.agents.remove(at);
+        let (at, name, old) = self.take(node)?;
         let (_, opts) = old.kill()?;
         meanwhile();
         let agent = Agent::start(&topo.node(node).ns, &opts)?;
         self.agents.insert(at, (name, agent));
         Ok(())
+    }
+
+    /// A restart without a handover: SIGTERM (the agent drains and exits, its pins stay), then
+    /// a new agent with the same options; returns the time from the signal until the new agent
+    /// is ready.
+    pub fn stop_and_restart(
+        &mut self,
+        topo: &Topology,
+        node: &str,
+    ) -> anyhow::Result<std::time::Duration> {
+        let (at, name, old) = self.take(node)?;
+        let started = std::time::Instant::now();
+        let opts = old.stop_for_restart()?;
+        let agent = Agent::start(&topo.node(node).ns, &opts)?;
+        let took = started.elapsed();
+        self.agents.insert(at, (name, agent));
+        Ok(took)
+    }
+
+    /// `node`'s agent, out of the list (with its place and name, to put its successor back).
+    fn take(&mut self, node: &str) -> anyhow::Result<(usize, String, Agent)> {
+        let at = self
+            .agents
+            .iter()
+            .position(|(name, _)| name == node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let (name, agent) = self.agents.remove(at);
+        Ok((at, name, agent))
     }
 
     /// A directory for the test's own files, removed with the agents.

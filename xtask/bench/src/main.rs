@@ -13,6 +13,7 @@ mod l7_creds;
 mod policy;
 mod proxy;
 mod record;
+mod restart;
 mod traffic;
 mod waf_floor;
 mod xdp_drop;
@@ -30,12 +31,13 @@ struct Args {
     /// Fewer and shorter runs (finishes in well under three minutes).
     #[arg(long)]
     quick: bool,
-    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, kube, proxy, ca.
+    /// Suites to run (all when none is given): datapath, xdp-drop, policy, agent, kube, proxy, ca,
+    /// restart.
     suites: Vec<String>,
 }
 
 const SUITES: &[&str] = &[
-    "datapath", "xdp-drop", "policy", "agent", "kube", "proxy", "ca",
+    "datapath", "xdp-drop", "policy", "agent", "kube", "proxy", "ca", "restart",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +72,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "policy" => policy::run(args.quick)?,
             "proxy" => proxy::run(args.quick)?,
             "ca" => ca::run(args.quick)?,
+            "restart" => restart::run(args.quick)?,
             _ => unreachable!("checked above"),
         };
         record::print_table(suite, &records);
