@@ -48,9 +48,12 @@ pub struct AgentState {
 
 impl AgentState {
     /// Ready once a policy set is in the kernel (the programs are attached before the first),
-    /// until the agent begins to stop.
+    /// until the agent begins to stop or hands over: during a hot restart both processes answer
+    /// on the shared metrics socket, and only the new one, once in force, may say ready.
     pub fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst) && self.generations.current().is_some()
+        !self.stopping.load(Ordering::SeqCst)
+            && !self.handing_over.load(Ordering::SeqCst)
+            && self.generations.current().is_some()
     }
 
     /// The generation in force; `None` until the first set is installed.
