@@ -10,8 +10,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::listener::Listener;
 use crate::netns::Netns;
+
+/// A compact JWS of `claims` signed with HS256 under `secret`, its header naming `kid` (the
+/// tokens the tests' IdP would issue).
+pub fn hs256_token(kid: &str, claims: &serde_json::Value, secret: &[u8]) -> anyhow::Result<String> {
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#));
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .context("signing a token")?;
+    Ok(format!("{input}.{signature}"))
+}
 
 #[derive(Debug)]
 struct State {

@@ -24,9 +24,10 @@ pub struct Tally {
     pub failed: u64,
     /// Longest time between two successes (new connections).
     pub longest_gap: Duration,
-    /// The first few failures, for the report.
+    /// The first few failures, for the report, each with its time since the traffic started.
     pub examples: Vec<String>,
     last_ok: Option<Instant>,
+    started: Option<Instant>,
 }
 
 impl Tally {
@@ -42,7 +43,8 @@ impl Tally {
     fn fail(&mut self, why: String) {
         self.failed += 1;
         if self.examples.len() < 5 {
-            self.examples.push(why);
+            let at = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            self.examples.push(format!("[+{at:.2}s] {why}"));
         }
     }
 }
@@ -61,16 +63,19 @@ fn record(tally: &Shared, outcome: Result<(), String>) {
 pub struct Traffic {
     stop: Arc<AtomicBool>,
     threads: Vec<(String, Shared, JoinHandle<()>)>,
+    started: Instant,
     deadline: Instant,
 }
 
 impl Traffic {
     /// Nothing running yet; every worker stops at `limit` from now at the latest.
     pub fn new(limit: Duration) -> Traffic {
+        let started = Instant::now();
         Traffic {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
-            deadline: Instant::now() + limit,
+            started,
+            deadline: started + limit,
         }
     }
 
@@ -80,7 +85,10 @@ impl Traffic {
         ns_path: &str,
         work: impl FnOnce(Shared, Arc<AtomicBool>, Instant) + Send + 'static,
     ) {
-        let tally: Shared = Arc::default();
+        let tally: Shared = Arc::new(Mutex::new(Tally {
+            started: Some(self.started),
+            ..Tally::default()
+        }));
         let (t, stop, deadline, path) = (
             Arc::clone(&tally),
             Arc::clone(&self.stop),
@@ -108,6 +116,32 @@ impl Traffic {
         flows: usize,
         lifetime: Duration,
     ) {
+        self.connections(name, ns_path, dst, flows, lifetime, |s, round| {
+            let payload = format!("round {round:08}\n");
+            let mut back = vec![0u8; payload.len()];
+            s.write_all(payload.as_bytes())
+                .and_then(|()| s.read_exact(&mut back))
+                .map_err(|e| format!("round {round}: {e}"))?;
+            if back != payload.as_bytes() {
+                return Err(format!("round {round}: a different echo"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        });
+    }
+
+    /// `flows` threads, each opening connections to `dst` one after another and running
+    /// `round` on each (round 0, 1, ...) for `lifetime`: an error is a broken connection, unless
+    /// the traffic is stopping (its servers close their connections then).
+    fn connections(
+        &mut self,
+        name: &str,
+        ns_path: &str,
+        dst: SocketAddr,
+        flows: usize,
+        lifetime: Duration,
+        round: fn(&mut TcpStream, u32) -> Result<(), String>,
+    ) {
         for _ in 0..flows {
             self.spawn(name, ns_path, move |tally, stop, deadline| {
                 let running = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
@@ -118,21 +152,16 @@ impl Traffic {
                         s.set_read_timeout(Some(ATTEMPT))
                             .map_err(|e| e.to_string())?;
                         let opened = Instant::now();
-                        let mut round = 0u32;
+                        let mut n = 0u32;
                         while running() && opened.elapsed() < lifetime {
-                            let payload = format!("round {round:08}\n");
-                            let mut back = vec![0u8; payload.len()];
-                            s.write_all(payload.as_bytes())
-                                .and_then(|()| s.read_exact(&mut back))
-                                .map_err(|e| format!("round {round}: {e}"))?;
-                            if back != payload.as_bytes() {
-                                return Err(format!("round {round}: a different echo"));
-                            }
-                            round += 1;
-                            std::thread::sleep(Duration::from_millis(50));
+                            round(&mut s, n)?;
+                            n += 1;
                         }
                         Ok(())
                     })();
+                    if outcome.is_err() && !running() {
+                        return;
+                    }
                     record(&tally, outcome);
                 }
             });
@@ -193,31 +222,11 @@ impl Traffic {
         flows: usize,
         lifetime: Duration,
     ) {
-        for _ in 0..flows {
-            self.spawn(name, ns_path, move |tally, stop, deadline| {
-                let running = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
-                while running() {
-                    let outcome = (|| {
-                        let mut s = TcpStream::connect_timeout(&dst, ATTEMPT)
-                            .map_err(|e| format!("connect: {e}"))?;
-                        s.set_read_timeout(Some(ATTEMPT))
-                            .map_err(|e| e.to_string())?;
-                        let opened = Instant::now();
-                        let mut tick = [0u8; 5];
-                        while running() && opened.elapsed() < lifetime {
-                            s.read_exact(&mut tick)
-                                .map_err(|e| format!("a tick after {:?}: {e}", opened.elapsed()))?;
-                        }
-                        Ok(())
-                    })();
-                    // The server (a worker too) closes its connections when the traffic stops.
-                    if outcome.is_err() && !running() {
-                        return;
-                    }
-                    record(&tally, outcome);
-                }
-            });
-        }
+        self.connections(name, ns_path, dst, flows, lifetime, |s, n| {
+            let mut tick = [0u8; 5];
+            s.read_exact(&mut tick)
+                .map_err(|e| format!("tick {n}: {e}"))
+        });
     }
 
     /// New connections to an echo server at `dst`, one after another, each echoing once.
@@ -329,6 +338,11 @@ impl Traffic {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
+    }
+
+    /// Since the traffic started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Stops every worker and returns what each kind saw (its name, summed over its threads).

@@ -98,16 +98,8 @@ fn token() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#);
     let claims = serde_json::json!({"iss": ISSUER, "sub": "alice", "exp": now + 3600, "iat": now});
-    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let signature = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        &jsonwebtoken::EncodingKey::from_secret(&SECRET),
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .expect("sign");
-    format!("{input}.{signature}")
+    rampart_tests::idp::hs256_token("k1", &claims, &SECRET).expect("sign")
 }
 
 fn b(port: u16) -> SocketAddr {
@@ -306,6 +298,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
         ("node-2", false),
         ("node-1", false),
     ] {
+        let at = running.elapsed();
         let handed = mesh
             .hand_over(&topo, node, upgrade.then_some(current.as_path()))
             .unwrap_or_else(|e| panic!("hot restart of {node}: {e:#}"));
@@ -325,9 +318,9 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
             );
             let old_map = mesh.node(node).bpffs_root().join("maps/CT_V1");
             assert!(!old_map.exists(), "{} is still pinned", old_map.display());
-            takeovers.push((node, "upgrade", handed.takeover, carried));
+            takeovers.push((node, "upgrade", at, handed.takeover, carried));
         } else {
-            takeovers.push((node, "restart", handed.takeover, 0));
+            takeovers.push((node, "restart", at, handed.takeover, 0));
         }
         assert!(
             handed.old_status.success(),
@@ -345,7 +338,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
     let tallies = running.stop();
     let table = traffic::report(&tallies);
     println!(
-        "upgrade and hot restarts (node, kind, takeover, conntrack entries carried): {takeovers:?}\n{table}"
+        "upgrade and hot restarts (node, kind, started at, takeover, conntrack entries carried): {takeovers:?}\n{table}"
     );
     for (name, t) in &tallies {
         assert_eq!(

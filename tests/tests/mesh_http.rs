@@ -101,17 +101,9 @@ fn token(sub: &str, groups: &[&str], exp_offset: i64, secret: &[u8]) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#);
     let claims = serde_json::json!({"iss": ISSUER, "aud": "api://orders", "sub": sub,
         "groups": groups, "exp": now + exp_offset, "iat": now});
-    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let signature = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .expect("sign");
-    format!("{input}.{signature}")
+    rampart_tests::idp::hs256_token("k1", &claims, secret).expect("sign")
 }
 
 fn metric(agent: &Agent, labels: &str) -> f64 {
@@ -371,16 +363,9 @@ fn token_with_kid(kid: &str, issuer: &str, secret: &[u8]) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
     let claims = serde_json::json!({"iss": issuer, "sub": "svc", "exp": now + 600});
-    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let signature = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .expect("sign");
-    format!("Bearer {input}.{signature}")
+    let token = rampart_tests::idp::hs256_token(kid, &claims, secret).expect("sign");
+    format!("Bearer {token}")
 }
 
 /// Keys from an IdP found by OIDC discovery: fetched by the agent, a rotated-in `kid` picked up

@@ -38,17 +38,41 @@ pub struct ProxyRouting {
 const FAMILIES: [AddressFamily; 2] = [AddressFamily::Inet, AddressFamily::Inet6];
 
 impl ProxyRouting {
-    /// Installs the rule and the route for both families. Rules an earlier run left at the
-    /// priority are removed first, so exactly one remains; the route is replaced.
+    /// Installs the rule and the route for both families. A rule already in place exactly as
+    /// ours is kept: a restarting agent (a hot restart above all) must not open a moment in
+    /// which marked packets are not delivered to the proxy. Otherwise the rules an earlier run
+    /// left at the priority are removed first, so exactly one remains. The route is replaced
+    /// (atomically).
     pub fn install(&self) -> io::Result<()> {
         let socket = open()?;
+        let rules = dump(
+            &socket,
+            RouteNetlinkMessage::GetRule(RuleMessage::default()),
+        )?;
         for family in FAMILIES {
-            self.delete_rules(&socket, family)?;
-            request(
-                &socket,
-                RouteNetlinkMessage::NewRule(self.rule(family)),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )?;
+            let at_priority: Vec<&RuleMessage> = rules
+                .iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewRule(rule)
+                        if rule.header.family == family
+                            && rule
+                                .attributes
+                                .contains(&RuleAttribute::Priority(self.priority)) =>
+                    {
+                        Some(rule)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let in_place = matches!(at_priority.as_slice(), [only] if self.is_ours(only));
+            if !in_place {
+                self.delete_rules(&socket, family)?;
+                request(
+                    &socket,
+                    RouteNetlinkMessage::NewRule(self.rule(family)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )?;
+            }
             request(
                 &socket,
                 RouteNetlinkMessage::NewRoute(self.route(family)),
@@ -272,7 +296,15 @@ mod tests {
             up.header.flags = netlink_packet_route::link::LinkFlags::Up;
             up.header.change_mask = netlink_packet_route::link::LinkFlags::Up;
             request(&open()?, RouteNetlinkMessage::SetLink(up), 0)?;
+            // A stale rule at the priority (another mark): replaced by ours.
+            let stale = ProxyRouting { mark: 0x1, ..r };
+            request(
+                &open()?,
+                RouteNetlinkMessage::NewRule(stale.rule(AddressFamily::Inet)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )?;
             r.install()?;
+            // Ours in place: kept as it is.
             r.install()?;
             let installed = r.installed()?;
             let socket = open()?;
@@ -281,7 +313,16 @@ mod tests {
                 RouteNetlinkMessage::GetRule(RuleMessage::default()),
             )?
             .iter()
-            .filter(|m| matches!(m, RouteNetlinkMessage::NewRule(rule) if r.is_ours(rule)))
+            .filter(|m| {
+                matches!(m, RouteNetlinkMessage::NewRule(rule)
+                    if rule.attributes.contains(&RuleAttribute::Priority(90)))
+            })
+            .inspect(|m| {
+                assert!(
+                    matches!(m, RouteNetlinkMessage::NewRule(rule) if r.is_ours(rule)),
+                    "{m:?}"
+                )
+            })
             .count();
             r.remove()?;
             r.remove()?;
