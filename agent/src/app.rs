@@ -25,7 +25,7 @@ use crate::listen::Gate;
 use crate::mesh::carried_certs::CarriedCerts;
 use crate::mesh::runtime::MeshRuntime;
 use crate::sources::kube::KubeSource;
-use crate::state::{AgentState, ControllerCommand, Rejections, Settle};
+use crate::state::{AgentState, ControllerCommand, Rejections, RestartStats, Settle};
 use crate::{admin, metrics};
 
 /// The runtime's worker threads (the agent's work is mostly in the kernel and on the
@@ -47,6 +47,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
 }
 
 async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
+    let begun = Instant::now();
     // Install the handlers first: a SIGTERM during loading must still stop us cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -189,6 +190,10 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         events_read: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         handing_over: AtomicBool::new(false),
+        restart: RestartStats {
+            conntrack_carried: AtomicU64::new(datapath.carried_flows()),
+            ..RestartStats::default()
+        },
         generations,
         rejections: Arc::new(Mutex::new(Rejections::default())),
         commands: commands.clone(),
@@ -298,6 +303,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     let ended = Arc::new(ended);
     tokio::spawn(take_over(
         takeover,
+        begun,
         me,
         Arc::clone(&sockets),
         Arc::new(HandingOver {
@@ -397,6 +403,7 @@ enum End {
 /// handovers.
 async fn take_over(
     takeover: Option<handover::Takeover>,
+    begun: Instant,
     me: Hello,
     sockets: Arc<Sockets>,
     handing: Arc<HandingOver>,
@@ -404,18 +411,32 @@ async fn take_over(
     let state = &handing.state;
     state.generations.first_in_force().await;
     // Every link runs this build's programs now: maps of the previous layout can go.
-    if let Err(e) = Datapath::finish_migration(&state.config.bpffs_root) {
-        tracing::warn!("carrying the previous layout's maps: {e}");
+    match Datapath::finish_migration(&state.config.bpffs_root) {
+        Ok(carried) => {
+            state
+                .restart
+                .conntrack_carried
+                .fetch_add(carried, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!("carrying the previous layout's maps: {e}"),
     }
     if let Some(mesh) = &state.mesh {
         mesh.gate.open();
     }
     if let Some(t) = takeover {
         match t.ready().await {
-            Ok(connections) => tracing::info!(
-                draining = connections,
-                "took over: the previous agent stopped accepting and drains"
-            ),
+            Ok(connections) => {
+                let took = begun.elapsed();
+                state.restart.takeover_ms.store(
+                    u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1),
+                    Ordering::Relaxed,
+                );
+                tracing::info!(
+                    draining = connections,
+                    takeover_ms = took.as_millis(),
+                    "took over: the previous agent stopped accepting and drains"
+                );
+            }
             Err(e) => tracing::warn!("the previous agent did not confirm the handover: {e}"),
         }
     }
@@ -469,12 +490,20 @@ impl handover::Predecessor for HandingOver {
     }
 
     fn resume(&self) {
+        self.state
+            .restart
+            .handover_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.state.handing_over.store(false, Ordering::SeqCst);
         let _ = self.state.commands.send(ControllerCommand::Resume);
         tracing::warn!("the new agent went away before taking over: carrying on");
     }
 
     fn kernel_lost(&self) {
+        self.state
+            .restart
+            .handover_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.ended.send_replace(Some(End::KernelLost));
     }
 

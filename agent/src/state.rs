@@ -32,6 +32,8 @@ pub struct AgentState {
     pub stopping: AtomicBool,
     /// Set while a successor takes over: the kernel's event ring is its to read.
     pub handing_over: AtomicBool,
+    /// What this agent's restart did (metrics).
+    pub restart: RestartStats,
     /// The policy generations the controller publishes.
     pub generations: Generations,
     /// Policy sets the controller refused.
@@ -70,6 +72,18 @@ impl AgentState {
             .unwrap_or_default();
         PolicyStatus::of(self.generation().as_deref(), rejections)
     }
+}
+
+/// What a hot restart did, for the metrics.
+#[derive(Debug, Default)]
+pub struct RestartStats {
+    /// Milliseconds from this process's start until its predecessor stopped accepting (0: it
+    /// started without one).
+    pub takeover_ms: AtomicU64,
+    /// Handovers this agent began that did not complete (the successor went away).
+    pub handover_failures: AtomicU64,
+    /// Flows carried from a previous layout's conntrack map when this agent started.
+    pub conntrack_carried: AtomicU64,
 }
 
 /// Policy sets the controller refused: how many, and the first error of the last one.

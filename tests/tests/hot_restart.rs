@@ -194,21 +194,6 @@ fn previous_bin(current: &Path) -> std::path::PathBuf {
     bin
 }
 
-/// The flows a log says were carried from `CT_V1` into `CT_V2` (both passes).
-fn carried_flows(log: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains("conntrack") && l.contains("new layout"))
-        .filter_map(|l| {
-            let at = l.find("flows=")? + "flows=".len();
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// Waits until node 2's agent has fetched the IdP's keys (a token is accepted).
 fn wait_for_keys(mesh: &MeshAgents) {
     let node2 = mesh.node("node-2");
@@ -309,12 +294,15 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
             "{node}: the certificates were not carried over:\n{}",
             mesh.node(node).log()
         );
+        let agent = mesh.node(node);
+        let took = sum_metric(agent, "rampart_handover_takeover_seconds", "");
+        assert!(took > 0.0, "{node}: no takeover time in the metrics");
         if upgrade {
-            let log = mesh.node(node).log();
-            let carried = carried_flows(&log);
+            let carried = sum_metric(agent, "rampart_conntrack_carried_total", "") as u64;
             assert!(
                 carried > 0,
-                "{node}: no conntrack entry carried into the new layout:\n{log}"
+                "{node}: no conntrack entry carried into the new layout:\n{}",
+                agent.log()
             );
             let old_map = mesh.node(node).bpffs_root().join("maps/CT_V1");
             assert!(!old_map.exists(), "{} is still pinned", old_map.display());

@@ -93,6 +93,8 @@ pub struct Datapath {
     pub(super) pins: Option<PinRoot>,
     /// What each generation holds, when known (see `written`).
     pub(super) written: [Option<super::written::Written>; 2],
+    /// Flows carried from a previous layout's conntrack at load.
+    pub(super) carried_flows: u64,
 }
 
 impl Datapath {
@@ -136,9 +138,11 @@ impl Datapath {
         }
         let mut ebpf = loader.load(KERNEL_OBJECT)?;
         // Maps of the previous layout: their entries first, while the old programs still run.
+        let mut carried_flows = 0;
         if let Some(pins) = &pins
             && let Some(carried) = super::migrate::conntrack(pins, false)?
         {
+            carried_flows = carried;
             tracing::info!(
                 flows = carried,
                 from = maps::CT_V1,
@@ -198,22 +202,30 @@ impl Datapath {
             last_flip: None,
             pins,
             written: [None, None],
+            carried_flows,
         })
+    }
+
+    /// Flows carried from a previous layout's conntrack when this datapath was loaded.
+    pub fn carried_flows(&self) -> u64 {
+        self.carried_flows
     }
 
     /// Once the new programs run on every link: carries the flows the old ones added to maps of
     /// the previous layout meanwhile and removes their pins (see `migrate`).
-    pub fn finish_migration(root: &Path) -> Result<(), DatapathError> {
+    /// Returns the flows carried.
+    pub fn finish_migration(root: &Path) -> Result<u64, DatapathError> {
         let pins = PinRoot::prepare(root)?;
-        if let Some(carried) = super::migrate::conntrack(&pins, true)? {
-            tracing::info!(
-                flows = carried,
-                from = maps::CT_V1,
-                to = maps::CT,
-                "carried the last conntrack entries into the new layout; the old map is unpinned"
-            );
-        }
-        Ok(())
+        let Some(carried) = super::migrate::conntrack(&pins, true)? else {
+            return Ok(0);
+        };
+        tracing::info!(
+            flows = carried,
+            from = maps::CT_V1,
+            to = maps::CT,
+            "carried the last conntrack entries into the new layout; the old map is unpinned"
+        );
+        Ok(carried)
     }
 
     pub(super) fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {

@@ -76,6 +76,7 @@ impl Collector for AgentCollector {
             attached.metric_type(),
         )?)?;
         self.encode_memory(&mut encoder)?;
+        self.encode_restart(&mut encoder)?;
         // Each group reads its own maps; a failed read leaves out that group only (a scrape must
         // not fail because one map read did: the gap shows in the series).
         self.encode_policy(&mut encoder)?;
@@ -124,6 +125,34 @@ fn read<T>(what: &str, result: Result<T, crate::datapath::DatapathError>) -> Opt
 }
 
 impl AgentCollector {
+    /// What this agent's start did: a takeover's time, failed handovers, carried flows.
+    fn encode_restart(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let restart = &self.state.restart;
+        let took = restart.takeover_ms.load(relaxed);
+        if took > 0 {
+            let gauge = ConstGauge::new(took as f64 / 1000.0);
+            gauge.encode(encoder.encode_descriptor(
+                "rampart_handover_takeover_seconds",
+                "How long this agent took, from its start, to take over from the running agent (absent: it started without one)",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        counter(
+            encoder,
+            "rampart_handover_failures",
+            "Handovers to a new agent that did not complete (it went away; this agent carried on, or exited if it had taken the kernel)",
+            restart.handover_failures.load(relaxed),
+        )?;
+        counter(
+            encoder,
+            "rampart_conntrack_carried",
+            "Tracked flows carried from a previous layout's conntrack map when this agent started",
+            restart.conntrack_carried.load(relaxed),
+        )
+    }
+
     /// The agent's memory (a figure this build cannot read is left out).
     fn encode_memory(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let memory = memory::Memory::read();
