@@ -113,17 +113,7 @@ pub fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    // Created without group or other permissions, so it is never open to them, not even
-    // between the bind and the chmod.
-    // SAFETY: umask only changes this process's file creation mask; restored right after.
-    let previous = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(previous) };
-    let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} private", path.display()))?;
-    Ok(listener)
+    listen::bind_private_unix(path).with_context(|| format!("binding {}", path.display()))
 }
 
 /// Serves everything on the admin socket while `gate` is open, to peers running as root or as

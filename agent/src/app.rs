@@ -231,7 +231,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         .offer(listener::METRICS, listener.as_fd())
         .and_then(|()| sockets.offer(listener::ADMIN, admin_socket.as_fd()))
         .context("keeping the listeners for a successor")?;
-    for unused in sockets.unused() {
+    for unused in sockets.close_unused() {
         tracing::info!(listener = %unused, "a listener the previous agent handed over is not used here: closed");
     }
     // The metrics address and the admin socket serve at once (a predecessor serves them too
@@ -333,13 +333,13 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         // is stale. The pinned state keeps enforcing; the next agent adopts it.
         let _ = commands.send(ControllerCommand::Shutdown);
         anyhow::bail!(
-            "a new agent took over the kernel programs and went away before it was ready:              exiting (the pinned state stays in force; start an agent to adopt it)"
+            "a new agent took over the kernel programs and went away before it was ready: \
+             exiting (the pinned state stays in force; start an agent to adopt it)"
         );
     }
     // Stop accepting and let the open connections finish.
     if let Some(mesh) = &state.mesh {
-        mesh.gate.stop();
-        mesh.drain.start();
+        mesh.stop_accepting();
         let grace = state.config.handover.drain;
         let deadline = tokio::time::Instant::now() + grace;
         let open = mesh.open_connections();
@@ -510,11 +510,7 @@ impl handover::Predecessor for HandingOver {
     fn handed_over(&self) -> u64 {
         self.control.stop();
         let open = match &self.state.mesh {
-            Some(mesh) => {
-                mesh.gate.stop();
-                mesh.drain.start();
-                mesh.open_connections()
-            }
+            Some(mesh) => mesh.stop_accepting(),
             None => 0,
         };
         self.ended.send_replace(Some(End::HandedOver));

@@ -347,6 +347,21 @@ pub async fn serve_while<L, H, F>(
     }
 }
 
+/// Binds a Unix socket at `path` that only its owner may use: created with no group or other
+/// permissions (so it is never open to them, not even between the bind and the chmod), then mode
+/// 0600. The admin socket and the handover socket.
+pub fn bind_private_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // SAFETY: umask only changes this process's file creation mask; restored right after.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// Raises the soft limit on open files to the hard limit (a proxy holds a descriptor per
 /// connection; the default soft limit of 1,024 is reached by a few hundred flows). Returns the
 /// soft limit now in force.

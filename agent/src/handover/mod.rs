@@ -37,6 +37,8 @@ use wire::WireError;
 /// How long the new agent waits for the old one's offer (it pauses its controller first, which
 /// waits for a reload in progress).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer of the handover socket has to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -136,13 +138,14 @@ impl Sockets {
         Ok(())
     }
 
-    /// Names of inherited sockets nobody took (closed when `Sockets` is dropped).
-    pub fn unused(&self) -> Vec<String> {
-        let inherited = self
+    /// Closes the inherited sockets nobody took (a listener this agent does not have: kept, the
+    /// socket would stay bound and queue connections nobody accepts); returns their names.
+    pub fn close_unused(&self) -> Vec<String> {
+        let mut inherited = self
             .inherited
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut names: Vec<String> = inherited.keys().cloned().collect();
+        let mut names: Vec<String> = inherited.drain().map(|(name, _fd)| name).collect();
         names.sort();
         names
     }
@@ -317,16 +320,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, HandoverError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
-    // Created without group or other permissions, so it is never open to them.
-    // SAFETY: umask only changes this process's file creation mask; restored right after.
-    let previous = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(previous) };
-    let listener = bound.map_err(bind_err)?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    Ok(listener)
+    crate::listen::bind_private_unix(path).map_err(bind_err)
 }
 
 /// Serves handovers on `listener` until one completes. `me` is this agent's node and pin
@@ -368,7 +362,11 @@ async fn hand_over<P: Predecessor>(
     sockets: &Sockets,
     predecessor: &P,
 ) -> Result<u64, WireError> {
-    let FromSuccessor::Hello(hello) = wire::receive(stream).await? else {
+    // A peer that connects and says nothing must not hold the socket: the next agent waits.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, wire::receive(stream))
+        .await
+        .map_err(|_| WireError::Closed)??;
+    let FromSuccessor::Hello(hello) = first else {
         return refuse(stream, "the first message must be hello").await;
     };
     if hello.node_name != me.node_name || hello.bpffs_root != me.bpffs_root {

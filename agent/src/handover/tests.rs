@@ -120,7 +120,7 @@ fn a_listener_on_another_address_is_not_inherited() {
             .is_none()
     );
     assert!(
-        sockets.unused().is_empty(),
+        sockets.close_unused().is_empty(),
         "taken (and closed), not left over"
     );
 }
@@ -184,4 +184,36 @@ async fn wait_for(done: impl Fn() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Hostile peers of the handover socket: one that connects and says nothing, one that sends a
+/// message that is not JSON, one that sends something else first. None pauses the old agent, and
+/// a real successor is served after them.
+#[tokio::test]
+async fn silent_or_garbled_peers_are_dropped_and_the_next_agent_is_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let (path, old, _, _task) = old_agent().await;
+    let _silent = UnixStream::connect(&path).await.expect("connect");
+    let mut garbled = UnixStream::connect(&path).await.expect("connect");
+    garbled.write_all(&5u32.to_be_bytes()).await.expect("write");
+    garbled.write_all(b"{{{{{").await.expect("write");
+    let mut wrong = UnixStream::connect(&path).await.expect("connect");
+    wire::send(&mut wrong, &FromSuccessor::Ready)
+        .await
+        .expect("send");
+    let t = tokio::time::timeout(
+        HELLO_TIMEOUT * 3,
+        find_predecessor(&path, hello("node-1"), &Sockets::default()),
+    )
+    .await
+    .expect("served after the silent peer's time ran out")
+    .expect("ok")
+    .expect("some");
+    assert_eq!(t.offer.listeners, vec!["metrics".to_owned()]);
+    assert_eq!(
+        old.paused.load(Ordering::SeqCst),
+        1,
+        "only the real successor paused it"
+    );
+    let _ = std::fs::remove_file(&path);
 }

@@ -265,6 +265,13 @@ impl MeshRuntime {
         Ok(())
     }
 
+    /// Stops accepting (for good) and starts the drain; returns the connections still open.
+    pub fn stop_accepting(&self) -> usize {
+        self.gate.stop();
+        self.drain.start();
+        self.open_connections()
+    }
+
     /// Proxied connections open now (transparent and tunnel).
     pub fn open_connections(&self) -> usize {
         self.connections.get().map_or(0, ConnectionCap::open)
