@@ -11,6 +11,8 @@ pub mod ca_service;
 pub mod capture;
 pub mod cmd;
 pub mod deploy;
+pub mod dlp_cases;
+pub mod dlp_e2e;
 pub mod fixtures;
 pub mod foreign_programs;
 pub mod h2;

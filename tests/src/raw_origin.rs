@@ -80,7 +80,7 @@ fn serve(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
+pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let mut parts = line.trim_end().splitn(3, ' ');

@@ -24,6 +24,9 @@ pub enum Suite {
     /// HTTP requests (`waf_requests.jsonl`), as raw HTTP/1.1 bytes and then over HTTP/2 through
     /// the real proxy with the WAF at its defaults over the Core Rule Set (root).
     Waf,
+    /// DLP cases (`dlp_cases.jsonl`): bodies and targets with sensitive data and look-alikes,
+    /// through the real proxy between two nodes, each under exactly its detectors (root).
+    Dlp,
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +64,7 @@ impl TopologyArg {
 }
 
 pub fn run(args: &ConformanceArgs) -> anyhow::Result<()> {
-    if !matches!(args.suite, Suite::Netpol | Suite::Waf) && !is_root() {
+    if !matches!(args.suite, Suite::Netpol | Suite::Waf | Suite::Dlp) && !is_root() {
         // Every case through the verifier or limiter needs neither root nor the agent; the
         // end-to-end sample through the proxy does.
         println!("not root: the end-to-end sample through the proxy is not run");
@@ -93,6 +96,7 @@ pub fn run_built(
     match suite {
         Suite::Netpol => netpol(cases, bin, topology),
         Suite::Waf => waf(cases, crs, bin),
+        Suite::Dlp => dlp(cases, bin),
         Suite::Jwt => {
             let path = cases_path(cases, rampart_tests::jwt_cases::DEFAULT_CASES);
             let (loaded, keys) = rampart_tests::jwt_cases::load(&path)?;
@@ -215,6 +219,27 @@ fn waf_report(
     Ok((passed, failed))
 }
 
+/// The DLP cases through the real proxy: each case's line, the rates per category, the tally.
+fn dlp(cases: Option<PathBuf>, bin: PathBuf) -> anyhow::Result<()> {
+    use rampart_tests::dlp_cases;
+    let path = cases_path(cases, dlp_cases::DEFAULT_CASES);
+    let cases = dlp_cases::load(&path)?;
+    println!(
+        "dlp conformance: {} cases from {}",
+        cases.len(),
+        path.display()
+    );
+    crate::test::sweep()?;
+    let result = rampart_tests::dlp_e2e::run(&cases, &bin, rampart_tests::netns::TEST_PREFIX);
+    crate::test::sweep()?;
+    let (passed, failed) = result?;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} of {} cases failed", passed + failed);
+    }
+    Ok(())
+}
+
 fn cases_path(cases: Option<PathBuf>, default: &str) -> PathBuf {
     cases.unwrap_or_else(|| workspace_root().join(default))
 }
@@ -235,7 +260,9 @@ fn library_only(suite: Suite, cases: Option<PathBuf>) -> anyhow::Result<()> {
             &cases_path(cases, rampart_tests::ratelimit_cases::DEFAULT_CASES),
             rampart_tests::ratelimit_cases::run,
         ),
-        Suite::Netpol | Suite::Waf => bail!("this suite runs only against the real agent (root)"),
+        Suite::Netpol | Suite::Waf | Suite::Dlp => {
+            bail!("this suite runs only against the real agent (root)")
+        }
     }
 }
 

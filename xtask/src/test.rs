@@ -90,9 +90,17 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
             crate::conformance::run_built(Suite::Netpol, None, None, topology, bin.clone())?;
             sweep()?;
         }
-        for suite in [Suite::Jwt, Suite::Ratelimit, Suite::Waf] {
+        for suite in [Suite::Jwt, Suite::Ratelimit, Suite::Waf, Suite::Dlp] {
             crate::conformance::run_built(suite, None, None, TopologyArg::Routed, bin.clone())?;
         }
+        // More DLP cases of the public kinds, derived from the same specifications.
+        crate::conformance::run_built(
+            Suite::Dlp,
+            Some(workspace_root().join(rampart_tests::dlp_cases::EXTRA_CASES)),
+            None,
+            TopologyArg::Routed,
+            bin.clone(),
+        )?;
         crate::conformance::waf_debian_report(bin.clone())?;
         // The first run a newcomer sees: every layer on two nodes, each step checked.
         let demo = crate::demo::run_debug(&bin);

@@ -62,7 +62,8 @@ pub fn card_brand(digits: &[u8]) -> Option<&'static str> {
     };
     let len = digits.len();
     let brand = match (prefix(1), prefix(2), prefix(3), prefix(4), prefix(6)) {
-        (4, ..) if matches!(len, 13 | 16 | 19) => "visa",
+        // Visa issues 13, 16 and 19 digits; its ranges are documented for 13 to 19.
+        (4, ..) if (13..=19).contains(&len) => "visa",
         (_, 51..=55, ..) if len == 16 => "mastercard",
         (.., 2221..=2720, _) if len == 16 => "mastercard",
         (_, 34 | 37, ..) if len == 15 => "amex",
@@ -72,6 +73,7 @@ pub fn card_brand(digits: &[u8]) -> Option<&'static str> {
         (.., 622_126..=622_925) if (16..=19).contains(&len) => "discover",
         (.., 3528..=3589, _) if (16..=19).contains(&len) => "jcb",
         (_, _, 300..=305, ..) if (14..=19).contains(&len) => "diners",
+        (.., 3095, _) if (14..=19).contains(&len) => "diners",
         (_, 36 | 38 | 39, ..) if (14..=19).contains(&len) => "diners",
         _ => return None,
     };
@@ -161,6 +163,9 @@ mod tests {
             "36227206271667",
             "4111\t1111\t1111\t1111",
             "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+            "4111111111111111110", // Visa, 19 digits
+            "41111111111111113",   // Visa, 17 digits
+            "30950000000000",      // Diners 3095
         ] {
             assert!(card_number(card.as_bytes()), "{card}");
         }
