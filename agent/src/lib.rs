@@ -15,6 +15,7 @@ pub mod dns_name;
 pub mod explain;
 pub mod flows;
 pub mod flows_cli;
+pub mod fuzzing;
 pub mod generation;
 pub mod handover;
 pub mod host_addresses;

@@ -63,6 +63,8 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["admin"],
     &["policy_cli", "flows_cli", "ca_cli"],
+    // The fuzz targets' properties: over the parsers of every layer below.
+    &["fuzzing"],
     // The composition root and the binary.
     &["app"],
     &["lib", "main", "tidy"],

@@ -1184,3 +1184,24 @@ fn each_apply_leaves_exactly_the_state_in_the_live_generation() {
         );
     }
 }
+
+/// The `packet` fuzz target's committed inputs (its seed corpus, and every input a fuzzer
+/// failed on, `fuzz/regressions/packet/`), replayed through the same property.
+#[test]
+fn the_packet_fuzz_target_s_inputs_hold() {
+    require_root();
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut files = Vec::new();
+    for dir in ["corpus/packet", "regressions/packet"] {
+        if let Ok(entries) = std::fs::read_dir(fuzz.join(dir)) {
+            files.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 10, "the packet seeds: {files:?}");
+    for file in files {
+        let data = std::fs::read(&file).expect("read");
+        let result = std::panic::catch_unwind(|| rampart_agent::fuzzing::packet::packet(&data));
+        assert!(result.is_ok(), "{} fails", file.display());
+    }
+}

@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod conformance;
 mod demo;
+mod fuzz;
 mod image;
 mod manifests;
 mod process;
@@ -38,6 +39,9 @@ enum Task {
     Manifests,
     /// Build the agent's OCI image (buildah); `--prove` runs a two-node test with it (podman).
     Image(image::ImageArgs),
+    /// Run the libFuzzer targets (cargo fuzz, nightly) on their committed corpus; `packet`
+    /// needs root.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Task::Conformance(args) => conformance::run(&args),
         Task::Manifests => manifests::run(),
         Task::Image(args) => image::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -84,6 +84,7 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
 
 /// The cargo-deny release `cargo xtask test` runs.
 pub const CARGO_DENY_VERSION: &str = "0.20.2";
+use crate::fuzz::CARGO_FUZZ_VERSION;
 
 #[derive(Debug, clap::Args)]
 pub struct SetupArgs {
@@ -119,6 +120,8 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     let linker = LinkerState::probe(tc)?;
     // cargo-deny is for `cargo xtask test` only (building it takes minutes).
     let needs_cargo_deny = args.purpose == Purpose::All && !has_cargo_deny();
+    // cargo-fuzz too (`cargo xtask fuzz`, and the short runs in `cargo xtask test`).
+    let needs_cargo_fuzz = args.purpose == Purpose::All && !has_cargo_fuzz();
 
     if args.check {
         let mut missing = Vec::new();
@@ -133,6 +136,9 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         }
         if needs_cargo_deny {
             missing.push(format!("cargo-deny {CARGO_DENY_VERSION}"));
+        }
+        if needs_cargo_fuzz {
+            missing.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
         }
         if missing.is_empty() {
             println!("setup: everything is installed (eBPF toolchain: {tc})");
@@ -161,11 +167,26 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         ]))
         .context("installing cargo-deny from crates.io")?;
     }
+    if needs_cargo_fuzz {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        exec(cargo().args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .context("installing cargo-fuzz from crates.io")?;
+    }
     println!(
         "setup: ready in {:.1}s (eBPF toolchain: {tc}, bpf-linker {BPF_LINKER_VERSION})",
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn has_cargo_fuzz() -> bool {
+    output(cargo().args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
 }
 
 fn has_cargo_deny() -> bool {

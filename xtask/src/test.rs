@@ -102,6 +102,12 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
             bin.clone(),
         )?;
         crate::conformance::waf_debian_report(bin.clone())?;
+        // The fuzz targets, built, then each run briefly on its committed inputs (longer runs:
+        // `cargo xtask fuzz`).
+        crate::fuzz::build()?;
+        for (target, max_len) in crate::fuzz::TARGETS {
+            crate::fuzz::run_target(target, max_len, crate::fuzz::SECONDS_IN_TEST)?;
+        }
         // The first run a newcomer sees: every layer on two nodes, each step checked.
         let demo = crate::demo::run_debug(&bin);
         sweep()?;

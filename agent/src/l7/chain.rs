@@ -20,8 +20,8 @@ use crate::policy::http::{
     JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
 };
 
-/// Runs the three filters of `route` on a request head (the unit tests' entry).
-#[cfg(test)]
+/// Runs the three filters of `route` on a request head (the unit tests' and the fuzz target's
+/// entry; the proxy runs them apart, with the body filters between).
 pub fn run(
     route: &HttpRoute,
     parts: &Parts,

@@ -80,6 +80,13 @@ impl Form {
 }
 
 /// Scans `raw` as sent and, as its `form` says, decoded.
+/// A request target judged as the filter judges it (the fuzz target's entry): whether it
+/// blocks, and the target rewritten with its matches masked, if any were.
+pub fn judge_target(set: &DlpSet, target: &str) -> (bool, Option<Vec<u8>>) {
+    let judged = judge(set, target.as_bytes(), Form::UrlEncoded);
+    (judged.blocked, judged.rewritten)
+}
+
 fn judge(set: &DlpSet, raw: &[u8], form: Form) -> Judged {
     // JSON: a match of the decoded text is masked where it stands if its bytes hold no escape;
     // else it is revealed, and blocks.

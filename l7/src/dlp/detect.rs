@@ -10,10 +10,13 @@ use regex::bytes::Regex;
 
 use super::{json, validate};
 
-/// The longest match any detector may have, in bytes: the stream masker keeps this much of the
-/// body back between chunks so that a match split across them is seen whole (six times as much
-/// of a JSON body, whose escapes may make a match that much longer: `stream::JSON_HOLD`).
-pub const MAX_MATCH: usize = 1024;
+/// The longest match any built-in detector may have, in bytes (a custom pattern's longer
+/// matches are found only within a chunk and what is held with it): the stream masker keeps
+/// this much of the body back between chunks so that a match split across them is seen whole
+/// (six times as much of a JSON body, whose escapes may make a match that much longer:
+/// `stream::JSON_HOLD`). The bearer token's pattern is the longest (a JWT of up to 2,005 bytes,
+/// an RSA-4096 signature included).
+pub const MAX_MATCH: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -76,8 +79,9 @@ impl Detector {
             Kind::Email => {
                 r"(?-u)\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
             }
+            // Bounded repetitions only: every match fits in [`MAX_MATCH`].
             Kind::BearerToken => {
-                r"(?-u)(?i:bearer)\s+(?P<value>[A-Za-z0-9\-._~+/]{8,512}=*)|\b(?P<jwt>eyJ[A-Za-z0-9_-]{4,400}\.[A-Za-z0-9_-]{4,600}\.[A-Za-z0-9_-]{4,600})"
+                r"(?-u)(?i:bearer)[ \t]{1,16}(?P<value>[A-Za-z0-9\-._~+/]{8,1024}={0,2})|\b(?P<jwt>eyJ[A-Za-z0-9_-]{4,400}\.[A-Za-z0-9_-]{4,900}\.[A-Za-z0-9_-]{4,700})"
             }
             Kind::Custom(pattern) => pattern.as_str(),
         };
@@ -104,15 +108,27 @@ impl Detector {
         }
     }
 
-    /// The ranges of `text` this detector matches (confirmed), as (start, end) of what to change.
-    fn ranges(&self, text: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// The ranges of `text` from `from` on this detector matches (confirmed), as (where the
+    /// pattern's match starts, start, end of what to change); `text[..from]` is what came
+    /// before, for `\b` and `^`.
+    fn ranges(&self, text: &[u8], from: usize, out: &mut Vec<(usize, usize, usize)>) {
         let Some(regex) = &self.regex else {
-            return card_ranges(text, out);
+            return card_ranges(text, from, out);
         };
         // Matches are found on the fast path; capture groups are resolved only for patterns
         // that have them, and only where something matched.
         let captures = self.group.is_some() || self.kind == Kind::BearerToken;
-        for whole in regex.find_iter(text) {
+        let mut at = from;
+        while at <= text.len() {
+            let Some(whole) = regex.find_at(text, at) else {
+                break;
+            };
+            // An empty match (a custom pattern may have one) moves on by a byte.
+            at = if whole.end() > whole.start() {
+                whole.end()
+            } else {
+                whole.end() + 1
+            };
             let target = if captures {
                 let Some(caps) = regex.captures_at(text, whole.start()) else {
                     continue;
@@ -129,7 +145,11 @@ impl Detector {
             // space, before giving up.
             loop {
                 if self.confirms(candidate) {
-                    out.push((target.start(), target.start() + candidate.len()));
+                    out.push((
+                        whole.start(),
+                        target.start(),
+                        target.start() + candidate.len(),
+                    ));
                     break;
                 }
                 match candidate.iter().rposition(|b| *b == b' ') {
@@ -158,9 +178,9 @@ const CARD_SPAN: usize = 19 + 18 * 2;
 /// Hand-written rather than a regular expression: on digit-dense JSON (every 16-digit id a
 /// candidate to confirm) the masker took about twice as long with the regex (measured here: ~400
 /// against ~200 us per 64 KiB); this is one pass over the bytes.
-fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
+fn card_ranges(text: &[u8], from: usize, out: &mut Vec<(usize, usize, usize)>) {
     let n = text.len();
-    let mut i = 0;
+    let mut i = from;
     // Where a piece may end and the next start: (before, after) the run's start, each separator
     // and the run's end.
     let mut cuts: Vec<(usize, usize)> = Vec::new();
@@ -200,7 +220,7 @@ fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
                     let piece = &text[s..e];
                     let digits = piece.iter().filter(|b| b.is_ascii_digit()).count();
                     if (13..=19).contains(&digits) && validate::card_number(piece) {
-                        out.push((s, e));
+                        out.push((s, s, e));
                         next = e;
                         break 'search;
                     }
@@ -215,8 +235,13 @@ fn card_ranges(text: &[u8], out: &mut Vec<(usize, usize)>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
     pub detector: usize,
+    /// What to change: `start..end`.
     pub start: usize,
     pub end: usize,
+    /// Where the pattern's match starts (before `start` when the pattern holds more than what
+    /// it changes: `Bearer ` before a token, `EMP-` before a custom pattern's `value`): a
+    /// stream holds the body back from here until the match is whole.
+    pub matched: usize,
 }
 
 /// The detectors of a policy, in order (an earlier one wins where two overlap).
@@ -239,17 +264,25 @@ pub struct JsonFound {
 impl DlpSet {
     /// Every confirmed match in `text`, not overlapping, by position.
     pub fn find(&self, text: &[u8]) -> Vec<Found> {
+        self.find_from(text, 0)
+    }
+
+    /// Every confirmed match in `text` that starts at `from` or later, `text[..from]` being
+    /// what came before (the stream masker's context: a word boundary, a run of digits, a
+    /// pattern's `^` are judged with it).
+    pub fn find_from(&self, text: &[u8], from: usize) -> Vec<Found> {
         let mut found: Vec<Found> = Vec::new();
         let mut ranges = Vec::new();
         for (i, d) in self.detectors.iter().enumerate() {
             ranges.clear();
-            d.ranges(text, &mut ranges);
-            for &(start, end) in &ranges {
+            d.ranges(text, from, &mut ranges);
+            for &(matched, start, end) in &ranges {
                 if !found.iter().any(|f| start < f.end && f.start < end) {
                     found.push(Found {
                         detector: i,
                         start,
                         end,
+                        matched,
                     });
                 }
             }
@@ -261,19 +294,27 @@ impl DlpSet {
     /// The matches in JSON `text`, as sent and with its string escapes decoded (see
     /// [`JsonFound`]). Text without a backslash has nothing to decode.
     pub fn find_json(&self, text: &[u8]) -> JsonFound {
-        let mut found = self.find(text);
+        self.find_json_from(text, 0)
+    }
+
+    /// [`DlpSet::find_json`] with `text[..from]` as what came before ([`DlpSet::find_from`]);
+    /// it must hold no backslash, so that it decodes to itself.
+    pub fn find_json_from(&self, text: &[u8], from: usize) -> JsonFound {
+        let mut found = self.find_from(text, from);
         let mut revealed = Vec::new();
-        if !text.contains(&b'\\') {
+        if !text[from..].contains(&b'\\') {
             return JsonFound { found, revealed };
         }
         let view = json::decode(text);
         let as_sent = found.len();
-        for f in self.find(&view.text) {
+        for f in self.find_from(&view.text, from) {
             let (start, end) = view.raw_span(f.start, f.end);
+            let (matched, _) = view.raw_span(f.matched, f.end);
             let raw = Found {
                 detector: f.detector,
                 start,
                 end,
+                matched,
             };
             let mut overlapping = found[..as_sent]
                 .iter()
@@ -468,7 +509,8 @@ mod tests {
             [Found {
                 detector: 0,
                 start: 9,
-                end: 9 + 24 + 15
+                end: 9 + 24 + 15,
+                matched: 9,
             }]
         );
         // Escaped separators: a tab, no-break spaces (hex digits in either case).

@@ -70,6 +70,32 @@ pub fn boundary(text: &[u8], at: usize) -> usize {
     at
 }
 
+/// The last byte of what `text[..at]` decodes to (`at` not inside an escape): the byte before
+/// `at` itself, or the last byte of the escape that ends there. `None` for an empty text.
+pub fn last_decoded(text: &[u8], at: usize) -> Option<u8> {
+    let mut i = 0;
+    let mut last = None;
+    while i < at {
+        let (len, c) = match text.get(i..) {
+            Some(rest @ [b'\\', ..]) => match escape(rest) {
+                Some((len, c)) => (len, Some(c)),
+                None => (1, None),
+            },
+            _ => (1, None),
+        };
+        last = Some(match c {
+            Some(c) => {
+                let mut utf8 = [0u8; 4];
+                let bytes = c.encode_utf8(&mut utf8).as_bytes();
+                bytes[bytes.len() - 1]
+            }
+            None => text[i],
+        });
+        i += len;
+    }
+    last
+}
+
 impl JsonView {
     /// The span of the text as sent that carries the decoded bytes `start..end` (whole escapes).
     pub fn raw_span(&self, start: usize, end: usize) -> (usize, usize) {

@@ -1,0 +1,116 @@
+//! `cargo xtask fuzz [TARGET] [--seconds N]`: runs the libFuzzer targets of `fuzz/` (cargo fuzz,
+//! on nightly) on their committed corpus. New inputs a run finds go to a scratch corpus under
+//! `target/fuzz-corpus/` (kept between runs; never committed); an input that fails a property is
+//! saved in `fuzz/artifacts/<target>/` and fails the run, and becomes a regression test once it
+//! is copied to `fuzz/regressions/<target>/` (replayed by `rampart_agent::fuzzing`'s tests).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::process::{exec, workspace_root};
+
+/// The targets, and the longest input each is given (bytes): a body or a file must be longer
+/// than the masker's hold-back or a policy file, a frame no longer than an Ethernet MTU.
+pub const TARGETS: [(&str, usize); 8] = [
+    ("policy_check", 16384),
+    ("jwt_token", 4096),
+    ("jwks_document", 8192),
+    ("dlp_stream", 20000),
+    ("decoders", 8192),
+    ("http_head", 4096),
+    ("client_hello", 4096),
+    ("packet", 1600),
+];
+
+/// How long `cargo xtask test` runs each target.
+pub const SECONDS_IN_TEST: u64 = 10;
+
+/// The cargo-fuzz release setup installs.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+#[derive(Debug, Args)]
+pub struct FuzzArgs {
+    /// One target (default: every target in turn).
+    pub target: Option<String>,
+    /// How long each target runs.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+}
+
+pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
+    crate::setup::run(&crate::setup::SetupArgs::all())?;
+    let targets: Vec<(&str, usize)> = match &args.target {
+        None => TARGETS.to_vec(),
+        Some(name) => vec![
+            *TARGETS
+                .iter()
+                .find(|(t, _)| t == name)
+                .with_context(|| format!("no fuzz target {name:?}; the targets: {}", names()))?,
+        ],
+    };
+    build()?;
+    let mut failed = Vec::new();
+    for (target, max_len) in targets {
+        if let Err(e) = run_target(target, max_len, args.seconds) {
+            eprintln!("fuzz: {target}: {e:#}");
+            failed.push(target);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz targets failed: {} (inputs in fuzz/artifacts/<target>/)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn names() -> String {
+    TARGETS.map(|(t, _)| t).join(", ")
+}
+
+fn fuzz_dir() -> PathBuf {
+    workspace_root().join("fuzz")
+}
+
+/// `cargo +nightly fuzz <args>` in `fuzz/`'s parent (cargo fuzz finds `fuzz/` there).
+fn cargo_fuzz() -> Command {
+    let mut command = crate::process::cargo();
+    // The nightly toolchain: rustup's proxy picks it from `+nightly` only when `cargo` is the
+    // proxy itself, so name it through RUSTUP_TOOLCHAIN.
+    command.env("RUSTUP_TOOLCHAIN", "nightly").arg("fuzz");
+    command
+}
+
+/// Builds every target once (release, debug assertions on, AddressSanitizer).
+pub fn build() -> anyhow::Result<()> {
+    exec(cargo_fuzz().args(["build", "-O", "--debug-assertions"]))
+        .context("building the fuzz targets (cargo fuzz on nightly)")
+}
+
+/// Runs one built target for `seconds` on its committed corpus and a scratch corpus.
+pub fn run_target(target: &str, max_len: usize, seconds: u64) -> anyhow::Result<()> {
+    let scratch = workspace_root().join("target/fuzz-corpus").join(target);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("{}", scratch.display()))?;
+    let seeds = fuzz_dir().join("corpus").join(target);
+    let regressions = fuzz_dir().join("regressions").join(target);
+    let mut command = cargo_fuzz();
+    command.args(["run", "-O", "--debug-assertions", target]);
+    command.arg(&scratch).arg(&seeds);
+    if regressions.is_dir() {
+        command.arg(&regressions);
+    }
+    command.args([
+        "--".to_owned(),
+        format!("-max_total_time={seconds}"),
+        format!("-max_len={max_len}"),
+        // Each input is judged on its own: a slow one is a finding too, and memory is bounded.
+        "-timeout=10".to_owned(),
+        "-rss_limit_mb=2048".to_owned(),
+        "-print_final_stats=1".to_owned(),
+    ]);
+    exec(&mut command)
+}
