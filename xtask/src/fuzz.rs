@@ -38,6 +38,28 @@ pub struct FuzzArgs {
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Build without optimisation (debug assertions on): builds in a fraction of the time, runs
+    /// several times slower; what `cargo xtask test` uses for its short runs.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+/// How the targets are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `-O`: release, for long runs.
+    Optimised,
+    /// `--dev`: unoptimised with debug assertions, for short ones.
+    Dev,
+}
+
+impl Build {
+    fn flag(self) -> &'static str {
+        match self {
+            Build::Optimised => "-O",
+            Build::Dev => "--dev",
+        }
+    }
 }
 
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
@@ -51,10 +73,15 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("no fuzz target {name:?}; the targets: {}", names()))?,
         ],
     };
-    build()?;
+    let how = if args.dev {
+        Build::Dev
+    } else {
+        Build::Optimised
+    };
+    build(how)?;
     let mut failed = Vec::new();
     for (target, max_len) in targets {
-        if let Err(e) = run_target(target, max_len, args.seconds) {
+        if let Err(e) = run_target(target, max_len, args.seconds, how) {
             eprintln!("fuzz: {target}: {e:#}");
             failed.push(target);
         }
@@ -85,20 +112,20 @@ fn cargo_fuzz() -> Command {
     command
 }
 
-/// Builds every target once (release, debug assertions on, AddressSanitizer).
-pub fn build() -> anyhow::Result<()> {
-    exec(cargo_fuzz().args(["build", "-O", "--debug-assertions"]))
+/// Builds every target once (with AddressSanitizer).
+pub fn build(how: Build) -> anyhow::Result<()> {
+    exec(cargo_fuzz().args(["build", how.flag()]))
         .context("building the fuzz targets (cargo fuzz on nightly)")
 }
 
 /// Runs one built target for `seconds` on its committed corpus and a scratch corpus.
-pub fn run_target(target: &str, max_len: usize, seconds: u64) -> anyhow::Result<()> {
+pub fn run_target(target: &str, max_len: usize, seconds: u64, how: Build) -> anyhow::Result<()> {
     let scratch = workspace_root().join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&scratch).with_context(|| format!("{}", scratch.display()))?;
     let seeds = fuzz_dir().join("corpus").join(target);
     let regressions = fuzz_dir().join("regressions").join(target);
     let mut command = cargo_fuzz();
-    command.args(["run", "-O", "--debug-assertions", target]);
+    command.args(["run", how.flag(), target]);
     command.arg(&scratch).arg(&seeds);
     if regressions.is_dir() {
         command.arg(&regressions);

@@ -104,9 +104,10 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         crate::conformance::waf_debian_report(bin.clone())?;
         // The fuzz targets, built, then each run briefly on its committed inputs (longer runs:
         // `cargo xtask fuzz`).
-        crate::fuzz::build()?;
+        use crate::fuzz::Build;
+        crate::fuzz::build(Build::Dev)?;
         for (target, max_len) in crate::fuzz::TARGETS {
-            crate::fuzz::run_target(target, max_len, crate::fuzz::SECONDS_IN_TEST)?;
+            crate::fuzz::run_target(target, max_len, crate::fuzz::SECONDS_IN_TEST, Build::Dev)?;
         }
         // The first run a newcomer sees: every layer on two nodes, each step checked.
         let demo = crate::demo::run_debug(&bin);
