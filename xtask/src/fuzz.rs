@@ -103,11 +103,22 @@ fn fuzz_dir() -> PathBuf {
     workspace_root().join("fuzz")
 }
 
-/// `cargo +nightly fuzz <args>` in `fuzz/`'s parent (cargo fuzz finds `fuzz/` there).
+/// `cargo fuzz` on the nightly toolchain: rustup's `cargo` proxy from PATH (not `$CARGO`, the
+/// stable cargo that runs xtask) with `RUSTUP_TOOLCHAIN=nightly`, and none of the variables
+/// cargo set for xtask itself.
 fn cargo_fuzz() -> Command {
-    let mut command = crate::process::cargo();
-    // The nightly toolchain: rustup's proxy picks it from `+nightly` only when `cargo` is the
-    // proxy itself, so name it through RUSTUP_TOOLCHAIN.
+    let mut command = Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| {
+            n == "CARGO"
+                || n == "RUSTC"
+                || n == "RUSTDOC"
+                || n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+        }) {
+            command.env_remove(name);
+        }
+    }
     command.env("RUSTUP_TOOLCHAIN", "nightly").arg("fuzz");
     command
 }
