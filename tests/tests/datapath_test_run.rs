@@ -3,126 +3,25 @@
 //! `apply`. The kernel runs test packets as received on loopback (ifindex 1): the local endpoint
 //! under test sits there. XDP and TC ingress judge the endpoint's egress; TC egress its ingress.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use rampart_agent::datapath::{Changes, Datapath, EventReader, ProgramKind, Stats};
-use rampart_agent::kernel_state::policy_map::{PolicyRule, build};
+use rampart_agent::kernel_state::policy_map::PolicyRule;
 use rampart_agent::kernel_state::{IpcacheRecord, PolicyState};
-use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
+use rampart_common::endpoint::EndpointFlags;
 use rampart_common::identity::Identity;
 use rampart_common::policy::Verdict;
 use rampart_common::reason::{Direction, DropReason};
 use rampart_tests::packet::*;
 use rampart_tests::require_root;
+// The table's endpoints, rules and state, shared with the `packet` fuzz target.
+use rampart_agent::fuzzing::packet::table::*;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// `TC_ACT_UNSPEC`: passed on to the next program on the hook (see `ebpf/src/main.rs`).
 const TC_PASS: u32 = u32::MAX;
 const TC_SHOT: u32 = 2;
-
-const LOOPBACK_IFINDEX: u32 = 1;
-const EP: u32 = 1;
-const ID_A: u32 = 300;
-const ID_B: u32 = 301;
-const ID_C: u32 = 302;
-
-const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
-const TWIN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-
-fn rules() -> Vec<PolicyRule> {
-    let egress = |remote: u32| PolicyRule::allow(EP, Identity(remote), Direction::EGRESS);
-    let tcp = |r: PolicyRule, lo: u16, hi: u16| PolicyRule {
-        proto: Some(TCP),
-        ports: Some(lo..=hi),
-        ..r
-    };
-    vec![
-        PolicyRule {
-            cookie: 10,
-            ..tcp(egress(ID_B), 80, 80)
-        },
-        PolicyRule {
-            cookie: 11,
-            proto: Some(UDP),
-            ports: Some(53..=53),
-            ..egress(0)
-        },
-        PolicyRule {
-            cookie: 12,
-            ..tcp(egress(ID_B), 1000, 2000)
-        },
-        PolicyRule {
-            cookie: 13,
-            verdict: Verdict::DENY,
-            ..tcp(egress(ID_B), 1500, 1500)
-        },
-        PolicyRule {
-            cookie: 14,
-            ..egress(ID_C)
-        },
-        PolicyRule {
-            cookie: 15,
-            verdict: Verdict::DENY,
-            ..tcp(egress(0), 22, 22)
-        },
-        PolicyRule {
-            cookie: 30,
-            verdict: Verdict::DENY,
-            audit: true,
-            ..tcp(egress(ID_B), 9000, 9000)
-        },
-        PolicyRule {
-            cookie: 31,
-            verdict: Verdict::DENY,
-            audit: true,
-            ..tcp(egress(ID_B), 7000, 7000)
-        },
-        PolicyRule {
-            cookie: 32,
-            verdict: Verdict::DENY,
-            ..tcp(egress(0), 7000, 7000)
-        },
-        PolicyRule {
-            cookie: 20,
-            proto: Some(TCP),
-            ports: Some(8080..=8080),
-            ..PolicyRule::allow(EP, Identity(ID_B), Direction::INGRESS)
-        },
-    ]
-}
-
-fn state(rules: &[PolicyRule]) -> PolicyState {
-    PolicyState {
-        endpoints: vec![(
-            LOOPBACK_IFINDEX,
-            EndpointInfo {
-                endpoint_id: EP,
-                identity: ID_A,
-                flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
-                ipv4: A.octets(),
-                ipv6: A6.octets(),
-            },
-        )],
-        ipcache: vec![
-            IpcacheRecord::local(A.into(), ID_A, LOOPBACK_IFINDEX),
-            // Another pod with A's labels (same identity) behind another interface.
-            IpcacheRecord::local(TWIN.into(), ID_A, 99),
-            IpcacheRecord::remote(B.into(), 32, ID_B),
-            IpcacheRecord::remote(C.into(), 32, ID_C),
-            IpcacheRecord::local(A6.into(), ID_A, LOOPBACK_IFINDEX),
-            IpcacheRecord::remote(B6.into(), 128, ID_B),
-        ],
-        policy: build(rules),
-        audit: false,
-        ..PolicyState::default()
-    }
-}
 
 struct Fixture {
     dp: Datapath,

@@ -7,17 +7,11 @@
 //! from the input's choices (IPv4 options, IPv6 extension-header chains, first fragments), for
 //! which the verdict is known.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
-use rampart_common::identity::Identity;
-use rampart_common::policy::Verdict;
-use rampart_common::reason::Direction;
-
+use self::table::{A, A6, B, B6, STRANGER, STRANGER6, TWIN};
 use crate::datapath::{Datapath, ProgramKind};
-use crate::kernel_state::policy_map::{PolicyRule, build};
-use crate::kernel_state::{IpcacheRecord, PolicyState};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -26,99 +20,128 @@ const TC_SHOT: u32 = 2;
 /// `TC_ACT_UNSPEC` (-1).
 const TC_UNSPEC: u32 = u32::MAX;
 
-const LOOPBACK_IFINDEX: u32 = 1;
-const EP: u32 = 1;
-const ID_A: u32 = 300;
-const ID_B: u32 = 301;
-const ID_C: u32 = 302;
-const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-/// Another pod of A's identity, elsewhere.
-const TWIN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const STRANGER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9);
-
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
-/// A's egress: TCP to B on 80 and 1000-2000 but 1500, TCP to C on any port, UDP 53 anywhere;
-/// TCP 22 and 7000 denied everywhere. A's ingress: TCP 8080 from B.
-fn rules() -> Vec<PolicyRule> {
-    let egress = |remote: u32| PolicyRule::allow(EP, Identity(remote), Direction::EGRESS);
-    let tcp = |r: PolicyRule, lo: u16, hi: u16| PolicyRule {
-        proto: Some(TCP),
-        ports: Some(lo..=hi),
-        ..r
-    };
-    vec![
-        PolicyRule {
-            cookie: 10,
-            ..tcp(egress(ID_B), 80, 80)
-        },
-        PolicyRule {
-            cookie: 11,
-            proto: Some(UDP),
-            ports: Some(53..=53),
-            ..egress(0)
-        },
-        PolicyRule {
-            cookie: 12,
-            ..tcp(egress(ID_B), 1000, 2000)
-        },
-        PolicyRule {
-            cookie: 13,
-            verdict: Verdict::DENY,
-            ..tcp(egress(ID_B), 1500, 1500)
-        },
-        PolicyRule {
-            cookie: 14,
-            ..egress(ID_C)
-        },
-        PolicyRule {
-            cookie: 15,
-            verdict: Verdict::DENY,
-            ..tcp(egress(0), 22, 22)
-        },
-        PolicyRule {
-            cookie: 32,
-            verdict: Verdict::DENY,
-            ..tcp(egress(0), 7000, 7000)
-        },
-        PolicyRule {
-            cookie: 20,
-            proto: Some(TCP),
-            ports: Some(8080..=8080),
-            ..PolicyRule::allow(EP, Identity(ID_B), Direction::INGRESS)
-        },
-    ]
-}
+/// The table tests' state (`tests/tests/datapath_test_run.rs` and this target share it):
+/// endpoint A on the interface the kernel runs test packets on, its twin of the same identity
+/// elsewhere, peers B and C, a stranger nobody owns.
+pub mod table {
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-fn state() -> PolicyState {
-    PolicyState {
-        endpoints: vec![(
-            LOOPBACK_IFINDEX,
-            EndpointInfo {
-                endpoint_id: EP,
-                identity: ID_A,
-                flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
-                ipv4: A.octets(),
-                ipv6: A6.octets(),
+    use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
+    use rampart_common::identity::Identity;
+    use rampart_common::policy::Verdict;
+    use rampart_common::reason::Direction;
+
+    use super::{TCP, UDP};
+    use crate::kernel_state::policy_map::{PolicyRule, build};
+    use crate::kernel_state::{IpcacheRecord, PolicyState};
+
+    pub const LOOPBACK_IFINDEX: u32 = 1;
+    pub const EP: u32 = 1;
+    pub const ID_A: u32 = 300;
+    pub const ID_B: u32 = 301;
+    pub const ID_C: u32 = 302;
+    pub const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    pub const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    pub const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+    pub const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+    pub const TWIN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+    pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    pub const STRANGER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9);
+
+    /// A's egress: TCP to B on 80 and 1000-2000 but 1500, anything to C, UDP 53 anywhere; TCP
+    /// 22 and 7000 denied everywhere (7000 and 9000 to B audited too). A's ingress: TCP 8080
+    /// from B.
+    pub fn rules() -> Vec<PolicyRule> {
+        let egress = |remote: u32| PolicyRule::allow(EP, Identity(remote), Direction::EGRESS);
+        let tcp = |r: PolicyRule, lo: u16, hi: u16| PolicyRule {
+            proto: Some(TCP),
+            ports: Some(lo..=hi),
+            ..r
+        };
+        vec![
+            PolicyRule {
+                cookie: 10,
+                ..tcp(egress(ID_B), 80, 80)
             },
-        )],
-        ipcache: vec![
-            IpcacheRecord::local(A.into(), ID_A, LOOPBACK_IFINDEX),
-            IpcacheRecord::local(TWIN.into(), ID_A, 99),
-            IpcacheRecord::remote(B.into(), 32, ID_B),
-            IpcacheRecord::remote(C.into(), 32, ID_C),
-            IpcacheRecord::local(A6.into(), ID_A, LOOPBACK_IFINDEX),
-            IpcacheRecord::remote(B6.into(), 128, ID_B),
-        ],
-        policy: build(&rules()),
-        audit: false,
-        ..PolicyState::default()
+            PolicyRule {
+                cookie: 11,
+                proto: Some(UDP),
+                ports: Some(53..=53),
+                ..egress(0)
+            },
+            PolicyRule {
+                cookie: 12,
+                ..tcp(egress(ID_B), 1000, 2000)
+            },
+            PolicyRule {
+                cookie: 13,
+                verdict: Verdict::DENY,
+                ..tcp(egress(ID_B), 1500, 1500)
+            },
+            PolicyRule {
+                cookie: 14,
+                ..egress(ID_C)
+            },
+            PolicyRule {
+                cookie: 15,
+                verdict: Verdict::DENY,
+                ..tcp(egress(0), 22, 22)
+            },
+            PolicyRule {
+                cookie: 30,
+                verdict: Verdict::DENY,
+                audit: true,
+                ..tcp(egress(ID_B), 9000, 9000)
+            },
+            PolicyRule {
+                cookie: 31,
+                verdict: Verdict::DENY,
+                audit: true,
+                ..tcp(egress(ID_B), 7000, 7000)
+            },
+            PolicyRule {
+                cookie: 32,
+                verdict: Verdict::DENY,
+                ..tcp(egress(0), 7000, 7000)
+            },
+            PolicyRule {
+                cookie: 20,
+                proto: Some(TCP),
+                ports: Some(8080..=8080),
+                ..PolicyRule::allow(EP, Identity(ID_B), Direction::INGRESS)
+            },
+        ]
+    }
+
+    pub fn state(rules: &[PolicyRule]) -> PolicyState {
+        PolicyState {
+            endpoints: vec![(
+                LOOPBACK_IFINDEX,
+                EndpointInfo {
+                    endpoint_id: EP,
+                    identity: ID_A,
+                    flags: EndpointFlags::ENFORCE_INGRESS | EndpointFlags::ENFORCE_EGRESS,
+                    ipv4: A.octets(),
+                    ipv6: A6.octets(),
+                },
+            )],
+            ipcache: vec![
+                IpcacheRecord::local(A.into(), ID_A, LOOPBACK_IFINDEX),
+                // Another pod with A's labels (same identity) behind another interface.
+                IpcacheRecord::local(TWIN.into(), ID_A, 99),
+                IpcacheRecord::remote(B.into(), 32, ID_B),
+                IpcacheRecord::remote(C.into(), 32, ID_C),
+                IpcacheRecord::local(A6.into(), ID_A, LOOPBACK_IFINDEX),
+                IpcacheRecord::remote(B6.into(), 128, ID_B),
+            ],
+            policy: build(rules),
+            audit: false,
+            ..PolicyState::default()
+        }
     }
 }
 
@@ -128,7 +151,7 @@ fn datapath() -> &'static Mutex<Datapath> {
     DATAPATH.get_or_init(|| {
         let mut dp =
             Datapath::load().unwrap_or_else(|e| panic!("loading the programs (root, bpffs): {e}"));
-        dp.apply(&state())
+        dp.apply(&table::state(&table::rules()))
             .unwrap_or_else(|e| panic!("applying the fuzz state: {e}"));
         Mutex::new(dp)
     })
