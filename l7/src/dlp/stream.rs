@@ -69,6 +69,19 @@ fn context_byte(released: &[u8], last: u8) -> u8 {
     if word { b'a' } else { b' ' }
 }
 
+/// `found` in the positions of what is held after its first `lead` bytes.
+fn shifted(found: &[Found], lead: usize) -> Vec<Found> {
+    found
+        .iter()
+        .map(|f| Found {
+            start: f.start - lead,
+            end: f.end - lead,
+            matched: f.matched - lead,
+            ..*f
+        })
+        .collect()
+}
+
 /// How many bytes of [`StreamMasker::held`] stand for what was released.
 const CONTEXT: usize = 1;
 
@@ -146,15 +159,11 @@ impl<S: Borrow<DlpSet>> StreamMasker<S> {
         rest.extend_from_slice(&self.held[safe..]);
         let ready = std::mem::replace(&mut self.held, rest);
         self.released = true;
-        let shift = |f: &Found| Found {
-            start: f.start - lead,
-            end: f.end - lead,
-            matched: f.matched - lead,
-            ..*f
-        };
-        let now: Vec<Found> = now.iter().map(shift).collect();
-        let revealed: Vec<Found> = revealed.iter().map(shift).collect();
-        self.release(&ready[lead..safe], &now, &revealed)
+        self.release(
+            &ready[lead..safe],
+            &shifted(&now, lead),
+            &shifted(&revealed, lead),
+        )
     }
 
     /// The body ended: releases everything held.
@@ -162,15 +171,11 @@ impl<S: Borrow<DlpSet>> StreamMasker<S> {
         let lead = self.lead();
         let JsonFound { found, revealed } = self.scan(lead);
         let held = std::mem::take(&mut self.held);
-        let shift = |f: &Found| Found {
-            start: f.start - lead,
-            end: f.end - lead,
-            matched: f.matched - lead,
-            ..*f
-        };
-        let found: Vec<Found> = found.iter().map(shift).collect();
-        let revealed: Vec<Found> = revealed.iter().map(shift).collect();
-        self.release(held.get(lead..).unwrap_or_default(), &found, &revealed)
+        self.release(
+            held.get(lead..).unwrap_or_default(),
+            &shifted(&found, lead),
+            &shifted(&revealed, lead),
+        )
     }
 
     /// The matches in what is held, from `lead` on (in [`StreamMasker::held`]'s positions).
