@@ -21,6 +21,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use rampart_ebpf_build::{BPF_LINKER_VERSION, EbpfToolchain};
 
+use crate::fuzz::CARGO_FUZZ_VERSION;
 use crate::process::{cargo, exec, output};
 
 /// What a machine is set up for.
@@ -84,7 +85,6 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
 
 /// The cargo-deny release `cargo xtask test` runs.
 pub const CARGO_DENY_VERSION: &str = "0.20.2";
-use crate::fuzz::CARGO_FUZZ_VERSION;
 
 #[derive(Debug, clap::Args)]
 pub struct SetupArgs {
@@ -157,26 +157,10 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         install_bpf_linker(tc)?;
     }
     if needs_cargo_deny {
-        eprintln!("setup: installing cargo-deny {CARGO_DENY_VERSION}");
-        exec(cargo().args([
-            "install",
-            "--locked",
-            "cargo-deny",
-            "--version",
-            CARGO_DENY_VERSION,
-        ]))
-        .context("installing cargo-deny from crates.io")?;
+        install_cargo_tool("cargo-deny", CARGO_DENY_VERSION)?;
     }
     if needs_cargo_fuzz {
-        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
-        exec(cargo().args([
-            "install",
-            "--locked",
-            "cargo-fuzz",
-            "--version",
-            CARGO_FUZZ_VERSION,
-        ]))
-        .context("installing cargo-fuzz from crates.io")?;
+        install_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)?;
     }
     println!(
         "setup: ready in {:.1}s (eBPF toolchain: {tc}, bpf-linker {BPF_LINKER_VERSION})",
@@ -186,11 +170,23 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
 }
 
 fn has_cargo_fuzz() -> bool {
-    output(cargo().args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
+    has_cargo_tool("fuzz", CARGO_FUZZ_VERSION)
 }
 
 fn has_cargo_deny() -> bool {
-    output(cargo().args(["deny", "--version"])).is_some_and(|v| v.contains(CARGO_DENY_VERSION))
+    has_cargo_tool("deny", CARGO_DENY_VERSION)
+}
+
+/// Whether `cargo <subcommand> --version` runs and names `version`.
+fn has_cargo_tool(subcommand: &str, version: &str) -> bool {
+    output(cargo().args([subcommand, "--version"])).is_some_and(|v| v.contains(version))
+}
+
+/// `cargo install --locked <krate> --version <version>`, from crates.io.
+fn install_cargo_tool(krate: &str, version: &str) -> anyhow::Result<()> {
+    eprintln!("setup: installing {krate} {version}");
+    exec(cargo().args(["install", "--locked", krate, "--version", version]))
+        .with_context(|| format!("installing {krate} from crates.io"))
 }
 
 fn missing_debian_packages(purpose: Purpose) -> Vec<&'static str> {
