@@ -107,6 +107,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
                     generations.tables(),
                     Some(sink),
                     carried.as_ref(),
+                    fd_limit,
                 )
                 .await
                 .context("starting the mTLS proxy")?,
@@ -206,8 +207,8 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
             .context("starting the flow log writer")?;
     }
     if let Some(mesh) = &state.mesh {
-        mesh.start(crate::listen::ConnectionCap::for_proxy(fd_limit), &sockets)
-            .await?;
+        let cap = crate::listen::ConnectionCap::for_proxy(&mesh.guards.limits, fd_limit);
+        mesh.start(cap, &sockets).await?;
     }
 
     let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&state)));

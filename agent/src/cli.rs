@@ -388,6 +388,77 @@ pub struct RunArgs {
     /// a DaemonSet, whose pods' containers are restarted when they exit on their own).
     #[arg(long, value_enum, default_value_t = AfterHandoverArg::Exit)]
     pub after_handover: AfterHandoverArg,
+
+    #[command(flatten)]
+    pub limits: ProxyLimitArgs,
+}
+
+/// What one client of the proxy may hold; every limit hit is counted in
+/// `rampart_proxy_limit_hits_total{limit}`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Proxy limits")]
+pub struct ProxyLimitArgs {
+    /// Seconds a client has to send a whole HTTP/1 request head, from its first byte.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_head_timeout: u64,
+
+    /// Seconds a request body may take, plus one per --request-body-min-rate bytes received;
+    /// past it the request is answered 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub request_body_timeout: u64,
+
+    /// Bytes per second that earn a request body one more second.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_body_min_rate: u64,
+
+    /// Seconds an HTTP connection may stay idle (no request in progress, no byte either way).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub http_idle_timeout: u64,
+
+    /// Seconds a tunnelled TCP flow may carry no byte either way before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub tunnel_idle_timeout: u64,
+
+    /// Connections the proxy holds at once (default: sized from the open-files limit); past
+    /// it, new ones wait in the kernel's backlog.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_connections: Option<u64>,
+
+    /// Connections from one address (default: a quarter of --max-connections); past it, new
+    /// ones are closed at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_connections_per_source: Option<u64>,
+
+    /// Tunnelled flows one workload identity may hold into this node at once (default: a
+    /// quarter of --max-connections); past it, new ones are refused.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_flows_per_identity: Option<u64>,
+
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub h2_max_concurrent_streams: u32,
+
+    /// HTTP/2 streams a client may open and reset before they are served (rapid reset); past
+    /// it, the connection gets a GOAWAY.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub h2_max_pending_reset_streams: u64,
+
+    /// HTTP/2 streams the proxy may reset for a client's errors on one connection; past it, a
+    /// GOAWAY.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub h2_max_local_error_resets: u64,
+
+    /// Seconds a TLS handshake (tunnel, ingress) may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub tls_handshake_timeout: u64,
+
+    /// TLS handshakes in progress at once; past it, new connections are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_tls_handshakes: u64,
+
+    /// TLS handshakes in progress from one address.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_tls_handshakes_per_source: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{AfterHandoverArg, ModeArg, RunArgs, XdpModeArg};
+use crate::cli::{AfterHandoverArg, ModeArg, ProxyLimitArgs, RunArgs, XdpModeArg};
+use crate::limits::ProxyLimits;
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
 const MAX_IFNAME_LEN: usize = 15;
@@ -73,6 +74,8 @@ pub struct MeshSettings {
     pub tunnel_port: u16,
     /// The Core Rule Set of the WAF.
     pub crs_dir: PathBuf,
+    /// What one client of the proxy may hold.
+    pub limits: ProxyLimits,
 }
 
 /// `--ca-url`, `--node-token-file`.
@@ -219,6 +222,7 @@ impl RunConfig {
                     proxy_port: args.proxy_port,
                     tunnel_port: args.tunnel_port,
                     crs_dir: args.crs_dir.clone(),
+                    limits: proxy_limits(&args.limits),
                 })
             }
         };
@@ -313,6 +317,27 @@ fn validate_policy_dir(dir: &Path) -> Result<(), ConfigError> {
             path: dir.display().to_string(),
             reason: e.to_string(),
         }),
+    }
+}
+
+/// The proxy's limits from their flags (ranges checked by the parser).
+fn proxy_limits(args: &ProxyLimitArgs) -> ProxyLimits {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    ProxyLimits {
+        request_head_timeout: Duration::from_secs(args.request_head_timeout),
+        request_body_timeout: Duration::from_secs(args.request_body_timeout),
+        request_body_min_rate: args.request_body_min_rate,
+        http_idle_timeout: Duration::from_secs(args.http_idle_timeout),
+        tunnel_idle_timeout: Duration::from_secs(args.tunnel_idle_timeout),
+        max_connections: args.max_connections.map(count),
+        max_connections_per_source: args.max_connections_per_source.map(count),
+        max_flows_per_identity: args.max_flows_per_identity.map(count),
+        h2_max_concurrent_streams: args.h2_max_concurrent_streams,
+        h2_max_pending_reset_streams: count(args.h2_max_pending_reset_streams),
+        h2_max_local_error_resets: count(args.h2_max_local_error_resets),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
+        max_tls_handshakes: count(args.max_tls_handshakes),
+        max_tls_handshakes_per_source: count(args.max_tls_handshakes_per_source),
     }
 }
 

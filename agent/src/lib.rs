@@ -1,6 +1,7 @@
 //! The Rampart agent as a library: the binary (`main.rs`) is a thin entry on top of it, and the
 //! privileged tests drive the loader (`datapath`) and the policy-map builder in-process.
 
+pub mod activity;
 pub mod admin;
 pub mod admin_client;
 pub mod allocator;
@@ -21,6 +22,7 @@ pub mod handover;
 pub mod host_addresses;
 pub mod kernel_state;
 pub mod l7;
+pub mod limits;
 pub mod listen;
 pub mod mesh;
 pub mod metrics;

@@ -8,13 +8,14 @@
 //! connection is closed as soon as it is accepted, so a single client cannot fill the cap and
 //! starve the others (the kubelet's probes behind a pod's idle connections).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::limits::{KeyedSlot, KeyedSlots, Limit, Limits};
 
 /// How long the loop waits after a failed accept (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -26,10 +27,6 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// a client must send a whole request head within it, and a kept-alive connection is closed
 /// when no next request starts within it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// File descriptors the agent keeps for itself (maps, programs, links, the policy files,
-/// the admin listeners) when it sizes the proxy's connection cap.
-const RESERVED_FDS: u64 = 512;
 
 /// Something connections are accepted from.
 pub trait Listener: Send + Sync + 'static {
@@ -68,10 +65,10 @@ impl Listener for tokio::net::UnixListener {
 pub struct ConnectionCap {
     permits: Arc<Semaphore>,
     cap: usize,
-    /// At most this many connections from one address (`None`: no per-peer limit).
-    per_peer: Option<usize>,
-    /// Open connections by peer address (only with `per_peer`).
-    peers: PeerCounts,
+    /// Open connections by peer address, each under the per-peer limit (`None`: no limit).
+    per_peer: Option<KeyedSlots<IpAddr>>,
+    /// Where the limits' hits are counted (the proxy's; `None`: not counted).
+    limits: Option<Arc<Limits>>,
 }
 
 impl ConnectionCap {
@@ -81,40 +78,38 @@ impl ConnectionCap {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
             per_peer: None,
-            peers: Arc::new(Mutex::new(HashMap::new())),
+            limits: None,
         }
     }
 
     /// The same cap, with at most `limit` connections from any one address.
     pub fn per_peer(mut self, limit: usize) -> ConnectionCap {
-        self.per_peer = Some(limit.max(1));
+        self.per_peer = Some(KeyedSlots::new(limit));
         self
     }
 
-    /// Counts a connection from `ip` if it is under the per-peer limit; the guard uncounts it.
-    fn admit(&self, ip: Option<IpAddr>) -> Option<PeerGuard> {
-        let (Some(limit), Some(ip)) = (self.per_peer, ip) else {
-            return Some(PeerGuard { slot: None });
-        };
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = peers.entry(ip).or_insert(0);
-        if *open >= limit {
-            return None;
-        }
-        *open += 1;
-        Some(PeerGuard {
-            slot: Some((Arc::clone(&self.peers), ip)),
-        })
+    /// The proxy's cap for a process allowed `fd_limit` open files: `limits`' settings, hits
+    /// counted there.
+    pub fn for_proxy(limits: &Arc<Limits>, fd_limit: u64) -> ConnectionCap {
+        let settings = &limits.settings;
+        let mut cap = ConnectionCap::new(settings.connections(fd_limit))
+            .per_peer(settings.connections_per_source(fd_limit));
+        cap.limits = Some(Arc::clone(limits));
+        cap
     }
 
-    /// The proxy's cap for a process allowed `fd_limit` open files: a proxied flow holds at
-    /// most three (the client's socket, the tunnel, the pod's connection), and the agent keeps
-    /// [`RESERVED_FDS`] for itself. One address (a pod, a node, a client outside the cluster)
-    /// may hold a quarter of it.
-    pub fn for_proxy(fd_limit: u64) -> ConnectionCap {
-        let usable = fd_limit.saturating_sub(RESERVED_FDS) / 3;
-        let cap = usize::try_from(usable.clamp(64, 1 << 20)).unwrap_or(64);
-        ConnectionCap::new(cap).per_peer(cap / 4)
+    fn hit(&self, limit: Limit) {
+        if let Some(limits) = &self.limits {
+            limits.hit(limit);
+        }
+    }
+
+    /// Counts a connection from `ip` if it is under the per-peer limit; the slot uncounts it.
+    fn admit(&self, ip: Option<IpAddr>) -> Option<Option<KeyedSlot<IpAddr>>> {
+        let (Some(per_peer), Some(ip)) = (&self.per_peer, ip) else {
+            return Some(None);
+        };
+        per_peer.take(&ip).map(Some)
     }
 
     /// Connections open now.
@@ -128,28 +123,6 @@ impl ConnectionCap {
 
     async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.permits).acquire_owned().await.ok()
-    }
-}
-
-/// Open connections by peer address, shared by a cap's listeners.
-type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// A connection counted against its peer's limit until it ends.
-struct PeerGuard {
-    slot: Option<(PeerCounts, IpAddr)>,
-}
-
-impl Drop for PeerGuard {
-    fn drop(&mut self) {
-        if let Some((peers, ip)) = self.slot.take() {
-            let mut peers = peers.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(open) = peers.get_mut(&ip) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    peers.remove(&ip);
-                }
-            }
-        }
     }
 }
 
@@ -278,6 +251,9 @@ pub async fn serve_while<L, H, F>(
     let mut over_peer_limit: u64 = 0;
     let mut last_peer_warning: Option<Instant> = None;
     loop {
+        if cap.permits.available_permits() == 0 {
+            cap.hit(Limit::Connections);
+        }
         if cap.permits.available_permits() == 0 && !warned_full {
             tracing::warn!(
                 listener = name,
@@ -306,12 +282,13 @@ pub async fn serve_while<L, H, F>(
                 let Some(counted) = cap.admit(L::peer_ip(&peer)) else {
                     // Closed at once: the peer holds its share already.
                     drop(stream);
+                    cap.hit(Limit::ConnectionsPerSource);
                     over_peer_limit += 1;
                     if last_peer_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                         tracing::warn!(
                             listener = name,
                             ?peer,
-                            limit = cap.per_peer,
+                            limit = cap.per_peer.as_ref().map(KeyedSlots::limit),
                             closed = over_peer_limit,
                             "a peer is over its connection limit: its new connections are closed"
                         );
@@ -423,11 +400,8 @@ mod tests {
         .await
         .expect("the third connection is closed at once");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-        let from_here = |cap: &ConnectionCap| {
-            let peers = cap.peers.lock().unwrap_or_else(PoisonError::into_inner);
-            peers.get(&addr.ip()).copied().unwrap_or(0)
-        };
-        assert_eq!(from_here(&cap), 2);
+        let from_here = |cap: &ConnectionCap| cap.per_peer.as_ref().map_or(0, KeyedSlots::keys);
+        assert_eq!(from_here(&cap), 1);
         drop(held);
         // Their places are given back: a new connection is served (held open).
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -450,9 +424,10 @@ mod tests {
 
     #[test]
     fn the_proxy_cap_leaves_room_for_the_agent() {
-        assert_eq!(ConnectionCap::for_proxy(1024).limit(), 170);
-        assert_eq!(ConnectionCap::for_proxy(100).limit(), 64);
-        assert_eq!(ConnectionCap::for_proxy(1 << 20).limit(), 349_354);
+        let limits = Limits::new(crate::limits::ProxyLimits::default());
+        assert_eq!(ConnectionCap::for_proxy(&limits, 1024).limit(), 170);
+        assert_eq!(ConnectionCap::for_proxy(&limits, 100).limit(), 64);
+        assert_eq!(ConnectionCap::for_proxy(&limits, 1 << 20).limit(), 349_354);
     }
 
     #[tokio::test]

@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
         "cli",
         "kernel_state",
         "listen",
+        "limits",
+        "activity",
         "pod_interfaces",
         "veth_peers",
         "admin_client",

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use super::HttpRoute;
@@ -29,7 +28,7 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    pub fn of(req: &Request<Incoming>) -> RequestHead {
+    pub fn of<B>(req: &Request<B>) -> RequestHead {
         let host = req
             .uri()
             .host()

@@ -10,7 +10,7 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap};
 
 /// The body forwarded to the pod.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -218,9 +218,9 @@ pub enum Read<B> {
 }
 
 /// Reads `body` until it ends or passes `limit` bytes (past it, the trailers stay in the rest).
-pub async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, hyper::Error>
+pub async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, BoxError>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let mut buffer = Vec::new();
     let mut trailers = None;
@@ -255,15 +255,15 @@ pub struct PrefixedBody<B> {
 
 impl<B> Body for PrefixedBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(prefix) = self.prefix.take() {
             return std::task::Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
@@ -327,7 +327,7 @@ impl RequestBody {
 
     /// Reads the body until it ends or passes `limit` bytes (what was read before is kept: a
     /// second filter with a larger limit reads on from there).
-    pub async fn hold(&mut self, limit: usize) -> Result<Holding<'_>, hyper::Error> {
+    pub async fn hold(&mut self, limit: usize) -> Result<Holding<'_>, BoxError> {
         let state = std::mem::replace(&mut self.state, Held::Failed);
         self.state = match state {
             Held::Streaming(body) => match read_up_to(body, limit).await? {

@@ -292,7 +292,7 @@ impl Body for DlpBody {
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers (the last frame) wait for the held-back bytes.
                     let data = match frame.into_data() {
@@ -391,7 +391,9 @@ mod tests {
     }
 
     fn framed(frames: &[&[u8]]) -> super::UpstreamBody {
-        Frames(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect()).boxed()
+        Frames(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect())
+            .map_err(Into::into)
+            .boxed()
     }
 
     fn head(content_type: &'static str) -> hyper::http::response::Parts {

@@ -23,6 +23,7 @@
 pub mod access_log;
 pub mod body;
 pub mod chain;
+pub mod clock;
 pub mod context;
 pub mod dlp;
 pub mod dlp_request;

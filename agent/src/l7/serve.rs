@@ -6,16 +6,18 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use super::access_log::{Outcome, RequestHead, Seen, log_access};
-use super::body::RequestBody;
+use super::body::{RequestBody, UpstreamBody};
+use super::clock::{ConnectionClock, TimedBody, WhileInFlight};
 use super::context::{Passed, Peer};
 use super::filter::{Phase, RequestContext, ResponseBody, ResponseContext};
 use super::prefixed::Prefixed;
@@ -24,17 +26,14 @@ use super::upstream::LazyUpstream;
 pub use super::upstream::{Connect, connected};
 use super::waf::WafReport;
 use super::{HttpRoute, L7Stats};
+use crate::activity::Watched;
 use crate::flows::event::ProxyEventSink;
+use crate::limits::{Limit, Limits};
 use crate::listen::Drain;
 
 /// Largest request head (start line and headers) the proxy reads; over it, `431` (an 8 KiB
 /// token with room for the rest).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
-
-/// How long a client has to send a request head, and how long a kept-alive HTTP/1 connection
-/// may wait for its next request (nginx's `keepalive_timeout` is 75 s; clients' pools close
-/// theirs sooner): a client that holds a connection without sending is closed.
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -60,25 +59,40 @@ pub fn fixed_route(route: Arc<HttpRoute>) -> RouteLookup {
     Arc::new(move || RouteNow::Rules(Arc::clone(&route)))
 }
 
-/// Serves requests from `downstream` until either side closes; the pod's connection is opened
-/// by `connect` when a request first passes.
+/// What every client connection of one side of the proxy shares.
+#[derive(Clone)]
+pub struct RelayShared {
+    pub stats: Arc<L7Stats>,
+    pub events: Option<ProxyEventSink>,
+    /// The agent's drain: HTTP/1 connections end at a request boundary, HTTP/2 ones get a
+    /// GOAWAY.
+    pub drain: Drain,
+    pub limits: Arc<Limits>,
+}
+
+/// Serves requests from `downstream` until either side closes or the connection is over one
+/// of its limits (see [`super::clock`]); the pod's connection is opened by `connect` when a
+/// request first passes.
 pub async fn relay<D, U>(
     downstream: D,
     connect: Connect<U>,
     routes: RouteLookup,
     peer: Peer,
-    stats: Arc<L7Stats>,
-    events: Option<ProxyEventSink>,
-    drain: Drain,
+    shared: RelayShared,
 ) where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let RelayShared {
+        stats,
+        events,
+        drain,
+        limits,
+    } = shared;
     // Drained after hyper is done with it, so the last response is not lost to a reset.
     let mut downstream = super::linger::Lingering::new(downstream);
     // Enough of the stream to tell the preface from a request line: one read, unless the bytes
-    // keep matching the preface.
-    // A client that sends nothing is closed like one that sends no request head.
+    // keep matching the preface. A client that sends nothing is idle.
     let mut head = Vec::with_capacity(H2_PREFACE.len());
     let read_head = async {
         while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
@@ -91,17 +105,24 @@ pub async fn relay<D, U>(
         }
         true
     };
-    if !matches!(
-        tokio::time::timeout(HEADER_READ_TIMEOUT, read_head).await,
-        Ok(true)
-    ) {
-        return;
+    match tokio::time::timeout(limits.settings.http_idle_timeout, read_head).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => return limits.hit(Limit::HttpIdleTimeout),
     }
     let http2 = head == H2_PREFACE;
-    let downstream = TokioIo::new(Prefixed::new(head, downstream));
+    let clock = ConnectionClock::new(http2);
+    // The bytes already read pass the clock again: an HTTP/1 head has started.
+    let downstream = TokioIo::new(Watched::new(
+        Prefixed::new(head, downstream),
+        Arc::clone(&clock),
+    ));
     let sender = Arc::new(LazyUpstream::new(connect, http2));
     let draining = drain.clone();
+    let source = peer.source;
+    let (in_flight, body_limits) = (Arc::clone(&clock), Arc::clone(&limits));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let request = in_flight.request();
         let (now, peer, stats, sender, events) = (
             routes(),
             peer.clone(),
@@ -110,9 +131,10 @@ pub async fn relay<D, U>(
             events.clone(),
         );
         let draining = draining.clone();
+        let (req, body_expired) = timed(req, &body_limits);
         async move {
             let http1 = req.version() < hyper::Version::HTTP_2;
-            let mut response = answer(req, now, peer, stats, sender, events).await;
+            let mut response = answer(req, now, peer, stats, sender, events, &body_expired).await;
             // A draining agent ends kept-alive HTTP/1 connections at a request boundary: the
             // client's next request opens a connection to the agent that accepts now.
             if http1 && draining.is_draining() {
@@ -121,15 +143,27 @@ pub async fn relay<D, U>(
                     hyper::header::HeaderValue::from_static("close"),
                 );
             }
+            // In flight until the response has been written.
+            let response = response.map(|inner| {
+                WhileInFlight {
+                    inner,
+                    _in_flight: request,
+                }
+                .boxed()
+            });
             Ok::<_, Infallible>(response)
         }
     });
+    let settings = &limits.settings;
     let served = if http2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Some(HEADER_READ_TIMEOUT / 2))
-            .keep_alive_timeout(HEADER_READ_TIMEOUT / 3)
+            .keep_alive_interval(Some(settings.http_idle_timeout / 2))
+            .keep_alive_timeout(settings.http_idle_timeout / 3)
             .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(settings.h2_max_local_error_resets)
             .serve_connection(downstream, service);
         tokio::pin!(connection);
         // Draining: a GOAWAY; streams in progress finish.
@@ -137,36 +171,92 @@ pub async fn relay<D, U>(
             served = connection.as_mut() => served,
             () = drain.started() => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                tokio::select! {
+                    served = connection.as_mut() => served,
+                    _ = clock.expired(&limits) => return,
+                }
             }
+            _ = clock.expired(&limits) => return,
         }
     } else {
-        hyper::server::conn::http1::Builder::new()
+        // The head timeout and the keep-alive idle timeout are the clock's: hyper's own
+        // header timer would cut an idle kept-alive connection at the head timeout.
+        let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(None)
             .keep_alive(true)
             .max_header_size(MAX_REQUEST_HEAD_BYTES)
-            .serve_connection(downstream, service)
-            .await
+            .serve_connection(downstream, service);
+        tokio::select! {
+            served = connection => served,
+            _ = clock.expired(&limits) => return,
+        }
     };
     if let Err(e) = served {
+        if http2 && h2_abuse(&e) {
+            limits.hit(Limit::Http2Abuse);
+            tracing::info!(%source, error = %e, "l7: HTTP/2 connection ended by its limits");
+        }
         tracing::debug!(error = %e, "l7: downstream connection ended");
     }
+}
+
+/// The request with its body held to the body timeout (a body that is empty already is left
+/// as it is), and the flag that says it expired.
+fn timed(req: Request<Incoming>, limits: &Arc<Limits>) -> (Request<UpstreamBody>, Arc<AtomicBool>) {
+    if req.body().is_end_stream() {
+        return (
+            req.map(|b| b.map_err(Into::into).boxed()),
+            Arc::new(AtomicBool::new(false)),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let (body, expired) = TimedBody::new(body, Arc::clone(limits));
+    (Request::from_parts(parts, body.boxed()), expired)
+}
+
+/// Whether an HTTP/2 connection ended because the client broke the protocol's limits: a
+/// GOAWAY the server sent (`ENHANCE_YOUR_CALM` for floods of resets, CONTINUATION or small
+/// frames; a protocol, frame size or compression error).
+pub fn h2_abuse(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && !h2.is_remote()
+                && h2.reason().is_some_and(|r| {
+                    [
+                        h2::Reason::ENHANCE_YOUR_CALM,
+                        h2::Reason::PROTOCOL_ERROR,
+                        h2::Reason::FRAME_SIZE_ERROR,
+                        h2::Reason::COMPRESSION_ERROR,
+                        h2::Reason::FLOW_CONTROL_ERROR,
+                    ]
+                    .contains(&r)
+                });
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// One request's answer: refused for the connection's route, passed through as it is, or
 /// through the chain (and logged).
 async fn answer(
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
     now: RouteNow,
     peer: Peer,
     stats: Arc<L7Stats>,
     sender: Arc<LazyUpstream>,
     events: Option<ProxyEventSink>,
+    body_expired: &AtomicBool,
 ) -> Response<Body> {
     let route = match now {
         RouteNow::Rules(route) => route,
-        RouteNow::NoRules => return unfiltered(req, &sender, &stats).await,
+        RouteNow::NoRules => {
+            let response = unfiltered(req, &sender, &stats).await;
+            return over_time(response, body_expired);
+        }
         RouteNow::Refused => {
             let mut response = status_response(StatusCode::FORBIDDEN);
             if req.version() < hyper::Version::HTTP_2 {
@@ -182,6 +272,7 @@ async fn answer(
     // The access log's view of the request, taken only when there is a log to write.
     let head = events.as_ref().map(|_| RequestHead::of(&req));
     let (response, outcome, waf) = handle(req, &route, &peer, &stats, &sender).await;
+    let response = over_time(response, body_expired);
     if let (Some(sink), Some(head)) = (events, head) {
         let seen = Seen {
             head,
@@ -193,9 +284,24 @@ async fn answer(
     response
 }
 
+/// `408` (and the connection closed) in place of whatever a request whose body ran out of time
+/// was answered (a filter's refusal of an unreadable body, the pod's connection failed under
+/// it).
+fn over_time(response: Response<Body>, body_expired: &AtomicBool) -> Response<Body> {
+    if !body_expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    let mut response = status_response(StatusCode::REQUEST_TIMEOUT);
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// A request on a port whose L7 rules were removed: to the pod as it is.
 async fn unfiltered(
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
     upstream: &LazyUpstream,
     stats: &L7Stats,
 ) -> Response<Body> {
@@ -204,7 +310,7 @@ async fn unfiltered(
     };
     let mut req = req;
     super::normalize::hop_by_hop_only(req.headers_mut());
-    match upstream.send(req.map(|body| body.boxed())).await {
+    match upstream.send(req).await {
         Ok(mut response) => {
             stats.forwarded();
             super::normalize::hop_by_hop_only(response.headers_mut());
@@ -221,7 +327,7 @@ async fn unfiltered(
 /// chain's response phase: the response, what was decided (for the access log), and what the
 /// WAF found.
 async fn handle(
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
     route: &HttpRoute,
     peer: &Peer,
     stats: &Arc<L7Stats>,
@@ -233,7 +339,7 @@ async fn handle(
         peer,
         stats,
         parts,
-        body: RequestBody::new(body.boxed()),
+        body: RequestBody::new(body),
         passed: Passed::default(),
         waf: None,
         exchange: None,
@@ -287,7 +393,7 @@ async fn handle(
         stats,
         passed: &passed,
         head,
-        body: ResponseBody::Upstream(body.boxed()),
+        body: ResponseBody::Upstream(body.map_err(Into::into).boxed()),
         has_body,
         waf: &mut waf,
         exchange,

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -24,9 +23,8 @@ use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::l7::context::Peer;
 use crate::l7::serve::RouteLookup;
 use crate::l7::{HttpRoute, L7Stats};
+use crate::limits::{Limit, ProxyGuards};
 
-/// How long a client has to send its first byte and finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -51,6 +49,8 @@ pub struct IngressContext {
     pub flows: AtomicU64,
     /// The agent's drain (HTTP connections end at a request boundary).
     pub drain: crate::listen::Drain,
+    /// The proxy's limits (handshakes, timeouts).
+    pub guards: Arc<ProxyGuards>,
 }
 
 impl IngressContext {
@@ -86,28 +86,37 @@ pub async fn serve(
     let Some(tls) = &route.tls else {
         return relay(stream, None, (source, destination), &route, routes, ctx).await;
     };
+    // A handshake holds a slot of the source's and the node's share until it ends; past
+    // either share the connection is closed at once (counted).
+    let limits = &ctx.guards.limits;
+    let Some(handshaking) = ctx.guards.handshakes.start(source.ip(), &limits.hits) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => {
             return ctx.refuse(IngressReason::Plaintext, source, destination);
         }
-        // Closed or silent before a byte: nothing was asked.
-        _ => return,
+        Ok(_) => return,
+        // Silent: nothing was asked, but the slot was held.
+        Err(_) => return limits.hit(Limit::TlsHandshakeTimeout),
     }
-    let accepted = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        TlsAcceptor::from(Arc::clone(tls)).accept(stream),
-    )
-    .await;
+    let accepted =
+        tokio::time::timeout_at(deadline, TlsAcceptor::from(Arc::clone(tls)).accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%source, error = %e, "ingress: TLS handshake failed");
             return ctx.refuse(IngressReason::TlsHandshakeFailed, source, destination);
         }
-        Err(_) => return ctx.refuse(IngressReason::TlsHandshakeFailed, source, destination),
+        Err(_) => {
+            limits.hit(Limit::TlsHandshakeTimeout);
+            return ctx.refuse(IngressReason::TlsHandshakeFailed, source, destination);
+        }
     };
+    drop(handshaking);
     let server_name = stream.get_ref().1.server_name().map(str::to_owned);
     relay(
         stream,
@@ -143,7 +152,7 @@ async fn connect_pod(
 /// Relays: through the L7 chain if the port has rules (the pod's connection opened when a
 /// request first passes), else as bytes.
 async fn relay<D>(
-    mut downstream: D,
+    downstream: D,
     server_name: Option<String>,
     (source, destination): (SocketAddr, SocketAddr),
     route: &IngressRoute,
@@ -164,28 +173,25 @@ async fn relay<D>(
             let connect: crate::l7::serve::Connect<TcpStream> = Box::new(move || {
                 Box::pin(async move { connect_pod(source, destination, &pods).await })
             });
-            crate::l7::serve::relay(
-                downstream,
-                connect,
-                routes,
-                peer,
-                Arc::clone(&ctx.l7),
-                ctx.events.clone(),
-                ctx.drain.clone(),
-            )
-            .await;
+            let shared = crate::l7::serve::RelayShared {
+                stats: Arc::clone(&ctx.l7),
+                events: ctx.events.clone(),
+                drain: ctx.drain.clone(),
+                limits: Arc::clone(&ctx.guards.limits),
+            };
+            crate::l7::serve::relay(downstream, connect, routes, peer, shared).await;
         }
         None => {
-            let Some(mut upstream) = connect_pod(source, destination, ctx).await else {
+            let Some(upstream) = connect_pod(source, destination, ctx).await else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut downstream,
-                &mut upstream,
-                tunnel::RELAY_BUFFER,
-                tunnel::RELAY_BUFFER,
-            )
-            .await;
+            let idle = ctx.guards.limits.settings.tunnel_idle_timeout;
+            if crate::activity::relay_until_idle(downstream, upstream, tunnel::RELAY_BUFFER, idle)
+                .await
+                == crate::activity::RelayEnd::Idle
+            {
+                ctx.guards.limits.hit(Limit::TunnelIdleTimeout);
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::MeshSettings;
 use crate::handover::Sockets;
+use crate::limits::{Limit, ProxyGuards};
 use crate::listen::{ConnectionCap, Drain, Gate};
 use std::os::fd::AsFd as _;
 
@@ -63,6 +64,8 @@ pub struct MeshRuntime {
     pub drain: Drain,
     /// The listeners' connections (set by `start`).
     connections: std::sync::OnceLock<ConnectionCap>,
+    /// What one client may hold (`settings.limits`), and the counts of those limits.
+    pub guards: Arc<ProxyGuards>,
 }
 
 impl std::fmt::Debug for MeshRuntime {
@@ -83,7 +86,9 @@ impl MeshRuntime {
         tables: TableView,
         events: Option<ProxyEventSink>,
         carried: Option<&CarriedCerts>,
+        fd_limit: u64,
     ) -> anyhow::Result<Arc<MeshRuntime>> {
+        let guards = ProxyGuards::new(settings.limits.clone(), fd_limit);
         let node_id = SpiffeId::node(trust_domain, &settings.node_name)
             .with_context(|| format!("--node-name {:?}", settings.node_name))?;
         let certs = Arc::new(
@@ -114,6 +119,7 @@ impl MeshRuntime {
             l7: Arc::new(crate::l7::L7Stats::default()),
             identities: Some(Arc::clone(&certs) as Arc<dyn tunnel::DestinationIdentity>),
             drain: drain.clone(),
+            guards: Arc::clone(&guards),
         });
         let ingress = IngressContext {
             l7: Arc::clone(&inbound.l7),
@@ -121,6 +127,7 @@ impl MeshRuntime {
             mark: MARK_FROM_PROXY,
             flows: AtomicU64::new(0),
             drain: drain.clone(),
+            guards: Arc::clone(&guards),
         };
         Ok(Arc::new(MeshRuntime {
             wafs: Arc::new(crate::l7::waf::WafEngines::new(settings.crs_dir.clone())),
@@ -139,6 +146,7 @@ impl MeshRuntime {
             gate: Gate::closed(),
             drain,
             connections: std::sync::OnceLock::new(),
+            guards,
         }))
     }
 
@@ -373,7 +381,7 @@ impl MeshRuntime {
                 return self.fail(OutboundReason::Certificate, peer, original);
             }
         };
-        let mut flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
+        let flow = match tunnel::connect(tunnel_addr, config, peer, original).await {
             Ok(f) => f,
             Err(e) if e.is_wrong_server_identity() => {
                 tracing::warn!(%peer, %original, tunnel = %tunnel_addr, "proxy: the destination's agent did not prove the destination workload's identity: {e}");
@@ -385,14 +393,12 @@ impl MeshRuntime {
             }
         };
         self.outbound_flows.fetch_add(1, Ordering::Relaxed);
-        let mut stream = stream;
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut stream,
-            &mut flow,
-            tunnel::RELAY_BUFFER,
-            tunnel::RELAY_BUFFER,
-        )
-        .await;
+        let idle = self.guards.limits.settings.tunnel_idle_timeout;
+        if crate::activity::relay_until_idle(stream, flow, tunnel::RELAY_BUFFER, idle).await
+            == crate::activity::RelayEnd::Idle
+        {
+            self.guards.limits.hit(Limit::TunnelIdleTimeout);
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
+use crate::limits::{Limit, ProxyGuards};
 use crate::listen::ConnectionCap;
 
 use crate::spiffe::SpiffeId;
@@ -44,8 +45,8 @@ const MAX_FRAME: u32 = 256 << 10;
 /// Buffer of each direction of a relayed flow.
 pub const RELAY_BUFFER: usize = 64 << 10;
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header list a tunnel stream may carry (a CONNECT has a few short headers).
+const MAX_TUNNEL_HEADERS: u32 = 16 << 10;
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
 const SOURCE_HEADER: &str = "forwarded";
@@ -180,6 +181,8 @@ pub struct Inbound {
     pub identities: Option<Arc<dyn DestinationIdentity>>,
     /// The agent's drain: tunnel connections get a GOAWAY, HTTP ones end at a request boundary.
     pub drain: crate::listen::Drain,
+    /// The proxy's limits (handshakes, flows per identity, timeouts).
+    pub guards: Arc<ProxyGuards>,
 }
 
 impl Inbound {
@@ -221,33 +224,44 @@ pub async fn serve(
     cap: ConnectionCap,
     gate: crate::listen::Gate,
 ) {
-    crate::listen::serve_while("tunnel", listener, cap, gate, move |stream, _| {
-        handle_connection(stream, Arc::clone(&inbound))
+    crate::listen::serve_while("tunnel", listener, cap, gate, move |stream, peer| {
+        handle_connection(stream, peer, Arc::clone(&inbound))
     })
     .await;
 }
 
-async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
+async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>) {
     // Before a stream names the flow, a refusal knows only the connection's addresses.
-    let (remote, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
-    let refuse = |reason| inbound.refuse(reason, None, remote, local);
+    let local = stream.local_addr().ok();
+    let refuse = |reason| inbound.refuse(reason, None, Some(remote), local);
+    let limits = Arc::clone(&inbound.guards.limits);
+    let timed_out = || {
+        limits.hit(Limit::TlsHandshakeTimeout);
+        refuse(MtlsReason::HandshakeFailed)
+    };
+    // The handshake holds a slot of the source's and the node's share until it ends; past
+    // either share the connection is closed at once (counted).
+    let Some(handshaking) = inbound.guards.handshakes.start(remote.ip(), &limits.hits) else {
+        return;
+    };
     // Request/response traffic: no Nagle delay on the tunnel.
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
     // A TLS client speaks first with a handshake record; anything else is plaintext.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => return refuse(MtlsReason::Plaintext),
-        _ => return refuse(MtlsReason::HandshakeFailed),
+        Ok(_) => return refuse(MtlsReason::HandshakeFailed),
+        Err(_) => return timed_out(),
     }
     // The ClientHello first: its SNI names the destination, whose workload's certificate the
     // handshake then presents.
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let start = match tokio::time::timeout_at(deadline, lazy).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => return refuse(of_handshake(&e)),
-        Err(_) => return refuse(MtlsReason::HandshakeFailed),
+        Err(_) => return timed_out(),
     };
     let named = start
         .client_hello()
@@ -272,8 +286,9 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
     let tls = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refuse(of_handshake(&e)),
-        Err(_) => return refuse(MtlsReason::HandshakeFailed),
+        Err(_) => return timed_out(),
     };
+    drop(handshaking);
     let peer = tls
         .get_ref()
         .1
@@ -286,6 +301,7 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
     };
     let served_addr = served.map(|(addr, _)| addr);
     let drain = inbound.drain.clone();
+    let settings = limits.settings.clone();
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
         let peer = peer.clone();
@@ -302,6 +318,10 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_header_list_size(MAX_TUNNEL_HEADERS)
+        .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(settings.h2_max_local_error_resets)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     // Draining: a GOAWAY, so no new stream starts here; the flows in progress finish.
@@ -313,6 +333,10 @@ async fn handle_connection(stream: TcpStream, inbound: Arc<Inbound>) {
         }
     };
     if let Err(e) = served {
+        if crate::l7::serve::h2_abuse(&e) {
+            limits.hit(Limit::Http2Abuse);
+            tracing::info!(source = %remote, error = %e, "tunnel: connection ended by its limits");
+        }
         tracing::debug!(error = %e, "tunnel: connection ended");
     }
 }
@@ -377,6 +401,11 @@ async fn handle_stream(
             return status(StatusCode::FORBIDDEN);
         }
     };
+    // One source workload holds at most its share of this node's flows.
+    let Some(identity_slot) = inbound.guards.identity_flow(flow.peer.as_str()) else {
+        tracing::info!(peer = %flow.peer, %source, %destination, "tunnel: the source identity holds its share of flows already");
+        return status(StatusCode::TOO_MANY_REQUESTS);
+    };
     inbound
         .stats
         .accepted_streams
@@ -389,39 +418,41 @@ async fn handle_stream(
             destination,
             server_name: None,
         };
-        let (l7, events, drain) = (
-            Arc::clone(&inbound.l7),
-            inbound.events.clone(),
-            inbound.drain.clone(),
-        );
+        let shared = crate::l7::serve::RelayShared {
+            stats: Arc::clone(&inbound.l7),
+            events: inbound.events.clone(),
+            drain: inbound.drain.clone(),
+            limits: Arc::clone(&inbound.guards.limits),
+        };
         let routes = routes_of(Arc::clone(&inbound), flow.clone());
         let connect = connector(Arc::clone(&inbound), flow);
         tokio::spawn(async move {
+            let _identity_slot = identity_slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let downstream = TokioIo::new(upgraded);
-                    crate::l7::serve::relay(downstream, connect, routes, peer, l7, events, drain)
-                        .await;
+                    crate::l7::serve::relay(downstream, connect, routes, peer, shared).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
             }
         });
         return status(StatusCode::OK);
     }
-    let Some(mut upstream) = open_upstream(&inbound, &flow).await else {
+    let Some(upstream) = open_upstream(&inbound, &flow).await else {
         return status(StatusCode::SERVICE_UNAVAILABLE);
     };
+    let limits = Arc::clone(&inbound.guards.limits);
     tokio::spawn(async move {
+        let _identity_slot = identity_slot;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let mut upgraded = TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut upgraded,
-                    &mut upstream,
-                    RELAY_BUFFER,
-                    RELAY_BUFFER,
-                )
-                .await;
+                let idle = limits.settings.tunnel_idle_timeout;
+                let upgraded = TokioIo::new(upgraded);
+                if crate::activity::relay_until_idle(upgraded, upstream, RELAY_BUFFER, idle).await
+                    == crate::activity::RelayEnd::Idle
+                {
+                    limits.hit(Limit::TunnelIdleTimeout);
+                }
             }
             Err(e) => tracing::debug!(error = %e, "tunnel: stream upgrade failed"),
         }

@@ -239,6 +239,15 @@ impl AgentCollector {
             "Connections, streams and requests the proxy refused, by filter and reason",
             tunnel.chain(l7),
         )?;
+        let hits = &mesh.guards.limits.hits;
+        counter_family(
+            encoder,
+            "rampart_proxy_limit_hits",
+            "Times a client hit one of the proxy's limits (rampart run's \"Proxy limits\"): slow heads and bodies, idle connections and flows, connection, flow and handshake shares, HTTP/2 abuse",
+            crate::limits::Limit::ALL
+                .iter()
+                .map(|l| (vec![("limit", l.name().to_owned())], hits.get(*l))),
+        )?;
         counter(
             encoder,
             "rampart_proxy_requests_forwarded",

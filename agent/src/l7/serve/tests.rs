@@ -32,6 +32,20 @@ fn peer() -> Peer {
     }
 }
 
+/// What the connections share, with the default limits.
+fn shared(
+    stats: Arc<L7Stats>,
+    events: Option<ProxyEventSink>,
+    drain: crate::listen::Drain,
+) -> RelayShared {
+    RelayShared {
+        stats,
+        events,
+        drain,
+        limits: Limits::new(crate::limits::ProxyLimits::default()),
+    }
+}
+
 async fn origin(io: DuplexStream, http2: bool) {
     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
         let body = format!("origin {:?} {}", req.version(), req.uri().path());
@@ -60,9 +74,7 @@ fn proxied(http2: bool) -> DuplexStream {
         connected(proxy_up),
         fixed_route(route()),
         peer(),
-        stats,
-        None,
-        crate::listen::Drain::default(),
+        shared(stats, None, crate::listen::Drain::default()),
     ));
     client_io
 }
@@ -244,9 +256,7 @@ where
         connected(proxy_up),
         routes,
         peer(),
-        Arc::clone(&stats),
-        events,
-        crate::listen::Drain::default(),
+        shared(Arc::clone(&stats), events, crate::listen::Drain::default()),
     ));
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
@@ -299,9 +309,7 @@ async fn the_pod_is_connected_only_when_a_request_passes() {
         connect,
         fixed_route(route()),
         peer(),
-        stats,
-        None,
-        crate::listen::Drain::default(),
+        shared(stats, None, crate::listen::Drain::default()),
     ));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
@@ -342,9 +350,11 @@ async fn the_pod_is_connected_only_when_a_request_passes() {
         unreachable,
         fixed_route(route()),
         peer(),
-        Arc::new(L7Stats::default()),
-        None,
-        crate::listen::Drain::default(),
+        shared(
+            Arc::new(L7Stats::default()),
+            None,
+            crate::listen::Drain::default(),
+        ),
     ));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
@@ -987,9 +997,7 @@ async fn a_drain_answers_the_next_request_and_then_closes_the_connection() {
         connected(proxy_up),
         fixed_route(route()),
         peer(),
-        Arc::new(L7Stats::default()),
-        None,
-        drain.clone(),
+        shared(Arc::new(L7Stats::default()), None, drain.clone()),
     ));
     let request = b"GET /ok HTTP/1.1\r\nHost: b\r\n\r\n";
     let mut answer = vec![0u8; 4096];

@@ -112,6 +112,7 @@ impl World {
                 }) as Arc<dyn DestinationIdentity>
             }),
             drain: crate::listen::Drain::default(),
+            guards: crate::limits::ProxyGuards::new(crate::limits::ProxyLimits::default(), 4096),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tunnel = listener.local_addr().expect("addr");
