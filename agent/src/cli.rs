@@ -452,7 +452,8 @@ pub struct ProxyLimitArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub tls_handshake_timeout: u64,
 
-    /// TLS handshakes in progress at once; past it, new connections are closed at once.
+    /// TLS handshakes in progress at once; past it, new connections wait for a slot within
+    /// their handshake timeout.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub max_tls_handshakes: u64,
 

@@ -54,7 +54,8 @@ pub struct ProxyLimits {
     /// A TLS handshake (tunnel, ingress) must finish within this, counted from the connection.
     pub tls_handshake_timeout: Duration,
     /// TLS handshakes in progress at once, and from one address: past either, a new
-    /// connection is closed at once (a flood of half-open handshakes costs bounded memory).
+    /// connection waits for a slot within its handshake timeout, holding no TLS state (a
+    /// flood of half-open handshakes costs bounded memory).
     pub max_tls_handshakes: usize,
     pub max_tls_handshakes_per_source: usize,
 }
@@ -236,6 +237,8 @@ impl ProxyGuards {
 pub struct KeyedSlots<K> {
     limit: usize,
     open: Arc<Mutex<HashMap<K, usize>>>,
+    /// Woken whenever a slot is given back (for [`KeyedSlots::take_by`]).
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl<K> Clone for KeyedSlots<K> {
@@ -243,6 +246,7 @@ impl<K> Clone for KeyedSlots<K> {
         KeyedSlots {
             limit: self.limit,
             open: Arc::clone(&self.open),
+            released: Arc::clone(&self.released),
         }
     }
 }
@@ -252,6 +256,7 @@ impl<K: Eq + Hash + Clone> KeyedSlots<K> {
         KeyedSlots {
             limit: limit.max(1),
             open: Arc::new(Mutex::new(HashMap::new())),
+            released: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -269,8 +274,23 @@ impl<K: Eq + Hash + Clone> KeyedSlots<K> {
         *count += 1;
         Some(KeyedSlot {
             open: Arc::clone(&self.open),
+            released: Arc::clone(&self.released),
             key: key.clone(),
         })
+    }
+
+    /// A slot for `key`, waiting for one to be given back until `deadline` (`None` then).
+    pub async fn take_by(&self, key: &K, deadline: tokio::time::Instant) -> Option<KeyedSlot<K>> {
+        loop {
+            // Registered before the attempt, so a slot given back in between is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(slot) = self.take(key) {
+                return Some(slot);
+            }
+            tokio::time::timeout_at(deadline, released).await.ok()?;
+        }
     }
 
     /// Keys holding a slot now (entries are removed at zero, so this is bounded by the slots).
@@ -286,6 +306,7 @@ impl<K: Eq + Hash + Clone> KeyedSlots<K> {
 #[derive(Debug)]
 pub struct KeyedSlot<K: Eq + Hash> {
     open: Arc<Mutex<HashMap<K, usize>>>,
+    released: Arc<tokio::sync::Notify>,
     key: K,
 }
 
@@ -298,10 +319,15 @@ impl<K: Eq + Hash> Drop for KeyedSlot<K> {
                 open.remove(&self.key);
             }
         }
+        drop(open);
+        self.released.notify_waiters();
     }
 }
 
-/// TLS handshakes in progress: at most `total` at once and `per_source` from one address.
+/// TLS handshakes in progress: at most `total` at once and `per_source` from one address. A
+/// handshake over either share waits for a slot (a burst of new flows from one node is
+/// normal) until its deadline; only then is it refused. A connection waiting holds its socket
+/// and no TLS state, and the connection share of its address bounds how many wait.
 #[derive(Debug, Clone)]
 pub struct HandshakeSlots {
     total: Arc<tokio::sync::Semaphore>,
@@ -325,13 +351,24 @@ impl HandshakeSlots {
         }
     }
 
-    /// A slot for a handshake from `source`, or the limit that refused it (counted).
-    pub fn start(&self, source: IpAddr, hits: &LimitHits) -> Option<Handshaking> {
-        let Some(from_source) = self.per_source.take(&source.to_canonical()) else {
+    /// A slot for a handshake from `source` by `deadline`, or the limit that refused it
+    /// (counted).
+    pub async fn start(
+        &self,
+        source: IpAddr,
+        deadline: tokio::time::Instant,
+        hits: &LimitHits,
+    ) -> Option<Handshaking> {
+        let Some(from_source) = self
+            .per_source
+            .take_by(&source.to_canonical(), deadline)
+            .await
+        else {
             hits.hit(Limit::TlsHandshakesPerSource);
             return None;
         };
-        let Ok(total) = Arc::clone(&self.total).try_acquire_owned() else {
+        let total = Arc::clone(&self.total).acquire_owned();
+        let Ok(Ok(total)) = tokio::time::timeout_at(deadline, total).await else {
             hits.hit(Limit::TlsHandshakes);
             return None;
         };
@@ -359,8 +396,8 @@ mod tests {
         assert_eq!(slots.keys(), 0, "keys at zero are forgotten");
     }
 
-    #[test]
-    fn handshake_slots_count_which_limit_refused() {
+    #[tokio::test(start_paused = true)]
+    async fn handshakes_over_a_share_wait_until_their_deadline_and_count_which_limit_refused() {
         let settings = ProxyLimits {
             max_tls_handshakes: 3,
             max_tls_handshakes_per_source: 2,
@@ -369,16 +406,34 @@ mod tests {
         let (slots, hits) = (HandshakeSlots::new(&settings), LimitHits::default());
         let one: IpAddr = "10.0.0.1".parse().expect("address");
         let two: IpAddr = "10.0.0.2".parse().expect("address");
-        let held: Vec<_> = [one, one, two]
-            .iter()
-            .map(|ip| slots.start(*ip, &hits).expect("under both limits"))
-            .collect();
-        assert!(slots.start(one, &hits).is_none());
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut held = Vec::new();
+        for ip in [one, one, two] {
+            held.push(
+                slots
+                    .start(ip, soon(), &hits)
+                    .await
+                    .expect("under both limits"),
+            );
+        }
+        assert!(slots.start(one, soon(), &hits).await.is_none());
         assert_eq!(hits.get(Limit::TlsHandshakesPerSource), 1);
-        assert!(slots.start(two, &hits).is_none());
+        assert!(slots.start(two, soon(), &hits).await.is_none());
         assert_eq!(hits.get(Limit::TlsHandshakes), 1);
-        drop(held);
-        assert!(slots.start(two, &hits).is_some());
+        // A waiting handshake gets the slot given back before its deadline.
+        let waiting = {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let hits = LimitHits::default();
+                slots.start(one, soon(), &hits).await.is_some()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(held.remove(0));
+        assert!(
+            waiting.await.expect("task"),
+            "a slot given back was not taken"
+        );
     }
 
     #[test]

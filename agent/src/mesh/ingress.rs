@@ -86,13 +86,14 @@ pub async fn serve(
     let Some(tls) = &route.tls else {
         return relay(stream, None, (source, destination), &route, routes, ctx).await;
     };
-    // A handshake holds a slot of the source's and the node's share until it ends; past
-    // either share the connection is closed at once (counted).
+    // A handshake holds a slot of the source's and the node's share until it ends; over
+    // either share it waits for one, within its own timeout (then counted, closed).
     let limits = &ctx.guards.limits;
-    let Some(handshaking) = ctx.guards.handshakes.start(source.ip(), &limits.hits) else {
+    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
+    let slots = &ctx.guards.handshakes;
+    let Some(handshaking) = slots.start(source.ip(), deadline, &limits.hits).await else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}

@@ -239,14 +239,15 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<I
         limits.hit(Limit::TlsHandshakeTimeout);
         refuse(MtlsReason::HandshakeFailed)
     };
-    // The handshake holds a slot of the source's and the node's share until it ends; past
-    // either share the connection is closed at once (counted).
-    let Some(handshaking) = inbound.guards.handshakes.start(remote.ip(), &limits.hits) else {
+    // The handshake holds a slot of the source's and the node's share until it ends; over
+    // either share it waits for one, within its own timeout (then counted, closed).
+    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
+    let slots = &inbound.guards.handshakes;
+    let Some(handshaking) = slots.start(remote.ip(), deadline, &limits.hits).await else {
         return;
     };
     // Request/response traffic: no Nagle delay on the tunnel.
     let _ = stream.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + limits.settings.tls_handshake_timeout;
     // A TLS client speaks first with a handshake record; anything else is plaintext.
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
