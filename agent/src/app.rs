@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use std::os::fd::AsFd as _;
@@ -252,6 +252,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         control.clone(),
     ));
     tokio::spawn(drain_events(Arc::clone(&state)));
+    tokio::spawn(sweep_conntrack(Arc::clone(&state)));
 
     // The first policy set, then the watcher and the controller thread. A first set with errors
     // leaves the agent running and unready until a good one arrives.
@@ -538,6 +539,47 @@ fn watch(
         .watch(dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching --policy-dir {}", dir.display()))?;
     Ok(watcher)
+}
+
+/// How often the conntrack table is swept (`datapath::conntrack_sweep`).
+const CONNTRACK_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Sweeps the conntrack table for ever, off the executor (a full table takes a few hundred
+/// milliseconds of map syscalls).
+async fn sweep_conntrack(state: Arc<AgentState>) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(CONNTRACK_SWEEP_EVERY).await;
+        let swept = {
+            let state = Arc::clone(&state);
+            tokio::task::spawn_blocking(move || state.stats.sweep_conntrack()).await
+        };
+        match swept {
+            Ok(Ok(sweep)) => {
+                warned = false;
+                if sweep.pressure {
+                    tracing::warn!(
+                        entries = sweep.entries,
+                        expired = sweep.expired,
+                        unconfirmed = sweep.unconfirmed,
+                        "conntrack nearly full: unconfirmed flows removed early; new flows drop as ct_full while it is full"
+                    );
+                } else if sweep.expired > 0 {
+                    tracing::debug!(
+                        entries = sweep.entries,
+                        expired = sweep.expired,
+                        "conntrack swept"
+                    );
+                }
+            }
+            Ok(Err(e)) if !warned => {
+                tracing::warn!("conntrack sweep: {e}");
+                warned = true;
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::warn!("conntrack sweep task: {e}"),
+        }
+    }
 }
 
 /// Reads the kernel's flow events every 100 ms into the flow hub (which never waits for its

@@ -1,4 +1,5 @@
-//! Connection tracking: `CT_V1`, an LRU hash of [`CtKey`] → [`CtEntry`].
+//! Connection tracking: `CT_V3`, a hash of [`CtKey`] → [`CtEntry`] with [`crate::maps::MAX_CT`]
+//! entries.
 //!
 //! A flow is tracked per *scope*: the direction of the local endpoint whose policy admitted it.
 //! A pod-to-pod flow on one node therefore has two entries: the client's egress and the server's
@@ -9,16 +10,22 @@
 //! Addresses are 16 bytes: IPv4 as `::ffff:a.b.c.d`. Ports are host byte order; for ICMP echo the
 //! identifier is the source port and the destination port is 0; other ICMP has ports 0.
 //!
-//! Lifetimes (Cilium's defaults): TCP established 6 h, TCP before the reply 60 s, TCP after FIN
-//! or RST 10 s, everything else 60 s after the last packet. An expired entry is a miss.
+//! Lifetimes (Cilium's defaults): TCP established 6 h, TCP until its handshake completes (the
+//! originator's first packet without SYN after a reply: [`CtFlags::ESTABLISHED`]) 60 s, TCP after
+//! FIN or RST 10 s, everything else 60 s after the last packet. An expired entry is a miss.
 //!
 //! Entries remember the policy revision (`CONFIG_V1.revision`) that admitted them. When policy
 //! changes, the next packet of an established flow re-evaluates the flow's policy: a flow whose
 //! allow was removed stops at its next packet, not only at its next connection.
 //!
-//! When the LRU is full the kernel evicts the least recently used entry; an evicted flow's next
-//! packet is evaluated as a new flow (its forward direction is re-admitted if policy still allows
-//! it; a reply whose entry was evicted is judged by the replying side's policy).
+//! The table never evicts a live flow for a new one (`CT_V2` was an LRU: a flood of new flows,
+//! a SYN flood from spoofed sources, pushed established flows out, and a proxied flow or a
+//! reply that only its entry admitted broke). When it is full a new flow is dropped and counted
+//! as `ct_full`; the agent sweeps expired entries out every few seconds and, while the table
+//! is nearly full ([`CT_PRESSURE_PERCENT`]), also TCP entries whose handshake never completed
+//! and that have been idle for [`CT_PRESSURE_UNCONFIRMED_NS`] (as Linux's conntrack drops
+//! unconfirmed entries early): a flood fills the table, established flows keep their entries,
+//! and new flows find room again as soon as the flood stops.
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -75,47 +82,9 @@ pub struct CtEntryV2 {
 
 const _: () = assert!(core::mem::size_of::<CtEntryV2>() == 32);
 
-/// The flow state of the previous layout (`CT_V1`, without `created_ns`): an upgraded agent
-/// carries its entries into `CT_V2` (see the agent's `datapath::migrate`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntryV1 {
-    pub last_seen_ns: u64,
-    pub revision: u32,
-    pub cookie: u32,
-    pub flags: u16,
-    pub verdict: u8,
-    pub _pad: u8,
-    pub policy_port: u16,
-    pub _pad2: [u8; 2],
-}
-
-const _: () = assert!(core::mem::size_of::<CtEntryV1>() == 24);
-
-impl CtEntryV2 {
-    /// A `CT_V1` entry in this layout; its age starts at its last packet (the oldest time
-    /// known).
-    pub const fn from_v1(v1: &CtEntryV1) -> CtEntryV2 {
-        CtEntryV2 {
-            last_seen_ns: v1.last_seen_ns,
-            revision: v1.revision,
-            cookie: v1.cookie,
-            flags: v1.flags,
-            verdict: v1.verdict,
-            _pad: 0,
-            policy_port: v1.policy_port,
-            _pad2: [0; 2],
-            created_ns: v1.last_seen_ns,
-        }
-    }
-}
-
-/// The layout the programs use: `CT_V2`, or `CT_V1` in the build of the previous layout
-/// (feature `previous-layout`, for the upgrade test).
-#[cfg(not(feature = "previous-layout"))]
+/// The entry of `CT_V3` (and of `CT_V2`, the previous layout's LRU: its entries are carried
+/// over unchanged).
 pub type CtEntry = CtEntryV2;
-#[cfg(feature = "previous-layout")]
-pub type CtEntry = CtEntryV1;
 
 /// Bits of [`CtEntry::flags`].
 pub struct CtFlags;
@@ -128,6 +97,10 @@ impl CtFlags {
     /// The local proxy opened this flow to a pod (mTLS-terminated on this node): its forward
     /// packets must carry the proxy's mark, and its replies are marked back to the proxy.
     pub const PROXIED: u16 = 1 << 2;
+    /// TCP: the handshake completed (a packet without SYN from the originator after a reply).
+    /// Until then a flow lives [`CT_TCP_SYN_NS`]: a SYN from a spoofed source is answered, but
+    /// never acknowledged.
+    pub const ESTABLISHED: u16 = 1 << 3;
 }
 
 /// Lifetimes, in nanoseconds.
@@ -136,17 +109,47 @@ pub const CT_TCP_SYN_NS: u64 = 60 * 1_000_000_000;
 pub const CT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const CT_OTHER_NS: u64 = 60 * 1_000_000_000;
 
+/// The table is under pressure from this fill on (percent of its entries).
+pub const CT_PRESSURE_PERCENT: u64 = 88;
+/// Under pressure, a TCP entry whose handshake never completed lives this long after its last
+/// packet.
+pub const CT_PRESSURE_UNCONFIRMED_NS: u64 = 5 * 1_000_000_000;
+
 /// How long an entry lives after its last packet.
 pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
     if proto != 6 {
         CT_OTHER_NS
     } else if flags & CtFlags::CLOSING != 0 {
         CT_TCP_CLOSING_NS
-    } else if flags & CtFlags::SEEN_REPLY != 0 {
+    } else if flags & CtFlags::ESTABLISHED != 0 {
         CT_TCP_ESTABLISHED_NS
     } else {
         CT_TCP_SYN_NS
     }
+}
+
+/// Why the sweep removes an entry at `now_ns`, if it does: expired, or (with `pressure`) an
+/// unconfirmed TCP flow idle past [`CT_PRESSURE_UNCONFIRMED_NS`].
+pub const fn ct_sweep(key: &CtKey, entry: &CtEntry, now_ns: u64, pressure: bool) -> Option<Swept> {
+    let idle = now_ns.saturating_sub(entry.last_seen_ns);
+    if idle > ct_lifetime_ns(key.proto, entry.flags) {
+        Some(Swept::Expired)
+    } else if pressure
+        && key.proto == 6
+        && entry.flags & (CtFlags::ESTABLISHED | CtFlags::CLOSING) == 0
+        && idle > CT_PRESSURE_UNCONFIRMED_NS
+    {
+        Some(Swept::Unconfirmed)
+    } else {
+        None
+    }
+}
+
+/// Why the sweep removed an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swept {
+    Expired,
+    Unconfirmed,
 }
 
 #[cfg(feature = "user")]
@@ -155,40 +158,10 @@ unsafe impl aya::Pod for CtKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no padding (asserted).
 unsafe impl aya::Pod for CtEntryV2 {}
-#[cfg(feature = "user")]
-// SAFETY: repr(C), no padding (asserted).
-unsafe impl aya::Pod for CtEntryV1 {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_previous_layout_entry_keeps_every_field_and_ages_from_its_last_packet() {
-        let v1 = CtEntryV1 {
-            last_seen_ns: 7,
-            revision: 3,
-            cookie: 9,
-            flags: CtFlags::SEEN_REPLY | CtFlags::PROXIED,
-            verdict: 2,
-            _pad: 0,
-            policy_port: 443,
-            _pad2: [0; 2],
-        };
-        let v2 = CtEntryV2::from_v1(&v1);
-        assert_eq!(
-            (
-                v2.last_seen_ns,
-                v2.revision,
-                v2.cookie,
-                v2.flags,
-                v2.verdict,
-                v2.policy_port
-            ),
-            (7, 3, 9, v1.flags, 2, 443)
-        );
-        assert_eq!(v2.created_ns, 7);
-    }
 
     #[test]
     fn reply_key_flips_tuple_and_scope() {
@@ -212,14 +185,45 @@ mod tests {
     #[test]
     fn tcp_lifetime_follows_state() {
         assert_eq!(ct_lifetime_ns(6, 0), CT_TCP_SYN_NS);
+        // A reply alone (a SYN-ACK to a spoofed source) is not an established flow.
+        assert_eq!(ct_lifetime_ns(6, CtFlags::SEEN_REPLY), CT_TCP_SYN_NS);
+        let established = CtFlags::SEEN_REPLY | CtFlags::ESTABLISHED;
+        assert_eq!(ct_lifetime_ns(6, established), CT_TCP_ESTABLISHED_NS);
         assert_eq!(
-            ct_lifetime_ns(6, CtFlags::SEEN_REPLY),
-            CT_TCP_ESTABLISHED_NS
-        );
-        assert_eq!(
-            ct_lifetime_ns(6, CtFlags::SEEN_REPLY | CtFlags::CLOSING),
+            ct_lifetime_ns(6, established | CtFlags::CLOSING),
             CT_TCP_CLOSING_NS
         );
         assert_eq!(ct_lifetime_ns(17, 0), CT_OTHER_NS);
+    }
+
+    #[test]
+    fn the_sweep_removes_expired_entries_and_under_pressure_unconfirmed_ones() {
+        let key = |proto| CtKey {
+            proto,
+            ..CtKey::default()
+        };
+        let entry = |flags, last_seen_ns| CtEntry {
+            flags,
+            last_seen_ns,
+            ..CtEntry::default()
+        };
+        let s = 1_000_000_000u64;
+        let now = 100_000 * s;
+        let syn_only = entry(CtFlags::SEEN_REPLY, now - 10 * s);
+        assert_eq!(ct_sweep(&key(6), &syn_only, now, false), None);
+        assert_eq!(
+            ct_sweep(&key(6), &syn_only, now, true),
+            Some(Swept::Unconfirmed)
+        );
+        let established = entry(CtFlags::SEEN_REPLY | CtFlags::ESTABLISHED, now - 3600 * s);
+        assert_eq!(ct_sweep(&key(6), &established, now, true), None);
+        assert_eq!(
+            ct_sweep(&key(6), &entry(0, now - 61 * s), now, false),
+            Some(Swept::Expired)
+        );
+        // UDP is never "unconfirmed": it ages out by its own lifetime only.
+        assert_eq!(ct_sweep(&key(17), &entry(0, now - 10 * s), now, true), None);
+        // A stamp ahead of the sweep's clock is age 0.
+        assert_eq!(ct_sweep(&key(6), &entry(0, now + s), now, true), None);
     }
 }

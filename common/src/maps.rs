@@ -18,7 +18,7 @@
 //! | `SVC_NAT_V1` | LRU hash | [`MAX_CT`] | translated 5-tuple, one way → the other end (see `service.rs`) |
 //! | `IF_MAC_V1` | hash | [`MAX_ENDPOINTS`] | attached interface's ifindex → its hardware address (frames for the proxy, see `endpoint.rs`) |
 //! | `BRAKE_V1` | LRU hash | [`MAX_BRAKE`] | (source identity, destination identity, proto, port) → the flood brake's GCRA state |
-//! | `CT_V2` | LRU hash | [`MAX_CT`] | 5-tuple + scope → flow state (`CT_V1` before: no creation time; migrated) |
+//! | `CT_V3` | hash | [`MAX_CT`] | 5-tuple + scope → flow state (`CT_V2` before: an LRU, which evicted live flows for new ones; migrated) |
 //! | `FRAGS_V1` | LRU hash | [`MAX_FRAGS`] | (addresses, IP id, proto) → the first fragment's ports |
 //! | `RULE_STATS_V1` | per-CPU hash | [`MAX_RULE_STATS`] | rule cookie → decisions by verdict |
 //! | `EVENTS_V1` | ring buffer | 256 KiB | drop and new-flow verdict events |
@@ -43,11 +43,12 @@ pub const IF_MAC: &str = "IF_MAC_V1";
 pub const SVC_SCRATCH: &str = "SVC_SCRATCH_V1";
 pub const BRAKE: &str = "BRAKE_V1";
 #[cfg(not(feature = "previous-layout"))]
-pub const CT: &str = "CT_V2";
+pub const CT: &str = "CT_V3";
 #[cfg(feature = "previous-layout")]
-pub const CT: &str = CT_V1;
-/// Conntrack of the previous layout: a pinned one is carried into [`CT`] on upgrade.
-pub const CT_V1: &str = "CT_V1";
+pub const CT: &str = CT_PREVIOUS;
+/// Conntrack of the previous layout (`CT_V2`, an LRU of the same entries): a pinned one is
+/// carried into [`CT`] on upgrade.
+pub const CT_PREVIOUS: &str = "CT_V2";
 pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const EVENT_RATE: &str = "EVENT_RATE_V1";

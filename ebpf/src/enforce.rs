@@ -403,7 +403,6 @@ fn judge(
         _pad: 0,
         policy_port: flow.policy_port,
         _pad2: [0; 2],
-        #[cfg(not(feature = "previous-layout"))]
         created_ns: now,
     };
     if CT.insert(&s.key, &entry, 0).is_err() {
@@ -615,7 +614,7 @@ struct Ctx<'a> {
 #[inline(always)]
 fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     let entry = CT.get_ptr_mut(k)?;
-    // SAFETY: a pointer to an LRU hash value, valid for this program run; concurrent updates from
+    // SAFETY: a pointer to a hash value, valid for this program run; concurrent updates from
     // other CPUs only race on timestamps and flag bits, which is harmless.
     let e = unsafe { &mut *entry };
     // Another CPU may have stamped the entry after this packet read the clock: a stamp ahead
@@ -696,6 +695,8 @@ fn track_one(k: &CtKey, reply: bool, flow: &Flow, c: &Ctx) -> Option<Tracked> {
     e.last_seen_ns = c.now;
     if reply {
         e.flags |= CtFlags::SEEN_REPLY;
+    } else if e.flags & CtFlags::SEEN_REPLY != 0 && flow.confirms() {
+        e.flags |= CtFlags::ESTABLISHED;
     }
     if flow.closing() {
         e.flags |= CtFlags::CLOSING;

@@ -83,9 +83,13 @@ pub static SVC_NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(
 #[map(name = "BRAKE_V1")]
 pub static BRAKE: LruHashMap<BrakeKey, u64> = LruHashMap::with_max_entries(MAX_BRAKE, 0);
 
-// `CT_V2`; the previous layout's build (the upgrade test's) keeps `CT_V1`.
-#[cfg_attr(not(feature = "previous-layout"), map(name = "CT_V2"))]
-#[cfg_attr(feature = "previous-layout", map(name = "CT_V1"))]
+// `CT_V3`, a hash that never evicts a live flow (see `rampart_common::conntrack`); the previous
+// layout's build (the upgrade test's) keeps the LRU `CT_V2`.
+#[cfg(not(feature = "previous-layout"))]
+#[map(name = "CT_V3")]
+pub static CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(MAX_CT, 0);
+#[cfg(feature = "previous-layout")]
+#[map(name = "CT_V2")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
 
 // The lookups below return plain values with a sentinel for "no entry" instead of `Option`:

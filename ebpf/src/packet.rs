@@ -103,6 +103,12 @@ impl Flow {
         self.tuple.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
 
+    /// A TCP packet without SYN: from a flow's originator after a reply, its handshake is done.
+    #[inline(always)]
+    pub fn confirms(&self) -> bool {
+        self.tuple.proto == IPPROTO_TCP && self.tcp_flags & TCP_SYN == 0
+    }
+
     /// A TCP connection's first packet (SYN without ACK).
     #[inline(always)]
     pub fn opening(&self) -> bool {

@@ -9,8 +9,8 @@
 //!   9000 (never answered);
 //! - pod a takes no connections (an ingress NetworkPolicy with no rule): every reply it gets is
 //!   admitted by its flow's conntrack entry, so a lost entry breaks a flow;
-//! - an upgrade: both agents start from the previous layout's build (`CT_V1`) and hand over to
-//!   this one (`CT_V2`), which carries conntrack over;
+//! - an upgrade: both agents start from the previous layout's build (`CT_V2`) and hand over to
+//!   this one (`CT_V3`), which carries conntrack over;
 //! - a hot restart of node 2's agent (the destination: the tunnel's and the L7 chain's end), then
 //!   of node 1's (the source: the transparent listener), each taking over the listening sockets
 //!   and the pushed files;
@@ -304,7 +304,7 @@ fn restarts_under_traffic_drop_nothing_and_open_nothing() {
                 "{node}: no conntrack entry carried into the new layout:\n{}",
                 agent.log()
             );
-            let old_map = mesh.node(node).bpffs_root().join("maps/CT_V1");
+            let old_map = mesh.node(node).bpffs_root().join("maps/CT_V2");
             assert!(!old_map.exists(), "{} is still pinned", old_map.display());
             takeovers.push((node, "upgrade", at, handed.takeover, carried));
         } else {

@@ -145,7 +145,7 @@ impl Datapath {
             carried_flows = carried;
             tracing::info!(
                 flows = carried,
-                from = maps::CT_V1,
+                from = maps::CT_PREVIOUS,
                 to = maps::CT,
                 "carried conntrack into the new layout"
             );
@@ -221,7 +221,7 @@ impl Datapath {
         };
         tracing::info!(
             flows = carried,
-            from = maps::CT_V1,
+            from = maps::CT_PREVIOUS,
             to = maps::CT,
             "carried the last conntrack entries into the new layout; the old map is unpinned"
         );

@@ -12,6 +12,7 @@
 //! packet sees one whole state.
 
 mod attach;
+mod conntrack_sweep;
 mod generation;
 mod loader;
 mod migrate;
@@ -20,6 +21,7 @@ mod stats;
 mod test_run;
 mod written;
 
+pub use conntrack_sweep::ConntrackSweep;
 pub use loader::{Attachment, Datapath, DatapathError};
 pub use pins::{PinError, PinRoot, remove_all as remove_pins};
 pub use stats::{EventReader, EventsLost, KernelTableEntries, ReasonCount, Stats};

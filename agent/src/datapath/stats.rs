@@ -32,8 +32,9 @@ impl Datapath {
                     .ebpf
                     .take_map(maps::CT)
                     .ok_or(DatapathError::MissingMap(maps::CT))?;
-                HashMap::try_from(map).map_err(map_err(maps::CT))?
+                std::sync::Mutex::new(HashMap::try_from(map).map_err(map_err(maps::CT))?)
             },
+            swept: Default::default(),
             frags: {
                 let map = self
                     .ebpf
@@ -137,7 +138,10 @@ pub struct Stats {
     audits: CounterArray,
     forwarded: CounterArray,
     rules: PerCpuHashMap<MapData, u32, RuleCounter>,
-    ct: HashMap<MapData, CtKey, CtEntry>,
+    /// Conntrack: read by the fill count, swept by `conntrack_sweep` (removal needs `&mut`).
+    pub(super) ct: std::sync::Mutex<HashMap<MapData, CtKey, CtEntry>>,
+    /// Entries the sweep removed: expired, and unconfirmed under pressure.
+    pub(super) swept: [std::sync::atomic::AtomicU64; 2],
     frags: HashMap<MapData, FragKey, FragEntry>,
 }
 
@@ -212,7 +216,13 @@ impl Stats {
             Ok(n)
         };
         Ok(KernelTableEntries {
-            conntrack: count(&mut self.ct.keys().map(|k| k.map(|_| ())), maps::CT)?,
+            conntrack: {
+                let ct = self
+                    .ct
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                count(&mut ct.keys().map(|k| k.map(|_| ())), maps::CT)?
+            },
             fragments: count(&mut self.frags.keys().map(|k| k.map(|_| ())), maps::FRAGS)?,
             rule_stats: count(
                 &mut self.rules.keys().map(|k| k.map(|_| ())),

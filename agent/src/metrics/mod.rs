@@ -539,6 +539,16 @@ impl AgentCollector {
                 ct.metric_type(),
             )?)?;
         }
+        let (expired, unconfirmed) = self.state.stats.conntrack_swept();
+        counter_family(
+            encoder,
+            "rampart_conntrack_swept",
+            "Conntrack entries the agent's sweep removed: expired, or (the table nearly full) TCP flows whose handshake never completed",
+            [
+                (vec![("reason", "expired".to_owned())], expired),
+                (vec![("reason", "unconfirmed".to_owned())], unconfirmed),
+            ],
+        )?;
         let mut entries = encoder.encode_descriptor(
             "rampart_map_entries",
             "Entries in each kernel map (the active generation of the double-buffered ones)",
