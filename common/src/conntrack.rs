@@ -113,7 +113,7 @@ pub const CT_OTHER_NS: u64 = 60 * 1_000_000_000;
 pub const CT_PRESSURE_PERCENT: u64 = 88;
 /// Under pressure, a TCP entry whose handshake never completed lives this long after its last
 /// packet.
-pub const CT_PRESSURE_UNCONFIRMED_NS: u64 = 5 * 1_000_000_000;
+pub const CT_PRESSURE_UNCONFIRMED_NS: u64 = 20 * 1_000_000_000;
 
 /// How long an entry lives after its last packet.
 pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
@@ -209,7 +209,7 @@ mod tests {
         };
         let s = 1_000_000_000u64;
         let now = 100_000 * s;
-        let syn_only = entry(CtFlags::SEEN_REPLY, now - 10 * s);
+        let syn_only = entry(CtFlags::SEEN_REPLY, now - 30 * s);
         assert_eq!(ct_sweep(&key(6), &syn_only, now, false), None);
         assert_eq!(
             ct_sweep(&key(6), &syn_only, now, true),
