@@ -9,7 +9,7 @@ use aya_ebpf::bindings::{
     BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4,
     bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6,
 };
-use aya_ebpf::helpers::{bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_release};
+use aya_ebpf::helpers::{bpf_sk_assign, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skc_lookup_tcp};
 use aya_ebpf::programs::TcContext;
 
 use crate::enforce;
@@ -52,7 +52,7 @@ pub fn assign_listener(ctx: &TcContext) -> bool {
         return false;
     };
     let t = &flow.tuple;
-    assign(ctx, flow.v4 != 0, &t.saddr, &t.daddr, t.sport)
+    assign(ctx, flow.v4 != 0, &t.saddr, &t.daddr, t.sport, t.dport)
 }
 
 /// On a bridge that holds pods' interfaces (TC ingress of the bridge device): the first packet
@@ -66,21 +66,23 @@ pub fn assign_bridged(ctx: &TcContext) -> bool {
         return false;
     };
     match service::read(ctx, key) {
-        Some(at) if at.syn => assign(ctx, at.v4, &key.saddr, &key.daddr, key.sport),
+        Some(at) if at.syn => assign(ctx, at.v4, &key.saddr, &key.daddr, key.sport, key.dport),
         _ => true,
     }
 }
 
-/// `bpf_sk_lookup_tcp` of the proxy's listener (any address, the proxy's port), then
-/// `bpf_sk_assign`. Addresses are 16 bytes (IPv4 as `::ffff:a.b.c.d`).
+/// `BPF_TCP_TIME_WAIT` (`bpf_sock.state`).
+const TCP_TIME_WAIT: u32 = 6;
+
+/// The lookup tuple of `saddr:sport` → `daddr:dport` and its size.
 #[inline(always)]
-fn assign(ctx: &TcContext, v4: bool, saddr: &[u8; 16], daddr: &[u8; 16], sport: u16) -> bool {
-    let Some(port) = CONFIG.get(0).map(|c| c.proxy_port) else {
-        return false;
-    };
-    if port == 0 {
-        return false;
-    }
+fn tuple_of(
+    v4: bool,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+) -> (bpf_sock_tuple, u32) {
     // SAFETY: an all-zero bpf_sock_tuple is valid (plain integers).
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if v4 {
@@ -88,7 +90,7 @@ fn assign(ctx: &TcContext, v4: bool, saddr: &[u8; 16], daddr: &[u8; 16], sport: 
             saddr: be32(saddr, 12),
             daddr: be32(daddr, 12),
             sport: sport.to_be(),
-            dport: port.to_be(),
+            dport: dport.to_be(),
         };
         core::mem::size_of::<Tuple4>()
     } else {
@@ -106,15 +108,57 @@ fn assign(ctx: &TcContext, v4: bool, saddr: &[u8; 16], daddr: &[u8; 16], sport: 
                 be32(daddr, 12),
             ],
             sport: sport.to_be(),
-            dport: port.to_be(),
+            dport: dport.to_be(),
         };
         core::mem::size_of::<Tuple6>()
     };
+    (tuple, size as u32)
+}
+
+/// The first packet of a redirected connection, to the proxy's listener (any address, the
+/// proxy's port): `bpf_sk_lookup_tcp`, then `bpf_sk_assign`. Addresses are 16 bytes (IPv4 as
+/// `::ffff:a.b.c.d`).
+///
+/// Unless the node still holds the previous connection of the same four-tuple in TIME_WAIT
+/// (the proxy closed it first, and the client reused its port): a SYN the listener took then
+/// could not be queued beside it (the kernel drops a request whose tuple is taken) and the
+/// client would time out. The SYN goes to the TIME_WAIT socket instead, which answers it with an
+/// ACK; the client's RST ends the TIME_WAIT and its next SYN (a second later) reaches the
+/// listener. (nf_tproxy ends the TIME_WAIT itself; a program cannot.)
+#[inline(always)]
+fn assign(
+    ctx: &TcContext,
+    v4: bool,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+) -> bool {
+    let Some(port) = CONFIG.get(0).map(|c| c.proxy_port) else {
+        return false;
+    };
+    if port == 0 {
+        return false;
+    }
     let skb = ctx.skb.skb.cast();
+    let (mut exact, size) = tuple_of(v4, saddr, daddr, sport, dport);
     // SAFETY: skb is this run's context; the tuple lives on the stack for the call; the socket
     // the lookup returns is released on every path.
     unsafe {
-        let sk = bpf_sk_lookup_tcp(skb, &mut tuple, size as u32, BPF_F_CURRENT_NETNS as u64, 0);
+        let sk = bpf_skc_lookup_tcp(skb, &mut exact, size, BPF_F_CURRENT_NETNS as u64, 0);
+        if !sk.is_null() {
+            if (*sk).state == TCP_TIME_WAIT {
+                let assigned = bpf_sk_assign(skb, sk.cast(), 0);
+                bpf_sk_release(sk.cast());
+                return assigned == 0;
+            }
+            bpf_sk_release(sk.cast());
+        }
+    }
+    let (mut tuple, size) = tuple_of(v4, saddr, daddr, sport, port);
+    // SAFETY: as above.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return false;
         }

@@ -34,6 +34,7 @@ pub mod ratelimit_cases;
 pub mod raw_origin;
 pub mod rfc7515;
 pub mod server;
+pub mod soak;
 pub mod topology;
 pub mod traffic;
 pub mod waf_cases;

@@ -290,6 +290,24 @@ pub fn http_request(
     })?
 }
 
+/// Like [`http_request`] from the calling thread's namespace (a thread that entered one), with
+/// a 3 s timeout.
+pub fn http_request_here(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpReply> {
+    let timeout = Duration::from_secs(3);
+    let (host, headers) = host_and_headers(addr, headers);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(request_text(method, path, &host, &headers).as_bytes())?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    parse_reply(&raw)
+}
+
 /// One HTTP/1.0 `GET path` on a Unix socket (the agent's admin socket), read to EOF.
 pub fn unix_http_get(
     socket: &std::path::Path,

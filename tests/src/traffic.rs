@@ -105,6 +105,23 @@ impl Traffic {
         self.threads.push((name.to_owned(), tally, handle));
     }
 
+    /// `attempt`, over and over with `pause` between, on a thread inside the namespace: each
+    /// `Err` is a failure (for checks the other kinds do not make, such as a response's body).
+    pub fn repeat(
+        &mut self,
+        name: &str,
+        ns_path: &str,
+        pause: Duration,
+        attempt: impl Fn() -> Result<(), String> + Send + 'static,
+    ) {
+        self.spawn(name, ns_path, move |tally, stop, deadline| {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                record(&tally, attempt());
+                std::thread::sleep(pause);
+            }
+        });
+    }
+
     /// `flows` connections to an echo server at `dst`, each sending a round every 50 ms for
     /// `lifetime` and then replaced by a new one: a round that does not come back whole is a
     /// broken connection.

@@ -9,6 +9,7 @@ mod image;
 mod manifests;
 mod process;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Task {
     /// Run the libFuzzer targets (cargo fuzz, nightly) on their committed corpus; `packet`
     /// needs root.
     Fuzz(fuzz::FuzzArgs),
+    /// Two nodes under mixed traffic through every layer, with policy churn, certificate
+    /// rotation and hot restarts, checked continuously; fails on any violation. Needs root.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Task::Manifests => manifests::run(),
         Task::Image(args) => image::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

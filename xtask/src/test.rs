@@ -109,6 +109,8 @@ pub fn run_all(args: &TestArgs) -> anyhow::Result<()> {
         for (target, max_len) in crate::fuzz::TARGETS {
             crate::fuzz::run_target(target, max_len, crate::fuzz::SECONDS_IN_TEST, Build::Dev)?;
         }
+        // A short soak: every layer under churn, certificate rotation and a hot restart.
+        crate::soak::run_built(bin.clone(), crate::soak::MINUTES_IN_TEST, None)?;
         // The first run a newcomer sees: every layer on two nodes, each step checked.
         let demo = crate::demo::run_debug(&bin);
         sweep()?;
