@@ -248,6 +248,11 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Its resident memory (bytes) and open files now (`None` once it has exited).
+    pub fn resources(&self) -> Option<(u64, usize)> {
+        process_resources(self.pid()?)
+    }
+
     /// Its `--bpffs-root`.
     pub fn bpffs_root(&self) -> &std::path::Path {
         &self.bpffs_root
@@ -456,6 +461,21 @@ impl Drop for Agent {
 pub const TEST_BPFFS: &str = "/run/rampart-tests/bpffs";
 
 /// [`TEST_BPFFS`], mounted if it is not a bpffs yet.
+/// A process's resident memory (bytes, `VmRSS`) and open files (`/proc/PID/fd`).
+pub fn process_resources(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((kib * 1024, fds))
+}
+
 pub fn test_bpffs() -> anyhow::Result<PathBuf> {
     static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = MOUNT

@@ -149,21 +149,11 @@ struct Sample {
 }
 
 fn sample(agent: &Agent, at: Duration) -> Option<Sample> {
-    let pid = agent.pid()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    let (rss, fds) = agent.resources()?;
     let conntrack = agent.sample("rampart_conntrack_entries", "");
     Some(Sample {
         at,
-        rss: kib * 1024,
+        rss,
         fds,
         conntrack,
     })

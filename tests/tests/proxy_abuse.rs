@@ -79,22 +79,6 @@ fn policy() -> String {
     )
 }
 
-/// The agent's resident memory (bytes) and open files now.
-fn resources(agent: &Agent) -> Option<(u64, usize)> {
-    let pid = agent.pid()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-    Some((rss_kib * 1024, fds))
-}
-
 /// Samples an agent's resources every 50 ms until stopped; keeps the peaks.
 struct Peaks {
     rss: Arc<AtomicU64>,
@@ -114,16 +98,9 @@ impl Peaks {
         let (r, f, s) = (Arc::clone(&rss), Arc::clone(&fds), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kib) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    r.fetch_max(kib * 1024, Ordering::Relaxed);
-                }
-                if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-                    f.fetch_max(dir.count() as u64, Ordering::Relaxed);
+                if let Some((rss, fds)) = rampart_tests::agent::process_resources(pid) {
+                    r.fetch_max(rss, Ordering::Relaxed);
+                    f.fetch_max(fds as u64, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -304,7 +281,7 @@ fn hostile_clients_are_cut_at_their_limits_while_a_good_client_is_served() {
     for _ in 0..5 {
         let _ = http_request(&c, b(8081), "GET", "/", &[], Duration::from_secs(3));
     }
-    let (rss0, fds0) = resources(node2).expect("node 2's resources");
+    let (rss0, fds0) = node2.resources().expect("node 2's resources");
     let peaks = Peaks::watch(node2);
     let good = GoodClient::start(c.clone());
 
