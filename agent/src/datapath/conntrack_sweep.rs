@@ -44,29 +44,32 @@ impl Stats {
     pub fn sweep_conntrack(&self) -> Result<ConntrackSweep, DatapathError> {
         let mut ct = self.ct.lock().unwrap_or_else(PoisonError::into_inner);
         let now = monotonic_ns();
-        // Two walks: the fill decides the pressure before anything is judged.
+        // One walk: what is expired, and what would go under pressure (decided by the count).
         let mut entries = 0usize;
-        for key in ct.keys() {
-            match key {
-                Ok(_) => entries += 1,
+        let (mut expired, mut unconfirmed): (Vec<CtKey>, Vec<CtKey>) = (Vec::new(), Vec::new());
+        for item in ct.iter() {
+            match item {
+                Ok((key, entry)) => {
+                    entries += 1;
+                    match ct_sweep(&key, &entry, now, true) {
+                        Some(Swept::Expired) => expired.push(key),
+                        Some(Swept::Unconfirmed) => unconfirmed.push(key),
+                        None => {}
+                    }
+                }
                 // Removed by a program while we walk: the walk restarts from the first key.
                 Err(MapError::KeyNotFound) => break,
                 Err(e) => return Err(map_err(maps::CT)(e)),
             }
         }
         let pressure = (entries as u64) * 100 >= u64::from(MAX_CT) * CT_PRESSURE_PERCENT;
-        let mut done: Vec<(CtKey, Swept)> = Vec::new();
-        for item in ct.iter() {
-            match item {
-                Ok((key, entry)) => {
-                    if let Some(why) = ct_sweep(&key, &entry, now, pressure) {
-                        done.push((key, why));
-                    }
-                }
-                Err(MapError::KeyNotFound) => break,
-                Err(e) => return Err(map_err(maps::CT)(e)),
-            }
+        if !pressure {
+            unconfirmed.clear();
         }
+        let done = expired
+            .into_iter()
+            .map(|k| (k, Swept::Expired))
+            .chain(unconfirmed.into_iter().map(|k| (k, Swept::Unconfirmed)));
         let mut sweep = ConntrackSweep {
             entries,
             pressure,
