@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rampart_common::maps::MAX_CT;
 use rampart_tests::mesh::{MeshAgents, shop};
 use rampart_tests::netns::{self, TEST_PREFIX};
-use rampart_tests::{Agent, EchoServer, Topology, require_root};
+use rampart_tests::probe::echo_exchange;
+use rampart_tests::{EchoServer, Topology, require_root};
 
 const PORT: u16 = 5432;
 /// The established flow's port: an echo that never closes an idle connection (the shared
@@ -90,23 +91,6 @@ fn flood(ns_path: &str, from: u32, to: u32) -> anyhow::Result<u32> {
     })?
 }
 
-fn sample(agent: &Agent, name: &str, labels: &str) -> f64 {
-    agent.sample(name, labels)
-}
-
-/// Whether pod a connects to b and gets its byte echoed, within `timeout`.
-fn connects(a: &str, timeout: Duration) -> bool {
-    netns::run_in(a, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&b(), timeout) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(timeout));
-        let mut back = [0u8; 1];
-        s.write_all(b"n").is_ok() && s.read_exact(&mut back).is_ok()
-    })
-    .unwrap_or(false)
-}
-
 #[test]
 fn a_syn_flood_fills_conntrack_established_flows_keep_working_and_new_ones_drop_as_ct_full() {
     require_root();
@@ -138,7 +122,8 @@ fn a_syn_flood_fills_conntrack_established_flows_keep_working_and_new_ones_drop_
     let mesh = MeshAgents::start(&topo, &["node-1", "node-2"], &shop::world(""), None, &[])
         .expect("agents");
     let node2 = mesh.node("node-2");
-    let a = topo.pod("shop/a").ns.path();
+    let a_ns = &topo.pod("shop/a").ns;
+    let a = a_ns.path();
 
     // The connection that must survive: opened now, idle during the flood.
     let mut established =
@@ -161,18 +146,18 @@ fn a_syn_flood_fills_conntrack_established_flows_keep_working_and_new_ones_drop_
     let ct_full = r#"reason="ct_full",direction="ingress""#;
     let started = Instant::now();
     let (mut sent, mut next) = (0u32, 0u32);
-    while next < MAX_SYNS && sample(node2, "rampart_drops_total", ct_full) == 0.0 {
+    while next < MAX_SYNS && node2.sample("rampart_drops_total", ct_full) == 0.0 {
         let round = (next + 65_536).min(MAX_SYNS);
         sent += flood(&outside, next, round).expect("flood");
         next = round;
     }
     let took = started.elapsed();
-    let entries = sample(node2, "rampart_conntrack_entries", "");
+    let entries = node2.sample("rampart_conntrack_entries", "");
     eprintln!(
         "flood: {sent} SYNs in {took:?}; node 2's conntrack holds {entries} of {MAX_CT} entries"
     );
     assert!(
-        sample(node2, "rampart_drops_total", ct_full) > 0.0,
+        node2.sample("rampart_drops_total", ct_full) > 0.0,
         "{sent} spoofed SYNs did not fill conntrack ({entries} entries)\n{}",
         node2.log()
     );
@@ -182,12 +167,12 @@ fn a_syn_flood_fills_conntrack_established_flows_keep_working_and_new_ones_drop_
     );
 
     // While it is full: a new flow is refused and counted; the idle established one works.
-    let before = sample(node2, "rampart_drops_total", ct_full);
+    let before = node2.sample("rampart_drops_total", ct_full);
     assert!(
-        !connects(&a, Duration::from_secs(1)),
+        !echo_exchange(a_ns, b(), b"n", Duration::from_secs(1)),
         "a new flow was admitted into a full table"
     );
-    assert!(sample(node2, "rampart_drops_total", ct_full) > before);
+    assert!(node2.sample("rampart_drops_total", ct_full) > before);
     let mut back = [0u8; 1];
     let _ = established.set_read_timeout(Some(Duration::from_secs(3)));
     established
@@ -199,13 +184,9 @@ fn a_syn_flood_fills_conntrack_established_flows_keep_working_and_new_ones_drop_
     // After the flood: the sweep removes the half-open flows and new flows are served.
     let recovered = Instant::now();
     rampart_tests::eventually("new flows after the flood", Duration::from_secs(30), || {
-        connects(&a, Duration::from_secs(1)).then_some(())
+        echo_exchange(a_ns, b(), b"n", Duration::from_secs(1)).then_some(())
     });
-    let unconfirmed = sample(
-        node2,
-        "rampart_conntrack_swept_total",
-        r#"reason="unconfirmed""#,
-    );
+    let unconfirmed = node2.sample("rampart_conntrack_swept_total", r#"reason="unconfirmed""#);
     eprintln!(
         "new flows served again {:?} after the flood; {unconfirmed} unconfirmed entries swept",
         recovered.elapsed()
