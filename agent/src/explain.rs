@@ -92,6 +92,8 @@ fn http_chain(policy: &str, http: &crate::policy::http::HttpPolicyModel) -> Http
             .map(|p| match p {
                 ProviderModel::Jwt(_) => format!("jwt {}", p.name()),
                 ProviderModel::ApiKeys(_) => format!("api keys {}", p.name()),
+                ProviderModel::Basic(_) => format!("basic auth {}", p.name()),
+                ProviderModel::Ldap(l) => format!("ldap {} ({})", p.name(), l.url),
             })
             .collect();
         let join = if authn.require_all { " and " } else { " or " };

@@ -218,6 +218,12 @@ reasons! {
         Malformed = 12 => "malformed",
         UnsupportedCrit = 13 => "unsupported_crit",
         TooLarge = 14 => "too_large",
+        /// A Basic credential (htpasswd or LDAP) with an unknown user or a wrong password.
+        InvalidCredentials = 15 => "invalid_credentials",
+        /// The LDAP directory did not answer in time, or failed (503).
+        DirectoryUnavailable = 16 => "directory_unavailable",
+        /// Every password-check slot stayed busy past the wait (503).
+        VerifierBusy = 17 => "verifier_busy",
     }
 }
 

@@ -2,6 +2,7 @@
 //! end-user authentication by JWT, token-bucket rate limiting, and data loss prevention. The proxy's filters wrap them;
 //! the conformance suites drive them directly.
 
+pub mod basic;
 pub mod dlp;
 pub mod jwt;
 pub mod ratelimit;

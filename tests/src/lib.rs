@@ -22,6 +22,7 @@ pub mod idp;
 pub mod jwt_cases;
 pub mod kube_api;
 pub mod l7_e2e;
+pub mod ldap;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -81,6 +81,8 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
     tests("buildah"),
     tests("podman"),
     tests("runc"),
+    // The LDAP provider's tests run a real OpenLDAP server (slapd, slapadd, slappasswd).
+    tests("slapd"),
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -65,6 +65,18 @@ metadata: {name: partner-keys, namespace: shop}
 stringData: {acme: key-acme-123}
 "#;
 
+/// The chain's filters are async (a provider may ask a directory); the ones this policy has
+/// finish at once, on a runtime kept for every input.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime for the chain: {e}"))
+    })
+}
+
 fn route() -> &'static HttpRoute {
     static ROUTE: OnceLock<HttpRoute> = OnceLock::new();
     ROUTE.get_or_init(|| {
@@ -149,7 +161,12 @@ pub fn http_head(data: &[u8]) {
         assert_eq!(again.uri.path(), path, "normalising twice changed it");
         let _ = normalize::rule_path(&path);
         if escaped == EscapedSlashes::Reject {
-            let _ = chain::run(route(), &normalized, &peer(), &L7Stats::default());
+            let _ = runtime().block_on(chain::run(
+                route(),
+                &normalized,
+                &peer(),
+                &L7Stats::default(),
+            ));
             if let Some(requests) = route()
                 .model
                 .dlp

@@ -13,36 +13,41 @@ use rampart_common::reason::{AuthnReason, AuthzReason, RateLimitReason};
 use rampart_l7::jwt::{Claims, RejectReason};
 use rampart_l7::ratelimit::{Decision, TokenBucket, take_all};
 
+use rampart_l7::basic::parse_credential;
+
 use super::context::{Denial, Passed, Peer, Principal};
-use super::route::{BucketState, HttpRoute};
+use super::ldap::{Directory, DirectoryUser, Login};
+use super::passwords::{Checked, PasswordFile};
+use super::route::{BucketState, HttpRoute, ProviderState};
 use crate::policy::http::{
-    ApiKeyProviderModel, AuthenticationModel, ClaimMatch, HeaderValueMatch, HttpRuleModel,
-    JwtProviderModel, PathMatch, ProviderModel, RateKey, RuleAction, TokenSource,
+    ApiKeyProviderModel, AuthenticationModel, BasicProviderModel, ClaimMatch, HeaderValueMatch,
+    HttpRuleModel, JwtProviderModel, LdapProviderModel, PathMatch, ProviderModel, RateKey,
+    RuleAction, TokenSource,
 };
 
 /// Runs the three filters of `route` on a request head (the unit tests' and the fuzz target's
 /// entry; the proxy runs them apart, with the body filters between).
-pub fn run(
+pub async fn run(
     route: &HttpRoute,
     parts: &Parts,
     peer: &Peer,
     stats: &super::L7Stats,
 ) -> Result<Passed, Denial> {
     let mut passed = Passed::default();
-    authenticate_request(route, parts, &mut passed)?;
+    authenticate_request(route, parts, &mut passed).await?;
     authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
     Ok(passed)
 }
 
 /// `authn`: the route's providers on the request (nothing to do without them).
-pub fn authenticate_request(
+pub async fn authenticate_request(
     route: &HttpRoute,
     parts: &Parts,
     passed: &mut Passed,
 ) -> Result<(), Denial> {
     match &route.model.authentication {
-        Some(authn) => authenticate(authn, route, parts, now_s(), passed),
+        Some(authn) => authenticate(authn, route, parts, now_s(), passed).await,
         None => Ok(()),
     }
 }
@@ -59,8 +64,9 @@ fn now_s() -> u64 {
 /// `AnyOf` (default): the first provider whose credential verifies authenticates the request.
 /// `AllOf`: every provider must. No credential anywhere: 401 `missing_credentials` (or anonymous
 /// with `allowMissing`). A credential that fails: 401 with the verifier's reason, never a pass,
-/// even with `allowMissing`.
-fn authenticate(
+/// even with `allowMissing`; a credential that could not be checked (the directory down, every
+/// check slot busy): 503, never a pass either.
+async fn authenticate(
     authn: &AuthenticationModel,
     route: &HttpRoute,
     parts: &Parts,
@@ -70,8 +76,8 @@ fn authenticate(
     let mut first_failure: Option<AuthnReason> = None;
     let mut any_sent = false;
     for (index, provider) in authn.providers.iter().enumerate() {
-        let jwt = route.jwt.get(index).and_then(Option::as_ref);
-        match try_provider(provider, jwt, parts, now, passed) {
+        let state = route.providers.get(index);
+        match try_provider(provider, state, parts, now, passed).await {
             Attempt::Authenticated => {
                 if !authn.require_all {
                     return Ok(());
@@ -85,7 +91,7 @@ fn authenticate(
                 }
             }
             Attempt::Ambiguous => {
-                return Err(unauthorized(AuthnReason::AmbiguousCredentials, true));
+                return Err(unauthorized(authn, AuthnReason::AmbiguousCredentials, true));
             }
             Attempt::Absent => {
                 if authn.require_all && !authn.allow_missing {
@@ -97,9 +103,9 @@ fn authenticate(
     // No failure: with `AllOf`, every provider authenticated or was absent under
     // `allowMissing`; with `AnyOf`, none authenticated (it would have returned) and none was sent.
     match first_failure {
-        Some(reason) => Err(unauthorized(reason, any_sent)),
+        Some(reason) => Err(unauthorized(authn, reason, any_sent)),
         None if authn.require_all || authn.allow_missing => Ok(()),
-        None => Err(unauthorized(AuthnReason::MissingCredentials, false)),
+        None => Err(unauthorized(authn, AuthnReason::MissingCredentials, false)),
     }
 }
 
@@ -110,57 +116,169 @@ enum Attempt {
     Absent,
 }
 
-fn try_provider(
+async fn try_provider(
     provider: &ProviderModel,
-    jwt_state: Option<&super::route::JwtState>,
+    state: Option<&ProviderState>,
     parts: &Parts,
     now: u64,
     passed: &mut Passed,
 ) -> Attempt {
-    let sources = match provider {
-        ProviderModel::Jwt(p) => &p.sources,
-        ProviderModel::ApiKeys(p) => &p.sources,
-    };
     let mut failure = None;
-    for source in sources {
+    for source in provider.sources() {
         let credential = match extract(source, parts) {
             Extracted::None => continue,
             Extracted::Ambiguous => return Attempt::Ambiguous,
             Extracted::Token(token) => token,
         };
-        match provider {
-            ProviderModel::Jwt(p) => {
-                let Some((state, keys)) =
-                    jwt_state.and_then(|state| Some((state, state.keys.current()?)))
-                else {
-                    failure.get_or_insert(AuthnReason::JwksUnavailable);
-                    continue;
-                };
-                let verified = state.cache.verify(&p.config, &keys, &credential, now);
-                match verified {
-                    Ok(verified) => {
-                        accept_jwt(p, verified.claims, passed);
-                        return Attempt::Authenticated;
-                    }
-                    Err(rejection) => {
-                        tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
-                        failure.get_or_insert(authn_reason(rejection.reason));
-                    }
-                }
+        let outcome = match (provider, state) {
+            (ProviderModel::Jwt(p), Some(ProviderState::Jwt(state))) => {
+                jwt_attempt(p, state, &credential, now, passed)
             }
-            ProviderModel::ApiKeys(p) => match p.keys.client(&credential) {
+            (ProviderModel::ApiKeys(p), _) => match p.keys.client(&credential) {
                 Some(client) => {
                     accept_api_key(p, client, passed);
-                    return Attempt::Authenticated;
+                    Ok(())
                 }
                 None => {
                     tracing::debug!(provider = %p.name, "authn: unknown API key");
-                    failure.get_or_insert(AuthnReason::InvalidApiKey);
+                    Err(AuthnReason::InvalidApiKey)
                 }
             },
+            (ProviderModel::Basic(p), Some(ProviderState::Basic(file))) => {
+                basic_attempt(p, file, &credential, passed).await
+            }
+            (ProviderModel::Ldap(p), Some(ProviderState::Ldap(directory))) => {
+                ldap_attempt(p, directory, &credential, passed).await
+            }
+            // A route always has a state per provider; a missing one is a refusal.
+            (ProviderModel::Jwt(_), _) => Err(AuthnReason::JwksUnavailable),
+            (ProviderModel::Basic(_) | ProviderModel::Ldap(_), _) => {
+                Err(AuthnReason::DirectoryUnavailable)
+            }
+        };
+        match outcome {
+            Ok(()) => return Attempt::Authenticated,
+            Err(reason) => {
+                failure.get_or_insert(reason);
+            }
         }
     }
     failure.map_or(Attempt::Absent, Attempt::Failed)
+}
+
+fn jwt_attempt(
+    p: &JwtProviderModel,
+    state: &super::route::JwtState,
+    credential: &str,
+    now: u64,
+    passed: &mut Passed,
+) -> Result<(), AuthnReason> {
+    let Some(keys) = state.keys.current() else {
+        return Err(AuthnReason::JwksUnavailable);
+    };
+    match state.cache.verify(&p.config, &keys, credential, now) {
+        Ok(verified) => {
+            accept_jwt(p, verified.claims, passed);
+            Ok(())
+        }
+        Err(rejection) => {
+            tracing::debug!(provider = %p.name, %rejection, "authn: token refused");
+            Err(authn_reason(rejection.reason))
+        }
+    }
+}
+
+async fn basic_attempt(
+    p: &BasicProviderModel,
+    file: &PasswordFile,
+    credential: &str,
+    passed: &mut Passed,
+) -> Result<(), AuthnReason> {
+    let credential = parse_credential(credential).map_err(|_| AuthnReason::Malformed)?;
+    match file.check(&credential).await {
+        Checked::Valid => {
+            accept_user(
+                &p.name,
+                &credential.user,
+                None,
+                p.user_header.as_ref(),
+                None,
+                p.forward_credentials,
+                passed,
+            );
+            Ok(())
+        }
+        Checked::Invalid => {
+            tracing::debug!(provider = %p.name, "authn: wrong user or password");
+            Err(AuthnReason::InvalidCredentials)
+        }
+        Checked::Busy => Err(AuthnReason::VerifierBusy),
+    }
+}
+
+async fn ldap_attempt(
+    p: &LdapProviderModel,
+    directory: &std::sync::Arc<Directory>,
+    credential: &str,
+    passed: &mut Passed,
+) -> Result<(), AuthnReason> {
+    let credential = parse_credential(credential).map_err(|_| AuthnReason::Malformed)?;
+    match directory.login(&credential).await {
+        Login::Authenticated(user) => {
+            accept_user(
+                &p.name,
+                &credential.user,
+                Some(&user),
+                p.user_header.as_ref(),
+                p.groups_header.as_ref(),
+                p.forward_credentials,
+                passed,
+            );
+            Ok(())
+        }
+        Login::Refused => Err(AuthnReason::InvalidCredentials),
+        Login::Unavailable => Err(AuthnReason::DirectoryUnavailable),
+    }
+}
+
+/// A user that a Basic credential authenticated: a principal whose claims are `sub` (and, from
+/// a directory, `dn` and `groups`), so rules, rate-limit keys and headers read it as they read
+/// a token's claims.
+fn accept_user(
+    provider: &str,
+    user: &str,
+    directory_user: Option<&DirectoryUser>,
+    user_header: Option<&HeaderName>,
+    groups_header: Option<&HeaderName>,
+    forward: bool,
+    passed: &mut Passed,
+) {
+    let user = directory_user.map_or(user, |found| found.name.as_str());
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), user.into());
+    if let Some(found) = directory_user {
+        claims.insert("dn".into(), found.dn.clone().into());
+        claims.insert("groups".into(), found.groups.clone().into());
+        if let (Some(header), Ok(value)) = (
+            groups_header,
+            HeaderValue::from_str(&found.groups.join(",")),
+        ) {
+            passed.set_upstream.push((header.clone(), value));
+        }
+    }
+    if let (Some(header), Ok(value)) = (user_header, HeaderValue::from_str(user)) {
+        passed.set_upstream.push((header.clone(), value));
+    }
+    if !forward {
+        passed.strip.push(TokenSource::Header {
+            name: header::AUTHORIZATION,
+            prefix: String::new(),
+        });
+    }
+    passed.principal = Some(Principal {
+        provider: provider.to_owned(),
+        claims: Claims(claims),
+    });
 }
 
 fn accept_api_key(provider: &ApiKeyProviderModel, client: &str, passed: &mut Passed) {
@@ -208,20 +326,56 @@ fn authn_reason(reason: RejectReason) -> AuthnReason {
     }
 }
 
-fn unauthorized(reason: AuthnReason, token_was_sent: bool) -> Denial {
-    // RFC 6750 §3: no error code when no credentials were sent.
-    let challenge = if token_was_sent {
-        r#"Bearer realm="rampart", error="invalid_token""#
-    } else {
-        r#"Bearer realm="rampart""#
-    };
+/// The refusal of a request no provider authenticated: 401 with a challenge for each kind of
+/// provider the route has (RFC 7235 §4.1), or 503 when a credential could not be checked.
+fn unauthorized(authn: &AuthenticationModel, reason: AuthnReason, token_was_sent: bool) -> Denial {
+    if matches!(
+        reason,
+        AuthnReason::DirectoryUnavailable | AuthnReason::VerifierBusy
+    ) {
+        return Denial {
+            reason: reason.into(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+        };
+    }
+    let mut headers = Vec::new();
+    let mut bearer = false;
+    for provider in &authn.providers {
+        let realm = match provider {
+            ProviderModel::Jwt(_) | ProviderModel::ApiKeys(_) => {
+                bearer = true;
+                continue;
+            }
+            ProviderModel::Basic(p) => &p.realm,
+            ProviderModel::Ldap(p) => &p.realm,
+        };
+        if let Ok(value) =
+            HeaderValue::from_str(&format!(r#"Basic realm="{realm}", charset="UTF-8""#))
+            && !headers.iter().any(|(_, v)| *v == value)
+        {
+            headers.push((header::WWW_AUTHENTICATE, value));
+        }
+    }
+    if bearer {
+        // RFC 6750 §3: no error code when no credentials were sent.
+        let challenge = if token_was_sent {
+            r#"Bearer realm="rampart", error="invalid_token""#
+        } else {
+            r#"Bearer realm="rampart""#
+        };
+        headers.insert(
+            0,
+            (
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            ),
+        );
+    }
     Denial {
         reason: reason.into(),
         status: StatusCode::UNAUTHORIZED,
-        headers: vec![(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        )],
+        headers,
     }
 }
 

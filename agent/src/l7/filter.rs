@@ -4,7 +4,7 @@
 //! | stage | request phase | response phase |
 //! | --- | --- | --- |
 //! | `http` | normalise the request (or refuse it) | refuse a transfer coding, drop hop-by-hop headers |
-//! | `authn` | JWT / API key (a `kid` no key has re-fetches the remote JWKS once) | |
+//! | `authn` | JWT / API key / Basic from htpasswd or LDAP (a `kid` no key has re-fetches the remote JWKS once) | |
 //! | `authz` | the rules | |
 //! | `ratelimit` | the buckets | the `x-ratelimit-*` headers |
 //! | `waf` | the Core Rule Set on the head and the body | the response rules |
@@ -215,7 +215,7 @@ pub fn refuse(
 /// published: the remote sets are re-fetched (rate-limited per source) and the request judged
 /// once more.
 async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
-    let judged = super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed);
+    let judged = super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await;
     let Err(denial) = &judged else {
         return judged;
     };
@@ -232,7 +232,7 @@ async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
         return judged;
     }
     ctx.passed = Passed::default();
-    super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed)
+    super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await
 }
 
 /// `waf` on the request: the rules judge it as the client sent it (before credentials are

@@ -1,7 +1,7 @@
 //! The proxy's L7 side: requests on a destination port whose MeshPolicy has an `http` section
 //! are parsed (hyper, HTTP/1.1) on the inbound side of the tunnel and pass a fixed chain of named
 //! filters before they reach the pod: mTLS peer (the tunnel's handshake and principal check,
-//! done per connection) → `authn` (JWT, API keys) → `authz` (rules) → `ratelimit` (token
+//! done per connection) → `authn` (JWT, API keys, Basic credentials from htpasswd or LDAP) → `authz` (rules) → `ratelimit` (token
 //! buckets) → `waf` (Core Rule Set) → `dlp` on the request → upstream → `dlp` on the response. A denial is a value ([`context::Denial`]) whose filter and reason label
 //! `rampart_proxy_denied_total{filter,reason}` and the flow record.
 //!
@@ -18,6 +18,8 @@
 //! | `dlp_request` | sensitive data in requests (path and query, named headers, the body held whole) blocked before the pod, or masked |
 //! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
+//! | `passwords` | `basicAuth`: htpasswd users, checks off the event loop, verified credentials remembered |
+//! | `ldap` | `ldap`: a user's search and bind against the directory over TLS, groups, remembered logins |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
 pub mod access_log;
@@ -30,8 +32,10 @@ pub mod dlp_request;
 pub mod fetch;
 pub mod filter;
 pub mod jwks;
+pub mod ldap;
 mod linger;
 pub mod normalize;
+pub mod passwords;
 mod prefixed;
 pub mod respond;
 pub mod route;

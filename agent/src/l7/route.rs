@@ -1,5 +1,6 @@
 //! One destination's L7 policy as the proxy runs it: the validated model plus the state that
-//! lives with it (rate-limit buckets, JWT keys and verified tokens), and what every request
+//! lives with it (rate-limit buckets, JWT keys and verified tokens, verified passwords, an LDAP
+//! directory's connection), and what every request
 //! needs from it computed once. Built with each mesh table; a rate limit that the new policy set
 //! states exactly as before (same MeshPolicy, bucket name, key and rate) keeps its buckets, so
 //! pods coming and going do not refill everyone's tokens.
@@ -12,6 +13,8 @@ use rampart_l7::jwt::{DEFAULT_CACHED_TOKENS, KeySet, TokenCache};
 use rampart_l7::ratelimit::{KeyedBuckets, TokenBucket};
 
 use super::jwks::{JwksRegistry, RemoteJwks};
+use super::ldap::Directory;
+use super::passwords::PasswordFile;
 use crate::policy::http::{HttpPolicyModel, JwksModel, ProviderModel, RateKey};
 
 /// Buckets of one configured rate limit.
@@ -30,14 +33,27 @@ pub struct HttpRoute {
     pub model: Arc<HttpPolicyModel>,
     /// In the order of `model.rate_limits`.
     pub buckets: Vec<Arc<BucketState>>,
-    /// Per authentication provider, in the order of `model.authentication.providers`: a JWT
-    /// provider's keys and verified tokens (`None` for API-key providers).
-    pub jwt: Vec<Option<JwtState>>,
+    /// Per authentication provider, in the order of `model.authentication.providers`: what
+    /// it keeps between requests.
+    pub providers: Vec<ProviderState>,
     /// Headers the proxy sets on forwarded requests from authentication results; a client's
     /// own values of them are always dropped.
     pub upstream_headers: Vec<HeaderName>,
     /// The WAF, when the rules have one.
     pub waf: Option<super::waf::RouteWaf>,
+}
+
+/// An authentication provider's live state.
+#[derive(Debug)]
+pub enum ProviderState {
+    /// Keys and verified tokens.
+    Jwt(JwtState),
+    /// API keys live in the model.
+    ApiKeys,
+    /// Users and the credentials that verified lately.
+    Basic(Arc<PasswordFile>),
+    /// The directory's connection and remembered logins.
+    Ldap(Arc<Directory>),
 }
 
 /// A JWT provider's live state.
@@ -100,17 +116,52 @@ impl HttpRoute {
             .authentication
             .iter()
             .flat_map(|authn| &authn.providers);
-        let jwt = providers
+        // A provider the policy states as before (same MeshPolicy, provider name and
+        // configuration) keeps what it remembers: verified passwords, the directory's
+        // connection.
+        let kept_state = |name: &str| {
+            let previous = previous.filter(|p| p.policy == policy)?;
+            let index = previous
+                .model
+                .authentication
+                .as_ref()?
+                .providers
+                .iter()
+                .position(|p| p.name() == name)?;
+            previous.providers.get(index)
+        };
+        let states = providers
             .clone()
             .map(|provider| match provider {
-                ProviderModel::Jwt(jwt) => Some(JwtState {
+                ProviderModel::Jwt(jwt) => ProviderState::Jwt(JwtState {
                     keys: match &jwt.jwks {
                         JwksModel::Inline(keys) => KeySource::Static(Arc::clone(keys)),
                         JwksModel::Remote(location) => KeySource::Remote(registry.get(location)),
                     },
                     cache: TokenCache::new(DEFAULT_CACHED_TOKENS),
                 }),
-                ProviderModel::ApiKeys(_) => None,
+                ProviderModel::ApiKeys(_) => ProviderState::ApiKeys,
+                ProviderModel::Basic(basic) => {
+                    ProviderState::Basic(match kept_state(&basic.name) {
+                        Some(ProviderState::Basic(file))
+                            if file.fingerprint == basic.fingerprint =>
+                        {
+                            Arc::clone(file)
+                        }
+                        _ => Arc::new(PasswordFile::new(
+                            Arc::clone(&basic.users),
+                            basic.fingerprint,
+                        )),
+                    })
+                }
+                ProviderModel::Ldap(ldap) => ProviderState::Ldap(match kept_state(&ldap.name) {
+                    Some(ProviderState::Ldap(directory))
+                        if directory.fingerprint == ldap.fingerprint() =>
+                    {
+                        Arc::clone(directory)
+                    }
+                    _ => Arc::new(Directory::new(Arc::clone(ldap))),
+                }),
             })
             .collect();
         let upstream_headers = providers
@@ -125,7 +176,7 @@ impl HttpRoute {
             policy,
             model,
             buckets,
-            jwt,
+            providers: states,
             upstream_headers,
             waf,
         }
@@ -133,12 +184,12 @@ impl HttpRoute {
 
     /// The remote JWKS sources of this route.
     pub fn remote_sources(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
-        self.jwt
-            .iter()
-            .flatten()
-            .filter_map(|state| match &state.keys {
-                KeySource::Remote(remote) => Some(remote),
-                KeySource::Static(_) => None,
-            })
+        self.providers.iter().filter_map(|state| match state {
+            ProviderState::Jwt(JwtState {
+                keys: KeySource::Remote(remote),
+                ..
+            }) => Some(remote),
+            _ => None,
+        })
     }
 }

@@ -44,6 +44,10 @@ use super::diag::Diagnostic;
 use super::secret::SecretModel;
 use super::source::SourceObject;
 pub use super::spec::RuleAction;
+pub mod basic;
+
+pub use basic::{BasicProviderModel, LdapProviderModel, LdapTransport};
+
 use super::spec::http::{
     ApiKeysSpec, AuthenticationSpec, HttpRuleSpec, HttpSpec, JwksSpec, JwtSpec, PathSpec,
     RateBucketSpec, TokenSourceSpec,
@@ -86,6 +90,8 @@ pub struct AuthenticationModel {
 pub enum ProviderModel {
     Jwt(JwtProviderModel),
     ApiKeys(ApiKeyProviderModel),
+    Basic(BasicProviderModel),
+    Ldap(Arc<LdapProviderModel>),
 }
 
 impl ProviderModel {
@@ -93,6 +99,8 @@ impl ProviderModel {
         match self {
             ProviderModel::Jwt(p) => &p.name,
             ProviderModel::ApiKeys(p) => &p.name,
+            ProviderModel::Basic(p) => &p.name,
+            ProviderModel::Ldap(p) => &p.name,
         }
     }
 
@@ -102,9 +110,28 @@ impl ProviderModel {
         match self {
             ProviderModel::Jwt(p) => p.claims_to_headers.iter().map(|(_, h)| h).collect(),
             ProviderModel::ApiKeys(p) => p.client_header.iter().collect(),
+            ProviderModel::Basic(p) => p.user_header.iter().collect(),
+            ProviderModel::Ldap(p) => p.user_header.iter().chain(&p.groups_header).collect(),
+        }
+    }
+
+    /// Where the provider reads its credential.
+    pub fn sources(&self) -> &[TokenSource] {
+        match self {
+            ProviderModel::Jwt(p) => &p.sources,
+            ProviderModel::ApiKeys(p) => &p.sources,
+            ProviderModel::Basic(_) | ProviderModel::Ldap(_) => BASIC_SOURCES.as_slice(),
         }
     }
 }
+
+/// Basic credentials come in `Authorization: Basic ...` (RFC 7617).
+static BASIC_SOURCES: std::sync::LazyLock<[TokenSource; 1]> = std::sync::LazyLock::new(|| {
+    [TokenSource::Header {
+        name: hyper::header::AUTHORIZATION,
+        prefix: "Basic ".into(),
+    }]
+});
 
 #[derive(Debug, Clone)]
 pub struct ApiKeyProviderModel {
@@ -149,7 +176,8 @@ impl ApiKeyTable {
 }
 
 /// Fills the API-key providers' tables from the Secrets they name; a missing or empty Secret,
-/// or a key that is not text, is an error at the provider.
+/// or a key that is not text, is an error at the provider (the `basicAuth` and `ldap`
+/// providers' Secrets are read here too: `basic::resolve_secrets`).
 pub fn resolve_api_keys(
     http: &mut HttpPolicyModel,
     secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
@@ -161,6 +189,7 @@ pub fn resolve_api_keys(
             return;
         };
         for provider in &mut authn.providers {
+            basic::resolve_secrets(provider, secrets, diags);
             let ProviderModel::ApiKeys(p) = provider else {
                 continue;
             };
@@ -482,12 +511,25 @@ impl HttpValidator<'_> {
             if !names.insert(name.clone()) {
                 self.error(&provider.value.name, "provider names must be unique");
             }
-            match (&provider.value.jwt, &provider.value.api_keys) {
-                (Some(jwt), None) => providers.extend(self.jwt(name, jwt).map(ProviderModel::Jwt)),
-                (None, Some(keys)) => {
+            let p = &provider.value;
+            match (&p.jwt, &p.api_keys, &p.basic_auth, &p.ldap) {
+                (Some(jwt), None, None, None) => {
+                    providers.extend(self.jwt(name, jwt).map(ProviderModel::Jwt))
+                }
+                (None, Some(keys), None, None) => {
                     providers.extend(self.api_keys(name, keys).map(ProviderModel::ApiKeys))
                 }
-                _ => self.error(provider, "a provider is exactly one of `jwt`, `apiKeys`"),
+                (None, None, Some(basic), None) => {
+                    providers.extend(self.basic_auth(name, basic).map(ProviderModel::Basic))
+                }
+                (None, None, None, Some(ldap)) => providers.extend(
+                    self.ldap(name, ldap)
+                        .map(|m| ProviderModel::Ldap(Arc::new(m))),
+                ),
+                _ => self.error(
+                    provider,
+                    "a provider is exactly one of `jwt`, `apiKeys`, `basicAuth`, `ldap`",
+                ),
             }
         }
         Some(AuthenticationModel {

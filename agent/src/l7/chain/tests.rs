@@ -38,7 +38,23 @@ fn route(http: &str) -> HttpRoute {
     )
 }
 
-const SECRET_DOC: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: partner-keys, namespace: shop}\nstringData: {acme: key-acme-123, globex: key-globex-456}\n";
+const SECRET_DOC: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: partner-keys, namespace: shop}\nstringData: {acme: key-acme-123, globex: key-globex-456}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: staff, namespace: shop}\nstringData:\n  htpasswd: |\n    # hashes by libxcrypt: bcrypt (wonderland), SHA-512-crypt (hunter2)\n    alice:$2b$05$abcdefghijklmnopqrstuuA0vov2GDneHB3.8.cv9UF9g.RdvScIW\n    carol:$6$saltsalt$8iYtNHxjWRl.NF6oNZ5tF.iKFlQREaXBLlSmZKP6dy9l5z3vsooWNW0/GZ6Nej73/TFug6pIPSqbJoCT6dfnj.\n";
+
+const BASIC: &str = r#"    authentication:
+      providers:
+      - name: staff
+        basicAuth:
+          secretRef: {namespace: shop, name: staff}
+          realm: shop staff
+          userHeader: x-user
+"#;
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
 
 const API_KEYS: &str = r#"      - name: partners
         apiKeys:
@@ -90,8 +106,22 @@ fn peer() -> Peer {
     }
 }
 
+/// The chain's filters on one head, on a runtime of their own.
+fn run_blocking(
+    route: &HttpRoute,
+    parts: &Parts,
+    peer: &Peer,
+    stats: &L7Stats,
+) -> Result<Passed, Denial> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .block_on(run(route, parts, peer, stats))
+}
+
 fn outcome(route: &HttpRoute, parts: &Parts) -> Result<Passed, (u16, &'static str, &'static str)> {
-    run(route, parts, &peer(), &L7Stats::default())
+    run_blocking(route, parts, &peer(), &L7Stats::default())
         .map_err(|d| (d.status.as_u16(), d.reason.filter(), d.reason.name()))
 }
 
@@ -197,7 +227,7 @@ fn rate_limits_per_subject_answer_429_with_headers() {
     let alice = format!("Bearer {}", token("alice", &[], 60));
     let bob = format!("Bearer {}", token("bob", &[], 60));
     let call = |t: &str| {
-        run(
+        run_blocking(
             &route,
             &parts("GET", "/", &[("authorization", t)]),
             &peer(),
@@ -241,7 +271,7 @@ fn unchanged_rate_limits_keep_their_buckets_across_policy_sets() {
         )
     };
     let passes = |route: &HttpRoute| {
-        run(route, &parts("GET", "/", &[]), &peer(), &L7Stats::default()).is_ok()
+        run_blocking(route, &parts("GET", "/", &[]), &peer(), &L7Stats::default()).is_ok()
     };
     let first = route(&limit(1));
     assert!(passes(&first));
@@ -277,7 +307,7 @@ fn a_source_address_key_gives_each_client_address_its_bucket() {
             source: source.parse().unwrap_or_else(|e| panic!("{e}")),
             ..peer()
         };
-        run(&route, &parts("GET", "/", &[]), &peer, &L7Stats::default()).is_ok()
+        run_blocking(&route, &parts("GET", "/", &[]), &peer, &L7Stats::default()).is_ok()
     };
     assert!(from("203.0.113.7:1000"));
     assert!(!from("203.0.113.7:2000"), "the same address, another port");
@@ -298,7 +328,7 @@ fn shadow_mode_counts_but_passes() {
     let route = route(limits);
     let stats = L7Stats::default();
     for _ in 0..3 {
-        assert!(run(&route, &parts("GET", "/", &[]), &peer(), &stats).is_ok());
+        assert!(run_blocking(&route, &parts("GET", "/", &[]), &peer(), &stats).is_ok());
     }
     assert_eq!(stats.shadow_limited_total(), 2);
 }
@@ -390,5 +420,127 @@ fn a_remote_jwks_not_fetched_yet_refuses_tokens() {
     assert_eq!(
         outcome(&route, &parts("GET", "/", &[("authorization", &bearer)])).err(),
         Some((401, "authn", "jwks_unavailable"))
+    );
+}
+
+#[test]
+fn basic_credentials_from_an_htpasswd_secret_name_the_user() {
+    let route = route(&format!(
+        "{BASIC}    rules:\n    - action: Allow\n      paths: [{{prefix: /staff}}]\n      claims: [{{name: sub, equals: alice}}]\n    - action: Allow\n      paths: [{{prefix: /public}}]\n"
+    ));
+    for (user, password) in [("alice", "wonderland"), ("carol", "hunter2")] {
+        let authorization = basic(user, password);
+        let request = parts("GET", "/public", &[("authorization", &authorization)]);
+        let passed = outcome(&route, &request).unwrap_or_else(|e| panic!("{user}: {e:?}"));
+        assert_eq!(
+            passed.principal.as_ref().and_then(|p| p.claims.subject()),
+            Some(user)
+        );
+        assert_eq!(passed.set_upstream[0].1, user);
+        // The credential does not travel on.
+        let mut forwarded = request.clone();
+        strip_credentials(&mut forwarded, &passed.strip);
+        assert!(forwarded.headers.get("authorization").is_none());
+    }
+    // The user's name is a claim the rules read.
+    let carol = basic("carol", "hunter2");
+    assert_eq!(
+        outcome(
+            &route,
+            &parts("GET", "/staff", &[("authorization", &carol)])
+        )
+        .err(),
+        Some((403, "authz", "no_rule_matched"))
+    );
+    let alice = basic("alice", "wonderland");
+    assert!(
+        outcome(
+            &route,
+            &parts("GET", "/staff", &[("authorization", &alice)])
+        )
+        .is_ok()
+    );
+    for (authorization, reason) in [
+        (basic("alice", "Wonderland"), "invalid_credentials"),
+        (basic("mallory", "wonderland"), "invalid_credentials"),
+        (basic("alice", ""), "invalid_credentials"),
+        ("Basic %%%".to_owned(), "malformed"),
+        ("Bearer abc".to_owned(), "missing_credentials"),
+    ] {
+        assert_eq!(
+            outcome(
+                &route,
+                &parts("GET", "/public", &[("authorization", &authorization)])
+            )
+            .err(),
+            Some((401, "authn", reason)),
+            "{authorization}"
+        );
+    }
+}
+
+#[test]
+fn a_basic_refusal_challenges_for_basic_and_a_mixed_route_for_both() {
+    let basic_route = route(BASIC);
+    let denial = run_blocking(
+        &basic_route,
+        &parts("GET", "/", &[]),
+        &peer(),
+        &L7Stats::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("no credential passed"));
+    let challenges: Vec<&str> = denial
+        .headers
+        .iter()
+        .filter(|(name, _)| name == header::WWW_AUTHENTICATE)
+        .filter_map(|(_, v)| v.to_str().ok())
+        .collect();
+    assert_eq!(challenges, [r#"Basic realm="shop staff", charset="UTF-8""#]);
+    let mixed = route(&format!(
+        "{AUTHN}{}",
+        BASIC.lines().skip(2).collect::<Vec<_>>().join("\n") + "\n"
+    ));
+    let denial = run_blocking(
+        &mixed,
+        &parts("GET", "/", &[]),
+        &peer(),
+        &L7Stats::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("no credential passed"));
+    assert_eq!(denial.headers.len(), 2, "{:?}", denial.headers);
+    let alice = basic("alice", "wonderland");
+    assert!(outcome(&mixed, &parts("GET", "/", &[("authorization", &alice)])).is_ok());
+    let bearer = format!("Bearer {}", token("bob", &[], 60));
+    assert!(outcome(&mixed, &parts("GET", "/", &[("authorization", &bearer)])).is_ok());
+}
+
+#[test]
+fn a_directory_that_does_not_answer_refuses_with_503() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let http = "    authentication:\n      providers:\n      - name: corp\n        ldap: {url: 'ldaps://127.0.0.1:1', userBase: 'ou=people,dc=example,dc=com', timeout: 2s}\n";
+    let route = route(http);
+    let alice = basic("alice", "wonderland");
+    let denial = run_blocking(
+        &route,
+        &parts("GET", "/", &[("authorization", &alice)]),
+        &peer(),
+        &L7Stats::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("passed without a directory"));
+    assert_eq!(
+        (denial.status.as_u16(), denial.reason.name()),
+        (503, "directory_unavailable")
+    );
+    // An empty password never reaches the directory (it would be an unauthenticated bind).
+    assert_eq!(
+        outcome(
+            &route,
+            &parts("GET", "/", &[("authorization", &basic("alice", ""))])
+        )
+        .err(),
+        Some((401, "authn", "invalid_credentials"))
     );
 }

@@ -145,3 +145,120 @@ fn durations_and_globs() {
     assert!(!re.is_match("/api/v1/x/items/a"));
     assert!(!re.is_match("/api/v1/items"));
 }
+
+/// A MeshPolicy's `http` section followed by other documents (Secrets).
+fn errors_with(http: &str, docs: &str) -> Vec<String> {
+    errors(&format!("{http}---\n{docs}"))
+}
+
+#[test]
+fn basic_auth_refuses_weak_hashes_at_their_lines_and_names_the_secret() {
+    let http = "    authentication:\n      providers:\n      - name: staff\n        basicAuth: {secretRef: {namespace: shop, name: staff}}\n";
+    let secret = |lines: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: staff, namespace: shop}}\nstringData:\n  htpasswd: |\n{lines}"
+        )
+    };
+    let good = "    alice:$2b$05$abcdefghijklmnopqrstuuA0vov2GDneHB3.8.cv9UF9g.RdvScIW\n";
+    assert_eq!(errors_with(http, &secret(good)), Vec::<String>::new());
+    let weak = format!("{good}    bob:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\n    eve:secret\n");
+    let errs = errors_with(http, &secret(&weak));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("10:")
+            && errs[0].contains("Secret shop/staff, htpasswd: line 2 (user bob): Apache MD5"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("line 3 (user eve): plain text is refused"),
+        "{errs:?}"
+    );
+    assert!(
+        !errs.concat().contains("HqJZ"),
+        "no hash in an error: {errs:?}"
+    );
+    let errs = errors_with(
+        http,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    assert!(errs[0].contains("no Secret shop/staff"), "{errs:?}");
+    let errs = errors_with(
+        &http.replace("name: staff}}", "name: staff}, key: users}"),
+        &secret(good),
+    );
+    assert!(errs[0].contains("no text entry \"users\""), "{errs:?}");
+}
+
+#[test]
+fn ldap_providers_need_tls_a_base_and_filters_with_their_placeholder() {
+    let ldap = |fields: &str| {
+        format!(
+            "    authentication:\n      providers:\n      - name: corp\n        ldap: {{userBase: 'ou=people,dc=example,dc=com'{fields}}}\n"
+        )
+    };
+    assert_eq!(
+        errors(&ldap(", url: 'ldaps://ldap.example.com'")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors(&ldap(
+            ", url: 'ldap://ldap.example.com:389', startTls: true, groupBase: 'ou=groups,dc=example,dc=com', groupFilter: '(&(objectClass=groupOfNames)(member={dn}))', cacheSeconds: 30, timeout: 2s"
+        )),
+        Vec::<String>::new()
+    );
+    let cases = [
+        (", url: 'ldap://ldap.example.com'", "10:", "clear text"),
+        (
+            ", url: 'ldaps://ldap.example.com', startTls: true",
+            "10:",
+            "startTls is for ldap://",
+        ),
+        (", url: 'https://ldap.example.com'", "10:", "ldaps://host"),
+        (
+            ", url: 'ldaps://user@ldap.example.com'",
+            "10:",
+            "a host and optional port",
+        ),
+        (
+            ", url: 'ldaps://h', userFilter: '(cn=alice)'",
+            "10:",
+            "must contain {user}",
+        ),
+        (
+            ", url: 'ldaps://h', userFilter: '(uid={user}'",
+            "10:",
+            "not an LDAP filter",
+        ),
+        (
+            ", url: 'ldaps://h', groupFilter: '(member=x)'",
+            "10:",
+            "must contain {dn}",
+        ),
+        (
+            ", url: 'ldaps://h', cacheSeconds: 3600",
+            "10:",
+            "at most 600",
+        ),
+        (", url: 'ldaps://h', timeout: 1m", "10:", "ldap.timeout"),
+        (
+            ", url: 'ldaps://h', bindSecretRef: {namespace: x, name: y}",
+            "10:",
+            "no Secret x/y",
+        ),
+    ];
+    for (fields, at, message) in cases {
+        let errs = errors(&ldap(fields));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(at) && e.contains(message)),
+            "{fields}: {errs:?}"
+        );
+    }
+    let base =
+        errors(&ldap(", url: 'ldaps://h'").replace("ou=people,dc=example,dc=com", "(uid=x)"));
+    assert!(base[0].contains("ldap.userBase"), "{base:?}");
+    let both = errors(
+        "    authentication:\n      providers:\n      - name: p\n        ldap: {url: 'ldaps://h', userBase: 'dc=x'}\n        basicAuth: {secretRef: {namespace: a, name: b}}\n",
+    );
+    assert!(both[0].contains("exactly one of"), "{both:?}");
+}

@@ -44,6 +44,85 @@ pub struct ProviderSpec {
     pub jwt: Option<Spanned<JwtSpec>>,
     #[schemars(with = "Option<ApiKeysSpec>")]
     pub api_keys: Option<Spanned<ApiKeysSpec>>,
+    #[schemars(with = "Option<BasicAuthSpec>")]
+    pub basic_auth: Option<Spanned<BasicAuthSpec>>,
+    #[schemars(with = "Option<LdapSpec>")]
+    pub ldap: Option<Spanned<LdapSpec>>,
+}
+
+/// Users and passwords from an htpasswd file in a Secret (bcrypt or SHA-crypt hashes only).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuthSpec {
+    /// A `v1 Secret` in the policy set holding the htpasswd file.
+    #[schemars(with = "SecretRefSpec")]
+    pub secret_ref: Spanned<SecretRefSpec>,
+    /// The Secret's entry that holds the file (default `htpasswd`).
+    pub key: Option<String>,
+    /// The realm of the `WWW-Authenticate: Basic` challenge (default `rampart`).
+    #[schemars(with = "Option<String>")]
+    pub realm: Option<Spanned<String>>,
+    /// Request header that carries the user's name to the pod.
+    #[schemars(with = "Option<String>")]
+    pub user_header: Option<Spanned<String>>,
+    /// `false` (default): the `Authorization` header does not reach the pod.
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+/// Basic credentials checked by an LDAP bind: the user's entry found by a search, then a bind
+/// as that entry with the password; group membership for authorization rules.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LdapSpec {
+    /// `ldaps://host[:port]`, or `ldap://host[:port]` with `startTls: true`.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub start_tls: bool,
+    /// A Secret whose `ca.crt` (PEM) holds the CAs that may sign the server's certificate
+    /// (default: the public web roots).
+    #[schemars(with = "Option<SecretRefSpec>")]
+    pub ca_secret_ref: Option<Spanned<SecretRefSpec>>,
+    /// A Secret with `bindDN` and `password`: the account the user search binds as (default:
+    /// an anonymous search).
+    #[schemars(with = "Option<SecretRefSpec>")]
+    pub bind_secret_ref: Option<Spanned<SecretRefSpec>>,
+    /// Where users are searched (subtree).
+    #[schemars(with = "String")]
+    pub user_base: Spanned<String>,
+    /// The search filter; `{user}` is the escaped user name (default `(uid={user})`).
+    #[schemars(with = "Option<String>")]
+    pub user_filter: Option<Spanned<String>>,
+    /// The user entry's attribute that names the user to rules, rate limits and `userHeader`
+    /// (default `uid`): the directory's spelling, whatever case the client typed.
+    pub user_attribute: Option<String>,
+    /// Where groups are searched (subtree); without it the user has no groups.
+    pub group_base: Option<String>,
+    /// A group's filter; `{dn}` is the user's escaped DN, `{user}` the escaped name (default
+    /// `(member={dn})`).
+    #[schemars(with = "Option<String>")]
+    pub group_filter: Option<Spanned<String>>,
+    /// The group attribute that names it in `groups` (default `cn`).
+    pub group_attribute: Option<String>,
+    /// How long a successful bind is remembered (default 60, at most 600).
+    #[schemars(with = "Option<u64>")]
+    pub cache_seconds: Option<Spanned<u64>>,
+    /// How long one login may take against the server (default `5s`, at most `30s`).
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// The realm of the `WWW-Authenticate: Basic` challenge (default `rampart`).
+    #[schemars(with = "Option<String>")]
+    pub realm: Option<Spanned<String>>,
+    /// Request header that carries the user's name to the pod.
+    #[schemars(with = "Option<String>")]
+    pub user_header: Option<Spanned<String>>,
+    /// Request header that carries the user's groups (comma-separated) to the pod.
+    #[schemars(with = "Option<String>")]
+    pub groups_header: Option<Spanned<String>>,
+    /// `false` (default): the `Authorization` header does not reach the pod.
+    #[serde(default)]
+    pub forward_credentials: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
