@@ -353,7 +353,7 @@ fn expand_lists(file: &Path, docs: Vec<Document>, diags: &mut Vec<Diagnostic>) -
                 continue;
             }
         };
-        let lines: Vec<&str> = doc.text.split_inclusive('\n').collect();
+        let lines: Vec<&str> = yaml_lines(&doc.text).collect();
         let starts: Vec<(usize, usize)> = items
             .iter()
             .map(|i| {
@@ -430,7 +430,7 @@ fn split_documents(text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut offset = 0u64;
-    for (index, line) in text.split_inclusive('\n').enumerate() {
+    for (index, line) in yaml_lines(text).enumerate() {
         let is_marker = |m: &str| {
             line.strip_prefix(m)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
@@ -460,6 +460,40 @@ fn split_documents(text: &str) -> Vec<Document> {
     docs
 }
 
+/// The lines of `text` as YAML counts them, each with its break: a line ends at LF, CRLF or a
+/// lone CR (YAML 1.2 §5.4), so line numbers here are the parser's.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let mut end = start;
+        while end < bytes.len() {
+            match bytes[end] {
+                b'\n' => {
+                    end += 1;
+                    break;
+                }
+                b'\r' => {
+                    end += if bytes.get(end + 1) == Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    };
+                    break;
+                }
+                _ => end += 1,
+            }
+        }
+        // CR and LF are ASCII: `start` and `end` are on character boundaries.
+        let line = &text[start..end];
+        start = end;
+        Some(line)
+    })
+}
+
 /// Whether a document holds anything but blanks and comments.
 fn has_content(text: &str) -> bool {
     text.lines().any(|l| {
@@ -469,9 +503,7 @@ fn has_content(text: &str) -> bool {
 }
 
 fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, Diagnostic> {
-    let first_line = doc
-        .text
-        .lines()
+    let first_line = yaml_lines(&doc.text)
         .position(|l| {
             let t = l.trim();
             !t.is_empty() && !t.starts_with('#')
@@ -586,6 +618,32 @@ mod tests {
             read.diagnostics[0].message.contains("aNewPeerKind"),
             "{:?}",
             read.diagnostics
+        );
+    }
+
+    /// A lone CR ends a line for the parser: a list's items and the documents after it are cut
+    /// out at the parser's lines, so errors point into the file (a fuzzer found an error at
+    /// line 11 of a 6-line file).
+    #[test]
+    fn a_lone_cr_is_a_line_break_for_lists_and_documents() {
+        let text = "apiVersion: v1\nkind: List\ritems:\n- {apiTgra: {name: a}}\n- {apiVersion: v1, kind: Pod, metadaat: {name: p, namespace: a}}\n";
+        let lines = |text: &str| -> Vec<u64> {
+            let read = parse_str(Path::new("f.yaml"), text);
+            let mut diags = read.diagnostics.clone();
+            if let Err(errors) = crate::policy::check(read) {
+                diags.extend(errors);
+            }
+            let mut lines: Vec<u64> = diags.iter().map(|d| d.origin.pos.line).collect();
+            lines.sort();
+            lines.dedup();
+            lines
+        };
+        assert_eq!(lines(text), [4, 5]);
+        let text = "apiVersion: v1\rkind: Namespace\rmetadata: {name: a}\r---\rapiVersion: v1\rkind: Namespace\r\rmetadata: {name: [b]}\r";
+        assert_eq!(lines(text), [8]);
+        assert_eq!(
+            yaml_lines("a\rb\r\nc\nd").collect::<Vec<_>>(),
+            ["a\r", "b\r\n", "c\n", "d"]
         );
     }
 
