@@ -228,10 +228,15 @@ reasons! {
 }
 
 reasons! {
-    /// `authz`: the rules do not allow the request (403).
+    /// `authz`: the rules, or the authorizers after them, do not allow the request (403, or
+    /// the authorizer's status).
     AuthzReason in Authz {
         NoRuleMatched = 0 => "no_rule_matched",
         DenyRule = 1 => "deny_rule",
+        /// The route's Rego policy did not allow the request.
+        RegoDenied = 2 => "rego_denied",
+        /// The Rego policy failed or overran its time budget (refused).
+        RegoError = 3 => "rego_error",
     }
 }
 

@@ -26,6 +26,8 @@ use rampart_tests::{Agent, Topology, require_root};
 
 const TIMEOUT: Duration = Duration::from_secs(8);
 const SNI: &str = "api.shop.test";
+/// Pod b's origins: LDAP over ldaps://, htpasswd, LDAP with StartTLS, Rego.
+const PORTS: [u16; 4] = [8080, 8081, 8082, 8083];
 
 fn ip(n: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n, d)
@@ -149,7 +151,21 @@ spec:
           secretRef: {{namespace: shop, name: staff}}
           realm: staff
           userHeader: x-user
-{ldaps}{starttls}"#,
+{ldaps}{starttls}---
+apiVersion: rampart.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: productpage}}
+spec:
+  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}
+  ports: [{{port: 8083}}]
+  ingress:
+    tls:
+      certificates: [{{secretRef: {{namespace: shop, name: api-tls}}}}]
+  http:
+    rego:
+      query: data.istio.authz.allow
+      inline: |
+{rego}"#,
         a = pod_object("shop", "a", 1, ip(1, 10)),
         b = pod_object("shop", "b", 2, ip(2, 10)),
         ca = indent(ldap_ca),
@@ -161,8 +177,60 @@ spec:
             &format!("ldap://{ldap_ip}:389"),
             "\n          startTls: true"
         ),
+        rego = OPA_ISTIO_EXAMPLE
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>(),
     )
 }
+
+/// OPA's Istio tutorial policy for its Envoy plugin (the quick start's `opa-policy`): users
+/// from the Basic credential, their roles, and the paths each role may GET.
+const OPA_ISTIO_EXAMPLE: &str = r#"package istio.authz
+
+import input.attributes.request.http as http_request
+import input.parsed_path
+
+default allow := false
+
+allow if {
+    parsed_path[0] == "health"
+    http_request.method == "GET"
+}
+
+allow if {
+    some r in roles_for_user
+    r in required_roles
+}
+
+roles_for_user contains r if {
+    some r in user_roles[user_name]
+}
+
+required_roles contains r if {
+    some perm in role_perms[r]
+    perm.method == http_request.method
+    perm.path == http_request.path
+}
+
+user_name := parsed if {
+    [_, encoded] := split(http_request.headers.authorization, " ")
+    [parsed, _] := split(base64url.decode(encoded), ":")
+}
+
+user_roles := {
+    "alice": ["guest"],
+    "bob": ["admin"],
+}
+
+role_perms := {
+    "guest": [{"method": "GET", "path": "/productpage"}],
+    "admin": [
+        {"method": "GET", "path": "/productpage"},
+        {"method": "GET", "path": "/api/v1/products"},
+    ],
+}
+"#;
 
 fn basic(user: &str, password: &str) -> String {
     format!(
@@ -194,7 +262,7 @@ impl World {
             .expect("topology");
         let ldap = LdapServer::start(&topo.pod("auth/ldap").ns, IpAddr::V4(ip(2, 20)), &PEOPLE)
             .expect("slapd");
-        let origins = [8080, 8081, 8082]
+        let origins = PORTS
             .into_iter()
             .map(|port| HttpServer::start(&topo.pod("shop/b").ns, port).expect("origin"))
             .collect();
@@ -275,10 +343,7 @@ impl World {
     }
 
     fn reached(&self, port: u16) -> u64 {
-        let index = [8080, 8081, 8082]
-            .iter()
-            .position(|p| *p == port)
-            .unwrap_or(0);
+        let index = PORTS.iter().position(|p| *p == port).unwrap_or(0);
         self.origins[index].requests()
     }
 }
@@ -430,4 +495,42 @@ fn a_directory_that_is_down_refuses_new_logins_and_keeps_recent_ones() {
         "after the directory is back: {reply:?}\n{}",
         w.node2().log()
     );
+}
+
+/// OPA's own Istio example policy decides through the real proxy, east-west and at ingress.
+#[test]
+fn a_rego_policy_from_opas_envoy_examples_decides() {
+    let w = World::start();
+    let cases = [
+        ("/health", None, 200),
+        ("/productpage", Some(basic("alice", "x")), 200),
+        ("/api/v1/products", Some(basic("alice", "x")), 403),
+        ("/api/v1/products", Some(basic("bob", "x")), 200),
+        ("/productpage", None, 403),
+    ];
+    for (path, authorization, status) in &cases {
+        let reply = w.east_west(8083, path, authorization.as_deref());
+        assert_eq!(
+            reply.status,
+            *status,
+            "{path} {authorization:?}: {reply:?}\n{}",
+            w.node2().log()
+        );
+        let reply = w.ingress(8083, path, authorization.as_deref());
+        assert_eq!(
+            reply.status, *status,
+            "ingress {path} {authorization:?}: {reply:?}"
+        );
+    }
+    let counts: Vec<u64> = PORTS.iter().map(|p| w.reached(*p)).collect();
+    assert_eq!(
+        w.reached(8083),
+        6,
+        "only the allowed requests reach the pod: {counts:?}"
+    );
+    let denied = w.node2().sample(
+        "rampart_proxy_denied_total",
+        r#"filter="authz",reason="rego_denied""#,
+    );
+    assert_eq!(denied, 4.0);
 }

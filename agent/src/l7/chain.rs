@@ -337,6 +337,7 @@ fn unauthorized(authn: &AuthenticationModel, reason: AuthnReason, token_was_sent
             reason: reason.into(),
             status: StatusCode::SERVICE_UNAVAILABLE,
             headers: vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            body: None,
         };
     }
     let mut headers = Vec::new();
@@ -376,6 +377,7 @@ fn unauthorized(authn: &AuthenticationModel, reason: AuthnReason, token_was_sent
         reason: reason.into(),
         status: StatusCode::UNAUTHORIZED,
         headers,
+        body: None,
     }
 }
 
@@ -651,6 +653,7 @@ pub fn rate_limit(
                 reason: RateLimitReason::OverLimit.into(),
                 status: StatusCode::TOO_MANY_REQUESTS,
                 headers,
+                body: None,
             })
         }
     }

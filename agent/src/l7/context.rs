@@ -36,6 +36,8 @@ pub struct Denial {
     pub reason: ProxyReason,
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body the client gets (an authorizer's answer); `None`: the status's plain text.
+    pub body: Option<hyper::body::Bytes>,
 }
 
 impl Denial {
@@ -45,6 +47,7 @@ impl Denial {
             reason: reason.into(),
             status,
             headers: Vec::new(),
+            body: None,
         }
     }
 }

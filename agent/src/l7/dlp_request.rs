@@ -237,6 +237,7 @@ fn refusal(refusal: Refusal) -> Denial {
             Refusal::Unreadable => StatusCode::BAD_REQUEST,
         },
         headers: Vec::new(),
+        body: None,
     }
 }
 

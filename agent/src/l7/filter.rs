@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `http` | normalise the request (or refuse it) | refuse a transfer coding, drop hop-by-hop headers |
 //! | `authn` | JWT / API key / Basic from htpasswd or LDAP (a `kid` no key has re-fetches the remote JWKS once) | |
-//! | `authz` | the rules | |
+//! | `authz` | the rules, then the Rego policy | |
 //! | `ratelimit` | the buckets | the `x-ratelimit-*` headers |
 //! | `waf` | the Core Rule Set on the head and the body | the response rules |
 //! | `dlp` | detectors on the path, headers and body | detectors on the headers and body |
@@ -119,9 +119,7 @@ impl Filter for Stage {
                 super::normalize::request(&mut ctx.parts, ctx.route.model.escaped_slashes)
             }
             Stage::Authn => authenticate(ctx).await,
-            Stage::Authz => {
-                super::chain::authorize(&ctx.route.model.rules, &ctx.parts, ctx.peer, &ctx.passed)
-            }
+            Stage::Authz => authorize(ctx).await,
             Stage::RateLimit => super::chain::rate_limit(
                 ctx.route,
                 &ctx.parts,
@@ -233,6 +231,24 @@ async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
     }
     ctx.passed = Passed::default();
     super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await
+}
+
+/// `authz`: the rules, then the route's Rego policy; each must allow.
+async fn authorize(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
+    super::chain::authorize(&ctx.route.model.rules, &ctx.parts, ctx.peer, &ctx.passed)?;
+    if let Some(rego) = &ctx.route.model.rego {
+        let scheme = if ctx.peer.server_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let input = super::rego::input(&ctx.parts, ctx.peer, &ctx.passed, scheme);
+        match super::rego::decide(rego, input).await {
+            super::rego::Decision::Allow(headers) => ctx.passed.set_upstream.extend(headers),
+            super::rego::Decision::Deny(denial) => return Err(denial),
+        }
+    }
+    Ok(())
 }
 
 /// `waf` on the request: the rules judge it as the client sent it (before credentials are

@@ -19,6 +19,7 @@
 //! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `passwords` | `basicAuth`: htpasswd users, checks off the event loop, verified credentials remembered |
+//! | `rego` | the route's Rego policy on OPA-Envoy's input, within its time budget |
 //! | `ldap` | `ldap`: a user's search and bind against the directory over TLS, groups, remembered logins |
 //! | `fetch` | the bounded HTTP(S) GET those use |
 
@@ -37,6 +38,7 @@ mod linger;
 pub mod normalize;
 pub mod passwords;
 mod prefixed;
+pub mod rego;
 pub mod respond;
 pub mod route;
 pub mod serve;

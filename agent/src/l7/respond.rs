@@ -58,7 +58,14 @@ fn by_rules(reason: WafReason) -> bool {
 }
 
 pub fn local_response(denial: &Denial) -> Response<Body> {
-    let mut response = status_response(denial.status);
+    let mut response = match &denial.body {
+        Some(body) => {
+            let mut response = Response::new(full_body(body.clone()));
+            *response.status_mut() = denial.status;
+            response
+        }
+        None => status_response(denial.status),
+    };
     for (name, value) in &denial.headers {
         response.headers_mut().append(name.clone(), value.clone());
     }

@@ -45,6 +45,7 @@ use super::secret::SecretModel;
 use super::source::SourceObject;
 pub use super::spec::RuleAction;
 pub mod basic;
+pub mod rego;
 
 pub use basic::{BasicProviderModel, LdapProviderModel, LdapTransport};
 
@@ -62,6 +63,8 @@ pub struct HttpPolicyModel {
     pub rate_limit_shadow: bool,
     pub waf: Option<super::waf::WafModel>,
     pub dlp: Option<super::dlp::DlpModel>,
+    /// A Rego policy that must allow every request the rules allow.
+    pub rego: Option<rego::RegoModel>,
     pub escaped_slashes: EscapedSlashes,
 }
 
@@ -404,6 +407,7 @@ pub fn validate(
                     None
                 }
             });
+    let rego = spec_value.rego.as_ref().and_then(|raw| v.rego(raw));
     let escaped_slashes = match spec_value.escaped_slashes.as_ref() {
         None => EscapedSlashes::Reject,
         Some(s) => match s.value.as_str() {
@@ -423,10 +427,11 @@ pub fn validate(
         && spec_value.rate_limits.is_none()
         && spec_value.waf.is_none()
         && spec_value.dlp.is_none()
+        && spec_value.rego.is_none()
     {
         v.error(
             spec,
-            "http: name at least one of authentication, rules, rateLimits, waf, dlp",
+            "http: name at least one of authentication, rules, rateLimits, waf, dlp, rego",
         );
     }
     let ok = v.ok;
@@ -437,6 +442,7 @@ pub fn validate(
         rate_limit_shadow,
         waf,
         dlp,
+        rego,
         escaped_slashes,
     })
 }

@@ -262,3 +262,28 @@ fn ldap_providers_need_tls_a_base_and_filters_with_their_placeholder() {
     );
     assert!(both[0].contains("exactly one of"), "{both:?}");
 }
+
+#[test]
+fn rego_policies_compile_when_the_set_is_checked() {
+    let rego = |body: &str, extra: &str| {
+        let indented: String = body.lines().map(|l| format!("        {l}\n")).collect();
+        format!("    rego:{extra}\n      inline: |\n{indented}")
+    };
+    let good = "package envoy.authz\ndefault allow := false\nallow if input.attributes.request.http.method == \"GET\"\n";
+    assert_eq!(errors(&rego(good, "")), Vec::<String>::new());
+    let errs = errors(&rego("package envoy.authz\nallow if {\n", ""));
+    // Line 3 of the policy, in the file: the block scalar's content starts at 9:9.
+    assert_eq!(errs, ["11:9: rego: expecting expression"]);
+    let errs = errors(&rego(good, "\n      query: data.envoy.authz.permit"));
+    assert!(
+        errs.iter().any(|e| e.contains("rego:")),
+        "a query that names no rule: {errs:?}"
+    );
+    let errs = errors(&rego(good, "\n      timeBudget: 5s"));
+    assert!(
+        errs.iter().any(|e| e.contains("rego.timeBudget")),
+        "{errs:?}"
+    );
+    let errs = errors("    rego: {file: relative.rego}\n");
+    assert!(errs.iter().any(|e| e.contains("absolute path")), "{errs:?}");
+}

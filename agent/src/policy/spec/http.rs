@@ -18,6 +18,10 @@ pub struct HttpSpec {
     /// Sensitive data in responses (see `policy::dlp`).
     #[schemars(with = "Option<super::dlp::DlpSpec>")]
     pub dlp: Option<Spanned<super::dlp::DlpSpec>>,
+    /// A Rego policy the agent evaluates per request, over OPA's Envoy input (see
+    /// `policy::http::rego`).
+    #[schemars(with = "Option<RegoSpec>")]
+    pub rego: Option<Spanned<RegoSpec>>,
     /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
     #[schemars(with = "Option<String>")]
     pub escaped_slashes: Option<Spanned<String>>,
@@ -275,4 +279,24 @@ pub struct RateBucketSpec {
     pub fill_interval: Spanned<String>,
     /// Distinct key values kept (LRU); default 10,000.
     pub max_keys: Option<usize>,
+}
+
+/// A Rego policy, compiled when the set is checked.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegoSpec {
+    /// The policy's text.
+    #[schemars(with = "Option<String>")]
+    pub inline: Option<Spanned<String>>,
+    /// An absolute path to a `.rego` file, read when the set is checked.
+    #[schemars(with = "Option<String>")]
+    pub file: Option<Spanned<String>>,
+    /// The rule that decides (default `data.envoy.authz.allow`, as OPA's Envoy plugin): `true`
+    /// allows; `false` or undefined refuses (403); an object `{allowed, headers, body,
+    /// http_status}` says more.
+    #[schemars(with = "Option<String>")]
+    pub query: Option<Spanned<String>>,
+    /// Longest evaluation of one request (default `10ms`, at most `1s`); past it, refused.
+    #[schemars(with = "Option<String>")]
+    pub time_budget: Option<Spanned<String>>,
 }

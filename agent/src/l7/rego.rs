@@ -1,0 +1,396 @@
+//! The `rego` step of `authz`: the route's Rego policy evaluated on each request, over the
+//! input OPA's Envoy plugin gives its policies (`input.attributes.request.http`,
+//! `input.attributes.source`, `input.parsed_path`, `input.parsed_query`, ...), so policies
+//! written for OPA-Envoy run unchanged. What `authn` established is in
+//! `input.attributes.metadataContext.filterMetadata`: under `envoy.filters.http.jwt_authn`
+//! (`payload`: a token's claims, as Envoy's JWT filter puts them) and `rampart.authn`
+//! (`provider`, `claims`, `apiKeyClient`). Evaluation is bounded by the policy's time budget;
+//! an error or an overrun refuses (fail closed).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use rampart_common::reason::AuthzReason;
+use serde_json::{Value, json};
+
+use super::context::{Denial, Passed, Peer};
+use crate::policy::http::rego::RegoModel;
+
+/// What the policy decided.
+#[derive(Debug)]
+pub enum Decision {
+    /// Allowed; headers to set on the request to the pod.
+    Allow(Vec<(HeaderName, HeaderValue)>),
+    Deny(Denial),
+}
+
+/// The request as OPA's Envoy plugin shows it to a policy.
+pub fn input(parts: &Parts, peer: &Peer, passed: &Passed, scheme: &str) -> Value {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match headers.get_mut(name.as_str()) {
+            // Envoy joins repeated headers with `,`.
+            Some(Value::String(joined)) => {
+                joined.push(',');
+                joined.push_str(&value);
+            }
+            _ => {
+                headers.insert(name.as_str().to_owned(), Value::String(value));
+            }
+        }
+    }
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    headers.insert(":authority".into(), Value::String(host.clone()));
+    headers.insert(":method".into(), Value::String(parts.method.to_string()));
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    headers.insert(":path".into(), Value::String(path.clone()));
+    let parsed_path: Vec<Value> = parts
+        .uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| Value::String(percent_decode(s)))
+        .collect();
+    let mut parsed_query: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for pair in parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        parsed_query
+            .entry(percent_decode(k))
+            .or_default()
+            .push(Value::String(percent_decode(v)));
+    }
+    let address = |addr: std::net::SocketAddr| json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}});
+    let mut source = json!({"address": address(peer.source)});
+    if let Some(id) = &peer.spiffe_id {
+        source["principal"] = Value::String(id.as_str().to_owned());
+    }
+    let mut filter_metadata = serde_json::Map::new();
+    if let Some(principal) = &passed.principal {
+        let claims = Value::Object(principal.claims.0.clone());
+        filter_metadata.insert(
+            "envoy.filters.http.jwt_authn".into(),
+            json!({"payload": claims}),
+        );
+        filter_metadata.insert(
+            "rampart.authn".into(),
+            json!({"provider": principal.provider, "claims": claims}),
+        );
+    }
+    if let Some(client) = &passed.api_key_client {
+        filter_metadata.insert("rampart.authn".into(), json!({"apiKeyClient": client}));
+    }
+    let protocol = match parts.version {
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    json!({
+        "attributes": {
+            "source": source,
+            "destination": {"address": address(peer.destination)},
+            "request": {"http": {
+                "method": parts.method.as_str(),
+                "headers": headers,
+                "path": path,
+                "host": host,
+                "scheme": scheme,
+                "protocol": protocol,
+            }},
+            "metadataContext": {"filterMetadata": filter_metadata},
+        },
+        "parsed_path": parsed_path,
+        "parsed_query": parsed_query,
+        "version": {"encoding": "protojson", "ext_authz": "v3"},
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Evaluates `model` on `input` within its budget; off the event loop (a policy may loop up
+/// to its budget).
+pub async fn decide(model: &RegoModel, input: Value) -> Decision {
+    let engine = std::sync::Arc::clone(&model.engine);
+    let (query, budget) = (model.query.clone(), model.budget);
+    let evaluated =
+        tokio::task::spawn_blocking(move || evaluate(&engine, &query, budget, input)).await;
+    match evaluated {
+        Ok(Ok(result)) => interpret(&result),
+        Ok(Err(e)) => {
+            tracing::warn!(policy = %model.source, query = %model.query, error = %e, "rego: evaluation failed; refused");
+            Decision::Deny(Denial::new(AuthzReason::RegoError, StatusCode::FORBIDDEN))
+        }
+        Err(e) => {
+            tracing::warn!(policy = %model.source, error = %e, "rego: evaluation task failed; refused");
+            Decision::Deny(Denial::new(AuthzReason::RegoError, StatusCode::FORBIDDEN))
+        }
+    }
+}
+
+/// One evaluation on a copy of the compiled engine, stopped past `budget`.
+pub fn evaluate(
+    engine: &regorus::Engine,
+    query: &str,
+    budget: Duration,
+    input: Value,
+) -> Result<Value, String> {
+    let mut engine = engine.clone();
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: budget,
+        check_interval: std::num::NonZeroU32::MIN,
+    });
+    engine.set_input(regorus::Value::from(input));
+    let result = engine
+        .eval_rule(query.to_owned())
+        .map_err(|e| e.to_string())?;
+    serde_json::to_value(&result).map_err(|e| e.to_string())
+}
+
+/// `true`: allowed; `false`, undefined or anything else: refused; an object as OPA-Envoy reads
+/// it: `allowed`, and `headers` (to the pod when allowed, to the client when not), `body` and
+/// `http_status` (when not).
+pub fn interpret(result: &Value) -> Decision {
+    let deny = |status: StatusCode| Decision::Deny(Denial::new(AuthzReason::RegoDenied, status));
+    match result {
+        Value::Bool(true) => Decision::Allow(Vec::new()),
+        Value::Object(object) => {
+            let headers: Vec<(HeaderName, HeaderValue)> = object
+                .get("headers")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let value = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(&value).ok()?,
+                    ))
+                })
+                .collect();
+            if object.get("allowed") == Some(&Value::Bool(true)) {
+                return Decision::Allow(headers);
+            }
+            let status = object
+                .get("http_status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            let mut denial = Denial::new(AuthzReason::RegoDenied, status);
+            denial.headers = headers;
+            denial.body = object.get("body").map(|b| match b {
+                Value::String(s) => Bytes::from(s.clone()),
+                other => Bytes::from(other.to_string()),
+            });
+            Decision::Deny(denial)
+        }
+        _ => deny(StatusCode::FORBIDDEN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OPA's Istio tutorial policy for its Envoy plugin (`quick_start.yaml`'s
+    /// `opa-policy`): users from a Basic credential, their roles, and the paths each role may
+    /// GET.
+    pub const OPA_EXAMPLE: &str = r#"package istio.authz
+
+import input.attributes.request.http as http_request
+import input.parsed_path
+
+default allow := false
+
+allow if {
+    parsed_path[0] == "health"
+    http_request.method == "GET"
+}
+
+allow if {
+    some r in roles_for_user
+    r in required_roles
+}
+
+roles_for_user contains r if {
+    some r in user_roles[user_name]
+}
+
+required_roles contains r if {
+    some perm in role_perms[r]
+    perm.method == http_request.method
+    perm.path == http_request.path
+}
+
+user_name := parsed if {
+    [_, encoded] := split(http_request.headers.authorization, " ")
+    [parsed, _] := split(base64url.decode(encoded), ":")
+}
+
+user_roles := {
+    "alice": ["guest"],
+    "bob": ["admin"],
+}
+
+role_perms := {
+    "guest": [{"method": "GET", "path": "/productpage"}],
+    "admin": [
+        {"method": "GET", "path": "/productpage"},
+        {"method": "GET", "path": "/api/v1/products"},
+    ],
+}
+"#;
+
+    fn request(method: &str, uri: &str, user: Option<&str>) -> Parts {
+        use base64::Engine as _;
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "shop");
+        if let Some(user) = user {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:pw"));
+            builder = builder.header("authorization", format!("Basic {encoded}"));
+        }
+        builder.body(()).unwrap_or_default().into_parts().0
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/web/sa/frontend").ok(),
+            source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            server_name: None,
+        }
+    }
+
+    fn allowed(engine: &regorus::Engine, query: &str, parts: &Parts) -> Result<bool, String> {
+        let value = evaluate(
+            engine,
+            query,
+            Duration::from_millis(200),
+            input(parts, &peer(), &Passed::default(), "http"),
+        )?;
+        Ok(matches!(interpret(&value), Decision::Allow(_)))
+    }
+
+    #[test]
+    fn opas_istio_example_decides_as_in_its_tutorial() {
+        let engine =
+            crate::policy::http::rego::compile("istio.rego", OPA_EXAMPLE, "data.istio.authz.allow")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let q = "data.istio.authz.allow";
+        for (method, uri, user, expected) in [
+            ("GET", "/health", None, true),
+            ("GET", "/productpage", Some("alice"), true),
+            ("GET", "/api/v1/products", Some("alice"), false),
+            ("GET", "/api/v1/products", Some("bob"), true),
+            ("POST", "/productpage", Some("bob"), false),
+            ("GET", "/productpage", None, false),
+            ("GET", "/productpage", Some("mallory"), false),
+        ] {
+            assert_eq!(
+                allowed(&engine, q, &request(method, uri, user)),
+                Ok(expected),
+                "{method} {uri} as {user:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_object_result_says_status_headers_and_body_and_a_runaway_policy_is_stopped() {
+        let text = r#"package envoy.authz
+default allow := {"allowed": false, "http_status": 401, "headers": {"www-authenticate": "Basic realm=\"opa\""}, "body": "who are you?"}
+allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_query.user[0] == "ok"
+"#;
+        let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let value = evaluate(
+            &engine,
+            "data.envoy.authz.allow",
+            Duration::from_millis(200),
+            input(
+                &request("GET", "/?user=no", None),
+                &peer(),
+                &Passed::default(),
+                "http",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Decision::Deny(denial) = interpret(&value) else {
+            panic!("allowed: {value}");
+        };
+        assert_eq!(denial.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(denial.body.as_deref(), Some(&b"who are you?"[..]));
+        assert_eq!(denial.headers[0].0, "www-authenticate");
+        let value = evaluate(
+            &engine,
+            "data.envoy.authz.allow",
+            Duration::from_millis(200),
+            input(
+                &request("GET", "/?user=ok", None),
+                &peer(),
+                &Passed::default(),
+                "http",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(interpret(&value), Decision::Allow(h) if h[0].0 == "x-opa-user"));
+        // A policy that would run for minutes is stopped at its budget (checked between
+        // evaluation steps: 25 million of them here).
+        let slow = "package envoy.authz\nallow if { count([1 | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) > 0 }\n";
+        let engine =
+            crate::policy::http::rego::compile("slow.rego", slow, "data.envoy.authz.allow")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        let result = evaluate(
+            &engine,
+            "data.envoy.authz.allow",
+            Duration::from_millis(20),
+            input(
+                &request("GET", "/", None),
+                &peer(),
+                &Passed::default(),
+                "http",
+            ),
+        );
+        let error = result.err().unwrap_or_default();
+        assert!(error.contains("time limit"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
