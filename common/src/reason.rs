@@ -237,6 +237,10 @@ reasons! {
         RegoDenied = 2 => "rego_denied",
         /// The Rego policy failed or overran its time budget (refused).
         RegoError = 3 => "rego_error",
+        /// The external authorization service refused the request.
+        ExtAuthzDenied = 4 => "ext_authz_denied",
+        /// The external authorization service failed or did not answer in time (refused).
+        ExtAuthzError = 5 => "ext_authz_error",
     }
 }
 

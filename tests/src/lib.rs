@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod deploy;
 pub mod dlp_cases;
 pub mod dlp_e2e;
+pub mod ext_authz;
 pub mod fixtures;
 pub mod foreign_programs;
 pub mod h2;

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `http` | normalise the request (or refuse it) | refuse a transfer coding, drop hop-by-hop headers |
 //! | `authn` | JWT / API key / Basic from htpasswd or LDAP (a `kid` no key has re-fetches the remote JWKS once) | |
-//! | `authz` | the rules, then the Rego policy | |
+//! | `authz` | the rules, then the Rego policy, then the external authorizer (Envoy's ext_authz) | |
 //! | `ratelimit` | the buckets | the `x-ratelimit-*` headers |
 //! | `waf` | the Core Rule Set on the head and the body | the response rules |
 //! | `dlp` | detectors on the path, headers and body | detectors on the headers and body |
@@ -233,19 +233,26 @@ async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
     super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await
 }
 
-/// `authz`: the rules, then the route's Rego policy; each must allow.
+/// `authz`: the rules, then the route's Rego policy, then its external authorizer; each must
+/// allow.
 async fn authorize(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
     super::chain::authorize(&ctx.route.model.rules, &ctx.parts, ctx.peer, &ctx.passed)?;
+    let scheme = if ctx.peer.server_name.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if let Some(rego) = &ctx.route.model.rego {
-        let scheme = if ctx.peer.server_name.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         let input = super::rego::input(&ctx.parts, ctx.peer, &ctx.passed, scheme);
         match super::rego::decide(rego, input).await {
             super::rego::Decision::Allow(headers) => ctx.passed.set_upstream.extend(headers),
             super::rego::Decision::Deny(denial) => return Err(denial),
+        }
+    }
+    if let Some(authorizer) = &ctx.route.model.ext_authz {
+        match super::ext_authz::check(authorizer, &ctx.parts, ctx.peer, scheme).await {
+            super::ext_authz::Decision::Allow(headers) => ctx.passed.set_upstream.extend(headers),
+            super::ext_authz::Decision::Deny(denial) => return Err(denial),
         }
     }
     Ok(())

@@ -19,6 +19,7 @@
 //! | `waf` | the Core Rule Set filter (engines per profile, body inspection, evaluation off the executor) |
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `passwords` | `basicAuth`: htpasswd users, checks off the event loop, verified credentials remembered |
+//! | `ext_authz` | the route's external authorizer, in Envoy's HTTP or gRPC protocol |
 //! | `rego` | the route's Rego policy on OPA-Envoy's input, within its time budget |
 //! | `ldap` | `ldap`: a user's search and bind against the directory over TLS, groups, remembered logins |
 //! | `fetch` | the bounded HTTP(S) GET those use |
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod context;
 pub mod dlp;
 pub mod dlp_request;
+pub mod ext_authz;
 pub mod fetch;
 pub mod filter;
 pub mod jwks;

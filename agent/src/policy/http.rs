@@ -45,6 +45,7 @@ use super::secret::SecretModel;
 use super::source::SourceObject;
 pub use super::spec::RuleAction;
 pub mod basic;
+pub mod ext_authz;
 pub mod rego;
 
 pub use basic::{BasicProviderModel, LdapProviderModel, LdapTransport};
@@ -65,6 +66,8 @@ pub struct HttpPolicyModel {
     pub dlp: Option<super::dlp::DlpModel>,
     /// A Rego policy that must allow every request the rules allow.
     pub rego: Option<rego::RegoModel>,
+    /// An external authorization service that must allow it too.
+    pub ext_authz: Option<ext_authz::ExtAuthzModel>,
     pub escaped_slashes: EscapedSlashes,
 }
 
@@ -408,6 +411,10 @@ pub fn validate(
                 }
             });
     let rego = spec_value.rego.as_ref().and_then(|raw| v.rego(raw));
+    let ext_authz = spec_value
+        .ext_authz
+        .as_ref()
+        .and_then(|raw| v.ext_authz(raw));
     let escaped_slashes = match spec_value.escaped_slashes.as_ref() {
         None => EscapedSlashes::Reject,
         Some(s) => match s.value.as_str() {
@@ -428,10 +435,11 @@ pub fn validate(
         && spec_value.waf.is_none()
         && spec_value.dlp.is_none()
         && spec_value.rego.is_none()
+        && spec_value.ext_authz.is_none()
     {
         v.error(
             spec,
-            "http: name at least one of authentication, rules, rateLimits, waf, dlp, rego",
+            "http: name at least one of authentication, rules, rateLimits, waf, dlp, rego, extAuthz",
         );
     }
     let ok = v.ok;
@@ -443,6 +451,7 @@ pub fn validate(
         waf,
         dlp,
         rego,
+        ext_authz,
         escaped_slashes,
     })
 }

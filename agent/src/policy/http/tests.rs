@@ -287,3 +287,47 @@ fn rego_policies_compile_when_the_set_is_checked() {
     let errs = errors("    rego: {file: relative.rego}\n");
     assert!(errs.iter().any(|e| e.contains("absolute path")), "{errs:?}");
 }
+
+#[test]
+fn ext_authz_names_one_plain_http_or_grpc_authorizer() {
+    assert_eq!(
+        errors(
+            "    extAuthz: {http: 'http://authz.shop:8181/check', timeout: 300ms, headersToSend: [x-user], headersToUpstream: [x-authz-user]}\n"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors("    extAuthz: {grpc: 'http://10.0.0.9:9191', failureMode: Allow}\n"),
+        Vec::<String>::new()
+    );
+    for (section, message) in [
+        ("    extAuthz: {http: 'https://authz'}\n", "http://host"),
+        (
+            "    extAuthz: {grpc: 'http://authz:9191/prefix'}\n",
+            "extAuthz.grpc",
+        ),
+        (
+            "    extAuthz: {http: 'http://a', grpc: 'http://b'}\n",
+            "exactly one of http, grpc",
+        ),
+        (
+            "    extAuthz: {http: 'http://a', timeout: 1m}\n",
+            "extAuthz.timeout",
+        ),
+        (
+            "    extAuthz: {http: 'http://a', failureMode: Open}\n",
+            "Deny or Allow",
+        ),
+        (
+            "    extAuthz: {http: 'http://a', headersToSend: ['bad header']}\n",
+            "not a header name",
+        ),
+    ] {
+        let errs = errors(section);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("7:") && e.contains(message)),
+            "{section}: {errs:?}"
+        );
+    }
+}

@@ -22,6 +22,10 @@ pub struct HttpSpec {
     /// `policy::http::rego`).
     #[schemars(with = "Option<RegoSpec>")]
     pub rego: Option<Spanned<RegoSpec>>,
+    /// An external authorization service asked per request, in Envoy's ext_authz protocol
+    /// (see `policy::http::ext_authz`).
+    #[schemars(with = "Option<ExtAuthzSpec>")]
+    pub ext_authz: Option<Spanned<ExtAuthzSpec>>,
     /// What a `%2F` in a request path does: `Reject` (400, the default) or `KeepUnchanged`.
     #[schemars(with = "Option<String>")]
     pub escaped_slashes: Option<Spanned<String>>,
@@ -299,4 +303,34 @@ pub struct RegoSpec {
     /// Longest evaluation of one request (default `10ms`, at most `1s`); past it, refused.
     #[schemars(with = "Option<String>")]
     pub time_budget: Option<Spanned<String>>,
+}
+
+/// Envoy's ext_authz: an HTTP service or a gRPC `envoy.service.auth.v3.Authorization` server.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtAuthzSpec {
+    /// `http://host:port[/prefix]`: the request's method and path (after the prefix) with the
+    /// headers to send; `200` allows, anything else is the client's answer.
+    #[schemars(with = "Option<String>")]
+    pub http: Option<Spanned<String>>,
+    /// `http://host:port` of a gRPC server (HTTP/2 without TLS).
+    #[schemars(with = "Option<String>")]
+    pub grpc: Option<Spanned<String>>,
+    /// How long to wait for the answer (default `200ms`, as Envoy; at most `10s`).
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// `Deny` (default: an authorizer that fails or does not answer refuses the request, 403)
+    /// or `Allow`.
+    #[schemars(with = "Option<String>")]
+    pub failure_mode: Option<Spanned<String>>,
+    /// Request headers sent to an HTTP authorizer besides `authorization` (gRPC gets them
+    /// all).
+    pub headers_to_send: Option<Vec<String>>,
+    /// Headers of an HTTP authorizer's `200` set on the request to the pod (a gRPC
+    /// authorizer's `ok_response` headers always are).
+    pub headers_to_upstream: Option<Vec<String>>,
+    /// Headers of an HTTP authorizer's refusal passed to the client, besides
+    /// `www-authenticate`, `location` and `content-type` (a gRPC authorizer's
+    /// `denied_response` headers always are).
+    pub headers_to_client: Option<Vec<String>>,
 }
