@@ -102,7 +102,7 @@ pub fn log_access(
     let refused = match outcome {
         Outcome::Passed(passed) => {
             if let Some(principal) = &passed.principal {
-                access.authn_method = Some("jwt".into());
+                access.authn_method = Some(principal.method.into());
                 access.principal = Some(
                     principal
                         .claims

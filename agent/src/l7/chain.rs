@@ -277,6 +277,11 @@ fn accept_user(
     }
     passed.principal = Some(Principal {
         provider: provider.to_owned(),
+        method: if directory_user.is_some() {
+            "ldap"
+        } else {
+            "basic"
+        },
         claims: Claims(claims),
     });
 }
@@ -305,6 +310,7 @@ fn accept_jwt(provider: &JwtProviderModel, claims: Claims, passed: &mut Passed) 
     }
     passed.principal = Some(Principal {
         provider: provider.name.clone(),
+        method: "jwt",
         claims,
     });
 }

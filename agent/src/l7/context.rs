@@ -27,6 +27,8 @@ pub struct Peer {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub provider: String,
+    /// How it was authenticated, for the access log: `jwt`, `basic` (htpasswd) or `ldap`.
+    pub method: &'static str,
     pub claims: Claims,
 }
 

@@ -331,3 +331,47 @@ fn ext_authz_names_one_plain_http_or_grpc_authorizer() {
         );
     }
 }
+
+/// The examples in `policies/auth/`, with the workloads they select, check, each with what it
+/// shows.
+#[test]
+fn the_authentication_and_authorization_examples_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for file in [
+        "basic-auth.yaml",
+        "ldap.yaml",
+        "rego.yaml",
+        "ext-authz.yaml",
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-auth-example-{}-{file}",
+            std::process::id()
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        std::fs::copy(root.join("workloads.yaml"), dir.join("workloads.yaml"))
+            .unwrap_or_else(|e| panic!("workloads.yaml: {e}"));
+        std::fs::copy(root.join("auth").join(file), dir.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checked = checked.unwrap_or_else(|d| panic!("{file}: {d:?}"));
+        let http = checked.model.mesh_policies[0]
+            .http
+            .clone()
+            .unwrap_or_else(|| panic!("{file}: no http"));
+        let provider = http
+            .authentication
+            .as_ref()
+            .and_then(|a| a.providers.first());
+        let shown = match (file, provider) {
+            ("basic-auth.yaml", Some(ProviderModel::Basic(p))) => p.users.len() == 2,
+            ("ldap.yaml", Some(ProviderModel::Ldap(p))) => {
+                p.bind.is_some() && p.group_base.is_some()
+            }
+            ("rego.yaml", None) => http.rego.is_some(),
+            ("ext-authz.yaml", None) => http.ext_authz.is_some(),
+            _ => false,
+        };
+        assert!(shown, "{file}: {http:?}");
+    }
+}
