@@ -94,6 +94,7 @@ fn http_chain(policy: &str, http: &crate::policy::http::HttpPolicyModel) -> Http
                 ProviderModel::ApiKeys(_) => format!("api keys {}", p.name()),
                 ProviderModel::Basic(_) => format!("basic auth {}", p.name()),
                 ProviderModel::Ldap(l) => format!("ldap {} ({})", p.name(), l.url),
+                ProviderModel::Oidc(o) => format!("oidc login {} ({})", p.name(), o.issuer),
             })
             .collect();
         let join = if authn.require_all { " and " } else { " or " };

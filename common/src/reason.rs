@@ -224,6 +224,19 @@ reasons! {
         DirectoryUnavailable = 16 => "directory_unavailable",
         /// Every password-check slot stayed busy past the wait (503).
         VerifierBusy = 17 => "verifier_busy",
+        /// OIDC: a browser without a session, sent to log in (302; not a refusal of a user).
+        LoginRedirect = 18 => "login_redirect",
+        /// OIDC: the provider's answer at the redirect path, turned into a session (302).
+        LoginCallback = 19 => "login_callback",
+        /// OIDC: the logout path (302).
+        Logout = 20 => "logout",
+        /// OIDC: a session cookie that does not open (tampered, another key) or has ended (401).
+        InvalidSession = 21 => "invalid_session",
+        /// OIDC: an answer at the redirect path that is not the one expected (no login cookie,
+        /// another or a replayed state, a refused code, an ID token that fails).
+        InvalidCallback = 22 => "invalid_callback",
+        /// OIDC: the provider's discovery document cannot be read (503).
+        IdpUnavailable = 23 => "idp_unavailable",
     }
 }
 

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod netns;
 pub mod netpol_cases;
 pub mod netpol_runner;
+pub mod oidc;
 pub mod packet;
 pub mod probe;
 pub mod ratelimit_cases;

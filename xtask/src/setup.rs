@@ -83,6 +83,9 @@ pub const DEBIAN_PACKAGES: &[Package] = &[
     tests("runc"),
     // The LDAP provider's tests run a real OpenLDAP server (slapd, slapadd, slappasswd).
     tests("slapd"),
+    // The OIDC login test drives a real browser (puppeteer-core over Debian's Chromium; the
+    // provider and the driver run on the machine's Node.js, their packages from `npm ci`).
+    tests("chromium"),
 ];
 
 /// The cargo-deny release `cargo xtask test` runs.

@@ -17,12 +17,13 @@ use rampart_l7::basic::parse_credential;
 
 use super::context::{Denial, Passed, Peer, Principal};
 use super::ldap::{Directory, DirectoryUser, Login};
+use super::oidc::OidcState;
 use super::passwords::{Checked, PasswordFile};
 use super::route::{BucketState, HttpRoute, ProviderState};
 use crate::policy::http::{
     ApiKeyProviderModel, AuthenticationModel, BasicProviderModel, ClaimMatch, HeaderValueMatch,
-    HttpRuleModel, JwtProviderModel, LdapProviderModel, PathMatch, ProviderModel, RateKey,
-    RuleAction, TokenSource,
+    HttpRuleModel, JwtProviderModel, LdapProviderModel, OidcProviderModel, PathMatch,
+    ProviderModel, RateKey, RuleAction, TokenSource,
 };
 
 /// Runs the three filters of `route` on a request head (the unit tests' and the fuzz target's
@@ -34,7 +35,7 @@ pub async fn run(
     stats: &super::L7Stats,
 ) -> Result<Passed, Denial> {
     let mut passed = Passed::default();
-    authenticate_request(route, parts, &mut passed).await?;
+    authenticate_request(route, parts, peer, &mut passed).await?;
     authorize(&route.model.rules, parts, peer, &passed)?;
     rate_limit(route, parts, peer, &mut passed, stats)?;
     Ok(passed)
@@ -44,10 +45,11 @@ pub async fn run(
 pub async fn authenticate_request(
     route: &HttpRoute,
     parts: &Parts,
+    peer: &Peer,
     passed: &mut Passed,
 ) -> Result<(), Denial> {
     match &route.model.authentication {
-        Some(authn) => authenticate(authn, route, parts, now_s(), passed).await,
+        Some(authn) => authenticate(authn, route, parts, peer, now_s(), passed).await,
         None => Ok(()),
     }
 }
@@ -70,14 +72,27 @@ async fn authenticate(
     authn: &AuthenticationModel,
     route: &HttpRoute,
     parts: &Parts,
+    peer: &Peer,
     now: u64,
     passed: &mut Passed,
 ) -> Result<(), Denial> {
     let mut first_failure: Option<AuthnReason> = None;
     let mut any_sent = false;
+    let mut login: Option<Denial> = None;
     for (index, provider) in authn.providers.iter().enumerate() {
         let state = route.providers.get(index);
-        match try_provider(provider, state, parts, now, passed).await {
+        let attempt = match (provider, state) {
+            (ProviderModel::Oidc(p), Some(ProviderState::Oidc(oidc))) => {
+                oidc_attempt(p, oidc, parts, peer, passed).await
+            }
+            (ProviderModel::Oidc(_), _) => Attempt::Failed(AuthnReason::IdpUnavailable),
+            _ => try_provider(provider, state, parts, now, passed).await,
+        };
+        match attempt {
+            Attempt::Respond(denial) => return Err(denial),
+            Attempt::Login(redirect) => {
+                login.get_or_insert(redirect);
+            }
             Attempt::Authenticated => {
                 if !authn.require_all {
                     return Ok(());
@@ -102,10 +117,50 @@ async fn authenticate(
     }
     // No failure: with `AllOf`, every provider authenticated or was absent under
     // `allowMissing`; with `AnyOf`, none authenticated (it would have returned) and none was sent.
-    match first_failure {
-        Some(reason) => Err(unauthorized(authn, reason, any_sent)),
-        None if authn.require_all || authn.allow_missing => Ok(()),
-        None => Err(unauthorized(authn, AuthnReason::MissingCredentials, false)),
+    match (first_failure, login) {
+        // A browser that sent nothing another provider could use is sent to log in.
+        (None | Some(AuthnReason::MissingCredentials), Some(redirect)) => Err(redirect),
+        (Some(reason), _) => Err(unauthorized(authn, reason, any_sent)),
+        (None, None) if authn.require_all || authn.allow_missing => Ok(()),
+        (None, None) => Err(unauthorized(authn, AuthnReason::MissingCredentials, false)),
+    }
+}
+
+async fn oidc_attempt(
+    p: &OidcProviderModel,
+    oidc: &OidcState,
+    parts: &Parts,
+    peer: &Peer,
+    passed: &mut Passed,
+) -> Attempt {
+    match oidc.authenticate(parts, peer).await {
+        super::oidc::Outcome::Authenticated { claims, set_cookie } => {
+            for (claim, header) in &p.claims_to_headers {
+                if let Some(value) = claims
+                    .text(claim)
+                    .and_then(|v| HeaderValue::from_str(&v).ok())
+                {
+                    passed.set_upstream.push((header.clone(), value));
+                }
+            }
+            if let Some(cookie) = set_cookie {
+                passed.set_response.push((header::SET_COOKIE, cookie));
+            }
+            // The session cookie stays between the browser and the proxy.
+            passed
+                .strip
+                .push(TokenSource::Cookie(p.cookie_name.clone()));
+            passed.principal = Some(Principal {
+                provider: p.name.clone(),
+                method: "oidc",
+                claims,
+            });
+            Attempt::Authenticated
+        }
+        super::oidc::Outcome::LoginRedirect(redirect) => Attempt::Login(redirect),
+        super::oidc::Outcome::Absent => Attempt::Absent,
+        super::oidc::Outcome::Invalid(_) => Attempt::Failed(AuthnReason::InvalidSession),
+        super::oidc::Outcome::Respond(denial) => Attempt::Respond(denial),
     }
 }
 
@@ -114,6 +169,10 @@ enum Attempt {
     Failed(AuthnReason),
     Ambiguous,
     Absent,
+    /// No credential, and a browser to send to log in.
+    Login(Denial),
+    /// The provider answers the request itself (its callback and logout paths).
+    Respond(Denial),
 }
 
 async fn try_provider(
@@ -155,6 +214,8 @@ async fn try_provider(
             (ProviderModel::Basic(_) | ProviderModel::Ldap(_), _) => {
                 Err(AuthnReason::DirectoryUnavailable)
             }
+            // Read by `oidc_attempt`, never from a token source.
+            (ProviderModel::Oidc(_), _) => Err(AuthnReason::IdpUnavailable),
         };
         match outcome {
             Ok(()) => return Attempt::Authenticated,
@@ -337,7 +398,7 @@ fn authn_reason(reason: RejectReason) -> AuthnReason {
 fn unauthorized(authn: &AuthenticationModel, reason: AuthnReason, token_was_sent: bool) -> Denial {
     if matches!(
         reason,
-        AuthnReason::DirectoryUnavailable | AuthnReason::VerifierBusy
+        AuthnReason::DirectoryUnavailable | AuthnReason::VerifierBusy | AuthnReason::IdpUnavailable
     ) {
         return Denial {
             reason: reason.into(),
@@ -356,6 +417,8 @@ fn unauthorized(authn: &AuthenticationModel, reason: AuthnReason, token_was_sent
             }
             ProviderModel::Basic(p) => &p.realm,
             ProviderModel::Ldap(p) => &p.realm,
+            // A browser is redirected, an API call gets no challenge it could answer.
+            ProviderModel::Oidc(_) => continue,
         };
         if let Ok(value) =
             HeaderValue::from_str(&format!(r#"Basic realm="{realm}", charset="UTF-8""#))

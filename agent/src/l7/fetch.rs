@@ -1,11 +1,12 @@
-//! One bounded HTTP(S) GET, for documents the agent reads from outside the policy set (JWKS,
-//! OIDC discovery): hyper over TCP, or over rustls with the Mozilla root set (webpki-roots),
-//! with a time limit, a size limit and the response's `cache-control: max-age`.
+//! One bounded HTTP(S) request, for documents the agent reads from outside the policy set (JWKS,
+//! OIDC discovery) and the OIDC token endpoint's form posts: hyper over TCP, or over rustls with
+//! the Mozilla root set (webpki-roots), with a time limit, a size limit and the response's
+//! `cache-control: max-age`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty, Limited};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -46,12 +47,26 @@ pub struct Fetched {
 
 /// GETs `url`.
 pub async fn get(url: &str) -> Result<Fetched, FetchError> {
-    tokio::time::timeout(FETCH_TIMEOUT, get_unbounded(url))
+    tokio::time::timeout(FETCH_TIMEOUT, send(url, None))
         .await
         .map_err(|_| FetchError::Timeout)?
 }
 
-async fn get_unbounded(url: &str) -> Result<Fetched, FetchError> {
+/// A form post (`application/x-www-form-urlencoded`), with `authorization` if given.
+#[derive(Debug)]
+pub struct Form {
+    pub authorization: Option<String>,
+    pub body: String,
+}
+
+/// POSTs `form` to `url`.
+pub async fn post_form(url: &str, form: Form) -> Result<Fetched, FetchError> {
+    tokio::time::timeout(FETCH_TIMEOUT, send(url, Some(form)))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+async fn send(url: &str, form: Option<Form>) -> Result<Fetched, FetchError> {
     let uri: Uri = url.parse().map_err(|_| FetchError::Url(url.into()))?;
     let host = uri.host().ok_or_else(|| FetchError::Url(url.into()))?;
     let host = host
@@ -75,13 +90,18 @@ async fn get_unbounded(url: &str) -> Result<Fetched, FetchError> {
             .connect(name, tcp)
             .await
             .map_err(|e| FetchError::Tls(host.clone(), e))?;
-        request(stream, &uri, &host).await
+        request(stream, &uri, &host, form).await
     } else {
-        request(tcp, &uri, &host).await
+        request(tcp, &uri, &host, form).await
     }
 }
 
-async fn request<S>(stream: S, uri: &Uri, host: &str) -> Result<Fetched, FetchError>
+async fn request<S>(
+    stream: S,
+    uri: &Uri,
+    host: &str,
+    form: Option<Form>,
+) -> Result<Fetched, FetchError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -92,11 +112,26 @@ where
     });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host, |a| a.as_str());
-    let req = Request::get(path)
+    let mut req = Request::builder()
+        .uri(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "rampart")
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::ACCEPT, "application/json");
+    let body = match form {
+        None => Full::new(Bytes::new()),
+        Some(form) => {
+            req = req.method(hyper::Method::POST).header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+            if let Some(authorization) = form.authorization {
+                req = req.header(hyper::header::AUTHORIZATION, authorization);
+            }
+            Full::new(Bytes::from(form.body))
+        }
+    };
+    let req = req
+        .body(body)
         .map_err(|_| FetchError::Url(uri.to_string()))?;
     let response = sender.send_request(req).await?;
     if response.status() != StatusCode::OK {

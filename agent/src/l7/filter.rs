@@ -138,7 +138,12 @@ impl Filter for Stage {
             Stage::Authn | Stage::Authz => Ok(()),
             Stage::RateLimit => {
                 for (name, value) in &ctx.passed.set_response {
-                    ctx.head.headers.insert(name.clone(), value.clone());
+                    // A renewed session's cookie goes beside the pod's own cookies.
+                    if name == hyper::header::SET_COOKIE {
+                        ctx.head.headers.append(name.clone(), value.clone());
+                    } else {
+                        ctx.head.headers.insert(name.clone(), value.clone());
+                    }
                 }
                 Ok(())
             }
@@ -213,7 +218,8 @@ pub fn refuse(
 /// published: the remote sets are re-fetched (rate-limited per source) and the request judged
 /// once more.
 async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
-    let judged = super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await;
+    let judged =
+        super::chain::authenticate_request(ctx.route, &ctx.parts, ctx.peer, &mut ctx.passed).await;
     let Err(denial) = &judged else {
         return judged;
     };
@@ -230,7 +236,7 @@ async fn authenticate(ctx: &mut RequestContext<'_>) -> Result<(), Denial> {
         return judged;
     }
     ctx.passed = Passed::default();
-    super::chain::authenticate_request(ctx.route, &ctx.parts, &mut ctx.passed).await
+    super::chain::authenticate_request(ctx.route, &ctx.parts, ctx.peer, &mut ctx.passed).await
 }
 
 /// `authz`: the rules, then the route's Rego policy, then its external authorizer; each must

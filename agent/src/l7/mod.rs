@@ -20,6 +20,7 @@
 //! | `jwks` | JWKS from a file, a URL or OIDC discovery, refreshed and cached per source |
 //! | `passwords` | `basicAuth`: htpasswd users, checks off the event loop, verified credentials remembered |
 //! | `ext_authz` | the route's external authorizer, in Envoy's HTTP or gRPC protocol |
+//! | `oidc` | `oidc`: browser login by the authorization code flow with PKCE, sessions in sealed cookies |
 //! | `rego` | the route's Rego policy on OPA-Envoy's input, within its time budget |
 //! | `ldap` | `ldap`: a user's search and bind against the directory over TLS, groups, remembered logins |
 //! | `fetch` | the bounded HTTP(S) GET those use |
@@ -38,6 +39,7 @@ pub mod jwks;
 pub mod ldap;
 mod linger;
 pub mod normalize;
+pub mod oidc;
 pub mod passwords;
 mod prefixed;
 pub mod rego;

@@ -14,6 +14,7 @@ use rampart_l7::ratelimit::{KeyedBuckets, TokenBucket};
 
 use super::jwks::{JwksRegistry, RemoteJwks};
 use super::ldap::Directory;
+use super::oidc::OidcState;
 use super::passwords::PasswordFile;
 use crate::policy::http::{HttpPolicyModel, JwksModel, ProviderModel, RateKey};
 
@@ -54,6 +55,8 @@ pub enum ProviderState {
     Basic(Arc<PasswordFile>),
     /// The directory's connection and remembered logins.
     Ldap(Arc<Directory>),
+    /// The provider's endpoints, keys and cookie key.
+    Oidc(Arc<OidcState>),
 }
 
 /// A JWT provider's live state.
@@ -162,6 +165,17 @@ impl HttpRoute {
                     }
                     _ => Arc::new(Directory::new(Arc::clone(ldap))),
                 }),
+                ProviderModel::Oidc(oidc) => ProviderState::Oidc(match kept_state(&oidc.name) {
+                    Some(ProviderState::Oidc(state)) if state.fingerprint == oidc.fingerprint() => {
+                        Arc::clone(state)
+                    }
+                    _ => Arc::new(OidcState::new(
+                        Arc::clone(oidc),
+                        registry.get(&crate::policy::http::JwksLocation::Discovery {
+                            issuer: oidc.issuer.clone(),
+                        }),
+                    )),
+                }),
             })
             .collect();
         let upstream_headers = providers
@@ -182,13 +196,14 @@ impl HttpRoute {
         }
     }
 
-    /// The remote JWKS sources of this route.
+    /// The remote JWKS sources of this route (JWT providers' and OIDC providers' keys).
     pub fn remote_sources(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
         self.providers.iter().filter_map(|state| match state {
             ProviderState::Jwt(JwtState {
                 keys: KeySource::Remote(remote),
                 ..
             }) => Some(remote),
+            ProviderState::Oidc(oidc) => Some(oidc.keys()),
             _ => None,
         })
     }

@@ -46,9 +46,11 @@ use super::source::SourceObject;
 pub use super::spec::RuleAction;
 pub mod basic;
 pub mod ext_authz;
+pub mod oidc;
 pub mod rego;
 
 pub use basic::{BasicProviderModel, LdapProviderModel, LdapTransport};
+pub use oidc::OidcProviderModel;
 
 use super::spec::http::{
     ApiKeysSpec, AuthenticationSpec, HttpRuleSpec, HttpSpec, JwksSpec, JwtSpec, PathSpec,
@@ -98,6 +100,7 @@ pub enum ProviderModel {
     ApiKeys(ApiKeyProviderModel),
     Basic(BasicProviderModel),
     Ldap(Arc<LdapProviderModel>),
+    Oidc(Arc<OidcProviderModel>),
 }
 
 impl ProviderModel {
@@ -107,6 +110,7 @@ impl ProviderModel {
             ProviderModel::ApiKeys(p) => &p.name,
             ProviderModel::Basic(p) => &p.name,
             ProviderModel::Ldap(p) => &p.name,
+            ProviderModel::Oidc(p) => &p.name,
         }
     }
 
@@ -118,6 +122,7 @@ impl ProviderModel {
             ProviderModel::ApiKeys(p) => p.client_header.iter().collect(),
             ProviderModel::Basic(p) => p.user_header.iter().collect(),
             ProviderModel::Ldap(p) => p.user_header.iter().chain(&p.groups_header).collect(),
+            ProviderModel::Oidc(p) => p.claims_to_headers.iter().map(|(_, h)| h).collect(),
         }
     }
 
@@ -127,6 +132,8 @@ impl ProviderModel {
             ProviderModel::Jwt(p) => &p.sources,
             ProviderModel::ApiKeys(p) => &p.sources,
             ProviderModel::Basic(_) | ProviderModel::Ldap(_) => BASIC_SOURCES.as_slice(),
+            // The session cookie is read by the provider itself (`l7::oidc`).
+            ProviderModel::Oidc(_) => &[],
         }
     }
 }
@@ -527,23 +534,27 @@ impl HttpValidator<'_> {
                 self.error(&provider.value.name, "provider names must be unique");
             }
             let p = &provider.value;
-            match (&p.jwt, &p.api_keys, &p.basic_auth, &p.ldap) {
-                (Some(jwt), None, None, None) => {
+            match (&p.jwt, &p.api_keys, &p.basic_auth, &p.ldap, &p.oidc) {
+                (Some(jwt), None, None, None, None) => {
                     providers.extend(self.jwt(name, jwt).map(ProviderModel::Jwt))
                 }
-                (None, Some(keys), None, None) => {
+                (None, Some(keys), None, None, None) => {
                     providers.extend(self.api_keys(name, keys).map(ProviderModel::ApiKeys))
                 }
-                (None, None, Some(basic), None) => {
+                (None, None, Some(basic), None, None) => {
                     providers.extend(self.basic_auth(name, basic).map(ProviderModel::Basic))
                 }
-                (None, None, None, Some(ldap)) => providers.extend(
+                (None, None, None, Some(ldap), None) => providers.extend(
                     self.ldap(name, ldap)
                         .map(|m| ProviderModel::Ldap(Arc::new(m))),
                 ),
+                (None, None, None, None, Some(oidc)) => providers.extend(
+                    self.oidc(name, oidc)
+                        .map(|m| ProviderModel::Oidc(Arc::new(m))),
+                ),
                 _ => self.error(
                     provider,
-                    "a provider is exactly one of `jwt`, `apiKeys`, `basicAuth`, `ldap`",
+                    "a provider is exactly one of `jwt`, `apiKeys`, `basicAuth`, `ldap`, `oidc`",
                 ),
             }
         }

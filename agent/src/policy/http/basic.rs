@@ -491,6 +491,7 @@ pub fn resolve_secrets(
                 }
             }
         }
+        super::ProviderModel::Oidc(model) => super::oidc::resolve_secret(model, secrets, diags),
         _ => {}
     }
 }

@@ -370,8 +370,65 @@ fn the_authentication_and_authorization_examples_check() {
             }
             ("rego.yaml", None) => http.rego.is_some(),
             ("ext-authz.yaml", None) => http.ext_authz.is_some(),
+            ("oidc.yaml", Some(ProviderModel::Oidc(p))) => {
+                p.cookie_secret.len() >= 32 && p.scopes.len() == 4
+            }
             _ => false,
         };
         assert!(shown, "{file}: {http:?}");
     }
+}
+
+#[test]
+fn oidc_providers_need_their_secret_paths_and_a_bounded_session() {
+    let oidc = |fields: &str| {
+        format!(
+            "    authentication:\n      providers:\n      - name: login\n        oidc: {{issuer: 'https://login.example.com', clientId: shop, secretRef: {{namespace: shop, name: login}}{fields}}}\n"
+        )
+    };
+    let secret = |entries: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: login, namespace: shop}}\nstringData: {{{entries}}}\n"
+        )
+    };
+    let good = secret("client-secret: s, cookie-secret: 0123456789abcdef0123456789abcdef");
+    assert_eq!(errors_with(&oidc(""), &good), Vec::<String>::new());
+    let short = errors_with(&oidc(""), &secret("client-secret: s, cookie-secret: short"));
+    assert!(
+        short.iter().any(|e| e.contains("at least 32 bytes")),
+        "{short:?}"
+    );
+    let missing = errors_with(
+        &oidc(""),
+        &secret("cookie-secret: 0123456789abcdef0123456789abcdef"),
+    );
+    assert!(
+        missing.iter().any(|e| e.contains("no client-secret")),
+        "{missing:?}"
+    );
+    for (fields, message) in [
+        (", sessionSeconds: 1", "sessionSeconds"),
+        (", redirectPath: oauth", "two different absolute paths"),
+        (
+            ", redirectPath: /x, logoutPath: /x",
+            "two different absolute paths",
+        ),
+        (
+            ", redirectUri: 'https://shop.example.com/elsewhere'",
+            "redirectUri",
+        ),
+        (", cookieName: 'a b'", "cookieName"),
+        (", algorithms: [none]", "oidc.algorithms"),
+    ] {
+        let errs = errors_with(&oidc(fields), &good);
+        assert!(
+            errs.iter().any(|e| e.contains(message)),
+            "{fields}: {errs:?}"
+        );
+    }
+    let errs = errors_with(
+        &oidc("").replace("https://login.example.com", "login.example.com"),
+        &good,
+    );
+    assert!(errs.iter().any(|e| e.contains("oidc.issuer")), "{errs:?}");
 }

@@ -56,6 +56,46 @@ pub struct ProviderSpec {
     pub basic_auth: Option<Spanned<BasicAuthSpec>>,
     #[schemars(with = "Option<LdapSpec>")]
     pub ldap: Option<Spanned<LdapSpec>>,
+    #[schemars(with = "Option<OidcSpec>")]
+    pub oidc: Option<Spanned<OidcSpec>>,
+}
+
+/// Browser users logged in at an OpenID provider (authorization code flow with PKCE), kept in
+/// an encrypted session cookie.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OidcSpec {
+    /// The provider's issuer; its endpoints come from `<issuer>/.well-known/openid-configuration`.
+    #[schemars(with = "String")]
+    pub issuer: Spanned<String>,
+    pub client_id: String,
+    /// A Secret whose `client-secret` is the client's secret and `cookie-secret` (at least 32
+    /// bytes) the key sessions are sealed with: every agent reads the same one.
+    #[schemars(with = "SecretRefSpec")]
+    pub secret_ref: Spanned<SecretRefSpec>,
+    /// Where the provider sends the browser back (default `/oauth2/callback`, on the request's
+    /// host); registered at the provider.
+    pub redirect_path: Option<String>,
+    /// An absolute redirect URI instead of one on the request's host.
+    #[schemars(with = "Option<String>")]
+    pub redirect_uri: Option<Spanned<String>>,
+    /// The path that ends the session (default `/oauth2/logout`).
+    pub logout_path: Option<String>,
+    /// Where the provider sends the browser after logout (registered at the provider).
+    pub post_logout_redirect_uri: Option<String>,
+    /// Scopes asked for besides `openid` (default `profile email`).
+    pub scopes: Option<Vec<String>>,
+    /// ID token algorithms (default `[RS256]`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    /// The session cookie's name (default `rampart_session`).
+    pub cookie_name: Option<String>,
+    /// Longest session, from login (default 28800: 8 hours); refresh tokens renew the ID token
+    /// within it.
+    #[schemars(with = "Option<u64>")]
+    pub session_seconds: Option<Spanned<u64>>,
+    #[schemars(with = "Option<Vec<ClaimHeaderSpec>>")]
+    pub claims_to_headers: Option<Vec<Spanned<ClaimHeaderSpec>>>,
 }
 
 /// Users and passwords from an htpasswd file in a Secret (bcrypt or SHA-crypt hashes only).
