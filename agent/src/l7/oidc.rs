@@ -723,6 +723,26 @@ impl OidcState {
     }
 }
 
+/// The value of a session cookie for `claims`, lasting `lifetime_s`, as a login through
+/// `provider` would set it (the benchmarks' sessions, without a browser).
+pub fn sealed_session(
+    cookie_secret: &[u8],
+    provider: &str,
+    claims: serde_json::Map<String, serde_json::Value>,
+    lifetime_s: u64,
+) -> Option<String> {
+    let now = now_s();
+    let session = Session {
+        sid: random_token()?,
+        claims,
+        ends: now + lifetime_s,
+        renew: now + lifetime_s,
+        refresh_token: None,
+        id_token: None,
+    };
+    Sealer::new(cookie_secret, provider)?.seal(SESSION, &serde_json::to_vec(&session).ok()?)
+}
+
 /// The claims a session keeps: the user's, not the token's own bookkeeping.
 fn without_protocol_claims(
     mut claims: serde_json::Map<String, serde_json::Value>,

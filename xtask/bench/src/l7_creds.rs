@@ -23,3 +23,27 @@ pub fn jwt() -> anyhow::Result<(String, String)> {
         "use": "sig", "n": jwk["n"], "e": jwk["e"]}]});
     Ok((jwks.to_string(), token))
 }
+
+/// `dora`'s bcrypt hash (cost 5, of `wonderland`, made by libxcrypt): checked once, then
+/// remembered by the agent, as for a client that sends the same credential again.
+pub const HTPASSWD_DORA: &str = "$2b$05$abcdefghijklmnopqrstuuA0vov2GDneHB3.8.cv9UF9g.RdvScIW";
+
+/// The OIDC row's cookie key (the policy's `cookie-secret`).
+pub const COOKIE_SECRET: &str = "bench-cookie-secret-0123456789abcdef0123";
+
+/// An `Authorization: Basic` header line.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A day-long session of `bench-user` for the `login` provider, as a login would seal it.
+pub fn oidc_session() -> anyhow::Result<String> {
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), "bench-user".into());
+    rampart_agent::l7::oidc::sealed_session(COOKIE_SECRET.as_bytes(), "login", claims, 86_400)
+        .ok_or_else(|| anyhow::anyhow!("sealing the OIDC row's session"))
+}

@@ -12,7 +12,9 @@
 //! `cpu_s_per_10k_rr`, the CPU seconds both nodes' proxies spend on 10,000 round trips (ratio to
 //! HAProxy). `rampart-mtls-vs-haproxy` rows give Rampart's median over HAProxy's. The L7 rows put
 //! the HTTP server behind one filter each (JWT, API key, rate limit, the WAF on a benign and on
-//! a blocked request), as ratios to the tunnel without L7 rules; `agent_cpu_us_per_request` is
+//! a blocked request; Basic users from htpasswd and from LDAP (a remembered login), an OIDC
+//! session cookie, a Rego policy, an external authorizer over HTTP and over gRPC), as ratios to
+//! the tunnel without L7 rules; `agent_cpu_us_per_request` is
 //! the destination agent's CPU per HTTP request with the WAF off and on, and `waf-engine-*` the
 //! engine's own time per request in this process (the floor under the WAF rows). A 64 KiB JSON
 //! response is measured in the tunnel alone, behind DLP masking, and behind the WAF with
@@ -44,6 +46,18 @@ const DLP_PORT: u16 = 8087;
 /// The 64 KiB server behind the WAF with response inspection (the body held and judged by
 /// CRS's response rules).
 const WAF_RESPONSE_PORT: u16 = 8088;
+/// The same server behind the other authentication and authorization providers: Basic users
+/// from htpasswd (bcrypt), an LDAP directory (slapd in a pod of node 2), an OIDC session
+/// cookie, a Rego policy, and an external authorizer over HTTP and gRPC (grpcio with Envoy's
+/// protos, in another pod of node 2).
+const BASIC_PORT: u16 = 8089;
+const LDAP_PORT: u16 = 8090;
+const OIDC_PORT: u16 = 8091;
+const REGO_PORT: u16 = 8092;
+const EXT_AUTHZ_HTTP_PORT: u16 = 8093;
+const EXT_AUTHZ_GRPC_PORT: u16 = 8094;
+const LDAP_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 20);
+const AUTHZ_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 30);
 const HTTP_CONCURRENCY: usize = 8;
 /// A benign request with a query the rules read, and a SQL injection they block (403).
 pub const WAF_BENIGN: &str = "/orders?id=42&sort=asc";
@@ -80,7 +94,7 @@ fn ip(node: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node, d)
 }
 
-fn policy(jwks: &str) -> String {
+fn policy(jwks: &str, ldap_ca: &str) -> String {
     let pod = |name: &str, node: u8| {
         format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: bench, labels: {{app: {name}}}}}\nspec: {{serviceAccountName: {name}, nodeName: node-{node}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: {}, hostIP: 192.168.200.{node}}}\n",
@@ -91,12 +105,12 @@ fn policy(jwks: &str) -> String {
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n{}{}---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: b-mtls}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {MESH_PORT}}}, {{port: {HTTP_PORT}}}, {{port: {BIG_PORT}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n{}",
         pod("a", 1),
         pod("b", 2),
-        l7_policies(jwks)
+        l7_policies(jwks, ldap_ca)
     )
 }
 
 /// One MeshPolicy per L7 port, each with only the filter it measures.
-fn l7_policies(jwks: &str) -> String {
+fn l7_policies(jwks: &str, ldap_ca: &str) -> String {
     let mesh = |name: &str, port: u16, http: &str| {
         format!(
             "---\napiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliesTo: {{podSelector: {{matchLabels: {{app: b}}}}}}\n  ports: [{{port: {port}}}]\n  allowedPrincipals: {{serviceAccounts: [bench/a]}}\n  http:\n{http}"
@@ -135,6 +149,63 @@ fn l7_policies(jwks: &str) -> String {
             DLP_PORT,
             "    dlp:\n      detectors: [{type: cardNumber, action: Mask, keepLast: 4}]\n",
         ),
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: bench}}\nstringData:\n  htpasswd: |\n    dora:{}\n",
+            crate::l7_creds::HTPASSWD_DORA
+        ),
+        mesh(
+            "b-basic",
+            BASIC_PORT,
+            "    authentication:\n      providers:\n      - name: users\n        basicAuth: {secretRef: {namespace: bench, name: users}}\n",
+        ),
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ldap, namespace: bench}}\nstringData:\n  bindDN: '{}'\n  password: '{}'\n  ca.crt: |\n{}",
+            rampart_tests::ldap::SEARCH_DN,
+            rampart_tests::ldap::SEARCH_PASSWORD,
+            ldap_ca.lines().map(|l| format!("    {l}\n")).collect::<String>()
+        ),
+        mesh(
+            "b-ldap",
+            LDAP_PORT,
+            &format!(
+                "    authentication:\n      providers:\n      - name: corp\n        ldap: {{url: 'ldaps://{LDAP_IP}', caSecretRef: {{namespace: bench, name: ldap}}, bindSecretRef: {{namespace: bench, name: ldap}}, userBase: 'ou=people,{}', groupBase: 'ou=groups,{}'}}\n",
+                rampart_tests::ldap::SUFFIX,
+                rampart_tests::ldap::SUFFIX
+            ),
+        ),
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: login, namespace: bench}}\nstringData: {{client-secret: bench, cookie-secret: '{}'}}\n",
+            crate::l7_creds::COOKIE_SECRET
+        ),
+        mesh(
+            "b-oidc",
+            OIDC_PORT,
+            // Sessions are opened in the agent: the provider is never asked (a loopback
+            // address of the node, where nothing listens).
+            "    authentication:\n      providers:\n      - name: login\n        oidc: {issuer: 'http://127.0.0.1:9', clientId: bench, secretRef: {namespace: bench, name: login}}\n",
+        ),
+        mesh(
+            "b-rego",
+            REGO_PORT,
+            "    rego:\n      inline: |\n        package envoy.authz\n        default allow := false\n        allow if {\n          input.attributes.request.http.method == \"GET\"\n          startswith(input.attributes.source.principal, \"spiffe://\")\n        }\n",
+        ),
+        mesh(
+            "b-ext-authz-http",
+            EXT_AUTHZ_HTTP_PORT,
+            &format!(
+                "    extAuthz: {{http: 'http://{AUTHZ_IP}:{}{}', headersToSend: [x-user], timeout: 1s}}\n",
+                rampart_tests::ext_authz::HTTP_PORT,
+                rampart_tests::ext_authz::HTTP_PREFIX
+            ),
+        ),
+        mesh(
+            "b-ext-authz-grpc",
+            EXT_AUTHZ_GRPC_PORT,
+            &format!(
+                "    extAuthz: {{grpc: 'http://{AUTHZ_IP}:{}', timeout: 1s}}\n",
+                rampart_tests::ext_authz::GRPC_PORT
+            ),
+        ),
     ]
     .concat()
 }
@@ -147,17 +218,44 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         .node("node-2")
         .pod("node-1", "bench/a", ip(1, 10))
         .pod("node-2", "bench/b", ip(2, 10))
+        .pod("node-2", "bench/ldap", LDAP_IP)
+        .pod("node-2", "bench/authz", AUTHZ_IP)
         .build()?;
+    let ldap = rampart_tests::ldap::LdapServer::start(
+        &topo.pod("bench/ldap").ns,
+        IpAddr::V4(LDAP_IP),
+        &[rampart_tests::ldap::Person {
+            uid: "alice",
+            password: "alice-pw",
+            groups: &["staff"],
+        }],
+    )?;
+    let _authorizer = rampart_tests::ext_authz::Authorizer::start(
+        &topo.pod("bench/authz").ns,
+        IpAddr::V4(AUTHZ_IP),
+    )?;
     let _echo = EchoServer::start(&topo.pod("bench/b").ns, &[MESH_PORT, L4_PORT], &[])?;
     let a = &topo.pod("bench/a").ns;
-    let _http = [HTTP_PORT, JWT_PORT, API_KEY_PORT, RATE_LIMIT_PORT, WAF_PORT]
-        .into_iter()
-        .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
-        .chain(
-            [BIG_PORT, DLP_PORT, WAF_RESPONSE_PORT]
-                .map(|port| crate::http::serve_body(&topo.pod("bench/b").ns, port, big_body())),
-        )
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let _http = [
+        HTTP_PORT,
+        JWT_PORT,
+        API_KEY_PORT,
+        RATE_LIMIT_PORT,
+        WAF_PORT,
+        BASIC_PORT,
+        LDAP_PORT,
+        OIDC_PORT,
+        REGO_PORT,
+        EXT_AUTHZ_HTTP_PORT,
+        EXT_AUTHZ_GRPC_PORT,
+    ]
+    .into_iter()
+    .map(|port| crate::http::serve(&topo.pod("bench/b").ns, port))
+    .chain(
+        [BIG_PORT, DLP_PORT, WAF_RESPONSE_PORT]
+            .map(|port| crate::http::serve_body(&topo.pod("bench/b").ns, port, big_body())),
+    )
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let dst = |port| SocketAddr::new(IpAddr::V4(ip(2, 10)), port);
     let http_with = |to: SocketAddr, get: &Get| {
         crate::http::measure(a, to, HTTP_CONCURRENCY, http_requests(quick), get)
@@ -179,7 +277,7 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let _ = std::fs::remove_dir_all(&work);
     let (ca_dir, policy_dir) = (work.join("ca"), work.join("policy"));
     std::fs::create_dir_all(&policy_dir)?;
-    std::fs::write(policy_dir.join("bench.yaml"), policy(&jwks))?;
+    std::fs::write(policy_dir.join("bench.yaml"), policy(&jwks, &ldap.ca_pem))?;
     rampart_tests::agent::ca_init(&ca_dir)?;
     let crs = crate::waf_floor::crs_dir()?;
     let start = |node: &str| {
@@ -200,6 +298,9 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     let (mut jwt, mut api_key, mut rate_limit) = (Vec::new(), Vec::new(), Vec::new());
     let (mut waf, mut waf_attack) = (Vec::new(), Vec::new());
     let (mut big, mut dlp, mut waf_response) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut basic, mut ldap_rows, mut oidc) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rego, mut ext_http, mut ext_grpc) = (Vec::new(), Vec::new(), Vec::new());
+    let session = crate::l7_creds::oidc_session()?;
     let node2_pid: Vec<u32> = agents[1].pid().into_iter().collect();
     // Agent CPU per request on the destination node, WAF off vs on.
     let (mut cpu_plain, mut cpu_waf, mut cpu_waf_attack) = (Vec::new(), Vec::new(), Vec::new());
@@ -244,6 +345,27 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         big.push(http(dst(BIG_PORT))?);
         dlp.push(http(dst(DLP_PORT))?);
         waf_response.push(http(dst(WAF_RESPONSE_PORT))?);
+        basic.push(http_with(
+            dst(BASIC_PORT),
+            &Get::with_header(crate::l7_creds::basic("dora", "wonderland")),
+        )?);
+        ldap_rows.push(http_with(
+            dst(LDAP_PORT),
+            &Get::with_header(crate::l7_creds::basic("alice", "alice-pw")),
+        )?);
+        oidc.push(http_with(
+            dst(OIDC_PORT),
+            &Get::with_header(format!("cookie: rampart_session={session}")),
+        )?);
+        rego.push(http(dst(REGO_PORT))?);
+        ext_http.push(http_with(
+            dst(EXT_AUTHZ_HTTP_PORT),
+            &Get::with_header("x-user: alice".into()),
+        )?);
+        ext_grpc.push(http_with(
+            dst(EXT_AUTHZ_GRPC_PORT),
+            &Get::with_header("x-user: alice".into()),
+        )?);
     }
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let rampart_cpu = cpu_per_10k(&pids, runs, || round_trips(a, dst(MESH_PORT), CPU_ROUNDS))?;
@@ -258,6 +380,12 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
     http_samples.push(("rampart-mtls-64k".into(), big));
     http_samples.push(("rampart-mtls-64k-dlp".into(), dlp));
     http_samples.push(("rampart-mtls-64k-waf-response".into(), waf_response));
+    http_samples.push(("rampart-mtls-basic".into(), basic));
+    http_samples.push(("rampart-mtls-ldap".into(), ldap_rows));
+    http_samples.push(("rampart-mtls-oidc-session".into(), oidc));
+    http_samples.push(("rampart-mtls-rego".into(), rego));
+    http_samples.push(("rampart-mtls-ext-authz-http".into(), ext_http));
+    http_samples.push(("rampart-mtls-ext-authz-grpc".into(), ext_grpc));
     drop(agents);
 
     let peers = crate::haproxy::start_pair(
@@ -291,6 +419,12 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         "rampart-mtls-rate-limit",
         "rampart-mtls-waf",
         "rampart-mtls-waf-attack",
+        "rampart-mtls-basic",
+        "rampart-mtls-ldap",
+        "rampart-mtls-oidc-session",
+        "rampart-mtls-rego",
+        "rampart-mtls-ext-authz-http",
+        "rampart-mtls-ext-authz-grpc",
     ] {
         out.extend(versus(
             &http_samples,
