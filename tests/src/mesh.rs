@@ -390,3 +390,28 @@ fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// A self-signed certificate for `names`, as an ingress presents it: (certificate PEM, key
+/// PEM).
+pub fn self_signed(names: &[&str]) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// `text`'s lines, each indented by `spaces` (the lines of a YAML block scalar).
+pub fn indent(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// A `kubernetes.io/tls` Secret document (with its leading `---`) holding `cert`.
+pub fn tls_secret(namespace: &str, name: &str, (cert, key): &(String, String)) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert, 4),
+        indent(key, 4)
+    )
+}

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::https::https_request;
 use rampart_tests::ldap::{LdapServer, Person, SEARCH_DN, SEARCH_PASSWORD, SUFFIX};
-use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::mesh::{MeshAgents, indent, pod_object, self_signed, tls_secret};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::{HttpReply, http_request};
 use rampart_tests::{Agent, Topology, require_root};
@@ -50,18 +50,6 @@ const PEOPLE: [Person; 3] = [
         groups: &["order-admins"],
     },
 ];
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}\n")).collect()
-}
-
-/// A self-signed certificate for the ingress: (certificate PEM, key PEM).
-fn certificate() -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec![SNI.to_owned()]).expect("params");
-    let cert = params.self_signed(&key).expect("certificate");
-    (cert.pem(), key.serialize_pem())
-}
 
 fn policy(ldap_ca: &str, ingress: &(String, String)) -> String {
     let ldap_ip = ip(2, 20);
@@ -116,15 +104,7 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: ldap-search, namespace: shop}}
 stringData: {{bindDN: '{SEARCH_DN}', password: '{SEARCH_PASSWORD}'}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: api-tls, namespace: shop}}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{cert}  tls.key: |
-{key}---
+{tls}---
 apiVersion: v1
 kind: Secret
 metadata: {{name: staff, namespace: shop}}
@@ -168,69 +148,33 @@ spec:
 {rego}"#,
         a = pod_object("shop", "a", 1, ip(1, 10)),
         b = pod_object("shop", "b", 2, ip(2, 10)),
-        ca = indent(ldap_ca),
-        cert = indent(&ingress.0),
-        key = indent(&ingress.1),
+        ca = indent(ldap_ca, 4),
+        tls = tls_secret("shop", "api-tls", ingress),
         ldaps = ldap(8080, &format!("ldaps://{ldap_ip}"), ""),
         starttls = ldap(
             8082,
             &format!("ldap://{ldap_ip}:389"),
             "\n          startTls: true"
         ),
-        rego = OPA_ISTIO_EXAMPLE
+        rego = opa_istio_example()
             .lines()
             .map(|l| format!("        {l}\n"))
             .collect::<String>(),
     )
 }
 
-/// OPA's Istio tutorial policy for its Envoy plugin (the quick start's `opa-policy`): users
-/// from the Basic credential, their roles, and the paths each role may GET.
-const OPA_ISTIO_EXAMPLE: &str = r#"package istio.authz
-
-import input.attributes.request.http as http_request
-import input.parsed_path
-
-default allow := false
-
-allow if {
-    parsed_path[0] == "health"
-    http_request.method == "GET"
+/// OPA's Istio tutorial policy for its Envoy plugin (the quick start's `opa-policy`), as
+/// `policies/auth/rego.yaml` carries it: users from the Basic credential, their roles, and the
+/// paths each role may GET.
+fn opa_istio_example() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/auth/rego.yaml");
+    let text = std::fs::read_to_string(&path).expect("policies/auth/rego.yaml");
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).expect("rego.yaml");
+    doc["spec"]["http"]["rego"]["inline"]
+        .as_str()
+        .expect("an inline policy")
+        .to_owned()
 }
-
-allow if {
-    some r in roles_for_user
-    r in required_roles
-}
-
-roles_for_user contains r if {
-    some r in user_roles[user_name]
-}
-
-required_roles contains r if {
-    some perm in role_perms[r]
-    perm.method == http_request.method
-    perm.path == http_request.path
-}
-
-user_name := parsed if {
-    [_, encoded] := split(http_request.headers.authorization, " ")
-    [parsed, _] := split(base64url.decode(encoded), ":")
-}
-
-user_roles := {
-    "alice": ["guest"],
-    "bob": ["admin"],
-}
-
-role_perms := {
-    "guest": [{"method": "GET", "path": "/productpage"}],
-    "admin": [
-        {"method": "GET", "path": "/productpage"},
-        {"method": "GET", "path": "/api/v1/products"},
-    ],
-}
-"#;
 
 fn basic(user: &str, password: &str) -> String {
     format!(
@@ -266,7 +210,7 @@ impl World {
             .into_iter()
             .map(|port| HttpServer::start(&topo.pod("shop/b").ns, port).expect("origin"))
             .collect();
-        let ingress = certificate();
+        let ingress = self_signed(&[SNI]).expect("certificate");
         let mesh = MeshAgents::start(
             &topo,
             &["node-1", "node-2"],

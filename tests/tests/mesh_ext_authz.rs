@@ -16,7 +16,7 @@ use std::time::Duration;
 use rampart_tests::ext_authz::{Authorizer, GRPC_PORT, HTTP_PORT, HTTP_PREFIX};
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::https::https_request;
-use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::mesh::{MeshAgents, pod_object, self_signed, tls_secret};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::probe::{HttpReply, http_request};
 use rampart_tests::{Agent, Topology, require_root};
@@ -28,10 +28,6 @@ const GRPC_AUTHZ: u16 = 8085;
 
 fn ip(n: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n, d)
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 fn policy(ingress: &(String, String)) -> String {
@@ -59,11 +55,10 @@ spec:
         )
     };
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{a}{b}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: api-tls, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{cert}  tls.key: |\n{key}{http}{grpc}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{a}{b}{tls}{http}{grpc}",
         a = pod_object("shop", "a", 1, ip(1, 10)),
         b = pod_object("shop", "b", 2, ip(2, 10)),
-        cert = indent(&ingress.0),
-        key = indent(&ingress.1),
+        tls = tls_secret("shop", "api-tls", ingress),
         http = mesh_policy(
             HTTP_AUTHZ,
             &format!("http: 'http://{authz}:{HTTP_PORT}{HTTP_PREFIX}'")
@@ -100,12 +95,7 @@ impl World {
             HttpServer::start(b, HTTP_AUTHZ).expect("origin"),
             HttpServer::start(b, GRPC_AUTHZ).expect("origin"),
         ];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec![SNI.to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("certificate");
-        let ingress = (cert.pem(), key.serialize_pem());
+        let ingress = self_signed(&[SNI]).expect("certificate");
         let mesh = MeshAgents::start(
             &topo,
             &["node-1", "node-2"],

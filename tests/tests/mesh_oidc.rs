@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rampart_tests::http_server::HttpServer;
 use rampart_tests::https::https_request;
-use rampart_tests::mesh::{MeshAgents, pod_object};
+use rampart_tests::mesh::{MeshAgents, pod_object, self_signed, tls_secret};
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::oidc::{Client, Idp, browse, cookie};
 use rampart_tests::probe::HttpReply;
@@ -36,10 +36,6 @@ const TOKEN_TTL_S: u64 = 8;
 
 fn ip(n: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n, d)
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 fn policy(issuer: &str, ingress: &(String, String)) -> String {
@@ -72,11 +68,10 @@ spec:
         )
     };
     format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{b}{c}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: api-tls, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{cert}  tls.key: |\n{key}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: shop-login, namespace: shop}}\nstringData: {{client-secret: shop-client-secret-41d7, cookie-secret: 'a4c1f0e9b27d4e55a0c3f1b8d6e2a7c94f1e0b3d'}}\n{app}{short}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{b}{c}{tls}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: shop-login, namespace: shop}}\nstringData: {{client-secret: shop-client-secret-41d7, cookie-secret: 'a4c1f0e9b27d4e55a0c3f1b8d6e2a7c94f1e0b3d'}}\n{app}{short}",
         b = pod_object("shop", "b", 2, ip(2, 10)),
         c = pod_object("shop", "c", 1, ip(1, 20)),
-        cert = indent(&ingress.0),
-        key = indent(&ingress.1),
+        tls = tls_secret("shop", "api-tls", ingress),
         app = mesh_policy(APP, ""),
         short = mesh_policy(SHORT, "\n          sessionSeconds: 5"),
     )
@@ -123,12 +118,7 @@ impl World {
                 origins.push(HttpServer::start(&topo.pod(pod).ns, port).expect("origin"));
             }
         }
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("certificate");
-        let ingress = (cert.pem(), key.serialize_pem());
+        let ingress = self_signed(&[HOST]).expect("certificate");
         let mesh = MeshAgents::start(
             &topo,
             &["node-1", "node-2"],

@@ -70,3 +70,36 @@ pub struct Passed {
     /// The bucket that decided, and tokens left in it.
     pub rate_limit: Option<(String, u32)>,
 }
+
+/// The request's authority: the request target's, else its `Host` (normalisation made the two
+/// agree when both are present).
+pub fn authority(parts: &hyper::http::request::Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// Every header once by its lower-case name, repeated values joined with `,` (as Envoy shows
+/// a request to its authorizers).
+pub fn joined_headers(headers: &hyper::HeaderMap) -> std::collections::BTreeMap<String, String> {
+    let mut joined = std::collections::BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        joined
+            .entry(name.as_str().to_owned())
+            .and_modify(|all| {
+                all.push(',');
+                all.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    joined
+}

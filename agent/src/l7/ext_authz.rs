@@ -115,18 +115,7 @@ async fn check_http(
         .method(parts.method.clone())
         .uri(&uri)
         .header(header::CONTENT_LENGTH, "0");
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    if let Some(host) = host {
+    if let Some(host) = super::context::authority(parts) {
         request = request.header(header::HOST, host);
     }
     for name in std::iter::once(&header::AUTHORIZATION).chain(&model.headers_to_send) {
@@ -176,29 +165,11 @@ async fn check_http(
 
 /// The `CheckRequest` of a request.
 fn check_request(parts: &Parts, peer: &Peer, scheme: &str) -> proto::CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|joined: &mut String| {
-                joined.push(',');
-                joined.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let mut headers: std::collections::HashMap<String, String> =
+        super::context::joined_headers(&parts.headers)
+            .into_iter()
+            .collect();
+    let host = super::context::authority(parts).unwrap_or_default();
     headers.insert(":authority".into(), host.clone());
     headers.insert(":method".into(), parts.method.to_string());
     let path = parts

@@ -349,18 +349,7 @@ impl OidcState {
         } else {
             "http"
         };
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+        let host = super::context::authority(parts).unwrap_or_default();
         format!("{scheme}://{host}{}", self.model.redirect_path)
     }
 

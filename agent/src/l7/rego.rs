@@ -30,32 +30,12 @@ pub enum Decision {
 
 /// The request as OPA's Envoy plugin shows it to a policy.
 pub fn input(parts: &Parts, peer: &Peer, passed: &Passed, scheme: &str) -> Value {
-    let mut headers = serde_json::Map::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match headers.get_mut(name.as_str()) {
-            // Envoy joins repeated headers with `,`.
-            Some(Value::String(joined)) => {
-                joined.push(',');
-                joined.push_str(&value);
-            }
-            _ => {
-                headers.insert(name.as_str().to_owned(), Value::String(value));
-            }
-        }
-    }
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let mut headers: serde_json::Map<String, Value> =
+        super::context::joined_headers(&parts.headers)
+            .into_iter()
+            .map(|(name, value)| (name, Value::String(value)))
+            .collect();
+    let host = super::context::authority(parts).unwrap_or_default();
     headers.insert(":authority".into(), Value::String(host.clone()));
     headers.insert(":method".into(), Value::String(parts.method.to_string()));
     let path = parts
@@ -224,54 +204,20 @@ pub fn interpret(result: &Value) -> Decision {
 mod tests {
     use super::*;
 
-    /// OPA's Istio tutorial policy for its Envoy plugin (`quick_start.yaml`'s
-    /// `opa-policy`): users from a Basic credential, their roles, and the paths each role may
-    /// GET.
-    pub const OPA_EXAMPLE: &str = r#"package istio.authz
-
-import input.attributes.request.http as http_request
-import input.parsed_path
-
-default allow := false
-
-allow if {
-    parsed_path[0] == "health"
-    http_request.method == "GET"
-}
-
-allow if {
-    some r in roles_for_user
-    r in required_roles
-}
-
-roles_for_user contains r if {
-    some r in user_roles[user_name]
-}
-
-required_roles contains r if {
-    some perm in role_perms[r]
-    perm.method == http_request.method
-    perm.path == http_request.path
-}
-
-user_name := parsed if {
-    [_, encoded] := split(http_request.headers.authorization, " ")
-    [parsed, _] := split(base64url.decode(encoded), ":")
-}
-
-user_roles := {
-    "alice": ["guest"],
-    "bob": ["admin"],
-}
-
-role_perms := {
-    "guest": [{"method": "GET", "path": "/productpage"}],
-    "admin": [
-        {"method": "GET", "path": "/productpage"},
-        {"method": "GET", "path": "/api/v1/products"},
-    ],
-}
-"#;
+    /// OPA's Istio tutorial policy for its Envoy plugin (the quick start's `opa-policy`), as
+    /// `policies/auth/rego.yaml` carries it: users from a Basic credential, their roles, and the
+    /// paths each role may GET.
+    fn opa_example() -> String {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/auth/rego.yaml");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let doc: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("rego.yaml: {e}"));
+        doc["spec"]["http"]["rego"]["inline"]
+            .as_str()
+            .unwrap_or_else(|| panic!("rego.yaml has no inline policy"))
+            .to_owned()
+    }
 
     fn request(method: &str, uri: &str, user: Option<&str>) -> Parts {
         use base64::Engine as _;
@@ -307,9 +253,12 @@ role_perms := {
 
     #[test]
     fn opas_istio_example_decides_as_in_its_tutorial() {
-        let engine =
-            crate::policy::http::rego::compile("istio.rego", OPA_EXAMPLE, "data.istio.authz.allow")
-                .unwrap_or_else(|e| panic!("{e}"));
+        let engine = crate::policy::http::rego::compile(
+            "istio.rego",
+            &opa_example(),
+            "data.istio.authz.allow",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let q = "data.istio.authz.allow";
         for (method, uri, user, expected) in [
             ("GET", "/health", None, true),
