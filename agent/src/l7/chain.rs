@@ -146,10 +146,11 @@ async fn oidc_attempt(
             if let Some(cookie) = set_cookie {
                 passed.set_response.push((header::SET_COOKIE, cookie));
             }
-            // The session cookie stays between the browser and the proxy.
+            // The session and login cookies stay between the browser and the proxy.
             passed
                 .strip
                 .push(TokenSource::Cookie(p.cookie_name.clone()));
+            passed.strip.push(TokenSource::Cookie(oidc.login_cookie()));
             passed.principal = Some(Principal {
                 provider: p.name.clone(),
                 method: "oidc",

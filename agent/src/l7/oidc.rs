@@ -237,7 +237,8 @@ impl OidcState {
         &self.keys
     }
 
-    fn login_cookie(&self) -> String {
+    /// The cookie that carries a login in progress.
+    pub fn login_cookie(&self) -> String {
         format!("{}_login", self.model.cookie_name)
     }
 
@@ -507,11 +508,7 @@ impl OidcState {
         };
         let mut headers = clear_login;
         headers.push((header::SET_COOKIE, cookie));
-        let back = if login.return_to.starts_with('/') && !login.return_to.starts_with("//") {
-            login.return_to
-        } else {
-            "/".to_owned()
-        };
+        let back = same_site_path(&login.return_to).to_owned();
         headers.extend(
             HeaderValue::from_str(&back)
                 .ok()
@@ -732,6 +729,16 @@ pub fn sealed_session(
     Sealer::new(cookie_secret, provider)?.seal(SESSION, &serde_json::to_vec(&session).ok()?)
 }
 
+/// Where a login returns the browser: the page it asked for when that is a path of this site,
+/// else `/` (`//host` and `/\host` are other sites to a browser).
+fn same_site_path(return_to: &str) -> &str {
+    if return_to.starts_with('/') && !matches!(return_to.as_bytes().get(1), Some(b'/' | b'\\')) {
+        return_to
+    } else {
+        "/"
+    }
+}
+
 /// The claims a session keeps: the user's, not the token's own bookkeeping.
 fn without_protocol_claims(
     mut claims: serde_json::Map<String, serde_json::Value>,
@@ -798,6 +805,19 @@ mod tests {
             ]
         )));
         assert!(!is_navigation(&parts("GET", &[])));
+    }
+
+    #[test]
+    fn a_login_returns_only_to_a_path_of_this_site() {
+        assert_eq!(same_site_path("/orders/7?view=full"), "/orders/7?view=full");
+        for elsewhere in [
+            "//evil.example/",
+            "/\\evil.example/",
+            "https://evil.example/",
+            "",
+        ] {
+            assert_eq!(same_site_path(elsewhere), "/", "{elsewhere}");
+        }
     }
 
     #[test]
