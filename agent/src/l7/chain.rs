@@ -160,7 +160,7 @@ async fn oidc_attempt(
         }
         super::oidc::Outcome::LoginRedirect(redirect) => Attempt::Login(redirect),
         super::oidc::Outcome::Absent => Attempt::Absent,
-        super::oidc::Outcome::Invalid(_) => Attempt::Failed(AuthnReason::InvalidSession),
+        super::oidc::Outcome::Invalid => Attempt::Failed(AuthnReason::InvalidSession),
         super::oidc::Outcome::Respond(denial) => Attempt::Respond(denial),
     }
 }

@@ -123,7 +123,7 @@ pub enum Outcome {
     /// No session and not a browser navigation.
     Absent,
     /// A session cookie that does not open, or has ended.
-    Invalid(Vec<HeaderValue>),
+    Invalid,
     /// The provider's own paths (the callback, logout): their answer.
     Respond(Denial),
 }
@@ -253,7 +253,7 @@ impl OidcState {
         }
         match self.session(parts).await {
             Some(Ok(outcome)) => outcome,
-            Some(Err(clear)) if !is_navigation(parts) => Outcome::Invalid(clear),
+            Some(Err(())) if !is_navigation(parts) => Outcome::Invalid,
             Some(Err(_)) | None if is_navigation(parts) => {
                 Outcome::LoginRedirect(self.login_redirect(parts, peer).await)
             }
@@ -261,15 +261,10 @@ impl OidcState {
         }
     }
 
-    /// The session of the request's cookie: `None` without one; `Err` (with the header that
-    /// clears it) when it does not open or has ended and cannot be renewed.
-    async fn session(&self, parts: &Parts) -> Option<Result<Outcome, Vec<HeaderValue>>> {
+    /// The session of the request's cookie: `None` without one; `Err` when it does not open
+    /// or has ended and cannot be renewed.
+    async fn session(&self, parts: &Parts) -> Option<Result<Outcome, ()>> {
         let text = cookie(parts, &self.model.cookie_name)?;
-        let clear = || {
-            clear_cookie(&self.model.cookie_name)
-                .into_iter()
-                .collect::<Vec<_>>()
-        };
         let Some(session) = self
             .sealer
             .as_ref()
@@ -277,7 +272,7 @@ impl OidcState {
             .and_then(|bytes| serde_json::from_slice::<Session>(&bytes).ok())
         else {
             tracing::debug!(provider = %self.model.name, "oidc: a session cookie that does not open");
-            return Some(Err(clear()));
+            return Some(Err(()));
         };
         let now = now_s();
         let logged_out = self
@@ -287,7 +282,7 @@ impl OidcState {
             .get(&session.sid)
             .is_some();
         if now >= session.ends || logged_out {
-            return Some(Err(clear()));
+            return Some(Err(()));
         }
         if now < session.renew {
             return Some(Ok(Outcome::Authenticated {
@@ -296,14 +291,14 @@ impl OidcState {
             }));
         }
         let Some(refresh_token) = session.refresh_token.clone() else {
-            return Some(Err(clear()));
+            return Some(Err(()));
         };
         match self.refresh(session, &refresh_token).await {
             Some((renewed, cookie)) => Some(Ok(Outcome::Authenticated {
                 claims: Claims(renewed.claims),
                 set_cookie: Some(cookie),
             })),
-            None => Some(Err(clear())),
+            None => Some(Err(())),
         }
     }
 
