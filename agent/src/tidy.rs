@@ -40,7 +40,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy::diag"],
     &["policy::spec"],
     &["policy::source", "policy::crd"],
-    &["policy::selector", "policy::secret"],
+    &["policy::selector", "policy::secret", "policy::config_map"],
     &["policy::waf", "policy::dlp"],
     &["policy::http", "policy::ingress"],
     &["policy::model"],

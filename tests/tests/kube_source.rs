@@ -489,8 +489,42 @@ fn keys_policy(name: &str, port: u16, secret: &str) -> Value {
     })
 }
 
+/// A ConfigMap carrying a Rego module that allows user `user` (header `x-user`), labelled for
+/// the agents to read it unless `labelled` is false; `module` replaces the module when given.
+fn rego_config_map(name: &str, user: &str, labelled: bool, module: Option<&str>) -> Value {
+    let labels = if labelled {
+        json!({"rampart.dev/policy": "rego"})
+    } else {
+        json!({})
+    };
+    let allowed = "package envoy.authz\n\ndefault allow := false\n\nallow if input.attributes.request.http.headers[\"x-user\"] == data.allowed.user\n";
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "data": {
+            "policy.rego": module.unwrap_or(allowed),
+            "allowed.json": json!({"allowed": {"user": user}}).to_string(),
+        },
+    })
+}
+
+fn rego_policy(name: &str, port: u16, config_map: &str) -> Value {
+    json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "MeshPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "appliesTo": {"podSelector": {"matchLabels": {"app": "b"}}},
+            "ports": [{"port": port}],
+            "http": {"rego": {"configMapRef": {"namespace": "shop", "name": config_map}}},
+        },
+    })
+}
+
+/// Secrets (API keys) and ConfigMaps (Rego) are read from the API, only when labelled, and a
+/// change to one is in force on both nodes; a ConfigMap edited into a broken module is
+/// rejected on its own, its last good version kept.
 #[test]
-fn a_secret_backed_api_key_rotated_in_the_api_takes_effect_between_nodes() {
+fn secrets_and_config_maps_changed_in_the_api_take_effect_between_nodes() {
     require_root();
     let topo = shop::two_nodes().expect("topology");
     let api = ApiServer::start_on_underlay(&topo).expect("API server stand-in");
@@ -503,10 +537,17 @@ fn a_secret_backed_api_key_rotated_in_the_api_takes_effect_between_nodes() {
         // A Secret without the label is never read: the policy naming it is rejected alone.
         keys_secret("unlabelled-keys", "key-hidden", false),
         keys_policy("unlabelled-api", 8082, "unlabelled-keys"),
+        rego_config_map("catalog-authz", "alice", true, None),
+        rego_policy("catalog-rego", 8083, "catalog-authz"),
+        // Nor a ConfigMap without the label.
+        rego_config_map("unlabelled-authz", "alice", false, None),
+        rego_policy("unlabelled-rego", 8084, "unlabelled-authz"),
     ] {
         api.apply(&object).expect("object");
     }
     let _origin = rampart_tests::http_server::HttpServer::start(&topo.pod("shop/b").ns, 8081)
+        .expect("origin");
+    let _catalog = rampart_tests::http_server::HttpServer::start(&topo.pod("shop/b").ns, 8083)
         .expect("origin");
     let dir = std::env::temp_dir().join(format!("rampart-kube-mesh-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -521,20 +562,15 @@ fn a_secret_backed_api_key_rotated_in_the_api_takes_effect_between_nodes() {
         &["--kubeconfig", &kubeconfig],
     )
     .expect("agents");
-    let get = |key: &str| {
+    let request = |port: u16, header: (&str, &str)| {
         let a = topo.pod("shop/a").ns.path();
-        let b = SocketAddr::new(IpAddr::V4(shop::ip(2)), 8081);
-        http_request(
-            &a,
-            b,
-            "GET",
-            "/",
-            &[("x-api-key", key)],
-            Duration::from_secs(3),
-        )
-        .map(|r| r.status)
-        .unwrap_or(0)
+        let b = SocketAddr::new(IpAddr::V4(shop::ip(2)), port);
+        http_request(&a, b, "GET", "/", &[header], Duration::from_secs(3))
+            .map(|r| r.status)
+            .unwrap_or(0)
     };
+    let get = |key: &str| request(8081, ("x-api-key", key));
+    let as_user = |user: &str| request(8083, ("x-user", user));
     assert_eq!(get("key-one"), 200, "{}", mesh.node("node-2").log());
     assert_eq!(get("key-two"), 401);
     api.apply(&keys_secret("partner-keys", "key-two", true))
@@ -543,10 +579,45 @@ fn a_secret_backed_api_key_rotated_in_the_api_takes_effect_between_nodes() {
         (get("key-two") == 200).then_some(())
     });
     assert_eq!(get("key-one"), 401, "the old key is refused");
+
+    assert_eq!(as_user("alice"), 200, "{}", mesh.node("node-2").log());
+    assert_eq!(as_user("bob"), 403);
+    api.apply(&rego_config_map("catalog-authz", "bob", true, None))
+        .expect("edit");
+    eventually("the edited data to be in force", CHANGE, || {
+        (as_user("bob") == 200).then_some(())
+    });
+    assert_eq!(as_user("alice"), 403, "the old decision is gone");
+    let rejected = || {
+        mesh.node("node-2")
+            .sample("rampart_kube_objects_rejected_total", r#"kind="ConfigMap""#)
+    };
+    let rejected_before = rejected();
+    api.apply(&rego_config_map(
+        "catalog-authz",
+        "carol",
+        true,
+        Some("package envoy.authz\nallow if {\n"),
+    ))
+    .expect("broken edit");
+    eventually("the broken module to be rejected", CHANGE, || {
+        (rejected() > rejected_before).then_some(())
+    });
+    assert_eq!(as_user("bob"), 200, "the last good module stays in force");
+    assert_eq!(as_user("carol"), 403);
+
     let log = mesh.node("node-2").log();
     assert!(
         log.contains("kube:MeshPolicy/unlabelled-api") && log.contains("rampart.dev/secret"),
         "the policy naming an unlabelled Secret is rejected, saying why:\n{log}"
+    );
+    assert!(
+        log.contains("kube:MeshPolicy/unlabelled-rego") && log.contains("rampart.dev/policy"),
+        "the policy naming an unlabelled ConfigMap is rejected, saying why:\n{log}"
+    );
+    assert!(
+        log.contains("kube:ConfigMap/shop/catalog-authz"),
+        "the broken module is named at its ConfigMap:\n{log}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -144,7 +144,13 @@ spec:
   http:
     rego:
       query: data.istio.authz.allow
-      inline: |
+      configMapRef: {{namespace: shop, name: productpage-authz}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: productpage-authz, namespace: shop, labels: {{rampart.dev/policy: rego}}}}
+data:
+  policy.rego: |
 {rego}"#,
         a = pod_object("shop", "a", 1, ip(1, 10)),
         b = pod_object("shop", "b", 2, ip(2, 10)),
@@ -158,7 +164,7 @@ spec:
         ),
         rego = opa_istio_example()
             .lines()
-            .map(|l| format!("        {l}\n"))
+            .map(|l| format!("    {l}\n"))
             .collect::<String>(),
     )
 }
@@ -441,7 +447,8 @@ fn a_directory_that_is_down_refuses_new_logins_and_keeps_recent_ones() {
     );
 }
 
-/// OPA's own Istio example policy decides through the real proxy, east-west and at ingress.
+/// OPA's own Istio example policy, from a ConfigMap, decides through the real proxy, east-west
+/// and at ingress.
 #[test]
 fn a_rego_policy_from_opas_envoy_examples_decides() {
     let w = World::start();

@@ -118,6 +118,10 @@ fn percent_decode(text: &str) -> String {
 /// Evaluates `model` on `input` within its budget; off the event loop (a policy may loop up
 /// to its budget).
 pub async fn decide(model: &RegoModel, input: Value) -> Decision {
+    if model.pending.is_some() {
+        // Never in force: a set with an unresolved ConfigMap is rejected. Refused all the same.
+        return Decision::Deny(Denial::new(AuthzReason::RegoError, StatusCode::FORBIDDEN));
+    }
     let engine = std::sync::Arc::clone(&model.engine);
     let (query, budget) = (model.query.clone(), model.budget);
     let evaluated =
@@ -275,6 +279,59 @@ mod tests {
                 "{method} {uri} as {user:?}"
             );
         }
+    }
+
+    /// `policies/auth/rego-configmap.yaml`'s module and data, compiled from its ConfigMap,
+    /// decide by the caller's SPIFFE ID.
+    #[test]
+    fn the_config_map_example_decides_by_caller_with_its_data() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = std::env::temp_dir().join(format!("rampart-rego-cm-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        for file in ["workloads.yaml", "auth/rego-configmap.yaml"] {
+            let name = file.rsplit('/').next().unwrap_or(file);
+            std::fs::copy(root.join(file), dir.join(name))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
+        let model = checked.model.mesh_policies[0]
+            .http
+            .as_ref()
+            .and_then(|h| h.rego.clone())
+            .unwrap_or_else(|| panic!("no rego"));
+        let as_caller = |caller: &str, method: &str, path: &str| {
+            let peer = Peer {
+                spiffe_id: crate::spiffe::SpiffeId::parse(caller).ok(),
+                ..peer()
+            };
+            let value = evaluate(
+                &model.engine,
+                &model.query,
+                Duration::from_millis(200),
+                input(
+                    &request(method, path, None),
+                    &peer,
+                    &Passed::default(),
+                    "http",
+                ),
+            );
+            matches!(value.as_ref().map(interpret), Ok(Decision::Allow(_)))
+        };
+        let (frontend, admin) = (
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            "spiffe://cluster.local/ns/shop/sa/admin",
+        );
+        assert!(as_caller(frontend, "GET", "/catalog/1"));
+        assert!(!as_caller(frontend, "PUT", "/catalog/1"));
+        assert!(as_caller(admin, "PUT", "/catalog/1"));
+        assert!(!as_caller(admin, "PUT", "/orders/1"));
+        assert!(!as_caller(
+            "spiffe://cluster.local/ns/shop/sa/db",
+            "GET",
+            "/catalog/1"
+        ));
     }
 
     #[test]

@@ -668,7 +668,7 @@ impl AgentCollector {
         counter_family(
             encoder,
             "rampart_kube_objects_rejected",
-            "Object versions rejected on their own (invalid Pods, Namespaces and Nodes on arrival, policies and Secrets when the set is checked); the last good version stays in force",
+            "Object versions rejected on their own (invalid Pods, Namespaces and Nodes on arrival, policies, Secrets and ConfigMaps when the set is checked); the last good version stays in force",
             rows(|h| h.rejected),
         )?;
         let leading = ConstGauge::new(i64::from(

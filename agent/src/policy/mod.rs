@@ -20,6 +20,7 @@
 //! A set with any error is rejected whole; the caller keeps the last good state in force.
 
 pub mod compile;
+pub mod config_map;
 pub mod cookie;
 pub mod crd;
 pub mod diag;

@@ -29,6 +29,7 @@ pub enum Object {
     ClusterPolicy(objects::ClusterPolicy),
     MeshPolicy(Box<objects::MeshPolicy>),
     Secret(objects::Secret),
+    ConfigMap(objects::ConfigMap),
 }
 
 impl Object {
@@ -40,6 +41,7 @@ impl Object {
             Object::ClusterPolicy(_) => "ClusterPolicy",
             Object::MeshPolicy(_) => "MeshPolicy",
             Object::Secret(_) => "Secret",
+            Object::ConfigMap(_) => "ConfigMap",
         }
     }
 
@@ -51,6 +53,7 @@ impl Object {
             Object::ClusterPolicy(o) => &o.metadata,
             Object::MeshPolicy(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
         }
     }
 }
@@ -531,7 +534,12 @@ fn parse_document(file: &Path, doc: &Document) -> Result<Option<SourceObject>, D
         ("rampart.dev/v1alpha1", "ClusterPolicy") => Object::ClusterPolicy(parse(file, doc)?),
         ("rampart.dev/v1alpha1", "MeshPolicy") => Object::MeshPolicy(Box::new(parse(file, doc)?)),
         ("v1", "Secret") => Object::Secret(parse(file, doc)?),
-        (_, "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy" | "Secret") => {
+        ("v1", "ConfigMap") => Object::ConfigMap(parse(file, doc)?),
+        (
+            _,
+            "Namespace" | "Pod" | "NetworkPolicy" | "ClusterPolicy" | "MeshPolicy" | "Secret"
+            | "ConfigMap",
+        ) => {
             return Err(Diagnostic::error(
                 start_origin,
                 format!("{kind}: unsupported apiVersion {api_version:?}"),

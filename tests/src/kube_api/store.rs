@@ -56,6 +56,7 @@ pub const RESOURCES: &[Resource] = &[
     resource("", "v1", "nodes", "Node", false, false),
     resource("", "v1", "services", "Service", true, false),
     resource("", "v1", "secrets", "Secret", true, false),
+    resource("", "v1", "configmaps", "ConfigMap", true, false),
     resource("", "v1", "events", "Event", true, false),
     resource(
         "discovery.k8s.io",

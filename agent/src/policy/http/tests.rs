@@ -288,6 +288,83 @@ fn rego_policies_compile_when_the_set_is_checked() {
     assert!(errs.iter().any(|e| e.contains("absolute path")), "{errs:?}");
 }
 
+/// A MeshPolicy whose Rego comes from `reference` (`namespace: shop, ...`) and a ConfigMap
+/// `shop/authz` with `data` (lines indented by two spaces).
+fn rego_from_config_map(reference: &str, data: &str) -> Vec<String> {
+    errors(&format!(
+        "    rego:\n      configMapRef: {{namespace: shop, {reference}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: authz, namespace: shop}}\ndata:\n{data}"
+    ))
+}
+
+#[test]
+fn rego_policies_from_a_config_map_compile_with_it() {
+    let module = "package envoy.authz\ndefault allow := false\nallow if data.users[input.attributes.request.http.headers[\"x-user\"]]\n";
+    let block = |key: &str, text: &str| {
+        let lines: String = text.lines().map(|l| format!("    {l}\n")).collect();
+        format!("  {key}: |\n{lines}")
+    };
+    let data = "  users.json: '{\"users\": {\"alice\": true}}'\n";
+    let good = format!("{}{data}", block("policy.rego", module));
+    assert_eq!(
+        rego_from_config_map("name: authz", &good),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        rego_from_config_map(
+            "name: authz, key: policy.rego",
+            &block("policy.rego", module)
+        ),
+        Vec::<String>::new()
+    );
+    // A module error is reported inside the ConfigMap: the module's line 4 (its end) is file
+    // line 18, indented by four.
+    let broken = block(
+        "policy.rego",
+        "package envoy.authz\ndefault allow := false\nallow if {\n",
+    );
+    assert_eq!(
+        rego_from_config_map("name: authz", &broken),
+        ["18:5: rego: expecting expression"]
+    );
+    let errs = rego_from_config_map(
+        "name: authz",
+        &format!("{}  users.json: '[1'\n", block("p.rego", module)),
+    );
+    assert!(
+        errs.len() == 1 && errs[0].starts_with("18:15: rego: users.json: not JSON"),
+        "{errs:?}"
+    );
+    let cases = [
+        (
+            "name: gone",
+            good.clone(),
+            "no ConfigMap shop/gone in the policy set",
+        ),
+        (
+            "name: authz, key: other.rego",
+            good.clone(),
+            "has no key other.rego",
+        ),
+        ("name: authz", data.to_owned(), "has no *.rego entry"),
+        (
+            "name: authz",
+            "  bad/key: x\n".to_owned(),
+            "ConfigMap data.bad/key",
+        ),
+    ];
+    for (reference, data, expected) in cases {
+        let errs = rego_from_config_map(reference, &data);
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{reference} {data}: {errs:?}"
+        );
+    }
+    let both = errors(
+        "    rego:\n      inline: 'package x'\n      configMapRef: {namespace: shop, name: authz}\n",
+    );
+    assert!(both[0].contains("exactly one of"), "{both:?}");
+}
+
 #[test]
 fn ext_authz_names_one_plain_http_or_grpc_authorizer() {
     assert_eq!(
@@ -341,7 +418,9 @@ fn the_authentication_and_authorization_examples_check() {
         "basic-auth.yaml",
         "ldap.yaml",
         "rego.yaml",
+        "rego-configmap.yaml",
         "ext-authz.yaml",
+        "oidc.yaml",
     ] {
         let dir = std::env::temp_dir().join(format!(
             "rampart-auth-example-{}-{file}",
@@ -369,6 +448,10 @@ fn the_authentication_and_authorization_examples_check() {
                 p.bind.is_some() && p.group_base.is_some()
             }
             ("rego.yaml", None) => http.rego.is_some(),
+            ("rego-configmap.yaml", None) => http
+                .rego
+                .as_ref()
+                .is_some_and(|r| r.pending.is_none() && checked.model.config_maps.len() == 1),
             ("ext-authz.yaml", None) => http.ext_authz.is_some(),
             ("oidc.yaml", Some(ProviderModel::Oidc(p))) => {
                 p.cookie_secret.len() >= 32 && p.scopes.len() == 4

@@ -53,6 +53,8 @@ pub struct Model {
     pub mesh_policies: Vec<MeshPolicyModel>,
     /// `(namespace, name)` → the Secret's entries (API keys for the proxy).
     pub secrets: BTreeMap<(String, String), crate::policy::secret::SecretModel>,
+    /// `(namespace, name)` → the ConfigMap's entries (Rego modules and data).
+    pub config_maps: BTreeMap<(String, String), crate::policy::config_map::ConfigMapModel>,
 }
 
 /// Objects a source validated itself, kept in their model form (the Kubernetes source's Pods,

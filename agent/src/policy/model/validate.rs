@@ -1,6 +1,7 @@
 //! Objects as read (`spec/`) become the policy model the compiler works on: duplicates,
 //! names and labels are checked here, each kind's fields in its own file beside this one, and
-//! Secrets are resolved into the sections that name them once every object is read.
+//! Secrets and ConfigMaps are resolved into the sections that name them once every object is
+//! read.
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use crate::policy::diag::{Diagnostic, Origin};
 use crate::policy::selector::{self, Labels, Selector};
 use crate::policy::source::{Object, SourceObject};
 use crate::policy::spec::objects::{LabelSelector, PolicyMode};
-use crate::policy::{http, ingress, secret};
+use crate::policy::{config_map, http, ingress, secret};
 
 /// Validates `objects` into a model, with what a source validated itself (`validated`, whose
 /// objects no document repeats); every problem is added to `diags`.
@@ -116,11 +117,21 @@ pub fn build_with(
                     model.secrets.insert((namespace, name), s);
                 }
             }
+            Object::ConfigMap(config_map) => {
+                let namespace = namespace.unwrap_or_default();
+                if let Some(c) = config_map::config_map(so, config_map, v.diags) {
+                    model.config_maps.insert((namespace, name), c);
+                }
+            }
         }
     }
     for policy in &mut model.mesh_policies {
         if let Some(http) = &mut policy.http {
-            http::resolve_api_keys(std::sync::Arc::make_mut(http), &model.secrets, diags);
+            let http = std::sync::Arc::make_mut(http);
+            http::resolve_api_keys(http, &model.secrets, diags);
+            if let Some(rego) = &mut http.rego {
+                http::rego::resolve_config_map(rego, &model.config_maps, diags);
+            }
         }
         if let Some(ingress) = &mut policy.ingress {
             ingress::resolve_certificates(std::sync::Arc::make_mut(ingress), &model.secrets, diags);
@@ -179,7 +190,7 @@ impl Validator<'_> {
         }
         let namespaced = matches!(
             self.so.object.as_ref(),
-            Object::Pod(_) | Object::NetworkPolicy(_) | Object::Secret(_)
+            Object::Pod(_) | Object::NetworkPolicy(_) | Object::Secret(_) | Object::ConfigMap(_)
         );
         let namespace = match (&meta.namespace, namespaced) {
             (Some(ns), true) => {

@@ -335,6 +335,11 @@ pub struct RegoSpec {
     /// An absolute path to a `.rego` file, read when the set is checked.
     #[schemars(with = "Option<String>")]
     pub file: Option<Spanned<String>>,
+    /// A ConfigMap of the policy set (labelled `rampart.dev/policy` in the Kubernetes API):
+    /// its `key`, or else every `*.rego` entry as a module and every `*.json` entry as data
+    /// (merged at `data`), as OPA's kube-mgmt loads them.
+    #[schemars(with = "Option<ConfigMapRefSpec>")]
+    pub config_map_ref: Option<Spanned<ConfigMapRefSpec>>,
     /// The rule that decides (default `data.envoy.authz.allow`, as OPA's Envoy plugin): `true`
     /// allows; `false` or undefined refuses (403); an object `{allowed, headers, body,
     /// http_status}` says more.
@@ -343,6 +348,15 @@ pub struct RegoSpec {
     /// Longest evaluation of one request (default `10ms`, at most `1s`); past it, refused.
     #[schemars(with = "Option<String>")]
     pub time_budget: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapRefSpec {
+    pub namespace: String,
+    pub name: String,
+    /// One entry (a Rego module) instead of every `*.rego` and `*.json` entry.
+    pub key: Option<String>,
 }
 
 /// Envoy's ext_authz: an HTTP service or a gRPC `envoy.service.auth.v3.Authorization` server.

@@ -80,6 +80,23 @@ impl std::fmt::Debug for Secret {
 }
 
 // ---------------------------------------------------------------------------------------------
+// v1 ConfigMap (Rego policies)
+
+/// A ConfigMap: `data` values are text, each kept with its position (a Rego error in one is
+/// reported inside it). `binaryData` is not read.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // v1 Pod
 
 #[derive(Debug, Clone, Deserialize)]

@@ -472,3 +472,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod config_map_tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A ConfigMap's multi-line Rego module becomes a block scalar of the document, so an error
+    /// inside the module is reported at the document's line of it.
+    #[test]
+    fn a_config_map_module_error_is_placed_in_its_document() {
+        let module = "package envoy.authz\ndefault allow := false\nallow if input.x == == 1\n";
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "authz", "namespace": "shop", "labels": {"rampart.dev/policy": "rego"}},
+            "data": {"policy.rego": module},
+        }))
+        .expect("object");
+        let text = document(&o, "v1", "ConfigMap").expect("yaml");
+        let policy = "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: m}\nspec:\n  ports: [{port: 80}]\n  http:\n    rego:\n      configMapRef: {namespace: shop, name: authz}\n";
+        let mut read = crate::policy::source::parse_str(Path::new("m.yaml"), policy);
+        let config_map =
+            crate::policy::source::parse_str(Path::new("kube:ConfigMap/shop/authz"), &text);
+        read.objects.extend(config_map.objects);
+        let diags = crate::policy::check(read).expect_err("a broken module");
+        let error = diags.iter().find(|d| d.is_error()).expect("an error");
+        let line = usize::try_from(error.origin.pos.line).expect("line");
+        let shown = text.lines().nth(line - 1).unwrap_or_default();
+        assert_eq!(
+            error.origin.file,
+            Path::new("kube:ConfigMap/shop/authz"),
+            "{text}\n{error:?}"
+        );
+        assert!(
+            shown.contains("== =="),
+            "line {line} of\n{text}\nis not the module's third line: {error:?}"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 //! | Service, EndpointSlice | addresses, ports, backends | Service translation in the kernel (`policy::compile::services`) |
 //! | NetworkPolicy, ClusterPolicy, MeshPolicy | a YAML document, read by the policy reader | every check, at a position |
 //! | Secret, only those labelled [`SECRET_LABEL`] | a YAML document | API keys, ingress certificates |
+//! | ConfigMap, only those labelled [`CONFIG_MAP_LABEL`] | a YAML document | Rego modules and data |
 //!
 //! Per-object: an object whose current version fails validation is rejected on its own, and
 //! its last accepted version stays in force (Pods, Namespaces and Nodes are checked on arrival;
@@ -42,6 +43,7 @@ use crate::config::KubeConnection as Connection;
 use crate::generation::SourceDoc;
 use crate::policy::source::{self, Read};
 
+pub use crate::policy::config_map::CONFIG_MAP_LABEL;
 pub use crate::policy::secret::SECRET_LABEL;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,13 @@ const DOCUMENT_KINDS: &[DocumentKind] = &[
         plural: "secrets",
         label_selector: Some(SECRET_LABEL),
     },
+    DocumentKind {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        label_selector: Some(CONFIG_MAP_LABEL),
+    },
 ];
 
 /// The resource name of a document kind (`MeshPolicy` → `meshpolicies`).
@@ -116,6 +125,7 @@ pub const WATCHED: &[&str] = &[
     "ClusterPolicy",
     "MeshPolicy",
     "Secret",
+    "ConfigMap",
 ];
 
 /// The Kubernetes source (see the module's documentation).
@@ -461,6 +471,34 @@ impl PolicySource for KubeSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `deploy/rbac.yaml` grants `list` and `watch` on every document kind the source watches
+    /// (a kind added here without its rule would leave a real cluster's agents never synced).
+    #[test]
+    fn the_cluster_role_lets_the_agent_list_and_watch_every_document_kind() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+        let text = std::fs::read_to_string(&path).expect("deploy/rbac.yaml");
+        let role: serde_json::Value = text
+            .split("\n---")
+            .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+            .find(|doc| doc["kind"] == "ClusterRole")
+            .expect("a ClusterRole");
+        let rules = role["rules"].as_array().expect("rules");
+        for kind in DOCUMENT_KINDS {
+            let granted = rules.iter().any(|rule| {
+                let has = |field: &str, value: &str| {
+                    rule[field]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|x| x == value))
+                };
+                has("apiGroups", kind.group)
+                    && has("resources", kind.plural)
+                    && has("verbs", "list")
+                    && has("verbs", "watch")
+            });
+            assert!(granted, "no list/watch rule for {}", kind.plural);
+        }
+    }
 
     fn policy(port: u16, resource_version: &str) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
