@@ -49,6 +49,13 @@ pub const LOGIN_TTL_S: u64 = 600;
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 /// States taken recently (a replayed answer is refused).
 pub const MAX_TAKEN_STATES: usize = 100_000;
+/// Token endpoint requests in flight at once per provider (code exchanges, refreshes,
+/// revocations): a flood of callbacks (each costs the provider a request) or of expired
+/// sessions waits here instead of reaching the provider.
+pub const MAX_TOKEN_REQUESTS: usize = 16;
+/// Longest wait for one of those; past it, 503 `idp_unavailable` (the login or session is kept
+/// for a retry).
+pub const TOKEN_REQUEST_WAIT: Duration = Duration::from_secs(2);
 
 const SESSION: &str = "session";
 const LOGIN: &str = "login";
@@ -102,6 +109,8 @@ pub struct OidcState {
     taken_states: Mutex<lru::LruCache<String, u64>>,
     /// Sessions logged out here, until they would have ended.
     ended: Mutex<lru::LruCache<String, u64>>,
+    /// [`MAX_TOKEN_REQUESTS`].
+    token_requests: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for OidcState {
@@ -194,6 +203,18 @@ fn clear_cookie(name: &str) -> Option<HeaderValue> {
     set_cookie(name, "", 0)
 }
 
+/// 503 `idp_unavailable` for a request that found the token endpoint's turns all taken.
+fn busy() -> Denial {
+    respond(
+        AuthnReason::IdpUnavailable,
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![
+            (header::RETRY_AFTER, HeaderValue::from_static("1")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+}
+
 fn respond(
     reason: AuthnReason,
     status: StatusCode,
@@ -229,6 +250,20 @@ impl OidcState {
             endpoints: tokio::sync::Mutex::new(None),
             taken_states: Mutex::new(lru::LruCache::new(capacity)),
             ended: Mutex::new(lru::LruCache::new(capacity)),
+            token_requests: tokio::sync::Semaphore::new(MAX_TOKEN_REQUESTS),
+        }
+    }
+
+    /// A turn at the token endpoint, or `None` when none frees up within
+    /// [`TOKEN_REQUEST_WAIT`] (counted as `idp_unavailable` by the caller).
+    async fn token_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let turn = tokio::time::timeout(TOKEN_REQUEST_WAIT, self.token_requests.acquire()).await;
+        match turn {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                tracing::warn!(provider = %self.model.name, "oidc: token endpoint requests all busy; refused with 503");
+                None
+            }
         }
     }
 
@@ -292,6 +327,9 @@ impl OidcState {
         }
         let Some(refresh_token) = session.refresh_token.clone() else {
             return Some(Err(()));
+        };
+        let Some(_turn) = self.token_turn().await else {
+            return Some(Ok(Outcome::Respond(busy())));
         };
         match self.refresh(session, &refresh_token).await {
             Some((renewed, cookie)) => Some(Ok(Outcome::Authenticated {
@@ -450,6 +488,10 @@ impl OidcState {
             tracing::info!(provider = %self.model.name, "oidc: an answer without its login (no cookie, another state, or late)");
             return refuse(AuthnReason::InvalidCallback, StatusCode::BAD_REQUEST);
         };
+        // Before the state is taken: a login refused as busy can be answered again.
+        let Some(_turn) = self.token_turn().await else {
+            return busy();
+        };
         {
             let mut taken = self.taken_states.lock().unwrap_or_else(|e| e.into_inner());
             if taken.put(state.clone(), now).is_some() {
@@ -557,7 +599,13 @@ impl OidcState {
                 endpoints.as_ref().and_then(|e| e.revocation.clone()),
             ) {
                 let form = form_encode(&[("token", token), ("token_type_hint", "refresh_token")]);
-                if let Err(e) = self.token_request_raw(&endpoint, form).await {
+                // Busy: the session still ends here (the ended list); the refresh token lives
+                // on at the provider until it expires.
+                let revoked = match self.token_turn().await {
+                    Some(_turn) => self.token_request_raw(&endpoint, form).await,
+                    None => Err("token endpoint requests all busy".to_owned()),
+                };
+                if let Err(e) = revoked {
                     tracing::info!(provider = %self.model.name, error = %e, "oidc: revoking the refresh token");
                 }
             }
@@ -771,6 +819,91 @@ mod tests {
             builder = builder.header(*k, *v);
         }
         builder.body(()).unwrap_or_default().into_parts().0
+    }
+
+    /// The provider of `policies/auth/oidc.yaml`, with its Secret.
+    fn example_state() -> OidcState {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = std::env::temp_dir().join(format!("rampart-oidc-state-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        for file in ["workloads.yaml", "auth/oidc.yaml"] {
+            let name = file.rsplit('/').next().unwrap_or(file);
+            std::fs::copy(root.join(file), dir.join(name))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
+        let model = checked.model.mesh_policies[0]
+            .http
+            .as_ref()
+            .and_then(|h| h.authentication.as_ref())
+            .and_then(|a| a.providers.first())
+            .and_then(|p| match p {
+                crate::policy::http::ProviderModel::Oidc(m) => Some(Arc::clone(m)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no oidc provider"));
+        let keys = super::super::jwks::JwksRegistry::default().get(
+            &crate::policy::http::JwksLocation::Discovery {
+                issuer: model.issuer.clone(),
+            },
+        );
+        OidcState::new(model, keys)
+    }
+
+    /// With every turn at the token endpoint taken, a callback waits, then answers 503 and
+    /// leaves its state unanswered (the same callback may be answered again).
+    #[tokio::test(start_paused = true)]
+    async fn callbacks_past_the_token_endpoints_turns_are_refused_unspent() {
+        let state = example_state();
+        let turns: Vec<_> = (0..MAX_TOKEN_REQUESTS)
+            .map(|_| state.token_requests.try_acquire().expect("a turn"))
+            .collect();
+        let login = Login {
+            state: "s1".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            return_to: "/".into(),
+            redirect_uri: "https://shop/oauth2/callback".into(),
+            ends: now_s() + 60,
+        };
+        let sealed = state
+            .sealer
+            .as_ref()
+            .and_then(|s| s.seal(LOGIN, &serde_json::to_vec(&login).ok()?))
+            .expect("sealed");
+        let cookie = format!("{}={sealed}", state.login_cookie());
+        let callback = hyper::Request::builder()
+            .uri(format!("{}?code=c&state=s1", state.model.redirect_path))
+            .header("cookie", cookie)
+            .body(())
+            .unwrap_or_default()
+            .into_parts()
+            .0;
+        let started = tokio::time::Instant::now();
+        let denial = state.callback(&callback).await;
+        assert_eq!(denial.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), TOKEN_REQUEST_WAIT);
+        assert!(
+            denial
+                .headers
+                .iter()
+                .all(|(name, _)| name != header::SET_COOKIE),
+            "the login cookie is kept for a retry: {:?}",
+            denial.headers
+        );
+        assert!(
+            state
+                .taken_states
+                .lock()
+                .expect("lock")
+                .peek("s1")
+                .is_none(),
+            "the state is not spent"
+        );
+        drop(turns);
+        assert!(state.token_turn().await.is_some(), "turns come back");
     }
 
     #[test]
