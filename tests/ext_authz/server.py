@@ -6,7 +6,10 @@ Dependencies: stdlib + grpcio + xds-protos (Envoy's compiled API protos) from re
 the harness (tests/src/ext_authz.rs) installs them in a virtualenv of its own.
 
     venv/bin/python server.py --address 127.0.0.1 --grpc-port 9001 \
-        --http-port 9002 --log /tmp/authz.jsonl [--http-path-prefix /authz]
+        --http-port 9002 --log /tmp/authz.jsonl [--http-path-prefix /authz] \
+        [--tls-cert cert.pem --tls-key key.pem --grpcs-port 9003 --https-port 9004]
+
+With --tls-cert/--tls-key, the same two services also listen with TLS (gRPC with ALPN h2).
 
 Prints "READY" on stdout once both listeners are bound; exits 0 on SIGTERM/SIGINT.
 
@@ -22,6 +25,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -290,6 +294,10 @@ def main():
     ap.add_argument("--slow-seconds", type=float, default=2.0)
     ap.add_argument("--grpc-workers", type=int, default=16)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--tls-cert", help="PEM certificate chain for the TLS listeners")
+    ap.add_argument("--tls-key", help="PEM private key for the TLS listeners")
+    ap.add_argument("--grpcs-port", type=int, help="gRPC with TLS")
+    ap.add_argument("--https-port", type=int, help="HTTP protocol with TLS")
     ARGS = ap.parse_args()
 
     LOG_FH = open(ARGS.log, "a", buffering=1, encoding="utf-8")
@@ -311,12 +319,29 @@ def main():
         print(f"failed to bind gRPC listener on {gaddr}", file=sys.stderr)
         return 2
 
+    tls = ARGS.tls_cert and ARGS.tls_key
+    if tls and ARGS.grpcs_port:
+        with open(ARGS.tls_key, "rb") as k, open(ARGS.tls_cert, "rb") as c:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        saddr = f"[{ARGS.address}]:{ARGS.grpcs_port}" if v6 else f"{ARGS.address}:{ARGS.grpcs_port}"
+        if not gserver.add_secure_port(saddr, creds):
+            print(f"failed to bind gRPC TLS listener on {saddr}", file=sys.stderr)
+            return 2
+
     if v6:
         DualStackHTTPServer.address_family = socket.AF_INET6
+    servers = []
     try:
         hserver = DualStackHTTPServer((ARGS.address, ARGS.http_port), AuthzHTTPHandler)
+        servers.append(hserver)
+        if tls and ARGS.https_port:
+            sserver = DualStackHTTPServer((ARGS.address, ARGS.https_port), AuthzHTTPHandler)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+            sserver.socket = ctx.wrap_socket(sserver.socket, server_side=True)
+            servers.append(sserver)
     except OSError as e:
-        print(f"failed to bind HTTP listener on {ARGS.address}:{ARGS.http_port}: {e}", file=sys.stderr)
+        print(f"failed to bind an HTTP listener on {ARGS.address}: {e}", file=sys.stderr)
         return 2
 
     stop = threading.Event()
@@ -328,9 +353,9 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
 
     gserver.start()
-    ht = threading.Thread(target=hserver.serve_forever, kwargs={"poll_interval": 0.2},
-                          name="http", daemon=True)
-    ht.start()
+    for server in servers:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="http", daemon=True).start()
     print(f"listening grpc={gaddr} http={ARGS.address}:{hserver.server_address[1]} pid={os.getpid()}",
           file=sys.stderr, flush=True)
     print("READY", flush=True)
@@ -338,8 +363,9 @@ def main():
     while not stop.wait(0.5):
         pass
 
-    hserver.shutdown()
-    hserver.server_close()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
     gserver.stop(grace=0.5).wait(2)
     with LOG_LOCK:
         LOG_FH.close()

@@ -18,6 +18,9 @@ use crate::netns::Netns;
 
 pub const HTTP_PORT: u16 = 8181;
 pub const GRPC_PORT: u16 = 9191;
+/// The same services with TLS (when started with a certificate).
+pub const HTTPS_PORT: u16 = 8443;
+pub const GRPCS_PORT: u16 = 9443;
 /// The HTTP service's path prefix (the proxy puts it before the request's path).
 pub const HTTP_PREFIX: &str = "/authz";
 
@@ -68,12 +71,24 @@ pub fn venv() -> anyhow::Result<PathBuf> {
 pub struct Authorizer {
     child: Option<Child>,
     log: PathBuf,
+    /// The TLS listeners' certificate and key files.
+    tls_files: Vec<PathBuf>,
 }
 
 impl Authorizer {
     /// Starts the authorizer in `ns` on `address` (the namespace's own); returns once it
     /// listens on both ports.
     pub fn start(ns: &Netns, address: IpAddr) -> anyhow::Result<Authorizer> {
+        Authorizer::start_with(ns, address, None)
+    }
+
+    /// [`Authorizer::start`], also listening with TLS on [`HTTPS_PORT`] and [`GRPCS_PORT`]
+    /// with `tls` (a certificate and its key, PEM).
+    pub fn start_with(
+        ns: &Netns,
+        address: IpAddr,
+        tls: Option<&(String, String)>,
+    ) -> anyhow::Result<Authorizer> {
         let venv = venv()?;
         let log = std::env::temp_dir().join(format!(
             "{}-ext-authz-{}-{}.jsonl",
@@ -82,6 +97,25 @@ impl Authorizer {
             ns.name()
         ));
         let _ = std::fs::remove_file(&log);
+        let mut tls_args: Vec<String> = Vec::new();
+        let mut tls_files = Vec::new();
+        if let Some((cert, key)) = tls {
+            let stem = log.with_extension("");
+            let (cert_file, key_file) = (stem.with_extension("crt"), stem.with_extension("key"));
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            tls_args.extend([
+                "--tls-cert".to_owned(),
+                cert_file.display().to_string(),
+                "--tls-key".to_owned(),
+                key_file.display().to_string(),
+                "--https-port".to_owned(),
+                HTTPS_PORT.to_string(),
+                "--grpcs-port".to_owned(),
+                GRPCS_PORT.to_string(),
+            ]);
+            tls_files = vec![cert_file, key_file];
+        }
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
             .arg(venv.join("bin/python"))
@@ -92,6 +126,7 @@ impl Authorizer {
             .args(["--http-path-prefix", HTTP_PREFIX])
             .arg("--log")
             .arg(&log)
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -107,6 +142,7 @@ impl Authorizer {
         let mut authorizer = Authorizer {
             child: Some(child),
             log,
+            tls_files,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) if line.trim() == "READY" => Ok(authorizer),
@@ -138,5 +174,8 @@ impl Drop for Authorizer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.log);
+        for file in &self.tls_files {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }

@@ -7,7 +7,8 @@
 //!   `headersToUpstream` of the answer go to the pod); a `5xx` is a failure; any other answer
 //!   is the client's, with its status, body and the headers the policy passes
 //!   (`www-authenticate`, `location`, `content-type`, `headersToClient`).
-//! - **gRPC**: `envoy.service.auth.v3.Authorization/Check` over HTTP/2 without TLS; the
+//! - **gRPC**: `envoy.service.auth.v3.Authorization/Check` over HTTP/2 (with TLS and ALPN `h2`
+//!   for `https://`, else prior knowledge); the
 //!   request's attributes (source and destination addresses, the source's SPIFFE ID, method,
 //!   path, host, scheme, protocol, every header). `status.code` 0 allows (with the
 //!   `ok_response` headers to the pod); otherwise the `denied_response` is the client's answer.
@@ -19,13 +20,15 @@
 
 mod proto;
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -39,16 +42,45 @@ use crate::policy::http::ext_authz::{ExtAuthzModel, Transport};
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-type AuthzClient = Client<HttpConnector, Full<Bytes>>;
+type AuthzClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Kept-alive connections to the authorizers, HTTP/1.1 and HTTP/2 (prior knowledge).
-static HTTP1: LazyLock<AuthzClient> = LazyLock::new(|| client(false));
-static HTTP2: LazyLock<AuthzClient> = LazyLock::new(|| client(true));
+/// Kept-alive connections to the authorizers, HTTP/1.1 or HTTP/2 (prior knowledge without TLS,
+/// ALPN `h2` with it), one client per set of trusted CAs (the public roots, or a policy's
+/// `caSecretRef`), so pooled TLS connections are never shared across trust settings.
+type ClientKey = (Option<[u8; 32]>, bool);
+static CLIENTS: LazyLock<Mutex<HashMap<ClientKey, AuthzClient>>> = LazyLock::new(Mutex::default);
+/// A policy change that swaps CAs leaves its old client behind: past this many, start over.
+const MAX_CLIENTS: usize = 64;
 
-fn client(http2: bool) -> AuthzClient {
+fn client_for(ca_pem: Option<&[u8]>, http2: bool) -> AuthzClient {
+    use sha2::Digest as _;
+    let key = (ca_pem.map(|pem| sha2::Sha256::digest(pem).into()), http2);
+    let mut clients = CLIENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(client) = clients.get(&key) {
+        return client.clone();
+    }
+    if clients.len() >= MAX_CLIENTS {
+        clients.clear();
+    }
+    let client = client(ca_pem, http2);
+    clients.insert(key, client.clone());
+    client
+}
+
+fn client(ca_pem: Option<&[u8]>, http2: bool) -> AuthzClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    connector.enforce_http(false);
     connector.set_connect_timeout(Some(crate::policy::http::ext_authz::MAX_TIMEOUT));
+    let tls = super::tls_client::config(ca_pem);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if http2 {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder.enable_http1().wrap_connector(connector)
+    };
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .pool_idle_timeout(std::time::Duration::from_secs(90))
@@ -84,7 +116,8 @@ pub async fn check(model: &ExtAuthzModel, parts: &Parts, peer: &Peer, scheme: &s
             tokio::time::timeout(model.timeout, check_http(model, base, parts)).await
         }
         Transport::Grpc { base } => {
-            tokio::time::timeout(model.timeout, check_grpc(base, parts, peer, scheme)).await
+            let ca_pem = model.ca_pem.as_deref();
+            tokio::time::timeout(model.timeout, check_grpc(base, ca_pem, parts, peer, scheme)).await
         }
     };
     let failure = match asked {
@@ -126,10 +159,10 @@ async fn check_http(
     let request = request
         .body(Full::new(Bytes::new()))
         .map_err(|e| CheckError::Request(e.to_string()))?;
-    let response = HTTP1
+    let response = client_for(model.ca_pem.as_deref(), false)
         .request(request)
         .await
-        .map_err(|e| CheckError::Request(e.to_string()))?;
+        .map_err(|e| CheckError::Request(with_causes(&e)))?;
     let (head, body) = response.into_parts();
     if head.status.is_server_error() {
         return Err(CheckError::Status(head.status));
@@ -161,6 +194,19 @@ async fn check_http(
     denial.headers = pick(&mut always.iter().chain(&model.headers_to_client));
     denial.body = Some(body);
     Ok(Decision::Deny(denial))
+}
+
+/// An error and its causes (hyper's client errors say only "client error (Connect)"; the
+/// cause, such as a certificate from an unknown issuer, is in the chain).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// The `CheckRequest` of a request.
@@ -222,6 +268,7 @@ fn check_request(parts: &Parts, peer: &Peer, scheme: &str) -> proto::CheckReques
 
 async fn check_grpc(
     base: &str,
+    ca_pem: Option<&[u8]>,
     parts: &Parts,
     peer: &Peer,
     scheme: &str,
@@ -242,10 +289,10 @@ async fn check_grpc(
         .header(header::TE, "trailers")
         .body(Full::new(Bytes::from(framed)))
         .map_err(|e| CheckError::Request(e.to_string()))?;
-    let response = HTTP2
+    let response = client_for(ca_pem, true)
         .request(request)
         .await
-        .map_err(|e| CheckError::Request(e.to_string()))?;
+        .map_err(|e| CheckError::Request(with_causes(&e)))?;
     let (head, body) = response.into_parts();
     if head.status != StatusCode::OK {
         return Err(CheckError::Status(head.status));

@@ -169,19 +169,10 @@ pub fn max_age(value: &str) -> Option<Duration> {
 
 /// TLS to public servers: the Mozilla root set, TLS 1.2 and 1.3.
 fn public_tls() -> Option<Arc<ClientConfig>> {
-    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .ok()
-        })
-        .clone()
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    Some(Arc::clone(
+        CONFIG.get_or_init(|| Arc::new(super::tls_client::config(None))),
+    ))
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn now_s() -> u64 {
 impl Directory {
     pub fn new(model: Arc<LdapProviderModel>) -> Directory {
         let fingerprint = model.fingerprint();
-        let tls = Arc::new(tls_config(model.ca_pem.as_deref()));
+        let tls = Arc::new(super::tls_client::config(model.ca_pem.as_deref()));
         let capacity =
             std::num::NonZeroUsize::new(MAX_CACHED_LOGINS).unwrap_or(std::num::NonZeroUsize::MIN);
         Directory {
@@ -315,30 +315,5 @@ impl Directory {
             name,
             groups,
         })))
-    }
-}
-
-/// TLS 1.2 or 1.3 to the directory, trusting the policy's CAs or else the public web roots.
-fn tls_config(ca_pem: Option<&[u8]>) -> rustls::ClientConfig {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem).flatten() {
-                let _ = roots.add(cert);
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        // The ring provider always supports the default versions; fall back to the default
-        // builder rather than panic.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
     }
 }

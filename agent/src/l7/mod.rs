@@ -47,6 +47,7 @@ pub mod respond;
 pub mod route;
 pub mod serve;
 pub mod stats;
+pub mod tls_client;
 pub mod upstream;
 pub mod waf;
 

@@ -136,7 +136,11 @@ impl std::fmt::Debug for BindAccount {
 }
 
 impl HttpValidator<'_> {
-    fn secret_ref(&mut self, at: &Spanned<SecretRefSpec>, field: &str) -> Option<(String, String)> {
+    pub(super) fn secret_ref(
+        &mut self,
+        at: &Spanned<SecretRefSpec>,
+        field: &str,
+    ) -> Option<(String, String)> {
         let r = &at.value;
         if crate::dns_name::is_dns_label(&r.namespace) && crate::dns_name::is_dns_subdomain(&r.name)
         {

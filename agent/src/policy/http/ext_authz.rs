@@ -7,6 +7,8 @@ use std::time::Duration;
 use hyper::header::HeaderName;
 use serde_saphyr::Spanned;
 
+use super::super::diag::{Diagnostic, Origin};
+use super::super::secret::SecretModel;
 use super::super::spec::http::ExtAuthzSpec;
 use super::HttpValidator;
 
@@ -18,8 +20,16 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Transport {
     /// The service's base URI (scheme, authority, path prefix without a trailing `/`).
     Http { base: String },
-    /// The server's `http://host:port`.
+    /// The server's `http[s]://host:port`.
     Grpc { base: String },
+}
+
+impl Transport {
+    /// Whether the authorizer is reached over TLS (`https://`).
+    pub fn tls(&self) -> bool {
+        let (Transport::Http { base } | Transport::Grpc { base }) = self;
+        base.starts_with("https://")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +41,10 @@ pub struct ExtAuthzModel {
     pub headers_to_send: Vec<HeaderName>,
     pub headers_to_upstream: Vec<HeaderName>,
     pub headers_to_client: Vec<HeaderName>,
+    /// `caSecretRef`, and the PEM of its `ca.crt` once resolved (`resolve_secret`).
+    pub ca_secret: Option<(String, String)>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub origin: Origin,
 }
 
 impl HttpValidator<'_> {
@@ -90,6 +104,14 @@ impl HttpValidator<'_> {
         let headers_to_send = names(&raw.headers_to_send, "headersToSend")?;
         let headers_to_upstream = names(&raw.headers_to_upstream, "headersToUpstream")?;
         let headers_to_client = names(&raw.headers_to_client, "headersToClient")?;
+        let ca_secret = match &raw.ca_secret_ref {
+            None => None,
+            Some(r) if !transport.tls() => {
+                self.error(r, "extAuthz.caSecretRef: only for an https:// authorizer");
+                return None;
+            }
+            Some(r) => Some(self.secret_ref(r, "extAuthz.caSecretRef")?),
+        };
         Some(ExtAuthzModel {
             transport,
             timeout,
@@ -97,15 +119,18 @@ impl HttpValidator<'_> {
             headers_to_send,
             headers_to_upstream,
             headers_to_client,
+            ca_secret,
+            ca_pem: None,
+            origin: self.so.at(spec),
         })
     }
 
-    /// `http://host:port[/prefix]` (a prefix only for the HTTP protocol).
+    /// `http[s]://host:port[/prefix]` (a prefix only for the HTTP protocol).
     fn authorizer_url(&mut self, url: &Spanned<String>, prefix_allowed: bool) -> Option<String> {
         let text = url.value.trim().trim_end_matches('/');
         let parsed = text.parse::<hyper::Uri>().ok();
         let ok = parsed.as_ref().is_some_and(|u| {
-            u.scheme_str() == Some("http")
+            matches!(u.scheme_str(), Some("http" | "https"))
                 && u.host().is_some_and(|h| !h.is_empty())
                 && u.query().is_none()
                 && (prefix_allowed || u.path() == "/" || u.path().is_empty())
@@ -114,14 +139,49 @@ impl HttpValidator<'_> {
         if ok {
             Some(text.to_owned())
         } else if prefix_allowed {
-            self.error(url, "extAuthz.http: http://host[:port][/path-prefix]");
+            self.error(url, "extAuthz.http: http[s]://host[:port][/path-prefix]");
             None
         } else {
             self.error(
                 url,
-                "extAuthz.grpc: http://host[:port] (HTTP/2 without TLS)",
+                "extAuthz.grpc: http://host[:port] (HTTP/2 without TLS) or https://host[:port]",
             );
             None
         }
+    }
+}
+
+/// Fills `caSecretRef`'s CAs from its Secret; a missing Secret or `ca.crt`, or one without a
+/// PEM certificate, is an error at the `extAuthz` section.
+pub fn resolve_secret(
+    model: &mut ExtAuthzModel,
+    secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    use rustls_pki_types::pem::PemObject as _;
+    let Some((ns, name)) = &model.ca_secret else {
+        return;
+    };
+    let error = |message: String| Diagnostic::error(model.origin.clone(), message);
+    match secrets.get(&(ns.clone(), name.clone())) {
+        None => diags.push(error(format!(
+            "extAuthz.caSecretRef: no Secret {ns}/{name} in the policy set ({})",
+            crate::policy::secret::LABEL_HINT
+        ))),
+        Some(secret) => match secret.entries.get("ca.crt") {
+            None => diags.push(error(format!("Secret {ns}/{name}: no entry ca.crt"))),
+            Some(pem) => {
+                let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_or(0, |c| c.len());
+                if certificates == 0 {
+                    diags.push(error(format!(
+                        "Secret {ns}/{name}, ca.crt: no PEM certificate"
+                    )));
+                } else {
+                    model.ca_pem = Some(pem.clone());
+                }
+            }
+        },
     }
 }

@@ -366,7 +366,39 @@ fn rego_policies_from_a_config_map_compile_with_it() {
 }
 
 #[test]
-fn ext_authz_names_one_plain_http_or_grpc_authorizer() {
+fn ext_authz_names_one_http_or_grpc_authorizer() {
+    let ca = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: authz-ca, namespace: auth}\nstringData:\n  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n    MIIBVzCB/qADAgECAhQ=\n    -----END CERTIFICATE-----\n";
+    assert_eq!(
+        errors(&format!(
+            "    extAuthz: {{grpc: 'https://authz.auth:9443', caSecretRef: {{namespace: auth, name: authz-ca}}}}\n{ca}"
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors("    extAuthz: {http: 'https://authz.example.com/check'}\n"),
+        Vec::<String>::new(),
+        "the public roots by default"
+    );
+    for (section, message) in [
+        (
+            "    extAuthz: {http: 'http://a', caSecretRef: {namespace: auth, name: authz-ca}}\n",
+            "only for an https://",
+        ),
+        (
+            "    extAuthz: {http: 'https://a', caSecretRef: {namespace: auth, name: gone}}\n",
+            "no Secret auth/gone",
+        ),
+        (
+            "    extAuthz: {http: 'https://a', caSecretRef: {namespace: auth, name: empty}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: empty, namespace: auth}\nstringData: {ca.crt: nothing}\n",
+            "no PEM certificate",
+        ),
+    ] {
+        let errs = errors(section);
+        assert!(
+            errs.iter().any(|e| e.contains(message)),
+            "{section}: {errs:?}"
+        );
+    }
     assert_eq!(
         errors(
             "    extAuthz: {http: 'http://authz.shop:8181/check', timeout: 300ms, headersToSend: [x-user], headersToUpstream: [x-authz-user]}\n"
@@ -378,7 +410,7 @@ fn ext_authz_names_one_plain_http_or_grpc_authorizer() {
         Vec::<String>::new()
     );
     for (section, message) in [
-        ("    extAuthz: {http: 'https://authz'}\n", "http://host"),
+        ("    extAuthz: {http: 'ftp://authz'}\n", "http[s]://host"),
         (
             "    extAuthz: {grpc: 'http://authz:9191/prefix'}\n",
             "extAuthz.grpc",

@@ -129,6 +129,9 @@ pub fn build_with(
         if let Some(http) = &mut policy.http {
             let http = std::sync::Arc::make_mut(http);
             http::resolve_api_keys(http, &model.secrets, diags);
+            if let Some(ext_authz) = &mut http.ext_authz {
+                http::ext_authz::resolve_secret(ext_authz, &model.secrets, diags);
+            }
             if let Some(rego) = &mut http.rego {
                 http::rego::resolve_config_map(rego, &model.config_maps, diags);
             }

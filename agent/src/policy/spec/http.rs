@@ -363,13 +363,18 @@ pub struct ConfigMapRefSpec {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExtAuthzSpec {
-    /// `http://host:port[/prefix]`: the request's method and path (after the prefix) with the
-    /// headers to send; `200` allows, anything else is the client's answer.
+    /// `http://host:port[/prefix]` or `https://...`: the request's method and path (after the
+    /// prefix) with the headers to send; `200` allows, anything else is the client's answer.
     #[schemars(with = "Option<String>")]
     pub http: Option<Spanned<String>>,
-    /// `http://host:port` of a gRPC server (HTTP/2 without TLS).
+    /// `http://host:port` of a gRPC server (HTTP/2 without TLS), or `https://host:port` (TLS
+    /// with ALPN `h2`).
     #[schemars(with = "Option<String>")]
     pub grpc: Option<Spanned<String>>,
+    /// For an `https://` authorizer: a Secret whose `ca.crt` holds the CAs its certificate
+    /// chains to (default: the public web's roots).
+    #[schemars(with = "Option<SecretRefSpec>")]
+    pub ca_secret_ref: Option<Spanned<SecretRefSpec>>,
     /// How long to wait for the answer (default `200ms`, as Envoy; at most `10s`).
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
