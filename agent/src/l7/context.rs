@@ -71,6 +71,27 @@ pub struct Passed {
     pub rate_limit: Option<(String, u32)>,
 }
 
+/// Whether an authorizer (a Rego policy's answer, an ext_authz server's) may set `name` on the
+/// request to the pod or on its refusal to the client: never the message's framing or a
+/// hop-by-hop header (a `content-length` or `transfer-encoding` of its choosing would let it
+/// split one request into two on the way to the pod), nor `host` (where the request goes).
+/// Envoy's header mutation rules hold the same line for `host` and pseudo-headers.
+pub fn authorizer_may_set(name: &HeaderName) -> bool {
+    use hyper::header;
+    !matches!(
+        *name,
+        header::CONTENT_LENGTH
+            | header::TRANSFER_ENCODING
+            | header::CONNECTION
+            | header::TE
+            | header::TRAILER
+            | header::UPGRADE
+            | header::HOST
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+    ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// The request's authority: the request target's, else its `Host` (normalisation made the two
 /// agree when both are present).
 pub fn authority(parts: &hyper::http::request::Parts) -> Option<String> {

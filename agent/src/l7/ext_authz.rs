@@ -169,6 +169,7 @@ async fn check_http(
     }
     let pick = |names: &mut dyn Iterator<Item = &HeaderName>| -> Vec<(HeaderName, HeaderValue)> {
         names
+            .filter(|name| super::context::authorizer_may_set(name))
             .flat_map(|name| {
                 head.headers
                     .get_all(name)
@@ -331,7 +332,7 @@ async fn check_grpc(
             ));
         }
     };
-    Ok(decide_grpc(&answer))
+    decide_grpc(&answer)
 }
 
 fn headers_of(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, HeaderValue)> {
@@ -344,21 +345,28 @@ fn headers_of(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, HeaderVa
             } else {
                 HeaderValue::from_bytes(&h.raw_value).ok()?
             };
-            Some((HeaderName::from_bytes(h.key.as_bytes()).ok()?, value))
+            let name = HeaderName::from_bytes(h.key.as_bytes()).ok()?;
+            super::context::authorizer_may_set(&name).then_some((name, value))
         })
         .collect()
 }
 
-/// `status.code` 0 allows; anything else refuses with the denied response.
-fn decide_grpc(answer: &proto::CheckResponse) -> Decision {
-    let code = answer.status.as_ref().map_or(0, |s| s.code);
+/// `status.code` 0 allows; anything else refuses with the denied response. An answer without
+/// a `status` is malformed (Envoy reads it as OK; an empty message from a server that is not an
+/// authorizer must not allow).
+fn decide_grpc(answer: &proto::CheckResponse) -> Result<Decision, CheckError> {
+    let Some(code) = answer.status.as_ref().map(|s| s.code) else {
+        return Err(CheckError::Malformed(
+            "a CheckResponse without status".into(),
+        ));
+    };
     if code == 0 {
         let headers = answer
             .ok_response
             .as_ref()
             .map(|ok| headers_of(&ok.headers))
             .unwrap_or_default();
-        return Decision::Allow(headers);
+        return Ok(Decision::Allow(headers));
     }
     let denied = answer.denied_response.as_ref();
     let status = denied
@@ -374,7 +382,7 @@ fn decide_grpc(answer: &proto::CheckResponse) -> Decision {
             denial.body = Some(Bytes::from(denied.body.clone()));
         }
     }
-    Decision::Deny(denial)
+    Ok(Decision::Deny(denial))
 }
 
 #[cfg(test)]
@@ -403,7 +411,7 @@ mod tests {
         let decoded =
             proto::CheckResponse::decode(ok.encode_to_vec().as_slice()).unwrap_or_default();
         assert!(
-            matches!(decide_grpc(&decoded), Decision::Allow(h) if h.len() == 1 && h[0].1 == "alice")
+            matches!(decide_grpc(&decoded), Ok(Decision::Allow(h)) if h.len() == 1 && h[0].1 == "alice")
         );
         let denied = proto::CheckResponse {
             status: Some(proto::RpcStatus {
@@ -417,7 +425,7 @@ mod tests {
             }),
             ok_response: None,
         };
-        let Decision::Deny(denial) = decide_grpc(&denied) else {
+        let Ok(Decision::Deny(denial)) = decide_grpc(&denied) else {
             panic!("allowed");
         };
         assert_eq!(
@@ -433,7 +441,228 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(decide_grpc(&bare), Decision::Deny(d) if d.status == StatusCode::FORBIDDEN)
+            matches!(decide_grpc(&bare), Ok(Decision::Deny(d)) if d.status == StatusCode::FORBIDDEN)
         );
+    }
+
+    /// What a hostile or broken authorizer answers (a loopback server answering every check
+    /// with the same response).
+    struct Answer {
+        status: StatusCode,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    }
+
+    /// Serves `answer` on a loopback port, HTTP/1.1 or h2c; returns `http://127.0.0.1:port`.
+    async fn authorizer(answer: Answer, http2: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = std::sync::Arc::clone(&answer);
+                let service = hyper::service::service_fn(move |_request| {
+                    let answer = std::sync::Arc::clone(&answer);
+                    async move {
+                        let mut response = hyper::Response::new(Full::new(answer.body.clone()));
+                        *response.status_mut() = answer.status;
+                        for (name, value) in &answer.headers {
+                            if let (Ok(n), Ok(v)) = (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(value),
+                            ) {
+                                response.headers_mut().append(n, v);
+                            }
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(async move {
+                    if http2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                });
+            }
+        });
+        format!("http://{address}")
+    }
+
+    fn model(transport: Transport) -> ExtAuthzModel {
+        ExtAuthzModel {
+            transport,
+            timeout: std::time::Duration::from_secs(2),
+            failure_allows: false,
+            headers_to_send: Vec::new(),
+            headers_to_upstream: vec![
+                HeaderName::from_static("x-authz-user"),
+                header::CONTENT_LENGTH,
+                header::HOST,
+            ],
+            headers_to_client: vec![header::TRANSFER_ENCODING],
+            ca_secret: None,
+            ca_pem: None,
+            origin: crate::policy::diag::Origin::new(
+                std::path::Path::new("t.yaml"),
+                crate::policy::diag::Pos::default(),
+            ),
+        }
+    }
+
+    fn asked() -> (Parts, Peer) {
+        let parts = hyper::Request::builder()
+            .uri("/orders")
+            .header("host", "shop")
+            .body(())
+            .unwrap_or_default()
+            .into_parts()
+            .0;
+        let peer = Peer {
+            spiffe_id: None,
+            source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            server_name: None,
+        };
+        (parts, peer)
+    }
+
+    fn framed(message: &[u8], compressed: u8, claimed: Option<u32>) -> Bytes {
+        let mut out = vec![compressed];
+        let length = claimed.unwrap_or(u32::try_from(message.len()).unwrap_or(u32::MAX));
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(message);
+        Bytes::from(out)
+    }
+
+    /// A hostile authorizer refuses (never allows), cannot make the proxy hold more than
+    /// [`MAX_ANSWER_BYTES`] of its answer, and cannot set framing or routing headers.
+    #[tokio::test]
+    async fn a_hostile_authorizer_cannot_allow_by_accident_or_reframe_the_request() {
+        let (parts, peer) = asked();
+        let refused_as_failure = |d: &Decision| matches!(d, Decision::Deny(denial) if denial.reason == rampart_common::reason::ProxyReason::Authz(AuthzReason::ExtAuthzError));
+        // HTTP: a refusal with a body past the limit is a failure, not a 1 MiB answer.
+        let base = authorizer(
+            Answer {
+                status: StatusCode::FORBIDDEN,
+                headers: Vec::new(),
+                body: Bytes::from(vec![b'x'; 1 << 20]),
+            },
+            false,
+        )
+        .await;
+        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
+        assert!(refused_as_failure(&d), "{d:?}");
+        // HTTP: more headers than a client reads: a failure.
+        let base = authorizer(
+            Answer {
+                status: StatusCode::OK,
+                headers: (0..500).map(|i| ("x-flood", i.to_string())).collect(),
+                body: Bytes::new(),
+            },
+            false,
+        )
+        .await;
+        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
+        assert!(refused_as_failure(&d), "{d:?}");
+        // HTTP: an allow that names framing and routing headers: only the others pass.
+        let base = authorizer(
+            Answer {
+                status: StatusCode::OK,
+                headers: vec![
+                    ("x-authz-user", "alice".into()),
+                    ("host", "elsewhere".into()),
+                ],
+                body: Bytes::new(),
+            },
+            false,
+        )
+        .await;
+        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
+        let Decision::Allow(headers) = d else {
+            panic!("refused: {d:?}");
+        };
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-authz-user"]);
+
+        // gRPC: an empty message (no status), a compressed one, one whose length lies, and
+        // one past the limit: each a failure.
+        let ok_with = |headers: Vec<(&str, &str)>| proto::CheckResponse {
+            status: Some(proto::RpcStatus::default()),
+            denied_response: None,
+            ok_response: Some(proto::OkHttpResponse {
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| proto::HeaderValueOption {
+                        header: Some(proto::HeaderValue {
+                            key: k.into(),
+                            value: v.into(),
+                            raw_value: Vec::new(),
+                        }),
+                    })
+                    .collect(),
+                headers_to_remove: Vec::new(),
+            }),
+        };
+        let ok = ok_with(Vec::new()).encode_to_vec();
+        let huge = ok_with(vec![("x-big", &"y".repeat(MAX_ANSWER_BYTES))]).encode_to_vec();
+        for (what, body) in [
+            ("no status", framed(&[], 0, None)),
+            ("compressed", framed(&ok, 1, None)),
+            ("a length that lies", framed(&ok, 0, Some(9999))),
+            ("past the limit", framed(&huge, 0, None)),
+        ] {
+            let base = authorizer(
+                Answer {
+                    status: StatusCode::OK,
+                    headers: vec![
+                        ("content-type", "application/grpc".into()),
+                        ("grpc-status", "0".into()),
+                    ],
+                    body,
+                },
+                true,
+            )
+            .await;
+            let d = check(&model(Transport::Grpc { base }), &parts, &peer, "http").await;
+            assert!(refused_as_failure(&d), "{what}: {d:?}");
+        }
+        // gRPC: an allow that sets framing and routing headers: only the others pass.
+        let body = framed(
+            &ok_with(vec![
+                ("content-length", "0"),
+                ("transfer-encoding", "chunked"),
+                ("host", "elsewhere"),
+                ("x-authz-user", "alice"),
+            ])
+            .encode_to_vec(),
+            0,
+            None,
+        );
+        let base = authorizer(
+            Answer {
+                status: StatusCode::OK,
+                headers: vec![
+                    ("content-type", "application/grpc".into()),
+                    ("grpc-status", "0".into()),
+                ],
+                body,
+            },
+            true,
+        )
+        .await;
+        let d = check(&model(Transport::Grpc { base }), &parts, &peer, "http").await;
+        let Decision::Allow(headers) = d else {
+            panic!("refused: {d:?}");
+        };
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-authz-user"]);
     }
 }

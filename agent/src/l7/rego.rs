@@ -176,10 +176,9 @@ pub fn interpret(result: &Value) -> Decision {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(&value).ok()?,
-                    ))
+                    let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
+                    super::context::authorizer_may_set(&name)
+                        .then(|| Some((name, HeaderValue::from_str(&value).ok()?)))?
                 })
                 .collect();
             if object.get("allowed") == Some(&Value::Bool(true)) {
@@ -279,6 +278,34 @@ mod tests {
                 "{method} {uri} as {user:?}"
             );
         }
+    }
+
+    /// A policy's answer cannot reframe the request or send it elsewhere: `content-length`,
+    /// `transfer-encoding`, `host` and hop-by-hop headers are dropped from it.
+    #[test]
+    fn a_policy_cannot_set_framing_or_routing_headers() {
+        let text = r#"package envoy.authz
+allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding": "chunked", "host": "elsewhere", "connection": "close", "x-opa-user": "ok"}}
+"#;
+        let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let value = evaluate(
+            &engine,
+            "data.envoy.authz.allow",
+            Duration::from_millis(200),
+            input(
+                &request("GET", "/", None),
+                &peer(),
+                &Passed::default(),
+                "http",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Decision::Allow(headers) = interpret(&value) else {
+            panic!("refused");
+        };
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-opa-user"]);
     }
 
     /// `policies/auth/rego-configmap.yaml`'s module and data, compiled from its ConfigMap,
