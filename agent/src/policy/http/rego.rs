@@ -102,9 +102,10 @@ fn compile_modules(
             message: format!("rego: {key}: {e}"),
         })?;
     }
+    // Compiling prepares the engine (its analysis and schedule) once: every request's copy
+    // starts prepared instead of analysing the modules again.
     let entry: regorus::Rc<str> = query.into();
     engine
-        .clone()
         .compile_with_entrypoint(&entry)
         .map_err(|e| placed(modules, &e.to_string()))?;
     Ok(engine)
