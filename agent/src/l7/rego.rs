@@ -5,7 +5,8 @@
 //! `input.attributes.metadataContext.filterMetadata`: under `envoy.filters.http.jwt_authn`
 //! (`payload`: a token's claims, as Envoy's JWT filter puts them) and `rampart.authn`
 //! (`provider`, `claims`, `apiKeyClient`). Evaluation is bounded by the policy's time budget;
-//! an error or an overrun refuses (fail closed).
+//! an error or an overrun refuses (fail closed). It runs inline for up to [`INLINE_BUDGET`]
+//! (then again on the blocking pool), on a copy of the compiled engine each thread keeps.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,17 +116,30 @@ fn percent_decode(text: &str) -> String {
         .into_owned()
 }
 
-/// Evaluates `model` on `input` within its budget; off the event loop (a policy may loop up
-/// to its budget).
+/// Longest a policy runs on the event loop's thread: most policies decide in microseconds,
+/// and a hop to the blocking pool waits for a pool thread to be scheduled (on a busy node, most
+/// of the latency Rego added). A policy still running past this is stopped and evaluated again
+/// on the blocking pool within its whole budget (evaluation is a pure function of the policy
+/// and the input, so the second run decides as the first would have).
+pub const INLINE_BUDGET: Duration = Duration::from_micros(250);
+
+/// Evaluates `model` on `input` within its budget: inline up to [`INLINE_BUDGET`], then off
+/// the event loop (a policy may loop up to its budget).
 pub async fn decide(model: &RegoModel, input: Value) -> Decision {
     if model.pending.is_some() {
         // Never in force: a set with an unresolved ConfigMap is rejected. Refused all the same.
         return Decision::Deny(Denial::new(AuthzReason::RegoError, StatusCode::FORBIDDEN));
     }
-    let engine = std::sync::Arc::clone(&model.engine);
-    let (query, budget) = (model.query.clone(), model.budget);
-    let evaluated =
-        tokio::task::spawn_blocking(move || evaluate(&engine, &query, budget, input)).await;
+    let input = regorus::Value::from(input);
+    let inline_budget = INLINE_BUDGET.min(model.budget);
+    let evaluated = match evaluate(&model.engine, &model.query, inline_budget, input.clone()) {
+        Err(e) if inline_budget < model.budget && e.over_budget => {
+            let engine = std::sync::Arc::clone(&model.engine);
+            let (query, budget) = (model.query.clone(), model.budget);
+            tokio::task::spawn_blocking(move || evaluate(&engine, &query, budget, input)).await
+        }
+        inline => Ok(inline),
+    };
     match evaluated {
         Ok(Ok(result)) => interpret(&result),
         Ok(Err(e)) => {
@@ -139,23 +153,80 @@ pub async fn decide(model: &RegoModel, input: Value) -> Decision {
     }
 }
 
-/// One evaluation on a copy of the compiled engine, stopped past `budget`.
+/// Why an evaluation gave no result.
+#[derive(Debug)]
+pub struct EvalError {
+    pub message: String,
+    /// Stopped at its time budget (rather than failed).
+    pub over_budget: bool,
+}
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Engines a thread has evaluated with, each a copy of a compiled one: a copy allocates the
+/// interpreter's working state (sized to the policy), so each thread keeps its own and
+/// evaluates on it again (every evaluation starts from a clean state). Keyed by the compiled
+/// engine: a `Weak` keeps its allocation, so a new policy never takes a dead one's address.
+const ENGINES_PER_THREAD: usize = 8;
+
+thread_local! {
+    static ENGINES: std::cell::RefCell<Vec<(std::sync::Weak<regorus::Engine>, regorus::Engine)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One evaluation of `engine` (this thread's copy of it), stopped past `budget`.
 pub fn evaluate(
-    engine: &regorus::Engine,
+    engine: &std::sync::Arc<regorus::Engine>,
     query: &str,
     budget: Duration,
-    input: Value,
-) -> Result<Value, String> {
-    let mut engine = engine.clone();
-    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+    input: regorus::Value,
+) -> Result<Value, EvalError> {
+    let cached = ENGINES.with_borrow_mut(|engines| {
+        engines.retain(|(compiled, _)| compiled.strong_count() > 0);
+        let at = engines.iter().position(|(compiled, _)| {
+            std::ptr::eq(compiled.as_ptr(), std::sync::Arc::as_ptr(engine))
+        })?;
+        Some(engines.swap_remove(at).1)
+    });
+    let mut copy = cached.unwrap_or_else(|| regorus::Engine::clone(engine));
+    copy.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
         limit: budget,
         check_interval: std::num::NonZeroU32::MIN,
     });
-    engine.set_input(regorus::Value::from(input));
-    let result = engine
-        .eval_rule(query.to_owned())
-        .map_err(|e| e.to_string())?;
-    serde_json::to_value(&result).map_err(|e| e.to_string())
+    copy.set_input(input);
+    let evaluated = copy.eval_rule(query.to_owned());
+    let result = match evaluated {
+        Ok(result) => {
+            // Kept for the next evaluation on this thread (a failed one's copy is dropped),
+            // without this request's input.
+            copy.set_input(regorus::Value::Null);
+            ENGINES.with_borrow_mut(|engines| {
+                if engines.len() >= ENGINES_PER_THREAD {
+                    engines.remove(0);
+                }
+                engines.push((std::sync::Arc::downgrade(engine), copy));
+            });
+            result
+        }
+        Err(e) => {
+            return Err(EvalError {
+                over_budget: e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<regorus::utils::limits::LimitError>()
+                        .is_some()
+                }),
+                message: e.to_string(),
+            });
+        }
+    };
+    serde_json::to_value(&result).map_err(|e| EvalError {
+        message: e.to_string(),
+        over_budget: false,
+    })
 }
 
 /// `true`: allowed; `false`, undefined or anything else: refused; an object as OPA-Envoy reads
@@ -207,6 +278,16 @@ pub fn interpret(result: &Value) -> Decision {
 mod tests {
     use super::*;
 
+    fn eval(
+        engine: &regorus::Engine,
+        query: &str,
+        budget: Duration,
+        input: Value,
+    ) -> Result<Value, EvalError> {
+        let engine = std::sync::Arc::new(engine.clone());
+        evaluate(&engine, query, budget, regorus::Value::from(input))
+    }
+
     /// OPA's Istio tutorial policy for its Envoy plugin (the quick start's `opa-policy`), as
     /// `policies/auth/rego.yaml` carries it: users from a Basic credential, their roles, and the
     /// paths each role may GET.
@@ -245,13 +326,50 @@ mod tests {
     }
 
     fn allowed(engine: &regorus::Engine, query: &str, parts: &Parts) -> Result<bool, String> {
-        let value = evaluate(
+        let value = eval(
             engine,
             query,
             Duration::from_millis(200),
             input(parts, &peer(), &Passed::default(), "http"),
-        )?;
+        )
+        .map_err(|e| e.message)?;
         Ok(matches!(interpret(&value), Decision::Allow(_)))
+    }
+
+    /// A thread's reused copy decides each input afresh: nothing of one evaluation (rule
+    /// values, the input) carries into the next.
+    #[test]
+    fn a_reused_engine_decides_each_request_afresh() {
+        let engine = std::sync::Arc::new(
+            crate::policy::http::rego::compile(
+                "istio.rego",
+                &opa_example(),
+                "data.istio.authz.allow",
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let q = "data.istio.authz.allow";
+        let decide_for = |uri: &str, user: Option<&str>| {
+            let value = evaluate(
+                &engine,
+                q,
+                Duration::from_millis(200),
+                regorus::Value::from(input(
+                    &request("GET", uri, user),
+                    &peer(),
+                    &Passed::default(),
+                    "http",
+                )),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            matches!(interpret(&value), Decision::Allow(_))
+        };
+        for _ in 0..3 {
+            assert!(decide_for("/api/v1/products", Some("bob")));
+            assert!(!decide_for("/api/v1/products", Some("alice")));
+            assert!(!decide_for("/api/v1/products", None));
+            assert!(decide_for("/productpage", Some("alice")));
+        }
     }
 
     #[test]
@@ -289,7 +407,7 @@ allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding
 "#;
         let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
             .unwrap_or_else(|e| panic!("{e}"));
-        let value = evaluate(
+        let value = eval(
             &engine,
             "data.envoy.authz.allow",
             Duration::from_millis(200),
@@ -333,7 +451,7 @@ allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding
                 spiffe_id: crate::spiffe::SpiffeId::parse(caller).ok(),
                 ..peer()
             };
-            let value = evaluate(
+            let value = eval(
                 &model.engine,
                 &model.query,
                 Duration::from_millis(200),
@@ -369,7 +487,7 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
 "#;
         let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
             .unwrap_or_else(|e| panic!("{e}"));
-        let value = evaluate(
+        let value = eval(
             &engine,
             "data.envoy.authz.allow",
             Duration::from_millis(200),
@@ -387,7 +505,7 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
         assert_eq!(denial.status, StatusCode::UNAUTHORIZED);
         assert_eq!(denial.body.as_deref(), Some(&b"who are you?"[..]));
         assert_eq!(denial.headers[0].0, "www-authenticate");
-        let value = evaluate(
+        let value = eval(
             &engine,
             "data.envoy.authz.allow",
             Duration::from_millis(200),
@@ -407,7 +525,7 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
             crate::policy::http::rego::compile("slow.rego", slow, "data.envoy.authz.allow")
                 .unwrap_or_else(|e| panic!("{e}"));
         let started = std::time::Instant::now();
-        let result = evaluate(
+        let result = eval(
             &engine,
             "data.envoy.authz.allow",
             Duration::from_millis(20),
@@ -418,12 +536,60 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
                 "http",
             ),
         );
-        let error = result.err().unwrap_or_default();
-        assert!(error.contains("time limit"), "{error}");
+        let Err(error) = result else {
+            panic!("a runaway policy decided");
+        };
+        assert!(
+            error.over_budget && error.message.contains("time limit"),
+            "{error:?}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A policy past [`INLINE_BUDGET`] finishes on the blocking pool within its own budget (so
+    /// a slow policy still decides), and one past that is refused as `rego_error`.
+    #[tokio::test]
+    async fn a_policy_past_the_inline_budget_decides_on_the_pool_within_its_own() {
+        // About 1 to 10 ms of evaluation: past the inline budget, well within 1 s.
+        let text = "package envoy.authz\nallow if { count([1 | some x in numbers.range(1, 150); some y in numbers.range(1, 150); x != y]) > 0 }\n";
+        let compiled = |budget: Duration| RegoModel {
+            engine: std::sync::Arc::new(
+                crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            query: "data.envoy.authz.allow".into(),
+            budget,
+            source: "inline".into(),
+            pending: None,
+        };
+        let asked = || {
+            input(
+                &request("GET", "/", None),
+                &peer(),
+                &Passed::default(),
+                "http",
+            )
+        };
+        let model = compiled(Duration::from_secs(1));
+        let inline = evaluate(
+            &model.engine,
+            &model.query,
+            INLINE_BUDGET,
+            regorus::Value::from(asked()),
+        );
+        assert!(
+            matches!(&inline, Err(e) if e.over_budget),
+            "the inline run stops: {inline:?}"
+        );
+        assert!(matches!(decide(&model, asked()).await, Decision::Allow(_)));
+        let tight = compiled(Duration::from_micros(300));
+        assert!(matches!(
+            decide(&tight, asked()).await,
+            Decision::Deny(d) if d.reason == rampart_common::reason::ProxyReason::Authz(AuthzReason::RegoError)
+        ));
     }
 }
