@@ -10,13 +10,16 @@ use crate::maps::{EVENT_RATE, EVENTS, EVENTS_LOST};
 
 const SECOND_NS: u64 = 1_000_000_000;
 
-/// Emits `event` (already filled in map memory) if this CPU's budget allows it.
+/// Emits `event` (already filled in map memory) if this CPU's budget allows it (`now` may be
+/// the coarse clock); an event that goes out is stamped with the precise clock.
 #[inline(always)]
-pub fn emit(event: &FlowEvent, now: u64) {
+pub fn emit(event: &mut FlowEvent, now: u64) {
     if !within_rate(now) {
         lost(LOST_RATE_LIMITED);
         return;
     }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    event.time_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     if EVENTS.output::<FlowEvent>(event, 0).is_err() {
         lost(LOST_RING_FULL);
     }
@@ -29,7 +32,9 @@ fn within_rate(now: u64) -> bool {
     };
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program run.
     let rate = unsafe { &mut *rate };
-    if now.wrapping_sub(rate.window_start_ns) >= SECOND_NS {
+    // Callers pass the coarse clock; a window start ahead of `now` (another clock, or a tick
+    // read late) is the same window, never a reset.
+    if now.saturating_sub(rate.window_start_ns) >= SECOND_NS {
         rate.window_start_ns = now;
         rate.emitted = 0;
     }
