@@ -54,10 +54,17 @@ pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const EVENT_RATE: &str = "EVENT_RATE_V1";
 pub const FRAGS: &str = "FRAGS_V1";
 /// Per-CPU working memory of the programs (pinned with the rest; its content is never read).
+/// `V2`: the parsed tuple is 8-byte aligned (the previous layout's build keeps `V1`).
+#[cfg(not(feature = "previous-layout"))]
+pub const SCRATCH: &str = "SCRATCH_V2";
+#[cfg(feature = "previous-layout")]
 pub const SCRATCH: &str = "SCRATCH_V1";
 pub const EVENTS_LOST: &str = "EVENTS_LOST_V1";
 
 /// Maps of earlier layouts no object has any more: a new agent removes their pins.
+#[cfg(not(feature = "previous-layout"))]
+pub const RETIRED: [&str; 3] = ["DROP_STATS_V1", "AUDIT_STATS_V1", "SCRATCH_V1"];
+#[cfg(feature = "previous-layout")]
 pub const RETIRED: [&str; 2] = ["DROP_STATS_V1", "AUDIT_STATS_V1"];
 
 /// Every map of the object, in the order the agent pins them.

@@ -54,6 +54,10 @@ pub struct Scratch {
     frag_key: FragKey,
 }
 
+#[cfg(not(feature = "previous-layout"))]
+#[map(name = "SCRATCH_V2")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[cfg(feature = "previous-layout")]
 #[map(name = "SCRATCH_V1")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
