@@ -76,9 +76,14 @@ pub struct Flow {
     pub tuple: Tuple,
     /// For an ICMP error (`has_related`): the tuple of the packet it reports on, as it was sent.
     pub related: Tuple,
+    /// The IP identification of a fragment.
+    pub frag_id: u32,
     /// The port used in the policy key: the destination port, or the ICMP type.
     pub policy_port: u16,
     pub v4: u8,
+    pub _pad: u8,
+    // The bytes `parse` clears for every packet, together at an 8-byte boundary (with the
+    // aligned tuples): two stores, not a call to a byte-by-byte `memset`.
     pub tcp_flags: u8,
     pub has_related: u8,
     /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
@@ -88,9 +93,6 @@ pub struct Flow {
     pub frag_proto: u8,
     /// IPv6 hop limit (neighbour discovery must carry 255, MLD 1).
     pub hop_limit: u8,
-    pub _pad: u8,
-    /// The IP identification of a fragment.
-    pub frag_id: u32,
 }
 
 /// Not a fragment (or an atomic IPv6 fragment: offset 0, no more fragments).
@@ -126,10 +128,38 @@ pub enum Parsed {
     Ip,
 }
 
-/// Parses the packet into `flow`.
+/// Clears what each packet sets anew: `frag_id`, `policy_port`, `v4` (and `_pad`), then
+/// `tcp_flags`, `has_related`, `frag` (`FRAG_NONE`), `frag_proto`, `hop_limit` (and the tail
+/// padding), as two aligned 8-byte stores; field by field, the compiler merged the bytes into a
+/// call to a byte-by-byte `memset` on every packet.
+#[cfg(not(feature = "previous-layout"))]
 #[inline(always)]
-pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
-    let ethertype = u16::from_be(b.load::<u16>(12).ok_or(DropReason::TRUNCATED_HEADER)?);
+fn clear_packet_fields(flow: &mut Flow) {
+    const _: () = assert!(core::mem::offset_of!(Flow, frag_id) % 8 == 0);
+    const _: () =
+        assert!(core::mem::offset_of!(Flow, v4) < core::mem::offset_of!(Flow, frag_id) + 8);
+    const _: () = assert!(core::mem::offset_of!(Flow, tcp_flags) % 8 == 0);
+    const _: () =
+        assert!(core::mem::offset_of!(Flow, tcp_flags) + 8 == core::mem::size_of::<Flow>());
+    const _: () = assert!(core::mem::align_of::<Flow>() == 8 && FRAG_NONE == 0);
+    // Volatile, so the two stores are not merged back into a `memset` call.
+    // SAFETY: both words lie inside `flow` (asserted above: each starts at an 8-byte boundary of
+    // an 8-aligned struct, the second ends at its end) and hold only integer fields and padding,
+    // for which zero is valid.
+    unsafe {
+        core::ptr::addr_of_mut!(flow.frag_id)
+            .cast::<u64>()
+            .write_volatile(0);
+        core::ptr::addr_of_mut!(flow.tcp_flags)
+            .cast::<u64>()
+            .write_volatile(0);
+    }
+}
+
+/// The previous layout's build (unaligned tuples) clears them field by field.
+#[cfg(feature = "previous-layout")]
+#[inline(always)]
+fn clear_packet_fields(flow: &mut Flow) {
     flow.has_related = 0;
     flow.tcp_flags = 0;
     flow.policy_port = 0;
@@ -137,6 +167,13 @@ pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     flow.frag_id = 0;
     flow.frag_proto = 0;
     flow.hop_limit = 0;
+}
+
+/// Parses the packet into `flow`.
+#[inline(always)]
+pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
+    let ethertype = u16::from_be(b.load::<u16>(12).ok_or(DropReason::TRUNCATED_HEADER)?);
+    clear_packet_fields(flow);
     match ethertype {
         ETH_P_IP => parse_ipv4(b, flow),
         ETH_P_IPV6 => parse_ipv6(b, flow),
