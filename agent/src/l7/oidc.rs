@@ -823,17 +823,7 @@ mod tests {
 
     /// The provider of `policies/auth/oidc.yaml`, with its Secret.
     fn example_state() -> OidcState {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let dir = std::env::temp_dir().join(format!("rampart-oidc-state-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        for file in ["workloads.yaml", "auth/oidc.yaml"] {
-            let name = file.rsplit('/').next().unwrap_or(file);
-            std::fs::copy(root.join(file), dir.join(name))
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
-        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
-        let _ = std::fs::remove_dir_all(&dir);
-        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
+        let checked = crate::policy::examples::checked(&["workloads.yaml", "auth/oidc.yaml"]);
         let model = checked.model.mesh_policies[0]
             .http
             .as_ref()

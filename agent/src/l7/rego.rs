@@ -430,17 +430,8 @@ allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding
     /// decide by the caller's SPIFFE ID.
     #[test]
     fn the_config_map_example_decides_by_caller_with_its_data() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let dir = std::env::temp_dir().join(format!("rampart-rego-cm-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        for file in ["workloads.yaml", "auth/rego-configmap.yaml"] {
-            let name = file.rsplit('/').next().unwrap_or(file);
-            std::fs::copy(root.join(file), dir.join(name))
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
-        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
-        let _ = std::fs::remove_dir_all(&dir);
-        let checked = checked.unwrap_or_else(|d| panic!("{d:?}"));
+        let checked =
+            crate::policy::examples::checked(&["workloads.yaml", "auth/rego-configmap.yaml"]);
         let model = checked.model.mesh_policies[0]
             .http
             .as_ref()

@@ -25,6 +25,8 @@ pub mod cookie;
 pub mod crd;
 pub mod diag;
 pub mod dlp;
+#[cfg(test)]
+pub mod examples;
 pub mod http;
 pub mod identity;
 pub mod ingress;

@@ -445,7 +445,6 @@ fn ext_authz_names_one_http_or_grpc_authorizer() {
 /// shows.
 #[test]
 fn the_authentication_and_authorization_examples_check() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     for file in [
         "basic-auth.yaml",
         "ldap.yaml",
@@ -454,18 +453,8 @@ fn the_authentication_and_authorization_examples_check() {
         "ext-authz.yaml",
         "oidc.yaml",
     ] {
-        let dir = std::env::temp_dir().join(format!(
-            "rampart-auth-example-{}-{file}",
-            std::process::id()
-        ));
-        let _ = std::fs::create_dir_all(&dir);
-        std::fs::copy(root.join("workloads.yaml"), dir.join("workloads.yaml"))
-            .unwrap_or_else(|e| panic!("workloads.yaml: {e}"));
-        std::fs::copy(root.join("auth").join(file), dir.join(file))
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-        let checked = crate::policy::check(crate::policy::source::read_dir(&dir));
-        let _ = std::fs::remove_dir_all(&dir);
-        let checked = checked.unwrap_or_else(|d| panic!("{file}: {d:?}"));
+        let checked =
+            crate::policy::examples::checked(&["workloads.yaml", &format!("auth/{file}")]);
         let http = checked.model.mesh_policies[0]
             .http
             .clone()
