@@ -534,6 +534,18 @@ mod tests {
         (parts, peer)
     }
 
+    /// A gRPC answer with `body` as its message frame(s) and `grpc-status: 0`.
+    fn grpc_answer(body: Bytes) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            headers: vec![
+                ("content-type", "application/grpc".into()),
+                ("grpc-status", "0".into()),
+            ],
+            body,
+        }
+    }
+
     fn framed(message: &[u8], compressed: u8, claimed: Option<u32>) -> Bytes {
         let mut out = vec![compressed];
         let length = claimed.unwrap_or(u32::try_from(message.len()).unwrap_or(u32::MAX));
@@ -619,18 +631,7 @@ mod tests {
             ("a length that lies", framed(&ok, 0, Some(9999))),
             ("past the limit", framed(&huge, 0, None)),
         ] {
-            let base = authorizer(
-                Answer {
-                    status: StatusCode::OK,
-                    headers: vec![
-                        ("content-type", "application/grpc".into()),
-                        ("grpc-status", "0".into()),
-                    ],
-                    body,
-                },
-                true,
-            )
-            .await;
+            let base = authorizer(grpc_answer(body), true).await;
             let d = check(&model(Transport::Grpc { base }), &parts, &peer, "http").await;
             assert!(refused_as_failure(&d), "{what}: {d:?}");
         }
@@ -646,18 +647,7 @@ mod tests {
             0,
             None,
         );
-        let base = authorizer(
-            Answer {
-                status: StatusCode::OK,
-                headers: vec![
-                    ("content-type", "application/grpc".into()),
-                    ("grpc-status", "0".into()),
-                ],
-                body,
-            },
-            true,
-        )
-        .await;
+        let base = authorizer(grpc_answer(body), true).await;
         let d = check(&model(Transport::Grpc { base }), &parts, &peer, "http").await;
         let Decision::Allow(headers) = d else {
             panic!("refused: {d:?}");

@@ -248,8 +248,10 @@ pub fn interpret(result: &Value) -> Decision {
                         other => other.to_string(),
                     };
                     let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
-                    super::context::authorizer_may_set(&name)
-                        .then(|| Some((name, HeaderValue::from_str(&value).ok()?)))?
+                    if !super::context::authorizer_may_set(&name) {
+                        return None;
+                    }
+                    Some((name, HeaderValue::from_str(&value).ok()?))
                 })
                 .collect();
             if object.get("allowed") == Some(&Value::Bool(true)) {
@@ -277,6 +279,24 @@ pub fn interpret(result: &Value) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ENVOY_ALLOW: &str = "data.envoy.authz.allow";
+
+    /// `text` compiled with OPA-Envoy's default query.
+    fn envoy_policy(text: &str) -> regorus::Engine {
+        crate::policy::http::rego::compile("p.rego", text, ENVOY_ALLOW)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// OPA-Envoy's input for a GET of `uri` from [`peer`], without credentials.
+    fn get(uri: &str) -> Value {
+        input(
+            &request("GET", uri, None),
+            &peer(),
+            &Passed::default(),
+            "http",
+        )
+    }
 
     fn eval(
         engine: &regorus::Engine,
@@ -405,20 +425,9 @@ mod tests {
         let text = r#"package envoy.authz
 allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding": "chunked", "host": "elsewhere", "connection": "close", "x-opa-user": "ok"}}
 "#;
-        let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
+        let engine = envoy_policy(text);
+        let value = eval(&engine, ENVOY_ALLOW, Duration::from_millis(200), get("/"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let value = eval(
-            &engine,
-            "data.envoy.authz.allow",
-            Duration::from_millis(200),
-            input(
-                &request("GET", "/", None),
-                &peer(),
-                &Passed::default(),
-                "http",
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
         let Decision::Allow(headers) = interpret(&value) else {
             panic!("refused");
         };
@@ -476,18 +485,12 @@ allow := {"allowed": true, "headers": {"content-length": "0", "transfer-encoding
 default allow := {"allowed": false, "http_status": 401, "headers": {"www-authenticate": "Basic realm=\"opa\""}, "body": "who are you?"}
 allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_query.user[0] == "ok"
 "#;
-        let engine = crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let engine = envoy_policy(text);
         let value = eval(
             &engine,
-            "data.envoy.authz.allow",
+            ENVOY_ALLOW,
             Duration::from_millis(200),
-            input(
-                &request("GET", "/?user=no", None),
-                &peer(),
-                &Passed::default(),
-                "http",
-            ),
+            get("/?user=no"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let Decision::Deny(denial) = interpret(&value) else {
@@ -498,35 +501,18 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
         assert_eq!(denial.headers[0].0, "www-authenticate");
         let value = eval(
             &engine,
-            "data.envoy.authz.allow",
+            ENVOY_ALLOW,
             Duration::from_millis(200),
-            input(
-                &request("GET", "/?user=ok", None),
-                &peer(),
-                &Passed::default(),
-                "http",
-            ),
+            get("/?user=ok"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(interpret(&value), Decision::Allow(h) if h[0].0 == "x-opa-user"));
         // A policy that would run for minutes is stopped at its budget (checked between
         // evaluation steps: 25 million of them here).
         let slow = "package envoy.authz\nallow if { count([1 | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) > 0 }\n";
-        let engine =
-            crate::policy::http::rego::compile("slow.rego", slow, "data.envoy.authz.allow")
-                .unwrap_or_else(|e| panic!("{e}"));
+        let engine = envoy_policy(slow);
         let started = std::time::Instant::now();
-        let result = eval(
-            &engine,
-            "data.envoy.authz.allow",
-            Duration::from_millis(20),
-            input(
-                &request("GET", "/", None),
-                &peer(),
-                &Passed::default(),
-                "http",
-            ),
-        );
+        let result = eval(&engine, ENVOY_ALLOW, Duration::from_millis(20), get("/"));
         let Err(error) = result else {
             panic!("a runaway policy decided");
         };
@@ -548,23 +534,13 @@ allow := {"allowed": true, "headers": {"x-opa-user": "ok"}} if input.parsed_quer
         // About 1 to 10 ms of evaluation: past the inline budget, well within 1 s.
         let text = "package envoy.authz\nallow if { count([1 | some x in numbers.range(1, 150); some y in numbers.range(1, 150); x != y]) > 0 }\n";
         let compiled = |budget: Duration| RegoModel {
-            engine: std::sync::Arc::new(
-                crate::policy::http::rego::compile("p.rego", text, "data.envoy.authz.allow")
-                    .unwrap_or_else(|e| panic!("{e}")),
-            ),
-            query: "data.envoy.authz.allow".into(),
+            engine: std::sync::Arc::new(envoy_policy(text)),
+            query: ENVOY_ALLOW.into(),
             budget,
             source: "inline".into(),
             pending: None,
         };
-        let asked = || {
-            input(
-                &request("GET", "/", None),
-                &peer(),
-                &Passed::default(),
-                "http",
-            )
-        };
+        let asked = || get("/");
         let model = compiled(Duration::from_secs(1));
         let inline = evaluate(
             &model.engine,

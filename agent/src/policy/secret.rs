@@ -58,6 +58,37 @@ pub fn secret(so: &SourceObject, raw: &Secret, diags: &mut Vec<Diagnostic>) -> O
     ok.then_some(SecretModel { entries })
 }
 
+/// The PEM of `ca.crt` in the Secret `(namespace, name)`, holding at least one certificate (a
+/// `caSecretRef`: the CAs a server the proxy asks must chain to). `field` names the reference
+/// in the error, which is placed at `origin`.
+pub fn ca_bundle(
+    secrets: &BTreeMap<(String, String), SecretModel>,
+    (namespace, name): &(String, String),
+    field: &str,
+    origin: &super::diag::Origin,
+) -> Result<Vec<u8>, Diagnostic> {
+    use rustls_pki_types::pem::PemObject as _;
+    let error = |message: String| Diagnostic::error(origin.clone(), message);
+    let Some(secret) = secrets.get(&(namespace.clone(), name.clone())) else {
+        return Err(error(format!(
+            "{field}: no Secret {namespace}/{name} in the policy set ({LABEL_HINT})"
+        )));
+    };
+    let Some(pem) = secret.entries.get("ca.crt") else {
+        return Err(error(format!("Secret {namespace}/{name}: no entry ca.crt")));
+    };
+    // Every block must parse, and one at least must be there.
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_or(0, |certs| certs.len());
+    if certificates == 0 {
+        return Err(error(format!(
+            "Secret {namespace}/{name}, ca.crt: no PEM certificate"
+        )));
+    }
+    Ok(pem.clone())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -389,14 +389,6 @@ fn ldap_host(authority: &str) -> Option<String> {
     name_ok.then(|| host.to_owned())
 }
 
-/// How many certificates a PEM text holds (0 when any block of it does not parse).
-fn pem_certificates(pem: &[u8]) -> usize {
-    use rustls_pki_types::pem::PemObject as _;
-    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_or(0, |certs| certs.len())
-}
-
 /// Fills the `basicAuth` and `ldap` providers from the Secrets they name; a missing Secret or
 /// entry, or an htpasswd line that cannot be used, is an error at the provider (naming the
 /// Secret, the entry and the line; never a hash or password).
@@ -455,19 +447,9 @@ pub fn resolve_secrets(
         super::ProviderModel::Ldap(model) => {
             let p = Arc::make_mut(model);
             if let Some(ca) = &p.ca_secret {
-                match secrets.get(ca).map(|s| s.entries.get("ca.crt")) {
-                    None => diags.push(missing(&p.origin, "ldap.caSecretRef", ca)),
-                    Some(None) => diags.push(Diagnostic::error(
-                        p.origin.clone(),
-                        format!("Secret {}/{}: no entry ca.crt", ca.0, ca.1),
-                    )),
-                    Some(Some(pem)) => match pem_certificates(pem) {
-                        0 => diags.push(Diagnostic::error(
-                            p.origin.clone(),
-                            format!("Secret {}/{}, ca.crt: no PEM certificate", ca.0, ca.1),
-                        )),
-                        _ => p.ca_pem = Some(pem.clone()),
-                    },
+                match crate::policy::secret::ca_bundle(secrets, ca, "ldap.caSecretRef", &p.origin) {
+                    Ok(pem) => p.ca_pem = Some(pem),
+                    Err(e) => diags.push(e),
                 }
             }
             if let Some(bind) = &p.bind_secret {

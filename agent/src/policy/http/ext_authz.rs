@@ -158,30 +158,11 @@ pub fn resolve_secret(
     secrets: &std::collections::BTreeMap<(String, String), SecretModel>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    use rustls_pki_types::pem::PemObject as _;
-    let Some((ns, name)) = &model.ca_secret else {
+    let Some(ca) = &model.ca_secret else {
         return;
     };
-    let error = |message: String| Diagnostic::error(model.origin.clone(), message);
-    match secrets.get(&(ns.clone(), name.clone())) {
-        None => diags.push(error(format!(
-            "extAuthz.caSecretRef: no Secret {ns}/{name} in the policy set ({})",
-            crate::policy::secret::LABEL_HINT
-        ))),
-        Some(secret) => match secret.entries.get("ca.crt") {
-            None => diags.push(error(format!("Secret {ns}/{name}: no entry ca.crt"))),
-            Some(pem) => {
-                let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_or(0, |c| c.len());
-                if certificates == 0 {
-                    diags.push(error(format!(
-                        "Secret {ns}/{name}, ca.crt: no PEM certificate"
-                    )));
-                } else {
-                    model.ca_pem = Some(pem.clone());
-                }
-            }
-        },
+    match super::super::secret::ca_bundle(secrets, ca, "extAuthz.caSecretRef", &model.origin) {
+        Ok(pem) => model.ca_pem = Some(pem),
+        Err(e) => diags.push(e),
     }
 }
