@@ -458,15 +458,20 @@ fn enforcement_stays_while_the_api_is_down_and_resyncs_when_it_returns() {
     });
 }
 
+/// `{key: value}` as an object's labels, or none unless `labelled`.
+fn label_if(labelled: bool, key: &str, value: &str) -> Value {
+    if labelled {
+        json!({ key: value })
+    } else {
+        json!({})
+    }
+}
+
 /// A Secret of API keys, as the API server holds it (`data`, base64), labelled for the agents
 /// to read it unless `labelled` is false.
 fn keys_secret(name: &str, key: &str, labelled: bool) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    let labels = if labelled {
-        json!({"rampart.dev/secret": "true"})
-    } else {
-        json!({})
-    };
+    let labels = label_if(labelled, "rampart.dev/secret", "true");
     json!({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": name, "namespace": "shop", "labels": labels},
@@ -492,11 +497,7 @@ fn keys_policy(name: &str, port: u16, secret: &str) -> Value {
 /// A ConfigMap carrying a Rego module that allows user `user` (header `x-user`), labelled for
 /// the agents to read it unless `labelled` is false; `module` replaces the module when given.
 fn rego_config_map(name: &str, user: &str, labelled: bool, module: Option<&str>) -> Value {
-    let labels = if labelled {
-        json!({"rampart.dev/policy": "rego"})
-    } else {
-        json!({})
-    };
+    let labels = label_if(labelled, "rampart.dev/policy", "rego");
     let allowed = "package envoy.authz\n\ndefault allow := false\n\nallow if input.attributes.request.http.headers[\"x-user\"] == data.allowed.user\n";
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",

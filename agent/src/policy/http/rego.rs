@@ -123,31 +123,25 @@ fn placed(modules: &[Module<'_>], text: &str) -> CompileError {
             message: format!("rego: {message}"),
         };
     };
-    match &module.at {
-        // A block scalar's content starts at its position, one file line per line of the
-        // policy, indented by the position's column.
-        Some(at) if module.text.contains('\n') => {
-            let mut origin = at.clone();
-            origin.pos.line += line.saturating_sub(1);
-            origin.pos.col += col.saturating_sub(1);
-            CompileError {
-                origin: Some(origin),
-                message: format!("rego: {message}"),
-            }
-        }
-        // One line of quoted text: after its opening quote.
-        Some(at) => {
-            let mut origin = at.clone();
-            origin.pos.col += col;
-            CompileError {
-                origin: Some(origin),
-                message: format!("rego: {message}"),
-            }
-        }
-        None => CompileError {
+    let Some(at) = &module.at else {
+        return CompileError {
             origin: None,
             message: format!("rego: {}:{line}:{col}: {message}", module.name),
-        },
+        };
+    };
+    let mut origin = at.clone();
+    if module.text.contains('\n') {
+        // A block scalar's content starts at its position, one file line per line of the
+        // policy, indented by the position's column.
+        origin.pos.line += line.saturating_sub(1);
+        origin.pos.col += col.saturating_sub(1);
+    } else {
+        // One line of quoted text: after its opening quote.
+        origin.pos.col += col;
+    }
+    CompileError {
+        origin: Some(origin),
+        message: format!("rego: {message}"),
     }
 }
 

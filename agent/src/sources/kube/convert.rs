@@ -471,15 +471,6 @@ mod tests {
             "{text}"
         );
     }
-}
-
-#[cfg(test)]
-mod config_map_tests {
-    use std::path::Path;
-
-    use serde_json::json;
-
-    use super::*;
 
     /// A ConfigMap's multi-line Rego module becomes a block scalar of the document, so an error
     /// inside the module is reported at the document's line of it.
@@ -494,9 +485,11 @@ mod config_map_tests {
         .expect("object");
         let text = document(&o, "v1", "ConfigMap").expect("yaml");
         let policy = "apiVersion: rampart.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: m}\nspec:\n  ports: [{port: 80}]\n  http:\n    rego:\n      configMapRef: {namespace: shop, name: authz}\n";
-        let mut read = crate::policy::source::parse_str(Path::new("m.yaml"), policy);
-        let config_map =
-            crate::policy::source::parse_str(Path::new("kube:ConfigMap/shop/authz"), &text);
+        let mut read = crate::policy::source::parse_str(std::path::Path::new("m.yaml"), policy);
+        let config_map = crate::policy::source::parse_str(
+            std::path::Path::new("kube:ConfigMap/shop/authz"),
+            &text,
+        );
         read.objects.extend(config_map.objects);
         let diags = crate::policy::check(read).expect_err("a broken module");
         let error = diags.iter().find(|d| d.is_error()).expect("an error");
@@ -504,7 +497,7 @@ mod config_map_tests {
         let shown = text.lines().nth(line - 1).unwrap_or_default();
         assert_eq!(
             error.origin.file,
-            Path::new("kube:ConfigMap/shop/authz"),
+            std::path::Path::new("kube:ConfigMap/shop/authz"),
             "{text}\n{error:?}"
         );
         assert!(
