@@ -357,8 +357,19 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         }
         let left = mesh.open_connections();
         if left > 0 {
+            // The ones that held the drain, so the client that keeps them can be found.
+            let oldest: Vec<String> = mesh
+                .oldest_connections(8)
+                .iter()
+                .map(|c| {
+                    let peer = c.peer.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+                    let age = c.opened.elapsed().as_secs();
+                    format!("{} from {peer}, open {age}s", c.listener)
+                })
+                .collect();
             tracing::warn!(
                 connections = left,
+                ?oldest,
                 "the drain's grace period ended: closing them"
             );
         } else if open > 0 {

@@ -65,6 +65,8 @@ impl Listener for tokio::net::UnixListener {
 pub struct ConnectionCap {
     permits: Arc<Semaphore>,
     cap: usize,
+    /// The open connections, so a drain that runs out can say which ones held it.
+    open: Arc<OpenConnections>,
     /// Open connections by peer address, each under the per-peer limit (`None`: no limit).
     per_peer: Option<KeyedSlots<IpAddr>>,
     /// Where the limits' hits are counted (the proxy's; `None`: not counted).
@@ -77,6 +79,7 @@ impl ConnectionCap {
         ConnectionCap {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
+            open: Arc::default(),
             per_peer: None,
             limits: None,
         }
@@ -121,8 +124,66 @@ impl ConnectionCap {
         self.cap
     }
 
+    /// The `n` connections open longest: listener, peer and age.
+    pub fn oldest(&self, n: usize) -> Vec<OpenConnection> {
+        self.open.oldest(n)
+    }
+
     async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.permits).acquire_owned().await.ok()
+    }
+}
+
+/// One open connection, as [`ConnectionCap::oldest`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenConnection {
+    pub listener: &'static str,
+    pub peer: Option<IpAddr>,
+    pub opened: Instant,
+}
+
+/// The open connections by a serial number; a lock per accept and per close, off every
+/// connection's data path.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<u64, OpenConnection>>,
+}
+
+impl OpenConnections {
+    fn insert(self: &Arc<Self>, connection: OpenConnection) -> Registered {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(id, connection);
+        }
+        Registered {
+            id,
+            open: Arc::clone(self),
+        }
+    }
+
+    fn oldest(&self, n: usize) -> Vec<OpenConnection> {
+        let Ok(open) = self.open.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<OpenConnection> = open.values().copied().collect();
+        all.sort_by_key(|c| c.opened);
+        all.truncate(n);
+        all
+    }
+}
+
+/// Removes its connection from the registry when dropped.
+struct Registered {
+    id: u64,
+    open: Arc<OpenConnections>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.open.lock() {
+            open.remove(&self.id);
+        }
     }
 }
 
@@ -297,9 +358,15 @@ pub async fn serve_while<L, H, F>(
                     }
                     continue;
                 };
+                let registered = cap.open.insert(OpenConnection {
+                    listener: name,
+                    peer: L::peer_ip(&peer),
+                    opened: Instant::now(),
+                });
                 let task = handle(stream, peer);
                 tokio::spawn(async move {
                     task.await;
+                    drop(registered);
                     drop(counted);
                     drop(permit);
                 });
@@ -402,6 +469,15 @@ mod tests {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         let from_here = |cap: &ConnectionCap| cap.per_peer.as_ref().map_or(0, KeyedSlots::keys);
         assert_eq!(from_here(&cap), 1);
+        // The two held ones are listed as open, oldest first; the closed third is not.
+        let open = cap.oldest(8);
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(
+            open.iter()
+                .all(|c| c.listener == "test" && c.peer == Some(IpAddr::from([127, 0, 0, 1])))
+        );
+        assert!(open[0].opened <= open[1].opened);
+        assert_eq!(cap.oldest(1).len(), 1);
         drop(held);
         // Their places are given back: a new connection is served (held open).
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -412,6 +488,10 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(
+            cap.oldest(8).is_empty(),
+            "closed connections are still listed"
+        );
         let mut again = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let held_open = tokio::time::timeout(
             Duration::from_millis(300),

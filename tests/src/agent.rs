@@ -46,6 +46,18 @@ impl AgentOptions {
             drain_seconds: 2,
         }
     }
+
+    /// The drain the agent runs with: `--drain-seconds` in `extra_args` overrides
+    /// `drain_seconds`.
+    pub fn drain(&self) -> Duration {
+        let given = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--drain-seconds")
+            .and_then(|at| self.extra_args.get(at + 1))
+            .and_then(|v| v.parse().ok());
+        Duration::from_secs(given.unwrap_or(self.drain_seconds))
+    }
 }
 
 /// A running `rampart run`. Dropping it stops the process.
@@ -370,8 +382,8 @@ impl Agent {
         let takeover = started.elapsed();
         let agent = agent.wait_ready()?;
         self.remove_pins = false;
-        let old_status =
-            self.wait_exit(Duration::from_secs(self.opts.drain_seconds) + Duration::from_secs(15))?;
+        // The old agent exits once its connections end, at the latest when its drain does.
+        let old_status = self.wait_exit(self.opts.drain() + Duration::from_secs(15))?;
         let old_log = self.log();
         Ok((
             agent,
@@ -425,7 +437,9 @@ impl Agent {
         let pid = i32::try_from(child.id()).context("pid out of range")?;
         // SAFETY: signalling our own child, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        // It drains its connections first, for at most its drain.
+        let allowed = self.opts.drain() + STOP_TIMEOUT;
+        let deadline = Instant::now() + allowed;
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
@@ -434,7 +448,7 @@ impl Agent {
         }
         child.kill()?;
         let status = child.wait()?;
-        bail!("the agent ignored SIGTERM for {STOP_TIMEOUT:?} and was killed ({status})")
+        bail!("the agent ignored SIGTERM for {allowed:?} and was killed ({status})")
     }
 }
 

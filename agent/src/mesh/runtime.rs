@@ -285,6 +285,13 @@ impl MeshRuntime {
         self.connections.get().map_or(0, ConnectionCap::open)
     }
 
+    /// The `n` connections open longest (see [`ConnectionCap::oldest`]).
+    pub fn oldest_connections(&self, n: usize) -> Vec<crate::listen::OpenConnection> {
+        self.connections
+            .get()
+            .map_or_else(Vec::new, |c| c.oldest(n))
+    }
+
     /// Renews the node certificate at half-life and picks up a rotated root: the new root is
     /// trusted beside the old one, new certificates come from it, and established connections
     /// keep theirs.

@@ -47,6 +47,8 @@ pub const RELAY_BUFFER: usize = 64 << 10;
 
 /// Largest header list a tunnel stream may carry (a CONNECT has a few short headers).
 const MAX_TUNNEL_HEADERS: u32 = 16 << 10;
+/// How long a connection the drain catches before its first stream waits for that stream.
+const FIRST_STREAM_WAIT: Duration = Duration::from_secs(1);
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
 const SOURCE_HEADER: &str = "forwarded";
@@ -303,9 +305,12 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<I
     let served_addr = served.map(|(addr, _)| addr);
     let drain = inbound.drain.clone();
     let settings = limits.settings.clone();
+    let streamed = Arc::new(tokio::sync::Notify::new());
+    let stream_seen = Arc::clone(&streamed);
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
         let peer = peer.clone();
+        stream_seen.notify_one();
         async move {
             Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served_addr, inbound).await)
         }
@@ -329,8 +334,16 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<I
     let served = tokio::select! {
         served = connection.as_mut() => served,
         () = drain.started() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A connection accepted as the agent stopped accepting has its client's first
+            // stream on the way: a GOAWAY now would refuse that flow, so it is served first.
+            let first = tokio::time::timeout(FIRST_STREAM_WAIT, streamed.notified());
+            tokio::select! {
+                served = connection.as_mut() => served,
+                _ = first => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(e) = served {
@@ -547,6 +560,33 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Whether the tunnel ended before it took the flow, so that nothing reached the
+    /// destination and opening it again on a new connection is safe: the connection closed
+    /// during the TLS handshake or before the stream was sent, or the server refused the stream
+    /// unprocessed (`REFUSED_STREAM`, or a graceful GOAWAY that excludes it). A draining agent
+    /// does this to a connection it accepted as it stopped accepting.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ConnectError::Tls(_, e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            ConnectError::Http(e) => {
+                e.is_canceled()
+                    || std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<h2::Error>())
+                        .is_some_and(|h| {
+                            h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                                || (h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR))
+                        })
+            }
+            ConnectError::Tcp(..) | ConnectError::Refused(_) => false,
+        }
+    }
+
     /// Whether the handshake failed because the server's certificate does not name the
     /// identity the client expects (another workload, or a node).
     pub fn is_wrong_server_identity(&self) -> bool {
@@ -567,6 +607,10 @@ pub type FlowStream = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Opens a tunnel to `tunnel` (presenting the certificate in `config`) and one CONNECT stream to
 /// `destination` on behalf of `source`.
+///
+/// A tunnel that ended before it took the flow ([`ConnectError::is_retriable`]: an agent that
+/// stopped accepting as it handed over to its successor) is opened once more on a new
+/// connection, which the listening socket's new owner accepts.
 pub async fn connect(
     tunnel: SocketAddr,
     config: Arc<ClientConfig>,
@@ -575,14 +619,22 @@ pub async fn connect(
 ) -> Result<FlowStream, ConnectError> {
     // The server is checked by SPIFFE ID (see `tls::client_config`); the SNI names the
     // destination, whose workload's certificate the server presents.
-    connect_named(
+    let name = server_name_for(destination.ip());
+    match connect_named(
         tunnel,
-        config,
-        server_name_for(destination.ip()),
+        Arc::clone(&config),
+        name.clone(),
         source,
         destination,
     )
     .await
+    {
+        Err(e) if e.is_retriable() => {
+            tracing::debug!(%tunnel, %destination, "tunnel: closed before it took the flow ({e}); opening it again");
+            connect_named(tunnel, config, name, source, destination).await
+        }
+        connected => connected,
+    }
 }
 
 /// [`connect`] with the SNI given (tests send one that names another destination).

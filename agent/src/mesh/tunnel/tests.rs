@@ -276,10 +276,97 @@ async fn the_client_refuses_a_server_with_another_identity() {
     let config =
         client_config(&w.bundle, &w.cert(&frontend()), id("/rampart/node/node-3")).expect("config");
     match w.open(config).await {
-        Err(ConnectError::Tls(..)) => {}
+        // Not opened again: another try meets the same certificate.
+        Err(e @ ConnectError::Tls(..)) => assert!(!e.is_retriable(), "{e}"),
         other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
     }
     assert_eq!(w.inbound.stats.accepted_streams(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_the_drain_catches_before_its_first_stream_serves_it() {
+    // The connection is accepted as the agent stops accepting: the drain starts before the
+    // client's CONNECT arrives, which comes late (a busy node). The flow is served; a GOAWAY
+    // before it would refuse it.
+    let w = World::start().await;
+    w.inbound.drain.start();
+    let config = client_config(&w.bundle, &w.cert(&frontend()), node()).expect("config");
+    let tcp = TcpStream::connect(w.tunnel).await.expect("connect");
+    let tls = TlsConnector::from(config)
+        .connect(server_name_for(w.upstream.ip()), tcp)
+        .await
+        .expect("TLS");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/2");
+    let _conn = tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(w.upstream.to_string())
+        .header(SOURCE_HEADER, "for=\"10.244.1.10:40000\"")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("the stream is served");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut flow = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgrade"));
+    echo(&mut flow, b"caught by the drain").await;
+    assert_eq!(w.inbound.stats.accepted_streams(), 1);
+}
+
+#[tokio::test]
+async fn a_tunnel_closed_before_it_took_the_flow_is_opened_again() {
+    // In front of the tunnel: the first connection is closed during the TLS handshake (an
+    // agent going away), the next ones are passed through.
+    let w = World::start().await;
+    let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let front_addr = front.local_addr().expect("addr");
+    let tunnel = w.tunnel;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    let _front = tokio::spawn(async move {
+        while let Ok((mut client, _)) = front.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Read the ClientHello, then close.
+                let mut hello = [0u8; 512];
+                let _ = client.read(&mut hello).await;
+                drop(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(tunnel).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let config = client_config(&w.bundle, &w.cert(&frontend()), node()).expect("config");
+    let source: SocketAddr = "10.244.1.10:40000".parse().expect("addr");
+
+    // The first try alone fails in a way that is safe to repeat.
+    let once = connect_named(
+        front_addr,
+        Arc::clone(&config),
+        server_name_for(w.upstream.ip()),
+        source,
+        w.upstream,
+    )
+    .await;
+    match once {
+        Err(e) => assert!(e.is_retriable(), "{e}"),
+        Ok(_) => panic!("the front closed the first connection"),
+    }
+    // `connect` opens it again, and the flow goes through.
+    accepted.store(0, Ordering::SeqCst);
+    let mut flow = connect(front_addr, config, source, w.upstream)
+        .await
+        .expect("opened on the second try");
+    echo(&mut flow, b"second try").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
