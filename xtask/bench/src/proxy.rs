@@ -484,7 +484,31 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Record>> {
         });
     }
     // The engine alone, in this process: the floor under the WAF's cost in the proxy.
-    out.extend(crate::waf_floor::records(&crs, quick)?);
+    let floor = crate::waf_floor::records(&crs, quick)?;
+    // The agent's CPU per WAF request over the engine's own at the same parallelism.
+    for (agent, engine) in [
+        ("rampart-mtls-waf", "waf-engine-benign-parallel"),
+        ("rampart-mtls-waf-attack", "waf-engine-attack-parallel"),
+    ] {
+        let of = |records: &[Record], system: &str, metric: &str| {
+            records
+                .iter()
+                .find(|r| r.system == system && r.metric == metric)
+                .map(|r| (r.value, r.runs))
+        };
+        if let (Some((agent_cpu, runs)), Some((engine_cpu, _))) = (
+            of(&out, agent, "agent_cpu_us_per_request"),
+            of(&floor, engine, "engine_cpu_us_per_request"),
+        ) {
+            out.push(ratio_record(
+                &format!("{agent}-vs-engine"),
+                "agent_cpu_us_per_request",
+                agent_cpu / engine_cpu,
+                runs,
+            ));
+        }
+    }
+    out.extend(floor);
     Ok(out)
 }
 
