@@ -261,9 +261,9 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         audit: state.config.mode == Mode::Audit,
         attached: state.config.interfaces.clone(),
         sources: {
-            let mut sources: Vec<Box<dyn PolicySource>> = vec![Box::new(DirectorySource {
-                dir: state.config.policy_dir.clone(),
-            })];
+            let mut sources: Vec<Box<dyn PolicySource>> = vec![Box::new(DirectorySource::new(
+                state.config.policy_dir.clone(),
+            ))];
             sources.extend(kube.map(|k| Box::new(k) as Box<dyn PolicySource>));
             sources
         },

@@ -26,9 +26,9 @@
 
 use std::sync::Arc;
 
+use crate::policy::spec::compact::Spanned;
 use hyper::header::HeaderName;
 use rampart_l7::dlp::{Action, Detector, DlpSet, Kind};
-use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
 use super::source::SourceObject;

@@ -33,12 +33,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::policy::spec::compact::Spanned;
 use hyper::Method;
 use hyper::header::HeaderName;
 use rampart_l7::jwt::{self, ClaimRules, KeySet, VerifierConfig};
 use rampart_l7::ratelimit::BucketSpec;
 use regex::Regex;
-use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
 use super::secret::SecretModel;

@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
+use crate::policy::spec::compact::Spanned;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_saphyr::Spanned;
 
 use super::diag::{Diagnostic, Origin};
 use super::secret::SecretModel;

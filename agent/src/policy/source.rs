@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::policy::spec::compact::{At, Spanned};
 use serde::de::DeserializeOwned;
-use serde_saphyr::{Location, Spanned};
 
 use super::diag::{Diagnostic, Origin, Pos};
 use super::spec::objects::{self, TypeMeta};
@@ -76,11 +76,11 @@ pub struct SourceObject {
 
 impl SourceObject {
     /// The file position of a location inside this object.
-    pub fn origin(&self, loc: &Location) -> Origin {
+    pub fn origin(&self, loc: &At) -> Origin {
         Origin::new(&self.file, self.pos(loc))
     }
 
-    pub fn pos(&self, loc: &Location) -> Pos {
+    pub fn pos(&self, loc: &At) -> Pos {
         if loc.line() == 0 {
             return self.start;
         }
@@ -189,10 +189,58 @@ pub fn read_files(files: &[PathBuf]) -> Read {
     read
 }
 
-/// Reads one file.
-pub fn read_file(file: &Path) -> Read {
-    let whole = Origin::new(file, Pos::default());
-    let text = match std::fs::metadata(file) {
+/// What the files of a directory read into at their last read, by path and content hash, so
+/// that a reload parses only the files that changed. The unchanged files' objects are the same
+/// shared objects as before, which the validation memo then recognises: at 100k rules in one
+/// file, a change in another file took 1.5 s to be enforced, most of it parsing the unchanged
+/// one again.
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: std::collections::HashMap<PathBuf, (String, Read)>,
+}
+
+/// [`read_dir`], reusing what `cache` holds for files whose contents did not change.
+pub fn read_dir_cached(dir: &Path, cache: &mut FileCache) -> Read {
+    let files = match policy_files(dir) {
+        Ok(files) => files,
+        Err(d) => {
+            cache.files.clear();
+            return Read {
+                objects: Vec::new(),
+                diagnostics: vec![d],
+                files: Vec::new(),
+            };
+        }
+    };
+    let mut read = Read::default();
+    let mut kept = std::collections::HashMap::with_capacity(files.len());
+    for file in files {
+        let text = match read_text(&file) {
+            Ok(text) => text,
+            Err(message) => {
+                read.merge(unreadable(&file, message));
+                continue;
+            }
+        };
+        let sha256 = sha256_hex(text.as_bytes());
+        let of_file = match cache.files.remove(&file) {
+            Some((hash, cached)) if hash == sha256 => cached,
+            _ => {
+                let mut parsed = parse_str(&file, &text);
+                parsed.files.push((file.clone(), sha256.clone()));
+                parsed
+            }
+        };
+        read.merge(of_file.clone());
+        kept.insert(file, (sha256, of_file));
+    }
+    cache.files = kept;
+    read
+}
+
+/// The text of a policy file, or why it cannot be read.
+fn read_text(file: &Path) -> Result<String, String> {
+    match std::fs::metadata(file) {
         Ok(meta) if meta.len() > MAX_FILE_BYTES => Err(format!(
             "file is {} bytes; the limit is {MAX_FILE_BYTES}",
             meta.len()
@@ -200,19 +248,30 @@ pub fn read_file(file: &Path) -> Read {
         Ok(_) => std::fs::read(file).map_err(|e| format!("cannot read: {e}")),
         Err(e) => Err(format!("cannot read: {e}")),
     }
-    .and_then(|bytes| String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}")));
-    match text {
+    .and_then(|bytes| String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}")))
+}
+
+fn unreadable(file: &Path, message: String) -> Read {
+    Read {
+        objects: Vec::new(),
+        diagnostics: vec![Diagnostic::error(
+            Origin::new(file, Pos::default()),
+            message,
+        )],
+        files: Vec::new(),
+    }
+}
+
+/// Reads one file.
+pub fn read_file(file: &Path) -> Read {
+    match read_text(file) {
         Ok(text) => {
             let mut read = parse_str(file, &text);
             read.files
                 .push((file.to_owned(), sha256_hex(text.as_bytes())));
             read
         }
-        Err(message) => Read {
-            objects: Vec::new(),
-            diagnostics: vec![Diagnostic::error(whole, message)],
-            files: Vec::new(),
-        },
+        Err(message) => unreadable(file, message),
     }
 }
 
@@ -709,6 +768,53 @@ mod tests {
     fn content_after_the_marker_stays() {
         let read = parse("--- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n");
         assert_eq!(read.objects.len(), 1, "{:?}", read.diagnostics);
+    }
+
+    #[test]
+    fn a_reread_directory_parses_only_the_files_that_changed() {
+        let dir = std::env::temp_dir().join(format!("rampart-file-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ns =
+            |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n");
+        std::fs::write(dir.join("a.yaml"), ns("a")).expect("write");
+        std::fs::write(dir.join("b.yaml"), ns("b")).expect("write");
+        let mut cache = FileCache::default();
+        let object = |read: &Read, name: &str| {
+            read.objects
+                .iter()
+                .find(|o| o.object.metadata().name.as_ref().map(|n| n.value.as_str()) == Some(name))
+                .map(|o| std::sync::Arc::clone(&o.object))
+        };
+        let first = read_dir_cached(&dir, &mut cache);
+        assert_eq!(first.objects.len(), 2);
+        assert_eq!(first.files, read_dir(&dir).files);
+
+        // b changes: a's object is the one read before, b's is read again.
+        std::fs::write(dir.join("b.yaml"), ns("b2")).expect("write");
+        let second = read_dir_cached(&dir, &mut cache);
+        let (a1, a2) = (object(&first, "a"), object(&second, "a"));
+        assert!(
+            a1.zip(a2)
+                .is_some_and(|(x, y)| std::sync::Arc::ptr_eq(&x, &y))
+        );
+        assert!(object(&second, "b").is_none() && object(&second, "b2").is_some());
+        assert_eq!(second.files, read_dir(&dir).files);
+
+        // A broken edit is reported at its line; fixed, the file is read again.
+        std::fs::write(dir.join("b.yaml"), "apiVersion: v1\nkind: [\n").expect("write");
+        let broken = read_dir_cached(&dir, &mut cache);
+        assert_eq!(broken.objects.len(), 1);
+        assert_eq!(broken.diagnostics.len(), 1, "{:?}", broken.diagnostics);
+        std::fs::write(dir.join("b.yaml"), ns("b3")).expect("write");
+        assert!(object(&read_dir_cached(&dir, &mut cache), "b3").is_some());
+
+        // A removed file's objects go, and so does its entry.
+        std::fs::remove_file(dir.join("b.yaml")).expect("remove");
+        let third = read_dir_cached(&dir, &mut cache);
+        assert_eq!(third.objects.len(), 1);
+        assert_eq!(cache.files.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

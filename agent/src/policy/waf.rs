@@ -40,8 +40,8 @@
 
 use std::path::PathBuf;
 
+use crate::policy::spec::compact::Spanned;
 use rampart_waf::{ExtraRules, Profile};
-use serde_saphyr::Spanned;
 
 use super::diag::Diagnostic;
 use super::source::SourceObject;

@@ -7,16 +7,28 @@ use super::{PolicySource, SourceRead};
 use crate::generation::SourceDoc;
 use crate::policy::source::{self, Read};
 
-/// The `--policy-dir` directory (none: no objects).
+/// The `--policy-dir` directory (none: no objects). A reload parses only the files that
+/// changed since the last one (`source::FileCache`).
 pub struct DirectorySource {
-    pub dir: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    cache: std::sync::Mutex<source::FileCache>,
+}
+
+impl DirectorySource {
+    pub fn new(dir: Option<PathBuf>) -> DirectorySource {
+        DirectorySource {
+            dir,
+            cache: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl PolicySource for DirectorySource {
     fn read(&self) -> SourceRead {
-        let read = match &self.dir {
-            Some(dir) => source::read_dir(dir),
-            None => Read::default(),
+        let read = match (&self.dir, self.cache.lock()) {
+            (Some(dir), Ok(mut cache)) => source::read_dir_cached(dir, &mut cache),
+            (Some(dir), Err(_)) => source::read_dir(dir),
+            (None, _) => Read::default(),
         };
         let documents = read
             .files

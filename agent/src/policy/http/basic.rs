@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::policy::spec::compact::Spanned;
 use hyper::header::HeaderName;
 use rampart_l7::basic::htpasswd::Htpasswd;
-use serde_saphyr::Spanned;
 
 use super::super::diag::{Diagnostic, Origin};
 use super::super::secret::{LABEL_HINT, SecretModel};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::policy::spec::compact::Spanned;
 use hyper::header::HeaderName;
-use serde_saphyr::Spanned;
 
 use super::super::diag::{Diagnostic, Origin};
 use super::super::secret::SecretModel;

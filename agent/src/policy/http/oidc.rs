@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::policy::spec::compact::Spanned;
 use hyper::header::HeaderName;
 use rampart_l7::jwt::{ClaimRules, VerifierConfig};
-use serde_saphyr::Spanned;
 
 use super::super::diag::{Diagnostic, Origin};
 use super::super::secret::{LABEL_HINT, SecretModel};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_saphyr::Spanned;
+use crate::policy::spec::compact::Spanned;
 
 use super::super::config_map::{ConfigEntry, ConfigMapModel};
 use super::super::diag::{Diagnostic, Origin};

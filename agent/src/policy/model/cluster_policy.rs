@@ -1,7 +1,7 @@
 //! A ClusterPolicy (`rampart.dev/v1alpha1`): cluster-wide rules with actions and modes.
 
+use crate::policy::spec::compact::Spanned;
 use rampart_common::reason::Direction;
-use serde_saphyr::Spanned;
 
 use super::validate::Validator;
 use super::*;

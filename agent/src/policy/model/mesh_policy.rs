@@ -1,7 +1,7 @@
 //! A MeshPolicy: the ports that need mTLS, allowed principals, the flood brake, and its `http`
 //! and `ingress` sections (validated in `policy/http.rs`, `policy/ingress.rs`).
 
-use serde_saphyr::Spanned;
+use crate::policy::spec::compact::Spanned;
 
 use super::validate::Validator;
 use super::*;

@@ -1,8 +1,8 @@
 //! A Kubernetes NetworkPolicy, and the peers, CIDRs and ports policies share.
 
+use crate::policy::spec::compact::Spanned;
 use ipnet::IpNet;
 use rampart_common::reason::Direction;
-use serde_saphyr::Spanned;
 
 use super::validate::Validator;
 use super::*;

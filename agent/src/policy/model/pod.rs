@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use serde_saphyr::Spanned;
+use crate::policy::spec::compact::Spanned;
 
 use super::validate::Validator;
 use super::*;

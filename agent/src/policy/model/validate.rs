@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::Spanned;
+use crate::policy::spec::compact::Spanned;
 
 use super::*;
 use crate::policy::diag::{Diagnostic, Origin};

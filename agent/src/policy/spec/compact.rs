@@ -3,12 +3,65 @@
 //! slack is paid per rule: serde grows a list whose length YAML does not announce by doubling
 //! (a one-peer `from` kept room for four peers, 2 KiB), and a B-tree map's first node has room
 //! for eleven entries (a one-label `matchLabels`, 540 B). At 100k rules that was two thirds of
-//! the agent's memory.
+//! the agent's memory. And every value whose position a diagnostic may name carries it as
+//! [`Spanned`]: a line and a column in 8 bytes, where serde-saphyr's own `Spanned` keeps two
+//! 28-byte locations (where the value was referenced and where defined, each with a byte span
+//! and a source id) that nothing here reads: a rule's one peer and one port were 632 bytes, 248
+//! with these.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+/// A value and the line and column (1-based; 0: unknown) where the document refers to it (for
+/// an alias, where the alias stands), read through serde-saphyr's `Spanned`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub referenced: At,
+}
+
+/// A position in a document: line and column, 1-based (0: unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct At {
+    line: u32,
+    column: u32,
+}
+
+impl At {
+    pub fn new(line: u64, column: u64) -> At {
+        At {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn line(&self) -> u64 {
+        u64::from(self.line)
+    }
+
+    pub fn column(&self) -> u64 {
+        u64::from(self.column)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Spanned<T>, D::Error> {
+        let read = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
+        Ok(Spanned {
+            referenced: At::new(read.referenced.line(), read.referenced.column()),
+            value: read.value,
+        })
+    }
+}
+
+/// Written as the value alone (a policy written back out carries no positions).
+impl<T: serde::Serialize> serde::Serialize for Spanned<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
 
 /// A list kept at its length (a boxed slice), read and described in schemas as a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +176,36 @@ impl<'de> Deserialize<'de> for StringMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::spec::objects::{NpPeer, PortEntry};
+
+    #[test]
+    fn a_rule_peer_and_port_stay_small() {
+        // What each NetworkPolicy rule's one peer and one port cost in the kept spec objects
+        // (632 bytes with serde-saphyr's own spans).
+        assert!(size_of::<Spanned<()>>() <= 8);
+        let rule = size_of::<Spanned<NpPeer>>() + size_of::<Spanned<PortEntry>>();
+        assert!(rule <= 256, "{rule} bytes");
+    }
+
+    #[test]
+    fn spanned_values_keep_line_and_column() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Doc {
+            a: Spanned<u32>,
+            b: Spanned<Vec<Spanned<String>>>,
+        }
+        let doc: Doc = serde_saphyr::from_str("a: 1\nb:\n  - x\n  -   y\n").expect("parse");
+        assert_eq!(doc.a.value, 1);
+        assert_eq!((doc.a.referenced.line(), doc.a.referenced.column()), (1, 4));
+        let items: Vec<(u64, u64)> = doc
+            .b
+            .value
+            .iter()
+            .map(|s| (s.referenced.line(), s.referenced.column()))
+            .collect();
+        assert_eq!(items, [(3, 5), (4, 7)]);
+        assert_eq!(serde_json::to_string(&doc.a).expect("json"), "1");
+    }
 
     #[derive(Debug, serde::Deserialize)]
     struct Shape {

@@ -1,7 +1,7 @@
 //! The shapes of a MeshPolicy's `http.dlp` section (validated in `policy/dlp.rs`).
 
+use crate::policy::spec::compact::Spanned;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

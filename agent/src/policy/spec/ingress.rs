@@ -1,7 +1,7 @@
 //! The shapes of a MeshPolicy's `ingress` section (validated in `policy/ingress.rs`).
 
+use crate::policy::spec::compact::Spanned;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
 use super::http::SecretRefSpec;
 

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::policy::spec::compact::Spanned;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_saphyr::Spanned;
 
 use super::RuleAction;
 use super::compact::{List, StringMap};
