@@ -516,8 +516,8 @@ fn policies_in_force(h: &Harness) -> Vec<String> {
         .in_force()
         .compiled
         .rules
-        .values()
-        .map(|r| r.policy.to_string())
+        .iter()
+        .map(|(_, r)| r.policy.to_string())
         .collect();
     names.dedup();
     names

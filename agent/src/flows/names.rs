@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use rampart_common::identity::Identity;
 
 use super::record::{FlowPeer, PolicyRef};
-use crate::policy::compile::{Compiled, RuleRef};
+use crate::policy::compile::{Compiled, RuleTable};
 
 #[derive(Debug, Clone)]
 struct IdentityName {
@@ -27,7 +27,7 @@ pub struct FlowNames {
     cidrs: HashMap<u32, String>,
     /// The same prefixes, to find an address's identity when only the address is known.
     prefixes: Vec<(ipnet::IpNet, u32)>,
-    rules: std::sync::Arc<std::collections::BTreeMap<u32, RuleRef>>,
+    rules: std::sync::Arc<RuleTable>,
     mesh: HashMap<(u32, u16), Vec<String>>,
 }
 

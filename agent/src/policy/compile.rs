@@ -28,7 +28,7 @@ use rampart_common::policy::Verdict;
 use rampart_common::reason::Direction;
 use serde::Serialize;
 
-pub use super::cookie::RuleRef;
+pub use super::cookie::{RuleRef, RuleTable};
 use super::identity::{Allocator, Discriminator, IdentityKey};
 use super::model::{
     CidrBlock, EntityKind, MeshPolicyModel, Model, PROTO_TCP, PeerModel, PodModel, PolicyModel,
@@ -149,7 +149,7 @@ pub struct Compiled {
     pub cidr_identities: Vec<(IpNet, u32)>,
     /// Every rule of the set, by cookie (stable across compilations, see `policy::cookie`);
     /// shared with the flow names of the generation.
-    pub rules: std::sync::Arc<BTreeMap<u32, RuleRef>>,
+    pub rules: std::sync::Arc<RuleTable>,
     pub endpoints: Vec<EndpointSummary>,
     /// mTLS-only destinations, by (identity, port).
     pub mesh: Vec<MeshDestination>,
@@ -1120,7 +1120,7 @@ mod tests {
             compiled
                 .rules
                 .iter()
-                .map(|(cookie, r)| (format!("{}#{}", r.policy, r.index), *cookie))
+                .map(|(cookie, r)| (format!("{}#{}", r.policy, r.index), cookie))
                 .collect::<BTreeMap<String, u32>>()
         };
         let before = compile_set(&[("b", 80), ("c", 90)]);

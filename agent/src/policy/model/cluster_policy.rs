@@ -55,6 +55,7 @@ impl Validator<'_> {
         }
         let applies_to = applies_to?;
         share_peer_lists(&mut rules);
+        rules.shrink_to_fit();
         ok.then(|| PolicyModel {
             kind: PolicyKind::ClusterPolicy,
             namespace: None,
