@@ -29,6 +29,19 @@ const HEADERS: &[(&[u8], &[u8])] = &[
     (b"accept", b"*/*"),
 ];
 
+/// The proxy suite's GET of `uri`, as the engine takes it.
+fn request(uri: &str) -> anyhow::Result<Request<'_>> {
+    Ok(Request {
+        client: "10.244.1.10:40000".parse()?,
+        server: "10.244.2.10:8085".parse()?,
+        method: "GET",
+        uri,
+        http_version: "1.1",
+        headers: HEADERS,
+        body: b"",
+    })
+}
+
 /// `waf-engine` rows: microseconds per evaluation of the benign and the attack request, and
 /// the attack's over the benign's.
 pub fn records(crs: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Record>> {
@@ -36,15 +49,7 @@ pub fn records(crs: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Record>
     let evaluations = if quick { 500 } else { 2_000 };
     let runs = if quick { 3 } else { 5 };
     let time = |uri: &str, block: bool| -> anyhow::Result<Vec<f64>> {
-        let request = Request {
-            client: "10.244.1.10:40000".parse()?,
-            server: "10.244.2.10:8085".parse()?,
-            method: "GET",
-            uri,
-            http_version: "1.1",
-            headers: HEADERS,
-            body: b"",
-        };
+        let request = request(uri)?;
         let mut per_run = Vec::with_capacity(runs);
         for _ in 0..runs {
             let start = Instant::now();
@@ -59,15 +64,7 @@ pub fn records(crs: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Record>
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     // CPU time per request with one evaluating thread per core.
     let parallel = |uri: &str, block: bool| -> anyhow::Result<Vec<f64>> {
-        let request = Request {
-            client: "10.244.1.10:40000".parse()?,
-            server: "10.244.2.10:8085".parse()?,
-            method: "GET",
-            uri,
-            http_version: "1.1",
-            headers: HEADERS,
-            body: b"",
-        };
+        let request = request(uri)?;
         let mut per_run = Vec::with_capacity(runs);
         for _ in 0..runs {
             let cpu: anyhow::Result<Vec<f64>> = std::thread::scope(|scope| {
