@@ -560,44 +560,37 @@ mod tests {
     async fn a_hostile_authorizer_cannot_allow_by_accident_or_reframe_the_request() {
         let (parts, peer) = asked();
         let refused_as_failure = |d: &Decision| matches!(d, Decision::Deny(denial) if denial.reason == rampart_common::reason::ProxyReason::Authz(AuthzReason::ExtAuthzError));
+        // The decision on the HTTP authorizer's `status`, `headers` and `body`.
+        let over_http = async |status, headers, body| {
+            let base = authorizer(
+                Answer {
+                    status,
+                    headers,
+                    body,
+                },
+                false,
+            )
+            .await;
+            check(&model(Transport::Http { base }), &parts, &peer, "http").await
+        };
         // HTTP: a refusal with a body past the limit is a failure, not a 1 MiB answer.
-        let base = authorizer(
-            Answer {
-                status: StatusCode::FORBIDDEN,
-                headers: Vec::new(),
-                body: Bytes::from(vec![b'x'; 1 << 20]),
-            },
-            false,
+        let d = over_http(
+            StatusCode::FORBIDDEN,
+            Vec::new(),
+            Bytes::from(vec![b'x'; 1 << 20]),
         )
         .await;
-        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
         assert!(refused_as_failure(&d), "{d:?}");
         // HTTP: more headers than a client reads: a failure.
-        let base = authorizer(
-            Answer {
-                status: StatusCode::OK,
-                headers: (0..500).map(|i| ("x-flood", i.to_string())).collect(),
-                body: Bytes::new(),
-            },
-            false,
-        )
-        .await;
-        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
+        let flood = (0..500).map(|i| ("x-flood", i.to_string())).collect();
+        let d = over_http(StatusCode::OK, flood, Bytes::new()).await;
         assert!(refused_as_failure(&d), "{d:?}");
         // HTTP: an allow that names framing and routing headers: only the others pass.
-        let base = authorizer(
-            Answer {
-                status: StatusCode::OK,
-                headers: vec![
-                    ("x-authz-user", "alice".into()),
-                    ("host", "elsewhere".into()),
-                ],
-                body: Bytes::new(),
-            },
-            false,
-        )
-        .await;
-        let d = check(&model(Transport::Http { base }), &parts, &peer, "http").await;
+        let named = vec![
+            ("x-authz-user", "alice".into()),
+            ("host", "elsewhere".into()),
+        ];
+        let d = over_http(StatusCode::OK, named, Bytes::new()).await;
         let Decision::Allow(headers) = d else {
             panic!("refused: {d:?}");
         };
