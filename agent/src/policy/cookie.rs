@@ -64,7 +64,8 @@ impl RuleTable {
     }
 
     /// Bytes the table holds (its entries and its names' pointers).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
         size_of_val::<[RuleEntry]>(&self.entries) + size_of_val::<[Arc<str>]>(&self.names)
     }
 

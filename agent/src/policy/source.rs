@@ -170,14 +170,7 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 
 /// Reads every policy file of `dir`.
 pub fn read_dir(dir: &Path) -> Read {
-    match policy_files(dir) {
-        Ok(files) => read_files(&files),
-        Err(d) => Read {
-            objects: Vec::new(),
-            diagnostics: vec![d],
-            files: Vec::new(),
-        },
-    }
+    read_dir_cached(dir, &mut FileCache::default())
 }
 
 /// Reads the given files.
@@ -225,11 +218,7 @@ pub fn read_dir_cached(dir: &Path, cache: &mut FileCache) -> Read {
         let sha256 = sha256_hex(text.as_bytes());
         let of_file = match cache.files.remove(&file) {
             Some((hash, cached)) if hash == sha256 => cached,
-            _ => {
-                let mut parsed = parse_str(&file, &text);
-                parsed.files.push((file.clone(), sha256.clone()));
-                parsed
-            }
+            _ => parse_file(&file, &text, sha256.clone()),
         };
         read.merge(of_file.clone());
         kept.insert(file, (sha256, of_file));
@@ -265,14 +254,16 @@ fn unreadable(file: &Path, message: String) -> Read {
 /// Reads one file.
 pub fn read_file(file: &Path) -> Read {
     match read_text(file) {
-        Ok(text) => {
-            let mut read = parse_str(file, &text);
-            read.files
-                .push((file.to_owned(), sha256_hex(text.as_bytes())));
-            read
-        }
+        Ok(text) => parse_file(file, &text, sha256_hex(text.as_bytes())),
         Err(message) => unreadable(file, message),
     }
+}
+
+/// The objects of `file`'s `text`, and the file with the hash of its contents.
+fn parse_file(file: &Path, text: &str, sha256: String) -> Read {
+    let mut read = parse_str(file, text);
+    read.files.push((file.to_owned(), sha256));
+    read
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
