@@ -9,7 +9,8 @@
 //! - c (node 1, another service account) is refused by node 2's proxy (counted);
 //! - plaintext sent to b:5432 from node 1's host (not through the proxy) is dropped by node 2's
 //!   kernel as `mtls_required`; plaintext to the tunnel port is refused and counted;
-//! - a connection stays up across certificate renewals (10 s certificates).
+//! - a connection stays up across certificate renewals (10 s certificates);
+//! - the policy routing for the proxy's mark, removed by someone else, is put back and counted.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -99,6 +100,41 @@ fn flows_that_require_mtls_cross_the_tunnel_and_nothing_bypasses_it() {
     );
     assert!(metric(node1, "rampart_proxy_flows_total", "direction=\"outbound\"") >= 1.0);
     assert!(metric(node2, "rampart_proxy_flows_total", "direction=\"inbound\"") >= 1.0);
+
+    // Someone removes node 1's policy routing (the IPv4 rule, the IPv6 route): the agent finds
+    // it missing, installs it again and counts it, and the tunnel works again.
+    let node1_ns = topo.node("node-1").ns.name().to_owned();
+    for args in [
+        &["rule", "del", "pref", "90"][..],
+        &[
+            "-6", "route", "del", "local", "default", "dev", "lo", "table", "21072",
+        ][..],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(["-n", node1_ns.as_str()])
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(status.success(), "ip {args:?}");
+    }
+    wait_for("node-1 to repair its policy routing", || {
+        metric(node1, "rampart_policy_routing_repaired_total", "") >= 1.0
+    });
+    let rules = std::process::Command::new("ip")
+        .args(["-n", node1_ns.as_str(), "rule", "show", "pref", "90"])
+        .output()
+        .expect("ip rule show");
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).contains("lookup 21072"),
+        "the rule is back: {}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+    assert!(
+        exchange(&topo.pod("shop/a").ns, b(5432), SECRET, 1, Duration::ZERO),
+        "a reaches b:5432 through the repaired routing; node-1 log:\n{}",
+        node1.log()
+    );
+    assert!(node1.log().contains("installed again"), "{}", node1.log());
     // A port without a MeshPolicy stays plaintext (and shows the capture sees payloads).
     assert!(exchange(
         &topo.pod("shop/a").ns,

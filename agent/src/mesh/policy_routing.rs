@@ -99,21 +99,44 @@ impl ProxyRouting {
         Ok(())
     }
 
-    /// Whether both families' rules are in place (for a repair check).
+    /// Whether both families' rules and routes are in place (for the repair check).
     pub fn installed(&self) -> io::Result<bool> {
         let socket = open()?;
         let rules = dump(
             &socket,
             RouteNetlinkMessage::GetRule(RuleMessage::default()),
         )?;
+        // An unspecified family dumps both families' routes of every table.
+        let routes = dump(
+            &socket,
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+        )?;
         Ok(FAMILIES.iter().all(|family| {
-            rules.iter().any(|m| match m {
+            let rule = rules.iter().any(|m| match m {
                 RouteNetlinkMessage::NewRule(rule) => {
                     rule.header.family == *family && self.is_ours(rule)
                 }
                 _ => false,
-            })
+            });
+            let route = routes.iter().any(|m| match m {
+                RouteNetlinkMessage::NewRoute(route) => {
+                    route.header.address_family == *family && self.is_our_route(route)
+                }
+                _ => false,
+            });
+            rule && route
         }))
+    }
+
+    fn is_our_route(&self, route: &RouteMessage) -> bool {
+        route.header.kind == RouteType::Local
+            && route.header.destination_prefix_length == 0
+            && route
+                .attributes
+                .contains(&RouteAttribute::Table(self.table))
+            && route
+                .attributes
+                .contains(&RouteAttribute::Oif(LOOPBACK_IFINDEX))
     }
 
     fn is_ours(&self, rule: &RuleMessage) -> bool {
@@ -268,6 +291,8 @@ mod tests {
         assert_eq!(route.header.kind, RouteType::Local);
         assert_eq!(route.header.destination_prefix_length, 0);
         assert!(route.attributes.contains(&RouteAttribute::Table(21072)));
+        assert!(r.is_our_route(&route));
+        assert!(!ProxyRouting { table: 7, ..r }.is_our_route(&route));
     }
 
     /// Install, check, reinstall (still one rule per family) and remove, in a network namespace
@@ -307,6 +332,15 @@ mod tests {
             // Ours in place: kept as it is.
             r.install()?;
             let installed = r.installed()?;
+            // A route someone deleted is missing from the check, and a new install repairs it.
+            request(
+                &open()?,
+                RouteNetlinkMessage::DelRoute(r.route(AddressFamily::Inet6)),
+                0,
+            )?;
+            let without_route = r.installed()?;
+            r.install()?;
+            let repaired = r.installed()?;
             let socket = open()?;
             let ours = dump(
                 &socket,
@@ -326,12 +360,16 @@ mod tests {
             .count();
             r.remove()?;
             r.remove()?;
-            Ok((installed, ours, r.installed()?))
+            Ok((
+                installed && !without_route && repaired,
+                ours,
+                r.installed()?,
+            ))
         })
         .join()
         .expect("thread");
         let (installed, ours, after) = outcome.expect("netlink in a fresh namespace");
-        assert!(installed);
+        assert!(installed, "installed, missing its IPv6 route, repaired");
         assert_eq!(ours, 2, "one rule per family after two installs");
         assert!(!after);
     }

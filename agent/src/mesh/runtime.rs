@@ -38,6 +38,8 @@ pub const PROXY_ROUTING: ProxyRouting = ProxyRouting {
 };
 /// How often the CA files are checked for a rotated root.
 const CA_POLL: Duration = Duration::from_secs(2);
+/// How often the policy routing is checked, and put back when someone removed it.
+const ROUTING_CHECK: Duration = Duration::from_secs(5);
 
 pub struct MeshRuntime {
     pub settings: MeshSettings,
@@ -50,6 +52,8 @@ pub struct MeshRuntime {
     pub wafs: Arc<crate::l7::waf::WafEngines>,
     outbound_errors: [AtomicU64; OutboundReason::ALL.len()],
     pub outbound_flows: AtomicU64,
+    /// Times the policy routing was found missing (in part or whole) and installed again.
+    pub routing_repaired: AtomicU64,
     pub certs: Arc<CertStore>,
     node_cert: Arc<RotatingCert>,
     inbound: Arc<Inbound>,
@@ -138,6 +142,7 @@ impl MeshRuntime {
             jwks: Arc::new(crate::l7::jwks::JwksRegistry::default()),
             outbound_errors: Default::default(),
             outbound_flows: AtomicU64::new(0),
+            routing_repaired: AtomicU64::new(0),
             node_cert,
             inbound,
             ingress: Arc::new(ingress),
@@ -255,6 +260,7 @@ impl MeshRuntime {
                 },
             ));
         }
+        tokio::spawn(Arc::clone(self).keep_routing());
         let me = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -271,6 +277,41 @@ impl MeshRuntime {
             "mTLS proxy listening (accepting once policy is in force)"
         );
         Ok(())
+    }
+
+    /// Checks the policy routing every [`ROUTING_CHECK`] and installs it again where a rule or
+    /// route is missing (another tool flushed the table, an operator deleted the rule): without
+    /// it, marked packets are routed to their destinations instead of the proxy, and an mTLS
+    /// port's flows fail until the next restart. Stops once this agent drains: its successor
+    /// owns the routing then, and may lay it out differently.
+    async fn keep_routing(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(ROUTING_CHECK).await;
+            if self.drain.is_draining() {
+                return;
+            }
+            // A few netlink requests on a blocking socket.
+            let checked = tokio::task::spawn_blocking(|| {
+                if PROXY_ROUTING.installed()? {
+                    return Ok(false);
+                }
+                PROXY_ROUTING.install().map(|()| true)
+            })
+            .await;
+            match checked {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    self.routing_repaired.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        priority = PROXY_ROUTING.priority,
+                        table = PROXY_ROUTING.table,
+                        "the policy routing for the proxy's mark was missing; installed again"
+                    );
+                }
+                Ok(Err(e)) => tracing::warn!("checking the policy routing (netlink): {e}"),
+                Err(e) => tracing::warn!("checking the policy routing: {e}"),
+            }
+        }
     }
 
     /// Stops accepting (for good) and starts the drain; returns the connections still open.

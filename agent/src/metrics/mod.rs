@@ -375,6 +375,13 @@ impl AgentCollector {
                 )
             }),
         )?;
+        counter(
+            encoder,
+            "rampart_policy_routing_repaired",
+            "Times the policy routing that delivers marked packets to the proxy was found missing and installed again",
+            mesh.routing_repaired
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         counter_family(
             encoder,
             "rampart_proxy_flows",
