@@ -2,21 +2,40 @@
 //! the policy needs. Every read is bounds-checked against the end of the packet; a packet that
 //! ends inside a needed header, or whose fields are inconsistent, is an `Err(reason)` and the
 //! caller drops it (fails closed). Nothing here reads past `end`.
+//!
+//! Headers are read as `network-types`' structs (the layouts the aya ecosystem shares). Two
+//! things stay hand-written because the crate has no type for them: IPv6 extension headers (a
+//! next header and a length in one of two units, or the fragment header's fields), and the 8
+//! bytes of a transport header an ICMP error quotes (RFC 792: a quoted TCP header is cut short,
+//! so no `TcpHdr` fits; TCP, UDP, UDP-Lite and SCTP all begin with the port pair).
 
+use network_types::bitfield::BitfieldU16;
+use network_types::eth::{EthHdr, EtherType};
+use network_types::icmp::{Icmpv4Hdr, Icmpv6Hdr};
+use network_types::ip::{IpProto, Ipv4Hdr, Ipv6Hdr};
+use network_types::sctp::SctpHdr;
+use network_types::tcp::TcpHdr;
+use network_types::udp::UdpHdr;
 use rampart_common::reason::DropReason;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_ARP: u16 = 0x0806;
+/// The EtherTypes as they sit in the frame (network byte order, as `EthHdr::ether_type` reads).
+const ETHERTYPE_IPV4: u16 = EtherType::Ipv4 as u16;
+const ETHERTYPE_IPV6: u16 = EtherType::Ipv6 as u16;
+const ETHERTYPE_ARP: u16 = EtherType::Arp as u16;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_UDPLITE: u8 = 136;
+pub const IPPROTO_ICMP: u8 = IpProto::Icmp as u8;
+pub const IPPROTO_TCP: u8 = IpProto::Tcp as u8;
+pub const IPPROTO_UDP: u8 = IpProto::Udp as u8;
+pub const IPPROTO_ICMPV6: u8 = IpProto::Ipv6Icmp as u8;
+const IPPROTO_SCTP: u8 = IpProto::Sctp as u8;
+const IPPROTO_UDPLITE: u8 = IpProto::UdpLite as u8;
+const IPV6_HOP_BY_HOP: u8 = IpProto::HopOpt as u8;
+const IPV6_ROUTING: u8 = IpProto::Ipv6Route as u8;
+const IPV6_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
+const IPV6_AUTHENTICATION: u8 = IpProto::Ah as u8;
+const IPV6_DESTINATION_OPTIONS: u8 = IpProto::Ipv6Opts as u8;
 
+/// The TCP flag bits, in the byte `TcpHdr` keeps after the data offset.
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 const TCP_SYN: u8 = 0x02;
@@ -172,12 +191,12 @@ fn clear_packet_fields(flow: &mut Flow) {
 /// Parses the packet into `flow`.
 #[inline(always)]
 pub fn parse(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
-    let ethertype = u16::from_be(b.load::<u16>(12).ok_or(DropReason::TRUNCATED_HEADER)?);
+    let eth = b.load::<EthHdr>(0).ok_or(DropReason::TRUNCATED_HEADER)?;
     clear_packet_fields(flow);
-    match ethertype {
-        ETH_P_IP => parse_ipv4(b, flow),
-        ETH_P_IPV6 => parse_ipv6(b, flow),
-        ETH_P_ARP => Ok(Parsed::Control),
+    match eth.ether_type {
+        ETHERTYPE_IPV4 => parse_ipv4(b, flow),
+        ETHERTYPE_IPV6 => parse_ipv6(b, flow),
+        ETHERTYPE_ARP => Ok(Parsed::Control),
         _ => Err(DropReason::UNSUPPORTED_L3),
     }
 }
@@ -194,78 +213,72 @@ fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 fn parse_ipv4(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     let hdr = b
-        .load::<[u8; 20]>(ETH_HLEN)
+        .load::<Ipv4Hdr>(EthHdr::LEN)
         .ok_or(DropReason::TRUNCATED_HEADER)?;
-    if hdr[0] >> 4 != 4 {
+    if hdr.version() != 4 {
         return Err(DropReason::INVALID_PACKET);
     }
-    let ihl = usize::from(hdr[0] & 0x0f) * 4;
-    if ihl < 20 {
+    let ihl = usize::from(hdr.ihl());
+    if ihl < Ipv4Hdr::LEN {
         return Err(DropReason::INVALID_PACKET);
     }
-    let total_len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    let total_len = usize::from(hdr.tot_len());
     if total_len < ihl {
         return Err(DropReason::INVALID_PACKET);
     }
-    if ETH_HLEN + total_len > b.len() {
+    if EthHdr::LEN + total_len > b.len() {
         return Err(DropReason::TRUNCATED_HEADER);
     }
-    flow.tuple.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
-    flow.tuple.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    flow.tuple.saddr = v4_mapped(hdr.src_addr);
+    flow.tuple.daddr = v4_mapped(hdr.dst_addr);
     flow.v4 = 1;
     // MF set or a fragment offset: part of a fragmented datagram.
-    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-    if frag & 0x3fff != 0 {
-        flow.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
-        flow.frag_proto = hdr[9];
-        if frag & 0x1fff != 0 {
+    const MORE_FRAGMENTS: u8 = 0b001;
+    if hdr.frag_flags() & MORE_FRAGMENTS != 0 || hdr.frag_offset() != 0 {
+        flow.frag_id = u32::from(hdr.id());
+        flow.frag_proto = hdr.proto;
+        if hdr.frag_offset() != 0 {
             flow.frag = FRAG_LATER;
-            return Ok(later_fragment(flow, hdr[9]));
+            return Ok(later_fragment(flow, hdr.proto));
         }
         flow.frag = FRAG_FIRST;
     }
-    parse_l4(b, ETH_HLEN + ihl, hdr[9], flow)
+    parse_l4(b, EthHdr::LEN + ihl, hdr.proto, flow)
 }
 
 #[inline(always)]
 fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
-    // version/class/flow (4), payload length (2), next header (1), hop limit (1), addresses.
-    let head = b
-        .load::<[u8; 8]>(ETH_HLEN)
+    let hdr = b
+        .load::<Ipv6Hdr>(EthHdr::LEN)
         .ok_or(DropReason::TRUNCATED_HEADER)?;
-    flow.tuple.daddr = b
-        .load::<[u8; 16]>(ETH_HLEN + 24)
-        .ok_or(DropReason::TRUNCATED_HEADER)?;
-    flow.tuple.saddr = b
-        .load::<[u8; 16]>(ETH_HLEN + 8)
-        .ok_or(DropReason::TRUNCATED_HEADER)?;
-    if head[0] >> 4 != 6 {
+    flow.tuple.daddr = hdr.dst_addr;
+    flow.tuple.saddr = hdr.src_addr;
+    if hdr.version() != 6 {
         return Err(DropReason::INVALID_PACKET);
     }
-    let payload_len = usize::from(u16::from_be_bytes([head[4], head[5]]));
-    if ETH_HLEN + 40 + payload_len > b.len() {
+    if EthHdr::LEN + Ipv6Hdr::LEN + usize::from(hdr.payload_len()) > b.len() {
         return Err(DropReason::TRUNCATED_HEADER);
     }
     flow.v4 = 0;
-    flow.hop_limit = head[7];
-    let mut next = head[6];
-    let mut off = ETH_HLEN + 40;
+    flow.hop_limit = hdr.hop_limit;
+    let mut next = hdr.next_hdr;
+    let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, excluding the first.
-            0 | 43 | 60 => {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
                 let ext = b.load::<[u8; 2]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
             // Authentication header: length in 4-octet units, minus 2.
-            51 => {
+            IPV6_AUTHENTICATION => {
                 let ext = b.load::<[u8; 2]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
                 next = ext[0];
                 off += (usize::from(ext[1]) + 2) * 4;
             }
             // Fragment header: next header, reserved, offset (13 bits) + M, identification.
-            44 => {
+            IPV6_FRAGMENT => {
                 let ext = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
                 next = ext[0];
                 off += 8;
@@ -284,7 +297,11 @@ fn parse_ipv6(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
         }
     }
     match next {
-        0 | 43 | 60 | 51 | 44 => Err(DropReason::UNSUPPORTED_IPV6_EXT),
+        IPV6_HOP_BY_HOP
+        | IPV6_ROUTING
+        | IPV6_DESTINATION_OPTIONS
+        | IPV6_AUTHENTICATION
+        | IPV6_FRAGMENT => Err(DropReason::UNSUPPORTED_IPV6_EXT),
         _ => parse_l4(b, off, next, flow),
     }
 }
@@ -296,26 +313,37 @@ fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed
     flow.tuple.dport = 0;
     match proto {
         IPPROTO_TCP => {
-            let tcp = b
-                .load::<[u8; 20]>(off)
-                .ok_or(DropReason::TRUNCATED_HEADER)?;
-            if tcp[12] >> 4 < 5 {
+            let tcp = b.load::<TcpHdr>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+            let [offset, flags] = tcp_offset_and_flags(&tcp);
+            if usize::from(offset >> 4) * 4 < TcpHdr::LEN {
                 return Err(DropReason::INVALID_PACKET);
             }
-            flow.tuple.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-            flow.tuple.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-            flow.tcp_flags = tcp[13];
+            flow.tuple.sport = u16::from_be_bytes(tcp.source);
+            flow.tuple.dport = u16::from_be_bytes(tcp.dest);
+            flow.tcp_flags = flags;
             flow.policy_port = flow.tuple.dport;
         }
-        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
-            let ports = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
-            flow.tuple.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            flow.tuple.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        IPPROTO_UDP | IPPROTO_UDPLITE => {
+            // UDP-Lite's header has UDP's layout (RFC 3828).
+            let udp = b.load::<UdpHdr>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+            flow.tuple.sport = udp.src_port();
+            flow.tuple.dport = udp.dst_port();
+            flow.policy_port = flow.tuple.dport;
+        }
+        IPPROTO_SCTP => {
+            let sctp = b.load::<SctpHdr>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
+            flow.tuple.sport = u16::from_be_bytes(sctp.src);
+            flow.tuple.dport = u16::from_be_bytes(sctp.dst);
             flow.policy_port = flow.tuple.dport;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp = b.load::<[u8; 8]>(off).ok_or(DropReason::TRUNCATED_HEADER)?;
-            let (kind, id) = (icmp[0], u16::from_be_bytes([icmp[4], icmp[5]]));
+            // ICMP and ICMPv6 share the header's layout: type, code, checksum, 4 bytes of data
+            // (an echo's identifier first).
+            const _: () = assert!(Icmpv4Hdr::LEN == Icmpv6Hdr::LEN);
+            let icmp = b
+                .load::<Icmpv4Hdr>(off)
+                .ok_or(DropReason::TRUNCATED_HEADER)?;
+            let (kind, id) = (icmp.type_, u16::from_be_bytes([icmp.data[0], icmp.data[1]]));
             flow.policy_port = u16::from(kind);
             match icmp_class(proto, kind) {
                 IcmpClass::EchoRequest => flow.tuple.sport = id,
@@ -330,18 +358,29 @@ fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed
                     return Ok(Parsed::Control);
                 }
                 IcmpClass::Error => {
-                    if inner_tuple(b, off + 8, flow.v4 != 0, &mut flow.related) {
+                    if inner_tuple(b, off + Icmpv4Hdr::LEN, flow.v4 != 0, &mut flow.related) {
                         flow.has_related = 1;
                     }
-                    flow.tuple.dport = u16::from_be_bytes([kind, icmp[1]]);
+                    flow.tuple.dport = u16::from_be_bytes([kind, icmp.code]);
                 }
                 // Conntrack tells non-echo types apart: one admitted type does not open the others.
-                _ => flow.tuple.dport = u16::from_be_bytes([kind, icmp[1]]),
+                _ => flow.tuple.dport = u16::from_be_bytes([kind, icmp.code]),
             }
         }
         _ => {}
     }
     Ok(Parsed::Ip)
+}
+
+/// The two bytes of a TCP header after the acknowledgement number: the data offset (high nibble
+/// of the first) and the flags (the second: FIN, SYN, RST, PSH, ACK, URG, ECE, CWR from bit 0).
+/// `TcpHdr` keeps them in a `BitfieldU16` whose accessors (bindgen's) walk the bits one at a
+/// time, which the kernel program would run on every TCP packet; the bytes are read as they are.
+#[inline(always)]
+pub fn tcp_offset_and_flags(tcp: &TcpHdr) -> [u8; 2] {
+    // SAFETY: `BitfieldU16` is `repr(C)` around one `[u8; 2]` (network-types' `bitfield.rs`):
+    // the same size (checked by `transmute`) and layout, and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<BitfieldU16, [u8; 2]>(tcp._bitfield_1) }
 }
 
 /// A later fragment: the protocol is known, the ports are not (they come from `FRAGS_V1`).
@@ -389,28 +428,25 @@ fn icmp_class(proto: u8, kind: u8) -> IcmpClass {
 #[inline(always)]
 fn inner_tuple(b: &Bounds, off: usize, v4: bool, t: &mut Tuple) -> bool {
     let l4 = if v4 {
-        let Some(hdr) = b.load::<[u8; 20]>(off) else {
+        let Some(hdr) = b.load::<Ipv4Hdr>(off) else {
             return false;
         };
-        let ihl = usize::from(hdr[0] & 0x0f) * 4;
-        if hdr[0] >> 4 != 4 || ihl < 20 {
+        let ihl = usize::from(hdr.ihl());
+        if hdr.version() != 4 || ihl < Ipv4Hdr::LEN {
             return false;
         }
-        t.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
-        t.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
-        t.proto = hdr[9];
+        t.saddr = v4_mapped(hdr.src_addr);
+        t.daddr = v4_mapped(hdr.dst_addr);
+        t.proto = hdr.proto;
         off + ihl
     } else {
-        let Some(next) = b.load::<u8>(off + 6) else {
+        let Some(hdr) = b.load::<Ipv6Hdr>(off) else {
             return false;
         };
-        let (Some(s), Some(d)) = (b.load::<[u8; 16]>(off + 8), b.load::<[u8; 16]>(off + 24)) else {
-            return false;
-        };
-        t.saddr = s;
-        t.daddr = d;
-        t.proto = next;
-        off + 40
+        t.saddr = hdr.src_addr;
+        t.daddr = hdr.dst_addr;
+        t.proto = hdr.next_hdr;
+        off + Ipv6Hdr::LEN
     };
     let Some(l4hdr) = b.load::<[u8; 8]>(l4) else {
         return false;

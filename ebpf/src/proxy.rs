@@ -31,13 +31,14 @@ pub fn to_this_host(ctx: &TcContext, ifindex: u32) -> bool {
     let Some(own) = (unsafe { IF_MAC.get(&ifindex) }).copied() else {
         return true;
     };
-    let Ok(dst) = ctx.load::<[u8; 6]>(0) else {
+    let at = core::mem::offset_of!(network_types::eth::EthHdr, dst_addr);
+    let Ok(dst) = ctx.load::<[u8; 6]>(at) else {
         return false;
     };
     if dst == own.mac {
         return true;
     }
-    ctx.store(0, &own.mac, 0).is_ok() && ctx.change_type(PACKET_HOST).is_ok()
+    ctx.store(at, &own.mac, 0).is_ok() && ctx.change_type(PACKET_HOST).is_ok()
 }
 
 #[inline(always)]

@@ -16,17 +16,23 @@ use aya_ebpf::helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
 use aya_ebpf::programs::TcContext;
+use core::mem::offset_of;
+
+use network_types::eth::{EthHdr, EtherType};
+use network_types::ip::{IpProto, Ipv4Hdr, Ipv6Hdr};
+use network_types::tcp::TcpHdr;
+use network_types::udp::UdpHdr;
 use rampart_common::service::{NAT_IDLE_NS, NatKey, NatValue, ServiceKey};
 
 use crate::maps::{self, SVC_NAT};
 
-const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+const PROTO_TCP: u8 = IpProto::Tcp as u8;
+const PROTO_UDP: u8 = IpProto::Udp as u8;
+/// SYN and ACK in the TCP flag byte (`packet::tcp_offset_and_flags`).
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+/// Where the IPv4 header checksum sits in the frame.
+const IPV4_CHECK_AT: usize = EthHdr::LEN + offset_of!(Ipv4Hdr, check);
 
 /// What the translation step did with a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,44 +83,60 @@ pub struct Layout {
 /// Reads the tuple of a TCP or UDP packet into `key` (addresses, ports, protocol).
 #[inline(always)]
 pub fn read(ctx: &TcContext, key: &mut NatKey) -> Option<Layout> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let (v4, saddr, l4, proto) = if ethertype == ETH_P_IP {
-        let ver_ihl: u8 = ctx.load(ETH_LEN).ok()?;
-        let ihl = usize::from(ver_ihl & 0x0f) * 4;
-        if ver_ihl >> 4 != 4 || ihl < 20 {
+    let ether_type = ctx.load::<u16>(offset_of!(EthHdr, ether_type)).ok()?;
+    let (v4, saddr, l4, proto) = if ether_type == EtherType::Ipv4 as u16 {
+        let hdr: Ipv4Hdr = ctx.load(EthHdr::LEN).ok()?;
+        let ihl = usize::from(hdr.ihl());
+        if hdr.version() != 4 || ihl < Ipv4Hdr::LEN {
             return None;
         }
-        let frag = u16::from_be(ctx.load::<u16>(ETH_LEN + 6).ok()?);
-        if frag & 0x3fff != 0 {
+        // A fragment (more to come, or an offset): not translated.
+        if hdr.frag_flags() & 0b001 != 0 || hdr.frag_offset() != 0 {
             return None;
         }
-        let proto: u8 = ctx.load(ETH_LEN + 9).ok()?;
-        let s: [u8; 4] = ctx.load(ETH_LEN + 12).ok()?;
-        let d: [u8; 4] = ctx.load(ETH_LEN + 16).ok()?;
-        key.saddr = mapped(s);
-        key.daddr = mapped(d);
-        (true, ETH_LEN + 12, ETH_LEN + ihl, proto)
-    } else if ethertype == ETH_P_IPV6 {
-        let next: u8 = ctx.load(ETH_LEN + 6).ok()?;
-        key.saddr = ctx.load(ETH_LEN + 8).ok()?;
-        key.daddr = ctx.load(ETH_LEN + 24).ok()?;
-        (false, ETH_LEN + 8, ETH_LEN + 40, next)
+        key.saddr = mapped(hdr.src_addr);
+        key.daddr = mapped(hdr.dst_addr);
+        (
+            true,
+            EthHdr::LEN + offset_of!(Ipv4Hdr, src_addr),
+            EthHdr::LEN + ihl,
+            hdr.proto,
+        )
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        let hdr: Ipv6Hdr = ctx.load(EthHdr::LEN).ok()?;
+        key.saddr = hdr.src_addr;
+        key.daddr = hdr.dst_addr;
+        (
+            false,
+            EthHdr::LEN + offset_of!(Ipv6Hdr, src_addr),
+            EthHdr::LEN + Ipv6Hdr::LEN,
+            hdr.next_hdr,
+        )
     } else {
         return None;
     };
-    let (csum, udp) = match proto {
-        PROTO_TCP => (l4 + 16, false),
-        PROTO_UDP => (l4 + 6, true),
+    let (csum, udp, syn) = match proto {
+        PROTO_TCP => {
+            let tcp: TcpHdr = ctx.load(l4).ok()?;
+            key.sport = u16::from_be_bytes(tcp.source);
+            key.dport = u16::from_be_bytes(tcp.dest);
+            let [_, flags] = crate::packet::tcp_offset_and_flags(&tcp);
+            (
+                l4 + offset_of!(TcpHdr, check),
+                false,
+                flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            )
+        }
+        PROTO_UDP => {
+            let udp: UdpHdr = ctx.load(l4).ok()?;
+            key.sport = udp.src_port();
+            key.dport = udp.dst_port();
+            (l4 + offset_of!(UdpHdr, check), true, false)
+        }
         _ => return None,
     };
-    key.sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
-    key.dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
     key.proto = proto;
     key._pad = [0; 2];
-    let syn = !udp && {
-        let flags: u8 = ctx.load(l4 + 13).ok()?;
-        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    };
     Some(Layout {
         v4,
         saddr,
@@ -258,7 +280,7 @@ fn rewrite(
                 .l4_csum_replace(at.csum, u64::from(old), u64::from(new), pseudo | 4)
                 .is_err()
                 || ctx
-                    .l3_csum_replace(ETH_LEN + 10, u64::from(old), u64::from(new), 4)
+                    .l3_csum_replace(IPV4_CHECK_AT, u64::from(old), u64::from(new), 4)
                     .is_err()
                 || ctx.store(addr_at, &new, 0).is_err()
             {
