@@ -190,6 +190,8 @@ async fn admin(
         explain(req, state).await.map(BodyExt::boxed)
     } else if req.method() == Method::GET && path == FLOWS_PATH {
         flows(&req, state)
+    } else if path == KERNEL_LOG_PATH {
+        kernel_log(req, state).await.map(BodyExt::boxed)
     } else if path == "/status" {
         status(&req, state).map(BodyExt::boxed)
     } else {
@@ -316,6 +318,91 @@ fn flows(req: &Request<Incoming>, state: &AgentState) -> Response<AdminBody> {
         HeaderValue::from_static("application/x-ndjson"),
     );
     response
+}
+
+/// The kernel programs' log levels: GET reads them, POST a [`KernelLogChange`] sets them; both
+/// answer a [`KernelLogDoc`]. Admin socket only (root): it changes what the kernel writes.
+pub const KERNEL_LOG_PATH: &str = "/v1/kernel-log";
+
+/// A change of log level: one program's (`rp_xdp`, …), or every program's when `program` is
+/// absent.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelLogChange {
+    #[serde(default)]
+    pub program: Option<String>,
+    pub level: crate::kernel_log_level::KernelLogLevel,
+}
+
+/// The levels in force, and the records read since the agent started, by kernel level.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct KernelLogDoc {
+    pub programs: std::collections::BTreeMap<String, crate::kernel_log_level::KernelLogLevel>,
+    pub records: std::collections::BTreeMap<String, u64>,
+}
+
+async fn kernel_log(req: Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
+    use rampart_common::kernel_log::Program;
+    let log = &state.kernel_log;
+    if req.method() == Method::POST {
+        let limited = http_body_util::Limited::new(req.into_body(), 4 * 1024);
+        let change: KernelLogChange = match limited.collect().await {
+            Ok(b) => match serde_json::from_slice(&b.to_bytes()) {
+                Ok(c) => c,
+                Err(e) => return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN),
+            },
+            Err(e) => return with_type(StatusCode::BAD_REQUEST, format!("body: {e}\n"), PLAIN),
+        };
+        let program = match change
+            .program
+            .as_deref()
+            .map(|name| (name, Program::from_name(name)))
+        {
+            None => None,
+            Some((_, Some(p))) => Some(p),
+            Some((name, None)) => {
+                let known: Vec<&str> = Program::ALL.iter().map(|p| p.name()).collect();
+                return with_type(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "program: no program {name:?} (one of {})\n",
+                        known.join(", ")
+                    ),
+                    PLAIN,
+                );
+            }
+        };
+        if let Err(e) = log.set(program, change.level) {
+            return with_type(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), PLAIN);
+        }
+        tracing::info!(
+            program = program.map_or("every program", Program::name),
+            level = change.level.name(),
+            "kernel log level changed"
+        );
+    } else if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST\n");
+    }
+    let levels = match log.levels() {
+        Ok(levels) => levels,
+        Err(e) => return with_type(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), PLAIN),
+    };
+    let doc = KernelLogDoc {
+        programs: levels
+            .into_iter()
+            .map(|(p, level)| (p.name().to_owned(), level))
+            .collect(),
+        records: crate::kernel_log_level::KernelLogLevel::ALL
+            .into_iter()
+            .skip(1)
+            .map(|level| (level.name().to_owned(), log.records(level)))
+            .collect(),
+    };
+    with_type(
+        StatusCode::OK,
+        serde_json::to_string(&doc).unwrap_or_default(),
+        "application/json",
+    )
 }
 
 /// Where `rampart policy explain` asks about a flow (an `ExplainQuery` as JSON).

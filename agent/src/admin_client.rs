@@ -1,5 +1,6 @@
 //! The client side of the admin socket (`admin.rs`), for the commands that talk to a running
-//! agent: `rampart status`, `rampart flows`, `rampart policy explain` and `rampart policy push`.
+//! agent: `rampart status`, `rampart flows`, `rampart kernel-log`, `rampart policy explain` and
+//! `rampart policy push`.
 
 use std::path::Path;
 use std::time::Duration;

@@ -159,6 +159,10 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
     }
     let stats = datapath.take_stats()?;
     let events = Mutex::new(datapath.take_events()?);
+    let (kernel_log, kernel_log_reader) = datapath
+        .take_kernel_log(config.kernel_log_level)
+        .context("the kernel programs' log")?;
+    tokio::spawn(read_kernel_log(kernel_log_reader));
     let (commands, receiver) = std::sync::mpsc::channel();
     // The Kubernetes source starts watching now; nothing goes into force before its first
     // complete list of every kind (the controller waits for it).
@@ -187,6 +191,7 @@ async fn run_async(config: RunConfig, fd_limit: u64) -> anyhow::Result<()> {
         config,
         started: Instant::now(),
         stats,
+        kernel_log,
         events,
         events_read: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
@@ -620,4 +625,14 @@ fn interface_exists(name: &str) -> bool {
     };
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
     unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }
+}
+
+/// Writes the kernel programs' log records every 250 ms (they are rare; the ring holds 128 KiB),
+/// as `drain_events` reads the flow events.
+async fn read_kernel_log(mut reader: crate::datapath::KernelLogReader) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        reader.read();
+    }
 }

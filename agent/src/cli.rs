@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::kernel_log_level::KernelLogLevel;
+
 /// Default address of the metrics HTTP server (loopback: exposing it is a choice).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9490";
 /// Default path of the admin socket (`rampart run` serves it; the tools use it).
@@ -44,6 +46,24 @@ pub enum Command {
     /// Manage the trust domain's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Show or change a running agent's kernel program log levels.
+    KernelLog(KernelLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelLogArgs {
+    /// The running agent's admin socket (root only).
+    #[arg(long, value_name = "PATH", env = "RAMPART_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+
+    /// Only this program (`rp_xdp`, `rp_tc_ingress`, `rp_tc_egress`, `rp_tc_bridge`); every
+    /// program when omitted.
+    #[arg(long, value_name = "PROGRAM")]
+    pub program: Option<String>,
+
+    /// The level to set; without it, the levels in force are printed.
+    #[arg(value_enum)]
+    pub level: Option<KernelLogLevel>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +328,13 @@ pub struct RunArgs {
     /// XDP attach mode: let the kernel choose, or force native (driver) or generic (skb).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+
+    /// The kernel programs' log level at start, for every program (`rampart kernel-log`
+    /// changes it on a running agent). Only rare paths log: failed map updates, lookups that
+    /// cannot fail, malformed packets (debug), failed rewrites; records appear in the agent's
+    /// log with target `rampart::kernel`.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = KernelLogLevel::Off)]
+    pub kernel_log_level: KernelLogLevel,
 
     /// The trust domain's CA: `ca.crt` (the roots the agent trusts), and `ca.key` unless
     /// --ca-url is given. Given, the agent runs the mTLS proxy: flows MeshPolicies select are

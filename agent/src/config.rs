@@ -119,6 +119,9 @@ pub struct RunConfig {
     pub admin_socket: PathBuf,
     pub mode: Mode,
     pub xdp_mode: XdpAttachMode,
+    /// The kernel programs' log level at start (`--kernel-log-level`).
+    #[serde(skip)]
+    pub kernel_log_level: crate::kernel_log_level::KernelLogLevel,
     /// SPIFFE trust domain of workload identities.
     pub trust_domain: String,
     /// The mTLS proxy's settings, when `--ca-dir` is given.
@@ -250,6 +253,7 @@ impl RunConfig {
                 XdpModeArg::Native => XdpAttachMode::Native,
                 XdpModeArg::Generic => XdpAttachMode::Generic,
             },
+            kernel_log_level: args.kernel_log_level,
             trust_domain: args.trust_domain,
             handover: HandoverSettings {
                 socket: args.handover_socket,

@@ -20,6 +20,8 @@ pub mod fuzzing;
 pub mod generation;
 pub mod handover;
 pub mod host_addresses;
+pub mod kernel_log_cli;
+pub mod kernel_log_level;
 pub mod kernel_state;
 pub mod l7;
 pub mod limits;

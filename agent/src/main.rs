@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
         }
         cli::Command::Flows(args) => rampart_agent::flows_cli::run(&args),
         cli::Command::Cleanup(args) => cleanup(&args),
+        cli::Command::KernelLog(args) => rampart_agent::kernel_log_cli::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,6 +24,8 @@ pub struct AgentState {
     /// The programs attached, as the controller last saw them.
     pub attachments: Arc<Mutex<Vec<Attachment>>>,
     pub stats: Stats,
+    /// The kernel programs' log levels and record counts.
+    pub kernel_log: Arc<crate::datapath::KernelLog>,
     /// The kernel's flow events; drained by a task so the ring never fills.
     pub events: Mutex<EventReader>,
     /// Events read from the ring so far.

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "dns_name",
         "spiffe",
         "cli",
+        "kernel_log_level",
         "kernel_state",
         "listen",
         "limits",
@@ -64,7 +65,7 @@ const LAYERS: &[&[&str]] = &[
     &["controller", "status"],
     &["metrics"],
     &["admin"],
-    &["policy_cli", "flows_cli", "ca_cli"],
+    &["policy_cli", "flows_cli", "ca_cli", "kernel_log_cli"],
     // The fuzz targets' properties: over the parsers of every layer below.
     &["fuzzing"],
     // The composition root and the binary.

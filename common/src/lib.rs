@@ -16,6 +16,7 @@ pub mod event;
 pub mod frag;
 pub mod identity;
 pub mod ipcache;
+pub mod kernel_log;
 pub mod maps;
 pub mod mesh;
 pub mod policy;

@@ -24,6 +24,8 @@
 //! | `EVENTS_V1` | ring buffer | 256 KiB | drop and new-flow verdict events |
 //! | `EVENTS_LOST_V1` | per-CPU array | 2 | events not written: rate limited, ring full |
 //! | `EVENT_RATE_V1` | per-CPU array | 1 | the event rate limit's window |
+//! | `KERNEL_LOG_V1` | array | `kernel_log::Program::COUNT` | program → the level it logs at (not pinned: each agent sets its own) |
+//! | `AYA_LOGS` | ring buffer | 128 KiB | the programs' log records (aya-log's own map; not pinned) |
 
 /// Per-CPU packet/byte counters, one slot per attach point ([`crate::counters::Hook`]).
 pub const HOOK_STATS: &str = "HOOK_STATS_V1";
@@ -53,6 +55,8 @@ pub const EVENTS: &str = "EVENTS_V1";
 pub const RULE_STATS: &str = "RULE_STATS_V1";
 pub const EVENT_RATE: &str = "EVENT_RATE_V1";
 pub const FRAGS: &str = "FRAGS_V1";
+/// Per program, the level its logs are written at (see `kernel_log`). Not pinned: not in [`ALL`].
+pub const KERNEL_LOG: &str = "KERNEL_LOG_V1";
 /// Per-CPU working memory of the programs (pinned with the rest; its content is never read).
 /// `V2`: the parsed tuple is 8-byte aligned (the previous layout's build keeps `V1`).
 #[cfg(not(feature = "previous-layout"))]

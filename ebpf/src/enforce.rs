@@ -32,12 +32,14 @@ use rampart_common::endpoint::{EndpointFlags, EndpointInfo};
 use rampart_common::event::FlowEvent;
 use rampart_common::frag::{FRAG_LIFETIME_NS, FragEntry, FragKey};
 use rampart_common::identity::Identity;
+use rampart_common::kernel_log::Program;
 use rampart_common::mesh::{BrakeKey, MARK_FROM_PROXY, MARK_MASK, MeshEntry, MeshFlags};
 use rampart_common::policy::{PolicyEntry, PolicyEntryFlags, PolicyKey, Verdict};
 use rampart_common::reason::{Direction, DropReason};
 
 use crate::counters;
 use crate::events;
+use crate::log;
 use crate::maps::{self, CONFIG, CT, FRAGS};
 use crate::packet::{self, Bounds, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Flow, Parsed, Tuple};
 
@@ -92,9 +94,17 @@ struct Decision {
 /// `mark` is the packet's `skb->mark` (0 at XDP, which has none); `local_origin`: the node's own
 /// stack sent the packet (it arrived on no interface; false at XDP).
 #[inline(always)]
-pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32, local_origin: bool) -> Action {
+pub fn decide(
+    program: Program,
+    b: &Bounds,
+    ifindex: u32,
+    dir: Direction,
+    mark: u32,
+    local_origin: bool,
+) -> Action {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
+        log::map_lookup_failed(program);
         return Action::Drop;
     };
     // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU for one hook type,
@@ -105,6 +115,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32, local_origin:
     let Some(cfg) = CONFIG.get(0).copied() else {
         // The one-entry array always has index 0; if it did not, nothing can be decided.
         counters::dropped(DropReason::MAP_LOOKUP_FAILED, dir, b.len() as u64);
+        log::map_lookup_failed(program);
         return Action::Drop;
     };
     // The live generation is the revision's parity: one field, so a packet can never pair one
@@ -119,6 +130,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32, local_origin:
         return Action::Pass;
     }
     let action = judge(
+        program,
         b,
         ifindex,
         dir,
@@ -145,6 +157,7 @@ pub fn decide(b: &Bounds, ifindex: u32, dir: Direction, mark: u32, local_origin:
 )]
 #[inline(always)]
 fn judge(
+    program: Program,
     b: &Bounds,
     ifindex: u32,
     dir: Direction,
@@ -166,6 +179,7 @@ fn judge(
         Err(_) if uplink => return Action::Pass,
         Err(reason) => {
             counters::dropped(reason, dir, bytes);
+            log::malformed(program, reason, bytes, ifindex);
             // Nothing of the flow is known: the event names the endpoint and the reason only.
             // (`emit` stamps the time.)
             s.event = FlowEvent {
@@ -416,8 +430,9 @@ fn judge(
         _pad2: [0; 2],
         created_ns: now,
     };
-    if CT.insert(&s.key, &entry, 0).is_err() {
+    if let Err(errno) = CT.insert(&s.key, &entry, 0) {
         counters::dropped(DropReason::CT_FULL, dir, bytes);
+        log::conntrack_insert_failed(program, errno);
         record(
             s,
             &ctx,

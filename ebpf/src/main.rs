@@ -1,6 +1,7 @@
 //! Rampart's kernel programs.
 //!
-//! Kernel programs are thin: parse, look up, decide, count. Nothing logs on the fast path. Every
+//! Kernel programs are thin: parse, look up, decide, count. Nothing logs on the fast path; rare
+//! and slow paths log through aya-log when the agent turns a program's level up (`log.rs`). Every
 //! early return says whether it fails open or closed and counts why (see `enforce.rs`).
 //!
 //! Programs (the function name is the program name; at most 15 characters so the kernel does not
@@ -21,6 +22,7 @@
 mod counters;
 mod enforce;
 mod events;
+mod log;
 mod maps;
 mod packet;
 mod proxy;
@@ -34,6 +36,7 @@ use aya_ebpf::{
 };
 use rampart_common::config::ConfigFlags;
 use rampart_common::counters::Hook;
+use rampart_common::kernel_log::Program;
 use rampart_common::mesh::{MARK_MASK, MARK_TO_PROXY};
 use rampart_common::reason::{Direction, DropReason};
 use rampart_common::service::ServiceKey;
@@ -63,7 +66,7 @@ pub fn rp_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: ctx.ctx points to the kernel's xdp_md for this run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // XDP cannot mark packets: a flow for the proxy passes here and TC ingress redirects it.
-    match enforce::decide(&b, ifindex, Direction::EGRESS, 0, false) {
+    match enforce::decide(Program::Xdp, &b, ifindex, Direction::EGRESS, 0, false) {
         Action::Drop => xdp_action::XDP_DROP,
         Action::Pass | Action::Redirect { .. } | Action::ToProxy => xdp_action::XDP_PASS,
     }
@@ -86,12 +89,12 @@ pub fn rp_xdp_drop(_ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn rp_tc_ingress(ctx: TcContext) -> i32 {
-    tc(ctx, Hook::TC_INGRESS, Direction::EGRESS)
+    tc(ctx, Program::TcIngress, Hook::TC_INGRESS, Direction::EGRESS)
 }
 
 #[classifier]
 pub fn rp_tc_egress(ctx: TcContext) -> i32 {
-    tc(ctx, Hook::TC_EGRESS, Direction::INGRESS)
+    tc(ctx, Program::TcEgress, Hook::TC_EGRESS, Direction::INGRESS)
 }
 
 #[classifier]
@@ -102,6 +105,7 @@ pub fn rp_tc_bridge(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     if !proxy::assign_bridged(&ctx) {
+        log::no_proxy_listener(Program::TcBridge);
         counters::dropped(
             DropReason::PROXY_UNAVAILABLE,
             Direction::EGRESS,
@@ -116,7 +120,7 @@ pub fn rp_tc_bridge(ctx: TcContext) -> i32 {
 /// the packet to the next program, and a flow for the proxy ends the chain (its socket is
 /// assigned; nothing after may redirect it elsewhere).
 #[inline(always)]
-fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
+fn tc(ctx: TcContext, program: Program, hook: Hook, dir: Direction) -> i32 {
     let len = ctx.len();
     counters::count(hook, u64::from(len));
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
@@ -142,6 +146,7 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
                 return TC_ACT_SHOT;
             }
             Translation::Failed => {
+                log::service_rewrite_failed(program, ifindex, false);
                 counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
                 return TC_ACT_SHOT;
             }
@@ -159,7 +164,7 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
     };
     // SAFETY: ctx.skb.skb points to the kernel's __sk_buff for this run.
     let (mark, arrived_on) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).ingress_ifindex) };
-    let action = enforce::decide(&b, ifindex, dir, mark, arrived_on == 0);
+    let action = enforce::decide(program, &b, ifindex, dir, mark, arrived_on == 0);
     // Into a pod or out of an uplink: a reply of a translated flow comes from the frontend its
     // client asked for.
     if services
@@ -167,6 +172,7 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         && action != Action::Drop
         && service::from_backend(&ctx) == Translation::Failed
     {
+        log::service_rewrite_failed(program, ifindex, true);
         counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
         return TC_ACT_SHOT;
     }
@@ -178,6 +184,7 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         Action::Drop => TC_ACT_SHOT,
         Action::ToProxy => {
             if dir == Direction::EGRESS && pod() && !proxy::to_this_host(&ctx, ifindex) {
+                log::proxy_frame_failed(program, ifindex);
                 counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
                 return TC_ACT_SHOT;
             }
@@ -186,11 +193,13 @@ fn tc(ctx: TcContext, hook: Hook, dir: Direction) -> i32 {
         }
         Action::Redirect { open } => {
             if dir == Direction::EGRESS && pod() && !proxy::to_this_host(&ctx, ifindex) {
+                log::proxy_frame_failed(program, ifindex);
                 counters::dropped(DropReason::INVALID_PACKET, dir, u64::from(len));
                 return TC_ACT_SHOT;
             }
             ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
             if open && !proxy::assign_listener(&ctx) {
+                log::no_proxy_listener(program);
                 counters::dropped(DropReason::PROXY_UNAVAILABLE, dir, u64::from(len));
                 return TC_ACT_SHOT;
             }

@@ -456,3 +456,47 @@ pub(crate) fn parse_reply(raw: &str) -> anyhow::Result<HttpReply> {
         body: body.to_owned(),
     })
 }
+
+/// Sends `frame` (a whole Ethernet frame, as is) on `interface` inside `ns` through a packet
+/// socket: how a test hands the kernel programs a malformed packet no socket API would build.
+pub fn raw_frame(ns: &Netns, interface: &str, frame: Vec<u8>) -> anyhow::Result<()> {
+    let interface = std::ffi::CString::new(interface).context("interface name")?;
+    anyhow::ensure!(frame.len() >= 14, "a frame has at least an Ethernet header");
+    ns.run(move || -> anyhow::Result<()> {
+        // SAFETY: if_nametoindex reads a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(interface.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {interface:?}");
+        // SAFETY: plain socket(2); the descriptor is owned by `fd` below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        anyhow::ensure!(
+            raw >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a descriptor just opened and owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `to` are valid for the lengths given; `fd` is open.
+        let sent = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            usize::try_from(sent).ok() == Some(frame.len()),
+            "sending the frame: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    })?
+}

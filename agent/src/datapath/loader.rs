@@ -58,6 +58,8 @@ pub enum DatapathError {
         program: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error("the kernel programs' log: {0}")]
+    KernelLog(String),
     #[error(transparent)]
     Pin(#[from] PinError),
     #[error(transparent)]

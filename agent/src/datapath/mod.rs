@@ -14,6 +14,7 @@
 mod attach;
 mod conntrack_sweep;
 mod generation;
+mod kernel_log;
 mod loader;
 mod migrate;
 mod pins;
@@ -22,6 +23,7 @@ mod test_run;
 mod written;
 
 pub use conntrack_sweep::ConntrackSweep;
+pub use kernel_log::{KernelLog, KernelLogReader};
 pub use loader::{Attachment, Datapath, DatapathError};
 pub use pins::{PinError, PinRoot, remove_all as remove_pins};
 pub use stats::{EventReader, EventsLost, KernelTableEntries, ReasonCount, Stats};

@@ -556,6 +556,20 @@ impl AgentCollector {
                 (vec![("reason", "unconfirmed".to_owned())], unconfirmed),
             ],
         )?;
+        counter_family(
+            encoder,
+            "rampart_kernel_log_records",
+            "Log records the kernel programs wrote and the agent read, by kernel level (programs log only once `--kernel-log-level` or `rampart kernel-log` turns them up)",
+            crate::kernel_log_level::KernelLogLevel::ALL
+                .into_iter()
+                .skip(1)
+                .map(|level| {
+                    (
+                        vec![("level", level.name().to_owned())],
+                        self.state.kernel_log.records(level),
+                    )
+                }),
+        )?;
         let mut entries = encoder.encode_descriptor(
             "rampart_map_entries",
             "Entries in each kernel map (the active generation of the double-buffered ones)",
