@@ -283,7 +283,6 @@ impl Agent {
         }
     }
 
-    /// Runs `rampart <args>` in the agent's namespace (for the CLI tools that talk to it).
     /// The sample `name{labels}` of the agent's metrics (labels as the agent writes them); 0
     /// when there is none or the metrics cannot be read.
     pub fn sample(&self, name: &str, labels: &str) -> f64 {
@@ -293,6 +292,7 @@ impl Agent {
             .unwrap_or(0.0)
     }
 
+    /// Runs `rampart <args>` in the agent's namespace (for the CLI tools that talk to it).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let bin = self.bin.to_str().context("binary path is not UTF-8")?;
         let socket = self

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use rampart_tests::metrics::sample;
 use rampart_tests::netns::TEST_PREFIX;
 use rampart_tests::{Agent, AgentOptions, Topology, probe, require_root};
 
@@ -23,17 +22,8 @@ fn truncated_ipv4() -> Vec<u8> {
     frame
 }
 
-fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
-    agent
-        .metrics()
-        .ok()
-        .and_then(|m| sample(&m, name, labels))
-        .unwrap_or(0.0)
-}
-
 fn truncated_drops(agent: &Agent) -> f64 {
-    metric(
-        agent,
+    agent.sample(
         "rampart_drops_total",
         "reason=\"truncated_header\",direction=\"egress\"",
     )
@@ -132,11 +122,7 @@ fn a_program_s_records_appear_when_its_level_is_turned_up_on_a_running_agent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let records = metric(
-        &agent,
-        "rampart_kernel_log_records_total",
-        "level=\"debug\"",
-    );
+    let records = agent.sample("rampart_kernel_log_records_total", "level=\"debug\"");
     assert!(records >= 1.0, "{}", agent.metrics().unwrap_or_default());
 
     // Off again: the drop is counted, no new record.
@@ -152,11 +138,7 @@ fn a_program_s_records_appear_when_its_level_is_turned_up_on_a_running_agent() {
         agent.log()
     );
     assert_eq!(
-        metric(
-            &agent,
-            "rampart_kernel_log_records_total",
-            "level=\"debug\""
-        ),
+        agent.sample("rampart_kernel_log_records_total", "level=\"debug\""),
         records
     );
 

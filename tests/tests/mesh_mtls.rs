@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use rampart_tests::capture::{Capture, contains};
 use rampart_tests::mesh::{MeshAgents, pod_object};
-use rampart_tests::metrics::sample;
 use rampart_tests::netns::{Netns, TEST_PREFIX};
 use rampart_tests::{Agent, EchoServer, Topology, require_root};
 
@@ -52,11 +51,7 @@ fn exchange(
 }
 
 fn metric(agent: &Agent, name: &str, labels: &str) -> f64 {
-    agent
-        .metrics()
-        .ok()
-        .and_then(|m| sample(&m, name, labels))
-        .unwrap_or(0.0)
+    agent.sample(name, labels)
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
