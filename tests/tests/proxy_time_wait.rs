@@ -1,10 +1,10 @@
 //! A client that reuses its port while the proxy still holds the previous connection of the same
-//! four-tuple in TIME_WAIT, on a real kernel: pod a (node 1) opens 1,000 short connections to
+//! four-tuple in TIME_WAIT, on a real kernel: pod a (node 1) opens 1,500 short connections to
 //! pod b's L7 port (node 2), each answered and closed by the server side first (HTTP/1.0), so
 //! node 1's proxy closes its transparent socket first and keeps the tuple in TIME_WAIT; a's
-//! ports come round again within the minute. Every connection must be served: a SYN that the
-//! kernel handed to the listener beside a TIME_WAIT of its tuple used to be dropped (the client
-//! timed out), found by the soak.
+//! ports (250 of them, bound by the test) come round again within the minute. Every connection
+//! must be served: a SYN that the kernel handed to the listener beside a TIME_WAIT of its tuple
+//! used to be dropped (the client timed out), found by the soak.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -15,6 +15,29 @@ use rampart_tests::mesh::{MeshAgents, shop};
 use rampart_tests::{netns, require_root};
 
 const CONNECTIONS: usize = 1500;
+/// a's source ports, each used CONNECTIONS / PORTS times. The kernel's own choice walks its
+/// ephemeral range with random steps and came round within the run only some of the time (a CI
+/// run saw 1,500 connections on 1,500 distinct ports); the test binds them itself.
+const FIRST_PORT: u16 = 41_000;
+const PORTS: usize = 250;
+
+fn client_port(i: usize) -> u16 {
+    FIRST_PORT + u16::try_from(i % PORTS).unwrap_or(0)
+}
+
+/// A connection to `to` from a's `port` (free again at once: the server side closes first, so
+/// the TIME_WAIT of the tuple is node 1's proxy's, not a's).
+fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
+}
 
 #[test]
 fn a_reused_client_port_is_served_while_the_proxy_holds_its_tuple_in_time_wait() {
@@ -38,7 +61,7 @@ fn a_reused_client_port_is_served_while_the_proxy_holds_its_tuple_in_time_wait()
         (0..CONNECTIONS)
             .map(|i| {
                 let started = Instant::now();
-                let mut s = TcpStream::connect_timeout(&b, Duration::from_secs(5))
+                let mut s = connect_from(client_port(i), b)
                     .map_err(|e| format!("#{i}: connect: {e} after {:?}", started.elapsed()))?;
                 let port = s.local_addr().map_err(|e| format!("#{i}: {e}"))?.port();
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
