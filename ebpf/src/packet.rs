@@ -232,9 +232,7 @@ fn parse_ipv4(b: &Bounds, flow: &mut Flow) -> Result<Parsed, DropReason> {
     flow.tuple.saddr = v4_mapped(hdr.src_addr);
     flow.tuple.daddr = v4_mapped(hdr.dst_addr);
     flow.v4 = 1;
-    // MF set or a fragment offset: part of a fragmented datagram.
-    const MORE_FRAGMENTS: u8 = 0b001;
-    if hdr.frag_flags() & MORE_FRAGMENTS != 0 || hdr.frag_offset() != 0 {
+    if is_fragment(&hdr) {
         flow.frag_id = u32::from(hdr.id());
         flow.frag_proto = hdr.proto;
         if hdr.frag_offset() != 0 {
@@ -370,6 +368,13 @@ fn parse_l4(b: &Bounds, off: usize, proto: u8, flow: &mut Flow) -> Result<Parsed
         _ => {}
     }
     Ok(Parsed::Ip)
+}
+
+/// MF set or a fragment offset: part of a fragmented datagram.
+#[inline(always)]
+pub fn is_fragment(hdr: &Ipv4Hdr) -> bool {
+    const MORE_FRAGMENTS: u8 = 0b001;
+    hdr.frag_flags() & MORE_FRAGMENTS != 0 || hdr.frag_offset() != 0
 }
 
 /// The two bytes of a TCP header after the acknowledgement number: the data offset (high nibble

@@ -90,8 +90,8 @@ pub fn read(ctx: &TcContext, key: &mut NatKey) -> Option<Layout> {
         if hdr.version() != 4 || ihl < Ipv4Hdr::LEN {
             return None;
         }
-        // A fragment (more to come, or an offset): not translated.
-        if hdr.frag_flags() & 0b001 != 0 || hdr.frag_offset() != 0 {
+        // A fragment: not translated.
+        if crate::packet::is_fragment(&hdr) {
             return None;
         }
         key.saddr = mapped(hdr.src_addr);

@@ -8,6 +8,7 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use rampart_common::config::DatapathConfig;
 use rampart_common::counters::{RULE_STATS_OVERFLOW, RuleCounter};
+use rampart_common::kernel_log::Program;
 use rampart_common::maps;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -19,10 +20,10 @@ pub(super) static KERNEL_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart-ebpf"));
 
 /// Program names in the kernel object (the eBPF functions' names).
-pub(super) const PROG_XDP: &str = "rp_xdp";
-pub(super) const PROG_TC_INGRESS: &str = "rp_tc_ingress";
-pub(super) const PROG_TC_EGRESS: &str = "rp_tc_egress";
-pub(super) const PROG_TC_BRIDGE: &str = "rp_tc_bridge";
+pub(super) const PROG_XDP: &str = Program::Xdp.name();
+pub(super) const PROG_TC_INGRESS: &str = Program::TcIngress.name();
+pub(super) const PROG_TC_EGRESS: &str = Program::TcEgress.name();
+pub(super) const PROG_TC_BRIDGE: &str = Program::TcBridge.name();
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
