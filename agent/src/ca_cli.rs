@@ -59,8 +59,11 @@ pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
             .agent_service_account
             .split_once('/')
             .context("--agent-service-account: NAMESPACE/NAME")?;
-        let service =
-            Arc::new(CaService::new(authority, &args.dir, placement).with_agent(namespace, sa));
+        let service = Arc::new(
+            CaService::new(authority, &args.dir, placement)
+                .with_agent(namespace, sa)
+                .reloading(args.trust_domain.as_deref()),
+        );
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;

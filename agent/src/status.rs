@@ -125,6 +125,12 @@ pub struct MeshDoc {
     /// Certificates the CA could not issue or renew.
     #[serde(default)]
     pub certificate_failures: u64,
+    /// Workload certificates held (local workload identities that opened or took a tunnel).
+    #[serde(default)]
+    pub workload_certificates: usize,
+    /// Seconds until the first of them expires.
+    #[serde(default)]
+    pub workload_certificate_seconds_left: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -249,18 +255,23 @@ impl StatusDoc {
                         .collect()
                 })
                 .unwrap_or_default(),
-            mesh: state.mesh.as_ref().map(|m| MeshDoc {
-                node_name: m.settings.node_name.clone(),
-                proxy_port: m.settings.proxy_port,
-                tunnel_port: m.settings.tunnel_port,
-                ca_dir: m.settings.ca_dir.display().to_string(),
-                mtls_routes: m.tables.current.get().destinations(),
-                ca_url: m.settings.ca_service.as_ref().map(|c| c.url.clone()),
-                node_certificate_seconds_left: m.certs.node_time_left().as_secs(),
-                certificate_failures: m
-                    .certs
-                    .ca_failures
-                    .load(std::sync::atomic::Ordering::Relaxed),
+            mesh: state.mesh.as_ref().map(|m| {
+                let workloads = m.certs.workloads_time_left();
+                MeshDoc {
+                    node_name: m.settings.node_name.clone(),
+                    proxy_port: m.settings.proxy_port,
+                    tunnel_port: m.settings.tunnel_port,
+                    ca_dir: m.settings.ca_dir.display().to_string(),
+                    mtls_routes: m.tables.current.get().destinations(),
+                    ca_url: m.settings.ca_service.as_ref().map(|c| c.url.clone()),
+                    node_certificate_seconds_left: m.certs.node_time_left().as_secs(),
+                    workload_certificates: workloads.0,
+                    workload_certificate_seconds_left: workloads.1.map(|left| left.as_secs()),
+                    certificate_failures: m
+                        .certs
+                        .ca_failures
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                }
             }),
             flow_log: FlowLogDoc {
                 kernel_records: state.flows.records(Observer::Kernel),
@@ -348,6 +359,13 @@ impl StatusDoc {
                 m.node_certificate_seconds_left,
                 m.certificate_failures
             );
+            if let Some(left) = m.workload_certificate_seconds_left {
+                let _ = writeln!(
+                    out,
+                    "workload certificates: {}  the first expires in {left} s",
+                    m.workload_certificates
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -128,6 +128,23 @@ impl CaServer {
         }
     }
 
+    /// The service's process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops (`true`: SIGSTOP) or continues (`false`: SIGCONT) the process: stopped, it still
+    /// takes connections (the kernel completes them) and never answers, as a hung CA or a
+    /// partition that drops the answers would.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: a signal to our own child.
+            unsafe {
+                libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+            }
+        }
+    }
+
     /// Kills the process (as a crash or an outage would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

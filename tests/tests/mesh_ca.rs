@@ -3,7 +3,9 @@
 //! pod b (node 2) on an mTLS-only port.
 //!
 //! - the tunnel works, and no agent holds the CA's key (their `--ca-dir` has `ca.crt` alone; no
-//!   file an agent has open, and no argument it was given, is the key);
+//!   file an agent has open, and no argument it was given, is the key; nowhere in an agent's
+//!   memory are the key's PEM, its PKCS#8 DER or its private scalar, which the same scan finds
+//!   in the CA service's);
 //! - node 1's credential asking for the identity of node 2's pod is refused, counted and logged
 //!   by the CA, from node 1 and from anywhere else (a stolen token is node 1's, nothing more);
 //! - with the CA stopped for longer than a renewal period, live and new tunnels keep working on
@@ -91,6 +93,77 @@ fn process_holds(pid: u32, path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Seconds `node`'s first workload certificate has left, from `rampart status`.
+fn workload_seconds_left(mesh: &MeshAgents, node: &str) -> Option<u64> {
+    let status = mesh.node(node).cli(&["status"]).ok()?;
+    let (_, tail) = status.split_once("the first expires in ")?;
+    tail.split_whitespace().next()?.parse().ok()
+}
+
+/// What of a P-256 key in PKCS#8 PEM could sit in a process's memory: the base64 of its PEM
+/// body, its DER, and its private scalar (the ECPrivateKey's OCTET STRING after version 1).
+fn key_forms(pem: &str) -> Vec<Vec<u8>> {
+    let der = rcgen::KeyPair::from_pem(pem)
+        .expect("the CA's key")
+        .serialize_der();
+    let at = memchr::memmem::find(&der, &[0x02, 0x01, 0x01, 0x04, 0x20]).expect("an EC key");
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .take(1)
+        .collect();
+    vec![
+        body.into_bytes(),
+        der.clone(),
+        der[at + 5..at + 37].to_vec(),
+    ]
+}
+
+/// Whether any of `needles` is anywhere in the readable memory of `pid` (`/proc/PID/mem`,
+/// region by region from `/proc/PID/maps`, in overlapping chunks).
+fn memory_holds(pid: u32, needles: &[Vec<u8>]) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    const CHUNK: u64 = 8 << 20;
+    const OVERLAP: u64 = 1024;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let finders: Vec<_> = needles.iter().map(memchr::memmem::Finder::new).collect();
+    let mut buf = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let mut offset = start;
+        while offset < end {
+            let len = (end - offset).min(CHUNK);
+            buf.resize(len as usize, 0);
+            // Regions the kernel does not let a reader see ([vvar]) end the region.
+            let Ok(n) = mem.read_at(&mut buf, offset) else {
+                break;
+            };
+            if finders.iter().any(|f| f.find(&buf[..n]).is_some()) {
+                return true;
+            }
+            if offset + len >= end {
+                break;
+            }
+            offset += len - OVERLAP;
+        }
+    }
+    false
+}
+
 #[test]
 fn no_node_can_sign_for_another_nodes_workloads() {
     require_root();
@@ -134,23 +207,67 @@ fn no_node_can_sign_for_another_nodes_workloads() {
     let status = node1.cli(&["status"]).expect("status");
     assert!(
         status.contains(&format!("certificates: from {}", CaServer::url()))
-            && status.contains("node certificate valid"),
+            && status.contains("node certificate valid")
+            && status.contains("workload certificates: 1  the first expires in"),
         "{status}"
     );
     // Back: certificates are renewed, flows go on.
     mesh.ca_server().expect("ca").resume().expect("CA back");
     assert!(exchange(a_ns, b, 1, Duration::ZERO));
 
+    // A CA that takes connections and never answers: a certificate past its renewal time but
+    // still valid serves a new tunnel at once (renewals run off the flows' path; before, the
+    // flow waited for the CA's 10 s timeout). The CA is frozen when a's certificate has 5-7 s
+    // left and b's more, so a's is past renewal (at 4-5 s left) while both are valid.
+    rampart_tests::eventually(
+        "a's certificate 5-7 s from expiry, b's later",
+        Duration::from_secs(40),
+        || {
+            let (a, b) = (
+                workload_seconds_left(&mesh, "node-1")?,
+                workload_seconds_left(&mesh, "node-2")?,
+            );
+            ((5..=6).contains(&a) && b > a).then_some(())
+        },
+    );
+    mesh.ca_server().expect("ca").freeze(true);
+    rampart_tests::eventually(
+        "a's certificate past renewal",
+        Duration::from_secs(5),
+        || (workload_seconds_left(&mesh, "node-1")? <= 3).then_some(()),
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        exchange(a_ns, b, 1, Duration::ZERO),
+        "a new tunnel on certificates past renewal, the CA hung; node-1 log:\n{}",
+        mesh.node("node-1").log()
+    );
+    println!("new tunnel with the CA hung: {:?}", started.elapsed());
+    mesh.ca_server().expect("ca").freeze(false);
+
     // No agent holds the key.
     let key = mesh.ca_service_dir().join("ca.key");
     assert!(key.exists());
     assert!(!mesh.trust_dir().join("ca.key").exists());
+    let forms = key_forms(&std::fs::read_to_string(&key).expect("the CA's key"));
+    let ca_pid = mesh
+        .ca_server()
+        .and_then(|ca| ca.pid())
+        .expect("the CA service runs");
+    assert!(
+        memory_holds(ca_pid, &forms),
+        "the scan finds the key in the CA service's memory (else it proves nothing)"
+    );
     for agent in mesh.agents() {
         let pid = agent.pid().expect("running");
         assert!(
             !process_holds(pid, &key),
             "an agent holds {}",
             key.display()
+        );
+        assert!(
+            !memory_holds(pid, &forms),
+            "the CA's key is in an agent's memory"
         );
     }
 

@@ -4,6 +4,7 @@
 //! runs on that node. Every refusal has a reason, counted by the service.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -100,7 +101,10 @@ impl From<CaError> for Refusal {
 
 /// The CA's signing key and the lifetimes it grants.
 pub struct Authority {
-    ca: Ca,
+    /// The signing key and certificate in force, replaced whole when the user's PKI rotates
+    /// the intermediate (or the root) in the CA's directory.
+    ca: RwLock<Arc<Ca>>,
+    trust_domain: String,
     /// Node and workload certificates: short, renewed at half-life.
     pub ttl: Duration,
 }
@@ -108,7 +112,7 @@ pub struct Authority {
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
-            .field("trust_domain", &self.ca.trust_domain())
+            .field("trust_domain", &self.trust_domain)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -116,21 +120,50 @@ impl std::fmt::Debug for Authority {
 
 impl Authority {
     pub fn new(ca: Ca, ttl: Duration) -> Authority {
-        Authority { ca, ttl }
+        Authority {
+            trust_domain: ca.trust_domain().to_owned(),
+            ca: RwLock::new(Arc::new(ca)),
+            ttl,
+        }
+    }
+
+    /// The signing material in force.
+    fn ca(&self) -> Arc<Ca> {
+        match self.ca.read() {
+            Ok(ca) => Arc::clone(&ca),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Signs with `ca` from now on (a rotated intermediate or root of the same trust domain);
+    /// certificates issued before stay valid until they expire.
+    pub fn replace(&self, ca: Ca) -> Result<(), CaError> {
+        if ca.trust_domain() != self.trust_domain {
+            return Err(CaError::OtherTrustDomain {
+                new: ca.trust_domain().to_owned(),
+                current: self.trust_domain.clone(),
+            });
+        }
+        let ca = Arc::new(ca);
+        match self.ca.write() {
+            Ok(mut current) => *current = ca,
+            Err(poisoned) => *poisoned.into_inner() = ca,
+        }
+        Ok(())
     }
 
     pub fn trust_domain(&self) -> &str {
-        self.ca.trust_domain()
+        &self.trust_domain
     }
 
     /// The CA's own certificate (the root, or the intermediate it signs with).
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
-        self.ca.cert_der()
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.ca().cert_der().clone()
     }
 
     /// The roots what it signs chains to (what agents trust; the SPIFFE bundle).
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
-        self.ca.roots()
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.ca().roots().to_vec()
     }
 
     /// The service's own TLS certificate (`id`, the CA's SPIFFE ID), valid for [`OWN_TTL`].
@@ -139,7 +172,7 @@ impl Authority {
         id: &SpiffeId,
         now: SystemTime,
     ) -> Result<crate::mesh::ca::WorkloadCert, CaError> {
-        self.ca.issue(id, OWN_TTL, now)
+        self.ca().issue(id, OWN_TTL, now)
     }
 
     /// The node certificate of `node` (already authenticated), over the request's key.
@@ -151,7 +184,7 @@ impl Authority {
     ) -> Result<Vec<CertificateDer<'static>>, Refusal> {
         let id = SpiffeId::node(self.trust_domain(), node)
             .map_err(|e| Refusal::BadRequest(format!("node {node:?}: {e}")))?;
-        Ok(self.ca.sign_request(&id, csr_der, self.ttl, now)?)
+        Ok(self.ca().sign_request(&id, csr_der, self.ttl, now)?)
     }
 
     /// The X.509-SVID `id` for node `node` (authenticated by its node certificate), over the
@@ -181,7 +214,7 @@ impl Authority {
                 sa: (*sa).to_owned(),
             });
         }
-        Ok(self.ca.sign_request(id, csr_der, self.ttl, now)?)
+        Ok(self.ca().sign_request(id, csr_der, self.ttl, now)?)
     }
 }
 
@@ -257,7 +290,7 @@ mod tests {
             parsed.public_key().subject_public_key.data.as_ref(),
             key.public_key_raw()
         );
-        assert_eq!(chain[1], *a.cert_der());
+        assert_eq!(chain[1], a.cert_der());
 
         let refused = a
             .sign_workload("node-1", &workload("shop", "db"), &request, &placement, now)

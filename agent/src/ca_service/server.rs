@@ -9,6 +9,11 @@
 //!
 //! Refusals are answered 401 (no or a bad credential) or 403 (not this node's), counted by
 //! reason and logged with the node and the identity asked for.
+//!
+//! With [`CaService::reloading`], the signing files (`ca.crt`/`ca.key`, or the user's
+//! intermediate in `tls.crt`/`tls.key`) are read again when they change: the CA signs with the
+//! new ones from then on, and nodes whose certificates chain to a root it signed under before
+//! are still served (their next certificates come from the new key).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -39,12 +44,25 @@ use crate::spiffe::SpiffeId;
 const BODY_LIMIT: usize = 16 * 1024;
 /// How long a request body may take to arrive (the header's own timeout is the listener's).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the signing files are compared with those in force. Polled, as the agents poll
+/// their `ca.crt`: a Kubernetes Secret volume changes by swapping a symlink, which a watch of
+/// the files does not see without watching the directory's internals.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+/// The files the signing material is read from.
+const SIGNING_FILES: [&str; 4] = [
+    crate::mesh::ca::CA_CERT_FILE,
+    crate::mesh::ca::CA_KEY_FILE,
+    crate::mesh::ca::EXTERNAL_CERT_FILE,
+    crate::mesh::ca::EXTERNAL_KEY_FILE,
+];
 
 /// Counters of the service.
 #[derive(Debug, Default)]
 pub struct CaStats {
     pub node_certificates: AtomicU64,
     pub workload_certificates: AtomicU64,
+    /// Times the signing files changed and the CA took the new ones.
+    pub reloads: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -68,6 +86,10 @@ pub struct CaService {
     placement: PlacementSource,
     /// The agents' (namespace, service account), whose projected tokens authenticate nodes.
     agent: (String, String),
+    /// Read the signing files again when they change: `Some(trust domain as at start)`.
+    reload: Option<Option<String>>,
+    /// How often the files are compared ([`RELOAD_CHECK`]).
+    reload_every: Duration,
     pub stats: CaStats,
 }
 
@@ -78,6 +100,8 @@ impl CaService {
             ca_dir: ca_dir.to_owned(),
             placement,
             agent: ("rampart-system".to_owned(), "rampart".to_owned()),
+            reload: None,
+            reload_every: RELOAD_CHECK,
             stats: CaStats::default(),
         }
     }
@@ -87,6 +111,31 @@ impl CaService {
     pub fn with_agent(mut self, namespace: &str, service_account: &str) -> CaService {
         self.agent = (namespace.to_owned(), service_account.to_owned());
         self
+    }
+
+    /// Reads the signing files of the CA's directory again when they change (loaded as at
+    /// start: for `trust_domain`, or the one `ca.crt` names).
+    pub fn reloading(mut self, trust_domain: Option<&str>) -> CaService {
+        self.reload = Some(trust_domain.map(str::to_owned));
+        self
+    }
+
+    /// The signing files as they are now (absent ones as `None`).
+    fn signing_files(&self) -> Vec<Option<Vec<u8>>> {
+        SIGNING_FILES
+            .iter()
+            .map(|name| std::fs::read(self.ca_dir.join(name)).ok())
+            .collect()
+    }
+
+    /// Loads the signing files and signs with them from now on.
+    fn reload_signing(&self, trust_domain: Option<&str>) -> anyhow::Result<()> {
+        let ca = match trust_domain {
+            Some(td) => crate::mesh::ca::Ca::load_for(&self.ca_dir, td)?,
+            None => crate::mesh::ca::Ca::load(&self.ca_dir)?,
+        };
+        self.authority.replace(ca)?;
+        Ok(())
     }
 
     /// The CA's own SPIFFE ID (what clients expect the server to present).
@@ -99,11 +148,14 @@ impl CaService {
     }
 
     /// The TLS configuration: TLS 1.3, the CA's own certificate, client certificates optional
-    /// (a node bootstrapping has none yet) and, when given, chained to the CA.
-    pub fn tls_config(&self) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<RotatingCert>)> {
+    /// (a node bootstrapping has none yet) and, when given, chained to one of `client_roots`.
+    pub fn tls_config(
+        &self,
+        client_roots: &[CertificateDer<'static>],
+    ) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<RotatingCert>)> {
         let own = self.authority.issue_own(&self.id()?, SystemTime::now())?;
         let resolver = Arc::new(RotatingCert::new(&own)?);
-        let bundle = TrustBundle::new(self.authority.trust_domain(), self.authority.roots())?;
+        let bundle = TrustBundle::new(self.authority.trust_domain(), client_roots)?;
         let provider = provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(
             Arc::clone(&bundle.roots),
@@ -153,6 +205,11 @@ impl CaService {
                 refused.get(reason).copied().unwrap_or(0)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP rampart_ca_signing_reloads_total Times the signing files changed and the CA signs with the new ones\n# TYPE rampart_ca_signing_reloads_total counter\nrampart_ca_signing_reloads_total {}",
+            self.stats.reloads.load(Ordering::Relaxed)
+        );
         out
     }
 
@@ -184,12 +241,85 @@ fn jwk_of(der: &CertificateDer<'_>) -> Option<serde_json::Value> {
     }))
 }
 
+/// The service's TLS in force: its acceptor and its own certificate (both replaced when the
+/// signing files change).
+struct ServiceTls {
+    acceptor: TlsAcceptor,
+    own: Arc<RotatingCert>,
+}
+
+type SharedTls = Arc<std::sync::RwLock<ServiceTls>>;
+
+fn current_tls<T>(tls: &SharedTls, f: impl FnOnce(&ServiceTls) -> T) -> T {
+    match tls.read() {
+        Ok(t) => f(&t),
+        Err(poisoned) => f(&poisoned.into_inner()),
+    }
+}
+
+/// Checks the signing files every [`RELOAD_CHECK`]; when they change and load, the CA signs
+/// with them, presents a certificate of the new key, and takes client certificates under every
+/// root it has signed under since it started. Files that do not load change nothing (logged
+/// once per change).
+async fn reload_signing(service: Arc<CaService>, trust_domain: Option<String>, tls: SharedTls) {
+    let mut seen = service.signing_files();
+    let mut client_roots = service.authority.roots();
+    loop {
+        tokio::time::sleep(service.reload_every).await;
+        let files = service.signing_files();
+        if files == seen {
+            continue;
+        }
+        seen = files;
+        let reloaded = service
+            .reload_signing(trust_domain.as_deref())
+            .and_then(|()| {
+                for root in service.authority.roots() {
+                    if !client_roots.contains(&root) {
+                        client_roots.push(root);
+                    }
+                }
+                service.tls_config(&client_roots)
+            });
+        match reloaded {
+            Ok((config, own)) => {
+                let fresh = ServiceTls {
+                    acceptor: TlsAcceptor::from(config),
+                    own,
+                };
+                match tls.write() {
+                    Ok(mut t) => *t = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+                service.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    roots = client_roots.len(),
+                    "ca: the signing files changed; signing with the new ones"
+                );
+            }
+            Err(e) => tracing::warn!(
+                "ca: the signing files changed but do not load; signing with the previous ones: {e:#}"
+            ),
+        }
+    }
+}
+
 /// Serves HTTPS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, service: Arc<CaService>) -> anyhow::Result<()> {
-    let (config, own) = service.tls_config()?;
-    let acceptor = TlsAcceptor::from(config);
+    let (config, own) = service.tls_config(&service.authority.roots())?;
+    let tls: SharedTls = Arc::new(std::sync::RwLock::new(ServiceTls {
+        acceptor: TlsAcceptor::from(config),
+        own,
+    }));
+    if let Some(trust_domain) = service.reload.clone() {
+        tokio::spawn(reload_signing(
+            Arc::clone(&service),
+            trust_domain,
+            Arc::clone(&tls),
+        ));
+    }
     // The service's own certificate, issued again at half its lifetime.
-    let renewer = Arc::clone(&service);
+    let (renewer, renewed) = (Arc::clone(&service), Arc::clone(&tls));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(super::authority::OWN_TTL / 2).await;
@@ -197,7 +327,7 @@ pub async fn serve(listener: TcpListener, service: Arc<CaService>) -> anyhow::Re
                 .id()
                 .and_then(|id| Ok(renewer.authority.issue_own(&id, SystemTime::now())?))
             {
-                Ok(cert) => match own.replace(&cert) {
+                Ok(cert) => match current_tls(&renewed, |t| t.own.replace(&cert)) {
                     Ok(()) => tracing::info!("ca: the service's own certificate renewed"),
                     Err(e) => tracing::warn!("ca: renewing the service's own certificate: {e}"),
                 },
@@ -207,7 +337,10 @@ pub async fn serve(listener: TcpListener, service: Arc<CaService>) -> anyhow::Re
     });
     let cap = crate::listen::ConnectionCap::new(1024).per_peer(64);
     crate::listen::serve("ca", listener, cap, move |stream, peer: SocketAddr| {
-        let (acceptor, service) = (acceptor.clone(), Arc::clone(&service));
+        let (acceptor, service) = (
+            current_tls(&tls, |t| t.acceptor.clone()),
+            Arc::clone(&service),
+        );
         async move {
             let handshake =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
@@ -612,31 +745,119 @@ mod tests {
 
     /// Writes a user PKI as cert-manager would: a root without any SPIFFE name (`ca.crt`) and
     /// an intermediate it signed (`tls.crt` with the root after it, `tls.key`).
+    /// A root of the user's PKI, which issues intermediates for the CA.
+    struct UserPki {
+        root: rcgen::Certificate,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    impl UserPki {
+        fn new() -> UserPki {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+            let root_key = KeyPair::generate().expect("key");
+            let mut root = CertificateParams::default();
+            root.distinguished_name
+                .push(DnType::CommonName, "Example Corp Root");
+            root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let root_cert = root.self_signed(&root_key).expect("root");
+            UserPki {
+                root: root_cert,
+                issuer: Issuer::new(root, root_key),
+            }
+        }
+
+        /// Writes a new intermediate named `name` as cert-manager lays a Secret out
+        /// (`tls.crt` with the root after it, `tls.key`, `ca.crt`); returns its certificate.
+        fn intermediate(&self, dir: &Path, name: &str) -> CertificateDer<'static> {
+            use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+            let key = KeyPair::generate().expect("key");
+            let mut inter = CertificateParams::default();
+            inter.distinguished_name.push(DnType::CommonName, name);
+            inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            let inter_cert = inter.signed_by(&key, &self.issuer).expect("intermediate");
+            std::fs::create_dir_all(dir).expect("dir");
+            std::fs::write(dir.join("ca.crt"), self.root.pem()).expect("ca.crt");
+            std::fs::write(
+                dir.join("tls.crt"),
+                format!("{}{}", inter_cert.pem(), self.root.pem()),
+            )
+            .expect("tls.crt");
+            std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+            inter_cert.der().clone()
+        }
+    }
+
+    /// A CA directory holding an intermediate of a new user PKI: the root.
     fn user_pki(dir: &Path) -> CertificateDer<'static> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let root_key = KeyPair::generate().expect("key");
-        let mut root = CertificateParams::default();
-        root.distinguished_name
-            .push(DnType::CommonName, "Example Corp Root");
-        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root_cert = root.self_signed(&root_key).expect("root");
-        let root_issuer = Issuer::new(root, root_key);
-        let key = KeyPair::generate().expect("key");
-        let mut inter = CertificateParams::default();
-        inter
-            .distinguished_name
-            .push(DnType::CommonName, "Example Corp mesh issuer");
-        inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let inter_cert = inter.signed_by(&key, &root_issuer).expect("intermediate");
-        std::fs::create_dir_all(dir).expect("dir");
-        std::fs::write(dir.join("ca.crt"), root_cert.pem()).expect("ca.crt");
+        let pki = UserPki::new();
+        pki.intermediate(dir, "Example Corp mesh issuer");
+        pki.root.der().clone()
+    }
+
+    /// The user's PKI rotates the intermediate (cert-manager renews its Secret in place): the
+    /// running CA signs with the new one, a node holding a certificate of the old one is still
+    /// served, and files that do not load leave the new one in force.
+    #[tokio::test]
+    async fn a_rotated_intermediate_signs_while_the_ca_runs() {
+        let dir = std::env::temp_dir().join(format!("rampart-ca-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca_dir, pods_dir) = (dir.join("ca"), dir.join("pods"));
+        let pki = UserPki::new();
+        let first = pki.intermediate(&ca_dir, "Example Corp mesh issuer 1");
+        let token = node_tokens::create(&ca_dir, "node-1").expect("token");
+        std::fs::create_dir_all(&pods_dir).expect("pods");
         std::fs::write(
-            dir.join("tls.crt"),
-            format!("{}{}", inter_cert.pem(), root_cert.pem()),
+            pods_dir.join("pods.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{}",
+                pod("backend-1", "backend", "node-1", 1)
+            ),
         )
-        .expect("tls.crt");
-        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
-        root_cert.der().clone()
+        .expect("pods");
+        let mut service = CaService::new(
+            Authority::new(
+                Ca::load_for(&ca_dir, TD).expect("loads"),
+                Duration::from_secs(600),
+            ),
+            &ca_dir,
+            PlacementSource::dir(&pods_dir),
+        )
+        .reloading(Some(TD));
+        service.reload_every = Duration::from_millis(50);
+        let service = Arc::new(service);
+        let (url, task) = serve_on_loopback(&service).await;
+        let bundle = TrustBundle::new(TD, &[pki.root.der().clone()]).expect("bundle");
+        let client = CaClient::new(&url, bundle, token).expect("client");
+        let node = client.node_certificate().await.expect("node certificate");
+        assert_eq!(node.chain[1], first);
+
+        let second = pki.intermediate(&ca_dir, "Example Corp mesh issuer 2");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while service.stats.reloads.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no reload");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let backend = client
+            .workload_certificate(&node, &workload("backend"))
+            .await
+            .expect("a node certificate of the old intermediate is still served");
+        assert_eq!(backend.chain[1], second, "signed by the new intermediate");
+        assert!(
+            service
+                .metrics_text()
+                .contains("rampart_ca_signing_reloads_total 1")
+        );
+
+        std::fs::write(ca_dir.join("tls.key"), "not a key").expect("broken");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = client
+            .workload_certificate(&node, &workload("backend"))
+            .await
+            .expect("still signing");
+        assert_eq!(again.chain[1], second, "broken files change nothing");
+        assert_eq!(service.stats.reloads.load(Ordering::Relaxed), 1);
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// With an intermediate of the user's PKI, certificates chain to the user's root: agents

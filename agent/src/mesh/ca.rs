@@ -43,6 +43,8 @@ pub enum CaError {
     Validity(Duration),
     #[error("not a valid certificate signing request: {0}")]
     Request(String),
+    #[error("the new signing certificate is of trust domain {new}, this CA's is {current}")]
+    OtherTrustDomain { new: String, current: String },
 }
 
 /// A CA that can issue: its certificate (DER and PEM) and the key that signs.

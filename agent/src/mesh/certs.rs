@@ -1,5 +1,5 @@
 //! The certificates of a node's proxy: the node's own, and one per local workload identity
-//! (taken on first use, renewed at half-life), shared by the outbound side (the source
+//! (taken on first use, renewed past half-life by the upkeep, off the flows' path), shared by the outbound side (the source
 //! workload's client certificate) and the tunnel's inbound side (the destination workload's
 //! server certificate); and the roots they are checked against (`ca.crt`, reloaded when it
 //! changes: the new root is trusted beside the previous one).
@@ -88,9 +88,11 @@ struct Certs {
     /// The last root rotation: certificates issued before it are renewed on next use (and
     /// serve meanwhile if the CA cannot renew them).
     rotated_at: Option<SystemTime>,
-    /// Tunnel server configurations presenting a local workload's certificate, until it is
-    /// due for renewal.
+    /// Tunnel server configurations presenting a local workload's certificate, until it
+    /// expires (a renewal or a root rotation removes it sooner).
     servers: HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
+    /// Per workload whose renewal failed: when it is tried again, and how many failed in a row.
+    workload_retry: HashMap<SpiffeId, (std::time::Instant, u32)>,
 }
 
 /// What [`CertStore::upkeep`] changed, for the tunnel's default configuration.
@@ -164,6 +166,7 @@ impl CertStore {
                 workloads: taken,
                 rotated_at: None,
                 servers: HashMap::new(),
+                workload_retry: HashMap::new(),
             }),
             ttl: settings.cert_ttl,
             tables,
@@ -200,8 +203,9 @@ impl CertStore {
         Ok(self.lock()?.bundle.clone())
     }
 
-    /// A workload's certificate, taken on first use and renewed at half-life; while the CA
-    /// service cannot renew it, the current one serves until it expires.
+    /// A workload's certificate: the one held while it is valid (the upkeep renews it past
+    /// half-life, so a slow or unreachable CA never holds up a flow), else a new one from the
+    /// signer (first use, or the CA stayed away until it expired).
     pub async fn workload_cert(
         &self,
         id: &SpiffeId,
@@ -209,18 +213,12 @@ impl CertStore {
         let now = SystemTime::now();
         let (signer, node) = {
             let certs = self.lock()?;
-            let fresh = |c: &&WorkloadCert| {
-                now < c.renew_at() && certs.rotated_at.is_none_or(|at| c.issued_at >= at)
-            };
-            if let Some(c) = certs.workloads.get(id).filter(fresh) {
+            if let Some(c) = certs.workloads.get(id).filter(|c| now < c.not_after) {
                 return Ok((c.clone(), certs.bundle.clone()));
             }
             (certs.signer.clone(), certs.node.clone())
         };
-        let issued = match &signer {
-            Signer::Local(ca) => ca.issue(id, self.ttl, now).map_err(anyhow::Error::from),
-            Signer::Remote(client) => self.ask_service(client, node, id).await,
-        };
+        let issued = self.issue(&signer, node, id, now).await;
         let mut certs = self.lock()?;
         match issued {
             Ok(cert) => {
@@ -231,15 +229,105 @@ impl CertStore {
             Err(e) => {
                 self.ca_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match certs.workloads.get(id).filter(|c| now < c.not_after) {
-                    Some(current) => {
-                        tracing::warn!(workload = %id, "certificates: renewal failed, the current certificate serves until it expires: {e:#}");
-                        Ok((current.clone(), certs.bundle.clone()))
-                    }
-                    None => Err(e.context(format!("a certificate for {id}"))),
+                Err(e.context(format!("a certificate for {id}")))
+            }
+        }
+    }
+
+    async fn issue(
+        &self,
+        signer: &Signer,
+        node: WorkloadCert,
+        id: &SpiffeId,
+        now: SystemTime,
+    ) -> anyhow::Result<WorkloadCert> {
+        match signer {
+            Signer::Local(ca) => ca.issue(id, self.ttl, now).map_err(anyhow::Error::from),
+            Signer::Remote(client) => self.ask_service(client, node, id).await,
+        }
+    }
+
+    /// Renews the workloads' certificates that are due (past their jittered half-life, or issued
+    /// before a root rotation). A workload no pod of this node has any more is dropped (taken
+    /// again on first use if one comes back). A failed renewal is counted, logged with the time
+    /// the current certificate has left (it serves until then), and tried again after a backoff;
+    /// the other due ones wait for the next round rather than each wait for an absent CA.
+    async fn renew_workloads(&self) -> anyhow::Result<()> {
+        let now = SystemTime::now();
+        let (signer, due) = {
+            let mut certs = self.lock()?;
+            let gone: Vec<SpiffeId> = certs
+                .workloads
+                .keys()
+                .filter(|id| {
+                    self.tables
+                        .find(|t| t.runs_locally(id.as_str()).then_some(()))
+                        .is_none()
+                })
+                .cloned()
+                .collect();
+            for id in gone {
+                tracing::debug!(workload = %id, "certificates: no local pod has it any more; dropped");
+                certs.workloads.remove(&id);
+                certs.servers.remove(&id);
+                certs.workload_retry.remove(&id);
+            }
+            let instant = std::time::Instant::now();
+            let due: Vec<SpiffeId> = certs
+                .workloads
+                .iter()
+                .filter(|(id, c)| {
+                    let renew = now >= jittered(c.renew_at(), c)
+                        || certs.rotated_at.is_some_and(|at| c.issued_at < at);
+                    renew
+                        && certs
+                            .workload_retry
+                            .get(*id)
+                            .is_none_or(|(at, _)| instant >= *at)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            (certs.signer.clone(), due)
+        };
+        for id in due {
+            let node = self.node()?;
+            match self.issue(&signer, node, &id, SystemTime::now()).await {
+                Ok(cert) => {
+                    let mut certs = self.lock()?;
+                    certs.workloads.insert(id.clone(), cert);
+                    certs.servers.remove(&id);
+                    certs.workload_retry.remove(&id);
+                    tracing::debug!(workload = %id, "certificates: renewed");
+                }
+                Err(e) => {
+                    self.ca_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut certs = self.lock()?;
+                    let failures = certs
+                        .workload_retry
+                        .get(&id)
+                        .map_or(0, |r| r.1)
+                        .saturating_add(1);
+                    let wait = backoff(failures);
+                    certs
+                        .workload_retry
+                        .insert(id.clone(), (std::time::Instant::now() + wait, failures));
+                    let left = certs
+                        .workloads
+                        .get(&id)
+                        .and_then(|c| c.not_after.duration_since(SystemTime::now()).ok())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        workload = %id,
+                        left_s = left.as_secs(),
+                        retry_in_ms = wait.as_millis(),
+                        "certificates: renewal failed, the current certificate serves until it expires: {e:#}"
+                    );
+                    break;
                 }
             }
         }
+        Ok(())
     }
 
     /// `id`'s certificate from the CA service, asked with the node certificate; if the CA no
@@ -275,16 +363,15 @@ impl CertStore {
         }
         let (cert, bundle) = self.workload_cert(id).await?;
         let config = server_config(&bundle, Arc::new(RotatingCert::new(&cert)?))?;
-        // A certificate kept past its renewal time (the CA unreachable) is retried next time.
-        let until = cert.renew_at().max(now + Duration::from_secs(1));
         self.lock()?
             .servers
-            .insert(id.clone(), (until, Arc::clone(&config)));
+            .insert(id.clone(), (cert.not_after, Arc::clone(&config)));
         Ok(config)
     }
 
     /// Picks up a rotated root (trusted beside the previous one; every certificate is taken
-    /// again from the new one) and renews the node certificate at half-life.
+    /// again from the new one), renews the node certificate, then the workloads', past
+    /// half-life.
     pub async fn upkeep(&self) -> anyhow::Result<Upkeep> {
         let mut out = Upkeep::default();
         let trust_domain = self.node_id.trust_domain().to_owned();
@@ -358,7 +445,22 @@ impl CertStore {
                 }
             }
         }
+        self.renew_workloads().await?;
         Ok(out)
+    }
+
+    /// How many workload certificates this node holds, and how long the one that expires first
+    /// has left.
+    pub fn workloads_time_left(&self) -> (usize, Option<Duration>) {
+        let now = SystemTime::now();
+        self.lock().map_or((0, None), |c| {
+            let soonest = c
+                .workloads
+                .values()
+                .map(|w| w.not_after.duration_since(now).unwrap_or_default())
+                .min();
+            (c.workloads.len(), soonest)
+        })
     }
 
     /// How long the node certificate has left.

@@ -100,6 +100,13 @@ impl MeshTable {
         self.workloads.get(canonical(addr))
     }
 
+    /// Whether a pod behind this node's interfaces has the workload identity `spiffe_id`.
+    pub fn runs_locally(&self, spiffe_id: &str) -> bool {
+        self.workloads
+            .iter()
+            .any(|w| w.local && *w.spiffe_id == *spiffe_id)
+    }
+
     pub fn destination(&self, identity: u32, port: u16) -> Option<&MeshDestination> {
         self.destinations.get(&(identity, port))
     }

@@ -209,6 +209,15 @@ impl AgentCollector {
             None,
             left.metric_type(),
         )?)?;
+        if let (_, Some(soonest)) = mesh.certs.workloads_time_left() {
+            let left = ConstGauge::new(i64::try_from(soonest.as_secs()).unwrap_or(i64::MAX));
+            left.encode(encoder.encode_descriptor(
+                "rampart_workload_certificate_expiry_seconds",
+                "Seconds until the first of this node's workload certificates expires",
+                None,
+                left.metric_type(),
+            )?)?;
+        }
         let stats = &mesh.inbound_stats;
         // One family for every refusal of the proxy's chain: the tunnel's own (`filter="mtls"`:
         // handshake, peer identity, principal), ingress's (`filter="ingress"`: TLS, the pod)
