@@ -436,6 +436,36 @@ fn the_admin_api_is_off_the_network_and_a_connection_flood_stops_nothing() {
         .output()
         .expect("setpriv");
     assert!(!as_nobody.status.success(), "another user read the status");
+    // ... nor push: the set is unchanged.
+    let evil = std::env::temp_dir().join(format!("rampart-nobody-{}.yaml", std::process::id()));
+    std::fs::write(
+        &evil,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: evil-nobody}\n",
+    )
+    .expect("file");
+    let nobody_push = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin])
+        .args(["policy", "push", "--admin-socket"])
+        .arg(&socket)
+        .arg(&evil)
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_file(&evil);
+    assert!(
+        !nobody_push.status.success(),
+        "another user pushed: {}",
+        String::from_utf8_lossy(&nobody_push.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&nobody_push.stderr).contains("admin"),
+        "the refusal names the admin socket: {}",
+        String::from_utf8_lossy(&nobody_push.stderr)
+    );
+    assert_eq!(
+        agent.sample("rampart_policy_pushed_files", ""),
+        0.0,
+        "another user's push changed the set"
+    );
 
     // The pushed set is bounded, and a push replaces or deletes what an earlier one brought.
     let pushes = dir.with_extension("pushes");

@@ -104,6 +104,7 @@ fn peer() -> Peer {
         spiffe_id: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend").ok(),
         source: std::net::SocketAddr::from(([10, 0, 0, 1], 40000)),
         destination: std::net::SocketAddr::from(([10, 0, 0, 2], 8080)),
+        destination_spiffe_id: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/backend").ok(),
         server_name: None,
     }
 }

@@ -19,6 +19,9 @@ pub struct Peer {
     pub spiffe_id: Option<SpiffeId>,
     pub source: SocketAddr,
     pub destination: SocketAddr,
+    /// The destination workload's identity: the one the tunnel's handshake proved, or the
+    /// pod's at ingress; `None` where the node's certificate served (no workload certificate).
+    pub destination_spiffe_id: Option<SpiffeId>,
     /// The SNI of an ingress client whose TLS the proxy terminated.
     pub server_name: Option<String>,
 }

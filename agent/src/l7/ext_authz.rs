@@ -248,7 +248,11 @@ fn check_request(parts: &Parts, peer: &Peer, scheme: &str) -> proto::CheckReques
             }),
             destination: Some(proto::Peer {
                 address: Some(address(peer.destination)),
-                principal: String::new(),
+                principal: peer
+                    .destination_spiffe_id
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+                    .unwrap_or_default(),
             }),
             request: Some(proto::Request {
                 http: Some(proto::HttpRequest {
@@ -529,9 +533,23 @@ mod tests {
             spiffe_id: None,
             source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
             destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination_spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/web/sa/api").ok(),
             server_name: None,
         };
         (parts, peer)
+    }
+
+    /// The gRPC request names the destination workload's SPIFFE ID as Envoy does
+    /// (`attributes.destination.principal`).
+    #[test]
+    fn the_check_request_names_the_destination_workload() {
+        let (parts, peer) = asked();
+        let request = check_request(&parts, &peer, "http");
+        let destination = request
+            .attributes
+            .and_then(|a| a.destination)
+            .unwrap_or_else(|| panic!("no destination"));
+        assert_eq!(destination.principal, "spiffe://td/ns/web/sa/api");
     }
 
     /// A gRPC answer with `body` as its message frame(s) and `grpc-status: 0`.

@@ -70,6 +70,10 @@ pub fn input(parts: &Parts, peer: &Peer, passed: &Passed, scheme: &str) -> Value
     if let Some(id) = &peer.spiffe_id {
         source["principal"] = Value::String(id.as_str().to_owned());
     }
+    let mut destination = json!({"address": address(peer.destination)});
+    if let Some(id) = &peer.destination_spiffe_id {
+        destination["principal"] = Value::String(id.as_str().to_owned());
+    }
     let mut filter_metadata = serde_json::Map::new();
     if let Some(principal) = &passed.principal {
         let claims = Value::Object(principal.claims.0.clone());
@@ -93,7 +97,7 @@ pub fn input(parts: &Parts, peer: &Peer, passed: &Passed, scheme: &str) -> Value
     json!({
         "attributes": {
             "source": source,
-            "destination": {"address": address(peer.destination)},
+            "destination": destination,
             "request": {"http": {
                 "method": parts.method.as_str(),
                 "headers": headers,
@@ -341,6 +345,7 @@ mod tests {
             spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/web/sa/frontend").ok(),
             source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
             destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination_spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/web/sa/api").ok(),
             server_name: None,
         }
     }
@@ -354,6 +359,52 @@ mod tests {
         )
         .map_err(|e| e.message)?;
         Ok(matches!(interpret(&value), Decision::Allow(_)))
+    }
+
+    /// The input names both ends as OPA's Envoy plugin does: addresses, and the SPIFFE IDs of
+    /// the source and of the destination workload.
+    #[test]
+    fn the_input_names_both_ends_by_address_and_spiffe_id() {
+        let value = input(
+            &request("GET", "/orders", None),
+            &peer(),
+            &Passed::default(),
+            "http",
+        );
+        let ends = &value["attributes"];
+        assert_eq!(
+            ends["source"]["principal"],
+            "spiffe://td/ns/web/sa/frontend"
+        );
+        assert_eq!(
+            ends["source"]["address"]["socketAddress"]["address"],
+            "10.0.0.1"
+        );
+        assert_eq!(
+            ends["destination"]["principal"],
+            "spiffe://td/ns/web/sa/api"
+        );
+        assert_eq!(
+            ends["destination"]["address"]["socketAddress"]["portValue"],
+            8080
+        );
+        let anonymous = Peer {
+            spiffe_id: None,
+            destination_spiffe_id: None,
+            ..peer()
+        };
+        let value = input(
+            &request("GET", "/", None),
+            &anonymous,
+            &Passed::default(),
+            "http",
+        );
+        assert!(value["attributes"]["source"].get("principal").is_none());
+        assert!(
+            value["attributes"]["destination"]
+                .get("principal")
+                .is_none()
+        );
     }
 
     /// A thread's reused copy decides each input afresh: nothing of one evaluation (rule

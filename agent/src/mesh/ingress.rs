@@ -24,6 +24,7 @@ use crate::l7::context::Peer;
 use crate::l7::serve::RouteLookup;
 use crate::l7::{HttpRoute, L7Stats};
 use crate::limits::{Limit, ProxyGuards};
+use crate::spiffe::SpiffeId;
 
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -75,16 +76,25 @@ impl IngressContext {
 ///
 /// `routes` answers each request's L7 route from the policy in force (when the port had
 /// rules as the connection was accepted).
+/// `destination_id`: the destination pod's workload identity (shown to authorizers).
 pub async fn serve(
     stream: TcpStream,
     source: SocketAddr,
-    destination: SocketAddr,
+    (destination, destination_id): (SocketAddr, Option<SpiffeId>),
     route: Arc<IngressRoute>,
     routes: RouteLookup,
     ctx: &Arc<IngressContext>,
 ) {
     let Some(tls) = &route.tls else {
-        return relay(stream, None, (source, destination), &route, routes, ctx).await;
+        return relay(
+            stream,
+            None,
+            (source, destination, destination_id),
+            &route,
+            routes,
+            ctx,
+        )
+        .await;
     };
     // A handshake holds a slot of the source's and the node's share until it ends; over
     // either share it waits for one, within its own timeout (then counted, closed).
@@ -122,7 +132,7 @@ pub async fn serve(
     relay(
         stream,
         server_name,
-        (source, destination),
+        (source, destination, destination_id),
         &route,
         routes,
         ctx,
@@ -155,7 +165,7 @@ async fn connect_pod(
 async fn relay<D>(
     downstream: D,
     server_name: Option<String>,
-    (source, destination): (SocketAddr, SocketAddr),
+    (source, destination, destination_id): (SocketAddr, SocketAddr, Option<SpiffeId>),
     route: &IngressRoute,
     routes: RouteLookup,
     ctx: &Arc<IngressContext>,
@@ -168,6 +178,7 @@ async fn relay<D>(
                 spiffe_id: None,
                 source,
                 destination,
+                destination_spiffe_id: destination_id,
                 server_name,
             };
             let pods = Arc::clone(ctx);

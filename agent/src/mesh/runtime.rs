@@ -389,10 +389,20 @@ impl MeshRuntime {
             if table.workload(peer.ip()).is_none()
                 && let Some(route) = table.ingress(original)
             {
+                let destination_id = table
+                    .workload(original.ip())
+                    .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok());
                 drop(table);
                 let routes = self.ingress_routes(peer, original);
-                return super::ingress::serve(stream, peer, original, route, routes, &self.ingress)
-                    .await;
+                return super::ingress::serve(
+                    stream,
+                    peer,
+                    (original, destination_id),
+                    route,
+                    routes,
+                    &self.ingress,
+                )
+                .await;
             }
             let Some(src) = table.workload(peer.ip()).filter(|w| w.local) else {
                 tracing::info!(%peer, %original, "proxy: source is not a local workload");

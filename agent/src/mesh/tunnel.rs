@@ -302,18 +302,15 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<I
         Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
         _ => return refuse(MtlsReason::NotSpiffe),
     };
-    let served_addr = served.map(|(addr, _)| addr);
     let drain = inbound.drain.clone();
     let settings = limits.settings.clone();
     let streamed = Arc::new(tokio::sync::Notify::new());
     let stream_seen = Arc::clone(&streamed);
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
-        let peer = peer.clone();
+        let (peer, served) = (peer.clone(), served.clone());
         stream_seen.notify_one();
-        async move {
-            Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served_addr, inbound).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served, inbound).await) }
     });
     // Pings find a peer that vanished without closing (a node gone, a partition), so its
     // connection and the descriptors of its flows do not stay open for ever.
@@ -373,11 +370,12 @@ fn forwarded_for(req: &Request<Incoming>) -> Option<SocketAddr> {
 }
 
 /// One CONNECT stream; `served`: the destination address whose workload's certificate the
-/// connection presented (streams to any other address are refused).
+/// connection presented, and that workload's identity (streams to any other address are
+/// refused).
 async fn handle_stream(
     req: Request<Incoming>,
     peer: SpiffeId,
-    served: Option<IpAddr>,
+    served: Option<(IpAddr, SpiffeId)>,
     inbound: Arc<Inbound>,
 ) -> Response<Empty<Bytes>> {
     let destination = req
@@ -392,7 +390,10 @@ async fn handle_stream(
         inbound.refuse(MtlsReason::BadRequest, Some(&peer), None, None);
         return status(StatusCode::BAD_REQUEST);
     };
-    if served.is_some_and(|addr| addr != destination.ip().to_canonical()) {
+    if served
+        .as_ref()
+        .is_some_and(|(addr, _)| *addr != destination.ip().to_canonical())
+    {
         inbound.refuse(
             MtlsReason::DestinationMismatch,
             Some(&peer),
@@ -430,6 +431,7 @@ async fn handle_stream(
             spiffe_id: Some(flow.peer.clone()),
             source,
             destination,
+            destination_spiffe_id: served.map(|(_, id)| id),
             server_name: None,
         };
         let shared = crate::l7::serve::RelayShared {

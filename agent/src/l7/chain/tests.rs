@@ -102,6 +102,7 @@ fn peer() -> Peer {
         spiffe_id: SpiffeId::parse("spiffe://td/ns/web/sa/frontend").ok(),
         source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
         destination: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+        destination_spiffe_id: SpiffeId::parse("spiffe://td/ns/web/sa/api").ok(),
         server_name: None,
     }
 }

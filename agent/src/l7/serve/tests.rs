@@ -28,6 +28,7 @@ fn peer() -> Peer {
         spiffe_id: None,
         source: "10.0.0.1:1000".parse().unwrap_or_else(|e| panic!("{e}")),
         destination: "10.0.0.2:80".parse().unwrap_or_else(|e| panic!("{e}")),
+        destination_spiffe_id: None,
         server_name: None,
     }
 }
