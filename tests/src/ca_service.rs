@@ -153,6 +153,11 @@ impl CaServer {
         }
     }
 
+    /// Where its log is written (it stays readable after the process ends).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.log_path.clone()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(no log: {e})"))
     }

@@ -7,7 +7,8 @@
 //! - the browser is sent to the provider, logs in on its page, lands back on the page it asked
 //!   for with a session cookie (`Secure`, `HttpOnly`, `SameSite=Lax`), and the pod sees the
 //!   user's claims, never the cookie;
-//! - the session holds on the other node (pod c) and after node 2's agent restarts;
+//! - the session holds on the other node (pod c), east-west from pod c to pod b through the
+//!   tunnel (an app forwarding its user's cookie), and after node 2's agent restarts;
 //! - past the ID token's lifetime the refresh token renews it (a new cookie);
 //! - an API call without a session gets 401, not a redirect; a tampered cookie 401; an answer
 //!   at the callback whose state is replayed or foreign 400; a session past its lifetime 401;
@@ -235,6 +236,38 @@ fn a_browser_logs_in_and_its_session_holds_across_nodes_restarts_and_renewals() 
         w.mesh.node("node-1").log()
     );
     assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
+
+    // East-west: pod c (node 1) calls b (node 2) through the tunnel with the user's session,
+    // as an app forwarding its user's cookie to a backend would: b's node opens it; without it,
+    // the call gets 401.
+    let c_ns = w.topo.pod("shop/c").ns.path();
+    let east_west = |headers: &[(&str, &str)]| {
+        rampart_tests::probe::http_request(
+            &c_ns,
+            SocketAddr::new(IpAddr::V4(b), APP),
+            "GET",
+            "/orders/10",
+            headers,
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("c to b through the tunnel: {e:#}"))
+    };
+    let tunnelled = || {
+        w.mesh
+            .node("node-2")
+            .sample("rampart_proxy_flows_total", "direction=\"inbound\"")
+    };
+    let before = tunnelled();
+    let reply = east_west(&cookie_header);
+    assert_eq!(
+        reply.status,
+        200,
+        "{reply:?}\nnode-2 log:\n{}",
+        w.mesh.node("node-2").log()
+    );
+    assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
+    assert_eq!(east_west(&json).status, 401);
+    assert!(tunnelled() >= before + 2.0, "both calls crossed the tunnel");
 
     // No session: an API call gets 401, a page navigation a redirect to the provider.
     assert_eq!(w.https(b, APP, "/orders/8", &json).status, 401);

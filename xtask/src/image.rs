@@ -77,15 +77,26 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<()> {
     if !crs.join("rules").is_dir() {
         bail!("{}: not a Core Rule Set (no rules/)", crs.display());
     }
+    // The CRS keeps its directory's name in the context; the Containerfile's build argument
+    // `CRS` names it.
+    let crs_name = crs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !matches!(*n, "rootfs" | "rampart"))
+        .unwrap_or("crs")
+        .to_owned();
     exec(
         Command::new("cp")
             .arg("-a")
             .arg(&crs)
-            .arg(context.join("crs")),
+            .arg(context.join(&crs_name)),
     )?;
     exec(
         Command::new("buildah")
-            .args([STORAGE, "bud", "--layers=false", "-t", &tag, "-f"])
+            .args([STORAGE, "bud", "--layers=false", "-t", &tag])
+            .arg("--build-arg")
+            .arg(format!("CRS={crs_name}"))
+            .arg("-f")
             .arg(root.join("deploy/Containerfile"))
             .arg(&context),
     )

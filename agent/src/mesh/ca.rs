@@ -458,6 +458,17 @@ fn issuer_of(
         path: key_path.clone(),
         reason: e.to_string(),
     })?;
+    // rcgen signs with whatever key it is given: a key of another certificate (a pair caught
+    // half-replaced, a wrong Secret) would issue certificates that verify under nothing.
+    let matches = x509_parser::parse_x509_certificate(cert).is_ok_and(|(_, parsed)| {
+        parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    });
+    if !matches {
+        return Err(CaError::Invalid {
+            path: key_path,
+            reason: "not the key of the CA certificate".to_owned(),
+        });
+    }
     Issuer::from_ca_cert_der(cert, key).map_err(|e| CaError::Invalid {
         path: key_path,
         reason: format!("not the key of the CA certificate, or not usable: {e}"),
@@ -536,6 +547,16 @@ mod tests {
             "another trust domain's root"
         );
         assert!(Ca::load(&dir.join("missing")).is_err());
+        // Another CA's key beside the certificate (a pair caught half-replaced).
+        let other = Ca::generate("example.org", Duration::from_secs(3600), SystemTime::now())
+            .expect("other");
+        let other_dir = dir.join("other");
+        other.write(&other_dir, false).expect("write other");
+        std::fs::copy(other_dir.join(CA_KEY_FILE), dir.join(CA_KEY_FILE)).expect("key");
+        let err = Ca::load(&dir)
+            .expect_err("a key of another certificate")
+            .to_string();
+        assert!(err.contains("not the key of the CA certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
