@@ -149,6 +149,17 @@ impl World {
         .unwrap_or_else(|e| panic!("{e:#}\nnode-2 log:\n{}", self.mesh.node("node-2").log()))
     }
 
+    /// `reply` is a 200 whose pod saw alice's claims (else `node`'s agent log is shown).
+    fn assert_alice(&self, reply: &HttpReply, node: &str) {
+        assert_eq!(
+            reply.status,
+            200,
+            "{reply:?}\n{node} log:\n{}",
+            self.mesh.node(node).log()
+        );
+        assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
+    }
+
     /// HTTPS from outside to `pod`'s `port` (SNI api.shop.test), with `headers`.
     fn https(&self, pod: Ipv4Addr, port: u16, path: &str, headers: &[(&str, &str)]) -> HttpReply {
         https_request(
@@ -225,17 +236,11 @@ fn a_browser_logs_in_and_its_session_holds_across_nodes_restarts_and_renewals() 
     let cookie_header = [("cookie", with_session.as_str()), json[0]];
 
     // The session outside the browser, on both nodes.
-    let reply = w.https(b, APP, "/orders/8", &cookie_header);
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
-    let reply = w.https(ip(1, 20), APP, "/orders/9", &cookie_header);
-    assert_eq!(
-        reply.status,
-        200,
-        "node 1's agent opens it: {reply:?}\n{}",
-        w.mesh.node("node-1").log()
+    w.assert_alice(&w.https(b, APP, "/orders/8", &cookie_header), "node-2");
+    w.assert_alice(
+        &w.https(ip(1, 20), APP, "/orders/9", &cookie_header),
+        "node-1",
     );
-    assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
 
     // East-west: pod c (node 1) calls b (node 2) through the tunnel with the user's session,
     // as an app forwarding its user's cookie to a backend would: b's node opens it; without it,
@@ -258,14 +263,7 @@ fn a_browser_logs_in_and_its_session_holds_across_nodes_restarts_and_renewals() 
             .sample("rampart_proxy_flows_total", "direction=\"inbound\"")
     };
     let before = tunnelled();
-    let reply = east_west(&cookie_header);
-    assert_eq!(
-        reply.status,
-        200,
-        "{reply:?}\nnode-2 log:\n{}",
-        w.mesh.node("node-2").log()
-    );
-    assert!(reply.body.contains("x-user: alice"), "{}", reply.body);
+    w.assert_alice(&east_west(&cookie_header), "node-2");
     assert_eq!(east_west(&json).status, 401);
     assert!(tunnelled() >= before + 2.0, "both calls crossed the tunnel");
 

@@ -248,26 +248,29 @@ impl CertStore {
     }
 
     /// Renews the workloads' certificates that are due (past their jittered half-life, or issued
-    /// before a root rotation). A workload no pod of this node has any more is dropped (taken
-    /// again on first use if one comes back). A failed renewal is counted, logged with the time
-    /// the current certificate has left (it serves until then), and tried again after a backoff;
-    /// the other due ones wait for the next round rather than each wait for an absent CA.
+    /// before a root rotation) while a pod of this node has the identity; drops an expired one no
+    /// local pod has (taken again on first use if one comes back). Before the first generation
+    /// is in force no pod is known, so a successor's carried certificates are kept, not renewed.
+    /// A failed renewal is counted, logged with the time the current certificate has left (it
+    /// serves until then), and tried again after a backoff; the other due ones wait for the next
+    /// round rather than each wait for an absent CA.
     async fn renew_workloads(&self) -> anyhow::Result<()> {
         let now = SystemTime::now();
+        let local = |id: &SpiffeId| {
+            self.tables
+                .find(|t| t.runs_locally(id.as_str()).then_some(()))
+                .is_some()
+        };
         let (signer, due) = {
             let mut certs = self.lock()?;
             let gone: Vec<SpiffeId> = certs
                 .workloads
-                .keys()
-                .filter(|id| {
-                    self.tables
-                        .find(|t| t.runs_locally(id.as_str()).then_some(()))
-                        .is_none()
-                })
-                .cloned()
+                .iter()
+                .filter(|(id, c)| now >= c.not_after && !local(id))
+                .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
-                tracing::debug!(workload = %id, "certificates: no local pod has it any more; dropped");
+                tracing::debug!(workload = %id, "certificates: expired, and no local pod has it; dropped");
                 certs.workloads.remove(&id);
                 certs.servers.remove(&id);
                 certs.workload_retry.remove(&id);
@@ -284,6 +287,7 @@ impl CertStore {
                             .workload_retry
                             .get(*id)
                             .is_none_or(|(at, _)| instant >= *at)
+                        && local(id)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
