@@ -133,18 +133,6 @@ impl CaServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Stops (`true`: SIGSTOP) or continues (`false`: SIGCONT) the process: stopped, it still
-    /// takes connections (the kernel completes them) and never answers, as a hung CA or a
-    /// partition that drops the answers would.
-    pub fn freeze(&self, frozen: bool) {
-        if let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) {
-            // SAFETY: a signal to our own child.
-            unsafe {
-                libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
-            }
-        }
-    }
-
     /// Kills the process (as a crash or an outage would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -167,5 +155,17 @@ impl Drop for CaServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Stops (`true`: SIGSTOP) or continues (`false`: SIGCONT) the CA service's process `pid`
+/// ([`CaServer::pid`]): stopped, it still takes connections (the kernel completes them) and
+/// never answers, as a hung CA or a partition that drops the answers would.
+pub fn freeze(pid: u32, frozen: bool) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: a signal to the test's own child.
+        unsafe {
+            libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+        }
     }
 }

@@ -217,36 +217,62 @@ fn no_node_can_sign_for_another_nodes_workloads() {
     mesh.ca_server().expect("ca").resume().expect("CA back");
     assert!(exchange(a_ns, b, 1, Duration::ZERO));
 
-    // A CA that takes connections and never answers: a certificate past its renewal time but
-    // still valid serves a new tunnel at once (renewals run off the flows' path; before, the
-    // flow waited for the CA's 10 s timeout). The CA is frozen when a's certificate has 6-7 s
-    // left (it renews at 4-5 s left) and b's at least 4: once a's is under 4 s (past renewal,
-    // within 3 s), b's has at least 1 s more.
+    // A CA that takes connections and never answers: certificates past their renewal time but
+    // still valid serve a new tunnel at once (renewals run off the flows' path; before, the
+    // flow waited for the CA's 10 s timeout). A root added to the agents' ca.crt makes every
+    // certificate due at once (those issued before a rotation are taken again): first with the
+    // CA up, so both nodes' are fresh together; then with the CA frozen, so both are due and
+    // valid for several seconds more.
+    let ca_pid = mesh
+        .ca_server()
+        .and_then(|ca| ca.pid())
+        .expect("the CA service runs");
+    let rotations = |node: &str| mesh.node(node).log().matches("rotated root loaded").count();
+    let add_root = |name: &str| {
+        let dir = mesh.trust_dir().with_extension(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = rampart_tests::agent::rampart_bin().expect("binary");
+        rampart_tests::cmd::run(
+            bin.to_str().expect("path"),
+            &["ca", "init", "--dir", dir.to_str().expect("path")],
+        )
+        .expect("another root");
+        let trusted = mesh.trust_dir().join("ca.crt");
+        let mut roots = std::fs::read_to_string(&trusted).expect("roots");
+        roots.push_str(&std::fs::read_to_string(dir.join("ca.crt")).expect("root"));
+        std::fs::write(&trusted, roots).expect("roots to the agents");
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    let rotate = |name: &str| {
+        let before = (rotations("node-1"), rotations("node-2"));
+        add_root(name);
+        rampart_tests::eventually(
+            "both agents to load the roots",
+            Duration::from_secs(10),
+            || (rotations("node-1") > before.0 && rotations("node-2") > before.1).then_some(()),
+        );
+    };
+    rotate("extra-1");
     rampart_tests::eventually(
-        "a's certificate 6-7 s from expiry, b's at least 4 s",
-        Duration::from_secs(40),
+        "fresh certificates on both nodes",
+        Duration::from_secs(10),
         || {
-            let (a, b) = (
-                workload_seconds_left(&mesh, "node-1")?,
-                workload_seconds_left(&mesh, "node-2")?,
-            );
-            (a == 6 && b >= 4).then_some(())
+            (workload_seconds_left(&mesh, "node-1")? >= 8
+                && workload_seconds_left(&mesh, "node-2")? >= 8)
+                .then_some(())
         },
     );
-    mesh.ca_server().expect("ca").freeze(true);
-    rampart_tests::eventually(
-        "a's certificate past renewal",
-        Duration::from_secs(5),
-        || (workload_seconds_left(&mesh, "node-1")? <= 3).then_some(()),
-    );
+    rampart_tests::ca_service::freeze(ca_pid, true);
+    rotate("extra-2");
     let started = std::time::Instant::now();
     assert!(
         exchange(a_ns, b, 1, Duration::ZERO),
-        "a new tunnel on certificates past renewal, the CA hung; node-1 log:\n{}",
-        mesh.node("node-1").log()
+        "a new tunnel on certificates due for renewal, the CA hung; node-1 log:\n{}\nnode-2 log:\n{}",
+        mesh.node("node-1").log(),
+        mesh.node("node-2").log()
     );
     println!("new tunnel with the CA hung: {:?}", started.elapsed());
-    mesh.ca_server().expect("ca").freeze(false);
+    rampart_tests::ca_service::freeze(ca_pid, false);
 
     // No agent holds the key.
     let key = mesh.ca_service_dir().join("ca.key");

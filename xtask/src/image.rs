@@ -82,7 +82,11 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<()> {
     let crs_name = crs
         .file_name()
         .and_then(|n| n.to_str())
-        .filter(|n| !matches!(*n, "rootfs" | "rampart"))
+        .filter(|n| {
+            !matches!(*n, "rootfs" | "rampart")
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
         .unwrap_or("crs")
         .to_owned();
     exec(

@@ -257,32 +257,41 @@ fn current_tls<T>(tls: &SharedTls, f: impl FnOnce(&ServiceTls) -> T) -> T {
     }
 }
 
-/// Checks the signing files every [`RELOAD_CHECK`]; when they change and load, the CA signs
-/// with them, presents a certificate of the new key, and takes client certificates under every
-/// root it has signed under since it started. Files that do not load change nothing (logged
-/// once per change).
+/// Checks the signing files every [`RELOAD_CHECK`]; when they change, and read the same again
+/// a moment later (a replacement in progress finishes first), and load, the CA signs with them,
+/// presents a certificate of the new key, and takes client certificates under the new roots and
+/// those it signed under just before (nodes are served through a rotation, as agents trust the
+/// previous root beside the new; a root two rotations old is trusted no more). Files that do
+/// not load change nothing (logged once per change).
 async fn reload_signing(service: Arc<CaService>, trust_domain: Option<String>, tls: SharedTls) {
     let mut seen = service.signing_files();
-    let mut client_roots = service.authority.roots();
     loop {
         tokio::time::sleep(service.reload_every).await;
         let files = service.signing_files();
         if files == seen {
             continue;
         }
+        tokio::time::sleep(service.reload_every.min(Duration::from_secs(1))).await;
+        if service.signing_files() != files {
+            continue;
+        }
         seen = files;
+        let previous = service.authority.roots();
         let reloaded = service
             .reload_signing(trust_domain.as_deref())
             .and_then(|()| {
-                for root in service.authority.roots() {
+                let mut client_roots = service.authority.roots();
+                for root in previous {
                     if !client_roots.contains(&root) {
                         client_roots.push(root);
                     }
                 }
-                service.tls_config(&client_roots)
+                service
+                    .tls_config(&client_roots)
+                    .map(|t| (t, client_roots.len()))
             });
         match reloaded {
-            Ok((config, own)) => {
+            Ok(((config, own), roots)) => {
                 let fresh = ServiceTls {
                     acceptor: TlsAcceptor::from(config),
                     own,
@@ -293,7 +302,7 @@ async fn reload_signing(service: Arc<CaService>, trust_domain: Option<String>, t
                 }
                 service.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    roots = client_roots.len(),
+                    roots,
                     "ca: the signing files changed; signing with the new ones"
                 );
             }
@@ -743,9 +752,8 @@ mod tests {
         }
     }
 
-    /// Writes a user PKI as cert-manager would: a root without any SPIFFE name (`ca.crt`) and
-    /// an intermediate it signed (`tls.crt` with the root after it, `tls.key`).
-    /// A root of the user's PKI, which issues intermediates for the CA.
+    /// A root of the user's PKI (without any SPIFFE name), which issues intermediates for the
+    /// CA.
     struct UserPki {
         root: rcgen::Certificate,
         issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -787,7 +795,8 @@ mod tests {
         }
     }
 
-    /// A CA directory holding an intermediate of a new user PKI: the root.
+    /// Writes a user PKI as cert-manager would: a root (`ca.crt`) and an intermediate it signed
+    /// (`tls.crt` with the root after it, `tls.key`); returns the root.
     fn user_pki(dir: &Path) -> CertificateDer<'static> {
         let pki = UserPki::new();
         pki.intermediate(dir, "Example Corp mesh issuer");

@@ -85,8 +85,8 @@ struct Certs {
     root: Root,
     node: WorkloadCert,
     workloads: HashMap<SpiffeId, WorkloadCert>,
-    /// The last root rotation: certificates issued before it are renewed on next use (and
-    /// serve meanwhile if the CA cannot renew them).
+    /// The last root rotation: certificates issued before it are renewed by the next upkeep
+    /// (and serve meanwhile, also if the CA cannot renew them).
     rotated_at: Option<SystemTime>,
     /// Tunnel server configurations presenting a local workload's certificate, until it
     /// expires (a renewal or a root rotation removes it sooner).
@@ -177,6 +177,13 @@ impl CertStore {
         })
     }
 
+    /// Whether a pod of this node has the identity `id` (in the policy in force, or staged).
+    fn runs_here(&self, id: &SpiffeId) -> bool {
+        self.tables
+            .find(|t| t.runs_locally(id.as_str()).then_some(()))
+            .is_some()
+    }
+
     fn lock(&self) -> anyhow::Result<MutexGuard<'_, Certs>> {
         self.certs
             .lock()
@@ -254,13 +261,9 @@ impl CertStore {
     /// A failed renewal is counted, logged with the time the current certificate has left (it
     /// serves until then), and tried again after a backoff; the other due ones wait for the next
     /// round rather than each wait for an absent CA.
-    async fn renew_workloads(&self) -> anyhow::Result<()> {
+    pub async fn renew_workloads(&self) -> anyhow::Result<()> {
         let now = SystemTime::now();
-        let local = |id: &SpiffeId| {
-            self.tables
-                .find(|t| t.runs_locally(id.as_str()).then_some(()))
-                .is_some()
-        };
+        let local = |id: &SpiffeId| self.runs_here(id);
         let (signer, due) = {
             let mut certs = self.lock()?;
             let gone: Vec<SpiffeId> = certs
@@ -367,15 +370,24 @@ impl CertStore {
         }
         let (cert, bundle) = self.workload_cert(id).await?;
         let config = server_config(&bundle, Arc::new(RotatingCert::new(&cert)?))?;
-        self.lock()?
-            .servers
-            .insert(id.clone(), (cert.not_after, Arc::clone(&config)));
+        let mut certs = self.lock()?;
+        // Kept only while it is still the workload's certificate: a renewal that landed
+        // meanwhile must not be masked until this one expires.
+        if certs
+            .workloads
+            .get(id)
+            .is_some_and(|held| held.chain.first() == cert.chain.first())
+        {
+            certs
+                .servers
+                .insert(id.clone(), (cert.not_after, Arc::clone(&config)));
+        }
         Ok(config)
     }
 
     /// Picks up a rotated root (trusted beside the previous one; every certificate is taken
-    /// again from the new one), renews the node certificate, then the workloads', past
-    /// half-life.
+    /// again from the new one) and renews the node certificate past half-life; the caller puts
+    /// what changed in force, then calls [`CertStore::renew_workloads`].
     pub async fn upkeep(&self) -> anyhow::Result<Upkeep> {
         let mut out = Upkeep::default();
         let trust_domain = self.node_id.trust_domain().to_owned();
@@ -449,21 +461,22 @@ impl CertStore {
                 }
             }
         }
-        self.renew_workloads().await?;
         Ok(out)
     }
 
-    /// How many workload certificates this node holds, and how long the one that expires first
-    /// has left.
+    /// How many certificates this node holds for identities its pods have, and how long the
+    /// one that expires first has left (those of pods that left, kept until they expire, do not
+    /// count).
     pub fn workloads_time_left(&self) -> (usize, Option<Duration>) {
         let now = SystemTime::now();
         self.lock().map_or((0, None), |c| {
-            let soonest = c
+            let held: Vec<Duration> = c
                 .workloads
-                .values()
-                .map(|w| w.not_after.duration_since(now).unwrap_or_default())
-                .min();
-            (c.workloads.len(), soonest)
+                .iter()
+                .filter(|(id, _)| self.runs_here(id))
+                .map(|(_, w)| w.not_after.duration_since(now).unwrap_or_default())
+                .collect();
+            (held.len(), held.iter().min().copied())
         })
     }
 
@@ -477,13 +490,17 @@ impl CertStore {
 }
 
 impl DestinationIdentity for CertStore {
+    fn identity_of(&self, addr: IpAddr) -> Option<SpiffeId> {
+        self.tables.find(|t| {
+            t.workload(addr)
+                .filter(|w| w.local)
+                .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok())
+        })
+    }
+
     fn config_for(&self, addr: IpAddr) -> IdentityFuture<'_> {
         Box::pin(async move {
-            let id = self.tables.find(|t| {
-                t.workload(addr)
-                    .filter(|w| w.local)
-                    .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok())
-            })?;
+            let id = self.identity_of(addr)?;
             match self.server_config_of(&id).await {
                 Ok(config) => Some((id, config)),
                 Err(e) => {

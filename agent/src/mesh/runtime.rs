@@ -333,9 +333,9 @@ impl MeshRuntime {
             .map_or_else(Vec::new, |c| c.oldest(n))
     }
 
-    /// Renews the node certificate at half-life and picks up a rotated root: the new root is
+    /// Renews the node certificate at half-life and picks up a rotated root (the new root is
     /// trusted beside the old one, new certificates come from it, and established connections
-    /// keep theirs.
+    /// keep theirs), puts them in force, then renews the workloads' certificates.
     async fn upkeep(&self) -> anyhow::Result<()> {
         let changed = self.certs.upkeep().await?;
         if let Some(node) = &changed.node {
@@ -347,7 +347,7 @@ impl MeshRuntime {
                 *c = config;
             }
         }
-        Ok(())
+        self.certs.renew_workloads().await
     }
 
     /// The L7 route of an ingress flow from `source` to `original`, looked up in the table in

@@ -96,6 +96,11 @@ pub trait Authorize: Send + Sync {
 /// client that named a workload accepts).
 pub trait DestinationIdentity: Send + Sync {
     fn config_for(&self, addr: IpAddr) -> IdentityFuture<'_>;
+
+    /// The identity of the local workload at `addr` in the policy in force, looked up for each
+    /// stream (what the L7 chain's authorizers are told the destination is, whatever the
+    /// client's handshake named).
+    fn identity_of(&self, addr: IpAddr) -> Option<SpiffeId>;
 }
 
 /// What [`DestinationIdentity::config_for`] returns: the certificate may have to be asked for.
@@ -302,15 +307,18 @@ async fn handle_connection(stream: TcpStream, remote: SocketAddr, inbound: Arc<I
         Some(Ok(id)) if id.trust_domain() == inbound.trust_domain => id,
         _ => return refuse(MtlsReason::NotSpiffe),
     };
+    let served_addr = served.map(|(addr, _)| addr);
     let drain = inbound.drain.clone();
     let settings = limits.settings.clone();
     let streamed = Arc::new(tokio::sync::Notify::new());
     let stream_seen = Arc::clone(&streamed);
     let service = hyper::service::service_fn(move |req| {
         let inbound = Arc::clone(&inbound);
-        let (peer, served) = (peer.clone(), served.clone());
+        let peer = peer.clone();
         stream_seen.notify_one();
-        async move { Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served, inbound).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(handle_stream(req, peer, served_addr, inbound).await)
+        }
     });
     // Pings find a peer that vanished without closing (a node gone, a partition), so its
     // connection and the descriptors of its flows do not stay open for ever.
@@ -370,12 +378,11 @@ fn forwarded_for(req: &Request<Incoming>) -> Option<SocketAddr> {
 }
 
 /// One CONNECT stream; `served`: the destination address whose workload's certificate the
-/// connection presented, and that workload's identity (streams to any other address are
-/// refused).
+/// connection presented (streams to any other address are refused).
 async fn handle_stream(
     req: Request<Incoming>,
     peer: SpiffeId,
-    served: Option<(IpAddr, SpiffeId)>,
+    served: Option<IpAddr>,
     inbound: Arc<Inbound>,
 ) -> Response<Empty<Bytes>> {
     let destination = req
@@ -390,10 +397,7 @@ async fn handle_stream(
         inbound.refuse(MtlsReason::BadRequest, Some(&peer), None, None);
         return status(StatusCode::BAD_REQUEST);
     };
-    if served
-        .as_ref()
-        .is_some_and(|(addr, _)| *addr != destination.ip().to_canonical())
-    {
+    if served.is_some_and(|addr| addr != destination.ip().to_canonical()) {
         inbound.refuse(
             MtlsReason::DestinationMismatch,
             Some(&peer),
@@ -431,7 +435,10 @@ async fn handle_stream(
             spiffe_id: Some(flow.peer.clone()),
             source,
             destination,
-            destination_spiffe_id: served.map(|(_, id)| id),
+            destination_spiffe_id: inbound
+                .identities
+                .as_ref()
+                .and_then(|i| i.identity_of(destination.ip())),
             server_name: None,
         };
         let shared = crate::l7::serve::RelayShared {
