@@ -33,10 +33,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Serves until killed.
 pub fn serve_ca(args: &CaServeArgs) -> anyhow::Result<()> {
-    let ca = match &args.trust_domain {
-        Some(td) => Ca::load_for(&args.dir, td)?,
-        None => Ca::load(&args.dir)?,
-    };
+    let ca = Ca::load_signing(&args.dir, args.trust_domain.as_deref())?;
     let authority = Authority::new(ca, Duration::from_secs(args.cert_ttl));
     runtime()?.block_on(async move {
         let placement = match (&args.pods_dir, &args.kubeconfig, args.kube) {

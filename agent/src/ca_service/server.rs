@@ -12,8 +12,8 @@
 //!
 //! With [`CaService::reloading`], the signing files (`ca.crt`/`ca.key`, or the user's
 //! intermediate in `tls.crt`/`tls.key`) are read again when they change: the CA signs with the
-//! new ones from then on, and nodes whose certificates chain to a root it signed under before
-//! are still served (their next certificates come from the new key).
+//! new ones from then on, and nodes whose certificates chain to the root it signed under just
+//! before are still served (their next certificates come from the new key).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -130,10 +130,7 @@ impl CaService {
 
     /// Loads the signing files and signs with them from now on.
     fn reload_signing(&self, trust_domain: Option<&str>) -> anyhow::Result<()> {
-        let ca = match trust_domain {
-            Some(td) => crate::mesh::ca::Ca::load_for(&self.ca_dir, td)?,
-            None => crate::mesh::ca::Ca::load(&self.ca_dir)?,
-        };
+        let ca = crate::mesh::ca::Ca::load_signing(&self.ca_dir, trust_domain)?;
         self.authority.replace(ca)?;
         Ok(())
     }

@@ -313,6 +313,15 @@ impl Ca {
         })
     }
 
+    /// The signing CA of `dir`: for `trust_domain` ([`Ca::load_for`]), or for the one `ca.crt`
+    /// names ([`Ca::load`]).
+    pub fn load_signing(dir: &Path, trust_domain: Option<&str>) -> Result<Ca, CaError> {
+        match trust_domain {
+            Some(td) => Ca::load_for(dir, td),
+            None => Ca::load(dir),
+        }
+    }
+
     /// Loads the CA of `dir` for `trust_domain`: an intermediate of the user's PKI if `dir` has
     /// `tls.crt` (the intermediate, then the certificates above it), `tls.key` and `ca.crt`
     /// (the roots): the layout of cert-manager's and Vault's issuing certificates, so the

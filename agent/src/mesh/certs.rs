@@ -1,7 +1,7 @@
 //! The certificates of a node's proxy: the node's own, and one per local workload identity
-//! (taken on first use, renewed past half-life by the upkeep, off the flows' path), shared by the outbound side (the source
-//! workload's client certificate) and the tunnel's inbound side (the destination workload's
-//! server certificate); and the roots they are checked against (`ca.crt`, reloaded when it
+//! (taken on first use, renewed past half-life by the upkeep, off the flows' path), shared by
+//! the outbound side (the source workload's client certificate) and the tunnel's inbound side
+//! (the destination workload's server certificate); and the roots they are checked against (`ca.crt`, reloaded when it
 //! changes: the new root is trusted beside the previous one).
 //!
 //! They come from a [`Signer`]: the CA service (`--ca-url`: this node holds only its own keys,
@@ -36,6 +36,27 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(1u32 << failures.saturating_sub(1).min(6))
         .min(MAX_BACKOFF);
     base.mul_f64(0.5 + random_unit())
+}
+
+/// A renewal that keeps failing: when it is tried again, and how many failed in a row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Retry {
+    at: Option<std::time::Instant>,
+    failures: u32,
+}
+
+impl Retry {
+    fn ready(&self) -> bool {
+        self.at.is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Records one more failure; returns the wait before the next try ([`backoff`]).
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let wait = backoff(self.failures);
+        self.at = Some(std::time::Instant::now() + wait);
+        wait
+    }
 }
 
 /// When to renew `cert`: its half-life plus up to a tenth of its lifetime, at random (spreads
@@ -91,8 +112,8 @@ struct Certs {
     /// Tunnel server configurations presenting a local workload's certificate, until it
     /// expires (a renewal or a root rotation removes it sooner).
     servers: HashMap<SpiffeId, (SystemTime, Arc<rustls::ServerConfig>)>,
-    /// Per workload whose renewal failed: when it is tried again, and how many failed in a row.
-    workload_retry: HashMap<SpiffeId, (std::time::Instant, u32)>,
+    /// Workloads whose renewal failed.
+    workload_retry: HashMap<SpiffeId, Retry>,
 }
 
 /// What [`CertStore::upkeep`] changed, for the tunnel's default configuration.
@@ -113,7 +134,7 @@ pub struct CertStore {
     /// Renewals and issuances the CA service failed (the current certificate kept serving).
     pub ca_failures: std::sync::atomic::AtomicU64,
     /// When the node certificate is next tried after a failure, and how many failed in a row.
-    retry: Mutex<(Option<std::time::Instant>, u32)>,
+    retry: Mutex<Retry>,
 }
 
 impl CertStore {
@@ -173,7 +194,7 @@ impl CertStore {
             node_id,
             settings: settings.clone(),
             ca_failures: std::sync::atomic::AtomicU64::new(0),
-            retry: Mutex::new((None, 0)),
+            retry: Mutex::new(Retry::default()),
         })
     }
 
@@ -263,13 +284,12 @@ impl CertStore {
     /// round rather than each wait for an absent CA.
     pub async fn renew_workloads(&self) -> anyhow::Result<()> {
         let now = SystemTime::now();
-        let local = |id: &SpiffeId| self.runs_here(id);
         let (signer, due) = {
             let mut certs = self.lock()?;
             let gone: Vec<SpiffeId> = certs
                 .workloads
                 .iter()
-                .filter(|(id, c)| now >= c.not_after && !local(id))
+                .filter(|(id, c)| now >= c.not_after && !self.runs_here(id))
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
@@ -278,7 +298,6 @@ impl CertStore {
                 certs.servers.remove(&id);
                 certs.workload_retry.remove(&id);
             }
-            let instant = std::time::Instant::now();
             let due: Vec<SpiffeId> = certs
                 .workloads
                 .iter()
@@ -286,11 +305,8 @@ impl CertStore {
                     let renew = now >= jittered(c.renew_at(), c)
                         || certs.rotated_at.is_some_and(|at| c.issued_at < at);
                     renew
-                        && certs
-                            .workload_retry
-                            .get(*id)
-                            .is_none_or(|(at, _)| instant >= *at)
-                        && local(id)
+                        && certs.workload_retry.get(*id).is_none_or(Retry::ready)
+                        && self.runs_here(id)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -310,15 +326,7 @@ impl CertStore {
                     self.ca_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut certs = self.lock()?;
-                    let failures = certs
-                        .workload_retry
-                        .get(&id)
-                        .map_or(0, |r| r.1)
-                        .saturating_add(1);
-                    let wait = backoff(failures);
-                    certs
-                        .workload_retry
-                        .insert(id.clone(), (std::time::Instant::now() + wait, failures));
+                    let wait = certs.workload_retry.entry(id.clone()).or_default().failed();
                     let left = certs
                         .workloads
                         .get(&id)
@@ -416,11 +424,7 @@ impl CertStore {
                 );
             }
             let due = SystemTime::now() >= jittered(certs.node.renew_at(), &certs.node);
-            let retry_ok = self
-                .retry
-                .lock()
-                .map(|r| r.0.is_none_or(|at| std::time::Instant::now() >= at))
-                .unwrap_or(true);
+            let retry_ok = self.retry.lock().map(|r| r.ready()).unwrap_or(true);
             (
                 certs.signer.clone(),
                 out.bundle.is_some() || (due && retry_ok),
@@ -430,7 +434,7 @@ impl CertStore {
             match node_certificate(&signer, &self.node_id, self.ttl, false).await {
                 Ok(node) => {
                     if let Ok(mut retry) = self.retry.lock() {
-                        *retry = (None, 0);
+                        *retry = Retry::default();
                     }
                     self.lock()?.node = node.clone();
                     tracing::info!(node = %self.node_id, "certificates: node certificate renewed");
@@ -439,14 +443,7 @@ impl CertStore {
                 Err(e) => {
                     self.ca_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let wait = if let Ok(mut retry) = self.retry.lock() {
-                        retry.1 = retry.1.saturating_add(1);
-                        let wait = backoff(retry.1);
-                        retry.0 = Some(std::time::Instant::now() + wait);
-                        wait
-                    } else {
-                        MAX_BACKOFF
-                    };
+                    let wait = self.retry.lock().map_or(MAX_BACKOFF, |mut r| r.failed());
                     let left = self
                         .lock()?
                         .node

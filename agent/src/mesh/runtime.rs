@@ -24,7 +24,7 @@ use super::ingress::IngressContext;
 use super::policy_routing::ProxyRouting;
 use super::table::{TableAuthorizer, TableBuilder, TableView};
 use super::tls::{RotatingCert, client_config, server_config};
-use super::tunnel::{self, Inbound, TunnelStats, UpstreamSource};
+use super::tunnel::{self, DestinationIdentity as _, Inbound, TunnelStats, UpstreamSource};
 use crate::flows::event::{ProxyEvent, ProxyEventSink, ProxySide};
 use crate::spiffe::SpiffeId;
 
@@ -389,10 +389,8 @@ impl MeshRuntime {
             if table.workload(peer.ip()).is_none()
                 && let Some(route) = table.ingress(original)
             {
-                let destination_id = table
-                    .workload(original.ip())
-                    .and_then(|w| SpiffeId::parse(&w.spiffe_id).ok());
                 drop(table);
+                let destination_id = self.certs.identity_of(original.ip());
                 let routes = self.ingress_routes(peer, original);
                 return super::ingress::serve(
                     stream,
